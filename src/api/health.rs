@@ -1,0 +1,109 @@
+//! `GET /health`: database and backend status, anonymous.
+
+use super::AppState;
+use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
+
+pub struct HealthApi {
+    pub state: AppState,
+}
+
+/// Overall health.
+#[derive(Debug, Clone, Object)]
+pub struct Health {
+    /// `ok`, or `unavailable` when the database or a backend cannot be used.
+    pub status: String,
+    /// Server version.
+    pub version: String,
+    /// Database status.
+    pub database: DatabaseHealth,
+    /// Each storage backend.
+    pub backends: Vec<BackendHealthView>,
+}
+
+/// Database status.
+#[derive(Debug, Clone, Object)]
+pub struct DatabaseHealth {
+    /// Whether a query succeeded.
+    pub ok: bool,
+    /// Highest committed event sequence, when reachable.
+    pub latest_sequence: Option<i64>,
+    /// Error summary when not ok.
+    pub detail: Option<String>,
+}
+
+/// One backend.
+#[derive(Debug, Clone, Object)]
+pub struct BackendHealthView {
+    /// Backend id.
+    pub id: String,
+    /// Whether it is usable.
+    pub healthy: bool,
+    /// Summary.
+    pub detail: String,
+    /// Free bytes, where known.
+    pub free_bytes: Option<u64>,
+    /// Capacity, where known.
+    pub total_bytes: Option<u64>,
+}
+
+#[derive(ApiResponse)]
+enum HealthResponse {
+    /// Everything works.
+    #[oai(status = 200)]
+    Ok(Json<Health>),
+    /// The database or a backend is unavailable.
+    #[oai(status = 503)]
+    Unavailable(Json<Health>),
+}
+
+#[OpenApi]
+impl HealthApi {
+    /// Service health
+    ///
+    /// Anonymous. 200 when the database and every backend work, else 503 with the same body.
+    #[oai(
+        path = "/health",
+        method = "get",
+        operation_id = "getHealth",
+        tag = "ApiTags::System"
+    )]
+    async fn health(&self) -> HealthResponse {
+        let health = crate::health::check(&self.state.registry).await;
+        let report = Health {
+            status: if health.healthy() {
+                "ok"
+            } else {
+                "unavailable"
+            }
+            .into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            database: DatabaseHealth {
+                ok: health.database.is_ok(),
+                latest_sequence: health.database.as_ref().ok().copied(),
+                detail: health.database.as_ref().err().cloned(),
+            },
+            backends: health
+                .backends
+                .into_iter()
+                .map(|b| BackendHealthView {
+                    id: b.backend_id,
+                    healthy: b.healthy,
+                    detail: b.detail,
+                    free_bytes: b.free_bytes,
+                    total_bytes: b.total_bytes,
+                })
+                .collect(),
+        };
+        if report.status == "ok" {
+            HealthResponse::Ok(Json(report))
+        } else {
+            HealthResponse::Unavailable(Json(report))
+        }
+    }
+}
+
+#[derive(poem_openapi::Tags)]
+enum ApiTags {
+    /// Service status.
+    System,
+}

@@ -1,0 +1,138 @@
+//! RFC 7807 problem details, and the mapping from library errors to HTTP.
+
+use crate::error::Error;
+use poem::http::StatusCode;
+use poem::{IntoResponse, Response};
+use poem_openapi::Object;
+
+/// `application/problem+json`.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// An RFC 7807 problem.
+#[derive(Debug, Clone, Object, serde::Serialize)]
+pub struct Problem {
+    /// A URI reference naming the problem type.
+    #[oai(rename = "type")]
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    /// Short summary of the problem type.
+    pub title: String,
+    /// The HTTP status code.
+    pub status: u16,
+    /// What went wrong in this occurrence.
+    pub detail: String,
+    /// The request path this occurrence concerns.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+}
+
+impl Problem {
+    /// A problem with a status and detail; type and title follow from the status.
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        let title = status.canonical_reason().unwrap_or("Error").to_owned();
+        let slug = title.to_lowercase().replace(' ', "-");
+        Problem {
+            problem_type: format!("https://artifactstore.dev/problems/{slug}"),
+            title,
+            status: status.as_u16(),
+            detail: detail.into(),
+            instance: None,
+        }
+    }
+
+    /// Sets `instance`.
+    pub fn at(mut self, instance: impl Into<String>) -> Self {
+        self.instance = Some(instance.into());
+        self
+    }
+
+    /// The HTTP status.
+    pub fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&self).unwrap_or_default();
+        Response::builder()
+            .status(self.status_code())
+            .content_type(PROBLEM_JSON)
+            .body(body)
+    }
+}
+
+/// Maps a library error to a problem. Server faults are logged here, once, and clients get a
+/// generic detail that leaks nothing.
+pub fn from_error(error: &Error) -> Problem {
+    let (status, detail) = match error {
+        Error::NotFound { .. } => (StatusCode::NOT_FOUND, error.to_string()),
+        Error::Conflict(_) => (StatusCode::CONFLICT, error.to_string()),
+        Error::InvalidInput(_) | Error::DigestMismatch { .. } => {
+            (StatusCode::UNPROCESSABLE_ENTITY, error.to_string())
+        }
+        Error::QuotaExceeded(_) => (StatusCode::PAYLOAD_TOO_LARGE, error.to_string()),
+        Error::Gone(_) => (StatusCode::GONE, error.to_string()),
+        Error::Body(_) => (StatusCode::BAD_REQUEST, error.to_string()),
+        Error::Storage {
+            unavailable: true, ..
+        } => {
+            tracing::error!(error = %error, "storage unavailable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the storage backend is unavailable; retry later".into(),
+            )
+        }
+        Error::Database(_) => {
+            tracing::error!(error = %error, "database failure");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the database is unavailable; retry later".into(),
+            )
+        }
+        Error::Storage { .. } | Error::Integrity(_) => {
+            tracing::error!(error = %error, "internal failure");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error; the operator has the details in the server log".into(),
+            )
+        }
+    };
+    Problem::new(status, detail)
+}
+
+/// Turns any error poem produced (unknown route, wrong method, unparsable parameters or body)
+/// into a problem response.
+pub async fn from_poem_error(error: poem::Error) -> Response {
+    let status = error.status();
+    if status.is_server_error() {
+        tracing::error!(error = %error, "request failed");
+    }
+    let detail = match status {
+        StatusCode::NOT_FOUND if error.is::<poem::error::NotFoundError>() => {
+            "no such route".to_owned()
+        }
+        StatusCode::METHOD_NOT_ALLOWED => "this route does not support that method".to_owned(),
+        s if s.is_server_error() => "internal error".to_owned(),
+        _ => error.to_string(),
+    };
+    Problem::new(status, detail).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_faults_do_not_leak() {
+        let p = from_error(&Error::Database(
+            "password authentication failed for user x".into(),
+        ));
+        assert_eq!(p.status, 503);
+        assert!(!p.detail.contains("password"));
+        let p = from_error(&Error::Integrity("/var/lib/secret path".into()));
+        assert_eq!(p.status, 500);
+        assert!(!p.detail.contains("/var/lib"));
+    }
+}

@@ -1,0 +1,104 @@
+//! The `artifactstore` command line: server-side commands over the library, client commands
+//! over the HTTP API.
+
+mod client;
+mod server;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// artifact-store: the system of record for generated outputs.
+#[derive(Debug, Parser)]
+#[command(name = "artifactstore", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log filter (tracing EnvFilter syntax, e.g. `info`, `artifactstore=debug`).
+    #[arg(long, global = true, env = "ARTIFACTSTORE_LOG", default_value = "info")]
+    pub log: String,
+    /// Log format.
+    #[arg(
+        long,
+        global = true,
+        env = "ARTIFACTSTORE_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP server.
+    Serve(server::ServeArgs),
+    /// Apply pending database migrations.
+    Migrate(server::DbArgs),
+    /// Rebuild every view from the event log.
+    Replay(server::ReplayArgs),
+    /// Print the OpenAPI document.
+    Openapi,
+    /// Ask a running server for its health.
+    Health(client::ClientArgs),
+    /// Print the version.
+    Version,
+}
+
+/// Parses arguments, sets up logging and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(message) = init_logging(&cli.log, &cli.log_format) {
+        eprintln!("error: {message}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => server::serve(args).await,
+            Command::Migrate(args) => server::migrate(args).await,
+            Command::Replay(args) => server::replay(args).await,
+            Command::Openapi => {
+                println!("{}", crate::api::spec_json());
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Health(args) => client::health(args).await,
+            Command::Version => {
+                println!("artifactstore {}", env!("CARGO_PKG_VERSION"));
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: &str, format: &str) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|e| format!("invalid setting ARTIFACTSTORE_LOG (--log): {e}"))?;
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    match format {
+        "text" => builder.init(),
+        "json" => builder.json().init(),
+        other => {
+            return Err(format!(
+                "invalid setting ARTIFACTSTORE_LOG_FORMAT (--log-format): `{other}` (expected text or json)"
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,270 @@
+//! Settings: flags and `ARTIFACTSTORE_*` environment variables. Every setting is validated up
+//! front; an invalid one stops start-up with one line naming it.
+
+use crate::registry::Limits;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// An invalid setting.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {name}: {message}")]
+pub struct ConfigError {
+    /// `ARTIFACTSTORE_X (--x)`.
+    pub name: String,
+    /// What is wrong and what is expected.
+    pub message: String,
+}
+
+fn invalid(env: &str, flag: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        name: format!("{env} ({flag})"),
+        message: message.into(),
+    }
+}
+
+/// Raw service settings as given on the command line or in the environment.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServiceArgs {
+    /// Address the HTTP server listens on.
+    #[arg(long, env = "ARTIFACTSTORE_LISTEN", default_value = "127.0.0.1:8000")]
+    pub listen: String,
+    /// Directory for local state: the private PostgreSQL cluster and local blobs.
+    #[arg(
+        long,
+        env = "ARTIFACTSTORE_DATA_DIR",
+        default_value = "./.artifactstore"
+    )]
+    pub data_dir: PathBuf,
+    /// PostgreSQL URL. Without it a private cluster is started under the data directory.
+    #[arg(long, env = "ARTIFACTSTORE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Root of the local storage backend [default: <data-dir>/blobs].
+    #[arg(long, env = "ARTIFACTSTORE_STORAGE_LOCAL_ROOT")]
+    pub storage_local_root: Option<PathBuf>,
+    /// Apply pending migrations when the server starts.
+    #[arg(long, env = "ARTIFACTSTORE_MIGRATE_ON_START", default_value = "true")]
+    pub migrate_on_start: String,
+    /// Maximum PostgreSQL connections in the pool.
+    #[arg(long, env = "ARTIFACTSTORE_DB_POOL_SIZE", default_value = "32")]
+    pub db_pool_size: String,
+    /// Largest file accepted (bytes, or with a unit: 500MiB, 5GiB).
+    #[arg(long, env = "ARTIFACTSTORE_MAX_FILE_SIZE", default_value = "5GiB")]
+    pub max_file_size: String,
+    /// Most files one package may hold.
+    #[arg(
+        long,
+        env = "ARTIFACTSTORE_MAX_FILES_PER_PACKAGE",
+        default_value = "10000"
+    )]
+    pub max_files_per_package: String,
+    /// Seconds to wait for in-flight requests at shutdown.
+    #[arg(
+        long,
+        env = "ARTIFACTSTORE_SHUTDOWN_GRACE_SECONDS",
+        default_value = "30"
+    )]
+    pub shutdown_grace_seconds: String,
+}
+
+/// Validated service settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Database URL, if not the private cluster.
+    pub database_url: Option<String>,
+    /// Local backend root.
+    pub storage_local_root: PathBuf,
+    /// Migrate at server start.
+    pub migrate_on_start: bool,
+    /// Pool size.
+    pub db_pool_size: usize,
+    /// Limits.
+    pub limits: Limits,
+    /// Shutdown grace.
+    pub shutdown_grace: std::time::Duration,
+}
+
+impl ServiceArgs {
+    /// Validates every setting.
+    pub fn resolve(&self) -> Result<Settings, ConfigError> {
+        let listen = self.listen.parse().map_err(|_| {
+            invalid(
+                "ARTIFACTSTORE_LISTEN",
+                "--listen",
+                format!("`{}` is not an address like 127.0.0.1:8000", self.listen),
+            )
+        })?;
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid(
+                "ARTIFACTSTORE_DATA_DIR",
+                "--data-dir",
+                "must not be empty",
+            ));
+        }
+        let database_url = match self.database_url.as_deref() {
+            None | Some("") => None,
+            Some(url) => {
+                url.parse::<tokio_postgres::Config>().map_err(|e| {
+                    invalid(
+                        "ARTIFACTSTORE_DATABASE_URL",
+                        "--database-url",
+                        format!("not a PostgreSQL URL: {e}"),
+                    )
+                })?;
+                Some(url.to_owned())
+            }
+        };
+        let migrate_on_start = parse_bool(&self.migrate_on_start).ok_or_else(|| {
+            invalid(
+                "ARTIFACTSTORE_MIGRATE_ON_START",
+                "--migrate-on-start",
+                "expected true or false",
+            )
+        })?;
+        let db_pool_size = self
+            .db_pool_size
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| {
+                invalid(
+                    "ARTIFACTSTORE_DB_POOL_SIZE",
+                    "--db-pool-size",
+                    "expected a number from 1 to 1000",
+                )
+            })?;
+        let max_file_size = parse_size(&self.max_file_size)
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                invalid(
+                    "ARTIFACTSTORE_MAX_FILE_SIZE",
+                    "--max-file-size",
+                    format!(
+                        "`{}` is not a size like 5GiB or 1048576",
+                        self.max_file_size
+                    ),
+                )
+            })?;
+        let max_files_per_package = self
+            .max_files_per_package
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                invalid(
+                    "ARTIFACTSTORE_MAX_FILES_PER_PACKAGE",
+                    "--max-files-per-package",
+                    "expected a positive number",
+                )
+            })?;
+        let grace = self.shutdown_grace_seconds.parse::<u64>().map_err(|_| {
+            invalid(
+                "ARTIFACTSTORE_SHUTDOWN_GRACE_SECONDS",
+                "--shutdown-grace-seconds",
+                "expected whole seconds",
+            )
+        })?;
+        Ok(Settings {
+            listen,
+            storage_local_root: self
+                .storage_local_root
+                .clone()
+                .unwrap_or_else(|| self.data_dir.join("blobs")),
+            data_dir: self.data_dir.clone(),
+            database_url,
+            migrate_on_start,
+            db_pool_size,
+            limits: Limits {
+                max_file_size,
+                max_files_per_package,
+            },
+            shutdown_grace: std::time::Duration::from_secs(grace),
+        })
+    }
+}
+
+fn parse_bool(text: &str) -> Option<bool> {
+    match text.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// Parses `1048576`, `500MiB`, `5GiB`, `10MB`, `1T`... (binary units for `K/M/G/T[iB]`, decimal
+/// for `KB/MB/GB/TB`).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => return None,
+    };
+    number.checked_mul(multiplier)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ServiceArgs,
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("5GiB"), Some(5 << 30));
+        assert_eq!(parse_size("10MB"), Some(10_000_000));
+        assert_eq!(parse_size("123"), Some(123));
+        assert_eq!(parse_size("1.5GiB"), None);
+        assert_eq!(parse_size("x"), None);
+        assert_eq!(parse_size("99999999999999T"), None);
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let cli = Cli::parse_from(["x", "--listen", "nope"]);
+        let err = cli.args.resolve().unwrap_err().to_string();
+        assert!(
+            err.contains("ARTIFACTSTORE_LISTEN") && err.contains("--listen"),
+            "{err}"
+        );
+        let cli = Cli::parse_from(["x", "--max-file-size", "lots"]);
+        assert!(
+            cli.args
+                .resolve()
+                .unwrap_err()
+                .to_string()
+                .contains("ARTIFACTSTORE_MAX_FILE_SIZE")
+        );
+    }
+
+    #[test]
+    fn defaults_resolve() {
+        let s = Cli::parse_from(["x"]).args.resolve().unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8000");
+        assert_eq!(
+            s.storage_local_root,
+            PathBuf::from("./.artifactstore/blobs")
+        );
+        assert_eq!(s.limits.max_file_size, 5 << 30);
+    }
+}

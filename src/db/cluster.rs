@@ -1,0 +1,407 @@
+//! A private PostgreSQL cluster under the data directory, for when no database URL is given.
+//!
+//! Started (or reused, if another process of ours already runs it) with the server binaries
+//! found on `PATH` or under `/usr/lib/postgresql/*/bin`, listening on 127.0.0.1 only, with a
+//! generated password. PostgreSQL refuses to run as root, so as root the server runs as the
+//! `postgres` system user (or `nobody`).
+
+use crate::error::{Error, Result};
+use nix::unistd::{Gid, Uid, User};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// How to run the cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Directory that holds the cluster (`pgdata/`, `password`, `postgres.log`).
+    pub dir: PathBuf,
+    /// Turn off fsync and full-page writes: for throwaway test clusters only.
+    pub unsafe_fast: bool,
+}
+
+/// A running private cluster.
+#[derive(Debug)]
+pub struct ManagedCluster {
+    dir: PathBuf,
+    bin_dir: PathBuf,
+    port: u16,
+    password: String,
+    run_as: Option<(Uid, Gid)>,
+    started_here: bool,
+}
+
+/// The database our service uses inside a managed cluster.
+pub const DATABASE: &str = "artifactstore";
+const SUPERUSER: &str = "artifactstore";
+
+impl ManagedCluster {
+    /// Starts the cluster, or attaches to it if it is already running. Blocking work runs off
+    /// the async threads.
+    pub async fn start_or_reuse(options: ClusterOptions) -> Result<Self> {
+        tokio::task::spawn_blocking(move || Self::start_blocking(&options))
+            .await
+            .map_err(|e| Error::Database(format!("starting PostgreSQL: {e}")))?
+    }
+
+    fn start_blocking(options: &ClusterOptions) -> Result<Self> {
+        let bin_dir = find_server_binaries()?;
+        let run_as = unprivileged_user()?;
+        let dir = cluster_dir(&options.dir, run_as)?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
+        // One process at a time initialises or starts the cluster.
+        let lock_file = std::fs::File::create(dir.join("cluster.lock"))
+            .map_err(|e| fail(format!("cannot create lock file in {}: {e}", dir.display())))?;
+        let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| fail(format!("cannot lock {}: {e}", dir.display())))?;
+
+        let pgdata = dir.join("pgdata");
+        let password = read_or_create_password(&dir)?;
+        if !pgdata.join("PG_VERSION").exists() {
+            init_cluster(
+                &bin_dir,
+                &dir,
+                &pgdata,
+                &password,
+                run_as,
+                options.unsafe_fast,
+            )?;
+        }
+        let mut cluster = ManagedCluster {
+            dir,
+            bin_dir,
+            port: 0,
+            password,
+            run_as,
+            started_here: false,
+        };
+        if let Some(port) = cluster.running_port() {
+            tracing::info!(port, dir = %cluster.dir.display(), "reusing running private PostgreSQL");
+            cluster.port = port;
+        } else {
+            cluster.port = free_port()?;
+            cluster.start_server()?;
+            cluster.started_here = true;
+            tracing::info!(port = cluster.port, dir = %cluster.dir.display(), "started private PostgreSQL");
+        }
+        Ok(cluster)
+    }
+
+    /// A connection URL for `database`.
+    pub fn url(&self, database: &str) -> String {
+        format!(
+            "postgres://{SUPERUSER}:{}@127.0.0.1:{}/{database}",
+            self.password, self.port
+        )
+    }
+
+    /// The loopback port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Whether this process started the server (and so stops it).
+    pub fn started_here(&self) -> bool {
+        self.started_here
+    }
+
+    /// Creates `database` if it does not exist.
+    pub async fn ensure_database(&self, database: &str) -> Result<()> {
+        let (client, connection) =
+            tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls).await?;
+        let task = tokio::spawn(connection);
+        let exists = client
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&database])
+            .await?
+            .is_some();
+        if !exists {
+            let sql = format!("CREATE DATABASE \"{}\"", database.replace('"', "\"\""));
+            if let Err(e) = client.batch_execute(&sql).await {
+                // Another process may have created it in the meantime.
+                if e.code() != Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) {
+                    return Err(e.into());
+                }
+            }
+        }
+        drop(client);
+        let _ = task.await;
+        Ok(())
+    }
+
+    /// Stops the server if this process started it; otherwise leaves it to its owner.
+    pub fn stop(&mut self) {
+        if !self.started_here {
+            return;
+        }
+        self.started_here = false;
+        let status = self
+            .pg_command("pg_ctl")
+            .args(["stop", "-m", "fast", "-w", "-D"])
+            .arg(self.dir.join("pgdata"))
+            .output();
+        match status {
+            Ok(out) if out.status.success() => tracing::info!("stopped private PostgreSQL"),
+            Ok(out) => {
+                tracing::warn!(stderr = %String::from_utf8_lossy(&out.stderr), "pg_ctl stop failed")
+            }
+            Err(e) => tracing::warn!(error = %e, "pg_ctl stop failed"),
+        }
+    }
+
+    fn pg_command(&self, program: &str) -> Command {
+        pg_command(&self.bin_dir, program, self.run_as, &self.dir)
+    }
+
+    /// The port of a server already running on this cluster, if any.
+    fn running_port(&self) -> Option<u16> {
+        let pgdata = self.dir.join("pgdata");
+        let pid_file = std::fs::read_to_string(pgdata.join("postmaster.pid")).ok()?;
+        let status = self
+            .pg_command("pg_ctl")
+            .arg("status")
+            .arg("-D")
+            .arg(&pgdata)
+            .output()
+            .ok()?;
+        if !status.status.success() {
+            return None;
+        }
+        // postmaster.pid line 4 is the port.
+        pid_file.lines().nth(3)?.trim().parse().ok()
+    }
+
+    fn start_server(&self) -> Result<()> {
+        let pgdata = self.dir.join("pgdata");
+        let out = self
+            .pg_command("pg_ctl")
+            .args(["start", "-w", "-t", "60", "-D"])
+            .arg(&pgdata)
+            .arg("-l")
+            .arg(self.dir.join("postgres.log"))
+            .arg("-o")
+            .arg(format!("-p {}", self.port))
+            .output()
+            .map_err(|e| fail(format!("cannot run pg_ctl: {e}")))?;
+        if !out.status.success() {
+            let log = std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default();
+            let tail: Vec<_> = log.lines().rev().take(10).collect();
+            return Err(fail(format!(
+                "pg_ctl start failed: {}{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ManagedCluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn fail(message: String) -> Error {
+    Error::Database(format!("private PostgreSQL: {message}"))
+}
+
+fn pg_command(bin_dir: &Path, program: &str, run_as: Option<(Uid, Gid)>, cwd: &Path) -> Command {
+    let mut cmd = Command::new(bin_dir.join(program));
+    cmd.current_dir(cwd)
+        .env_remove("PGDATA")
+        .env("LC_ALL", "C.UTF-8");
+    if let Some((uid, gid)) = run_as {
+        cmd.uid(uid.as_raw()).gid(gid.as_raw());
+    }
+    cmd
+}
+
+/// `initdb`, `pg_ctl` and `postgres` from `PATH`, else the newest `/usr/lib/postgresql/*/bin`.
+pub fn find_server_binaries() -> Result<PathBuf> {
+    let has_all = |dir: &Path| {
+        ["initdb", "pg_ctl", "postgres"]
+            .iter()
+            .all(|p| dir.join(p).is_file())
+    };
+    if let Some(path) = std::env::var_os("PATH") {
+        if let Some(dir) = std::env::split_paths(&path).find(|d| has_all(d)) {
+            return Ok(dir);
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            has_all(&bin).then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, dir)| dir).ok_or_else(|| {
+        fail(
+            "no PostgreSQL server binaries found (looked for initdb, pg_ctl and postgres on PATH \
+              and in /usr/lib/postgresql/*/bin). Install them (Debian: `apt-get install \
+              postgresql`) or point ARTIFACTSTORE_DATABASE_URL at an existing database."
+                .into(),
+        )
+    })
+}
+
+/// As root, the user the server runs as; otherwise `None` (run as ourselves).
+fn unprivileged_user() -> Result<Option<(Uid, Gid)>> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    for name in ["postgres", "nobody"] {
+        if let Ok(Some(user)) = User::from_name(name) {
+            return Ok(Some((user.uid, user.gid)));
+        }
+    }
+    Err(fail("running as root, and neither a `postgres` nor a `nobody` user exists to run \
+              PostgreSQL as; create one (`useradd --system postgres`) or set ARTIFACTSTORE_DATABASE_URL"
+        .into()))
+}
+
+/// The cluster directory: `<data_dir>/postgres`, unless the server's user cannot reach it
+/// (e.g. a data directory under a root-only home), in which case a directory under /var/tmp
+/// keyed by the data directory's path is used instead.
+fn cluster_dir(data_dir: &Path, run_as: Option<(Uid, Gid)>) -> Result<PathBuf> {
+    std::fs::create_dir_all(data_dir).map_err(|e| {
+        fail(format!(
+            "cannot create data directory {}: {e}",
+            data_dir.display()
+        ))
+    })?;
+    let data_dir = data_dir
+        .canonicalize()
+        .map_err(|e| fail(format!("cannot resolve {}: {e}", data_dir.display())))?;
+    let preferred = data_dir.join("postgres");
+    let Some((uid, gid)) = run_as else {
+        return Ok(preferred);
+    };
+    let dir = if can_traverse(&data_dir, uid, gid) {
+        preferred
+    } else {
+        let key = blake3::hash(data_dir.as_os_str().as_encoded_bytes()).to_hex();
+        let fallback = PathBuf::from(format!("/var/tmp/artifactstore-postgres-{}", &key[..16]));
+        tracing::warn!(
+            data_dir = %data_dir.display(), cluster = %fallback.display(),
+            "the PostgreSQL user cannot reach the data directory; keeping the cluster elsewhere"
+        );
+        fallback
+    };
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
+    nix::unistd::chown(&dir, Some(uid), Some(gid))
+        .map_err(|e| fail(format!("cannot chown {}: {e}", dir.display())))?;
+    Ok(dir)
+}
+
+fn can_traverse(path: &Path, uid: Uid, gid: Gid) -> bool {
+    path.ancestors().all(|dir| {
+        let Ok(meta) = std::fs::metadata(dir) else {
+            return false;
+        };
+        let mode = meta.permissions().mode();
+        if meta.uid() == uid.as_raw() {
+            mode & 0o100 != 0
+        } else if meta.gid() == gid.as_raw() {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        }
+    })
+}
+
+fn read_or_create_password(dir: &Path) -> Result<String> {
+    let path = dir.join("password");
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        return Ok(existing.trim().to_owned());
+    }
+    use rand::Rng as _;
+    let password: String = rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(32)
+        .map(char::from)
+        .collect();
+    std::fs::write(&path, &password)
+        .map_err(|e| fail(format!("cannot write {}: {e}", path.display())))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| fail(format!("cannot restrict {}: {e}", path.display())))?;
+    Ok(password)
+}
+
+fn init_cluster(
+    bin_dir: &Path,
+    dir: &Path,
+    pgdata: &Path,
+    password: &str,
+    run_as: Option<(Uid, Gid)>,
+    unsafe_fast: bool,
+) -> Result<()> {
+    // A half-made pgdata from an interrupted initdb would make initdb refuse: start over.
+    if pgdata.exists() {
+        std::fs::remove_dir_all(pgdata)
+            .map_err(|e| fail(format!("cannot clear {}: {e}", pgdata.display())))?;
+    }
+    let pwfile = dir.join(".initdb-password");
+    std::fs::write(&pwfile, password)
+        .map_err(|e| fail(format!("cannot write password file: {e}")))?;
+    if let Some((uid, gid)) = run_as {
+        nix::unistd::chown(&pwfile, Some(uid), Some(gid))
+            .map_err(|e| fail(format!("chown: {e}")))?;
+    }
+    let mut cmd = pg_command(bin_dir, "initdb", run_as, dir);
+    cmd.arg("-D")
+        .arg(pgdata)
+        .args([
+            "-U",
+            SUPERUSER,
+            "--auth=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--no-locale",
+        ])
+        .arg(format!("--pwfile={}", pwfile.display()));
+    if unsafe_fast {
+        cmd.arg("--no-sync");
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| fail(format!("cannot run initdb: {e}")))?;
+    let _ = std::fs::remove_file(&pwfile);
+    if !out.status.success() {
+        return Err(fail(format!(
+            "initdb failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    let mut settings = String::from(
+        "\n# artifactstore private cluster\nlisten_addresses = '127.0.0.1'\n\
+         unix_socket_directories = ''\nmax_connections = 300\n",
+    );
+    if unsafe_fast {
+        settings.push_str("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n");
+    }
+    let conf = pgdata.join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf)
+        .map_err(|e| fail(format!("reading postgresql.conf: {e}")))?;
+    text.push_str(&settings);
+    std::fs::write(&conf, text).map_err(|e| fail(format!("writing postgresql.conf: {e}")))?;
+    Ok(())
+}
+
+fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| fail(format!("cannot find a free port: {e}")))?;
+    Ok(listener
+        .local_addr()
+        .map_err(|e| fail(e.to_string()))?
+        .port())
+}

@@ -1,0 +1,91 @@
+//! The library's error: what went wrong, in domain words. The HTTP layer alone maps kinds to
+//! status codes.
+
+use crate::identity::ContentAddress;
+
+/// Result with the library error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The thing does not exist, or belongs to another tenant (the two look the same).
+    #[error("{what} not found")]
+    NotFound {
+        /// e.g. "package 0190…".
+        what: String,
+    },
+    /// The request conflicts with the current state (finalized package, duplicate path...).
+    #[error("{0}")]
+    Conflict(String),
+    /// The input is malformed or violates a rule.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The bytes received do not have the digest the client promised.
+    #[error("digest mismatch: expected {expected}, received bytes are {actual}")]
+    DigestMismatch {
+        /// What the client said.
+        expected: ContentAddress,
+        /// What the bytes hash to (same algorithm as `expected`).
+        actual: ContentAddress,
+    },
+    /// A configured limit was exceeded.
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// The thing existed but is gone for good (expired).
+    #[error("{0}")]
+    Gone(String),
+    /// The storage backend failed.
+    #[error("storage backend `{backend}`: {message}")]
+    Storage {
+        /// Backend id.
+        backend: String,
+        /// What failed (operator-facing).
+        message: String,
+        /// The backend is unreachable or overloaded; retrying later may work.
+        unavailable: bool,
+    },
+    /// PostgreSQL failed.
+    #[error("database: {0}")]
+    Database(String),
+    /// Stored data is inconsistent (e.g. bytes that no longer match their digest).
+    #[error("integrity: {0}")]
+    Integrity(String),
+    /// The client's byte stream failed before it ended.
+    #[error("request body: {0}")]
+    Body(String),
+}
+
+impl Error {
+    /// A `NotFound` for a kind of thing and its id.
+    pub fn not_found(kind: &str, id: impl std::fmt::Display) -> Self {
+        Error::NotFound {
+            what: format!("{kind} {id}"),
+        }
+    }
+
+    /// A storage error that is not about availability.
+    pub fn storage(backend: &str, message: impl std::fmt::Display) -> Self {
+        Error::Storage {
+            backend: backend.to_owned(),
+            message: message.to_string(),
+            unavailable: false,
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Self {
+        // The driver's Display hides the server message; include it for operators.
+        match e.as_db_error() {
+            Some(db) => Error::Database(format!("{}: {}", db.code().code(), db.message())),
+            None => Error::Database(e.to_string()),
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for Error {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        Error::Database(format!("connection pool: {e}"))
+    }
+}

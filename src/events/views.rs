@@ -1,0 +1,178 @@
+//! Projecting events onto the view tables. Used both by live mutations and by replay, so the
+//! two cannot disagree.
+
+use super::log::StoredEvent;
+use super::payloads::{FileIngested, PackageCreated, types};
+use crate::error::{Error, Result};
+use crate::identity::Digest;
+use crate::manifest::{Manifest, from_canonical_cbor};
+use tokio_postgres::Transaction;
+
+/// The view tables, in dump and truncate order.
+pub const VIEW_TABLES: &[(&str, &str)] = &[
+    ("packages", "id"),
+    ("blobs", "blake3"),
+    ("storage_locations", "blake3, backend_id"),
+    ("files", "id"),
+    ("manifests", "package_id"),
+    ("retention_state", "package_id"),
+];
+
+/// Applies one event to the views.
+pub async fn apply(tx: &Transaction<'_>, event: &StoredEvent) -> Result<()> {
+    match event.event_type.as_str() {
+        types::PACKAGE_CREATED => package_created(tx, event, &decode(event)?).await,
+        types::FILE_INGESTED => file_ingested(tx, event, &decode(event)?).await,
+        types::PACKAGE_FINALIZED => {
+            let manifest = Manifest::from_cbor(&event.payload)?;
+            package_finalized(tx, event, &manifest).await
+        }
+        other => Err(Error::Integrity(format!(
+            "event {} has unknown type `{other}`; this build cannot apply it",
+            event.sequence
+        ))),
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(event: &StoredEvent) -> Result<T> {
+    from_canonical_cbor(&event.payload)
+        .map_err(|e| Error::Integrity(format!("event {} payload: {e}", event.sequence)))
+}
+
+fn hex_bytes(hex: &str) -> Result<Vec<u8>> {
+    Ok(Digest::from_hex(hex)
+        .map_err(|e| Error::Integrity(e.to_string()))?
+        .0
+        .to_vec())
+}
+
+async fn package_created(
+    tx: &Transaction<'_>,
+    event: &StoredEvent,
+    p: &PackageCreated,
+) -> Result<()> {
+    tx.execute(
+        "INSERT INTO packages (id, tenant, producer, subject, retention_class, metadata, status, \
+                               created_at, created_sequence) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $8)",
+        &[
+            &p.package_id.0,
+            &p.tenant.as_str(),
+            &p.producer,
+            &p.subject,
+            &p.retention_class,
+            &p.metadata.to_json(),
+            &p.created_at.as_datetime(),
+            &event.sequence,
+        ],
+    )
+    .await?;
+    tx.execute(
+        "INSERT INTO retention_state (package_id, tenant, expires_at, legal_hold) \
+         VALUES ($1, $2, NULL, false)",
+        &[&p.package_id.0, &p.tenant.as_str()],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn file_ingested(tx: &Transaction<'_>, event: &StoredEvent, f: &FileIngested) -> Result<()> {
+    let blake3 = hex_bytes(&f.blake3)?;
+    let sha256 = hex_bytes(&f.sha256)?;
+    let size = i64::try_from(f.size).map_err(|_| Error::Integrity("file size overflows".into()))?;
+    let at = f.ingested_at.as_datetime();
+    tx.execute(
+        "INSERT INTO blobs (blake3, sha256, size, created_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (blake3) DO NOTHING",
+        &[&blake3, &sha256, &size, &at],
+    )
+    .await?;
+    tx.execute(
+        "INSERT INTO storage_locations (blake3, backend_id, key, status, stored_at) \
+         VALUES ($1, $2, $3, 'present', $4) \
+         ON CONFLICT (blake3, backend_id) DO UPDATE SET status = 'present', key = EXCLUDED.key \
+         WHERE storage_locations.status <> 'present'",
+        &[&blake3, &f.backend_id, &f.storage_key, &at],
+    )
+    .await?;
+    let mut removed_count = 0i32;
+    let mut removed_size = 0i64;
+    if let Some(old) = f.replaced_file_id {
+        let row = tx
+            .query_opt("DELETE FROM files WHERE id = $1 RETURNING size", &[&old.0])
+            .await?
+            .ok_or_else(|| {
+                Error::Integrity(format!(
+                    "event {} replaces unknown file {old}",
+                    event.sequence
+                ))
+            })?;
+        removed_count = 1;
+        removed_size = row.get(0);
+    }
+    tx.execute(
+        "INSERT INTO files (id, tenant, package_id, relative_path, size, media_type, blake3, \
+                            created_at, created_sequence) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        &[
+            &f.file_id.0,
+            &event.tenant.as_str(),
+            &f.package_id.0,
+            &f.relative_path.as_str(),
+            &size,
+            &f.media_type,
+            &blake3,
+            &at,
+            &event.sequence,
+        ],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE packages SET file_count = file_count + 1 - $2, total_size = total_size + $3 - $4 \
+         WHERE id = $1",
+        &[&f.package_id.0, &removed_count, &size, &removed_size],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn package_finalized(tx: &Transaction<'_>, event: &StoredEvent, m: &Manifest) -> Result<()> {
+    let digest = Manifest::digest_of(&event.payload).to_string();
+    let updated = tx
+        .execute(
+            "UPDATE packages SET status = 'finalized', finalized_at = $2, manifest_digest = $3 \
+             WHERE id = $1 AND status = 'open'",
+            &[
+                &m.package.id.0,
+                &m.package.finalized_at.as_datetime(),
+                &digest,
+            ],
+        )
+        .await?;
+    if updated != 1 {
+        return Err(Error::Integrity(format!(
+            "event {} finalizes package {} which is not open",
+            event.sequence, m.package.id
+        )));
+    }
+    tx.execute(
+        "INSERT INTO manifests (package_id, tenant, digest, cbor) VALUES ($1, $2, $3, $4)",
+        &[
+            &m.package.id.0,
+            &m.package.tenant.as_str(),
+            &digest,
+            &event.payload.as_ref(),
+        ],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE retention_state SET expires_at = $2, legal_hold = $3 WHERE package_id = $1",
+        &[
+            &m.package.id.0,
+            &m.retention_summary.expires_at.map(|t| t.as_datetime()),
+            &m.retention_summary.legal_hold,
+        ],
+    )
+    .await?;
+    Ok(())
+}

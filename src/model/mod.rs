@@ -1,0 +1,9 @@
+//! Validated domain values: ids, tenants, relative paths, timestamps, metadata.
+
+mod names;
+mod path;
+mod timestamp;
+
+pub use names::{FileId, Metadata, PackageId, TenantId, validate_label};
+pub use path::RelativePath;
+pub use timestamp::{Clock, SystemClock, Timestamp};

@@ -1,0 +1,174 @@
+//! Finalizing: the package becomes immutable and gets its manifest.
+
+use super::Registry;
+use super::packages::load_package;
+use super::types::{FILE_COLUMNS, FileRecord, Package, PackageStatus, StoredManifest};
+use crate::error::{Error, Result};
+use crate::events::{self, DomainEvent};
+use crate::identity::{ContentAddress, Digest};
+use crate::manifest::{
+    FileDigests, MANIFEST_VERSION, Manifest, ManifestFile, ManifestPackage, Provenance,
+    RetentionSummary, StorageReceipt,
+};
+use crate::model::{PackageId, TenantId, Timestamp};
+
+/// `artifactstore/<version>`, recorded in every manifest's provenance.
+pub const GENERATOR: &str = concat!("artifactstore/", env!("CARGO_PKG_VERSION"));
+
+impl Registry {
+    /// Finalizes an open package: builds its manifest and records one `v1.package.finalized`
+    /// event whose payload is the manifest's canonical CBOR. Finalizing twice is a conflict.
+    pub async fn finalize_package(
+        &self,
+        tenant: &TenantId,
+        id: PackageId,
+        finalized_by: Option<String>,
+    ) -> Result<Package> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let locked = tx
+            .query_opt(
+                "SELECT 1 FROM packages WHERE id = $1 AND tenant = $2 FOR UPDATE",
+                &[&id.0, &tenant.as_str()],
+            )
+            .await?;
+        if locked.is_none() {
+            return Err(Error::not_found("package", id));
+        }
+        let package = load_package(&*tx, tenant, id).await?;
+        if package.status == PackageStatus::Finalized {
+            return Err(Error::Conflict(format!(
+                "package {id} is already finalized"
+            )));
+        }
+        let rows = tx
+            .query(
+                &format!(
+                    "SELECT {FILE_COLUMNS} FROM files f JOIN blobs b ON b.blake3 = f.blake3 \
+                     WHERE f.package_id = $1"
+                ),
+                &[&id.0],
+            )
+            .await?;
+        let mut files = rows
+            .iter()
+            .map(FileRecord::from_row)
+            .collect::<Result<Vec<_>>>()?;
+        files.sort_by(|a, b| a.relative_path.cmp(&b.relative_path));
+
+        let receipt_rows = tx
+            .query(
+                "SELECT DISTINCT ON (l.blake3, l.backend_id) l.blake3, l.backend_id, l.stored_at \
+                 FROM storage_locations l JOIN files f ON f.blake3 = l.blake3 \
+                 WHERE f.package_id = $1 AND l.status = 'present'",
+                &[&id.0],
+            )
+            .await?;
+        let mut storage_receipts = receipt_rows
+            .iter()
+            .map(|r| {
+                let digest = Digest::from_slice(r.get::<_, &[u8]>(0))
+                    .map_err(|e| Error::Integrity(e.to_string()))?;
+                Ok(StorageReceipt {
+                    content_address: ContentAddress::blake3(digest),
+                    backend_id: r.get(1),
+                    stored_at: Timestamp::from_datetime(r.get(2)),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        storage_receipts.sort_by(|a, b| {
+            (a.content_address.to_string(), &a.backend_id)
+                .cmp(&(b.content_address.to_string(), &b.backend_id))
+        });
+
+        let retention = tx
+            .query_one(
+                "SELECT c.duration_seconds, s.legal_hold FROM retention_classes c, retention_state s \
+                 WHERE c.name = $1 AND s.package_id = $2",
+                &[&package.retention_class, &id.0],
+            )
+            .await?;
+        let duration: Option<i64> = retention.get(0);
+        let finalized_at = self.clock.now();
+        let expires_at = match duration {
+            Some(seconds) => Some(finalized_at.plus_seconds(seconds).ok_or_else(|| {
+                Error::InvalidInput(format!("retention of {seconds} s overflows the calendar"))
+            })?),
+            None => None,
+        };
+        let manifest = Manifest {
+            manifest_version: MANIFEST_VERSION,
+            package: ManifestPackage {
+                id,
+                tenant: tenant.clone(),
+                producer: package.producer.clone(),
+                subject: package.subject.clone(),
+                retention_class: package.retention_class.clone(),
+                metadata: package.metadata.clone(),
+                created_at: package.created_at,
+                finalized_at,
+            },
+            files: files
+                .iter()
+                .map(|f| ManifestFile {
+                    relative_path: f.relative_path.clone(),
+                    size: f.size,
+                    media_type: f.media_type.clone(),
+                    digests: FileDigests::new(&f.blake3, &f.sha256),
+                })
+                .collect(),
+            storage_receipts,
+            retention_summary: RetentionSummary {
+                class: package.retention_class.clone(),
+                duration_seconds: duration.map(|d| d as u64),
+                expires_at,
+                legal_hold: retention.get(1),
+            },
+            provenance: Provenance {
+                generator: GENERATOR.into(),
+                finalized_by,
+            },
+        };
+        let cbor = manifest.to_cbor()?;
+        events::record(
+            &tx,
+            vec![DomainEvent::PackageFinalized {
+                manifest: Box::new(manifest),
+                cbor,
+            }],
+        )
+        .await?;
+        let package = load_package(&*tx, tenant, id).await?;
+        tx.commit().await?;
+        Ok(package)
+    }
+
+    /// The manifest of a finalized package.
+    pub async fn get_manifest(&self, tenant: &TenantId, id: PackageId) -> Result<StoredManifest> {
+        let client = self.pool.get().await?;
+        let package = load_package(&**client, tenant, id).await?;
+        let row = client
+            .query_opt(
+                "SELECT digest, cbor FROM manifests WHERE package_id = $1",
+                &[&id.0],
+            )
+            .await?;
+        match row {
+            Some(row) => Ok(StoredManifest {
+                digest: row
+                    .get::<_, &str>(0)
+                    .parse()
+                    .map_err(|e| Error::Integrity(format!("manifest digest: {e}")))?,
+                cbor: row.get(1),
+            }),
+            None if package.status == PackageStatus::Open => Err(Error::NotFound {
+                what: format!(
+                    "manifest of package {id} (the package is still open: finalize it first)"
+                ),
+            }),
+            None => Err(Error::Integrity(format!(
+                "finalized package {id} has no manifest"
+            ))),
+        }
+    }
+}

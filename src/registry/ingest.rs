@@ -1,0 +1,253 @@
+//! Streaming ingest: hash while storing, check, commit bytes, then record in one transaction.
+
+use super::Registry;
+use super::types::{FILE_COLUMNS, FileRecord, PackageStatus};
+use crate::error::{Error, Result};
+use crate::events::{self, DomainEvent, FileIngested};
+use crate::identity::{ContentAddress, DualDigest, DualHasher, HashPipeline};
+use crate::model::{FileId, PackageId, RelativePath, TenantId, validate_label};
+use crate::storage::{BlobStore, StagedBlob};
+use bytes::Bytes;
+use futures::{Stream, StreamExt, pin_mut};
+use tokio_postgres::GenericClient;
+
+/// One file to ingest.
+#[derive(Debug, Clone)]
+pub struct IngestRequest {
+    /// Where it goes in the package.
+    pub relative_path: RelativePath,
+    /// Media type; `application/octet-stream` when absent.
+    pub media_type: Option<String>,
+    /// If given, the bytes must have this digest (either algorithm) or nothing is kept.
+    pub expected_digest: Option<ContentAddress>,
+    /// Replace an existing file at the same path instead of failing with a conflict.
+    pub replace: bool,
+}
+
+/// Used when a request names no media type.
+pub const DEFAULT_MEDIA_TYPE: &str = "application/octet-stream";
+
+/// Checks a media type's shape: `type/subtype`, no control characters.
+pub fn validate_media_type(media_type: &str) -> Result<()> {
+    validate_label("media_type", media_type)?;
+    let (kind, sub) = media_type.split_once('/').unwrap_or(("", ""));
+    if kind.is_empty() || sub.is_empty() {
+        return Err(Error::InvalidInput(format!(
+            "media type `{}` must look like `type/subtype`",
+            media_type.escape_debug()
+        )));
+    }
+    Ok(())
+}
+
+impl Registry {
+    /// Streams `body` into the package as `request.relative_path`.
+    ///
+    /// Bytes land in the backend before the transaction that references them: a crash in
+    /// between leaves unreferenced bytes for garbage collection, never a reference to missing
+    /// bytes. On any error nothing is recorded and the staged bytes are removed.
+    pub async fn ingest_file<S>(
+        &self,
+        tenant: &TenantId,
+        package_id: PackageId,
+        request: IngestRequest,
+        body: S,
+    ) -> Result<FileRecord>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send,
+    {
+        let media_type = request
+            .media_type
+            .clone()
+            .unwrap_or_else(|| DEFAULT_MEDIA_TYPE.into());
+        validate_media_type(&media_type)?;
+        // Fail fast, before any byte is stored, on what can already be known.
+        {
+            let client = self.pool.get().await?;
+            check_can_add(
+                &**client,
+                tenant,
+                package_id,
+                &request,
+                self.limits.max_files_per_package,
+                false,
+            )
+            .await?;
+        }
+        let backend = self.backends.default_backend().clone();
+        let staged = backend.stage().await?;
+        let digest = match self.stream_into(staged, body).await {
+            Ok((staged, digest)) => {
+                if let Err(e) = check_expected(&request, &digest) {
+                    staged.abort().await?;
+                    return Err(e);
+                }
+                staged.commit(&digest.primary_address()).await?;
+                digest
+            }
+            Err(e) => return Err(e),
+        };
+        self.record_ingest(
+            tenant,
+            package_id,
+            request,
+            media_type,
+            &digest,
+            backend.as_ref(),
+        )
+        .await
+    }
+
+    /// Copies the stream into the staged write while the hashing thread digests it.
+    async fn stream_into<S>(
+        &self,
+        mut staged: Box<dyn StagedBlob>,
+        body: S,
+    ) -> Result<(Box<dyn StagedBlob>, DualDigest)>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send,
+    {
+        let hasher = HashPipeline::spawn(DualHasher::new());
+        pin_mut!(body);
+        let mut size = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    staged.abort().await?;
+                    return Err(Error::Body(e.to_string()));
+                }
+            };
+            size += chunk.len() as u64;
+            if size > self.limits.max_file_size {
+                staged.abort().await?;
+                return Err(Error::QuotaExceeded(format!(
+                    "file exceeds the maximum file size of {} bytes",
+                    self.limits.max_file_size
+                )));
+            }
+            hasher.update(chunk.clone()).await;
+            if let Err(e) = staged.write(chunk).await {
+                let _ = staged.abort().await;
+                return Err(e);
+            }
+        }
+        let digest = hasher
+            .finish()
+            .await
+            .map_err(|e| Error::Integrity(format!("hashing: {e}")))?;
+        Ok((staged, digest))
+    }
+
+    async fn record_ingest(
+        &self,
+        tenant: &TenantId,
+        package_id: PackageId,
+        request: IngestRequest,
+        media_type: String,
+        digest: &DualDigest,
+        backend: &dyn BlobStore,
+    ) -> Result<FileRecord> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let replaced = check_can_add(
+            &*tx,
+            tenant,
+            package_id,
+            &request,
+            self.limits.max_files_per_package,
+            true,
+        )
+        .await?;
+        let event = FileIngested {
+            file_id: FileId::generate(),
+            package_id,
+            relative_path: request.relative_path,
+            size: digest.size,
+            media_type,
+            blake3: digest.blake3.to_hex(),
+            sha256: digest.sha256.to_hex(),
+            backend_id: backend.id().to_owned(),
+            storage_key: digest.primary_address().storage_key(),
+            replaced_file_id: replaced,
+            ingested_at: self.clock.now(),
+        };
+        let file_id = event.file_id;
+        events::record(
+            &tx,
+            vec![DomainEvent::FileIngested {
+                tenant: tenant.clone(),
+                event,
+            }],
+        )
+        .await?;
+        let row = tx
+            .query_one(
+                &format!("SELECT {FILE_COLUMNS} FROM files f JOIN blobs b ON b.blake3 = f.blake3 WHERE f.id = $1"),
+                &[&file_id.0],
+            )
+            .await?;
+        tx.commit().await?;
+        FileRecord::from_row(&row)
+    }
+}
+
+fn check_expected(request: &IngestRequest, digest: &DualDigest) -> Result<()> {
+    match &request.expected_digest {
+        Some(expected) if !digest.matches(expected) => Err(Error::DigestMismatch {
+            expected: *expected,
+            actual: match expected.algorithm() {
+                crate::identity::Algorithm::Blake3 => digest.primary_address(),
+                crate::identity::Algorithm::Sha256 => digest.sha256_address(),
+            },
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Checks the package is the tenant's, open, has room, and the path is free (or may be
+/// replaced). With `lock`, the package row is locked until the transaction ends, so two
+/// ingests into one package serialise their checks. Returns the file being replaced.
+async fn check_can_add(
+    client: &impl GenericClient,
+    tenant: &TenantId,
+    package_id: PackageId,
+    request: &IngestRequest,
+    max_files: u64,
+    lock: bool,
+) -> Result<Option<FileId>> {
+    let sql = if lock {
+        "SELECT status, file_count FROM packages WHERE id = $1 AND tenant = $2 FOR UPDATE"
+    } else {
+        "SELECT status, file_count FROM packages WHERE id = $1 AND tenant = $2"
+    };
+    let row = client
+        .query_opt(sql, &[&package_id.0, &tenant.as_str()])
+        .await?
+        .ok_or_else(|| Error::not_found("package", package_id))?;
+    if PackageStatus::parse(row.get(0))? != PackageStatus::Open {
+        return Err(Error::Conflict(format!(
+            "package {package_id} is finalized and immutable; create a new package"
+        )));
+    }
+    let existing = client
+        .query_opt(
+            "SELECT id FROM files WHERE package_id = $1 AND relative_path = $2",
+            &[&package_id.0, &request.relative_path.as_str()],
+        )
+        .await?
+        .map(|r| FileId(r.get(0)));
+    if existing.is_some() && !request.replace {
+        return Err(Error::Conflict(format!(
+            "package {package_id} already has a file at `{}`; ask to replace it",
+            request.relative_path
+        )));
+    }
+    let file_count = row.get::<_, i32>(1) as u64;
+    if existing.is_none() && file_count >= max_files {
+        return Err(Error::QuotaExceeded(format!(
+            "package {package_id} already holds the maximum of {max_files} files"
+        )));
+    }
+    Ok(existing)
+}

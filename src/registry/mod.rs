@@ -1,0 +1,84 @@
+//! The orchestrator: packages, files, ingest, finalize, reads. Every public function takes the
+//! caller's tenant; another tenant's things are `NotFound`.
+
+mod finalize;
+mod ingest;
+mod packages;
+mod reads;
+mod types;
+
+pub use ingest::IngestRequest;
+pub use packages::{NewPackage, PackageFilter, PackagePage};
+pub use reads::FileDownload;
+pub use types::{FileRecord, Package, PackageStatus, StoredManifest};
+
+use crate::model::{Clock, SystemClock};
+use crate::storage::Backends;
+use deadpool_postgres::Pool;
+use std::sync::Arc;
+
+/// Configurable limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest accepted file, in bytes.
+    pub max_file_size: u64,
+    /// Most files one package may hold.
+    pub max_files_per_package: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_file_size: 5 << 30,
+            max_files_per_package: 10_000,
+        }
+    }
+}
+
+/// The registry: PostgreSQL for state, backends for bytes.
+#[derive(Clone)]
+pub struct Registry {
+    pool: Pool,
+    backends: Backends,
+    clock: Arc<dyn Clock>,
+    limits: Limits,
+}
+
+impl Registry {
+    /// A registry with the system clock and default limits.
+    pub fn new(pool: Pool, backends: Backends) -> Self {
+        Registry {
+            pool,
+            backends,
+            clock: Arc::new(SystemClock),
+            limits: Limits::default(),
+        }
+    }
+
+    /// Replaces the clock.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Replaces the limits.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The storage backends.
+    pub fn backends(&self) -> &Backends {
+        &self.backends
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+}

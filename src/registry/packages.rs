@@ -1,0 +1,197 @@
+//! Creating, reading and listing packages.
+
+use super::Registry;
+use super::types::{FILE_COLUMNS, FileRecord, PACKAGE_COLUMNS, Package, PackageStatus};
+use crate::error::{Error, Result};
+use crate::events::{self, DomainEvent, PackageCreated};
+use crate::model::{Metadata, PackageId, TenantId, validate_label};
+use tokio_postgres::GenericClient;
+
+/// What a new package needs.
+#[derive(Debug, Clone, Default)]
+pub struct NewPackage {
+    /// What produced it.
+    pub producer: String,
+    /// What it is about.
+    pub subject: String,
+    /// Retention class; `standard` when absent.
+    pub retention_class: Option<String>,
+    /// Text labels.
+    pub metadata: Metadata,
+}
+
+/// Listing filters. All given filters must match.
+#[derive(Debug, Clone, Default)]
+pub struct PackageFilter {
+    /// Exact producer.
+    pub producer: Option<String>,
+    /// Exact subject.
+    pub subject: Option<String>,
+    /// Exact retention class.
+    pub retention_class: Option<String>,
+    /// Status.
+    pub status: Option<PackageStatus>,
+    /// Metadata entries that must all be present with these exact values.
+    pub metadata: Vec<(String, String)>,
+    /// Page size (1..=1000).
+    pub limit: u32,
+    /// Continue after this cursor (from a previous page).
+    pub cursor: Option<i64>,
+}
+
+/// One page of packages, newest first.
+#[derive(Debug, Clone)]
+pub struct PackagePage {
+    /// The packages.
+    pub items: Vec<Package>,
+    /// Pass as `cursor` to get the next page; `None` on the last page.
+    pub next_cursor: Option<i64>,
+}
+
+/// The retention class used when a package names none.
+pub const DEFAULT_RETENTION_CLASS: &str = "standard";
+
+impl Registry {
+    /// Opens a new package.
+    pub async fn create_package(&self, tenant: &TenantId, new: NewPackage) -> Result<Package> {
+        validate_label("producer", &new.producer)?;
+        validate_label("subject", &new.subject)?;
+        let retention_class = new
+            .retention_class
+            .unwrap_or_else(|| DEFAULT_RETENTION_CLASS.into());
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let known = tx
+            .query_opt(
+                "SELECT 1 FROM retention_classes WHERE name = $1",
+                &[&retention_class],
+            )
+            .await?;
+        if known.is_none() {
+            return Err(Error::InvalidInput(format!(
+                "retention class `{}` does not exist",
+                retention_class.escape_debug()
+            )));
+        }
+        tx.execute(
+            "INSERT INTO tenants (id) VALUES ($1) ON CONFLICT DO NOTHING",
+            &[&tenant.as_str()],
+        )
+        .await?;
+        let event = PackageCreated {
+            package_id: PackageId::generate(),
+            tenant: tenant.clone(),
+            producer: new.producer,
+            subject: new.subject,
+            retention_class,
+            metadata: new.metadata,
+            created_at: self.clock.now(),
+        };
+        let id = event.package_id;
+        events::record(&tx, vec![DomainEvent::PackageCreated(event)]).await?;
+        let package = load_package(&*tx, tenant, id).await?;
+        tx.commit().await?;
+        Ok(package)
+    }
+
+    /// A package.
+    pub async fn get_package(&self, tenant: &TenantId, id: PackageId) -> Result<Package> {
+        let client = self.pool.get().await?;
+        load_package(&**client, tenant, id).await
+    }
+
+    /// A package's files, sorted by relative path.
+    pub async fn list_files(&self, tenant: &TenantId, id: PackageId) -> Result<Vec<FileRecord>> {
+        let client = self.pool.get().await?;
+        load_package(&**client, tenant, id).await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {FILE_COLUMNS} FROM files f JOIN blobs b ON b.blake3 = f.blake3 \
+                     WHERE f.package_id = $1 AND f.tenant = $2"
+                ),
+                &[&id.0, &tenant.as_str()],
+            )
+            .await?;
+        let mut files = rows
+            .iter()
+            .map(FileRecord::from_row)
+            .collect::<Result<Vec<_>>>()?;
+        files.sort_by(|a, b| a.relative_path.cmp(&b.relative_path));
+        Ok(files)
+    }
+
+    /// Lists packages newest first. Pages are stable under concurrent inserts: the cursor is a
+    /// position in the commit-ordered log, and new packages always sort before it.
+    pub async fn list_packages(
+        &self,
+        tenant: &TenantId,
+        filter: &PackageFilter,
+    ) -> Result<PackagePage> {
+        if !(1..=1000).contains(&filter.limit) {
+            return Err(Error::InvalidInput(
+                "limit must be between 1 and 1000".into(),
+            ));
+        }
+        let metadata: serde_json::Map<String, serde_json::Value> = filter
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        let metadata = serde_json::Value::Object(metadata);
+        let status = filter.status.map(PackageStatus::as_str);
+        let fetch = i64::from(filter.limit) + 1;
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {PACKAGE_COLUMNS} FROM packages \
+                     WHERE tenant = $1 \
+                       AND ($2::text IS NULL OR producer = $2) \
+                       AND ($3::text IS NULL OR subject = $3) \
+                       AND ($4::text IS NULL OR retention_class = $4) \
+                       AND ($5::text IS NULL OR status = $5) \
+                       AND metadata @> $6::jsonb \
+                       AND ($7::bigint IS NULL OR created_sequence < $7) \
+                     ORDER BY created_sequence DESC LIMIT $8"
+                ),
+                &[
+                    &tenant.as_str(),
+                    &filter.producer,
+                    &filter.subject,
+                    &filter.retention_class,
+                    &status,
+                    &metadata,
+                    &filter.cursor,
+                    &fetch,
+                ],
+            )
+            .await?;
+        let mut items = rows
+            .iter()
+            .map(Package::from_row)
+            .collect::<Result<Vec<_>>>()?;
+        let next_cursor = if items.len() > filter.limit as usize {
+            items.truncate(filter.limit as usize);
+            items.last().map(|p| p.created_sequence)
+        } else {
+            None
+        };
+        Ok(PackagePage { items, next_cursor })
+    }
+}
+
+pub(crate) async fn load_package(
+    client: &impl GenericClient,
+    tenant: &TenantId,
+    id: PackageId,
+) -> Result<Package> {
+    let row = client
+        .query_opt(
+            &format!("SELECT {PACKAGE_COLUMNS} FROM packages WHERE id = $1 AND tenant = $2"),
+            &[&id.0, &tenant.as_str()],
+        )
+        .await?
+        .ok_or_else(|| Error::not_found("package", id))?;
+    Package::from_row(&row)
+}

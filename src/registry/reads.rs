@@ -1,0 +1,75 @@
+//! Reading files back.
+
+use super::Registry;
+use super::types::{FILE_COLUMNS, FileRecord};
+use crate::error::{Error, Result};
+use crate::model::{FileId, TenantId};
+use crate::storage::{ByteRange, ByteStream};
+
+/// A file's bytes (or a range of them), ready to stream.
+pub struct FileDownload {
+    /// The file.
+    pub file: FileRecord,
+    /// The range being sent; `None` for the whole file.
+    pub range: Option<ByteRange>,
+    /// The bytes.
+    pub body: ByteStream,
+}
+
+impl Registry {
+    /// A file's record.
+    pub async fn get_file(&self, tenant: &TenantId, id: FileId) -> Result<FileRecord> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "SELECT {FILE_COLUMNS} FROM files f JOIN blobs b ON b.blake3 = f.blake3 \
+                     WHERE f.id = $1 AND f.tenant = $2"
+                ),
+                &[&id.0, &tenant.as_str()],
+            )
+            .await?
+            .ok_or_else(|| Error::not_found("file", id))?;
+        FileRecord::from_row(&row)
+    }
+
+    /// Streams a file, or `range` of it (which must lie within the file).
+    pub async fn read_file(
+        &self,
+        tenant: &TenantId,
+        id: FileId,
+        range: Option<ByteRange>,
+    ) -> Result<FileDownload> {
+        let file = self.get_file(tenant, id).await?;
+        if let Some(r) = range {
+            if r.length == 0
+                || r.offset
+                    .checked_add(r.length)
+                    .is_none_or(|end| end > file.size)
+            {
+                return Err(Error::InvalidInput(format!(
+                    "range {}+{} is outside the file's {} bytes",
+                    r.offset, r.length, file.size
+                )));
+            }
+        }
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT backend_id FROM storage_locations \
+                 WHERE blake3 = $1 AND status = 'present' ORDER BY backend_id",
+                &[&file.blake3.0.as_slice()],
+            )
+            .await?;
+        drop(client);
+        let address = file.content_address();
+        let backend = rows
+            .iter()
+            .find_map(|r| self.backends.get(r.get::<_, &str>(0)))
+            .ok_or_else(|| {
+                Error::Integrity(format!("no configured backend holds {address} (file {id})"))
+            })?;
+        let body = backend.get(&address, range).await?;
+        Ok(FileDownload { file, range, body })
+    }
+}

@@ -1,0 +1,158 @@
+//! What the registry returns.
+
+use crate::error::{Error, Result};
+use crate::identity::{ContentAddress, Digest};
+use crate::model::{FileId, Metadata, PackageId, RelativePath, TenantId, Timestamp};
+use tokio_postgres::Row;
+
+/// Open packages accept files; finalized ones are immutable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PackageStatus {
+    /// Accepting files.
+    Open,
+    /// Immutable, with a manifest.
+    Finalized,
+}
+
+impl PackageStatus {
+    /// `open` or `finalized`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PackageStatus::Open => "open",
+            PackageStatus::Finalized => "finalized",
+        }
+    }
+
+    /// Parses `open` or `finalized`.
+    pub fn parse(text: &str) -> Result<Self> {
+        match text {
+            "open" => Ok(PackageStatus::Open),
+            "finalized" => Ok(PackageStatus::Finalized),
+            other => Err(Error::InvalidInput(format!(
+                "status `{}` is unknown (expected `open` or `finalized`)",
+                other.escape_debug()
+            ))),
+        }
+    }
+}
+
+/// A package.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Package {
+    /// Id.
+    pub id: PackageId,
+    /// Owner.
+    pub tenant: TenantId,
+    /// Producer label.
+    pub producer: String,
+    /// Subject label.
+    pub subject: String,
+    /// Retention class.
+    pub retention_class: String,
+    /// Text labels.
+    pub metadata: Metadata,
+    /// Open or finalized.
+    pub status: PackageStatus,
+    /// Creation time.
+    pub created_at: Timestamp,
+    /// Finalization time.
+    pub finalized_at: Option<Timestamp>,
+    /// `blake3:` of the manifest's CBOR, once finalized.
+    pub manifest_digest: Option<ContentAddress>,
+    /// Number of files.
+    pub file_count: u64,
+    /// Sum of file sizes.
+    pub total_size: u64,
+    /// Sequence of its creation event (orders listings).
+    pub created_sequence: i64,
+}
+
+pub(crate) const PACKAGE_COLUMNS: &str = "id, tenant, producer, subject, retention_class, metadata, \
+    status, created_at, created_sequence, finalized_at, manifest_digest, file_count, total_size";
+
+impl Package {
+    pub(crate) fn from_row(row: &Row) -> Result<Self> {
+        let metadata: serde_json::Value = row.get("metadata");
+        let digest: Option<String> = row.get("manifest_digest");
+        Ok(Package {
+            id: PackageId(row.get("id")),
+            tenant: TenantId::new(row.get("tenant"))?,
+            producer: row.get("producer"),
+            subject: row.get("subject"),
+            retention_class: row.get("retention_class"),
+            metadata: serde_json::from_value(metadata)
+                .map_err(|e| Error::Integrity(format!("package metadata: {e}")))?,
+            status: PackageStatus::parse(row.get("status"))?,
+            created_at: Timestamp::from_datetime(row.get("created_at")),
+            finalized_at: row
+                .get::<_, Option<time::OffsetDateTime>>("finalized_at")
+                .map(Timestamp::from_datetime),
+            manifest_digest: digest
+                .map(|d| {
+                    d.parse()
+                        .map_err(|e| Error::Integrity(format!("manifest digest: {e}")))
+                })
+                .transpose()?,
+            file_count: row.get::<_, i32>("file_count") as u64,
+            total_size: row.get::<_, i64>("total_size") as u64,
+            created_sequence: row.get("created_sequence"),
+        })
+    }
+}
+
+/// A file in a package.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRecord {
+    /// Id.
+    pub id: FileId,
+    /// Package.
+    pub package_id: PackageId,
+    /// Path inside the package.
+    pub relative_path: RelativePath,
+    /// Size in bytes.
+    pub size: u64,
+    /// Media type.
+    pub media_type: String,
+    /// BLAKE3 digest.
+    pub blake3: Digest,
+    /// SHA-256 digest.
+    pub sha256: Digest,
+    /// When it was ingested.
+    pub created_at: Timestamp,
+}
+
+pub(crate) const FILE_COLUMNS: &str = "f.id, f.package_id, f.relative_path, f.size, f.media_type, \
+    f.blake3, b.sha256, f.created_at";
+
+impl FileRecord {
+    /// `blake3:<hex>`.
+    pub fn content_address(&self) -> ContentAddress {
+        ContentAddress::blake3(self.blake3)
+    }
+
+    pub(crate) fn from_row(row: &Row) -> Result<Self> {
+        let digest = |col: &str| {
+            Digest::from_slice(row.get::<_, &[u8]>(col))
+                .map_err(|e| Error::Integrity(e.to_string()))
+        };
+        Ok(FileRecord {
+            id: FileId(row.get("id")),
+            package_id: PackageId(row.get("package_id")),
+            relative_path: RelativePath::new(row.get("relative_path"))?,
+            size: row.get::<_, i64>("size") as u64,
+            media_type: row.get("media_type"),
+            blake3: digest("blake3")?,
+            sha256: digest("sha256")?,
+            created_at: Timestamp::from_datetime(row.get("created_at")),
+        })
+    }
+}
+
+/// A finalized package's manifest.
+#[derive(Debug, Clone)]
+pub struct StoredManifest {
+    /// `blake3:` over `cbor`.
+    pub digest: ContentAddress,
+    /// Canonical CBOR.
+    pub cbor: Vec<u8>,
+}

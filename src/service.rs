@@ -1,0 +1,80 @@
+//! Wiring the parts together from settings: database (given or private), migrations,
+//! backends, registry. Used by `serve`, `migrate`, `replay` and the benchmarks.
+
+use crate::config::Settings;
+use crate::db::cluster::{ClusterOptions, DATABASE, ManagedCluster};
+use crate::error::Result;
+use crate::registry::Registry;
+use crate::storage::{Backends, local::LocalStore};
+use std::sync::Arc;
+
+/// A database to talk to, and the private cluster behind it if we run one.
+pub struct DatabaseHandle {
+    /// Connection URL.
+    pub url: String,
+    cluster: Option<ManagedCluster>,
+}
+
+impl DatabaseHandle {
+    /// `ARTIFACTSTORE_DATABASE_URL` if set, else the private cluster under the data directory
+    /// (started, or reused if already running).
+    pub async fn open(settings: &Settings) -> Result<Self> {
+        match &settings.database_url {
+            Some(url) => Ok(DatabaseHandle {
+                url: url.clone(),
+                cluster: None,
+            }),
+            None => {
+                let cluster = ManagedCluster::start_or_reuse(ClusterOptions {
+                    dir: settings.data_dir.clone(),
+                    unsafe_fast: false,
+                })
+                .await?;
+                cluster.ensure_database(DATABASE).await?;
+                Ok(DatabaseHandle {
+                    url: cluster.url(DATABASE),
+                    cluster: Some(cluster),
+                })
+            }
+        }
+    }
+
+    /// Stops the private cluster if this process started it.
+    pub fn close(mut self) {
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.stop();
+        }
+    }
+}
+
+/// A running service's library half.
+pub struct Service {
+    /// The registry.
+    pub registry: Registry,
+    /// The database.
+    pub database: DatabaseHandle,
+}
+
+impl Service {
+    /// Opens the database, migrates if asked, and builds the registry with the local backend.
+    pub async fn start(settings: &Settings, migrate: bool) -> Result<Self> {
+        let database = DatabaseHandle::open(settings).await?;
+        if migrate {
+            let applied = crate::db::migrate(&database.url).await?;
+            if applied > 0 {
+                tracing::info!(applied, "applied database migrations");
+            }
+        }
+        let pool = crate::db::pool(&database.url, settings.db_pool_size)?;
+        let local = LocalStore::open("local", &settings.storage_local_root)?;
+        let registry =
+            Registry::new(pool, Backends::single(Arc::new(local))).with_limits(settings.limits);
+        Ok(Service { registry, database })
+    }
+
+    /// Releases the database (stopping the private cluster if we started it).
+    pub fn shutdown(self) {
+        self.registry.pool().close();
+        self.database.close();
+    }
+}

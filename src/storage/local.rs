@@ -1,0 +1,342 @@
+//! Local filesystem backend: `<root>/<algorithm>/<hex[0:2]>/<hex[2:4]>/<hex>`, staged in
+//! `<root>/.staging/` (same filesystem), committed with fsync, rename and a directory fsync.
+
+use super::{BackendHealth, BlobInfo, BlobStore, ByteRange, ByteStream, CommitOutcome, StagedBlob};
+use crate::error::{Error, Result};
+use crate::identity::{Algorithm, ContentAddress, Digest};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+const STAGING_DIR: &str = ".staging";
+/// Writes are batched to this size so each trip to the blocking pool moves a lot of bytes.
+const WRITE_BATCH: usize = 1024 * 1024;
+const READ_CHUNK: usize = 256 * 1024;
+
+/// A directory of blobs.
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    id: String,
+    root: PathBuf,
+}
+
+impl LocalStore {
+    /// Opens (creating if needed) a store rooted at `root`.
+    pub fn open(id: impl Into<String>, root: impl Into<PathBuf>) -> Result<Self> {
+        let id = id.into();
+        let root = root.into();
+        std::fs::create_dir_all(root.join(STAGING_DIR))
+            .map_err(|e| Error::storage(&id, format!("cannot create {}: {e}", root.display())))?;
+        Ok(LocalStore { id, root })
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where a blob lives. Built only from a validated address: it cannot leave the root.
+    pub fn path_of(&self, address: &ContentAddress) -> PathBuf {
+        self.root.join(address.storage_key())
+    }
+
+    fn io_error(&self, what: &str, e: std::io::Error) -> Error {
+        Error::storage(&self.id, format!("{what}: {e}"))
+    }
+
+    /// Removes staging files last modified before `cutoff` (abandoned writes); returns how many.
+    pub async fn sweep_staging(&self, cutoff: std::time::SystemTime) -> Result<usize> {
+        let dir = self.root.join(STAGING_DIR);
+        tokio::task::spawn_blocking(move || {
+            let mut removed = 0;
+            for entry in std::fs::read_dir(&dir)?.flatten() {
+                let old = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t < cutoff);
+                if old && std::fs::remove_file(entry.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+            Ok::<_, std::io::Error>(removed)
+        })
+        .await
+        .map_err(|e| Error::storage(&self.id, e))?
+        .map_err(|e| self.io_error("sweeping staging", e))
+    }
+}
+
+#[async_trait::async_trait]
+impl BlobStore for LocalStore {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    async fn stage(&self) -> Result<Box<dyn StagedBlob>> {
+        let path = self
+            .root
+            .join(STAGING_DIR)
+            .join(uuid::Uuid::new_v4().to_string());
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| self.io_error("creating staging file", e))?;
+        Ok(Box::new(LocalStaged {
+            store: self.clone(),
+            path,
+            file: Some(file),
+            buffer: BytesMut::new(),
+            written: 0,
+        }))
+    }
+
+    async fn get(&self, address: &ContentAddress, range: Option<ByteRange>) -> Result<ByteStream> {
+        let path = self.path_of(address);
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::not_found("blob", address));
+            }
+            Err(e) => return Err(self.io_error("opening blob", e)),
+        };
+        let stream = match range {
+            None => tokio_util::io::ReaderStream::with_capacity(file, READ_CHUNK).boxed(),
+            Some(r) => {
+                file.seek(std::io::SeekFrom::Start(r.offset))
+                    .await
+                    .map_err(|e| self.io_error("seeking blob", e))?;
+                tokio_util::io::ReaderStream::with_capacity(file.take(r.length), READ_CHUNK).boxed()
+            }
+        };
+        Ok(stream)
+    }
+
+    async fn head(&self, address: &ContentAddress) -> Result<Option<u64>> {
+        match tokio::fs::metadata(self.path_of(address)).await {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.io_error("reading blob metadata", e)),
+        }
+    }
+
+    async fn delete(&self, address: &ContentAddress) -> Result<()> {
+        match tokio::fs::remove_file(self.path_of(address)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.io_error("deleting blob", e)),
+        }
+    }
+
+    fn list(&self) -> BoxStream<'static, Result<BlobInfo>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let root = self.root.clone();
+        let id = self.id.clone();
+        tokio::task::spawn_blocking(move || {
+            for algorithm in [Algorithm::Blake3, Algorithm::Sha256] {
+                if let Err(e) = walk_algorithm(&root, algorithm, &tx) {
+                    let _ = tx.blocking_send(Err(Error::storage(&id, format!("listing: {e}"))));
+                    return;
+                }
+            }
+        });
+        tokio_stream_from(rx)
+    }
+
+    async fn health(&self) -> BackendHealth {
+        let root = self.root.clone();
+        let stat = tokio::task::spawn_blocking(move || {
+            if !root.is_dir() {
+                return Err(format!("root {} is missing", root.display()));
+            }
+            nix::sys::statvfs::statvfs(&root).map_err(|e| format!("statvfs: {e}"))
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        match stat {
+            Ok(s) => {
+                let free = s.blocks_available() as u64 * s.fragment_size() as u64;
+                let total = s.blocks() as u64 * s.fragment_size() as u64;
+                BackendHealth {
+                    backend_id: self.id.clone(),
+                    healthy: true,
+                    detail: format!("{} free of {}", human(free), human(total)),
+                    free_bytes: Some(free),
+                    total_bytes: Some(total),
+                }
+            }
+            Err(detail) => BackendHealth {
+                backend_id: self.id.clone(),
+                healthy: false,
+                detail,
+                free_bytes: None,
+                total_bytes: None,
+            },
+        }
+    }
+}
+
+fn human(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> BoxStream<'static, T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+}
+
+fn walk_algorithm(
+    root: &Path,
+    algorithm: Algorithm,
+    tx: &tokio::sync::mpsc::Sender<Result<BlobInfo>>,
+) -> std::io::Result<()> {
+    let base = root.join(algorithm.as_str());
+    if !base.is_dir() {
+        return Ok(());
+    }
+    for level1 in std::fs::read_dir(&base)? {
+        for level2 in std::fs::read_dir(level1?.path())? {
+            for entry in std::fs::read_dir(level2?.path())? {
+                let entry = entry?;
+                let name = entry.file_name();
+                // Stray files that are not digests are not blobs.
+                let Some(digest) = name.to_str().and_then(|n| Digest::from_hex(n).ok()) else {
+                    continue;
+                };
+                let info = BlobInfo {
+                    address: ContentAddress::new(algorithm, digest),
+                    size: entry.metadata()?.len(),
+                };
+                if tx.blocking_send(Ok(info)).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+struct LocalStaged {
+    store: LocalStore,
+    path: PathBuf,
+    file: Option<std::fs::File>,
+    buffer: BytesMut,
+    written: u64,
+}
+
+impl LocalStaged {
+    async fn flush_buffer(&mut self) -> Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let data = self.buffer.split().freeze();
+        let mut file = self
+            .file
+            .take()
+            .expect("file present until commit or abort");
+        let (file, result) = tokio::task::spawn_blocking(move || {
+            let r = file.write_all(&data);
+            (file, r)
+        })
+        .await
+        .map_err(|e| Error::storage(&self.store.id, e))?;
+        self.file = Some(file);
+        result.map_err(|e| self.store.io_error("writing staging file", e))
+    }
+}
+
+#[async_trait::async_trait]
+impl StagedBlob for LocalStaged {
+    async fn write(&mut self, chunk: Bytes) -> Result<()> {
+        self.written += chunk.len() as u64;
+        if self.buffer.is_empty() && chunk.len() >= WRITE_BATCH {
+            self.buffer = BytesMut::from(chunk);
+            return self.flush_buffer().await;
+        }
+        self.buffer.extend_from_slice(&chunk);
+        if self.buffer.len() >= WRITE_BATCH {
+            self.flush_buffer().await?;
+        }
+        Ok(())
+    }
+
+    fn written(&self) -> u64 {
+        self.written
+    }
+
+    async fn commit(mut self: Box<Self>, address: &ContentAddress) -> Result<CommitOutcome> {
+        self.flush_buffer().await?;
+        let file = self
+            .file
+            .take()
+            .expect("file present until commit or abort");
+        let staged = self.path.clone();
+        let dest = self.store.path_of(address);
+        let size = self.written;
+        let root = self.store.root.clone();
+        let outcome =
+            tokio::task::spawn_blocking(move || commit_file(file, &staged, &dest, size, &root))
+                .await
+                .map_err(|e| Error::storage(&self.store.id, e))?;
+        outcome.map_err(|e| self.store.io_error("committing blob", e))
+    }
+
+    async fn abort(mut self: Box<Self>) -> Result<()> {
+        self.file.take();
+        match tokio::fs::remove_file(&self.path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.store.io_error("removing staging file", e)),
+        }
+    }
+}
+
+impl Drop for LocalStaged {
+    fn drop(&mut self) {
+        // Neither committed nor aborted (the request was cancelled): remove the staging file.
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn commit_file(
+    file: std::fs::File,
+    staged: &Path,
+    dest: &Path,
+    size: u64,
+    root: &Path,
+) -> std::io::Result<CommitOutcome> {
+    // An existing blob of the right size is these bytes (the address says so): drop ours.
+    // One of the wrong size was truncated behind our back; replacing it heals it.
+    if std::fs::metadata(dest).is_ok_and(|m| m.len() == size) {
+        drop(file);
+        std::fs::remove_file(staged)?;
+        return Ok(CommitOutcome::AlreadyPresent);
+    }
+    file.sync_all()?;
+    drop(file);
+    let parent = dest.parent().expect("blob path has a parent");
+    let mut created = Vec::new();
+    let mut dir = parent;
+    while !dir.exists() && dir != root {
+        created.push(dir.to_path_buf());
+        dir = dir.parent().expect("inside root");
+    }
+    std::fs::create_dir_all(parent)?;
+    std::fs::rename(staged, dest)?;
+    // Make the rename durable, and every directory entry we created on the way.
+    fsync_dir(parent)?;
+    for dir in &created {
+        fsync_dir(dir.parent().expect("inside root"))?;
+    }
+    Ok(CommitOutcome::Stored)
+}
+
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}

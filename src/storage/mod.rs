@@ -1,0 +1,122 @@
+//! Where bytes live. The registry sees only [`BlobStore`]: staged streaming writes committed
+//! under a content address, ranged reads, head, idempotent delete, list and health. No backend
+//! vocabulary (buckets, multipart) leaks past this module.
+
+pub mod local;
+
+use crate::error::Result;
+use crate::identity::ContentAddress;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use std::sync::Arc;
+
+/// A stream of byte chunks.
+pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
+
+/// A byte range already resolved against the blob's size: `length` bytes from `offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRange {
+    /// First byte.
+    pub offset: u64,
+    /// Number of bytes.
+    pub length: u64,
+}
+
+/// What committing a staged write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// The bytes are now stored under the address.
+    Stored,
+    /// The address already held these bytes; the staged copy was dropped.
+    AlreadyPresent,
+}
+
+/// One stored blob, as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobInfo {
+    /// Its address.
+    pub address: ContentAddress,
+    /// Its stored size.
+    pub size: u64,
+}
+
+/// A backend's health.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BackendHealth {
+    /// Backend id.
+    pub backend_id: String,
+    /// Whether reads and writes can be expected to work.
+    pub healthy: bool,
+    /// A human-readable summary.
+    pub detail: String,
+    /// Free bytes, where the backend knows.
+    pub free_bytes: Option<u64>,
+    /// Capacity, where the backend knows.
+    pub total_bytes: Option<u64>,
+}
+
+/// Bytes being written whose address is not known yet. Nothing is visible under any address
+/// until [`StagedBlob::commit`]; dropping without commit leaves only staging data, which
+/// [`StagedBlob::abort`] or garbage collection removes.
+#[async_trait::async_trait]
+pub trait StagedBlob: Send {
+    /// Appends a chunk.
+    async fn write(&mut self, chunk: Bytes) -> Result<()>;
+    /// Bytes written so far.
+    fn written(&self) -> u64;
+    /// Makes the bytes durable and visible under `address`.
+    async fn commit(self: Box<Self>, address: &ContentAddress) -> Result<CommitOutcome>;
+    /// Discards the staged bytes.
+    async fn abort(self: Box<Self>) -> Result<()>;
+}
+
+/// A storage backend. Object safe: the registry holds `Arc<dyn BlobStore>`.
+#[async_trait::async_trait]
+pub trait BlobStore: Send + Sync + std::fmt::Debug {
+    /// The backend's configured id (recorded in `storage_locations.backend_id`).
+    fn id(&self) -> &str;
+    /// Starts a staged write.
+    async fn stage(&self) -> Result<Box<dyn StagedBlob>>;
+    /// Streams the blob, or a range of it. A missing blob is `Error::NotFound`.
+    async fn get(&self, address: &ContentAddress, range: Option<ByteRange>) -> Result<ByteStream>;
+    /// The stored size, or `None` when absent.
+    async fn head(&self, address: &ContentAddress) -> Result<Option<u64>>;
+    /// Deletes the blob; deleting an absent blob succeeds.
+    async fn delete(&self, address: &ContentAddress) -> Result<()>;
+    /// Every stored blob, in no particular order.
+    fn list(&self) -> BoxStream<'static, Result<BlobInfo>>;
+    /// Reachability and capacity.
+    async fn health(&self) -> BackendHealth;
+}
+
+/// The configured backends, by id, and the default one new packages go to.
+#[derive(Debug, Clone)]
+pub struct Backends {
+    default: Arc<dyn BlobStore>,
+    all: Vec<Arc<dyn BlobStore>>,
+}
+
+impl Backends {
+    /// One backend that is also the default.
+    pub fn single(store: Arc<dyn BlobStore>) -> Self {
+        Backends {
+            default: store.clone(),
+            all: vec![store],
+        }
+    }
+
+    /// The backend new blobs are written to.
+    pub fn default_backend(&self) -> &Arc<dyn BlobStore> {
+        &self.default
+    }
+
+    /// A backend by id.
+    pub fn get(&self, id: &str) -> Option<&Arc<dyn BlobStore>> {
+        self.all.iter().find(|b| b.id() == id)
+    }
+
+    /// All backends.
+    pub fn all(&self) -> &[Arc<dyn BlobStore>] {
+        &self.all
+    }
+}
