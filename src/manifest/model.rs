@@ -216,6 +216,12 @@ pub(crate) mod tests {
             json["retention_summary"]["expires_at"],
             "2027-11-22T10:00:00.000001Z"
         );
+        // Ids are text in both encodings (never CBOR byte strings).
+        assert_eq!(
+            json["package"]["id"],
+            "00000000-0000-0000-0000-000000000000"
+        );
+        assert_eq!(json["package"]["tenant"], "default");
     }
 
     #[test]

@@ -59,20 +59,25 @@ impl<'de> serde::Deserialize<'de> for TenantId {
 macro_rules! uuid_id {
     ($name:ident, $doc:literal) => {
         #[doc = $doc]
-        #[derive(
-            Debug,
-            Clone,
-            Copy,
-            PartialEq,
-            Eq,
-            Hash,
-            PartialOrd,
-            Ord,
-            serde::Serialize,
-            serde::Deserialize,
-        )]
-        #[serde(transparent)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub struct $name(pub Uuid);
+
+        // Always the hyphenated text form: uuid's own serde writes 16 raw bytes to binary
+        // formats such as CBOR, which would make manifests and their JSON projection disagree.
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(&self.0.hyphenated())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(d)?;
+                Uuid::parse_str(&text)
+                    .map($name)
+                    .map_err(serde::de::Error::custom)
+            }
+        }
 
         impl $name {
             /// A new, time-ordered (v7) id.

@@ -41,17 +41,16 @@ impl Registry {
         range: Option<ByteRange>,
     ) -> Result<FileDownload> {
         let file = self.get_file(tenant, id).await?;
-        if let Some(r) = range {
-            if r.length == 0
+        if let Some(r) = range
+            && (r.length == 0
                 || r.offset
                     .checked_add(r.length)
-                    .is_none_or(|end| end > file.size)
-            {
-                return Err(Error::InvalidInput(format!(
-                    "range {}+{} is outside the file's {} bytes",
-                    r.offset, r.length, file.size
-                )));
-            }
+                    .is_none_or(|end| end > file.size))
+        {
+            return Err(Error::InvalidInput(format!(
+                "range {}+{} is outside the file's {} bytes",
+                r.offset, r.length, file.size
+            )));
         }
         let client = self.pool.get().await?;
         let rows = client

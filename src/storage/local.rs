@@ -158,8 +158,8 @@ impl BlobStore for LocalStore {
         .unwrap_or_else(|e| Err(e.to_string()));
         match stat {
             Ok(s) => {
-                let free = s.blocks_available() as u64 * s.fragment_size() as u64;
-                let total = s.blocks() as u64 * s.fragment_size() as u64;
+                let free = s.blocks_available() * s.fragment_size();
+                let total = s.blocks() * s.fragment_size();
                 BackendHealth {
                     backend_id: self.id.clone(),
                     healthy: true,

@@ -1,1 +1,10 @@
-fn main() {}
+//! One integration test binary against real PostgreSQL: see `harness.rs`.
+
+mod harness;
+
+mod crosscheck;
+mod event_log;
+mod registry_flow;
+mod replay;
+mod server;
+mod storage_conformance;

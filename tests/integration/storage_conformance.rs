@@ -1,0 +1,158 @@
+//! The backend conformance suite: every `BlobStore` must pass it unchanged.
+
+use crate::harness::{collect, random_bytes};
+use artifactstore::identity::{ContentAddress, DualHasher};
+use artifactstore::storage::{BlobStore, ByteRange, CommitOutcome, local::LocalStore};
+use bytes::Bytes;
+use futures::TryStreamExt;
+use std::sync::Arc;
+
+async fn put(store: &dyn BlobStore, data: &[u8], chunk: usize) -> (ContentAddress, CommitOutcome) {
+    let address = DualHasher::digest(data).primary_address();
+    let mut staged = store.stage().await.unwrap();
+    for piece in data.chunks(chunk.max(1)) {
+        staged.write(Bytes::copy_from_slice(piece)).await.unwrap();
+    }
+    assert_eq!(staged.written(), data.len() as u64);
+    (address, staged.commit(&address).await.unwrap())
+}
+
+/// Runs every conformance check against `store`, which must start empty.
+pub async fn conformance(store: Arc<dyn BlobStore>) {
+    let store = store.as_ref();
+    assert_eq!(store.list().try_collect::<Vec<_>>().await.unwrap(), vec![]);
+
+    // Put, get, head.
+    let data = random_bytes(3 * 1024 * 1024 + 17, 1);
+    let (address, outcome) = put(store, &data, 64 * 1024 + 3).await;
+    assert_eq!(outcome, CommitOutcome::Stored);
+    assert_eq!(
+        collect(store.get(&address, None).await.unwrap()).await,
+        data
+    );
+    assert_eq!(store.head(&address).await.unwrap(), Some(data.len() as u64));
+
+    // Re-putting the same bytes is idempotent and reports the dedup.
+    let (again, outcome) = put(store, &data, 1 << 20).await;
+    assert_eq!((again, outcome), (address, CommitOutcome::AlreadyPresent));
+
+    // Ranges: start, middle, last byte, whole.
+    for (offset, length) in [
+        (0, 1),
+        (1000, 5000),
+        (data.len() as u64 - 1, 1),
+        (0, data.len() as u64),
+    ] {
+        let got = collect(
+            store
+                .get(&address, Some(ByteRange { offset, length }))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            got,
+            &data[offset as usize..(offset + length) as usize],
+            "range {offset}+{length}"
+        );
+    }
+
+    // The empty blob.
+    let (empty, _) = put(store, b"", 1).await;
+    assert_eq!(collect(store.get(&empty, None).await.unwrap()).await, b"");
+    assert_eq!(store.head(&empty).await.unwrap(), Some(0));
+
+    // Listing sees exactly what was committed.
+    let mut listed: Vec<_> = store.list().try_collect().await.unwrap();
+    listed.sort_by_key(|b| b.size);
+    assert_eq!(listed.len(), 2);
+    assert_eq!((listed[0].address, listed[0].size), (empty, 0));
+    assert_eq!(
+        (listed[1].address, listed[1].size),
+        (address, data.len() as u64)
+    );
+
+    // Aborted and dropped staged writes leave nothing visible.
+    let mut aborted = store.stage().await.unwrap();
+    aborted
+        .write(Bytes::from_static(b"never committed"))
+        .await
+        .unwrap();
+    aborted.abort().await.unwrap();
+    let mut dropped = store.stage().await.unwrap();
+    dropped
+        .write(Bytes::from_static(b"dropped mid-write"))
+        .await
+        .unwrap();
+    drop(dropped);
+    assert_eq!(store.list().try_collect::<Vec<_>>().await.unwrap().len(), 2);
+
+    // Missing blobs: get is NotFound, head is None, delete succeeds.
+    let missing = DualHasher::digest(b"not stored").primary_address();
+    assert!(matches!(
+        store.get(&missing, None).await,
+        Err(artifactstore::Error::NotFound { .. })
+    ));
+    assert_eq!(store.head(&missing).await.unwrap(), None);
+    store.delete(&missing).await.unwrap();
+
+    // Delete is idempotent.
+    store.delete(&address).await.unwrap();
+    store.delete(&address).await.unwrap();
+    assert_eq!(store.head(&address).await.unwrap(), None);
+    store.delete(&empty).await.unwrap();
+    assert_eq!(store.list().try_collect::<Vec<_>>().await.unwrap(), vec![]);
+
+    // Concurrent commits of the same bytes all succeed and leave one intact blob.
+    let shared = random_bytes(256 * 1024, 2);
+    let results = futures::future::join_all((0..8).map(|_| put(store, &shared, 4096))).await;
+    assert!(results.iter().all(|(a, _)| *a == results[0].0));
+    assert_eq!(
+        collect(store.get(&results[0].0, None).await.unwrap()).await,
+        shared
+    );
+
+    assert!(store.health().await.healthy);
+}
+
+#[tokio::test]
+async fn local_store_passes_conformance() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(LocalStore::open("local", dir.path().join("blobs")).unwrap());
+    conformance(store.clone()).await;
+    // Staging leaves nothing behind after aborts, drops and commits.
+    let staging: Vec<_> = std::fs::read_dir(dir.path().join("blobs/.staging"))
+        .unwrap()
+        .collect();
+    assert!(staging.is_empty(), "staging files left: {staging:?}");
+}
+
+#[tokio::test]
+async fn local_store_layout_and_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("blobs");
+    let store = LocalStore::open("local", &root).unwrap();
+    let data = b"layout";
+    let (address, _) = put(&store, data, 3).await;
+    let hex = address.digest().to_hex();
+    let expected = root
+        .join("blake3")
+        .join(&hex[0..2])
+        .join(&hex[2..4])
+        .join(&hex);
+    assert_eq!(std::fs::read(&expected).unwrap(), data);
+    assert_eq!(store.path_of(&address), expected);
+
+    // A truncated blob is healed by re-putting the same bytes.
+    std::fs::write(&expected, b"lay").unwrap();
+    let (_, outcome) = put(&store, data, 3).await;
+    assert_eq!(outcome, CommitOutcome::Stored);
+    assert_eq!(std::fs::read(&expected).unwrap(), data);
+
+    let health = store.health().await;
+    assert!(health.healthy && health.free_bytes.is_some(), "{health:?}");
+    std::fs::remove_dir_all(&root).unwrap();
+    let health = store.health().await;
+    assert!(!health.healthy, "a missing root must be unhealthy");
+    assert!(health.detail.contains("missing"), "{}", health.detail);
+}
