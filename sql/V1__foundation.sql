@@ -29,6 +29,17 @@ CREATE TABLE events (
 CREATE INDEX events_tenant_sequence ON events (tenant, sequence);
 CREATE INDEX events_subject ON events (subject_id, sequence);
 
+-- Wake listeners when events commit (delivered at COMMIT, never on rollback). The payload is the
+-- highest sequence inserted; a notification is only a wake-up, the table is the truth.
+CREATE FUNCTION events_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('artifactstore_events', (SELECT max(sequence) FROM new_events)::text);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER events_notify AFTER INSERT ON events
+    REFERENCING NEW TABLE AS new_events
+    FOR EACH STATEMENT EXECUTE FUNCTION events_notify();
+
 -- Append-only: the log is never rewritten.
 CREATE FUNCTION events_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN

@@ -38,6 +38,9 @@ pub enum Command {
     Replay(server::ReplayArgs),
     /// Print the OpenAPI document.
     Openapi,
+    /// Manage the private PostgreSQL cluster under the data directory.
+    #[command(subcommand)]
+    Postgres(server::PostgresCommand),
     /// Ask a running server for its health.
     Health(client::ClientArgs),
     /// Print the version.
@@ -63,6 +66,7 @@ pub fn main() -> ExitCode {
             Command::Serve(args) => server::serve(args).await,
             Command::Migrate(args) => server::migrate(args).await,
             Command::Replay(args) => server::replay(args).await,
+            Command::Postgres(cmd) => server::postgres(cmd).await,
             Command::Openapi => {
                 println!("{}", crate::api::spec_json());
                 Ok(ExitCode::SUCCESS)

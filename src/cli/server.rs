@@ -85,8 +85,8 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let database = DatabaseHandle::open(&settings).await?;
     let result = async {
         crate::db::migrate(&database.url).await?;
-        let mut client = crate::db::connect(&database.url).await?;
-        crate::events::replay(&mut client, args.check).await
+        let pool = crate::db::pool(&database.url, 2)?;
+        crate::events::replay(&pool, args.check).await
     }
     .await;
     database.close();
@@ -115,4 +115,45 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `postgres` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum PostgresCommand {
+    /// Print whether the private cluster is running, and its port.
+    Status(DataDirArg),
+    /// Stop the private cluster (e.g. one a crashed process left running).
+    Stop(DataDirArg),
+}
+
+/// The data directory alone.
+#[derive(Debug, clap::Args)]
+pub struct DataDirArg {
+    /// Directory holding the private cluster.
+    #[arg(
+        long,
+        env = "ARTIFACTSTORE_DATA_DIR",
+        default_value = "./.artifactstore"
+    )]
+    data_dir: std::path::PathBuf,
+}
+
+pub async fn postgres(cmd: PostgresCommand) -> anyhow::Result<ExitCode> {
+    use crate::db::cluster::ManagedCluster;
+    let outcome = tokio::task::spawn_blocking(move || match cmd {
+        PostgresCommand::Status(a) => ManagedCluster::running(&a.data_dir).map(|port| match port {
+            Some(port) => format!("running on 127.0.0.1:{port}"),
+            None => "not running".to_owned(),
+        }),
+        PostgresCommand::Stop(a) => ManagedCluster::stop_existing(&a.data_dir).map(|was| {
+            if was {
+                "stopped".to_owned()
+            } else {
+                "not running".to_owned()
+            }
+        }),
+    })
+    .await??;
+    println!("{outcome}");
+    Ok(ExitCode::SUCCESS)
 }

@@ -89,6 +89,44 @@ impl ManagedCluster {
         Ok(cluster)
     }
 
+    /// Stops a private cluster under `data_dir` that some process left running. Returns
+    /// whether one was running.
+    pub fn stop_existing(data_dir: &Path) -> Result<bool> {
+        let bin_dir = find_server_binaries()?;
+        let run_as = unprivileged_user()?;
+        let dir = cluster_dir(data_dir, run_as)?;
+        let mut cluster = ManagedCluster {
+            dir,
+            bin_dir,
+            port: 0,
+            password: String::new(),
+            run_as,
+            started_here: false,
+        };
+        if cluster.running_port().is_none() {
+            return Ok(false);
+        }
+        cluster.started_here = true;
+        cluster.stop();
+        Ok(true)
+    }
+
+    /// The port of the private cluster under `data_dir`, if it is running.
+    pub fn running(data_dir: &Path) -> Result<Option<u16>> {
+        let bin_dir = find_server_binaries()?;
+        let run_as = unprivileged_user()?;
+        let dir = cluster_dir(data_dir, run_as)?;
+        let cluster = ManagedCluster {
+            dir,
+            bin_dir,
+            port: 0,
+            password: String::new(),
+            run_as,
+            started_here: false,
+        };
+        Ok(cluster.running_port())
+    }
+
     /// A connection URL for `database`.
     pub fn url(&self, database: &str) -> String {
         format!(

@@ -4,10 +4,14 @@ use super::payloads::DomainEvent;
 use crate::error::{Error, Result};
 use crate::model::{TenantId, Timestamp};
 use bytes::Bytes;
-use tokio_postgres::{GenericClient, Row, Transaction};
+use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
 
-/// The NOTIFY channel; the payload is the highest sequence the transaction committed.
+/// A transaction on a pooled connection (its prepared statements are cached per connection).
+pub type Tx<'a> = deadpool_postgres::Transaction<'a>;
+
+/// The NOTIFY channel (see the `events_notify` trigger); the payload is the highest sequence
+/// the transaction committed.
 pub const NOTIFY_CHANNEL: &str = "artifactstore_events";
 
 /// An event as stored.
@@ -43,55 +47,59 @@ impl StoredEvent {
     }
 }
 
-/// Appends events, taking the next sequence numbers. The counter row stays locked until the
-/// transaction ends, which is what makes the numbering gapless and commit-ordered.
-pub async fn append(tx: &Transaction<'_>, events: &[DomainEvent]) -> Result<Vec<StoredEvent>> {
+/// Takes `n` sequence numbers and inserts the events, in one statement. The counter row stays
+/// locked until the transaction ends, which is what makes the numbering gapless and
+/// commit-ordered; so this statement should be among the last of the transaction.
+const APPEND: &str = "\
+    WITH counter AS ( \
+        UPDATE event_counter SET last_sequence = last_sequence + cardinality($1::uuid[]) \
+        RETURNING last_sequence) \
+    INSERT INTO events (sequence, id, type, tenant, subject_id, occurred_at, payload) \
+    SELECT counter.last_sequence - cardinality($1::uuid[]) + e.ord, \
+           e.id, e.type, e.tenant, e.subject_id, e.occurred_at, e.payload \
+    FROM counter, unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::timestamptz[], $6::bytea[]) \
+         WITH ORDINALITY AS e(id, type, tenant, subject_id, occurred_at, payload, ord) \
+    RETURNING sequence, id";
+
+/// Appends events, taking the next sequence numbers (see [`APPEND`]).
+pub async fn append(tx: &Tx<'_>, events: &[DomainEvent]) -> Result<Vec<StoredEvent>> {
     if events.is_empty() {
         return Ok(Vec::new());
     }
-    let count = events.len() as i64;
-    let last: i64 = tx
-        .query_one(
-            "UPDATE event_counter SET last_sequence = last_sequence + $1 RETURNING last_sequence",
-            &[&count],
-        )
-        .await?
-        .get(0);
-    let insert = "INSERT INTO events (sequence, id, type, tenant, subject_id, occurred_at, payload) \
-                  VALUES ($1, $2, $3, $4, $5, $6, $7)";
     let mut stored = Vec::with_capacity(events.len());
-    for (i, event) in events.iter().enumerate() {
-        let sequence = last - count + 1 + i as i64;
-        let stored_event = StoredEvent {
-            sequence,
+    for event in events {
+        stored.push(StoredEvent {
+            sequence: 0,
             id: Uuid::now_v7(),
             event_type: event.type_name().to_owned(),
             tenant: event.tenant().clone(),
             subject_id: event.subject_id(),
             occurred_at: event.occurred_at(),
             payload: Bytes::from(event.payload()?),
-        };
-        tx.execute(
-            insert,
-            &[
-                &stored_event.sequence,
-                &stored_event.id,
-                &stored_event.event_type,
-                &stored_event.tenant.as_str(),
-                &stored_event.subject_id,
-                &stored_event.occurred_at.as_datetime(),
-                &stored_event.payload.as_ref(),
-            ],
+        });
+    }
+    let ids: Vec<Uuid> = stored.iter().map(|e| e.id).collect();
+    let types: Vec<&str> = stored.iter().map(|e| e.event_type.as_str()).collect();
+    let tenants: Vec<&str> = stored.iter().map(|e| e.tenant.as_str()).collect();
+    let subjects: Vec<Uuid> = stored.iter().map(|e| e.subject_id).collect();
+    let times: Vec<time::OffsetDateTime> =
+        stored.iter().map(|e| e.occurred_at.as_datetime()).collect();
+    let payloads: Vec<&[u8]> = stored.iter().map(|e| e.payload.as_ref()).collect();
+    let statement = tx.prepare_cached(APPEND).await?;
+    let rows = tx
+        .query(
+            &statement,
+            &[&ids, &types, &tenants, &subjects, &times, &payloads],
         )
         .await?;
-        stored.push(stored_event);
+    for row in rows {
+        let id: Uuid = row.get(1);
+        let event = stored
+            .iter_mut()
+            .find(|e| e.id == id)
+            .ok_or_else(|| Error::Integrity("append returned an unknown event id".into()))?;
+        event.sequence = row.get(0);
     }
-    // Delivered at COMMIT, never on rollback. A wake-up only: readers re-read the table.
-    tx.execute(
-        "SELECT pg_notify($1, $2)",
-        &[&NOTIFY_CHANNEL, &last.to_string()],
-    )
-    .await?;
     Ok(stored)
 }
 

@@ -10,16 +10,15 @@ pub mod payloads;
 pub mod replay;
 pub mod views;
 
-pub use log::{NOTIFY_CHANNEL, StoredEvent, append, latest_sequence, read_after};
+pub use log::{NOTIFY_CHANNEL, StoredEvent, Tx, append, latest_sequence, read_after};
 pub use payloads::{DomainEvent, FileIngested, PackageCreated};
 pub use replay::{ReplayReport, dump_views, replay};
 
 use crate::error::Result;
-use tokio_postgres::Transaction;
 
 /// Appends `events` and applies them to the views, in the caller's transaction. Call it as the
 /// last step before COMMIT: the sequence lock it takes is held until then.
-pub async fn record(tx: &Transaction<'_>, events: Vec<DomainEvent>) -> Result<Vec<StoredEvent>> {
+pub async fn record(tx: &Tx<'_>, events: Vec<DomainEvent>) -> Result<Vec<StoredEvent>> {
     let stored = append(tx, &events).await?;
     for event in &stored {
         views::apply(tx, event).await?;

@@ -21,13 +21,14 @@ pub struct ReplayReport {
 /// sequence lock (writers wait; readers keep seeing the old views until COMMIT).
 /// With `check`, the views are dumped before and after and the transaction is rolled back:
 /// a read-only consistency check.
-pub async fn replay(client: &mut tokio_postgres::Client, check: bool) -> Result<ReplayReport> {
+pub async fn replay(pool: &deadpool_postgres::Pool, check: bool) -> Result<ReplayReport> {
     let started = Instant::now();
+    let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     tx.execute("SELECT last_sequence FROM event_counter FOR UPDATE", &[])
         .await?;
     let before = if check {
-        Some(dump_views(&tx).await?)
+        Some(dump_views(&*tx).await?)
     } else {
         None
     };
@@ -37,7 +38,7 @@ pub async fn replay(client: &mut tokio_postgres::Client, check: bool) -> Result<
     let mut since = 0;
     let mut count = 0u64;
     loop {
-        let batch: Vec<StoredEvent> = read_after(&tx, since, 2000, None, None).await?;
+        let batch: Vec<StoredEvent> = read_after(&*tx, since, 2000, None, None).await?;
         let Some(last) = batch.last() else { break };
         since = last.sequence;
         for event in &batch {
@@ -47,7 +48,7 @@ pub async fn replay(client: &mut tokio_postgres::Client, check: bool) -> Result<
     }
     let identical = match before {
         Some(before) => {
-            let same = dump_views(&tx).await? == before;
+            let same = dump_views(&*tx).await? == before;
             tx.rollback().await?;
             Some(same)
         }

@@ -2,11 +2,12 @@
 //! two cannot disagree.
 
 use super::log::StoredEvent;
+use super::log::Tx;
 use super::payloads::{FileIngested, PackageCreated, types};
 use crate::error::{Error, Result};
 use crate::identity::Digest;
 use crate::manifest::{Manifest, from_canonical_cbor};
-use tokio_postgres::Transaction;
+use tokio_postgres::types::ToSql;
 
 /// The view tables, in dump and truncate order.
 pub const VIEW_TABLES: &[(&str, &str)] = &[
@@ -19,7 +20,7 @@ pub const VIEW_TABLES: &[(&str, &str)] = &[
 ];
 
 /// Applies one event to the views.
-pub async fn apply(tx: &Transaction<'_>, event: &StoredEvent) -> Result<()> {
+pub async fn apply(tx: &Tx<'_>, event: &StoredEvent) -> Result<()> {
     match event.event_type.as_str() {
         types::PACKAGE_CREATED => package_created(tx, event, &decode(event)?).await,
         types::FILE_INGESTED => file_ingested(tx, event, &decode(event)?).await,
@@ -34,6 +35,12 @@ pub async fn apply(tx: &Transaction<'_>, event: &StoredEvent) -> Result<()> {
     }
 }
 
+/// Executes with a statement prepared once per connection.
+async fn exec(tx: &Tx<'_>, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
+    let statement = tx.prepare_cached(sql).await?;
+    Ok(tx.execute(&statement, params).await?)
+}
+
 fn decode<T: serde::de::DeserializeOwned>(event: &StoredEvent) -> Result<T> {
     from_canonical_cbor(&event.payload)
         .map_err(|e| Error::Integrity(format!("event {} payload: {e}", event.sequence)))
@@ -46,12 +53,9 @@ fn hex_bytes(hex: &str) -> Result<Vec<u8>> {
         .to_vec())
 }
 
-async fn package_created(
-    tx: &Transaction<'_>,
-    event: &StoredEvent,
-    p: &PackageCreated,
-) -> Result<()> {
-    tx.execute(
+async fn package_created(tx: &Tx<'_>, event: &StoredEvent, p: &PackageCreated) -> Result<()> {
+    exec(
+        tx,
         "INSERT INTO packages (id, tenant, producer, subject, retention_class, metadata, status, \
                                created_at, created_sequence) \
          VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $8)",
@@ -67,7 +71,8 @@ async fn package_created(
         ],
     )
     .await?;
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO retention_state (package_id, tenant, expires_at, legal_hold) \
          VALUES ($1, $2, NULL, false)",
         &[&p.package_id.0, &p.tenant.as_str()],
@@ -76,18 +81,20 @@ async fn package_created(
     Ok(())
 }
 
-async fn file_ingested(tx: &Transaction<'_>, event: &StoredEvent, f: &FileIngested) -> Result<()> {
+async fn file_ingested(tx: &Tx<'_>, event: &StoredEvent, f: &FileIngested) -> Result<()> {
     let blake3 = hex_bytes(&f.blake3)?;
     let sha256 = hex_bytes(&f.sha256)?;
     let size = i64::try_from(f.size).map_err(|_| Error::Integrity("file size overflows".into()))?;
     let at = f.ingested_at.as_datetime();
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO blobs (blake3, sha256, size, created_at) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (blake3) DO NOTHING",
         &[&blake3, &sha256, &size, &at],
     )
     .await?;
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO storage_locations (blake3, backend_id, key, status, stored_at) \
          VALUES ($1, $2, $3, 'present', $4) \
          ON CONFLICT (blake3, backend_id) DO UPDATE SET status = 'present', key = EXCLUDED.key \
@@ -98,19 +105,20 @@ async fn file_ingested(tx: &Transaction<'_>, event: &StoredEvent, f: &FileIngest
     let mut removed_count = 0i32;
     let mut removed_size = 0i64;
     if let Some(old) = f.replaced_file_id {
-        let row = tx
-            .query_opt("DELETE FROM files WHERE id = $1 RETURNING size", &[&old.0])
-            .await?
-            .ok_or_else(|| {
-                Error::Integrity(format!(
-                    "event {} replaces unknown file {old}",
-                    event.sequence
-                ))
-            })?;
+        let statement = tx
+            .prepare_cached("DELETE FROM files WHERE id = $1 RETURNING size")
+            .await?;
+        let row = tx.query_opt(&statement, &[&old.0]).await?.ok_or_else(|| {
+            Error::Integrity(format!(
+                "event {} replaces unknown file {old}",
+                event.sequence
+            ))
+        })?;
         removed_count = 1;
         removed_size = row.get(0);
     }
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO files (id, tenant, package_id, relative_path, size, media_type, blake3, \
                             created_at, created_sequence) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -127,7 +135,8 @@ async fn file_ingested(tx: &Transaction<'_>, event: &StoredEvent, f: &FileIngest
         ],
     )
     .await?;
-    tx.execute(
+    exec(
+        tx,
         "UPDATE packages SET file_count = file_count + 1 - $2, total_size = total_size + $3 - $4 \
          WHERE id = $1",
         &[&f.package_id.0, &removed_count, &size, &removed_size],
@@ -136,7 +145,7 @@ async fn file_ingested(tx: &Transaction<'_>, event: &StoredEvent, f: &FileIngest
     Ok(())
 }
 
-async fn package_finalized(tx: &Transaction<'_>, event: &StoredEvent, m: &Manifest) -> Result<()> {
+async fn package_finalized(tx: &Tx<'_>, event: &StoredEvent, m: &Manifest) -> Result<()> {
     let digest = Manifest::digest_of(&event.payload).to_string();
     let updated = tx
         .execute(
@@ -155,7 +164,8 @@ async fn package_finalized(tx: &Transaction<'_>, event: &StoredEvent, m: &Manife
             event.sequence, m.package.id
         )));
     }
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO manifests (package_id, tenant, digest, cbor) VALUES ($1, $2, $3, $4)",
         &[
             &m.package.id.0,
@@ -165,7 +175,8 @@ async fn package_finalized(tx: &Transaction<'_>, event: &StoredEvent, m: &Manife
         ],
     )
     .await?;
-    tx.execute(
+    exec(
+        tx,
         "UPDATE retention_state SET expires_at = $2, legal_hold = $3 WHERE package_id = $1",
         &[
             &m.package.id.0,

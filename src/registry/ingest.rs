@@ -1,7 +1,7 @@
 //! Streaming ingest: hash while storing, check, commit bytes, then record in one transaction.
 
 use super::Registry;
-use super::types::{FILE_COLUMNS, FileRecord, PackageStatus};
+use super::types::{FileRecord, PackageStatus};
 use crate::error::{Error, Result};
 use crate::events::{self, DomainEvent, FileIngested};
 use crate::identity::{ContentAddress, DualDigest, DualHasher, HashPipeline};
@@ -172,7 +172,16 @@ impl Registry {
             replaced_file_id: replaced,
             ingested_at: self.clock.now(),
         };
-        let file_id = event.file_id;
+        let record = FileRecord {
+            id: event.file_id,
+            package_id,
+            relative_path: event.relative_path.clone(),
+            size: digest.size,
+            media_type: event.media_type.clone(),
+            blake3: digest.blake3,
+            sha256: digest.sha256,
+            created_at: event.ingested_at,
+        };
         events::record(
             &tx,
             vec![DomainEvent::FileIngested {
@@ -181,14 +190,8 @@ impl Registry {
             }],
         )
         .await?;
-        let row = tx
-            .query_one(
-                &format!("SELECT {FILE_COLUMNS} FROM files f JOIN blobs b ON b.blake3 = f.blake3 WHERE f.id = $1"),
-                &[&file_id.0],
-            )
-            .await?;
         tx.commit().await?;
-        FileRecord::from_row(&row)
+        Ok(record)
     }
 }
 

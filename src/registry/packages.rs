@@ -87,9 +87,23 @@ impl Registry {
             metadata: new.metadata,
             created_at: self.clock.now(),
         };
-        let id = event.package_id;
-        events::record(&tx, vec![DomainEvent::PackageCreated(event)]).await?;
-        let package = load_package(&*tx, tenant, id).await?;
+        let mut package = Package {
+            id: event.package_id,
+            tenant: tenant.clone(),
+            producer: event.producer.clone(),
+            subject: event.subject.clone(),
+            retention_class: event.retention_class.clone(),
+            metadata: event.metadata.clone(),
+            status: PackageStatus::Open,
+            created_at: event.created_at,
+            finalized_at: None,
+            manifest_digest: None,
+            file_count: 0,
+            total_size: 0,
+            created_sequence: 0,
+        };
+        let stored = events::record(&tx, vec![DomainEvent::PackageCreated(event)]).await?;
+        package.created_sequence = stored[0].sequence;
         tx.commit().await?;
         Ok(package)
     }

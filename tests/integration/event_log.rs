@@ -68,7 +68,8 @@ async fn sixteen_writers_with_rollbacks_leave_no_gaps_and_no_reorders() {
         let db = db.clone();
         let tenant = tenant.clone();
         writers.push(tokio::spawn(async move {
-            let mut client = db.client().await;
+            let pool = db.pool(1);
+            let mut client = pool.get().await.unwrap();
             let mut committed = Vec::new();
             for i in 0..PER_WRITER {
                 let tx = client.transaction().await.unwrap();
@@ -124,7 +125,8 @@ async fn sixteen_writers_with_rollbacks_leave_no_gaps_and_no_reorders() {
 #[tokio::test]
 async fn the_log_is_append_only() {
     let db = TestDb::new().await;
-    let mut client = db.client().await;
+    let pool = db.pool(1);
+    let mut client = pool.get().await.unwrap();
     let tx = client.transaction().await.unwrap();
     events::record(&tx, vec![created(&TenantId::default_tenant(), 0, 0)])
         .await
@@ -143,7 +145,8 @@ async fn the_log_is_append_only() {
 #[tokio::test]
 async fn tenant_and_type_filters() {
     let db = TestDb::new().await;
-    let mut client = db.client().await;
+    let pool = db.pool(1);
+    let mut client = pool.get().await.unwrap();
     let a = TenantId::new("tenant-a").unwrap();
     let b = TenantId::new("tenant-b").unwrap();
     client
@@ -158,7 +161,7 @@ async fn tenant_and_type_filters() {
     .await
     .unwrap();
     tx.commit().await.unwrap();
-    let only_a = events::read_after(&client, 0, 100, Some(&a), None)
+    let only_a = events::read_after(&**client, 0, 100, Some(&a), None)
         .await
         .unwrap();
     assert_eq!(
@@ -167,14 +170,14 @@ async fn tenant_and_type_filters() {
     );
     assert!(only_a.iter().all(|e| e.tenant == a));
     assert_eq!(
-        events::read_after(&client, 0, 100, None, Some("v1.package."))
+        events::read_after(&**client, 0, 100, None, Some("v1.package."))
             .await
             .unwrap()
             .len(),
         3
     );
     assert_eq!(
-        events::read_after(&client, 0, 100, None, Some("v1.file."))
+        events::read_after(&**client, 0, 100, None, Some("v1.file."))
             .await
             .unwrap()
             .len(),
@@ -182,7 +185,7 @@ async fn tenant_and_type_filters() {
     );
     // LIKE metacharacters in the prefix are literal.
     assert_eq!(
-        events::read_after(&client, 0, 100, None, Some("v1%"))
+        events::read_after(&**client, 0, 100, None, Some("v1%"))
             .await
             .unwrap()
             .len(),

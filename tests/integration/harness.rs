@@ -129,6 +129,10 @@ impl TestDb {
     pub async fn client(&self) -> tokio_postgres::Client {
         artifactstore::db::connect(&self.url).await.unwrap()
     }
+
+    pub fn pool(&self, size: usize) -> deadpool_postgres::Pool {
+        artifactstore::db::pool(&self.url, size).unwrap()
+    }
 }
 
 impl Drop for TestDb {

@@ -209,9 +209,9 @@ async fn ingest_directory_finalize_read_back_tail_and_replay() {
     assert!(log.iter().all(|e| e.subject_id == package.id.0));
 
     // Replay reproduces the views exactly.
-    let mut client = env.db.client().await;
+    let client = env.db.client().await;
     let before = events::dump_views(&client).await.unwrap();
-    events::replay(&mut client, false).await.unwrap();
+    events::replay(env.registry.pool(), false).await.unwrap();
     assert_eq!(events::dump_views(&client).await.unwrap(), before);
 }
 

@@ -88,11 +88,11 @@ pub async fn mixed_workload(env: &TestEnv) {
 async fn replay_rebuilds_identical_views() {
     let env = TestEnv::new().await;
     mixed_workload(&env).await;
-    let mut client = env.db.client().await;
+    let client = env.db.client().await;
     let before = events::dump_views(&client).await.unwrap();
     assert!(before.len() > 1000, "the workload produced views");
 
-    let report = events::replay(&mut client, false).await.unwrap();
+    let report = events::replay(env.registry.pool(), false).await.unwrap();
     assert!(report.events > 40, "{report:?}");
     let after = events::dump_views(&client).await.unwrap();
     assert_eq!(
@@ -102,7 +102,7 @@ async fn replay_rebuilds_identical_views() {
     assert_eq!(before, after);
 
     // The check mode agrees, and changes nothing.
-    let check = events::replay(&mut client, true).await.unwrap();
+    let check = events::replay(env.registry.pool(), true).await.unwrap();
     assert_eq!(check.identical, Some(true));
     assert_eq!(events::dump_views(&client).await.unwrap(), before);
 }
@@ -111,15 +111,15 @@ async fn replay_rebuilds_identical_views() {
 async fn replay_check_detects_views_that_drifted_from_the_log() {
     let env = TestEnv::new().await;
     mixed_workload(&env).await;
-    let mut client = env.db.client().await;
+    let client = env.db.client().await;
     client
         .batch_execute("UPDATE packages SET producer = 'tampered' WHERE file_count > 0")
         .await
         .unwrap();
-    let check = events::replay(&mut client, true).await.unwrap();
+    let check = events::replay(env.registry.pool(), true).await.unwrap();
     assert_eq!(check.identical, Some(false));
     // A real replay repairs the views from the log.
-    events::replay(&mut client, false).await.unwrap();
+    events::replay(env.registry.pool(), false).await.unwrap();
     let tampered: i64 = client
         .query_one(
             "SELECT count(*) FROM packages WHERE producer = 'tampered'",
