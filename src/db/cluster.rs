@@ -259,17 +259,27 @@ fn pg_command(bin_dir: &Path, program: &str, run_as: Option<(Uid, Gid)>, cwd: &P
 
 /// `initdb`, `pg_ctl` and `postgres` from `PATH`, else the newest `/usr/lib/postgresql/*/bin`.
 pub fn find_server_binaries() -> Result<PathBuf> {
+    find_server_binaries_in(
+        std::env::var_os("PATH").as_deref(),
+        Path::new("/usr/lib/postgresql"),
+    )
+}
+
+fn find_server_binaries_in(
+    path: Option<&std::ffi::OsStr>,
+    versions_root: &Path,
+) -> Result<PathBuf> {
     let has_all = |dir: &Path| {
         ["initdb", "pg_ctl", "postgres"]
             .iter()
             .all(|p| dir.join(p).is_file())
     };
-    if let Some(path) = std::env::var_os("PATH")
-        && let Some(dir) = std::env::split_paths(&path).find(|d| has_all(d))
+    if let Some(path) = path
+        && let Some(dir) = std::env::split_paths(path).find(|d| has_all(d))
     {
         return Ok(dir);
     }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(versions_root)
         .into_iter()
         .flatten()
         .flatten()
@@ -281,12 +291,12 @@ pub fn find_server_binaries() -> Result<PathBuf> {
         .collect();
     versions.sort();
     versions.pop().map(|(_, dir)| dir).ok_or_else(|| {
-        fail(
+        fail(format!(
             "no PostgreSQL server binaries found (looked for initdb, pg_ctl and postgres on PATH \
-              and in /usr/lib/postgresql/*/bin). Install them (Debian: `apt-get install \
-              postgresql`) or point ARTIFACTSTORE_DATABASE_URL at an existing database."
-                .into(),
-        )
+             and in {}/*/bin). Install them (Debian: `apt-get install postgresql`) or point \
+             ARTIFACTSTORE_DATABASE_URL at an existing database.",
+            versions_root.display()
+        ))
     })
 }
 
@@ -442,4 +452,33 @@ fn free_port() -> Result<u16> {
         .local_addr()
         .map_err(|e| fail(e.to_string()))?
         .port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_binaries_say_how_to_fix_it() {
+        let empty = tempfile::tempdir().unwrap();
+        let err = find_server_binaries_in(Some(empty.path().as_os_str()), empty.path())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("apt-get install postgresql"), "{err}");
+        assert!(err.contains("ARTIFACTSTORE_DATABASE_URL"), "{err}");
+    }
+
+    #[test]
+    fn newest_version_wins() {
+        let root = tempfile::tempdir().unwrap();
+        for v in ["9", "15", "13"] {
+            let bin = root.path().join(v).join("bin");
+            std::fs::create_dir_all(&bin).unwrap();
+            for p in ["initdb", "pg_ctl", "postgres"] {
+                std::fs::write(bin.join(p), "").unwrap();
+            }
+        }
+        let found = find_server_binaries_in(None, root.path()).unwrap();
+        assert_eq!(found, root.path().join("15").join("bin"));
+    }
 }

@@ -4,6 +4,7 @@ mod harness;
 
 mod crosscheck;
 mod event_log;
+mod managed_postgres;
 mod registry_flow;
 mod replay;
 mod server;

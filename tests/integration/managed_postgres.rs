@@ -1,0 +1,108 @@
+//! The private PostgreSQL cluster, as a normal user and as root with a data directory the
+//! server's user cannot reach. (The root path itself runs in every test: the shared test
+//! cluster is started this way when the suite runs as root.)
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// A copy of the binary that any user can execute (the build tree may be under a private home).
+fn public_binary(dir: &std::path::Path) -> std::path::PathBuf {
+    let bin = dir.join("artifactstore");
+    std::fs::copy(env!("CARGO_BIN_EXE_artifactstore"), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
+#[test]
+fn migrate_starts_and_stops_a_private_cluster_as_a_normal_user() {
+    if !is_root() {
+        // We are a normal user already: the same code path runs without switching users.
+        let data = tempfile::tempdir().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_artifactstore"))
+            .args(["migrate", "--data-dir"])
+            .arg(data.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    let base = tempfile::Builder::new()
+        .prefix("as-nobody")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = public_binary(base.path());
+    let data = base.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("user nobody");
+    nix::unistd::chown(&data, Some(nobody.uid), Some(nobody.gid)).unwrap();
+    let out = Command::new("runuser")
+        .args(["-u", "nobody", "--"])
+        .arg(&bin)
+        .args(["migrate", "--data-dir"])
+        .arg(&data)
+        .env("ARTIFACTSTORE_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("applied 1 migration"));
+    let pgdata = data.join("postgres/pgdata");
+    assert!(pgdata.join("PG_VERSION").exists());
+    // The process that started the cluster stopped it on exit.
+    assert!(
+        !pgdata.join("postmaster.pid").exists(),
+        "cluster left running"
+    );
+}
+
+#[test]
+fn as_root_an_unreachable_data_dir_gets_a_reachable_cluster_dir() {
+    if !is_root() {
+        return; // only meaningful as root
+    }
+    let base = tempfile::tempdir().unwrap();
+    // A private parent, like /root: the postgres user cannot traverse it.
+    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let data = base.path().join("data");
+    let out = Command::new(env!("CARGO_BIN_EXE_artifactstore"))
+        .args(["migrate", "--data-dir"])
+        .arg(&data)
+        .env("ARTIFACTSTORE_LOG", "warn")
+        .env("ARTIFACTSTORE_LOG_FORMAT", "text")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("keeping the cluster elsewhere"), "{stderr}");
+    let fallback = stderr
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("cluster="))
+        .expect("the warning names the cluster directory")
+        .to_owned();
+    assert!(
+        fallback.starts_with("/var/tmp/artifactstore-postgres-"),
+        "{fallback}"
+    );
+    // Stop is idempotent and finds the same place.
+    let out = Command::new(env!("CARGO_BIN_EXE_artifactstore"))
+        .args(["postgres", "status", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "not running");
+    std::fs::remove_dir_all(&fallback).unwrap();
+}
