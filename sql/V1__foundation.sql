@@ -127,6 +127,7 @@ CREATE TABLE files (
     UNIQUE (package_id, relative_path)
 );
 CREATE INDEX files_tenant_blob ON files (tenant, blake3);
+CREATE INDEX blobs_sha256 ON blobs (sha256);
 CREATE INDEX files_blob ON files (blake3);
 
 CREATE TABLE manifests (

@@ -57,6 +57,17 @@ pub struct ServiceArgs {
         default_value = "10000"
     )]
     pub max_files_per_package: String,
+    /// Bearer tokens for quick set-ups: `tenant:scope+scope:token,...` (scopes: read, write,
+    /// admin). Without any tokens every request is the `default` tenant (development mode).
+    #[arg(long, env = "ARTIFACTSTORE_TOKENS", hide_env_values = true)]
+    pub tokens: Option<String>,
+    /// A TOML file of `[[token]]` entries with `tenant`, `scopes`, `sha256` (hex of the token)
+    /// and optionally `name`: the production way (only hashes on disk).
+    #[arg(long, env = "ARTIFACTSTORE_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// Allow reads without a token (as the `default` tenant).
+    #[arg(long, env = "ARTIFACTSTORE_ANON_READ", default_value = "false")]
+    pub anon_read: String,
     /// Seconds to wait for in-flight requests at shutdown.
     #[arg(
         long,
@@ -85,6 +96,8 @@ pub struct Settings {
     pub limits: Limits,
     /// Shutdown grace.
     pub shutdown_grace: std::time::Duration,
+    /// Tokens.
+    pub tokens: std::sync::Arc<crate::auth::TokenStore>,
 }
 
 impl ServiceArgs {
@@ -167,7 +180,28 @@ impl ServiceArgs {
                 "expected whole seconds",
             )
         })?;
+        let anon_read = parse_bool(&self.anon_read).ok_or_else(|| {
+            invalid(
+                "ARTIFACTSTORE_ANON_READ",
+                "--anon-read",
+                "expected true or false",
+            )
+        })?;
+        let tokens = crate::auth::TokenStore::from_settings(
+            self.tokens.as_deref(),
+            self.tokens_file.as_deref(),
+            anon_read,
+        )
+        .map_err(|message| {
+            let (env, flag) = if message.starts_with("ARTIFACTSTORE_TOKENS_FILE") {
+                ("ARTIFACTSTORE_TOKENS_FILE", "--tokens-file")
+            } else {
+                ("ARTIFACTSTORE_TOKENS", "--tokens")
+            };
+            invalid(env, flag, message)
+        })?;
         Ok(Settings {
+            tokens: std::sync::Arc::new(tokens),
             listen,
             storage_local_root: self
                 .storage_local_root

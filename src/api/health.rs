@@ -56,17 +56,12 @@ enum HealthResponse {
     Unavailable(Json<Health>),
 }
 
-#[OpenApi]
+#[OpenApi(tag = "super::ApiTags::System")]
 impl HealthApi {
     /// Service health
     ///
     /// Anonymous. 200 when the database and every backend work, else 503 with the same body.
-    #[oai(
-        path = "/health",
-        method = "get",
-        operation_id = "getHealth",
-        tag = "ApiTags::System"
-    )]
+    #[oai(path = "/health", method = "get", operation_id = "getHealth")]
     async fn health(&self) -> HealthResponse {
         let health = crate::health::check(&self.state.registry).await;
         let report = Health {
@@ -100,10 +95,4 @@ impl HealthApi {
             HealthResponse::Unavailable(Json(report))
         }
     }
-}
-
-#[derive(poem_openapi::Tags)]
-enum ApiTags {
-    /// Service status.
-    System,
 }

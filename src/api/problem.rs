@@ -105,6 +105,10 @@ pub fn from_error(error: &Error) -> Problem {
 /// Turns any error poem produced (unknown route, wrong method, unparsable parameters or body)
 /// into a problem response.
 pub async fn from_poem_error(error: poem::Error) -> Response {
+    // Problems our handlers built are already complete responses.
+    if error.is_from_response() {
+        return error.into_response();
+    }
     let status = error.status();
     if status.is_server_error() {
         tracing::error!(error = %error, "request failed");
@@ -118,6 +122,35 @@ pub async fn from_poem_error(error: poem::Error) -> Response {
         _ => error.to_string(),
     };
     Problem::new(status, detail).into_response()
+}
+
+/// Sets `instance` (the request path) on every problem response that lacks one.
+pub async fn with_instance<E: poem::Endpoint>(
+    endpoint: std::sync::Arc<E>,
+    req: poem::Request,
+) -> poem::Result<Response> {
+    let path = req.uri().path().to_owned();
+    let resp = endpoint.call(req).await?.into_response();
+    let is_problem = resp
+        .headers()
+        .get(poem::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v == PROBLEM_JSON);
+    if !is_problem {
+        return Ok(resp);
+    }
+    let (parts, body) = resp.into_parts();
+    let bytes = body.into_bytes().await.unwrap_or_default();
+    let body = match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes) {
+        Ok(mut map) if !map.contains_key("instance") => {
+            map.insert("instance".into(), serde_json::Value::String(path));
+            serde_json::to_vec(&map).unwrap_or_else(|_| bytes.to_vec())
+        }
+        _ => bytes.to_vec(),
+    };
+    let mut resp = Response::from_parts(parts, poem::Body::from(body));
+    resp.headers_mut()
+        .remove(poem::http::header::CONTENT_LENGTH);
+    Ok(resp)
 }
 
 #[cfg(test)]

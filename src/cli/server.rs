@@ -49,7 +49,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_default()
         );
     }
+    if settings.tokens.is_development() {
+        tracing::warn!(
+            "no tokens configured (ARTIFACTSTORE_TOKENS / ARTIFACTSTORE_TOKENS_FILE): development \
+             mode, every request acts as tenant `default` with every scope"
+        );
+    }
     let state = AppState {
+        tokens: settings.tokens.clone(),
         registry: service.registry.clone(),
     };
     let result = poem::Server::new_with_acceptor(acceptor)

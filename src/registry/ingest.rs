@@ -211,7 +211,7 @@ fn check_expected(request: &IngestRequest, digest: &DualDigest) -> Result<()> {
 /// Checks the package is the tenant's, open, has room, and the path is free (or may be
 /// replaced). With `lock`, the package row is locked until the transaction ends, so two
 /// ingests into one package serialise their checks. Returns the file being replaced.
-async fn check_can_add(
+pub(super) async fn check_can_add(
     client: &impl GenericClient,
     tenant: &TenantId,
     package_id: PackageId,

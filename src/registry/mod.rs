@@ -1,13 +1,15 @@
 //! The orchestrator: packages, files, ingest, finalize, reads. Every public function takes the
 //! caller's tenant; another tenant's things are `NotFound`.
 
+mod dedup;
 mod finalize;
 mod ingest;
 mod packages;
 mod reads;
 mod types;
 
-pub use ingest::IngestRequest;
+pub use dedup::MAX_MISSING_QUERY;
+pub use ingest::{DEFAULT_MEDIA_TYPE, IngestRequest};
 pub use packages::{NewPackage, PackageFilter, PackagePage};
 pub use reads::FileDownload;
 pub use types::{FileRecord, Package, PackageStatus, StoredManifest};

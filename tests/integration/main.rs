@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod api;
 mod crosscheck;
 mod event_log;
 mod managed_postgres;

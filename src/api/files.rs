@@ -1,0 +1,71 @@
+//! `/files`: metadata and downloads.
+
+use super::AppState;
+use super::error::ApiResult;
+use super::models::File;
+use super::responses::{
+    Download, RangePlan, bytes_response, not_modified_response, plan, unsatisfiable,
+};
+use super::security::Auth;
+use crate::auth::Scope;
+use crate::model::FileId;
+use crate::storage::ByteRange;
+use poem::{Body, Request};
+use poem_openapi::OpenApi;
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use uuid::Uuid;
+
+pub struct FilesApi {
+    pub state: AppState,
+}
+
+#[OpenApi(tag = "super::ApiTags::Files")]
+impl FilesApi {
+    /// Get a file's metadata
+    #[oai(path = "/files/:id", method = "get", operation_id = "getFile")]
+    async fn get(&self, auth: Auth, id: Path<Uuid>) -> ApiResult<Json<File>> {
+        let principal = self.state.authorize(&auth, Scope::Read)?;
+        let file = self
+            .state
+            .registry
+            .get_file(&principal.tenant, FileId(id.0))
+            .await?;
+        Ok(Json(file.into()))
+    }
+
+    /// Download a file
+    ///
+    /// Streams the bytes. One `Range: bytes=a-b`, `a-` or `-n` answers 206; several ranges
+    /// or a malformed header answer 200 with the whole file; an unsatisfiable range answers 416
+    /// with `Content-Range: bytes */<size>`. `ETag` is `"<content_address>"`; a matching
+    /// `If-None-Match` answers 304. `Repr-Digest` carries the SHA-256 (RFC 9530).
+    #[oai(
+        path = "/files/:id/download",
+        method = "get",
+        operation_id = "downloadFile"
+    )]
+    async fn download(&self, auth: Auth, req: &Request, id: Path<Uuid>) -> ApiResult<Download> {
+        let principal = self.state.authorize(&auth, Scope::Read)?;
+        let registry = &self.state.registry;
+        let file = registry.get_file(&principal.tenant, FileId(id.0)).await?;
+        let range = match plan(req, &file) {
+            RangePlan::NotModified => return Ok(not_modified_response(&file)),
+            RangePlan::Unsatisfiable => return Ok(unsatisfiable(&file, req.uri().path())),
+            RangePlan::Full => None,
+            RangePlan::Partial(start, end) => Some((start, end)),
+        };
+        let byte_range = range.map(|(start, end)| ByteRange {
+            offset: start,
+            length: end - start + 1,
+        });
+        let download = registry
+            .read_file(&principal.tenant, file.id, byte_range)
+            .await?;
+        Ok(bytes_response(
+            &download.file,
+            range,
+            Body::from_bytes_stream(download.body),
+        ))
+    }
+}

@@ -1,0 +1,412 @@
+//! `/packages`: create, list, read, add files, link, finalize, manifests.
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::models::{CreatePackage, File, LinkFile, Package, PackageList, Status};
+use super::responses::{ManifestBody, manifest_response};
+use super::security::Auth;
+use crate::auth::Scope;
+use crate::identity::ContentAddress;
+use crate::model::{Metadata, PackageId, RelativePath};
+use crate::registry::{IngestRequest, NewPackage, PackageFilter};
+use base64::Engine as _;
+use futures::TryStreamExt;
+use poem::{Body, Request};
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::{Binary, Json};
+use poem_openapi::types::multipart::Upload;
+use poem_openapi::{ApiResponse, Multipart, OpenApi};
+use uuid::Uuid;
+
+pub struct PackagesApi {
+    pub state: AppState,
+}
+
+#[derive(ApiResponse)]
+enum CreatedPackage {
+    /// The new package.
+    #[oai(status = 201)]
+    Created(Json<Package>, #[oai(header = "Location")] String),
+}
+
+#[derive(ApiResponse)]
+enum CreatedFile {
+    /// The new file.
+    #[oai(status = 201)]
+    Created(Json<File>, #[oai(header = "Location")] String),
+}
+
+impl CreatedFile {
+    fn new(file: File) -> Self {
+        let location = format!("/files/{}", file.id);
+        CreatedFile::Created(Json(file), location)
+    }
+}
+
+/// `POST /packages/{id}/files` form.
+#[derive(Debug, Multipart)]
+struct FileUpload {
+    /// The bytes; the part's filename is the default relative path.
+    file: Upload,
+    /// Path inside the package (default: the file part's filename).
+    relative_path: Option<String>,
+    /// Media type (default: the file part's content type, else application/octet-stream).
+    media_type: Option<String>,
+    /// `blake3:<hex>` or `sha256:<hex>` the bytes must have.
+    expected_digest: Option<String>,
+}
+
+fn parse_address(text: &str, field: &str) -> ApiResult<ContentAddress> {
+    text.parse()
+        .map_err(|e| ApiError::from(crate::Error::InvalidInput(format!("`{field}`: {e}"))))
+}
+
+fn encode_cursor(sequence: i64) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("p1:{sequence}"))
+}
+
+fn decode_cursor(cursor: &str) -> ApiResult<i64> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| s.strip_prefix("p1:").and_then(|n| n.parse().ok()))
+        .ok_or_else(|| ApiError::bad_request("`cursor` is not a cursor this server issued"))
+}
+
+impl PackagesApi {
+    async fn ingest(
+        &self,
+        tenant: &crate::model::TenantId,
+        package: Uuid,
+        request: IngestRequest,
+        body: impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send,
+    ) -> ApiResult<CreatedFile> {
+        let record = self
+            .state
+            .registry
+            .ingest_file(tenant, PackageId(package), request, body)
+            .await?;
+        Ok(CreatedFile::new(record.into()))
+    }
+
+    fn check_declared_length(&self, req: &Request) -> ApiResult<()> {
+        let declared = req
+            .headers()
+            .get(poem::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let limit = self.state.registry.limits().max_file_size;
+        match declared {
+            // Multipart framing adds a little; the exact limit is enforced while streaming.
+            Some(n) if n > limit.saturating_add(1 << 20) => {
+                Err(crate::Error::QuotaExceeded(format!(
+                    "the request body ({n} bytes) exceeds the maximum file size of {limit} bytes"
+                ))
+                .into())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[OpenApi(tag = "super::ApiTags::Packages")]
+impl PackagesApi {
+    /// Create a package
+    ///
+    /// Opens a package that accepts files until it is finalized.
+    #[oai(path = "/packages", method = "post", operation_id = "createPackage")]
+    async fn create(&self, auth: Auth, body: Json<CreatePackage>) -> ApiResult<CreatedPackage> {
+        let principal = self.state.authorize(&auth, Scope::Write)?;
+        let body = body.0;
+        let package = self
+            .state
+            .registry
+            .create_package(
+                &principal.tenant,
+                NewPackage {
+                    producer: body.producer.0,
+                    subject: body.subject.0,
+                    retention_class: body.retention_class.map(String::from),
+                    metadata: Metadata::new(
+                        body.metadata
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(k, v)| (k, v.0))
+                            .collect(),
+                    )?,
+                },
+            )
+            .await?;
+        let location = format!("/packages/{}", package.id);
+        Ok(CreatedPackage::Created(Json(package.into()), location))
+    }
+
+    /// List packages
+    ///
+    /// Newest first. Filters combine with AND. Metadata filters are query parameters named
+    /// `meta.<key>` (repeat for several keys), e.g. `?meta.git.sha=abc123`. Pages are stable
+    /// under concurrent inserts: pass `next_cursor` back as `cursor`.
+    #[oai(path = "/packages", method = "get", operation_id = "listPackages")]
+    #[allow(clippy::too_many_arguments)]
+    async fn list(
+        &self,
+        auth: Auth,
+        req: &Request,
+        /// Exact producer.
+        producer: Query<Option<String>>,
+        /// Exact subject.
+        subject: Query<Option<String>>,
+        /// Exact retention class.
+        retention_class: Query<Option<String>>,
+        /// `open` or `finalized`.
+        status: Query<Option<Status>>,
+        /// Page size, 1-1000 (default 100).
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
+        limit: Query<Option<u32>>,
+        /// Opaque cursor from a previous page.
+        cursor: Query<Option<String>>,
+    ) -> ApiResult<Json<PackageList>> {
+        let principal = self.state.authorize(&auth, Scope::Read)?;
+        let metadata: Vec<(String, String)> =
+            form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+                .filter_map(|(k, v)| {
+                    k.strip_prefix("meta.")
+                        .map(|k| (k.to_owned(), v.into_owned()))
+                })
+                .collect();
+        let filter = PackageFilter {
+            producer: producer.0,
+            subject: subject.0,
+            retention_class: retention_class.0,
+            status: status.0.map(Into::into),
+            metadata,
+            limit: limit.0.unwrap_or(100),
+            cursor: cursor.0.as_deref().map(decode_cursor).transpose()?,
+        };
+        let page = self
+            .state
+            .registry
+            .list_packages(&principal.tenant, &filter)
+            .await?;
+        Ok(Json(PackageList {
+            items: page.items.into_iter().map(Into::into).collect(),
+            next_cursor: page.next_cursor.map(encode_cursor),
+        }))
+    }
+
+    /// Get a package and its files
+    #[oai(path = "/packages/:id", method = "get", operation_id = "getPackage")]
+    async fn get(&self, auth: Auth, id: Path<Uuid>) -> ApiResult<Json<Package>> {
+        let principal = self.state.authorize(&auth, Scope::Read)?;
+        let registry = &self.state.registry;
+        let package = registry
+            .get_package(&principal.tenant, PackageId(id.0))
+            .await?;
+        let files = registry
+            .list_files(&principal.tenant, PackageId(id.0))
+            .await?;
+        let mut view: Package = package.into();
+        view.files = Some(files.into_iter().map(Into::into).collect());
+        Ok(Json(view))
+    }
+
+    /// Upload a file (multipart)
+    ///
+    /// Form part `file` holds the bytes (its filename is the default relative path); optional
+    /// text parts `relative_path`, `media_type`, `expected_digest`.
+    #[oai(
+        path = "/packages/:id/files",
+        method = "post",
+        operation_id = "uploadFile"
+    )]
+    async fn upload(
+        &self,
+        auth: Auth,
+        req: &Request,
+        id: Path<Uuid>,
+        /// Replace an existing file at the same path.
+        replace: Query<Option<bool>>,
+        form: FileUpload,
+    ) -> ApiResult<CreatedFile> {
+        let principal = self.state.authorize(&auth, Scope::Write)?;
+        self.check_declared_length(req)?;
+        let path = match form.relative_path.as_deref().or(form.file.file_name()) {
+            Some(p) => RelativePath::new(p)?,
+            None => {
+                return Err(ApiError::from(crate::Error::InvalidInput(
+                    "give `relative_path` or a filename on the `file` part".into(),
+                )));
+            }
+        };
+        let request = IngestRequest {
+            relative_path: path,
+            media_type: form
+                .media_type
+                .clone()
+                .or_else(|| form.file.content_type().map(str::to_owned)),
+            expected_digest: form
+                .expected_digest
+                .as_deref()
+                .map(|d| parse_address(d, "expected_digest"))
+                .transpose()?,
+            replace: replace.0.unwrap_or(false),
+        };
+        let reader = form.file.into_async_read();
+        let body = tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024);
+        self.ingest(&principal.tenant, id.0, request, body).await
+    }
+
+    /// Upload a file (raw body)
+    ///
+    /// The curl-friendly way: `curl -T file URL`. The body streams straight into storage. The
+    /// relative path may contain `/` (literally or as `%2F`). The request's Content-Type is the
+    /// default media type.
+    #[oai(
+        path = "/packages/:id/files/:relative_path",
+        method = "put",
+        operation_id = "putFile"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    async fn put(
+        &self,
+        auth: Auth,
+        req: &Request,
+        id: Path<Uuid>,
+        /// Path inside the package.
+        relative_path: Path<String>,
+        /// Replace an existing file at the same path.
+        replace: Query<Option<bool>>,
+        /// Media type (default: the request's Content-Type, else application/octet-stream).
+        media_type: Query<Option<String>>,
+        /// `blake3:<hex>` or `sha256:<hex>` the bytes must have; on mismatch nothing is kept.
+        expected_digest: Query<Option<String>>,
+        body: Binary<Body>,
+    ) -> ApiResult<CreatedFile> {
+        let principal = self.state.authorize(&auth, Scope::Write)?;
+        self.check_declared_length(req)?;
+        let content_type = req
+            .content_type()
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned);
+        let request = IngestRequest {
+            relative_path: RelativePath::new(&relative_path.0)?,
+            media_type: media_type.0.or(content_type),
+            expected_digest: expected_digest
+                .0
+                .as_deref()
+                .map(|d| parse_address(d, "expected_digest"))
+                .transpose()?,
+            replace: replace.0.unwrap_or(false),
+        };
+        let stream = body.0.into_bytes_stream().map_err(std::io::Error::other);
+        self.ingest(&principal.tenant, id.0, request, stream).await
+    }
+
+    /// Add a file from bytes the tenant already holds
+    ///
+    /// No bytes are sent: use `POST /blobs/missing` to learn which addresses need uploading.
+    /// Unknown addresses answer 404.
+    #[oai(
+        path = "/packages/:id/links",
+        method = "post",
+        operation_id = "linkFile"
+    )]
+    async fn link(
+        &self,
+        auth: Auth,
+        id: Path<Uuid>,
+        body: Json<LinkFile>,
+    ) -> ApiResult<CreatedFile> {
+        let principal = self.state.authorize(&auth, Scope::Write)?;
+        let body = body.0;
+        let record = self
+            .state
+            .registry
+            .link_file(
+                &principal.tenant,
+                PackageId(id.0),
+                RelativePath::new(&body.relative_path.0)?,
+                parse_address(&body.content_address.0, "content_address")?,
+                body.media_type.map(String::from),
+                body.replace.unwrap_or(false),
+            )
+            .await?;
+        Ok(CreatedFile::new(record.into()))
+    }
+
+    /// Finalize a package
+    ///
+    /// The package becomes immutable and gets its manifest. Finalizing twice answers 409.
+    #[oai(
+        path = "/packages/:id/finalize",
+        method = "post",
+        operation_id = "finalizePackage"
+    )]
+    async fn finalize(&self, auth: Auth, id: Path<Uuid>) -> ApiResult<Json<Package>> {
+        let principal = self.state.authorize(&auth, Scope::Write)?;
+        let package = self
+            .state
+            .registry
+            .finalize_package(
+                &principal.tenant,
+                PackageId(id.0),
+                Some(principal.name.clone()),
+            )
+            .await?;
+        Ok(Json(package.into()))
+    }
+
+    /// Get the manifest (canonical CBOR)
+    ///
+    /// RFC 8949 deterministic encoding; `ETag` is the manifest digest. 404 until finalized.
+    #[oai(
+        path = "/packages/:id/manifest",
+        method = "get",
+        operation_id = "getManifest"
+    )]
+    async fn manifest(&self, auth: Auth, req: &Request, id: Path<Uuid>) -> ApiResult<ManifestBody> {
+        let principal = self.state.authorize(&auth, Scope::Read)?;
+        let stored = self
+            .state
+            .registry
+            .get_manifest(&principal.tenant, PackageId(id.0))
+            .await?;
+        Ok(manifest_response(
+            req,
+            &stored.digest,
+            stored.cbor,
+            "application/cbor",
+        ))
+    }
+
+    /// Get the manifest (JCS JSON)
+    ///
+    /// The RFC 8785 canonical JSON projection of the CBOR manifest; `ETag` is the manifest
+    /// digest (of the CBOR bytes). 404 until finalized.
+    #[oai(
+        path = "/packages/:id/manifest.json",
+        method = "get",
+        operation_id = "getManifestJson"
+    )]
+    async fn manifest_json(
+        &self,
+        auth: Auth,
+        req: &Request,
+        id: Path<Uuid>,
+    ) -> ApiResult<ManifestBody> {
+        let principal = self.state.authorize(&auth, Scope::Read)?;
+        let stored = self
+            .state
+            .registry
+            .get_manifest(&principal.tenant, PackageId(id.0))
+            .await?;
+        let json = crate::manifest::Manifest::jcs(&stored.cbor).map_err(crate::Error::from)?;
+        Ok(manifest_response(
+            req,
+            &stored.digest,
+            json,
+            "application/json",
+        ))
+    }
+}

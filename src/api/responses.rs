@@ -1,0 +1,214 @@
+//! Responses whose headers are computed per request (ETags, ranges). Each is a plain
+//! `poem::Response` wrapped in a type whose OpenAPI description comes from a derived,
+//! documentation-only enum, so the spec stays exact.
+
+use super::problem::Problem;
+use crate::identity::ContentAddress;
+use crate::registry::FileRecord;
+use base64::Engine as _;
+use poem::http::{StatusCode, header};
+use poem::{Body, IntoResponse, Request, Response};
+use poem_openapi::payload::{Binary, Json};
+use poem_openapi::registry::{MetaResponses, Registry};
+use poem_openapi::{ApiResponse, ResponseContent};
+
+/// True if the request's `If-None-Match` names `etag` (or `*`).
+fn not_modified(req: &Request, etag: &str) -> bool {
+    req.headers()
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().trim_start_matches("W/"))
+        .any(|t| t == etag || t == "*")
+}
+
+fn etag_of(address: &ContentAddress) -> String {
+    format!("\"{address}\"")
+}
+
+#[derive(ResponseContent)]
+#[allow(dead_code)]
+enum ManifestContent {
+    #[oai(content_type = "application/cbor")]
+    Cbor(Binary<Vec<u8>>),
+    #[oai(content_type = "application/json")]
+    Json(Binary<Vec<u8>>),
+}
+
+#[derive(ApiResponse)]
+#[allow(dead_code)]
+enum ManifestDoc {
+    /// The manifest bytes.
+    #[oai(status = 200)]
+    Ok(ManifestContent, #[oai(header = "ETag")] String),
+    /// `If-None-Match` matched.
+    #[oai(status = 304)]
+    NotModified(#[oai(header = "ETag")] String),
+}
+
+/// A manifest response.
+pub struct ManifestBody(Response);
+
+impl IntoResponse for ManifestBody {
+    fn into_response(self) -> Response {
+        self.0
+    }
+}
+
+impl ApiResponse for ManifestBody {
+    fn meta() -> MetaResponses {
+        ManifestDoc::meta()
+    }
+    fn register(registry: &mut Registry) {
+        ManifestDoc::register(registry)
+    }
+}
+
+/// 200 with the bytes, or 304; `ETag` is the manifest digest either way.
+pub fn manifest_response(
+    req: &Request,
+    digest: &ContentAddress,
+    bytes: Vec<u8>,
+    content_type: &str,
+) -> ManifestBody {
+    let etag = etag_of(digest);
+    let builder = Response::builder()
+        .header(header::ETAG, &etag)
+        .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable");
+    if not_modified(req, &etag) {
+        return ManifestBody(builder.status(StatusCode::NOT_MODIFIED).finish());
+    }
+    ManifestBody(builder.content_type(content_type).body(bytes))
+}
+
+#[derive(ApiResponse)]
+#[allow(dead_code)]
+enum DownloadDoc {
+    /// The whole file (also when the `Range` header is malformed or names several ranges).
+    #[oai(status = 200)]
+    Full(
+        Binary<Vec<u8>>,
+        #[oai(header = "ETag")] String,
+        #[oai(header = "Accept-Ranges")] String,
+        #[oai(header = "Repr-Digest")] String,
+    ),
+    /// One range of the file.
+    #[oai(status = 206)]
+    Partial(
+        Binary<Vec<u8>>,
+        #[oai(header = "Content-Range")] String,
+        #[oai(header = "ETag")] String,
+        #[oai(header = "Repr-Digest")] String,
+    ),
+    /// `If-None-Match` matched.
+    #[oai(status = 304)]
+    NotModified(#[oai(header = "ETag")] String),
+    /// The range lies outside the file; `Content-Range: bytes */<size>`.
+    #[oai(status = 416, content_type = "application/problem+json")]
+    RangeNotSatisfiable(Json<Problem>, #[oai(header = "Content-Range")] String),
+}
+
+/// A download response.
+pub struct Download(pub Response);
+
+impl IntoResponse for Download {
+    fn into_response(self) -> Response {
+        self.0
+    }
+}
+
+impl ApiResponse for Download {
+    fn meta() -> MetaResponses {
+        DownloadDoc::meta()
+    }
+    fn register(registry: &mut Registry) {
+        DownloadDoc::register(registry)
+    }
+}
+
+/// What the `Range` and `If-None-Match` headers ask of a file.
+pub enum RangePlan {
+    /// 304.
+    NotModified,
+    /// 200, whole file.
+    Full,
+    /// 206, `[start, end]` inclusive.
+    Partial(u64, u64),
+    /// 416.
+    Unsatisfiable,
+}
+
+/// Decides per RFC 9110: one satisfiable range gives 206; several give the whole file; a
+/// malformed header is ignored; an unsatisfiable one gives 416.
+pub fn plan(req: &Request, file: &FileRecord) -> RangePlan {
+    if not_modified(req, &etag_of(&file.content_address())) {
+        return RangePlan::NotModified;
+    }
+    let Some(range) = req
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return RangePlan::Full;
+    };
+    let Ok(parsed) = http_range_header::parse_range_header(range) else {
+        return RangePlan::Full;
+    };
+    match parsed.validate(file.size) {
+        Ok(ranges) if ranges.len() == 1 => RangePlan::Partial(*ranges[0].start(), *ranges[0].end()),
+        Ok(_) => RangePlan::Full,
+        Err(_) => RangePlan::Unsatisfiable,
+    }
+}
+
+/// Headers common to every download answer.
+fn base(file: &FileRecord) -> poem::ResponseBuilder {
+    let sha = base64::engine::general_purpose::STANDARD.encode(file.sha256.0);
+    Response::builder()
+        .header(header::ETAG, etag_of(&file.content_address()))
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header("Repr-Digest", format!("sha-256=:{sha}:"))
+}
+
+/// 304.
+pub fn not_modified_response(file: &FileRecord) -> Download {
+    Download(base(file).status(StatusCode::NOT_MODIFIED).finish())
+}
+
+/// 416 with `Content-Range: bytes */size`.
+pub fn unsatisfiable(file: &FileRecord, path: &str) -> Download {
+    let problem = Problem::new(
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        format!(
+            "the requested range is outside the file's {} bytes",
+            file.size
+        ),
+    )
+    .at(path);
+    let mut resp = problem.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_RANGE,
+        format!("bytes */{}", file.size)
+            .parse()
+            .expect("valid header"),
+    );
+    Download(resp)
+}
+
+/// 200 or 206 with the streamed bytes.
+pub fn bytes_response(file: &FileRecord, range: Option<(u64, u64)>, body: Body) -> Download {
+    let builder = base(file).content_type(&file.media_type);
+    let resp = match range {
+        None => builder.header(header::CONTENT_LENGTH, file.size).body(body),
+        Some((start, end)) => builder
+            .status(StatusCode::PARTIAL_CONTENT)
+            .header(
+                header::CONTENT_RANGE,
+                format!("bytes {start}-{end}/{}", file.size),
+            )
+            .header(header::CONTENT_LENGTH, end - start + 1)
+            .body(body),
+    };
+    Download(resp)
+}
