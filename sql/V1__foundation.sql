@@ -145,3 +145,23 @@ CREATE TABLE retention_state (
     hold_reason  text
 );
 CREATE INDEX retention_state_due ON retention_state (expires_at) WHERE NOT legal_hold;
+
+-- ------------------------------------------------- upload sessions (operational state)
+-- Resumable uploads in progress. Not a view of the log: a completed session becomes a
+-- `v1.file.ingested` event; abandoned ones expire and their spooled bytes are removed.
+CREATE TABLE uploads (
+    id               uuid PRIMARY KEY,
+    tenant           text NOT NULL REFERENCES tenants (id),
+    -- No foreign key to packages: views are truncated and rebuilt by replay, operational
+    -- state must survive that. Completion re-checks the package.
+    package_id       uuid NOT NULL,
+    relative_path    text NOT NULL,
+    media_type       text,
+    declared_size    bigint CHECK (declared_size IS NULL OR declared_size >= 0),
+    expected_digest  text,
+    replace          boolean NOT NULL DEFAULT false,
+    received         bigint NOT NULL DEFAULT 0 CHECK (received >= 0),
+    created_at       timestamptz NOT NULL,
+    expires_at       timestamptz NOT NULL
+);
+CREATE INDEX uploads_expiry ON uploads (expires_at);

@@ -68,6 +68,13 @@ pub struct ServiceArgs {
     /// Allow reads without a token (as the `default` tenant).
     #[arg(long, env = "ARTIFACTSTORE_ANON_READ", default_value = "false")]
     pub anon_read: String,
+    /// Seconds an upload session lives without being completed.
+    #[arg(
+        long,
+        env = "ARTIFACTSTORE_UPLOAD_TTL_SECONDS",
+        default_value = "86400"
+    )]
+    pub upload_ttl_seconds: String,
     /// Seconds to wait for in-flight requests at shutdown.
     #[arg(
         long,
@@ -173,6 +180,18 @@ impl ServiceArgs {
                     "expected a positive number",
                 )
             })?;
+        let upload_ttl_seconds = self
+            .upload_ttl_seconds
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=30 * 86400).contains(n))
+            .ok_or_else(|| {
+                invalid(
+                    "ARTIFACTSTORE_UPLOAD_TTL_SECONDS",
+                    "--upload-ttl-seconds",
+                    "expected seconds from 1 to 2592000",
+                )
+            })?;
         let grace = self.shutdown_grace_seconds.parse::<u64>().map_err(|_| {
             invalid(
                 "ARTIFACTSTORE_SHUTDOWN_GRACE_SECONDS",
@@ -214,6 +233,7 @@ impl ServiceArgs {
             limits: Limits {
                 max_file_size,
                 max_files_per_package,
+                upload_ttl_seconds,
             },
             shutdown_grace: std::time::Duration::from_secs(grace),
         })

@@ -51,6 +51,12 @@ pub enum Error {
     /// Stored data is inconsistent (e.g. bytes that no longer match their digest).
     #[error("integrity: {0}")]
     Integrity(String),
+    /// An upload chunk did not start where the session's bytes end.
+    #[error("the upload is at offset {offset}; send the bytes from there")]
+    OffsetMismatch {
+        /// Bytes the session holds.
+        offset: u64,
+    },
     /// The client's byte stream failed before it ended.
     #[error("request body: {0}")]
     Body(String),

@@ -67,8 +67,9 @@ impl Service {
         }
         let pool = crate::db::pool(&database.url, settings.db_pool_size)?;
         let local = LocalStore::open("local", &settings.storage_local_root)?;
-        let registry =
-            Registry::new(pool, Backends::single(Arc::new(local))).with_limits(settings.limits);
+        let registry = Registry::new(pool, Backends::single(Arc::new(local)))
+            .with_limits(settings.limits)
+            .with_upload_dir(settings.data_dir.join("uploads"));
         Ok(Service { registry, database })
     }
 

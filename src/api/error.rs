@@ -26,6 +26,9 @@ pub enum ApiError {
     /// Gone for good (expired).
     #[oai(status = 410, content_type = "application/problem+json")]
     Gone(Json<Problem>),
+    /// An upload chunk does not start at the session's offset (`Upload-Offset` says where).
+    #[oai(status = 416, content_type = "application/problem+json")]
+    OffsetMismatch(Json<Problem>, #[oai(header = "Upload-Offset")] Option<u64>),
     /// A size or count limit was exceeded.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
@@ -53,6 +56,10 @@ impl ApiError {
             StatusCode::GONE => ApiError::Gone(p),
             StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(p),
             StatusCode::UNPROCESSABLE_ENTITY => ApiError::Unprocessable(p),
+            StatusCode::RANGE_NOT_SATISFIABLE => {
+                let offset = p.0.offset;
+                ApiError::OffsetMismatch(p, offset)
+            }
             StatusCode::SERVICE_UNAVAILABLE => ApiError::Unavailable(p),
             _ => ApiError::Internal(p),
         }

@@ -16,6 +16,7 @@ pub mod problem;
 mod responses;
 mod security;
 mod text;
+mod uploads;
 
 use crate::auth::TokenStore;
 use crate::registry::Registry;
@@ -40,6 +41,8 @@ enum ApiTags {
     Files,
     /// Content-addressed blobs: dedup queries.
     Blobs,
+    /// Resumable upload sessions.
+    Uploads,
     /// Service status.
     System,
 }
@@ -49,6 +52,7 @@ type Apis = (
     packages::PackagesApi,
     files::FilesApi,
     blobs::BlobsApi,
+    uploads::UploadsApi,
 );
 
 fn service(state: &AppState) -> OpenApiService<Apis, ()> {
@@ -63,6 +67,9 @@ fn service(state: &AppState) -> OpenApiService<Apis, ()> {
             state: state.clone(),
         },
         blobs::BlobsApi {
+            state: state.clone(),
+        },
+        uploads::UploadsApi {
             state: state.clone(),
         },
     );
@@ -99,7 +106,8 @@ async fn encode_file_path(mut req: Request) -> poem::Result<Request> {
         && segments.len() == 5
         && segments[1] == "packages"
         && segments[3] == "files";
-    if is_file_put && !req.headers().contains_key(poem::http::header::CONTENT_TYPE) {
+    let is_chunk = req.method() == poem::http::Method::PATCH && path.starts_with("/uploads/");
+    if (is_file_put || is_chunk) && !req.headers().contains_key(poem::http::header::CONTENT_TYPE) {
         req.headers_mut().insert(
             poem::http::header::CONTENT_TYPE,
             poem::http::HeaderValue::from_static(crate::registry::DEFAULT_MEDIA_TYPE),

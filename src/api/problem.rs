@@ -25,6 +25,10 @@ pub struct Problem {
     #[oai(skip_serializing_if_is_none)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
+    /// For upload offset mismatches: the bytes the session holds (resume from here).
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
 }
 
 impl Problem {
@@ -38,6 +42,7 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             instance: None,
+            offset: None,
         }
     }
 
@@ -75,6 +80,7 @@ pub fn from_error(error: &Error) -> Problem {
         Error::QuotaExceeded(_) => (StatusCode::PAYLOAD_TOO_LARGE, error.to_string()),
         Error::Gone(_) => (StatusCode::GONE, error.to_string()),
         Error::Body(_) => (StatusCode::BAD_REQUEST, error.to_string()),
+        Error::OffsetMismatch { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, error.to_string()),
         Error::Storage {
             unavailable: true, ..
         } => {
@@ -99,7 +105,11 @@ pub fn from_error(error: &Error) -> Problem {
             )
         }
     };
-    Problem::new(status, detail)
+    let mut problem = Problem::new(status, detail);
+    if let Error::OffsetMismatch { offset } = error {
+        problem.offset = Some(*offset);
+    }
+    problem
 }
 
 /// Turns any error poem produced (unknown route, wrong method, unparsable parameters or body)

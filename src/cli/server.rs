@@ -59,13 +59,28 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tokens: settings.tokens.clone(),
         registry: service.registry.clone(),
     };
+    let sweeper = tokio::spawn(sweep_uploads(service.registry.clone()));
     let result = poem::Server::new_with_acceptor(acceptor)
         .run_with_graceful_shutdown(app(state), shutdown_signal(), Some(settings.shutdown_grace))
         .await;
     tracing::info!("server stopped");
+    sweeper.abort();
     service.shutdown();
     result.context("server failed")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Removes expired upload sessions and their spooled bytes, every few minutes.
+async fn sweep_uploads(registry: crate::registry::Registry) {
+    let every = std::time::Duration::from_secs(registry.limits().upload_ttl_seconds.clamp(1, 300));
+    loop {
+        tokio::time::sleep(every).await;
+        match registry.expire_uploads().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(sessions = n, "expired abandoned upload sessions"),
+            Err(e) => tracing::warn!(error = %e, "sweeping upload sessions failed; will retry"),
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -7,12 +7,14 @@ mod ingest;
 mod packages;
 mod reads;
 mod types;
+mod uploads;
 
 pub use dedup::MAX_MISSING_QUERY;
 pub use ingest::{DEFAULT_MEDIA_TYPE, IngestRequest};
 pub use packages::{NewPackage, PackageFilter, PackagePage};
 pub use reads::FileDownload;
 pub use types::{FileRecord, Package, PackageStatus, StoredManifest};
+pub use uploads::{Chunk, NewUpload, UploadSession};
 
 use crate::model::{Clock, SystemClock};
 use crate::storage::Backends;
@@ -26,6 +28,8 @@ pub struct Limits {
     pub max_file_size: u64,
     /// Most files one package may hold.
     pub max_files_per_package: u64,
+    /// How long an upload session lives without being completed.
+    pub upload_ttl_seconds: u64,
 }
 
 impl Default for Limits {
@@ -33,6 +37,7 @@ impl Default for Limits {
         Limits {
             max_file_size: 5 << 30,
             max_files_per_package: 10_000,
+            upload_ttl_seconds: 24 * 3600,
         }
     }
 }
@@ -44,6 +49,7 @@ pub struct Registry {
     backends: Backends,
     clock: Arc<dyn Clock>,
     limits: Limits,
+    upload_dir: std::path::PathBuf,
 }
 
 impl Registry {
@@ -54,7 +60,14 @@ impl Registry {
             backends,
             clock: Arc::new(SystemClock),
             limits: Limits::default(),
+            upload_dir: std::env::temp_dir().join("artifactstore-uploads"),
         }
+    }
+
+    /// Where upload sessions spool their bytes (local disk).
+    pub fn with_upload_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.upload_dir = dir.into();
+        self
     }
 
     /// Replaces the clock.

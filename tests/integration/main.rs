@@ -10,3 +10,4 @@ mod registry_flow;
 mod replay;
 mod server;
 mod storage_conformance;
+mod uploads;

@@ -270,6 +270,7 @@ async fn bad_ingests_keep_nothing() {
         artifactstore::registry::Limits {
             max_file_size: 1000,
             max_files_per_package: 2,
+            ..Default::default()
         },
     );
     let err = small

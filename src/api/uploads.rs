@@ -1,0 +1,296 @@
+//! `/uploads`: resumable upload sessions for large files and bad networks.
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::models::File;
+use super::security::Auth;
+use super::text::Text;
+use crate::auth::Scope;
+use crate::model::{PackageId, RelativePath};
+use crate::registry::{Chunk, NewUpload, UploadSession};
+use futures::TryStreamExt;
+use poem::{Body, Request};
+use poem_openapi::param::Path;
+use poem_openapi::payload::{Binary, Json};
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+pub struct UploadsApi {
+    pub state: AppState,
+}
+
+/// `POST /uploads` body.
+#[derive(Debug, Object)]
+#[oai(deny_unknown_fields)]
+pub struct CreateUpload {
+    /// Target package (must be open).
+    pub package_id: Uuid,
+    /// Path inside the package.
+    pub relative_path: Text,
+    /// Media type; `application/octet-stream` when absent.
+    pub media_type: Option<Text>,
+    /// Total size in bytes, if known.
+    pub size: Option<u64>,
+    /// `blake3:<hex>` or `sha256:<hex>` the complete bytes must have.
+    pub expected_digest: Option<Text>,
+    /// Replace an existing file at the same path.
+    pub replace: Option<bool>,
+}
+
+/// An upload session.
+#[derive(Debug, Object)]
+pub struct Upload {
+    /// Id.
+    pub id: Uuid,
+    /// Where to `PATCH` chunks (relative to the server).
+    pub upload_url: String,
+    /// Bytes received: the next chunk starts here.
+    pub offset: u64,
+    /// Declared total size, if known.
+    pub size: Option<u64>,
+    /// Target package.
+    pub package_id: Uuid,
+    /// Path inside the package.
+    pub relative_path: String,
+    /// When the session is abandoned if not completed.
+    pub expires_at: OffsetDateTime,
+}
+
+impl From<UploadSession> for Upload {
+    fn from(s: UploadSession) -> Self {
+        Upload {
+            upload_url: format!("/uploads/{}", s.id),
+            id: s.id,
+            offset: s.offset,
+            size: s.size,
+            package_id: s.package_id.0,
+            relative_path: s.relative_path.to_string(),
+            expires_at: s.expires_at.as_datetime(),
+        }
+    }
+}
+
+/// The offset after a chunk.
+#[derive(Debug, Object)]
+pub struct UploadOffset {
+    /// Bytes received: the next chunk starts here.
+    pub offset: u64,
+}
+
+#[derive(ApiResponse)]
+enum CreatedUpload {
+    /// The new session.
+    #[oai(status = 201)]
+    Created(Json<Upload>, #[oai(header = "Location")] String),
+}
+
+#[derive(ApiResponse)]
+enum Accepted {
+    /// The chunk was stored.
+    #[oai(status = 202)]
+    Accepted(Json<UploadOffset>, #[oai(header = "Upload-Offset")] u64),
+}
+
+#[derive(ApiResponse)]
+enum CompletedUpload {
+    /// The file.
+    #[oai(status = 201)]
+    Created(Json<File>, #[oai(header = "Location")] String),
+}
+
+#[derive(ApiResponse)]
+enum Cancelled {
+    /// The session and its bytes are gone.
+    #[oai(status = 204)]
+    NoContent,
+}
+
+/// Parses `Content-Range: bytes <start>-<end>/<total|*>`.
+pub fn parse_content_range(value: &str) -> Result<Chunk, String> {
+    let rest = value.trim().strip_prefix("bytes ").ok_or(
+        "Content-Range must look like `bytes <start>-<end>/<total>` or `bytes <start>-<end>/*`",
+    )?;
+    let (span, total) = rest
+        .split_once('/')
+        .ok_or("Content-Range lacks `/<total>` (use `/*` if unknown)")?;
+    let (start, end) = span
+        .split_once('-')
+        .ok_or("Content-Range lacks `<start>-<end>`")?;
+    let number = |s: &str, what: &str| {
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("Content-Range {what} `{s}` is not a number"));
+        }
+        s.parse::<u64>()
+            .map_err(|_| format!("Content-Range {what} `{s}` is too large"))
+    };
+    let start = number(start, "start")?;
+    let end = number(end, "end")?;
+    if end < start {
+        return Err("Content-Range end is before its start".into());
+    }
+    let total = match total {
+        "*" => None,
+        t => Some(number(t, "total")?),
+    };
+    if total.is_some_and(|t| end >= t) {
+        return Err("Content-Range end is past the total".into());
+    }
+    Ok(Chunk {
+        start,
+        end: Some(end),
+        total,
+    })
+}
+
+fn address(text: Option<Text>) -> ApiResult<Option<crate::identity::ContentAddress>> {
+    text.map(|t| {
+        t.0.parse().map_err(|e| {
+            ApiError::from(crate::Error::InvalidInput(format!(
+                "`expected_digest`: {e}"
+            )))
+        })
+    })
+    .transpose()
+}
+
+#[OpenApi(tag = "super::ApiTags::Uploads")]
+impl UploadsApi {
+    /// Start an upload session
+    ///
+    /// Then `PATCH` chunks to `upload_url` and `POST {upload_url}/complete`.
+    #[oai(path = "/uploads", method = "post", operation_id = "createUpload")]
+    async fn create(&self, auth: Auth, body: Json<CreateUpload>) -> ApiResult<CreatedUpload> {
+        let principal = self.state.authorize(&auth, Scope::Write)?;
+        let body = body.0;
+        let session = self
+            .state
+            .registry
+            .create_upload(
+                &principal.tenant,
+                NewUpload {
+                    package_id: PackageId(body.package_id),
+                    relative_path: RelativePath::new(&body.relative_path.0)?,
+                    media_type: body.media_type.map(String::from),
+                    size: body.size,
+                    expected_digest: address(body.expected_digest)?,
+                    replace: body.replace.unwrap_or(false),
+                },
+            )
+            .await?;
+        let view: Upload = session.into();
+        let location = view.upload_url.clone();
+        Ok(CreatedUpload::Created(Json(view), location))
+    }
+
+    /// Get an upload session (to resume)
+    #[oai(path = "/uploads/:id", method = "get", operation_id = "getUpload")]
+    async fn get(&self, auth: Auth, id: Path<Uuid>) -> ApiResult<Json<Upload>> {
+        let principal = self.state.authorize(&auth, Scope::Write)?;
+        Ok(Json(
+            self.state
+                .registry
+                .get_upload(&principal.tenant, id.0)
+                .await?
+                .into(),
+        ))
+    }
+
+    /// Append a chunk
+    ///
+    /// `Content-Range: bytes <start>-<end>/<total>` (or `/*` while the total is unknown).
+    /// `start` must equal the session's offset, else 416 with the offset in the problem and in
+    /// `Upload-Offset`. If the connection breaks, the bytes that arrived are kept: ask
+    /// `GET /uploads/{id}` for the offset and continue from there.
+    #[oai(path = "/uploads/:id", method = "patch", operation_id = "appendUpload")]
+    async fn append(
+        &self,
+        auth: Auth,
+        req: &Request,
+        id: Path<Uuid>,
+        body: Binary<Body>,
+    ) -> ApiResult<Accepted> {
+        let principal = self.state.authorize(&auth, Scope::Write)?;
+        let range = req
+            .headers()
+            .get(poem::http::header::CONTENT_RANGE)
+            .ok_or_else(|| ApiError::bad_request("a chunk needs a Content-Range header"))?;
+        let chunk =
+            parse_content_range(range.to_str().unwrap_or("")).map_err(ApiError::bad_request)?;
+        let stream = body.0.into_bytes_stream().map_err(std::io::Error::other);
+        let session = self
+            .state
+            .registry
+            .append_upload(&principal.tenant, id.0, chunk, stream)
+            .await?;
+        Ok(Accepted::Accepted(
+            Json(UploadOffset {
+                offset: session.offset,
+            }),
+            session.offset,
+        ))
+    }
+
+    /// Complete an upload
+    ///
+    /// Turns the received bytes into a file. With an `expected_digest` that does not match,
+    /// answers 422 and nothing is kept.
+    #[oai(
+        path = "/uploads/:id/complete",
+        method = "post",
+        operation_id = "completeUpload"
+    )]
+    async fn complete(&self, auth: Auth, id: Path<Uuid>) -> ApiResult<CompletedUpload> {
+        let principal = self.state.authorize(&auth, Scope::Write)?;
+        let file: File = self
+            .state
+            .registry
+            .complete_upload(&principal.tenant, id.0)
+            .await?
+            .into();
+        let location = format!("/files/{}", file.id);
+        Ok(CompletedUpload::Created(Json(file), location))
+    }
+
+    /// Cancel an upload
+    #[oai(
+        path = "/uploads/:id",
+        method = "delete",
+        operation_id = "cancelUpload"
+    )]
+    async fn cancel(&self, auth: Auth, id: Path<Uuid>) -> ApiResult<Cancelled> {
+        let principal = self.state.authorize(&auth, Scope::Write)?;
+        self.state
+            .registry
+            .cancel_upload(&principal.tenant, id.0)
+            .await?;
+        Ok(Cancelled::NoContent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_forms() {
+        let c = parse_content_range("bytes 0-99/1000").unwrap();
+        assert_eq!((c.start, c.end, c.total), (0, Some(99), Some(1000)));
+        let c = parse_content_range("bytes 100-199/*").unwrap();
+        assert_eq!((c.start, c.end, c.total), (100, Some(199), None));
+        for bad in [
+            "",
+            "bytes",
+            "bytes 0-99",
+            "bytes 5-1/10",
+            "bytes 0-10/10",
+            "items 0-1/2",
+            "bytes -1-5/9",
+            "bytes 0-x/9",
+            "bytes 0-1/-3",
+            "bytes 0-99999999999999999999999/*",
+        ] {
+            assert!(parse_content_range(bad).is_err(), "{bad}");
+        }
+    }
+}

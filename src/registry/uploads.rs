@@ -1,0 +1,440 @@
+//! Resumable upload sessions: bytes arrive in chunks over many requests, then become a file.
+//!
+//! Chunks are appended to a spool file per session (local disk of the server), one writer at a
+//! time (an exclusive `flock` on the spool file). The session's offset in PostgreSQL only moves
+//! after the chunk is on disk (fsync), so after any crash the spool is truncated back to the
+//! recorded offset and the client resumes from `GET /uploads/{id}`. Completion streams the
+//! spool through the ordinary ingest (hashing, dedup, backend staging), so the digests are
+//! computed over exactly the bytes kept, whatever happened in between.
+
+use super::Registry;
+use super::ingest::{DEFAULT_MEDIA_TYPE, check_can_add, validate_media_type};
+use super::types::FileRecord;
+use crate::error::{Error, Result};
+use crate::identity::ContentAddress;
+use crate::model::{PackageId, RelativePath, TenantId, Timestamp};
+use bytes::Bytes;
+use futures::{Stream, StreamExt, pin_mut};
+use std::io::{Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use uuid::Uuid;
+
+/// What a new session needs.
+#[derive(Debug, Clone)]
+pub struct NewUpload {
+    /// Target package.
+    pub package_id: PackageId,
+    /// Path inside the package.
+    pub relative_path: RelativePath,
+    /// Media type of the file.
+    pub media_type: Option<String>,
+    /// Total size, if known up front.
+    pub size: Option<u64>,
+    /// Digest the complete bytes must have.
+    pub expected_digest: Option<ContentAddress>,
+    /// Replace an existing file at the path.
+    pub replace: bool,
+}
+
+/// A session's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadSession {
+    /// Id.
+    pub id: Uuid,
+    /// Target package.
+    pub package_id: PackageId,
+    /// Path inside the package.
+    pub relative_path: RelativePath,
+    /// Bytes received so far: the offset the next chunk must start at.
+    pub offset: u64,
+    /// Declared total size, if known.
+    pub size: Option<u64>,
+    /// When the session is abandoned if not completed.
+    pub expires_at: Timestamp,
+}
+
+/// One chunk: `start` must equal the session's offset; `total` fixes the size if given.
+#[derive(Debug, Clone, Copy)]
+pub struct Chunk {
+    /// First byte position.
+    pub start: u64,
+    /// Last byte position (inclusive), if the client said; the body must match it.
+    pub end: Option<u64>,
+    /// Total size of the upload, if known.
+    pub total: Option<u64>,
+}
+
+const SELECT: &str = "SELECT id, package_id, relative_path, received, declared_size, expires_at, \
+                      media_type, expected_digest, replace FROM uploads";
+
+struct Row {
+    session: UploadSession,
+    media_type: Option<String>,
+    expected_digest: Option<String>,
+    replace: bool,
+}
+
+fn row(r: &tokio_postgres::Row) -> Result<Row> {
+    Ok(Row {
+        session: UploadSession {
+            id: r.get(0),
+            package_id: PackageId(r.get(1)),
+            relative_path: RelativePath::new(r.get(2))?,
+            offset: r.get::<_, i64>(3) as u64,
+            size: r.get::<_, Option<i64>>(4).map(|s| s as u64),
+            expires_at: Timestamp::from_datetime(r.get(5)),
+        },
+        media_type: r.get(6),
+        expected_digest: r.get(7),
+        replace: r.get(8),
+    })
+}
+
+impl Registry {
+    fn spool_path(&self, id: Uuid) -> PathBuf {
+        self.upload_dir.join(id.to_string())
+    }
+
+    async fn load_upload(&self, tenant: &TenantId, id: Uuid) -> Result<Row> {
+        let client = self.pool.get().await?;
+        let found = client
+            .query_opt(
+                &format!("{SELECT} WHERE id = $1 AND tenant = $2"),
+                &[&id, &tenant.as_str()],
+            )
+            .await?
+            .ok_or_else(|| Error::not_found("upload", id))?;
+        let found = row(&found)?;
+        if found.session.expires_at <= self.clock.now() {
+            return Err(Error::NotFound {
+                what: format!("upload {id} (it expired; start a new one)"),
+            });
+        }
+        Ok(found)
+    }
+
+    /// Opens a session. The package must be the tenant's and open, and the path free (unless
+    /// `replace`); a declared size over the limit is refused up front.
+    pub async fn create_upload(&self, tenant: &TenantId, new: NewUpload) -> Result<UploadSession> {
+        if let Some(media_type) = &new.media_type {
+            validate_media_type(media_type)?;
+        }
+        if let Some(size) = new.size
+            && size > self.limits.max_file_size
+        {
+            return Err(Error::QuotaExceeded(format!(
+                "the declared size {size} exceeds the maximum file size of {} bytes",
+                self.limits.max_file_size
+            )));
+        }
+        let request = super::IngestRequest {
+            relative_path: new.relative_path.clone(),
+            media_type: new.media_type.clone(),
+            expected_digest: new.expected_digest,
+            replace: new.replace,
+        };
+        let client = self.pool.get().await?;
+        check_can_add(
+            &**client,
+            tenant,
+            new.package_id,
+            &request,
+            self.limits.max_files_per_package,
+            false,
+        )
+        .await?;
+        let id = Uuid::now_v7();
+        let now = self.clock.now();
+        let expires_at = now
+            .plus_seconds(self.limits.upload_ttl_seconds as i64)
+            .ok_or_else(|| Error::InvalidInput("upload lifetime overflows".into()))?;
+        let path = self.spool_path(id);
+        tokio::fs::create_dir_all(&self.upload_dir)
+            .await
+            .map_err(|e| Error::storage("uploads", format!("creating spool directory: {e}")))?;
+        tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| Error::storage("uploads", format!("creating spool file: {e}")))?;
+        let size = new.size.map(|s| s as i64);
+        let expected = new.expected_digest.map(|d| d.to_string());
+        client
+            .execute(
+                "INSERT INTO uploads (id, tenant, package_id, relative_path, media_type, declared_size, \
+                                      expected_digest, replace, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                &[
+                    &id,
+                    &tenant.as_str(),
+                    &new.package_id.0,
+                    &new.relative_path.as_str(),
+                    &new.media_type,
+                    &size,
+                    &expected,
+                    &new.replace,
+                    &now.as_datetime(),
+                    &expires_at.as_datetime(),
+                ],
+            )
+            .await?;
+        Ok(UploadSession {
+            id,
+            package_id: new.package_id,
+            relative_path: new.relative_path,
+            offset: 0,
+            size: new.size,
+            expires_at,
+        })
+    }
+
+    /// A session's state (for resuming).
+    pub async fn get_upload(&self, tenant: &TenantId, id: Uuid) -> Result<UploadSession> {
+        Ok(self.load_upload(tenant, id).await?.session)
+    }
+
+    /// Appends a chunk. `chunk.start` must equal the current offset (else `OffsetMismatch`).
+    /// If the body breaks off, the bytes that arrived are kept and the offset says how many.
+    pub async fn append_upload<S>(
+        &self,
+        tenant: &TenantId,
+        id: Uuid,
+        chunk: Chunk,
+        body: S,
+    ) -> Result<UploadSession>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send,
+    {
+        let current = self.load_upload(tenant, id).await?;
+        let size = match (current.session.size, chunk.total) {
+            (Some(declared), Some(total)) if declared != total => {
+                return Err(Error::InvalidInput(format!(
+                    "Content-Range says the total is {total}, but the upload was declared as {declared} bytes"
+                )));
+            }
+            (declared, total) => declared.or(total),
+        };
+        let limit = size
+            .unwrap_or(self.limits.max_file_size)
+            .min(self.limits.max_file_size);
+        if size.is_some_and(|s| s > self.limits.max_file_size) {
+            return Err(Error::QuotaExceeded(format!(
+                "the upload's size exceeds the maximum file size of {} bytes",
+                self.limits.max_file_size
+            )));
+        }
+        let path = self.spool_path(id);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::storage("uploads", format!("opening spool file: {e}")))?;
+        // One writer per session, across requests and processes.
+        let locked = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|_| {
+                Error::Conflict(format!(
+                    "another chunk for upload {id} is being received; retry after it"
+                ))
+            })?;
+        // Re-read under the lock: the offset may have moved while we waited for nothing.
+        let offset = self.load_upload(tenant, id).await?.session.offset;
+        if chunk.start != offset {
+            return Err(Error::OffsetMismatch { offset });
+        }
+        let mut file = locked;
+        // Drop anything a chunk that died before recording its progress left behind.
+        file.set_len(offset)
+            .map_err(|e| Error::storage("uploads", format!("truncating spool: {e}")))?;
+        file.seek(SeekFrom::Start(offset))
+            .map_err(|e| Error::storage("uploads", e))?;
+
+        let mut received = offset;
+        let mut failure = None;
+        pin_mut!(body);
+        while let Some(item) = body.next().await {
+            match item {
+                Ok(bytes) => {
+                    let len = bytes.len() as u64;
+                    if received + len > limit {
+                        failure = Some(if size.is_some() && limit < self.limits.max_file_size {
+                            Error::InvalidInput(format!(
+                                "the chunk goes past the upload's size of {limit} bytes"
+                            ))
+                        } else {
+                            Error::QuotaExceeded(format!(
+                                "the upload exceeds the maximum file size of {} bytes",
+                                self.limits.max_file_size
+                            ))
+                        });
+                        received = offset; // nothing of this chunk is kept
+                        break;
+                    }
+                    let (back, write) = tokio::task::spawn_blocking(move || {
+                        let r = file.write_all(&bytes);
+                        (file, r)
+                    })
+                    .await
+                    .map_err(|e| Error::storage("uploads", e))?;
+                    file = back;
+                    if let Err(e) = write {
+                        failure = Some(Error::storage("uploads", format!("writing spool: {e}")));
+                        received = offset;
+                        break;
+                    }
+                    received += len;
+                }
+                Err(e) => {
+                    // Keep what arrived: the client resumes from the recorded offset.
+                    failure = Some(Error::Body(e.to_string()));
+                    break;
+                }
+            }
+        }
+        if failure.is_none()
+            && let Some(end) = chunk.end
+            && received != end + 1
+        {
+            failure = Some(Error::InvalidInput(format!(
+                "Content-Range ends at byte {end}, but the body ended at byte {}",
+                received as i128 - 1
+            )));
+            received = offset;
+        }
+        let (file, synced) = tokio::task::spawn_blocking(move || {
+            let r = file.set_len(received).and_then(|()| file.sync_data());
+            (file, r)
+        })
+        .await
+        .map_err(|e| Error::storage("uploads", e))?;
+        synced.map_err(|e| Error::storage("uploads", format!("syncing spool: {e}")))?;
+        let declared = size.map(|s| s as i64);
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "UPDATE uploads SET received = $2, declared_size = COALESCE(declared_size, $3) WHERE id = $1",
+                &[&id, &(received as i64), &declared],
+            )
+            .await?;
+        drop(file);
+        match failure {
+            Some(e) => Err(e),
+            None => {
+                let mut session = current.session;
+                session.offset = received;
+                session.size = size;
+                Ok(session)
+            }
+        }
+    }
+
+    /// Turns the received bytes into a file (checking size and any expected digest). On a
+    /// digest mismatch nothing is kept: the session and its bytes are removed.
+    pub async fn complete_upload(&self, tenant: &TenantId, id: Uuid) -> Result<FileRecord> {
+        let current = self.load_upload(tenant, id).await?;
+        if let Some(size) = current.session.size
+            && size != current.session.offset
+        {
+            return Err(Error::Conflict(format!(
+                "upload {id} has {} of its {size} bytes; send the rest before completing",
+                current.session.offset
+            )));
+        }
+        let expected = current
+            .expected_digest
+            .as_deref()
+            .map(|d| {
+                d.parse::<ContentAddress>()
+                    .map_err(|e| Error::Integrity(e.to_string()))
+            })
+            .transpose()?;
+        let request = super::IngestRequest {
+            relative_path: current.session.relative_path.clone(),
+            media_type: Some(
+                current
+                    .media_type
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_MEDIA_TYPE.into()),
+            ),
+            expected_digest: expected,
+            replace: current.replace,
+        };
+        let path = self.spool_path(id);
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| Error::storage("uploads", format!("opening spool file: {e}")))?;
+        let body = tokio_util::io::ReaderStream::with_capacity(
+            tokio::io::AsyncReadExt::take(file, current.session.offset),
+            1 << 20,
+        );
+        let result = self
+            .ingest_file(tenant, current.session.package_id, request, body)
+            .await;
+        match &result {
+            Ok(_) | Err(Error::DigestMismatch { .. }) => self.remove_upload(id).await?,
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// Cancels a session and removes its bytes.
+    pub async fn cancel_upload(&self, tenant: &TenantId, id: Uuid) -> Result<()> {
+        self.load_upload(tenant, id).await?;
+        self.remove_upload(id).await
+    }
+
+    async fn remove_upload(&self, id: Uuid) -> Result<()> {
+        let client = self.pool.get().await?;
+        client
+            .execute("DELETE FROM uploads WHERE id = $1", &[&id])
+            .await?;
+        match tokio::fs::remove_file(self.spool_path(id)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::storage(
+                "uploads",
+                format!("removing spool file: {e}"),
+            )),
+        }
+    }
+
+    /// Removes sessions past their expiry and their bytes, and spool files no session owns.
+    /// Returns how many sessions were removed.
+    pub async fn expire_uploads(&self) -> Result<u64> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "DELETE FROM uploads WHERE expires_at <= $1 RETURNING id",
+                &[&self.clock.now().as_datetime()],
+            )
+            .await?;
+        let live: std::collections::HashSet<Uuid> = client
+            .query("SELECT id FROM uploads", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        drop(client);
+        for r in &rows {
+            let _ = tokio::fs::remove_file(self.spool_path(r.get(0))).await;
+        }
+        if let Ok(mut dir) = tokio::fs::read_dir(&self.upload_dir).await {
+            while let Ok(Some(entry)) = dir.next_entry().await {
+                let orphan = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| Uuid::parse_str(n).ok())
+                    .is_some_and(|id| !live.contains(&id));
+                // Only files older than a minute: a session being created has its file first.
+                let old = entry
+                    .metadata()
+                    .await
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > std::time::Duration::from_secs(60));
+                if orphan && old {
+                    let _ = tokio::fs::remove_file(entry.path()).await;
+                }
+            }
+        }
+        Ok(rows.len() as u64)
+    }
+}

@@ -1,0 +1,489 @@
+//! Resumable upload sessions: the lifecycle under random chunking, duplicate and out-of-order
+//! chunks, broken connections and resumes; expiry.
+
+use crate::harness::{TestDb, TestEnv, random_bytes};
+use crate::server::Server;
+use artifactstore::model::{Clock, RelativePath, TenantId, Timestamp};
+use artifactstore::registry::{NewPackage, NewUpload};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+#[derive(Debug, Clone)]
+enum Step {
+    /// Send the next `len` bytes from the right offset.
+    Next(usize),
+    /// Re-send a chunk starting `back` bytes before the offset (a duplicate).
+    Stale(usize),
+    /// Send a chunk starting `ahead` bytes past the offset (out of order).
+    Ahead(usize),
+    /// Send `len` bytes, but break the connection after `sent` of them.
+    Broken(usize, usize),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (1usize..40_000).prop_map(Step::Next),
+        1 => (1usize..5_000).prop_map(Step::Stale),
+        1 => (1usize..5_000).prop_map(Step::Ahead),
+        1 => ((2usize..40_000), (0usize..40_000)).prop_map(|(l, s)| Step::Broken(l, s % l)),
+    ]
+}
+
+async fn patch(
+    http: &Client,
+    base: &str,
+    id: &str,
+    data: &[u8],
+    start: usize,
+    len: usize,
+    total: Option<usize>,
+) -> reqwest::Response {
+    let end = start + len - 1;
+    let total = total.map(|t| t.to_string()).unwrap_or_else(|| "*".into());
+    http.patch(format!("{base}/uploads/{id}"))
+        .header("Content-Range", format!("bytes {start}-{end}/{total}"))
+        .body(data[start..start + len].to_vec())
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn offset(http: &Client, base: &str, id: &str) -> usize {
+    let v: Value = http
+        .get(format!("{base}/uploads/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["offset"].as_u64().unwrap() as usize
+}
+
+/// Whatever the client does, the session ends with exactly the right bytes (and digests), or
+/// with a clean error that leaves the offset where the server says it is.
+#[test]
+fn upload_lifecycle_property() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let db = rt.block_on(TestDb::new());
+    let server = Server::start(&db, &[]);
+    let base = server.base.clone();
+    let http = Client::new();
+    let mut runner = TestRunner::new(Config {
+        cases: 24,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let strategy = (
+        0usize..150_000,
+        proptest::collection::vec(step(), 1..12),
+        any::<bool>(),
+        any::<u64>(),
+    );
+    runner
+        .run(&strategy, |(size, steps, declare_size, seed)| {
+            rt.block_on(async {
+                let data = random_bytes(size, seed);
+                let package: Value = http
+                    .post(format!("{base}/packages"))
+                    .json(&json!({"producer": "prop", "subject": "s"}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                let pid = package["id"].as_str().unwrap();
+                let mut create = json!({
+                    "package_id": pid, "relative_path": "big/file.bin",
+                    "expected_digest": format!("blake3:{}", blake3::hash(&data).to_hex()),
+                });
+                if declare_size {
+                    create["size"] = json!(size);
+                }
+                let resp = http
+                    .post(format!("{base}/uploads"))
+                    .json(&create)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), StatusCode::CREATED);
+                let session: Value = resp.json().await.unwrap();
+                let id = session["id"].as_str().unwrap().to_owned();
+                assert_eq!(session["offset"], 0);
+                let total = declare_size.then_some(size);
+
+                let mut expected_offset = 0usize;
+                for s in steps {
+                    let remaining = size - expected_offset;
+                    match s {
+                        Step::Next(len) if remaining > 0 => {
+                            let len = len.min(remaining);
+                            let resp =
+                                patch(&http, &base, &id, &data, expected_offset, len, total).await;
+                            assert_eq!(resp.status(), StatusCode::ACCEPTED);
+                            expected_offset += len;
+                            assert_eq!(
+                                resp.headers()["upload-offset"].to_str().unwrap(),
+                                expected_offset.to_string()
+                            );
+                        }
+                        Step::Stale(back) if expected_offset > 0 => {
+                            let start = expected_offset - back.min(expected_offset);
+                            let len = (expected_offset - start).max(1).min(size - start);
+                            let resp = patch(&http, &base, &id, &data, start, len, total).await;
+                            assert_eq!(resp.status().as_u16(), 416);
+                            assert_eq!(
+                                resp.headers()["upload-offset"].to_str().unwrap(),
+                                expected_offset.to_string()
+                            );
+                            let problem: Value = resp.json().await.unwrap();
+                            assert_eq!(problem["offset"], expected_offset);
+                        }
+                        Step::Ahead(ahead) if expected_offset + ahead < size => {
+                            let start = expected_offset + ahead;
+                            let resp = patch(&http, &base, &id, &data, start, 1, total).await;
+                            assert_eq!(resp.status().as_u16(), 416);
+                        }
+                        Step::Broken(len, sent) if remaining > 1 => {
+                            let len = len.min(remaining);
+                            let sent = sent.min(len - 1);
+                            let piece = data[expected_offset..expected_offset + sent].to_vec();
+                            let stream = futures::stream::iter(vec![
+                                Ok::<_, std::io::Error>(bytes::Bytes::from(piece)),
+                                Err(std::io::Error::other("connection dropped")),
+                            ]);
+                            let end = expected_offset + len - 1;
+                            let result = http
+                                .patch(format!("{base}/uploads/{id}"))
+                                .header("Content-Range", format!("bytes {expected_offset}-{end}/*"))
+                                .body(reqwest::Body::wrap_stream(stream))
+                                .send()
+                                .await;
+                            assert!(result.is_err() || !result.unwrap().status().is_success());
+                            // Resume from whatever the server kept (some prefix of what was sent).
+                            let kept = offset(&http, &base, &id).await;
+                            assert!(
+                                kept >= expected_offset && kept <= expected_offset + sent,
+                                "kept {kept}"
+                            );
+                            expected_offset = kept;
+                        }
+                        _ => {}
+                    }
+                    assert_eq!(offset(&http, &base, &id).await, expected_offset);
+                }
+                // Finish, in one chunk.
+                if expected_offset < size {
+                    let resp = patch(
+                        &http,
+                        &base,
+                        &id,
+                        &data,
+                        expected_offset,
+                        size - expected_offset,
+                        total,
+                    )
+                    .await;
+                    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+                }
+                let resp = http
+                    .post(format!("{base}/uploads/{id}/complete"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), StatusCode::CREATED);
+                let file: Value = resp.json().await.unwrap();
+                assert_eq!(file["size"], size);
+                assert_eq!(
+                    file["digests"]["blake3"],
+                    blake3::hash(&data).to_hex().as_str()
+                );
+                let got = http
+                    .get(format!(
+                        "{base}/files/{}/download",
+                        file["id"].as_str().unwrap()
+                    ))
+                    .send()
+                    .await
+                    .unwrap()
+                    .bytes()
+                    .await
+                    .unwrap();
+                assert_eq!(got.as_ref(), data.as_slice());
+                // The session is gone.
+                assert_eq!(
+                    http.get(format!("{base}/uploads/{id}"))
+                        .send()
+                        .await
+                        .unwrap()
+                        .status(),
+                    StatusCode::NOT_FOUND
+                );
+            });
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_errors_are_clean() {
+    let db = TestDb::new().await;
+    let server = Server::start(&db, &[("ARTIFACTSTORE_MAX_FILE_SIZE", "64KiB")]);
+    let http = Client::new();
+    let base = &server.base;
+    let package: Value = http
+        .post(format!("{base}/packages"))
+        .json(&json!({"producer": "p", "subject": "s"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let pid = package["id"].as_str().unwrap();
+    let create = |body: Value| {
+        let http = http.clone();
+        let url = format!("{base}/uploads");
+        async move { http.post(url).json(&body).send().await.unwrap() }
+    };
+    // Declared too large: 413. Bad path: 422. Unknown package: 404.
+    assert_eq!(
+        create(json!({"package_id": pid, "relative_path": "a", "size": 1_000_000}))
+            .await
+            .status()
+            .as_u16(),
+        413
+    );
+    assert_eq!(
+        create(json!({"package_id": pid, "relative_path": "../a"}))
+            .await
+            .status()
+            .as_u16(),
+        422
+    );
+    assert_eq!(
+        create(json!({"package_id": uuid::Uuid::now_v7(), "relative_path": "a"}))
+            .await
+            .status()
+            .as_u16(),
+        404
+    );
+
+    // Wrong digest at completion: 422, and the session and bytes are gone.
+    let wrong = format!("sha256:{}", "ab".repeat(32));
+    let s: Value =
+        create(json!({"package_id": pid, "relative_path": "w.bin", "expected_digest": wrong}))
+            .await
+            .json()
+            .await
+            .unwrap();
+    let id = s["id"].as_str().unwrap();
+    let data = random_bytes(1000, 1);
+    assert_eq!(
+        patch(&http, base, id, &data, 0, 1000, Some(1000))
+            .await
+            .status(),
+        StatusCode::ACCEPTED
+    );
+    let resp = http
+        .post(format!("{base}/uploads/{id}/complete"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 422);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    assert_eq!(
+        http.get(format!("{base}/uploads/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        404
+    );
+
+    // Bad Content-Range: 400; missing: 400; body shorter than the range: 400, nothing kept.
+    let s: Value = create(json!({"package_id": pid, "relative_path": "c.bin", "size": 100}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = s["id"].as_str().unwrap();
+    for range in ["bytes 0-9", "bytes=0-9/100", "bytes 9-0/100"] {
+        let resp = http
+            .patch(format!("{base}/uploads/{id}"))
+            .header("Content-Range", range)
+            .body(vec![0u8; 10])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 400, "{range}");
+    }
+    assert_eq!(
+        http.patch(format!("{base}/uploads/{id}"))
+            .body(vec![0u8; 10])
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        400
+    );
+    let resp = http
+        .patch(format!("{base}/uploads/{id}"))
+        .header("Content-Range", "bytes 0-19/100")
+        .body(vec![0u8; 10])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 422);
+    // A total that contradicts the declared size: 422.
+    let resp = http
+        .patch(format!("{base}/uploads/{id}"))
+        .header("Content-Range", "bytes 0-9/50")
+        .body(vec![0u8; 10])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 422);
+    assert_eq!(offset(&http, base, id).await, 0);
+    // Completing early: 409.
+    assert_eq!(
+        http.post(format!("{base}/uploads/{id}/complete"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        409
+    );
+    // Cancel: 204, then gone.
+    assert_eq!(
+        http.delete(format!("{base}/uploads/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        204
+    );
+    assert_eq!(
+        http.get(format!("{base}/uploads/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        404
+    );
+
+    // Growing past the maximum file size while the total is unknown: 413.
+    let s: Value = create(json!({"package_id": pid, "relative_path": "huge.bin"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = s["id"].as_str().unwrap();
+    let big = random_bytes(70 * 1024, 2);
+    assert_eq!(
+        patch(&http, base, id, &big, 0, big.len(), None)
+            .await
+            .status()
+            .as_u16(),
+        413
+    );
+    assert_eq!(offset(&http, base, id).await, 0);
+    let spool = server._data.path().join("uploads");
+    let spooled: u64 = std::fs::read_dir(&spool)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert_eq!(spooled, 0, "no bytes of refused chunks are kept");
+}
+
+struct TestClock(AtomicI64);
+
+impl Clock for TestClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::from_datetime(
+            time::OffsetDateTime::from_unix_timestamp(self.0.load(Ordering::SeqCst)).unwrap(),
+        )
+    }
+}
+
+#[tokio::test]
+async fn abandoned_sessions_expire_and_their_bytes_are_removed() {
+    let env = TestEnv::new().await;
+    let clock = Arc::new(TestClock(AtomicI64::new(2_000_000_000)));
+    let spool = env.dir.path().join("uploads");
+    let registry = env
+        .registry
+        .clone()
+        .with_clock(clock.clone())
+        .with_upload_dir(&spool);
+    let tenant = TenantId::default_tenant();
+    let package = registry
+        .create_package(
+            &tenant,
+            NewPackage {
+                producer: "p".into(),
+                subject: "s".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let new = |path: &str| NewUpload {
+        package_id: package.id,
+        relative_path: RelativePath::new(path).unwrap(),
+        media_type: None,
+        size: None,
+        expected_digest: None,
+        replace: false,
+    };
+    let old = registry
+        .create_upload(&tenant, new("old.bin"))
+        .await
+        .unwrap();
+    let chunk = artifactstore::registry::Chunk {
+        start: 0,
+        end: None,
+        total: None,
+    };
+    registry
+        .append_upload(
+            &tenant,
+            old.id,
+            chunk,
+            crate::harness::body(b"abandoned bytes", 4),
+        )
+        .await
+        .unwrap();
+    clock.0.fetch_add(23 * 3600, Ordering::SeqCst);
+    let young = registry
+        .create_upload(&tenant, new("young.bin"))
+        .await
+        .unwrap();
+    assert_eq!(registry.expire_uploads().await.unwrap(), 0);
+    clock.0.fetch_add(2 * 3600, Ordering::SeqCst);
+    assert_eq!(registry.expire_uploads().await.unwrap(), 1);
+    assert!(
+        !spool.join(old.id.to_string()).exists(),
+        "expired bytes removed"
+    );
+    assert!(spool.join(young.id.to_string()).exists());
+    assert!(matches!(
+        registry.get_upload(&tenant, old.id).await,
+        Err(artifactstore::Error::NotFound { .. })
+    ));
+    registry.get_upload(&tenant, young.id).await.unwrap();
+}
