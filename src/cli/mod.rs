@@ -43,6 +43,14 @@ pub enum Command {
     Postgres(server::PostgresCommand),
     /// Ask a running server for its health.
     Health(client::ClientArgs),
+    /// Upload a directory tree as a package (in parallel; bytes the server holds are not sent).
+    Push(client::PushArgs),
+    /// Download a package into a directory, verifying every digest.
+    Pull(client::PullArgs),
+    /// Print a package's manifest (canonical CBOR, or `--json` for the JCS projection).
+    Manifest(client::ManifestArgs),
+    /// List packages, newest first.
+    Ls(client::LsArgs),
     /// Print the version.
     Version,
 }
@@ -72,6 +80,10 @@ pub fn main() -> ExitCode {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Health(args) => client::health(args).await,
+            Command::Push(args) => client_result(client::push(args).await),
+            Command::Pull(args) => client_result(client::pull(args).await),
+            Command::Manifest(args) => client_result(client::manifest(args).await),
+            Command::Ls(args) => client_result(client::ls(args).await),
             Command::Version => {
                 println!("artifactstore {}", env!("CARGO_PKG_VERSION"));
                 Ok(ExitCode::SUCCESS)
@@ -85,6 +97,14 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Client commands print the problem's detail and exit with their own code.
+fn client_result(result: Result<ExitCode, client::CliError>) -> anyhow::Result<ExitCode> {
+    Ok(result.unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        e.exit_code()
+    }))
 }
 
 fn init_logging(filter: &str, format: &str) -> Result<(), String> {

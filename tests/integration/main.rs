@@ -3,6 +3,7 @@
 mod harness;
 
 mod api;
+mod cli;
 mod crosscheck;
 mod event_log;
 mod managed_postgres;

@@ -1,0 +1,153 @@
+//! A small typed client for the HTTP API, used by the CLI.
+
+use super::ClientArgs;
+use std::process::ExitCode;
+
+/// A CLI failure with its exit code.
+#[derive(Debug)]
+pub struct CliError {
+    /// Process exit code.
+    pub code: u8,
+    /// One line for the user.
+    pub message: String,
+}
+
+impl CliError {
+    /// Bad command-line usage (exit 2).
+    pub fn usage(message: String) -> Self {
+        CliError { code: 2, message }
+    }
+    /// Anything else (exit 1).
+    pub fn other(message: String) -> Self {
+        CliError { code: 1, message }
+    }
+    /// A digest did not match (exit 4).
+    pub fn verification(message: String) -> Self {
+        CliError { code: 4, message }
+    }
+    /// The exit code.
+    pub fn exit_code(&self) -> ExitCode {
+        ExitCode::from(self.code)
+    }
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// The API over HTTP with a bearer token.
+#[derive(Clone)]
+pub struct ApiClient {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl ApiClient {
+    /// A client for `--server` / `--token`.
+    pub fn new(args: &ClientArgs) -> Result<Self, CliError> {
+        let base = args.server.trim_end_matches('/').to_owned();
+        if !base.starts_with("http://") && !base.starts_with("https://") {
+            return Err(CliError::usage(format!(
+                "--server `{base}` must start with http:// or https://"
+            )));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| CliError::other(e.to_string()))?;
+        Ok(ApiClient {
+            base,
+            token: args.token.clone(),
+            http,
+        })
+    }
+
+    /// A request to a path on the server, authenticated.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let builder = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(t) => builder.bearer_auth(t),
+            None => builder,
+        }
+    }
+
+    /// Sends, and turns transport failures and problem responses into `CliError`s.
+    pub async fn send(
+        &self,
+        builder: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, CliError> {
+        let response = builder.send().await.map_err(|e| {
+            if e.is_connect() || e.is_timeout() {
+                CliError {
+                    code: 2,
+                    message: format!("cannot reach {}: {e}", self.base),
+                }
+            } else {
+                CliError::other(format!("request failed: {e}"))
+            }
+        })?;
+        if response.status().is_success() || response.status() == reqwest::StatusCode::NOT_MODIFIED
+        {
+            return Ok(response);
+        }
+        Err(problem_error(response).await)
+    }
+
+    /// GET a JSON body.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(String, String)],
+    ) -> Result<T, CliError> {
+        let resp = self
+            .send(self.request(reqwest::Method::GET, path).query(query))
+            .await?;
+        resp.json()
+            .await
+            .map_err(|e| CliError::other(format!("unexpected response from {path}: {e}")))
+    }
+
+    /// GET raw bytes.
+    pub async fn get_bytes(&self, path: &str) -> Result<bytes::Bytes, CliError> {
+        let resp = self.send(self.request(reqwest::Method::GET, path)).await?;
+        resp.bytes()
+            .await
+            .map_err(|e| CliError::other(format!("reading {path}: {e}")))
+    }
+
+    /// POST a JSON body, read a JSON body.
+    pub async fn post_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<T, CliError> {
+        let resp = self
+            .send(self.request(reqwest::Method::POST, path).json(body))
+            .await?;
+        resp.json()
+            .await
+            .map_err(|e| CliError::other(format!("unexpected response from {path}: {e}")))
+    }
+}
+
+/// A problem response as a CLI error: its detail, and an exit code by status.
+pub async fn problem_error(response: reqwest::Response) -> CliError {
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    let detail = body["detail"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| status.to_string());
+    let code = match status.as_u16() {
+        401 | 403 => 5,
+        404 | 410 => 3,
+        _ => 1,
+    };
+    CliError {
+        code,
+        message: format!("{} ({})", detail, status.as_u16()),
+    }
+}

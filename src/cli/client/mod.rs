@@ -1,0 +1,181 @@
+//! Client commands over the HTTP API: health, ls, manifest, push, pull.
+//!
+//! Exit codes: 0 success; 1 the server refused (a 4xx problem) or something failed; 2 the
+//! server cannot be reached; 3 not found; 4 verification failed (a digest did not match);
+//! 5 authentication or permission refused.
+
+mod api;
+mod pull;
+mod push;
+
+pub use api::{ApiClient, CliError};
+pub use pull::{PullArgs, pull};
+pub use push::{PushArgs, push};
+
+use std::process::ExitCode;
+
+/// Where the server is and who we are.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// Server base URL.
+    #[arg(
+        long,
+        env = "ARTIFACTSTORE_URL",
+        default_value = "http://127.0.0.1:8000"
+    )]
+    pub server: String,
+    /// Bearer token.
+    #[arg(long, env = "ARTIFACTSTORE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// `health`: prints the server's health report; exit 0 when healthy, 1 when not, 2 when the
+/// server cannot be reached.
+pub async fn health(args: ClientArgs) -> anyhow::Result<ExitCode> {
+    let url = format!("{}/health", args.server.trim_end_matches('/'));
+    let response = match reqwest::Client::new()
+        .get(&url)
+        .timeout(std::time::Duration::from_secs(10))
+        .send()
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot reach {url}: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let healthy = response.status().is_success();
+    let body: serde_json::Value = response.json().await?;
+    println!("{}", serde_json::to_string_pretty(&body)?);
+    Ok(if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `ls` options.
+#[derive(Debug, clap::Args)]
+pub struct LsArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Only this producer.
+    #[arg(long)]
+    producer: Option<String>,
+    /// Only this subject.
+    #[arg(long)]
+    subject: Option<String>,
+    /// `open` or `finalized`.
+    #[arg(long)]
+    status: Option<String>,
+    /// Metadata filter `key=value` (repeatable).
+    #[arg(long = "meta", value_name = "KEY=VALUE")]
+    meta: Vec<String>,
+    /// At most this many packages.
+    #[arg(long, default_value = "50")]
+    limit: usize,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `ls`: packages, newest first.
+pub async fn ls(args: LsArgs) -> Result<ExitCode, CliError> {
+    let client = ApiClient::new(&args.client)?;
+    let mut query: Vec<(String, String)> = Vec::new();
+    for (key, value) in [
+        ("producer", &args.producer),
+        ("subject", &args.subject),
+        ("status", &args.status),
+    ] {
+        if let Some(v) = value {
+            query.push((key.into(), v.clone()));
+        }
+    }
+    for m in &args.meta {
+        let (k, v) = m
+            .split_once('=')
+            .ok_or_else(|| CliError::usage(format!("--meta `{m}` must be KEY=VALUE")))?;
+        query.push((format!("meta.{k}"), v.into()));
+    }
+    let mut printed = 0;
+    let mut cursor: Option<String> = None;
+    if !args.json {
+        println!(
+            "{:<36}  {:<9}  {:>6}  {:>12}  {:<20}  PRODUCER / SUBJECT",
+            "ID", "STATUS", "FILES", "BYTES", "CREATED"
+        );
+    }
+    while printed < args.limit {
+        let mut q = query.clone();
+        q.push(("limit".into(), (args.limit - printed).min(1000).to_string()));
+        if let Some(c) = &cursor {
+            q.push(("cursor".into(), c.clone()));
+        }
+        let page: serde_json::Value = client.get_json("/packages", &q).await?;
+        let items = page["items"].as_array().cloned().unwrap_or_default();
+        for p in &items {
+            if args.json {
+                println!("{p}");
+            } else {
+                println!(
+                    "{:<36}  {:<9}  {:>6}  {:>12}  {:<20}  {} / {}",
+                    p["id"].as_str().unwrap_or(""),
+                    p["status"].as_str().unwrap_or(""),
+                    p["file_count"].as_u64().unwrap_or(0),
+                    p["total_size"].as_u64().unwrap_or(0),
+                    p["created_at"]
+                        .as_str()
+                        .unwrap_or("")
+                        .get(..19)
+                        .unwrap_or(""),
+                    p["producer"].as_str().unwrap_or(""),
+                    p["subject"].as_str().unwrap_or(""),
+                );
+            }
+        }
+        printed += items.len();
+        match page["next_cursor"].as_str() {
+            Some(c) if !items.is_empty() => cursor = Some(c.to_owned()),
+            _ => break,
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `manifest` options.
+#[derive(Debug, clap::Args)]
+pub struct ManifestArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Package id.
+    package: String,
+    /// Print the JCS JSON projection instead of the canonical CBOR bytes.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `manifest`: the canonical CBOR bytes (for piping), or with `--json` the JCS projection.
+pub async fn manifest(args: ManifestArgs) -> Result<ExitCode, CliError> {
+    use std::io::{IsTerminal, Write};
+    let client = ApiClient::new(&args.client)?;
+    if !args.json && std::io::stdout().is_terminal() {
+        return Err(CliError::usage(
+            "the CBOR manifest is binary: redirect it to a file, or use --json".into(),
+        ));
+    }
+    let path = if args.json {
+        format!("/packages/{}/manifest.json", args.package)
+    } else {
+        format!("/packages/{}/manifest", args.package)
+    };
+    let bytes = client.get_bytes(&path).await?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&bytes)
+        .map_err(|e| CliError::other(format!("writing stdout: {e}")))?;
+    if args.json {
+        let _ = writeln!(out);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,233 @@
+//! `pull <package> <dir>`: download every file, verifying both digests as the bytes stream.
+
+use super::ClientArgs;
+use super::api::{ApiClient, CliError, problem_error};
+use crate::identity::DualHasher;
+use crate::model::RelativePath;
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use tokio::io::AsyncWriteExt;
+
+/// `pull` options.
+#[derive(Debug, clap::Args)]
+pub struct PullArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Package id.
+    package: String,
+    /// Directory to write the files into (created if needed).
+    dir: PathBuf,
+    /// Parallel downloads.
+    #[arg(long, default_value = "8")]
+    jobs: usize,
+    /// Overwrite existing files whose bytes differ (files that already match are skipped).
+    #[arg(long)]
+    force: bool,
+    /// No progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+struct Wanted {
+    id: String,
+    path: RelativePath,
+    size: u64,
+    blake3: String,
+    sha256: String,
+}
+
+fn parse_files(package: &Value) -> Result<Vec<Wanted>, CliError> {
+    let bad = || CliError::other("the server's package listing is malformed".into());
+    let mut out = Vec::new();
+    for f in package["files"].as_array().ok_or_else(bad)? {
+        let path = f["relative_path"].as_str().ok_or_else(bad)?;
+        out.push(Wanted {
+            id: f["id"].as_str().ok_or_else(bad)?.to_owned(),
+            // Never trust a path to stay inside the target directory: validate it here too.
+            path: RelativePath::new(path)
+                .map_err(|e| CliError::verification(format!("server sent an unsafe path: {e}")))?,
+            size: f["size"].as_u64().ok_or_else(bad)?,
+            blake3: f["digests"]["blake3"].as_str().ok_or_else(bad)?.to_owned(),
+            sha256: f["digests"]["sha256"].as_str().ok_or_else(bad)?.to_owned(),
+        });
+    }
+    Ok(out)
+}
+
+async fn matches_local(path: &Path, want: &Wanted) -> bool {
+    let path = path.to_owned();
+    let (blake3, size) = (want.blake3.clone(), want.size);
+    tokio::task::spawn_blocking(move || {
+        let Ok(meta) = std::fs::metadata(&path) else {
+            return false;
+        };
+        if meta.len() != size {
+            return false;
+        }
+        std::fs::read(&path)
+            .map(|b| blake3::hash(&b).to_hex().as_str() == blake3)
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false)
+}
+
+async fn download(
+    client: &ApiClient,
+    dir: &Path,
+    want: &Wanted,
+    force: bool,
+    bar: &ProgressBar,
+) -> Result<bool, CliError> {
+    let target = dir.join(want.path.as_str());
+    if target.exists() {
+        if matches_local(&target, want).await {
+            bar.inc(want.size);
+            return Ok(false);
+        }
+        if !force {
+            return Err(CliError::other(format!(
+                "{} exists with other bytes (use --force to overwrite)",
+                target.display()
+            )));
+        }
+    }
+    let parent = target.parent().expect("joined path has a parent");
+    tokio::fs::create_dir_all(parent)
+        .await
+        .map_err(|e| CliError::other(format!("{}: {e}", parent.display())))?;
+    let part = parent.join(format!(
+        ".{}.part-{}",
+        want.path.file_name(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    let result = async {
+        let response = client.send(client.request(reqwest::Method::GET, &format!("/files/{}/download", want.id))).await?;
+        if !response.status().is_success() {
+            return Err(problem_error(response).await);
+        }
+        let mut out = tokio::fs::File::create(&part).await.map_err(|e| CliError::other(format!("{}: {e}", part.display())))?;
+        let mut hasher = DualHasher::new();
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| CliError::other(format!("{}: download broke off: {e}", want.path)))?;
+            hasher.update(&chunk);
+            out.write_all(&chunk).await.map_err(|e| CliError::other(format!("{}: {e}", part.display())))?;
+            bar.inc(chunk.len() as u64);
+        }
+        out.sync_all().await.map_err(|e| CliError::other(e.to_string()))?;
+        let got = hasher.finalize();
+        if got.size != want.size || got.blake3.to_hex() != want.blake3 || got.sha256.to_hex() != want.sha256 {
+            return Err(CliError::verification(format!(
+                "{}: the downloaded bytes do not match their digests (got blake3:{} sha256:{} size {})",
+                want.path,
+                got.blake3.to_hex(),
+                got.sha256.to_hex(),
+                got.size
+            )));
+        }
+        tokio::fs::rename(&part, &target).await.map_err(|e| CliError::other(format!("{}: {e}", target.display())))?;
+        Ok(true)
+    }
+    .await;
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(&part).await;
+    }
+    result
+}
+
+/// Downloads and verifies every file of a package.
+pub async fn pull(args: PullArgs) -> Result<ExitCode, CliError> {
+    let started = std::time::Instant::now();
+    let client = ApiClient::new(&args.client)?;
+    let package: Value = client
+        .get_json(&format!("/packages/{}", args.package), &[])
+        .await?;
+    let files = parse_files(&package)?;
+    // A finalized package's manifest must hash to its digest and list exactly these files.
+    if let Some(digest) = package["manifest_digest"].as_str() {
+        let cbor = client
+            .get_bytes(&format!("/packages/{}/manifest", args.package))
+            .await?;
+        let actual = format!("blake3:{}", blake3::hash(&cbor).to_hex());
+        if actual != digest {
+            return Err(CliError::verification(format!(
+                "manifest digest is {actual}, the package says {digest}"
+            )));
+        }
+        let manifest = crate::manifest::Manifest::from_cbor(&cbor)
+            .map_err(|e| CliError::verification(format!("manifest does not decode: {e}")))?;
+        let listed: Vec<_> = manifest
+            .files
+            .iter()
+            .map(|f| (f.relative_path.to_string(), f.digests.blake3.clone()))
+            .collect();
+        let mut served: Vec<_> = files
+            .iter()
+            .map(|f| (f.path.to_string(), f.blake3.clone()))
+            .collect();
+        served.sort();
+        if listed != served {
+            return Err(CliError::verification(
+                "the manifest and the package's file list disagree".into(),
+            ));
+        }
+    }
+    tokio::fs::create_dir_all(&args.dir)
+        .await
+        .map_err(|e| CliError::other(format!("{}: {e}", args.dir.display())))?;
+    let total: u64 = files.iter().map(|f| f.size).sum();
+    let target = if args.no_progress {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    };
+    let bar = ProgressBar::with_draw_target(Some(total), target);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "pulling [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let results: Vec<Result<bool, CliError>> = futures::stream::iter(files.iter())
+        .map(|want| download(&client, &args.dir, want, args.force, &bar))
+        .buffer_unordered(args.jobs.max(1))
+        .collect()
+        .await;
+    bar.finish_and_clear();
+    let mut fetched = 0;
+    let mut first_error: Option<CliError> = None;
+    for r in results {
+        match r {
+            Ok(true) => fetched += 1,
+            Ok(false) => {}
+            Err(e) => {
+                eprintln!("error: {e}");
+                // Verification failures win: they are what a caller must not miss.
+                if first_error
+                    .as_ref()
+                    .is_none_or(|f| e.code == 4 && f.code != 4)
+                {
+                    first_error = Some(e);
+                }
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    eprintln!(
+        "{} files ({} bytes) verified in {}: {} downloaded, {} already present; {:.2} s",
+        files.len(),
+        total,
+        args.dir.display(),
+        fetched,
+        files.len() - fetched,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}

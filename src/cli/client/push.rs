@@ -1,0 +1,429 @@
+//! `push <dir>`: upload a directory tree as a package, in parallel, skipping bytes the server
+//! already holds.
+
+use super::ClientArgs;
+use super::api::{ApiClient, CliError};
+use crate::model::RelativePath;
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::{Value, json};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// `push` options.
+#[derive(Debug, clap::Args)]
+pub struct PushArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Directory to upload.
+    dir: PathBuf,
+    /// What produced the files.
+    #[arg(long)]
+    producer: String,
+    /// What the files are about.
+    #[arg(long)]
+    subject: String,
+    /// Retention class (default: the server's, `standard`).
+    #[arg(long)]
+    retention_class: Option<String>,
+    /// Metadata `key=value` (repeatable).
+    #[arg(long = "meta", value_name = "KEY=VALUE")]
+    meta: Vec<String>,
+    /// Finalize the package after uploading.
+    #[arg(long)]
+    finalize: bool,
+    /// Parallel uploads.
+    #[arg(long, default_value = "8")]
+    jobs: usize,
+    /// Files at least this large go through resumable upload sessions.
+    #[arg(long, default_value = "64MiB", value_parser = parse_size_arg)]
+    session_threshold: u64,
+    /// Chunk size for upload sessions.
+    #[arg(long, default_value = "16MiB", value_parser = parse_size_arg)]
+    chunk_size: u64,
+    /// No progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+fn parse_size_arg(text: &str) -> Result<u64, String> {
+    crate::config::parse_size(text)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("`{text}` is not a size like 16MiB"))
+}
+
+struct LocalFile {
+    path: RelativePath,
+    full: PathBuf,
+    size: u64,
+    blake3: String,
+}
+
+fn walk(
+    root: &Path,
+    dir: &Path,
+    out: &mut Vec<(RelativePath, PathBuf, u64)>,
+) -> Result<(), CliError> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| CliError::other(format!("reading {}: {e}", dir.display())))?;
+    for entry in entries {
+        let entry =
+            entry.map_err(|e| CliError::other(format!("reading {}: {e}", dir.display())))?;
+        let full = entry.path();
+        let kind = entry
+            .file_type()
+            .map_err(|e| CliError::other(e.to_string()))?;
+        if kind.is_dir() {
+            walk(root, &full, out)?;
+            continue;
+        }
+        // Regular files, and symlinks to regular files; never descend through symlinks.
+        let meta = std::fs::metadata(&full)
+            .map_err(|e| CliError::other(format!("{}: {e}", full.display())))?;
+        if !meta.is_file() {
+            continue;
+        }
+        let relative = full.strip_prefix(root).expect("inside root");
+        let text = relative
+            .to_str()
+            .ok_or_else(|| CliError::other(format!("{} is not valid UTF-8", relative.display())))?;
+        let path = RelativePath::new(text).map_err(|e| CliError::other(e.to_string()))?;
+        out.push((path, full, meta.len()));
+    }
+    Ok(())
+}
+
+fn hash_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+fn progress(total: u64, hidden: bool, message: &'static str) -> ProgressBar {
+    let target = if hidden {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    };
+    let bar = ProgressBar::with_draw_target(Some(total), target);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg:>9} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_message(message);
+    bar
+}
+
+/// Uploads the tree; prints the package id on stdout.
+pub async fn push(args: PushArgs) -> Result<ExitCode, CliError> {
+    let started = Instant::now();
+    let client = ApiClient::new(&args.client)?;
+    if !args.dir.is_dir() {
+        return Err(CliError::usage(format!(
+            "{} is not a directory",
+            args.dir.display()
+        )));
+    }
+    let mut metadata = serde_json::Map::new();
+    for m in &args.meta {
+        let (k, v) = m
+            .split_once('=')
+            .ok_or_else(|| CliError::usage(format!("--meta `{m}` must be KEY=VALUE")))?;
+        metadata.insert(k.into(), Value::String(v.into()));
+    }
+    let mut listing = Vec::new();
+    walk(&args.dir, &args.dir, &mut listing)?;
+    listing.sort_by(|a, b| a.0.cmp(&b.0));
+    let total: u64 = listing.iter().map(|f| f.2).sum();
+    let hidden = args.no_progress;
+
+    // 1. Hash locally (in parallel), so bytes the server already holds are never sent.
+    let bar = progress(total, hidden, "hashing");
+    let jobs = args.jobs.max(1);
+    let files: Vec<LocalFile> = futures::stream::iter(listing)
+        .map(|(path, full, size)| {
+            let bar = bar.clone();
+            async move {
+                let full2 = full.clone();
+                let blake3 = tokio::task::spawn_blocking(move || hash_file(&full2))
+                    .await
+                    .map_err(|e| CliError::other(e.to_string()))?
+                    .map_err(|e| CliError::other(format!("reading {}: {e}", full.display())))?;
+                bar.inc(size);
+                Ok::<_, CliError>(LocalFile {
+                    path,
+                    full,
+                    size,
+                    blake3,
+                })
+            }
+        })
+        .buffered(jobs)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    bar.finish_and_clear();
+
+    // 2. The package, and which bytes are missing.
+    let mut body =
+        json!({"producer": args.producer, "subject": args.subject, "metadata": metadata});
+    if let Some(c) = &args.retention_class {
+        body["retention_class"] = json!(c);
+    }
+    let package: Value = client.post_json("/packages", &body).await?;
+    let id = package["id"].as_str().unwrap_or_default().to_owned();
+    let unique: Vec<String> = {
+        let mut seen = HashSet::new();
+        files
+            .iter()
+            .map(|f| format!("blake3:{}", f.blake3))
+            .filter(|a| seen.insert(a.clone()))
+            .collect()
+    };
+    let mut missing = HashSet::new();
+    for batch in unique.chunks(1000) {
+        let answer: Value = client
+            .post_json("/blobs/missing", &json!({"content_addresses": batch}))
+            .await?;
+        for a in answer["missing"].as_array().into_iter().flatten() {
+            missing.insert(a.as_str().unwrap_or_default().to_owned());
+        }
+    }
+
+    // 3. Upload one file per missing address; then link every other file.
+    let mut first_of: HashMap<String, usize> = HashMap::new();
+    let (mut uploads, mut links) = (Vec::new(), Vec::new());
+    for (i, f) in files.iter().enumerate() {
+        let address = format!("blake3:{}", f.blake3);
+        if missing.contains(&address) && !first_of.contains_key(&address) {
+            first_of.insert(address, i);
+            uploads.push(i);
+        } else {
+            links.push(i);
+        }
+    }
+    let bar = progress(total, hidden, "uploading");
+    let files = Arc::new(files);
+    let ctx = Arc::new(Uploader {
+        client: client.clone(),
+        package: id.clone(),
+        bar: bar.clone(),
+        threshold: args.session_threshold,
+        chunk: args.chunk_size,
+    });
+    run_all(&uploads, jobs, |i| {
+        let ctx = ctx.clone();
+        let files = files.clone();
+        async move { ctx.upload(&files[i]).await }
+    })
+    .await?;
+    run_all(&links, jobs, |i| {
+        let ctx = ctx.clone();
+        let files = files.clone();
+        async move { ctx.link(&files[i]).await }
+    })
+    .await?;
+    bar.finish_and_clear();
+
+    if args.finalize {
+        let _: Value = client
+            .post_json(&format!("/packages/{id}/finalize"), &json!({}))
+            .await?;
+    }
+    let sent: u64 = uploads.iter().map(|&i| files[i].size).sum();
+    let elapsed = started.elapsed().as_secs_f64();
+    eprintln!(
+        "{} files, {} bytes: {} uploaded ({} bytes), {} already held by the server; {:.2} s{}",
+        files.len(),
+        total,
+        uploads.len(),
+        sent,
+        links.len(),
+        elapsed,
+        if args.finalize { "; finalized" } else { "" }
+    );
+    println!("{id}");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_all<F, Fut>(items: &[usize], jobs: usize, f: F) -> Result<(), CliError>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<(), CliError>>,
+{
+    let results: Vec<_> = futures::stream::iter(items.iter().copied())
+        .map(f)
+        .buffer_unordered(jobs)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+struct Uploader {
+    client: ApiClient,
+    package: String,
+    bar: ProgressBar,
+    threshold: u64,
+    chunk: u64,
+}
+
+fn encode_path(path: &RelativePath) -> String {
+    path.as_str()
+        .split('/')
+        .map(|s| {
+            form_urlencoded::byte_serialize(s.as_bytes())
+                .collect::<String>()
+                .replace('+', "%20")
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+impl Uploader {
+    async fn upload(&self, file: &LocalFile) -> Result<(), CliError> {
+        if file.size >= self.threshold {
+            return self.upload_session(file).await;
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let handle = tokio::fs::File::open(&file.full)
+                .await
+                .map_err(|e| CliError::other(format!("{}: {e}", file.full.display())))?;
+            let bar = self.bar.clone();
+            let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let counter = sent.clone();
+            let stream =
+                tokio_util::io::ReaderStream::with_capacity(handle, 256 * 1024).inspect(move |c| {
+                    if let Ok(c) = c {
+                        bar.inc(c.len() as u64);
+                        counter.fetch_add(c.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
+                });
+            let path = format!(
+                "/packages/{}/files/{}",
+                self.package,
+                encode_path(&file.path)
+            );
+            let request = self
+                .client
+                .request(reqwest::Method::PUT, &path)
+                .query(&[("expected_digest", format!("blake3:{}", file.blake3))])
+                .header(reqwest::header::CONTENT_LENGTH, file.size)
+                .body(reqwest::Body::wrap_stream(stream));
+            match self.client.send(request).await {
+                Ok(_) => return Ok(()),
+                // Transport failures and server unavailability are worth another try.
+                Err(e) if attempt < 4 && (e.code == 2 || e.message.contains("(503)")) => {
+                    self.bar
+                        .dec(sent.load(std::sync::atomic::Ordering::Relaxed));
+                    tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+                }
+                Err(e) => {
+                    return Err(CliError {
+                        message: format!("{}: {}", file.path, e.message),
+                        ..e
+                    });
+                }
+            }
+        }
+    }
+
+    async fn upload_session(&self, file: &LocalFile) -> Result<(), CliError> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let session: Value = self
+            .client
+            .post_json(
+                "/uploads",
+                &json!({
+                    "package_id": self.package, "relative_path": file.path.as_str(), "size": file.size,
+                    "expected_digest": format!("blake3:{}", file.blake3),
+                }),
+            )
+            .await?;
+        let url = session["upload_url"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let mut offset = 0u64;
+        let mut failures = 0;
+        while offset < file.size {
+            let len = self.chunk.min(file.size - offset);
+            let mut handle = tokio::fs::File::open(&file.full)
+                .await
+                .map_err(|e| CliError::other(format!("{}: {e}", file.full.display())))?;
+            handle
+                .seek(std::io::SeekFrom::Start(offset))
+                .await
+                .map_err(|e| CliError::other(e.to_string()))?;
+            let stream = tokio_util::io::ReaderStream::with_capacity(handle.take(len), 256 * 1024);
+            let request = self
+                .client
+                .request(reqwest::Method::PATCH, &url)
+                .header(
+                    reqwest::header::CONTENT_RANGE,
+                    format!("bytes {offset}-{}/{}", offset + len - 1, file.size),
+                )
+                .header(reqwest::header::CONTENT_LENGTH, len)
+                .body(reqwest::Body::wrap_stream(stream));
+            match self.client.send(request).await {
+                Ok(_) => {
+                    offset += len;
+                    self.bar.inc(len);
+                    failures = 0;
+                }
+                Err(e) if failures < 5 && e.code != 3 && e.code != 5 => {
+                    // Resume from what the server holds.
+                    failures += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(200 << failures)).await;
+                    let state: Value = self.client.get_json(&url, &[]).await?;
+                    let held = state["offset"].as_u64().unwrap_or(offset);
+                    if held > offset {
+                        self.bar.inc(held - offset);
+                    }
+                    offset = held;
+                }
+                Err(e) => {
+                    return Err(CliError {
+                        message: format!("{}: {}", file.path, e.message),
+                        ..e
+                    });
+                }
+            }
+        }
+        let _: Value = self
+            .client
+            .post_json(&format!("{url}/complete"), &json!({}))
+            .await?;
+        Ok(())
+    }
+
+    async fn link(&self, file: &LocalFile) -> Result<(), CliError> {
+        let _: Value = self
+            .client
+            .post_json(
+                &format!("/packages/{}/links", self.package),
+                &json!({"relative_path": file.path.as_str(), "content_address": format!("blake3:{}", file.blake3)}),
+            )
+            .await
+            .map_err(|e| CliError { message: format!("{}: {}", file.path, e.message), ..e })?;
+        self.bar.inc(file.size);
+        Ok(())
+    }
+}
