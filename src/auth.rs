@@ -138,9 +138,9 @@ impl TokenStore {
             entries.push(TokenEntry {
                 sha256: sha2::Sha256::digest(token.as_bytes()).into(),
                 principal: Principal {
+                    name: format!("{tenant}-token-{}", i + 1),
                     tenant,
                     scope: highest(&scopes, &context)?,
-                    name: format!("{}-token-{}", scopes.join("+"), i + 1),
                 },
             });
         }

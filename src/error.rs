@@ -83,7 +83,15 @@ impl Error {
 impl From<tokio_postgres::Error> for Error {
     fn from(e: tokio_postgres::Error) -> Self {
         // The driver's Display hides the server message; include it for operators.
+        use tokio_postgres::error::SqlState;
         match e.as_db_error() {
+            // Text the database cannot store (NUL, invalid encoding) is bad input, not an outage.
+            Some(db)
+                if *db.code() == SqlState::CHARACTER_NOT_IN_REPERTOIRE
+                    || *db.code() == SqlState::UNTRANSLATABLE_CHARACTER =>
+            {
+                Error::InvalidInput(format!("text the database cannot store: {}", db.message()))
+            }
             Some(db) => Error::Database(format!("{}: {}", db.code().code(), db.message())),
             None => Error::Database(e.to_string()),
         }

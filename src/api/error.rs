@@ -20,6 +20,9 @@ pub enum ApiError {
     /// No such thing for this tenant.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
+    /// The request body's media type is not accepted (or missing).
+    #[oai(status = 415, content_type = "application/problem+json")]
+    UnsupportedMediaType(Json<Problem>),
     /// Conflicts with the current state (finalized package, existing path).
     #[oai(status = 409, content_type = "application/problem+json")]
     Conflict(Json<Problem>),
@@ -54,6 +57,7 @@ impl ApiError {
             StatusCode::NOT_FOUND => ApiError::NotFound(p),
             StatusCode::CONFLICT => ApiError::Conflict(p),
             StatusCode::GONE => ApiError::Gone(p),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(p),
             StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(p),
             StatusCode::UNPROCESSABLE_ENTITY => ApiError::Unprocessable(p),
             StatusCode::RANGE_NOT_SATISFIABLE => {

@@ -2,7 +2,7 @@
 
 use super::AppState;
 use super::error::ApiResult;
-use super::models::File;
+use super::models::FileInfo;
 use super::responses::{
     Download, RangePlan, bytes_response, not_modified_response, plan, unsatisfiable,
 };
@@ -24,7 +24,7 @@ pub struct FilesApi {
 impl FilesApi {
     /// Get a file's metadata
     #[oai(path = "/files/:id", method = "get", operation_id = "getFile")]
-    async fn get(&self, auth: Auth, id: Path<Uuid>) -> ApiResult<Json<File>> {
+    async fn get(&self, auth: Auth, id: Path<Uuid>) -> ApiResult<Json<FileInfo>> {
         let principal = self.state.authorize(&auth, Scope::Read)?;
         let file = self
             .state

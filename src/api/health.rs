@@ -26,8 +26,10 @@ pub struct DatabaseHealth {
     /// Whether a query succeeded.
     pub ok: bool,
     /// Highest committed event sequence, when reachable.
+    #[oai(skip_serializing_if_is_none)]
     pub latest_sequence: Option<i64>,
     /// Error summary when not ok.
+    #[oai(skip_serializing_if_is_none)]
     pub detail: Option<String>,
 }
 
@@ -41,8 +43,10 @@ pub struct BackendHealthView {
     /// Summary.
     pub detail: String,
     /// Free bytes, where known.
+    #[oai(skip_serializing_if_is_none)]
     pub free_bytes: Option<u64>,
     /// Capacity, where known.
+    #[oai(skip_serializing_if_is_none)]
     pub total_bytes: Option<u64>,
 }
 

@@ -138,6 +138,7 @@ async fn encode_file_path(mut req: Request) -> poem::Result<Request> {
 /// The whole HTTP application.
 pub fn app(state: AppState) -> impl Endpoint {
     let api = service(&state);
+    let allow = std::sync::Arc::new(problem::AllowTable::from_spec(&api.spec()));
     let spec = api.spec_endpoint();
     let ui = api.swagger_ui();
     Route::new()
@@ -146,6 +147,6 @@ pub fn app(state: AppState) -> impl Endpoint {
         .nest("/docs", ui)
         .before(encode_file_path)
         .catch_all_error(problem::from_poem_error)
-        .around(problem::with_instance)
+        .around(move |endpoint, req| problem::finish(endpoint, req, allow.clone()))
         .with(poem::middleware::Tracing)
 }

@@ -1,6 +1,6 @@
 //! Request and response bodies. Field names are a contract: clients are generated from them.
 
-use super::text::Text;
+use super::text::{Opt, Text};
 use crate::registry::{FileRecord, Package as RegistryPackage, PackageStatus};
 use poem_openapi::{Enum, Object};
 use std::collections::BTreeMap;
@@ -50,13 +50,17 @@ pub struct Package {
     pub retention_class: String,
     /// Text labels.
     pub metadata: BTreeMap<String, String>,
-    /// `open` or `finalized`.
+    // No doc comment here: poem-openapi would wrap the `$ref` in an `allOf` with the
+    // description, which generated clients (openapi-python-client) cannot take for enums.
+    // The `Status` schema carries the documentation.
     pub status: Status,
     /// When it was created.
     pub created_at: OffsetDateTime,
     /// When it was finalized.
+    #[oai(skip_serializing_if_is_none)]
     pub finalized_at: Option<OffsetDateTime>,
     /// `blake3:<hex>` of the manifest's canonical CBOR, once finalized.
+    #[oai(skip_serializing_if_is_none)]
     pub manifest_digest: Option<String>,
     /// Number of files.
     pub file_count: u64,
@@ -64,7 +68,7 @@ pub struct Package {
     pub total_size: u64,
     /// The files, sorted by relative path (only on `GET /packages/{id}`).
     #[oai(skip_serializing_if_is_none)]
-    pub files: Option<Vec<File>>,
+    pub files: Option<Vec<FileInfo>>,
 }
 
 impl From<RegistryPackage> for Package {
@@ -98,7 +102,7 @@ pub struct Digests {
 
 /// A file in a package.
 #[derive(Debug, Clone, Object)]
-pub struct File {
+pub struct FileInfo {
     /// Id.
     pub id: Uuid,
     /// Package it belongs to.
@@ -117,9 +121,9 @@ pub struct File {
     pub created_at: OffsetDateTime,
 }
 
-impl From<FileRecord> for File {
+impl From<FileRecord> for FileInfo {
     fn from(f: FileRecord) -> Self {
-        File {
+        FileInfo {
             id: f.id.0,
             package_id: f.package_id.0,
             content_address: f.content_address().to_string(),
@@ -137,16 +141,22 @@ impl From<FileRecord> for File {
 
 /// `POST /packages` body.
 #[derive(Debug, Clone, Object)]
-#[oai(deny_unknown_fields)]
 pub struct CreatePackage {
     /// What produced it (1-256 bytes).
+    #[oai(validator(min_length = 1, max_length = 256))]
     pub producer: Text,
     /// What it is about (1-256 bytes).
+    #[oai(validator(min_length = 1, max_length = 256))]
     pub subject: Text,
     /// Retention class; `standard` when absent.
-    pub retention_class: Option<Text>,
+    #[oai(
+        skip_serializing_if_is_none,
+        validator(pattern = r"^[a-z0-9][a-z0-9._-]{0,62}$")
+    )]
+    pub retention_class: Opt<Text>,
     /// Text labels: keys `[A-Za-z0-9._:/-]{1,128}`, values up to 4 KiB, at most 64 entries.
-    pub metadata: Option<BTreeMap<String, Text>>,
+    #[oai(skip_serializing_if_is_none)]
+    pub metadata: Opt<BTreeMap<String, Text>>,
 }
 
 /// A page of packages, newest first.
@@ -155,14 +165,15 @@ pub struct PackageList {
     /// The packages.
     pub items: Vec<Package>,
     /// Pass as `cursor` for the next page; absent on the last page.
+    #[oai(skip_serializing_if_is_none)]
     pub next_cursor: Option<String>,
 }
 
 /// `POST /blobs/missing` body.
 #[derive(Debug, Clone, Object)]
-#[oai(deny_unknown_fields)]
 pub struct MissingBlobsRequest {
     /// Content addresses (`blake3:<hex>` or `sha256:<hex>`), at most 1000.
+    #[oai(validator(max_items = 1000, pattern = r"^(blake3|sha256):[0-9a-f]{64}$"))]
     pub content_addresses: Vec<Text>,
 }
 
@@ -175,14 +186,102 @@ pub struct MissingBlobs {
 
 /// `POST /packages/{id}/links` body: add a file from bytes the tenant already holds.
 #[derive(Debug, Clone, Object)]
-#[oai(deny_unknown_fields)]
 pub struct LinkFile {
     /// Path inside the package.
+    #[oai(validator(min_length = 1, max_length = 1024))]
     pub relative_path: Text,
     /// `blake3:<hex>` or `sha256:<hex>` of bytes the tenant already holds.
+    #[oai(validator(pattern = r"^(blake3|sha256):[0-9a-f]{64}$"))]
     pub content_address: Text,
     /// Media type; `application/octet-stream` when absent.
-    pub media_type: Option<Text>,
+    #[oai(skip_serializing_if_is_none)]
+    pub media_type: Opt<Text>,
     /// Replace an existing file at the same path.
-    pub replace: Option<bool>,
+    #[oai(skip_serializing_if_is_none)]
+    pub replace: Opt<bool>,
+}
+
+/// The manifest, as its JSON projection (`GET /packages/{id}/manifest.json`). Documentation of
+/// the shape only: the bytes served are the canonical JCS form of the CBOR manifest.
+#[derive(Debug, Clone, Object)]
+pub struct ManifestJson {
+    /// Always 1.
+    pub manifest_version: u64,
+    /// Package identity and metadata.
+    pub package: ManifestPackageJson,
+    /// Every file, sorted by relative path.
+    pub files: Vec<ManifestFileJson>,
+    /// Where each distinct blob is stored, sorted by content address.
+    pub storage_receipts: Vec<StorageReceiptJson>,
+    /// The retention the package was finalized under.
+    pub retention_summary: RetentionSummaryJson,
+    /// Who and what produced the manifest.
+    pub provenance: ProvenanceJson,
+}
+
+/// Package identity inside a manifest.
+#[derive(Debug, Clone, Object)]
+pub struct ManifestPackageJson {
+    /// Package id.
+    pub id: Uuid,
+    /// Owning tenant.
+    pub tenant: String,
+    /// Producer.
+    pub producer: String,
+    /// Subject.
+    pub subject: String,
+    /// Retention class.
+    pub retention_class: String,
+    /// Text labels.
+    pub metadata: BTreeMap<String, String>,
+    /// `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+    pub created_at: String,
+    /// `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+    pub finalized_at: String,
+}
+
+/// One file of a manifest.
+#[derive(Debug, Clone, Object)]
+pub struct ManifestFileJson {
+    /// Path inside the package.
+    pub relative_path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Media type.
+    pub media_type: String,
+    /// Both digests, bare lowercase hex.
+    pub digests: Digests,
+}
+
+/// Where a blob is stored.
+#[derive(Debug, Clone, Object)]
+pub struct StorageReceiptJson {
+    /// `blake3:<hex>`.
+    pub content_address: String,
+    /// Backend id.
+    pub backend_id: String,
+    /// `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+    pub stored_at: String,
+}
+
+/// Retention at finalization.
+#[derive(Debug, Clone, Object)]
+pub struct RetentionSummaryJson {
+    /// Class name.
+    pub class: String,
+    /// The class's duration in seconds; null means forever.
+    pub duration_seconds: Option<u64>,
+    /// Expiry; null means never.
+    pub expires_at: Option<String>,
+    /// Whether a legal hold was in force.
+    pub legal_hold: bool,
+}
+
+/// What produced the manifest.
+#[derive(Debug, Clone, Object)]
+pub struct ProvenanceJson {
+    /// `artifactstore/<version>`.
+    pub generator: String,
+    /// The token that finalized the package, when known.
+    pub finalized_by: Option<String>,
 }

@@ -2,8 +2,8 @@
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
-use super::models::{CreatePackage, File, LinkFile, Package, PackageList, Status};
-use super::responses::{ManifestBody, manifest_response};
+use super::models::{CreatePackage, FileInfo, LinkFile, Package, PackageList, Status};
+use super::responses::{CborManifest, JsonManifest, manifest_response};
 use super::security::Auth;
 use crate::auth::Scope;
 use crate::identity::ContentAddress;
@@ -33,11 +33,11 @@ enum CreatedPackage {
 enum CreatedFile {
     /// The new file.
     #[oai(status = 201)]
-    Created(Json<File>, #[oai(header = "Location")] String),
+    Created(Json<FileInfo>, #[oai(header = "Location")] String),
 }
 
 impl CreatedFile {
-    fn new(file: File) -> Self {
+    fn new(file: FileInfo) -> Self {
         let location = format!("/files/{}", file.id);
         CreatedFile::Created(Json(file), location)
     }
@@ -61,6 +61,11 @@ fn parse_address(text: &str, field: &str) -> ApiResult<ContentAddress> {
         .map_err(|e| ApiError::from(crate::Error::InvalidInput(format!("`{field}`: {e}"))))
 }
 
+/// An optional query value, where an empty value (`?cursor=`) means absent.
+fn given(value: Option<String>) -> Option<String> {
+    value.filter(|v| !v.is_empty())
+}
+
 fn encode_cursor(sequence: i64) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("p1:{sequence}"))
 }
@@ -71,7 +76,11 @@ fn decode_cursor(cursor: &str) -> ApiResult<i64> {
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
         .and_then(|s| s.strip_prefix("p1:").and_then(|n| n.parse().ok()))
-        .ok_or_else(|| ApiError::bad_request("`cursor` is not a cursor this server issued"))
+        .ok_or_else(|| {
+            ApiError::from(crate::Error::InvalidInput(
+                "`cursor` is not a cursor this server issued".into(),
+            ))
+        })
 }
 
 impl PackagesApi {
@@ -127,9 +136,10 @@ impl PackagesApi {
                 NewPackage {
                     producer: body.producer.0,
                     subject: body.subject.0,
-                    retention_class: body.retention_class.map(String::from),
+                    retention_class: body.retention_class.0.map(String::from),
                     metadata: Metadata::new(
                         body.metadata
+                            .0
                             .unwrap_or_default()
                             .into_iter()
                             .map(|(k, v)| (k, v.0))
@@ -176,13 +186,13 @@ impl PackagesApi {
                 })
                 .collect();
         let filter = PackageFilter {
-            producer: producer.0,
-            subject: subject.0,
-            retention_class: retention_class.0,
+            producer: given(producer.0),
+            subject: given(subject.0),
+            retention_class: given(retention_class.0),
             status: status.0.map(Into::into),
             metadata,
             limit: limit.0.unwrap_or(100),
-            cursor: cursor.0.as_deref().map(decode_cursor).transpose()?,
+            cursor: given(cursor.0).as_deref().map(decode_cursor).transpose()?,
         };
         let page = self
             .state
@@ -291,9 +301,8 @@ impl PackagesApi {
             .map(str::to_owned);
         let request = IngestRequest {
             relative_path: RelativePath::new(&relative_path.0)?,
-            media_type: media_type.0.or(content_type),
-            expected_digest: expected_digest
-                .0
+            media_type: given(media_type.0).or(content_type),
+            expected_digest: given(expected_digest.0)
                 .as_deref()
                 .map(|d| parse_address(d, "expected_digest"))
                 .transpose()?,
@@ -328,8 +337,8 @@ impl PackagesApi {
                 PackageId(id.0),
                 RelativePath::new(&body.relative_path.0)?,
                 parse_address(&body.content_address.0, "content_address")?,
-                body.media_type.map(String::from),
-                body.replace.unwrap_or(false),
+                body.media_type.0.map(String::from),
+                body.replace.0.unwrap_or(false),
             )
             .await?;
         Ok(CreatedFile::new(record.into()))
@@ -365,19 +374,19 @@ impl PackagesApi {
         method = "get",
         operation_id = "getManifest"
     )]
-    async fn manifest(&self, auth: Auth, req: &Request, id: Path<Uuid>) -> ApiResult<ManifestBody> {
+    async fn manifest(&self, auth: Auth, req: &Request, id: Path<Uuid>) -> ApiResult<CborManifest> {
         let principal = self.state.authorize(&auth, Scope::Read)?;
         let stored = self
             .state
             .registry
             .get_manifest(&principal.tenant, PackageId(id.0))
             .await?;
-        Ok(manifest_response(
+        Ok(CborManifest(manifest_response(
             req,
             &stored.digest,
             stored.cbor,
             "application/cbor",
-        ))
+        )))
     }
 
     /// Get the manifest (JCS JSON)
@@ -394,7 +403,7 @@ impl PackagesApi {
         auth: Auth,
         req: &Request,
         id: Path<Uuid>,
-    ) -> ApiResult<ManifestBody> {
+    ) -> ApiResult<JsonManifest> {
         let principal = self.state.authorize(&auth, Scope::Read)?;
         let stored = self
             .state
@@ -402,11 +411,11 @@ impl PackagesApi {
             .get_manifest(&principal.tenant, PackageId(id.0))
             .await?;
         let json = crate::manifest::Manifest::jcs(&stored.cbor).map_err(crate::Error::from)?;
-        Ok(manifest_response(
+        Ok(JsonManifest(manifest_response(
             req,
             &stored.digest,
             json,
             "application/json",
-        ))
+        )))
     }
 }

@@ -134,13 +134,64 @@ pub async fn from_poem_error(error: poem::Error) -> Response {
     Problem::new(status, detail).into_response()
 }
 
-/// Sets `instance` (the request path) on every problem response that lacks one.
-pub async fn with_instance<E: poem::Endpoint>(
+/// Which methods each documented path takes, for `Allow` on 405 answers (RFC 9110 §15.5.6).
+#[derive(Debug, Default)]
+pub struct AllowTable {
+    routes: Vec<(Vec<Option<String>>, String)>,
+}
+
+impl AllowTable {
+    /// Built from the OpenAPI document: `{param}` segments match anything.
+    pub fn from_spec(spec: &str) -> Self {
+        let spec: serde_json::Value = serde_json::from_str(spec).unwrap_or_default();
+        let mut routes = Vec::new();
+        for (path, item) in spec["paths"].as_object().into_iter().flatten() {
+            let segments = path
+                .split('/')
+                .skip(1)
+                .map(|s| (!s.starts_with('{')).then(|| s.to_owned()))
+                .collect();
+            let mut methods: Vec<String> = item
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(m, _)| m.to_uppercase())
+                .collect();
+            methods.sort();
+            routes.push((segments, methods.join(", ")));
+        }
+        AllowTable { routes }
+    }
+
+    /// The `Allow` value for a request path, if it is a documented route.
+    pub fn allow(&self, path: &str) -> Option<&str> {
+        let request: Vec<&str> = path.split('/').skip(1).collect();
+        self.routes.iter().find_map(|(segments, methods)| {
+            let matches = segments.len() == request.len()
+                && segments
+                    .iter()
+                    .zip(&request)
+                    .all(|(s, r)| s.as_deref().is_none_or(|s| s == *r));
+            matches.then_some(methods.as_str())
+        })
+    }
+}
+
+/// Completes problem responses: sets `instance` (the request path) where it is missing, and
+/// `Allow` on 405s.
+pub async fn finish<E: poem::Endpoint>(
     endpoint: std::sync::Arc<E>,
     req: poem::Request,
+    allow: std::sync::Arc<AllowTable>,
 ) -> poem::Result<Response> {
     let path = req.uri().path().to_owned();
-    let resp = endpoint.call(req).await?.into_response();
+    let mut resp = endpoint.call(req).await?.into_response();
+    if resp.status() == StatusCode::METHOD_NOT_ALLOWED
+        && let Some(methods) = allow.allow(&path)
+        && let Ok(value) = methods.parse()
+    {
+        resp.headers_mut().insert(poem::http::header::ALLOW, value);
+    }
     let is_problem = resp
         .headers()
         .get(poem::http::header::CONTENT_TYPE)

@@ -27,43 +27,55 @@ fn etag_of(address: &ContentAddress) -> String {
     format!("\"{address}\"")
 }
 
-#[derive(ResponseContent)]
-#[allow(dead_code)]
-enum ManifestContent {
-    #[oai(content_type = "application/cbor")]
-    Cbor(Binary<Vec<u8>>),
-    #[oai(content_type = "application/json")]
-    Json(Binary<Vec<u8>>),
-}
-
 #[derive(ApiResponse)]
 #[allow(dead_code)]
-enum ManifestDoc {
-    /// The manifest bytes.
-    #[oai(status = 200)]
-    Ok(ManifestContent, #[oai(header = "ETag")] String),
+enum CborManifestDoc {
+    /// The manifest's canonical CBOR bytes (RFC 8949 deterministic encoding).
+    #[oai(status = 200, content_type = "application/cbor")]
+    Ok(Binary<Vec<u8>>, #[oai(header = "ETag")] String),
     /// `If-None-Match` matched.
     #[oai(status = 304)]
     NotModified(#[oai(header = "ETag")] String),
 }
 
-/// A manifest response.
-pub struct ManifestBody(Response);
-
-impl IntoResponse for ManifestBody {
-    fn into_response(self) -> Response {
-        self.0
-    }
+#[derive(ApiResponse)]
+#[allow(dead_code, clippy::large_enum_variant)] // documentation only; never constructed
+enum JsonManifestDoc {
+    /// The manifest's JCS (RFC 8785) JSON bytes.
+    #[oai(status = 200)]
+    Ok(
+        Json<super::models::ManifestJson>,
+        #[oai(header = "ETag")] String,
+    ),
+    /// `If-None-Match` matched.
+    #[oai(status = 304)]
+    NotModified(#[oai(header = "ETag")] String),
 }
 
-impl ApiResponse for ManifestBody {
-    fn meta() -> MetaResponses {
-        ManifestDoc::meta()
-    }
-    fn register(registry: &mut Registry) {
-        ManifestDoc::register(registry)
-    }
+macro_rules! documented_response {
+    ($name:ident, $doc:ident) => {
+        /// A response built by hand, documented by its `Doc` enum.
+        pub struct $name(pub Response);
+
+        impl IntoResponse for $name {
+            fn into_response(self) -> Response {
+                self.0
+            }
+        }
+
+        impl ApiResponse for $name {
+            fn meta() -> MetaResponses {
+                $doc::meta()
+            }
+            fn register(registry: &mut Registry) {
+                $doc::register(registry)
+            }
+        }
+    };
 }
+
+documented_response!(CborManifest, CborManifestDoc);
+documented_response!(JsonManifest, JsonManifestDoc);
 
 /// 200 with the bytes, or 304; `ETag` is the manifest digest either way.
 pub fn manifest_response(
@@ -71,24 +83,35 @@ pub fn manifest_response(
     digest: &ContentAddress,
     bytes: Vec<u8>,
     content_type: &str,
-) -> ManifestBody {
+) -> Response {
     let etag = etag_of(digest);
     let builder = Response::builder()
         .header(header::ETAG, &etag)
         .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable");
     if not_modified(req, &etag) {
-        return ManifestBody(builder.status(StatusCode::NOT_MODIFIED).finish());
+        return builder.status(StatusCode::NOT_MODIFIED).finish();
     }
-    ManifestBody(builder.content_type(content_type).body(bytes))
+    builder.content_type(content_type).body(bytes)
+}
+
+/// File bytes: served with the file's own media type, so any type may come back.
+#[derive(ResponseContent)]
+#[allow(dead_code)]
+enum FileBytes {
+    #[oai(content_type = "application/octet-stream")]
+    Octets(Binary<Vec<u8>>),
+    #[oai(content_type = "*/*")]
+    Any(Binary<Vec<u8>>),
 }
 
 #[derive(ApiResponse)]
 #[allow(dead_code)]
 enum DownloadDoc {
     /// The whole file (also when the `Range` header is malformed or names several ranges).
+    /// `Content-Type` is the file's media type.
     #[oai(status = 200)]
     Full(
-        Binary<Vec<u8>>,
+        FileBytes,
         #[oai(header = "ETag")] String,
         #[oai(header = "Accept-Ranges")] String,
         #[oai(header = "Repr-Digest")] String,
@@ -96,7 +119,7 @@ enum DownloadDoc {
     /// One range of the file.
     #[oai(status = 206)]
     Partial(
-        Binary<Vec<u8>>,
+        FileBytes,
         #[oai(header = "Content-Range")] String,
         #[oai(header = "ETag")] String,
         #[oai(header = "Repr-Digest")] String,
@@ -109,23 +132,7 @@ enum DownloadDoc {
     RangeNotSatisfiable(Json<Problem>, #[oai(header = "Content-Range")] String),
 }
 
-/// A download response.
-pub struct Download(pub Response);
-
-impl IntoResponse for Download {
-    fn into_response(self) -> Response {
-        self.0
-    }
-}
-
-impl ApiResponse for Download {
-    fn meta() -> MetaResponses {
-        DownloadDoc::meta()
-    }
-    fn register(registry: &mut Registry) {
-        DownloadDoc::register(registry)
-    }
-}
+documented_response!(Download, DownloadDoc);
 
 /// What the `Range` and `If-None-Match` headers ask of a file.
 pub enum RangePlan {

@@ -2,15 +2,15 @@
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
-use super::models::File;
+use super::models::FileInfo;
 use super::security::Auth;
-use super::text::Text;
+use super::text::{Opt, Text};
 use crate::auth::Scope;
 use crate::model::{PackageId, RelativePath};
 use crate::registry::{Chunk, NewUpload, UploadSession};
 use futures::TryStreamExt;
-use poem::{Body, Request};
-use poem_openapi::param::Path;
+use poem::Body;
+use poem_openapi::param::{Header, Path};
 use poem_openapi::payload::{Binary, Json};
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use time::OffsetDateTime;
@@ -22,20 +22,28 @@ pub struct UploadsApi {
 
 /// `POST /uploads` body.
 #[derive(Debug, Object)]
-#[oai(deny_unknown_fields)]
 pub struct CreateUpload {
     /// Target package (must be open).
     pub package_id: Uuid,
     /// Path inside the package.
+    #[oai(validator(min_length = 1, max_length = 1024))]
     pub relative_path: Text,
     /// Media type; `application/octet-stream` when absent.
-    pub media_type: Option<Text>,
+    #[oai(skip_serializing_if_is_none)]
+    pub media_type: Opt<Text>,
     /// Total size in bytes, if known.
-    pub size: Option<u64>,
+    #[oai(skip_serializing_if_is_none)]
+    #[oai(validator(minimum(value = "0"), maximum(value = "9007199254740991")))]
+    pub size: Opt<u64>,
     /// `blake3:<hex>` or `sha256:<hex>` the complete bytes must have.
-    pub expected_digest: Option<Text>,
+    #[oai(
+        skip_serializing_if_is_none,
+        validator(pattern = r"^(blake3|sha256):[0-9a-f]{64}$")
+    )]
+    pub expected_digest: Opt<Text>,
     /// Replace an existing file at the same path.
-    pub replace: Option<bool>,
+    #[oai(skip_serializing_if_is_none)]
+    pub replace: Opt<bool>,
 }
 
 /// An upload session.
@@ -48,6 +56,7 @@ pub struct Upload {
     /// Bytes received: the next chunk starts here.
     pub offset: u64,
     /// Declared total size, if known.
+    #[oai(skip_serializing_if_is_none)]
     pub size: Option<u64>,
     /// Target package.
     pub package_id: Uuid,
@@ -96,7 +105,7 @@ enum Accepted {
 enum CompletedUpload {
     /// The file.
     #[oai(status = 201)]
-    Created(Json<File>, #[oai(header = "Location")] String),
+    Created(Json<FileInfo>, #[oai(header = "Location")] String),
 }
 
 #[derive(ApiResponse)]
@@ -171,10 +180,10 @@ impl UploadsApi {
                 NewUpload {
                     package_id: PackageId(body.package_id),
                     relative_path: RelativePath::new(&body.relative_path.0)?,
-                    media_type: body.media_type.map(String::from),
-                    size: body.size,
-                    expected_digest: address(body.expected_digest)?,
-                    replace: body.replace.unwrap_or(false),
+                    media_type: body.media_type.0.map(String::from),
+                    size: body.size.0,
+                    expected_digest: address(body.expected_digest.0)?,
+                    replace: body.replace.0.unwrap_or(false),
                 },
             )
             .await?;
@@ -206,17 +215,18 @@ impl UploadsApi {
     async fn append(
         &self,
         auth: Auth,
-        req: &Request,
         id: Path<Uuid>,
+        /// `bytes <start>-<end>/<total>` or `bytes <start>-<end>/*`.
+        #[oai(
+            name = "Content-Range",
+            validator(pattern = r"^bytes [0-9]{1,19}-[0-9]{1,19}/([0-9]{1,19}|\*)$")
+        )]
+        content_range: Header<String>,
         body: Binary<Body>,
     ) -> ApiResult<Accepted> {
         let principal = self.state.authorize(&auth, Scope::Write)?;
-        let range = req
-            .headers()
-            .get(poem::http::header::CONTENT_RANGE)
-            .ok_or_else(|| ApiError::bad_request("a chunk needs a Content-Range header"))?;
-        let chunk =
-            parse_content_range(range.to_str().unwrap_or("")).map_err(ApiError::bad_request)?;
+        let chunk = parse_content_range(&content_range.0)
+            .map_err(|e| ApiError::from(crate::Error::InvalidInput(e)))?;
         let stream = body.0.into_bytes_stream().map_err(std::io::Error::other);
         let session = self
             .state
@@ -242,7 +252,7 @@ impl UploadsApi {
     )]
     async fn complete(&self, auth: Auth, id: Path<Uuid>) -> ApiResult<CompletedUpload> {
         let principal = self.state.authorize(&auth, Scope::Write)?;
-        let file: File = self
+        let file: FileInfo = self
             .state
             .registry
             .complete_upload(&principal.tenant, id.0)

@@ -147,6 +147,19 @@ impl Registry {
                 "limit must be between 1 and 1000".into(),
             ));
         }
+        // PostgreSQL text cannot hold NUL: such a filter can match nothing, and is a client bug.
+        let texts = [&filter.producer, &filter.subject, &filter.retention_class];
+        let meta = filter.metadata.iter().flat_map(|(k, v)| [k, v]);
+        if texts
+            .into_iter()
+            .flatten()
+            .chain(meta)
+            .any(|t| t.contains('\0'))
+        {
+            return Err(Error::InvalidInput(
+                "filters must not contain NUL characters".into(),
+            ));
+        }
         let metadata: serde_json::Map<String, serde_json::Value> = filter
             .metadata
             .iter()
