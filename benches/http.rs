@@ -1,0 +1,419 @@
+//! HTTP benchmark: the real server (release build, private PostgreSQL with fsync on, local
+//! storage) against same-run baselines on the same machine and files. Prints Markdown.
+//!
+//!     cargo bench --bench http                     # 2 GiB file; BENCH_SIZE_MIB to change
+//!
+//! - Upload of a large file: raw `curl -T` PUT, and an upload session (create, one PATCH,
+//!   complete), vs (c) = `openssl dgst -sha256` + `dd bs=1M conv=fsync` of the same file.
+//!   Target >= 0.8x; the server's peak RSS (VmHWM) during them, target < 100 MiB.
+//! - Download with `curl -o /dev/null` (file in page cache) vs nginx (`sendfile on`) serving
+//!   the same bytes. Target >= 0.9x.
+//! - 4 KiB ingests/s with 16 concurrent clients. Target >= 1,000/s.
+//! - `artifactstore push` of a 1,000-file tree, then the same tree again.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_artifactstore");
+
+fn time(cmd: &mut Command) -> Duration {
+    let start = Instant::now();
+    let out = cmd.output().expect("run command");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    start.elapsed()
+}
+
+fn best(runs: usize, mut f: impl FnMut() -> Duration) -> Duration {
+    (0..runs).map(|_| f()).min().unwrap()
+}
+
+fn mbps(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / 1e6 / d.as_secs_f64()
+}
+
+fn make_file(path: &Path, size: u64) {
+    if std::fs::metadata(path).is_ok_and(|m| m.len() == size) {
+        return;
+    }
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut block = vec![0u8; 1 << 20];
+    let mut state = 0x2545f4914f6cdd1du64;
+    for _ in 0..size >> 20 {
+        for chunk in block.chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
+        }
+        f.write_all(&block).unwrap();
+    }
+    f.flush().unwrap();
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Resets the peak RSS counter (writing 5 to clear_refs), so each phase reports its own peak.
+fn reset_peak(pid: u32) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(data: &Path) -> Server {
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-file-size",
+            "8GiB",
+        ])
+        .env("ARTIFACTSTORE_DATA_DIR", data)
+        .env("ARTIFACTSTORE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("server address")
+        .to_owned();
+    Server { child, base }
+}
+
+fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "--fail-with-body"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn json_field(body: &str, field: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    v[field]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| v[field].to_string())
+}
+
+fn new_package(base: &str, subject: &str) -> String {
+    let body = curl(&[
+        "-X",
+        "POST",
+        &format!("{base}/packages"),
+        "-H",
+        "content-type: application/json",
+        "-d",
+        &format!("{{\"producer\":\"bench\",\"subject\":\"{subject}\"}}"),
+    ]);
+    json_field(&body, "id")
+}
+
+fn main() {
+    let size_mib: u64 = std::env::var("BENCH_SIZE_MIB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2048);
+    let size = size_mib << 20;
+    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-http");
+    let _ = std::fs::remove_dir_all(work.join("data"));
+    std::fs::create_dir_all(&work).unwrap();
+    let input = work.join("input.bin");
+    make_file(&input, size);
+    let copy = work.join("copy.bin");
+
+    // Baseline (c): hash then durable copy.
+    time(Command::new("cat").arg(&input).stdout(Stdio::null()));
+    let sha = best(2, || {
+        time(
+            Command::new("openssl")
+                .args(["dgst", "-sha256"])
+                .arg(&input),
+        )
+    });
+    let dd = best(2, || {
+        let _ = std::fs::remove_file(&copy);
+        time(
+            Command::new("dd")
+                .arg(format!("if={}", input.display()))
+                .arg(format!("of={}", copy.display()))
+                .args(["bs=1M", "conv=fsync", "status=none"]),
+        )
+    });
+    let _ = std::fs::remove_file(&copy);
+    let baseline = sha + dd;
+
+    let server = start_server(&work.join("data"));
+    let base = server.base.clone();
+    let pid = server.child.id();
+
+    // Raw PUT.
+    let mut put_times = Vec::new();
+    let mut put_rss = 0;
+    let mut blob = PathBuf::new();
+    let mut file_id = String::new();
+    for i in 0..2 {
+        let package = new_package(&base, &format!("put {i}"));
+        reset_peak(pid);
+        let start = Instant::now();
+        let body = curl(&[
+            "-T",
+            input.to_str().unwrap(),
+            &format!("{base}/packages/{package}/files/big.bin"),
+        ]);
+        put_times.push(start.elapsed());
+        put_rss = put_rss.max(peak_rss_kib(pid));
+        let blake3 = serde_json::from_str::<serde_json::Value>(&body).unwrap()["digests"]["blake3"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        file_id = json_field(&body, "id");
+        blob = work
+            .join("data/blobs/blake3")
+            .join(&blake3[0..2])
+            .join(&blake3[2..4])
+            .join(&blake3);
+        if i == 0 {
+            // Make the next run store the bytes again rather than deduplicate.
+            std::fs::remove_file(&blob).unwrap();
+        }
+    }
+    let put = *put_times.iter().min().unwrap();
+
+    // Upload session: create, one PATCH of the whole file, complete.
+    let package = new_package(&base, "session");
+    std::fs::remove_file(&blob).unwrap();
+    reset_peak(pid);
+    let start = Instant::now();
+    let session = curl(&[
+        "-X",
+        "POST",
+        &format!("{base}/uploads"),
+        "-H",
+        "content-type: application/json",
+        "-d",
+        &format!("{{\"package_id\":\"{package}\",\"relative_path\":\"big.bin\",\"size\":{size}}}"),
+    ]);
+    let url = format!("{base}{}", json_field(&session, "upload_url"));
+    curl(&[
+        "-X",
+        "PATCH",
+        "-T",
+        input.to_str().unwrap(),
+        "-H",
+        &format!("Content-Range: bytes 0-{}/{size}", size - 1),
+        &url,
+    ]);
+    curl(&["-X", "POST", &format!("{url}/complete")]);
+    let session_time = start.elapsed();
+    let session_rss = peak_rss_kib(pid);
+
+    // Download vs nginx serving the same bytes with sendfile.
+    time(Command::new("cat").arg(&blob).stdout(Stdio::null()));
+    reset_peak(pid);
+    let ours = best(3, || {
+        time(
+            Command::new("curl")
+                .args(["-sS", "-o", "/dev/null"])
+                .arg(format!("{base}/files/{file_id}/download")),
+        )
+    });
+    let download_rss = peak_rss_kib(pid);
+    let www = work.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let served = www.join("big.bin");
+    let _ = std::fs::remove_file(&served);
+    std::fs::hard_link(&blob, &served).unwrap_or_else(|_| {
+        std::fs::copy(&blob, &served).unwrap();
+    });
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let conf = work.join("nginx.conf");
+    std::fs::write(&conf, format!(
+        "daemon off; worker_processes 1; pid {pid}; error_log {err} warn;\n\
+         events {{ worker_connections 64; }}\n\
+         http {{ sendfile on; tcp_nopush on; access_log off; server {{ listen 127.0.0.1:{port}; root {root}; }} }}\n",
+        pid = work.join("nginx.pid").display(), err = work.join("nginx.err").display(), root = www.display()
+    )).unwrap();
+    let mut nginx = Command::new("nginx")
+        .arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(&work)
+        .spawn()
+        .expect("nginx (apt-get install nginx-light)");
+    std::thread::sleep(Duration::from_millis(500));
+    // Workers run as nobody: make the tree readable.
+    let _ = Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(&www)
+        .status();
+    let _ = Command::new("chmod").args(["a+rx"]).arg(&work).status();
+    let theirs = best(3, || {
+        time(
+            Command::new("curl")
+                .args(["-sS", "--fail", "-o", "/dev/null"])
+                .arg(format!("http://127.0.0.1:{port}/big.bin")),
+        )
+    });
+    let _ = nginx.kill();
+    let _ = nginx.wait();
+
+    // 4 KiB ingests with 16 concurrent clients.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (small_count, small_time) = rt.block_on(async {
+        const CLIENTS: usize = 16;
+        const PER_CLIENT: usize = 250;
+        let http = reqwest::Client::new();
+        let mut tasks = Vec::new();
+        let start = Instant::now();
+        for c in 0..CLIENTS {
+            let http = http.clone();
+            let base = base.clone();
+            let package = new_package(&base, &format!("small {c}"));
+            tasks.push(tokio::spawn(async move {
+                for i in 0..PER_CLIENT {
+                    let mut data = vec![0u8; 4096];
+                    data[..8].copy_from_slice(&((c * PER_CLIENT + i) as u64).to_le_bytes());
+                    let resp = http
+                        .put(format!("{base}/packages/{package}/files/f{i}"))
+                        .body(data)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(resp.status().as_u16(), 201);
+                }
+            }));
+        }
+        let _ = start;
+        let start = Instant::now();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        (CLIENTS * PER_CLIENT, start.elapsed())
+    });
+
+    // push of a 1,000-file tree, twice.
+    let tree = work.join("tree");
+    let _ = std::fs::remove_dir_all(&tree);
+    for i in 0..1000 {
+        let dir = tree.join(format!("d{:02}", i % 20));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut data = vec![(i % 251) as u8; 4096 + (i * 37) % 60_000];
+        data[..8].copy_from_slice(&(i as u64 + 1_000_000).to_le_bytes());
+        std::fs::write(dir.join(format!("f{i}.bin")), data).unwrap();
+    }
+    let push = |subject: &str| {
+        time(Command::new(BIN).args(["push"]).arg(&tree).args([
+            "--producer",
+            "bench",
+            "--subject",
+            subject,
+            "--finalize",
+            "--no-progress",
+            "--server",
+            &base,
+        ]))
+    };
+    let first_push = push("first");
+    let second_push = push("second");
+
+    drop(server);
+    let c = baseline.as_secs_f64();
+    println!(
+        "## HTTP benchmark ({size_mib} MiB file; server: release build, private PostgreSQL with fsync, local storage)\n"
+    );
+    println!("| what | time | MB/s | ratio | server peak RSS |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| (a) `openssl dgst -sha256` | {sha:.2?} | {:.0} | | |",
+        mbps(size, sha)
+    );
+    println!(
+        "| (b) `dd bs=1M conv=fsync` | {dd:.2?} | {:.0} | | |",
+        mbps(size, dd)
+    );
+    println!(
+        "| (c) = (a) then (b) | {baseline:.2?} | {:.0} | 1.00x | |",
+        mbps(size, baseline)
+    );
+    println!(
+        "| upload, raw PUT (`curl -T`) | {put:.2?} | {:.0} | **{:.2}x** (c) | {} MiB |",
+        mbps(size, put),
+        c / put.as_secs_f64(),
+        put_rss / 1024
+    );
+    println!(
+        "| upload session (create, PATCH, complete) | {session_time:.2?} | {:.0} | **{:.2}x** (c) | {} MiB |",
+        mbps(size, session_time),
+        c / session_time.as_secs_f64(),
+        session_rss / 1024
+    );
+    println!(
+        "| download, nginx `sendfile on` | {theirs:.2?} | {:.0} | 1.00x | |",
+        mbps(size, theirs)
+    );
+    println!(
+        "| download, ours (`curl -o /dev/null`) | {ours:.2?} | {:.0} | **{:.2}x** nginx | {} MiB |",
+        mbps(size, ours),
+        theirs.as_secs_f64() / ours.as_secs_f64(),
+        download_rss / 1024
+    );
+    println!();
+    println!("| small files | result |");
+    println!("|---|---|");
+    println!(
+        "| 4 KiB ingests, 16 concurrent clients ({small_count}) | **{:.0}/s** |",
+        small_count as f64 / small_time.as_secs_f64()
+    );
+    println!(
+        "| `push` of 1,000 files (first time) | {first_push:.2?} = {:.0} files/s |",
+        1000.0 / first_push.as_secs_f64()
+    );
+    println!(
+        "| `push` of the same tree again (server holds the bytes) | {second_push:.2?} = {:.0} files/s ({:.1}x faster) |",
+        1000.0 / second_push.as_secs_f64(),
+        first_push.as_secs_f64() / second_push.as_secs_f64()
+    );
+}
