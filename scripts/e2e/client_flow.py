@@ -104,4 +104,16 @@ for f in package.files:
     check(body == payloads[f.relative_path], f"bytes of {f.relative_path}")
     check(hashlib.sha256(body).hexdigest() == meta.digests.sha256, f"sha256 of {f.relative_path}")
     check(blake3.blake3(body).hexdigest() == meta.digests.blake3, f"blake3 of {f.relative_path}")
-print(f"python client e2e ok: package {pid}, {len(package.files)} files verified")
+# The event stream in both forms, decoded with independent libraries (cbor2, json).
+with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}) as http:
+    as_cbor = http.get("/events", params={"since": 0, "limit": 1000, "wait": 0})
+    check(as_cbor.headers["content-type"] == "application/cbor", "events default to CBOR")
+    page = cbor2.loads(as_cbor.content)
+    check(cbor2.dumps(page, canonical=True) == as_cbor.content, "event page is canonical CBOR")
+    as_json = http.get("/events", params={"since": 0, "limit": 1000, "wait": 0}, headers={"Accept": "application/json"}).json()
+    check(page["next_since"] == as_json["next_since"] == int(as_cbor.headers["next-since"]), "next_since agrees")
+    check([e["sequence"] for e in page["events"]] == [e["sequence"] for e in as_json["events"]], "same events")
+    check(all(a["payload"] == b["payload"] for a, b in zip(page["events"], as_json["events"])), "payloads agree")
+    types = [e["type"] for e in as_json["events"] if e["subject_id"] == str(pid)]
+    check(types[0] == "v1.package.created" and types[-1] == "v1.package.finalized", f"package events {types}")
+print(f"python client e2e ok: package {pid}, {len(package.files)} files verified, events in CBOR and JSON agree")

@@ -8,6 +8,7 @@
 
 mod blobs;
 pub mod error;
+mod events;
 mod files;
 mod health;
 mod models;
@@ -31,6 +32,8 @@ pub struct AppState {
     pub registry: Registry,
     /// Who may do what.
     pub tokens: Arc<TokenStore>,
+    /// Wake-ups for event long-polls.
+    pub events: crate::events::EventBus,
 }
 
 #[derive(Tags)]
@@ -43,6 +46,8 @@ enum ApiTags {
     Blobs,
     /// Resumable upload sessions.
     Uploads,
+    /// The event stream (long-poll).
+    Events,
     /// Service status.
     System,
 }
@@ -53,6 +58,7 @@ type Apis = (
     files::FilesApi,
     blobs::BlobsApi,
     uploads::UploadsApi,
+    events::EventsApi,
 );
 
 fn service(state: &AppState) -> OpenApiService<Apis, ()> {
@@ -70,6 +76,9 @@ fn service(state: &AppState) -> OpenApiService<Apis, ()> {
             state: state.clone(),
         },
         uploads::UploadsApi {
+            state: state.clone(),
+        },
+        events::EventsApi {
             state: state.clone(),
         },
     );
@@ -91,6 +100,7 @@ pub fn spec_json() -> String {
     let state = AppState {
         registry: Registry::new(pool, backends),
         tokens: Arc::new(TokenStore::development()),
+        events: crate::events::EventBus::idle(),
     };
     service(&state).spec()
 }

@@ -51,6 +51,9 @@ pub enum Command {
     Manifest(client::ManifestArgs),
     /// List packages, newest first.
     Ls(client::LsArgs),
+    /// Follow the event stream.
+    #[command(subcommand)]
+    Events(client::EventsCommand),
     /// Print the version.
     Version,
 }
@@ -84,6 +87,7 @@ pub fn main() -> ExitCode {
             Command::Pull(args) => client_result(client::pull(args).await),
             Command::Manifest(args) => client_result(client::manifest(args).await),
             Command::Ls(args) => client_result(client::ls(args).await),
+            Command::Events(cmd) => client_result(client::events(cmd).await),
             Command::Version => {
                 println!("artifactstore {}", env!("CARGO_PKG_VERSION"));
                 Ok(ExitCode::SUCCESS)

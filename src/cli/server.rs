@@ -55,13 +55,19 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
              mode, every request acts as tenant `default` with every scope"
         );
     }
+    let bus = crate::events::EventBus::start(&service.database.url);
     let state = AppState {
+        events: bus.clone(),
         tokens: settings.tokens.clone(),
         registry: service.registry.clone(),
     };
     let sweeper = tokio::spawn(sweep_uploads(service.registry.clone()));
     let result = poem::Server::new_with_acceptor(acceptor)
-        .run_with_graceful_shutdown(app(state), shutdown_signal(), Some(settings.shutdown_grace))
+        .run_with_graceful_shutdown(
+            app(state),
+            shutdown_signal(bus.clone()),
+            Some(settings.shutdown_grace),
+        )
         .await;
     tracing::info!("server stopped");
     sweeper.abort();
@@ -83,7 +89,7 @@ async fn sweep_uploads(registry: crate::registry::Registry) {
     }
 }
 
-async fn shutdown_signal() {
+async fn shutdown_signal(bus: crate::events::EventBus) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
@@ -91,6 +97,8 @@ async fn shutdown_signal() {
         _ = term.recv() => {},
     }
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
+    // Long-polls answer now with what they have.
+    bus.close();
 }
 
 pub async fn migrate(args: DbArgs) -> anyhow::Result<ExitCode> {

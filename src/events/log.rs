@@ -130,6 +130,34 @@ pub async fn read_after(
     rows.iter().map(StoredEvent::from_row).collect()
 }
 
+/// Like [`read_after`], but only events with sequence <= `upto`.
+pub async fn read_after_until(
+    client: &impl GenericClient,
+    since: i64,
+    upto: i64,
+    limit: i64,
+    tenant: Option<&TenantId>,
+    type_prefix: Option<&str>,
+) -> Result<Vec<StoredEvent>> {
+    let prefix_pattern = type_prefix.map(|p| format!("{}%", escape_like(p)));
+    let rows = client
+        .query(
+            "SELECT sequence, id, type, tenant, subject_id, occurred_at, payload FROM events \
+             WHERE sequence > $1 AND sequence <= $5 AND ($2::text IS NULL OR tenant = $2) \
+               AND ($3::text IS NULL OR type LIKE $3) \
+             ORDER BY sequence LIMIT $4",
+            &[
+                &since,
+                &tenant.map(TenantId::as_str),
+                &prefix_pattern,
+                &limit,
+                &upto,
+            ],
+        )
+        .await?;
+    rows.iter().map(StoredEvent::from_row).collect()
+}
+
 /// The highest committed sequence (0 for an empty log).
 pub async fn latest_sequence(client: &impl GenericClient) -> Result<i64> {
     let row = client

@@ -5,12 +5,17 @@
 //! `sql/V1__foundation.sql`) and then applied to the views by the same [`views::apply`] that
 //! [`replay`] uses, so a replay rebuilds the views exactly.
 
+pub mod bus;
 mod log;
 pub mod payloads;
 pub mod replay;
 pub mod views;
+pub mod wire;
 
-pub use log::{NOTIFY_CHANNEL, StoredEvent, Tx, append, latest_sequence, read_after};
+pub use bus::EventBus;
+pub use log::{
+    NOTIFY_CHANNEL, StoredEvent, Tx, append, latest_sequence, read_after, read_after_until,
+};
 pub use payloads::{DomainEvent, FileIngested, PackageCreated};
 pub use replay::{ReplayReport, dump_views, replay};
 

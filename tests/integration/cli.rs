@@ -214,6 +214,40 @@ async fn push_pull_ls_manifest_and_exit_codes() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: cannot reach"));
 
+    // events tail: every event so far, in order, then stop (--once).
+    let out = cli(
+        &server,
+        "cli-reader-token",
+        &["events", "tail", "--once", "--type", "v1.package."],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    // Two pushes: two packages created, one finalized.
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines[0].contains("v1.package.created") && lines[1].contains("v1.package.finalized"));
+    let out = cli(
+        &server,
+        "cli-reader-token",
+        &["events", "tail", "--once", "--json", "--since", "1"],
+    );
+    let first: serde_json::Value = serde_json::from_str(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(first["sequence"], 2);
+
     // Bytes corrupted behind the store's back are caught by pull: exit 4, nothing written.
     let blobs = server._data.path().join("blobs/blake3");
     let large = blake3::hash(&std::fs::read(tree.join("large.bin")).unwrap())

@@ -6,6 +6,7 @@ mod api;
 mod cli;
 mod crosscheck;
 mod event_log;
+mod events_api;
 mod managed_postgres;
 mod registry_flow;
 mod replay;

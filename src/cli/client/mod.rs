@@ -5,10 +5,12 @@
 //! 5 authentication or permission refused.
 
 mod api;
+mod events;
 mod pull;
 mod push;
 
 pub use api::{ApiClient, CliError};
+pub use events::{EventsCommand, events};
 pub use pull::{PullArgs, pull};
 pub use push::{PushArgs, push};
 

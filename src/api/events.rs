@@ -1,0 +1,189 @@
+//! `GET /events`: the tenant's events after a sequence, long-polling until one commits.
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::security::Auth;
+use crate::auth::Scope;
+use crate::events::{self, wire};
+use poem::http::header;
+use poem::{Request, Response};
+use poem_openapi::param::Query;
+use poem_openapi::payload::{Binary, Json};
+use poem_openapi::registry::{MetaResponses, Registry};
+use poem_openapi::{ApiResponse, Object, OpenApi, ResponseContent};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+pub struct EventsApi {
+    pub state: AppState,
+}
+
+/// One event (JSON form).
+#[derive(Debug, Object)]
+pub struct EventJson {
+    /// Gapless, commit-ordered position in the log.
+    pub sequence: i64,
+    /// Unique id.
+    pub id: Uuid,
+    /// e.g. `v1.package.created`.
+    #[oai(rename = "type")]
+    pub event_type: String,
+    /// `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+    pub occurred_at: String,
+    /// Owning tenant.
+    pub tenant: String,
+    /// What the event is about (a package id for package and file events).
+    pub subject_id: Uuid,
+    /// The event's payload (the JCS projection of its canonical CBOR).
+    pub payload: serde_json::Value,
+}
+
+/// A page of events.
+#[derive(Debug, Object)]
+pub struct EventPage {
+    /// Events after `since`, in order.
+    pub events: Vec<EventJson>,
+    /// Pass as `since` next time (also advances past events your filters left out).
+    pub next_since: i64,
+}
+
+#[derive(ResponseContent)]
+#[allow(dead_code)]
+enum EventPageContent {
+    /// Canonical CBOR (the default): payloads embedded as their stored CBOR items.
+    #[oai(content_type = "application/cbor")]
+    Cbor(Binary<Vec<u8>>),
+    /// JSON (`Accept: application/json`).
+    #[oai(content_type = "application/json")]
+    Json(Json<EventPage>),
+}
+
+#[derive(ApiResponse)]
+#[allow(dead_code, clippy::large_enum_variant)] // documentation only; never constructed
+enum EventsDoc {
+    /// The page (possibly empty when the wait ended).
+    #[oai(status = 200)]
+    Ok(EventPageContent, #[oai(header = "Next-Since")] i64),
+}
+
+/// A page of events, CBOR or JSON.
+pub struct EventsBody(Response);
+
+impl poem::IntoResponse for EventsBody {
+    fn into_response(self) -> Response {
+        self.0
+    }
+}
+
+impl ApiResponse for EventsBody {
+    fn meta() -> MetaResponses {
+        EventsDoc::meta()
+    }
+    fn register(registry: &mut Registry) {
+        EventsDoc::register(registry)
+    }
+}
+
+fn wants_json(req: &Request) -> bool {
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    accept.contains("application/json") && !accept.contains("application/cbor")
+}
+
+#[OpenApi(tag = "super::ApiTags::Events")]
+impl EventsApi {
+    /// Read events (long-poll)
+    ///
+    /// The caller's tenant's events with sequence > `since`, in order, at most `limit`. When
+    /// there are none yet, waits up to `wait` seconds and answers as soon as one commits; at
+    /// the end of the wait answers an empty page. `next_since` (also in the `Next-Since`
+    /// header) is where to continue. Canonical CBOR by default; `Accept: application/json`
+    /// for JSON.
+    #[oai(path = "/events", method = "get", operation_id = "listEvents")]
+    async fn list(
+        &self,
+        auth: Auth,
+        req: &Request,
+        /// Return events after this sequence (default 0: from the start).
+        #[oai(validator(minimum(value = "0"), maximum(value = "9007199254740991")))]
+        since: Query<Option<i64>>,
+        /// At most this many events (1-1000, default 100).
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
+        limit: Query<Option<u32>>,
+        /// Seconds to wait when there is nothing yet (0-60, default 30).
+        #[oai(validator(minimum(value = "0"), maximum(value = "60")))]
+        wait: Query<Option<u32>>,
+        /// Only event types starting with this prefix, e.g. `v1.package.`.
+        #[oai(name = "type")]
+        type_prefix: Query<Option<String>>,
+    ) -> ApiResult<EventsBody> {
+        let principal = self.state.authorize(&auth, Scope::Read)?;
+        let since = since.0.unwrap_or(0);
+        let limit = i64::from(limit.0.unwrap_or(100));
+        let deadline = Instant::now() + Duration::from_secs(u64::from(wait.0.unwrap_or(30)));
+        let prefix = type_prefix.0.filter(|p| !p.is_empty());
+        if prefix.as_deref().is_some_and(|p| p.contains('\0')) {
+            return Err(crate::Error::InvalidInput("`type` must not contain NUL".into()).into());
+        }
+        let (page, next_since) = loop {
+            let (page, scanned_to) = {
+                let client = self
+                    .state
+                    .registry
+                    .pool()
+                    .get()
+                    .await
+                    .map_err(crate::Error::from)?;
+                // Everything up to the latest committed sequence is visible (commit order), so
+                // a page that is not full has seen every event up to `upto`.
+                let upto = events::latest_sequence(&**client).await?.max(since);
+                let page = events::read_after_until(
+                    &**client,
+                    since,
+                    upto,
+                    limit,
+                    Some(&principal.tenant),
+                    prefix.as_deref(),
+                )
+                .await?;
+                (page, upto)
+            };
+            let next = if page.len() as i64 == limit {
+                page.last().map_or(since, |e| e.sequence)
+            } else {
+                scanned_to
+            };
+            let now = Instant::now();
+            if !page.is_empty() || now >= deadline {
+                break (page, next);
+            }
+            if !self
+                .state
+                .events
+                .wait_beyond(scanned_to, deadline - now)
+                .await
+            {
+                // Timed out or shutting down: one last look, then answer.
+                if Instant::now() >= deadline || self.state.events.is_closed() {
+                    break (Vec::new(), next);
+                }
+            }
+        };
+        let body = if wants_json(req) {
+            let json = wire::page_json(&page, next_since).map_err(ApiError::from)?;
+            Response::builder()
+                .content_type("application/json")
+                .body(serde_json::to_vec(&json).unwrap_or_default())
+        } else {
+            Response::builder()
+                .content_type("application/cbor")
+                .body(wire::page_cbor(&page, next_since))
+        };
+        let mut body = body;
+        body.headers_mut().insert("Next-Since", next_since.into());
+        Ok(EventsBody(body))
+    }
+}

@@ -1,0 +1,172 @@
+//! The event bus: one dedicated LISTEN connection per process, fanned out to every waiter.
+//!
+//! The connection is never pooled (a pooled connection drops its LISTEN when recycled). Each
+//! notification carries the highest committed sequence, which is published through a `watch`
+//! channel: waiters wake, compare with what they have seen, and re-read the events table, which
+//! is the truth. If the connection dies (PostgreSQL restart, `pg_terminate_backend`), it is
+//! re-established with backoff and the table's latest sequence is published, so waiters re-read:
+//! a lost notification costs latency, never an event.
+
+use super::log::{NOTIFY_CHANNEL, latest_sequence};
+use futures::StreamExt;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// `application_name` of the LISTEN connection (visible in `pg_stat_activity`).
+pub const LISTENER_APPLICATION_NAME: &str = "artifactstore-listener";
+
+/// Fans out "events up to N are committed" to every waiter in the process.
+#[derive(Clone)]
+pub struct EventBus {
+    latest: watch::Receiver<i64>,
+    closing: watch::Receiver<bool>,
+    close: std::sync::Arc<watch::Sender<bool>>,
+}
+
+impl EventBus {
+    /// Starts the listener task for the database at `url`.
+    pub fn start(url: &str) -> Self {
+        let (latest_tx, latest) = watch::channel(0i64);
+        let (close_tx, closing) = watch::channel(false);
+        let url = url.to_owned();
+        let stop = closing.clone();
+        tokio::spawn(async move { listen_forever(url, latest_tx, stop).await });
+        EventBus {
+            latest,
+            closing,
+            close: std::sync::Arc::new(close_tx),
+        }
+    }
+
+    /// A bus with no listener (for generating the API description without a database).
+    pub fn idle() -> Self {
+        let (latest_tx, latest) = watch::channel(0i64);
+        let (close_tx, closing) = watch::channel(false);
+        drop(latest_tx);
+        EventBus {
+            latest,
+            closing,
+            close: std::sync::Arc::new(close_tx),
+        }
+    }
+
+    /// The highest sequence known to be committed.
+    pub fn latest(&self) -> i64 {
+        *self.latest.borrow()
+    }
+
+    /// Waits until a sequence above `seen` is committed, `timeout` passes, or the bus closes.
+    /// Returns true if there may be new events.
+    pub async fn wait_beyond(&self, seen: i64, timeout: Duration) -> bool {
+        let mut latest = self.latest.clone();
+        let mut closing = self.closing.clone();
+        if *closing.borrow() {
+            return false;
+        }
+        let wait = async {
+            loop {
+                if *latest.borrow_and_update() > seen {
+                    return true;
+                }
+                if latest.changed().await.is_err() {
+                    return false;
+                }
+            }
+        };
+        tokio::select! {
+            more = wait => more,
+            _ = tokio::time::sleep(timeout) => false,
+            _ = closing.wait_for(|c| *c) => false,
+        }
+    }
+
+    /// Whether the bus is shutting down.
+    pub fn is_closed(&self) -> bool {
+        *self.closing.borrow()
+    }
+
+    /// Wakes every waiter to answer with what it has (graceful shutdown).
+    pub fn close(&self) {
+        let _ = self.close.send(true);
+    }
+}
+
+async fn listen_forever(url: String, latest: watch::Sender<i64>, mut stop: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let session = listen_once(&url, &latest);
+        tokio::select! {
+            result = session => {
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "event listener connection lost; reconnecting");
+                }
+            }
+            _ = stop.wait_for(|c| *c) => return,
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// One connection's life: LISTEN, publish the table's latest sequence (catching up on
+/// anything missed while disconnected), then publish every notification until the connection
+/// fails.
+async fn listen_once(url: &str, latest: &watch::Sender<i64>) -> crate::Result<()> {
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| crate::Error::Database(format!("event listener URL: {e}")))?;
+    config.application_name(LISTENER_APPLICATION_NAME);
+    let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // We drive the connection ourselves: notifications arrive as messages on it.
+    let driver = tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                    if tx
+                        .send(Ok(n.payload().parse::<i64>().unwrap_or(0)))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            }
+        }
+        let _ = tx.send(Ok(-1)); // connection closed
+    });
+    client
+        .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
+        .await?;
+    // Anything committed before LISTEN took effect is in the table.
+    let current = latest_sequence(&client).await?;
+    latest.send_if_modified(|v| bump(v, current));
+    tracing::info!(latest = current, "event listener connected");
+    let result = loop {
+        match rx.recv().await {
+            Some(Ok(-1)) | None => {
+                break Err(crate::Error::Database("listener connection closed".into()));
+            }
+            Some(Ok(seq)) => {
+                latest.send_if_modified(|v| bump(v, seq));
+            }
+            Some(Err(e)) => break Err(e.into()),
+        }
+    };
+    driver.abort();
+    result
+}
+
+fn bump(current: &mut i64, seen: i64) -> bool {
+    if seen > *current {
+        *current = seen;
+        true
+    } else {
+        false
+    }
+}

@@ -1,0 +1,116 @@
+//! Event pages on the wire: canonical CBOR with each stored payload spliced in unchanged (no
+//! re-encoding), or JSON with each payload's JCS projection.
+
+use super::log::StoredEvent;
+use crate::manifest::canonical::{decode_value, to_json};
+
+fn head(out: &mut Vec<u8>, major: u8, n: u64) {
+    let m = major << 5;
+    match n {
+        0..=23 => out.push(m | n as u8),
+        24..=0xff => out.extend_from_slice(&[m | 24, n as u8]),
+        0x100..=0xffff => {
+            out.push(m | 25);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        0x1_0000..=0xffff_ffff => {
+            out.push(m | 26);
+            out.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+        _ => {
+            out.push(m | 27);
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+    }
+}
+
+fn text(out: &mut Vec<u8>, s: &str) {
+    head(out, 3, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// `{events: [...], next_since}` in canonical CBOR. Map keys are written in canonical order
+/// (shorter first, then bytewise); each event's `payload` is the stored canonical CBOR item.
+pub fn page_cbor(events: &[StoredEvent], next_since: i64) -> Vec<u8> {
+    let mut out =
+        Vec::with_capacity(64 + events.iter().map(|e| e.payload.len() + 200).sum::<usize>());
+    head(&mut out, 5, 2);
+    text(&mut out, "events");
+    head(&mut out, 4, events.len() as u64);
+    for e in events {
+        head(&mut out, 5, 7);
+        text(&mut out, "id");
+        text(&mut out, &e.id.hyphenated().to_string());
+        text(&mut out, "type");
+        text(&mut out, &e.event_type);
+        text(&mut out, "tenant");
+        text(&mut out, e.tenant.as_str());
+        text(&mut out, "payload");
+        out.extend_from_slice(&e.payload);
+        text(&mut out, "sequence");
+        head(&mut out, 0, e.sequence as u64);
+        text(&mut out, "subject_id");
+        text(&mut out, &e.subject_id.hyphenated().to_string());
+        text(&mut out, "occurred_at");
+        text(&mut out, &e.occurred_at.to_string());
+    }
+    text(&mut out, "next_since");
+    head(&mut out, 0, next_since as u64);
+    out
+}
+
+/// The same page as JSON; payloads are their JCS projections.
+pub fn page_json(events: &[StoredEvent], next_since: i64) -> crate::Result<serde_json::Value> {
+    let events = events
+        .iter()
+        .map(|e| {
+            let payload = to_json(&decode_value(&e.payload)?)?;
+            Ok(serde_json::json!({
+                "sequence": e.sequence,
+                "id": e.id,
+                "type": e.event_type,
+                "occurred_at": e.occurred_at.to_string(),
+                "tenant": e.tenant.as_str(),
+                "subject_id": e.subject_id,
+                "payload": payload,
+            }))
+        })
+        .collect::<crate::Result<Vec<_>>>()?;
+    Ok(serde_json::json!({ "events": events, "next_since": next_since }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::canonical::to_canonical_cbor;
+    use crate::model::{TenantId, Timestamp};
+
+    fn event(sequence: i64) -> StoredEvent {
+        StoredEvent {
+            sequence,
+            id: uuid::Uuid::nil(),
+            event_type: "v1.package.created".into(),
+            tenant: TenantId::default_tenant(),
+            subject_id: uuid::Uuid::max(),
+            occurred_at: Timestamp::parse("2026-11-22T00:00:00Z").unwrap(),
+            payload: to_canonical_cbor(&serde_json::json!({"b": 1, "a": [true, "x"]}))
+                .unwrap()
+                .into(),
+        }
+    }
+
+    #[test]
+    fn spliced_page_is_canonical_and_equals_the_generic_encoding() {
+        let events = vec![event(1), event(300), event(70_000)];
+        let bytes = page_cbor(&events, 70_001);
+        // The strict decoder accepts only canonical bytes.
+        let decoded = decode_value(&bytes).unwrap();
+        let json = to_json(&decoded).unwrap();
+        assert_eq!(json["next_since"], 70_001);
+        assert_eq!(json["events"][1]["sequence"], 300);
+        assert_eq!(json["events"][0]["payload"]["a"][1], "x");
+        // Same as encoding the JSON form generically and canonically.
+        let generic = to_canonical_cbor(&page_json(&events, 70_001).unwrap()).unwrap();
+        assert_eq!(bytes, generic);
+    }
+}

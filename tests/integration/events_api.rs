@@ -1,0 +1,317 @@
+//! `GET /events` through the real server: no miss, no reorder, listener loss, tenancy.
+
+use crate::harness::{TestDb, body, random_bytes};
+use crate::server::Server;
+use artifactstore::events::{self, DomainEvent, PackageCreated};
+use artifactstore::model::{Metadata, PackageId, RelativePath, TenantId, Timestamp};
+use artifactstore::registry::{IngestRequest, NewPackage};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const TOKENS: &str = "default:read+write:default-token,other:read+write:other-token";
+
+/// Tails with a given page size until `until` events arrived (or the deadline), returning
+/// every event's (sequence, id) in the order received.
+async fn tail(
+    base: String,
+    token: &'static str,
+    limit: u32,
+    until: usize,
+    deadline: Duration,
+) -> Vec<(i64, String)> {
+    let http = reqwest::Client::new();
+    let start = Instant::now();
+    let mut since = 0i64;
+    let mut seen = Vec::new();
+    while seen.len() < until {
+        assert!(
+            start.elapsed() < deadline,
+            "tail stalled at {since} with {} of {until}",
+            seen.len()
+        );
+        let resp = http
+            .get(format!("{base}/events?since={since}&limit={limit}&wait=2"))
+            .bearer_auth(token)
+            .header("Accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let header: i64 = resp.headers()["next-since"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let page: Value = resp.json().await.unwrap();
+        assert_eq!(page["next_since"], header);
+        for e in page["events"].as_array().unwrap() {
+            let seq = e["sequence"].as_i64().unwrap();
+            assert!(seq > since, "reordered: {seq} after {since}");
+            since = seq;
+            seen.push((seq, e["id"].as_str().unwrap().to_owned()));
+        }
+        since = since.max(header);
+    }
+    seen
+}
+
+fn created(tenant: &TenantId, i: usize) -> DomainEvent {
+    DomainEvent::PackageCreated(PackageCreated {
+        package_id: PackageId::generate(),
+        tenant: tenant.clone(),
+        producer: "rolled-back".into(),
+        subject: format!("{i}"),
+        retention_class: "short".into(),
+        metadata: Metadata::default(),
+        created_at: Timestamp::parse("2026-11-22T00:00:00Z").unwrap(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_producers_four_consumers_no_miss_no_reorder() {
+    let db = TestDb::new().await;
+    let server = Server::start(&db, &[("ARTIFACTSTORE_TOKENS", TOKENS)]);
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        Arc::new(artifactstore::storage::local::LocalStore::open("local", dir.path()).unwrap());
+    let registry =
+        artifactstore::Registry::new(db.pool(16), artifactstore::storage::Backends::single(store));
+    let tenant = TenantId::default_tenant();
+    const PRODUCERS: usize = 8;
+    const ROUNDS: usize = 12;
+    // Each round commits: package created + 2 files = 3 events; and one rolled-back event.
+    let expected = PRODUCERS * ROUNDS * 3;
+
+    let consumers: Vec<_> = [3u32, 5, 7, 11]
+        .into_iter()
+        .map(|limit| {
+            tokio::spawn(tail(
+                server.base.clone(),
+                "default-token",
+                limit,
+                expected,
+                Duration::from_secs(90),
+            ))
+        })
+        .collect();
+    let mut producers = Vec::new();
+    for p in 0..PRODUCERS {
+        let registry = registry.clone();
+        let tenant = tenant.clone();
+        let pool = db.pool(1);
+        producers.push(tokio::spawn(async move {
+            for r in 0..ROUNDS {
+                let package = registry
+                    .create_package(
+                        &tenant,
+                        NewPackage {
+                            producer: format!("p{p}"),
+                            subject: format!("r{r}"),
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .unwrap();
+                for f in 0..2 {
+                    let req = IngestRequest {
+                        relative_path: RelativePath::new(&format!("f{f}")).unwrap(),
+                        media_type: None,
+                        expected_digest: None,
+                        replace: false,
+                    };
+                    registry
+                        .ingest_file(
+                            &tenant,
+                            package.id,
+                            req,
+                            body(&random_bytes(100, (p * 1000 + r * 10 + f) as u64), 50),
+                        )
+                        .await
+                        .unwrap();
+                }
+                // A transaction that takes sequence numbers and rolls back.
+                let mut client = pool.get().await.unwrap();
+                let tx = client.transaction().await.unwrap();
+                events::record(&tx, vec![created(&tenant, r)])
+                    .await
+                    .unwrap();
+                tx.rollback().await.unwrap();
+            }
+        }));
+    }
+    for p in producers {
+        p.await.unwrap();
+    }
+    let client = db.client().await;
+    let truth: Vec<(i64, String)> = client
+        .query(
+            "SELECT sequence, id::text FROM events ORDER BY sequence",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(truth.len(), expected);
+    assert_eq!(truth.last().unwrap().0 as usize, expected, "gapless");
+    for c in consumers {
+        assert_eq!(
+            c.await.unwrap(),
+            truth,
+            "a consumer saw exactly the committed events, in order"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn listener_loss_delays_but_never_loses_events() {
+    let db = TestDb::new().await;
+    let server = Server::start(&db, &[("ARTIFACTSTORE_TOKENS", TOKENS)]);
+    let pool = db.pool(2);
+    let tenant = TenantId::default_tenant();
+    let commit = |i: usize| {
+        let pool = pool.clone();
+        let tenant = tenant.clone();
+        async move {
+            let mut client = pool.get().await.unwrap();
+            let tx = client.transaction().await.unwrap();
+            let DomainEvent::PackageCreated(mut p) = created(&tenant, i) else {
+                unreachable!()
+            };
+            p.producer = "kept".into();
+            events::record(&tx, vec![DomainEvent::PackageCreated(p)])
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+        }
+    };
+    // Wait until the listener is connected.
+    let admin = db.client().await;
+    let listener_pid = || async {
+        admin
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database()",
+                &[&artifactstore::events::bus::LISTENER_APPLICATION_NAME],
+            )
+            .await
+            .unwrap()
+            .map(|r| r.get::<_, i32>(0))
+    };
+    let start = Instant::now();
+    while listener_pid().await.is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "listener never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Exactly one LISTEN connection from the server.
+    let listening: i64 = admin
+        .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database()", &[&artifactstore::events::bus::LISTENER_APPLICATION_NAME])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(listening, 1);
+
+    let consumer = tokio::spawn(tail(
+        server.base.clone(),
+        "default-token",
+        4,
+        30,
+        Duration::from_secs(30),
+    ));
+    for i in 0..10 {
+        commit(i).await;
+    }
+    // Kill the LISTEN backend from SQL, commit while it is down, and after it comes back.
+    let old = listener_pid().await.unwrap();
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&old])
+        .await
+        .unwrap();
+    for i in 10..20 {
+        commit(i).await;
+    }
+    let start = Instant::now();
+    loop {
+        match listener_pid().await {
+            Some(pid) if pid != old => break,
+            _ => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "listener did not reconnect within 10 s"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    for i in 20..30 {
+        commit(i).await;
+    }
+    let seen = consumer.await.unwrap();
+    let sequences: Vec<i64> = seen.iter().map(|(s, _)| *s).collect();
+    assert_eq!(sequences, (1..=30).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_never_see_each_others_events() {
+    let db = TestDb::new().await;
+    let server = Server::start(&db, &[("ARTIFACTSTORE_TOKENS", TOKENS)]);
+    let http = reqwest::Client::new();
+    for (token, n) in [("default-token", 3), ("other-token", 2)] {
+        for i in 0..n {
+            let resp = http
+                .post(format!("{}/packages", server.base))
+                .bearer_auth(token)
+                .json(&serde_json::json!({"producer": "p", "subject": format!("{i}")}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 201);
+        }
+    }
+    for (token, tenant, n) in [("default-token", "default", 3), ("other-token", "other", 2)] {
+        let page: Value = http
+            .get(format!("{}/events?wait=0", server.base))
+            .bearer_auth(token)
+            .header("Accept", "application/json")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let events = page["events"].as_array().unwrap();
+        assert_eq!(events.len(), n);
+        assert!(events.iter().all(|e| e["tenant"] == tenant));
+        assert_eq!(page["next_since"], 5, "the position covers the whole log");
+    }
+    // CBOR is the default and decodes to the same page.
+    let resp = http
+        .get(format!("{}/events?wait=0", server.base))
+        .bearer_auth("other-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "application/cbor");
+    let cbor = resp.bytes().await.unwrap();
+    let value = artifactstore::manifest::canonical::decode_value(&cbor).expect("canonical CBOR");
+    let json = artifactstore::manifest::canonical::to_json(&value).unwrap();
+    assert_eq!(json["events"].as_array().unwrap().len(), 2);
+    assert_eq!(json["events"][0]["payload"]["tenant"], "other");
+    // A wait with nothing to come ends with an empty page and the position.
+    let start = Instant::now();
+    let resp = http
+        .get(format!("{}/events?since=5&wait=1", server.base))
+        .bearer_auth("other-token")
+        .header("Accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    let page: Value = resp.json().await.unwrap();
+    assert!(start.elapsed() >= Duration::from_millis(900));
+    assert_eq!(page["events"].as_array().unwrap().len(), 0);
+    assert_eq!(page["next_since"], 5);
+}
