@@ -136,7 +136,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     consumer.await.unwrap();
-    let received = received.lock().unwrap();
+    let received = std::mem::take(&mut *received.lock().unwrap());
     let mut latencies: Vec<Duration> = committed
         .iter()
         .map(|(seq, at)| received[seq].saturating_duration_since(*at))
