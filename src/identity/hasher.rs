@@ -79,7 +79,7 @@ impl DualHasher {
 /// channel, so hashing overlaps reading the network and writing the storage backend.
 pub struct HashPipeline {
     sender: tokio::sync::mpsc::Sender<Bytes>,
-    worker: tokio::task::JoinHandle<DualDigest>,
+    worker: tokio::task::JoinHandle<DualHasher>,
 }
 
 impl HashPipeline {
@@ -91,7 +91,7 @@ impl HashPipeline {
             while let Some(chunk) = receiver.blocking_recv() {
                 hasher.update(&chunk);
             }
-            hasher.finalize()
+            hasher
         });
         HashPipeline { sender, worker }
     }
@@ -105,6 +105,11 @@ impl HashPipeline {
 
     /// Waits for every queued chunk to be hashed and returns the digests.
     pub async fn finish(self) -> std::io::Result<DualDigest> {
+        Ok(self.finish_state().await?.finalize())
+    }
+
+    /// Waits for every queued chunk and returns the hasher, to continue later.
+    pub async fn finish_state(self) -> std::io::Result<DualHasher> {
         drop(self.sender);
         self.worker.await.map_err(std::io::Error::other)
     }

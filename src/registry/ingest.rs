@@ -139,7 +139,7 @@ impl Registry {
         Ok((staged, digest))
     }
 
-    async fn record_ingest(
+    pub(super) async fn record_ingest(
         &self,
         tenant: &TenantId,
         package_id: PackageId,
@@ -195,7 +195,7 @@ impl Registry {
     }
 }
 
-fn check_expected(request: &IngestRequest, digest: &DualDigest) -> Result<()> {
+pub(super) fn check_expected(request: &IngestRequest, digest: &DualDigest) -> Result<()> {
     match &request.expected_digest {
         Some(expected) if !digest.matches(expected) => Err(Error::DigestMismatch {
             expected: *expected,

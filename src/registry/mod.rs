@@ -50,6 +50,11 @@ pub struct Registry {
     clock: Arc<dyn Clock>,
     limits: Limits,
     upload_dir: std::path::PathBuf,
+    /// Hashing state of upload sessions in this process: (bytes hashed, state). Lost on
+    /// restart, in which case completion re-reads the spooled bytes.
+    upload_hashers: Arc<
+        std::sync::Mutex<std::collections::HashMap<uuid::Uuid, (u64, crate::identity::DualHasher)>>,
+    >,
 }
 
 impl Registry {
@@ -61,6 +66,7 @@ impl Registry {
             clock: Arc::new(SystemClock),
             limits: Limits::default(),
             upload_dir: std::env::temp_dir().join("artifactstore-uploads"),
+            upload_hashers: Arc::default(),
         }
     }
 

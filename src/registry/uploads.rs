@@ -11,7 +11,7 @@ use super::Registry;
 use super::ingest::{DEFAULT_MEDIA_TYPE, check_can_add, validate_media_type};
 use super::types::FileRecord;
 use crate::error::{Error, Result};
-use crate::identity::ContentAddress;
+use crate::identity::{ContentAddress, DualHasher, HashPipeline};
 use crate::model::{PackageId, RelativePath, TenantId, Timestamp};
 use bytes::Bytes;
 use futures::{Stream, StreamExt, pin_mut};
@@ -246,6 +246,15 @@ impl Registry {
         file.seek(SeekFrom::Start(offset))
             .map_err(|e| Error::storage("uploads", e))?;
 
+        // Hash as we spool, continuing this session's state when this process has it.
+        let state = self.upload_hashers.lock().expect("hasher map").remove(&id);
+        let state = match state {
+            Some((hashed, h)) if hashed == offset => Some(h),
+            _ if offset == 0 => Some(DualHasher::new()),
+            _ => None,
+        };
+        let pipeline = state.map(HashPipeline::spawn);
+        let mut hashed = 0u64;
         let mut received = offset;
         let mut failure = None;
         pin_mut!(body);
@@ -266,6 +275,10 @@ impl Registry {
                         });
                         received = offset; // nothing of this chunk is kept
                         break;
+                    }
+                    if let Some(p) = &pipeline {
+                        p.update(bytes.clone()).await;
+                        hashed += len;
                     }
                     let (back, write) = tokio::task::spawn_blocking(move || {
                         let r = file.write_all(&bytes);
@@ -305,6 +318,19 @@ impl Registry {
         .await
         .map_err(|e| Error::storage("uploads", e))?;
         synced.map_err(|e| Error::storage("uploads", format!("syncing spool: {e}")))?;
+        if let Some(p) = pipeline {
+            let state = p
+                .finish_state()
+                .await
+                .map_err(|e| Error::Integrity(format!("hashing: {e}")))?;
+            // Keep the state only if it covers exactly the bytes kept.
+            if offset + hashed == received {
+                self.upload_hashers
+                    .lock()
+                    .expect("hasher map")
+                    .insert(id, (received, state));
+            }
+        }
         let declared = size.map(|s| s as i64);
         let client = self.pool.get().await?;
         client
@@ -357,6 +383,14 @@ impl Registry {
             replace: current.replace,
         };
         let path = self.spool_path(id);
+        let known = self.upload_hashers.lock().expect("hasher map").remove(&id);
+        if let Some((hashed, state)) = known
+            && hashed == current.session.offset
+        {
+            return self
+                .complete_hashed(tenant, &current, request, state.finalize())
+                .await;
+        }
         let file = tokio::fs::File::open(&path)
             .await
             .map_err(|e| Error::storage("uploads", format!("opening spool file: {e}")))?;
@@ -374,6 +408,55 @@ impl Registry {
         result
     }
 
+    /// Completion when the digest is already known: the backend adopts the spool file (a
+    /// rename on the local backend) instead of reading and writing the bytes again.
+    async fn complete_hashed(
+        &self,
+        tenant: &TenantId,
+        current: &Row,
+        request: super::IngestRequest,
+        digest: crate::identity::DualDigest,
+    ) -> Result<FileRecord> {
+        let id = current.session.id;
+        if let Err(e) = super::ingest::check_expected(&request, &digest) {
+            self.remove_upload(id).await?;
+            return Err(e);
+        }
+        {
+            // Refuse before moving any bytes if the file can no longer be added.
+            let client = self.pool.get().await?;
+            check_can_add(
+                &**client,
+                tenant,
+                current.session.package_id,
+                &request,
+                self.limits.max_files_per_package,
+                false,
+            )
+            .await?;
+        }
+        let backend = self.backends.default_backend().clone();
+        backend
+            .adopt_file(&self.spool_path(id), &digest.primary_address())
+            .await?;
+        let media_type = request
+            .media_type
+            .clone()
+            .unwrap_or_else(|| DEFAULT_MEDIA_TYPE.into());
+        let record = self
+            .record_ingest(
+                tenant,
+                current.session.package_id,
+                request,
+                media_type,
+                &digest,
+                backend.as_ref(),
+            )
+            .await;
+        self.remove_upload(id).await?;
+        record
+    }
+
     /// Cancels a session and removes its bytes.
     pub async fn cancel_upload(&self, tenant: &TenantId, id: Uuid) -> Result<()> {
         self.load_upload(tenant, id).await?;
@@ -381,6 +464,7 @@ impl Registry {
     }
 
     async fn remove_upload(&self, id: Uuid) -> Result<()> {
+        self.upload_hashers.lock().expect("hasher map").remove(&id);
         let client = self.pool.get().await?;
         client
             .execute("DELETE FROM uploads WHERE id = $1", &[&id])
@@ -413,6 +497,10 @@ impl Registry {
             .collect();
         drop(client);
         for r in &rows {
+            self.upload_hashers
+                .lock()
+                .expect("hasher map")
+                .remove(&r.get::<_, Uuid>(0));
             let _ = tokio::fs::remove_file(self.spool_path(r.get(0))).await;
         }
         if let Ok(mut dir) = tokio::fs::read_dir(&self.upload_dir).await {

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 const STAGING_DIR: &str = ".staging";
 /// Writes are batched to this size so each trip to the blocking pool moves a lot of bytes.
 const WRITE_BATCH: usize = 1024 * 1024;
-const READ_CHUNK: usize = 256 * 1024;
+const READ_CHUNK: usize = 1024 * 1024;
 /// Writeback is started every this many bytes, so the final fsync finds little left to flush
 /// and disk writes overlap hashing and the network.
 const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
@@ -151,6 +151,30 @@ impl BlobStore for LocalStore {
         tokio_stream_from(rx)
     }
 
+    async fn adopt_file(&self, path: &Path, address: &ContentAddress) -> Result<CommitOutcome> {
+        let source = path.to_owned();
+        let dest = self.path_of(address);
+        let root = self.root.clone();
+        let adopted =
+            tokio::task::spawn_blocking(move || -> std::io::Result<Option<CommitOutcome>> {
+                let file = std::fs::File::open(&source)?;
+                let size = file.metadata()?.len();
+                match commit_file(file, &source, &dest, size, &root) {
+                    Ok(outcome) => Ok(Some(outcome)),
+                    // Another filesystem: copy instead (below).
+                    Err(e) if e.raw_os_error() == Some(libc::EXDEV) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            })
+            .await
+            .map_err(|e| Error::storage(&self.id, e))?
+            .map_err(|e| self.io_error("adopting file", e))?;
+        match adopted {
+            Some(outcome) => Ok(outcome),
+            None => copy_then_commit(self, path, address).await,
+        }
+    }
+
     async fn health(&self) -> BackendHealth {
         let root = self.root.clone();
         let stat = tokio::task::spawn_blocking(move || {
@@ -182,6 +206,27 @@ impl BlobStore for LocalStore {
             },
         }
     }
+}
+
+async fn copy_then_commit(
+    store: &LocalStore,
+    path: &Path,
+    address: &ContentAddress,
+) -> Result<CommitOutcome> {
+    use futures::StreamExt;
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| store.io_error("opening file to adopt", e))?;
+    let mut staged = store.stage().await?;
+    let mut chunks = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20);
+    while let Some(chunk) = chunks.next().await {
+        staged
+            .write(chunk.map_err(|e| store.io_error("reading file to adopt", e))?)
+            .await?;
+    }
+    let outcome = staged.commit(address).await?;
+    let _ = tokio::fs::remove_file(path).await;
+    Ok(outcome)
 }
 
 fn human(bytes: u64) -> String {

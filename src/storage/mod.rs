@@ -87,6 +87,31 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
     fn list(&self) -> BoxStream<'static, Result<BlobInfo>>;
     /// Reachability and capacity.
     async fn health(&self) -> BackendHealth;
+
+    /// Stores the bytes of a complete local file (already verified to be `address`). The file
+    /// is consumed: moved if the backend can, else copied and removed. The default streams it
+    /// through a staged write.
+    async fn adopt_file(
+        &self,
+        path: &std::path::Path,
+        address: &ContentAddress,
+    ) -> Result<CommitOutcome> {
+        use futures::StreamExt;
+        let file = tokio::fs::File::open(path).await.map_err(|e| {
+            crate::Error::storage(self.id(), format!("opening {}: {e}", path.display()))
+        })?;
+        let mut staged = self.stage().await?;
+        let mut chunks = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20);
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|e| {
+                crate::Error::storage(self.id(), format!("reading {}: {e}", path.display()))
+            })?;
+            staged.write(chunk).await?;
+        }
+        let outcome = staged.commit(address).await?;
+        let _ = tokio::fs::remove_file(path).await;
+        Ok(outcome)
+    }
 }
 
 /// The configured backends, by id, and the default one new packages go to.

@@ -492,3 +492,86 @@ async fn abandoned_sessions_expire_and_their_bytes_are_removed() {
     ));
     registry.get_upload(&tenant, young.id).await.unwrap();
 }
+
+/// A server restart loses the in-memory hashing state of sessions; completion must still end
+/// with the right digests (it re-reads the spooled bytes), and the fast path (state kept) must
+/// agree with it.
+#[tokio::test]
+async fn completion_after_a_restart_rehashes_the_spooled_bytes() {
+    let env = TestEnv::new().await;
+    let spool = env.dir.path().join("uploads");
+    let before = env.registry.clone().with_upload_dir(&spool);
+    let tenant = TenantId::default_tenant();
+    let data = random_bytes(3_000_000, 77);
+    let package = before
+        .create_package(
+            &tenant,
+            NewPackage {
+                producer: "p".into(),
+                subject: "s".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let new = |path: &str| NewUpload {
+        package_id: package.id,
+        relative_path: RelativePath::new(path).unwrap(),
+        media_type: None,
+        size: Some(data.len() as u64),
+        expected_digest: Some(artifactstore::DualHasher::digest(&data).sha256_address()),
+        replace: false,
+    };
+    let half = data.len() / 2;
+    for (path, restart) in [("restarted.bin", true), ("kept.bin", false)] {
+        let session = before.create_upload(&tenant, new(path)).await.unwrap();
+        let first = artifactstore::registry::Chunk {
+            start: 0,
+            end: Some(half as u64 - 1),
+            total: None,
+        };
+        before
+            .append_upload(
+                &tenant,
+                session.id,
+                first,
+                crate::harness::body(&data[..half], 65_536),
+            )
+            .await
+            .unwrap();
+        // A new registry over the same database and spool: a restarted server.
+        let after = if restart {
+            artifactstore::Registry::new(
+                env.registry.pool().clone(),
+                env.registry.backends().clone(),
+            )
+            .with_upload_dir(&spool)
+        } else {
+            before.clone()
+        };
+        let rest = artifactstore::registry::Chunk {
+            start: half as u64,
+            end: None,
+            total: Some(data.len() as u64),
+        };
+        after
+            .append_upload(
+                &tenant,
+                session.id,
+                rest,
+                crate::harness::body(&data[half..], 65_536),
+            )
+            .await
+            .unwrap();
+        let file = after.complete_upload(&tenant, session.id).await.unwrap();
+        assert_eq!(file.blake3.0, *blake3::hash(&data).as_bytes(), "{path}");
+        let back =
+            crate::harness::collect(after.read_file(&tenant, file.id, None).await.unwrap().body)
+                .await;
+        assert_eq!(back, data, "{path}");
+        assert!(
+            !spool.join(session.id.to_string()).exists(),
+            "spool removed"
+        );
+    }
+}
