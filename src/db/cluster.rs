@@ -89,20 +89,25 @@ impl ManagedCluster {
         Ok(cluster)
     }
 
-    /// Stops a private cluster under `data_dir` that some process left running. Returns
-    /// whether one was running.
-    pub fn stop_existing(data_dir: &Path) -> Result<bool> {
+    /// The cluster under `data_dir`, without starting it (for status and stop).
+    fn locate(data_dir: &Path) -> Result<Self> {
         let bin_dir = find_server_binaries()?;
         let run_as = unprivileged_user()?;
         let dir = cluster_dir(data_dir, run_as)?;
-        let mut cluster = ManagedCluster {
+        Ok(ManagedCluster {
             dir,
             bin_dir,
             port: 0,
             password: String::new(),
             run_as,
             started_here: false,
-        };
+        })
+    }
+
+    /// Stops a private cluster under `data_dir` that some process left running. Returns
+    /// whether one was running.
+    pub fn stop_existing(data_dir: &Path) -> Result<bool> {
+        let mut cluster = Self::locate(data_dir)?;
         if cluster.running_port().is_none() {
             return Ok(false);
         }
@@ -113,18 +118,7 @@ impl ManagedCluster {
 
     /// The port of the private cluster under `data_dir`, if it is running.
     pub fn running(data_dir: &Path) -> Result<Option<u16>> {
-        let bin_dir = find_server_binaries()?;
-        let run_as = unprivileged_user()?;
-        let dir = cluster_dir(data_dir, run_as)?;
-        let cluster = ManagedCluster {
-            dir,
-            bin_dir,
-            port: 0,
-            password: String::new(),
-            run_as,
-            started_here: false,
-        };
-        Ok(cluster.running_port())
+        Ok(Self::locate(data_dir)?.running_port())
     }
 
     /// A connection URL for `database`.

@@ -112,22 +112,7 @@ pub async fn read_after(
     tenant: Option<&TenantId>,
     type_prefix: Option<&str>,
 ) -> Result<Vec<StoredEvent>> {
-    let prefix_pattern = type_prefix.map(|p| format!("{}%", escape_like(p)));
-    let rows = client
-        .query(
-            "SELECT sequence, id, type, tenant, subject_id, occurred_at, payload FROM events \
-             WHERE sequence > $1 AND ($2::text IS NULL OR tenant = $2) \
-               AND ($3::text IS NULL OR type LIKE $3) \
-             ORDER BY sequence LIMIT $4",
-            &[
-                &since,
-                &tenant.map(TenantId::as_str),
-                &prefix_pattern,
-                &limit,
-            ],
-        )
-        .await?;
-    rows.iter().map(StoredEvent::from_row).collect()
+    read_after_until(client, since, i64::MAX, limit, tenant, type_prefix).await
 }
 
 /// Like [`read_after`], but only events with sequence <= `upto`.

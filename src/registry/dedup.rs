@@ -5,7 +5,7 @@ use super::Registry;
 use super::ingest::{DEFAULT_MEDIA_TYPE, check_can_add, validate_media_type};
 use super::types::FileRecord;
 use crate::error::{Error, Result};
-use crate::events::{self, DomainEvent, FileIngested};
+use crate::events::FileIngested;
 use crate::identity::{Algorithm, ContentAddress, Digest};
 use crate::model::{FileId, PackageId, RelativePath, TenantId};
 use std::collections::HashSet;
@@ -127,26 +127,7 @@ impl Registry {
             replaced_file_id: replaced,
             ingested_at: self.clock.now(),
         };
-        let record = FileRecord {
-            id: event.file_id,
-            package_id,
-            relative_path: event.relative_path.clone(),
-            size,
-            media_type: event.media_type.clone(),
-            blake3,
-            sha256,
-            created_at: event.ingested_at,
-        };
-        events::record(
-            &tx,
-            vec![DomainEvent::FileIngested {
-                tenant: tenant.clone(),
-                event,
-            }],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(record)
+        super::ingest::commit_file_event(tx, tenant, event, blake3, sha256).await
     }
 }
 

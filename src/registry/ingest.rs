@@ -172,27 +172,38 @@ impl Registry {
             replaced_file_id: replaced,
             ingested_at: self.clock.now(),
         };
-        let record = FileRecord {
-            id: event.file_id,
-            package_id,
-            relative_path: event.relative_path.clone(),
-            size: digest.size,
-            media_type: event.media_type.clone(),
-            blake3: digest.blake3,
-            sha256: digest.sha256,
-            created_at: event.ingested_at,
-        };
-        events::record(
-            &tx,
-            vec![DomainEvent::FileIngested {
-                tenant: tenant.clone(),
-                event,
-            }],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(record)
+        commit_file_event(tx, tenant, event, digest.blake3, digest.sha256).await
     }
+}
+
+/// Records a `v1.file.ingested` event as the last step of `tx`, commits, and returns the file.
+pub(super) async fn commit_file_event(
+    tx: events::Tx<'_>,
+    tenant: &TenantId,
+    event: FileIngested,
+    blake3: crate::identity::Digest,
+    sha256: crate::identity::Digest,
+) -> Result<FileRecord> {
+    let record = FileRecord {
+        id: event.file_id,
+        package_id: event.package_id,
+        relative_path: event.relative_path.clone(),
+        size: event.size,
+        media_type: event.media_type.clone(),
+        blake3,
+        sha256,
+        created_at: event.ingested_at,
+    };
+    events::record(
+        &tx,
+        vec![DomainEvent::FileIngested {
+            tenant: tenant.clone(),
+            event,
+        }],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(record)
 }
 
 pub(super) fn check_expected(request: &IngestRequest, digest: &DualDigest) -> Result<()> {

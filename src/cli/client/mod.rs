@@ -14,7 +14,27 @@ pub use events::{EventsCommand, events};
 pub use pull::{PullArgs, pull};
 pub use push::{PushArgs, push};
 
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::process::ExitCode;
+
+/// A bytes progress bar on stderr (drawn only when stderr is a terminal).
+pub(crate) fn progress(total: u64, hidden: bool, message: &'static str) -> ProgressBar {
+    let target = if hidden {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    };
+    let bar = ProgressBar::with_draw_target(Some(total), target);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg:>9} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_message(message);
+    bar
+}
 
 /// Where the server is and who we are.
 #[derive(Debug, Clone, clap::Args)]

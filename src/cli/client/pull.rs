@@ -5,7 +5,7 @@ use super::api::{ApiClient, CliError, problem_error};
 use crate::identity::DualHasher;
 use crate::model::RelativePath;
 use futures::StreamExt;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -180,19 +180,7 @@ pub async fn pull(args: PullArgs) -> Result<ExitCode, CliError> {
         .await
         .map_err(|e| CliError::other(format!("{}: {e}", args.dir.display())))?;
     let total: u64 = files.iter().map(|f| f.size).sum();
-    let target = if args.no_progress {
-        ProgressDrawTarget::hidden()
-    } else {
-        ProgressDrawTarget::stderr()
-    };
-    let bar = ProgressBar::with_draw_target(Some(total), target);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "pulling [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
+    let bar = super::progress(total, args.no_progress, "pulling");
     let results: Vec<Result<bool, CliError>> = futures::stream::iter(files.iter())
         .map(|want| download(&client, &args.dir, want, args.force, &bar))
         .buffer_unordered(args.jobs.max(1))
