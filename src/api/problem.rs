@@ -129,9 +129,30 @@ pub async fn from_poem_error(error: poem::Error) -> Response {
         }
         StatusCode::METHOD_NOT_ALLOWED => "this route does not support that method".to_owned(),
         s if s.is_server_error() => "internal error".to_owned(),
-        _ => error.to_string(),
+        _ => public_detail(&error.to_string()),
     };
     Problem::new(status, detail).into_response()
+}
+
+/// poem-openapi names path parameters `param0`, `param1`... internally; say "path parameter"
+/// instead of leaking those names.
+fn public_detail(detail: &str) -> String {
+    let mut out = String::with_capacity(detail.len());
+    let mut rest = detail;
+    while let Some(i) = rest.find("path `param") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + "path `param".len()..];
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 && after[digits..].starts_with('`') {
+            out.push_str("path parameter");
+            rest = &after[digits + 1..];
+        } else {
+            out.push_str("path `param");
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Which methods each documented path takes, for `Allow` on 405 answers (RFC 9110 §15.5.6).
@@ -217,6 +238,15 @@ pub async fn finish<E: poem::Endpoint>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn internal_parameter_names_are_not_shown() {
+        assert_eq!(
+            public_detail("failed to parse path `param0`: invalid character"),
+            "failed to parse path parameter: invalid character"
+        );
+        assert_eq!(public_detail("path `paramx` stays"), "path `paramx` stays");
+    }
 
     #[test]
     fn server_faults_do_not_leak() {
