@@ -10,8 +10,11 @@
 //!   connections PostgreSQL sees from it (must be 1), and the time from one commit until the
 //!   last of them has answered.
 
+mod common;
+
 use artifactstore::events::{self, DomainEvent, PackageCreated};
 use artifactstore::model::{Metadata, PackageId, TenantId, Timestamp};
+use common::status_kib;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -39,15 +42,6 @@ async fn commit(pool: &deadpool_postgres::Pool, i: usize) -> i64 {
     let stored = events::record(&tx, vec![event(i)]).await.unwrap();
     tx.commit().await.unwrap();
     stored[0].sequence
-}
-
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -145,7 +139,7 @@ async fn main() {
 
     // 2. 5,000 idle long-polls.
     const WAITERS: usize = 5000;
-    let rss_before = rss_kib(pid, "VmRSS:");
+    let rss_before = status_kib(pid, "VmRSS:");
     let latest = commit(&pool, 100_000).await;
     let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut waiters = Vec::with_capacity(WAITERS);
@@ -176,7 +170,7 @@ async fn main() {
         }
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_waiting = rss_kib(pid, "VmRSS:");
+    let rss_waiting = status_kib(pid, "VmRSS:");
     let admin = artifactstore::db::connect(&url).await.unwrap();
     let listeners: i64 = admin
         .query_one(
@@ -194,7 +188,7 @@ async fn main() {
         last = last.max(w.await.unwrap());
     }
     let all_answered = last.duration_since(woke_at);
-    let rss_peak = rss_kib(pid, "VmHWM:");
+    let rss_peak = status_kib(pid, "VmHWM:");
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGTERM,

@@ -11,59 +11,15 @@
 //! - 4 KiB ingests/s with 16 concurrent clients. Target >= 1,000/s.
 //! - `artifactstore push` of a 1,000-file tree, then the same tree again.
 
-use std::io::{BufRead, BufReader, Write};
+mod common;
+
+use common::{best, make_file, mbps, status_kib, time};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_artifactstore");
-
-fn time(cmd: &mut Command) -> Duration {
-    let start = Instant::now();
-    let out = cmd.output().expect("run command");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    start.elapsed()
-}
-
-fn best(runs: usize, mut f: impl FnMut() -> Duration) -> Duration {
-    (0..runs).map(|_| f()).min().unwrap()
-}
-
-fn mbps(bytes: u64, d: Duration) -> f64 {
-    bytes as f64 / 1e6 / d.as_secs_f64()
-}
-
-fn make_file(path: &Path, size: u64) {
-    if std::fs::metadata(path).is_ok_and(|m| m.len() == size) {
-        return;
-    }
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut block = vec![0u8; 1 << 20];
-    let mut state = 0x2545f4914f6cdd1du64;
-    for _ in 0..size >> 20 {
-        for chunk in block.chunks_mut(8) {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
-        }
-        f.write_all(&block).unwrap();
-    }
-    f.flush().unwrap();
-}
-
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
 
 /// Resets the peak RSS counter (writing 5 to clear_refs), so each phase reports its own peak.
 fn reset_peak(pid: u32) {
@@ -200,7 +156,7 @@ fn main() {
             &format!("{base}/packages/{package}/files/big.bin"),
         ]);
         put_times.push(start.elapsed());
-        put_rss = put_rss.max(peak_rss_kib(pid));
+        put_rss = put_rss.max(status_kib(pid, "VmHWM:"));
         let blake3 = serde_json::from_str::<serde_json::Value>(&body).unwrap()["digests"]["blake3"]
             .as_str()
             .unwrap()
@@ -244,7 +200,7 @@ fn main() {
     ]);
     curl(&["-X", "POST", &format!("{url}/complete")]);
     let session_time = start.elapsed();
-    let session_rss = peak_rss_kib(pid);
+    let session_rss = status_kib(pid, "VmHWM:");
 
     // Download vs nginx serving the same bytes with sendfile.
     time(Command::new("cat").arg(&blob).stdout(Stdio::null()));
@@ -256,7 +212,7 @@ fn main() {
                 .arg(format!("{base}/files/{file_id}/download")),
         )
     });
-    let download_rss = peak_rss_kib(pid);
+    let download_rss = status_kib(pid, "VmHWM:");
     let www = work.join("www");
     std::fs::create_dir_all(&www).unwrap();
     let served = www.join("big.bin");

@@ -9,52 +9,20 @@
 //! copy to the same filesystem, (c) = (a) + (b) one after the other. Target: ingest >= 1.0x (c).
 
 use artifactstore::Registry;
+mod common;
+
 use artifactstore::db::cluster::{ClusterOptions, ManagedCluster};
 use artifactstore::events::{self, DomainEvent, PackageCreated};
 use artifactstore::model::{Metadata, PackageId, RelativePath, TenantId, Timestamp};
 use artifactstore::registry::{IngestRequest, NewPackage};
 use artifactstore::storage::{Backends, BlobStore, local::LocalStore};
+use common::{best, make_file, mbps, time};
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const RUNS: usize = 3;
-
-fn best<F: FnMut() -> Duration>(mut f: F) -> Duration {
-    (0..RUNS).map(|_| f()).min().unwrap()
-}
-
-fn run(cmd: &mut Command) -> Duration {
-    let start = Instant::now();
-    let status = cmd.status().expect("run baseline command");
-    assert!(status.success(), "{cmd:?} failed");
-    start.elapsed()
-}
-
-fn mbps(bytes: u64, d: Duration) -> f64 {
-    bytes as f64 / 1e6 / d.as_secs_f64()
-}
-
-fn make_file(path: &Path, size: u64) {
-    use std::io::Write;
-    if std::fs::metadata(path).is_ok_and(|m| m.len() == size) {
-        return;
-    }
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut block = vec![0u8; 1 << 20];
-    let mut state = 0x9e3779b97f4a7c15u64;
-    for _ in 0..size / block.len() as u64 {
-        for chunk in block.chunks_mut(8) {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
-        }
-        f.write_all(&block).unwrap();
-    }
-    f.flush().unwrap();
-}
 
 #[tokio::main]
 async fn main() {
@@ -70,21 +38,27 @@ async fn main() {
     let copy = work.join("copy.bin");
 
     // Warm the page cache once so every contender reads the input from memory.
-    run(Command::new("cat")
-        .arg(&input)
-        .stdout(std::process::Stdio::null()));
-    let sha = best(|| {
-        run(Command::new("openssl")
-            .args(["dgst", "-sha256"])
+    time(
+        Command::new("cat")
             .arg(&input)
-            .stdout(std::process::Stdio::null()))
+            .stdout(std::process::Stdio::null()),
+    );
+    let sha = best(RUNS, || {
+        time(
+            Command::new("openssl")
+                .args(["dgst", "-sha256"])
+                .arg(&input)
+                .stdout(std::process::Stdio::null()),
+        )
     });
-    let dd = best(|| {
+    let dd = best(RUNS, || {
         let _ = std::fs::remove_file(&copy);
-        run(Command::new("dd")
-            .arg(format!("if={}", input.display()))
-            .arg(format!("of={}", copy.display()))
-            .args(["bs=1M", "conv=fsync", "status=none"]))
+        time(
+            Command::new("dd")
+                .arg(format!("if={}", input.display()))
+                .arg(format!("of={}", copy.display()))
+                .args(["bs=1M", "conv=fsync", "status=none"]),
+        )
     });
     let _ = std::fs::remove_file(&copy);
     let baseline_c = sha + dd;

@@ -7,6 +7,7 @@
 #![allow(clippy::result_large_err)]
 
 mod blobs;
+mod body;
 pub mod error;
 mod events;
 mod files;

@@ -10,7 +10,6 @@ use crate::identity::ContentAddress;
 use crate::model::{Metadata, PackageId, RelativePath};
 use crate::registry::{IngestRequest, NewPackage, PackageFilter};
 use base64::Engine as _;
-use futures::TryStreamExt;
 use poem::{Body, Request};
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::{Binary, Json};
@@ -293,23 +292,28 @@ impl PackagesApi {
         expected_digest: Query<Option<String>>,
         body: Binary<Body>,
     ) -> ApiResult<CreatedFile> {
-        let principal = self.state.authorize(&auth, Scope::Write)?;
-        self.check_declared_length(req)?;
-        let content_type = req
-            .content_type()
-            .filter(|c| !c.is_empty())
-            .map(str::to_owned);
-        let request = IngestRequest {
-            relative_path: RelativePath::new(&relative_path.0)?,
-            media_type: given(media_type.0).or(content_type),
-            expected_digest: given(expected_digest.0)
-                .as_deref()
-                .map(|d| parse_address(d, "expected_digest"))
-                .transpose()?,
-            replace: replace.0.unwrap_or(false),
-        };
-        let stream = body.0.into_bytes_stream().map_err(std::io::Error::other);
-        self.ingest(&principal.tenant, id.0, request, stream).await
+        let mut stream = super::body::stream(body.0);
+        let result = async {
+            let principal = self.state.authorize(&auth, Scope::Write)?;
+            self.check_declared_length(req)?;
+            let content_type = req
+                .content_type()
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned);
+            let request = IngestRequest {
+                relative_path: RelativePath::new(&relative_path.0)?,
+                media_type: given(media_type.0).or(content_type),
+                expected_digest: given(expected_digest.0)
+                    .as_deref()
+                    .map(|d| parse_address(d, "expected_digest"))
+                    .transpose()?,
+                replace: replace.0.unwrap_or(false),
+            };
+            self.ingest(&principal.tenant, id.0, request, &mut stream)
+                .await
+        }
+        .await;
+        super::body::finish(result, &mut stream).await
     }
 
     /// Add a file from bytes the tenant already holds

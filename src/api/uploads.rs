@@ -8,7 +8,6 @@ use super::text::{Opt, Text};
 use crate::auth::Scope;
 use crate::model::{PackageId, RelativePath};
 use crate::registry::{Chunk, NewUpload, UploadSession};
-use futures::TryStreamExt;
 use poem::Body;
 use poem_openapi::param::{Header, Path};
 use poem_openapi::payload::{Binary, Json};
@@ -224,21 +223,25 @@ impl UploadsApi {
         content_range: Header<String>,
         body: Binary<Body>,
     ) -> ApiResult<Accepted> {
-        let principal = self.state.authorize(&auth, Scope::Write)?;
-        let chunk = parse_content_range(&content_range.0)
-            .map_err(|e| ApiError::from(crate::Error::InvalidInput(e)))?;
-        let stream = body.0.into_bytes_stream().map_err(std::io::Error::other);
-        let session = self
-            .state
-            .registry
-            .append_upload(&principal.tenant, id.0, chunk, stream)
-            .await?;
-        Ok(Accepted::Accepted(
-            Json(UploadOffset {
-                offset: session.offset,
-            }),
-            session.offset,
-        ))
+        let mut stream = super::body::stream(body.0);
+        let result = async {
+            let principal = self.state.authorize(&auth, Scope::Write)?;
+            let chunk = parse_content_range(&content_range.0)
+                .map_err(|e| ApiError::from(crate::Error::InvalidInput(e)))?;
+            let session = self
+                .state
+                .registry
+                .append_upload(&principal.tenant, id.0, chunk, &mut stream)
+                .await?;
+            Ok(Accepted::Accepted(
+                Json(UploadOffset {
+                    offset: session.offset,
+                }),
+                session.offset,
+            ))
+        }
+        .await;
+        super::body::finish(result, &mut stream).await
     }
 
     /// Complete an upload

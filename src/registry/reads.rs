@@ -68,7 +68,18 @@ impl Registry {
             .ok_or_else(|| {
                 Error::Integrity(format!("no configured backend holds {address} (file {id})"))
             })?;
-        let body = backend.get(&address, range).await?;
+        let body = match backend.get(&address, range).await {
+            Ok(body) => body,
+            // The database says the bytes are there: their absence is our fault, not the
+            // caller's, and must not read as "no such file".
+            Err(Error::NotFound { .. }) => {
+                return Err(Error::Integrity(format!(
+                    "backend `{}` has lost {address} (file {id})",
+                    backend.id()
+                )));
+            }
+            Err(e) => return Err(e),
+        };
         Ok(FileDownload { file, range, body })
     }
 }

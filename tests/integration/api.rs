@@ -839,3 +839,77 @@ async fn token_file_hashes_and_anonymous_reads() {
         StatusCode::OK
     );
 }
+
+#[tokio::test]
+async fn lost_bytes_answer_a_500_problem_that_leaks_nothing() {
+    let db = TestDb::new().await;
+    let api = Api::start(&db, &[]);
+    let package = api
+        .create(WRITER, json!({"producer": "p", "subject": "s"}))
+        .await;
+    let id = package["id"].as_str().unwrap();
+    let file: Value = api
+        .put(WRITER, id, "x.bin", b"soon gone")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let blake = file["digests"]["blake3"].as_str().unwrap();
+    let stored = api
+        .server
+        ._data
+        .path()
+        .join("blobs/blake3")
+        .join(&blake[0..2])
+        .join(&blake[2..4])
+        .join(blake);
+    std::fs::remove_file(stored).unwrap();
+    let resp = api
+        .http
+        .get(api.url(&format!("/files/{}/download", file["id"].as_str().unwrap())))
+        .bearer_auth(READER)
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(resp, 500).await;
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        !detail.contains(blake) && !detail.contains("/"),
+        "internals leaked: {detail}"
+    );
+}
+
+/// Refusals of requests with bodies must reach the client: the server drains the unread body
+/// (bounded) before closing, or the kernel's reset could swallow the problem response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_of_streamed_bodies_always_arrive() {
+    let db = TestDb::new().await;
+    let api = Api::start(&db, &[]);
+    let package = api
+        .create(WRITER, json!({"producer": "p", "subject": "s"}))
+        .await;
+    let id = package["id"].as_str().unwrap();
+    api.http
+        .post(api.url(&format!("/packages/{id}/finalize")))
+        .bearer_auth(WRITER)
+        .send()
+        .await
+        .unwrap();
+    let data = random_bytes(256 * 1024, 5);
+    for i in 0..40 {
+        let (token, status) = if i % 2 == 0 {
+            ("not-a-token", 401)
+        } else {
+            (WRITER, 409)
+        };
+        let resp = api
+            .http
+            .put(api.url(&format!("/packages/{id}/files/f{i}")))
+            .bearer_auth(token)
+            .body(data.clone())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("request {i}: the refusal was lost: {e}"));
+        assert_problem(resp, status).await;
+    }
+}

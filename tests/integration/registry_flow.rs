@@ -579,3 +579,21 @@ async fn listing_filters_and_pages_newest_first() {
         vec![ids[3], ids[2], ids[1]]
     );
 }
+
+#[tokio::test]
+async fn bytes_lost_behind_the_stores_back_are_an_integrity_fault_not_not_found() {
+    let env = TestEnv::new().await;
+    let reg = &env.registry;
+    let tenant = TenantId::default_tenant();
+    let package = reg.create_package(&tenant, new_package("p")).await.unwrap();
+    let file = reg
+        .ingest_file(&tenant, package.id, request("x.bin"), body(b"soon gone", 3))
+        .await
+        .unwrap();
+    env.store.delete(&file.content_address()).await.unwrap();
+    match reg.read_file(&tenant, file.id, None).await {
+        Err(Error::Integrity(message)) => assert!(message.contains("lost"), "{message}"),
+        Err(other) => panic!("expected an integrity fault, got {other:?}"),
+        Ok(_) => panic!("expected an integrity fault, got bytes"),
+    }
+}

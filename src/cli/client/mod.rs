@@ -17,6 +17,22 @@ pub use push::{PushArgs, push};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::process::ExitCode;
 
+/// BLAKE3 of a file as bare hex, reading 1 MiB at a time (memory stays flat whatever the size).
+pub(crate) fn hash_file(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
 /// A bytes progress bar on stderr (drawn only when stderr is a terminal).
 pub(crate) fn progress(total: u64, hidden: bool, message: &'static str) -> ProgressBar {
     let target = if hidden {

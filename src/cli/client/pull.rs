@@ -67,9 +67,7 @@ async fn matches_local(path: &Path, want: &Wanted) -> bool {
         if meta.len() != size {
             return false;
         }
-        std::fs::read(&path)
-            .map(|b| blake3::hash(&b).to_hex().as_str() == blake3)
-            .unwrap_or(false)
+        super::hash_file(&path).is_ok_and(|h| h == blake3)
     })
     .await
     .unwrap_or(false)

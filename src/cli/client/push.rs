@@ -3,7 +3,7 @@
 
 use super::ClientArgs;
 use super::api::{ApiClient, CliError};
-use super::progress;
+use super::{hash_file, progress};
 use crate::model::RelativePath;
 use futures::StreamExt;
 use indicatif::ProgressBar;
@@ -95,21 +95,6 @@ fn walk(
         out.push((path, full, meta.len()));
     }
     Ok(())
-}
-
-fn hash_file(path: &Path) -> std::io::Result<String> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher.finalize().to_hex().to_string())
 }
 
 /// Uploads the tree; prints the package id on stdout.
