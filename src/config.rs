@@ -41,6 +41,14 @@ pub struct ServiceArgs {
     /// Root of the local storage backend [default: <data-dir>/blobs].
     #[arg(long, env = "ARTIFACTSTORE_STORAGE_LOCAL_ROOT")]
     pub storage_local_root: Option<PathBuf>,
+    /// A TOML file of storage backends by id, the default backend and routing rules (see
+    /// docs/OPERATOR.md). Without it every blob goes to the local backend.
+    #[arg(long, env = "ARTIFACTSTORE_STORAGE_FILE")]
+    pub storage_file: Option<PathBuf>,
+    /// The backend new blobs go to when no route matches; overrides the file's
+    /// `default_backend`.
+    #[arg(long, env = "ARTIFACTSTORE_STORAGE_DEFAULT")]
+    pub storage_default: Option<String>,
     /// Apply pending migrations when the server starts.
     #[arg(long, env = "ARTIFACTSTORE_MIGRATE_ON_START", default_value = "true")]
     pub migrate_on_start: String,
@@ -95,6 +103,10 @@ pub struct Settings {
     pub database_url: Option<String>,
     /// Local backend root.
     pub storage_local_root: PathBuf,
+    /// Storage backends and routing (from the storage file, or just `local`).
+    pub storage: crate::storage::config::StorageConfig,
+    /// Override of the default backend.
+    pub storage_default: Option<String>,
     /// Migrate at server start.
     pub migrate_on_start: bool,
     /// Pool size.
@@ -219,8 +231,27 @@ impl ServiceArgs {
             };
             invalid(env, flag, message)
         })?;
+        let storage = match &self.storage_file {
+            Some(path) => crate::storage::config::StorageConfig::load(path).map_err(|message| {
+                invalid("ARTIFACTSTORE_STORAGE_FILE", "--storage-file", message)
+            })?,
+            None => Default::default(),
+        };
+        let storage_default = self.storage_default.clone().filter(|d| !d.is_empty());
+        if let Some(id) = &storage_default
+            && id != crate::storage::config::LOCAL_BACKEND
+            && !storage.backends.contains_key(id)
+        {
+            return Err(invalid(
+                "ARTIFACTSTORE_STORAGE_DEFAULT",
+                "--storage-default",
+                format!("`{id}` is not a configured backend"),
+            ));
+        }
         Ok(Settings {
             tokens: std::sync::Arc::new(tokens),
+            storage,
+            storage_default,
             listen,
             storage_local_root: self
                 .storage_local_root

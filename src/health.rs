@@ -10,12 +10,21 @@ pub struct HealthReport {
     pub database: Result<i64, String>,
     /// Each backend.
     pub backends: Vec<BackendHealth>,
+    /// Stored copies verification found damaged, and copies a backend lost (when the
+    /// database answered).
+    pub damaged_copies: Option<(u64, u64)>,
 }
 
 impl HealthReport {
     /// True when the database and every backend are usable.
     pub fn healthy(&self) -> bool {
         self.database.is_ok() && self.backends.iter().all(|b| b.healthy)
+    }
+
+    /// Usable, but some stored copies are known to be damaged or lost.
+    pub fn degraded(&self) -> bool {
+        self.damaged_copies
+            .is_some_and(|(failed, missing)| failed + missing > 0)
     }
 }
 
@@ -37,5 +46,13 @@ pub async fn check(registry: &Registry) -> HealthReport {
 
     let backends =
         futures::future::join_all(registry.backends().all().iter().map(|b| b.health())).await;
-    HealthReport { database, backends }
+    let damaged_copies = match database {
+        Ok(_) => registry.unhealthy_location_counts().await.ok(),
+        Err(_) => None,
+    };
+    HealthReport {
+        database,
+        backends,
+        damaged_copies,
+    }
 }

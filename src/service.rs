@@ -5,8 +5,6 @@ use crate::config::Settings;
 use crate::db::cluster::{ClusterOptions, DATABASE, ManagedCluster};
 use crate::error::Result;
 use crate::registry::Registry;
-use crate::storage::{Backends, local::LocalStore};
-use std::sync::Arc;
 
 /// A database to talk to, and the private cluster behind it if we run one.
 pub struct DatabaseHandle {
@@ -66,8 +64,11 @@ impl Service {
             }
         }
         let pool = crate::db::pool(&database.url, settings.db_pool_size)?;
-        let local = LocalStore::open("local", &settings.storage_local_root)?;
-        let registry = Registry::new(pool, Backends::single(Arc::new(local)))
+        let backends = settings.storage.open(
+            settings.storage_default.as_deref(),
+            &settings.storage_local_root,
+        )?;
+        let registry = Registry::new(pool, backends)
             .with_limits(settings.limits)
             .with_upload_dir(settings.data_dir.join("uploads"));
         Ok(Service { registry, database })

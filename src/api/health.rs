@@ -10,7 +10,9 @@ pub struct HealthApi {
 /// Overall health.
 #[derive(Debug, Clone, Object)]
 pub struct Health {
-    /// `ok`, or `unavailable` when the database or a backend cannot be used.
+    /// `ok`; `degraded` when stored copies are known to be damaged or lost (see
+    /// `GET /storage/locations?status=failed`); `unavailable` when the database or a backend
+    /// cannot be used.
     pub status: String,
     /// Server version.
     pub version: String,
@@ -18,6 +20,18 @@ pub struct Health {
     pub database: DatabaseHealth,
     /// Each storage backend.
     pub backends: Vec<BackendHealthView>,
+    /// Stored copies verification found damaged (`failed`) or lost (`missing`).
+    #[oai(skip_serializing_if_is_none)]
+    pub storage: Option<StorageHealth>,
+}
+
+/// Known-bad stored copies.
+#[derive(Debug, Clone, Object)]
+pub struct StorageHealth {
+    /// Copies whose bytes differ from their address.
+    pub failed_copies: u64,
+    /// Copies a backend lost.
+    pub missing_copies: u64,
 }
 
 /// Database status.
@@ -64,17 +78,26 @@ enum HealthResponse {
 impl HealthApi {
     /// Service health
     ///
-    /// Anonymous. 200 when the database and every backend work, else 503 with the same body.
+    /// Anonymous. 200 when the database and every backend work (`status` is `degraded` when
+    /// stored copies are known to be damaged or lost), else 503 with the same body.
     #[oai(path = "/health", method = "get", operation_id = "getHealth")]
     async fn health(&self) -> HealthResponse {
         let health = crate::health::check(&self.state.registry).await;
         let report = Health {
-            status: if health.healthy() {
-                "ok"
-            } else {
+            status: if !health.healthy() {
                 "unavailable"
+            } else if health.degraded() {
+                "degraded"
+            } else {
+                "ok"
             }
             .into(),
+            storage: health
+                .damaged_copies
+                .map(|(failed, missing)| StorageHealth {
+                    failed_copies: failed,
+                    missing_copies: missing,
+                }),
             version: env!("CARGO_PKG_VERSION").into(),
             database: DatabaseHealth {
                 ok: health.database.is_ok(),
@@ -93,7 +116,7 @@ impl HealthApi {
                 })
                 .collect(),
         };
-        if report.status == "ok" {
+        if report.status != "unavailable" {
             HealthResponse::Ok(Json(report))
         } else {
             HealthResponse::Unavailable(Json(report))

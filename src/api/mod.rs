@@ -17,6 +17,7 @@ mod packages;
 pub mod problem;
 mod responses;
 mod security;
+mod storage;
 mod text;
 mod uploads;
 
@@ -49,6 +50,8 @@ enum ApiTags {
     Uploads,
     /// The event stream (long-poll).
     Events,
+    /// Stored copies and their verification.
+    Storage,
     /// Service status.
     System,
 }
@@ -60,6 +63,7 @@ type Apis = (
     blobs::BlobsApi,
     uploads::UploadsApi,
     events::EventsApi,
+    storage::StorageApi,
 );
 
 fn service(state: &AppState) -> OpenApiService<Apis, ()> {
@@ -80,6 +84,9 @@ fn service(state: &AppState) -> OpenApiService<Apis, ()> {
             state: state.clone(),
         },
         events::EventsApi {
+            state: state.clone(),
+        },
+        storage::StorageApi {
             state: state.clone(),
         },
     );

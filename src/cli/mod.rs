@@ -3,6 +3,7 @@
 
 mod client;
 mod server;
+mod storage;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -36,6 +37,11 @@ pub enum Command {
     Migrate(server::DbArgs),
     /// Rebuild every view from the event log.
     Replay(server::ReplayArgs),
+    /// Re-read stored copies, recompute their digests, record what was found.
+    Verify(storage::VerifyArgs),
+    /// Storage maintenance.
+    #[command(subcommand)]
+    Storage(storage::StorageCommand),
     /// Print the OpenAPI document.
     Openapi,
     /// Manage the private PostgreSQL cluster under the data directory.
@@ -78,6 +84,8 @@ pub fn main() -> ExitCode {
             Command::Migrate(args) => server::migrate(args).await,
             Command::Replay(args) => server::replay(args).await,
             Command::Postgres(cmd) => server::postgres(cmd).await,
+            Command::Verify(args) => storage::verify(args).await,
+            Command::Storage(cmd) => storage::storage(cmd).await,
             Command::Openapi => {
                 println!("{}", crate::api::spec_json());
                 Ok(ExitCode::SUCCESS)

@@ -16,7 +16,10 @@ pub use bus::EventBus;
 pub use log::{
     NOTIFY_CHANNEL, StoredEvent, Tx, append, latest_sequence, read_after, read_after_until,
 };
-pub use payloads::{DomainEvent, FileIngested, PackageCreated};
+pub use payloads::{
+    DomainEvent, FileIngested, LocationAdded, LocationRemoved, LocationStatus, LocationVerified,
+    PackageCreated, StorageEvent,
+};
 pub use replay::{ReplayReport, dump_views, replay};
 
 use crate::error::Result;

@@ -53,6 +53,125 @@ pub struct FileIngested {
     pub ingested_at: Timestamp,
 }
 
+/// What verification found of one stored copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LocationStatus {
+    /// The bytes are there and hash to their address.
+    Present,
+    /// The bytes are there but differ (corrupt or truncated).
+    Failed,
+    /// The backend does not have them.
+    Missing,
+    /// Removed on purpose (moved to another backend, or collected).
+    Deleted,
+}
+
+impl LocationStatus {
+    /// The `storage_locations.status` text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LocationStatus::Present => "present",
+            LocationStatus::Failed => "failed",
+            LocationStatus::Missing => "missing",
+            LocationStatus::Deleted => "deleted",
+        }
+    }
+
+    /// Parses the column text.
+    pub fn parse(text: &str) -> Result<Self> {
+        Ok(match text {
+            "present" => LocationStatus::Present,
+            "failed" => LocationStatus::Failed,
+            "missing" => LocationStatus::Missing,
+            "deleted" => LocationStatus::Deleted,
+            other => {
+                return Err(Error::InvalidInput(format!(
+                    "`{}` is not a location status (present, failed, missing, deleted)",
+                    other.escape_debug()
+                )));
+            }
+        })
+    }
+}
+
+/// `v1.storage.location_verified`: a stored copy was re-read and its primary digest recomputed.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocationVerified {
+    /// The blob, bare BLAKE3 hex.
+    pub blake3: String,
+    /// The backend holding the copy.
+    pub backend_id: String,
+    /// Whether the copy is intact.
+    pub ok: bool,
+    /// `present` (ok), `failed` (bytes differ) or `missing`.
+    pub status: LocationStatus,
+    /// What the bytes read hash to, when there were bytes.
+    pub observed_blake3: Option<String>,
+    /// How many bytes were read, when there were bytes.
+    pub observed_size: Option<u64>,
+    /// When.
+    pub verified_at: Timestamp,
+}
+
+/// `v1.storage.location_added`: a verified copy of a blob now exists on another backend.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocationAdded {
+    /// The blob, bare BLAKE3 hex.
+    pub blake3: String,
+    /// The backend now holding a copy.
+    pub backend_id: String,
+    /// Key within that backend.
+    pub storage_key: String,
+    /// When.
+    pub added_at: Timestamp,
+}
+
+/// `v1.storage.location_removed`: a copy was removed on purpose (after a move).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocationRemoved {
+    /// The blob, bare BLAKE3 hex.
+    pub blake3: String,
+    /// The backend that no longer holds it.
+    pub backend_id: String,
+    /// When.
+    pub removed_at: Timestamp,
+}
+
+/// An event about physical storage (tenant `system`, subject: the blob).
+#[derive(Debug, Clone)]
+pub enum StorageEvent {
+    /// `v1.storage.location_verified`.
+    Verified(LocationVerified),
+    /// `v1.storage.location_added`.
+    Added(LocationAdded),
+    /// `v1.storage.location_removed`.
+    Removed(LocationRemoved),
+}
+
+impl StorageEvent {
+    fn blake3(&self) -> &str {
+        match self {
+            StorageEvent::Verified(e) => &e.blake3,
+            StorageEvent::Added(e) => &e.blake3,
+            StorageEvent::Removed(e) => &e.blake3,
+        }
+    }
+}
+
+/// The subject id of events about a blob: a UUID (version 8) made from its BLAKE3 digest, so
+/// every event about one blob shares it.
+pub fn blob_subject_id(blake3_hex: &str) -> Uuid {
+    let mut bytes = [0u8; 16];
+    if let Ok(digest) = crate::identity::Digest::from_hex(blake3_hex) {
+        bytes.copy_from_slice(&digest.0[..16]);
+    }
+    Uuid::new_v8(bytes)
+}
+
 /// An event before it is appended.
 #[derive(Debug, Clone)]
 pub enum DomainEvent {
@@ -72,6 +191,8 @@ pub enum DomainEvent {
         /// Its canonical CBOR bytes.
         cbor: Vec<u8>,
     },
+    /// `v1.storage.*`.
+    Storage(StorageEvent),
 }
 
 /// Event type names.
@@ -82,6 +203,12 @@ pub mod types {
     pub const FILE_INGESTED: &str = "v1.file.ingested";
     /// A package was finalized; the payload is its manifest.
     pub const PACKAGE_FINALIZED: &str = "v1.package.finalized";
+    /// A stored copy was verified.
+    pub const LOCATION_VERIFIED: &str = "v1.storage.location_verified";
+    /// A copy was added on another backend.
+    pub const LOCATION_ADDED: &str = "v1.storage.location_added";
+    /// A copy was removed on purpose.
+    pub const LOCATION_REMOVED: &str = "v1.storage.location_removed";
 }
 
 impl DomainEvent {
@@ -91,12 +218,17 @@ impl DomainEvent {
             DomainEvent::PackageCreated(_) => types::PACKAGE_CREATED,
             DomainEvent::FileIngested { .. } => types::FILE_INGESTED,
             DomainEvent::PackageFinalized { .. } => types::PACKAGE_FINALIZED,
+            DomainEvent::Storage(StorageEvent::Verified(_)) => types::LOCATION_VERIFIED,
+            DomainEvent::Storage(StorageEvent::Added(_)) => types::LOCATION_ADDED,
+            DomainEvent::Storage(StorageEvent::Removed(_)) => types::LOCATION_REMOVED,
         }
     }
 
     /// The owning tenant.
     pub fn tenant(&self) -> &TenantId {
+        static SYSTEM: std::sync::LazyLock<TenantId> = std::sync::LazyLock::new(TenantId::system);
         match self {
+            DomainEvent::Storage(_) => &SYSTEM,
             DomainEvent::PackageCreated(e) => &e.tenant,
             DomainEvent::FileIngested { tenant, .. } => tenant,
             DomainEvent::PackageFinalized { manifest, .. } => &manifest.package.tenant,
@@ -109,6 +241,7 @@ impl DomainEvent {
             DomainEvent::PackageCreated(e) => e.package_id.0,
             DomainEvent::FileIngested { event, .. } => event.package_id.0,
             DomainEvent::PackageFinalized { manifest, .. } => manifest.package.id.0,
+            DomainEvent::Storage(e) => blob_subject_id(e.blake3()),
         }
     }
 
@@ -118,6 +251,9 @@ impl DomainEvent {
             DomainEvent::PackageCreated(e) => e.created_at,
             DomainEvent::FileIngested { event, .. } => event.ingested_at,
             DomainEvent::PackageFinalized { manifest, .. } => manifest.package.finalized_at,
+            DomainEvent::Storage(StorageEvent::Verified(e)) => e.verified_at,
+            DomainEvent::Storage(StorageEvent::Added(e)) => e.added_at,
+            DomainEvent::Storage(StorageEvent::Removed(e)) => e.removed_at,
         }
     }
 
@@ -127,6 +263,9 @@ impl DomainEvent {
             DomainEvent::PackageCreated(e) => to_canonical_cbor(e),
             DomainEvent::FileIngested { event, .. } => to_canonical_cbor(event),
             DomainEvent::PackageFinalized { cbor, .. } => return Ok(cbor.clone()),
+            DomainEvent::Storage(StorageEvent::Verified(e)) => to_canonical_cbor(e),
+            DomainEvent::Storage(StorageEvent::Added(e)) => to_canonical_cbor(e),
+            DomainEvent::Storage(StorageEvent::Removed(e)) => to_canonical_cbor(e),
         };
         encoded.map_err(|e| Error::Integrity(format!("encoding event payload: {e}")))
     }

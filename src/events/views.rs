@@ -3,7 +3,9 @@
 
 use super::log::StoredEvent;
 use super::log::Tx;
-use super::payloads::{FileIngested, PackageCreated, types};
+use super::payloads::{
+    FileIngested, LocationAdded, LocationRemoved, LocationVerified, PackageCreated, types,
+};
 use crate::error::{Error, Result};
 use crate::identity::Digest;
 use crate::manifest::{Manifest, from_canonical_cbor};
@@ -28,6 +30,9 @@ pub async fn apply(tx: &Tx<'_>, event: &StoredEvent) -> Result<()> {
             let manifest = Manifest::from_cbor(&event.payload)?;
             package_finalized(tx, event, &manifest).await
         }
+        types::LOCATION_VERIFIED => location_verified(tx, &decode(event)?).await,
+        types::LOCATION_ADDED => location_added(tx, &decode(event)?).await,
+        types::LOCATION_REMOVED => location_removed(tx, &decode(event)?).await,
         other => Err(Error::Integrity(format!(
             "event {} has unknown type `{other}`; this build cannot apply it",
             event.sequence
@@ -183,6 +188,51 @@ async fn package_finalized(tx: &Tx<'_>, event: &StoredEvent, m: &Manifest) -> Re
             &m.retention_summary.expires_at.map(|t| t.as_datetime()),
             &m.retention_summary.legal_hold,
         ],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn location_verified(tx: &Tx<'_>, v: &LocationVerified) -> Result<()> {
+    exec(
+        tx,
+        "UPDATE storage_locations SET status = $3, verified_at = $4 \
+         WHERE blake3 = $1 AND backend_id = $2 AND status <> 'deleted'",
+        &[
+            &hex_bytes(&v.blake3)?,
+            &v.backend_id,
+            &v.status.as_str(),
+            &v.verified_at.as_datetime(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn location_added(tx: &Tx<'_>, a: &LocationAdded) -> Result<()> {
+    exec(
+        tx,
+        "INSERT INTO storage_locations (blake3, backend_id, key, status, stored_at) \
+         VALUES ($1, $2, $3, 'present', $4) \
+         ON CONFLICT (blake3, backend_id) DO UPDATE \
+         SET status = 'present', key = EXCLUDED.key, stored_at = EXCLUDED.stored_at, \
+             verified_at = NULL",
+        &[
+            &hex_bytes(&a.blake3)?,
+            &a.backend_id,
+            &a.storage_key,
+            &a.added_at.as_datetime(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn location_removed(tx: &Tx<'_>, r: &LocationRemoved) -> Result<()> {
+    exec(
+        tx,
+        "UPDATE storage_locations SET status = 'deleted' WHERE blake3 = $1 AND backend_id = $2",
+        &[&hex_bytes(&r.blake3)?, &r.backend_id],
     )
     .await?;
     Ok(())

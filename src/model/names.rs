@@ -14,6 +14,8 @@ pub struct TenantId(String);
 impl TenantId {
     /// The tenant every unauthenticated development set-up uses.
     pub const DEFAULT: &'static str = "default";
+    /// The reserved tenant of events about physical storage, which no ordinary tenant owns.
+    pub const SYSTEM: &'static str = "system";
 
     /// Validates a tenant id.
     pub fn new(text: &str) -> Result<Self> {
@@ -31,6 +33,11 @@ impl TenantId {
                 text.escape_debug()
             )))
         }
+    }
+
+    /// The reserved `system` tenant.
+    pub fn system() -> Self {
+        TenantId(Self::SYSTEM.to_owned())
     }
 
     /// The `default` tenant.

@@ -90,7 +90,8 @@ impl Registry {
             self.limits.max_files_per_package,
             true,
         )
-        .await?;
+        .await?
+        .replaced;
         let column = match address.algorithm() {
             Algorithm::Blake3 => "b.blake3",
             Algorithm::Sha256 => "b.sha256",

@@ -62,7 +62,7 @@ impl Registry {
             .unwrap_or_else(|| DEFAULT_MEDIA_TYPE.into());
         validate_media_type(&media_type)?;
         // Fail fast, before any byte is stored, on what can already be known.
-        {
+        let backend = {
             let client = self.pool.get().await?;
             check_can_add(
                 &**client,
@@ -72,9 +72,10 @@ impl Registry {
                 self.limits.max_files_per_package,
                 false,
             )
-            .await?;
-        }
-        let backend = self.backends.default_backend().clone();
+            .await?
+            .backend(&self.backends)
+            .clone()
+        };
         let staged = backend.stage().await?;
         let digest = match self.stream_into(staged, body).await {
             Ok((staged, digest)) => {
@@ -158,7 +159,8 @@ impl Registry {
             self.limits.max_files_per_package,
             true,
         )
-        .await?;
+        .await?
+        .replaced;
         let event = FileIngested {
             file_id: FileId::generate(),
             package_id,
@@ -219,9 +221,28 @@ pub(super) fn check_expected(request: &IngestRequest, digest: &DualDigest) -> Re
     }
 }
 
+/// What [`check_can_add`] found.
+pub(super) struct CanAdd {
+    /// The file being replaced.
+    pub replaced: Option<FileId>,
+    /// The package's retention class and producer, which route its bytes to a backend.
+    pub retention_class: String,
+    pub producer: String,
+}
+
+impl CanAdd {
+    /// The backend this package's new bytes go to.
+    pub fn backend<'a>(
+        &self,
+        backends: &'a crate::storage::Backends,
+    ) -> &'a std::sync::Arc<dyn BlobStore> {
+        backends.route(&self.retention_class, &self.producer)
+    }
+}
+
 /// Checks the package is the tenant's, open, has room, and the path is free (or may be
 /// replaced). With `lock`, the package row is locked until the transaction ends, so two
-/// ingests into one package serialise their checks. Returns the file being replaced.
+/// ingests into one package serialise their checks.
 pub(super) async fn check_can_add(
     client: &impl GenericClient,
     tenant: &TenantId,
@@ -229,11 +250,13 @@ pub(super) async fn check_can_add(
     request: &IngestRequest,
     max_files: u64,
     lock: bool,
-) -> Result<Option<FileId>> {
+) -> Result<CanAdd> {
     let sql = if lock {
-        "SELECT status, file_count FROM packages WHERE id = $1 AND tenant = $2 FOR UPDATE"
+        "SELECT status, file_count, retention_class, producer FROM packages \
+         WHERE id = $1 AND tenant = $2 FOR UPDATE"
     } else {
-        "SELECT status, file_count FROM packages WHERE id = $1 AND tenant = $2"
+        "SELECT status, file_count, retention_class, producer FROM packages \
+         WHERE id = $1 AND tenant = $2"
     };
     let row = client
         .query_opt(sql, &[&package_id.0, &tenant.as_str()])
@@ -263,5 +286,9 @@ pub(super) async fn check_can_add(
             "package {package_id} already holds the maximum of {max_files} files"
         )));
     }
-    Ok(existing)
+    Ok(CanAdd {
+        replaced: existing,
+        retention_class: row.get(2),
+        producer: row.get(3),
+    })
 }

@@ -4,15 +4,19 @@
 mod dedup;
 mod finalize;
 mod ingest;
+mod migrate;
 mod packages;
 mod reads;
+mod storage;
 mod types;
 mod uploads;
 
 pub use dedup::MAX_MISSING_QUERY;
 pub use ingest::{DEFAULT_MEDIA_TYPE, IngestRequest};
+pub use migrate::{MigrateScope, MigrationItem, Moved};
 pub use packages::{NewPackage, PackageFilter, PackagePage};
 pub use reads::FileDownload;
+pub use storage::{Location, VerifyOutcome, VerifyScope, VerifyTotals};
 pub use types::{FileRecord, Package, PackageStatus, StoredManifest};
 pub use uploads::{Chunk, NewUpload, UploadSession};
 

@@ -3,8 +3,10 @@
 use super::Registry;
 use super::types::{FILE_COLUMNS, FileRecord};
 use crate::error::{Error, Result};
+use crate::identity::Digest;
 use crate::model::{FileId, TenantId};
 use crate::storage::{ByteRange, ByteStream};
+use futures::{StreamExt, TryStreamExt};
 
 /// A file's bytes (or a range of them), ready to stream.
 pub struct FileDownload {
@@ -80,6 +82,67 @@ impl Registry {
             }
             Err(e) => return Err(e),
         };
+        // A whole file is checked against its digest as it streams; a range cannot be.
+        let body = match range {
+            None => verified(
+                body,
+                file.blake3,
+                file.size,
+                format!("{address} on `{}`", backend.id()),
+            ),
+            Some(_) => body,
+        };
         Ok(FileDownload { file, range, body })
     }
+}
+
+/// Passes the bytes through while hashing them. The last chunk is held back until the whole
+/// stream has hashed to `expected`, so a client never receives a complete corrupt body: on a
+/// mismatch the stream fails instead, and the server aborts the connection.
+fn verified(body: ByteStream, expected: Digest, size: u64, what: String) -> ByteStream {
+    struct State {
+        body: ByteStream,
+        hasher: blake3::Hasher,
+        held: Option<bytes::Bytes>,
+        seen: u64,
+        done: bool,
+    }
+    let state = State {
+        body,
+        hasher: blake3::Hasher::new(),
+        held: None,
+        seen: 0,
+        done: false,
+    };
+    let checked = futures::stream::try_unfold(state, move |mut s| {
+        let what = what.clone();
+        async move {
+            if s.done {
+                return Ok(None);
+            }
+            while let Some(chunk) = s.body.try_next().await? {
+                s.hasher.update(&chunk);
+                s.seen += chunk.len() as u64;
+                if let Some(previous) = s.held.replace(chunk) {
+                    return Ok(Some((previous, s)));
+                }
+            }
+            s.done = true;
+            let digest = Digest(*s.hasher.finalize().as_bytes());
+            if digest != expected || s.seen != size {
+                tracing::error!(
+                    blob = %what,
+                    observed = %digest.to_hex(),
+                    observed_size = s.seen,
+                    "stored bytes do not match their digest; download aborted"
+                );
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "stored bytes failed their digest check",
+                ));
+            }
+            Ok(s.held.take().map(|last| (last, s)))
+        }
+    });
+    checked.boxed()
 }

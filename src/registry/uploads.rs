@@ -422,8 +422,8 @@ impl Registry {
             self.remove_upload(id).await?;
             return Err(e);
         }
-        {
-            // Refuse before moving any bytes if the file can no longer be added.
+        // Refuse before moving any bytes if the file can no longer be added.
+        let backend = {
             let client = self.pool.get().await?;
             check_can_add(
                 &**client,
@@ -433,9 +433,10 @@ impl Registry {
                 self.limits.max_files_per_package,
                 false,
             )
-            .await?;
-        }
-        let backend = self.backends.default_backend().clone();
+            .await?
+            .backend(&self.backends)
+            .clone()
+        };
         backend
             .adopt_file(&self.spool_path(id), &digest.primary_address())
             .await?;

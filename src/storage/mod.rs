@@ -2,7 +2,9 @@
 //! under a content address, ranged reads, head, idempotent delete, list and health. No backend
 //! vocabulary (buckets, multipart) leaks past this module.
 
+pub mod config;
 pub mod local;
+pub mod s3;
 
 use crate::error::Result;
 use crate::identity::ContentAddress;
@@ -119,6 +121,7 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
 pub struct Backends {
     default: Arc<dyn BlobStore>,
     all: Vec<Arc<dyn BlobStore>>,
+    routes: Vec<config::Route>,
 }
 
 impl Backends {
@@ -127,6 +130,7 @@ impl Backends {
         Backends {
             default: store.clone(),
             all: vec![store],
+            routes: Vec::new(),
         }
     }
 

@@ -248,7 +248,8 @@ async fn push_pull_ls_manifest_and_exit_codes() {
     .unwrap();
     assert_eq!(first["sequence"], 2);
 
-    // Bytes corrupted behind the store's back are caught by pull: exit 4, nothing written.
+    // Bytes corrupted behind the store's back: the server checks the digest as it streams and
+    // aborts the download before its last chunk; pull fails and writes nothing in place.
     let blobs = server._data.path().join("blobs/blake3");
     let large = blake3::hash(&std::fs::read(tree.join("large.bin")).unwrap())
         .to_hex()
@@ -263,12 +264,9 @@ async fn push_pull_ls_manifest_and_exit_codes() {
         "cli-reader-token",
         &["pull", &id, fresh.to_str().unwrap()],
     );
-    assert_eq!(
-        out.status.code(),
-        Some(4),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("large.bin: download broke off"), "{stderr}");
     assert!(
         !fresh.join("large.bin").exists(),
         "corrupt bytes are never written in place"

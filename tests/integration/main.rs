@@ -10,6 +10,8 @@ mod events_api;
 mod managed_postgres;
 mod registry_flow;
 mod replay;
+mod routed;
+mod s3;
 mod server;
 mod storage_conformance;
 mod uploads;

@@ -7,7 +7,11 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use std::sync::Arc;
 
-async fn put(store: &dyn BlobStore, data: &[u8], chunk: usize) -> (ContentAddress, CommitOutcome) {
+pub async fn put(
+    store: &dyn BlobStore,
+    data: &[u8],
+    chunk: usize,
+) -> (ContentAddress, CommitOutcome) {
     let address = DualHasher::digest(data).primary_address();
     let mut staged = store.stage().await.unwrap();
     for piece in data.chunks(chunk.max(1)) {

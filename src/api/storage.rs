@@ -1,0 +1,174 @@
+//! `/storage/locations`: where blobs are stored and what verification found.
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::security::Auth;
+use crate::auth::Scope;
+use crate::events::LocationStatus;
+use crate::identity::Digest;
+use crate::model::TenantId;
+use base64::Engine as _;
+use poem_openapi::param::Query;
+use poem_openapi::payload::Json;
+use poem_openapi::{Enum, Object, OpenApi};
+use time::OffsetDateTime;
+
+pub struct StorageApi {
+    pub state: AppState,
+}
+
+/// What is known of one stored copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum CopyStatus {
+    /// Stored (and intact when last verified).
+    Present,
+    /// The bytes differ from their address.
+    Failed,
+    /// The backend does not have the bytes.
+    Missing,
+    /// Removed on purpose.
+    Deleted,
+}
+
+impl From<CopyStatus> for LocationStatus {
+    fn from(s: CopyStatus) -> Self {
+        match s {
+            CopyStatus::Present => LocationStatus::Present,
+            CopyStatus::Failed => LocationStatus::Failed,
+            CopyStatus::Missing => LocationStatus::Missing,
+            CopyStatus::Deleted => LocationStatus::Deleted,
+        }
+    }
+}
+
+impl From<LocationStatus> for CopyStatus {
+    fn from(s: LocationStatus) -> Self {
+        match s {
+            LocationStatus::Present => CopyStatus::Present,
+            LocationStatus::Failed => CopyStatus::Failed,
+            LocationStatus::Missing => CopyStatus::Missing,
+            LocationStatus::Deleted => CopyStatus::Deleted,
+        }
+    }
+}
+
+/// One stored copy of a blob.
+#[derive(Debug, Clone, Object)]
+pub struct StorageLocation {
+    /// `blake3:<hex>` of the bytes.
+    pub content_address: String,
+    /// Backend id.
+    pub backend_id: String,
+    /// Key within the backend.
+    pub key: String,
+    /// What is known of the copy.
+    pub status: CopyStatus,
+    /// Blob size in bytes.
+    pub size: u64,
+    /// When the copy was written.
+    pub stored_at: OffsetDateTime,
+    /// When it was last verified.
+    #[oai(skip_serializing_if_is_none)]
+    pub verified_at: Option<OffsetDateTime>,
+}
+
+/// A page of stored copies.
+#[derive(Debug, Clone, Object)]
+pub struct StorageLocationList {
+    /// The copies, in digest order.
+    pub items: Vec<StorageLocation>,
+    /// Pass back as `cursor` for the next page; absent on the last page.
+    #[oai(skip_serializing_if_is_none)]
+    pub next_cursor: Option<String>,
+}
+
+fn encode_cursor(digest: &Digest, backend: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!("l1:{}:{backend}", digest.to_hex()))
+}
+
+fn decode_cursor(cursor: &str) -> ApiResult<(Digest, String)> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| {
+            let (hex, backend) = s.strip_prefix("l1:")?.split_once(':')?;
+            Some((Digest::from_hex(hex).ok()?, backend.to_owned()))
+        })
+        .ok_or_else(|| {
+            ApiError::from(crate::Error::InvalidInput(
+                "`cursor` is not a cursor this server issued".into(),
+            ))
+        })
+}
+
+#[OpenApi(tag = "super::ApiTags::Storage")]
+impl StorageApi {
+    /// List stored copies
+    ///
+    /// Admin scope. `?status=failed` lists the copies verification found damaged, `missing`
+    /// those a backend lost. A tenant's admin sees the copies of its own files' bytes; the
+    /// reserved `system` tenant (operators) sees every copy.
+    #[oai(
+        path = "/storage/locations",
+        method = "get",
+        operation_id = "listStorageLocations"
+    )]
+    async fn list(
+        &self,
+        auth: Auth,
+        /// Only copies in this state.
+        status: Query<Option<CopyStatus>>,
+        /// Only copies on this backend.
+        backend: Query<Option<String>>,
+        /// Page size, 1-1000 (default 100).
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
+        limit: Query<Option<u32>>,
+        /// Opaque cursor from a previous page.
+        cursor: Query<Option<String>>,
+    ) -> ApiResult<Json<StorageLocationList>> {
+        let principal = self.state.authorize(&auth, Scope::Admin)?;
+        let limit = limit.0.unwrap_or(100) as i64;
+        let after = cursor
+            .0
+            .filter(|c| !c.is_empty())
+            .as_deref()
+            .map(decode_cursor)
+            .transpose()?;
+        let owner = (principal.tenant.as_str() != TenantId::SYSTEM).then_some(&principal.tenant);
+        let mut rows = self
+            .state
+            .registry
+            .list_locations(
+                status.0.map(Into::into),
+                backend.0.as_deref().filter(|b| !b.is_empty()),
+                owner,
+                after,
+                limit + 1,
+            )
+            .await?;
+        let next_cursor = if rows.len() as i64 > limit {
+            rows.truncate(limit as usize);
+            rows.last().map(|l| encode_cursor(&l.blake3, &l.backend_id))
+        } else {
+            None
+        };
+        Ok(Json(StorageLocationList {
+            items: rows
+                .into_iter()
+                .map(|l| StorageLocation {
+                    content_address: l.content_address().to_string(),
+                    status: l.status.into(),
+                    size: l.size,
+                    stored_at: l.stored_at.as_datetime(),
+                    verified_at: l.verified_at.map(|t| t.as_datetime()),
+                    backend_id: l.backend_id,
+                    key: l.key,
+                })
+                .collect(),
+            next_cursor,
+        }))
+    }
+}

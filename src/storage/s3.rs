@@ -1,0 +1,735 @@
+//! S3-compatible backend (Ceph RGW, MinIO, AWS S3) over `aws-sdk-s3`.
+//!
+//! Keys: `<key_prefix>/<algorithm>/<hex[0:2]>/<hex[2:4]>/<hex>`. The digest of a stream is known
+//! only at its end, so bytes are staged first and made to appear under their address in one
+//! atomic step:
+//! - up to `multipart_threshold_bytes` they stay in memory and go up in one `PutObject` to the
+//!   final key at commit (a single PUT is atomic: the object is whole or absent);
+//! - above it they stream as a multipart upload to `<key_prefix>/.staging/<uuid>`, several parts
+//!   in flight, and at commit the staged object is copied server-side to the final key (again
+//!   atomic; Ceph RGW copies by reference within a pool) and the staged copy is deleted.
+//!
+//! If the address already holds an object of the right size, the staged bytes are dropped.
+//! Nothing here is S3 vocabulary to the rest of the crate: errors map into [`Error`].
+
+use super::{BackendHealth, BlobInfo, BlobStore, ByteRange, ByteStream, CommitOutcome, StagedBlob};
+use crate::error::{Error, Result};
+use crate::identity::{Algorithm, ContentAddress, Digest};
+use aws_sdk_s3::Client;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream as S3Body;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+
+mod settings;
+pub use settings::{S3Settings, SecretRef};
+
+/// The S3 API's minimum size of every part but the last.
+const MIN_PART: u64 = 5 * 1024 * 1024;
+/// The largest object a single CopyObject may copy; larger ones are copied part by part.
+const MAX_SINGLE_COPY: u64 = 5 * 1024 * 1024 * 1024;
+/// Part size of a server-side multipart copy.
+const COPY_PART: u64 = 1024 * 1024 * 1024;
+const STAGING: &str = ".staging";
+
+/// A bucket (and key prefix) holding blobs.
+#[derive(Clone)]
+pub struct S3Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: String,
+    client: Client,
+    bucket: String,
+    /// Empty, or ends with `/`.
+    prefix: String,
+    storage_class: Option<aws_sdk_s3::types::StorageClass>,
+    sse: Option<aws_sdk_s3::types::ServerSideEncryption>,
+    threshold: u64,
+    chunk: u64,
+    parts_in_flight: usize,
+}
+
+impl std::fmt::Debug for S3Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Store")
+            .field("id", &self.inner.id)
+            .field("bucket", &self.inner.bucket)
+            .field("prefix", &self.inner.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3Store {
+    /// Builds a client from validated settings (credentials are resolved here, once).
+    pub fn open(id: impl Into<String>, settings: &S3Settings) -> Result<Self> {
+        use aws_sdk_s3::config::{
+            BehaviorVersion, Credentials, Region, RequestChecksumCalculation,
+            ResponseChecksumValidation, retry::RetryConfig, timeout::TimeoutConfig,
+        };
+        let id = id.into();
+        settings
+            .validate()
+            .map_err(|e| Error::InvalidInput(format!("backend `{id}`: {e}")))?;
+        let access = settings
+            .access_key_ref
+            .resolve()
+            .map_err(|e| Error::InvalidInput(format!("backend `{id}` access_key_ref: {e}")))?;
+        let secret = settings
+            .secret_key_ref
+            .resolve()
+            .map_err(|e| Error::InvalidInput(format!("backend `{id}` secret_key_ref: {e}")))?;
+        let mut config = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(settings.region.clone()))
+            .credentials_provider(Credentials::new(
+                access,
+                secret,
+                None,
+                None,
+                "artifactstore",
+            ))
+            .force_path_style(settings.force_path_style)
+            // Ceph 16 rejects the streamed aws-chunked encoding with trailing checksums, and our
+            // own digests are the integrity guarantee: send and check checksums only when the
+            // API requires them.
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(settings.max_attempts)
+                    .with_initial_backoff(Duration::from_millis(100)),
+            )
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(settings.connect_timeout_seconds))
+                    .operation_attempt_timeout(Duration::from_secs(
+                        settings.request_timeout_seconds,
+                    ))
+                    .build(),
+            );
+        if let Some(url) = &settings.endpoint_url {
+            config = config.endpoint_url(url);
+        }
+        let prefix = settings.key_prefix.trim_matches('/');
+        Ok(S3Store {
+            inner: Arc::new(Inner {
+                id,
+                client: Client::from_conf(config.build()),
+                bucket: settings.bucket.clone(),
+                prefix: if prefix.is_empty() {
+                    String::new()
+                } else {
+                    format!("{prefix}/")
+                },
+                storage_class: settings.storage_class.as_deref().map(Into::into),
+                sse: settings.sse.as_deref().map(Into::into),
+                threshold: settings.multipart_threshold_bytes,
+                chunk: settings.multipart_chunk_bytes,
+                parts_in_flight: settings.multipart_concurrency,
+            }),
+        })
+    }
+
+    /// The object key of a blob.
+    pub fn key_of(&self, address: &ContentAddress) -> String {
+        format!("{}{}", self.inner.prefix, address.storage_key())
+    }
+
+    /// The bucket.
+    pub fn bucket(&self) -> &str {
+        &self.inner.bucket
+    }
+
+    /// The underlying client, for tests and tools that must reach behind the store's back.
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// Removes staged objects and unfinished multipart uploads begun before `cutoff`
+    /// (abandoned writes); returns how many were removed.
+    pub async fn sweep_staging(&self, cutoff: std::time::SystemTime) -> Result<usize> {
+        let inner = &self.inner;
+        let prefix = format!("{}{STAGING}/", inner.prefix);
+        let cutoff = aws_sdk_s3::primitives::DateTime::from(cutoff);
+        let mut removed = 0;
+        let uploads = inner
+            .client
+            .list_multipart_uploads()
+            .bucket(&inner.bucket)
+            .prefix(&prefix)
+            .send()
+            .await
+            .map_err(|e| inner.error("listing staged uploads", e))?;
+        for upload in uploads.uploads() {
+            let old = upload.initiated().is_some_and(|t| t.secs() < cutoff.secs());
+            if let (true, Some(key), Some(upload_id)) = (old, upload.key(), upload.upload_id()) {
+                inner.abort_upload(key, upload_id).await?;
+                removed += 1;
+            }
+        }
+        let mut pages = inner
+            .client
+            .list_objects_v2()
+            .bucket(&inner.bucket)
+            .prefix(&prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| inner.error("listing staged objects", e))?;
+            for object in page.contents() {
+                let old = object
+                    .last_modified()
+                    .is_some_and(|t| t.secs() < cutoff.secs());
+                if let (true, Some(key)) = (old, object.key()) {
+                    inner.delete_key(key).await?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+impl Inner {
+    /// Maps an SDK error: 404 is `NotFound`; timeouts, connection failures, throttling and 5xx
+    /// are "unavailable" (503 to clients); anything else is a storage fault.
+    fn error<E>(&self, what: &str, e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Error
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let status = e.raw_response().map(|r| r.status().as_u16());
+        if status == Some(404) && e.code() != Some("NoSuchBucket") {
+            return Error::NotFound {
+                what: format!("object ({what})"),
+            };
+        }
+        let unavailable = match &e {
+            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => true,
+            SdkError::ResponseError(_) => true,
+            _ => status.is_some_and(|s| s >= 500 || s == 429) || e.code() == Some("SlowDown"),
+        };
+        Error::Storage {
+            backend: self.id.clone(),
+            message: format!("{what}: {}", DisplayErrorContext(&e)),
+            unavailable,
+        }
+    }
+
+    async fn head_key(&self, key: &str) -> Result<Option<u64>> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(head) => Ok(Some(head.content_length().unwrap_or(0).max(0) as u64)),
+            Err(e) => match self.error("head", e) {
+                Error::NotFound { .. } => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn delete_key(&self, key: &str) -> Result<()> {
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => match self.error("delete", e) {
+                Error::NotFound { .. } => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<()> {
+        match self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => match self.error("aborting staged upload", e) {
+                Error::NotFound { .. } => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn put_final(&self, key: &str, body: Bytes) -> Result<()> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_length(body.len() as i64)
+            .body(S3Body::from(body))
+            .set_storage_class(self.storage_class.clone())
+            .set_server_side_encryption(self.sse.clone())
+            .send()
+            .await
+            .map_err(|e| self.error("storing blob", e))?;
+        Ok(())
+    }
+
+    /// Copies a complete staged object to the final key, server-side.
+    async fn copy_to_final(&self, from: &str, to: &str, size: u64) -> Result<()> {
+        let source = format!("{}/{}", self.bucket, from);
+        if size <= MAX_SINGLE_COPY {
+            self.client
+                .copy_object()
+                .bucket(&self.bucket)
+                .key(to)
+                .copy_source(&source)
+                .set_storage_class(self.storage_class.clone())
+                .set_server_side_encryption(self.sse.clone())
+                .send()
+                .await
+                .map_err(|e| self.error("publishing staged blob", e))?;
+            return Ok(());
+        }
+        let upload = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(to)
+            .set_storage_class(self.storage_class.clone())
+            .set_server_side_encryption(self.sse.clone())
+            .send()
+            .await
+            .map_err(|e| self.error("starting multipart copy", e))?;
+        let upload_id = upload.upload_id().unwrap_or_default().to_owned();
+        let result = async {
+            let mut parts = Vec::new();
+            let mut offset = 0u64;
+            let mut number = 1;
+            while offset < size {
+                let end = (offset + COPY_PART).min(size) - 1;
+                let part = self
+                    .client
+                    .upload_part_copy()
+                    .bucket(&self.bucket)
+                    .key(to)
+                    .upload_id(&upload_id)
+                    .part_number(number)
+                    .copy_source(&source)
+                    .copy_source_range(format!("bytes={offset}-{end}"))
+                    .send()
+                    .await
+                    .map_err(|e| self.error("copying part", e))?;
+                let etag = part
+                    .copy_part_result()
+                    .and_then(|r| r.e_tag())
+                    .unwrap_or_default();
+                parts.push(
+                    CompletedPart::builder()
+                        .part_number(number)
+                        .e_tag(etag)
+                        .build(),
+                );
+                offset = end + 1;
+                number += 1;
+            }
+            self.complete(to, &upload_id, parts).await
+        }
+        .await;
+        if result.is_err() {
+            let _ = self.abort_upload(to, &upload_id).await;
+        }
+        result
+    }
+
+    async fn complete(&self, key: &str, upload_id: &str, parts: Vec<CompletedPart>) -> Result<()> {
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| self.error("completing staged upload", e))?;
+        Ok(())
+    }
+}
+
+/// The address a blob key names under `prefix`, or `None` for keys that are not blobs.
+fn parse_key(prefix: &str, key: &str) -> Option<ContentAddress> {
+    let rest = key.strip_prefix(prefix)?;
+    let mut parts = rest.split('/');
+    let algorithm = match parts.next()? {
+        "blake3" => Algorithm::Blake3,
+        "sha256" => Algorithm::Sha256,
+        _ => return None,
+    };
+    let (a, b, hex) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || a.len() != 2 || b.len() != 2 || !hex.starts_with(a) {
+        return None;
+    }
+    let digest = Digest::from_hex(hex).ok()?;
+    let address = ContentAddress::new(algorithm, digest);
+    (address.storage_key() == rest).then_some(address)
+}
+
+#[async_trait::async_trait]
+impl BlobStore for S3Store {
+    fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    async fn stage(&self) -> Result<Box<dyn StagedBlob>> {
+        Ok(Box::new(S3Staged {
+            inner: self.inner.clone(),
+            buffer: BytesMut::new(),
+            written: 0,
+            multipart: None,
+        }))
+    }
+
+    async fn get(&self, address: &ContentAddress, range: Option<ByteRange>) -> Result<ByteStream> {
+        let inner = &self.inner;
+        let mut request = inner
+            .client
+            .get_object()
+            .bucket(&inner.bucket)
+            .key(self.key_of(address));
+        match range {
+            Some(r) if r.length == 0 => return Ok(futures::stream::empty().boxed()),
+            Some(r) => {
+                request = request.range(format!("bytes={}-{}", r.offset, r.offset + r.length - 1))
+            }
+            None => {}
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| match inner.error("get", e) {
+                Error::NotFound { .. } => Error::not_found("blob", address),
+                other => other,
+            })?;
+        let body = response.body;
+        Ok(futures::stream::try_unfold(body, |mut body| async move {
+            match body.try_next().await {
+                Ok(Some(bytes)) => Ok(Some((bytes, body))),
+                Ok(None) => Ok(None),
+                Err(e) => Err(std::io::Error::other(e)),
+            }
+        })
+        .boxed())
+    }
+
+    async fn head(&self, address: &ContentAddress) -> Result<Option<u64>> {
+        self.inner.head_key(&self.key_of(address)).await
+    }
+
+    async fn delete(&self, address: &ContentAddress) -> Result<()> {
+        self.inner.delete_key(&self.key_of(address)).await
+    }
+
+    fn list(&self) -> BoxStream<'static, Result<BlobInfo>> {
+        let inner = self.inner.clone();
+        let prefixes = [Algorithm::Blake3, Algorithm::Sha256]
+            .map(|a| format!("{}{}/", inner.prefix, a.as_str()));
+        futures::stream::iter(prefixes)
+            .flat_map(move |prefix| {
+                let inner = inner.clone();
+                let pages = inner
+                    .client
+                    .list_objects_v2()
+                    .bucket(&inner.bucket)
+                    .prefix(prefix)
+                    .into_paginator()
+                    .send();
+                futures::stream::unfold(pages, |mut pages| async move {
+                    pages.next().await.map(|page| (page, pages))
+                })
+                .flat_map(move |page| {
+                    let items: Vec<Result<BlobInfo>> = match page {
+                        Err(e) => vec![Err(inner.error("listing", e))],
+                        Ok(page) => page
+                            .contents()
+                            .iter()
+                            .filter_map(|o| {
+                                // Stray keys that are not blob addresses are not blobs.
+                                let address = parse_key(&inner.prefix, o.key()?)?;
+                                Some(Ok(BlobInfo {
+                                    address,
+                                    size: o.size().unwrap_or(0).max(0) as u64,
+                                }))
+                            })
+                            .collect(),
+                    };
+                    futures::stream::iter(items)
+                })
+            })
+            .boxed()
+    }
+
+    async fn health(&self) -> BackendHealth {
+        let inner = &self.inner;
+        let probe = format!("{}.health/{}", inner.prefix, uuid::Uuid::new_v4());
+        let result = async {
+            inner
+                .client
+                .head_bucket()
+                .bucket(&inner.bucket)
+                .send()
+                .await
+                .map_err(|e| inner.error("bucket", e))?;
+            inner.put_final(&probe, Bytes::from_static(b"ok")).await?;
+            inner.delete_key(&probe).await
+        }
+        .await;
+        BackendHealth {
+            backend_id: inner.id.clone(),
+            healthy: result.is_ok(),
+            detail: match result {
+                Ok(()) => format!("bucket `{}` reachable and writable", inner.bucket),
+                Err(e) => e.to_string(),
+            },
+            free_bytes: None,
+            total_bytes: None,
+        }
+    }
+}
+
+/// A multipart upload to a staging key, with parts in flight.
+struct Multipart {
+    key: String,
+    upload_id: String,
+    next_part: i32,
+    in_flight: JoinSet<Result<CompletedPart>>,
+    done: Vec<CompletedPart>,
+}
+
+struct S3Staged {
+    inner: Arc<Inner>,
+    buffer: BytesMut,
+    written: u64,
+    multipart: Option<Multipart>,
+}
+
+impl S3Staged {
+    async fn start_multipart(&mut self) -> Result<()> {
+        let inner = &self.inner;
+        let key = format!("{}{STAGING}/{}", inner.prefix, uuid::Uuid::new_v4());
+        let upload = inner
+            .client
+            .create_multipart_upload()
+            .bucket(&inner.bucket)
+            .key(&key)
+            .send()
+            .await
+            .map_err(|e| inner.error("starting staged upload", e))?;
+        let upload_id = upload
+            .upload_id()
+            .ok_or_else(|| Error::storage(&inner.id, "the server returned no upload id"))?
+            .to_owned();
+        self.multipart = Some(Multipart {
+            key,
+            upload_id,
+            next_part: 1,
+            in_flight: JoinSet::new(),
+            done: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// Sends `body` as the next part, waiting first while too many parts are in flight.
+    async fn send_part(&mut self, body: Bytes) -> Result<()> {
+        let limit = self.inner.parts_in_flight;
+        let inner = self.inner.clone();
+        let upload = self.multipart.as_mut().expect("multipart started");
+        while upload.in_flight.len() >= limit {
+            let part = join(&inner.id, upload.in_flight.join_next().await)?;
+            upload.done.push(part);
+        }
+        let number = upload.next_part;
+        upload.next_part += 1;
+        let (key, upload_id) = (upload.key.clone(), upload.upload_id.clone());
+        upload.in_flight.spawn(async move {
+            let part = inner
+                .client
+                .upload_part()
+                .bucket(&inner.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .content_length(body.len() as i64)
+                .body(S3Body::from(body))
+                .send()
+                .await
+                .map_err(|e| inner.error("uploading part", e))?;
+            Ok(CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(part.e_tag().map(str::to_owned))
+                .build())
+        });
+        Ok(())
+    }
+
+    /// Sends every full chunk in the buffer.
+    async fn drain_full_chunks(&mut self) -> Result<()> {
+        let chunk = self.inner.chunk as usize;
+        while self.buffer.len() >= chunk {
+            let part = self.buffer.split_to(chunk).freeze();
+            self.send_part(part).await?;
+        }
+        Ok(())
+    }
+
+    async fn finish_parts(&mut self) -> Result<Vec<CompletedPart>> {
+        if !self.buffer.is_empty() {
+            let last = self.buffer.split().freeze();
+            self.send_part(last).await?;
+        }
+        let upload = self.multipart.as_mut().expect("multipart started");
+        while let Some(result) = upload.in_flight.join_next().await {
+            upload.done.push(join(&self.inner.id, Some(result))?);
+        }
+        let mut parts = std::mem::take(&mut upload.done);
+        parts.sort_by_key(|p| p.part_number());
+        Ok(parts)
+    }
+
+    async fn commit_multipart(&mut self, address: &ContentAddress) -> Result<CommitOutcome> {
+        let final_key = format!("{}{}", self.inner.prefix, address.storage_key());
+        let parts = self.finish_parts().await?;
+        let upload = self.multipart.take().expect("multipart started");
+        let inner = self.inner.clone();
+        if inner.head_key(&final_key).await? == Some(self.written) {
+            inner.abort_upload(&upload.key, &upload.upload_id).await?;
+            return Ok(CommitOutcome::AlreadyPresent);
+        }
+        let published = async {
+            inner
+                .complete(&upload.key, &upload.upload_id, parts)
+                .await?;
+            inner
+                .copy_to_final(&upload.key, &final_key, self.written)
+                .await
+        }
+        .await;
+        if published.is_err() {
+            let _ = inner.abort_upload(&upload.key, &upload.upload_id).await;
+        }
+        // The staged object is garbage either way.
+        let _ = inner.delete_key(&upload.key).await;
+        published.map(|()| CommitOutcome::Stored)
+    }
+}
+
+type PartResult = std::result::Result<Result<CompletedPart>, tokio::task::JoinError>;
+
+fn join(backend: &str, result: Option<PartResult>) -> Result<CompletedPart> {
+    match result {
+        Some(Ok(part)) => part,
+        Some(Err(e)) => Err(Error::storage(backend, format!("part upload task: {e}"))),
+        None => Err(Error::storage(backend, "no part upload in flight")),
+    }
+}
+
+#[async_trait::async_trait]
+impl StagedBlob for S3Staged {
+    async fn write(&mut self, chunk: Bytes) -> Result<()> {
+        self.written += chunk.len() as u64;
+        self.buffer.extend_from_slice(&chunk);
+        if self.multipart.is_none() && self.buffer.len() as u64 > self.inner.threshold {
+            self.start_multipart().await?;
+        }
+        if self.multipart.is_some() {
+            self.drain_full_chunks().await?;
+        }
+        Ok(())
+    }
+
+    fn written(&self) -> u64 {
+        self.written
+    }
+
+    async fn commit(mut self: Box<Self>, address: &ContentAddress) -> Result<CommitOutcome> {
+        if self.multipart.is_some() {
+            return self.commit_multipart(address).await;
+        }
+        let key = format!("{}{}", self.inner.prefix, address.storage_key());
+        // A blob of the right size is these bytes (the address says so); one of the wrong size
+        // was damaged behind our back, and replacing it heals it.
+        if self.inner.head_key(&key).await? == Some(self.written) {
+            return Ok(CommitOutcome::AlreadyPresent);
+        }
+        let body = std::mem::take(&mut self.buffer).freeze();
+        self.inner.put_final(&key, body).await?;
+        Ok(CommitOutcome::Stored)
+    }
+
+    async fn abort(mut self: Box<Self>) -> Result<()> {
+        if let Some(mut upload) = self.multipart.take() {
+            upload.in_flight.shutdown().await;
+            self.inner
+                .abort_upload(&upload.key, &upload.upload_id)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for S3Staged {
+    fn drop(&mut self) {
+        // Neither committed nor aborted (the request was cancelled): abort the staged upload in
+        // the background; the staging sweep catches what this misses.
+        if let Some(upload) = self.multipart.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let inner = self.inner.clone();
+            runtime.spawn(async move {
+                let mut in_flight = upload.in_flight;
+                in_flight.shutdown().await;
+                if let Err(e) = inner.abort_upload(&upload.key, &upload.upload_id).await {
+                    tracing::warn!(error = %e, "could not abort an abandoned staged upload");
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_and_strays_are_ignored() {
+        let address = crate::identity::DualHasher::digest(b"x").primary_address();
+        let key = format!("blobs/{}", address.storage_key());
+        assert!(key.starts_with("blobs/blake3/"), "{key}");
+        assert_eq!(parse_key("blobs/", &key), Some(address));
+        for stray in [
+            "blobs/blake3/aa/bb/not-hex",
+            "blobs/.staging/123",
+            "other/blake3/aa/bb/cc",
+            &key.replace("blobs/blake3/", "blobs/blake3/00/"),
+        ] {
+            assert_eq!(parse_key("blobs/", stray), None, "{stray}");
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! The S3 backend against a real S3-compatible server (Ceph RGW, started by `scripts/test`
+//! through `scripts/s3/start-ceph.sh`). Each test works under its own key prefix of the shared
+//! bucket.
+
+use crate::harness::{collect, random_bytes};
+use crate::storage_conformance::{conformance, put};
+use artifactstore::identity::DualHasher;
+use artifactstore::storage::s3::{S3Settings, S3Store, SecretRef};
+use artifactstore::storage::{BlobStore, ByteRange, CommitOutcome};
+use futures::TryStreamExt;
+use std::sync::Arc;
+
+/// Settings for the test server, under a fresh prefix. Without a server configured this fails:
+/// `scripts/test` starts one; `ARTIFACTSTORE_TEST_S3=skip` skips these tests knowingly.
+pub fn s3_settings() -> Option<S3Settings> {
+    let Ok(endpoint) = std::env::var("ARTIFACTSTORE_TEST_S3_ENDPOINT") else {
+        if std::env::var("ARTIFACTSTORE_TEST_S3").as_deref() == Ok("skip") {
+            eprintln!("S3 tests skipped (ARTIFACTSTORE_TEST_S3=skip)");
+            return None;
+        }
+        panic!(
+            "no S3 server for the tests: run scripts/test (it starts Ceph RGW), or set \
+             ARTIFACTSTORE_TEST_S3_ENDPOINT/_BUCKET and AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, \
+             or ARTIFACTSTORE_TEST_S3=skip"
+        );
+    };
+    let bucket =
+        std::env::var("ARTIFACTSTORE_TEST_S3_BUCKET").expect("ARTIFACTSTORE_TEST_S3_BUCKET");
+    let mut settings = S3Settings::for_tests(&bucket);
+    settings.endpoint_url = Some(endpoint);
+    settings.key_prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
+    Some(settings)
+}
+
+#[tokio::test]
+async fn s3_store_passes_conformance_single_put_path() {
+    let Some(settings) = s3_settings() else {
+        return;
+    };
+    conformance(Arc::new(S3Store::open("s3", &settings).unwrap())).await;
+}
+
+#[tokio::test]
+async fn s3_store_passes_conformance_multipart_path() {
+    let Some(mut settings) = s3_settings() else {
+        return;
+    };
+    // Every non-empty blob goes through a staged multipart upload and a server-side copy.
+    settings.multipart_threshold_bytes = 0;
+    settings.multipart_chunk_bytes = 5 * 1024 * 1024;
+    let store = Arc::new(S3Store::open("s3", &settings).unwrap());
+    conformance(store.clone()).await;
+    assert_no_staging_left(&store, &settings).await;
+}
+
+/// Nothing is left under the staging prefix: no objects and no unfinished uploads.
+async fn assert_no_staging_left(store: &S3Store, settings: &S3Settings) {
+    let prefix = format!("{}/.staging/", settings.key_prefix);
+    // A dropped staged write is aborted in the background: wait for it, with a bound.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let uploads = store
+            .client()
+            .list_multipart_uploads()
+            .bucket(store.bucket())
+            .prefix(&prefix)
+            .send()
+            .await
+            .unwrap();
+        let objects = store
+            .client()
+            .list_objects_v2()
+            .bucket(store.bucket())
+            .prefix(&prefix)
+            .send()
+            .await
+            .unwrap();
+        let left = uploads.uploads().len() + objects.contents().len();
+        if left == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{left} staged uploads/objects left under {prefix}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn large_blobs_go_up_in_parallel_parts_and_read_back_by_range() {
+    let Some(mut settings) = s3_settings() else {
+        return;
+    };
+    settings.multipart_threshold_bytes = 6 * 1024 * 1024;
+    settings.multipart_chunk_bytes = 5 * 1024 * 1024;
+    settings.multipart_concurrency = 3;
+    let store = S3Store::open("s3", &settings).unwrap();
+    // 23 MiB + 1: five parts, the last one a single byte.
+    let data = random_bytes(23 * 1024 * 1024 + 1, 7);
+    let (address, outcome) = put(&store, &data, 300_001).await;
+    assert_eq!(outcome, CommitOutcome::Stored);
+    assert_eq!(store.head(&address).await.unwrap(), Some(data.len() as u64));
+    let whole = collect(store.get(&address, None).await.unwrap()).await;
+    assert!(whole == data, "multipart blob read back differently");
+    let (offset, length) = (5 * 1024 * 1024 - 3, 7);
+    let got = collect(
+        store
+            .get(&address, Some(ByteRange { offset, length }))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(got, &data[offset as usize..(offset + length) as usize]);
+    // The object sits exactly at the documented key.
+    let key = format!(
+        "{}/blake3/{}/{}/{}",
+        settings.key_prefix,
+        &address.digest().to_hex()[0..2],
+        &address.digest().to_hex()[2..4],
+        address.digest().to_hex()
+    );
+    assert_eq!(store.key_of(&address), key);
+    // Dedup of a large blob aborts the staged upload.
+    let (_, outcome) = put(&store, &data, 1 << 20).await;
+    assert_eq!(outcome, CommitOutcome::AlreadyPresent);
+    assert_no_staging_left(&store, &settings).await;
+}
+
+#[tokio::test]
+async fn abandoned_staging_is_swept() {
+    let Some(mut settings) = s3_settings() else {
+        return;
+    };
+    settings.multipart_threshold_bytes = 0;
+    let store = S3Store::open("s3", &settings).unwrap();
+    // A staged object left behind by a crash between publishing and cleaning up.
+    let stray = format!("{}/.staging/crashed", settings.key_prefix);
+    store
+        .client()
+        .put_object()
+        .bucket(store.bucket())
+        .key(&stray)
+        .body(bytes::Bytes::from_static(b"partial").into())
+        .send()
+        .await
+        .unwrap();
+    // A multipart upload left behind by a killed process.
+    store
+        .client()
+        .create_multipart_upload()
+        .bucket(store.bucket())
+        .key(format!("{}/.staging/killed", settings.key_prefix))
+        .send()
+        .await
+        .unwrap();
+    // Nothing is old enough yet.
+    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    assert_eq!(store.sweep_staging(an_hour_ago).await.unwrap(), 0);
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+    assert_eq!(store.sweep_staging(later).await.unwrap(), 2);
+    assert_no_staging_left(&store, &settings).await;
+    // Blobs are not staging: they survive the sweep.
+    let (address, _) = put(&store, b"kept", 4).await;
+    store.sweep_staging(later).await.unwrap();
+    assert_eq!(store.head(&address).await.unwrap(), Some(4));
+}
+
+#[tokio::test]
+async fn wrong_credentials_and_dead_endpoints_are_clean_errors() {
+    let Some(settings) = s3_settings() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "definitely-not-the-secret\n").unwrap();
+    let mut wrong = settings.clone();
+    wrong.secret_key_ref = SecretRef::File(secret);
+    let store = S3Store::open("s3", &wrong).unwrap();
+    let health = store.health().await;
+    assert!(!health.healthy, "{health:?}");
+    let address = DualHasher::digest(b"x").primary_address();
+    match store.get(&address, None).await {
+        Err(artifactstore::Error::Storage { unavailable, .. }) => {
+            assert!(!unavailable, "a refused signature is not an outage")
+        }
+        other => panic!("expected a storage error, got {:?}", other.map(|_| ())),
+    }
+
+    // Nothing listens on this port: unavailable (503 to clients), quickly, after retries.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let mut dead = settings.clone();
+    dead.endpoint_url = Some(format!("http://127.0.0.1:{port}"));
+    dead.max_attempts = 2;
+    let store = S3Store::open("s3", &dead).unwrap();
+    let started = std::time::Instant::now();
+    let mut staged = store.stage().await.unwrap();
+    staged.write(bytes::Bytes::from_static(b"x")).await.unwrap();
+    match staged.commit(&address).await {
+        Err(artifactstore::Error::Storage { unavailable, .. }) => assert!(unavailable),
+        other => panic!("expected unavailable, got {other:?}"),
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+    assert!(!store.health().await.healthy);
+    assert!(store.list().try_collect::<Vec<_>>().await.is_err());
+
+    // Credentials named but absent are a configuration error at start-up.
+    let mut unset = settings;
+    unset.access_key_ref = SecretRef::Env("ARTIFACTSTORE_TEST_SURELY_UNSET".into());
+    let err = S3Store::open("s3", &unset).unwrap_err().to_string();
+    assert!(err.contains("ARTIFACTSTORE_TEST_SURELY_UNSET"), "{err}");
+}
