@@ -25,6 +25,7 @@ pub mod identity;
 pub mod manifest;
 pub mod model;
 pub mod registry;
+pub mod retention;
 pub mod service;
 pub mod storage;
 

@@ -17,7 +17,9 @@ pub struct StorageApi {
     pub state: AppState,
 }
 
-/// What is known of one stored copy.
+/// What is known of one stored copy: `present` (stored, intact when last verified), `failed`
+/// (the bytes differ from their address), `missing` (the backend lost them), `deleted`
+/// (removed on purpose).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
 #[oai(rename_all = "lowercase")]
 pub enum CopyStatus {
@@ -62,7 +64,8 @@ pub struct StorageLocation {
     pub backend_id: String,
     /// Key within the backend.
     pub key: String,
-    /// What is known of the copy.
+    // No doc comment: poem-openapi would wrap the `$ref` in an `allOf`, which generated
+    // clients cannot take for enums. `CopyStatus` carries the documentation.
     pub status: CopyStatus,
     /// Blob size in bytes.
     pub size: u64,

@@ -37,6 +37,8 @@ pub enum Command {
     Migrate(server::DbArgs),
     /// Rebuild every view from the event log.
     Replay(server::ReplayArgs),
+    /// Run the background jobs: upload and staging sweeps, scheduled verification.
+    Worker(storage::WorkerArgs),
     /// Re-read stored copies, recompute their digests, record what was found.
     Verify(storage::VerifyArgs),
     /// Storage maintenance.
@@ -85,6 +87,7 @@ pub fn main() -> ExitCode {
             Command::Replay(args) => server::replay(args).await,
             Command::Postgres(cmd) => server::postgres(cmd).await,
             Command::Verify(args) => storage::verify(args).await,
+            Command::Worker(args) => storage::worker(args).await,
             Command::Storage(cmd) => storage::storage(cmd).await,
             Command::Openapi => {
                 println!("{}", crate::api::spec_json());

@@ -175,6 +175,10 @@ impl BlobStore for LocalStore {
         }
     }
 
+    async fn sweep_staging(&self, cutoff: std::time::SystemTime) -> Result<usize> {
+        LocalStore::sweep_staging(self, cutoff).await
+    }
+
     async fn health(&self) -> BackendHealth {
         let root = self.root.clone();
         let stat = tokio::task::spawn_blocking(move || {

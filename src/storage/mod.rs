@@ -90,6 +90,10 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
     /// Reachability and capacity.
     async fn health(&self) -> BackendHealth;
 
+    /// Removes staged writes begun before `cutoff` (abandoned by a crash or a killed request);
+    /// returns how many were removed.
+    async fn sweep_staging(&self, cutoff: std::time::SystemTime) -> Result<usize>;
+
     /// Stores the bytes of a complete local file (already verified to be `address`). The file
     /// is consumed: moved if the backend can, else copied and removed. The default streams it
     /// through a staged write.

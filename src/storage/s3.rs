@@ -486,6 +486,10 @@ impl BlobStore for S3Store {
             .boxed()
     }
 
+    async fn sweep_staging(&self, cutoff: std::time::SystemTime) -> Result<usize> {
+        S3Store::sweep_staging(self, cutoff).await
+    }
+
     async fn health(&self) -> BackendHealth {
         let inner = &self.inner;
         let probe = format!("{}.health/{}", inner.prefix, uuid::Uuid::new_v4());

@@ -12,6 +12,7 @@ mod registry_flow;
 mod replay;
 mod routed;
 mod s3;
+mod s3_strict;
 mod server;
 mod storage_conformance;
 mod uploads;

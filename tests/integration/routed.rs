@@ -526,3 +526,128 @@ async fn migrate_moves_verified_copies_and_resumes() {
     let check = artifactstore::events::replay(&pool, true).await.unwrap();
     assert_eq!(check.identical, Some(true));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_is_down_answers_503_and_keeps_nothing() {
+    let Some(mut s3) = s3_settings() else { return };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    s3.endpoint_url = Some(format!("http://{}", listener.local_addr().unwrap()));
+    drop(listener);
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let storage = storage_file(dir.path(), &s3, "s3", "");
+    let stack = Stack::start(&db, &storage, &dir.path().join("blobs"));
+    let package = stack.package("standard").await;
+    for size in [1000, 7 * 1024 * 1024] {
+        let resp = stack
+            .http
+            .put(stack.server.url(&format!("/packages/{package}/files/f")))
+            .body(random_bytes(size, 5))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()["content-type"], "application/problem+json");
+        let problem: Value = resp.json().await.unwrap();
+        assert!(
+            problem["detail"].as_str().unwrap().contains("retry later"),
+            "{problem}"
+        );
+        assert!(
+            !problem.to_string().contains("127.0.0.1"),
+            "internals leaked: {problem}"
+        );
+    }
+    let p = stack
+        .json(reqwest::Method::GET, &format!("/packages/{package}"), None)
+        .await;
+    assert_eq!(p["file_count"], 0, "{p}");
+    let events: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM events WHERE type = 'v1.file.ingested'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(events, 0);
+    let resp = stack
+        .http
+        .get(stack.server.url("/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_once_sweeps_abandoned_staging_and_runs_a_scheduled_verification() {
+    let Some(s3) = s3_settings() else { return };
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let local_root = dir.path().join("blobs");
+    let storage = storage_file(dir.path(), &s3, "local", "");
+    let stack = Stack::start(&db, &storage, &local_root);
+    let package = stack.package("standard").await;
+    let (a, b) = (random_bytes(100_000, 61), random_bytes(100_000, 62));
+    stack.put(&package, "a", &a).await;
+    stack.put(&package, "b", &b).await;
+    drop(stack);
+    // An abandoned staged write from an hour ago, and one still in progress.
+    let old = local_root.join(".staging/abandoned");
+    std::fs::write(&old, b"partial").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
+        .unwrap();
+    let fresh = local_root.join(".staging/in-progress");
+    std::fs::write(&fresh, b"partial").unwrap();
+    // Damage one stored copy.
+    let path_b = local_root.join(DualHasher::digest(&b).primary_address().storage_key());
+    let mut bytes = std::fs::read(&path_b).unwrap();
+    bytes[10] ^= 1;
+    std::fs::write(&path_b, bytes).unwrap();
+
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_artifactstore"))
+            .args(["worker", "--once", "--staging-grace-seconds", "600"])
+            .args(extra)
+            .env("ARTIFACTSTORE_DATABASE_URL", &db.url)
+            .env("ARTIFACTSTORE_STORAGE_FILE", &storage)
+            .env("ARTIFACTSTORE_STORAGE_LOCAL_ROOT", &local_root)
+            .env("ARTIFACTSTORE_LOG", "error")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = run(&[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("removed 1 abandoned staged writes"), "{out}");
+    assert!(!old.exists() && fresh.exists());
+    assert!(
+        !out.contains("verified"),
+        "verification is off by default: {out}"
+    );
+
+    let (code, out) = run(&["--verify-every-seconds", "3600", "--verify-sample", "1"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("verified 2 copies: 1 ok, 1 failed"), "{out}");
+    let failed: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM storage_locations WHERE status = 'failed'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(failed, 1);
+}

@@ -1,0 +1,323 @@
+//! S3 benchmark: our server (release build, private PostgreSQL, backend `s3` by default) in
+//! front of a real Ceph RGW (`scripts/s3/start-ceph.sh`, started here if it is not running),
+//! against the same S3 server used directly by a standard client, in the same run. Prints
+//! Markdown.
+//!
+//!     cargo bench --bench s3                       # 1 GiB; BENCH_SIZE_MIB to change
+//!
+//! - Upload: `curl -T` PUT to our server vs `curl --aws-sigv4 -T` PUT of the same file
+//!   straight to the bucket. Target >= 0.8x.
+//! - Download: `curl -o /dev/null` from our server (digest checked as it streams) vs a signed
+//!   `curl` GET straight from the bucket. Target >= 0.9x.
+//! - Verify: `artifactstore verify` over the same bytes on the local backend and on S3, vs
+//!   `b3sum` of the file.
+
+mod common;
+
+use common::{best, make_file, mbps, time};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_artifactstore");
+
+struct S3 {
+    endpoint: String,
+    bucket: String,
+    access: String,
+    secret: String,
+}
+
+fn start_ceph() -> S3 {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/s3/start-ceph.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run scripts/s3/start-ceph.sh");
+    assert!(out.status.success(), "Ceph RGW did not start");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let get = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("{key} missing from start-ceph.sh output"))
+            .to_owned()
+    };
+    S3 {
+        endpoint: get("S3_ENDPOINT"),
+        bucket: get("S3_BUCKET"),
+        access: get("AWS_ACCESS_KEY_ID"),
+        secret: get("AWS_SECRET_ACCESS_KEY"),
+    }
+}
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+fn service_env(cmd: &mut Command, data: &Path, storage: &Path, s3: &S3) {
+    cmd.env("ARTIFACTSTORE_DATA_DIR", data)
+        .env("ARTIFACTSTORE_STORAGE_FILE", storage)
+        .env("ARTIFACTSTORE_LOG", "warn")
+        .env("BENCH_S3_ACCESS", &s3.access)
+        .env("BENCH_S3_SECRET", &s3.secret);
+}
+
+fn start_server(data: &Path, storage: &Path, s3: &S3) -> Server {
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--max-file-size",
+        "8GiB",
+    ]);
+    service_env(&mut cmd, data, storage, s3);
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("server address")
+        .to_owned();
+    Server { child, base }
+}
+
+fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "--fail-with-body"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn field(body: &str, name: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    v[name].as_str().unwrap().to_owned()
+}
+
+/// A signed request straight to the S3 server.
+fn s3_curl(s3: &S3, args: &[&str]) -> Command {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--fail",
+        "--aws-sigv4",
+        "aws:amz:us-east-1:s3",
+        "--user",
+    ])
+    .arg(format!("{}:{}", s3.access, s3.secret))
+    .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
+    .args(args);
+    cmd
+}
+
+fn main() {
+    let size_mib: u64 = std::env::var("BENCH_SIZE_MIB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1024);
+    let size = size_mib << 20;
+    let s3 = start_ceph();
+    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-s3");
+    let data = work.join("data");
+    if data.exists() {
+        let _ = Command::new(BIN)
+            .args(["postgres", "stop", "--data-dir"])
+            .arg(&data)
+            .output();
+        let _ = std::fs::remove_dir_all(&data);
+    }
+    std::fs::create_dir_all(&work).unwrap();
+    let input = work.join("input.bin");
+    make_file(&input, size);
+    let prefix = format!("bench-{}", std::process::id());
+    let storage = work.join("storage.toml");
+    std::fs::write(
+        &storage,
+        format!(
+            "default_backend = \"s3\"\n[backends.s3]\nkind = \"s3\"\nendpoint_url = \"{}\"\n\
+             bucket = \"{}\"\nkey_prefix = \"{prefix}\"\naccess_key_ref = \"env:BENCH_S3_ACCESS\"\n\
+             secret_key_ref = \"env:BENCH_S3_SECRET\"\nforce_path_style = true\n\
+             [[routes]]\nproducer = \"local\"\nbackend = \"local\"\n",
+            s3.endpoint, s3.bucket
+        ),
+    )
+    .unwrap();
+    time(Command::new("cat").arg(&input).stdout(Stdio::null()));
+    let plain_url = format!("{}/{}/{prefix}-plain/input.bin", s3.endpoint, s3.bucket);
+    let input_str = input.to_str().unwrap().to_owned();
+
+    // Baselines: the same file straight to and from the bucket.
+    let plain_up = best(3, || {
+        time(&mut s3_curl(&s3, &["-T", &input_str, &plain_url]))
+    });
+    let plain_down = best(3, || {
+        time(&mut s3_curl(&s3, &["-o", "/dev/null", &plain_url]))
+    });
+
+    let server = start_server(&data, &storage, &s3);
+    let base = server.base.clone();
+    let new_package = |producer: &str| {
+        field(
+            &curl(&[
+                "-X",
+                "POST",
+                &format!("{base}/packages"),
+                "-H",
+                "content-type: application/json",
+                "-d",
+                &format!("{{\"producer\":\"{producer}\",\"subject\":\"bench\"}}"),
+            ]),
+            "id",
+        )
+    };
+    // Each run stores the file in full: the object is deleted through the bucket after each
+    // run, so the next one is not a dedup hit.
+    let mut file_id = String::new();
+    let ours_up = best(3, || {
+        let package = new_package("s3");
+        let d = time(Command::new("curl").args([
+            "-sS",
+            "--fail",
+            "-o",
+            "/dev/null",
+            "-w",
+            "",
+            "-T",
+            &input_str,
+            &format!("{base}/packages/{package}/files/input.bin?replace=true"),
+        ]));
+        let files = curl(&[&format!("{base}/packages/{package}")]);
+        let v: serde_json::Value = serde_json::from_str(&files).unwrap();
+        file_id = v["files"][0]["id"].as_str().unwrap().to_owned();
+        let key = format!(
+            "{}/{}/{prefix}/blake3/{}",
+            s3.endpoint,
+            s3.bucket,
+            blake3_path(&input)
+        );
+        // Delete the stored object so the next run uploads it in full (no dedup).
+        time(&mut s3_curl(&s3, &["-X", "DELETE", &key]));
+        d
+    });
+    // Put it back once for the downloads.
+    let package = new_package("s3");
+    curl(&[
+        "-o",
+        "/dev/null",
+        "-T",
+        &input_str,
+        &format!("{base}/packages/{package}/files/input.bin"),
+    ]);
+    let v: serde_json::Value =
+        serde_json::from_str(&curl(&[&format!("{base}/packages/{package}")])).unwrap();
+    file_id = v["files"][0]["id"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or(file_id);
+    let ours_down = best(3, || {
+        time(Command::new("curl").args([
+            "-sS",
+            "--fail",
+            "-o",
+            "/dev/null",
+            &format!("{base}/files/{file_id}/download"),
+        ]))
+    });
+    // The same bytes on the local backend, for verify.
+    let local = new_package("local");
+    curl(&[
+        "-o",
+        "/dev/null",
+        "-T",
+        &input_str,
+        &format!("{base}/packages/{local}/files/input.bin"),
+    ]);
+    drop(server);
+
+    let b3 = best(3, || time(Command::new("b3sum").arg(&input)));
+    let verify = |backend: &str| {
+        best(3, || {
+            let mut cmd = Command::new(BIN);
+            cmd.args(["verify", "--quiet", "--backend", backend]);
+            service_env(&mut cmd, &data, &storage, &s3);
+            time(&mut cmd)
+        })
+    };
+    let verify_local = verify("local");
+    let verify_s3 = verify("s3");
+    let _ = Command::new(BIN)
+        .args(["postgres", "stop", "--data-dir"])
+        .arg(&data)
+        .output();
+
+    let row = |what: &str, d: Duration, ratio: Option<(f64, &str)>| {
+        let ratio = ratio
+            .map(|(r, of)| format!("**{r:.2}x** {of}"))
+            .unwrap_or_else(|| "1.00x".into());
+        println!("| {what} | {d:.2?} | {:.0} | {ratio} |", mbps(size, d));
+    };
+    println!("\n{size_mib} MiB file, Ceph RGW 16 on loopback, best of 3\n");
+    println!("| what | time | MB/s | ratio |");
+    println!("|---|---|---|---|");
+    row("PUT straight to S3 (`curl --aws-sigv4 -T`)", plain_up, None);
+    row(
+        "upload through our server (`curl -T`, backend s3)",
+        ours_up,
+        Some((plain_up.as_secs_f64() / ours_up.as_secs_f64(), "direct PUT")),
+    );
+    row("GET straight from S3 (signed `curl`)", plain_down, None);
+    row(
+        "download through our server (digest checked while streaming)",
+        ours_down,
+        Some((
+            plain_down.as_secs_f64() / ours_down.as_secs_f64(),
+            "direct GET",
+        )),
+    );
+    row("`b3sum` of the file (page cache)", b3, None);
+    row(
+        "`artifactstore verify --backend local`",
+        verify_local,
+        Some((b3.as_secs_f64() / verify_local.as_secs_f64(), "b3sum")),
+    );
+    row(
+        "`artifactstore verify --backend s3`",
+        verify_s3,
+        Some((b3.as_secs_f64() / verify_s3.as_secs_f64(), "b3sum")),
+    );
+}
+
+/// `<hex[0:2]>/<hex[2:4]>/<hex>` of the file's BLAKE3 digest.
+fn blake3_path(path: &Path) -> String {
+    let mut hasher = blake3::Hasher::new();
+    std::io::copy(&mut std::fs::File::open(path).unwrap(), &mut hasher).unwrap();
+    let hex = hasher.finalize().to_hex().to_string();
+    format!("{}/{}/{hex}", &hex[0..2], &hex[2..4])
+}

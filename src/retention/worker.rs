@@ -1,0 +1,174 @@
+//! The worker: background jobs that keep storage honest. Any number of worker processes may
+//! run; a job that must not run twice at once is guarded by a PostgreSQL advisory lock.
+//!
+//! Jobs today: expiring abandoned upload sessions, sweeping backends' staging areas of
+//! abandoned writes, and scheduled (sampled) verification of stored copies. The loop sleeps
+//! until the earliest due job or shutdown; [`Worker::run_once`] runs every job once (cron).
+
+use crate::error::Result;
+use crate::registry::{Registry, VerifyOutcome, VerifyScope};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Advisory lock key of the verification job (one verifier at a time across workers).
+const VERIFY_LOCK: i64 = 0x6172_7473_7665_7269; // "artsveri"
+
+/// What to run and how often.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// How often upload sessions and staging areas are swept.
+    pub sweep_every: Duration,
+    /// Staged writes older than this are abandoned.
+    pub staging_grace: Duration,
+    /// How often a verification run starts; `None`: never.
+    pub verify_every: Option<Duration>,
+    /// Fraction of copies each verification run checks.
+    pub verify_sample: f64,
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PassReport {
+    /// Upload sessions expired.
+    pub uploads_expired: u64,
+    /// Abandoned staged writes removed.
+    pub staging_removed: u64,
+    /// Verification results, when a run happened in this pass.
+    pub verified: Option<VerifyOutcome>,
+}
+
+/// The worker over a registry.
+pub struct Worker {
+    registry: Registry,
+    options: WorkerOptions,
+    next_sweep: Instant,
+    next_verify: Option<Instant>,
+}
+
+impl Worker {
+    /// A worker whose jobs are all due now.
+    pub fn new(registry: Registry, options: WorkerOptions) -> Self {
+        let now = Instant::now();
+        Worker {
+            next_verify: options.verify_every.map(|_| now),
+            registry,
+            options,
+            next_sweep: now,
+        }
+    }
+
+    /// Runs every job once, due or not.
+    pub async fn run_once(&mut self) -> Result<PassReport> {
+        self.next_sweep = Instant::now();
+        if self.options.verify_every.is_some() {
+            self.next_verify = Some(Instant::now());
+        }
+        self.run_due().await
+    }
+
+    /// Runs the jobs that are due, and schedules their next runs.
+    async fn run_due(&mut self) -> Result<PassReport> {
+        let mut report = PassReport::default();
+        let now = Instant::now();
+        if now >= self.next_sweep {
+            self.next_sweep = now + self.options.sweep_every;
+            report.uploads_expired = self.registry.expire_uploads().await?;
+            let cutoff = SystemTime::now() - self.options.staging_grace;
+            for backend in self.registry.backends().all() {
+                report.staging_removed += backend.sweep_staging(cutoff).await? as u64;
+            }
+        }
+        if let (Some(due), Some(every)) = (self.next_verify, self.options.verify_every)
+            && now >= due
+        {
+            self.next_verify = Some(now + every);
+            report.verified = self.verify().await?;
+        }
+        Ok(report)
+    }
+
+    /// One sampled verification run, unless another worker is running one.
+    async fn verify(&self) -> Result<Option<VerifyOutcome>> {
+        let lock = self.registry.pool().get().await?;
+        let locked: bool = lock
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&VERIFY_LOCK])
+            .await?
+            .get(0);
+        if !locked {
+            tracing::info!("another worker is verifying; skipping this run");
+            return Ok(None);
+        }
+        let scope = VerifyScope {
+            backend: None,
+            sample: self.options.verify_sample,
+        };
+        let result = async {
+            let mut outcome = VerifyOutcome::default();
+            let mut after = None;
+            loop {
+                let page = self
+                    .registry
+                    .locations_to_verify(&scope, after.as_ref(), 256)
+                    .await?;
+                let Some(last) = page.last().cloned() else {
+                    return Ok(outcome);
+                };
+                outcome.add(&self.registry.verify_locations(&page, 4).await?);
+                after = Some(last);
+            }
+        }
+        .await;
+        let _ = lock
+            .query_one("SELECT pg_advisory_unlock($1)", &[&VERIFY_LOCK])
+            .await;
+        result.map(Some)
+    }
+
+    /// Runs until `shutdown` completes, sleeping until the next due job. A failing pass is
+    /// logged and retried at the next due time; it never stops the worker.
+    pub async fn run(&mut self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            match self.run_due().await {
+                Ok(report) => log(&report),
+                Err(e) => tracing::warn!(error = %e, "worker pass failed; will retry"),
+            }
+            let next = self
+                .next_verify
+                .map_or(self.next_sweep, |v| v.min(self.next_sweep));
+            tokio::select! {
+                _ = tokio::time::sleep_until(next.into()) => {}
+                _ = &mut shutdown => return,
+            }
+        }
+    }
+}
+
+/// Logs what a pass did (quietly when it did nothing).
+pub fn log(report: &PassReport) {
+    if report.uploads_expired > 0 || report.staging_removed > 0 {
+        tracing::info!(
+            uploads_expired = report.uploads_expired,
+            staging_removed = report.staging_removed,
+            "swept abandoned uploads and staged writes"
+        );
+    }
+    if let Some(v) = &report.verified {
+        let bad = v.failed + v.missing;
+        if bad > 0 {
+            tracing::error!(
+                ok = v.ok,
+                failed = v.failed,
+                missing = v.missing,
+                unreadable = v.errors,
+                "verification found damaged copies"
+            );
+        } else {
+            tracing::info!(
+                ok = v.ok,
+                unreadable = v.errors,
+                bytes = v.bytes,
+                "verification run done"
+            );
+        }
+    }
+}
