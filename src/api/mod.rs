@@ -16,6 +16,7 @@ mod models;
 mod packages;
 pub mod problem;
 mod responses;
+mod retention;
 mod security;
 mod storage;
 mod text;
@@ -50,6 +51,8 @@ enum ApiTags {
     Uploads,
     /// The event stream (long-poll).
     Events,
+    /// Retention classes, legal holds, class changes.
+    Retention,
     /// Stored copies and their verification.
     Storage,
     /// Service status.
@@ -64,6 +67,7 @@ type Apis = (
     uploads::UploadsApi,
     events::EventsApi,
     storage::StorageApi,
+    retention::RetentionApi,
 );
 
 fn service(state: &AppState) -> OpenApiService<Apis, ()> {
@@ -87,6 +91,9 @@ fn service(state: &AppState) -> OpenApiService<Apis, ()> {
             state: state.clone(),
         },
         storage::StorageApi {
+            state: state.clone(),
+        },
+        retention::RetentionApi {
             state: state.clone(),
         },
     );

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-/// Open packages accept files; finalized ones are immutable.
+/// Open packages accept files; finalized ones are immutable; expired ones are gone (their
+/// manifest stays readable as a tombstone record).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
 #[oai(rename_all = "lowercase")]
 pub enum Status {
@@ -15,6 +16,8 @@ pub enum Status {
     Open,
     /// Immutable, with a manifest.
     Finalized,
+    /// Retention ran out: files removed, manifest kept.
+    Expired,
 }
 
 impl From<PackageStatus> for Status {
@@ -22,6 +25,7 @@ impl From<PackageStatus> for Status {
         match s {
             PackageStatus::Open => Status::Open,
             PackageStatus::Finalized => Status::Finalized,
+            PackageStatus::Expired => Status::Expired,
         }
     }
 }
@@ -31,6 +35,7 @@ impl From<Status> for PackageStatus {
         match s {
             Status::Open => PackageStatus::Open,
             Status::Finalized => PackageStatus::Finalized,
+            Status::Expired => PackageStatus::Expired,
         }
     }
 }
@@ -66,9 +71,27 @@ pub struct Package {
     pub file_count: u64,
     /// Sum of file sizes in bytes.
     pub total_size: u64,
+    /// Expiry and legal hold.
+    pub retention: Retention,
     /// The files, sorted by relative path (only on `GET /packages/{id}`).
     #[oai(skip_serializing_if_is_none)]
     pub files: Option<Vec<FileInfo>>,
+}
+
+/// A package's retention.
+#[derive(Debug, Clone, Object)]
+pub struct Retention {
+    /// Retention class.
+    pub class: String,
+    /// When the package expires; absent: never, or (open packages) not before it is
+    /// finalized, unless it stays open past the open-package grace.
+    #[oai(skip_serializing_if_is_none)]
+    pub expires_at: Option<OffsetDateTime>,
+    /// Whether a legal hold keeps it (a held package never expires).
+    pub legal_hold: bool,
+    /// Why it is held.
+    #[oai(skip_serializing_if_is_none)]
+    pub hold_reason: Option<String>,
 }
 
 impl From<RegistryPackage> for Package {
@@ -78,7 +101,7 @@ impl From<RegistryPackage> for Package {
             tenant: p.tenant.to_string(),
             producer: p.producer,
             subject: p.subject,
-            retention_class: p.retention_class,
+            retention_class: p.retention_class.clone(),
             metadata: p.metadata.entries().clone(),
             status: p.status.into(),
             created_at: p.created_at.as_datetime(),
@@ -86,6 +109,12 @@ impl From<RegistryPackage> for Package {
             manifest_digest: p.manifest_digest.map(|d| d.to_string()),
             file_count: p.file_count,
             total_size: p.total_size,
+            retention: Retention {
+                class: p.retention_class,
+                expires_at: p.retention.expires_at.map(|t| t.as_datetime()),
+                legal_hold: p.retention.legal_hold,
+                hold_reason: p.retention.hold_reason,
+            },
             files: None,
         }
     }

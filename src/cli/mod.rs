@@ -4,6 +4,7 @@
 mod client;
 mod server;
 mod storage;
+mod worker;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -37,8 +38,9 @@ pub enum Command {
     Migrate(server::DbArgs),
     /// Rebuild every view from the event log.
     Replay(server::ReplayArgs),
-    /// Run the background jobs: upload and staging sweeps, scheduled verification.
-    Worker(storage::WorkerArgs),
+    /// Run the background jobs: package expiry, upload and staging sweeps, scheduled
+    /// verification.
+    Worker(worker::WorkerArgs),
     /// Re-read stored copies, recompute their digests, record what was found.
     Verify(storage::VerifyArgs),
     /// Storage maintenance.
@@ -87,7 +89,7 @@ pub fn main() -> ExitCode {
             Command::Replay(args) => server::replay(args).await,
             Command::Postgres(cmd) => server::postgres(cmd).await,
             Command::Verify(args) => storage::verify(args).await,
-            Command::Worker(args) => storage::worker(args).await,
+            Command::Worker(args) => worker::worker(args).await,
             Command::Storage(cmd) => storage::storage(cmd).await,
             Command::Openapi => {
                 println!("{}", crate::api::spec_json());

@@ -10,6 +10,7 @@ mod log;
 pub mod payloads;
 pub mod replay;
 pub mod views;
+mod views_retention;
 pub mod wire;
 
 pub use bus::EventBus;
@@ -17,8 +18,9 @@ pub use log::{
     NOTIFY_CHANNEL, StoredEvent, Tx, append, latest_sequence, read_after, read_after_until,
 };
 pub use payloads::{
-    DomainEvent, FileIngested, LocationAdded, LocationRemoved, LocationStatus, LocationVerified,
-    PackageCreated, StorageEvent,
+    ClassChanged, ClassDefined, DomainEvent, FileIngested, HoldReleased, HoldSet, LocationAdded,
+    LocationRemoved, LocationStatus, LocationVerified, PackageCreated, PackageExpired,
+    RetentionEvent, StorageEvent,
 };
 pub use replay::{ReplayReport, dump_views, replay};
 

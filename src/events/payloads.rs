@@ -172,6 +172,112 @@ pub fn blob_subject_id(blake3_hex: &str) -> Uuid {
     Uuid::new_v8(bytes)
 }
 
+/// `v1.retention.class_defined`: an admin defined or redefined a retention class.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassDefined {
+    /// Class name.
+    pub name: String,
+    /// How long packages of the class are kept after finalization; `None`: forever.
+    pub duration_seconds: Option<u64>,
+    /// What the class is for.
+    pub description: String,
+    /// When.
+    pub defined_at: Timestamp,
+}
+
+/// `v1.retention.hold_set`: a legal hold was put on a package.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoldSet {
+    /// The package.
+    pub package_id: PackageId,
+    /// Why.
+    pub reason: String,
+    /// When.
+    pub set_at: Timestamp,
+}
+
+/// `v1.retention.hold_released`: a package's legal hold was lifted.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoldReleased {
+    /// The package.
+    pub package_id: PackageId,
+    /// When.
+    pub released_at: Timestamp,
+}
+
+/// `v1.retention.class_changed`: a package moved to another retention class.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassChanged {
+    /// The package.
+    pub package_id: PackageId,
+    /// The class it had.
+    pub from: String,
+    /// The class it has now.
+    pub to: String,
+    /// Its new expiry (finalized packages); `None`: never, or not finalized yet.
+    pub expires_at: Option<Timestamp>,
+    /// An admin allowed the expiry to move earlier than the old class promised.
+    pub forced: bool,
+    /// When.
+    pub changed_at: Timestamp,
+}
+
+/// `v1.package.expired`: a package's retention ran out; its files left the views, its manifest
+/// stays as a tombstone record.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackageExpired {
+    /// The package.
+    pub package_id: PackageId,
+    /// Its retention class.
+    pub retention_class: String,
+    /// `retention` (a finalized package's class ran out) or `abandoned` (never finalized).
+    pub reason: String,
+    /// When it was due.
+    pub due_at: Timestamp,
+    /// When it expired.
+    pub expired_at: Timestamp,
+}
+
+/// An event about retention.
+#[derive(Debug, Clone)]
+pub enum RetentionEvent {
+    /// `v1.retention.class_defined` (tenant `system`).
+    ClassDefined(ClassDefined),
+    /// `v1.retention.hold_set`.
+    HoldSet {
+        /// Owner.
+        tenant: TenantId,
+        /// Payload.
+        event: HoldSet,
+    },
+    /// `v1.retention.hold_released`.
+    HoldReleased {
+        /// Owner.
+        tenant: TenantId,
+        /// Payload.
+        event: HoldReleased,
+    },
+    /// `v1.retention.class_changed`.
+    ClassChanged {
+        /// Owner.
+        tenant: TenantId,
+        /// Payload.
+        event: ClassChanged,
+    },
+    /// `v1.package.expired`.
+    Expired {
+        /// Owner.
+        tenant: TenantId,
+        /// Payload.
+        event: PackageExpired,
+    },
+}
+
 /// An event before it is appended.
 #[derive(Debug, Clone)]
 pub enum DomainEvent {
@@ -193,6 +299,8 @@ pub enum DomainEvent {
     },
     /// `v1.storage.*`.
     Storage(StorageEvent),
+    /// `v1.retention.*` and `v1.package.expired`.
+    Retention(RetentionEvent),
 }
 
 /// Event type names.
@@ -209,6 +317,16 @@ pub mod types {
     pub const LOCATION_ADDED: &str = "v1.storage.location_added";
     /// A copy was removed on purpose.
     pub const LOCATION_REMOVED: &str = "v1.storage.location_removed";
+    /// A retention class was defined.
+    pub const CLASS_DEFINED: &str = "v1.retention.class_defined";
+    /// A legal hold was set.
+    pub const HOLD_SET: &str = "v1.retention.hold_set";
+    /// A legal hold was released.
+    pub const HOLD_RELEASED: &str = "v1.retention.hold_released";
+    /// A package's retention class changed.
+    pub const CLASS_CHANGED: &str = "v1.retention.class_changed";
+    /// A package expired.
+    pub const PACKAGE_EXPIRED: &str = "v1.package.expired";
 }
 
 impl DomainEvent {
@@ -221,6 +339,13 @@ impl DomainEvent {
             DomainEvent::Storage(StorageEvent::Verified(_)) => types::LOCATION_VERIFIED,
             DomainEvent::Storage(StorageEvent::Added(_)) => types::LOCATION_ADDED,
             DomainEvent::Storage(StorageEvent::Removed(_)) => types::LOCATION_REMOVED,
+            DomainEvent::Retention(e) => match e {
+                RetentionEvent::ClassDefined(_) => types::CLASS_DEFINED,
+                RetentionEvent::HoldSet { .. } => types::HOLD_SET,
+                RetentionEvent::HoldReleased { .. } => types::HOLD_RELEASED,
+                RetentionEvent::ClassChanged { .. } => types::CLASS_CHANGED,
+                RetentionEvent::Expired { .. } => types::PACKAGE_EXPIRED,
+            },
         }
     }
 
@@ -228,7 +353,15 @@ impl DomainEvent {
     pub fn tenant(&self) -> &TenantId {
         static SYSTEM: std::sync::LazyLock<TenantId> = std::sync::LazyLock::new(TenantId::system);
         match self {
-            DomainEvent::Storage(_) => &SYSTEM,
+            DomainEvent::Storage(_) | DomainEvent::Retention(RetentionEvent::ClassDefined(_)) => {
+                &SYSTEM
+            }
+            DomainEvent::Retention(
+                RetentionEvent::HoldSet { tenant, .. }
+                | RetentionEvent::HoldReleased { tenant, .. }
+                | RetentionEvent::ClassChanged { tenant, .. }
+                | RetentionEvent::Expired { tenant, .. },
+            ) => tenant,
             DomainEvent::PackageCreated(e) => &e.tenant,
             DomainEvent::FileIngested { tenant, .. } => tenant,
             DomainEvent::PackageFinalized { manifest, .. } => &manifest.package.tenant,
@@ -242,6 +375,18 @@ impl DomainEvent {
             DomainEvent::FileIngested { event, .. } => event.package_id.0,
             DomainEvent::PackageFinalized { manifest, .. } => manifest.package.id.0,
             DomainEvent::Storage(e) => blob_subject_id(e.blake3()),
+            DomainEvent::Retention(e) => match e {
+                RetentionEvent::ClassDefined(c) => {
+                    let hash = blake3::hash(c.name.as_bytes());
+                    let mut bytes = [0u8; 16];
+                    bytes.copy_from_slice(&hash.as_bytes()[..16]);
+                    Uuid::new_v8(bytes)
+                }
+                RetentionEvent::HoldSet { event, .. } => event.package_id.0,
+                RetentionEvent::HoldReleased { event, .. } => event.package_id.0,
+                RetentionEvent::ClassChanged { event, .. } => event.package_id.0,
+                RetentionEvent::Expired { event, .. } => event.package_id.0,
+            },
         }
     }
 
@@ -254,6 +399,13 @@ impl DomainEvent {
             DomainEvent::Storage(StorageEvent::Verified(e)) => e.verified_at,
             DomainEvent::Storage(StorageEvent::Added(e)) => e.added_at,
             DomainEvent::Storage(StorageEvent::Removed(e)) => e.removed_at,
+            DomainEvent::Retention(e) => match e {
+                RetentionEvent::ClassDefined(c) => c.defined_at,
+                RetentionEvent::HoldSet { event, .. } => event.set_at,
+                RetentionEvent::HoldReleased { event, .. } => event.released_at,
+                RetentionEvent::ClassChanged { event, .. } => event.changed_at,
+                RetentionEvent::Expired { event, .. } => event.expired_at,
+            },
         }
     }
 
@@ -266,6 +418,13 @@ impl DomainEvent {
             DomainEvent::Storage(StorageEvent::Verified(e)) => to_canonical_cbor(e),
             DomainEvent::Storage(StorageEvent::Added(e)) => to_canonical_cbor(e),
             DomainEvent::Storage(StorageEvent::Removed(e)) => to_canonical_cbor(e),
+            DomainEvent::Retention(e) => match e {
+                RetentionEvent::ClassDefined(c) => to_canonical_cbor(c),
+                RetentionEvent::HoldSet { event, .. } => to_canonical_cbor(event),
+                RetentionEvent::HoldReleased { event, .. } => to_canonical_cbor(event),
+                RetentionEvent::ClassChanged { event, .. } => to_canonical_cbor(event),
+                RetentionEvent::Expired { event, .. } => to_canonical_cbor(event),
+            },
         };
         encoded.map_err(|e| Error::Integrity(format!("encoding event payload: {e}")))
     }

@@ -6,6 +6,7 @@ use super::log::Tx;
 use super::payloads::{
     FileIngested, LocationAdded, LocationRemoved, LocationVerified, PackageCreated, types,
 };
+use super::views_retention as retention;
 use crate::error::{Error, Result};
 use crate::identity::Digest;
 use crate::manifest::{Manifest, from_canonical_cbor};
@@ -33,6 +34,11 @@ pub async fn apply(tx: &Tx<'_>, event: &StoredEvent) -> Result<()> {
         types::LOCATION_VERIFIED => location_verified(tx, &decode(event)?).await,
         types::LOCATION_ADDED => location_added(tx, &decode(event)?).await,
         types::LOCATION_REMOVED => location_removed(tx, &decode(event)?).await,
+        types::CLASS_DEFINED => retention::class_defined(tx, &decode(event)?).await,
+        types::HOLD_SET => retention::hold_set(tx, &decode(event)?).await,
+        types::HOLD_RELEASED => retention::hold_released(tx, &decode(event)?).await,
+        types::CLASS_CHANGED => retention::class_changed(tx, &decode(event)?).await,
+        types::PACKAGE_EXPIRED => retention::package_expired(tx, &decode(event)?).await,
         other => Err(Error::Integrity(format!(
             "event {} has unknown type `{other}`; this build cannot apply it",
             event.sequence
@@ -41,7 +47,7 @@ pub async fn apply(tx: &Tx<'_>, event: &StoredEvent) -> Result<()> {
 }
 
 /// Executes with a statement prepared once per connection.
-async fn exec(tx: &Tx<'_>, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
+pub(super) async fn exec(tx: &Tx<'_>, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
     let statement = tx.prepare_cached(sql).await?;
     Ok(tx.execute(&statement, params).await?)
 }

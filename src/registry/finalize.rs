@@ -35,7 +35,7 @@ impl Registry {
         if locked.is_none() {
             return Err(Error::not_found("package", id));
         }
-        let package = load_package(&*tx, tenant, id).await?;
+        let package = super::packages::live(load_package(&*tx, tenant, id).await?)?;
         if package.status == PackageStatus::Finalized {
             return Err(Error::Conflict(format!(
                 "package {id} is already finalized"
@@ -161,6 +161,9 @@ impl Registry {
                     .map_err(|e| Error::Integrity(format!("manifest digest: {e}")))?,
                 cbor: row.get(1),
             }),
+            None if package.status == PackageStatus::Expired => {
+                Err(super::packages::gone(&package))
+            }
             None if package.status == PackageStatus::Open => Err(Error::NotFound {
                 what: format!(
                     "manifest of package {id} (the package is still open: finalize it first)"

@@ -262,7 +262,13 @@ pub(super) async fn check_can_add(
         .query_opt(sql, &[&package_id.0, &tenant.as_str()])
         .await?
         .ok_or_else(|| Error::not_found("package", package_id))?;
-    if PackageStatus::parse(row.get(0))? != PackageStatus::Open {
+    let status = PackageStatus::parse(row.get(0))?;
+    if status == PackageStatus::Expired {
+        return Err(Error::Gone(format!(
+            "package {package_id} has expired; create a new package"
+        )));
+    }
+    if status != PackageStatus::Open {
         return Err(Error::Conflict(format!(
             "package {package_id} is finalized and immutable; create a new package"
         )));

@@ -7,6 +7,7 @@ mod ingest;
 mod migrate;
 mod packages;
 mod reads;
+mod retention;
 mod storage;
 mod types;
 mod uploads;
@@ -16,8 +17,9 @@ pub use ingest::{DEFAULT_MEDIA_TYPE, IngestRequest};
 pub use migrate::{MigrateScope, MigrationItem, Moved};
 pub use packages::{NewPackage, PackageFilter, PackagePage};
 pub use reads::FileDownload;
+pub use retention::{Expiry, RetentionClass};
 pub use storage::{Location, VerifyOutcome, VerifyScope, VerifyTotals};
-pub use types::{FileRecord, Package, PackageStatus, StoredManifest};
+pub use types::{FileRecord, Package, PackageStatus, RetentionInfo, StoredManifest};
 pub use uploads::{Chunk, NewUpload, UploadSession};
 
 use crate::model::{Clock, SystemClock};

@@ -1,7 +1,9 @@
 //! Creating, reading and listing packages.
 
 use super::Registry;
-use super::types::{FILE_COLUMNS, FileRecord, PACKAGE_COLUMNS, Package, PackageStatus};
+use super::types::{
+    FILE_COLUMNS, FileRecord, PACKAGE_COLUMNS, PACKAGE_FROM, Package, PackageStatus,
+};
 use crate::error::{Error, Result};
 use crate::events::{self, DomainEvent, PackageCreated};
 use crate::model::{Metadata, PackageId, TenantId, validate_label};
@@ -101,6 +103,13 @@ impl Registry {
             file_count: 0,
             total_size: 0,
             created_sequence: 0,
+            retention: super::types::RetentionInfo {
+                expires_at: None,
+                legal_hold: false,
+                hold_reason: None,
+                expired_at: None,
+                expiry_reason: None,
+            },
         };
         let stored = events::record(&tx, vec![DomainEvent::PackageCreated(event)]).await?;
         package.created_sequence = stored[0].sequence;
@@ -108,16 +117,16 @@ impl Registry {
         Ok(package)
     }
 
-    /// A package.
+    /// A package; an expired one is `Gone`.
     pub async fn get_package(&self, tenant: &TenantId, id: PackageId) -> Result<Package> {
         let client = self.pool.get().await?;
-        load_package(&**client, tenant, id).await
+        live(load_package(&**client, tenant, id).await?)
     }
 
     /// A package's files, sorted by relative path.
     pub async fn list_files(&self, tenant: &TenantId, id: PackageId) -> Result<Vec<FileRecord>> {
         let client = self.pool.get().await?;
-        load_package(&**client, tenant, id).await?;
+        live(load_package(&**client, tenant, id).await?)?;
         let rows = client
             .query(
                 &format!(
@@ -172,8 +181,8 @@ impl Registry {
         let rows = client
             .query(
                 &format!(
-                    "SELECT {PACKAGE_COLUMNS} FROM packages \
-                     WHERE tenant = $1 \
+                    "SELECT {PACKAGE_COLUMNS} FROM {PACKAGE_FROM} \
+                     WHERE packages.tenant = $1 \
                        AND ($2::text IS NULL OR producer = $2) \
                        AND ($3::text IS NULL OR subject = $3) \
                        AND ($4::text IS NULL OR retention_class = $4) \
@@ -215,10 +224,44 @@ pub(crate) async fn load_package(
 ) -> Result<Package> {
     let row = client
         .query_opt(
-            &format!("SELECT {PACKAGE_COLUMNS} FROM packages WHERE id = $1 AND tenant = $2"),
+            &format!(
+                "SELECT {PACKAGE_COLUMNS} FROM {PACKAGE_FROM} \
+                 WHERE packages.id = $1 AND packages.tenant = $2"
+            ),
             &[&id.0, &tenant.as_str()],
         )
         .await?
         .ok_or_else(|| Error::not_found("package", id))?;
     Package::from_row(&row)
+}
+
+/// The package, or `Gone` when it has expired.
+pub(crate) fn live(package: Package) -> Result<Package> {
+    match package.status {
+        PackageStatus::Expired => Err(gone(&package)),
+        _ => Ok(package),
+    }
+}
+
+/// The problem an expired package answers with: when and why, and where its record remains.
+pub(crate) fn gone(package: &Package) -> Error {
+    let when = package
+        .retention
+        .expired_at
+        .map_or_else(|| "earlier".to_owned(), |t| format!("at {t}"));
+    let why = match package.retention.expiry_reason.as_deref() {
+        Some("abandoned") => "it was never finalized".to_owned(),
+        _ => format!("its retention class `{}` ran out", package.retention_class),
+    };
+    let record = match &package.manifest_digest {
+        Some(digest) => format!(
+            "; its manifest ({digest}) stays readable at /packages/{}/manifest",
+            package.id
+        ),
+        None => String::new(),
+    };
+    Error::Gone(format!(
+        "package {} expired {when}: {why}{record}",
+        package.id
+    ))
 }

@@ -5,13 +5,16 @@ use crate::identity::{ContentAddress, Digest};
 use crate::model::{FileId, Metadata, PackageId, RelativePath, TenantId, Timestamp};
 use tokio_postgres::Row;
 
-/// Open packages accept files; finalized ones are immutable.
+/// Open packages accept files; finalized ones are immutable; expired ones are gone (their
+/// manifest stays as a tombstone record).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PackageStatus {
     /// Accepting files.
     Open,
     /// Immutable, with a manifest.
     Finalized,
+    /// Its retention ran out: files removed, manifest kept.
+    Expired,
 }
 
 impl PackageStatus {
@@ -20,6 +23,7 @@ impl PackageStatus {
         match self {
             PackageStatus::Open => "open",
             PackageStatus::Finalized => "finalized",
+            PackageStatus::Expired => "expired",
         }
     }
 
@@ -28,8 +32,9 @@ impl PackageStatus {
         match text {
             "open" => Ok(PackageStatus::Open),
             "finalized" => Ok(PackageStatus::Finalized),
+            "expired" => Ok(PackageStatus::Expired),
             other => Err(Error::InvalidInput(format!(
-                "status `{}` is unknown (expected `open` or `finalized`)",
+                "status `{}` is unknown (expected `open`, `finalized` or `expired`)",
                 other.escape_debug()
             ))),
         }
@@ -65,10 +70,33 @@ pub struct Package {
     pub total_size: u64,
     /// Sequence of its creation event (orders listings).
     pub created_sequence: i64,
+    /// Expiry and legal hold.
+    pub retention: RetentionInfo,
 }
 
-pub(crate) const PACKAGE_COLUMNS: &str = "id, tenant, producer, subject, retention_class, metadata, \
-    status, created_at, created_sequence, finalized_at, manifest_digest, file_count, total_size";
+/// A package's retention state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionInfo {
+    /// When a finalized package expires (`None`: never, or not finalized yet).
+    pub expires_at: Option<Timestamp>,
+    /// Under legal hold.
+    pub legal_hold: bool,
+    /// Why it is held.
+    pub hold_reason: Option<String>,
+    /// When it expired.
+    pub expired_at: Option<Timestamp>,
+    /// Why it expired (`retention` or `abandoned`).
+    pub expiry_reason: Option<String>,
+}
+
+pub(crate) const PACKAGE_COLUMNS: &str = "packages.id, packages.tenant, producer, subject, \
+    retention_class, metadata, status, created_at, created_sequence, finalized_at, \
+    manifest_digest, file_count, total_size, r.expires_at, r.legal_hold, r.hold_reason, \
+    r.expired_at, r.expiry_reason";
+
+/// The `FROM` of queries selecting [`PACKAGE_COLUMNS`].
+pub(crate) const PACKAGE_FROM: &str =
+    "packages JOIN retention_state r ON r.package_id = packages.id";
 
 impl Package {
     pub(crate) fn from_row(row: &Row) -> Result<Self> {
@@ -96,6 +124,17 @@ impl Package {
             file_count: row.get::<_, i32>("file_count") as u64,
             total_size: row.get::<_, i64>("total_size") as u64,
             created_sequence: row.get("created_sequence"),
+            retention: RetentionInfo {
+                expires_at: row
+                    .get::<_, Option<time::OffsetDateTime>>("expires_at")
+                    .map(Timestamp::from_datetime),
+                legal_hold: row.get("legal_hold"),
+                hold_reason: row.get("hold_reason"),
+                expired_at: row
+                    .get::<_, Option<time::OffsetDateTime>>("expired_at")
+                    .map(Timestamp::from_datetime),
+                expiry_reason: row.get("expiry_reason"),
+            },
         })
     }
 }

@@ -1,12 +1,16 @@
 //! The worker: background jobs that keep storage honest. Any number of worker processes may
 //! run; a job that must not run twice at once is guarded by a PostgreSQL advisory lock.
 //!
-//! Jobs today: expiring abandoned upload sessions, sweeping backends' staging areas of
-//! abandoned writes, and scheduled (sampled) verification of stored copies. The loop sleeps
-//! until the earliest due job or shutdown; [`Worker::run_once`] runs every job once (cron).
+//! Jobs: expiring due packages (claimed with `FOR UPDATE SKIP LOCKED`, so any number of
+//! workers share the work and each package expires exactly once), expiring abandoned upload
+//! sessions, sweeping backends' staging areas of abandoned writes, and scheduled (sampled)
+//! verification of stored copies. The loop sleeps until the earliest due time (the next
+//! package expiry included) or a committed event (a NOTIFY through the [`EventBus`]: a new
+//! expiry, a released hold), never polling; [`Worker::run_once`] runs every job once (cron).
 
 use crate::error::Result;
-use crate::registry::{Registry, VerifyOutcome, VerifyScope};
+use crate::events::EventBus;
+use crate::registry::{Expiry, Registry, VerifyOutcome, VerifyScope};
 use std::time::{Duration, Instant, SystemTime};
 
 /// Advisory lock key of the verification job (one verifier at a time across workers).
@@ -23,11 +27,17 @@ pub struct WorkerOptions {
     pub verify_every: Option<Duration>,
     /// Fraction of copies each verification run checks.
     pub verify_sample: f64,
+    /// How long an open package may stay unfinalized before it expires.
+    pub open_grace: Duration,
+    /// Packages expired per transaction.
+    pub expire_batch: i64,
 }
 
 /// What one pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PassReport {
+    /// Packages expired.
+    pub expired: Vec<Expiry>,
     /// Upload sessions expired.
     pub uploads_expired: u64,
     /// Abandoned staged writes removed.
@@ -42,6 +52,7 @@ pub struct Worker {
     options: WorkerOptions,
     next_sweep: Instant,
     next_verify: Option<Instant>,
+    next_expiry: Option<Instant>,
 }
 
 impl Worker {
@@ -53,12 +64,51 @@ impl Worker {
             registry,
             options,
             next_sweep: now,
+            next_expiry: Some(now),
         }
+    }
+
+    fn open_grace_seconds(&self) -> i64 {
+        self.options.open_grace.as_secs().min(i64::MAX as u64) as i64
+    }
+
+    /// What expiry would do now, changing nothing.
+    pub async fn dry_run(&self) -> Result<Vec<Expiry>> {
+        self.registry
+            .due_packages(self.open_grace_seconds(), 100_000)
+            .await
+    }
+
+    /// Expires every due package, batch by batch, then notes when the next one falls due.
+    async fn expire(&mut self) -> Result<Vec<Expiry>> {
+        let grace = self.open_grace_seconds();
+        let mut expired = Vec::new();
+        loop {
+            let batch = self
+                .registry
+                .expire_due(grace, self.options.expire_batch)
+                .await?;
+            let full = batch.len() as i64 == self.options.expire_batch;
+            expired.extend(batch);
+            if !full {
+                break;
+            }
+        }
+        self.next_expiry = match self.registry.next_expiry(grace).await? {
+            Some(at) => {
+                let wait = (at.as_datetime() - time::OffsetDateTime::now_utc())
+                    .clamp(time::Duration::ZERO, time::Duration::days(1));
+                Some(Instant::now() + Duration::try_from(wait).unwrap_or_default())
+            }
+            None => None,
+        };
+        Ok(expired)
     }
 
     /// Runs every job once, due or not.
     pub async fn run_once(&mut self) -> Result<PassReport> {
         self.next_sweep = Instant::now();
+        self.next_expiry = Some(Instant::now());
         if self.options.verify_every.is_some() {
             self.next_verify = Some(Instant::now());
         }
@@ -69,6 +119,9 @@ impl Worker {
     async fn run_due(&mut self) -> Result<PassReport> {
         let mut report = PassReport::default();
         let now = Instant::now();
+        if self.next_expiry.is_some_and(|due| now >= due) {
+            report.expired = self.expire().await?;
+        }
         if now >= self.next_sweep {
             self.next_sweep = now + self.options.sweep_every;
             report.uploads_expired = self.registry.expire_uploads().await?;
@@ -123,20 +176,36 @@ impl Worker {
         result.map(Some)
     }
 
-    /// Runs until `shutdown` completes, sleeping until the next due job. A failing pass is
-    /// logged and retried at the next due time; it never stops the worker.
-    pub async fn run(&mut self, shutdown: impl std::future::Future<Output = ()>) {
+    /// Runs until `shutdown` completes, sleeping until the next due job or a committed event
+    /// (which may bring an earlier expiry). A failing pass is logged and retried a little
+    /// later; it never stops the worker.
+    pub async fn run(&mut self, bus: &EventBus, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let mut seen = bus.latest();
         loop {
             match self.run_due().await {
                 Ok(report) => log(&report),
-                Err(e) => tracing::warn!(error = %e, "worker pass failed; will retry"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "worker pass failed; will retry");
+                    self.next_expiry = Some(Instant::now() + Duration::from_secs(5));
+                }
             }
-            let next = self
-                .next_verify
-                .map_or(self.next_sweep, |v| v.min(self.next_sweep));
+            let next = [Some(self.next_sweep), self.next_verify, self.next_expiry]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(self.next_sweep);
+            let timeout = next.saturating_duration_since(Instant::now());
             tokio::select! {
-                _ = tokio::time::sleep_until(next.into()) => {}
+                woken = bus.wait_beyond(seen, timeout) => {
+                    if woken {
+                        // Events come in bursts: take a whole burst as one wake-up.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        seen = bus.latest();
+                        // Something changed: the next expiry may now be earlier (or due).
+                        self.next_expiry = Some(Instant::now());
+                    }
+                }
                 _ = &mut shutdown => return,
             }
         }
@@ -145,6 +214,9 @@ impl Worker {
 
 /// Logs what a pass did (quietly when it did nothing).
 pub fn log(report: &PassReport) {
+    if !report.expired.is_empty() {
+        tracing::info!(packages = report.expired.len(), "expired due packages");
+    }
     if report.uploads_expired > 0 || report.staging_removed > 0 {
         tracing::info!(
             uploads_expired = report.uploads_expired,

@@ -10,6 +10,7 @@ mod events_api;
 mod managed_postgres;
 mod registry_flow;
 mod replay;
+mod retention;
 mod routed;
 mod s3;
 mod s3_strict;

@@ -1,0 +1,147 @@
+//! `worker`: the background jobs (expiry, sweeps, scheduled verification).
+
+use crate::config::ServiceArgs;
+use crate::service::Service;
+use std::process::ExitCode;
+
+/// `worker` options.
+#[derive(Debug, clap::Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    service: ServiceArgs,
+    /// Run every job once and exit (for cron-style scheduling).
+    #[arg(long)]
+    once: bool,
+    /// Seconds between sweeps of abandoned upload sessions and staged writes.
+    #[arg(
+        long,
+        env = "ARTIFACTSTORE_WORKER_SWEEP_SECONDS",
+        default_value = "300"
+    )]
+    sweep_seconds: u64,
+    /// Staged writes older than this many seconds are abandoned.
+    #[arg(
+        long,
+        env = "ARTIFACTSTORE_STAGING_GRACE_SECONDS",
+        default_value = "86400"
+    )]
+    staging_grace_seconds: u64,
+    /// Seconds between verification runs (0: no scheduled verification).
+    #[arg(long, env = "ARTIFACTSTORE_VERIFY_EVERY_SECONDS", default_value = "0")]
+    verify_every_seconds: u64,
+    /// Fraction of stored copies each verification run checks.
+    #[arg(long, env = "ARTIFACTSTORE_VERIFY_SAMPLE", default_value = "0.01")]
+    verify_sample: f64,
+    /// Seconds an open package may stay unfinalized before it expires.
+    #[arg(
+        long,
+        env = "ARTIFACTSTORE_OPEN_PACKAGE_GRACE_SECONDS",
+        default_value = "604800"
+    )]
+    open_grace_seconds: u64,
+    /// Packages expired per transaction.
+    #[arg(long, env = "ARTIFACTSTORE_EXPIRE_BATCH", default_value = "100")]
+    expire_batch: i64,
+    /// Print what would expire now, and why, changing nothing (implies --once).
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// Runs the background jobs until SIGINT/SIGTERM (or once, with `--once`).
+pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    use crate::retention::{Worker, WorkerOptions};
+    use std::time::Duration;
+    if !(args.verify_sample > 0.0 && args.verify_sample <= 1.0) {
+        anyhow::bail!(
+            "invalid setting ARTIFACTSTORE_VERIFY_SAMPLE (--verify-sample): a fraction in (0, 1], got {}",
+            args.verify_sample
+        );
+    }
+    if args.sweep_seconds == 0 {
+        anyhow::bail!(
+            "invalid setting ARTIFACTSTORE_WORKER_SWEEP_SECONDS (--sweep-seconds): at least 1"
+        );
+    }
+    let settings = args.service.resolve()?;
+    let service = Service::start(&settings, settings.migrate_on_start).await?;
+    let mut worker = Worker::new(
+        service.registry.clone(),
+        WorkerOptions {
+            sweep_every: Duration::from_secs(args.sweep_seconds),
+            staging_grace: Duration::from_secs(args.staging_grace_seconds),
+            verify_every: (args.verify_every_seconds > 0)
+                .then(|| Duration::from_secs(args.verify_every_seconds)),
+            verify_sample: args.verify_sample,
+            open_grace: Duration::from_secs(args.open_grace_seconds),
+            expire_batch: args.expire_batch.clamp(1, 10_000),
+        },
+    );
+    if args.dry_run {
+        let due = worker.dry_run().await;
+        service.shutdown();
+        let due = due?;
+        for e in &due {
+            println!(
+                "would expire package {} (tenant {}, class {}): {} since {}",
+                e.package_id,
+                e.tenant,
+                e.retention_class,
+                match e.reason {
+                    crate::retention::DueReason::Retention => "retention ran out",
+                    crate::retention::DueReason::Abandoned => "never finalized",
+                },
+                e.due_at
+            );
+        }
+        println!("{} packages would expire", due.len());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let code = if args.once {
+        let report = worker.run_once().await;
+        service.shutdown();
+        let report = report?;
+        crate::retention::worker::log(&report);
+        println!(
+            "expired {} packages; expired {} upload sessions, removed {} abandoned staged writes{}",
+            report.expired.len(),
+            report.uploads_expired,
+            report.staging_removed,
+            report
+                .verified
+                .as_ref()
+                .map(|v| format!(
+                    "; verified {} copies: {} ok, {} failed, {} missing, {} unreadable",
+                    v.ok + v.failed + v.missing,
+                    v.ok,
+                    v.failed,
+                    v.missing,
+                    v.errors
+                ))
+                .unwrap_or_default()
+        );
+        match report.verified {
+            Some(v) if v.failed + v.missing > 0 => ExitCode::from(1),
+            _ => ExitCode::SUCCESS,
+        }
+    } else {
+        tracing::info!("worker started");
+        let bus = crate::events::EventBus::start(&service.database.url);
+        worker.run(&bus, shutdown()).await;
+        bus.close();
+        tracing::info!("worker stopped");
+        service.shutdown();
+        ExitCode::SUCCESS
+    };
+    Ok(code)
+}
+
+async fn shutdown() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}

@@ -1,0 +1,82 @@
+//! Projecting retention events onto the views (live and in replay).
+
+use super::log::Tx;
+use super::payloads::{ClassChanged, ClassDefined, HoldReleased, HoldSet, PackageExpired};
+use super::views::exec;
+use crate::error::{Error, Result};
+
+pub(super) async fn class_defined(tx: &Tx<'_>, c: &ClassDefined) -> Result<()> {
+    let duration = c
+        .duration_seconds
+        .map(|d| i64::try_from(d).map_err(|_| Error::Integrity("duration overflows".into())))
+        .transpose()?;
+    exec(
+        tx,
+        "INSERT INTO retention_classes (name, duration_seconds, description) VALUES ($1, $2, $3) \
+         ON CONFLICT (name) DO UPDATE \
+         SET duration_seconds = EXCLUDED.duration_seconds, description = EXCLUDED.description",
+        &[&c.name, &duration, &c.description],
+    )
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn hold_set(tx: &Tx<'_>, h: &HoldSet) -> Result<()> {
+    exec(
+        tx,
+        "UPDATE retention_state SET legal_hold = true, hold_reason = $2, hold_set_at = $3 \
+         WHERE package_id = $1",
+        &[&h.package_id.0, &h.reason, &h.set_at.as_datetime()],
+    )
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn hold_released(tx: &Tx<'_>, h: &HoldReleased) -> Result<()> {
+    exec(
+        tx,
+        "UPDATE retention_state SET legal_hold = false, hold_reason = NULL, hold_set_at = NULL \
+         WHERE package_id = $1",
+        &[&h.package_id.0],
+    )
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn class_changed(tx: &Tx<'_>, c: &ClassChanged) -> Result<()> {
+    exec(
+        tx,
+        "UPDATE packages SET retention_class = $2 WHERE id = $1",
+        &[&c.package_id.0, &c.to],
+    )
+    .await?;
+    exec(
+        tx,
+        "UPDATE retention_state SET expires_at = $2 WHERE package_id = $1",
+        &[&c.package_id.0, &c.expires_at.map(|t| t.as_datetime())],
+    )
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn package_expired(tx: &Tx<'_>, e: &PackageExpired) -> Result<()> {
+    exec(
+        tx,
+        "DELETE FROM files WHERE package_id = $1",
+        &[&e.package_id.0],
+    )
+    .await?;
+    exec(
+        tx,
+        "UPDATE packages SET status = 'expired', file_count = 0, total_size = 0 WHERE id = $1",
+        &[&e.package_id.0],
+    )
+    .await?;
+    exec(
+        tx,
+        "UPDATE retention_state SET expired_at = $2, expiry_reason = $3 WHERE package_id = $1",
+        &[&e.package_id.0, &e.expired_at.as_datetime(), &e.reason],
+    )
+    .await?;
+    Ok(())
+}
