@@ -272,6 +272,16 @@ fn main() {
     let verify_local = verify("local");
     let verify_s3 = verify("s3");
     drop(server);
+    // Leave the bucket as we found it.
+    let stored = format!(
+        "{}/{}/{prefix}/blake3/{}",
+        s3.endpoint,
+        s3.bucket,
+        blake3_path(&input)
+    );
+    for url in [&plain_url, &stored] {
+        time(&mut s3_curl(&s3, &["-X", "DELETE", url]));
+    }
     let _ = Command::new(BIN)
         .args(["postgres", "stop", "--data-dir"])
         .arg(&data)

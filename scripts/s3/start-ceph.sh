@@ -8,7 +8,7 @@
 # the connection info; if a previous cluster was stopped it restarts it on the same data.
 # Env knobs (all optional):
 #   S3_SERVER_DIR=/tmp/s3-test-server  CEPH_DIR=$S3_SERVER_DIR/ceph  CEPH_RGW_PORT=7480  CEPH_MON_PORT=3300
-#   CEPH_OSD_STORE=bluestore|memstore  CEPH_OSD_SIZE_GB=8  CEPH_WITH_MGR=0|1  CEPH_FRESH=0|1 (wipe first)
+#   CEPH_OSD_STORE=bluestore|memstore  CEPH_OSD_SIZE_GB=24  CEPH_WITH_MGR=0|1  CEPH_FRESH=0|1 (wipe first)
 #   S3_ACCESS_KEY / S3_SECRET_KEY / S3_BUCKET
 # Output: KEY=VALUE lines on stdout (also written to $CEPH_DIR/s3.env); pids in $S3_SERVER_DIR/ceph.pid
 set -euo pipefail
@@ -18,7 +18,7 @@ C=${CEPH_DIR:-$BASE/ceph}
 RGW_PORT=${CEPH_RGW_PORT:-7480}
 MON_PORT=${CEPH_MON_PORT:-3300}
 OSD_STORE=${CEPH_OSD_STORE:-bluestore}
-OSD_SIZE_GB=${CEPH_OSD_SIZE_GB:-8}
+OSD_SIZE_GB=${CEPH_OSD_SIZE_GB:-24}   # a sparse file: only what is written takes disk
 WITH_MGR=${CEPH_WITH_MGR:-0}
 ACCESS=${S3_ACCESS_KEY:-CIACCESSKEY00000001}
 SECRET=${S3_SECRET_KEY:-cisecretkey0000000000000000000000000001}
@@ -136,6 +136,10 @@ osd memory target = 1073741824
 [client.rgw.a]
 rgw frontends = beast endpoint=127.0.0.1:$RGW_PORT
 rgw data = $C/rgw
+# Reclaim deleted objects' data within a minute (the default waits two hours), so benchmarks
+# and test runs that delete what they write do not fill the OSD.
+rgw gc obj min wait = 60
+rgw gc processor period = 60
 EOF
   # keys: mon., client.admin
   ceph-authtool --create-keyring "$C/keyring.mon.a" --gen-key -n mon. --cap mon 'allow *' >/dev/null

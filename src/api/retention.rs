@@ -50,7 +50,10 @@ pub struct RetentionClassList {
 #[derive(Debug, Clone, Object)]
 pub struct DefineRetentionClass {
     /// Seconds a finalized package is kept.
-    #[oai(skip_serializing_if_is_none)]
+    #[oai(
+        skip_serializing_if_is_none,
+        validator(minimum(value = "0"), maximum(value = "1000000000000000"))
+    )]
     pub duration_seconds: Opt<u64>,
     /// `true`: kept forever ("never" expires).
     #[oai(skip_serializing_if_is_none)]

@@ -107,8 +107,52 @@ fn decode_cursor(cursor: &str) -> ApiResult<(Digest, String)> {
         })
 }
 
+/// What a tenant stores, and the retention and collection backlog.
+#[derive(Debug, Clone, Object)]
+pub struct Usage {
+    /// Live packages (open or finalized).
+    pub packages: u64,
+    /// Files in them.
+    pub files: u64,
+    /// Sum of file sizes.
+    pub logical_bytes: u64,
+    /// Sum of the sizes of the distinct blobs those files name (deduplicated).
+    pub physical_bytes: u64,
+    /// Bytes of blobs named by more than one of the tenant's packages.
+    pub shared_bytes: u64,
+    /// Finalized packages past their expiry, waiting for a worker.
+    pub expiry_backlog: u64,
+    /// Packages past their expiry but kept by a legal hold.
+    pub held_past_expiry: u64,
+    /// Blobs (of all tenants, a count only) no file references, waiting for collection.
+    pub unreferenced_blobs: u64,
+    /// Their bytes.
+    pub unreferenced_bytes: u64,
+}
+
 #[OpenApi(tag = "super::ApiTags::Storage")]
 impl StorageApi {
+    /// The caller's usage
+    ///
+    /// Read scope. Logical bytes (sum of file sizes), physical bytes (distinct blobs), bytes
+    /// shared between the tenant's packages, and the retention and garbage-collection backlog.
+    #[oai(path = "/usage", method = "get", operation_id = "getUsage")]
+    async fn usage(&self, auth: Auth) -> ApiResult<Json<Usage>> {
+        let principal = self.state.authorize(&auth, Scope::Read)?;
+        let u = self.state.registry.usage(&principal.tenant).await?;
+        Ok(Json(Usage {
+            packages: u.packages,
+            files: u.files,
+            logical_bytes: u.logical_bytes,
+            physical_bytes: u.physical_bytes,
+            shared_bytes: u.shared_bytes,
+            expiry_backlog: u.expiry_backlog,
+            held_past_expiry: u.held_past_expiry,
+            unreferenced_blobs: u.unreferenced_blobs,
+            unreferenced_bytes: u.unreferenced_bytes,
+        }))
+    }
+
     /// List stored copies
     ///
     /// Admin scope. `?status=failed` lists the copies verification found damaged, `missing`

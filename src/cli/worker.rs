@@ -42,7 +42,17 @@ pub struct WorkerArgs {
     /// Packages expired per transaction.
     #[arg(long, env = "ARTIFACTSTORE_EXPIRE_BATCH", default_value = "100")]
     expire_batch: i64,
-    /// Print what would expire now, and why, changing nothing (implies --once).
+    /// Seconds a blob stays after the last file referencing it went.
+    #[arg(long, env = "ARTIFACTSTORE_GC_GRACE_SECONDS", default_value = "3600")]
+    gc_grace_seconds: u64,
+    /// Seconds between listings of every backend for orphan bytes.
+    #[arg(
+        long,
+        env = "ARTIFACTSTORE_ORPHAN_SWEEP_SECONDS",
+        default_value = "86400"
+    )]
+    orphan_sweep_seconds: u64,
+    /// Print what would expire and be collected now, and why, changing nothing.
     #[arg(long)]
     dry_run: bool,
 }
@@ -74,12 +84,15 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
             verify_sample: args.verify_sample,
             open_grace: Duration::from_secs(args.open_grace_seconds),
             expire_batch: args.expire_batch.clamp(1, 10_000),
+            gc_grace: Duration::from_secs(args.gc_grace_seconds),
+            orphan_sweep_every: Duration::from_secs(args.orphan_sweep_seconds.max(1)),
         },
     );
     if args.dry_run {
         let due = worker.dry_run().await;
+        let collectable = worker.dry_run_collection().await;
         service.shutdown();
-        let due = due?;
+        let (due, collectable) = (due?, collectable?);
         for e in &due {
             println!(
                 "would expire package {} (tenant {}, class {}): {} since {}",
@@ -93,7 +106,17 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
                 e.due_at
             );
         }
-        println!("{} packages would expire", due.len());
+        for c in &collectable {
+            println!(
+                "would collect {} ({} bytes): unreferenced since {}",
+                c.address, c.size, c.unreferenced_since
+            );
+        }
+        println!(
+            "{} packages would expire, {} blobs would be collected",
+            due.len(),
+            collectable.len()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let code = if args.once {
@@ -102,8 +125,12 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         let report = report?;
         crate::retention::worker::log(&report);
         println!(
-            "expired {} packages; expired {} upload sessions, removed {} abandoned staged writes{}",
+            "expired {} packages; collected {} blobs ({} bytes) and {} orphans; expired {} upload \
+             sessions, removed {} abandoned staged writes{}",
             report.expired.len(),
+            report.collected.blobs,
+            report.collected.bytes,
+            report.collected.orphans,
             report.uploads_expired,
             report.staging_removed,
             report

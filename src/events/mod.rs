@@ -18,9 +18,9 @@ pub use log::{
     NOTIFY_CHANNEL, StoredEvent, Tx, append, latest_sequence, read_after, read_after_until,
 };
 pub use payloads::{
-    ClassChanged, ClassDefined, DomainEvent, FileIngested, HoldReleased, HoldSet, LocationAdded,
-    LocationRemoved, LocationStatus, LocationVerified, PackageCreated, PackageExpired,
-    RetentionEvent, StorageEvent,
+    BlobCollected, ClassChanged, ClassDefined, DomainEvent, FileIngested, HoldReleased, HoldSet,
+    LocationAdded, LocationRemoved, LocationStatus, LocationVerified, PackageCreated,
+    PackageExpired, RetentionEvent, StorageEvent,
 };
 pub use replay::{ReplayReport, dump_views, replay};
 

@@ -150,6 +150,8 @@ pub enum StorageEvent {
     Added(LocationAdded),
     /// `v1.storage.location_removed`.
     Removed(LocationRemoved),
+    /// `v1.blob.collected`.
+    Collected(BlobCollected),
 }
 
 impl StorageEvent {
@@ -158,6 +160,7 @@ impl StorageEvent {
             StorageEvent::Verified(e) => &e.blake3,
             StorageEvent::Added(e) => &e.blake3,
             StorageEvent::Removed(e) => &e.blake3,
+            StorageEvent::Collected(e) => &e.blake3,
         }
     }
 }
@@ -241,6 +244,22 @@ pub struct PackageExpired {
     pub due_at: Timestamp,
     /// When it expired.
     pub expired_at: Timestamp,
+}
+
+/// `v1.blob.collected`: an unreferenced blob's bytes were deleted from every backend.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlobCollected {
+    /// The blob, bare BLAKE3 hex.
+    pub blake3: String,
+    /// Its size.
+    pub size: u64,
+    /// The backends its copies were deleted from.
+    pub backends: Vec<String>,
+    /// Since when no file referenced it.
+    pub unreferenced_since: Timestamp,
+    /// When.
+    pub collected_at: Timestamp,
 }
 
 /// An event about retention.
@@ -327,6 +346,8 @@ pub mod types {
     pub const CLASS_CHANGED: &str = "v1.retention.class_changed";
     /// A package expired.
     pub const PACKAGE_EXPIRED: &str = "v1.package.expired";
+    /// An unreferenced blob was collected.
+    pub const BLOB_COLLECTED: &str = "v1.blob.collected";
 }
 
 impl DomainEvent {
@@ -339,6 +360,7 @@ impl DomainEvent {
             DomainEvent::Storage(StorageEvent::Verified(_)) => types::LOCATION_VERIFIED,
             DomainEvent::Storage(StorageEvent::Added(_)) => types::LOCATION_ADDED,
             DomainEvent::Storage(StorageEvent::Removed(_)) => types::LOCATION_REMOVED,
+            DomainEvent::Storage(StorageEvent::Collected(_)) => types::BLOB_COLLECTED,
             DomainEvent::Retention(e) => match e {
                 RetentionEvent::ClassDefined(_) => types::CLASS_DEFINED,
                 RetentionEvent::HoldSet { .. } => types::HOLD_SET,
@@ -399,6 +421,7 @@ impl DomainEvent {
             DomainEvent::Storage(StorageEvent::Verified(e)) => e.verified_at,
             DomainEvent::Storage(StorageEvent::Added(e)) => e.added_at,
             DomainEvent::Storage(StorageEvent::Removed(e)) => e.removed_at,
+            DomainEvent::Storage(StorageEvent::Collected(e)) => e.collected_at,
             DomainEvent::Retention(e) => match e {
                 RetentionEvent::ClassDefined(c) => c.defined_at,
                 RetentionEvent::HoldSet { event, .. } => event.set_at,
@@ -418,6 +441,7 @@ impl DomainEvent {
             DomainEvent::Storage(StorageEvent::Verified(e)) => to_canonical_cbor(e),
             DomainEvent::Storage(StorageEvent::Added(e)) => to_canonical_cbor(e),
             DomainEvent::Storage(StorageEvent::Removed(e)) => to_canonical_cbor(e),
+            DomainEvent::Storage(StorageEvent::Collected(e)) => to_canonical_cbor(e),
             DomainEvent::Retention(e) => match e {
                 RetentionEvent::ClassDefined(c) => to_canonical_cbor(c),
                 RetentionEvent::HoldSet { event, .. } => to_canonical_cbor(event),

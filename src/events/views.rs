@@ -34,6 +34,7 @@ pub async fn apply(tx: &Tx<'_>, event: &StoredEvent) -> Result<()> {
         types::LOCATION_VERIFIED => location_verified(tx, &decode(event)?).await,
         types::LOCATION_ADDED => location_added(tx, &decode(event)?).await,
         types::LOCATION_REMOVED => location_removed(tx, &decode(event)?).await,
+        types::BLOB_COLLECTED => retention::blob_collected(tx, &decode(event)?).await,
         types::CLASS_DEFINED => retention::class_defined(tx, &decode(event)?).await,
         types::HOLD_SET => retention::hold_set(tx, &decode(event)?).await,
         types::HOLD_RELEASED => retention::hold_released(tx, &decode(event)?).await,
@@ -117,7 +118,7 @@ async fn file_ingested(tx: &Tx<'_>, event: &StoredEvent, f: &FileIngested) -> Re
     let mut removed_size = 0i64;
     if let Some(old) = f.replaced_file_id {
         let statement = tx
-            .prepare_cached("DELETE FROM files WHERE id = $1 RETURNING size")
+            .prepare_cached("DELETE FROM files WHERE id = $1 RETURNING size, blake3")
             .await?;
         let row = tx.query_opt(&statement, &[&old.0]).await?.ok_or_else(|| {
             Error::Integrity(format!(
@@ -127,6 +128,8 @@ async fn file_ingested(tx: &Tx<'_>, event: &StoredEvent, f: &FileIngested) -> Re
         })?;
         removed_count = 1;
         removed_size = row.get(0);
+        let old_blob: Vec<u8> = row.get(1);
+        retention::mark_unreferenced(tx, &[old_blob], at).await?;
     }
     exec(
         tx,
@@ -144,6 +147,13 @@ async fn file_ingested(tx: &Tx<'_>, event: &StoredEvent, f: &FileIngested) -> Re
             &at,
             &event.sequence,
         ],
+    )
+    .await?;
+    exec(
+        tx,
+        "UPDATE blobs SET unreferenced_since = NULL \
+         WHERE blake3 = $1 AND unreferenced_since IS NOT NULL",
+        &[&blake3],
     )
     .await?;
     exec(

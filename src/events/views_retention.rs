@@ -1,7 +1,9 @@
 //! Projecting retention events onto the views (live and in replay).
 
 use super::log::Tx;
-use super::payloads::{ClassChanged, ClassDefined, HoldReleased, HoldSet, PackageExpired};
+use super::payloads::{
+    BlobCollected, ClassChanged, ClassDefined, HoldReleased, HoldSet, PackageExpired,
+};
 use super::views::exec;
 use crate::error::{Error, Result};
 
@@ -60,6 +62,15 @@ pub(super) async fn class_changed(tx: &Tx<'_>, c: &ClassChanged) -> Result<()> {
 }
 
 pub(super) async fn package_expired(tx: &Tx<'_>, e: &PackageExpired) -> Result<()> {
+    // Blobs only this package's files referenced become unreferenced (collected after a grace).
+    exec(
+        tx,
+        "UPDATE blobs b SET unreferenced_since = $2 \
+         WHERE b.blake3 IN (SELECT blake3 FROM files WHERE package_id = $1) \
+           AND NOT EXISTS (SELECT 1 FROM files f WHERE f.blake3 = b.blake3 AND f.package_id <> $1)",
+        &[&e.package_id.0, &e.expired_at.as_datetime()],
+    )
+    .await?;
     exec(
         tx,
         "DELETE FROM files WHERE package_id = $1",
@@ -78,5 +89,36 @@ pub(super) async fn package_expired(tx: &Tx<'_>, e: &PackageExpired) -> Result<(
         &[&e.package_id.0, &e.expired_at.as_datetime(), &e.reason],
     )
     .await?;
+    Ok(())
+}
+
+/// Marks these blobs unreferenced from `at` if no file references them any more.
+pub(super) async fn mark_unreferenced(
+    tx: &Tx<'_>,
+    blobs: &[Vec<u8>],
+    at: time::OffsetDateTime,
+) -> Result<()> {
+    exec(
+        tx,
+        "UPDATE blobs b SET unreferenced_since = $2 \
+         WHERE b.blake3 = ANY($1) AND NOT EXISTS (SELECT 1 FROM files f WHERE f.blake3 = b.blake3)",
+        &[&blobs, &at],
+    )
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn blob_collected(tx: &Tx<'_>, c: &BlobCollected) -> Result<()> {
+    let blake3 = crate::identity::Digest::from_hex(&c.blake3)
+        .map_err(|e| Error::Integrity(e.to_string()))?
+        .0
+        .to_vec();
+    exec(
+        tx,
+        "DELETE FROM storage_locations WHERE blake3 = $1",
+        &[&blake3],
+    )
+    .await?;
+    exec(tx, "DELETE FROM blobs WHERE blake3 = $1", &[&blake3]).await?;
     Ok(())
 }

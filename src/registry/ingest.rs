@@ -77,24 +77,20 @@ impl Registry {
             .clone()
         };
         let staged = backend.stage().await?;
-        let digest = match self.stream_into(staged, body).await {
-            Ok((staged, digest)) => {
-                if let Err(e) = check_expected(&request, &digest) {
-                    staged.abort().await?;
-                    return Err(e);
-                }
-                staged.commit(&digest.primary_address()).await?;
-                digest
-            }
-            Err(e) => return Err(e),
-        };
-        self.record_ingest(
+        let (staged, digest) = self.stream_into(staged, body).await?;
+        if let Err(e) = check_expected(&request, &digest) {
+            staged.abort().await?;
+            return Err(e);
+        }
+        let address = digest.primary_address();
+        self.publish_and_record(
             tenant,
             package_id,
             request,
             media_type,
             &digest,
             backend.as_ref(),
+            staged.commit(&address),
         )
         .await
     }
@@ -140,7 +136,12 @@ impl Registry {
         Ok((staged, digest))
     }
 
-    pub(super) async fn record_ingest(
+    /// Makes the bytes appear under their address (`publish`: a staged commit, or a backend
+    /// adopting a file) and records the file, holding the blob's collection lock shared from
+    /// before the bytes appear until the record commits, so garbage collection can never delete
+    /// bytes an ingest is about to reference (see `gc.rs`).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn publish_and_record(
         &self,
         tenant: &TenantId,
         package_id: PackageId,
@@ -148,9 +149,12 @@ impl Registry {
         media_type: String,
         digest: &DualDigest,
         backend: &dyn BlobStore,
+        publish: impl std::future::Future<Output = Result<crate::storage::CommitOutcome>> + Send,
     ) -> Result<FileRecord> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
+        super::gc::lock_blob_shared(&tx, &digest.blake3).await?;
+        publish.await?;
         let replaced = check_can_add(
             &*tx,
             tenant,

@@ -3,6 +3,7 @@
 
 mod dedup;
 mod finalize;
+mod gc;
 mod ingest;
 mod migrate;
 mod packages;
@@ -11,8 +12,10 @@ mod retention;
 mod storage;
 mod types;
 mod uploads;
+mod usage;
 
 pub use dedup::MAX_MISSING_QUERY;
+pub use gc::{Collectable, Collected};
 pub use ingest::{DEFAULT_MEDIA_TYPE, IngestRequest};
 pub use migrate::{MigrateScope, MigrationItem, Moved};
 pub use packages::{NewPackage, PackageFilter, PackagePage};
@@ -21,6 +24,7 @@ pub use retention::{Expiry, RetentionClass};
 pub use storage::{Location, VerifyOutcome, VerifyScope, VerifyTotals};
 pub use types::{FileRecord, Package, PackageStatus, RetentionInfo, StoredManifest};
 pub use uploads::{Chunk, NewUpload, UploadSession};
+pub use usage::Usage;
 
 use crate::model::{Clock, SystemClock};
 use crate::storage::Backends;

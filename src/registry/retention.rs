@@ -103,9 +103,11 @@ impl Registry {
         }
         if class
             .duration_seconds
-            .is_some_and(|d| d > i64::MAX as u64 / 2)
+            .is_some_and(|d| d > 1_000_000_000_000_000)
         {
-            return Err(Error::InvalidInput("duration_seconds is too large".into()));
+            return Err(Error::InvalidInput(
+                "duration_seconds is at most 10^15 (about 31 million years)".into(),
+            ));
         }
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;

@@ -437,21 +437,21 @@ impl Registry {
             .backend(&self.backends)
             .clone()
         };
-        backend
-            .adopt_file(&self.spool_path(id), &digest.primary_address())
-            .await?;
         let media_type = request
             .media_type
             .clone()
             .unwrap_or_else(|| DEFAULT_MEDIA_TYPE.into());
+        let spool = self.spool_path(id);
+        let address = digest.primary_address();
         let record = self
-            .record_ingest(
+            .publish_and_record(
                 tenant,
                 current.session.package_id,
                 request,
                 media_type,
                 &digest,
                 backend.as_ref(),
+                backend.adopt_file(&spool, &address),
             )
             .await;
         self.remove_upload(id).await?;

@@ -10,7 +10,7 @@
 
 use crate::error::Result;
 use crate::events::EventBus;
-use crate::registry::{Expiry, Registry, VerifyOutcome, VerifyScope};
+use crate::registry::{Collectable, Collected, Expiry, Registry, VerifyOutcome, VerifyScope};
 use std::time::{Duration, Instant, SystemTime};
 
 /// Advisory lock key of the verification job (one verifier at a time across workers).
@@ -29,8 +29,13 @@ pub struct WorkerOptions {
     pub verify_sample: f64,
     /// How long an open package may stay unfinalized before it expires.
     pub open_grace: Duration,
-    /// Packages expired per transaction.
+    /// Packages expired (and blobs collected) per transaction.
     pub expire_batch: i64,
+    /// How long a blob stays after the last file referencing it went.
+    pub gc_grace: Duration,
+    /// How often backends are listed for orphan bytes (no row; a crash between write and
+    /// commit).
+    pub orphan_sweep_every: Duration,
 }
 
 /// What one pass did.
@@ -38,6 +43,8 @@ pub struct WorkerOptions {
 pub struct PassReport {
     /// Packages expired.
     pub expired: Vec<Expiry>,
+    /// Blobs and orphan bytes collected.
+    pub collected: Collected,
     /// Upload sessions expired.
     pub uploads_expired: u64,
     /// Abandoned staged writes removed.
@@ -53,6 +60,8 @@ pub struct Worker {
     next_sweep: Instant,
     next_verify: Option<Instant>,
     next_expiry: Option<Instant>,
+    next_collection: Option<Instant>,
+    next_orphan_sweep: Instant,
 }
 
 impl Worker {
@@ -65,7 +74,41 @@ impl Worker {
             options,
             next_sweep: now,
             next_expiry: Some(now),
+            next_collection: Some(now),
+            next_orphan_sweep: now,
         }
+    }
+
+    fn gc_grace_seconds(&self) -> i64 {
+        self.options.gc_grace.as_secs().min(i64::MAX as u64) as i64
+    }
+
+    /// What collection would do now, changing nothing.
+    pub async fn dry_run_collection(&self) -> Result<Vec<Collectable>> {
+        self.registry
+            .collectable_blobs(self.gc_grace_seconds(), 100_000)
+            .await
+    }
+
+    /// Collects every blob whose grace ended, batch by batch, then notes when the next one's
+    /// does.
+    async fn collect(&mut self) -> Result<Collected> {
+        let grace = self.gc_grace_seconds();
+        let mut total = Collected::default();
+        loop {
+            let batch = self
+                .registry
+                .collect_garbage(grace, self.options.expire_batch)
+                .await?;
+            let more = batch.blobs as i64 == self.options.expire_batch;
+            total.blobs += batch.blobs;
+            total.bytes += batch.bytes;
+            if !more {
+                break;
+            }
+        }
+        self.next_collection = self.registry.next_collection(grace).await?.map(instant_of);
+        Ok(total)
     }
 
     fn open_grace_seconds(&self) -> i64 {
@@ -94,14 +137,7 @@ impl Worker {
                 break;
             }
         }
-        self.next_expiry = match self.registry.next_expiry(grace).await? {
-            Some(at) => {
-                let wait = (at.as_datetime() - time::OffsetDateTime::now_utc())
-                    .clamp(time::Duration::ZERO, time::Duration::days(1));
-                Some(Instant::now() + Duration::try_from(wait).unwrap_or_default())
-            }
-            None => None,
-        };
+        self.next_expiry = self.registry.next_expiry(grace).await?.map(instant_of);
         Ok(expired)
     }
 
@@ -109,6 +145,8 @@ impl Worker {
     pub async fn run_once(&mut self) -> Result<PassReport> {
         self.next_sweep = Instant::now();
         self.next_expiry = Some(Instant::now());
+        self.next_collection = Some(Instant::now());
+        self.next_orphan_sweep = Instant::now();
         if self.options.verify_every.is_some() {
             self.next_verify = Some(Instant::now());
         }
@@ -121,6 +159,13 @@ impl Worker {
         let now = Instant::now();
         if self.next_expiry.is_some_and(|due| now >= due) {
             report.expired = self.expire().await?;
+        }
+        if self.next_collection.is_some_and(|due| now >= due) {
+            report.collected = self.collect().await?;
+        }
+        if now >= self.next_orphan_sweep {
+            self.next_orphan_sweep = now + self.options.orphan_sweep_every;
+            report.collected.orphans = self.registry.collect_orphans().await?;
         }
         if now >= self.next_sweep {
             self.next_sweep = now + self.options.sweep_every;
@@ -188,13 +233,20 @@ impl Worker {
                 Err(e) => {
                     tracing::warn!(error = %e, "worker pass failed; will retry");
                     self.next_expiry = Some(Instant::now() + Duration::from_secs(5));
+                    self.next_collection = Some(Instant::now() + Duration::from_secs(5));
                 }
             }
-            let next = [Some(self.next_sweep), self.next_verify, self.next_expiry]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(self.next_sweep);
+            let next = [
+                Some(self.next_sweep),
+                Some(self.next_orphan_sweep),
+                self.next_verify,
+                self.next_expiry,
+                self.next_collection,
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(self.next_sweep);
             let timeout = next.saturating_duration_since(Instant::now());
             tokio::select! {
                 woken = bus.wait_beyond(seen, timeout) => {
@@ -202,8 +254,9 @@ impl Worker {
                         // Events come in bursts: take a whole burst as one wake-up.
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         seen = bus.latest();
-                        // Something changed: the next expiry may now be earlier (or due).
+                        // Something changed: the next expiry or collection may now be earlier.
                         self.next_expiry = Some(Instant::now());
+                        self.next_collection = Some(Instant::now());
                     }
                 }
                 _ = &mut shutdown => return,
@@ -216,6 +269,15 @@ impl Worker {
 pub fn log(report: &PassReport) {
     if !report.expired.is_empty() {
         tracing::info!(packages = report.expired.len(), "expired due packages");
+    }
+    let c = &report.collected;
+    if c.blobs > 0 || c.orphans > 0 {
+        tracing::info!(
+            blobs = c.blobs,
+            bytes = c.bytes,
+            orphans = c.orphans,
+            "collected garbage"
+        );
     }
     if report.uploads_expired > 0 || report.staging_removed > 0 {
         tracing::info!(
@@ -243,4 +305,12 @@ pub fn log(report: &PassReport) {
             );
         }
     }
+}
+
+/// The instant a wall-clock time corresponds to (now, if it is past; at most a day ahead, so
+/// clock changes are caught up with).
+fn instant_of(at: crate::model::Timestamp) -> Instant {
+    let wait = (at.as_datetime() - time::OffsetDateTime::now_utc())
+        .clamp(time::Duration::ZERO, time::Duration::days(1));
+    Instant::now() + Duration::try_from(wait).unwrap_or_default()
 }

@@ -7,6 +7,7 @@ mod cli;
 mod crosscheck;
 mod event_log;
 mod events_api;
+mod gc;
 mod managed_postgres;
 mod registry_flow;
 mod replay;

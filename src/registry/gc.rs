@@ -1,0 +1,236 @@
+//! Garbage collection of blobs no file references, and of orphan bytes that never got a row.
+//!
+//! The race with dedup is closed by a per-blob lock (a PostgreSQL transaction-level advisory
+//! lock keyed by the digest). Every ingest takes it *shared* before its bytes appear under their
+//! address (or are found already there) and holds it until the transaction that records the
+//! file commits. The collector takes it *exclusively*, without waiting, in the transaction that
+//! deletes the bytes and records `v1.blob.collected`; a blob whose lock is taken is skipped this
+//! round. So either the collector deletes first and the ingest then writes the bytes afresh
+//! (its storage commit finds nothing there), or the ingest's file commits first and the blob is
+//! referenced again (the collector's re-check under the row lock skips it). Links need no lock:
+//! they only reference bytes a file of the tenant already references, which are never collected.
+
+use super::Registry;
+use crate::error::{Error, Result};
+use crate::events::{self, BlobCollected, DomainEvent, StorageEvent};
+use crate::identity::{ContentAddress, Digest};
+use crate::model::Timestamp;
+use futures::TryStreamExt;
+
+/// Namespace of the per-blob advisory locks (the two-int form, apart from bigint keys).
+const BLOB_LOCKS: i32 = 0x6172_7462; // "artb"
+
+fn lock_key(digest: &Digest) -> i32 {
+    i32::from_be_bytes([digest.0[0], digest.0[1], digest.0[2], digest.0[3]])
+}
+
+/// Takes the blob's lock shared until the transaction ends (waits while a collector holds it).
+pub(super) async fn lock_blob_shared(tx: &events::Tx<'_>, digest: &Digest) -> Result<()> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock_shared($1, $2)",
+        &[&BLOB_LOCKS, &lock_key(digest)],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn try_lock_blob(tx: &events::Tx<'_>, digest: &Digest) -> Result<bool> {
+    Ok(tx
+        .query_one(
+            "SELECT pg_try_advisory_xact_lock($1, $2)",
+            &[&BLOB_LOCKS, &lock_key(digest)],
+        )
+        .await?
+        .get(0))
+}
+
+/// A blob waiting for collection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Collectable {
+    /// Its address.
+    pub address: ContentAddress,
+    /// Its size.
+    pub size: u64,
+    /// Since when no file references it.
+    pub unreferenced_since: Timestamp,
+}
+
+/// What one collection pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Collected {
+    /// Unreferenced blobs collected (one `v1.blob.collected` each).
+    pub blobs: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Orphan objects (bytes with no row) deleted.
+    pub orphans: u64,
+}
+
+const CANDIDATES: &str = "SELECT b.blake3, b.size, b.unreferenced_since FROM blobs b \
+     WHERE b.unreferenced_since <= $1 \
+       AND NOT EXISTS (SELECT 1 FROM files f WHERE f.blake3 = b.blake3) \
+     ORDER BY b.unreferenced_since LIMIT $2";
+
+impl Registry {
+    fn collect_cutoff(&self, grace_seconds: i64) -> Result<time::OffsetDateTime> {
+        Ok(self
+            .clock
+            .now()
+            .plus_seconds(-grace_seconds)
+            .ok_or_else(|| Error::InvalidInput("garbage collection grace overflows".into()))?
+            .as_datetime())
+    }
+
+    /// Blobs unreferenced for longer than the grace, without changing anything.
+    pub async fn collectable_blobs(
+        &self,
+        grace_seconds: i64,
+        limit: i64,
+    ) -> Result<Vec<Collectable>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(CANDIDATES, &[&self.collect_cutoff(grace_seconds)?, &limit])
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Collectable {
+                    address: ContentAddress::blake3(
+                        Digest::from_slice(r.get(0))
+                            .map_err(|e| Error::Integrity(e.to_string()))?,
+                    ),
+                    size: r.get::<_, i64>(1) as u64,
+                    unreferenced_since: Timestamp::from_datetime(r.get(2)),
+                })
+            })
+            .collect()
+    }
+
+    /// When the next unreferenced blob's grace ends (`None`: none is waiting).
+    pub async fn next_collection(&self, grace_seconds: i64) -> Result<Option<Timestamp>> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one(
+                "SELECT min(unreferenced_since) FROM blobs WHERE unreferenced_since IS NOT NULL",
+                &[],
+            )
+            .await?;
+        Ok(row
+            .get::<_, Option<time::OffsetDateTime>>(0)
+            .map(Timestamp::from_datetime)
+            .and_then(|t| t.plus_seconds(grace_seconds)))
+    }
+
+    /// Collects up to `limit` blobs unreferenced for longer than the grace, in one transaction:
+    /// deletes their bytes from every backend holding a copy, then records `v1.blob.collected`.
+    /// Rows are claimed with `FOR UPDATE SKIP LOCKED` (concurrent workers share the work), and
+    /// blobs an ingest is about to reference are skipped (see the module docs).
+    pub async fn collect_garbage(&self, grace_seconds: i64, limit: i64) -> Result<Collected> {
+        let cutoff = self.collect_cutoff(grace_seconds)?;
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let rows = tx
+            .query(
+                &format!("{CANDIDATES} FOR UPDATE OF b SKIP LOCKED"),
+                &[&cutoff, &limit],
+            )
+            .await?;
+        let mut done = Collected::default();
+        let mut found = Vec::new();
+        for row in &rows {
+            let digest =
+                Digest::from_slice(row.get(0)).map_err(|e| Error::Integrity(e.to_string()))?;
+            if !try_lock_blob(&tx, &digest).await? {
+                continue;
+            }
+            let address = ContentAddress::blake3(digest);
+            let backends: Vec<String> = tx
+                .query(
+                    "SELECT backend_id FROM storage_locations \
+                     WHERE blake3 = $1 AND status <> 'deleted' ORDER BY backend_id",
+                    &[&digest.0.as_slice()],
+                )
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let Some(stores) = backends
+                .iter()
+                .map(|id| self.backends.get(id))
+                .collect::<Option<Vec<_>>>()
+            else {
+                tracing::warn!(blob = %address, ?backends, "a copy is on a backend not configured here; not collected");
+                continue;
+            };
+            for store in stores {
+                store.delete(&address).await?;
+            }
+            let size = row.get::<_, i64>(1) as u64;
+            done.blobs += 1;
+            done.bytes += size;
+            found.push(DomainEvent::Storage(StorageEvent::Collected(
+                BlobCollected {
+                    blake3: digest.to_hex(),
+                    size,
+                    backends,
+                    unreferenced_since: Timestamp::from_datetime(row.get(2)),
+                    collected_at: self.clock.now(),
+                },
+            )));
+        }
+        if !found.is_empty() {
+            events::record(&tx, found).await?;
+        }
+        tx.commit().await?;
+        Ok(done)
+    }
+
+    /// Deletes bytes stored under an address that no blob row names and no ingest is about to
+    /// record (a crash between writing the bytes and committing their row). Returns how many.
+    pub async fn collect_orphans(&self) -> Result<u64> {
+        let mut removed = 0;
+        for backend in self.backends.all() {
+            let listed: Vec<_> = backend.list().try_collect().await?;
+            for chunk in listed.chunks(500) {
+                let digests: Vec<Vec<u8>> = chunk
+                    .iter()
+                    .filter(|b| b.address.algorithm() == crate::identity::Algorithm::Blake3)
+                    .map(|b| b.address.digest().0.to_vec())
+                    .collect();
+                let mut client = self.pool.get().await?;
+                let tx = client.transaction().await?;
+                let known: std::collections::HashSet<Vec<u8>> = tx
+                    .query(
+                        "SELECT l.blake3 FROM storage_locations l \
+                         WHERE l.blake3 = ANY($1) AND l.backend_id = $2 AND l.status <> 'deleted'",
+                        &[&digests, &backend.id()],
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                for digest in digests.iter().filter(|d| !known.contains(*d)) {
+                    let digest =
+                        Digest::from_slice(digest).map_err(|e| Error::Integrity(e.to_string()))?;
+                    // An ingest in flight holds the lock: its bytes are not orphans. Once we
+                    // hold it, no ingest is between writing and recording: look again.
+                    if try_lock_blob(&tx, &digest).await?
+                        && tx
+                            .query_opt(
+                                "SELECT 1 FROM storage_locations WHERE blake3 = $1 \
+                                 AND backend_id = $2 AND status <> 'deleted'",
+                                &[&digest.0.as_slice(), &backend.id()],
+                            )
+                            .await?
+                            .is_none()
+                    {
+                        backend.delete(&ContentAddress::blake3(digest)).await?;
+                        tracing::info!(blob = %ContentAddress::blake3(digest), backend = backend.id(), "deleted orphan bytes");
+                        removed += 1;
+                    }
+                }
+                tx.commit().await?;
+            }
+        }
+        Ok(removed)
+    }
+}
