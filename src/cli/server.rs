@@ -12,6 +12,12 @@ use std::process::ExitCode;
 pub struct ServeArgs {
     #[command(flatten)]
     service: ServiceArgs,
+    /// Also run the background jobs (expiry, collection, sweeps) in this process, as
+    /// `artifactstore worker` would.
+    #[arg(long, env = "ARTIFACTSTORE_SERVE_WORKER")]
+    worker: bool,
+    #[command(flatten)]
+    jobs: super::worker::JobArgs,
 }
 
 /// Options of commands that only need the database.
@@ -33,6 +39,7 @@ pub struct ReplayArgs {
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let jobs = args.worker.then(|| args.jobs.options()).transpose()?;
     let settings = args.service.resolve()?;
     let service = Service::start(&settings, settings.migrate_on_start).await?;
     let acceptor = TcpListener::bind(settings.listen)
@@ -61,7 +68,27 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tokens: settings.tokens.clone(),
         registry: service.registry.clone(),
     };
-    let sweeper = tokio::spawn(sweep_uploads(service.registry.clone()));
+    // The worker sweeps upload sessions itself; without it, a small sweeper does.
+    let sweeper = match jobs {
+        Some(options) => {
+            let mut worker = crate::retention::Worker::new(service.registry.clone(), options);
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                tracing::info!("background jobs running in the server (--worker)");
+                let closed = bus.clone();
+                worker
+                    .run(&bus, async move {
+                        while !closed.is_closed() {
+                            closed
+                                .wait_beyond(i64::MAX, std::time::Duration::from_secs(3600))
+                                .await;
+                        }
+                    })
+                    .await;
+            })
+        }
+        None => tokio::spawn(sweep_uploads(service.registry.clone())),
+    };
     let result = poem::Server::new_with_acceptor(acceptor)
         .run_with_graceful_shutdown(
             app(state),

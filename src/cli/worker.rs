@@ -9,9 +9,19 @@ use std::process::ExitCode;
 pub struct WorkerArgs {
     #[command(flatten)]
     service: ServiceArgs,
+    #[command(flatten)]
+    jobs: JobArgs,
     /// Run every job once and exit (for cron-style scheduling).
     #[arg(long)]
     once: bool,
+    /// Print what would expire and be collected now, and why, changing nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// How the background jobs run (shared by `worker` and `serve --worker`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct JobArgs {
     /// Seconds between sweeps of abandoned upload sessions and staged writes.
     #[arg(
         long,
@@ -52,42 +62,44 @@ pub struct WorkerArgs {
         default_value = "86400"
     )]
     orphan_sweep_seconds: u64,
-    /// Print what would expire and be collected now, and why, changing nothing.
-    #[arg(long)]
-    dry_run: bool,
+}
+
+impl JobArgs {
+    /// Validated worker options.
+    pub fn options(&self) -> anyhow::Result<crate::retention::WorkerOptions> {
+        use std::time::Duration;
+        if !(self.verify_sample > 0.0 && self.verify_sample <= 1.0) {
+            anyhow::bail!(
+                "invalid setting ARTIFACTSTORE_VERIFY_SAMPLE (--verify-sample): a fraction in (0, 1], got {}",
+                self.verify_sample
+            );
+        }
+        if self.sweep_seconds == 0 {
+            anyhow::bail!(
+                "invalid setting ARTIFACTSTORE_WORKER_SWEEP_SECONDS (--sweep-seconds): at least 1"
+            );
+        }
+        Ok(crate::retention::WorkerOptions {
+            sweep_every: Duration::from_secs(self.sweep_seconds),
+            staging_grace: Duration::from_secs(self.staging_grace_seconds),
+            verify_every: (self.verify_every_seconds > 0)
+                .then(|| Duration::from_secs(self.verify_every_seconds)),
+            verify_sample: self.verify_sample,
+            open_grace: Duration::from_secs(self.open_grace_seconds),
+            expire_batch: self.expire_batch.clamp(1, 10_000),
+            gc_grace: Duration::from_secs(self.gc_grace_seconds),
+            orphan_sweep_every: Duration::from_secs(self.orphan_sweep_seconds.max(1)),
+        })
+    }
 }
 
 /// Runs the background jobs until SIGINT/SIGTERM (or once, with `--once`).
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
-    use crate::retention::{Worker, WorkerOptions};
-    use std::time::Duration;
-    if !(args.verify_sample > 0.0 && args.verify_sample <= 1.0) {
-        anyhow::bail!(
-            "invalid setting ARTIFACTSTORE_VERIFY_SAMPLE (--verify-sample): a fraction in (0, 1], got {}",
-            args.verify_sample
-        );
-    }
-    if args.sweep_seconds == 0 {
-        anyhow::bail!(
-            "invalid setting ARTIFACTSTORE_WORKER_SWEEP_SECONDS (--sweep-seconds): at least 1"
-        );
-    }
+    use crate::retention::Worker;
+    let options = args.jobs.options()?;
     let settings = args.service.resolve()?;
     let service = Service::start(&settings, settings.migrate_on_start).await?;
-    let mut worker = Worker::new(
-        service.registry.clone(),
-        WorkerOptions {
-            sweep_every: Duration::from_secs(args.sweep_seconds),
-            staging_grace: Duration::from_secs(args.staging_grace_seconds),
-            verify_every: (args.verify_every_seconds > 0)
-                .then(|| Duration::from_secs(args.verify_every_seconds)),
-            verify_sample: args.verify_sample,
-            open_grace: Duration::from_secs(args.open_grace_seconds),
-            expire_batch: args.expire_batch.clamp(1, 10_000),
-            gc_grace: Duration::from_secs(args.gc_grace_seconds),
-            orphan_sweep_every: Duration::from_secs(args.orphan_sweep_seconds.max(1)),
-        },
-    );
+    let mut worker = Worker::new(service.registry.clone(), options);
     if args.dry_run {
         let due = worker.dry_run().await;
         let collectable = worker.dry_run_collection().await;

@@ -151,8 +151,10 @@ impl Registry {
         locations: &[Location],
         concurrency: usize,
     ) -> Result<VerifyOutcome> {
-        let results: Vec<Result<LocationVerified>> = futures::stream::iter(locations)
-            .map(|l| self.verify_one(l))
+        // (A vector of futures rather than a mapped stream of references keeps this future
+        // `Send`, so it can run on a spawned task.)
+        let checks: Vec<_> = locations.iter().map(|l| self.verify_one(l)).collect();
+        let results: Vec<Result<LocationVerified>> = futures::stream::iter(checks)
             .buffered(concurrency.max(1))
             .collect()
             .await;

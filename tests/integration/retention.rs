@@ -505,3 +505,49 @@ async fn replay_reproduces_holds_class_changes_and_expiry() {
         before
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_worker_runs_the_jobs_in_the_server() {
+    let db = TestDb::new().await;
+    let server = Server::start(
+        &db,
+        &[
+            ("ARTIFACTSTORE_TOKENS", TOKENS),
+            ("ARTIFACTSTORE_SERVE_WORKER", "true"),
+        ],
+    );
+    let base = server.base.clone();
+    let http = Client::new();
+    send(
+        &http,
+        http.put(format!("{base}/retention-classes/instant"))
+            .bearer_auth(ADMIN)
+            .json(&json!({"duration_seconds": 0})),
+        StatusCode::OK,
+    )
+    .await;
+    let p = send(
+        &http,
+        http.post(format!("{base}/packages"))
+            .bearer_auth(WRITER)
+            .json(&json!({"producer": "ci", "subject": "s", "retention_class": "instant"})),
+        StatusCode::CREATED,
+    )
+    .await;
+    let id = p["id"].as_str().unwrap();
+    send(
+        &http,
+        http.post(format!("{base}/packages/{id}/finalize"))
+            .bearer_auth(WRITER),
+        StatusCode::OK,
+    )
+    .await;
+    wait_expired(&http, &base, id, Duration::from_secs(10)).await;
+    let usage = send(
+        &http,
+        http.get(format!("{base}/usage")).bearer_auth(WRITER),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(usage["packages"], 0, "{usage}");
+}
