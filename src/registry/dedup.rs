@@ -96,7 +96,21 @@ impl Registry {
             Algorithm::Blake3 => "b.blake3",
             Algorithm::Sha256 => "b.sha256",
         };
-        // Lock the blob row so a concurrent garbage collection cannot remove it under us.
+        // Take the blob's collection lock (shared) before looking it up, so a concurrent
+        // garbage collection cannot remove it under us (see gc.rs).
+        let blake3_of_address: Option<Vec<u8>> = match address.algorithm() {
+            Algorithm::Blake3 => Some(address.digest().0.to_vec()),
+            Algorithm::Sha256 => tx
+                .query_opt(
+                    "SELECT blake3 FROM blobs WHERE sha256 = $1 LIMIT 1",
+                    &[&address.digest().0.as_slice()],
+                )
+                .await?
+                .map(|r| r.get(0)),
+        };
+        if let Some(b) = &blake3_of_address {
+            super::gc::lock_blob_shared(&tx, &digest(b)?).await?;
+        }
         let row = tx
             .query_opt(
                 &format!(

@@ -7,15 +7,17 @@
 //! deletes the bytes and records `v1.blob.collected`; a blob whose lock is taken is skipped this
 //! round. So either the collector deletes first and the ingest then writes the bytes afresh
 //! (its storage commit finds nothing there), or the ingest's file commits first and the blob is
-//! referenced again (the collector's re-check under the row lock skips it). Links need no lock:
-//! they only reference bytes a file of the tenant already references, which are never collected.
+//! referenced again (the collector's re-check, made holding the lock, skips it). Links take the
+//! same shared lock before they look the blob up. The collector never waits for a lock while
+//! holding one (it only tries), and takes no row locks before the event sequence lock, so it
+//! cannot deadlock with expiries or ingests.
 
 use super::Registry;
 use crate::error::{Error, Result};
 use crate::events::{self, BlobCollected, DomainEvent, StorageEvent};
 use crate::identity::{ContentAddress, Digest};
 use crate::model::Timestamp;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 /// Namespace of the per-blob advisory locks (the two-int form, apart from bigint keys).
 const BLOB_LOCKS: i32 = 0x6172_7462; // "artb"
@@ -128,55 +130,87 @@ impl Registry {
         let cutoff = self.collect_cutoff(grace_seconds)?;
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
+        // No row locks here: an expiry holding the event sequence lock may be updating these
+        // rows, and waiting for it while holding them would deadlock. The per-blob advisory
+        // lock (tried, never waited for) decides who may touch a blob.
+        let candidates: Vec<Vec<u8>> = tx
+            .query(CANDIDATES, &[&cutoff, &limit])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        // (Keys computed here, by the one `lock_key` the ingests use.)
+        let keys = candidates
+            .iter()
+            .map(|b| {
+                Ok(lock_key(
+                    &Digest::from_slice(b).map_err(|e| Error::Integrity(e.to_string()))?,
+                ))
+            })
+            .collect::<Result<Vec<i32>>>()?;
+        let locked: Vec<Vec<u8>> = tx
+            .query(
+                "SELECT c.blake3 FROM unnest($1::bytea[], $3::int4[]) AS c(blake3, k) \
+                 WHERE pg_try_advisory_xact_lock($2, c.k)",
+                &[&candidates, &BLOB_LOCKS, &keys],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        // Holding the locks, no ingest or link can be adding a file for these blobs: look
+        // again (one may have committed just before, or another collector may have taken the
+        // blob already), and find where the copies are.
         let rows = tx
             .query(
-                &format!("{CANDIDATES} FOR UPDATE OF b SKIP LOCKED"),
-                &[&cutoff, &limit],
+                "SELECT b.blake3, b.size, b.unreferenced_since, \
+                        coalesce(array_agg(l.backend_id ORDER BY l.backend_id) \
+                                 FILTER (WHERE l.backend_id IS NOT NULL), '{}') \
+                 FROM blobs b \
+                 LEFT JOIN storage_locations l ON l.blake3 = b.blake3 AND l.status <> 'deleted' \
+                 WHERE b.blake3 = ANY($1) AND b.unreferenced_since IS NOT NULL \
+                   AND NOT EXISTS (SELECT 1 FROM files f WHERE f.blake3 = b.blake3) \
+                 GROUP BY b.blake3, b.size, b.unreferenced_since",
+                &[&locked],
             )
             .await?;
         let mut done = Collected::default();
         let mut found = Vec::new();
+        let mut deletions = Vec::new();
         for row in &rows {
+            let backends: Vec<String> = row.get(3);
             let digest =
                 Digest::from_slice(row.get(0)).map_err(|e| Error::Integrity(e.to_string()))?;
-            if !try_lock_blob(&tx, &digest).await? {
-                continue;
-            }
             let address = ContentAddress::blake3(digest);
-            let backends: Vec<String> = tx
-                .query(
-                    "SELECT backend_id FROM storage_locations \
-                     WHERE blake3 = $1 AND status <> 'deleted' ORDER BY backend_id",
-                    &[&digest.0.as_slice()],
-                )
-                .await?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
             let Some(stores) = backends
                 .iter()
-                .map(|id| self.backends.get(id))
+                .map(|id| self.backends.get(id).cloned())
                 .collect::<Option<Vec<_>>>()
             else {
                 tracing::warn!(blob = %address, ?backends, "a copy is on a backend not configured here; not collected");
                 continue;
             };
-            for store in stores {
-                store.delete(&address).await?;
-            }
-            let size = row.get::<_, i64>(1) as u64;
+            let (size, since): (i64, time::OffsetDateTime) = (row.get(1), row.get(2));
             done.blobs += 1;
-            done.bytes += size;
+            done.bytes += size as u64;
             found.push(DomainEvent::Storage(StorageEvent::Collected(
                 BlobCollected {
                     blake3: digest.to_hex(),
-                    size,
+                    size: size as u64,
                     backends,
-                    unreferenced_since: Timestamp::from_datetime(row.get(2)),
+                    unreferenced_since: Timestamp::from_datetime(since),
                     collected_at: self.clock.now(),
                 },
             )));
+            for store in stores {
+                deletions.push(async move { store.delete(&address).await });
+            }
         }
+        // Deletions are independent: several at once.
+        futures::stream::iter(deletions)
+            .buffer_unordered(16)
+            .try_collect::<Vec<()>>()
+            .await?;
         if !found.is_empty() {
             events::record(&tx, found).await?;
         }

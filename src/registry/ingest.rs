@@ -76,7 +76,12 @@ impl Registry {
             .backend(&self.backends)
             .clone()
         };
-        let staged = backend.stage().await?;
+        let staged = match request.expected_digest {
+            Some(address) if address.algorithm() == crate::identity::Algorithm::Blake3 => {
+                backend.stage_expecting(&address).await?
+            }
+            _ => backend.stage().await?,
+        };
         let (staged, digest) = self.stream_into(staged, body).await?;
         if let Err(e) = check_expected(&request, &digest) {
             staged.abort().await?;

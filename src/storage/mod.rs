@@ -79,6 +79,15 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
     fn id(&self) -> &str;
     /// Starts a staged write.
     async fn stage(&self) -> Result<Box<dyn StagedBlob>>;
+
+    /// Starts a staged write whose bytes are announced to have `address` (the client sent the
+    /// digest). A backend may use it to write closer to the final place; it must still make
+    /// nothing visible unless the write is committed under that very address. The default is
+    /// [`BlobStore::stage`].
+    async fn stage_expecting(&self, address: &ContentAddress) -> Result<Box<dyn StagedBlob>> {
+        let _ = address;
+        self.stage().await
+    }
     /// Streams the blob, or a range of it. A missing blob is `Error::NotFound`.
     async fn get(&self, address: &ContentAddress, range: Option<ByteRange>) -> Result<ByteStream>;
     /// The stored size, or `None` when absent.

@@ -159,11 +159,13 @@ impl S3Store {
         let prefix = format!("{}{STAGING}/", inner.prefix);
         let cutoff = aws_sdk_s3::primitives::DateTime::from(cutoff);
         let mut removed = 0;
+        // Every unfinished multipart upload under our prefix is staging (those announced to
+        // an address run at its final key until completed).
         let uploads = inner
             .client
             .list_multipart_uploads()
             .bucket(&inner.bucket)
-            .prefix(&prefix)
+            .prefix(&inner.prefix)
             .send()
             .await
             .map_err(|e| inner.error("listing staged uploads", e))?;
@@ -404,6 +406,17 @@ impl BlobStore for S3Store {
             buffer: BytesMut::new(),
             written: 0,
             multipart: None,
+            expected: None,
+        }))
+    }
+
+    async fn stage_expecting(&self, address: &ContentAddress) -> Result<Box<dyn StagedBlob>> {
+        Ok(Box::new(S3Staged {
+            inner: self.inner.clone(),
+            buffer: BytesMut::new(),
+            written: 0,
+            multipart: None,
+            expected: Some(*address),
         }))
     }
 
@@ -532,17 +545,26 @@ struct S3Staged {
     buffer: BytesMut,
     written: u64,
     multipart: Option<Multipart>,
+    /// The address the bytes are announced to have: a multipart upload then goes straight to
+    /// the final key (an unfinished multipart upload is invisible), saving the server-side
+    /// copy. Completed only if the bytes really have that address; else aborted.
+    expected: Option<ContentAddress>,
 }
 
 impl S3Staged {
     async fn start_multipart(&mut self) -> Result<()> {
         let inner = &self.inner;
-        let key = format!("{}{STAGING}/{}", inner.prefix, uuid::Uuid::new_v4());
+        let key = match &self.expected {
+            Some(address) => format!("{}{}", inner.prefix, address.storage_key()),
+            None => format!("{}{STAGING}/{}", inner.prefix, uuid::Uuid::new_v4()),
+        };
         let upload = inner
             .client
             .create_multipart_upload()
             .bucket(&inner.bucket)
             .key(&key)
+            .set_storage_class(inner.storage_class.clone())
+            .set_server_side_encryption(inner.sse.clone())
             .send()
             .await
             .map_err(|e| inner.error("starting staged upload", e))?;
@@ -625,6 +647,15 @@ impl S3Staged {
         if inner.head_key(&final_key).await? == Some(self.written) {
             inner.abort_upload(&upload.key, &upload.upload_id).await?;
             return Ok(CommitOutcome::AlreadyPresent);
+        }
+        if upload.key == final_key {
+            // Uploaded straight to its address (announced and confirmed): completing it is
+            // the atomic step.
+            let completed = inner.complete(&upload.key, &upload.upload_id, parts).await;
+            if completed.is_err() {
+                let _ = inner.abort_upload(&upload.key, &upload.upload_id).await;
+            }
+            return completed.map(|()| CommitOutcome::Stored);
         }
         let published = async {
             inner

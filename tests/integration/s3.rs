@@ -59,11 +59,12 @@ async fn assert_no_staging_left(store: &S3Store, settings: &S3Settings) {
     // A dropped staged write is aborted in the background: wait for it, with a bound.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
+        // (Unfinished uploads anywhere under the prefix: announced ones run at final keys.)
         let uploads = store
             .client()
             .list_multipart_uploads()
             .bucket(store.bucket())
-            .prefix(&prefix)
+            .prefix(&settings.key_prefix)
             .send()
             .await
             .unwrap();
@@ -211,4 +212,44 @@ async fn wrong_credentials_and_dead_endpoints_are_clean_errors() {
     unset.access_key_ref = SecretRef::Env("ARTIFACTSTORE_TEST_SURELY_UNSET".into());
     let err = S3Store::open("s3", &unset).unwrap_err().to_string();
     assert!(err.contains("ARTIFACTSTORE_TEST_SURELY_UNSET"), "{err}");
+}
+
+#[tokio::test]
+async fn announced_digests_upload_straight_to_the_address_and_wrong_ones_leave_nothing() {
+    let Some(mut settings) = s3_settings() else {
+        return;
+    };
+    settings.multipart_threshold_bytes = 0;
+    settings.multipart_chunk_bytes = 5 * 1024 * 1024;
+    let store = S3Store::open("s3", &settings).unwrap();
+    let data = random_bytes(11 * 1024 * 1024, 8);
+    let address = DualHasher::digest(&data).primary_address();
+    // Announced, but the bytes are different: aborted, nothing appears, no upload is left.
+    let mut wrong = store.stage_expecting(&address).await.unwrap();
+    wrong
+        .write(random_bytes(6 * 1024 * 1024, 9).into())
+        .await
+        .unwrap();
+    wrong.abort().await.unwrap();
+    assert_eq!(store.head(&address).await.unwrap(), None);
+    assert_no_staging_left(&store, &settings).await;
+    // Announced and right: stored under the address (no staging object involved).
+    let mut right = store.stage_expecting(&address).await.unwrap();
+    for piece in data.chunks(1 << 20) {
+        right
+            .write(bytes::Bytes::copy_from_slice(piece))
+            .await
+            .unwrap();
+    }
+    assert_eq!(right.commit(&address).await.unwrap(), CommitOutcome::Stored);
+    assert!(collect(store.get(&address, None).await.unwrap()).await == data);
+    // A dropped announced upload is aborted in the background, and swept if that fails.
+    let mut dropped = store.stage_expecting(&address).await.unwrap();
+    dropped
+        .write(data[..6 * 1024 * 1024].to_vec().into())
+        .await
+        .unwrap();
+    drop(dropped);
+    assert_no_staging_left(&store, &settings).await;
+    assert!(collect(store.get(&address, None).await.unwrap()).await == data);
 }
