@@ -96,20 +96,31 @@ impl Registry {
     }
 }
 
-/// Passes the bytes through while hashing them. The last chunk is held back until the whole
-/// stream has hashed to `expected`, so a client never receives a complete corrupt body: on a
-/// mismatch the stream fails instead, and the server aborts the connection.
+/// Passes the bytes through while a hashing thread digests them (so hashing overlaps sending).
+/// The last chunk is held back until the whole stream has hashed to `expected`, so a client
+/// never receives a complete corrupt body: on a mismatch the stream fails instead, and the
+/// server aborts the connection.
 fn verified(body: ByteStream, expected: Digest, size: u64, what: String) -> ByteStream {
     struct State {
         body: ByteStream,
-        hasher: blake3::Hasher,
+        chunks: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
+        hasher: Option<tokio::task::JoinHandle<blake3::Hasher>>,
         held: Option<bytes::Bytes>,
         seen: u64,
         done: bool,
     }
+    let (chunks, mut receiver) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
+    let hasher = tokio::task::spawn_blocking(move || {
+        let mut hasher = blake3::Hasher::new();
+        while let Some(chunk) = receiver.blocking_recv() {
+            hasher.update(&chunk);
+        }
+        hasher
+    });
     let state = State {
         body,
-        hasher: blake3::Hasher::new(),
+        chunks: Some(chunks),
+        hasher: Some(hasher),
         held: None,
         seen: 0,
         done: false,
@@ -121,14 +132,22 @@ fn verified(body: ByteStream, expected: Digest, size: u64, what: String) -> Byte
                 return Ok(None);
             }
             while let Some(chunk) = s.body.try_next().await? {
-                s.hasher.update(&chunk);
                 s.seen += chunk.len() as u64;
+                if let Some(chunks) = &s.chunks {
+                    // Fails only if the hashing thread died; the final check reports that.
+                    let _ = chunks.send(chunk.clone()).await;
+                }
                 if let Some(previous) = s.held.replace(chunk) {
                     return Ok(Some((previous, s)));
                 }
             }
             s.done = true;
-            let digest = Digest(*s.hasher.finalize().as_bytes());
+            drop(s.chunks.take());
+            let hasher = match s.hasher.take() {
+                Some(h) => h.await.map_err(std::io::Error::other)?,
+                None => blake3::Hasher::new(),
+            };
+            let digest = Digest(*hasher.finalize().as_bytes());
             if digest != expected || s.seen != size {
                 tracing::error!(
                     blob = %what,
