@@ -159,6 +159,20 @@ impl Registry {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         super::gc::lock_blob_shared(&tx, &digest.blake3).await?;
+        // A copy verification found damaged may still look right to the backend (same size):
+        // remove it first, so these good bytes replace it instead of being dropped as a dedup.
+        let damaged = tx
+            .query_opt(
+                "SELECT 1 FROM storage_locations \
+                 WHERE blake3 = $1 AND backend_id = $2 AND status = 'failed'",
+                &[&digest.blake3.0.as_slice(), &backend.id()],
+            )
+            .await?
+            .is_some();
+        if damaged {
+            tracing::warn!(blob = %digest.primary_address(), backend = backend.id(), "replacing a damaged copy with freshly uploaded bytes");
+            backend.delete(&digest.primary_address()).await?;
+        }
         publish.await?;
         let replaced = check_can_add(
             &*tx,

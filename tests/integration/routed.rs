@@ -388,6 +388,24 @@ async fn verify_finds_corrupt_copies_and_downloads_refuse_them() {
     assert_eq!(rows[0].get::<_, &str>(0), "system");
     assert_eq!(rows[0].get::<_, i64>(1), 6);
 
+    // Uploading the same bytes again heals a damaged copy (it is not kept as a dedup hit).
+    let healed = stack.package("standard").await;
+    let file_a2 = stack.put(&healed, "a", &a).await;
+    assert!(stack.download(&file_a2).await.as_deref() == Some(a.as_slice()));
+    assert_eq!(
+        std::fs::read(&path_a).unwrap(),
+        a,
+        "the damaged local copy was replaced"
+    );
+    let (code, out) = cli(
+        &db,
+        &storage,
+        &local_root,
+        &["verify", "--backend", "local"],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("2 ok, 0 failed"), "{out}");
+
     // A missing object is reported as missing; sampling checks a subset.
     std::fs::remove_file(local_root.join(DualHasher::digest(&c).primary_address().storage_key()))
         .unwrap();
@@ -398,7 +416,7 @@ async fn verify_finds_corrupt_copies_and_downloads_refuse_them() {
         &["verify", "--backend", "local"],
     );
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("0 ok, 1 failed, 1 missing"), "{out}");
+    assert!(out.contains("1 ok, 0 failed, 1 missing"), "{out}");
     let (code, out) = cli(&db, &storage, &local_root, &["verify", "--sample", "0"]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("--sample"), "{out}");
