@@ -93,8 +93,31 @@ impl Registry {
             .collect()
     }
 
-    /// The total bytes in scope on the source.
+    /// How many blobs and bytes in scope are still on the source. An unknown package (any
+    /// tenant's) or retention class is `NotFound` / invalid, not an empty scope.
     pub async fn migration_bytes(&self, scope: &MigrateScope) -> Result<(u64, u64)> {
+        self.check_backends(scope)?;
+        let client = self.pool.get().await?;
+        if let Some(package) = scope.package
+            && client
+                .query_opt("SELECT 1 FROM packages WHERE id = $1", &[&package.0])
+                .await?
+                .is_none()
+        {
+            return Err(Error::not_found("package", package));
+        }
+        if let Some(class) = &scope.retention_class
+            && client
+                .query_opt("SELECT 1 FROM retention_classes WHERE name = $1", &[class])
+                .await?
+                .is_none()
+        {
+            return Err(Error::InvalidInput(format!(
+                "retention class `{}` does not exist",
+                class.escape_debug()
+            )));
+        }
+        drop(client);
         let mut after = None;
         let (mut count, mut bytes) = (0u64, 0u64);
         loop {

@@ -530,6 +530,17 @@ async fn migrate_moves_verified_copies_and_resumes() {
             None
         );
     }
+    let unknown = uuid::Uuid::new_v4().to_string();
+    for scope in [
+        ["--package", unknown.as_str()],
+        ["--retention-class", "no-such-class"],
+    ] {
+        let mut args = vec!["storage", "migrate", "--from", "local", "--to", "s3"];
+        args.extend(scope);
+        let (code, out) = cli(&db, &storage, &local_root, &args);
+        assert_ne!(code, 0, "{out}");
+        assert!(out.contains(scope[1]), "{out}");
+    }
     let (code, out) = cli(
         &db,
         &storage,
