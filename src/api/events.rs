@@ -121,6 +121,8 @@ impl EventsApi {
         type_prefix: Query<Option<String>>,
     ) -> ApiResult<EventsBody> {
         let principal = self.state.authorize(&auth, Scope::Read)?;
+        // Counted in `/health` until this request ends, however it ends.
+        let _open = self.state.events.waiting_request();
         let since = since.0.unwrap_or(0);
         let limit = i64::from(limit.0.unwrap_or(100));
         let deadline = Instant::now() + Duration::from_secs(u64::from(wait.0.unwrap_or(30)));

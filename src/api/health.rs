@@ -23,6 +23,18 @@ pub struct Health {
     /// Stored copies verification found damaged (`failed`) or lost (`missing`).
     #[oai(skip_serializing_if_is_none)]
     pub storage: Option<StorageHealth>,
+    /// The event stream of this server process.
+    pub events: EventsHealth,
+}
+
+/// The event stream of this server process.
+#[derive(Debug, Clone, Object)]
+pub struct EventsHealth {
+    /// Whether its one LISTEN connection is up (while it reconnects, long-polls still answer,
+    /// only later).
+    pub listening: bool,
+    /// `GET /events` requests open now (nearly all of them waiting for an event).
+    pub waiting_requests: u64,
 }
 
 /// Known-bad stored copies.
@@ -83,6 +95,7 @@ impl HealthApi {
     #[oai(path = "/health", method = "get", operation_id = "getHealth")]
     async fn health(&self) -> HealthResponse {
         let health = crate::health::check(&self.state.registry).await;
+        let bus = self.state.events.status();
         let report = Health {
             status: if !health.healthy() {
                 "unavailable"
@@ -98,6 +111,10 @@ impl HealthApi {
                     failed_copies: failed,
                     missing_copies: missing,
                 }),
+            events: EventsHealth {
+                listening: bus.listening,
+                waiting_requests: bus.waiting as u64,
+            },
             version: env!("CARGO_PKG_VERSION").into(),
             database: DatabaseHealth {
                 ok: health.database.is_ok(),

@@ -18,6 +18,7 @@ pub mod problem;
 mod responses;
 mod retention;
 mod security;
+pub mod serve;
 mod storage;
 mod text;
 mod uploads;

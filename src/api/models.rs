@@ -230,6 +230,21 @@ pub struct LinkFile {
     pub replace: Opt<bool>,
 }
 
+/// `POST /packages/{id}/links/batch` body: many links in one transaction.
+#[derive(Debug, Clone, Object)]
+pub struct LinkFiles {
+    /// The files to add (1-1000, distinct paths): all of them are added, or none.
+    #[oai(validator(min_items = 1, max_items = 1000))]
+    pub links: Vec<LinkFile>,
+}
+
+/// The files a batch link added, in request order.
+#[derive(Debug, Clone, Object)]
+pub struct LinkedFiles {
+    /// One per link.
+    pub files: Vec<FileInfo>,
+}
+
 /// The manifest, as its JSON projection (`GET /packages/{id}/manifest.json`). Documentation of
 /// the shape only: the bytes served are the canonical JCS form of the CBOR manifest.
 #[derive(Debug, Clone, Object)]
@@ -299,8 +314,10 @@ pub struct RetentionSummaryJson {
     /// Class name.
     pub class: String,
     /// The class's duration in seconds; null means forever.
+    #[oai(nullable)]
     pub duration_seconds: Option<u64>,
     /// Expiry; null means never.
+    #[oai(nullable)]
     pub expires_at: Option<String>,
     /// Whether a legal hold was in force.
     pub legal_hold: bool,
@@ -312,5 +329,6 @@ pub struct ProvenanceJson {
     /// `artifactstore/<version>`.
     pub generator: String,
     /// The token that finalized the package, when known.
+    #[oai(nullable)]
     pub finalized_by: Option<String>,
 }

@@ -2,13 +2,15 @@
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
-use super::models::{CreatePackage, FileInfo, LinkFile, Package, PackageList, Status};
+use super::models::{
+    CreatePackage, FileInfo, LinkFile, LinkFiles, LinkedFiles, Package, PackageList, Status,
+};
 use super::responses::{CborManifest, JsonManifest, manifest_response};
 use super::security::Auth;
 use crate::auth::Scope;
 use crate::identity::ContentAddress;
 use crate::model::{Metadata, PackageId, RelativePath};
-use crate::registry::{IngestRequest, NewPackage, PackageFilter};
+use crate::registry::{IngestRequest, LinkRequest, NewPackage, PackageFilter};
 use base64::Engine as _;
 use poem::{Body, Request};
 use poem_openapi::param::{Path, Query};
@@ -40,6 +42,13 @@ impl CreatedFile {
         let location = format!("/files/{}", file.id);
         CreatedFile::Created(Json(file), location)
     }
+}
+
+#[derive(ApiResponse)]
+enum LinkedResponse {
+    /// The new files, in request order.
+    #[oai(status = 201)]
+    Created(Json<LinkedFiles>),
 }
 
 /// `POST /packages/{id}/files` form.
@@ -346,6 +355,52 @@ impl PackagesApi {
             )
             .await?;
         Ok(CreatedFile::new(record.into()))
+    }
+
+    /// Add many files from held bytes
+    ///
+    /// Like `POST /packages/{id}/links` for up to 1,000 files at once, in one transaction: all
+    /// are added, or (when one cannot be, named in the problem) none. This is how a client
+    /// re-sends a tree the server already holds without a request per file.
+    #[oai(
+        path = "/packages/:id/links/batch",
+        method = "post",
+        operation_id = "linkFiles"
+    )]
+    async fn link_batch(
+        &self,
+        auth: Auth,
+        id: Path<Uuid>,
+        body: Json<LinkFiles>,
+    ) -> ApiResult<LinkedResponse> {
+        let principal = self.state.authorize(&auth, Scope::Write)?;
+        let links = body
+            .0
+            .links
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let field = format!("links[{i}].content_address");
+                Ok(LinkRequest {
+                    relative_path: RelativePath::new(&l.relative_path.0).map_err(|e| {
+                        ApiError::from(crate::Error::InvalidInput(format!(
+                            "links[{i}].relative_path: {e}"
+                        )))
+                    })?,
+                    content_address: parse_address(&l.content_address.0, &field)?,
+                    media_type: l.media_type.0.map(String::from),
+                    replace: l.replace.0.unwrap_or(false),
+                })
+            })
+            .collect::<ApiResult<Vec<_>>>()?;
+        let records = self
+            .state
+            .registry
+            .link_files(&principal.tenant, PackageId(id.0), links)
+            .await?;
+        Ok(LinkedResponse::Created(Json(LinkedFiles {
+            files: records.into_iter().map(Into::into).collect(),
+        })))
     }
 
     /// Finalize a package

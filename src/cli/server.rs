@@ -4,7 +4,6 @@ use crate::api::{AppState, app};
 use crate::config::ServiceArgs;
 use crate::service::{DatabaseHandle, Service};
 use anyhow::Context as _;
-use poem::listener::{Acceptor, Listener, TcpListener};
 use std::process::ExitCode;
 
 /// `serve` options.
@@ -42,20 +41,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let jobs = args.worker.then(|| args.jobs.options()).transpose()?;
     let settings = args.service.resolve()?;
     let service = Service::start(&settings, settings.migrate_on_start).await?;
-    let acceptor = TcpListener::bind(settings.listen)
-        .into_acceptor()
+    let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
-    for addr in acceptor.local_addr() {
-        tracing::info!(address = %addr, "listening");
-        // On stdout for scripts and tests that start us on port 0.
-        println!(
-            "listening on http://{}",
-            addr.as_socket_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default()
-        );
-    }
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "listening");
+    // On stdout for scripts and tests that start us on port 0.
+    println!("listening on http://{address}");
     if settings.tokens.is_development() {
         tracing::warn!(
             "no tokens configured (ARTIFACTSTORE_TOKENS / ARTIFACTSTORE_TOKENS_FILE): development \
@@ -76,26 +68,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             tokio::spawn(async move {
                 tracing::info!("background jobs running in the server (--worker)");
                 let closed = bus.clone();
-                worker
-                    .run(&bus, async move {
-                        while !closed.is_closed() {
-                            closed
-                                .wait_beyond(i64::MAX, std::time::Duration::from_secs(3600))
-                                .await;
-                        }
-                    })
-                    .await;
+                worker.run(&bus, async move { closed.closed().await }).await;
             })
         }
         None => tokio::spawn(sweep_uploads(service.registry.clone())),
     };
-    let result = poem::Server::new_with_acceptor(acceptor)
-        .run_with_graceful_shutdown(
-            app(state),
-            shutdown_signal(bus.clone()),
-            Some(settings.shutdown_grace),
-        )
-        .await;
+    let result = crate::api::serve::run(
+        listener,
+        app(state),
+        shutdown_signal(bus.clone()),
+        settings.shutdown_grace,
+    )
+    .await;
     tracing::info!("server stopped");
     sweeper.abort();
     service.shutdown();

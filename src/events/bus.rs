@@ -9,6 +9,8 @@
 
 use super::log::{NOTIFY_CHANNEL, latest_sequence};
 use futures::StreamExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -20,7 +22,33 @@ pub const LISTENER_APPLICATION_NAME: &str = "artifactstore-listener";
 pub struct EventBus {
     latest: watch::Receiver<i64>,
     closing: watch::Receiver<bool>,
-    close: std::sync::Arc<watch::Sender<bool>>,
+    close: Arc<watch::Sender<bool>>,
+    stats: Arc<Stats>,
+}
+
+#[derive(Default)]
+struct Stats {
+    waiting: AtomicUsize,
+    connected: AtomicBool,
+}
+
+/// What the bus is doing now (for `/health`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BusStatus {
+    /// Long-poll requests open now (see [`EventBus::waiting_request`]).
+    pub waiting: usize,
+    /// Whether the LISTEN connection is up.
+    pub listening: bool,
+}
+
+/// Counts a long-poll request for as long as it lives: a request that ends for any reason (an
+/// answer, a timeout, or the client going away and the request being dropped) stops counting.
+pub struct WaitingRequest(Arc<Stats>);
+
+impl Drop for WaitingRequest {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl EventBus {
@@ -30,11 +58,14 @@ impl EventBus {
         let (close_tx, closing) = watch::channel(false);
         let url = url.to_owned();
         let stop = closing.clone();
-        tokio::spawn(async move { listen_forever(url, latest_tx, stop).await });
+        let stats = Arc::new(Stats::default());
+        let task_stats = stats.clone();
+        tokio::spawn(async move { listen_forever(url, latest_tx, stop, task_stats).await });
         EventBus {
             latest,
             closing,
-            close: std::sync::Arc::new(close_tx),
+            close: Arc::new(close_tx),
+            stats,
         }
     }
 
@@ -46,7 +77,28 @@ impl EventBus {
         EventBus {
             latest,
             closing,
-            close: std::sync::Arc::new(close_tx),
+            close: Arc::new(close_tx),
+            stats: Arc::default(),
+        }
+    }
+
+    /// Counts a long-poll request in [`BusStatus::waiting`] until the guard drops.
+    pub fn waiting_request(&self) -> WaitingRequest {
+        self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+        WaitingRequest(self.stats.clone())
+    }
+
+    /// Resolves when the bus closes (shutdown).
+    pub async fn closed(&self) {
+        let mut closing = self.closing.clone();
+        let _ = closing.wait_for(|c| *c).await;
+    }
+
+    /// How many long-poll requests are open now, and whether the listener is connected.
+    pub fn status(&self) -> BusStatus {
+        BusStatus {
+            waiting: self.stats.waiting.load(Ordering::Relaxed),
+            listening: self.stats.connected.load(Ordering::Relaxed),
         }
     }
 
@@ -91,10 +143,15 @@ impl EventBus {
     }
 }
 
-async fn listen_forever(url: String, latest: watch::Sender<i64>, mut stop: watch::Receiver<bool>) {
+async fn listen_forever(
+    url: String,
+    latest: watch::Sender<i64>,
+    mut stop: watch::Receiver<bool>,
+    stats: Arc<Stats>,
+) {
     let mut backoff = Duration::from_millis(50);
     loop {
-        let session = listen_once(&url, &latest);
+        let session = listen_once(&url, &latest, &stats.connected);
         tokio::select! {
             result = session => {
                 if let Err(e) = result {
@@ -102,6 +159,10 @@ async fn listen_forever(url: String, latest: watch::Sender<i64>, mut stop: watch
                 }
             }
             _ = stop.wait_for(|c| *c) => return,
+        }
+        // A connection that came up resets the backoff: it counts failures in a row.
+        if stats.connected.swap(false, Ordering::Relaxed) {
+            backoff = Duration::from_millis(50);
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -111,7 +172,11 @@ async fn listen_forever(url: String, latest: watch::Sender<i64>, mut stop: watch
 /// One connection's life: LISTEN, publish the table's latest sequence (catching up on
 /// anything missed while disconnected), then publish every notification until the connection
 /// fails.
-async fn listen_once(url: &str, latest: &watch::Sender<i64>) -> crate::Result<()> {
+async fn listen_once(
+    url: &str,
+    latest: &watch::Sender<i64>,
+    connected: &AtomicBool,
+) -> crate::Result<()> {
     let mut config: tokio_postgres::Config = url
         .parse()
         .map_err(|e| crate::Error::Database(format!("event listener URL: {e}")))?;
@@ -146,6 +211,7 @@ async fn listen_once(url: &str, latest: &watch::Sender<i64>) -> crate::Result<()
     // Anything committed before LISTEN took effect is in the table.
     let current = latest_sequence(&client).await?;
     latest.send_if_modified(|v| bump(v, current));
+    connected.store(true, Ordering::Relaxed);
     tracing::info!(latest = current, "event listener connected");
     let result = loop {
         match rx.recv().await {

@@ -209,16 +209,7 @@ pub(super) async fn commit_file_event(
     blake3: crate::identity::Digest,
     sha256: crate::identity::Digest,
 ) -> Result<FileRecord> {
-    let record = FileRecord {
-        id: event.file_id,
-        package_id: event.package_id,
-        relative_path: event.relative_path.clone(),
-        size: event.size,
-        media_type: event.media_type.clone(),
-        blake3,
-        sha256,
-        created_at: event.ingested_at,
-    };
+    let record = file_record(&event, blake3, sha256);
     events::record(
         &tx,
         vec![DomainEvent::FileIngested {
@@ -229,6 +220,24 @@ pub(super) async fn commit_file_event(
     .await?;
     tx.commit().await?;
     Ok(record)
+}
+
+/// The file an ingest event makes.
+pub(super) fn file_record(
+    event: &FileIngested,
+    blake3: crate::identity::Digest,
+    sha256: crate::identity::Digest,
+) -> FileRecord {
+    FileRecord {
+        id: event.file_id,
+        package_id: event.package_id,
+        relative_path: event.relative_path.clone(),
+        size: event.size,
+        media_type: event.media_type.clone(),
+        blake3,
+        sha256,
+        created_at: event.ingested_at,
+    }
 }
 
 pub(super) fn check_expected(request: &IngestRequest, digest: &DualDigest) -> Result<()> {
@@ -251,6 +260,8 @@ pub(super) struct CanAdd {
     /// The package's retention class and producer, which route its bytes to a backend.
     pub retention_class: String,
     pub producer: String,
+    /// Files the package holds now.
+    pub file_count: u64,
 }
 
 impl CanAdd {
@@ -319,5 +330,6 @@ pub(super) async fn check_can_add(
         replaced: existing,
         retention_class: row.get(2),
         producer: row.get(3),
+        file_count,
     })
 }

@@ -14,7 +14,7 @@ mod types;
 mod uploads;
 mod usage;
 
-pub use dedup::MAX_MISSING_QUERY;
+pub use dedup::{LinkRequest, MAX_LINK_BATCH, MAX_MISSING_QUERY};
 pub use gc::{Collectable, Collected};
 pub use ingest::{DEFAULT_MEDIA_TYPE, IngestRequest};
 pub use migrate::{MigrateScope, MigrationItem, Moved};

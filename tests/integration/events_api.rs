@@ -315,3 +315,94 @@ async fn tenants_never_see_each_others_events() {
     assert_eq!(page["events"].as_array().unwrap().len(), 0);
     assert_eq!(page["next_since"], 5);
 }
+
+/// `events.waiting_requests` of the server's `/health`.
+async fn waiting(http: &reqwest::Client, base: &str) -> u64 {
+    let health: Value = http
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["events"]["listening"], true, "{health}");
+    health["events"]["waiting_requests"].as_u64().unwrap()
+}
+
+async fn until_waiting(http: &reqwest::Client, base: &str, want: u64, bound: Duration) {
+    let start = Instant::now();
+    loop {
+        let now = waiting(http, base).await;
+        if now == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < bound,
+            "{now} requests still wait after {bound:?}, expected {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_end_when_the_client_goes_away_and_are_answered_at_shutdown() {
+    use tokio::io::AsyncWriteExt;
+    let db = TestDb::new().await;
+    let server = Server::start(&db, &[("ARTIFACTSTORE_TOKENS", TOKENS)]);
+    let base = server.base.clone();
+    let http = reqwest::Client::new();
+    assert_eq!(waiting(&http, &base).await, 0);
+
+    // A client that asks for a minute's wait and then hangs up, over a raw socket.
+    for _ in 0..3 {
+        let addr = base.strip_prefix("http://").unwrap();
+        let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+        socket
+            .write_all(
+                b"GET /events?wait=60 HTTP/1.1\r\nHost: test\r\n\
+                  Authorization: Bearer default-token\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        until_waiting(&http, &base, 1, Duration::from_secs(5)).await;
+        drop(socket);
+        // The request ends with the connection, long before its minute is up.
+        until_waiting(&http, &base, 0, Duration::from_secs(3)).await;
+    }
+
+    // At shutdown, waiters are answered at once with what they have (an empty page and the
+    // position), and the server exits cleanly.
+    let polls: Vec<_> = (0..4)
+        .map(|_| {
+            let (http, base) = (http.clone(), base.clone());
+            tokio::spawn(async move {
+                let resp = http
+                    .get(format!("{base}/events?wait=60"))
+                    .bearer_auth("default-token")
+                    .header("Accept", "application/json")
+                    .send()
+                    .await
+                    .unwrap();
+                let status = resp.status();
+                let page: Value = resp.json().await.unwrap();
+                (status, page)
+            })
+        })
+        .collect();
+    until_waiting(&http, &base, 4, Duration::from_secs(5)).await;
+    let start = Instant::now();
+    let stopped = tokio::task::spawn_blocking(move || server.terminate());
+    for poll in polls {
+        let (status, page) = poll.await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(page["events"].as_array().unwrap().len(), 0);
+        assert_eq!(page["next_since"], 0);
+    }
+    assert!(stopped.await.unwrap().success(), "SIGTERM is a clean exit");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?} with waiters",
+        start.elapsed()
+    );
+}

@@ -201,12 +201,10 @@ pub async fn push(args: PushArgs) -> Result<ExitCode, CliError> {
         async move { ctx.upload(&files[i]).await }
     })
     .await?;
-    run_all(&links, jobs, |i| {
-        let ctx = ctx.clone();
-        let files = files.clone();
-        async move { ctx.link(&files[i]).await }
-    })
-    .await?;
+    // Held bytes: one request (and one transaction) per thousand files.
+    for batch in links.chunks(crate::registry::MAX_LINK_BATCH) {
+        ctx.link_batch(batch.iter().map(|&i| &files[i])).await?;
+    }
     bar.finish_and_clear();
 
     if args.finalize {
@@ -382,16 +380,26 @@ impl Uploader {
         Ok(())
     }
 
-    async fn link(&self, file: &LocalFile) -> Result<(), CliError> {
+    async fn link_batch<'a>(
+        &self,
+        files: impl Iterator<Item = &'a LocalFile>,
+    ) -> Result<(), CliError> {
+        let (mut links, mut bytes) = (Vec::new(), 0);
+        for file in files {
+            links.push(json!({
+                "relative_path": file.path.as_str(),
+                "content_address": format!("blake3:{}", file.blake3),
+            }));
+            bytes += file.size;
+        }
         let _: Value = self
             .client
             .post_json(
-                &format!("/packages/{}/links", self.package),
-                &json!({"relative_path": file.path.as_str(), "content_address": format!("blake3:{}", file.blake3)}),
+                &format!("/packages/{}/links/batch", self.package),
+                &json!({ "links": links }),
             )
-            .await
-            .map_err(|e| CliError { message: format!("{}: {}", file.path, e.message), ..e })?;
-        self.bar.inc(file.size);
+            .await?;
+        self.bar.inc(bytes);
         Ok(())
     }
 }
