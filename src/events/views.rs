@@ -47,6 +47,9 @@ pub async fn apply(tx: &Tx<'_>, event: &StoredEvent) -> Result<()> {
     }
 }
 
+/// One statement parameter.
+type Param<'a> = &'a (dyn ToSql + Sync);
+
 /// Executes with a statement prepared once per connection.
 pub(super) async fn exec(tx: &Tx<'_>, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
     let statement = tx.prepare_cached(sql).await?;
@@ -66,30 +69,36 @@ fn hex_bytes(hex: &str) -> Result<Vec<u8>> {
 }
 
 async fn package_created(tx: &Tx<'_>, event: &StoredEvent, p: &PackageCreated) -> Result<()> {
-    exec(
-        tx,
-        "INSERT INTO packages (id, tenant, producer, subject, retention_class, metadata, status, \
-                               created_at, created_sequence) \
-         VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $8)",
-        &[
-            &p.package_id.0,
-            &p.tenant.as_str(),
-            &p.producer,
-            &p.subject,
-            &p.retention_class,
-            &p.metadata.to_json(),
-            &p.created_at.as_datetime(),
-            &event.sequence,
-        ],
-    )
-    .await?;
-    exec(
-        tx,
-        "INSERT INTO retention_state (package_id, tenant, expires_at, legal_hold) \
-         VALUES ($1, $2, NULL, false)",
-        &[&p.package_id.0, &p.tenant.as_str()],
-    )
-    .await?;
+    let (id, tenant) = (&p.package_id.0, p.tenant.as_str());
+    let metadata = p.metadata.to_json();
+    let created_at = p.created_at.as_datetime();
+    let package: [Param; 8] = [
+        id,
+        &tenant,
+        &p.producer,
+        &p.subject,
+        &p.retention_class,
+        &metadata,
+        &created_at,
+        &event.sequence,
+    ];
+    let retention: [Param; 2] = [id, &tenant];
+    // Both statements in one round trip (pipelined, in order): see `file_ingested`.
+    futures::try_join!(
+        exec(
+            tx,
+            "INSERT INTO packages (id, tenant, producer, subject, retention_class, metadata, \
+                                   status, created_at, created_sequence) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $8)",
+            &package,
+        ),
+        exec(
+            tx,
+            "INSERT INTO retention_state (package_id, tenant, expires_at, legal_hold) \
+             VALUES ($1, $2, NULL, false)",
+            &retention,
+        ),
+    )?;
     Ok(())
 }
 
@@ -98,22 +107,9 @@ async fn file_ingested(tx: &Tx<'_>, event: &StoredEvent, f: &FileIngested) -> Re
     let sha256 = hex_bytes(&f.sha256)?;
     let size = i64::try_from(f.size).map_err(|_| Error::Integrity("file size overflows".into()))?;
     let at = f.ingested_at.as_datetime();
-    exec(
-        tx,
-        "INSERT INTO blobs (blake3, sha256, size, created_at) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (blake3) DO NOTHING",
-        &[&blake3, &sha256, &size, &at],
-    )
-    .await?;
-    exec(
-        tx,
-        "INSERT INTO storage_locations (blake3, backend_id, key, status, stored_at) \
-         VALUES ($1, $2, $3, 'present', $4) \
-         ON CONFLICT (blake3, backend_id) DO UPDATE SET status = 'present', key = EXCLUDED.key \
-         WHERE storage_locations.status <> 'present'",
-        &[&blake3, &f.backend_id, &f.storage_key, &at],
-    )
-    .await?;
+    // The replaced file first (its size is needed below); then the five statements of every
+    // ingest are sent together (tokio-postgres pipelines concurrent requests on one connection,
+    // in order), so the sequence lock waits one round trip for them, not five.
     let mut removed_count = 0i32;
     let mut removed_size = 0i64;
     if let Some(old) = f.replaced_file_id {
@@ -131,38 +127,58 @@ async fn file_ingested(tx: &Tx<'_>, event: &StoredEvent, f: &FileIngested) -> Re
         let old_blob: Vec<u8> = row.get(1);
         retention::mark_unreferenced(tx, &[old_blob], at).await?;
     }
-    exec(
-        tx,
-        "INSERT INTO files (id, tenant, package_id, relative_path, size, media_type, blake3, \
-                            created_at, created_sequence) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        &[
-            &f.file_id.0,
-            &event.tenant.as_str(),
-            &f.package_id.0,
-            &f.relative_path.as_str(),
-            &size,
-            &f.media_type,
-            &blake3,
-            &at,
-            &event.sequence,
-        ],
-    )
-    .await?;
-    exec(
-        tx,
-        "UPDATE blobs SET unreferenced_since = NULL \
-         WHERE blake3 = $1 AND unreferenced_since IS NOT NULL",
-        &[&blake3],
-    )
-    .await?;
-    exec(
-        tx,
-        "UPDATE packages SET file_count = file_count + 1 - $2, total_size = total_size + $3 - $4 \
-         WHERE id = $1",
-        &[&f.package_id.0, &removed_count, &size, &removed_size],
-    )
-    .await?;
+    let tenant = event.tenant.as_str();
+    let relative_path = f.relative_path.as_str();
+    let blob: [Param; 4] = [&blake3, &sha256, &size, &at];
+    let location: [Param; 4] = [&blake3, &f.backend_id, &f.storage_key, &at];
+    let file: [Param; 9] = [
+        &f.file_id.0,
+        &tenant,
+        &f.package_id.0,
+        &relative_path,
+        &size,
+        &f.media_type,
+        &blake3,
+        &at,
+        &event.sequence,
+    ];
+    let referenced: [Param; 1] = [&blake3];
+    let package: [Param; 4] = [&f.package_id.0, &removed_count, &size, &removed_size];
+    futures::try_join!(
+        exec(
+            tx,
+            "INSERT INTO blobs (blake3, sha256, size, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (blake3) DO NOTHING",
+            &blob,
+        ),
+        exec(
+            tx,
+            "INSERT INTO storage_locations (blake3, backend_id, key, status, stored_at) \
+             VALUES ($1, $2, $3, 'present', $4) \
+             ON CONFLICT (blake3, backend_id) DO UPDATE SET status = 'present', key = EXCLUDED.key \
+             WHERE storage_locations.status <> 'present'",
+            &location,
+        ),
+        exec(
+            tx,
+            "INSERT INTO files (id, tenant, package_id, relative_path, size, media_type, blake3, \
+                                created_at, created_sequence) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            &file,
+        ),
+        exec(
+            tx,
+            "UPDATE blobs SET unreferenced_since = NULL \
+             WHERE blake3 = $1 AND unreferenced_since IS NOT NULL",
+            &referenced,
+        ),
+        exec(
+            tx,
+            "UPDATE packages SET file_count = file_count + 1 - $2, total_size = total_size + $3 - $4 \
+             WHERE id = $1",
+            &package,
+        ),
+    )?;
     Ok(())
 }
 

@@ -2,13 +2,13 @@
 //! a package. Only the caller's own files count, so nothing reveals what other tenants store.
 
 use super::Registry;
-use super::ingest::{DEFAULT_MEDIA_TYPE, check_can_add, validate_media_type};
+use super::ingest::{DEFAULT_MEDIA_TYPE, check_open, path_taken, validate_media_type};
 use super::types::FileRecord;
 use crate::error::{Error, Result};
 use crate::events::FileIngested;
 use crate::identity::{Algorithm, ContentAddress, Digest};
 use crate::model::{FileId, PackageId, RelativePath, TenantId};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// Most addresses one `missing_blobs` call may ask about.
 pub const MAX_MISSING_QUERY: usize = 1000;
@@ -115,6 +115,9 @@ impl Registry {
             .await
     }
 
+    /// Links in one transaction, with a fixed number of statements whatever their number:
+    /// the package (locked), the paths taken, the addresses' blobs (collection locks taken
+    /// shared, see gc.rs), then the events. `context` names the link an error is about.
     async fn link(
         &self,
         tenant: &TenantId,
@@ -122,56 +125,74 @@ impl Registry {
         links: Vec<LinkRequest>,
         context: impl Fn(usize, Error) -> Error,
     ) -> Result<Vec<FileRecord>> {
+        for (i, link) in links.iter().enumerate() {
+            if let Some(media_type) = &link.media_type {
+                validate_media_type(media_type).map_err(|e| context(i, e))?;
+            }
+        }
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let (mut events, mut records) = (Vec::new(), Vec::new());
+        let open = check_open(&*tx, tenant, package_id, true).await?;
+        let paths: Vec<&str> = links.iter().map(|l| l.relative_path.as_str()).collect();
+        let taken: HashMap<String, FileId> = tx
+            .query(
+                "SELECT relative_path, id FROM files \
+                 WHERE package_id = $1 AND relative_path = ANY($2)",
+                &[&package_id.0, &paths],
+            )
+            .await?
+            .into_iter()
+            .map(|r| (r.get(0), FileId(r.get(1))))
+            .collect();
         let mut added = 0u64;
-        let max_files = self.limits.max_files_per_package;
-        for (i, link) in links.into_iter().enumerate() {
-            let media_type = link.media_type.unwrap_or_else(|| DEFAULT_MEDIA_TYPE.into());
-            let (event, record) = async {
-                validate_media_type(&media_type)?;
-                let request = super::IngestRequest {
-                    relative_path: link.relative_path.clone(),
-                    media_type: Some(media_type.clone()),
-                    expected_digest: None,
-                    replace: link.replace,
-                };
-                let can =
-                    check_can_add(&*tx, tenant, package_id, &request, max_files, true).await?;
-                if can.replaced.is_none() {
-                    added += 1;
-                    if can.file_count + added > max_files {
-                        return Err(Error::QuotaExceeded(format!(
-                            "package {package_id} would hold more than the maximum of \
-                             {max_files} files"
-                        )));
-                    }
+        for (i, link) in links.iter().enumerate() {
+            match taken.get(link.relative_path.as_str()) {
+                Some(_) if !link.replace => {
+                    return Err(context(i, path_taken(package_id, &link.relative_path)));
                 }
-                let held = held_blob(&tx, tenant, &link.content_address).await?;
-                let event = FileIngested {
-                    file_id: FileId::generate(),
-                    package_id,
-                    relative_path: link.relative_path,
-                    size: held.size,
-                    media_type,
-                    blake3: held.blake3.to_hex(),
-                    sha256: held.sha256.to_hex(),
-                    backend_id: held.backend_id,
-                    storage_key: held.key,
-                    replaced_file_id: can.replaced,
-                    ingested_at: self.clock.now(),
-                };
-                let record = super::ingest::file_record(&event, held.blake3, held.sha256);
-                Ok((event, record))
+                Some(_) => {}
+                None => added += 1,
             }
-            .await
-            .map_err(|e| context(i, e))?;
+        }
+        let max_files = self.limits.max_files_per_package;
+        if open.file_count + added > max_files {
+            return Err(Error::QuotaExceeded(format!(
+                "package {package_id} holds {} files; {added} more would pass the maximum of \
+                 {max_files}",
+                open.file_count
+            )));
+        }
+        let held = held_blobs(&tx, tenant, links.iter().map(|l| &l.content_address)).await?;
+        let mut events = Vec::with_capacity(links.len());
+        let mut records = Vec::with_capacity(links.len());
+        for (i, link) in links.into_iter().enumerate() {
+            let blob = held
+                .get(&link.content_address)
+                .ok_or_else(|| Error::NotFound {
+                    what: format!(
+                        "content {} (this tenant holds no such bytes; upload them)",
+                        link.content_address
+                    ),
+                })
+                .map_err(|e| context(i, e))?;
+            let event = FileIngested {
+                file_id: FileId::generate(),
+                package_id,
+                replaced_file_id: taken.get(link.relative_path.as_str()).copied(),
+                relative_path: link.relative_path,
+                size: blob.size,
+                media_type: link.media_type.unwrap_or_else(|| DEFAULT_MEDIA_TYPE.into()),
+                blake3: blob.blake3.to_hex(),
+                sha256: blob.sha256.to_hex(),
+                backend_id: blob.backend_id.clone(),
+                storage_key: blob.key.clone(),
+                ingested_at: self.clock.now(),
+            };
+            records.push(super::ingest::file_record(&event, blob.blake3, blob.sha256));
             events.push(crate::events::DomainEvent::FileIngested {
                 tenant: tenant.clone(),
                 event,
             });
-            records.push(record);
         }
         crate::events::record(&tx, events).await?;
         tx.commit().await?;
@@ -204,54 +225,73 @@ struct HeldBlob {
     key: String,
 }
 
-/// Finds bytes `tenant` holds, taking the blob's collection lock (shared) before looking, so a
-/// concurrent garbage collection cannot remove them under us (see gc.rs).
-async fn held_blob(
+/// The bytes `tenant` holds among `addresses` (by either digest), one stored copy each. Takes
+/// each blob's collection lock (shared) before looking, so a concurrent garbage collection
+/// cannot remove them under us (see gc.rs).
+async fn held_blobs<'a>(
     tx: &crate::events::Tx<'_>,
     tenant: &TenantId,
-    address: &ContentAddress,
-) -> Result<HeldBlob> {
-    let column = match address.algorithm() {
-        Algorithm::Blake3 => "b.blake3",
-        Algorithm::Sha256 => "b.sha256",
-    };
-    let blake3_of_address: Option<Vec<u8>> = match address.algorithm() {
-        Algorithm::Blake3 => Some(address.digest().0.to_vec()),
-        Algorithm::Sha256 => tx
-            .query_opt(
-                "SELECT blake3 FROM blobs WHERE sha256 = $1 LIMIT 1",
-                &[&address.digest().0.as_slice()],
-            )
-            .await?
-            .map(|r| r.get(0)),
-    };
-    if let Some(b) = &blake3_of_address {
-        super::gc::lock_blob_shared(tx, &digest(b)?).await?;
+    addresses: impl Iterator<Item = &'a ContentAddress>,
+) -> Result<HashMap<ContentAddress, HeldBlob>> {
+    let (mut blake3, mut sha256) = (Vec::new(), Vec::new());
+    for a in addresses {
+        match a.algorithm() {
+            Algorithm::Blake3 => blake3.push(a.digest().0.to_vec()),
+            Algorithm::Sha256 => sha256.push(a.digest().0.to_vec()),
+        }
     }
-    let sql = format!(
-        "SELECT b.blake3, b.sha256, b.size, l.backend_id, l.key FROM blobs b \
-         JOIN storage_locations l ON l.blake3 = b.blake3 AND l.status = 'present' \
-         WHERE {column} = $2 \
-           AND EXISTS (SELECT 1 FROM files f WHERE f.tenant = $1 AND f.blake3 = b.blake3) \
-         ORDER BY l.backend_id LIMIT 1 FOR SHARE OF b"
-    );
-    let statement = tx.prepare_cached(&sql).await?;
-    let row = tx
-        .query_opt(
-            &statement,
-            &[&tenant.as_str(), &address.digest().0.as_slice()],
+    if !sha256.is_empty() {
+        let rows = tx
+            .query(
+                "SELECT blake3 FROM blobs WHERE sha256 = ANY($1)",
+                &[&sha256],
+            )
+            .await?;
+        blake3.extend(rows.into_iter().map(|r| r.get::<_, Vec<u8>>(0)));
+    }
+    blake3.sort();
+    blake3.dedup();
+    let digests = blake3
+        .iter()
+        .map(|b| digest(b))
+        .collect::<Result<Vec<_>>>()?;
+    super::gc::lock_blobs_shared(tx, &digests).await?;
+    let rows = tx
+        .query(
+            "SELECT b.blake3, b.sha256, b.size, l.backend_id, l.key FROM blobs b \
+             JOIN storage_locations l ON l.blake3 = b.blake3 AND l.status = 'present' \
+             WHERE b.blake3 = ANY($2) \
+               AND EXISTS (SELECT 1 FROM files f WHERE f.tenant = $1 AND f.blake3 = b.blake3) \
+             ORDER BY b.blake3, l.backend_id FOR SHARE OF b",
+            &[&tenant.as_str(), &blake3],
         )
-        .await?
-        .ok_or_else(|| Error::NotFound {
-            what: format!("content {address} (this tenant holds no such bytes; upload them)"),
-        })?;
-    Ok(HeldBlob {
-        blake3: digest(row.get(0))?,
-        sha256: digest(row.get(1))?,
-        size: row.get::<_, i64>(2) as u64,
-        backend_id: row.get(3),
-        key: row.get(4),
-    })
+        .await?;
+    let mut held = HashMap::new();
+    for row in rows {
+        let blob = HeldBlob {
+            blake3: digest(row.get(0))?,
+            sha256: digest(row.get(1))?,
+            size: row.get::<_, i64>(2) as u64,
+            backend_id: row.get(3),
+            key: row.get(4),
+        };
+        // The first copy (by backend id) of each blob; reachable by either address.
+        let by_blake3 = ContentAddress::blake3(blob.blake3);
+        if held.contains_key(&by_blake3) {
+            continue;
+        }
+        let by_sha256 = ContentAddress::sha256(blob.sha256);
+        held.insert(
+            by_sha256,
+            HeldBlob {
+                backend_id: blob.backend_id.clone(),
+                key: blob.key.clone(),
+                ..blob
+            },
+        );
+        held.insert(by_blake3, blob);
+    }
+    Ok(held)
 }
 
 /// Names the link an error is about.

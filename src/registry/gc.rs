@@ -36,6 +36,20 @@ pub(super) async fn lock_blob_shared(tx: &events::Tx<'_>, digest: &Digest) -> Re
     Ok(())
 }
 
+/// [`lock_blob_shared`] for many blobs, in one statement.
+pub(super) async fn lock_blobs_shared(tx: &events::Tx<'_>, digests: &[Digest]) -> Result<()> {
+    if digests.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<i32> = digests.iter().map(lock_key).collect();
+    tx.execute(
+        "SELECT pg_advisory_xact_lock_shared($1, k) FROM unnest($2::int4[]) AS k",
+        &[&BLOB_LOCKS, &keys],
+    )
+    .await?;
+    Ok(())
+}
+
 async fn try_lock_blob(tx: &events::Tx<'_>, digest: &Digest) -> Result<bool> {
     Ok(tx
         .query_one(

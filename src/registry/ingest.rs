@@ -260,8 +260,6 @@ pub(super) struct CanAdd {
     /// The package's retention class and producer, which route its bytes to a backend.
     pub retention_class: String,
     pub producer: String,
-    /// Files the package holds now.
-    pub file_count: u64,
 }
 
 impl CanAdd {
@@ -285,6 +283,44 @@ pub(super) async fn check_can_add(
     max_files: u64,
     lock: bool,
 ) -> Result<CanAdd> {
+    let open = check_open(client, tenant, package_id, lock).await?;
+    let existing = client
+        .query_opt(
+            "SELECT id FROM files WHERE package_id = $1 AND relative_path = $2",
+            &[&package_id.0, &request.relative_path.as_str()],
+        )
+        .await?
+        .map(|r| FileId(r.get(0)));
+    if existing.is_some() && !request.replace {
+        return Err(path_taken(package_id, &request.relative_path));
+    }
+    if existing.is_none() && open.file_count >= max_files {
+        return Err(Error::QuotaExceeded(format!(
+            "package {package_id} already holds the maximum of {max_files} files"
+        )));
+    }
+    Ok(CanAdd {
+        replaced: existing,
+        retention_class: open.retention_class,
+        producer: open.producer,
+    })
+}
+
+/// An open package (what [`check_open`] found).
+pub(super) struct OpenPackage {
+    pub file_count: u64,
+    pub retention_class: String,
+    pub producer: String,
+}
+
+/// The package exists for this tenant and is open; with `lock`, its row is locked until the
+/// transaction ends (adds to one package are serialised).
+pub(super) async fn check_open(
+    client: &impl GenericClient,
+    tenant: &TenantId,
+    package_id: PackageId,
+    lock: bool,
+) -> Result<OpenPackage> {
     let sql = if lock {
         "SELECT status, file_count, retention_class, producer FROM packages \
          WHERE id = $1 AND tenant = $2 FOR UPDATE"
@@ -307,29 +343,16 @@ pub(super) async fn check_can_add(
             "package {package_id} is finalized and immutable; create a new package"
         )));
     }
-    let existing = client
-        .query_opt(
-            "SELECT id FROM files WHERE package_id = $1 AND relative_path = $2",
-            &[&package_id.0, &request.relative_path.as_str()],
-        )
-        .await?
-        .map(|r| FileId(r.get(0)));
-    if existing.is_some() && !request.replace {
-        return Err(Error::Conflict(format!(
-            "package {package_id} already has a file at `{}`; ask to replace it",
-            request.relative_path
-        )));
-    }
-    let file_count = row.get::<_, i32>(1) as u64;
-    if existing.is_none() && file_count >= max_files {
-        return Err(Error::QuotaExceeded(format!(
-            "package {package_id} already holds the maximum of {max_files} files"
-        )));
-    }
-    Ok(CanAdd {
-        replaced: existing,
+    Ok(OpenPackage {
+        file_count: row.get::<_, i32>(1) as u64,
         retention_class: row.get(2),
         producer: row.get(3),
-        file_count,
     })
+}
+
+/// A file already has this path and the caller did not ask to replace it.
+pub(super) fn path_taken(package_id: PackageId, path: &RelativePath) -> Error {
+    Error::Conflict(format!(
+        "package {package_id} already has a file at `{path}`; ask to replace it"
+    ))
 }
