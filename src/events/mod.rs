@@ -30,8 +30,6 @@ use crate::error::Result;
 /// last step before COMMIT: the sequence lock it takes is held until then.
 pub async fn record(tx: &Tx<'_>, events: Vec<DomainEvent>) -> Result<Vec<StoredEvent>> {
     let stored = append(tx, &events).await?;
-    for event in &stored {
-        views::apply(tx, event).await?;
-    }
+    views::apply_all(tx, &stored).await?;
     Ok(stored)
 }

@@ -1,7 +1,7 @@
 //! Rebuilding the views from the log.
 
 use super::log::{StoredEvent, read_after};
-use super::views::{VIEW_TABLES, apply};
+use super::views::{VIEW_TABLES, apply_all};
 use crate::error::Result;
 use futures::{StreamExt, pin_mut};
 use std::time::{Duration, Instant};
@@ -41,9 +41,7 @@ pub async fn replay(pool: &deadpool_postgres::Pool, check: bool) -> Result<Repla
         let batch: Vec<StoredEvent> = read_after(&*tx, since, 2000, None, None).await?;
         let Some(last) = batch.last() else { break };
         since = last.sequence;
-        for event in &batch {
-            apply(&tx, event).await?;
-        }
+        apply_all(&tx, &batch).await?;
         count += batch.len() as u64;
     }
     let identical = match before {

@@ -47,6 +47,35 @@ pub async fn apply(tx: &Tx<'_>, event: &StoredEvent) -> Result<()> {
     }
 }
 
+/// Applies `events` in order. Runs of ingests that replace nothing touch disjoint rows (or
+/// commute: counters, `ON CONFLICT DO NOTHING`), so their statements are pipelined together
+/// (a batch of a thousand links costs a few round trips, not a thousand); anything else is
+/// applied one event at a time.
+pub async fn apply_all(tx: &Tx<'_>, events: &[StoredEvent]) -> Result<()> {
+    const MAX_PIPELINED: usize = 256;
+    let mut rest = events;
+    while let Some(first) = rest.first() {
+        let run = rest
+            .iter()
+            .take(MAX_PIPELINED)
+            .take_while(|e| independent_ingest(e))
+            .count();
+        if run <= 1 {
+            apply(tx, first).await?;
+            rest = &rest[1..];
+        } else {
+            futures::future::try_join_all(rest[..run].iter().map(|e| apply(tx, e))).await?;
+            rest = &rest[run..];
+        }
+    }
+    Ok(())
+}
+
+fn independent_ingest(event: &StoredEvent) -> bool {
+    event.event_type == types::FILE_INGESTED
+        && decode::<FileIngested>(event).is_ok_and(|f| f.replaced_file_id.is_none())
+}
+
 /// One statement parameter.
 type Param<'a> = &'a (dyn ToSql + Sync);
 
