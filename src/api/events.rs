@@ -4,7 +4,7 @@ use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::security::Auth;
 use crate::auth::Scope;
-use crate::events::{self, wire};
+use crate::events::wire;
 use poem::http::header;
 use poem::{Request, Response};
 use poem_openapi::param::Query;
@@ -131,36 +131,20 @@ impl EventsApi {
             return Err(crate::Error::InvalidInput("`type` must not contain NUL".into()).into());
         }
         let (page, next_since) = loop {
-            let (page, scanned_to) = {
-                let client = self
-                    .state
-                    .registry
-                    .pool()
-                    .get()
-                    .await
-                    .map_err(crate::Error::from)?;
-                // Everything up to the latest committed sequence is visible (commit order), so
-                // a page that is not full has seen every event up to `upto`.
-                let upto = events::latest_sequence(&**client).await?.max(since);
-                let page = events::read_after_until(
-                    &**client,
-                    since,
-                    upto,
-                    limit,
-                    Some(&principal.tenant),
-                    prefix.as_deref(),
-                )
+            let read = self
+                .state
+                .tail
+                .page(&principal.tenant, since, limit, prefix.as_deref())
                 .await?;
-                (page, upto)
-            };
-            let next = if page.len() as i64 == limit {
-                page.last().map_or(since, |e| e.sequence)
+            let scanned_to = read.scanned_to;
+            let next = if read.events.len() as i64 == limit {
+                read.events.last().map_or(since, |e| e.sequence)
             } else {
                 scanned_to
             };
             let now = Instant::now();
-            if !page.is_empty() || now >= deadline {
-                break (page, next);
+            if !read.events.is_empty() || now >= deadline {
+                break (Some(read), next);
             }
             if !self
                 .state
@@ -170,19 +154,20 @@ impl EventsApi {
             {
                 // Timed out or shutting down: one last look, then answer.
                 if Instant::now() >= deadline || self.state.events.is_closed() {
-                    break (Vec::new(), next);
+                    break (None, next);
                 }
             }
         };
+        let page = page.as_ref().map_or(&[][..], |p| &p.events[..]);
         let body = if wants_json(req) {
-            let json = wire::page_json(&page, next_since).map_err(ApiError::from)?;
+            let json = wire::page_json(page, next_since).map_err(ApiError::from)?;
             Response::builder()
                 .content_type("application/json")
                 .body(serde_json::to_vec(&json).unwrap_or_default())
         } else {
             Response::builder()
                 .content_type("application/cbor")
-                .body(wire::page_cbor(&page, next_since))
+                .body(wire::page_cbor(page, next_since))
         };
         let mut body = body;
         body.headers_mut().insert("Next-Since", next_since.into());

@@ -38,6 +38,8 @@ pub struct AppState {
     pub tokens: Arc<TokenStore>,
     /// Wake-ups for event long-polls.
     pub events: crate::events::EventBus,
+    /// Reads of event pages, coalesced across waiters.
+    pub tail: crate::events::TailReader,
 }
 
 #[derive(Tags)]
@@ -114,6 +116,7 @@ pub fn spec_json() -> String {
         crate::storage::local::LocalStore::open("local", root).expect("temp dir is writable");
     let backends = crate::storage::Backends::single(Arc::new(store));
     let state = AppState {
+        tail: crate::events::TailReader::new(pool.clone()),
         registry: Registry::new(pool, backends),
         tokens: Arc::new(TokenStore::development()),
         events: crate::events::EventBus::idle(),

@@ -57,6 +57,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let bus = crate::events::EventBus::start(&service.database.url);
     let state = AppState {
         events: bus.clone(),
+        tail: crate::events::TailReader::new(service.registry.pool().clone()),
         tokens: settings.tokens.clone(),
         registry: service.registry.clone(),
     };

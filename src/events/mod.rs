@@ -9,6 +9,7 @@ pub mod bus;
 mod log;
 pub mod payloads;
 pub mod replay;
+pub mod tail;
 pub mod views;
 mod views_retention;
 pub mod wire;
@@ -23,6 +24,7 @@ pub use payloads::{
     PackageExpired, RetentionEvent, StorageEvent,
 };
 pub use replay::{ReplayReport, dump_views, replay};
+pub use tail::{TailPage, TailReader};
 
 use crate::error::Result;
 

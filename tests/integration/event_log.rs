@@ -192,3 +192,57 @@ async fn tenant_and_type_filters() {
         0
     );
 }
+
+/// Identical page reads in flight at the same time go to PostgreSQL once and share the answer;
+/// a different question, or the same one asked after the answer came, is read afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_tail_reads_in_flight_are_sent_once() {
+    let env = crate::harness::TestEnv::new().await;
+    let tenant = TenantId::default_tenant();
+    for i in 0..3 {
+        env.registry
+            .create_package(
+                &tenant,
+                artifactstore::registry::NewPackage {
+                    producer: "p".into(),
+                    subject: format!("s{i}"),
+                    retention_class: None,
+                    metadata: Metadata::default(),
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let reader = events::TailReader::new(env.registry.pool().clone());
+    let pages =
+        futures::future::join_all((0..200).map(|_| reader.page(&tenant, 0, 100, None))).await;
+    assert_eq!(reader.reads(), 1, "200 identical reads, one query");
+    for page in &pages {
+        let page = page.as_ref().unwrap();
+        assert_eq!(page.events.len(), 3);
+        assert_eq!(page.scanned_to, 3);
+    }
+    let (a, b) = futures::join!(
+        reader.page(&tenant, 1, 100, None),
+        reader.page(&tenant, 0, 100, Some("v1.file."))
+    );
+    assert_eq!(reader.reads(), 3);
+    assert_eq!(a.unwrap().events.len(), 2);
+    assert_eq!(b.unwrap().events.len(), 0);
+    // Answered questions are not cached: a later asker may be waiting for newer events.
+    env.registry
+        .create_package(
+            &tenant,
+            artifactstore::registry::NewPackage {
+                producer: "p".into(),
+                subject: "late".into(),
+                retention_class: None,
+                metadata: Metadata::default(),
+            },
+        )
+        .await
+        .unwrap();
+    let again = reader.page(&tenant, 0, 100, None).await.unwrap();
+    assert_eq!(reader.reads(), 4);
+    assert_eq!(again.events.len(), 4);
+}

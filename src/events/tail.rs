@@ -1,0 +1,127 @@
+//! Reading pages of the log for long-polls, with identical reads coalesced.
+//!
+//! When one commit wakes thousands of waiters, most of them ask the same question (same tenant,
+//! same `since`, same filter). Each distinct question is sent to PostgreSQL once; everyone who
+//! asks it while that read is in flight shares its answer. That stays correct because a shared
+//! answer is only ever *older* than the asker, never newer: an asker that gets a page without the
+//! event that woke it sees, through the bus, that more is committed than the page covers, and
+//! reads again.
+
+use super::log::{StoredEvent, latest_sequence, read_after_until};
+use crate::error::{Error, Result};
+use crate::model::TenantId;
+use deadpool_postgres::Pool;
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// A page and how far it looked: every event up to `scanned_to` that matches is in `events`
+/// (unless the page is full).
+#[derive(Debug)]
+pub struct TailPage {
+    /// Matching events after `since`, in order, at most `limit`.
+    pub events: Vec<StoredEvent>,
+    /// The latest committed sequence when the page was read (at least `since`).
+    pub scanned_to: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Question {
+    tenant: TenantId,
+    since: i64,
+    limit: i64,
+    type_prefix: Option<String>,
+}
+
+type Answer = Shared<BoxFuture<'static, std::result::Result<Arc<TailPage>, Arc<Error>>>>;
+
+/// Coalescing reader of log pages for one process.
+#[derive(Clone)]
+pub struct TailReader {
+    pool: Pool,
+    in_flight: Arc<Mutex<HashMap<Question, Answer>>>,
+    reads: Arc<AtomicU64>,
+}
+
+impl TailReader {
+    /// A reader over `pool`.
+    pub fn new(pool: Pool) -> Self {
+        TailReader {
+            pool,
+            in_flight: Arc::default(),
+            reads: Arc::default(),
+        }
+    }
+
+    /// Reads sent to PostgreSQL so far (each answers every asker of one question).
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    /// The tenant's events after `since` (optionally only types starting with `type_prefix`),
+    /// at most `limit`, and the latest committed sequence the page covers.
+    pub async fn page(
+        &self,
+        tenant: &TenantId,
+        since: i64,
+        limit: i64,
+        type_prefix: Option<&str>,
+    ) -> Result<Arc<TailPage>> {
+        let question = Question {
+            tenant: tenant.clone(),
+            since,
+            limit,
+            type_prefix: type_prefix.map(str::to_owned),
+        };
+        let answer = {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            in_flight
+                .entry(question.clone())
+                .or_insert_with(|| self.ask(question.clone()))
+                .clone()
+        };
+        answer.await.map_err(|e| match Arc::try_unwrap(e) {
+            Ok(e) => e,
+            Err(shared) => Error::Database(shared.to_string()),
+        })
+    }
+
+    fn ask(&self, question: Question) -> Answer {
+        let pool = self.pool.clone();
+        let in_flight = self.in_flight.clone();
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        async move {
+            let result = read(&pool, &question).await;
+            // Later askers start a fresh read: they may be waiting for newer events.
+            in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&question);
+            result.map(Arc::new).map_err(Arc::new)
+        }
+        .boxed()
+        .shared()
+    }
+}
+
+async fn read(pool: &Pool, q: &Question) -> Result<TailPage> {
+    let client = pool.get().await?;
+    // Everything up to the latest committed sequence is visible (commit order), so a page that
+    // is not full has seen every matching event up to it.
+    let upto = latest_sequence(&**client).await?.max(q.since);
+    let events = read_after_until(
+        &**client,
+        q.since,
+        upto,
+        q.limit,
+        Some(&q.tenant),
+        q.type_prefix.as_deref(),
+    )
+    .await?;
+    Ok(TailPage {
+        events,
+        scanned_to: upto,
+    })
+}
