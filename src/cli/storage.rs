@@ -152,7 +152,7 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     let result = async {
         let (_, bytes) = registry.migration_bytes(&scope).await?;
         let bar = crate::cli::client::progress(bytes, args.quiet, "moving");
-        let (mut copied, mut already, mut damaged) = (0u64, 0u64, 0u64);
+        let (mut copied, mut already, mut damaged, mut collected) = (0u64, 0u64, 0u64, 0u64);
         let mut after = None;
         loop {
             let page = registry.migration_page(&scope, after.as_ref(), 256).await?;
@@ -166,6 +166,7 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
                     Moved::Copied => copied += 1,
                     Moved::AlreadyThere => already += 1,
                     Moved::SourceDamaged => damaged += 1,
+                    Moved::Collected => collected += 1,
                 }
                 bar.inc(size);
             }
@@ -173,10 +174,15 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         bar.finish_and_clear();
         println!(
             "moved {} blobs from `{}` to `{}` ({copied} copied, {already} already there); \
-             {damaged} damaged source copies left in place",
+             {damaged} damaged source copies left in place{}",
             copied + already,
             scope.from,
-            scope.to
+            scope.to,
+            if collected > 0 {
+                format!("; {collected} garbage-collected before their move")
+            } else {
+                String::new()
+            }
         );
         Ok::<_, crate::Error>(damaged)
     }

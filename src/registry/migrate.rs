@@ -48,6 +48,8 @@ pub enum Moved {
     AlreadyThere,
     /// The source copy does not match its digest: it was recorded as failed and left alone.
     SourceDamaged,
+    /// Garbage collection removed the blob before its move began: nothing to move.
+    Collected,
 }
 
 impl Registry {
@@ -153,6 +155,23 @@ impl Registry {
         let source = self.backends.get(&scope.from).expect("checked").clone();
         let target = self.backends.get(&scope.to).expect("checked").clone();
         let address = ContentAddress::blake3(item.blake3);
+        // The blob's collection lock, shared, from before the copy until the locations are
+        // recorded (as an ingest does, see gc.rs): a collector skips the blob meanwhile rather
+        // than delete bytes whose move is being recorded.
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        super::gc::lock_blob_shared(&tx, &item.blake3).await?;
+        let still_present = tx
+            .query_opt(
+                "SELECT 1 FROM storage_locations \
+                 WHERE blake3 = $1 AND backend_id = $2 AND status = 'present'",
+                &[&item.blake3.0.as_slice(), &scope.from],
+            )
+            .await?
+            .is_some();
+        if !still_present {
+            return Ok(Moved::Collected);
+        }
         let target_ok = match target.head(&address).await? {
             Some(size) if size == item.size => {
                 let (digest, size) = read_digest(target.as_ref(), &address).await?;
@@ -166,7 +185,7 @@ impl Registry {
             let stream = match source.get(&address, None).await {
                 Ok(s) => s,
                 Err(Error::NotFound { .. }) => {
-                    self.record_source_problem(scope, item, LocationStatus::Missing, None)
+                    self.record_source_problem(tx, scope, item, LocationStatus::Missing, None)
                         .await?;
                     return Ok(Moved::SourceDamaged);
                 }
@@ -195,6 +214,7 @@ impl Registry {
             if digest != item.blake3 || size != item.size {
                 staged.abort().await?;
                 self.record_source_problem(
+                    tx,
                     scope,
                     item,
                     LocationStatus::Failed,
@@ -217,8 +237,6 @@ impl Registry {
             Moved::Copied
         };
         let now = self.clock.now();
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
         events::record(
             &tx,
             vec![
@@ -246,6 +264,7 @@ impl Registry {
 
     async fn record_source_problem(
         &self,
+        tx: events::Tx<'_>,
         scope: &MigrateScope,
         item: &MigrationItem,
         status: LocationStatus,
@@ -257,8 +276,6 @@ impl Registry {
             status = status.as_str(),
             "source copy is damaged; not migrated"
         );
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
         events::record(
             &tx,
             vec![DomainEvent::Storage(StorageEvent::Verified(

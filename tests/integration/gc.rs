@@ -296,3 +296,50 @@ async fn the_worker_expires_and_collects_and_dry_run_changes_nothing() {
     let out = run(&["--dry-run"]);
     assert!(out.contains("0 packages would expire, 0 blobs"), "{out}");
 }
+
+/// A blob collected between a migration's listing and its move is reported as collected, and
+/// nothing of it reaches the target (the move takes the blob's collection lock first).
+#[tokio::test]
+async fn a_blob_collected_before_its_move_is_not_migrated() {
+    use artifactstore::registry::{MigrateScope, Moved};
+    use artifactstore::storage::local::LocalStore;
+    use std::sync::Arc;
+    let db = crate::harness::TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = Arc::new(LocalStore::open("a", dir.path().join("a")).unwrap());
+    let b = Arc::new(LocalStore::open("b", dir.path().join("b")).unwrap());
+    let backends =
+        artifactstore::storage::Backends::new(vec![a.clone(), b.clone()], "a", Vec::new()).unwrap();
+    let reg = Registry::new(artifactstore::db::pool(&db.url, 8).unwrap(), backends);
+    define_instant(&reg).await;
+    let tenant = TenantId::default_tenant();
+    let doomed = random_bytes(10_000, 41);
+    let kept = random_bytes(10_000, 42);
+    package_with(&reg, &tenant, "instant", &[&doomed]).await;
+    package_with(&reg, &tenant, "standard", &[&kept]).await;
+    let scope = MigrateScope {
+        from: "a".into(),
+        to: "b".into(),
+        package: None,
+        retention_class: None,
+    };
+    let page = reg.migration_page(&scope, None, 10).await.unwrap();
+    assert_eq!(page.len(), 2);
+    // The instant package expires and its blob is collected, after the listing.
+    assert_eq!(reg.expire_due(3600, 100).await.unwrap().len(), 1);
+    assert_eq!(reg.collect_garbage(0, 100).await.unwrap().blobs, 1);
+    let doomed_digest = DualHasher::digest(&doomed).blake3;
+    let mut moved = Vec::new();
+    for item in &page {
+        let outcome = reg.migrate_blob(&scope, item).await.unwrap();
+        moved.push((item.blake3 == doomed_digest, outcome));
+    }
+    moved.sort_by_key(|(d, _)| *d);
+    assert_eq!(
+        moved,
+        vec![(false, Moved::Copied), (true, Moved::Collected)]
+    );
+    let doomed_address = artifactstore::identity::ContentAddress::blake3(doomed_digest);
+    assert_eq!(b.head(&doomed_address).await.unwrap(), None);
+    assert_eq!(a.head(&doomed_address).await.unwrap(), None);
+}
