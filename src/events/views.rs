@@ -47,33 +47,131 @@ pub async fn apply(tx: &Tx<'_>, event: &StoredEvent) -> Result<()> {
     }
 }
 
-/// Applies `events` in order. Runs of ingests that replace nothing touch disjoint rows (or
-/// commute: counters, `ON CONFLICT DO NOTHING`), so their statements are pipelined together
-/// (a batch of a thousand links costs a few round trips, not a thousand); anything else is
-/// applied one event at a time.
+/// Applies `events` in order. A run of ingests that replace nothing is applied with one
+/// set-based statement per view table (a batch of a thousand links, or a replay of a thousand
+/// uploads, is five statements, not five thousand), with the same result as one event at a
+/// time: first occurrences win where the per-event statements would keep the first (blob
+/// creation time, the location's key), counters add up. Anything else is applied one event at a
+/// time.
 pub async fn apply_all(tx: &Tx<'_>, events: &[StoredEvent]) -> Result<()> {
-    const MAX_PIPELINED: usize = 256;
+    const MAX_RUN: usize = 2000;
     let mut rest = events;
     while let Some(first) = rest.first() {
-        let run = rest
-            .iter()
-            .take(MAX_PIPELINED)
-            .take_while(|e| independent_ingest(e))
-            .count();
-        if run <= 1 {
+        let mut run = Vec::new();
+        for event in rest.iter().take(MAX_RUN) {
+            match independent_ingest(event) {
+                Some(f) => run.push((event, f)),
+                None => break,
+            }
+        }
+        if run.len() <= 1 {
             apply(tx, first).await?;
             rest = &rest[1..];
         } else {
-            futures::future::try_join_all(rest[..run].iter().map(|e| apply(tx, e))).await?;
-            rest = &rest[run..];
+            rest = &rest[run.len()..];
+            ingests_together(tx, &run).await?;
         }
     }
     Ok(())
 }
 
-fn independent_ingest(event: &StoredEvent) -> bool {
-    event.event_type == types::FILE_INGESTED
-        && decode::<FileIngested>(event).is_ok_and(|f| f.replaced_file_id.is_none())
+/// The ingest this event records, if it replaces nothing.
+fn independent_ingest(event: &StoredEvent) -> Option<FileIngested> {
+    if event.event_type != types::FILE_INGESTED {
+        return None;
+    }
+    decode::<FileIngested>(event)
+        .ok()
+        .filter(|f| f.replaced_file_id.is_none())
+}
+
+/// [`file_ingested`] for many events that replace nothing, set-based.
+async fn ingests_together(tx: &Tx<'_>, run: &[(&StoredEvent, FileIngested)]) -> Result<()> {
+    let n = run.len();
+    let (mut blake3, mut sha256) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut sizes, mut at) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut backend, mut key) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut id, mut tenant, mut package) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut path, mut media, mut sequence) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for (event, f) in run {
+        blake3.push(hex_bytes(&f.blake3)?);
+        sha256.push(hex_bytes(&f.sha256)?);
+        sizes.push(
+            i64::try_from(f.size).map_err(|_| Error::Integrity("file size overflows".into()))?,
+        );
+        at.push(f.ingested_at.as_datetime());
+        backend.push(f.backend_id.as_str());
+        key.push(f.storage_key.as_str());
+        id.push(f.file_id.0);
+        tenant.push(event.tenant.as_str());
+        package.push(f.package_id.0);
+        path.push(f.relative_path.as_str());
+        media.push(f.media_type.as_str());
+        sequence.push(event.sequence);
+    }
+    let blobs: [Param; 4] = [&blake3, &sha256, &sizes, &at];
+    let locations: [Param; 4] = [&blake3, &backend, &key, &at];
+    let files: [Param; 9] = [
+        &id, &tenant, &package, &path, &sizes, &media, &blake3, &at, &sequence,
+    ];
+    let referenced: [Param; 1] = [&blake3];
+    let packages: [Param; 2] = [&package, &sizes];
+    // Sent together (pipelined, in this order), as in `file_ingested`.
+    futures::try_join!(
+        exec(
+            tx,
+            "INSERT INTO blobs (blake3, sha256, size, created_at) \
+             SELECT b, s, z, t FROM unnest($1::bytea[], $2::bytea[], $3::int8[], \
+                                         $4::timestamptz[]) WITH ORDINALITY AS u(b, s, z, t, o) \
+             ORDER BY o \
+             ON CONFLICT (blake3) DO NOTHING",
+            &blobs,
+        ),
+        exec(
+            tx,
+            "INSERT INTO storage_locations (blake3, backend_id, key, status, stored_at) \
+             SELECT DISTINCT ON (b, k) b, k, y, 'present', t \
+             FROM unnest($1::bytea[], $2::text[], $3::text[], $4::timestamptz[]) \
+                  WITH ORDINALITY AS u(b, k, y, t, o) \
+             ORDER BY b, k, o \
+             ON CONFLICT (blake3, backend_id) DO UPDATE SET status = 'present', key = EXCLUDED.key \
+             WHERE storage_locations.status <> 'present'",
+            &locations,
+        ),
+        exec(
+            tx,
+            "INSERT INTO files (id, tenant, package_id, relative_path, size, media_type, blake3, \
+                                created_at, created_sequence) \
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::int8[], \
+                                  $6::text[], $7::bytea[], $8::timestamptz[], $9::int8[])",
+            &files,
+        ),
+        exec(
+            tx,
+            "UPDATE blobs SET unreferenced_since = NULL \
+             WHERE blake3 = ANY($1) AND unreferenced_since IS NOT NULL",
+            &referenced,
+        ),
+        exec(
+            tx,
+            "UPDATE packages p SET file_count = p.file_count + d.files, \
+                                   total_size = p.total_size + d.bytes \
+             FROM (SELECT package_id, count(*)::int AS files, sum(size)::int8 AS bytes \
+                   FROM unnest($1::uuid[], $2::int8[]) AS u(package_id, size) \
+                   GROUP BY package_id) d \
+             WHERE p.id = d.package_id",
+            &packages,
+        ),
+    )?;
+    Ok(())
 }
 
 /// One statement parameter.

@@ -130,3 +130,71 @@ async fn replay_check_detects_views_that_drifted_from_the_log() {
         .get(0);
     assert_eq!(tampered, 0);
 }
+
+/// Replay applies runs of ingests set-based, live ingests one at a time: both must agree where
+/// it is subtle: the same bytes under several paths in one run, and a blob that became
+/// unreferenced and was ingested again.
+#[tokio::test]
+async fn set_based_replay_of_ingest_runs_equals_one_at_a_time() {
+    let env = TestEnv::new().await;
+    let reg = &env.registry;
+    let tenant = TenantId::default_tenant();
+    reg.define_retention_class(artifactstore::registry::RetentionClass {
+        name: "instant".into(),
+        duration_seconds: Some(0),
+        description: "due at finalization".into(),
+    })
+    .await
+    .unwrap();
+    let shared = random_bytes(3000, 7);
+    let tenant_ref = &tenant;
+    let package = |class: &'static str| async move {
+        reg.create_package(
+            tenant_ref,
+            NewPackage {
+                producer: "p".into(),
+                subject: "s".into(),
+                retention_class: Some(class.into()),
+                metadata: Metadata::default(),
+            },
+        )
+        .await
+        .unwrap()
+        .id
+    };
+    // A package that expires, leaving `shared` unreferenced.
+    let gone = package("instant").await;
+    reg.ingest_file(&tenant, gone, request("x", false), body(&shared, 1000))
+        .await
+        .unwrap();
+    reg.finalize_package(&tenant, gone, None).await.unwrap();
+    assert_eq!(reg.expire_due(3600, 10).await.unwrap().len(), 1);
+    // Then one run of ingests: the unreferenced bytes again, under three paths, and others.
+    let p = package("standard").await;
+    for (i, data) in [
+        shared.clone(),
+        random_bytes(100, 8),
+        shared.clone(),
+        shared.clone(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        reg.ingest_file(&tenant, p, request(&format!("f{i}"), false), body(data, 64))
+            .await
+            .unwrap();
+    }
+    let client = env.db.client().await;
+    let unreferenced: Option<time::OffsetDateTime> = client
+        .query_one(
+            "SELECT unreferenced_since FROM blobs WHERE sha256 = $1",
+            &[&<sha2::Sha256 as sha2::Digest>::digest(&shared).as_slice()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(unreferenced, None, "ingested again: referenced");
+    let before = events::dump_views(&client).await.unwrap();
+    events::replay(reg.pool(), false).await.unwrap();
+    assert_eq!(events::dump_views(&client).await.unwrap(), before);
+}
