@@ -55,6 +55,10 @@ struct Inner {
     threshold: u64,
     chunk: u64,
     parts_in_flight: usize,
+    /// Minimum age of the last good write probe before health writes another.
+    write_probe_every: std::time::Duration,
+    /// When a health write probe last succeeded.
+    last_write_probe: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl std::fmt::Debug for S3Store {
@@ -134,6 +138,10 @@ impl S3Store {
                 threshold: settings.multipart_threshold_bytes,
                 chunk: settings.multipart_chunk_bytes,
                 parts_in_flight: settings.multipart_concurrency,
+                write_probe_every: std::time::Duration::from_secs(
+                    settings.health_write_probe_seconds,
+                ),
+                last_write_probe: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -515,8 +523,20 @@ impl BlobStore for S3Store {
                 .send()
                 .await
                 .map_err(|e| inner.error("bucket", e))?;
-            inner.put_final(&probe, Bytes::from_static(b"ok")).await?;
-            inner.delete_key(&probe).await
+            let probed_lately = inner
+                .last_write_probe
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some_and(|at| at.elapsed() < inner.write_probe_every);
+            if !probed_lately {
+                inner.put_final(&probe, Bytes::from_static(b"ok")).await?;
+                inner.delete_key(&probe).await?;
+                *inner
+                    .last_write_probe
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+            }
+            Ok::<_, Error>(())
         }
         .await;
         BackendHealth {

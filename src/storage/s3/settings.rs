@@ -68,6 +68,10 @@ fn default_request_timeout() -> u64 {
     120
 }
 
+fn default_write_probe() -> u64 {
+    60
+}
+
 /// One S3-compatible backend.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -112,6 +116,11 @@ pub struct S3Settings {
     /// Seconds one attempt of one request may take.
     #[serde(default = "default_request_timeout")]
     pub request_timeout_seconds: u64,
+    /// A health check always asks for the bucket, but writes (and deletes) a probe object only
+    /// when the last successful probe is older than this; `/health` is anonymous, so this
+    /// bounds the writes anyone can cause.
+    #[serde(default = "default_write_probe")]
+    pub health_write_probe_seconds: u64,
 }
 
 impl S3Settings {
@@ -159,6 +168,7 @@ impl S3Settings {
             max_attempts: default_attempts(),
             connect_timeout_seconds: default_connect_timeout(),
             request_timeout_seconds: default_request_timeout(),
+            health_write_probe_seconds: default_write_probe(),
         }
     }
 }
