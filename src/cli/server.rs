@@ -38,6 +38,7 @@ pub struct ReplayArgs {
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let term = terminate_signal()?;
     let jobs = args.worker.then(|| args.jobs.options()).transpose()?;
     let settings = args.service.resolve()?;
     let service = Service::start(&settings, settings.migrate_on_start).await?;
@@ -77,7 +78,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let result = crate::api::serve::run(
         listener,
         app(state),
-        shutdown_signal(bus.clone()),
+        shutdown_signal(term, bus.clone()),
         settings.shutdown_grace,
     )
     .await;
@@ -101,9 +102,14 @@ async fn sweep_uploads(registry: crate::registry::Registry) {
     }
 }
 
-async fn shutdown_signal(bus: crate::events::EventBus) {
+/// SIGTERM, caught from the moment it is called: a stop asked for while the process is still
+/// starting (opening the database, migrating) is honoured once it runs, with a clean exit.
+pub(crate) fn terminate_signal() -> anyhow::Result<tokio::signal::unix::Signal> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    signal(SignalKind::terminate()).context("cannot handle SIGTERM")
+}
+
+async fn shutdown_signal(mut term: tokio::signal::unix::Signal, bus: crate::events::EventBus) {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},

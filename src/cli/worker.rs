@@ -96,6 +96,13 @@ impl JobArgs {
 /// Runs the background jobs until SIGINT/SIGTERM (or once, with `--once`).
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     use crate::retention::Worker;
+    // The daemon stops cleanly on SIGTERM, even one sent while it starts; one-shot runs
+    // (`--once`, `--dry-run`) keep the default: SIGTERM ends them.
+    let term = if args.once || args.dry_run {
+        None
+    } else {
+        Some(super::server::terminate_signal()?)
+    };
     let options = args.jobs.options()?;
     let settings = args.service.resolve()?;
     let service = Service::start(&settings, settings.migrate_on_start).await?;
@@ -165,7 +172,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     } else {
         tracing::info!("worker started");
         let bus = crate::events::EventBus::start(&service.database.url);
-        worker.run(&bus, shutdown()).await;
+        worker.run(&bus, shutdown(term)).await;
         bus.close();
         tracing::info!("worker stopped");
         service.shutdown();
@@ -174,9 +181,8 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
-async fn shutdown() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
+async fn shutdown(term: Option<tokio::signal::unix::Signal>) {
+    let Some(mut term) = term else {
         return std::future::pending().await;
     };
     tokio::select! {

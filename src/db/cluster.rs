@@ -30,7 +30,15 @@ pub struct ManagedCluster {
     password: String,
     run_as: Option<(Uid, Gid)>,
     started_here: bool,
+    /// Whether this process is listed among the cluster's users (see [`ManagedCluster::stop`]).
+    registered: bool,
 }
+
+/// Under the cluster directory: one empty file per process using the cluster, named by pid.
+const USERS: &str = "users";
+/// Under the cluster directory: present when the process that started the cluster left it
+/// running for others, so the last user stops it.
+const HANDED_OVER: &str = "handed-over";
 
 /// The database our service uses inside a managed cluster.
 pub const DATABASE: &str = "artifactstore";
@@ -76,7 +84,9 @@ impl ManagedCluster {
             password,
             run_as,
             started_here: false,
+            registered: false,
         };
+        cluster.register_user()?;
         if let Some(port) = cluster.running_port() {
             tracing::info!(port, dir = %cluster.dir.display(), "reusing running private PostgreSQL");
             cluster.port = port;
@@ -84,6 +94,8 @@ impl ManagedCluster {
             cluster.port = free_port()?;
             cluster.start_server()?;
             cluster.started_here = true;
+            // A marker left by an owner that died is not ours to honour: we own this start.
+            let _ = std::fs::remove_file(cluster.dir.join(HANDED_OVER));
             tracing::info!(port = cluster.port, dir = %cluster.dir.display(), "started private PostgreSQL");
         }
         Ok(cluster)
@@ -101,18 +113,20 @@ impl ManagedCluster {
             password: String::new(),
             run_as,
             started_here: false,
+            registered: false,
         })
     }
 
     /// Stops a private cluster under `data_dir` that some process left running. Returns
     /// whether one was running.
     pub fn stop_existing(data_dir: &Path) -> Result<bool> {
-        let mut cluster = Self::locate(data_dir)?;
+        let cluster = Self::locate(data_dir)?;
         if cluster.running_port().is_none() {
             return Ok(false);
         }
-        cluster.started_here = true;
-        cluster.stop();
+        let _lock = cluster.lock()?;
+        let _ = std::fs::remove_file(cluster.dir.join(HANDED_OVER));
+        cluster.pg_stop();
         Ok(true)
     }
 
@@ -162,12 +176,42 @@ impl ManagedCluster {
         Ok(())
     }
 
-    /// Stops the server if this process started it; otherwise leaves it to its owner.
+    /// Leaves the cluster. The process that started it stops it, unless other processes (a
+    /// `worker` beside a `serve`, say) still use it: then the last of them to leave stops it.
+    /// A cluster someone else started (`artifactstore postgres start`, or a test harness
+    /// that leaves it running) is never stopped here.
     pub fn stop(&mut self) {
-        if !self.started_here {
+        let started_here = std::mem::take(&mut self.started_here);
+        if !std::mem::take(&mut self.registered) && !started_here {
             return;
         }
-        self.started_here = false;
+        let handed_over = self.dir.join(HANDED_OVER);
+        let _lock = match self.lock() {
+            Ok(lock) => lock,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot lock the private cluster to leave it");
+                return;
+            }
+        };
+        let others = self.leave_users();
+        if !started_here && !handed_over.exists() {
+            return;
+        }
+        if others > 0 {
+            if started_here && let Err(e) = std::fs::write(&handed_over, b"") {
+                tracing::warn!(error = %e, "cannot hand the private cluster over");
+            }
+            tracing::info!(
+                others,
+                "leaving private PostgreSQL running for the other processes using it"
+            );
+            return;
+        }
+        let _ = std::fs::remove_file(&handed_over);
+        self.pg_stop();
+    }
+
+    fn pg_stop(&self) {
         let status = self
             .pg_command("pg_ctl")
             .args(["stop", "-m", "fast", "-w", "-D"])
@@ -180,6 +224,54 @@ impl ManagedCluster {
             }
             Err(e) => tracing::warn!(error = %e, "pg_ctl stop failed"),
         }
+    }
+
+    /// One process at a time initialises, starts, joins or leaves the cluster.
+    fn lock(&self) -> Result<nix::fcntl::Flock<std::fs::File>> {
+        let lock_file = std::fs::File::create(self.dir.join("cluster.lock")).map_err(|e| {
+            fail(format!(
+                "cannot create lock file in {}: {e}",
+                self.dir.display()
+            ))
+        })?;
+        nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| fail(format!("cannot lock {}: {e}", self.dir.display())))
+    }
+
+    /// Lists this process among the cluster's users (caller holds the lock).
+    fn register_user(&mut self) -> Result<()> {
+        let users = self.dir.join(USERS);
+        std::fs::create_dir_all(&users)
+            .and_then(|()| std::fs::write(users.join(std::process::id().to_string()), b""))
+            .map_err(|e| fail(format!("cannot register in {}: {e}", users.display())))?;
+        self.registered = true;
+        Ok(())
+    }
+
+    /// Removes this process from the users (and any that died without leaving); returns how
+    /// many remain (caller holds the lock).
+    fn leave_users(&self) -> usize {
+        let users = self.dir.join(USERS);
+        let me = std::process::id().to_string();
+        let _ = std::fs::remove_file(users.join(&me));
+        let Ok(entries) = std::fs::read_dir(&users) else {
+            return 0;
+        };
+        let mut alive = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let pid = name.to_str().and_then(|n| n.parse::<i32>().ok());
+            let running = pid.is_some_and(|pid| {
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+                    .map_or_else(|e| e != nix::errno::Errno::ESRCH, |()| true)
+            });
+            if running {
+                alive += 1;
+            } else {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        alive
     }
 
     fn pg_command(&self, program: &str) -> Command {

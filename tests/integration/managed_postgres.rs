@@ -113,3 +113,69 @@ fn as_root_an_unreachable_data_dir_gets_a_reachable_cluster_dir() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "not running");
     std::fs::remove_dir_all(&fallback).unwrap();
 }
+
+/// `serve` starts the private cluster and a `worker` joins it: when `serve` stops first, the
+/// cluster stays up for the worker, which stops it when it leaves last.
+#[test]
+fn the_last_process_using_the_private_cluster_stops_it() {
+    use std::io::BufRead as _;
+    use std::process::Stdio;
+    let data = tempfile::tempdir().unwrap();
+    let pgdata = || {
+        // As root the cluster may live elsewhere; `postgres status` knows where.
+        let out = Command::new(env!("CARGO_BIN_EXE_artifactstore"))
+            .args(["postgres", "status", "--data-dir"])
+            .arg(data.path())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let terminate = |child: &mut std::process::Child| {
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let status = child.wait().unwrap();
+        assert!(status.success(), "{status}");
+    };
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_artifactstore"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path())
+        .env("ARTIFACTSTORE_LOG", "warn")
+        .env_remove("ARTIFACTSTORE_DATABASE_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut out = std::io::BufReader::new(serve.stdout.take().unwrap());
+    out.read_line(&mut line).unwrap();
+    assert!(line.starts_with("listening on "), "{line}");
+    assert_ne!(pgdata(), "not running");
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_artifactstore"))
+        .args(["worker", "--data-dir"])
+        .arg(data.path())
+        .env("ARTIFACTSTORE_LOG", "info")
+        .env_remove("ARTIFACTSTORE_DATABASE_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The worker has joined once it says it runs.
+    let mut log = std::io::BufReader::new(worker.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            log.read_line(&mut line).unwrap() > 0,
+            "worker ended: {seen}"
+        );
+        seen.push_str(&line);
+        if line.contains("reusing running private PostgreSQL") {
+            break;
+        }
+    }
+    std::thread::spawn(move || std::io::copy(&mut log, &mut std::io::sink()));
+    terminate(&mut serve);
+    assert_ne!(pgdata(), "not running", "stopped under the worker");
+    terminate(&mut worker);
+    assert_eq!(pgdata(), "not running", "left running after the last user");
+}
