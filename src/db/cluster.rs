@@ -178,8 +178,8 @@ impl ManagedCluster {
 
     /// Leaves the cluster. The process that started it stops it, unless other processes (a
     /// `worker` beside a `serve`, say) still use it: then the last of them to leave stops it.
-    /// A cluster someone else started (`artifactstore postgres start`, or a test harness
-    /// that leaves it running) is never stopped here.
+    /// A cluster whose starter never left (killed, or a test harness that leaves it running on
+    /// purpose) is not stopped by the others; `postgres stop` stops it.
     pub fn stop(&mut self) {
         let started_here = std::mem::take(&mut self.started_here);
         if !std::mem::take(&mut self.registered) && !started_here {
