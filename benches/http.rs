@@ -13,10 +13,9 @@
 
 mod common;
 
-use common::{best, make_file, mbps, status_kib, time};
-use std::io::{BufRead, BufReader};
+use common::{Server, best, curl, json_field, make_file, mbps, status_kib, time};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_artifactstore");
@@ -26,68 +25,11 @@ fn reset_peak(pid: u32) {
     let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
 }
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
-    }
-}
-
 fn start_server(data: &Path) -> Server {
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--max-file-size",
-            "8GiB",
-        ])
-        .env("ARTIFACTSTORE_DATA_DIR", data)
-        .env("ARTIFACTSTORE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .expect("server address")
-        .to_owned();
-    Server { child, base }
-}
-
-fn curl(args: &[&str]) -> String {
-    let out = Command::new("curl")
-        .args(["-sS", "--fail-with-body"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "curl {args:?}: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn json_field(body: &str, field: &str) -> String {
-    let v: serde_json::Value = serde_json::from_str(body).unwrap();
-    v[field]
-        .as_str()
-        .map(str::to_owned)
-        .unwrap_or_else(|| v[field].to_string())
+    let mut cmd = common::serve_command();
+    cmd.env("ARTIFACTSTORE_DATA_DIR", data)
+        .env("ARTIFACTSTORE_LOG", "warn");
+    common::serve(cmd)
 }
 
 fn new_package(base: &str, subject: &str) -> String {

@@ -14,10 +14,9 @@
 
 mod common;
 
-use common::{best, make_file, mbps, time};
-use std::io::{BufRead, BufReader};
+use common::{Server, best, curl, json_field as field, make_file, mbps, time};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_artifactstore");
@@ -52,21 +51,6 @@ fn start_ceph() -> S3 {
     }
 }
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
-    }
-}
-
 fn service_env(cmd: &mut Command, data: &Path, storage: &Path, s3: &S3) {
     cmd.env("ARTIFACTSTORE_DATA_DIR", data)
         .env("ARTIFACTSTORE_STORAGE_FILE", storage)
@@ -76,49 +60,9 @@ fn service_env(cmd: &mut Command, data: &Path, storage: &Path, s3: &S3) {
 }
 
 fn start_server(data: &Path, storage: &Path, s3: &S3) -> Server {
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--max-file-size",
-        "8GiB",
-    ]);
+    let mut cmd = common::serve_command();
     service_env(&mut cmd, data, storage, s3);
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .expect("server address")
-        .to_owned();
-    Server { child, base }
-}
-
-fn curl(args: &[&str]) -> String {
-    let out = Command::new("curl")
-        .args(["-sS", "--fail-with-body"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "curl {args:?}: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn field(body: &str, name: &str) -> String {
-    let v: serde_json::Value = serde_json::from_str(body).unwrap();
-    v[name].as_str().unwrap().to_owned()
+    common::serve(cmd)
 }
 
 /// A signed request straight to the S3 server.

@@ -58,3 +58,77 @@ pub fn status_kib(pid: u32, field: &str) -> u64 {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }
+
+/// A server process of ours, stopped with SIGTERM when dropped.
+pub struct Server {
+    pub child: std::process::Child,
+    pub base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+/// `artifactstore serve` on a free loopback port, taking files up to 8 GiB.
+pub fn serve_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_artifactstore"));
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--max-file-size",
+        "8GiB",
+    ]);
+    cmd
+}
+
+/// Spawns `cmd` (an `artifactstore serve --listen 127.0.0.1:0 ...`) and waits for the address
+/// it prints.
+pub fn serve(mut cmd: Command) -> Server {
+    use std::io::BufRead as _;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("start the server");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("piped stdout"))
+        .read_line(&mut line)
+        .expect("read the server's address");
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("server address")
+        .to_owned();
+    Server { child, base }
+}
+
+/// `curl -sS --fail-with-body ARGS`; returns the body (it must succeed).
+pub fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "--fail-with-body"])
+        .args(args)
+        .output()
+        .expect("run curl");
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 body")
+}
+
+/// A top-level field of a JSON body, as text.
+pub fn json_field(body: &str, field: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(body).expect("JSON body");
+    v[field]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| v[field].to_string())
+}
