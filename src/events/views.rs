@@ -64,11 +64,12 @@ pub async fn apply_all(tx: &Tx<'_>, events: &[StoredEvent]) -> Result<()> {
                 None => break,
             }
         }
-        if run.len() <= 1 {
+        if run.is_empty() {
             apply(tx, first).await?;
             rest = &rest[1..];
         } else {
             rest = &rest[run.len()..];
+            let run: Vec<_> = run.iter().map(|(e, f)| (*e, f)).collect();
             ingests_together(tx, &run).await?;
         }
     }
@@ -85,8 +86,10 @@ fn independent_ingest(event: &StoredEvent) -> Option<FileIngested> {
         .filter(|f| f.replaced_file_id.is_none())
 }
 
-/// [`file_ingested`] for many events that replace nothing, set-based.
-async fn ingests_together(tx: &Tx<'_>, run: &[(&StoredEvent, FileIngested)]) -> Result<()> {
+/// The views of ingests that replace nothing (one, or a run of them), set-based: five
+/// statements whatever their number, sent together (tokio-postgres pipelines concurrent
+/// requests on one connection, in order), so the sequence lock waits one round trip for them.
+async fn ingests_together(tx: &Tx<'_>, run: &[(&StoredEvent, &FileIngested)]) -> Result<()> {
     let n = run.len();
     let (mut blake3, mut sha256) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let (mut sizes, mut at) = (Vec::with_capacity(n), Vec::with_capacity(n));
@@ -124,7 +127,6 @@ async fn ingests_together(tx: &Tx<'_>, run: &[(&StoredEvent, FileIngested)]) -> 
     ];
     let referenced: [Param; 1] = [&blake3];
     let packages: [Param; 2] = [&package, &sizes];
-    // Sent together (pipelined, in this order), as in `file_ingested`.
     futures::try_join!(
         exec(
             tx,
@@ -230,18 +232,11 @@ async fn package_created(tx: &Tx<'_>, event: &StoredEvent, p: &PackageCreated) -
 }
 
 async fn file_ingested(tx: &Tx<'_>, event: &StoredEvent, f: &FileIngested) -> Result<()> {
-    let blake3 = hex_bytes(&f.blake3)?;
-    let sha256 = hex_bytes(&f.sha256)?;
-    let size = i64::try_from(f.size).map_err(|_| Error::Integrity("file size overflows".into()))?;
-    let at = f.ingested_at.as_datetime();
-    // The replaced file first (its size is needed below); then the five statements of every
-    // ingest are sent together (tokio-postgres pipelines concurrent requests on one connection,
-    // in order), so the sequence lock waits one round trip for them, not five.
-    let mut removed_count = 0i32;
-    let mut removed_size = 0i64;
+    // A replace first takes the old file out (and its counts off the package); then the new
+    // file goes in exactly as any ingest does.
     if let Some(old) = f.replaced_file_id {
         let statement = tx
-            .prepare_cached("DELETE FROM files WHERE id = $1 RETURNING size, blake3")
+            .prepare_cached("DELETE FROM files WHERE id = $1 RETURNING size, blake3, package_id")
             .await?;
         let row = tx.query_opt(&statement, &[&old.0]).await?.ok_or_else(|| {
             Error::Integrity(format!(
@@ -249,64 +244,18 @@ async fn file_ingested(tx: &Tx<'_>, event: &StoredEvent, f: &FileIngested) -> Re
                 event.sequence
             ))
         })?;
-        removed_count = 1;
-        removed_size = row.get(0);
-        let old_blob: Vec<u8> = row.get(1);
-        retention::mark_unreferenced(tx, &[old_blob], at).await?;
-    }
-    let tenant = event.tenant.as_str();
-    let relative_path = f.relative_path.as_str();
-    let blob: [Param; 4] = [&blake3, &sha256, &size, &at];
-    let location: [Param; 4] = [&blake3, &f.backend_id, &f.storage_key, &at];
-    let file: [Param; 9] = [
-        &f.file_id.0,
-        &tenant,
-        &f.package_id.0,
-        &relative_path,
-        &size,
-        &f.media_type,
-        &blake3,
-        &at,
-        &event.sequence,
-    ];
-    let referenced: [Param; 1] = [&blake3];
-    let package: [Param; 4] = [&f.package_id.0, &removed_count, &size, &removed_size];
-    futures::try_join!(
+        let (removed_size, old_blob, package): (i64, Vec<u8>, uuid::Uuid) =
+            (row.get(0), row.get(1), row.get(2));
+        retention::mark_unreferenced(tx, &[old_blob], f.ingested_at.as_datetime()).await?;
         exec(
             tx,
-            "INSERT INTO blobs (blake3, sha256, size, created_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (blake3) DO NOTHING",
-            &blob,
-        ),
-        exec(
-            tx,
-            "INSERT INTO storage_locations (blake3, backend_id, key, status, stored_at) \
-             VALUES ($1, $2, $3, 'present', $4) \
-             ON CONFLICT (blake3, backend_id) DO UPDATE SET status = 'present', key = EXCLUDED.key \
-             WHERE storage_locations.status <> 'present'",
-            &location,
-        ),
-        exec(
-            tx,
-            "INSERT INTO files (id, tenant, package_id, relative_path, size, media_type, blake3, \
-                                created_at, created_sequence) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            &file,
-        ),
-        exec(
-            tx,
-            "UPDATE blobs SET unreferenced_since = NULL \
-             WHERE blake3 = $1 AND unreferenced_since IS NOT NULL",
-            &referenced,
-        ),
-        exec(
-            tx,
-            "UPDATE packages SET file_count = file_count + 1 - $2, total_size = total_size + $3 - $4 \
+            "UPDATE packages SET file_count = file_count - 1, total_size = total_size - $2 \
              WHERE id = $1",
-            &package,
-        ),
-    )?;
-    Ok(())
+            &[&package, &removed_size],
+        )
+        .await?;
+    }
+    ingests_together(tx, &[(event, f)]).await
 }
 
 async fn package_finalized(tx: &Tx<'_>, event: &StoredEvent, m: &Manifest) -> Result<()> {
