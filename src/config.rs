@@ -83,6 +83,10 @@ pub struct ServiceArgs {
         default_value = "86400"
     )]
     pub upload_ttl_seconds: String,
+    /// Largest JSON request body (bytes, or with a unit). File bytes are streamed and bounded
+    /// by `--max-file-size` instead.
+    #[arg(long, env = "ARTIFACTSTORE_MAX_JSON_BODY", default_value = "8MiB")]
+    pub max_json_body: String,
     /// Seconds to wait for in-flight requests at shutdown.
     #[arg(
         long,
@@ -115,6 +119,8 @@ pub struct Settings {
     pub limits: Limits,
     /// Shutdown grace.
     pub shutdown_grace: std::time::Duration,
+    /// Largest JSON request body, in bytes.
+    pub max_json_body: u64,
     /// Tokens.
     pub tokens: std::sync::Arc<crate::auth::TokenStore>,
 }
@@ -204,6 +210,18 @@ impl ServiceArgs {
                     "expected seconds from 1 to 2592000",
                 )
             })?;
+        let max_json_body = parse_size(&self.max_json_body)
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                invalid(
+                    "ARTIFACTSTORE_MAX_JSON_BODY",
+                    "--max-json-body",
+                    format!(
+                        "`{}` is not a size like 8MiB or 1048576",
+                        self.max_json_body
+                    ),
+                )
+            })?;
         let grace = self.shutdown_grace_seconds.parse::<u64>().map_err(|_| {
             invalid(
                 "ARTIFACTSTORE_SHUTDOWN_GRACE_SECONDS",
@@ -267,6 +285,7 @@ impl ServiceArgs {
                 upload_ttl_seconds,
             },
             shutdown_grace: std::time::Duration::from_secs(grace),
+            max_json_body,
         })
     }
 }

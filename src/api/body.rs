@@ -28,16 +28,21 @@ pub fn stream(body: poem::Body) -> BodyStream {
 /// the body so the client can read the answer.
 pub async fn finish<T>(result: ApiResult<T>, body: &mut BodyStream) -> ApiResult<T> {
     if result.is_err() {
-        let drain = async {
-            let mut read = 0;
-            while let Some(Ok(chunk)) = body.next().await {
-                read += chunk.len();
-                if read > DRAIN_BYTES {
-                    break;
-                }
-            }
-        };
-        let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+        drain(body).await;
     }
     result
+}
+
+/// Reads and discards (a bounded amount of) the rest of a body being refused.
+pub async fn drain(body: &mut BodyStream) {
+    let drain = async {
+        let mut read = 0;
+        while let Some(Ok(chunk)) = body.next().await {
+            read += chunk.len();
+            if read > DRAIN_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
 }

@@ -40,6 +40,8 @@ pub struct AppState {
     pub events: crate::events::EventBus,
     /// Reads of event pages, coalesced across waiters.
     pub tail: crate::events::TailReader,
+    /// Largest JSON request body, in bytes.
+    pub max_json_body: u64,
 }
 
 #[derive(Tags)]
@@ -120,6 +122,7 @@ pub fn spec_json() -> String {
         registry: Registry::new(pool, backends),
         tokens: Arc::new(TokenStore::development()),
         events: crate::events::EventBus::idle(),
+        max_json_body: 8 << 20,
     };
     service(&state).spec()
 }
@@ -164,8 +167,68 @@ async fn encode_file_path(mut req: Request) -> poem::Result<Request> {
     Ok(req)
 }
 
+/// Bodies other than file bytes (JSON, and the empty bodies of most requests) are read whole
+/// by their extractors, so they are bounded here: a declared length over `limit` is refused at
+/// once with 413 (after a bounded drain, so the client reads the answer); a body without a
+/// declared length is read here and refused the same way once it passes `limit`. Raw file PUTs, upload chunks and multipart file uploads
+/// stream, bounded by the file size limit, and are left alone.
+async fn limit_body(mut req: Request, limit: u64) -> poem::Result<Request> {
+    use poem::http::Method;
+    let path = req.uri().path();
+    let streams_file =
+        (req.method() == Method::PUT && path.starts_with("/packages/") && path.contains("/files/"))
+            || (req.method() == Method::PATCH && path.starts_with("/uploads/"))
+            || (req.method() == Method::POST
+                && path.starts_with("/packages/")
+                && path.ends_with("/files"));
+    if streams_file || matches!(*req.method(), Method::GET | Method::HEAD) {
+        return Ok(req);
+    }
+    let declared = req
+        .headers()
+        .get(poem::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > limit => {
+            // Drained (bounded) first, so the client reads the refusal rather than a reset.
+            body::drain(&mut body::stream(req.take_body())).await;
+            Err(poem::Error::from_string(
+                format!("the request body is {n} bytes; at most {limit} are accepted here"),
+                poem::http::StatusCode::PAYLOAD_TOO_LARGE,
+            ))
+        }
+        Some(_) => Ok(req),
+        None => {
+            // No declared length: read up to the limit here (the extractor would buffer it
+            // anyway), refusing as above once it passes.
+            let mut stream = body::stream(req.take_body());
+            let mut read = Vec::new();
+            while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
+                let chunk = chunk.map_err(|e| {
+                    poem::Error::from_string(
+                        format!("request body: {e}"),
+                        poem::http::StatusCode::BAD_REQUEST,
+                    )
+                })?;
+                if (read.len() + chunk.len()) as u64 > limit {
+                    body::drain(&mut stream).await;
+                    return Err(poem::Error::from_string(
+                        format!("the request body is over the {limit} bytes accepted here"),
+                        poem::http::StatusCode::PAYLOAD_TOO_LARGE,
+                    ));
+                }
+                read.extend_from_slice(&chunk);
+            }
+            req.set_body(read);
+            Ok(req)
+        }
+    }
+}
+
 /// The whole HTTP application.
 pub fn app(state: AppState) -> impl Endpoint {
+    let json_limit = state.max_json_body;
     let api = service(&state);
     let allow = std::sync::Arc::new(problem::AllowTable::from_spec(&api.spec()));
     let spec = api.spec_endpoint();
@@ -175,6 +238,7 @@ pub fn app(state: AppState) -> impl Endpoint {
         .at("/openapi.json", spec)
         .nest("/docs", ui)
         .before(encode_file_path)
+        .before(move |req| limit_body(req, json_limit))
         .catch_all_error(problem::from_poem_error)
         .around(move |endpoint, req| problem::finish(endpoint, req, allow.clone()))
         .with(poem::middleware::Tracing)

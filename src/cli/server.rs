@@ -59,6 +59,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let state = AppState {
         events: bus.clone(),
         tail: crate::events::TailReader::new(service.registry.pool().clone()),
+        max_json_body: settings.max_json_body,
         tokens: settings.tokens.clone(),
         registry: service.registry.clone(),
     };

@@ -907,6 +907,55 @@ async fn batch_links_add_all_or_nothing_and_name_the_bad_link() {
     assert_eq!(check.identical, Some(true));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_json_bodies_are_refused_whole_and_nothing_is_created() {
+    let db = TestDb::new().await;
+    let server = Server::start(&db, &[("ARTIFACTSTORE_MAX_JSON_BODY", "64KiB")]);
+    let http = Client::new();
+    let big = json!({"producer": "p", "subject": "s", "metadata": {"blob": "x".repeat(100_000)}});
+    // Declared too long: 413 at once.
+    let resp = http
+        .post(server.url("/packages"))
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(resp, 413).await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains("65536"),
+        "{problem}"
+    );
+    // No declared length (chunked): refused once it passes the limit, the same way.
+    let bytes = serde_json::to_vec(&big).unwrap();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        bytes.chunks(8192).map(|c| Ok(c.to_vec())).collect();
+    let resp = http
+        .post(server.url("/packages"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(resp, 413).await;
+    // Nothing was created; a body under the limit works.
+    let list: Value = http
+        .get(server.url("/packages"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 0);
+    let resp = http
+        .post(server.url("/packages"))
+        .json(&json!({"producer": "p", "subject": "s"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+}
+
 #[tokio::test]
 async fn token_file_hashes_and_anonymous_reads() {
     let db = TestDb::new().await;
