@@ -8,18 +8,15 @@
 //! Baselines (each best of 3): (a) `openssl dgst -sha256 FILE`, (b) `dd bs=1M conv=fsync`
 //! copy to the same filesystem, (c) = (a) + (b) one after the other. Target: ingest >= 1.0x (c).
 
-use artifactstore::Registry;
 mod common;
 
-use artifactstore::db::cluster::{ClusterOptions, ManagedCluster};
 use artifactstore::events::{self, DomainEvent, PackageCreated};
 use artifactstore::model::{Metadata, PackageId, RelativePath, TenantId, Timestamp};
 use artifactstore::registry::{IngestRequest, NewPackage};
-use artifactstore::storage::{Backends, BlobStore, local::LocalStore};
+use artifactstore::storage::BlobStore;
 use common::{best, make_file, mbps, time};
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Instant;
 
 const RUNS: usize = 3;
@@ -64,21 +61,13 @@ async fn main() {
     let baseline_c = sha + dd;
 
     // A private cluster with durability on (fsync), like production.
-    let mut cluster = ManagedCluster::start_or_reuse(ClusterOptions {
-        dir: work.join("pg"),
-        unsafe_fast: false,
-    })
-    .await
-    .unwrap();
-    let db = format!("bench_{}", std::process::id());
-    cluster.ensure_database(&db).await.unwrap();
-    let url = cluster.url(&db);
-    artifactstore::db::migrate(&url).await.unwrap();
-    let store = Arc::new(LocalStore::open("local", work.join("blobs")).unwrap());
-    let registry = Registry::new(
-        artifactstore::db::pool(&url, 32).unwrap(),
-        Backends::single(store.clone()),
-    );
+    let common::BenchRegistry {
+        mut cluster,
+        db,
+        url,
+        store,
+        registry,
+    } = common::bench_registry(&work, 32).await;
     let tenant = TenantId::default_tenant();
 
     let mut ingest_times = Vec::new();

@@ -10,12 +10,10 @@
 //! with `FOR UPDATE SKIP LOCKED`, events, view updates, byte deletion. Target: over 1,000
 //! blobs/s.
 
-use artifactstore::Registry;
-use artifactstore::db::cluster::{ClusterOptions, ManagedCluster};
+mod common;
+
 use artifactstore::identity::DualHasher;
-use artifactstore::storage::{Backends, local::LocalStore};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
 #[tokio::main]
@@ -27,21 +25,13 @@ async fn main() {
     let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-retention");
     let _ = std::fs::remove_dir_all(work.join("blobs"));
     std::fs::create_dir_all(&work).unwrap();
-    let mut cluster = ManagedCluster::start_or_reuse(ClusterOptions {
-        dir: work.join("pg"),
-        unsafe_fast: false,
-    })
-    .await
-    .unwrap();
-    let db = format!("bench_{}", std::process::id());
-    cluster.ensure_database(&db).await.unwrap();
-    let url = cluster.url(&db);
-    artifactstore::db::migrate(&url).await.unwrap();
-    let store = Arc::new(LocalStore::open("local", work.join("blobs")).unwrap());
-    let registry = Registry::new(
-        artifactstore::db::pool(&url, 8).unwrap(),
-        Backends::single(store.clone()),
-    );
+    let common::BenchRegistry {
+        mut cluster,
+        db,
+        url,
+        store,
+        registry,
+    } = common::bench_registry(&work, 8).await;
 
     // Fixture: the bytes on disk, then the rows.
     let started = Instant::now();

@@ -132,3 +132,46 @@ pub fn json_field(body: &str, field: &str) -> String {
         .map(str::to_owned)
         .unwrap_or_else(|| v[field].to_string())
 }
+
+/// A registry on a fresh database of a private cluster under `work/pg` (durability on, like
+/// production) with the local backend under `work/blobs`.
+pub struct BenchRegistry {
+    pub cluster: artifactstore::db::cluster::ManagedCluster,
+    /// The database's name, and a URL to it.
+    pub db: String,
+    pub url: String,
+    pub store: std::sync::Arc<artifactstore::storage::local::LocalStore>,
+    pub registry: artifactstore::Registry,
+}
+
+pub async fn bench_registry(work: &Path, pool_size: usize) -> BenchRegistry {
+    use artifactstore::db::cluster::{ClusterOptions, ManagedCluster};
+    let cluster = ManagedCluster::start_or_reuse(ClusterOptions {
+        dir: work.join("pg"),
+        unsafe_fast: false,
+    })
+    .await
+    .expect("start the private cluster");
+    let db = format!("bench_{}", std::process::id());
+    cluster
+        .ensure_database(&db)
+        .await
+        .expect("create the database");
+    let url = cluster.url(&db);
+    artifactstore::db::migrate(&url).await.expect("migrate");
+    let store = std::sync::Arc::new(
+        artifactstore::storage::local::LocalStore::open("local", work.join("blobs"))
+            .expect("open the local store"),
+    );
+    let registry = artifactstore::Registry::new(
+        artifactstore::db::pool(&url, pool_size).expect("pool"),
+        artifactstore::storage::Backends::single(store.clone()),
+    );
+    BenchRegistry {
+        cluster,
+        db,
+        url,
+        store,
+        registry,
+    }
+}
