@@ -84,7 +84,11 @@ impl TailReader {
         };
         answer.await.map_err(|e| match Arc::try_unwrap(e) {
             Ok(e) => e,
-            Err(shared) => Error::Database(shared.to_string()),
+            // Shared with other askers: reads only fail in the database.
+            Err(shared) => match &*shared {
+                Error::Database(message) => Error::Database(message.clone()),
+                other => Error::Database(other.to_string()),
+            },
         })
     }
 
