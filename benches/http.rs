@@ -2,6 +2,7 @@
 //! storage) against same-run baselines on the same machine and files. Prints Markdown.
 //!
 //!     cargo bench --bench http                     # 2 GiB file; BENCH_SIZE_MIB to change
+//!     BENCH_ONLY=small cargo bench --bench http    # only the 4 KiB ingests
 //!
 //! - Upload of a large file: raw `curl -T` PUT, and an upload session (create, one PATCH,
 //!   complete), vs (c) = `openssl dgst -sha256` + `dd bs=1M conv=fsync` of the same file.
@@ -51,6 +52,21 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(2048);
     let size = size_mib << 20;
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("small") {
+        // Only the 4 KiB ingests (for working on that path). A fresh directory each run: new
+        // files among many just deleted cost ext4 more (it skips recently freed inodes).
+        let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("bench-http-small-{}", std::process::id()));
+        let server = start_server(&work.join("data"));
+        let (count, took) = small_ingests(&server.base);
+        println!(
+            "| 4 KiB ingests, 16 concurrent clients ({count}) | **{:.0}/s** |",
+            count as f64 / took.as_secs_f64()
+        );
+        drop(server);
+        let _ = std::fs::remove_dir_all(&work);
+        return;
+    }
     let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-http");
     let _ = std::fs::remove_dir_all(work.join("data"));
     std::fs::create_dir_all(&work).unwrap();
@@ -195,42 +211,11 @@ fn main() {
                 .arg(format!("http://127.0.0.1:{port}/big.bin")),
         )
     });
-    let _ = nginx.kill();
+    // SIGTERM, not kill(): a SIGKILLed master leaves its worker running (holding our stdout).
+    let _ = Command::new("kill").arg(nginx.id().to_string()).status();
     let _ = nginx.wait();
 
-    // 4 KiB ingests with 16 concurrent clients.
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (small_count, small_time) = rt.block_on(async {
-        const CLIENTS: usize = 16;
-        const PER_CLIENT: usize = 250;
-        let http = reqwest::Client::new();
-        let mut tasks = Vec::new();
-        let start = Instant::now();
-        for c in 0..CLIENTS {
-            let http = http.clone();
-            let base = base.clone();
-            let package = new_package(&base, &format!("small {c}"));
-            tasks.push(tokio::spawn(async move {
-                for i in 0..PER_CLIENT {
-                    let mut data = vec![0u8; 4096];
-                    data[..8].copy_from_slice(&((c * PER_CLIENT + i) as u64).to_le_bytes());
-                    let resp = http
-                        .put(format!("{base}/packages/{package}/files/f{i}"))
-                        .body(data)
-                        .send()
-                        .await
-                        .unwrap();
-                    assert_eq!(resp.status().as_u16(), 201);
-                }
-            }));
-        }
-        let _ = start;
-        let start = Instant::now();
-        for t in tasks {
-            t.await.unwrap();
-        }
-        (CLIENTS * PER_CLIENT, start.elapsed())
-    });
+    let (small_count, small_time) = small_ingests(&base);
 
     // push of a 1,000-file tree, twice.
     let tree = work.join("tree");
@@ -314,4 +299,40 @@ fn main() {
         1000.0 / second_push.as_secs_f64(),
         first_push.as_secs_f64() / second_push.as_secs_f64()
     );
+}
+
+/// 4 KiB ingests with 16 concurrent clients: how many, and how long they took.
+fn small_ingests(base: &str) -> (usize, Duration) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        const CLIENTS: usize = 16;
+        const PER_CLIENT: usize = 250;
+        let http = reqwest::Client::new();
+        let mut tasks = Vec::new();
+        let start = Instant::now();
+        for c in 0..CLIENTS {
+            let http = http.clone();
+            let base = base.to_owned();
+            let package = new_package(&base, &format!("small {c}"));
+            tasks.push(tokio::spawn(async move {
+                for i in 0..PER_CLIENT {
+                    let mut data = vec![0u8; 4096];
+                    data[..8].copy_from_slice(&((c * PER_CLIENT + i) as u64).to_le_bytes());
+                    let resp = http
+                        .put(format!("{base}/packages/{package}/files/f{i}"))
+                        .body(data)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(resp.status().as_u16(), 201);
+                }
+            }));
+        }
+        let _ = start;
+        let start = Instant::now();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        (CLIENTS * PER_CLIENT, start.elapsed())
+    })
 }

@@ -76,31 +76,54 @@ impl DualHasher {
 }
 
 /// Hashing off the async threads: chunks are handed to a blocking thread through a bounded
-/// channel, so hashing overlaps reading the network and writing the storage backend.
+/// channel, so hashing overlaps reading the network and writing the storage backend. The first
+/// [`INLINE_HASH_BYTES`] are hashed in place (microseconds), so a small file costs no thread
+/// hand-offs; the thread starts when more arrive.
 pub struct HashPipeline {
-    sender: tokio::sync::mpsc::Sender<Bytes>,
-    worker: tokio::task::JoinHandle<DualHasher>,
+    state: Pipeline,
+}
+
+/// Bytes hashed on the calling thread before a hashing thread is started.
+pub const INLINE_HASH_BYTES: u64 = 256 * 1024;
+
+enum Pipeline {
+    Inline(Box<DualHasher>),
+    Threaded {
+        sender: tokio::sync::mpsc::Sender<Bytes>,
+        worker: tokio::task::JoinHandle<DualHasher>,
+    },
 }
 
 impl HashPipeline {
-    /// Starts a hashing thread that continues from `state` (a fresh `DualHasher` for new bytes).
+    /// A pipeline that continues from `state` (a fresh `DualHasher` for new bytes).
     pub fn spawn(state: DualHasher) -> Self {
-        let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(8);
-        let worker = tokio::task::spawn_blocking(move || {
-            let mut hasher = state;
-            while let Some(chunk) = receiver.blocking_recv() {
-                hasher.update(&chunk);
-            }
-            hasher
-        });
-        HashPipeline { sender, worker }
+        HashPipeline {
+            state: Pipeline::Inline(Box::new(state)),
+        }
     }
 
-    /// Queues a chunk; waits only when the hashing thread is 8 chunks behind.
-    pub async fn update(&self, chunk: Bytes) {
-        // The receiver lives until `finish`, so a send can only fail if the thread panicked;
-        // `finish` reports that.
-        let _ = self.sender.send(chunk).await;
+    /// Hashes or queues a chunk; waits only when the hashing thread is 8 chunks behind.
+    pub async fn update(&mut self, chunk: Bytes) {
+        if let Pipeline::Inline(hasher) = &mut self.state {
+            if hasher.size + chunk.len() as u64 <= INLINE_HASH_BYTES {
+                hasher.update(&chunk);
+                return;
+            }
+            let mut hasher = std::mem::take(&mut **hasher);
+            let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(8);
+            let worker = tokio::task::spawn_blocking(move || {
+                while let Some(chunk) = receiver.blocking_recv() {
+                    hasher.update(&chunk);
+                }
+                hasher
+            });
+            self.state = Pipeline::Threaded { sender, worker };
+        }
+        if let Pipeline::Threaded { sender, .. } = &self.state {
+            // The receiver lives until `finish`, so a send can only fail if the thread
+            // panicked; `finish` reports that.
+            let _ = sender.send(chunk).await;
+        }
     }
 
     /// Waits for every queued chunk to be hashed and returns the digests.
@@ -110,8 +133,13 @@ impl HashPipeline {
 
     /// Waits for every queued chunk and returns the hasher, to continue later.
     pub async fn finish_state(self) -> std::io::Result<DualHasher> {
-        drop(self.sender);
-        self.worker.await.map_err(std::io::Error::other)
+        match self.state {
+            Pipeline::Inline(hasher) => Ok(*hasher),
+            Pipeline::Threaded { sender, worker } => {
+                drop(sender);
+                worker.await.map_err(std::io::Error::other)
+            }
+        }
     }
 }
 
@@ -184,13 +212,35 @@ mod tests {
         }
     }
 
+    /// Below, across and far past the inline limit (where the thread takes over), and from a
+    /// resumed state.
     #[tokio::test]
     async fn pipeline_equals_direct_hashing() {
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 256) as u8).collect();
-        let pipeline = HashPipeline::spawn(DualHasher::new());
-        for chunk in data.chunks(100_003) {
-            pipeline.update(Bytes::copy_from_slice(chunk)).await;
+        for len in [
+            0,
+            4096,
+            INLINE_HASH_BYTES as usize,
+            INLINE_HASH_BYTES as usize + 1,
+            data.len(),
+        ] {
+            let mut pipeline = HashPipeline::spawn(DualHasher::new());
+            for chunk in data[..len].chunks(100_003) {
+                pipeline.update(Bytes::copy_from_slice(chunk)).await;
+            }
+            assert_eq!(
+                pipeline.finish().await.unwrap(),
+                DualHasher::digest(&data[..len])
+            );
         }
-        assert_eq!(pipeline.finish().await.unwrap(), DualHasher::digest(&data));
+        let mut first = HashPipeline::spawn(DualHasher::new());
+        first
+            .update(Bytes::copy_from_slice(&data[..1_000_000]))
+            .await;
+        let mut rest = HashPipeline::spawn(first.finish_state().await.unwrap());
+        for chunk in data[1_000_000..].chunks(65_536) {
+            rest.update(Bytes::copy_from_slice(chunk)).await;
+        }
+        assert_eq!(rest.finish().await.unwrap(), DualHasher::digest(&data));
     }
 }

@@ -132,7 +132,7 @@ impl Registry {
         }
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let open = check_open(&*tx, tenant, package_id, true).await?;
+        let open = check_open(&tx, tenant, package_id, true).await?;
         let paths: Vec<&str> = links.iter().map(|l| l.relative_path.as_str()).collect();
         let taken: HashMap<String, FileId> = tx
             .query(

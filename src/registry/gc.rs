@@ -28,11 +28,11 @@ fn lock_key(digest: &Digest) -> i32 {
 
 /// Takes the blob's lock shared until the transaction ends (waits while a collector holds it).
 pub(super) async fn lock_blob_shared(tx: &events::Tx<'_>, digest: &Digest) -> Result<()> {
-    tx.execute(
-        "SELECT pg_advisory_xact_lock_shared($1, $2)",
-        &[&BLOB_LOCKS, &lock_key(digest)],
-    )
-    .await?;
+    let statement = tx
+        .prepare_cached("SELECT pg_advisory_xact_lock_shared($1, $2)")
+        .await?;
+    tx.execute(&statement, &[&BLOB_LOCKS, &lock_key(digest)])
+        .await?;
     Ok(())
 }
 
@@ -42,11 +42,10 @@ pub(super) async fn lock_blobs_shared(tx: &events::Tx<'_>, digests: &[Digest]) -
         return Ok(());
     }
     let keys: Vec<i32> = digests.iter().map(lock_key).collect();
-    tx.execute(
-        "SELECT pg_advisory_xact_lock_shared($1, k) FROM unnest($2::int4[]) AS k",
-        &[&BLOB_LOCKS, &keys],
-    )
-    .await?;
+    let statement = tx
+        .prepare_cached("SELECT pg_advisory_xact_lock_shared($1, k) FROM unnest($2::int4[]) AS k")
+        .await?;
+    tx.execute(&statement, &[&BLOB_LOCKS, &keys]).await?;
     Ok(())
 }
 

@@ -9,7 +9,6 @@ use crate::model::{FileId, PackageId, RelativePath, TenantId, validate_label};
 use crate::storage::{BlobStore, StagedBlob};
 use bytes::Bytes;
 use futures::{Stream, StreamExt, pin_mut};
-use tokio_postgres::GenericClient;
 
 /// One file to ingest.
 #[derive(Debug, Clone)]
@@ -65,7 +64,7 @@ impl Registry {
         let backend = {
             let client = self.pool.get().await?;
             check_can_add(
-                &**client,
+                &client,
                 tenant,
                 package_id,
                 &request,
@@ -82,12 +81,17 @@ impl Registry {
             }
             _ => backend.stage().await?,
         };
-        let (staged, digest) = self.stream_into(staged, body).await?;
+        let (mut staged, digest) = self.stream_into(staged, body).await?;
         if let Err(e) = check_expected(&request, &digest) {
             staged.abort().await?;
             return Err(e);
         }
         let address = digest.primary_address();
+        // The slow part of storing (an fsync) before any lock is taken.
+        if let Err(e) = staged.prepare(&address).await {
+            let _ = staged.abort().await;
+            return Err(e);
+        }
         self.publish_and_record(
             tenant,
             package_id,
@@ -109,7 +113,7 @@ impl Registry {
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send,
     {
-        let hasher = HashPipeline::spawn(DualHasher::new());
+        let mut hasher = HashPipeline::spawn(DualHasher::new());
         pin_mut!(body);
         let mut size = 0u64;
         while let Some(chunk) = body.next().await {
@@ -144,7 +148,8 @@ impl Registry {
     /// Makes the bytes appear under their address (`publish`: a staged commit, or a backend
     /// adopting a file) and records the file, holding the blob's collection lock shared from
     /// before the bytes appear until the record commits, so garbage collection can never delete
-    /// bytes an ingest is about to reference (see `gc.rs`).
+    /// bytes an ingest is about to reference (see `gc.rs`). Small files are recorded by the
+    /// group committer (`group.rs`), which keeps the same protocol for a whole batch.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn publish_and_record(
         &self,
@@ -156,26 +161,51 @@ impl Registry {
         backend: &dyn BlobStore,
         publish: impl std::future::Future<Output = Result<crate::storage::CommitOutcome>> + Send,
     ) -> Result<FileRecord> {
+        let mut event = FileIngested {
+            file_id: FileId::generate(),
+            package_id,
+            relative_path: request.relative_path.clone(),
+            size: digest.size,
+            media_type,
+            blake3: digest.blake3.to_hex(),
+            sha256: digest.sha256.to_hex(),
+            backend_id: backend.id().to_owned(),
+            storage_key: digest.primary_address().storage_key(),
+            replaced_file_id: None,
+            ingested_at: self.clock.now(),
+        };
+        if digest.size <= super::group::GROUP_MAX_BYTES {
+            return self
+                .record_in_group(tenant, request, event, digest, backend, publish)
+                .await;
+        }
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        super::gc::lock_blob_shared(&tx, &digest.blake3).await?;
         // A copy verification found damaged may still look right to the backend (same size):
         // remove it first, so these good bytes replace it instead of being dropped as a dedup.
+        // The check is sent behind the lock in one round trip (pipelined, executed in order).
         let damaged = tx
-            .query_opt(
+            .prepare_cached(
                 "SELECT 1 FROM storage_locations \
                  WHERE blake3 = $1 AND backend_id = $2 AND status = 'failed'",
-                &[&digest.blake3.0.as_slice(), &backend.id()],
             )
-            .await?
-            .is_some();
+            .await?;
+        let blake3 = digest.blake3.0.as_slice();
+        let backend_id = backend.id();
+        let ((), damaged) =
+            futures::try_join!(super::gc::lock_blob_shared(&tx, &digest.blake3), async {
+                Ok(tx
+                    .query_opt(&damaged, &[&blake3, &backend_id])
+                    .await?
+                    .is_some())
+            })?;
         if damaged {
             tracing::warn!(blob = %digest.primary_address(), backend = backend.id(), "replacing a damaged copy with freshly uploaded bytes");
             backend.delete(&digest.primary_address()).await?;
         }
         publish.await?;
-        let replaced = check_can_add(
-            &*tx,
+        event.replaced_file_id = check_can_add(
+            &tx,
             tenant,
             package_id,
             &request,
@@ -184,20 +214,54 @@ impl Registry {
         )
         .await?
         .replaced;
-        let event = FileIngested {
-            file_id: FileId::generate(),
-            package_id,
-            relative_path: request.relative_path,
-            size: digest.size,
-            media_type,
-            blake3: digest.blake3.to_hex(),
-            sha256: digest.sha256.to_hex(),
-            backend_id: backend.id().to_owned(),
-            storage_key: digest.primary_address().storage_key(),
-            replaced_file_id: replaced,
-            ingested_at: self.clock.now(),
-        };
         commit_file_event(tx, tenant, event, digest.blake3, digest.sha256).await
+    }
+
+    /// [`publish_and_record`](Self::publish_and_record) through the group committer: wait
+    /// until a batch holds the blob's lock, publish, then wait for the batch to commit.
+    async fn record_in_group(
+        &self,
+        tenant: &TenantId,
+        request: IngestRequest,
+        event: FileIngested,
+        digest: &DualDigest,
+        backend: &dyn BlobStore,
+        publish: impl std::future::Future<Output = Result<crate::storage::CommitOutcome>> + Send,
+    ) -> Result<FileRecord> {
+        let stopped = || Error::Database("the ingest committer stopped".into());
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel();
+        let item = super::group::Item {
+            tenant: tenant.clone(),
+            request,
+            event,
+            blake3: digest.blake3,
+            sha256: digest.sha256,
+            max_files: self.limits.max_files_per_package,
+        };
+        self.committer.submit(
+            &self.pool,
+            &self.backends,
+            super::group::Pending { item, go: go_tx },
+        )?;
+        let go = go_rx.await.map_err(|_| stopped())??;
+        let published = async {
+            if go.damaged {
+                tracing::warn!(blob = %digest.primary_address(), backend = backend.id(), "replacing a damaged copy with freshly uploaded bytes");
+                backend.delete(&digest.primary_address()).await?;
+            }
+            publish.await
+        }
+        .await;
+        match published {
+            Ok(_) => {
+                let _ = go.published.send(Ok(()));
+            }
+            Err(e) => {
+                let _ = go.published.send(Err(()));
+                return Err(e);
+            }
+        }
+        go.done.await.map_err(|_| stopped())?
     }
 }
 
@@ -273,24 +337,26 @@ impl CanAdd {
 }
 
 /// Checks the package is the tenant's, open, has room, and the path is free (or may be
-/// replaced). With `lock`, the package row is locked until the transaction ends, so two
-/// ingests into one package serialise their checks.
+/// replaced), in one statement. With `lock`, the package row is locked until the transaction
+/// ends, so two ingests into one package serialise their checks.
 pub(super) async fn check_can_add(
-    client: &impl GenericClient,
+    client: &impl deadpool_postgres::GenericClient,
     tenant: &TenantId,
     package_id: PackageId,
     request: &IngestRequest,
     max_files: u64,
     lock: bool,
 ) -> Result<CanAdd> {
-    let open = check_open(client, tenant, package_id, lock).await?;
-    let existing = client
-        .query_opt(
-            "SELECT id FROM files WHERE package_id = $1 AND relative_path = $2",
-            &[&package_id.0, &request.relative_path.as_str()],
-        )
-        .await?
-        .map(|r| FileId(r.get(0)));
+    let row = package_row(
+        client,
+        tenant,
+        package_id,
+        Some(&request.relative_path),
+        lock,
+    )
+    .await?;
+    let open = OpenPackage::from_row(package_id, &row)?;
+    let existing = row.get::<_, Option<uuid::Uuid>>(4).map(FileId);
     if existing.is_some() && !request.replace {
         return Err(path_taken(package_id, &request.relative_path));
     }
@@ -313,41 +379,70 @@ pub(super) struct OpenPackage {
     pub producer: String,
 }
 
+impl OpenPackage {
+    fn from_row(package_id: PackageId, row: &tokio_postgres::Row) -> Result<Self> {
+        let status = PackageStatus::parse(row.get(0))?;
+        if status == PackageStatus::Expired {
+            return Err(Error::Gone(format!(
+                "package {package_id} has expired; create a new package"
+            )));
+        }
+        if status != PackageStatus::Open {
+            return Err(Error::Conflict(format!(
+                "package {package_id} is finalized and immutable; create a new package"
+            )));
+        }
+        Ok(OpenPackage {
+            file_count: row.get::<_, i32>(1) as u64,
+            retention_class: row.get(2),
+            producer: row.get(3),
+        })
+    }
+}
+
 /// The package exists for this tenant and is open; with `lock`, its row is locked until the
 /// transaction ends (adds to one package are serialised).
 pub(super) async fn check_open(
-    client: &impl GenericClient,
+    client: &impl deadpool_postgres::GenericClient,
     tenant: &TenantId,
     package_id: PackageId,
     lock: bool,
 ) -> Result<OpenPackage> {
+    let row = package_row(client, tenant, package_id, None, lock).await?;
+    OpenPackage::from_row(package_id, &row)
+}
+
+/// The package's status, file count, retention class and producer, and the id of its file at
+/// `path` (NULL without a path, or when there is none); a prepared statement per connection,
+/// as this is on every ingest's path.
+async fn package_row(
+    client: &impl deadpool_postgres::GenericClient,
+    tenant: &TenantId,
+    package_id: PackageId,
+    path: Option<&RelativePath>,
+    lock: bool,
+) -> Result<tokio_postgres::Row> {
     let sql = if lock {
-        "SELECT status, file_count, retention_class, producer FROM packages \
-         WHERE id = $1 AND tenant = $2 FOR UPDATE"
+        "SELECT p.status, p.file_count, p.retention_class, p.producer, \
+                (SELECT f.id FROM files f WHERE f.package_id = p.id AND f.relative_path = $3) \
+         FROM packages p WHERE p.id = $1 AND p.tenant = $2 FOR UPDATE OF p"
     } else {
-        "SELECT status, file_count, retention_class, producer FROM packages \
-         WHERE id = $1 AND tenant = $2"
+        "SELECT p.status, p.file_count, p.retention_class, p.producer, \
+                (SELECT f.id FROM files f WHERE f.package_id = p.id AND f.relative_path = $3) \
+         FROM packages p WHERE p.id = $1 AND p.tenant = $2"
     };
-    let row = client
-        .query_opt(sql, &[&package_id.0, &tenant.as_str()])
+    let statement = client.prepare_cached(sql).await?;
+    client
+        .query_opt(
+            &statement,
+            &[
+                &package_id.0,
+                &tenant.as_str(),
+                &path.map(RelativePath::as_str),
+            ],
+        )
         .await?
-        .ok_or_else(|| Error::not_found("package", package_id))?;
-    let status = PackageStatus::parse(row.get(0))?;
-    if status == PackageStatus::Expired {
-        return Err(Error::Gone(format!(
-            "package {package_id} has expired; create a new package"
-        )));
-    }
-    if status != PackageStatus::Open {
-        return Err(Error::Conflict(format!(
-            "package {package_id} is finalized and immutable; create a new package"
-        )));
-    }
-    Ok(OpenPackage {
-        file_count: row.get::<_, i32>(1) as u64,
-        retention_class: row.get(2),
-        producer: row.get(3),
-    })
+        .ok_or_else(|| Error::not_found("package", package_id))
 }
 
 /// A file already has this path and the caller did not ask to replace it.

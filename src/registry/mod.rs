@@ -4,6 +4,7 @@
 mod dedup;
 mod finalize;
 mod gc;
+mod group;
 mod ingest;
 mod migrate;
 mod packages;
@@ -65,6 +66,8 @@ pub struct Registry {
     upload_hashers: Arc<
         std::sync::Mutex<std::collections::HashMap<uuid::Uuid, (u64, crate::identity::DualHasher)>>,
     >,
+    /// Records small ingests in batches (group commit).
+    committer: group::Committer,
 }
 
 impl Registry {
@@ -77,6 +80,7 @@ impl Registry {
             limits: Limits::default(),
             upload_dir: std::env::temp_dir().join("artifactstore-uploads"),
             upload_hashers: Arc::default(),
+            committer: group::Committer::default(),
         }
     }
 
@@ -111,5 +115,10 @@ impl Registry {
     /// The limits in force.
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// Small ingests recorded by group commit so far in this process: (transactions, files).
+    pub fn group_commit_stats(&self) -> (u64, u64) {
+        self.committer.stats()
     }
 }

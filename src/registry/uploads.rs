@@ -135,7 +135,7 @@ impl Registry {
         };
         let client = self.pool.get().await?;
         check_can_add(
-            &**client,
+            &client,
             tenant,
             new.package_id,
             &request,
@@ -253,7 +253,7 @@ impl Registry {
             _ if offset == 0 => Some(DualHasher::new()),
             _ => None,
         };
-        let pipeline = state.map(HashPipeline::spawn);
+        let mut pipeline = state.map(HashPipeline::spawn);
         let mut hashed = 0u64;
         let mut received = offset;
         let mut failure = None;
@@ -276,7 +276,7 @@ impl Registry {
                         received = offset; // nothing of this chunk is kept
                         break;
                     }
-                    if let Some(p) = &pipeline {
+                    if let Some(p) = &mut pipeline {
                         p.update(bytes.clone()).await;
                         hashed += len;
                     }
@@ -426,7 +426,7 @@ impl Registry {
         let backend = {
             let client = self.pool.get().await?;
             check_can_add(
-                &**client,
+                &client,
                 tenant,
                 current.session.package_id,
                 &request,

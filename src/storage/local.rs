@@ -96,6 +96,7 @@ impl BlobStore for LocalStore {
             written: 0,
             flushed: 0,
             writeback_from: 0,
+            synced: false,
         }))
     }
 
@@ -159,7 +160,7 @@ impl BlobStore for LocalStore {
             tokio::task::spawn_blocking(move || -> std::io::Result<Option<CommitOutcome>> {
                 let file = std::fs::File::open(&source)?;
                 let size = file.metadata()?.len();
-                match commit_file(file, &source, &dest, size, &root) {
+                match commit_file(file, &source, &dest, size, &root, false) {
                     Ok(outcome) => Ok(Some(outcome)),
                     // Another filesystem: copy instead (below).
                     Err(e) if e.raw_os_error() == Some(libc::EXDEV) => Ok(None),
@@ -284,6 +285,8 @@ struct LocalStaged {
     flushed: u64,
     /// Start of the range whose writeback has not been started yet.
     writeback_from: u64,
+    /// The file is durable ([`StagedBlob::prepare`] synced it).
+    synced: bool,
 }
 
 impl LocalStaged {
@@ -339,6 +342,34 @@ impl StagedBlob for LocalStaged {
         self.written
     }
 
+    async fn prepare(&mut self, address: &ContentAddress) -> Result<()> {
+        let mut file = self
+            .file
+            .take()
+            .expect("file present until commit or abort");
+        let data = self.buffer.split().freeze();
+        let dest = self.store.path_of(address);
+        let size = self.written;
+        // One trip to a blocking thread: the last buffered bytes, then the sync.
+        let (file, result) = tokio::task::spawn_blocking(move || {
+            if let Err(e) = file.write_all(&data) {
+                return (file, Err(("writing staging file", e)));
+            }
+            // Bytes already stored are not ours to sync: commit will drop this copy.
+            if std::fs::metadata(&dest).is_ok_and(|m| m.len() == size) {
+                return (file, Ok(false));
+            }
+            let r = file.sync_all().map(|()| true);
+            (file, r.map_err(|e| ("syncing staging file", e)))
+        })
+        .await
+        .map_err(|e| Error::storage(&self.store.id, e))?;
+        self.file = Some(file);
+        self.flushed = self.written;
+        self.synced = result.map_err(|(what, e)| self.store.io_error(what, e))?;
+        Ok(())
+    }
+
     async fn commit(mut self: Box<Self>, address: &ContentAddress) -> Result<CommitOutcome> {
         self.flush_buffer().await?;
         let file = self
@@ -349,10 +380,12 @@ impl StagedBlob for LocalStaged {
         let dest = self.store.path_of(address);
         let size = self.written;
         let root = self.store.root.clone();
-        let outcome =
-            tokio::task::spawn_blocking(move || commit_file(file, &staged, &dest, size, &root))
-                .await
-                .map_err(|e| Error::storage(&self.store.id, e))?;
+        let synced = self.synced;
+        let outcome = tokio::task::spawn_blocking(move || {
+            commit_file(file, &staged, &dest, size, &root, synced)
+        })
+        .await
+        .map_err(|e| Error::storage(&self.store.id, e))?;
         outcome.map_err(|e| self.store.io_error("committing blob", e))
     }
 
@@ -381,6 +414,7 @@ fn commit_file(
     dest: &Path,
     size: u64,
     root: &Path,
+    synced: bool,
 ) -> std::io::Result<CommitOutcome> {
     // An existing blob of the right size is these bytes (the address says so): drop ours.
     // One of the wrong size was truncated behind our back; replacing it heals it.
@@ -389,7 +423,9 @@ fn commit_file(
         std::fs::remove_file(staged)?;
         return Ok(CommitOutcome::AlreadyPresent);
     }
-    file.sync_all()?;
+    if !synced {
+        file.sync_all()?;
+    }
     drop(file);
     let parent = dest.parent().expect("blob path has a parent");
     let mut created = Vec::new();

@@ -66,6 +66,13 @@ pub trait StagedBlob: Send {
     async fn write(&mut self, chunk: Bytes) -> Result<()>;
     /// Bytes written so far.
     fn written(&self) -> u64;
+    /// Does the slow part of [`commit`](Self::commit) ahead of it, so that commit itself, which
+    /// runs while the blob's collection lock is held, is quick: e.g. makes the bytes durable
+    /// unless `address` is stored already. Nothing becomes visible. Optional: commit is
+    /// complete without it.
+    async fn prepare(&mut self, _address: &ContentAddress) -> Result<()> {
+        Ok(())
+    }
     /// Makes the bytes durable and visible under `address`.
     async fn commit(self: Box<Self>, address: &ContentAddress) -> Result<CommitOutcome>;
     /// Discards the staged bytes.

@@ -8,6 +8,7 @@ mod crosscheck;
 mod event_log;
 mod events_api;
 mod gc;
+mod group_commit;
 mod managed_postgres;
 mod registry_flow;
 mod replay;

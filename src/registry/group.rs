@@ -1,0 +1,455 @@
+//! Group commit for small ingests.
+//!
+//! An ingest of a few kilobytes costs PostgreSQL a dozen statements and a commit, and the
+//! commits of event-writing transactions queue on the gapless-sequence lock one at a time
+//! (see `sql/V1__foundation.sql`). Under many concurrent small ingests that, not the bytes, is
+//! the limit. So an ingest of at most [`GROUP_MAX_BYTES`] does not open its own transaction:
+//! it hands its file to a committer, which records every file waiting at that moment in one
+//! transaction, with the same set-based view statements replay uses. Under no load a batch is
+//! one file and nothing waits; under load a batch is whatever arrived while the previous one
+//! committed.
+//!
+//! The garbage-collection protocol (`gc.rs`) is kept: the committer takes the blobs' locks
+//! shared in its transaction first, and only then tells each waiting ingest to make its bytes
+//! appear under their address; it records the files once every one has answered. Each file is
+//! checked as a lone ingest would be (package open and the tenant's, path free unless
+//! replacing, room in the package), in batch order, so two files of one batch at one path
+//! behave as two ingests one after the other. A file refused by its checks gets its own
+//! error and the others go on. If the batch transaction itself fails, each of its files is
+//! retried alone (after checking, under its lock, that its bytes are still there), so one
+//! file's trouble never fails another's request.
+
+use super::ingest::{IngestRequest, file_record, path_taken};
+use super::types::{FileRecord, PackageStatus};
+use crate::error::{Error, Result};
+use crate::events::{self, DomainEvent, FileIngested};
+use crate::identity::{ContentAddress, Digest};
+use crate::model::{FileId, TenantId};
+use crate::storage::Backends;
+use deadpool_postgres::Pool;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::{Mutex, mpsc, oneshot};
+use uuid::Uuid;
+
+/// One statement parameter.
+type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
+
+/// Ingests up to this size go through the committer; larger ones commit alone, as making
+/// their bytes appear (an fsync of the whole file, or a server-side copy) would hold up the
+/// batch, and their own commit is negligible next to their transfer.
+pub const GROUP_MAX_BYTES: u64 = 1 << 20;
+
+/// Most files in one batch.
+const MAX_BATCH: usize = 256;
+
+/// Committer tasks: while one batch commits (holding the sequence lock), the next one takes
+/// its locks and has its bytes published.
+const COMMITTERS: usize = 2;
+
+/// A file to record.
+pub(super) struct Item {
+    pub tenant: TenantId,
+    pub request: IngestRequest,
+    /// The event to record; the committer fills in `replaced_file_id`.
+    pub event: FileIngested,
+    pub blake3: Digest,
+    pub sha256: Digest,
+    /// The registry's file limit per package.
+    pub max_files: u64,
+}
+
+/// A file waiting for a batch.
+pub(super) struct Pending {
+    pub item: Item,
+    /// Told once the blob's lock is held: go and publish.
+    pub go: oneshot::Sender<Result<Go>>,
+}
+
+/// The committer holds the blob's lock: make the bytes appear, say so, wait for the file.
+pub(super) struct Go {
+    /// A copy verification found damaged is on the backend: delete it first.
+    pub damaged: bool,
+    /// `Ok` once the bytes are under their address; `Err` if that failed (the ingest returns
+    /// its own error).
+    pub published: oneshot::Sender<std::result::Result<(), ()>>,
+    /// The recorded file, or why not.
+    pub done: oneshot::Receiver<Result<FileRecord>>,
+}
+
+/// The queue to the committers, started on first use (on the caller's runtime, and again if
+/// that runtime has gone); they stop when the last registry clone is dropped.
+#[derive(Clone, Default)]
+pub(super) struct Committer {
+    queue: Arc<std::sync::Mutex<Option<mpsc::UnboundedSender<Pending>>>>,
+    stats: Arc<Stats>,
+}
+
+/// How many batches and files the committers recorded.
+#[derive(Default)]
+struct Stats {
+    batches: AtomicU64,
+    files: AtomicU64,
+}
+
+impl Committer {
+    /// Queues a file for the next batch.
+    pub fn submit(&self, pool: &Pool, backends: &Backends, pending: Pending) -> Result<()> {
+        let sender = {
+            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            match &*queue {
+                Some(sender) if !sender.is_closed() => sender.clone(),
+                _ => {
+                    let (sender, receiver) = mpsc::unbounded_channel();
+                    let receiver = Arc::new(Mutex::new(receiver));
+                    for _ in 0..COMMITTERS {
+                        let worker = Worker {
+                            pool: pool.clone(),
+                            backends: backends.clone(),
+                            stats: self.stats.clone(),
+                        };
+                        tokio::spawn(worker.run(receiver.clone()));
+                    }
+                    *queue = Some(sender.clone());
+                    sender
+                }
+            }
+        };
+        sender
+            .send(pending)
+            .map_err(|_| Error::Database("the ingest committer has stopped".into()))
+    }
+
+    /// (batches, files) recorded so far.
+    pub fn stats(&self) -> (u64, u64) {
+        (
+            self.stats.batches.load(Ordering::Relaxed),
+            self.stats.files.load(Ordering::Relaxed),
+        )
+    }
+}
+
+struct Worker {
+    pool: Pool,
+    backends: Backends,
+    stats: Arc<Stats>,
+}
+
+/// A file whose bytes are published, waiting for the batch to commit.
+struct Published {
+    item: Item,
+    done: oneshot::Sender<Result<FileRecord>>,
+}
+
+impl Worker {
+    async fn run(self, receiver: Arc<Mutex<mpsc::UnboundedReceiver<Pending>>>) {
+        loop {
+            let batch = {
+                let mut receiver = receiver.lock().await;
+                let Some(first) = receiver.recv().await else {
+                    return;
+                };
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match receiver.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                batch
+            };
+            self.commit(batch).await;
+        }
+    }
+
+    /// Records one batch; every file in it gets an answer.
+    async fn commit(&self, batch: Vec<Pending>) {
+        let mut client = match self.pool.get().await {
+            Ok(c) => c,
+            Err(e) => return refuse_all(batch, &Error::from(e)),
+        };
+        let tx = match client.transaction().await {
+            Ok(tx) => tx,
+            Err(e) => return refuse_all(batch, &Error::from(e)),
+        };
+        let damaged = match lock_and_find_damaged(&tx, &batch).await {
+            Ok(d) => d,
+            Err(e) => return refuse_all(batch, &e),
+        };
+        // Every blob's lock is held: let the ingests publish, then wait for all of them.
+        let mut waiting = Vec::with_capacity(batch.len());
+        for pending in batch {
+            let (published_tx, published_rx) = oneshot::channel();
+            let (done_tx, done_rx) = oneshot::channel();
+            let Pending { item, go } = pending;
+            let key = (item.blake3.0, item.event.backend_id.clone());
+            let answer = Go {
+                damaged: damaged.contains(&key),
+                published: published_tx,
+                done: done_rx,
+            };
+            // A failed send: the request ended (its client went away) before publishing.
+            if go.send(Ok(answer)).is_ok() {
+                waiting.push((
+                    published_rx,
+                    Published {
+                        item,
+                        done: done_tx,
+                    },
+                ));
+            }
+        }
+        let mut published = Vec::with_capacity(waiting.len());
+        for (answer, item) in waiting {
+            // An ingest whose publish failed (or whose request ended) has answered its client.
+            if let Ok(Ok(())) = answer.await {
+                published.push(item);
+            }
+        }
+        if published.is_empty() {
+            return;
+        }
+        let accepted = match self.check(&tx, published).await {
+            Ok(a) => a,
+            Err((e, items)) => {
+                drop(tx);
+                return self.alone(items, &e).await;
+            }
+        };
+        if accepted.is_empty() {
+            return;
+        }
+        let events: Vec<DomainEvent> = accepted
+            .iter()
+            .map(|item| DomainEvent::FileIngested {
+                tenant: item.item.tenant.clone(),
+                event: item.item.event.clone(),
+            })
+            .collect();
+        let result = async {
+            events::record(&tx, events).await?;
+            tx.commit().await?;
+            Ok::<_, Error>(())
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .files
+                    .fetch_add(accepted.len() as u64, Ordering::Relaxed);
+                for item in accepted {
+                    let record = file_record(&item.item.event, item.item.blake3, item.item.sha256);
+                    let _ = item.done.send(Ok(record));
+                }
+            }
+            Err(e) => {
+                drop(client);
+                self.alone(accepted, &e).await;
+            }
+        }
+    }
+
+    /// Checks each file as a lone ingest would, in batch order, holding the packages' row
+    /// locks; answers the refused ones and returns the rest with `replaced_file_id` set.
+    async fn check(
+        &self,
+        tx: &events::Tx<'_>,
+        items: Vec<Published>,
+    ) -> std::result::Result<Vec<Published>, (Error, Vec<Published>)> {
+        let lookup = async {
+            let mut packages: Vec<Uuid> = items.iter().map(|i| i.item.event.package_id.0).collect();
+            packages.sort_unstable();
+            packages.dedup();
+            let file_packages: Vec<Uuid> =
+                items.iter().map(|i| i.item.event.package_id.0).collect();
+            let paths: Vec<&str> = items
+                .iter()
+                .map(|i| i.item.event.relative_path.as_str())
+                .collect();
+            let lock = tx
+                .prepare_cached(
+                    "SELECT id, tenant, status, file_count FROM packages \
+                     WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                )
+                .await?;
+            let taken = tx
+                .prepare_cached(
+                    "SELECT f.package_id, f.relative_path, f.id FROM files f \
+                     JOIN unnest($1::uuid[], $2::text[]) AS u(package_id, relative_path) \
+                       ON f.package_id = u.package_id AND f.relative_path = u.relative_path",
+                )
+                .await?;
+            // Sent together, executed in order: the paths are read once the rows are locked.
+            let lock_params: [Param; 1] = [&packages];
+            let taken_params: [Param; 2] = [&file_packages, &paths];
+            let (rows, files) = futures::try_join!(
+                tx.query(&lock, &lock_params),
+                tx.query(&taken, &taken_params)
+            )?;
+            Ok::<_, Error>((rows, files))
+        };
+        let (rows, files) = match lookup.await {
+            Ok(found) => found,
+            Err(e) => return Err((e, items)),
+        };
+        let mut packages: HashMap<Uuid, (String, String, u64)> = HashMap::new();
+        for row in &rows {
+            let count: i32 = row.get(3);
+            packages.insert(row.get(0), (row.get(1), row.get(2), count as u64));
+        }
+        let mut at: HashMap<(Uuid, String), FileId> = files
+            .iter()
+            .map(|r| ((r.get(0), r.get(1)), FileId(r.get(2))))
+            .collect();
+        let mut accepted = Vec::with_capacity(items.len());
+        for mut item in items {
+            let event = &mut item.item.event;
+            let package_id = event.package_id;
+            let refusal = match packages.get_mut(&package_id.0) {
+                Some((tenant, _, _)) if tenant != item.item.tenant.as_str() => {
+                    Some(Error::not_found("package", package_id))
+                }
+                None => Some(Error::not_found("package", package_id)),
+                Some((_, status, count)) => {
+                    let key = (package_id.0, event.relative_path.as_str().to_owned());
+                    let existing = at.get(&key).copied();
+                    match PackageStatus::parse(status) {
+                        Err(e) => Some(e),
+                        Ok(PackageStatus::Expired) => Some(Error::Gone(format!(
+                            "package {package_id} has expired; create a new package"
+                        ))),
+                        Ok(s) if s != PackageStatus::Open => Some(Error::Conflict(format!(
+                            "package {package_id} is finalized and immutable; create a new package"
+                        ))),
+                        Ok(_) if existing.is_some() && !item.item.request.replace => {
+                            Some(path_taken(package_id, &event.relative_path))
+                        }
+                        Ok(_) if existing.is_none() && *count >= item.item.max_files => {
+                            Some(Error::QuotaExceeded(format!(
+                                "package {package_id} already holds the maximum of {} files",
+                                item.item.max_files
+                            )))
+                        }
+                        Ok(_) => {
+                            if existing.is_none() {
+                                *count += 1;
+                            }
+                            event.replaced_file_id = existing;
+                            at.insert(key, event.file_id);
+                            None
+                        }
+                    }
+                }
+            };
+            match refusal {
+                Some(e) => {
+                    let _ = item.done.send(Err(e));
+                }
+                None => accepted.push(item),
+            }
+        }
+        Ok(accepted)
+    }
+
+    /// After the batch transaction failed: records each file in a transaction of its own.
+    async fn alone(&self, items: Vec<Published>, cause: &Error) {
+        if items.len() == 1 && matches!(cause, Error::Database(_)) {
+            // Nothing to tell apart: the one file's own attempt failed.
+            let item = items.into_iter().next().expect("one item");
+            let _ = item.done.send(Err(copy_error(cause)));
+            return;
+        }
+        tracing::warn!(files = items.len(), error = %cause, "a batch of ingests failed; recording its files one by one");
+        for item in items {
+            let result = self.record_alone(&item.item).await;
+            let _ = item.done.send(result);
+        }
+    }
+
+    async fn record_alone(&self, pending: &Item) -> Result<FileRecord> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        super::gc::lock_blob_shared(&tx, &pending.blake3).await?;
+        // The batch's lock is gone: the bytes may have been collected since they appeared.
+        let address = ContentAddress::blake3(pending.blake3);
+        let backend = self
+            .backends
+            .get(&pending.event.backend_id)
+            .ok_or_else(|| {
+                Error::Integrity(format!("unknown backend {}", pending.event.backend_id))
+            })?;
+        if backend.head(&address).await?.is_none() {
+            return Err(Error::storage(
+                backend.id(),
+                format!("{address} disappeared before its file was recorded; send it again"),
+            ));
+        }
+        let mut event = pending.event.clone();
+        event.replaced_file_id = super::ingest::check_can_add(
+            &tx,
+            &pending.tenant,
+            event.package_id,
+            &pending.request,
+            pending.max_files,
+            true,
+        )
+        .await?
+        .replaced;
+        super::ingest::commit_file_event(tx, &pending.tenant, event, pending.blake3, pending.sha256)
+            .await
+    }
+}
+
+/// Takes every blob's collection lock (shared) and finds which of their copies verification
+/// found damaged, in one round trip.
+async fn lock_and_find_damaged(
+    tx: &events::Tx<'_>,
+    batch: &[Pending],
+) -> Result<HashSet<([u8; 32], String)>> {
+    let digests: Vec<Digest> = batch.iter().map(|p| p.item.blake3).collect();
+    let blake3: Vec<&[u8]> = batch.iter().map(|p| p.item.blake3.0.as_slice()).collect();
+    let damaged = tx
+        .prepare_cached(
+            "SELECT blake3, backend_id FROM storage_locations \
+             WHERE blake3 = ANY($1) AND status = 'failed'",
+        )
+        .await?;
+    let ((), rows) = futures::try_join!(super::gc::lock_blobs_shared(tx, &digests), async {
+        Ok(tx.query(&damaged, &[&blake3]).await?)
+    })?;
+    let mut found = HashSet::new();
+    for row in rows {
+        let digest: Vec<u8> = row.get(0);
+        if let Ok(digest) = <[u8; 32]>::try_from(digest.as_slice()) {
+            found.insert((digest, row.get::<_, String>(1)));
+        }
+    }
+    Ok(found)
+}
+
+/// Tells every file of a batch that could not start why.
+fn refuse_all(batch: Vec<Pending>, cause: &Error) {
+    tracing::warn!(files = batch.len(), error = %cause, "a batch of ingests could not start");
+    for pending in batch {
+        let _ = pending.go.send(Err(copy_error(cause)));
+    }
+}
+
+/// The same error for another waiter (errors are not `Clone`: they may carry sources).
+fn copy_error(e: &Error) -> Error {
+    match e {
+        Error::Database(m) => Error::Database(m.clone()),
+        Error::Storage {
+            backend,
+            message,
+            unavailable,
+        } => Error::Storage {
+            backend: backend.clone(),
+            message: message.clone(),
+            unavailable: *unavailable,
+        },
+        other => Error::Database(other.to_string()),
+    }
+}

@@ -1,0 +1,230 @@
+//! Group commit of small ingests (`registry/group.rs`): files recorded together in one
+//! transaction are still checked one by one, exactly as lone ingests would be.
+
+use crate::harness::{TestEnv, body, random_bytes};
+use artifactstore::events;
+use artifactstore::model::{Metadata, PackageId, RelativePath, TenantId};
+use artifactstore::registry::{IngestRequest, Limits, NewPackage};
+use artifactstore::{Error, Registry};
+use std::collections::BTreeMap;
+
+fn new_package(subject: &str) -> NewPackage {
+    NewPackage {
+        producer: "group".into(),
+        subject: subject.into(),
+        retention_class: None,
+        metadata: Metadata::new(BTreeMap::new()).unwrap(),
+    }
+}
+
+fn request(path: &str, replace: bool) -> IngestRequest {
+    IngestRequest {
+        relative_path: RelativePath::new(path).unwrap(),
+        media_type: None,
+        expected_digest: None,
+        replace,
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+enum Outcome {
+    Ok,
+    Conflict,
+    NotFound,
+    Quota,
+}
+
+async fn ingest(
+    registry: &Registry,
+    tenant: &TenantId,
+    package: PackageId,
+    path: &str,
+    replace: bool,
+    seed: u64,
+) -> Outcome {
+    let data = random_bytes(100 + (seed as usize % 5000), seed);
+    match registry
+        .ingest_file(tenant, package, request(path, replace), body(&data, 1024))
+        .await
+    {
+        Ok(file) => {
+            assert_eq!(file.size, data.len() as u64);
+            Outcome::Ok
+        }
+        Err(Error::Conflict(_)) => Outcome::Conflict,
+        Err(Error::NotFound { .. }) => Outcome::NotFound,
+        Err(Error::QuotaExceeded(_)) => Outcome::Quota,
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+}
+
+fn count(outcomes: &[Outcome], which: Outcome) -> usize {
+    outcomes.iter().filter(|o| **o == which).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_small_ingests_are_checked_one_by_one_and_replay_identically() {
+    let env = TestEnv::new().await;
+    let limits = Limits {
+        max_files_per_package: 20,
+        ..Limits::default()
+    };
+    // A clone with a lower file limit, sharing the committers: each file carries its limit.
+    let registry = env.registry.clone();
+    let small = env.registry.clone().with_limits(limits);
+    let tenant = TenantId::new("default").unwrap();
+    let other = TenantId::new("other").unwrap();
+    let open = registry
+        .create_package(&tenant, new_package("open"))
+        .await
+        .unwrap()
+        .id;
+    let limited = registry
+        .create_package(&tenant, new_package("limited"))
+        .await
+        .unwrap()
+        .id;
+    let finalized = registry
+        .create_package(&tenant, new_package("final"))
+        .await
+        .unwrap()
+        .id;
+    registry
+        .finalize_package(&tenant, finalized, None)
+        .await
+        .unwrap();
+    let foreign = registry
+        .create_package(&other, new_package("foreign"))
+        .await
+        .unwrap()
+        .id;
+
+    // All at once, interleaved, so batches mix every case.
+    let mut work: Vec<(PackageId, TenantId, String, bool, &str)> = Vec::new();
+    for i in 0..200 {
+        let (package, who, path, replace, case) = match i % 8 {
+            0 | 1 => (open, &tenant, format!("distinct/{i}"), false, "distinct"),
+            2 => (open, &tenant, "same".to_owned(), false, "same"),
+            3 => (open, &tenant, "replaced".to_owned(), true, "replaced"),
+            4 => (finalized, &tenant, format!("late/{i}"), false, "finalized"),
+            5 => (foreign, &tenant, format!("foreign/{i}"), false, "foreign"),
+            _ => (limited, &tenant, format!("limited/{i}"), false, "limited"),
+        };
+        work.push((package, who.clone(), path, replace, case));
+    }
+    let runs = work
+        .iter()
+        .enumerate()
+        .map(|(i, (package, who, path, replace, case))| {
+            let registry = if *case == "limited" {
+                small.clone()
+            } else {
+                registry.clone()
+            };
+            let (package, who, path, replace) = (*package, who.clone(), path.clone(), *replace);
+            tokio::spawn(
+                async move { ingest(&registry, &who, package, &path, replace, i as u64).await },
+            )
+        });
+    let outcomes: Vec<Outcome> = futures::future::join_all(runs)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let of = |case: &str| -> Vec<Outcome> {
+        work.iter()
+            .zip(&outcomes)
+            .filter(|((.., c), _)| *c == case)
+            .map(|(_, o)| *o)
+            .collect()
+    };
+    assert!(of("distinct").iter().all(|o| *o == Outcome::Ok));
+    let same = of("same");
+    assert_eq!(count(&same, Outcome::Ok), 1, "{same:?}");
+    assert_eq!(count(&same, Outcome::Conflict), same.len() - 1);
+    assert!(of("replaced").iter().all(|o| *o == Outcome::Ok));
+    assert!(of("finalized").iter().all(|o| *o == Outcome::Conflict));
+    assert!(of("foreign").iter().all(|o| *o == Outcome::NotFound));
+    let limited_outcomes = of("limited");
+    assert_eq!(count(&limited_outcomes, Outcome::Ok), 20);
+    assert_eq!(
+        count(&limited_outcomes, Outcome::Quota),
+        limited_outcomes.len() - 20
+    );
+
+    // Files were recorded together: fewer transactions than files.
+    let (batches, files) = registry.group_commit_stats();
+    assert_eq!(
+        small.group_commit_stats(),
+        (batches, files),
+        "one set of committers"
+    );
+    let accepted = count(&outcomes, Outcome::Ok) as u64;
+    assert_eq!(
+        files, accepted,
+        "every accepted file went through group commit"
+    );
+    assert!(batches < files, "{batches} batches for {files} files");
+
+    // The views say what the outcomes say.
+    let package = registry.get_package(&tenant, open).await.unwrap();
+    let distinct = of("distinct").len() as u64;
+    assert_eq!(package.file_count, distinct + 2);
+    let listed = registry.list_files(&tenant, open).await.unwrap();
+    assert_eq!(listed.len() as u64, package.file_count);
+    assert_eq!(
+        listed.iter().map(|f| f.size).sum::<u64>(),
+        package.total_size
+    );
+    assert_eq!(
+        registry
+            .get_package(&tenant, limited)
+            .await
+            .unwrap()
+            .file_count,
+        20
+    );
+    assert_eq!(
+        registry
+            .get_package(&tenant, finalized)
+            .await
+            .unwrap()
+            .file_count,
+        0
+    );
+    assert_eq!(
+        registry
+            .get_package(&other, foreign)
+            .await
+            .unwrap()
+            .file_count,
+        0
+    );
+
+    // One event per accepted file; the seven replaces name the file before them, in order.
+    let client = env.db.client().await;
+    let ingested = events::read_after(&client, 0, 10_000, None, Some("v1.file.ingested"))
+        .await
+        .unwrap();
+    assert_eq!(ingested.len() as u64, accepted);
+    let replaced: Vec<events::FileIngested> = ingested
+        .iter()
+        .map(|e| artifactstore::manifest::from_canonical_cbor(&e.payload).unwrap())
+        .filter(|f: &events::FileIngested| f.relative_path.as_str() == "replaced")
+        .collect();
+    assert_eq!(replaced.len(), of("replaced").len());
+    assert_eq!(replaced[0].replaced_file_id, None);
+    for pair in replaced.windows(2) {
+        assert_eq!(pair[1].replaced_file_id, Some(pair[0].file_id));
+    }
+    let last = listed
+        .iter()
+        .find(|f| f.relative_path.as_str() == "replaced")
+        .unwrap();
+    assert_eq!(last.id, replaced.last().unwrap().file_id);
+
+    // Replay rebuilds the same views from the log.
+    let before = events::dump_views(&client).await.unwrap();
+    events::replay(registry.pool(), false).await.unwrap();
+    assert_eq!(events::dump_views(&client).await.unwrap(), before);
+}
