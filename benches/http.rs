@@ -53,8 +53,10 @@ fn main() {
         .unwrap_or(2048);
     let size = size_mib << 20;
     if std::env::var("BENCH_ONLY").as_deref() == Ok("small") {
-        // Only the 4 KiB ingests (for working on that path). A fresh directory each run: new
-        // files among many just deleted cost ext4 more (it skips recently freed inodes).
+        // Only the 4 KiB ingests (for working on that path). A fresh directory each run, kept
+        // afterwards: creating files just after deleting many costs ext4 more (it skips
+        // recently freed inodes), which made back-to-back runs differ by up to 40%. Remove
+        // target/tmp/bench-http-small-* when done.
         let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("bench-http-small-{}", std::process::id()));
         let server = start_server(&work.join("data"));
@@ -63,8 +65,6 @@ fn main() {
             "| 4 KiB ingests, 16 concurrent clients ({count}) | **{:.0}/s** |",
             count as f64 / took.as_secs_f64()
         );
-        drop(server);
-        let _ = std::fs::remove_dir_all(&work);
         return;
     }
     let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-http");
