@@ -228,3 +228,46 @@ async fn concurrent_small_ingests_are_checked_one_by_one_and_replay_identically(
     events::replay(registry.pool(), false).await.unwrap();
     assert_eq!(events::dump_views(&client).await.unwrap(), before);
 }
+
+/// The schema itself refuses a file row whose tenant is not its package's (V5).
+#[tokio::test]
+async fn a_file_row_must_have_its_packages_tenant() {
+    let env = TestEnv::new().await;
+    let tenant = TenantId::new("default").unwrap();
+    let other = TenantId::new("other").unwrap();
+    let package = env
+        .registry
+        .create_package(&tenant, new_package("p"))
+        .await
+        .unwrap()
+        .id;
+    env.registry
+        .create_package(&other, new_package("q"))
+        .await
+        .unwrap();
+    let file = env
+        .registry
+        .ingest_file(&tenant, package, request("a.txt", false), body(b"abc", 3))
+        .await
+        .unwrap();
+    let client = env.db.client().await;
+    let insert = "INSERT INTO files (id, tenant, package_id, relative_path, size, media_type, \
+                  blake3, created_at, created_sequence) \
+                  SELECT gen_random_uuid(), $1, package_id, 'b.txt', size, media_type, blake3, \
+                         created_at, created_sequence FROM files WHERE id = $2";
+    let refused = client
+        .execute(insert, &[&other.as_str(), &file.id.0])
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("files_package_tenant_fkey")
+            || format!("{refused:?}").contains("files_package_tenant_fkey"),
+        "{refused:?}"
+    );
+    // The same row with the package's own tenant is accepted (the check is the tenant).
+    let inserted = client
+        .execute(insert, &[&tenant.as_str(), &file.id.0])
+        .await
+        .unwrap();
+    assert_eq!(inserted, 1);
+}
