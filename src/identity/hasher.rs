@@ -96,7 +96,7 @@ enum Pipeline {
 
 impl HashPipeline {
     /// A pipeline that continues from `state` (a fresh `DualHasher` for new bytes).
-    pub fn spawn(state: DualHasher) -> Self {
+    pub fn new(state: DualHasher) -> Self {
         HashPipeline {
             state: Pipeline::Inline(Box::new(state)),
         }
@@ -224,7 +224,7 @@ mod tests {
             INLINE_HASH_BYTES as usize + 1,
             data.len(),
         ] {
-            let mut pipeline = HashPipeline::spawn(DualHasher::new());
+            let mut pipeline = HashPipeline::new(DualHasher::new());
             for chunk in data[..len].chunks(100_003) {
                 pipeline.update(Bytes::copy_from_slice(chunk)).await;
             }
@@ -233,11 +233,11 @@ mod tests {
                 DualHasher::digest(&data[..len])
             );
         }
-        let mut first = HashPipeline::spawn(DualHasher::new());
+        let mut first = HashPipeline::new(DualHasher::new());
         first
             .update(Bytes::copy_from_slice(&data[..1_000_000]))
             .await;
-        let mut rest = HashPipeline::spawn(first.finish_state().await.unwrap());
+        let mut rest = HashPipeline::new(first.finish_state().await.unwrap());
         for chunk in data[1_000_000..].chunks(65_536) {
             rest.update(Bytes::copy_from_slice(chunk)).await;
         }

@@ -19,8 +19,8 @@
 //! retried alone (after checking, under its lock, that its bytes are still there), so one
 //! file's trouble never fails another's request.
 
-use super::ingest::{IngestRequest, file_record, path_taken};
-use super::types::{FileRecord, PackageStatus};
+use super::ingest::{IngestRequest, file_record, may_add_at, must_be_open};
+use super::types::FileRecord;
 use crate::error::{Error, Result};
 use crate::events::{self, DomainEvent, FileIngested};
 use crate::identity::{ContentAddress, Digest};
@@ -315,24 +315,13 @@ impl Worker {
                 Some((_, status, count)) => {
                     let key = (package_id.0, event.relative_path.as_str().to_owned());
                     let existing = at.get(&key).copied();
-                    match PackageStatus::parse(status) {
+                    let request = &item.item.request;
+                    let allowed = must_be_open(package_id, status).and_then(|()| {
+                        may_add_at(package_id, request, existing, *count, item.item.max_files)
+                    });
+                    match allowed {
                         Err(e) => Some(e),
-                        Ok(PackageStatus::Expired) => Some(Error::Gone(format!(
-                            "package {package_id} has expired; create a new package"
-                        ))),
-                        Ok(s) if s != PackageStatus::Open => Some(Error::Conflict(format!(
-                            "package {package_id} is finalized and immutable; create a new package"
-                        ))),
-                        Ok(_) if existing.is_some() && !item.item.request.replace => {
-                            Some(path_taken(package_id, &event.relative_path))
-                        }
-                        Ok(_) if existing.is_none() && *count >= item.item.max_files => {
-                            Some(Error::QuotaExceeded(format!(
-                                "package {package_id} already holds the maximum of {} files",
-                                item.item.max_files
-                            )))
-                        }
-                        Ok(_) => {
+                        Ok(()) => {
                             if existing.is_none() {
                                 *count += 1;
                             }

@@ -113,7 +113,7 @@ impl Registry {
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send,
     {
-        let mut hasher = HashPipeline::spawn(DualHasher::new());
+        let mut hasher = HashPipeline::new(DualHasher::new());
         pin_mut!(body);
         let mut size = 0u64;
         while let Some(chunk) = body.next().await {
@@ -200,8 +200,7 @@ impl Registry {
                     .is_some())
             })?;
         if damaged {
-            tracing::warn!(blob = %digest.primary_address(), backend = backend.id(), "replacing a damaged copy with freshly uploaded bytes");
-            backend.delete(&digest.primary_address()).await?;
+            remove_damaged(backend, digest).await?;
         }
         publish.await?;
         event.replaced_file_id = check_can_add(
@@ -246,8 +245,7 @@ impl Registry {
         let go = go_rx.await.map_err(|_| stopped())??;
         let published = async {
             if go.damaged {
-                tracing::warn!(blob = %digest.primary_address(), backend = backend.id(), "replacing a damaged copy with freshly uploaded bytes");
-                backend.delete(&digest.primary_address()).await?;
+                remove_damaged(backend, digest).await?;
             }
             publish.await
         }
@@ -263,6 +261,13 @@ impl Registry {
         }
         go.done.await.map_err(|_| stopped())?
     }
+}
+
+/// A copy verification found damaged may still look right to the backend (same size): it is
+/// removed first, so fresh bytes replace it instead of being dropped as a dedup.
+async fn remove_damaged(backend: &dyn BlobStore, digest: &DualDigest) -> Result<()> {
+    tracing::warn!(blob = %digest.primary_address(), backend = backend.id(), "replacing a damaged copy with freshly uploaded bytes");
+    backend.delete(&digest.primary_address()).await
 }
 
 /// Records a `v1.file.ingested` event as the last step of `tx`, commits, and returns the file.
@@ -357,14 +362,7 @@ pub(super) async fn check_can_add(
     .await?;
     let open = OpenPackage::from_row(package_id, &row)?;
     let existing = row.get::<_, Option<uuid::Uuid>>(4).map(FileId);
-    if existing.is_some() && !request.replace {
-        return Err(path_taken(package_id, &request.relative_path));
-    }
-    if existing.is_none() && open.file_count >= max_files {
-        return Err(Error::QuotaExceeded(format!(
-            "package {package_id} already holds the maximum of {max_files} files"
-        )));
-    }
+    may_add_at(package_id, request, existing, open.file_count, max_files)?;
     Ok(CanAdd {
         replaced: existing,
         retention_class: open.retention_class,
@@ -381,23 +379,47 @@ pub(super) struct OpenPackage {
 
 impl OpenPackage {
     fn from_row(package_id: PackageId, row: &tokio_postgres::Row) -> Result<Self> {
-        let status = PackageStatus::parse(row.get(0))?;
-        if status == PackageStatus::Expired {
-            return Err(Error::Gone(format!(
-                "package {package_id} has expired; create a new package"
-            )));
-        }
-        if status != PackageStatus::Open {
-            return Err(Error::Conflict(format!(
-                "package {package_id} is finalized and immutable; create a new package"
-            )));
-        }
+        must_be_open(package_id, row.get(0))?;
         Ok(OpenPackage {
             file_count: row.get::<_, i32>(1) as u64,
             retention_class: row.get(2),
             producer: row.get(3),
         })
     }
+}
+
+/// A package in `status` (its column value) takes new files only while open.
+pub(super) fn must_be_open(package_id: PackageId, status: &str) -> Result<()> {
+    match PackageStatus::parse(status)? {
+        PackageStatus::Open => Ok(()),
+        PackageStatus::Expired => Err(Error::Gone(format!(
+            "package {package_id} has expired; create a new package"
+        ))),
+        _ => Err(Error::Conflict(format!(
+            "package {package_id} is finalized and immutable; create a new package"
+        ))),
+    }
+}
+
+/// A file may go in at `request.relative_path` of an open package holding `file_count` files,
+/// where `existing` is the file already there: only as a replace, and a new path only while
+/// there is room.
+pub(super) fn may_add_at(
+    package_id: PackageId,
+    request: &IngestRequest,
+    existing: Option<FileId>,
+    file_count: u64,
+    max_files: u64,
+) -> Result<()> {
+    if existing.is_some() && !request.replace {
+        return Err(path_taken(package_id, &request.relative_path));
+    }
+    if existing.is_none() && file_count >= max_files {
+        return Err(Error::QuotaExceeded(format!(
+            "package {package_id} already holds the maximum of {max_files} files"
+        )));
+    }
+    Ok(())
 }
 
 /// The package exists for this tenant and is open; with `lock`, its row is locked until the

@@ -253,7 +253,7 @@ impl Registry {
             _ if offset == 0 => Some(DualHasher::new()),
             _ => None,
         };
-        let mut pipeline = state.map(HashPipeline::spawn);
+        let mut pipeline = state.map(HashPipeline::new);
         let mut hashed = 0u64;
         let mut received = offset;
         let mut failure = None;
