@@ -3,6 +3,7 @@
 //!
 //!     cargo bench --bench http                     # 2 GiB file; BENCH_SIZE_MIB to change
 //!     BENCH_ONLY=small cargo bench --bench http    # only the 4 KiB ingests
+//!     BENCH_ONLY=download cargo bench --bench http # only the download vs nginx
 //!
 //! - Upload of a large file: raw `curl -T` PUT, and an upload session (create, one PATCH,
 //!   complete), vs (c) = `openssl dgst -sha256` + `dd bs=1M conv=fsync` of the same file.
@@ -14,7 +15,7 @@
 
 mod common;
 
-use common::{Server, best, curl, json_field, make_file, mbps, status_kib, time};
+use common::{Server, best, cpu_time, curl, json_field, make_file, mbps, status_kib, time};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -68,6 +69,10 @@ fn main() {
         return;
     }
     let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-http");
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("download") {
+        download_only(&work, size);
+        return;
+    }
     let _ = std::fs::remove_dir_all(work.join("data"));
     std::fs::create_dir_all(&work).unwrap();
     let input = work.join("input.bin");
@@ -171,49 +176,7 @@ fn main() {
         )
     });
     let download_rss = status_kib(pid, "VmHWM:");
-    let www = work.join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    let served = www.join("big.bin");
-    let _ = std::fs::remove_file(&served);
-    std::fs::hard_link(&blob, &served).unwrap_or_else(|_| {
-        std::fs::copy(&blob, &served).unwrap();
-    });
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let conf = work.join("nginx.conf");
-    std::fs::write(&conf, format!(
-        "daemon off; worker_processes 1; pid {pid}; error_log {err} warn;\n\
-         events {{ worker_connections 64; }}\n\
-         http {{ sendfile on; tcp_nopush on; access_log off; server {{ listen 127.0.0.1:{port}; root {root}; }} }}\n",
-        pid = work.join("nginx.pid").display(), err = work.join("nginx.err").display(), root = www.display()
-    )).unwrap();
-    let mut nginx = Command::new("nginx")
-        .arg("-c")
-        .arg(&conf)
-        .arg("-p")
-        .arg(&work)
-        .spawn()
-        .expect("nginx (apt-get install nginx-light)");
-    std::thread::sleep(Duration::from_millis(500));
-    // Workers run as nobody: make the tree readable.
-    let _ = Command::new("chmod")
-        .args(["-R", "a+rX"])
-        .arg(&www)
-        .status();
-    let _ = Command::new("chmod").args(["a+rx"]).arg(&work).status();
-    let theirs = best(3, || {
-        time(
-            Command::new("curl")
-                .args(["-sS", "--fail", "-o", "/dev/null"])
-                .arg(format!("http://127.0.0.1:{port}/big.bin")),
-        )
-    });
-    // SIGTERM, not kill(): a SIGKILLed master leaves its worker running (holding our stdout).
-    let _ = Command::new("kill").arg(nginx.id().to_string()).status();
-    let _ = nginx.wait();
+    let theirs = nginx_download(&work, &blob);
 
     let (small_count, small_time) = small_ingests(&base);
 
@@ -299,6 +262,105 @@ fn main() {
         1000.0 / second_push.as_secs_f64(),
         first_push.as_secs_f64() / second_push.as_secs_f64()
     );
+}
+
+/// Only the download comparison (for working on that path): one raw PUT, then ours and
+/// nginx's downloads of the stored file, best of three each.
+fn download_only(work: &Path, size: u64) {
+    let _ = std::fs::remove_dir_all(work.join("data"));
+    std::fs::create_dir_all(work).unwrap();
+    let input = work.join("input.bin");
+    make_file(&input, size);
+    let server = start_server(&work.join("data"));
+    let base = server.base.clone();
+    let package = new_package(&base, "download");
+    let body = curl(&[
+        "-T",
+        input.to_str().unwrap(),
+        &format!("{base}/packages/{package}/files/big.bin"),
+    ]);
+    let file: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let blake3 = file["digests"]["blake3"].as_str().unwrap();
+    let blob = work
+        .join("data/blobs/blake3")
+        .join(&blake3[0..2])
+        .join(&blake3[2..4])
+        .join(blake3);
+    let url = format!("{base}/files/{}/download", file["id"].as_str().unwrap());
+    time(Command::new("cat").arg(&blob).stdout(Stdio::null()));
+    let cpu_before = cpu_time(server.child.id());
+    let ours = best(3, || {
+        time(
+            Command::new("curl")
+                .args(["-sS", "-o", "/dev/null"])
+                .arg(&url),
+        )
+    });
+    let cpu = cpu_time(server.child.id()) - cpu_before;
+    let theirs = nginx_download(work, &blob);
+    println!(
+        "| download, nginx `sendfile on` | {theirs:.2?} | {:.0} | 1.00x |",
+        mbps(size, theirs)
+    );
+    println!(
+        "| download, ours (`curl -o /dev/null`) | {ours:.2?} | {:.0} | **{:.2}x** nginx |",
+        mbps(size, ours),
+        theirs.as_secs_f64() / ours.as_secs_f64()
+    );
+    println!(
+        "\nOur server's CPU time (user + system): {:.0} ms per GiB downloaded.",
+        cpu.as_secs_f64() * 1000.0 / (3.0 * size as f64 / (1u64 << 30) as f64)
+    );
+}
+
+/// Serves `blob` with nginx (`sendfile on`) on a free loopback port and returns the best of
+/// three `curl -o /dev/null` downloads of it.
+fn nginx_download(work: &Path, blob: &Path) -> Duration {
+    let www = work.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let served = www.join("big.bin");
+    let _ = std::fs::remove_file(&served);
+    std::fs::hard_link(blob, &served).unwrap_or_else(|_| {
+        std::fs::copy(blob, &served).unwrap();
+    });
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let conf = work.join("nginx.conf");
+    std::fs::write(&conf, format!(
+        "daemon off; worker_processes 1; pid {pid}; error_log {err} warn;\n\
+         events {{ worker_connections 64; }}\n\
+         http {{ sendfile on; tcp_nopush on; access_log off; server {{ listen 127.0.0.1:{port}; root {root}; }} }}\n",
+        pid = work.join("nginx.pid").display(), err = work.join("nginx.err").display(), root = www.display()
+    )).unwrap();
+    let mut nginx = Command::new("nginx")
+        .arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(work)
+        .spawn()
+        .expect("nginx (apt-get install nginx-light)");
+    std::thread::sleep(Duration::from_millis(500));
+    // Workers run as nobody: make the tree readable.
+    let _ = Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(&www)
+        .status();
+    let _ = Command::new("chmod").args(["a+rx"]).arg(work).status();
+    let theirs = best(3, || {
+        time(
+            Command::new("curl")
+                .args(["-sS", "--fail", "-o", "/dev/null"])
+                .arg(format!("http://127.0.0.1:{port}/big.bin")),
+        )
+    });
+    // SIGTERM, not kill(): a SIGKILLed master leaves its worker running (holding our stdout).
+    let _ = Command::new("kill").arg(nginx.id().to_string()).status();
+    let _ = nginx.wait();
+
+    theirs
 }
 
 /// 4 KiB ingests with 16 concurrent clients: how many, and how long they took.

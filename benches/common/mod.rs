@@ -49,6 +49,22 @@ pub fn make_file(path: &Path, size: u64) {
     f.flush().unwrap();
 }
 
+/// CPU time (user + system, every thread) a process has used so far.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let ticks: u64 = fields.iter().sum();
+    // USER_HZ is 100 on every Linux architecture we run on.
+    Duration::from_millis(ticks * 10)
+}
+
 /// A `/proc/<pid>/status` value in KiB: `VmRSS:` (now) or `VmHWM:` (peak).
 pub fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -2,12 +2,13 @@
 //! under a content address, ranged reads, head, idempotent delete, list and health. No backend
 //! vocabulary (buckets, multipart) leaks past this module.
 
+pub mod checked;
 pub mod config;
 pub mod local;
 pub mod s3;
 
 use crate::error::Result;
-use crate::identity::ContentAddress;
+use crate::identity::{ContentAddress, Digest};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use std::sync::Arc;
@@ -97,6 +98,24 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
     }
     /// Streams the blob, or a range of it. A missing blob is `Error::NotFound`.
     async fn get(&self, address: &ContentAddress, range: Option<ByteRange>) -> Result<ByteStream>;
+    /// Streams the whole blob, checking it as it goes against `size` bytes hashing to
+    /// `expected` (its BLAKE3 digest): the last chunk is held back until the check passes, and
+    /// on a mismatch the stream ends in an error instead. A missing blob is
+    /// `Error::NotFound`. The default hashes [`get`](Self::get)'s stream on a thread beside it.
+    async fn get_checked(
+        &self,
+        address: &ContentAddress,
+        expected: Digest,
+        size: u64,
+    ) -> Result<ByteStream> {
+        let body = self.get(address, None).await?;
+        Ok(checked::checked(
+            body,
+            expected,
+            size,
+            format!("{address} on `{}`", self.id()),
+        ))
+    }
     /// The stored size, or `None` when absent.
     async fn head(&self, address: &ContentAddress) -> Result<Option<u64>>;
     /// Deletes the blob; deleting an absent blob succeeds.

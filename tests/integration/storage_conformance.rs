@@ -21,6 +21,19 @@ pub async fn put(
     (address, staged.commit(&address).await.unwrap())
 }
 
+/// The bytes a stream delivers before it ends, and whether it ended in an error.
+async fn collect_until_error(mut stream: artifactstore::storage::ByteStream) -> (Vec<u8>, bool) {
+    use futures::StreamExt;
+    let mut got = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(chunk) => got.extend_from_slice(&chunk),
+            Err(_) => return (got, true),
+        }
+    }
+    (got, false)
+}
+
 /// Runs every conformance check against `store`, which must start empty.
 pub async fn conformance(store: Arc<dyn BlobStore>) {
     let store = store.as_ref();
@@ -61,9 +74,42 @@ pub async fn conformance(store: Arc<dyn BlobStore>) {
         );
     }
 
+    // Checked whole reads: the intact bytes pass; a wrong digest or size never delivers the
+    // whole body and ends in an error.
+    let digest = DualHasher::digest(&data).blake3;
+    let size = data.len() as u64;
+    let (got, failed) =
+        collect_until_error(store.get_checked(&address, digest, size).await.unwrap()).await;
+    assert!(!failed, "intact bytes failed their check");
+    assert_eq!(got, data);
+    let other = DualHasher::digest(b"other bytes").blake3;
+    for (expected, size, what) in [
+        (other, size, "wrong digest"),
+        (digest, size + 1, "recorded size larger"),
+        (digest, size - 1, "recorded size smaller"),
+    ] {
+        let (got, failed) =
+            collect_until_error(store.get_checked(&address, expected, size).await.unwrap()).await;
+        assert!(failed, "{what}: the stream did not fail");
+        assert!(
+            got.len() < data.len() && data.starts_with(&got),
+            "{what}: {} of {} bytes delivered",
+            got.len(),
+            data.len()
+        );
+    }
+
     // The empty blob.
     let (empty, _) = put(store, b"", 1).await;
     assert_eq!(collect(store.get(&empty, None).await.unwrap()).await, b"");
+    let (got, failed) = collect_until_error(
+        store
+            .get_checked(&empty, DualHasher::digest(b"").blake3, 0)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(got.is_empty() && !failed);
     assert_eq!(store.head(&empty).await.unwrap(), Some(0));
 
     // Listing sees exactly what was committed.
@@ -95,6 +141,10 @@ pub async fn conformance(store: Arc<dyn BlobStore>) {
     let missing = DualHasher::digest(b"not stored").primary_address();
     assert!(matches!(
         store.get(&missing, None).await,
+        Err(artifactstore::Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.get_checked(&missing, other, 10).await,
         Err(artifactstore::Error::NotFound { .. })
     ));
     assert_eq!(store.head(&missing).await.unwrap(), None);
