@@ -2,7 +2,8 @@
 //! storage) against same-run baselines on the same machine and files. Prints Markdown.
 //!
 //!     cargo bench --bench http                     # 2 GiB file; BENCH_SIZE_MIB to change
-//!     BENCH_ONLY=small cargo bench --bench http    # only the 4 KiB ingests
+//!     BENCH_ONLY=small cargo bench --bench http    # only the 4 KiB ingests (BENCH_URL: to a
+//!                                                  # server already running)
 //!     BENCH_ONLY=download cargo bench --bench http # only the download vs nginx
 //!
 //! - Upload of a large file: raw `curl -T` PUT, and an upload session (create, one PATCH,
@@ -60,8 +61,16 @@ fn main() {
         // target/tmp/bench-http-small-* when done.
         let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("bench-http-small-{}", std::process::id()));
-        let server = start_server(&work.join("data"));
-        let (count, took) = small_ingests(&server.base);
+        // BENCH_URL: load a server that is already running (e.g. one being profiled).
+        let (_server, base) = match std::env::var("BENCH_URL") {
+            Ok(url) => (None, url),
+            Err(_) => {
+                let server = start_server(&work.join("data"));
+                let base = server.base.clone();
+                (Some(server), base)
+            }
+        };
+        let (count, took) = small_ingests(&base);
         println!(
             "| 4 KiB ingests, 16 concurrent clients ({count}) | **{:.0}/s** |",
             count as f64 / took.as_secs_f64()

@@ -11,6 +11,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const STAGING_DIR: &str = ".staging";
+/// Blobs up to this size are published with one journal commit (see `publish_small`); the
+/// same size as the registry's group commit, whose batches then share commits.
+const SMALL_BLOB_MAX: u64 = 1 << 20;
 /// Writes are batched to this size so each trip to the blocking pool moves a lot of bytes.
 const WRITE_BATCH: usize = 1024 * 1024;
 /// Reads go to the client in chunks of this size: large enough for few system calls and
@@ -191,11 +194,12 @@ impl BlobStore for LocalStore {
         let source = path.to_owned();
         let dest = self.path_of(address);
         let root = self.root.clone();
+        let address_owned = *address;
         let adopted =
             tokio::task::spawn_blocking(move || -> std::io::Result<Option<CommitOutcome>> {
                 let file = std::fs::File::open(&source)?;
                 let size = file.metadata()?.len();
-                match commit_file(file, &source, &dest, size, &root, false) {
+                match commit_file(file, &source, &dest, &address_owned, size, &root, false) {
                     Ok(outcome) => Ok(Some(outcome)),
                     // Another filesystem: copy instead (below).
                     Err(e) if e.raw_os_error() == Some(libc::EXDEV) => Ok(None),
@@ -390,8 +394,9 @@ impl StagedBlob for LocalStaged {
             if let Err(e) = file.write_all(&data) {
                 return (file, Err(("writing staging file", e)));
             }
-            // Bytes already stored are not ours to sync: commit will drop this copy.
-            if std::fs::metadata(&dest).is_ok_and(|m| m.len() == size) {
+            // A small blob is synced at commit, after it is in place (see `publish_small`);
+            // bytes already stored are not ours to sync: commit will drop this copy.
+            if size <= SMALL_BLOB_MAX || std::fs::metadata(&dest).is_ok_and(|m| m.len() == size) {
                 return (file, Ok(false));
             }
             let r = file.sync_all().map(|()| true);
@@ -416,8 +421,14 @@ impl StagedBlob for LocalStaged {
         let size = self.written;
         let root = self.store.root.clone();
         let synced = self.synced;
+        let address = *address;
         let outcome = tokio::task::spawn_blocking(move || {
-            commit_file(file, &staged, &dest, size, &root, synced)
+            if size <= SMALL_BLOB_MAX {
+                drop(file);
+                publish_small(&staged, &dest, &address, size, &root)
+            } else {
+                commit_file(file, &staged, &dest, &address, size, &root, synced)
+            }
         })
         .await
         .map_err(|e| Error::storage(&self.store.id, e))?;
@@ -447,13 +458,14 @@ fn commit_file(
     file: std::fs::File,
     staged: &Path,
     dest: &Path,
+    address: &ContentAddress,
     size: u64,
     root: &Path,
     synced: bool,
 ) -> std::io::Result<CommitOutcome> {
-    // An existing blob of the right size is these bytes (the address says so): drop ours.
-    // One of the wrong size was truncated behind our back; replacing it heals it.
-    if std::fs::metadata(dest).is_ok_and(|m| m.len() == size) {
+    // A blob already there holding these bytes: drop ours. One that does not (truncated
+    // behind our back, or a small publish cut short by a crash) is replaced, which heals it.
+    if holds(dest, address, size) {
         drop(file);
         std::fs::remove_file(staged)?;
         return Ok(CommitOutcome::AlreadyPresent);
@@ -462,6 +474,80 @@ fn commit_file(
         file.sync_all()?;
     }
     drop(file);
+    let created = create_parents(dest, root)?;
+    std::fs::rename(staged, dest)?;
+    // Make the rename durable, and every directory entry we created on the way.
+    sync_parents(dest, &created)?;
+    Ok(CommitOutcome::Stored)
+}
+
+/// Publishes a blob of at most [`SMALL_BLOB_MAX`] bytes with one journal commit instead of
+/// two: the staged file is linked into place *before* it is synced, then the file and its
+/// directories are synced together (the first sync commits all of it; the others find
+/// nothing left). Concurrent publishes share commits too, so a batch of small ingests costs
+/// about one. The price: a crash between the link and the sync can leave a file under the
+/// address whose bytes never reached the disk. Nothing trusts such a file: no location row
+/// names it (the registry records the location only after commit returns), and whoever finds
+/// a small file at an address reads it back before using it ([`holds`]); an intact one is
+/// kept (it may be a concurrent publish's, so it is synced before we return), a bad one is
+/// replaced. Linking never replaces a file, so bytes already durable are never swapped for
+/// bytes that are not.
+fn publish_small(
+    staged: &Path,
+    dest: &Path,
+    address: &ContentAddress,
+    size: u64,
+    root: &Path,
+) -> std::io::Result<CommitOutcome> {
+    let created = create_parents(dest, root)?;
+    let outcome = match std::fs::hard_link(staged, dest) {
+        Ok(()) => CommitOutcome::Stored,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            if holds(dest, address, size) {
+                CommitOutcome::AlreadyPresent
+            } else {
+                std::fs::rename(staged, dest)?;
+                CommitOutcome::Stored
+            }
+        }
+        Err(e) => return Err(e),
+    };
+    match std::fs::remove_file(staged) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {} // renamed into place
+        Err(e) => return Err(e),
+    }
+    std::fs::File::open(dest)?.sync_all()?;
+    sync_parents(dest, &created)?;
+    Ok(outcome)
+}
+
+/// Whether the file at `dest` holds the bytes of `address` (`size` of them). A small file is
+/// read back and hashed (it may be a publish cut short by a crash, see [`publish_small`]);
+/// a larger one only ever appears after its bytes were synced, so its size is proof enough.
+fn holds(dest: &Path, address: &ContentAddress, size: u64) -> bool {
+    let Ok(meta) = std::fs::metadata(dest) else {
+        return false;
+    };
+    if meta.len() != size {
+        return false;
+    }
+    if size > SMALL_BLOB_MAX {
+        return true;
+    }
+    let Ok(bytes) = std::fs::read(dest) else {
+        return false;
+    };
+    let digest = crate::identity::DualHasher::digest(&bytes);
+    let observed = match address.algorithm() {
+        Algorithm::Blake3 => digest.blake3,
+        Algorithm::Sha256 => digest.sha256,
+    };
+    observed == *address.digest()
+}
+
+/// Creates `dest`'s missing parent directories below `root`; returns those it created.
+fn create_parents(dest: &Path, root: &Path) -> std::io::Result<Vec<PathBuf>> {
     let parent = dest.parent().expect("blob path has a parent");
     let mut created = Vec::new();
     let mut dir = parent;
@@ -470,13 +556,16 @@ fn commit_file(
         dir = dir.parent().expect("inside root");
     }
     std::fs::create_dir_all(parent)?;
-    std::fs::rename(staged, dest)?;
-    // Make the rename durable, and every directory entry we created on the way.
-    fsync_dir(parent)?;
-    for dir in &created {
+    Ok(created)
+}
+
+/// Makes `dest`'s directory entry durable, and those of the directories in `created`.
+fn sync_parents(dest: &Path, created: &[PathBuf]) -> std::io::Result<()> {
+    fsync_dir(dest.parent().expect("blob path has a parent"))?;
+    for dir in created {
         fsync_dir(dir.parent().expect("inside root"))?;
     }
-    Ok(CommitOutcome::Stored)
+    Ok(())
 }
 
 /// Asks the kernel to start writing `[from, to)` to disk now, without waiting for it. Purely a
