@@ -276,9 +276,15 @@ impl Worker {
                 .await?;
             let taken = tx
                 .prepare_cached(
-                    "SELECT f.package_id, f.relative_path, f.id FROM files f \
-                     JOIN unnest($1::uuid[], $2::text[]) AS u(package_id, relative_path) \
-                       ON f.package_id = u.package_id AND f.relative_path = u.relative_path",
+                    // One index probe per path (a subquery per row), whatever the table's
+                    // statistics say: a join let the planner hash a fresh `files` table
+                    // whole, and keep that plan until autoanalyze.
+                    "SELECT * FROM ( \
+                       SELECT u.package_id, u.relative_path, \
+                              (SELECT f.id FROM files f WHERE f.package_id = u.package_id \
+                                 AND f.relative_path = u.relative_path) AS id \
+                       FROM unnest($1::uuid[], $2::text[]) AS u(package_id, relative_path)) t \
+                     WHERE t.id IS NOT NULL",
                 )
                 .await?;
             // Sent together, executed in order: the paths are read once the rows are locked.
