@@ -245,6 +245,7 @@ impl Registry {
             .map_err(|e| Error::storage("uploads", format!("truncating spool: {e}")))?;
         file.seek(SeekFrom::Start(offset))
             .map_err(|e| Error::storage("uploads", e))?;
+        let mut spool = Spool::new(file, offset);
 
         // Hash as we spool, continuing this session's state when this process has it.
         let state = self.upload_hashers.lock().expect("hasher map").remove(&id);
@@ -280,14 +281,7 @@ impl Registry {
                         p.update(bytes.clone()).await;
                         hashed += len;
                     }
-                    let (back, write) = tokio::task::spawn_blocking(move || {
-                        let r = file.write_all(&bytes);
-                        (file, r)
-                    })
-                    .await
-                    .map_err(|e| Error::storage("uploads", e))?;
-                    file = back;
-                    if let Err(e) = write {
+                    if let Err(e) = spool.write(bytes).await {
                         failure = Some(Error::storage("uploads", format!("writing spool: {e}")));
                         received = offset;
                         break;
@@ -311,13 +305,10 @@ impl Registry {
             )));
             received = offset;
         }
-        let (file, synced) = tokio::task::spawn_blocking(move || {
-            let r = file.set_len(received).and_then(|()| file.sync_data());
-            (file, r)
-        })
-        .await
-        .map_err(|e| Error::storage("uploads", e))?;
-        synced.map_err(|e| Error::storage("uploads", format!("syncing spool: {e}")))?;
+        let file = spool
+            .finish(received)
+            .await
+            .map_err(|e| Error::storage("uploads", format!("syncing spool: {e}")))?;
         if let Some(p) = pipeline {
             let state = p
                 .finish_state()
@@ -525,5 +516,86 @@ impl Registry {
             }
         }
         Ok(rows.len() as u64)
+    }
+}
+
+/// Appends a chunk's bytes to a session's spool file: gathered into writes of
+/// [`WRITE_BATCH`](crate::storage::local::WRITE_BATCH) (one trip to the blocking pool each,
+/// not one per network read), with writeback started every
+/// [`WRITEBACK_EVERY`](crate::storage::local::WRITEBACK_EVERY) bytes so that the sync at the
+/// end of the chunk finds little left to flush.
+struct Spool {
+    file: Option<nix::fcntl::Flock<std::fs::File>>,
+    buffer: bytes::BytesMut,
+    /// Bytes handed to the file so far (its write position).
+    written: u64,
+    writeback_from: u64,
+}
+
+impl Spool {
+    fn new(file: nix::fcntl::Flock<std::fs::File>, offset: u64) -> Self {
+        Spool {
+            file: Some(file),
+            buffer: bytes::BytesMut::new(),
+            written: offset,
+            writeback_from: offset,
+        }
+    }
+
+    async fn write(&mut self, bytes: Bytes) -> std::io::Result<()> {
+        self.buffer.extend_from_slice(&bytes);
+        if self.buffer.len() >= crate::storage::local::WRITE_BATCH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let data = self.buffer.split().freeze();
+        let mut file = self.file.take().expect("spool file present until finish");
+        let end = self.written + data.len() as u64;
+        let writeback = (end - self.writeback_from >= crate::storage::local::WRITEBACK_EVERY)
+            .then_some((self.writeback_from, end));
+        let (file, result) = tokio::task::spawn_blocking(move || {
+            let r = file.write_all(&data);
+            if r.is_ok()
+                && let Some((from, to)) = writeback
+            {
+                crate::storage::local::start_writeback(&file, from, to);
+            }
+            (file, r)
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        self.file = Some(file);
+        result?;
+        self.written = end;
+        if writeback.is_some() {
+            self.writeback_from = end;
+        }
+        Ok(())
+    }
+
+    /// Writes what is buffered, cuts the file to `len` (dropping the bytes of a chunk that
+    /// failed) and makes it durable.
+    async fn finish(mut self, len: u64) -> std::io::Result<nix::fcntl::Flock<std::fs::File>> {
+        let flushed = if len > self.written {
+            self.flush().await
+        } else {
+            Ok(())
+        };
+        let file = self.file.take().expect("spool file present until finish");
+        let (file, synced) = tokio::task::spawn_blocking(move || {
+            let r = file.set_len(len).and_then(|()| file.sync_data());
+            (file, r)
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        flushed?;
+        synced?;
+        Ok(file)
     }
 }

@@ -15,7 +15,7 @@ const STAGING_DIR: &str = ".staging";
 /// same size as the registry's group commit, whose batches then share commits.
 const SMALL_BLOB_MAX: u64 = 1 << 20;
 /// Writes are batched to this size so each trip to the blocking pool moves a lot of bytes.
-const WRITE_BATCH: usize = 1024 * 1024;
+pub(crate) const WRITE_BATCH: usize = 1024 * 1024;
 /// Reads go to the client in chunks of this size: large enough for few system calls and
 /// channel hops, small enough that a chunk just hashed is still in cache when it is sent.
 const READ_CHUNK: usize = 64 * 1024;
@@ -23,7 +23,7 @@ const READ_CHUNK: usize = 64 * 1024;
 const READ_BATCH: usize = 16;
 /// Writeback is started every this many bytes, so the final fsync finds little left to flush
 /// and disk writes overlap hashing and the network.
-const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
+pub(crate) const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
 
 /// A directory of blobs.
 #[derive(Debug, Clone)]
@@ -570,7 +570,7 @@ fn sync_parents(dest: &Path, created: &[PathBuf]) -> std::io::Result<()> {
 
 /// Asks the kernel to start writing `[from, to)` to disk now, without waiting for it. Purely a
 /// performance hint: durability still comes from the fsync at commit.
-fn start_writeback(file: &std::fs::File, from: u64, to: u64) {
+pub(crate) fn start_writeback(file: &std::fs::File, from: u64, to: u64) {
     use std::os::fd::AsRawFd;
     // SAFETY: the descriptor is open for the duration of the call; sync_file_range only reads
     // its arguments. Errors (e.g. a filesystem that does not support it) are ignored.
