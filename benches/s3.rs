@@ -4,6 +4,7 @@
 //! Markdown.
 //!
 //!     cargo bench --bench s3                       # 1 GiB; BENCH_SIZE_MIB to change
+//!     BENCH_S3_SIGN_PAYLOAD=false cargo bench --bench s3   # request bodies unsigned
 //!
 //! - Upload: `curl -T` PUT to our server vs `curl --aws-sigv4 -T` PUT of the same file
 //!   straight to the bucket. Target >= 0.8x.
@@ -102,12 +103,18 @@ fn main() {
     make_file(&input, size);
     let prefix = format!("bench-{}", std::process::id());
     let storage = work.join("storage.toml");
+    // BENCH_S3_SIGN_PAYLOAD=false|true sets the backend's `sign_payload` (default: signed,
+    // the endpoint being plain http).
+    let sign = match std::env::var("BENCH_S3_SIGN_PAYLOAD") {
+        Ok(v) => format!("sign_payload = {v}\n"),
+        Err(_) => String::new(),
+    };
     std::fs::write(
         &storage,
         format!(
             "default_backend = \"s3\"\n[backends.s3]\nkind = \"s3\"\nendpoint_url = \"{}\"\n\
              bucket = \"{}\"\nkey_prefix = \"{prefix}\"\naccess_key_ref = \"env:BENCH_S3_ACCESS\"\n\
-             secret_key_ref = \"env:BENCH_S3_SECRET\"\nforce_path_style = true\n\
+             secret_key_ref = \"env:BENCH_S3_SECRET\"\nforce_path_style = true\n{sign}\
              [[routes]]\nproducer = \"local\"\nbackend = \"local\"\n",
             s3.endpoint, s3.bucket
         ),
@@ -260,7 +267,14 @@ fn main() {
             .unwrap_or_else(|| "1.00x".into());
         println!("| {what} | {d:.2?} | {:.0} | {ratio} |", mbps(size, d));
     };
-    println!("\n{size_mib} MiB file, Ceph RGW 16 on loopback, best of 3\n");
+    println!(
+        "\n{size_mib} MiB file, Ceph RGW 16 on loopback, best of 3, request bodies {}\n",
+        if sign.contains("false") {
+            "unsigned (`sign_payload = false`)"
+        } else {
+            "signed (default over http)"
+        }
+    );
     println!("| what | time | MB/s | ratio |");
     println!("|---|---|---|---|");
     row("PUT straight to S3 (`curl --aws-sigv4 -T`)", plain_up, None);

@@ -55,6 +55,8 @@ struct Inner {
     threshold: u64,
     chunk: u64,
     parts_in_flight: usize,
+    /// Sign request bodies (see `S3Settings::sign_payload`).
+    sign_payload: bool,
     /// Minimum age of the last good write probe before health writes another.
     write_probe_every: std::time::Duration,
     /// When a health write probe last succeeded.
@@ -138,6 +140,7 @@ impl S3Store {
                 threshold: settings.multipart_threshold_bytes,
                 chunk: settings.multipart_chunk_bytes,
                 parts_in_flight: settings.multipart_concurrency,
+                sign_payload: settings.signs_payload(),
                 write_probe_every: std::time::Duration::from_secs(
                     settings.health_write_probe_seconds,
                 ),
@@ -286,7 +289,8 @@ impl Inner {
     }
 
     async fn put_final(&self, key: &str, body: Bytes) -> Result<()> {
-        self.client
+        let request = self
+            .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
@@ -294,6 +298,13 @@ impl Inner {
             .body(S3Body::from(body))
             .set_storage_class(self.storage_class.clone())
             .set_server_side_encryption(self.sse.clone())
+            .customize();
+        let request = if self.sign_payload {
+            request
+        } else {
+            request.disable_payload_signing()
+        };
+        request
             .send()
             .await
             .map_err(|e| self.error("storing blob", e))?;

@@ -31,7 +31,7 @@ async fn spawn_s3s_fs(root: &std::path::Path) -> std::net::SocketAddr {
     addr
 }
 
-async fn strict_store(dir: &tempfile::TempDir, threshold: u64) -> Arc<S3Store> {
+async fn strict_store(dir: &tempfile::TempDir, threshold: u64, sign: bool) -> Arc<S3Store> {
     let addr = spawn_s3s_fs(&dir.path().join("fs")).await;
     let (access, secret) = (dir.path().join("access"), dir.path().join("secret"));
     std::fs::write(&access, ACCESS).unwrap();
@@ -43,6 +43,7 @@ async fn strict_store(dir: &tempfile::TempDir, threshold: u64) -> Arc<S3Store> {
     settings.secret_key_ref = SecretRef::File(secret);
     settings.multipart_threshold_bytes = threshold;
     settings.multipart_chunk_bytes = 5 * 1024 * 1024;
+    settings.sign_payload = Some(sign);
     let store = S3Store::open("strict", &settings).unwrap();
     store
         .client()
@@ -58,12 +59,22 @@ async fn strict_store(dir: &tempfile::TempDir, threshold: u64) -> Arc<S3Store> {
 async fn s3_store_passes_conformance_against_s3s_fs() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("fs")).unwrap();
-    conformance(strict_store(&dir, 16 * 1024 * 1024).await).await;
+    conformance(strict_store(&dir, 16 * 1024 * 1024, true).await).await;
 }
 
 #[tokio::test]
 async fn multipart_staging_passes_conformance_against_s3s_fs() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("fs")).unwrap();
-    conformance(strict_store(&dir, 0).await).await;
+    conformance(strict_store(&dir, 0, true).await).await;
+}
+
+/// Unsigned bodies (`sign_payload = false`, the default over https): one put and parts.
+#[tokio::test]
+async fn unsigned_payloads_pass_conformance_against_s3s_fs() {
+    for threshold in [16 * 1024 * 1024, 0] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("fs")).unwrap();
+        conformance(strict_store(&dir, threshold, false).await).await;
+    }
 }

@@ -121,9 +121,23 @@ pub struct S3Settings {
     /// bounds the writes anyone can cause.
     #[serde(default = "default_write_probe")]
     pub health_write_probe_seconds: u64,
+    /// Sign request bodies (SigV4 with the payload's SHA-256): one more SHA-256 pass over every
+    /// byte uploaded, which lets the server reject a body changed on the way. Default: only
+    /// over plain `http://`; over `https://` TLS protects the bytes (as other SDKs do), and our
+    /// own digests check them end to end either way (every download, `verify`).
+    pub sign_payload: Option<bool>,
 }
 
 impl S3Settings {
+    /// Whether request bodies are signed (see [`S3Settings::sign_payload`]).
+    pub fn signs_payload(&self) -> bool {
+        self.sign_payload.unwrap_or_else(|| {
+            self.endpoint_url
+                .as_deref()
+                .is_some_and(|url| url.starts_with("http://"))
+        })
+    }
+
     /// Checks the values a server would only reject later.
     pub fn validate(&self) -> Result<(), String> {
         if self.bucket.is_empty() {
@@ -169,6 +183,7 @@ impl S3Settings {
             connect_timeout_seconds: default_connect_timeout(),
             request_timeout_seconds: default_request_timeout(),
             health_write_probe_seconds: default_write_probe(),
+            sign_payload: None,
         }
     }
 }
@@ -176,6 +191,21 @@ impl S3Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn payloads_are_signed_by_default_only_over_plain_http() {
+        let mut s = S3Settings::for_tests("b");
+        assert!(!s.signs_payload(), "AWS S3 (https)");
+        s.endpoint_url = Some("http://127.0.0.1:7480".into());
+        assert!(s.signs_payload());
+        s.endpoint_url = Some("https://rgw.internal".into());
+        assert!(!s.signs_payload());
+        s.sign_payload = Some(true);
+        assert!(s.signs_payload());
+        s.endpoint_url = Some("http://127.0.0.1:7480".into());
+        s.sign_payload = Some(false);
+        assert!(!s.signs_payload());
+    }
 
     #[test]
     fn secret_refs_parse_and_resolve() {

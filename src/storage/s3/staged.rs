@@ -76,7 +76,7 @@ impl S3Staged {
         upload.next_part += 1;
         let (key, upload_id) = (upload.key.clone(), upload.upload_id.clone());
         upload.in_flight.spawn(async move {
-            let part = inner
+            let request = inner
                 .client
                 .upload_part()
                 .bucket(&inner.bucket)
@@ -85,6 +85,13 @@ impl S3Staged {
                 .part_number(number)
                 .content_length(body.len() as i64)
                 .body(S3Body::from(body))
+                .customize();
+            let request = if inner.sign_payload {
+                request
+            } else {
+                request.disable_payload_signing()
+            };
+            let part = request
                 .send()
                 .await
                 .map_err(|e| inner.error("uploading part", e))?;
