@@ -7,7 +7,6 @@
 //! blobs already on the target are not copied twice.
 
 use super::Registry;
-use super::storage::blake3_of;
 use crate::error::{Error, Result};
 use crate::events::{
     self, DomainEvent, LocationAdded, LocationRemoved, LocationStatus, LocationVerified,
@@ -300,8 +299,5 @@ async fn read_digest(
     backend: &dyn crate::storage::BlobStore,
     address: &ContentAddress,
 ) -> Result<(Digest, u64)> {
-    let stream = backend.get(address, None).await?;
-    blake3_of(stream)
-        .await
-        .map_err(|e| Error::storage(backend.id(), format!("reading {address}: {e}")))
+    backend.read_digest(address).await
 }

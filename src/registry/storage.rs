@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::events::{self, DomainEvent, LocationStatus, LocationVerified, StorageEvent};
 use crate::identity::{ContentAddress, Digest};
 use crate::model::Timestamp;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 
 /// One stored copy of a blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,14 +217,11 @@ impl Registry {
             observed_size: observed.map(|(_, s)| s),
             verified_at: self.clock.now(),
         };
-        let stream = match backend.get(&address, None).await {
-            Ok(stream) => stream,
+        let (digest, size) = match backend.read_digest(&address).await {
+            Ok(found) => found,
             Err(Error::NotFound { .. }) => return Ok(verified(LocationStatus::Missing, None)),
             Err(e) => return Err(e),
         };
-        let (digest, size) = blake3_of(stream)
-            .await
-            .map_err(|e| Error::storage(backend.id(), format!("reading {address}: {e}")))?;
         let status = if digest == location.blake3 && size == location.size {
             LocationStatus::Present
         } else {
@@ -282,29 +279,4 @@ impl Registry {
             .await?;
         Ok((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
     }
-}
-
-/// The BLAKE3 digest and length of a stream.
-pub(crate) async fn blake3_of(
-    mut stream: crate::storage::ByteStream,
-) -> std::io::Result<(Digest, u64)> {
-    let mut hasher = blake3::Hasher::new();
-    let mut size = 0u64;
-    while let Some(chunk) = stream.try_next().await? {
-        size += chunk.len() as u64;
-        if chunk.len() >= 256 * 1024 {
-            // Big chunks: hash off the async threads.
-            let (h, _) = tokio::task::spawn_blocking(move || {
-                let mut h = hasher;
-                h.update(&chunk);
-                (h, ())
-            })
-            .await
-            .map_err(std::io::Error::other)?;
-            hasher = h;
-        } else {
-            hasher.update(&chunk);
-        }
-    }
-    Ok((Digest(*hasher.finalize().as_bytes()), size))
 }

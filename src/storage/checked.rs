@@ -87,3 +87,26 @@ pub fn check(
         "stored bytes failed their digest check",
     ))
 }
+
+/// The BLAKE3 digest and length of a stream.
+pub async fn blake3_of(mut stream: ByteStream) -> std::io::Result<(Digest, u64)> {
+    let mut hasher = blake3::Hasher::new();
+    let mut size = 0u64;
+    while let Some(chunk) = stream.try_next().await? {
+        size += chunk.len() as u64;
+        if chunk.len() >= 256 * 1024 {
+            // Big chunks: hash off the async threads.
+            let (h, _) = tokio::task::spawn_blocking(move || {
+                let mut h = hasher;
+                h.update(&chunk);
+                (h, ())
+            })
+            .await
+            .map_err(std::io::Error::other)?;
+            hasher = h;
+        } else {
+            hasher.update(&chunk);
+        }
+    }
+    Ok((Digest(*hasher.finalize().as_bytes()), size))
+}

@@ -116,6 +116,15 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
             format!("{address} on `{}`", self.id()),
         ))
     }
+    /// The BLAKE3 digest and size of the bytes as stored, read back in full (what `verify`
+    /// and `storage migrate` check). A missing blob is `Error::NotFound`. The default hashes
+    /// [`get`](Self::get)'s stream.
+    async fn read_digest(&self, address: &ContentAddress) -> Result<(Digest, u64)> {
+        let stream = self.get(address, None).await?;
+        checked::blake3_of(stream)
+            .await
+            .map_err(|e| crate::Error::storage(self.id(), format!("reading {address}: {e}")))
+    }
     /// The stored size, or `None` when absent.
     async fn head(&self, address: &ContentAddress) -> Result<Option<u64>>;
     /// Deletes the blob; deleting an absent blob succeeds.

@@ -74,6 +74,12 @@ pub async fn conformance(store: Arc<dyn BlobStore>) {
         );
     }
 
+    // Reading the stored bytes back for their digest (what verify checks).
+    assert_eq!(
+        store.read_digest(&address).await.unwrap(),
+        (DualHasher::digest(&data).blake3, data.len() as u64)
+    );
+
     // Checked whole reads: the intact bytes pass; a wrong digest or size never delivers the
     // whole body and ends in an error.
     let digest = DualHasher::digest(&data).blake3;
@@ -145,6 +151,10 @@ pub async fn conformance(store: Arc<dyn BlobStore>) {
     ));
     assert!(matches!(
         store.get_checked(&missing, other, 10).await,
+        Err(artifactstore::Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.read_digest(&missing).await,
         Err(artifactstore::Error::NotFound { .. })
     ));
     assert_eq!(store.head(&missing).await.unwrap(), None);
