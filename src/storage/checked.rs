@@ -5,31 +5,46 @@ use super::ByteStream;
 use crate::identity::Digest;
 use futures::{StreamExt, TryStreamExt};
 
-/// Passes `body` through while a hashing thread digests it (so hashing overlaps sending).
-/// The last chunk is held back until the whole stream has hashed to `expected`, so a client
-/// never receives a complete corrupt body: on a mismatch the stream fails instead, and the
-/// server aborts the connection.
+/// Bytes gathered before they are hashed in one trip to the blocking pool.
+const HASH_BATCH: usize = 1024 * 1024;
+/// A last batch smaller than this is hashed in place (microseconds).
+const INLINE_MAX: usize = 256 * 1024;
+
+/// Where the running digest is: here, or on the blocking pool hashing a batch.
+enum Hashing {
+    Idle(Box<blake3::Hasher>),
+    Busy(tokio::task::JoinHandle<blake3::Hasher>),
+}
+
+impl Hashing {
+    async fn hasher(self) -> std::io::Result<blake3::Hasher> {
+        match self {
+            Hashing::Idle(h) => Ok(*h),
+            Hashing::Busy(job) => job.await.map_err(std::io::Error::other),
+        }
+    }
+}
+
+/// Passes `body` through while it is hashed in batches of [`HASH_BATCH`] on the blocking pool
+/// (one batch hashing while the next is sent, so hashing overlaps sending, and no thread waits
+/// on a slow client). The last chunk is held back until the whole stream has hashed to
+/// `expected`, so a client never receives a complete corrupt body: on a mismatch the stream
+/// fails instead, and the server aborts the connection.
 pub fn checked(body: ByteStream, expected: Digest, size: u64, what: String) -> ByteStream {
     struct State {
         body: ByteStream,
-        chunks: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
-        hasher: Option<tokio::task::JoinHandle<blake3::Hasher>>,
+        hashing: Option<Hashing>,
+        batch: Vec<bytes::Bytes>,
+        batch_bytes: usize,
         held: Option<bytes::Bytes>,
         seen: u64,
         done: bool,
     }
-    let (chunks, mut receiver) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
-    let hasher = tokio::task::spawn_blocking(move || {
-        let mut hasher = blake3::Hasher::new();
-        while let Some(chunk) = receiver.blocking_recv() {
-            hasher.update(&chunk);
-        }
-        hasher
-    });
     let state = State {
         body,
-        chunks: Some(chunks),
-        hasher: Some(hasher),
+        hashing: Some(Hashing::Idle(Box::new(blake3::Hasher::new()))),
+        batch: Vec::new(),
+        batch_bytes: 0,
         held: None,
         seen: 0,
         done: false,
@@ -42,20 +57,42 @@ pub fn checked(body: ByteStream, expected: Digest, size: u64, what: String) -> B
             }
             while let Some(chunk) = s.body.try_next().await? {
                 s.seen += chunk.len() as u64;
-                if let Some(chunks) = &s.chunks {
-                    // Fails only if the hashing thread died; the final check reports that.
-                    let _ = chunks.send(chunk.clone()).await;
+                s.batch_bytes += chunk.len();
+                s.batch.push(chunk.clone());
+                if s.batch_bytes >= HASH_BATCH {
+                    // The previous batch is done by now (a batch hashes faster than one
+                    // arrives); hand this one over.
+                    let mut hasher = s.hashing.take().expect("hashing state").hasher().await?;
+                    let batch = std::mem::take(&mut s.batch);
+                    s.batch_bytes = 0;
+                    s.hashing = Some(Hashing::Busy(tokio::task::spawn_blocking(move || {
+                        for chunk in &batch {
+                            hasher.update(chunk);
+                        }
+                        hasher
+                    })));
                 }
                 if let Some(previous) = s.held.replace(chunk) {
                     return Ok(Some((previous, s)));
                 }
             }
             s.done = true;
-            drop(s.chunks.take());
-            let hasher = match s.hasher.take() {
-                Some(h) => h.await.map_err(std::io::Error::other)?,
-                None => blake3::Hasher::new(),
-            };
+            let mut hasher = s.hashing.take().expect("hashing state").hasher().await?;
+            let batch = std::mem::take(&mut s.batch);
+            if s.batch_bytes >= INLINE_MAX {
+                hasher = tokio::task::spawn_blocking(move || {
+                    for chunk in &batch {
+                        hasher.update(chunk);
+                    }
+                    hasher
+                })
+                .await
+                .map_err(std::io::Error::other)?;
+            } else {
+                for chunk in &batch {
+                    hasher.update(chunk);
+                }
+            }
             let digest = Digest(*hasher.finalize().as_bytes());
             check(expected, size, digest, s.seen, &what)?;
             Ok(s.held.take().map(|last| (last, s)))
