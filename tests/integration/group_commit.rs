@@ -271,3 +271,93 @@ async fn a_file_row_must_have_its_packages_tenant() {
         .unwrap();
     assert_eq!(inserted, 1);
 }
+
+/// A batch whose transaction fails loses nothing: each of its files is retried alone, so only
+/// the file that really fails is refused, and the views and the log still agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_batch_is_retried_file_by_file() {
+    let env = TestEnv::new().await;
+    let registry = env.registry.clone();
+    let tenant = TenantId::new("default").unwrap();
+    let package = registry
+        .create_package(&tenant, new_package("faults"))
+        .await
+        .unwrap()
+        .id;
+    // Fault injection in the database itself: inserting a file row named `poison/...` fails,
+    // which fails the whole batch that carries it.
+    let client = env.db.client().await;
+    client
+        .batch_execute(
+            "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+               IF NEW.relative_path LIKE 'poison/%' THEN RAISE EXCEPTION 'injected failure'; \
+               END IF; RETURN NEW; END $$; \
+             CREATE TRIGGER poison BEFORE INSERT ON files \
+               FOR EACH ROW EXECUTE FUNCTION poison();",
+        )
+        .await
+        .unwrap();
+    let runs = (0..80u64).map(|i| {
+        let registry = registry.clone();
+        let tenant = tenant.clone();
+        let path = if i % 4 == 0 {
+            format!("poison/{i}")
+        } else {
+            format!("ok/{i}")
+        };
+        tokio::spawn(async move {
+            let data = random_bytes(200 + i as usize, 1000 + i);
+            let result = registry
+                .ingest_file(&tenant, package, request(&path, false), body(&data, 64))
+                .await;
+            (path, result.map(|f| f.size))
+        })
+    });
+    let results: Vec<_> = futures::future::join_all(runs)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    for (path, result) in &results {
+        if path.starts_with("poison/") {
+            assert!(
+                matches!(result, Err(Error::Database(_))),
+                "{path}: {result:?}"
+            );
+        } else {
+            assert!(result.is_ok(), "{path}: {result:?}");
+        }
+    }
+    let good = results.iter().filter(|(p, _)| p.starts_with("ok/")).count() as u64;
+    // Some good files shared a failed batch with a poisoned one and got in only alone (the
+    // counter counts files of batches that committed).
+    let (_, files) = registry.group_commit_stats();
+    assert!(
+        files < good,
+        "{files} files committed in batches, {good} accepted: the fallback never ran"
+    );
+
+    // Exactly the good files are recorded, once each, and replay agrees.
+    let listed = registry.list_files(&tenant, package).await.unwrap();
+    assert_eq!(listed.len() as u64, good);
+    assert!(
+        listed
+            .iter()
+            .all(|f| f.relative_path.as_str().starts_with("ok/"))
+    );
+    assert_eq!(
+        registry
+            .get_package(&tenant, package)
+            .await
+            .unwrap()
+            .file_count,
+        good
+    );
+    let ingested = events::read_after(&client, 0, 10_000, None, Some("v1.file.ingested"))
+        .await
+        .unwrap();
+    assert_eq!(ingested.len() as u64, good);
+    let before = events::dump_views(&client).await.unwrap();
+    events::replay(registry.pool(), false).await.unwrap();
+    assert_eq!(events::dump_views(&client).await.unwrap(), before);
+}
