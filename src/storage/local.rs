@@ -524,8 +524,9 @@ fn commit_file(
 /// names it (the registry records the location only after commit returns), and whoever finds
 /// a small file at an address reads it back before using it ([`holds`]); an intact one is
 /// kept (it may be a concurrent publish's, so it is synced before we return), a bad one is
-/// replaced. Linking never replaces a file, so bytes already durable are never swapped for
-/// bytes that are not.
+/// replaced, by bytes synced before the rename. So a file once under an address is only ever
+/// swapped for a durable copy, and a concurrent publish that finds our linked copy syncs it
+/// itself before it returns.
 fn publish_small(
     staged: &Path,
     dest: &Path,
@@ -540,6 +541,9 @@ fn publish_small(
             if holds(dest, address, size) {
                 CommitOutcome::AlreadyPresent
             } else {
+                // Replacing a file (rare): sync ours first, so that whatever a concurrent
+                // publish of the same bytes finds and relies on is never an unsynced copy.
+                std::fs::File::open(staged)?.sync_all()?;
                 std::fs::rename(staged, dest)?;
                 CommitOutcome::Stored
             }
