@@ -91,6 +91,14 @@ fn decode_cursor(cursor: &str) -> ApiResult<i64> {
         })
 }
 
+/// The request's Content-Length, if it sent one.
+fn declared_length(req: &Request) -> Option<u64> {
+    req.headers()
+        .get(poem::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
 impl PackagesApi {
     async fn ingest(
         &self,
@@ -98,21 +106,18 @@ impl PackagesApi {
         package: Uuid,
         request: IngestRequest,
         body: impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send,
+        size: Option<u64>,
     ) -> ApiResult<CreatedFile> {
         let record = self
             .state
             .registry
-            .ingest_file(tenant, PackageId(package), request, body)
+            .ingest_file_sized(tenant, PackageId(package), request, body, size)
             .await?;
         Ok(CreatedFile::new(record.into()))
     }
 
     fn check_declared_length(&self, req: &Request) -> ApiResult<()> {
-        let declared = req
-            .headers()
-            .get(poem::http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let declared = declared_length(req);
         let limit = self.state.registry.limits().max_file_size;
         match declared {
             // Multipart framing adds a little; the exact limit is enforced while streaming.
@@ -272,7 +277,8 @@ impl PackagesApi {
         };
         let reader = form.file.into_async_read();
         let body = tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024);
-        self.ingest(&principal.tenant, id.0, request, body).await
+        self.ingest(&principal.tenant, id.0, request, body, None)
+            .await
     }
 
     /// Upload a file (raw body)
@@ -318,7 +324,9 @@ impl PackagesApi {
                     .transpose()?,
                 replace: replace.0.unwrap_or(false),
             };
-            self.ingest(&principal.tenant, id.0, request, &mut stream)
+            // The raw body is the file: its Content-Length is the file's size.
+            let size = declared_length(req);
+            self.ingest(&principal.tenant, id.0, request, &mut stream, size)
                 .await
         }
         .await;

@@ -55,6 +55,24 @@ impl Registry {
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send,
     {
+        self.ingest_file_sized(tenant, package_id, request, body, None)
+            .await
+    }
+
+    /// [`ingest_file`](Self::ingest_file) of a body announced to be `size` bytes (a request's
+    /// Content-Length): a backend may then store it in one request. A body of another length
+    /// fails and nothing is kept.
+    pub async fn ingest_file_sized<S>(
+        &self,
+        tenant: &TenantId,
+        package_id: PackageId,
+        request: IngestRequest,
+        body: S,
+        size: Option<u64>,
+    ) -> Result<FileRecord>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send,
+    {
         let media_type = request
             .media_type
             .clone()
@@ -79,7 +97,10 @@ impl Registry {
             Some(address) if address.algorithm() == crate::identity::Algorithm::Blake3 => {
                 backend.stage_expecting(&address).await?
             }
-            _ => backend.stage().await?,
+            _ => match size {
+                Some(size) => backend.stage_sized(size).await?,
+                None => backend.stage().await?,
+            },
         };
         let (mut staged, digest) = self.stream_into(staged, body).await?;
         if let Err(e) = check_expected(&request, &digest) {

@@ -390,7 +390,13 @@ impl Registry {
             1 << 20,
         );
         let result = self
-            .ingest_file(tenant, current.session.package_id, request, body)
+            .ingest_file_sized(
+                tenant,
+                current.session.package_id,
+                request,
+                body,
+                Some(current.session.offset),
+            )
             .await;
         match &result {
             Ok(_) | Err(Error::DigestMismatch { .. }) => self.remove_upload(id).await?,

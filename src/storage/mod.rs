@@ -88,6 +88,14 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
     /// Starts a staged write.
     async fn stage(&self) -> Result<Box<dyn StagedBlob>>;
 
+    /// Starts a staged write of exactly `size` bytes, known before the first one (a request's
+    /// Content-Length, a spooled file). A backend may use it to send them in one request, and
+    /// may then fail a write of another length. The default is [`BlobStore::stage`].
+    async fn stage_sized(&self, size: u64) -> Result<Box<dyn StagedBlob>> {
+        let _ = size;
+        self.stage().await
+    }
+
     /// Starts a staged write whose bytes are announced to have `address` (the client sent the
     /// digest). A backend may use it to write closer to the final place; it must still make
     /// nothing visible unless the write is committed under that very address. The default is
@@ -150,7 +158,14 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
         let file = tokio::fs::File::open(path).await.map_err(|e| {
             crate::Error::storage(self.id(), format!("opening {}: {e}", path.display()))
         })?;
-        let mut staged = self.stage().await?;
+        let size = file
+            .metadata()
+            .await
+            .map_err(|e| {
+                crate::Error::storage(self.id(), format!("reading {}: {e}", path.display()))
+            })?
+            .len();
+        let mut staged = self.stage_sized(size).await?;
         let mut chunks = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20);
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk.map_err(|e| {

@@ -27,6 +27,7 @@ use std::time::Duration;
 
 mod settings;
 mod staged;
+mod streamed;
 pub use settings::{S3Settings, SecretRef};
 use staged::S3Staged;
 
@@ -37,6 +38,8 @@ const MAX_SINGLE_COPY: u64 = 5 * 1024 * 1024 * 1024;
 /// Part size of a server-side multipart copy.
 const COPY_PART: u64 = 1024 * 1024 * 1024;
 const STAGING: &str = ".staging";
+/// The largest object one PUT may create.
+const MAX_SINGLE_PUT: u64 = 5 * 1024 * 1024 * 1024;
 
 /// A bucket (and key prefix) holding blobs.
 #[derive(Clone)]
@@ -57,6 +60,8 @@ struct Inner {
     parts_in_flight: usize,
     /// Sign request bodies (see `S3Settings::sign_payload`).
     sign_payload: bool,
+    /// The configured time one attempt of one request may take.
+    attempt_timeout: Duration,
     /// Minimum age of the last good write probe before health writes another.
     write_probe_every: std::time::Duration,
     /// When a health write probe last succeeded.
@@ -141,6 +146,7 @@ impl S3Store {
                 chunk: settings.multipart_chunk_bytes,
                 parts_in_flight: settings.multipart_concurrency,
                 sign_payload: settings.signs_payload(),
+                attempt_timeout: Duration::from_secs(settings.request_timeout_seconds),
                 write_probe_every: std::time::Duration::from_secs(
                     settings.health_write_probe_seconds,
                 ),
@@ -428,6 +434,18 @@ impl BlobStore for S3Store {
             multipart: None,
             expected: None,
         }))
+    }
+
+    async fn stage_sized(&self, size: u64) -> Result<Box<dyn StagedBlob>> {
+        // One streamed PUT instead of parts when the body may go unsigned (a stream cannot be
+        // signed) and S3 takes it in one request.
+        if !self.inner.sign_payload && size > self.inner.threshold && size <= MAX_SINGLE_PUT {
+            return Ok(Box::new(streamed::S3Streamed::start(
+                self.inner.clone(),
+                size,
+            )));
+        }
+        self.stage().await
     }
 
     async fn stage_expecting(&self, address: &ContentAddress) -> Result<Box<dyn StagedBlob>> {

@@ -49,6 +49,33 @@ pub async fn conformance(store: Arc<dyn BlobStore>) {
     );
     assert_eq!(store.head(&address).await.unwrap(), Some(data.len() as u64));
 
+    // A write of an announced size (one request where the backend can) stores the same.
+    let sized = random_bytes(2 * 1024 * 1024 + 5, 3);
+    let sized_address = DualHasher::digest(&sized).primary_address();
+    let mut staged = store.stage_sized(sized.len() as u64).await.unwrap();
+    for piece in sized.chunks(100_000) {
+        staged.write(Bytes::copy_from_slice(piece)).await.unwrap();
+    }
+    assert_eq!(
+        staged.commit(&sized_address).await.unwrap(),
+        CommitOutcome::Stored
+    );
+    assert_eq!(
+        collect(store.get(&sized_address, None).await.unwrap()).await,
+        sized
+    );
+    // Announced and then cut short: nothing appears under the address.
+    let short = random_bytes(2 * 1024 * 1024, 4);
+    let short_address = DualHasher::digest(&short[..1_000_000]).primary_address();
+    let mut staged = store.stage_sized(short.len() as u64).await.unwrap();
+    staged
+        .write(Bytes::copy_from_slice(&short[..1_000_000]))
+        .await
+        .unwrap();
+    staged.abort().await.unwrap();
+    assert_eq!(store.head(&short_address).await.unwrap(), None);
+    store.delete(&sized_address).await.unwrap();
+
     // Re-putting the same bytes is idempotent and reports the dedup.
     let (again, outcome) = put(store, &data, 1 << 20).await;
     assert_eq!((again, outcome), (address, CommitOutcome::AlreadyPresent));
