@@ -1,5 +1,7 @@
 //! Local filesystem backend: `<root>/<algorithm>/<hex[0:2]>/<hex[2:4]>/<hex>`, staged in
-//! `<root>/.staging/` (same filesystem), committed with fsync, rename and a directory fsync.
+//! `<root>/.staging/` (same filesystem), committed with fsync, rename and a directory fsync
+//! ([`publish`]: small blobs with one journal commit), read in batches on the blocking pool
+//! ([`read`]).
 
 use super::{BackendHealth, BlobInfo, BlobStore, ByteRange, ByteStream, CommitOutcome, StagedBlob};
 use crate::error::{Error, Result};
@@ -10,22 +12,16 @@ use futures::stream::BoxStream;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+mod publish;
+mod read;
+
+use publish::{SMALL_BLOB_MAX, commit_file, publish_small};
+pub(crate) use publish::{WRITEBACK_EVERY, start_writeback};
+use read::{Check, read_chunks};
+
 const STAGING_DIR: &str = ".staging";
-/// Blobs up to this size are published with one journal commit (see `publish_small`); the
-/// same size as the registry's group commit, whose batches then share commits.
-const SMALL_BLOB_MAX: u64 = 1 << 20;
 /// Writes are batched to this size so each trip to the blocking pool moves a lot of bytes.
 pub(crate) const WRITE_BATCH: usize = 1024 * 1024;
-/// Reads go to the client in chunks of this size: large enough for few system calls and
-/// channel hops, small enough that a chunk just hashed is still in cache when it is sent.
-const READ_CHUNK: usize = 64 * 1024;
-/// Read size when a whole blob is hashed for `verify` (on every core: see `read_digest`).
-const DIGEST_READ: usize = 8 * 1024 * 1024;
-/// Chunks read per trip to the blocking pool.
-const READ_BATCH: usize = 16;
-/// Writeback is started every this many bytes, so the final fsync finds little left to flush
-/// and disk writes overlap hashing and the network.
-pub(crate) const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
 
 /// A directory of blobs.
 #[derive(Debug, Clone)]
@@ -162,34 +158,10 @@ impl BlobStore for LocalStore {
     }
 
     async fn read_digest(&self, address: &ContentAddress) -> Result<(Digest, u64)> {
-        let mut file = self.open_blob(address).await?;
-        let hashed = tokio::task::spawn_blocking(move || -> std::io::Result<(Digest, u64)> {
-            use std::io::Read;
-            // Large reads hashed on every core (BLAKE3's tree splits them), as `b3sum` does,
-            // but read, not mapped: a file truncated under us is an error, not a SIGBUS.
-            let mut buf = vec![0u8; DIGEST_READ];
-            let mut hasher = blake3::Hasher::new();
-            let mut size = 0u64;
-            loop {
-                let mut filled = 0;
-                while filled < buf.len() {
-                    match file.read(&mut buf[filled..]) {
-                        Ok(0) => break,
-                        Ok(n) => filled += n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                if filled == 0 {
-                    break;
-                }
-                hasher.update_rayon(&buf[..filled]);
-                size += filled as u64;
-            }
-            Ok((Digest(*hasher.finalize().as_bytes()), size))
-        })
-        .await
-        .map_err(|e| Error::storage(&self.id, e))?;
+        let file = self.open_blob(address).await?;
+        let hashed = tokio::task::spawn_blocking(move || read::digest_file(file))
+            .await
+            .map_err(|e| Error::storage(&self.id, e))?;
         hashed.map_err(|e| self.io_error(&format!("reading {address}"), e))
     }
 
@@ -486,313 +458,4 @@ impl Drop for LocalStaged {
             let _ = std::fs::remove_file(&self.path);
         }
     }
-}
-
-fn commit_file(
-    file: std::fs::File,
-    staged: &Path,
-    dest: &Path,
-    address: &ContentAddress,
-    size: u64,
-    root: &Path,
-    synced: bool,
-) -> std::io::Result<CommitOutcome> {
-    // A blob already there holding these bytes: drop ours. One that does not (truncated
-    // behind our back, or a small publish cut short by a crash) is replaced, which heals it.
-    if holds(dest, address, size) {
-        drop(file);
-        std::fs::remove_file(staged)?;
-        return Ok(CommitOutcome::AlreadyPresent);
-    }
-    if !synced {
-        file.sync_all()?;
-    }
-    drop(file);
-    let created = create_parents(dest, root)?;
-    std::fs::rename(staged, dest)?;
-    // Make the rename durable, and every directory entry we created on the way.
-    sync_parents(dest, &created)?;
-    Ok(CommitOutcome::Stored)
-}
-
-/// Publishes a blob of at most [`SMALL_BLOB_MAX`] bytes with one journal commit instead of
-/// two: the staged file is linked into place *before* it is synced, then the file and its
-/// directories are synced together (the first sync commits all of it; the others find
-/// nothing left). Concurrent publishes share commits too, so a batch of small ingests costs
-/// about one. The price: a crash between the link and the sync can leave a file under the
-/// address whose bytes never reached the disk. Nothing trusts such a file: no location row
-/// names it (the registry records the location only after commit returns), and whoever finds
-/// a small file at an address reads it back before using it ([`holds`]); an intact one is
-/// kept (it may be a concurrent publish's, so it is synced before we return), a bad one is
-/// replaced, by bytes synced before the rename. So a file once under an address is only ever
-/// swapped for a durable copy, and a concurrent publish that finds our linked copy syncs it
-/// itself before it returns.
-fn publish_small(
-    staged: &Path,
-    dest: &Path,
-    address: &ContentAddress,
-    size: u64,
-    root: &Path,
-) -> std::io::Result<CommitOutcome> {
-    let created = create_parents(dest, root)?;
-    let outcome = match std::fs::hard_link(staged, dest) {
-        Ok(()) => CommitOutcome::Stored,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            if holds(dest, address, size) {
-                CommitOutcome::AlreadyPresent
-            } else {
-                // Replacing a file (rare): sync ours first, so that whatever a concurrent
-                // publish of the same bytes finds and relies on is never an unsynced copy.
-                std::fs::File::open(staged)?.sync_all()?;
-                std::fs::rename(staged, dest)?;
-                CommitOutcome::Stored
-            }
-        }
-        Err(e) => return Err(e),
-    };
-    match std::fs::remove_file(staged) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {} // renamed into place
-        Err(e) => return Err(e),
-    }
-    std::fs::File::open(dest)?.sync_all()?;
-    sync_parents(dest, &created)?;
-    Ok(outcome)
-}
-
-/// Whether the file at `dest` holds the bytes of `address` (`size` of them). A small file is
-/// read back and hashed (it may be a publish cut short by a crash, see [`publish_small`]);
-/// a larger one only ever appears after its bytes were synced, so its size is proof enough.
-fn holds(dest: &Path, address: &ContentAddress, size: u64) -> bool {
-    let Ok(meta) = std::fs::metadata(dest) else {
-        return false;
-    };
-    if meta.len() != size {
-        return false;
-    }
-    if size > SMALL_BLOB_MAX {
-        return true;
-    }
-    let Ok(bytes) = std::fs::read(dest) else {
-        return false;
-    };
-    let digest = crate::identity::DualHasher::digest(&bytes);
-    let observed = match address.algorithm() {
-        Algorithm::Blake3 => digest.blake3,
-        Algorithm::Sha256 => digest.sha256,
-    };
-    observed == *address.digest()
-}
-
-/// Creates `dest`'s missing parent directories below `root`; returns those it created.
-fn create_parents(dest: &Path, root: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let parent = dest.parent().expect("blob path has a parent");
-    let mut created = Vec::new();
-    let mut dir = parent;
-    while !dir.exists() && dir != root {
-        created.push(dir.to_path_buf());
-        dir = dir.parent().expect("inside root");
-    }
-    std::fs::create_dir_all(parent)?;
-    Ok(created)
-}
-
-/// Makes `dest`'s directory entry durable, and those of the directories in `created`.
-fn sync_parents(dest: &Path, created: &[PathBuf]) -> std::io::Result<()> {
-    fsync_dir(dest.parent().expect("blob path has a parent"))?;
-    for dir in created {
-        fsync_dir(dir.parent().expect("inside root"))?;
-    }
-    Ok(())
-}
-
-/// Asks the kernel to start writing `[from, to)` to disk now, without waiting for it. Purely a
-/// performance hint: durability still comes from the fsync at commit.
-pub(crate) fn start_writeback(file: &std::fs::File, from: u64, to: u64) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: the descriptor is open for the duration of the call; sync_file_range only reads
-    // its arguments. Errors (e.g. a filesystem that does not support it) are ignored.
-    unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            from as libc::off64_t,
-            (to - from) as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
-    }
-}
-
-fn fsync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
-
-/// What a whole-blob read is checked against.
-struct Check {
-    expected: Digest,
-    size: u64,
-    what: String,
-}
-
-/// The reading side of [`read_chunks`], moved to a blocking thread for each batch.
-struct Reader {
-    file: std::io::Take<std::fs::File>,
-    check: Option<(Check, blake3::Hasher)>,
-    seen: u64,
-    at_end: bool,
-    buf: BytesMut,
-}
-
-impl Reader {
-    /// Reads up to [`READ_BATCH`] chunks straight into the buffers that are sent (one copy
-    /// out of the page cache), hashing each while it is still in cache. At the end of the
-    /// file it runs the check: a mismatch is an error.
-    fn read_batch(&mut self) -> std::io::Result<Vec<Bytes>> {
-        let mut chunks = Vec::with_capacity(READ_BATCH);
-        while chunks.len() < READ_BATCH && !self.at_end {
-            // Reuses the allocation of chunks the client has been sent already.
-            self.buf.reserve(READ_CHUNK);
-            while self.buf.len() < READ_CHUNK {
-                match read_into_spare(&mut self.file, &mut self.buf, READ_CHUNK) {
-                    Ok(0) => {
-                        self.at_end = true;
-                        break;
-                    }
-                    Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            let filled = self.buf.len();
-            self.seen += filled as u64;
-            if let Some((_, hasher)) = &mut self.check {
-                hasher.update(&self.buf);
-            }
-            if filled > 0 {
-                chunks.push(self.buf.split().freeze());
-            }
-        }
-        if self.at_end
-            && let Some((check, hasher)) = &self.check
-        {
-            let observed = Digest(*hasher.finalize().as_bytes());
-            super::checked::check(check.expected, check.size, observed, self.seen, &check.what)?;
-        }
-        Ok(chunks)
-    }
-}
-
-/// Reads from `file` into `buf`'s spare capacity, up to `limit` bytes in all, and returns how
-/// many bytes came (0 at the end). Reading into the spare capacity directly spares zeroing
-/// every buffer first (which cost 4% of a download's CPU).
-fn read_into_spare(
-    file: &mut std::io::Take<std::fs::File>,
-    buf: &mut BytesMut,
-    limit: usize,
-) -> std::io::Result<usize> {
-    use std::os::fd::AsRawFd;
-    let want = (limit - buf.len())
-        .min(buf.capacity() - buf.len())
-        .min(usize::try_from(file.limit()).unwrap_or(usize::MAX));
-    if want == 0 {
-        return Ok(0);
-    }
-    let spare = buf.spare_capacity_mut();
-    // SAFETY: `spare` is writable memory of at least `want` bytes owned by `buf`; read(2)
-    // writes at most `want` bytes into it and reports how many, and exactly those many are
-    // then marked initialised.
-    let n = unsafe { libc::read(file.get_ref().as_raw_fd(), spare.as_mut_ptr().cast(), want) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let n = n as usize;
-    // SAFETY: read(2) initialised the first `n` bytes of the spare capacity.
-    unsafe { buf.set_len(buf.len() + n) };
-    file.set_limit(file.limit() - n as u64);
-    Ok(n)
-}
-
-type Batch = tokio::task::JoinHandle<(Reader, std::io::Result<Vec<Bytes>>)>;
-
-fn spawn_batch(mut reader: Reader) -> Batch {
-    tokio::task::spawn_blocking(move || {
-        let chunks = reader.read_batch();
-        (reader, chunks)
-    })
-}
-
-/// Streams up to `length` bytes of `file` from `offset`, read in batches on the blocking pool
-/// (one hop per [`READ_BATCH`] chunks, the next batch read while this one is sent). No thread
-/// waits for a slow client, and at most about two batches are buffered, so memory stays flat.
-/// With a `check`, the last chunk read is held back until the next batch or the check at the
-/// end has passed (see [`BlobStore::get_checked`]).
-fn read_chunks(
-    mut file: std::fs::File,
-    offset: u64,
-    length: u64,
-    check: Option<Check>,
-) -> ByteStream {
-    use std::io::{Read, Seek};
-    struct State {
-        reading: Option<Batch>,
-        ready: std::collections::VecDeque<Bytes>,
-        held: Option<Bytes>,
-        hold_back: bool,
-    }
-    let hold_back = check.is_some();
-    let start = move || -> std::io::Result<Reader> {
-        if offset > 0 {
-            file.seek(std::io::SeekFrom::Start(offset))?;
-        }
-        Ok(Reader {
-            file: file.take(length),
-            check: check.map(|c| (c, blake3::Hasher::new())),
-            seen: 0,
-            at_end: false,
-            buf: BytesMut::new(),
-        })
-    };
-    let first = tokio::task::spawn_blocking(move || match start() {
-        Ok(mut reader) => {
-            let chunks = reader.read_batch();
-            (Some(reader), chunks)
-        }
-        Err(e) => (None, Err(e)),
-    });
-    let state = State {
-        reading: None,
-        ready: Default::default(),
-        held: None,
-        hold_back,
-    };
-    let stream =
-        futures::stream::try_unfold((state, Some(first)), |(mut s, mut first)| async move {
-            loop {
-                if let Some(chunk) = s.ready.pop_front() {
-                    return Ok(Some((chunk, (s, first))));
-                }
-                let (reader, chunks) = match (first.take(), s.reading.take()) {
-                    (Some(first), _) => {
-                        let (reader, chunks) = first.await.map_err(std::io::Error::other)?;
-                        (reader, chunks)
-                    }
-                    (None, Some(batch)) => {
-                        let (reader, chunks) = batch.await.map_err(std::io::Error::other)?;
-                        (Some(reader), chunks)
-                    }
-                    (None, None) => return Ok(None),
-                };
-                let chunks = chunks?;
-                let at_end = reader.as_ref().is_none_or(|r| r.at_end);
-                s.ready.extend(s.held.take());
-                s.ready.extend(chunks);
-                if !at_end {
-                    if s.hold_back {
-                        s.held = s.ready.pop_back();
-                    }
-                    // Read the next batch while this one goes out.
-                    s.reading = reader.map(spawn_batch);
-                }
-            }
-        });
-    stream.boxed()
 }

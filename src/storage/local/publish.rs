@@ -1,0 +1,150 @@
+//! Publishing a staged blob under its address: durable before it is visible, with one
+//! journal commit for small blobs.
+
+use super::{Algorithm, CommitOutcome, ContentAddress};
+use std::path::{Path, PathBuf};
+
+/// Blobs up to this size are published with one journal commit (see `publish_small`); the
+/// same size as the registry's group commit, whose batches then share commits.
+pub(super) const SMALL_BLOB_MAX: u64 = 1 << 20;
+/// Writeback is started every this many bytes, so the final fsync finds little left to flush
+/// and disk writes overlap hashing and the network.
+pub(crate) const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
+
+pub(super) fn commit_file(
+    file: std::fs::File,
+    staged: &Path,
+    dest: &Path,
+    address: &ContentAddress,
+    size: u64,
+    root: &Path,
+    synced: bool,
+) -> std::io::Result<CommitOutcome> {
+    // A blob already there holding these bytes: drop ours. One that does not (truncated
+    // behind our back, or a small publish cut short by a crash) is replaced, which heals it.
+    if holds(dest, address, size) {
+        drop(file);
+        std::fs::remove_file(staged)?;
+        return Ok(CommitOutcome::AlreadyPresent);
+    }
+    if !synced {
+        file.sync_all()?;
+    }
+    drop(file);
+    let created = create_parents(dest, root)?;
+    std::fs::rename(staged, dest)?;
+    // Make the rename durable, and every directory entry we created on the way.
+    sync_parents(dest, &created)?;
+    Ok(CommitOutcome::Stored)
+}
+
+/// Publishes a blob of at most [`SMALL_BLOB_MAX`] bytes with one journal commit instead of
+/// two: the staged file is linked into place *before* it is synced, then the file and its
+/// directories are synced together (the first sync commits all of it; the others find
+/// nothing left). Concurrent publishes share commits too, so a batch of small ingests costs
+/// about one. The price: a crash between the link and the sync can leave a file under the
+/// address whose bytes never reached the disk. Nothing trusts such a file: no location row
+/// names it (the registry records the location only after commit returns), and whoever finds
+/// a small file at an address reads it back before using it ([`holds`]); an intact one is
+/// kept (it may be a concurrent publish's, so it is synced before we return), a bad one is
+/// replaced, by bytes synced before the rename. So a file once under an address is only ever
+/// swapped for a durable copy, and a concurrent publish that finds our linked copy syncs it
+/// itself before it returns.
+pub(super) fn publish_small(
+    staged: &Path,
+    dest: &Path,
+    address: &ContentAddress,
+    size: u64,
+    root: &Path,
+) -> std::io::Result<CommitOutcome> {
+    let created = create_parents(dest, root)?;
+    let outcome = match std::fs::hard_link(staged, dest) {
+        Ok(()) => CommitOutcome::Stored,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            if holds(dest, address, size) {
+                CommitOutcome::AlreadyPresent
+            } else {
+                // Replacing a file (rare): sync ours first, so that whatever a concurrent
+                // publish of the same bytes finds and relies on is never an unsynced copy.
+                std::fs::File::open(staged)?.sync_all()?;
+                std::fs::rename(staged, dest)?;
+                CommitOutcome::Stored
+            }
+        }
+        Err(e) => return Err(e),
+    };
+    match std::fs::remove_file(staged) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {} // renamed into place
+        Err(e) => return Err(e),
+    }
+    std::fs::File::open(dest)?.sync_all()?;
+    sync_parents(dest, &created)?;
+    Ok(outcome)
+}
+
+/// Whether the file at `dest` holds the bytes of `address` (`size` of them). A small file is
+/// read back and hashed (it may be a publish cut short by a crash, see [`publish_small`]);
+/// a larger one only ever appears after its bytes were synced, so its size is proof enough.
+fn holds(dest: &Path, address: &ContentAddress, size: u64) -> bool {
+    let Ok(meta) = std::fs::metadata(dest) else {
+        return false;
+    };
+    if meta.len() != size {
+        return false;
+    }
+    if size > SMALL_BLOB_MAX {
+        return true;
+    }
+    let Ok(bytes) = std::fs::read(dest) else {
+        return false;
+    };
+    let digest = crate::identity::DualHasher::digest(&bytes);
+    let observed = match address.algorithm() {
+        Algorithm::Blake3 => digest.blake3,
+        Algorithm::Sha256 => digest.sha256,
+    };
+    observed == *address.digest()
+}
+
+/// Creates `dest`'s missing parent directories below `root`; returns those it created.
+fn create_parents(dest: &Path, root: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let parent = dest.parent().expect("blob path has a parent");
+    let mut created = Vec::new();
+    let mut dir = parent;
+    while !dir.exists() && dir != root {
+        created.push(dir.to_path_buf());
+        dir = dir.parent().expect("inside root");
+    }
+    std::fs::create_dir_all(parent)?;
+    Ok(created)
+}
+
+/// Makes `dest`'s directory entry durable, and those of the directories in `created`.
+fn sync_parents(dest: &Path, created: &[PathBuf]) -> std::io::Result<()> {
+    fsync_dir(dest.parent().expect("blob path has a parent"))?;
+    for dir in created {
+        fsync_dir(dir.parent().expect("inside root"))?;
+    }
+    Ok(())
+}
+
+/// Asks the kernel to start writing `[from, to)` to disk now, without waiting for it. Purely a
+/// performance hint: durability still comes from the fsync at commit.
+pub(crate) fn start_writeback(file: &std::fs::File, from: u64, to: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is open for the duration of the call; sync_file_range only reads
+    // its arguments. Errors (e.g. a filesystem that does not support it) are ignored.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            from as libc::off64_t,
+            (to - from) as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
