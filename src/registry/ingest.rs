@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::events::{self, DomainEvent, FileIngested};
 use crate::identity::{ContentAddress, DualDigest, DualHasher, HashPipeline};
 use crate::model::{FileId, PackageId, RelativePath, TenantId, validate_label};
-use crate::storage::{BlobStore, StagedBlob};
+use crate::storage::{BlobStore, StagedBlob, WriteHint};
 use bytes::Bytes;
 use futures::{Stream, StreamExt, pin_mut};
 
@@ -93,15 +93,11 @@ impl Registry {
             .backend(&self.backends)
             .clone()
         };
-        let staged = match request.expected_digest {
-            Some(address) if address.algorithm() == crate::identity::Algorithm::Blake3 => {
-                backend.stage_expecting(&address).await?
-            }
-            _ => match size {
-                Some(size) => backend.stage_sized(size).await?,
-                None => backend.stage().await?,
-            },
-        };
+        // Only a BLAKE3 address names the place the bytes will be stored under.
+        let expected = request
+            .expected_digest
+            .filter(|a| a.algorithm() == crate::identity::Algorithm::Blake3);
+        let staged = backend.stage_with(WriteHint { size, expected }).await?;
         let (mut staged, digest) = self.stream_into(staged, body).await?;
         if let Err(e) = check_expected(&request, &digest) {
             staged.abort().await?;

@@ -58,6 +58,16 @@ pub struct BackendHealth {
     pub total_bytes: Option<u64>,
 }
 
+/// What is known about a staged write before its first byte.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteHint {
+    /// Exactly this many bytes will be written (a request's Content-Length, a spooled file).
+    pub size: Option<u64>,
+    /// The address the bytes are announced to have (the client sent the digest, or the bytes
+    /// were hashed already). Still only a claim: whoever commits checks it first.
+    pub expected: Option<ContentAddress>,
+}
+
 /// Bytes being written whose address is not known yet. Nothing is visible under any address
 /// until [`StagedBlob::commit`]; dropping without commit leaves only staging data, which
 /// [`StagedBlob::abort`] or garbage collection removes.
@@ -88,20 +98,14 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
     /// Starts a staged write.
     async fn stage(&self) -> Result<Box<dyn StagedBlob>>;
 
-    /// Starts a staged write of exactly `size` bytes, known before the first one (a request's
-    /// Content-Length, a spooled file). A backend may use it to send them in one request, and
-    /// may then fail a write of another length. The default is [`BlobStore::stage`].
-    async fn stage_sized(&self, size: u64) -> Result<Box<dyn StagedBlob>> {
-        let _ = size;
-        self.stage().await
-    }
-
-    /// Starts a staged write whose bytes are announced to have `address` (the client sent the
-    /// digest). A backend may use it to write closer to the final place; it must still make
-    /// nothing visible unless the write is committed under that very address. The default is
-    /// [`BlobStore::stage`].
-    async fn stage_expecting(&self, address: &ContentAddress) -> Result<Box<dyn StagedBlob>> {
-        let _ = address;
+    /// Starts a staged write with what is known of it before the first byte (see
+    /// [`WriteHint`]). A backend may use the size to send the bytes in one request, and may
+    /// then fail a write of another length; it may use the announced address to write the bytes
+    /// straight to their place, but must still make nothing visible under it unless the write
+    /// is committed under that very address, and may fail a commit under another one. The
+    /// default is [`BlobStore::stage`].
+    async fn stage_with(&self, hint: WriteHint) -> Result<Box<dyn StagedBlob>> {
+        let _ = hint;
         self.stage().await
     }
     /// Streams the blob, or a range of it. A missing blob is `Error::NotFound`.
@@ -165,7 +169,12 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
                 crate::Error::storage(self.id(), format!("reading {}: {e}", path.display()))
             })?
             .len();
-        let mut staged = self.stage_sized(size).await?;
+        let mut staged = self
+            .stage_with(WriteHint {
+                size: Some(size),
+                expected: Some(*address),
+            })
+            .await?;
         let mut chunks = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20);
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk.map_err(|e| {

@@ -12,7 +12,7 @@
 //! If the address already holds an object of the right size, the staged bytes are dropped.
 //! Nothing here is S3 vocabulary to the rest of the crate: errors map into [`Error`].
 
-use super::{BackendHealth, BlobInfo, BlobStore, ByteRange, ByteStream, StagedBlob};
+use super::{BackendHealth, BlobInfo, BlobStore, ByteRange, ByteStream, StagedBlob, WriteHint};
 use crate::error::{Error, Result};
 use crate::identity::{Algorithm, ContentAddress, Digest};
 use aws_sdk_s3::Client;
@@ -427,34 +427,29 @@ impl BlobStore for S3Store {
     }
 
     async fn stage(&self) -> Result<Box<dyn StagedBlob>> {
-        Ok(Box::new(S3Staged {
-            inner: self.inner.clone(),
-            buffer: BytesMut::new(),
-            written: 0,
-            multipart: None,
-            expected: None,
-        }))
+        self.stage_with(WriteHint::default()).await
     }
 
-    async fn stage_sized(&self, size: u64) -> Result<Box<dyn StagedBlob>> {
+    async fn stage_with(&self, hint: WriteHint) -> Result<Box<dyn StagedBlob>> {
         // One streamed PUT instead of parts when the body may go unsigned (a stream cannot be
         // signed) and S3 takes it in one request.
-        if !self.inner.sign_payload && size > self.inner.threshold && size <= MAX_SINGLE_PUT {
+        if let Some(size) = hint.size
+            && !self.inner.sign_payload
+            && size > self.inner.threshold
+            && size <= MAX_SINGLE_PUT
+        {
             return Ok(Box::new(streamed::S3Streamed::start(
                 self.inner.clone(),
                 size,
+                hint.expected,
             )));
         }
-        self.stage().await
-    }
-
-    async fn stage_expecting(&self, address: &ContentAddress) -> Result<Box<dyn StagedBlob>> {
         Ok(Box::new(S3Staged {
             inner: self.inner.clone(),
             buffer: BytesMut::new(),
             written: 0,
             multipart: None,
-            expected: Some(*address),
+            expected: hint.expected,
         }))
     }
 

@@ -6,7 +6,7 @@ use crate::harness::{collect, random_bytes};
 use crate::storage_conformance::{conformance, put};
 use artifactstore::identity::DualHasher;
 use artifactstore::storage::s3::{S3Settings, S3Store, SecretRef};
-use artifactstore::storage::{BlobStore, ByteRange, CommitOutcome};
+use artifactstore::storage::{BlobStore, ByteRange, CommitOutcome, WriteHint};
 use futures::TryStreamExt;
 use std::sync::Arc;
 
@@ -59,7 +59,8 @@ async fn s3_store_passes_conformance_streamed_put_path() {
         return;
     };
     // Unsigned bodies: a write of an announced size above the threshold goes up as one
-    // streamed PUT to a staging key, then a server-side copy.
+    // streamed PUT, to a staging key then a server-side copy, or straight to its announced
+    // address with the last chunk held back until commit.
     settings.sign_payload = Some(false);
     settings.multipart_threshold_bytes = 1024 * 1024;
     let store = Arc::new(S3Store::open("s3", &settings).unwrap());
@@ -238,8 +239,12 @@ async fn announced_digests_upload_straight_to_the_address_and_wrong_ones_leave_n
     let store = S3Store::open("s3", &settings).unwrap();
     let data = random_bytes(11 * 1024 * 1024, 8);
     let address = DualHasher::digest(&data).primary_address();
+    let announced = WriteHint {
+        size: None,
+        expected: Some(address),
+    };
     // Announced, but the bytes are different: aborted, nothing appears, no upload is left.
-    let mut wrong = store.stage_expecting(&address).await.unwrap();
+    let mut wrong = store.stage_with(announced).await.unwrap();
     wrong
         .write(random_bytes(6 * 1024 * 1024, 9).into())
         .await
@@ -248,7 +253,7 @@ async fn announced_digests_upload_straight_to_the_address_and_wrong_ones_leave_n
     assert_eq!(store.head(&address).await.unwrap(), None);
     assert_no_staging_left(&store, &settings).await;
     // Announced and right: stored under the address (no staging object involved).
-    let mut right = store.stage_expecting(&address).await.unwrap();
+    let mut right = store.stage_with(announced).await.unwrap();
     for piece in data.chunks(1 << 20) {
         right
             .write(bytes::Bytes::copy_from_slice(piece))
@@ -258,7 +263,7 @@ async fn announced_digests_upload_straight_to_the_address_and_wrong_ones_leave_n
     assert_eq!(right.commit(&address).await.unwrap(), CommitOutcome::Stored);
     assert!(collect(store.get(&address, None).await.unwrap()).await == data);
     // A dropped announced upload is aborted in the background, and swept if that fails.
-    let mut dropped = store.stage_expecting(&address).await.unwrap();
+    let mut dropped = store.stage_with(announced).await.unwrap();
     dropped
         .write(data[..6 * 1024 * 1024].to_vec().into())
         .await

@@ -2,7 +2,7 @@
 
 use crate::harness::{collect, random_bytes};
 use artifactstore::identity::{ContentAddress, DualHasher};
-use artifactstore::storage::{BlobStore, ByteRange, CommitOutcome, local::LocalStore};
+use artifactstore::storage::{BlobStore, ByteRange, CommitOutcome, WriteHint, local::LocalStore};
 use bytes::Bytes;
 use futures::TryStreamExt;
 use std::sync::Arc;
@@ -49,32 +49,76 @@ pub async fn conformance(store: Arc<dyn BlobStore>) {
     );
     assert_eq!(store.head(&address).await.unwrap(), Some(data.len() as u64));
 
-    // A write of an announced size (one request where the backend can) stores the same.
-    let sized = random_bytes(2 * 1024 * 1024 + 5, 3);
-    let sized_address = DualHasher::digest(&sized).primary_address();
-    let mut staged = store.stage_sized(sized.len() as u64).await.unwrap();
-    for piece in sized.chunks(100_000) {
-        staged.write(Bytes::copy_from_slice(piece)).await.unwrap();
+    // Writes with what is known up front: the size (one request where the backend can), the
+    // address (straight to its place where the backend can), or both.
+    for (i, (sized, announced)) in [(true, false), (false, true), (true, true)]
+        .into_iter()
+        .enumerate()
+    {
+        let what = format!("sized {sized}, announced {announced}");
+        let bytes = random_bytes(2 * 1024 * 1024 + 5, 3 + i as u64);
+        let address = DualHasher::digest(&bytes).primary_address();
+        let hint = WriteHint {
+            size: sized.then_some(bytes.len() as u64),
+            expected: announced.then_some(address),
+        };
+        // Other bytes of the same length, cut short, or dropped: aborted, nothing appears.
+        let other = random_bytes(bytes.len(), 10 + i as u64);
+        for (written, abort) in [
+            (&other[..], true),
+            (&bytes[..1_000_000], true),
+            (&bytes[..], false),
+        ] {
+            let mut staged = store.stage_with(hint).await.unwrap();
+            for piece in written.chunks(100_000) {
+                staged.write(Bytes::copy_from_slice(piece)).await.unwrap();
+            }
+            if abort {
+                staged.abort().await.unwrap();
+            } else {
+                drop(staged);
+            }
+            assert_eq!(store.head(&address).await.unwrap(), None, "{what}");
+        }
+        // Announced, but the bytes are others: committing them under their own address either
+        // stores them there or fails; never does anything appear under the announced one.
+        if announced {
+            let other_address = DualHasher::digest(&other).primary_address();
+            let mut staged = store.stage_with(hint).await.unwrap();
+            for piece in other.chunks(100_000) {
+                staged.write(Bytes::copy_from_slice(piece)).await.unwrap();
+            }
+            if staged.commit(&other_address).await.is_ok() {
+                assert!(collect(store.get(&other_address, None).await.unwrap()).await == other);
+                store.delete(&other_address).await.unwrap();
+            }
+            assert_eq!(store.head(&address).await.unwrap(), None, "{what}");
+        }
+        let mut staged = store.stage_with(hint).await.unwrap();
+        for piece in bytes.chunks(100_000) {
+            staged.write(Bytes::copy_from_slice(piece)).await.unwrap();
+        }
+        assert_eq!(
+            staged.commit(&address).await.unwrap(),
+            CommitOutcome::Stored,
+            "{what}"
+        );
+        assert!(
+            collect(store.get(&address, None).await.unwrap()).await == bytes,
+            "{what}"
+        );
+        // The same again: reported as the dedup it is.
+        let mut staged = store.stage_with(hint).await.unwrap();
+        for piece in bytes.chunks(100_000) {
+            staged.write(Bytes::copy_from_slice(piece)).await.unwrap();
+        }
+        assert_eq!(
+            staged.commit(&address).await.unwrap(),
+            CommitOutcome::AlreadyPresent,
+            "{what}"
+        );
+        store.delete(&address).await.unwrap();
     }
-    assert_eq!(
-        staged.commit(&sized_address).await.unwrap(),
-        CommitOutcome::Stored
-    );
-    assert_eq!(
-        collect(store.get(&sized_address, None).await.unwrap()).await,
-        sized
-    );
-    // Announced and then cut short: nothing appears under the address.
-    let short = random_bytes(2 * 1024 * 1024, 4);
-    let short_address = DualHasher::digest(&short[..1_000_000]).primary_address();
-    let mut staged = store.stage_sized(short.len() as u64).await.unwrap();
-    staged
-        .write(Bytes::copy_from_slice(&short[..1_000_000]))
-        .await
-        .unwrap();
-    staged.abort().await.unwrap();
-    assert_eq!(store.head(&short_address).await.unwrap(), None);
-    store.delete(&sized_address).await.unwrap();
 
     // Re-putting the same bytes is idempotent and reports the dedup.
     let (again, outcome) = put(store, &data, 1 << 20).await;

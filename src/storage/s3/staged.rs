@@ -192,6 +192,16 @@ impl StagedBlob for S3Staged {
     }
 
     async fn commit(mut self: Box<Self>, address: &ContentAddress) -> Result<CommitOutcome> {
+        if let Some(expected) = self.expected
+            && expected != *address
+        {
+            // A multipart upload under way is at the announced key: it must never complete.
+            self.abort().await?;
+            return Err(Error::DigestMismatch {
+                expected,
+                actual: *address,
+            });
+        }
         if self.multipart.is_some() {
             return self.commit_multipart(address).await;
         }

@@ -1,10 +1,16 @@
-//! A staged write to S3 as one streamed PUT to a staging key, for a body whose length is
+//! A staged write to S3 as one streamed PUT, for a body whose length is
 //! known before the first byte (a raw PUT's Content-Length, an upload session's file). Ceph
 //! takes a single PUT with much less work than the same bytes in parts (see
 //! docs/BENCHMARKS.md). The body cannot be signed (its hash is not known up front) nor retried
 //! (it cannot be replayed), so it is used only with `sign_payload = false`, and a failed
-//! request fails the ingest (the client retries). Nothing appears under an address until
-//! commit copies the staged object there, as for multipart staging.
+//! request fails the ingest (the client retries).
+//!
+//! The last chunk is held back until commit: S3 stores nothing until it has every byte of
+//! the Content-Length, so an object appears only when commit sends that chunk; an abort or a
+//! drop ends the body with an error instead, and the server discards what it had. Without an
+//! announced address the PUT goes to a staging key and commit copies it to its address. With
+//! one, it goes straight to the announced address, and commit sends the last chunk only once
+//! the bytes are confirmed to be that address: that saves the server-side copy.
 
 use super::{Inner, STAGING};
 use crate::error::{Error, Result};
@@ -27,13 +33,21 @@ pub(super) struct S3Streamed {
     key: String,
     size: u64,
     written: u64,
+    /// The address the PUT goes straight to (announced), or `None` for a staging key.
+    announced: Option<ContentAddress>,
+    /// The last chunk written, not sent until commit: until then the server has less than
+    /// the Content-Length and stores nothing, so an abandoned write leaves nothing behind.
+    held: Option<Bytes>,
     body: Option<tokio::sync::mpsc::Sender<std::io::Result<Bytes>>>,
     request: Option<tokio::task::JoinHandle<Result<()>>>,
 }
 
 impl S3Streamed {
-    pub(super) fn start(inner: Arc<Inner>, size: u64) -> Self {
-        let key = format!("{}{STAGING}/{}", inner.prefix, uuid::Uuid::new_v4());
+    pub(super) fn start(inner: Arc<Inner>, size: u64, announced: Option<ContentAddress>) -> Self {
+        let key = match &announced {
+            Some(address) => format!("{}{}", inner.prefix, address.storage_key()),
+            None => format!("{}{STAGING}/{}", inner.prefix, uuid::Uuid::new_v4()),
+        };
         let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(QUEUE);
         let frames = futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
             .map(|chunk| chunk.map(http_body::Frame::data));
@@ -72,6 +86,8 @@ impl S3Streamed {
             key,
             size,
             written: 0,
+            announced,
+            held: None,
             body: Some(tx),
             request: Some(request),
         }
@@ -90,8 +106,10 @@ impl S3Streamed {
     }
 
     /// Ends the body with an error (so the server discards the object) and removes whatever
-    /// may have been stored.
+    /// may have been stored at a staging key. An announced address is never deleted: the held
+    /// chunk was not sent, so nothing of ours is there, and what is there is someone's blob.
     async fn cancel(&mut self) {
+        self.held = None;
         if let Some(body) = self.body.take() {
             let _ = body
                 .send(Err(std::io::Error::other("staged write aborted")))
@@ -100,7 +118,36 @@ impl S3Streamed {
         if let Some(request) = self.request.take() {
             let _ = request.await;
         }
-        let _ = self.inner.delete_key(&self.key).await;
+        if self.announced.is_none() {
+            let _ = self.inner.delete_key(&self.key).await;
+        }
+    }
+
+    /// Sends a chunk into the request's body.
+    async fn send(&mut self, chunk: Bytes) -> Result<()> {
+        let sent = match &self.body {
+            Some(body) => body.send(Ok(chunk)).await.is_ok(),
+            None => false,
+        };
+        if !sent {
+            return Err(self.request_error().await);
+        }
+        Ok(())
+    }
+
+    /// Ends the body and waits for the server's answer.
+    async fn finish(&mut self) -> Result<()> {
+        if let Some(held) = self.held.take() {
+            self.send(held).await?;
+        }
+        drop(self.body.take()); // the end of the body
+        match self.request.take() {
+            Some(request) => request
+                .await
+                .map_err(|e| Error::storage(&self.inner.id, format!("staged request task: {e}")))
+                .and_then(|r| r),
+            None => Err(Error::storage(&self.inner.id, "the staged request is gone")),
+        }
     }
 }
 
@@ -114,14 +161,14 @@ impl StagedBlob for S3Streamed {
                 self.size
             )));
         }
-        let sent = match &self.body {
-            Some(body) => body.send(Ok(chunk)).await.is_ok(),
-            None => false,
-        };
-        if !sent {
-            return Err(self.request_error().await);
+        if chunk.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        // Hold this chunk back, send the one held before.
+        match self.held.replace(chunk) {
+            Some(previous) => self.send(previous).await,
+            None => Ok(()),
+        }
     }
 
     fn written(&self) -> u64 {
@@ -137,14 +184,10 @@ impl StagedBlob for S3Streamed {
             self.cancel().await;
             return Err(e);
         }
-        drop(self.body.take()); // the end of the body
-        let sent = match self.request.take() {
-            Some(request) => request
-                .await
-                .map_err(|e| Error::storage(&self.inner.id, format!("staged request task: {e}")))
-                .and_then(|r| r),
-            None => Err(Error::storage(&self.inner.id, "the staged request is gone")),
-        };
+        if let Some(expected) = self.announced {
+            return self.commit_announced(expected, address).await;
+        }
+        let sent = self.finish().await;
         let inner = self.inner.clone();
         let final_key = format!("{}{}", inner.prefix, address.storage_key());
         let published = match sent {
@@ -168,6 +211,29 @@ impl StagedBlob for S3Streamed {
     async fn abort(mut self: Box<Self>) -> Result<()> {
         self.cancel().await;
         Ok(())
+    }
+}
+
+impl S3Streamed {
+    /// Commits a PUT that went straight to `expected`: sends the held chunk if the bytes are
+    /// confirmed to be `expected` and the address does not hold them already.
+    async fn commit_announced(
+        &mut self,
+        expected: ContentAddress,
+        address: &ContentAddress,
+    ) -> Result<CommitOutcome> {
+        if expected != *address {
+            self.cancel().await;
+            return Err(Error::DigestMismatch {
+                expected,
+                actual: *address,
+            });
+        }
+        if self.inner.head_key(&self.key).await? == Some(self.size) {
+            self.cancel().await;
+            return Ok(CommitOutcome::AlreadyPresent);
+        }
+        self.finish().await.map(|()| CommitOutcome::Stored)
     }
 }
 
