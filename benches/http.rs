@@ -16,7 +16,10 @@
 
 mod common;
 
-use common::{Server, best, cpu_time, curl, json_field, make_file, mbps, status_kib, time};
+use common::{
+    Ratio, Server, best, cpu_time, curl, fastest, interleaved, json_field, make_file, mbps, median,
+    status_kib, time,
+};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -177,17 +180,17 @@ fn main() {
     // Download vs nginx serving the same bytes with sendfile.
     time(Command::new("cat").arg(&blob).stdout(Stdio::null()));
     reset_peak(pid);
-    let ours = best(3, || {
-        time(
-            Command::new("curl")
-                .args(["-sS", "-o", "/dev/null"])
-                .arg(format!("{base}/files/{file_id}/download")),
-        )
-    });
+    let nginx = Nginx::serve(&work, &blob);
+    let downloads = compare_downloads(&format!("{base}/files/{file_id}/download"), &nginx.url);
+    drop(nginx);
     let download_rss = status_kib(pid, "VmHWM:");
-    let theirs = nginx_download(&work, &blob);
 
-    let (small_count, small_time) = small_ingests(&base);
+    let small: Vec<f64> = (0..SMALL_RUNS)
+        .map(|_| {
+            let (count, took) = small_ingests(&base);
+            count as f64 / took.as_secs_f64()
+        })
+        .collect();
 
     // push of a 1,000-file tree, twice.
     let tree = work.join("tree");
@@ -245,22 +248,19 @@ fn main() {
         c / session_time.as_secs_f64(),
         session_rss / 1024
     );
-    println!(
-        "| download, nginx `sendfile on` | {theirs:.2?} | {:.0} | 1.00x | |",
-        mbps(size, theirs)
-    );
-    println!(
-        "| download, ours (`curl -o /dev/null`) | {ours:.2?} | {:.0} | **{:.2}x** nginx | {} MiB |",
-        mbps(size, ours),
-        theirs.as_secs_f64() / ours.as_secs_f64(),
-        download_rss / 1024
-    );
+    downloads.print_rows(size, &format!(" {} MiB |", download_rss / 1024));
     println!();
     println!("| small files | result |");
     println!("|---|---|");
     println!(
-        "| 4 KiB ingests, 16 concurrent clients ({small_count}) | **{:.0}/s** |",
-        small_count as f64 / small_time.as_secs_f64()
+        "| 4 KiB ingests, 16 concurrent clients, {SMALL_RUNS} runs of {} | {}: median **{:.0}/s** |",
+        SMALL_CLIENTS * SMALL_PER_CLIENT,
+        small
+            .iter()
+            .map(|r| format!("{r:.0}/s"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        median(&small)
     );
     println!(
         "| `push` of 1,000 files (first time) | {first_push:.2?} = {:.0} files/s |",
@@ -274,7 +274,7 @@ fn main() {
 }
 
 /// Only the download comparison (for working on that path): one raw PUT, then ours and
-/// nginx's downloads of the stored file, best of three each.
+/// nginx's downloads of the stored file (see [`compare_downloads`]).
 fn download_only(work: &Path, size: u64) {
     let _ = std::fs::remove_dir_all(work.join("data"));
     std::fs::create_dir_all(work).unwrap();
@@ -297,98 +297,144 @@ fn download_only(work: &Path, size: u64) {
         .join(blake3);
     let url = format!("{base}/files/{}/download", file["id"].as_str().unwrap());
     time(Command::new("cat").arg(&blob).stdout(Stdio::null()));
+    let nginx = Nginx::serve(work, &blob);
     let cpu_before = cpu_time(server.child.id());
-    let ours = best(3, || {
-        time(
-            Command::new("curl")
-                .args(["-sS", "-o", "/dev/null"])
-                .arg(&url),
-        )
-    });
+    let downloads = compare_downloads(&url, &nginx.url);
     let cpu = cpu_time(server.child.id()) - cpu_before;
-    let theirs = nginx_download(work, &blob);
-    println!(
-        "| download, nginx `sendfile on` | {theirs:.2?} | {:.0} | 1.00x |",
-        mbps(size, theirs)
-    );
-    println!(
-        "| download, ours (`curl -o /dev/null`) | {ours:.2?} | {:.0} | **{:.2}x** nginx |",
-        mbps(size, ours),
-        theirs.as_secs_f64() / ours.as_secs_f64()
-    );
+    downloads.print_rows(size, "");
     println!(
         "\nOur server's CPU time (user + system): {:.0} ms per GiB downloaded.",
-        cpu.as_secs_f64() * 1000.0 / (3.0 * size as f64 / (1u64 << 30) as f64)
+        cpu.as_secs_f64() * 1000.0 / (DOWNLOAD_ROUNDS as f64 * size as f64 / (1u64 << 30) as f64)
     );
 }
 
-/// Serves `blob` with nginx (`sendfile on`) on a free loopback port and returns the best of
-/// three `curl -o /dev/null` downloads of it.
-fn nginx_download(work: &Path, blob: &Path) -> Duration {
-    let www = work.join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    let served = www.join("big.bin");
-    let _ = std::fs::remove_file(&served);
-    std::fs::hard_link(blob, &served).unwrap_or_else(|_| {
-        std::fs::copy(blob, &served).unwrap();
-    });
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let conf = work.join("nginx.conf");
-    std::fs::write(&conf, format!(
-        "daemon off; worker_processes 1; pid {pid}; error_log {err} warn;\n\
-         events {{ worker_connections 64; }}\n\
-         http {{ sendfile on; tcp_nopush on; access_log off; server {{ listen 127.0.0.1:{port}; root {root}; }} }}\n",
-        pid = work.join("nginx.pid").display(), err = work.join("nginx.err").display(), root = www.display()
-    )).unwrap();
-    let mut nginx = Command::new("nginx")
-        .arg("-c")
-        .arg(&conf)
-        .arg("-p")
-        .arg(work)
-        .spawn()
-        .expect("nginx (apt-get install nginx-light)");
-    std::thread::sleep(Duration::from_millis(500));
-    // Workers run as nobody: make the tree readable.
-    let _ = Command::new("chmod")
-        .args(["-R", "a+rX"])
-        .arg(&www)
-        .status();
-    let _ = Command::new("chmod").args(["a+rx"]).arg(work).status();
-    let theirs = best(3, || {
+/// Rounds of the download comparison.
+const DOWNLOAD_ROUNDS: usize = 5;
+
+/// Our downloads and nginx's of the same bytes, in interleaved rounds.
+struct Downloads {
+    ours: Vec<Duration>,
+    theirs: Vec<Duration>,
+}
+
+/// Downloads the file from `ours` and from `theirs` (nginx) in [`DOWNLOAD_ROUNDS`]
+/// interleaved rounds (see [`interleaved`]).
+fn compare_downloads(ours: &str, theirs: &str) -> Downloads {
+    let get = |url: &str| {
         time(
             Command::new("curl")
                 .args(["-sS", "--fail", "-o", "/dev/null"])
-                .arg(format!("http://127.0.0.1:{port}/big.bin")),
+                .arg(url),
         )
-    });
-    // SIGTERM, not kill(): a SIGKILLed master leaves its worker running (holding our stdout).
-    let _ = Command::new("kill").arg(nginx.id().to_string()).status();
-    let _ = nginx.wait();
-
-    theirs
+    };
+    let mut times = interleaved(
+        DOWNLOAD_ROUNDS,
+        &mut [&mut || get(theirs), &mut || get(ours)],
+    );
+    Downloads {
+        ours: times.pop().unwrap(),
+        theirs: times.pop().unwrap(),
+    }
 }
+
+impl Downloads {
+    /// The two table rows (best times, and the ratio). `extra` ends our row (e.g. a peak RSS
+    /// column).
+    fn print_rows(&self, size: u64, extra: &str) {
+        let (ours, theirs) = (fastest(&self.ours), fastest(&self.theirs));
+        let pad = if extra.is_empty() { "" } else { " |" };
+        println!(
+            "| download, nginx `sendfile on` (best of {DOWNLOAD_ROUNDS}) | {theirs:.2?} | {:.0} | 1.00x |{pad}",
+            mbps(size, theirs)
+        );
+        println!(
+            "| download, ours (`curl -o /dev/null`, best of {DOWNLOAD_ROUNDS}) | {ours:.2?} | {:.0} | {} nginx |{extra}",
+            mbps(size, ours),
+            Ratio::of(&self.theirs, &self.ours),
+        );
+    }
+}
+
+/// nginx serving one file (`sendfile on`) on a free loopback port; stopped when dropped.
+struct Nginx {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Nginx {
+    fn serve(work: &Path, blob: &Path) -> Nginx {
+        let www = work.join("www");
+        std::fs::create_dir_all(&www).unwrap();
+        let served = www.join("big.bin");
+        let _ = std::fs::remove_file(&served);
+        std::fs::hard_link(blob, &served).unwrap_or_else(|_| {
+            std::fs::copy(blob, &served).unwrap();
+        });
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let conf = work.join("nginx.conf");
+        std::fs::write(&conf, format!(
+            "daemon off; worker_processes 1; pid {pid}; error_log {err} warn;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{ sendfile on; tcp_nopush on; access_log off; server {{ listen 127.0.0.1:{port}; root {root}; }} }}\n",
+            pid = work.join("nginx.pid").display(), err = work.join("nginx.err").display(), root = www.display()
+        )).unwrap();
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(work)
+            .spawn()
+            .expect("nginx (apt-get install nginx-light)");
+        std::thread::sleep(Duration::from_millis(500));
+        // Workers run as nobody: make the tree readable.
+        let _ = Command::new("chmod")
+            .args(["-R", "a+rX"])
+            .arg(&www)
+            .status();
+        let _ = Command::new("chmod").args(["a+rx"]).arg(work).status();
+        Nginx {
+            child,
+            url: format!("http://127.0.0.1:{port}/big.bin"),
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM, not kill(): a SIGKILLed master leaves its worker running (holding our
+        // stdout).
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Concurrent clients of the 4 KiB ingest run, and files each.
+const SMALL_CLIENTS: usize = 16;
+const SMALL_PER_CLIENT: usize = 250;
+/// Runs of it in the full benchmark (each in new packages), reported with their median.
+const SMALL_RUNS: usize = 3;
 
 /// 4 KiB ingests with 16 concurrent clients: how many, and how long they took.
 fn small_ingests(base: &str) -> (usize, Duration) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        const CLIENTS: usize = 16;
-        const PER_CLIENT: usize = 250;
         let http = reqwest::Client::new();
         let mut tasks = Vec::new();
         let start = Instant::now();
-        for c in 0..CLIENTS {
+        for c in 0..SMALL_CLIENTS {
             let http = http.clone();
             let base = base.to_owned();
             let package = new_package(&base, &format!("small {c}"));
             tasks.push(tokio::spawn(async move {
-                for i in 0..PER_CLIENT {
+                for i in 0..SMALL_PER_CLIENT {
                     let mut data = vec![0u8; 4096];
-                    data[..8].copy_from_slice(&((c * PER_CLIENT + i) as u64).to_le_bytes());
+                    data[..8].copy_from_slice(&((c * SMALL_PER_CLIENT + i) as u64).to_le_bytes());
                     let resp = http
                         .put(format!("{base}/packages/{package}/files/f{i}"))
                         .body(data)
@@ -404,6 +450,6 @@ fn small_ingests(base: &str) -> (usize, Duration) {
         for t in tasks {
             t.await.unwrap();
         }
-        (CLIENTS * PER_CLIENT, start.elapsed())
+        (SMALL_CLIENTS * SMALL_PER_CLIENT, start.elapsed())
     })
 }

@@ -15,7 +15,9 @@
 
 mod common;
 
-use common::{Server, best, curl, json_field as field, make_file, mbps, time};
+use common::{
+    Ratio, Server, best, curl, fastest, interleaved, json_field as field, make_file, mbps, time,
+};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -82,6 +84,9 @@ fn s3_curl(s3: &S3, args: &[&str]) -> Command {
     cmd
 }
 
+/// Interleaved rounds of each comparison (see `common::interleaved`).
+const ROUNDS: usize = 3;
+
 fn main() {
     let size_mib: u64 = std::env::var("BENCH_SIZE_MIB")
         .ok()
@@ -124,14 +129,6 @@ fn main() {
     let plain_url = format!("{}/{}/{prefix}-plain/input.bin", s3.endpoint, s3.bucket);
     let input_str = input.to_str().unwrap().to_owned();
 
-    // Baselines: the same file straight to and from the bucket.
-    let plain_up = best(3, || {
-        time(&mut s3_curl(&s3, &["-T", &input_str, &plain_url]))
-    });
-    let plain_down = best(3, || {
-        time(&mut s3_curl(&s3, &["-o", "/dev/null", &plain_url]))
-    });
-
     let server = start_server(&data, &storage, &s3);
     let base = server.base.clone();
     let new_package = |producer: &str| {
@@ -148,39 +145,17 @@ fn main() {
             "id",
         )
     };
-    // Each run stores the file in full: the object is deleted through the bucket after each
-    // run, so the next one is not a dedup hit.
-    let mut file_id = String::new();
-    let ours_up = best(3, || {
-        let package = new_package("s3");
-        let d = time(Command::new("curl").args([
-            "-sS",
-            "--fail",
-            "-o",
-            "/dev/null",
-            "-w",
-            "",
-            "-T",
-            &input_str,
-            &format!("{base}/packages/{package}/files/input.bin?replace=true"),
-        ]));
-        let files = curl(&[&format!("{base}/packages/{package}")]);
-        let v: serde_json::Value = serde_json::from_str(&files).unwrap();
-        file_id = v["files"][0]["id"].as_str().unwrap().to_owned();
-        let key = format!(
-            "{}/{}/{prefix}/blake3/{}",
-            s3.endpoint,
-            s3.bucket,
-            blake3_path(&input)
-        );
-        // Delete the stored object so the next run uploads it in full (no dedup).
-        time(&mut s3_curl(&s3, &["-X", "DELETE", &key]));
-        d
-    });
-    // The same upload with the digest announced (`expected_digest`, as `push` sends it): the
-    // multipart upload goes straight to the final key, no server-side copy.
+    let stored_url = format!(
+        "{}/{}/{prefix}/blake3/{}",
+        s3.endpoint,
+        s3.bucket,
+        blake3_path(&input)
+    );
+    // Every upload stores the file in full: its object is deleted through the bucket after
+    // each run, so the next one is not a dedup hit.
+    let delete = |url: &str| time(&mut s3_curl(&s3, &["-X", "DELETE", url]));
     let hex = blake3_hex(&input);
-    let ours_up_announced = best(3, || {
+    let ours_put = |query: &str| {
         let package = new_package("s3");
         let d = time(Command::new("curl").args([
             "-sS",
@@ -189,17 +164,29 @@ fn main() {
             "/dev/null",
             "-T",
             &input_str,
-            &format!("{base}/packages/{package}/files/input.bin?expected_digest=blake3:{hex}"),
+            &format!("{base}/packages/{package}/files/input.bin{query}"),
         ]));
-        let key = format!(
-            "{}/{}/{prefix}/blake3/{}",
-            s3.endpoint,
-            s3.bucket,
-            blake3_path(&input)
-        );
-        time(&mut s3_curl(&s3, &["-X", "DELETE", &key]));
+        delete(&stored_url);
         d
-    });
+    };
+    // Baseline: the same file straight to the bucket; then ours, plain and with the digest
+    // announced (`expected_digest`, as `push` sends it: the upload goes straight to the final
+    // key, no server-side copy). Interleaved rounds.
+    let mut up = interleaved(
+        ROUNDS,
+        &mut [
+            &mut || {
+                let d = time(&mut s3_curl(&s3, &["-T", &input_str, &plain_url]));
+                delete(&plain_url);
+                d
+            },
+            &mut || ours_put(""),
+            &mut || ours_put(&format!("?expected_digest=blake3:{hex}")),
+        ],
+    );
+    let (ours_up_announced, ours_up, plain_up) =
+        (up.pop().unwrap(), up.pop().unwrap(), up.pop().unwrap());
+    time(&mut s3_curl(&s3, &["-T", &input_str, &plain_url]));
     // Put it back once for the downloads.
     let package = new_package("s3");
     curl(&[
@@ -211,19 +198,18 @@ fn main() {
     ]);
     let v: serde_json::Value =
         serde_json::from_str(&curl(&[&format!("{base}/packages/{package}")])).unwrap();
-    file_id = v["files"][0]["id"]
-        .as_str()
-        .map(str::to_owned)
-        .unwrap_or(file_id);
-    let ours_down = best(3, || {
-        time(Command::new("curl").args([
-            "-sS",
-            "--fail",
-            "-o",
-            "/dev/null",
-            &format!("{base}/files/{file_id}/download"),
-        ]))
-    });
+    let file_id = v["files"][0]["id"].as_str().unwrap().to_owned();
+    let our_download = format!("{base}/files/{file_id}/download");
+    let mut down = interleaved(
+        ROUNDS,
+        &mut [
+            &mut || time(&mut s3_curl(&s3, &["-o", "/dev/null", &plain_url])),
+            &mut || {
+                time(Command::new("curl").args(["-sS", "--fail", "-o", "/dev/null", &our_download]))
+            },
+        ],
+    );
+    let (ours_down, plain_down) = (down.pop().unwrap(), down.pop().unwrap());
     // The same bytes on the local backend, for verify.
     let local = new_package("local");
     curl(&[
@@ -247,13 +233,7 @@ fn main() {
     let verify_s3 = verify("s3");
     drop(server);
     // Leave the bucket as we found it.
-    let stored = format!(
-        "{}/{}/{prefix}/blake3/{}",
-        s3.endpoint,
-        s3.bucket,
-        blake3_path(&input)
-    );
-    for url in [&plain_url, &stored] {
+    for url in [&plain_url, &stored_url] {
         time(&mut s3_curl(&s3, &["-X", "DELETE", url]));
     }
     let _ = Command::new(BIN)
@@ -267,8 +247,16 @@ fn main() {
             .unwrap_or_else(|| "1.00x".into());
         println!("| {what} | {d:.2?} | {:.0} | {ratio} |", mbps(size, d));
     };
+    let rounds = |what: &str, times: &[Duration], baseline: Option<(&[Duration], &str)>| {
+        let d = fastest(times);
+        let ratio = baseline
+            .map(|(b, of)| format!("{} {of}", Ratio::of(b, times)))
+            .unwrap_or_else(|| "1.00x".into());
+        println!("| {what} | {d:.2?} | {:.0} | {ratio} |", mbps(size, d));
+    };
     println!(
-        "\n{size_mib} MiB file, Ceph RGW 16 on loopback, best of 3, request bodies {}\n",
+        "\n{size_mib} MiB file, Ceph RGW 16 on loopback, {ROUNDS} interleaved rounds (best times \
+         shown), request bodies {}\n",
         if sign.contains("false") {
             "unsigned (`sign_payload = false`)"
         } else {
@@ -277,28 +265,26 @@ fn main() {
     );
     println!("| what | time | MB/s | ratio |");
     println!("|---|---|---|---|");
-    row("PUT straight to S3 (`curl --aws-sigv4 -T`)", plain_up, None);
-    row(
+    rounds(
+        "PUT straight to S3 (`curl --aws-sigv4 -T`)",
+        &plain_up,
+        None,
+    );
+    rounds(
         "upload through our server (`curl -T`, backend s3)",
-        ours_up,
-        Some((plain_up.as_secs_f64() / ours_up.as_secs_f64(), "direct PUT")),
+        &ours_up,
+        Some((&plain_up, "direct PUT")),
     );
-    row(
+    rounds(
         "upload through our server, digest announced (`?expected_digest=`)",
-        ours_up_announced,
-        Some((
-            plain_up.as_secs_f64() / ours_up_announced.as_secs_f64(),
-            "direct PUT",
-        )),
+        &ours_up_announced,
+        Some((&plain_up, "direct PUT")),
     );
-    row("GET straight from S3 (signed `curl`)", plain_down, None);
-    row(
+    rounds("GET straight from S3 (signed `curl`)", &plain_down, None);
+    rounds(
         "download through our server (digest checked while streaming)",
-        ours_down,
-        Some((
-            plain_down.as_secs_f64() / ours_down.as_secs_f64(),
-            "direct GET",
-        )),
+        &ours_down,
+        Some((&plain_down, "direct GET")),
     );
     row("`b3sum` of the file (page cache)", b3, None);
     row(

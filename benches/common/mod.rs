@@ -23,6 +23,71 @@ pub fn best(runs: usize, mut f: impl FnMut() -> Duration) -> Duration {
     (0..runs).map(|_| f()).min().expect("at least one run")
 }
 
+/// Runs each of `runs` once per round for `rounds` rounds, rotating their order every round,
+/// so that the machine's drift (±30% within an hour here) hits all of them alike and each
+/// round compares neighbours in time. Returns each run's times, in `runs` order.
+pub fn interleaved(rounds: usize, runs: &mut [&mut dyn FnMut() -> Duration]) -> Vec<Vec<Duration>> {
+    let mut times = vec![Vec::with_capacity(rounds); runs.len()];
+    for round in 0..rounds {
+        for i in 0..runs.len() {
+            let which = (i + round) % runs.len();
+            times[which].push(runs[which]());
+        }
+    }
+    times
+}
+
+/// How `ours` compares with `baseline` over the rounds of [`interleaved`]: best against best,
+/// and the median and range of the rounds' ratios (baseline time / our time: above 1 is
+/// faster than the baseline).
+#[derive(Debug, Clone, Copy)]
+pub struct Ratio {
+    pub best: f64,
+    pub median: f64,
+    pub low: f64,
+    pub high: f64,
+}
+
+impl Ratio {
+    pub fn of(baseline: &[Duration], ours: &[Duration]) -> Ratio {
+        let fastest = |d: &[Duration]| d.iter().min().expect("at least one round").as_secs_f64();
+        let mut rounds: Vec<f64> = baseline
+            .iter()
+            .zip(ours)
+            .map(|(b, o)| b.as_secs_f64() / o.as_secs_f64())
+            .collect();
+        rounds.sort_by(f64::total_cmp);
+        Ratio {
+            best: fastest(baseline) / fastest(ours),
+            median: median(&rounds),
+            low: rounds[0],
+            high: rounds[rounds.len() - 1],
+        }
+    }
+}
+
+impl std::fmt::Display for Ratio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "**{:.2}x** best vs best; rounds: median **{:.2}x**, {:.2}-{:.2}x",
+            self.best, self.median, self.low, self.high
+        )
+    }
+}
+
+/// The median of sorted or unsorted values (the upper one of an even count).
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+/// The fastest of `times`.
+pub fn fastest(times: &[Duration]) -> Duration {
+    *times.iter().min().expect("at least one run")
+}
+
 /// Throughput in MB/s (10^6 bytes per second).
 pub fn mbps(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / 1e6 / d.as_secs_f64()
