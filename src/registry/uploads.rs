@@ -385,10 +385,8 @@ impl Registry {
         let file = tokio::fs::File::open(&path)
             .await
             .map_err(|e| Error::storage("uploads", format!("opening spool file: {e}")))?;
-        let body = tokio_util::io::ReaderStream::with_capacity(
-            tokio::io::AsyncReadExt::take(file, current.session.offset),
-            1 << 20,
-        );
+        let body =
+            crate::storage::local::file_stream(file.into_std().await, current.session.offset);
         let result = self
             .ingest_file_sized(
                 tenant,

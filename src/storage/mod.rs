@@ -175,7 +175,7 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
                 expected: Some(*address),
             })
             .await?;
-        let mut chunks = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20);
+        let mut chunks = local::file_stream(file.into_std().await, u64::MAX);
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk.map_err(|e| {
                 crate::Error::storage(self.id(), format!("reading {}: {e}", path.display()))

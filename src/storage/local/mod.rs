@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 mod publish;
 mod read;
 
+pub use read::file_stream;
+
 use publish::{SMALL_BLOB_MAX, commit_file, publish_small};
 pub(crate) use publish::{WRITEBACK_EVERY, start_writeback};
 use read::{Check, read_chunks};
@@ -264,11 +266,9 @@ async fn copy_then_commit(
     address: &ContentAddress,
 ) -> Result<CommitOutcome> {
     use futures::StreamExt;
-    let file = tokio::fs::File::open(path)
-        .await
-        .map_err(|e| store.io_error("opening file to adopt", e))?;
+    let file = std::fs::File::open(path).map_err(|e| store.io_error("opening file to adopt", e))?;
     let mut staged = store.stage().await?;
-    let mut chunks = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20);
+    let mut chunks = file_stream(file, u64::MAX);
     while let Some(chunk) = chunks.next().await {
         staged
             .write(chunk.map_err(|e| store.io_error("reading file to adopt", e))?)

@@ -13,6 +13,26 @@ const READ_BATCH: usize = 16;
 /// Read size when a whole blob is hashed for `verify` (on every core: see [`digest_file`]).
 const DIGEST_READ: usize = 8 * 1024 * 1024;
 
+/// Read buffers start where their address is aligned like the file offset they are read
+/// from, modulo this. On some CPUs (seen on an AMD EPYC with FSRM) the kernel's copy out of
+/// the page cache runs about four times slower into a buffer misaligned by 8 or 16 bytes, as
+/// a fresh heap allocation is: 1.3 s instead of 0.3 s per 2 GiB.
+const ALIGN: usize = 64;
+
+/// Makes the empty `buf` start at an address aligned like `file_offset` (modulo [`ALIGN`]),
+/// with room for `want` bytes.
+fn align_for(buf: &mut BytesMut, want: usize, file_offset: u64) {
+    use bytes::{Buf, BufMut};
+    debug_assert!(buf.is_empty());
+    buf.reserve(want + ALIGN);
+    let address = buf.spare_capacity_mut().as_ptr() as usize;
+    let pad = (file_offset as usize).wrapping_sub(address) % ALIGN;
+    if pad > 0 {
+        buf.put_bytes(0, pad);
+        buf.advance(pad);
+    }
+}
+
 /// What a whole-blob read is checked against.
 pub(super) struct Check {
     pub(super) expected: Digest,
@@ -24,6 +44,8 @@ pub(super) struct Check {
 struct Reader {
     file: std::io::Take<std::fs::File>,
     check: Option<(Check, blake3::Hasher)>,
+    /// The file offset the read began at.
+    start: u64,
     seen: u64,
     at_end: bool,
     buf: BytesMut,
@@ -37,7 +59,7 @@ impl Reader {
         let mut chunks = Vec::with_capacity(READ_BATCH);
         while chunks.len() < READ_BATCH && !self.at_end {
             // Reuses the allocation of chunks the client has been sent already.
-            self.buf.reserve(READ_CHUNK);
+            align_for(&mut self.buf, READ_CHUNK, self.start + self.seen);
             while self.buf.len() < READ_CHUNK {
                 match read_into_spare(&mut self.file, &mut self.buf, READ_CHUNK) {
                     Ok(0) => {
@@ -139,6 +161,7 @@ pub(super) fn read_chunks(
         Ok(Reader {
             file: file.take(length),
             check: check.map(|c| (c, blake3::Hasher::new())),
+            start: offset,
             seen: 0,
             at_end: false,
             buf: BytesMut::new(),
@@ -195,7 +218,9 @@ pub(super) fn read_chunks(
 /// us is an error, not a SIGBUS.
 pub(super) fn digest_file(mut file: std::fs::File) -> std::io::Result<(Digest, u64)> {
     use std::io::Read;
-    let mut buf = vec![0u8; DIGEST_READ];
+    let mut storage = vec![0u8; DIGEST_READ + ALIGN];
+    let aligned = storage.as_ptr().align_offset(ALIGN);
+    let buf = &mut storage[aligned..aligned + DIGEST_READ];
     let mut hasher = blake3::Hasher::new();
     let mut size = 0u64;
     loop {
@@ -215,4 +240,35 @@ pub(super) fn digest_file(mut file: std::fs::File) -> std::io::Result<(Digest, u
         size += filled as u64;
     }
     Ok((Digest(*hasher.finalize().as_bytes()), size))
+}
+
+/// Streams the first `length` bytes of `file` (all of it with `u64::MAX`), read the way
+/// downloads are (aligned batches on the blocking pool, see [`read_chunks`]), for any code
+/// that sends a local file's bytes on (adopting a spooled upload, re-hashing one).
+pub fn file_stream(file: std::fs::File, length: u64) -> ByteStream {
+    read_chunks(file, 0, length, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_buffers_are_aligned_like_the_file_offset() {
+        let mut buf = BytesMut::new();
+        for offset in (0..200u64).chain([4095, 4096, 65_537, u64::MAX / 2 + 3]) {
+            align_for(&mut buf, READ_CHUNK, offset);
+            assert!(buf.is_empty());
+            assert!(buf.capacity() >= READ_CHUNK);
+            let address = buf.spare_capacity_mut().as_ptr() as u64;
+            assert_eq!(
+                address.wrapping_sub(offset) % ALIGN as u64,
+                0,
+                "offset {offset}"
+            );
+            // As a read would: fill some, hand it on.
+            buf.extend_from_slice(&[1; 100]);
+            let _sent = buf.split().freeze();
+        }
+    }
 }
