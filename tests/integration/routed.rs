@@ -680,3 +680,103 @@ async fn worker_once_sweeps_abandoned_staging_and_runs_a_scheduled_verification(
         .get(0);
     assert_eq!(failed, 1);
 }
+
+/// Unsigned bodies of known length go up as one streamed PUT: with an announced digest straight
+/// to the address, without one to a staging key. Through the real server: a wrong announced
+/// digest is a 422 problem and leaves nothing in the bucket; right ones (raw PUT, upload
+/// session) and unannounced ones are stored and read back; no staging is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_puts_to_s3_through_the_server_keep_nothing_for_a_wrong_digest() {
+    let Some(mut s3) = s3_settings() else { return };
+    s3.sign_payload = Some(false);
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let storage = storage_file(dir.path(), &s3, "s3", "sign_payload = false\n");
+    let stack = Stack::start(&db, &storage, &dir.path().join("blobs"));
+    let store = S3Store::open("s3", &s3).unwrap();
+    let package = stack.package("standard").await;
+    // Above the 6 MiB threshold: the streamed path.
+    let data = random_bytes(13 * 1024 * 1024 + 5, 70);
+    let address = DualHasher::digest(&data).primary_address();
+    let other = DualHasher::digest(&random_bytes(100, 71)).primary_address();
+
+    let resp = stack
+        .http
+        .put(stack.server.url(&format!(
+            "/packages/{package}/files/wrong.bin?expected_digest={other}"
+        )))
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    assert_eq!(store.head(&address).await.unwrap(), None);
+    assert_eq!(store.head(&other).await.unwrap(), None);
+    crate::s3::assert_no_staging_left(&store, &s3).await;
+
+    let right = stack
+        .put(
+            &package,
+            &format!("right.bin?expected_digest={address}"),
+            &data,
+        )
+        .await;
+    // Not announced: staged, then copied to its address.
+    let unannounced = random_bytes(data.len(), 72);
+    let plain = stack.put(&package, "plain.bin", &unannounced).await;
+
+    // An upload session announcing the digest (of bytes stored already: a dedup): its spooled
+    // file is adopted the same way.
+    let session = stack
+        .json(
+            reqwest::Method::POST,
+            "/uploads",
+            Some(json!({
+                "package_id": package,
+                "relative_path": "session.bin",
+                "size": data.len(),
+                "expected_digest": address.to_string(),
+            })),
+        )
+        .await;
+    let url = stack.server.url(session["upload_url"].as_str().unwrap());
+    let resp = stack
+        .http
+        .patch(&url)
+        .header(
+            "Content-Range",
+            format!("bytes 0-{}/{}", data.len() - 1, data.len()),
+        )
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let resp = stack
+        .http
+        .post(format!("{url}/complete"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let session_file = resp.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    assert_eq!(store.head(&address).await.unwrap(), Some(data.len() as u64));
+    let unannounced_address = DualHasher::digest(&unannounced).primary_address();
+    assert_eq!(
+        store.head(&unannounced_address).await.unwrap(),
+        Some(data.len() as u64)
+    );
+    for (id, bytes) in [
+        (&right, &data),
+        (&plain, &unannounced),
+        (&session_file, &data),
+    ] {
+        assert!(stack.download(id).await.as_deref() == Some(bytes.as_slice()));
+    }
+    crate::s3::assert_no_staging_left(&store, &s3).await;
+}

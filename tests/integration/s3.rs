@@ -69,7 +69,7 @@ async fn s3_store_passes_conformance_streamed_put_path() {
 }
 
 /// Nothing is left under the staging prefix: no objects and no unfinished uploads.
-async fn assert_no_staging_left(store: &S3Store, settings: &S3Settings) {
+pub async fn assert_no_staging_left(store: &S3Store, settings: &S3Settings) {
     let prefix = format!("{}/.staging/", settings.key_prefix);
     // A dropped staged write is aborted in the background: wait for it, with a bound.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);

@@ -2,10 +2,19 @@
 
 use crate::harness::{collect, random_bytes};
 use artifactstore::identity::{ContentAddress, DualHasher};
-use artifactstore::storage::{BlobStore, ByteRange, CommitOutcome, WriteHint, local::LocalStore};
+use artifactstore::storage::{
+    BlobStore, ByteRange, CommitOutcome, StagedBlob, WriteHint, local::LocalStore,
+};
 use bytes::Bytes;
 use futures::TryStreamExt;
 use std::sync::Arc;
+
+/// Writes `data` into `staged` in pieces of 100,000 bytes.
+async fn write_pieces(staged: &mut Box<dyn StagedBlob>, data: &[u8]) {
+    for piece in data.chunks(100_000) {
+        staged.write(Bytes::copy_from_slice(piece)).await.unwrap();
+    }
+}
 
 pub async fn put(
     store: &dyn BlobStore,
@@ -70,9 +79,7 @@ pub async fn conformance(store: Arc<dyn BlobStore>) {
             (&bytes[..], false),
         ] {
             let mut staged = store.stage_with(hint).await.unwrap();
-            for piece in written.chunks(100_000) {
-                staged.write(Bytes::copy_from_slice(piece)).await.unwrap();
-            }
+            write_pieces(&mut staged, written).await;
             if abort {
                 staged.abort().await.unwrap();
             } else {
@@ -85,9 +92,7 @@ pub async fn conformance(store: Arc<dyn BlobStore>) {
         if announced {
             let other_address = DualHasher::digest(&other).primary_address();
             let mut staged = store.stage_with(hint).await.unwrap();
-            for piece in other.chunks(100_000) {
-                staged.write(Bytes::copy_from_slice(piece)).await.unwrap();
-            }
+            write_pieces(&mut staged, &other).await;
             if staged.commit(&other_address).await.is_ok() {
                 assert!(collect(store.get(&other_address, None).await.unwrap()).await == other);
                 store.delete(&other_address).await.unwrap();
@@ -95,9 +100,7 @@ pub async fn conformance(store: Arc<dyn BlobStore>) {
             assert_eq!(store.head(&address).await.unwrap(), None, "{what}");
         }
         let mut staged = store.stage_with(hint).await.unwrap();
-        for piece in bytes.chunks(100_000) {
-            staged.write(Bytes::copy_from_slice(piece)).await.unwrap();
-        }
+        write_pieces(&mut staged, &bytes).await;
         assert_eq!(
             staged.commit(&address).await.unwrap(),
             CommitOutcome::Stored,
@@ -109,9 +112,7 @@ pub async fn conformance(store: Arc<dyn BlobStore>) {
         );
         // The same again: reported as the dedup it is.
         let mut staged = store.stage_with(hint).await.unwrap();
-        for piece in bytes.chunks(100_000) {
-            staged.write(Bytes::copy_from_slice(piece)).await.unwrap();
-        }
+        write_pieces(&mut staged, &bytes).await;
         assert_eq!(
             staged.commit(&address).await.unwrap(),
             CommitOutcome::AlreadyPresent,
