@@ -15,7 +15,7 @@ use crate::identity::{ContentAddress, DualHasher, HashPipeline};
 use crate::model::{PackageId, RelativePath, TenantId, Timestamp};
 use bytes::Bytes;
 use futures::{Stream, StreamExt, pin_mut};
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom};
 use std::path::PathBuf;
 use uuid::Uuid;
 
@@ -523,83 +523,37 @@ impl Registry {
     }
 }
 
-/// Appends a chunk's bytes to a session's spool file: gathered into writes of
-/// [`WRITE_BATCH`](crate::storage::local::WRITE_BATCH) (one trip to the blocking pool each,
-/// not one per network read), with writeback started every
-/// [`WRITEBACK_EVERY`](crate::storage::local::WRITEBACK_EVERY) bytes so that the sync at the
-/// end of the chunk finds little left to flush.
+/// Appends a chunk's bytes to a session's spool file (through the local backend's
+/// [`Appender`](crate::storage::local::Appender): large aligned writes, writeback started as
+/// it grows, so that the sync at the end of the chunk finds little left to flush).
 struct Spool {
-    file: Option<nix::fcntl::Flock<std::fs::File>>,
-    buffer: bytes::BytesMut,
-    /// Bytes handed to the file so far (its write position).
-    written: u64,
-    writeback_from: u64,
+    appender: crate::storage::local::Appender<nix::fcntl::Flock<std::fs::File>>,
 }
 
 impl Spool {
     fn new(file: nix::fcntl::Flock<std::fs::File>, offset: u64) -> Self {
         Spool {
-            file: Some(file),
-            buffer: bytes::BytesMut::new(),
-            written: offset,
-            writeback_from: offset,
+            appender: crate::storage::local::Appender::new(file, offset),
         }
     }
 
     async fn write(&mut self, bytes: Bytes) -> std::io::Result<()> {
-        self.buffer.extend_from_slice(&bytes);
-        if self.buffer.len() >= crate::storage::local::WRITE_BATCH {
-            self.flush().await?;
-        }
-        Ok(())
-    }
-
-    async fn flush(&mut self) -> std::io::Result<()> {
-        if self.buffer.is_empty() {
-            return Ok(());
-        }
-        let data = self.buffer.split().freeze();
-        let mut file = self.file.take().expect("spool file present until finish");
-        let end = self.written + data.len() as u64;
-        let writeback = (end - self.writeback_from >= crate::storage::local::WRITEBACK_EVERY)
-            .then_some((self.writeback_from, end));
-        let (file, result) = tokio::task::spawn_blocking(move || {
-            let r = file.write_all(&data);
-            if r.is_ok()
-                && let Some((from, to)) = writeback
-            {
-                crate::storage::local::start_writeback(&file, from, to);
-            }
-            (file, r)
-        })
-        .await
-        .map_err(std::io::Error::other)?;
-        self.file = Some(file);
-        result?;
-        self.written = end;
-        if writeback.is_some() {
-            self.writeback_from = end;
-        }
-        Ok(())
+        self.appender.write(bytes).await
     }
 
     /// Writes what is buffered, cuts the file to `len` (dropping the bytes of a chunk that
     /// failed) and makes it durable.
-    async fn finish(mut self, len: u64) -> std::io::Result<nix::fcntl::Flock<std::fs::File>> {
-        let flushed = if len > self.written {
-            self.flush().await
-        } else {
-            Ok(())
-        };
-        let file = self.file.take().expect("spool file present until finish");
-        let (file, synced) = tokio::task::spawn_blocking(move || {
-            let r = file.set_len(len).and_then(|()| file.sync_data());
-            (file, r)
-        })
-        .await
-        .map_err(std::io::Error::other)?;
-        flushed?;
-        synced?;
-        Ok(file)
+    async fn finish(self, len: u64) -> std::io::Result<nix::fcntl::Flock<std::fs::File>> {
+        let cut_and_sync =
+            move |file: &std::fs::File| file.set_len(len).and_then(|()| file.sync_data());
+        if len >= self.appender.len() {
+            let (file, ()) = self.appender.finish(cut_and_sync).await?;
+            return Ok(file);
+        }
+        // A failed chunk: its buffered bytes are not kept.
+        let file = self.appender.into_file();
+        tokio::task::spawn_blocking(move || cut_and_sync(&file).map(|()| file))
+            .await
+            .map_err(std::io::Error::other)?
     }
 }

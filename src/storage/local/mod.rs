@@ -6,24 +6,22 @@
 use super::{BackendHealth, BlobInfo, BlobStore, ByteRange, ByteStream, CommitOutcome, StagedBlob};
 use crate::error::{Error, Result};
 use crate::identity::{Algorithm, ContentAddress, Digest};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
+mod append;
 mod publish;
 mod read;
 
+pub(crate) use append::Appender;
 pub use read::file_stream;
 
 use publish::{SMALL_BLOB_MAX, commit_file, publish_small};
-pub(crate) use publish::{WRITEBACK_EVERY, start_writeback};
 use read::{Check, read_chunks};
 
 const STAGING_DIR: &str = ".staging";
-/// Writes are batched to this size so each trip to the blocking pool moves a lot of bytes.
-pub(crate) const WRITE_BATCH: usize = 1024 * 1024;
 
 /// A directory of blobs.
 #[derive(Debug, Clone)]
@@ -121,12 +119,10 @@ impl BlobStore for LocalStore {
         Ok(Box::new(LocalStaged {
             store: self.clone(),
             path,
-            file: Some(file),
-            buffer: BytesMut::new(),
+            appender: Some(Appender::new(file, 0)),
             written: 0,
-            flushed: 0,
-            writeback_from: 0,
             synced: false,
+            settled: false,
         }))
     }
 
@@ -323,48 +319,24 @@ fn walk_algorithm(
 struct LocalStaged {
     store: LocalStore,
     path: PathBuf,
-    file: Option<std::fs::File>,
-    buffer: BytesMut,
+    /// The staging file; gone once a write or [`StagedBlob::prepare`] failed.
+    appender: Option<Appender<std::fs::File>>,
+    /// Bytes handed to [`StagedBlob::write`].
     written: u64,
-    /// Bytes handed to the file so far.
-    flushed: u64,
-    /// Start of the range whose writeback has not been started yet.
-    writeback_from: u64,
     /// The file is durable ([`StagedBlob::prepare`] synced it).
     synced: bool,
+    /// Committed or aborted: the staging file is no longer this write's to remove on drop.
+    settled: bool,
 }
 
 impl LocalStaged {
-    async fn flush_buffer(&mut self) -> Result<()> {
-        if self.buffer.is_empty() {
-            return Ok(());
-        }
-        let data = self.buffer.split().freeze();
-        let mut file = self
-            .file
-            .take()
-            .expect("file present until commit or abort");
-        let end = self.flushed + data.len() as u64;
-        let writeback =
-            (end - self.writeback_from >= WRITEBACK_EVERY).then_some((self.writeback_from, end));
-        let (file, result) = tokio::task::spawn_blocking(move || {
-            let r = file.write_all(&data);
-            if r.is_ok()
-                && let Some((from, to)) = writeback
-            {
-                start_writeback(&file, from, to);
-            }
-            (file, r)
+    fn appender(&mut self) -> Result<&mut Appender<std::fs::File>> {
+        self.appender.as_mut().ok_or_else(|| {
+            Error::storage(
+                &self.store.id,
+                "the staged write failed earlier; it must be aborted",
+            )
         })
-        .await
-        .map_err(|e| Error::storage(&self.store.id, e))?;
-        self.file = Some(file);
-        result.map_err(|e| self.store.io_error("writing staging file", e))?;
-        self.flushed = end;
-        if writeback.is_some() {
-            self.writeback_from = end;
-        }
-        Ok(())
     }
 }
 
@@ -372,13 +344,10 @@ impl LocalStaged {
 impl StagedBlob for LocalStaged {
     async fn write(&mut self, chunk: Bytes) -> Result<()> {
         self.written += chunk.len() as u64;
-        if self.buffer.is_empty() && chunk.len() >= WRITE_BATCH {
-            self.buffer = BytesMut::from(chunk);
-            return self.flush_buffer().await;
-        }
-        self.buffer.extend_from_slice(&chunk);
-        if self.buffer.len() >= WRITE_BATCH {
-            self.flush_buffer().await?;
+        let result = self.appender()?.write(chunk).await;
+        if let Err(e) = result {
+            self.appender = None;
+            return Err(self.store.io_error("writing staging file", e));
         }
         Ok(())
     }
@@ -388,43 +357,46 @@ impl StagedBlob for LocalStaged {
     }
 
     async fn prepare(&mut self, address: &ContentAddress) -> Result<()> {
-        let mut file = self
-            .file
-            .take()
-            .expect("file present until commit or abort");
-        let data = self.buffer.split().freeze();
+        self.appender()?;
+        let appender = self.appender.take().expect("checked above");
         let dest = self.store.path_of(address);
-        let size = self.written;
+        let size = appender.len();
         // One trip to a blocking thread: the last buffered bytes, then the sync.
-        let (file, result) = tokio::task::spawn_blocking(move || {
-            if let Err(e) = file.write_all(&data) {
-                return (file, Err(("writing staging file", e)));
-            }
-            // A small blob is synced at commit, after it is in place (see `publish_small`);
-            // bytes already stored are not ours to sync: commit will drop this copy.
-            if size <= SMALL_BLOB_MAX || std::fs::metadata(&dest).is_ok_and(|m| m.len() == size) {
-                return (file, Ok(false));
-            }
-            let r = file.sync_all().map(|()| true);
-            (file, r.map_err(|e| ("syncing staging file", e)))
-        })
-        .await
-        .map_err(|e| Error::storage(&self.store.id, e))?;
-        self.file = Some(file);
-        self.flushed = self.written;
-        self.synced = result.map_err(|(what, e)| self.store.io_error(what, e))?;
+        let (file, synced) = appender
+            .finish(move |file| {
+                // A small blob is synced at commit, after it is in place (see
+                // `publish_small`); bytes already stored are not ours to sync: commit will
+                // drop this copy.
+                if size <= SMALL_BLOB_MAX || std::fs::metadata(&dest).is_ok_and(|m| m.len() == size)
+                {
+                    return Ok(false);
+                }
+                file.sync_all().map(|()| true)
+            })
+            .await
+            .map_err(|e| self.store.io_error("writing and syncing staging file", e))?;
+        self.appender = Some(Appender::new(file, size));
+        self.synced = synced;
         Ok(())
     }
 
     async fn commit(mut self: Box<Self>, address: &ContentAddress) -> Result<CommitOutcome> {
-        self.flush_buffer().await?;
-        let file = self
-            .file
-            .take()
-            .expect("file present until commit or abort");
+        // From here on a failure leaves the staging file to the staging sweep, as before.
+        self.settled = true;
+        let mut appender = self.appender.take().ok_or_else(|| {
+            Error::storage(
+                &self.store.id,
+                "the staged write failed earlier; it must be aborted",
+            )
+        })?;
+        let size = appender.len();
+        appender
+            .flush()
+            .await
+            .map_err(|e| self.store.io_error("writing staging file", e))?;
+        let file = appender.into_file();
         let staged = self.path.clone();
         let dest = self.store.path_of(address);
-        let size = self.written;
         let root = self.store.root.clone();
         let synced = self.synced;
         let address = *address;
@@ -442,7 +414,8 @@ impl StagedBlob for LocalStaged {
     }
 
     async fn abort(mut self: Box<Self>) -> Result<()> {
-        self.file.take();
+        self.settled = true;
+        self.appender.take();
         match tokio::fs::remove_file(&self.path).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -454,7 +427,7 @@ impl StagedBlob for LocalStaged {
 impl Drop for LocalStaged {
     fn drop(&mut self) {
         // Neither committed nor aborted (the request was cancelled): remove the staging file.
-        if self.file.is_some() {
+        if !self.settled {
             let _ = std::fs::remove_file(&self.path);
         }
     }
