@@ -402,8 +402,7 @@ impl StagedBlob for LocalStaged {
         let address = *address;
         let outcome = tokio::task::spawn_blocking(move || {
             if size <= SMALL_BLOB_MAX {
-                drop(file);
-                publish_small(&staged, &dest, &address, size, &root)
+                publish_small(file, &staged, &dest, &address, size, &root)
             } else {
                 commit_file(file, &staged, &dest, &address, size, &root, synced)
             }

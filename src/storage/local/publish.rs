@@ -51,6 +51,7 @@ pub(super) fn commit_file(
 /// swapped for a durable copy, and a concurrent publish that finds our linked copy syncs it
 /// itself before it returns.
 pub(super) fn publish_small(
+    file: std::fs::File,
     staged: &Path,
     dest: &Path,
     address: &ContentAddress,
@@ -58,17 +59,18 @@ pub(super) fn publish_small(
     root: &Path,
 ) -> std::io::Result<CommitOutcome> {
     let created = create_parents(dest, root)?;
-    let outcome = match std::fs::hard_link(staged, dest) {
-        Ok(()) => CommitOutcome::Stored,
+    // The file now under the address, to sync: ours (linked or renamed), or the copy found.
+    let (outcome, under_address) = match std::fs::hard_link(staged, dest) {
+        Ok(()) => (CommitOutcome::Stored, file),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             if holds(dest, address, size) {
-                CommitOutcome::AlreadyPresent
+                (CommitOutcome::AlreadyPresent, std::fs::File::open(dest)?)
             } else {
                 // Replacing a file (rare): sync ours first, so that whatever a concurrent
                 // publish of the same bytes finds and relies on is never an unsynced copy.
-                std::fs::File::open(staged)?.sync_all()?;
+                file.sync_all()?;
                 std::fs::rename(staged, dest)?;
-                CommitOutcome::Stored
+                (CommitOutcome::Stored, file)
             }
         }
         Err(e) => return Err(e),
@@ -78,7 +80,7 @@ pub(super) fn publish_small(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {} // renamed into place
         Err(e) => return Err(e),
     }
-    std::fs::File::open(dest)?.sync_all()?;
+    under_address.sync_all()?;
     sync_parents(dest, &created)?;
     Ok(outcome)
 }
@@ -108,6 +110,8 @@ fn holds(dest: &Path, address: &ContentAddress, size: u64) -> bool {
 }
 
 /// Creates `dest`'s missing parent directories below `root`; returns those it created.
+/// Fan-out directories are never removed, so one that exists is left alone: no `mkdir`
+/// (which takes its parent's lock, contended by concurrent publishes) just to learn that.
 fn create_parents(dest: &Path, root: &Path) -> std::io::Result<Vec<PathBuf>> {
     let parent = dest.parent().expect("blob path has a parent");
     let mut created = Vec::new();
@@ -116,7 +120,9 @@ fn create_parents(dest: &Path, root: &Path) -> std::io::Result<Vec<PathBuf>> {
         created.push(dir.to_path_buf());
         dir = dir.parent().expect("inside root");
     }
-    std::fs::create_dir_all(parent)?;
+    if !created.is_empty() {
+        std::fs::create_dir_all(parent)?;
+    }
     Ok(created)
 }
 
