@@ -201,14 +201,23 @@ mod tests {
         }
     }
 
+    /// An appender at the start of a new file in a temporary directory.
+    fn new_file() -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        Appender<std::fs::File>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = std::fs::File::create(&path).unwrap();
+        (dir, path, Appender::new(file, 0))
+    }
+
     /// Every write the appender makes starts from a buffer aligned like its file offset, and
     /// the file ends up holding exactly the chunks, whatever their sizes.
     #[tokio::test]
     async fn appends_every_chunk_in_order_from_aligned_buffers() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        let file = std::fs::File::create(&path).unwrap();
-        let mut appender = Appender::new(file, 0);
+        let (_dir, path, mut appender) = new_file();
         let mut expected = Vec::new();
         let sizes = [
             1,
@@ -231,8 +240,7 @@ mod tests {
                 assert!(aligned_like(&appender.buffer, start));
             }
         }
-        let (file, ()) = appender.finish(|f| f.sync_all()).await.unwrap();
-        drop(file);
+        drop(appender.finish(|f| f.sync_all()).await.unwrap());
         assert_eq!(std::fs::read(&path).unwrap(), expected);
     }
 
@@ -240,10 +248,7 @@ mod tests {
     /// follows is buffered again, and the file holds both.
     #[tokio::test]
     async fn an_aligned_large_chunk_is_written_without_a_copy() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        let file = std::fs::File::create(&path).unwrap();
-        let mut appender = Appender::new(file, 0);
+        let (_dir, path, mut appender) = new_file();
         let mut big = BytesMut::new();
         align_for(&mut big, 2 * WRITE_BATCH, 0);
         big.extend((0..2 * WRITE_BATCH).map(|b| (b % 251) as u8));
@@ -255,8 +260,7 @@ mod tests {
         appender.write(Bytes::from_static(b"tail")).await.unwrap();
         assert_eq!(appender.buffer.len(), 4);
         assert!(aligned_like(&appender.buffer, appender.position));
-        let (file, ()) = appender.finish(|f| f.sync_all()).await.unwrap();
-        drop(file);
+        drop(appender.finish(|f| f.sync_all()).await.unwrap());
         let mut expected = big.to_vec();
         expected.extend_from_slice(b"tail");
         assert_eq!(std::fs::read(&path).unwrap(), expected);

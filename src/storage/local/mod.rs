@@ -381,8 +381,7 @@ impl StagedBlob for LocalStaged {
     }
 
     async fn commit(mut self: Box<Self>, address: &ContentAddress) -> Result<CommitOutcome> {
-        // From here on a failure leaves the staging file to the staging sweep, as before.
-        self.settled = true;
+        // Until the bytes are all written, a failure drops this write and its staging file.
         let mut appender = self.appender.take().ok_or_else(|| {
             Error::storage(
                 &self.store.id,
@@ -394,6 +393,9 @@ impl StagedBlob for LocalStaged {
             .flush()
             .await
             .map_err(|e| self.store.io_error("writing staging file", e))?;
+        // From here on the file is being published: a failure leaves it to the staging sweep
+        // (it may already be linked or renamed under its address).
+        self.settled = true;
         let file = appender.into_file();
         let staged = self.path.clone();
         let dest = self.store.path_of(address);
