@@ -17,8 +17,8 @@
 mod common;
 
 use common::{
-    Ratio, Server, cpu_time, curl, fastest, interleaved, json_field, make_file, mbps, median,
-    status_kib, time,
+    PgCalibration, Ratio, Server, calibrate_postgres, cpu_time, curl, fastest, interleaved,
+    json_field, make_file, mbps, median, status_kib, time,
 };
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -65,7 +65,7 @@ fn main() {
         let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("bench-http-small-{}", std::process::id()));
         // BENCH_URL: load a server that is already running (e.g. one being profiled).
-        let (_server, base) = match std::env::var("BENCH_URL") {
+        let (server, base) = match std::env::var("BENCH_URL") {
             Ok(url) => (None, url),
             Err(_) => {
                 let server = start_server(&work.join("data"));
@@ -78,6 +78,9 @@ fn main() {
             "| 4 KiB ingests, 16 concurrent clients ({count}) | **{:.0}/s** |",
             count as f64 / took.as_secs_f64()
         );
+        if server.is_some() {
+            print_calibration(&calibrate_postgres(&work.join("data")));
+        }
         return;
     }
     let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-http");
@@ -210,6 +213,7 @@ fn main() {
             count as f64 / took.as_secs_f64()
         })
         .collect();
+    let calibration = calibrate_postgres(&work.join("data"));
 
     // push of a 1,000-file tree, twice.
     let tree = work.join("tree");
@@ -283,6 +287,7 @@ fn main() {
             .join(", "),
         median(&small)
     );
+    print_calibration(&calibration);
     println!(
         "| `push` of 1,000 files (first time) | {first_push:.2?} = {:.0} files/s |",
         1000.0 / first_push.as_secs_f64()
@@ -436,6 +441,14 @@ impl Drop for Nginx {
             .status();
         let _ = self.child.wait();
     }
+}
+
+/// The calibration rows of the small-files table (see [`calibrate_postgres`]).
+fn print_calibration(pg: &PgCalibration) {
+    println!(
+        "| for scale: PostgreSQL alone on this machine now (`pgbench`, single-row INSERTs, fsync on) | {:.0}/s with 1 client, {:.0}/s with 16 |",
+        pg.one_client, pg.sixteen_clients
+    );
 }
 
 /// Concurrent clients of the 4 KiB ingest run, and files each.

@@ -12,6 +12,14 @@
 //!   `curl` GET straight from the bucket. Target >= 0.9x.
 //! - Verify: `artifactstore verify` over the same bytes on the local backend and on S3, vs
 //!   `b3sum` of the file.
+//!
+//!     BENCH_S3_PIN=true cargo bench --bench s3     # the S3 server on CPU 0, the rest on CPU 1
+//!
+//! On a 2-core machine Ceph (RGW, OSD, monitor) competes with our server for the same cores,
+//! where in production the S3 server runs on machines of its own. `BENCH_S3_PIN` models that:
+//! Ceph's processes are pinned to CPU 0 and this process, with everything it starts (our
+//! server, curl, b3sum), to CPU 1, for both sides of every comparison alike; Ceph gets all
+//! CPUs back at the end.
 
 mod common;
 
@@ -94,6 +102,8 @@ fn main() {
         .unwrap_or(1024);
     let size = size_mib << 20;
     let s3 = start_ceph();
+    let pinned = std::env::var("BENCH_S3_PIN").is_ok_and(|v| v == "true" || v == "1");
+    let ceph_pins = pinned.then(pin_ceph_and_self);
     let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-s3");
     let data = work.join("data");
     if data.exists() {
@@ -240,6 +250,7 @@ fn main() {
         .args(["postgres", "stop", "--data-dir"])
         .arg(&data)
         .output();
+    drop(ceph_pins);
 
     let row = |what: &str, d: Duration, ratio: Option<(f64, &str)>| {
         let ratio = ratio
@@ -263,6 +274,11 @@ fn main() {
             "signed (default over http)"
         }
     );
+    if pinned {
+        println!(
+            "Pinned (`BENCH_S3_PIN=true`): Ceph on CPU 0; the clients and our server on CPU 1.\n"
+        );
+    }
     println!("| what | time | MB/s | ratio |");
     println!("|---|---|---|---|");
     rounds(
@@ -297,6 +313,48 @@ fn main() {
         verify_s3,
         Some((b3.as_secs_f64() / verify_s3.as_secs_f64(), "b3sum")),
     );
+}
+
+/// Ceph's processes, pinned to CPU 0 until this is dropped.
+struct CephPinned(Vec<String>);
+
+impl Drop for CephPinned {
+    fn drop(&mut self) {
+        let online = std::fs::read_to_string("/sys/devices/system/cpu/online")
+            .unwrap_or_else(|_| "0-1".into());
+        for pid in &self.0 {
+            let _ = Command::new("taskset")
+                .args(["-a", "-p", "-c", online.trim(), pid])
+                .stdout(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Pins every thread of Ceph's processes to CPU 0 (until the result is dropped), and this
+/// process (so everything it starts from now on) to CPU 1.
+fn pin_ceph_and_self() -> CephPinned {
+    let out = Command::new("pgrep")
+        .args(["-f", "ceph-mon|ceph-mgr|ceph-osd|radosgw"])
+        .output()
+        .expect("run pgrep");
+    let pids = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!pids.trim().is_empty(), "no Ceph process found to pin");
+    let taskset = |args: &[&str]| {
+        let ok = Command::new("taskset")
+            .args(args)
+            .stdout(Stdio::null())
+            .status()
+            .expect("run taskset")
+            .success();
+        assert!(ok, "taskset {args:?} failed");
+    };
+    let pids: Vec<String> = pids.split_whitespace().map(str::to_owned).collect();
+    for pid in &pids {
+        taskset(&["-a", "-p", "-c", "0", pid]);
+    }
+    taskset(&["-p", "-c", "1", &std::process::id().to_string()]);
+    CephPinned(pids)
 }
 
 /// The file's BLAKE3 digest, hex.

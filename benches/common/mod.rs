@@ -256,3 +256,76 @@ pub async fn bench_registry(work: &Path, pool_size: usize) -> BenchRegistry {
         registry,
     }
 }
+
+/// What PostgreSQL alone does on this machine in this run: single-row INSERT transactions per
+/// second (fsync on) with 1 and with 16 clients, measured by `pgbench` on the private cluster
+/// under `data` (the server's, running). The 4 KiB ingest target is stated against it ("PostgreSQL
+/// alone commits ~7,000 single-row transactions/s here"), and this machine's speed varies
+/// from day to day, so each report says what the machine did that day.
+pub struct PgCalibration {
+    pub one_client: f64,
+    pub sixteen_clients: f64,
+}
+
+pub fn calibrate_postgres(data: &Path) -> PgCalibration {
+    use artifactstore::db::cluster::{ClusterOptions, ManagedCluster, find_server_binaries};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (cluster, url) = rt.block_on(async {
+        let cluster = ManagedCluster::start_or_reuse(ClusterOptions {
+            dir: data.to_owned(),
+            unsafe_fast: false,
+        })
+        .await
+        .expect("attach to the server's private cluster");
+        cluster
+            .ensure_database("calibration")
+            .await
+            .expect("create the calibration database");
+        let url = cluster.url("calibration");
+        let client = artifactstore::db::connect(&url).await.unwrap();
+        client
+            .batch_execute(
+                "DROP TABLE IF EXISTS rows; \
+                 CREATE TABLE rows (id bigserial PRIMARY KEY, body text NOT NULL)",
+            )
+            .await
+            .unwrap();
+        (cluster, url)
+    });
+    let script = data.join("calibration.sql");
+    std::fs::write(&script, "INSERT INTO rows (body) VALUES ('x');\n").unwrap();
+    // Beside the server binaries, else Debian's wrapper on PATH.
+    let pgbench = Some(find_server_binaries().unwrap().join("pgbench"))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| "pgbench".into());
+    let tps = |clients: usize| -> f64 {
+        let out = Command::new(&pgbench)
+            .args(["-n", "-T", "3", "-j"])
+            .arg(clients.min(2).to_string())
+            .arg("-c")
+            .arg(clients.to_string())
+            .arg("-f")
+            .arg(&script)
+            .arg(&url)
+            .output()
+            .expect("run pgbench");
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find_map(|l| l.strip_prefix("tps = "))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "pgbench printed no rate: {text}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })
+    };
+    let calibration = PgCalibration {
+        one_client: tps(1),
+        sixteen_clients: tps(16),
+    };
+    drop(cluster);
+    let _ = std::fs::remove_file(&script);
+    calibration
+}
