@@ -11,7 +11,8 @@
 //!   Target >= 0.8x; the server's peak RSS (VmHWM) during them, target < 100 MiB.
 //! - Download with `curl -o /dev/null` (file in page cache) vs nginx (`sendfile on`) serving
 //!   the same bytes. Target >= 0.9x.
-//! - 4 KiB ingests/s with 16 concurrent clients. Target >= 1,000/s.
+//! - 4 KiB ingests/s with 16 concurrent clients. Target >= 1,000/s. Then, for scale, what
+//!   PostgreSQL alone commits on this machine now (`pgbench` on the server's own cluster).
 //! - `artifactstore push` of a 1,000-file tree, then the same tree again.
 
 mod common;
