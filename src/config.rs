@@ -145,11 +145,13 @@ impl ServiceArgs {
         let database_url = match self.database_url.as_deref() {
             None | Some("") => None,
             Some(url) => {
-                url.parse::<tokio_postgres::Config>().map_err(|e| {
+                // Parsed here, TLS set-up included (a `sslrootcert` file that cannot be read
+                // fails at start, not at the first connection).
+                crate::db::target(url).map_err(|e| {
                     invalid(
                         "ARTIFACTSTORE_DATABASE_URL",
                         "--database-url",
-                        format!("not a PostgreSQL URL: {e}"),
+                        format!("not a usable PostgreSQL URL: {e}"),
                     )
                 })?;
                 Some(url.to_owned())

@@ -93,7 +93,20 @@ impl From<tokio_postgres::Error> for Error {
                 Error::InvalidInput(format!("text the database cannot store: {}", db.message()))
             }
             Some(db) => Error::Database(format!("{}: {}", db.code().code(), db.message())),
-            None => Error::Database(e.to_string()),
+            // The cause says what went wrong below (a TLS handshake's "invalid peer
+            // certificate: UnknownIssuer", a refused connection): keep it.
+            None => {
+                let mut message = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(cause) = source {
+                    let text = cause.to_string();
+                    if !message.contains(&text) {
+                        message = format!("{message}: {text}");
+                    }
+                    source = cause.source();
+                }
+                Error::Database(message)
+            }
         }
     }
 }

@@ -1,26 +1,27 @@
 //! PostgreSQL: connection pool, embedded migrations, and the managed private cluster.
 
 pub mod cluster;
+mod tls;
+
+pub use tls::{Target, target};
 
 use crate::error::{Error, Result};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use std::str::FromStr;
 
 mod embedded {
     refinery::embed_migrations!("sql");
 }
 
-/// Builds a connection pool for `url`.
+/// Builds a connection pool for `url` (TLS as its `sslmode` says, see [`target`]).
 pub fn pool(url: &str, max_size: usize) -> Result<Pool> {
-    let config = tokio_postgres::Config::from_str(url)
-        .map_err(|e| Error::InvalidInput(format!("database URL is invalid: {e}")))?;
-    let manager = Manager::from_config(
-        config,
-        tokio_postgres::NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+    let Target { config, tls } = target(url)?;
+    let manager_config = ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let manager = match tls {
+        Some(tls) => Manager::from_config(config, tls, manager_config),
+        None => Manager::from_config(config, tokio_postgres::NoTls, manager_config),
+    };
     Pool::builder(manager)
         .max_size(max_size)
         .build()
@@ -29,13 +30,31 @@ pub fn pool(url: &str, max_size: usize) -> Result<Pool> {
 
 /// Opens one unpooled connection, driven by a background task.
 pub async fn connect(url: &str) -> Result<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "database connection closed");
+    let Target { config, tls } = target(url)?;
+    let client = match tls {
+        Some(tls) => {
+            let (client, connection) = config.connect(tls).await?;
+            tokio::spawn(drive(connection));
+            client
         }
-    });
+        None => {
+            let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+            tokio::spawn(drive(connection));
+            client
+        }
+    };
     Ok(client)
+}
+
+/// Runs a connection until it closes.
+async fn drive<S, T>(connection: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if let Err(e) = connection.await {
+        tracing::debug!(error = %e, "database connection closed");
+    }
 }
 
 /// Applies every pending migration from `sql/`; returns how many ran.

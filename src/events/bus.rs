@@ -177,34 +177,20 @@ async fn listen_once(
     latest: &watch::Sender<i64>,
     connected: &AtomicBool,
 ) -> crate::Result<()> {
-    let mut config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e| crate::Error::Database(format!("event listener URL: {e}")))?;
+    let crate::db::Target { mut config, tls } = crate::db::target(url)?;
     config.application_name(LISTENER_APPLICATION_NAME);
-    let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     // We drive the connection ourselves: notifications arrive as messages on it.
-    let driver = tokio::spawn(async move {
-        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(message) = messages.next().await {
-            match message {
-                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
-                    if tx
-                        .send(Ok(n.payload().parse::<i64>().unwrap_or(0)))
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-            }
+    let (client, driver) = match tls {
+        Some(tls) => {
+            let (client, connection) = config.connect(tls).await?;
+            (client, tokio::spawn(forward_notifications(connection, tx)))
         }
-        let _ = tx.send(Ok(-1)); // connection closed
-    });
+        None => {
+            let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+            (client, tokio::spawn(forward_notifications(connection, tx)))
+        }
+    };
     client
         .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
         .await?;
@@ -226,6 +212,36 @@ async fn listen_once(
     };
     driver.abort();
     result
+}
+
+/// Sends the sequence number of every notification on `connection` to `tx`, then `-1` once
+/// the connection closes (or an error).
+async fn forward_notifications<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    tx: tokio::sync::mpsc::UnboundedSender<std::result::Result<i64, tokio_postgres::Error>>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut messages = futures::stream::poll_fn(|cx| connection.poll_message(cx));
+    while let Some(message) = messages.next().await {
+        match message {
+            Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                if tx
+                    .send(Ok(n.payload().parse::<i64>().unwrap_or(0)))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        }
+    }
+    let _ = tx.send(Ok(-1)); // connection closed
 }
 
 fn bump(current: &mut i64, seen: i64) -> bool {

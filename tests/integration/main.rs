@@ -10,6 +10,7 @@ mod events_api;
 mod gc;
 mod group_commit;
 mod managed_postgres;
+mod postgres_tls;
 mod registry_flow;
 mod replay;
 mod retention;

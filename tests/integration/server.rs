@@ -143,6 +143,10 @@ fn invalid_settings_stop_start_up_with_one_line_naming_the_setting() {
         ("ARTIFACTSTORE_LISTEN", "not-an-address"),
         ("ARTIFACTSTORE_MAX_FILE_SIZE", "huge"),
         ("ARTIFACTSTORE_DATABASE_URL", "postgres://x:y@h:notaport/db"),
+        (
+            "ARTIFACTSTORE_DATABASE_URL",
+            "postgres://x:y@h/db?sslmode=require&sslrootcert=/nonexistent/ca.pem",
+        ),
         ("ARTIFACTSTORE_LOG_FORMAT", "xml"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_artifactstore"))
