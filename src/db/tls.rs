@@ -5,7 +5,6 @@
 //!   certificates in `sslrootcert=<PEM file>` when given (a managed service's CA bundle),
 //!   else against the system's roots; the host name (or IP address) must match. This is
 //!   stricter than libpq's `require`, which encrypts without checking who answers.
-//!
 //! - `sslmode=verify-full` (libpq's name for what `require` does here) is taken as `require`;
 //!   `verify-ca` (a chain check without the host name) is refused rather than made stricter
 //!   behind the operator's back.
@@ -49,16 +48,12 @@ pub fn target(url: &str) -> Result<Target> {
 /// and that option's path.
 fn take_tls_options(url: &str) -> Result<(String, Option<PathBuf>)> {
     let mut root_cert = None;
-    // What to keep of one `key=value` option: `None` drops it.
+    // What to keep of one `key=value` option (`value` as written: percent-decoded in a URL,
+    // unquoted in key=value form): `None` drops it.
     let mut keep = |key: &str, value: &str, pair: &str| -> Result<Option<String>> {
         match (key, value) {
             ("sslrootcert", _) => {
-                let path = percent_encoding::percent_decode_str(value)
-                    .decode_utf8()
-                    .map_err(|_| {
-                        Error::InvalidInput("database URL: sslrootcert is not UTF-8".into())
-                    })?;
-                root_cert = Some(PathBuf::from(path.into_owned()));
+                root_cert = Some(PathBuf::from(value));
                 Ok(None)
             }
             ("sslmode", "verify-full") => Ok(Some("sslmode=require".into())),
@@ -77,7 +72,12 @@ fn take_tls_options(url: &str) -> Result<(String, Option<PathBuf>)> {
                 let mut kept = Vec::new();
                 for pair in query.split('&').filter(|p| !p.is_empty()) {
                     let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-                    kept.extend(keep(key, value, pair)?);
+                    let value = percent_encoding::percent_decode_str(value)
+                        .decode_utf8()
+                        .map_err(|_| {
+                            Error::InvalidInput(format!("database URL: {key} is not UTF-8"))
+                        })?;
+                    kept.extend(keep(key, &value, pair)?);
                 }
                 if kept.is_empty() {
                     base.to_owned()
@@ -161,6 +161,9 @@ mod tests {
             take_tls_options("host=db dbname=x sslmode=require sslrootcert='/ca.pem'").unwrap();
         assert_eq!(rest, "host=db dbname=x sslmode=require");
         assert_eq!(cert, Some(PathBuf::from("/ca.pem")));
+        // key=value values are not percent-encoded: a `%` in a path stays.
+        let (_, cert) = take_tls_options("host=db sslrootcert=/certs/100%25.pem").unwrap();
+        assert_eq!(cert, Some(PathBuf::from("/certs/100%25.pem")));
         let (rest, cert) = take_tls_options("postgres://db/x?application_name=a").unwrap();
         assert_eq!(rest, "postgres://db/x?application_name=a");
         assert_eq!(cert, None);
