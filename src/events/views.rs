@@ -127,57 +127,75 @@ async fn ingests_together(tx: &Tx<'_>, run: &[(&StoredEvent, &FileIngested)]) ->
     ];
     let referenced: [Param; 1] = [&blake3];
     let packages: [Param; 2] = [&package, &sizes];
-    futures::try_join!(
-        exec(
-            tx,
-            "INSERT INTO blobs (blake3, sha256, size, created_at) \
-             SELECT b, s, z, t FROM unnest($1::bytea[], $2::bytea[], $3::int8[], \
-                                         $4::timestamptz[]) WITH ORDINALITY AS u(b, s, z, t, o) \
-             ORDER BY o \
-             ON CONFLICT (blake3) DO NOTHING",
-            &blobs,
-        ),
-        exec(
-            tx,
-            "INSERT INTO storage_locations (blake3, backend_id, key, status, stored_at) \
-             SELECT DISTINCT ON (b, k) b, k, y, 'present', t \
-             FROM unnest($1::bytea[], $2::text[], $3::text[], $4::timestamptz[]) \
-                  WITH ORDINALITY AS u(b, k, y, t, o) \
-             ORDER BY b, k, o \
-             ON CONFLICT (blake3, backend_id) DO UPDATE SET status = 'present', key = EXCLUDED.key \
-             WHERE storage_locations.status <> 'present'",
-            &locations,
-        ),
-        exec(
-            tx,
-            "INSERT INTO files (id, tenant, package_id, relative_path, size, media_type, blake3, \
-                                created_at, created_sequence) \
-             SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::int8[], \
-                                  $6::text[], $7::bytea[], $8::timestamptz[], $9::int8[])",
-            &files,
-        ),
-        exec(
-            tx,
-            "UPDATE blobs SET unreferenced_since = NULL \
-             WHERE blake3 = ANY($1) AND unreferenced_since IS NOT NULL",
-            &referenced,
-        ),
-        exec(
-            tx,
-            "UPDATE packages p SET file_count = p.file_count + d.files, \
-                                   total_size = p.total_size + d.bytes \
-             FROM (SELECT package_id, count(*)::int AS files, sum(size)::int8 AS bytes \
-                   FROM unnest($1::uuid[], $2::int8[]) AS u(package_id, size) \
-                   GROUP BY package_id) d \
-             WHERE p.id = d.package_id",
-            &packages,
-        ),
-    )?;
+    exec_in_order(
+        tx,
+        &[
+            (
+                "INSERT INTO blobs (blake3, sha256, size, created_at) \
+                 SELECT b, s, z, t FROM unnest($1::bytea[], $2::bytea[], $3::int8[], \
+                                             $4::timestamptz[]) WITH ORDINALITY AS u(b, s, z, t, o) \
+                 ORDER BY o \
+                 ON CONFLICT (blake3) DO NOTHING",
+                &blobs,
+            ),
+            (
+                "INSERT INTO storage_locations (blake3, backend_id, key, status, stored_at) \
+                 SELECT DISTINCT ON (b, k) b, k, y, 'present', t \
+                 FROM unnest($1::bytea[], $2::text[], $3::text[], $4::timestamptz[]) \
+                      WITH ORDINALITY AS u(b, k, y, t, o) \
+                 ORDER BY b, k, o \
+                 ON CONFLICT (blake3, backend_id) DO UPDATE SET status = 'present', key = EXCLUDED.key \
+                 WHERE storage_locations.status <> 'present'",
+                &locations,
+            ),
+            (
+                "INSERT INTO files (id, tenant, package_id, relative_path, size, media_type, blake3, \
+                                    created_at, created_sequence) \
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::int8[], \
+                                      $6::text[], $7::bytea[], $8::timestamptz[], $9::int8[])",
+                &files,
+            ),
+            (
+                "UPDATE blobs SET unreferenced_since = NULL \
+                 WHERE blake3 = ANY($1) AND unreferenced_since IS NOT NULL",
+                &referenced,
+            ),
+            (
+                "UPDATE packages p SET file_count = p.file_count + d.files, \
+                                       total_size = p.total_size + d.bytes \
+                 FROM (SELECT package_id, count(*)::int AS files, sum(size)::int8 AS bytes \
+                       FROM unnest($1::uuid[], $2::int8[]) AS u(package_id, size) \
+                       GROUP BY package_id) d \
+                 WHERE p.id = d.package_id",
+                &packages,
+            ),
+        ],
+    )
+    .await?;
     Ok(())
 }
 
 /// One statement parameter.
 type Param<'a> = &'a (dyn ToSql + Sync);
+
+/// Executes statements in one round trip, in the order given. Each is prepared first (once
+/// per connection): tokio-postgres sends a request when it is first polled, so an execute
+/// whose statement still had to be prepared would go out after those of statements prepared
+/// already, and PostgreSQL would run them out of order (a `retention_state` row before its
+/// package: a foreign-key violation).
+pub(super) async fn exec_in_order(tx: &Tx<'_>, statements: &[(&str, &[Param<'_>])]) -> Result<()> {
+    let prepared =
+        futures::future::try_join_all(statements.iter().map(|(sql, _)| tx.prepare_cached(sql)))
+            .await?;
+    futures::future::try_join_all(
+        prepared
+            .iter()
+            .zip(statements)
+            .map(|(statement, (_, params))| tx.execute(statement, params)),
+    )
+    .await?;
+    Ok(())
+}
 
 /// Executes with a statement prepared once per connection.
 pub(super) async fn exec(tx: &Tx<'_>, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
@@ -212,22 +230,24 @@ async fn package_created(tx: &Tx<'_>, event: &StoredEvent, p: &PackageCreated) -
         &event.sequence,
     ];
     let retention: [Param; 2] = [id, &tenant];
-    // Both statements in one round trip (pipelined, in order): see `file_ingested`.
-    futures::try_join!(
-        exec(
-            tx,
-            "INSERT INTO packages (id, tenant, producer, subject, retention_class, metadata, \
-                                   status, created_at, created_sequence) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $8)",
-            &package,
-        ),
-        exec(
-            tx,
-            "INSERT INTO retention_state (package_id, tenant, expires_at, legal_hold) \
-             VALUES ($1, $2, NULL, false)",
-            &retention,
-        ),
-    )?;
+    // Both statements in one round trip, run in this order.
+    exec_in_order(
+        tx,
+        &[
+            (
+                "INSERT INTO packages (id, tenant, producer, subject, retention_class, metadata, \
+                                       status, created_at, created_sequence) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $8)",
+                &package,
+            ),
+            (
+                "INSERT INTO retention_state (package_id, tenant, expires_at, legal_hold) \
+                 VALUES ($1, $2, NULL, false)",
+                &retention,
+            ),
+        ],
+    )
+    .await?;
     Ok(())
 }
 

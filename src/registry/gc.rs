@@ -26,11 +26,24 @@ fn lock_key(digest: &Digest) -> i32 {
     i32::from_be_bytes([digest.0[0], digest.0[1], digest.0[2], digest.0[3]])
 }
 
+const LOCK_SHARED: &str = "SELECT pg_advisory_xact_lock_shared($1, $2)";
+const LOCK_MANY_SHARED: &str =
+    "SELECT pg_advisory_xact_lock_shared($1, k) FROM unnest($2::int4[]) AS k";
+
+/// Prepares the shared-lock statements on the transaction's connection (once per connection).
+/// A caller that sends a lock together with statements of its own, to run after it, calls this
+/// first: an execute waiting for its statement to be prepared would be sent after the others.
+pub(super) async fn prepare_blob_locks(tx: &events::Tx<'_>) -> Result<()> {
+    futures::try_join!(
+        tx.prepare_cached(LOCK_SHARED),
+        tx.prepare_cached(LOCK_MANY_SHARED)
+    )?;
+    Ok(())
+}
+
 /// Takes the blob's lock shared until the transaction ends (waits while a collector holds it).
 pub(super) async fn lock_blob_shared(tx: &events::Tx<'_>, digest: &Digest) -> Result<()> {
-    let statement = tx
-        .prepare_cached("SELECT pg_advisory_xact_lock_shared($1, $2)")
-        .await?;
+    let statement = tx.prepare_cached(LOCK_SHARED).await?;
     tx.execute(&statement, &[&BLOB_LOCKS, &lock_key(digest)])
         .await?;
     Ok(())
@@ -42,9 +55,7 @@ pub(super) async fn lock_blobs_shared(tx: &events::Tx<'_>, digests: &[Digest]) -
         return Ok(());
     }
     let keys: Vec<i32> = digests.iter().map(lock_key).collect();
-    let statement = tx
-        .prepare_cached("SELECT pg_advisory_xact_lock_shared($1, k) FROM unnest($2::int4[]) AS k")
-        .await?;
+    let statement = tx.prepare_cached(LOCK_MANY_SHARED).await?;
     tx.execute(&statement, &[&BLOB_LOCKS, &keys]).await?;
     Ok(())
 }

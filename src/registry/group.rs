@@ -411,6 +411,8 @@ async fn lock_and_find_damaged(
              WHERE blake3 = ANY($1) AND status = 'failed'",
         )
         .await?;
+    // Sent together, run in order: the check reads behind the locks.
+    super::gc::prepare_blob_locks(tx).await?;
     let ((), rows) = futures::try_join!(super::gc::lock_blobs_shared(tx, &digests), async {
         Ok(tx.query(&damaged, &[&blake3]).await?)
     })?;

@@ -209,6 +209,7 @@ impl Registry {
             .await?;
         let blake3 = digest.blake3.0.as_slice();
         let backend_id = backend.id();
+        super::gc::prepare_blob_locks(&tx).await?;
         let ((), damaged) =
             futures::try_join!(super::gc::lock_blob_shared(&tx, &digest.blake3), async {
                 Ok(tx

@@ -246,3 +246,78 @@ async fn identical_tail_reads_in_flight_are_sent_once() {
     assert_eq!(reader.reads(), 4);
     assert_eq!(again.events.len(), 4);
 }
+
+/// Statements a mutation sends together run in the order written, whatever the connection has
+/// prepared already. tokio-postgres sends a request when it is first polled, so an execute
+/// still waiting for its statement to be prepared could be overtaken by one prepared earlier:
+/// the `retention_state` row before its package, a file's location before its blob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_sent_together_run_in_order_whatever_the_connection_has_prepared() {
+    use artifactstore::registry::IngestRequest;
+    // The later statement of two sent together (copies of the registry's own text).
+    const LATER: [&str; 2] = [
+        "INSERT INTO retention_state (package_id, tenant, expires_at, legal_hold) \
+         VALUES ($1, $2, NULL, false)",
+        "INSERT INTO storage_locations (blake3, backend_id, key, status, stored_at) \
+         SELECT DISTINCT ON (b, k) b, k, y, 'present', t \
+         FROM unnest($1::bytea[], $2::text[], $3::text[], $4::timestamptz[]) \
+              WITH ORDINALITY AS u(b, k, y, t, o) \
+         ORDER BY b, k, o \
+         ON CONFLICT (blake3, backend_id) DO UPDATE SET status = 'present', key = EXCLUDED.key \
+         WHERE storage_locations.status <> 'present'",
+    ];
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    // One connection, which has prepared the later statements and not the earlier ones.
+    let pool = artifactstore::db::pool(&db.url, 1).unwrap();
+    {
+        let client = pool.get().await.unwrap();
+        for sql in LATER {
+            client.prepare_cached(sql).await.unwrap();
+        }
+    }
+    let store = artifactstore::storage::local::LocalStore::open("local", dir.path()).unwrap();
+    let registry = artifactstore::Registry::new(
+        pool.clone(),
+        artifactstore::storage::Backends::single(Arc::new(store)),
+    );
+    let tenant = TenantId::default_tenant();
+    let work = async {
+        let package = crate::harness::package(&registry).await;
+        let request = IngestRequest {
+            relative_path: artifactstore::model::RelativePath::new("a.txt").unwrap(),
+            media_type: None,
+            expected_digest: None,
+            replace: false,
+        };
+        let data = crate::harness::random_bytes(1000, 9);
+        registry
+            .ingest_file(
+                &tenant,
+                package.id,
+                request,
+                crate::harness::body(&data, 100),
+            )
+            .await
+            .unwrap();
+    };
+    tokio::time::timeout(Duration::from_secs(30), work)
+        .await
+        .expect("no deadlock on one connection");
+    // The copies above are the very statements the registry ran (else this checks nothing).
+    let client = pool.get().await.unwrap();
+    for sql in LATER {
+        let prepared: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_prepared_statements WHERE statement = $1",
+                &[&sql],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            prepared, 1,
+            "the test's copy of a statement is stale: {sql}"
+        );
+    }
+}

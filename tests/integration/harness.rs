@@ -212,3 +212,18 @@ pub async fn collect(stream: artifactstore::storage::ByteStream) -> Vec<u8> {
         .await
         .unwrap()
 }
+
+/// A new open package of the default tenant (producer `p`, subject `s`).
+pub async fn package(registry: &Registry) -> artifactstore::registry::Package {
+    registry
+        .create_package(
+            &artifactstore::model::TenantId::default_tenant(),
+            artifactstore::registry::NewPackage {
+                producer: "p".into(),
+                subject: "s".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+}
