@@ -83,6 +83,15 @@ pub struct ServiceArgs {
         default_value = "86400"
     )]
     pub upload_ttl_seconds: String,
+    /// Upload sessions that may stream into their storage backend as their chunks arrive, at
+    /// once (S3: each holds a request open, and with signed bodies up to
+    /// (1 + multipart_concurrency) parts in memory). Others are sent at completion. 0: never.
+    #[arg(
+        long,
+        env = "ARTIFACTSTORE_MAX_WRITE_THROUGH_UPLOADS",
+        default_value = "16"
+    )]
+    pub max_write_through_uploads: String,
     /// Largest JSON request body (bytes, or with a unit). File bytes are streamed and bounded
     /// by `--max-file-size` instead.
     #[arg(long, env = "ARTIFACTSTORE_MAX_JSON_BODY", default_value = "8MiB")]
@@ -212,6 +221,18 @@ impl ServiceArgs {
                     "expected seconds from 1 to 2592000",
                 )
             })?;
+        let max_write_through_uploads = self
+            .max_write_through_uploads
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n <= 10_000)
+            .ok_or_else(|| {
+                invalid(
+                    "ARTIFACTSTORE_MAX_WRITE_THROUGH_UPLOADS",
+                    "--max-write-through-uploads",
+                    "expected a number from 0 to 10000",
+                )
+            })?;
         let max_json_body = parse_size(&self.max_json_body)
             .filter(|n| *n > 0)
             .ok_or_else(|| {
@@ -285,6 +306,7 @@ impl ServiceArgs {
                 max_file_size,
                 max_files_per_package,
                 upload_ttl_seconds,
+                max_write_through_uploads,
             },
             shutdown_grace: std::time::Duration::from_secs(grace),
             max_json_body,

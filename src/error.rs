@@ -70,6 +70,18 @@ impl Error {
         }
     }
 
+    /// Whether retrying the same request later may succeed: the storage backend or the
+    /// database is unavailable (503 to clients).
+    pub fn may_pass(&self) -> bool {
+        matches!(
+            self,
+            Error::Storage {
+                unavailable: true,
+                ..
+            } | Error::Database(_)
+        )
+    }
+
     /// A storage error that is not about availability.
     pub fn storage(backend: &str, message: impl std::fmt::Display) -> Self {
         Error::Storage {

@@ -247,7 +247,8 @@ impl UploadsApi {
     /// Complete an upload
     ///
     /// Turns the received bytes into a file. With an `expected_digest` that does not match,
-    /// answers 422 and nothing is kept.
+    /// answers 422 and nothing is kept. A 503 (the storage backend or the database
+    /// unavailable) keeps the session and its bytes: complete again later.
     #[oai(
         path = "/uploads/:id/complete",
         method = "post",

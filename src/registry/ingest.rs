@@ -79,20 +79,7 @@ impl Registry {
             .unwrap_or_else(|| DEFAULT_MEDIA_TYPE.into());
         validate_media_type(&media_type)?;
         // Fail fast, before any byte is stored, on what can already be known.
-        let backend = {
-            let client = self.pool.get().await?;
-            check_can_add(
-                &client,
-                tenant,
-                package_id,
-                &request,
-                self.limits.max_files_per_package,
-                false,
-            )
-            .await?
-            .backend(&self.backends)
-            .clone()
-        };
+        let backend = self.backend_for(tenant, package_id, &request).await?;
         // Only a BLAKE3 address names the place the bytes will be stored under.
         let expected = request
             .expected_digest
@@ -119,6 +106,27 @@ impl Registry {
             staged.commit(&address),
         )
         .await
+    }
+
+    /// The backend a file's bytes go to, once the package is found able to take the file
+    /// (the tenant's, open, with room, the path free or replaceable).
+    pub(super) async fn backend_for(
+        &self,
+        tenant: &TenantId,
+        package_id: PackageId,
+        request: &IngestRequest,
+    ) -> Result<std::sync::Arc<dyn BlobStore>> {
+        let client = self.pool.get().await?;
+        let can_add = check_can_add(
+            &client,
+            tenant,
+            package_id,
+            request,
+            self.limits.max_files_per_package,
+            false,
+        )
+        .await?;
+        Ok(can_add.backend(&self.backends).clone())
     }
 
     /// Copies the stream into the staged write while the hashing thread digests it.

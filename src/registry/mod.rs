@@ -24,7 +24,7 @@ pub use reads::FileDownload;
 pub use retention::{Expiry, RetentionClass};
 pub use storage::{Location, VerifyOutcome, VerifyScope, VerifyTotals};
 pub use types::{FileRecord, Package, PackageStatus, RetentionInfo, StoredManifest};
-pub use uploads::{Chunk, NewUpload, UploadSession};
+pub use uploads::{Chunk, NewUpload, UploadSession, WriteThroughStats};
 pub use usage::Usage;
 
 use crate::model::{Clock, SystemClock};
@@ -41,6 +41,9 @@ pub struct Limits {
     pub max_files_per_package: u64,
     /// How long an upload session lives without being completed.
     pub upload_ttl_seconds: u64,
+    /// Upload sessions that may stream into their backend as their chunks arrive, at once
+    /// (see [`BlobStore::write_through`](crate::storage::BlobStore::write_through)).
+    pub max_write_through_uploads: usize,
 }
 
 impl Default for Limits {
@@ -49,6 +52,7 @@ impl Default for Limits {
             max_file_size: 5 << 30,
             max_files_per_package: 10_000,
             upload_ttl_seconds: 24 * 3600,
+            max_write_through_uploads: 16,
         }
     }
 }
@@ -61,11 +65,11 @@ pub struct Registry {
     clock: Arc<dyn Clock>,
     limits: Limits,
     upload_dir: std::path::PathBuf,
-    /// Hashing state of upload sessions in this process: (bytes hashed, state). Lost on
-    /// restart, in which case completion re-reads the spooled bytes.
-    upload_hashers: Arc<
-        std::sync::Mutex<std::collections::HashMap<uuid::Uuid, (u64, crate::identity::DualHasher)>>,
-    >,
+    /// Upload sessions' hashing state and write-throughs in this process. Lost on restart,
+    /// in which case completion re-reads the spooled bytes.
+    live_uploads: uploads::LiveUploads,
+    /// Bounds and counts upload sessions writing through to their backend.
+    write_through: Arc<uploads::WriteThroughSlots>,
     /// Records small ingests in batches (group commit).
     committer: group::Committer,
 }
@@ -79,7 +83,10 @@ impl Registry {
             clock: Arc::new(SystemClock),
             limits: Limits::default(),
             upload_dir: std::env::temp_dir().join("artifactstore-uploads"),
-            upload_hashers: Arc::default(),
+            live_uploads: Arc::default(),
+            write_through: Arc::new(uploads::WriteThroughSlots::new(
+                Limits::default().max_write_through_uploads,
+            )),
             committer: group::Committer::default(),
         }
     }
@@ -99,6 +106,9 @@ impl Registry {
     /// Replaces the limits.
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self.write_through = Arc::new(uploads::WriteThroughSlots::new(
+            limits.max_write_through_uploads,
+        ));
         self
     }
 
@@ -115,6 +125,12 @@ impl Registry {
     /// The limits in force.
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// Upload sessions that wrote through to their backend in this process, and how they
+    /// ended.
+    pub fn write_through_stats(&self) -> WriteThroughStats {
+        self.write_through.stats()
     }
 
     /// Small ingests recorded by group commit so far in this process: (transactions, files).

@@ -108,6 +108,14 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
         let _ = hint;
         self.stage().await
     }
+    /// Whether an upload session of `size` bytes, which arrives over many requests and is
+    /// spooled on the server's disk meanwhile, should also stream into a staged write here as
+    /// its bytes arrive ("write-through"), so that completion need not send them again. The
+    /// default is no: right for a backend that [adopts](Self::adopt_file) a file by moving it.
+    fn write_through(&self, size: u64) -> bool {
+        let _ = size;
+        false
+    }
     /// Streams the blob, or a range of it. A missing blob is `Error::NotFound`.
     async fn get(&self, address: &ContentAddress, range: Option<ByteRange>) -> Result<ByteStream>;
     /// Streams the whole blob, checking it as it goes against `size` bytes hashing to

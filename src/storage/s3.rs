@@ -453,6 +453,12 @@ impl BlobStore for S3Store {
         }))
     }
 
+    /// Above the in-memory threshold: sending a spooled file at completion would take as
+    /// long again as receiving it did.
+    fn write_through(&self, size: u64) -> bool {
+        size > self.inner.threshold
+    }
+
     async fn get(&self, address: &ContentAddress, range: Option<ByteRange>) -> Result<ByteStream> {
         let inner = &self.inner;
         let mut request = inner

@@ -20,3 +20,4 @@ mod s3_strict;
 mod server;
 mod storage_conformance;
 mod uploads;
+mod write_through;

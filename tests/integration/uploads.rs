@@ -4,7 +4,7 @@
 use crate::harness::{TestDb, TestEnv, random_bytes};
 use crate::server::Server;
 use artifactstore::model::{Clock, RelativePath, TenantId, Timestamp};
-use artifactstore::registry::{NewPackage, NewUpload};
+use artifactstore::registry::NewUpload;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use reqwest::{Client, StatusCode};
@@ -68,17 +68,49 @@ async fn offset(http: &Client, base: &str, id: &str) -> usize {
 /// with a clean error that leaves the offset where the server says it is.
 #[test]
 fn upload_lifecycle_property() {
+    lifecycle_property(&[], 24);
+}
+
+/// The same against S3, where a session of a declared size over 1 KiB writes through to the
+/// bucket as its chunks arrive (and falls back to the spool when that cannot hold).
+#[test]
+fn upload_lifecycle_property_writing_through_to_s3() {
+    let Some(s3) = crate::s3::s3_settings() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("storage.toml");
+    std::fs::write(
+        &storage,
+        format!(
+            "default_backend = \"s3\"\n[backends.s3]\nkind = \"s3\"\nendpoint_url = \"{}\"\n\
+             bucket = \"{}\"\nkey_prefix = \"{}\"\naccess_key_ref = \"env:AWS_ACCESS_KEY_ID\"\n\
+             secret_key_ref = \"env:AWS_SECRET_ACCESS_KEY\"\nforce_path_style = true\n\
+             sign_payload = false\nmultipart_threshold_bytes = 1024\n",
+            s3.endpoint_url.as_deref().unwrap(),
+            s3.bucket,
+            s3.key_prefix
+        ),
+    )
+    .unwrap();
+    lifecycle_property(
+        &[("ARTIFACTSTORE_STORAGE_FILE", storage.to_str().unwrap())],
+        16,
+    );
+}
+
+fn lifecycle_property(server_env: &[(&str, &str)], cases: u32) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     let db = rt.block_on(TestDb::new());
-    let server = Server::start(&db, &[]);
+    let server = Server::start(&db, server_env);
     let base = server.base.clone();
     let http = Client::new();
     let mut runner = TestRunner::new(Config {
-        cases: 24,
+        cases,
         failure_persistence: None,
         ..Config::default()
     });
@@ -436,17 +468,7 @@ async fn abandoned_sessions_expire_and_their_bytes_are_removed() {
         .with_clock(clock.clone())
         .with_upload_dir(&spool);
     let tenant = TenantId::default_tenant();
-    let package = registry
-        .create_package(
-            &tenant,
-            NewPackage {
-                producer: "p".into(),
-                subject: "s".into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let package = crate::harness::package(&registry).await;
     let new = |path: &str| NewUpload {
         package_id: package.id,
         relative_path: RelativePath::new(path).unwrap(),
@@ -503,17 +525,7 @@ async fn completion_after_a_restart_rehashes_the_spooled_bytes() {
     let before = env.registry.clone().with_upload_dir(&spool);
     let tenant = TenantId::default_tenant();
     let data = random_bytes(3_000_000, 77);
-    let package = before
-        .create_package(
-            &tenant,
-            NewPackage {
-                producer: "p".into(),
-                subject: "s".into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let package = crate::harness::package(&before).await;
     let new = |path: &str| NewUpload {
         package_id: package.id,
         relative_path: RelativePath::new(path).unwrap(),

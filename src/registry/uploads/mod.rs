@@ -3,9 +3,22 @@
 //! Chunks are appended to a spool file per session (local disk of the server), one writer at a
 //! time (an exclusive `flock` on the spool file). The session's offset in PostgreSQL only moves
 //! after the chunk is on disk (fsync), so after any crash the spool is truncated back to the
-//! recorded offset and the client resumes from `GET /uploads/{id}`. Completion streams the
-//! spool through the ordinary ingest (hashing, dedup, backend staging), so the digests are
-//! computed over exactly the bytes kept, whatever happened in between.
+//! recorded offset and the client resumes from `GET /uploads/{id}`.
+//!
+//! The bytes are hashed as they are spooled, and for a backend that wants them as they arrive
+//! (S3) they also stream into a staged write there ([`live`]). Completion then checks the
+//! digest and commits that write, or, without it, lets the backend adopt the spool file. A
+//! process that does not hold the session's state (a restart) streams the spool through the
+//! ordinary ingest instead, so the digests are always computed over exactly the bytes kept,
+//! whatever happened in between.
+
+mod live;
+mod spool;
+
+pub use live::WriteThroughStats;
+use live::{LiveUpload, WriteThrough};
+pub(crate) use live::{LiveUploads, WriteThroughSlots};
+use spool::Spool;
 
 use super::Registry;
 use super::ingest::{DEFAULT_MEDIA_TYPE, check_can_add, validate_media_type};
@@ -87,6 +100,29 @@ fn row(r: &tokio_postgres::Row) -> Result<Row> {
         media_type: r.get(6),
         expected_digest: r.get(7),
         replace: r.get(8),
+    })
+}
+
+/// What completing a session asks of the ingest: its path, media type, expected digest.
+fn ingest_request(current: &Row) -> Result<super::IngestRequest> {
+    let expected = current
+        .expected_digest
+        .as_deref()
+        .map(|d| {
+            d.parse::<ContentAddress>()
+                .map_err(|e| Error::Integrity(e.to_string()))
+        })
+        .transpose()?;
+    Ok(super::IngestRequest {
+        relative_path: current.session.relative_path.clone(),
+        media_type: Some(
+            current
+                .media_type
+                .clone()
+                .unwrap_or_else(|| DEFAULT_MEDIA_TYPE.into()),
+        ),
+        expected_digest: expected,
+        replace: current.replace,
     })
 }
 
@@ -247,14 +283,18 @@ impl Registry {
             .map_err(|e| Error::storage("uploads", e))?;
         let mut spool = Spool::new(file, offset);
 
-        // Hash as we spool, continuing this session's state when this process has it.
-        let state = self.upload_hashers.lock().expect("hasher map").remove(&id);
-        let state = match state {
-            Some((hashed, h)) if hashed == offset => Some(h),
-            _ if offset == 0 => Some(DualHasher::new()),
-            _ => None,
+        // Hash as we spool, continuing this session's state when this process has it (a
+        // state for another offset is stale: another process took the session over).
+        let live = self.live_uploads.lock().expect("live uploads").remove(&id);
+        let (hasher, mut through) = match live {
+            Some(live) if live.received == offset => (Some(live.hasher), live.through),
+            _ if offset == 0 => (Some(DualHasher::new()), None),
+            _ => (None, None),
         };
-        let mut pipeline = state.map(HashPipeline::new);
+        if offset == 0 && through.is_none() {
+            through = self.start_write_through(tenant, &current, size).await;
+        }
+        let mut pipeline = hasher.map(HashPipeline::new);
         let mut hashed = 0u64;
         let mut received = offset;
         let mut failure = None;
@@ -281,12 +321,24 @@ impl Registry {
                         p.update(bytes.clone()).await;
                         hashed += len;
                     }
-                    if let Err(e) = spool.write(bytes).await {
+                    if let Err(e) = spool.write(bytes.clone()).await {
                         failure = Some(Error::storage("uploads", format!("writing spool: {e}")));
                         received = offset;
                         break;
                     }
                     received += len;
+                    // Only bytes the spool took go through: the two never disagree on a prefix.
+                    let failed = match &mut through {
+                        Some(t) => t.write(bytes).await.err(),
+                        None => None,
+                    };
+                    if let Some(reason) = failed
+                        && let Some(t) = through.take()
+                    {
+                        tracing::warn!(upload = %id, backend = t.backend().id(), %reason,
+                            "writing through to the backend failed; the spooled file will be \
+                             stored at completion");
+                    }
                 }
                 Err(e) => {
                     // Keep what arrived: the client resumes from the recorded offset.
@@ -310,16 +362,22 @@ impl Registry {
             .await
             .map_err(|e| Error::storage("uploads", format!("syncing spool: {e}")))?;
         if let Some(p) = pipeline {
-            let state = p
+            let hasher = p
                 .finish_state()
                 .await
                 .map_err(|e| Error::Integrity(format!("hashing: {e}")))?;
-            // Keep the state only if it covers exactly the bytes kept.
+            // Keep the state only if it covers exactly the bytes kept (a write-through that
+            // has more, from a chunk the spool dropped, is given up).
             if offset + hashed == received {
-                self.upload_hashers
-                    .lock()
-                    .expect("hasher map")
-                    .insert(id, (received, state));
+                let through = through.take().filter(|t| t.written() == received);
+                self.live_uploads.lock().expect("live uploads").insert(
+                    id,
+                    LiveUpload {
+                        received,
+                        hasher,
+                        through,
+                    },
+                );
             }
         }
         let declared = size.map(|s| s as i64);
@@ -354,32 +412,20 @@ impl Registry {
                 current.session.offset
             )));
         }
-        let expected = current
-            .expected_digest
-            .as_deref()
-            .map(|d| {
-                d.parse::<ContentAddress>()
-                    .map_err(|e| Error::Integrity(e.to_string()))
-            })
-            .transpose()?;
-        let request = super::IngestRequest {
-            relative_path: current.session.relative_path.clone(),
-            media_type: Some(
-                current
-                    .media_type
-                    .clone()
-                    .unwrap_or_else(|| DEFAULT_MEDIA_TYPE.into()),
-            ),
-            expected_digest: expected,
-            replace: current.replace,
-        };
+        let request = ingest_request(&current)?;
         let path = self.spool_path(id);
-        let known = self.upload_hashers.lock().expect("hasher map").remove(&id);
-        if let Some((hashed, state)) = known
-            && hashed == current.session.offset
+        let live = self.live_uploads.lock().expect("live uploads").remove(&id);
+        if let Some(live) = live
+            && live.received == current.session.offset
         {
             return self
-                .complete_hashed(tenant, &current, request, state.finalize())
+                .complete_hashed(
+                    tenant,
+                    &current,
+                    request,
+                    live.hasher.finalize(),
+                    live.through,
+                )
                 .await;
         }
         let file = tokio::fs::File::open(&path)
@@ -403,14 +449,18 @@ impl Registry {
         result
     }
 
-    /// Completion when the digest is already known: the backend adopts the spool file (a
-    /// rename on the local backend) instead of reading and writing the bytes again.
+    /// Completion when the digest is already known: the bytes written through to the backend
+    /// are committed, or else the backend adopts the spool file (a rename on the local
+    /// backend) instead of reading and writing the bytes again. A failure that may pass (the
+    /// backend or the database unavailable) keeps the session and its spooled bytes, so the
+    /// client can complete again later; any other failure ends the session.
     async fn complete_hashed(
         &self,
         tenant: &TenantId,
         current: &Row,
         request: super::IngestRequest,
         digest: crate::identity::DualDigest,
+        through: Option<WriteThrough>,
     ) -> Result<FileRecord> {
         let id = current.session.id;
         if let Err(e) = super::ingest::check_expected(&request, &digest) {
@@ -418,26 +468,28 @@ impl Registry {
             return Err(e);
         }
         // Refuse before moving any bytes if the file can no longer be added.
-        let backend = {
-            let client = self.pool.get().await?;
-            check_can_add(
-                &client,
-                tenant,
-                current.session.package_id,
-                &request,
-                self.limits.max_files_per_package,
-                false,
-            )
-            .await?
-            .backend(&self.backends)
-            .clone()
-        };
+        let backend = self
+            .backend_for(tenant, current.session.package_id, &request)
+            .await?;
         let media_type = request
             .media_type
             .clone()
             .unwrap_or_else(|| DEFAULT_MEDIA_TYPE.into());
         let spool = self.spool_path(id);
         let address = digest.primary_address();
+        // A write-through counts only if it went to this very backend and has every byte.
+        let through =
+            through.filter(|t| t.backend().id() == backend.id() && t.written() == digest.size);
+        let publish = async {
+            if let Some(through) = through {
+                match through.commit(&address).await {
+                    Ok(outcome) => return Ok(outcome),
+                    Err(e) => tracing::warn!(upload = %id, backend = backend.id(), error = %e,
+                        "committing the bytes written through failed; storing the spooled file"),
+                }
+            }
+            backend.adopt_file(&spool, &address).await
+        };
         let record = self
             .publish_and_record(
                 tenant,
@@ -446,11 +498,40 @@ impl Registry {
                 media_type,
                 &digest,
                 backend.as_ref(),
-                backend.adopt_file(&spool, &address),
+                publish,
             )
             .await;
-        self.remove_upload(id).await?;
+        let retry_later = matches!(&record, Err(e) if e.may_pass())
+            && tokio::fs::try_exists(&spool).await.unwrap_or(false);
+        if !retry_later {
+            self.remove_upload(id).await?;
+        }
         record
+    }
+
+    /// A staged write into the backend the session's bytes will be stored in, when the
+    /// backend wants its bytes as they arrive (S3) and the size is known; else `None`.
+    async fn start_write_through(
+        &self,
+        tenant: &TenantId,
+        current: &Row,
+        size: Option<u64>,
+    ) -> Option<WriteThrough> {
+        let size = size?;
+        let request = ingest_request(current).ok()?;
+        // A package that can no longer take the file gets no write-through; completion will
+        // say why.
+        let backend = self
+            .backend_for(tenant, current.session.package_id, &request)
+            .await
+            .ok()?;
+        // Only a BLAKE3 address names the place the bytes will be stored under.
+        let expected = request
+            .expected_digest
+            .filter(|a| a.algorithm() == crate::identity::Algorithm::Blake3);
+        self.write_through
+            .start(backend, size, expected, current.session.id)
+            .await
     }
 
     /// Cancels a session and removes its bytes.
@@ -460,7 +541,7 @@ impl Registry {
     }
 
     async fn remove_upload(&self, id: Uuid) -> Result<()> {
-        self.upload_hashers.lock().expect("hasher map").remove(&id);
+        self.live_uploads.lock().expect("live uploads").remove(&id);
         let client = self.pool.get().await?;
         client
             .execute("DELETE FROM uploads WHERE id = $1", &[&id])
@@ -493,9 +574,9 @@ impl Registry {
             .collect();
         drop(client);
         for r in &rows {
-            self.upload_hashers
+            self.live_uploads
                 .lock()
-                .expect("hasher map")
+                .expect("live uploads")
                 .remove(&r.get::<_, Uuid>(0));
             let _ = tokio::fs::remove_file(self.spool_path(r.get(0))).await;
         }
@@ -520,40 +601,5 @@ impl Registry {
             }
         }
         Ok(rows.len() as u64)
-    }
-}
-
-/// Appends a chunk's bytes to a session's spool file (through the local backend's
-/// [`Appender`](crate::storage::local::Appender): large aligned writes, writeback started as
-/// it grows, so that the sync at the end of the chunk finds little left to flush).
-struct Spool {
-    appender: crate::storage::local::Appender<nix::fcntl::Flock<std::fs::File>>,
-}
-
-impl Spool {
-    fn new(file: nix::fcntl::Flock<std::fs::File>, offset: u64) -> Self {
-        Spool {
-            appender: crate::storage::local::Appender::new(file, offset),
-        }
-    }
-
-    async fn write(&mut self, bytes: Bytes) -> std::io::Result<()> {
-        self.appender.write(bytes).await
-    }
-
-    /// Writes what is buffered, cuts the file to `len` (dropping the bytes of a chunk that
-    /// failed) and makes it durable.
-    async fn finish(self, len: u64) -> std::io::Result<nix::fcntl::Flock<std::fs::File>> {
-        let cut_and_sync =
-            move |file: &std::fs::File| file.set_len(len).and_then(|()| file.sync_data());
-        if len >= self.appender.len() {
-            let (file, ()) = self.appender.finish(cut_and_sync).await?;
-            return Ok(file);
-        }
-        // A failed chunk: its buffered bytes are not kept.
-        let file = self.appender.into_file();
-        tokio::task::spawn_blocking(move || cut_and_sync(&file).map(|()| file))
-            .await
-            .map_err(std::io::Error::other)?
     }
 }
