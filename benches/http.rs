@@ -18,7 +18,7 @@
 mod common;
 
 use common::{
-    PgCalibration, Ratio, Server, calibrate_postgres, cpu_time, curl, fastest, interleaved,
+    Nginx, PgCalibration, Ratio, Server, calibrate_postgres, cpu_time, curl, fastest, interleaved,
     json_field, make_file, mbps, median, status_kib, time,
 };
 use std::path::{Path, PathBuf};
@@ -203,7 +203,7 @@ fn main() {
     // Download vs nginx serving the same bytes with sendfile.
     time(Command::new("cat").arg(&blob).stdout(Stdio::null()));
     reset_peak(pid);
-    let nginx = Nginx::serve(&work, &blob);
+    let nginx = Nginx::serve_file(&work, &blob);
     let downloads = compare_downloads(&format!("{base}/files/{file_id}/download"), &nginx.url);
     drop(nginx);
     let download_rss = status_kib(pid, "VmHWM:");
@@ -324,7 +324,7 @@ fn download_only(work: &Path, size: u64) {
         .join(blake3);
     let url = format!("{base}/files/{}/download", file["id"].as_str().unwrap());
     time(Command::new("cat").arg(&blob).stdout(Stdio::null()));
-    let nginx = Nginx::serve(work, &blob);
+    let nginx = Nginx::serve_file(work, &blob);
     let cpu_before = cpu_time(server.child.id());
     let downloads = compare_downloads(&url, &nginx.url);
     let cpu = cpu_time(server.child.id()) - cpu_before;
@@ -382,65 +382,6 @@ impl Downloads {
             mbps(size, ours),
             Ratio::of(&self.theirs, &self.ours),
         );
-    }
-}
-
-/// nginx serving one file (`sendfile on`) on a free loopback port; stopped when dropped.
-struct Nginx {
-    child: std::process::Child,
-    url: String,
-}
-
-impl Nginx {
-    fn serve(work: &Path, blob: &Path) -> Nginx {
-        let www = work.join("www");
-        std::fs::create_dir_all(&www).unwrap();
-        let served = www.join("big.bin");
-        let _ = std::fs::remove_file(&served);
-        std::fs::hard_link(blob, &served).unwrap_or_else(|_| {
-            std::fs::copy(blob, &served).unwrap();
-        });
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let conf = work.join("nginx.conf");
-        std::fs::write(&conf, format!(
-            "daemon off; worker_processes 1; pid {pid}; error_log {err} warn;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{ sendfile on; tcp_nopush on; access_log off; server {{ listen 127.0.0.1:{port}; root {root}; }} }}\n",
-            pid = work.join("nginx.pid").display(), err = work.join("nginx.err").display(), root = www.display()
-        )).unwrap();
-        let child = Command::new("nginx")
-            .arg("-c")
-            .arg(&conf)
-            .arg("-p")
-            .arg(work)
-            .spawn()
-            .expect("nginx (apt-get install nginx-light)");
-        std::thread::sleep(Duration::from_millis(500));
-        // Workers run as nobody: make the tree readable.
-        let _ = Command::new("chmod")
-            .args(["-R", "a+rX"])
-            .arg(&www)
-            .status();
-        let _ = Command::new("chmod").args(["a+rx"]).arg(work).status();
-        Nginx {
-            child,
-            url: format!("http://127.0.0.1:{port}/big.bin"),
-        }
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGTERM, not kill(): a SIGKILLed master leaves its worker running (holding our
-        // stdout).
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
     }
 }
 

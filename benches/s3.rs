@@ -10,6 +10,10 @@
 //!   straight to the bucket. Target >= 0.8x.
 //! - Download: `curl -o /dev/null` from our server (digest checked as it streams) vs a signed
 //!   `curl` GET straight from the bucket. Target >= 0.9x.
+//! - Push: `artifactstore push` of a directory holding the file (new bytes each run), the
+//!   way a user uploads a large artifact (through an upload session), vs the same direct PUT.
+//! - A relay that does nothing (nginx `proxy_pass`, bodies streamed both ways), PUT and GET
+//!   in the same rounds: what one more hop costs on this machine before any work is done.
 //! - Verify: `artifactstore verify` over the same bytes on the local backend and on S3, vs
 //!   `b3sum` of the file.
 //!
@@ -24,7 +28,8 @@
 mod common;
 
 use common::{
-    Ratio, Server, best, curl, fastest, interleaved, json_field as field, make_file, mbps, time,
+    Nginx, Ratio, Server, best, curl, fastest, interleaved, json_field as field, make_file, mbps,
+    time,
 };
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -70,9 +75,10 @@ fn service_env(cmd: &mut Command, data: &Path, storage: &Path, s3: &S3) {
         .env("BENCH_S3_SECRET", &s3.secret);
 }
 
-fn start_server(data: &Path, storage: &Path, s3: &S3) -> Server {
+fn start_server(data: &Path, storage: &Path, s3: &S3, env: &[(&str, &str)]) -> Server {
     let mut cmd = common::serve_command();
     service_env(&mut cmd, data, storage, s3);
+    cmd.envs(env.iter().copied());
     common::serve(cmd)
 }
 
@@ -124,14 +130,25 @@ fn main() {
         Ok(v) => format!("sign_payload = {v}\n"),
         Err(_) => String::new(),
     };
+    // Pushed files go to a second S3 backend of their own (`push`, another key prefix), so
+    // that `verify --backend s3` reads the same bytes as before pushes existed.
+    let backend = |id: &str, key_prefix: &str| {
+        format!(
+            "[backends.{id}]\nkind = \"s3\"\nendpoint_url = \"{}\"\nbucket = \"{}\"\n\
+             key_prefix = \"{key_prefix}\"\naccess_key_ref = \"env:BENCH_S3_ACCESS\"\n\
+             secret_key_ref = \"env:BENCH_S3_SECRET\"\nforce_path_style = true\n{sign}",
+            s3.endpoint, s3.bucket
+        )
+    };
+    let push_prefix = format!("{prefix}-push");
     std::fs::write(
         &storage,
         format!(
-            "default_backend = \"s3\"\n[backends.s3]\nkind = \"s3\"\nendpoint_url = \"{}\"\n\
-             bucket = \"{}\"\nkey_prefix = \"{prefix}\"\naccess_key_ref = \"env:BENCH_S3_ACCESS\"\n\
-             secret_key_ref = \"env:BENCH_S3_SECRET\"\nforce_path_style = true\n{sign}\
-             [[routes]]\nproducer = \"local\"\nbackend = \"local\"\n",
-            s3.endpoint, s3.bucket
+            "default_backend = \"s3\"\n{}{}\
+             [[routes]]\nproducer = \"local\"\nbackend = \"local\"\n\
+             [[routes]]\nproducer = \"push\"\nbackend = \"push\"\n",
+            backend("s3", &prefix),
+            backend("push", &push_prefix),
         ),
     )
     .unwrap();
@@ -139,8 +156,16 @@ fn main() {
     let plain_url = format!("{}/{}/{prefix}-plain/input.bin", s3.endpoint, s3.bucket);
     let input_str = input.to_str().unwrap().to_owned();
 
-    let server = start_server(&data, &storage, &s3);
+    let server = start_server(&data, &storage, &s3, &[]);
     let base = server.base.clone();
+    // The same server without write-through (sessions spooled, then sent at completion), on
+    // the same data directory: what push cost before write-through, in the same rounds.
+    let spooling = start_server(
+        &data,
+        &storage,
+        &s3,
+        &[("ARTIFACTSTORE_MAX_WRITE_THROUGH_UPLOADS", "0")],
+    );
     let new_package = |producer: &str| {
         field(
             &curl(&[
@@ -179,9 +204,45 @@ fn main() {
         delete(&stored_url);
         d
     };
+    // The same file pushed as a user would: new bytes each run (the first ones changed), so
+    // the server holds none of them; the stored object is deleted afterwards.
+    let push_dir = work.join("push");
+    let pushes = std::cell::Cell::new(0u64);
+    let ours_push = |server: &str| {
+        pushes.set(pushes.get() + 1);
+        let pushed = fresh_copy(&input, &push_dir, pushes.get());
+        let d = time(
+            Command::new(BIN)
+                .args([
+                    "push",
+                    "--server",
+                    server,
+                    "--producer",
+                    "push",
+                    "--no-progress",
+                ])
+                .args(["--subject", &format!("push-{}", pushes.get())])
+                .arg(&push_dir)
+                .stdout(Stdio::null()),
+        );
+        let url = format!(
+            "{}/{}/{push_prefix}/blake3/{}",
+            s3.endpoint,
+            s3.bucket,
+            blake3_path(&pushed)
+        );
+        delete(&url);
+        d
+    };
+    // A relay that only relays, to the same bucket (the request is signed for the S3 server's
+    // host, which the relay passes on).
+    let relay = Nginx::relay(&work.join("relay"), &s3.endpoint);
+    let s3_host = s3.endpoint.trim_start_matches("http://").to_owned();
+    let relay_url = plain_url.replacen(&s3.endpoint, &relay.url, 1);
+    let host_header = format!("Host: {s3_host}");
     // Baseline: the same file straight to the bucket; then ours, plain and with the digest
-    // announced (`expected_digest`, as `push` sends it: the upload goes straight to the final
-    // key, no server-side copy). Interleaved rounds.
+    // announced (`expected_digest`: the upload goes straight to the final key, no server-side
+    // copy), push, and the relay. Interleaved rounds.
     let mut up = interleaved(
         ROUNDS,
         &mut [
@@ -192,10 +253,28 @@ fn main() {
             },
             &mut || ours_put(""),
             &mut || ours_put(&format!("?expected_digest=blake3:{hex}")),
+            &mut || ours_push(&base),
+            &mut || ours_push(&spooling.base),
+            &mut || {
+                let d = time(&mut s3_curl(
+                    &s3,
+                    &["-H", &host_header, "-T", &input_str, &relay_url],
+                ));
+                delete(&plain_url);
+                d
+            },
         ],
     );
-    let (ours_up_announced, ours_up, plain_up) =
-        (up.pop().unwrap(), up.pop().unwrap(), up.pop().unwrap());
+    let (relay_up, ours_up_spooled, ours_up_pushed, ours_up_announced, ours_up, plain_up) = (
+        up.pop().unwrap(),
+        up.pop().unwrap(),
+        up.pop().unwrap(),
+        up.pop().unwrap(),
+        up.pop().unwrap(),
+        up.pop().unwrap(),
+    );
+    let _ = std::fs::remove_dir_all(&push_dir);
+    drop(spooling);
     time(&mut s3_curl(&s3, &["-T", &input_str, &plain_url]));
     // Put it back once for the downloads.
     let package = new_package("s3");
@@ -217,9 +296,20 @@ fn main() {
             &mut || {
                 time(Command::new("curl").args(["-sS", "--fail", "-o", "/dev/null", &our_download]))
             },
+            &mut || {
+                time(&mut s3_curl(
+                    &s3,
+                    &["-H", &host_header, "-o", "/dev/null", &relay_url],
+                ))
+            },
         ],
     );
-    let (ours_down, plain_down) = (down.pop().unwrap(), down.pop().unwrap());
+    drop(relay);
+    let (relay_down, ours_down, plain_down) = (
+        down.pop().unwrap(),
+        down.pop().unwrap(),
+        down.pop().unwrap(),
+    );
     // The same bytes on the local backend, for verify.
     let local = new_package("local");
     curl(&[
@@ -296,10 +386,31 @@ fn main() {
         &ours_up_announced,
         Some((&plain_up, "direct PUT")),
     );
+    rounds(
+        "`artifactstore push` of the file (an upload session, written through to S3)",
+        &ours_up_pushed,
+        Some((&plain_up, "direct PUT")),
+    );
+    rounds(
+        "the same push without write-through (`ARTIFACTSTORE_MAX_WRITE_THROUGH_UPLOADS=0`: \
+         spooled, then sent at completion)",
+        &ours_up_spooled,
+        Some((&plain_up, "direct PUT")),
+    );
+    rounds(
+        "PUT through a relay that does nothing (nginx `proxy_pass`, streamed)",
+        &relay_up,
+        Some((&plain_up, "direct PUT")),
+    );
     rounds("GET straight from S3 (signed `curl`)", &plain_down, None);
     rounds(
         "download through our server (digest checked while streaming)",
         &ours_down,
+        Some((&plain_down, "direct GET")),
+    );
+    rounds(
+        "GET through a relay that does nothing (nginx `proxy_pass`, buffered)",
+        &relay_down,
         Some((&plain_down, "direct GET")),
     );
     row("`b3sum` of the file (page cache)", b3, None);
@@ -355,6 +466,24 @@ fn pin_ceph_and_self() -> CephPinned {
     }
     taskset(&["-p", "-c", "1", &std::process::id().to_string()]);
     CephPinned(pids)
+}
+
+/// A copy of `input` as `dir/input.bin` whose first bytes say `run`: bytes no earlier run
+/// stored. Returns its path.
+fn fresh_copy(input: &Path, dir: &Path, run: u64) -> PathBuf {
+    use std::os::unix::fs::FileExt;
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let copy = dir.join("input.bin");
+    std::fs::copy(input, &copy).unwrap();
+    let stamp = format!("push run {run} of process {}", std::process::id());
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&copy)
+        .unwrap()
+        .write_all_at(stamp.as_bytes(), 0)
+        .unwrap();
+    copy
 }
 
 /// The file's BLAKE3 digest, hex.

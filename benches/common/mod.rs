@@ -329,3 +329,99 @@ pub fn calibrate_postgres(data: &Path) -> PgCalibration {
     let _ = std::fs::remove_file(&script);
     calibration
 }
+
+/// nginx on a free loopback port (one worker, its files under `dir`); stopped when dropped.
+pub struct Nginx {
+    child: std::process::Child,
+    /// `http://127.0.0.1:<port>`, and the served file's path for [`Nginx::serve_file`].
+    pub url: String,
+}
+
+impl Nginx {
+    fn start(dir: &Path, http: &str) -> (Nginx, u16) {
+        std::fs::create_dir_all(dir).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let conf = dir.join("nginx.conf");
+        let http = http.replace("{port}", &port.to_string());
+        std::fs::write(
+            &conf,
+            format!(
+                "daemon off; worker_processes 1; pid {pid}; error_log {err} warn;\n\
+                 events {{ worker_connections 64; }}\n\
+                 http {{ access_log off; client_body_temp_path {tmp}; proxy_temp_path {tmp}; {http} }}\n",
+                pid = dir.join("nginx.pid").display(),
+                err = dir.join("nginx.err").display(),
+                tmp = dir.display(),
+            ),
+        )
+        .unwrap();
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(dir)
+            .spawn()
+            .expect("nginx (apt-get install nginx-light)");
+        std::thread::sleep(Duration::from_millis(500));
+        let url = format!("http://127.0.0.1:{port}");
+        (Nginx { child, url }, port)
+    }
+
+    /// Serves one file with `sendfile on` (the fastest a web server sends a file).
+    pub fn serve_file(work: &Path, blob: &Path) -> Nginx {
+        let www = work.join("www");
+        std::fs::create_dir_all(&www).unwrap();
+        let served = www.join("big.bin");
+        let _ = std::fs::remove_file(&served);
+        std::fs::hard_link(blob, &served).unwrap_or_else(|_| {
+            std::fs::copy(blob, &served).unwrap();
+        });
+        let (mut nginx, _) = Nginx::start(
+            &work.join("nginx"),
+            &format!(
+                "sendfile on; tcp_nopush on; server {{ listen 127.0.0.1:{{port}}; root {}; }}",
+                www.display()
+            ),
+        );
+        // Workers run as nobody: make the tree readable.
+        let _ = Command::new("chmod")
+            .args(["-R", "a+rX"])
+            .arg(&www)
+            .status();
+        let _ = Command::new("chmod").args(["a+rx"]).arg(work).status();
+        nginx.url.push_str("/big.bin");
+        nginx
+    }
+
+    /// A reverse proxy to `upstream` (`http://host:port`) that does nothing but relay: request
+    /// and response bodies stream through in large buffers, the upstream's `Host` is sent.
+    /// The cost of one more hop, and nothing else.
+    pub fn relay(dir: &Path, upstream: &str) -> Nginx {
+        let host = upstream.trim_start_matches("http://").trim_end_matches('/');
+        Nginx::start(
+            dir,
+            &format!(
+                "client_max_body_size 0; server {{ listen 127.0.0.1:{{port}}; location / {{ \
+                 proxy_pass http://{host}; proxy_set_header Host {host}; proxy_http_version 1.1; \
+                 proxy_request_buffering off; proxy_buffering on; proxy_buffers 16 256k; \
+                 proxy_buffer_size 256k; proxy_busy_buffers_size 512k; proxy_max_temp_file_size 0; }} }}"
+            ),
+        )
+        .0
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM, not kill(): a SIGKILLed master leaves its worker running (holding our
+        // stdout).
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
