@@ -61,6 +61,7 @@ AWS_REGION=us-east-1
 AWS_DEFAULT_REGION=us-east-1
 S3_BUCKET=$BUCKET
 S3_FORCE_PATH_STYLE=true
+CEPH_CONF=$C/ceph.conf
 EOF
   cat "$C/s3.env"
 }
