@@ -5,46 +5,29 @@ use super::ByteStream;
 use crate::identity::Digest;
 use futures::{StreamExt, TryStreamExt};
 
-/// Bytes gathered before they are hashed in one trip to the blocking pool.
-const HASH_BATCH: usize = 1024 * 1024;
-/// A last batch smaller than this is hashed in place (microseconds).
-const INLINE_MAX: usize = 256 * 1024;
+/// A chunk up to this size is hashed where it passes, on the async thread (BLAKE3 takes
+/// 20-70 µs for one here; S3 response bodies arrive in chunks of at most ~400 KiB); a larger
+/// one is hashed on the blocking pool.
+const INLINE_MAX: usize = 512 * 1024;
 
-/// Where the running digest is: here, or on the blocking pool hashing a batch.
-enum Hashing {
-    Idle(Box<blake3::Hasher>),
-    Busy(tokio::task::JoinHandle<blake3::Hasher>),
-}
-
-impl Hashing {
-    async fn hasher(self) -> std::io::Result<blake3::Hasher> {
-        match self {
-            Hashing::Idle(h) => Ok(*h),
-            Hashing::Busy(job) => job.await.map_err(std::io::Error::other),
-        }
-    }
-}
-
-/// Passes `body` through while it is hashed in batches of [`HASH_BATCH`] on the blocking pool
-/// (one batch hashing while the next is sent, so hashing overlaps sending, and no thread waits
-/// on a slow client). The last chunk is held back until the whole stream has hashed to
-/// `expected`, so a client never receives a complete corrupt body: on a mismatch the stream
-/// fails instead, and the server aborts the connection.
+/// Passes `body` through while it is hashed. The last chunk is held back until the whole
+/// stream has hashed to `expected`, so a client never receives a complete corrupt body: on a
+/// mismatch the stream fails instead, and the server aborts the connection.
+///
+/// Chunks are hashed as they pass rather than gathered and handed to the blocking pool: the
+/// thread hops cost more than the hashing (measured on S3 downloads, 0.70-0.81 s of server
+/// CPU per GiB with 1 MiB batches on the blocking pool, 0.59-0.64 s inline).
 pub fn checked(body: ByteStream, expected: Digest, size: u64, what: String) -> ByteStream {
     struct State {
         body: ByteStream,
-        hashing: Option<Hashing>,
-        batch: Vec<bytes::Bytes>,
-        batch_bytes: usize,
+        hasher: Box<blake3::Hasher>,
         held: Option<bytes::Bytes>,
         seen: u64,
         done: bool,
     }
     let state = State {
         body,
-        hashing: Some(Hashing::Idle(Box::new(blake3::Hasher::new()))),
-        batch: Vec::new(),
-        batch_bytes: 0,
+        hasher: Box::new(blake3::Hasher::new()),
         held: None,
         seen: 0,
         done: false,
@@ -57,43 +40,23 @@ pub fn checked(body: ByteStream, expected: Digest, size: u64, what: String) -> B
             }
             while let Some(chunk) = s.body.try_next().await? {
                 s.seen += chunk.len() as u64;
-                s.batch_bytes += chunk.len();
-                s.batch.push(chunk.clone());
-                if s.batch_bytes >= HASH_BATCH {
-                    // The previous batch is done by now (a batch hashes faster than one
-                    // arrives); hand this one over.
-                    let mut hasher = s.hashing.take().expect("hashing state").hasher().await?;
-                    let batch = std::mem::take(&mut s.batch);
-                    s.batch_bytes = 0;
-                    s.hashing = Some(Hashing::Busy(tokio::task::spawn_blocking(move || {
-                        for chunk in &batch {
-                            hasher.update(chunk);
-                        }
+                if chunk.len() <= INLINE_MAX {
+                    s.hasher.update(&chunk);
+                } else {
+                    let (mut hasher, big) = (s.hasher, chunk.clone());
+                    s.hasher = tokio::task::spawn_blocking(move || {
+                        hasher.update(&big);
                         hasher
-                    })));
+                    })
+                    .await
+                    .map_err(std::io::Error::other)?;
                 }
                 if let Some(previous) = s.held.replace(chunk) {
                     return Ok(Some((previous, s)));
                 }
             }
             s.done = true;
-            let mut hasher = s.hashing.take().expect("hashing state").hasher().await?;
-            let batch = std::mem::take(&mut s.batch);
-            if s.batch_bytes >= INLINE_MAX {
-                hasher = tokio::task::spawn_blocking(move || {
-                    for chunk in &batch {
-                        hasher.update(chunk);
-                    }
-                    hasher
-                })
-                .await
-                .map_err(std::io::Error::other)?;
-            } else {
-                for chunk in &batch {
-                    hasher.update(chunk);
-                }
-            }
-            let digest = Digest(*hasher.finalize().as_bytes());
+            let digest = Digest(*s.hasher.finalize().as_bytes());
             check(expected, size, digest, s.seen, &what)?;
             Ok(s.held.take().map(|last| (last, s)))
         }
@@ -146,4 +109,62 @@ pub async fn blake3_of(mut stream: ByteStream) -> std::io::Result<(Digest, u64)>
         }
     }
     Ok((Digest(*hasher.finalize().as_bytes()), size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    /// Small chunks (hashed inline) and one past `INLINE_MAX` (hashed on the blocking pool).
+    fn chunks() -> Vec<Bytes> {
+        (0..5u8)
+            .map(|i| {
+                let len = if i == 2 {
+                    INLINE_MAX + 4096
+                } else {
+                    1000 + i as usize
+                };
+                Bytes::from(vec![i; len])
+            })
+            .collect()
+    }
+
+    fn stream(chunks: &[Bytes]) -> ByteStream {
+        let owned: Vec<std::io::Result<Bytes>> = chunks.iter().cloned().map(Ok).collect();
+        futures::stream::iter(owned).boxed()
+    }
+
+    #[tokio::test]
+    async fn right_bytes_pass_whole_and_wrong_ones_never_arrive_complete() {
+        let chunks = chunks();
+        let whole: Vec<u8> = chunks.concat();
+        let digest = Digest(*blake3::hash(&whole).as_bytes());
+        let size = whole.len() as u64;
+        let passed: Vec<Bytes> = checked(stream(&chunks), digest, size, "t".into())
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(passed.concat(), whole);
+
+        // Another digest, or another size: everything but the last chunk, then an error.
+        let other = Digest(*blake3::hash(b"other").as_bytes());
+        for (expected, size) in [(other, size), (digest, size + 1)] {
+            let mut out = checked(stream(&chunks), expected, size, "t".into());
+            let mut got = Vec::new();
+            let end = loop {
+                match out.try_next().await {
+                    Ok(Some(chunk)) => got.extend_from_slice(&chunk),
+                    Ok(None) => break None,
+                    Err(e) => break Some(e),
+                }
+            };
+            assert_eq!(end.unwrap().kind(), std::io::ErrorKind::InvalidData);
+            assert_eq!(
+                got.len(),
+                whole.len() - chunks[4].len(),
+                "last chunk held back"
+            );
+        }
+    }
 }

@@ -121,7 +121,7 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
     /// Streams the whole blob, checking it as it goes against `size` bytes hashing to
     /// `expected` (its BLAKE3 digest): the last chunk is held back until the check passes, and
     /// on a mismatch the stream ends in an error instead. A missing blob is
-    /// `Error::NotFound`. The default hashes [`get`](Self::get)'s stream on a thread beside it.
+    /// `Error::NotFound`. The default hashes [`get`](Self::get)'s stream as it passes.
     async fn get_checked(
         &self,
         address: &ContentAddress,
