@@ -7,7 +7,9 @@
 //!     BENCH_S3_SIGN_PAYLOAD=false cargo bench --bench s3   # request bodies unsigned
 //!
 //! - Upload: `curl -T` PUT to our server vs `curl --aws-sigv4 -T` PUT of the same file
-//!   straight to the bucket. Target >= 0.8x.
+//!   straight to the bucket (its body unsigned). Target >= 0.8x. With signed bodies (our
+//!   default over plain http) also against a direct PUT whose body is signed as SigV4 clients
+//!   sign it (the file hashed first, then sent with that hash, which S3 checks).
 //! - Download: `curl -o /dev/null` from our server (digest checked as it streams) vs a signed
 //!   `curl` GET straight from the bucket. Target >= 0.9x.
 //! - Push: `artifactstore push` of a directory holding the file (new bytes each run), the
@@ -103,8 +105,14 @@ fn start_server(data: &Path, storage: &Path, s3: &S3, env: &[(&str, &str)]) -> S
     common::serve(cmd)
 }
 
-/// A signed request straight to the S3 server.
+/// A signed request straight to the S3 server, its body unsigned (`UNSIGNED-PAYLOAD`).
 fn s3_curl(s3: &S3, args: &[&str]) -> Command {
+    s3_curl_with_payload(s3, "UNSIGNED-PAYLOAD", args)
+}
+
+/// A signed request straight to the S3 server whose body is covered by `payload_sha256` (hex,
+/// or `UNSIGNED-PAYLOAD`); the server checks the body against it.
+fn s3_curl_with_payload(s3: &S3, payload_sha256: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new("curl");
     cmd.args([
         "-sS",
@@ -114,7 +122,7 @@ fn s3_curl(s3: &S3, args: &[&str]) -> Command {
         "--user",
     ])
     .arg(format!("{}:{}", s3.access, s3.secret))
-    .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
+    .args(["-H", &format!("x-amz-content-sha256: {payload_sha256}")])
     .args(args);
     cmd
 }
@@ -151,6 +159,7 @@ fn main() {
         Ok(v) => format!("sign_payload = {v}\n"),
         Err(_) => String::new(),
     };
+    let signed = !sign.contains("false");
     // Pushed files go to a second S3 backend of their own (`push`, another key prefix), so
     // that `verify --backend s3` reads the same bytes as before pushes existed.
     let backend = |id: &str, key_prefix: &str| {
@@ -267,28 +276,56 @@ fn main() {
     // Baseline: the same file straight to the bucket; then ours, plain and with the digest
     // announced (`expected_digest`: the upload goes straight to the final key, no server-side
     // copy), push, and the relay. Interleaved rounds.
-    let mut up = interleaved(
-        ROUNDS,
-        &mut [
-            &mut || {
-                let d = time(&mut s3_curl(&s3, &["-T", &input_str, &plain_url]));
-                delete(&plain_url);
-                d
-            },
-            &mut || ours_put(""),
-            &mut || ours_put(&format!("?expected_digest=blake3:{hex}")),
-            &mut || ours_push(&base),
-            &mut || ours_push(&spooling.base),
-            &mut || {
-                let d = time(&mut s3_curl(
-                    &s3,
-                    &["-H", &host_header, "-T", &input_str, &relay_url],
-                ));
-                delete(&plain_url);
-                d
-            },
-        ],
-    );
+    // With signed bodies, also the like-for-like baseline: a SigV4 client that signs its body
+    // over http hashes the file first, then sends it with that hash (which S3 checks).
+    let mut signed_put = || {
+        let start = std::time::Instant::now();
+        let out = Command::new("openssl")
+            .args(["dgst", "-sha256", "-r"])
+            .arg(&input)
+            .output()
+            .expect("run openssl");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let sha256 = text.split_whitespace().next().expect("a digest").to_owned();
+        let ok = s3_curl_with_payload(&s3, &sha256, &["-T", &input_str, &plain_url])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "signed PUT refused");
+        let d = start.elapsed();
+        delete(&plain_url);
+        d
+    };
+    let mut plain_put = || {
+        let d = time(&mut s3_curl(&s3, &["-T", &input_str, &plain_url]));
+        delete(&plain_url);
+        d
+    };
+    let mut plain_upload = || ours_put("");
+    let mut announced_upload = || ours_put(&format!("?expected_digest=blake3:{hex}"));
+    let mut pushed = || ours_push(&base);
+    let mut pushed_spooling = || ours_push(&spooling.base);
+    let mut relay_put = || {
+        let d = time(&mut s3_curl(
+            &s3,
+            &["-H", &host_header, "-T", &input_str, &relay_url],
+        ));
+        delete(&plain_url);
+        d
+    };
+    let mut uploads: Vec<&mut dyn FnMut() -> Duration> = vec![
+        &mut plain_put,
+        &mut plain_upload,
+        &mut announced_upload,
+        &mut pushed,
+        &mut pushed_spooling,
+        &mut relay_put,
+    ];
+    if signed {
+        uploads.push(&mut signed_put);
+    }
+    let mut up = interleaved(ROUNDS, &mut uploads);
+    let signed_up = if signed { up.pop() } else { None };
     let (relay_up, ours_up_spooled, ours_up_pushed, ours_up_announced, ours_up, plain_up) = (
         up.pop().unwrap(),
         up.pop().unwrap(),
@@ -379,10 +416,22 @@ fn main() {
             .unwrap_or_else(|| "1.00x".into());
         println!("| {what} | {d:.2?} | {:.0} | {ratio} |", mbps(size, d));
     };
+    // Our uploads: against the direct PUT, and with signed bodies also against the signed one.
+    let upload_rounds = |what: &str, times: &[Duration]| {
+        let d = fastest(times);
+        let mut ratio = format!("{} direct PUT", Ratio::of(&plain_up, times));
+        if let Some(signed) = &signed_up {
+            ratio.push_str(&format!(
+                "; against the signed direct PUT: {}",
+                Ratio::of(signed, times)
+            ));
+        }
+        println!("| {what} | {d:.2?} | {:.0} | {ratio} |", mbps(size, d));
+    };
     println!(
         "\n{size_mib} MiB file, Ceph RGW 16 on loopback, {ROUNDS} interleaved rounds (best times \
          shown), request bodies {}\n",
-        if sign.contains("false") {
+        if !signed {
             "unsigned (`sign_payload = false`)"
         } else {
             "signed (default over http)"
@@ -400,26 +449,30 @@ fn main() {
         &plain_up,
         None,
     );
-    rounds(
+    if let Some(signed) = &signed_up {
+        rounds(
+            "PUT straight to S3, body signed as SigV4 clients sign it over http \
+             (`openssl dgst -sha256`, then `curl` with that `x-amz-content-sha256`)",
+            signed,
+            Some((&plain_up, "unsigned direct PUT")),
+        );
+    }
+    upload_rounds(
         "upload through our server (`curl -T`, backend s3)",
         &ours_up,
-        Some((&plain_up, "direct PUT")),
     );
-    rounds(
+    upload_rounds(
         "upload through our server, digest announced (`?expected_digest=`)",
         &ours_up_announced,
-        Some((&plain_up, "direct PUT")),
     );
-    rounds(
+    upload_rounds(
         "`artifactstore push` of the file (an upload session, written through to S3)",
         &ours_up_pushed,
-        Some((&plain_up, "direct PUT")),
     );
-    rounds(
+    upload_rounds(
         "the same push without write-through (`ARTIFACTSTORE_MAX_WRITE_THROUGH_UPLOADS=0`: \
          spooled, then sent at completion)",
         &ours_up_spooled,
-        Some((&plain_up, "direct PUT")),
     );
     rounds(
         "PUT through a relay that does nothing (nginx `proxy_pass`, streamed)",
