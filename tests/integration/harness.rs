@@ -227,3 +227,30 @@ pub async fn package(registry: &Registry) -> artifactstore::registry::Package {
         .await
         .unwrap()
 }
+
+/// A clock that stands still until a test moves it.
+pub struct TestClock(std::sync::atomic::AtomicI64);
+
+impl TestClock {
+    /// At `unix_seconds`.
+    pub fn at(unix_seconds: i64) -> Self {
+        TestClock(std::sync::atomic::AtomicI64::new(unix_seconds))
+    }
+
+    /// Moves the clock on by `seconds`.
+    pub fn advance(&self, seconds: i64) {
+        self.0
+            .fetch_add(seconds, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl artifactstore::model::Clock for TestClock {
+    fn now(&self) -> artifactstore::model::Timestamp {
+        artifactstore::model::Timestamp::from_datetime(
+            time::OffsetDateTime::from_unix_timestamp(
+                self.0.load(std::sync::atomic::Ordering::SeqCst),
+            )
+            .unwrap(),
+        )
+    }
+}

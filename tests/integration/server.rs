@@ -148,6 +148,8 @@ fn invalid_settings_stop_start_up_with_one_line_naming_the_setting() {
             "postgres://x:y@h/db?sslmode=require&sslrootcert=/nonexistent/ca.pem",
         ),
         ("ARTIFACTSTORE_LOG_FORMAT", "xml"),
+        ("ARTIFACTSTORE_MAX_WRITE_THROUGH_UPLOADS", "lots"),
+        ("ARTIFACTSTORE_MAX_WRITE_THROUGH_UPLOADS", "-1"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_artifactstore"))
             .arg("serve")

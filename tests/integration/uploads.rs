@@ -3,14 +3,13 @@
 
 use crate::harness::{TestDb, TestEnv, random_bytes};
 use crate::server::Server;
-use artifactstore::model::{Clock, RelativePath, TenantId, Timestamp};
+use artifactstore::model::{RelativePath, TenantId};
 use artifactstore::registry::NewUpload;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 
 #[derive(Debug, Clone)]
 enum Step {
@@ -447,20 +446,10 @@ async fn upload_errors_are_clean() {
     assert_eq!(spooled, 0, "no bytes of refused chunks are kept");
 }
 
-struct TestClock(AtomicI64);
-
-impl Clock for TestClock {
-    fn now(&self) -> Timestamp {
-        Timestamp::from_datetime(
-            time::OffsetDateTime::from_unix_timestamp(self.0.load(Ordering::SeqCst)).unwrap(),
-        )
-    }
-}
-
 #[tokio::test]
 async fn abandoned_sessions_expire_and_their_bytes_are_removed() {
     let env = TestEnv::new().await;
-    let clock = Arc::new(TestClock(AtomicI64::new(2_000_000_000)));
+    let clock = Arc::new(crate::harness::TestClock::at(2_000_000_000));
     let spool = env.dir.path().join("uploads");
     let registry = env
         .registry
@@ -495,13 +484,13 @@ async fn abandoned_sessions_expire_and_their_bytes_are_removed() {
         )
         .await
         .unwrap();
-    clock.0.fetch_add(23 * 3600, Ordering::SeqCst);
+    clock.advance(23 * 3600);
     let young = registry
         .create_upload(&tenant, new("young.bin"))
         .await
         .unwrap();
     assert_eq!(registry.expire_uploads().await.unwrap(), 0);
-    clock.0.fetch_add(2 * 3600, Ordering::SeqCst);
+    clock.advance(2 * 3600);
     assert_eq!(registry.expire_uploads().await.unwrap(), 1);
     assert!(
         !spool.join(old.id.to_string()).exists(),

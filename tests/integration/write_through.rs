@@ -92,13 +92,27 @@ struct Env {
 
 impl Env {
     async fn new(settings: S3Settings, limits: Limits) -> Env {
+        Env::with_clock(
+            settings,
+            limits,
+            Arc::new(artifactstore::model::SystemClock),
+        )
+        .await
+    }
+
+    async fn with_clock(
+        settings: S3Settings,
+        limits: Limits,
+        clock: Arc<dyn artifactstore::model::Clock>,
+    ) -> Env {
         let db = TestDb::new().await;
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(S3Store::open("s3", &settings).unwrap());
         let pool = artifactstore::db::pool(&db.url, 8).unwrap();
         let registry = Registry::new(pool, Backends::single(store.clone()))
             .with_upload_dir(dir.path().join("uploads"))
-            .with_limits(limits);
+            .with_limits(limits)
+            .with_clock(clock);
         Env {
             _db: db,
             registry,
@@ -355,4 +369,49 @@ async fn a_wrong_digest_written_through_leaves_nothing() {
         assert_no_staging_left(&env.store, &env.settings).await;
         assert!(!env.stored(&other).await);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_gone_quiet_gives_its_write_through_slot_to_a_new_one() {
+    let Some(settings) = settings(false) else {
+        return;
+    };
+    let clock = Arc::new(crate::harness::TestClock::at(2_000_000_000));
+    let limits = Limits {
+        max_write_through_uploads: 1,
+        ..Limits::default()
+    };
+    let env = Env::with_clock(settings, limits, clock.clone()).await;
+    let (a, b, c) = (
+        random_bytes(3 << 20, 45),
+        random_bytes(3 << 20, 46),
+        random_bytes(3 << 20, 47),
+    );
+    let quiet = env.session(&a, &a).await;
+    env.append(quiet, &a, 0, 1 << 20).await;
+    assert_eq!(env.stats(), alive(), "the one slot is taken");
+    // While the first session is recent, the slot stays its own: the next one only spools.
+    let spooling = env.session(&b, &b).await;
+    env.append(spooling, &b, 0, 1 << 20).await;
+    assert_eq!(env.stats(), alive());
+    // Two minutes without a chunk: the next session takes the slot over.
+    clock.advance(121);
+    let next = env.session(&c, &c).await;
+    env.append(next, &c, 0, 1 << 20).await;
+    assert_eq!(
+        env.stats(),
+        WriteThroughStats {
+            started: 2,
+            committed: 0,
+            given_up: 1
+        }
+    );
+    // Every session still ends with its bytes: the quiet one and the spooling one from their
+    // spools, the new one by committing its write-through.
+    for (id, data) in [(quiet, &a), (spooling, &b), (next, &c)] {
+        env.append(id, data, 1 << 20, data.len()).await;
+        assert_eq!(&env.complete(id).await.unwrap(), data);
+    }
+    assert_eq!(env.stats().committed, 1);
+    assert_no_staging_left(&env.store, &env.settings).await;
 }

@@ -11,6 +11,7 @@
 
 use crate::error::Result;
 use crate::identity::{ContentAddress, DualHasher};
+use crate::model::Timestamp;
 use crate::storage::{BlobStore, CommitOutcome, StagedBlob};
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -23,6 +24,12 @@ use uuid::Uuid;
 /// carries on spooling): a stuck backend must not hold a chunk's request hostage.
 const STALL: Duration = Duration::from_secs(30);
 
+/// A write-through whose session has sent no chunk for this long may be given up when
+/// another session needs its slot. S3 servers end a request whose body goes quiet well before
+/// (Ceph RGW after about a minute, AWS sooner), so by then it is dead weight: without this, a
+/// client that vanished between chunks would hold its slot until the session expires.
+pub(super) const IDLE_SECONDS: i64 = 120;
+
 /// The live state of the sessions this process is receiving, by session id.
 pub(crate) type LiveUploads = Arc<Mutex<HashMap<Uuid, LiveUpload>>>;
 
@@ -32,11 +39,28 @@ pub(crate) struct LiveUpload {
     pub(super) received: u64,
     pub(super) hasher: DualHasher,
     pub(super) through: Option<WriteThrough>,
+    /// When the session's last chunk ended.
+    pub(super) touched: Timestamp,
+}
+
+/// Gives up the write-throughs of sessions idle since before `before` (their sessions keep
+/// spooling and are stored from the spool at completion); returns how many.
+pub(super) fn give_up_idle(live: &LiveUploads, before: Timestamp) -> usize {
+    let idle: Vec<WriteThrough> = live
+        .lock()
+        .expect("live uploads")
+        .values_mut()
+        .filter(|l| l.touched < before)
+        .filter_map(|l| l.through.take())
+        .collect();
+    // Dropped outside the lock (each is aborted in the background).
+    idle.len()
 }
 
 /// How many sessions may write through at once, and what became of those that did.
 #[derive(Debug)]
 pub(crate) struct WriteThroughSlots {
+    max: usize,
     slots: Arc<tokio::sync::Semaphore>,
     started: AtomicU64,
     committed: AtomicU64,
@@ -58,11 +82,17 @@ pub struct WriteThroughStats {
 impl WriteThroughSlots {
     pub(crate) fn new(max: usize) -> Self {
         WriteThroughSlots {
+            max,
             slots: Arc::new(tokio::sync::Semaphore::new(max)),
             started: AtomicU64::new(0),
             committed: AtomicU64::new(0),
             given_up: AtomicU64::new(0),
         }
+    }
+
+    /// Whether any session may write through at all.
+    pub(crate) fn enabled(&self) -> bool {
+        self.max > 0
     }
 
     pub(crate) fn stats(&self) -> WriteThroughStats {
@@ -74,20 +104,26 @@ impl WriteThroughSlots {
     }
 
     /// A staged write of `size` bytes into `backend` for a session, if the backend wants one
-    /// and a slot is free; `None` means the session spools only (as it always may).
+    /// and a slot is free (when none is, `free_idle` is asked to give up idle ones first);
+    /// `None` means the session spools only (as it always may).
     pub(super) async fn start(
         self: &Arc<Self>,
         backend: Arc<dyn BlobStore>,
         size: u64,
         expected: Option<ContentAddress>,
         session: Uuid,
+        free_idle: impl FnOnce() -> usize,
     ) -> Option<WriteThrough> {
         if size == 0 || !backend.write_through(size) {
             return None;
         }
-        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
-            tracing::debug!(upload = %session, "every write-through slot is taken; spooling only");
-            return None;
+        let slot = match self.slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) if free_idle() > 0 => self.slots.clone().try_acquire_owned().ok()?,
+            Err(_) => {
+                tracing::debug!(upload = %session, "every write-through slot is taken; spooling only");
+                return None;
+            }
         };
         let hint = crate::storage::WriteHint {
             size: Some(size),

@@ -376,6 +376,7 @@ impl Registry {
                         received,
                         hasher,
                         through,
+                        touched: self.clock.now(),
                     },
                 );
             }
@@ -518,6 +519,13 @@ impl Registry {
         size: Option<u64>,
     ) -> Option<WriteThrough> {
         let size = size?;
+        // No package lookup for sessions that could not write through anyway (the local
+        // backend alone, or write-through switched off).
+        if !self.write_through.enabled()
+            || !self.backends.all().iter().any(|b| b.write_through(size))
+        {
+            return None;
+        }
         let request = ingest_request(current).ok()?;
         // A package that can no longer take the file gets no write-through; completion will
         // say why.
@@ -529,8 +537,10 @@ impl Registry {
         let expected = request
             .expected_digest
             .filter(|a| a.algorithm() == crate::identity::Algorithm::Blake3);
+        let idle_since = self.clock.now().plus_seconds(-live::IDLE_SECONDS)?;
+        let free_idle = || live::give_up_idle(&self.live_uploads, idle_since);
         self.write_through
-            .start(backend, size, expected, current.session.id)
+            .start(backend, size, expected, current.session.id, free_idle)
             .await
     }
 
