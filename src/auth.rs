@@ -37,9 +37,22 @@ pub struct Principal {
     pub scope: Scope,
     /// A label for logs and provenance (the token's name, or `anonymous`).
     pub name: String,
+    /// May act for the whole service, beyond its tenant (define retention classes, see every
+    /// stored copy): an admin of the reserved tenant `system`, or anyone in development mode.
+    pub operator: bool,
 }
 
 impl Principal {
+    /// A principal of `tenant`; an operator if it is an admin of the `system` tenant.
+    pub fn new(tenant: TenantId, scope: Scope, name: impl Into<String>) -> Self {
+        Principal {
+            operator: scope == Scope::Admin && tenant.as_str() == TenantId::SYSTEM,
+            tenant,
+            scope,
+            name: name.into(),
+        }
+    }
+
     /// Whether the principal holds `needed`.
     pub fn allows(&self, needed: Scope) -> bool {
         self.scope >= needed
@@ -55,6 +68,9 @@ pub enum AuthError {
     /// Valid credentials without the needed scope.
     #[error("this token lacks the `{0:?}` scope")]
     Forbidden(Scope),
+    /// Valid credentials, but the operation is the service operator's.
+    #[error("only an admin token of the `system` tenant may do this")]
+    NotOperator,
 }
 
 #[derive(Debug, Clone)]
@@ -137,11 +153,11 @@ impl TokenStore {
             let scopes: Vec<&str> = scopes.split('+').collect();
             entries.push(TokenEntry {
                 sha256: sha2::Sha256::digest(token.as_bytes()).into(),
-                principal: Principal {
-                    name: format!("{tenant}-token-{}", i + 1),
-                    tenant,
-                    scope: highest(&scopes, &context)?,
-                },
+                principal: Principal::new(
+                    tenant.clone(),
+                    highest(&scopes, &context)?,
+                    format!("{tenant}-token-{}", i + 1),
+                ),
             });
         }
         if let Some(path) = file {
@@ -153,6 +169,14 @@ impl TokenStore {
             })?;
             let parsed: TokensFile = toml::from_str(&text)
                 .map_err(|e| format!("ARTIFACTSTORE_TOKENS_FILE: {}", e.message()))?;
+            // A file named on purpose that grants nothing would silently mean development
+            // mode (every caller an admin): refuse it.
+            if parsed.token.is_empty() {
+                return Err(format!(
+                    "ARTIFACTSTORE_TOKENS_FILE: {} holds no [[token]] entries",
+                    path.display()
+                ));
+            }
             for (i, t) in parsed.token.into_iter().enumerate() {
                 let context = format!("ARTIFACTSTORE_TOKENS_FILE token {}", i + 1);
                 let tenant = TenantId::new(&t.tenant).map_err(|e| format!("{context}: {e}"))?;
@@ -161,11 +185,11 @@ impl TokenStore {
                 let scopes: Vec<&str> = t.scopes.iter().map(String::as_str).collect();
                 entries.push(TokenEntry {
                     sha256: digest.0,
-                    principal: Principal {
+                    principal: Principal::new(
                         tenant,
-                        scope: highest(&scopes, &context)?,
-                        name: t.name.unwrap_or_else(|| format!("file-token-{}", i + 1)),
-                    },
+                        highest(&scopes, &context)?,
+                        t.name.unwrap_or_else(|| format!("file-token-{}", i + 1)),
+                    ),
                 });
             }
         }
@@ -192,30 +216,43 @@ impl TokenStore {
         t
     }
 
+    /// Authenticates a bearer token (or its absence) and checks that it is the operator's
+    /// (see [`Principal::operator`]).
+    pub fn authorize_operator(&self, bearer: Option<&str>) -> Result<Principal, AuthError> {
+        let principal = self.authorize(bearer, Scope::Admin)?;
+        if principal.operator {
+            Ok(principal)
+        } else {
+            Err(AuthError::NotOperator)
+        }
+    }
+
     /// Authenticates a bearer token (or its absence) and checks the scope.
     pub fn authorize(&self, bearer: Option<&str>, needed: Scope) -> Result<Principal, AuthError> {
-        let principal = if self.is_development() {
-            Principal {
-                tenant: TenantId::default_tenant(),
-                scope: Scope::Admin,
-                name: "development".into(),
-            }
-        } else {
-            match bearer {
-                Some(token) => self.lookup(token).ok_or(AuthError::Unauthenticated)?,
-                None if self.anonymous_read => Principal {
-                    tenant: TenantId::default_tenant(),
-                    scope: Scope::Read,
-                    name: "anonymous".into(),
-                },
-                None => return Err(AuthError::Unauthenticated),
-            }
-        };
+        let principal = self.authenticate(bearer)?;
         if principal.allows(needed) {
             Ok(principal)
         } else {
             Err(AuthError::Forbidden(needed))
         }
+    }
+
+    /// Who a bearer token (or its absence) is, whatever it may do.
+    pub fn authenticate(&self, bearer: Option<&str>) -> Result<Principal, AuthError> {
+        Ok(if self.is_development() {
+            Principal {
+                operator: true,
+                ..Principal::new(TenantId::default_tenant(), Scope::Admin, "development")
+            }
+        } else {
+            match bearer {
+                Some(token) => self.lookup(token).ok_or(AuthError::Unauthenticated)?,
+                None if self.anonymous_read => {
+                    Principal::new(TenantId::default_tenant(), Scope::Read, "anonymous")
+                }
+                None => return Err(AuthError::Unauthenticated),
+            }
+        })
     }
 
     fn lookup(&self, token: &str) -> Option<Principal> {
@@ -297,6 +334,53 @@ mod tests {
             let err = TokenStore::from_settings(Some(inline), None, false).unwrap_err();
             assert!(err.contains(want), "{inline}: {err}");
         }
+    }
+
+    #[test]
+    fn only_system_admins_and_development_mode_are_operators() {
+        let store = TokenStore::from_settings(
+            Some("system:admin:operator-token,system:write:system-writer,acme:admin:acme-admin-token"),
+            None,
+            false,
+        )
+        .unwrap();
+        assert!(store.authorize_operator(Some("operator-token")).is_ok());
+        assert_eq!(
+            store.authorize_operator(Some("acme-admin-token")),
+            Err(AuthError::NotOperator)
+        );
+        assert_eq!(
+            store.authorize_operator(Some("system-writer")),
+            Err(AuthError::Forbidden(Scope::Admin))
+        );
+        assert!(TokenStore::development().authorize_operator(None).is_ok());
+    }
+
+    #[test]
+    fn a_tokens_file_without_tokens_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.toml");
+        for text in ["", "# nothing yet\n", "token = []\n"] {
+            std::fs::write(&path, text).unwrap();
+            let err = TokenStore::from_settings(None, Some(&path), false).unwrap_err();
+            assert!(err.contains("no [[token]] entries"), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_compose_stacks_tokens_file_is_valid() {
+        let path = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/tokens.toml"));
+        let store = TokenStore::from_settings(None, Some(path), false).unwrap();
+        assert!(!store.is_development());
+        assert!(
+            store
+                .authorize_operator(Some("change-me-operator-token"))
+                .is_ok()
+        );
+        let ci = store
+            .authorize(Some("change-me-ci-token"), Scope::Write)
+            .unwrap();
+        assert_eq!(ci.tenant.as_str(), "ci");
     }
 
     #[test]

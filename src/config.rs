@@ -2,8 +2,12 @@
 //! front; an invalid one stops start-up with one line naming it.
 
 use crate::registry::Limits;
+use std::fmt::Display;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
 
 /// An invalid setting.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +59,14 @@ pub struct ServiceArgs {
     /// Maximum PostgreSQL connections in the pool.
     #[arg(long, env = "ARTIFACTSTORE_DB_POOL_SIZE", default_value = "32")]
     pub db_pool_size: String,
+    /// Seconds a request waits for a database connection (every one in use, or the database
+    /// not answering) before it is answered 503 with `Retry-After`.
+    #[arg(
+        long,
+        env = "ARTIFACTSTORE_DB_POOL_TIMEOUT_SECONDS",
+        default_value = "5"
+    )]
+    pub db_pool_timeout_seconds: String,
     /// Largest file accepted (bytes, or with a unit: 500MiB, 5GiB).
     #[arg(long, env = "ARTIFACTSTORE_MAX_FILE_SIZE", default_value = "5GiB")]
     pub max_file_size: String,
@@ -96,6 +108,40 @@ pub struct ServiceArgs {
     /// by `--max-file-size` instead.
     #[arg(long, env = "ARTIFACTSTORE_MAX_JSON_BODY", default_value = "8MiB")]
     pub max_json_body: String,
+    /// Seconds a connection has to send a whole request head (from when it is accepted, and
+    /// between requests on a kept-alive connection); it is closed after that.
+    #[arg(
+        long,
+        env = "ARTIFACTSTORE_HEADER_READ_TIMEOUT_SECONDS",
+        default_value = "30"
+    )]
+    pub header_read_timeout_seconds: String,
+    /// Seconds a request body may send nothing before the request ends (an upload session
+    /// keeps the bytes that arrived).
+    #[arg(
+        long,
+        env = "ARTIFACTSTORE_BODY_IDLE_TIMEOUT_SECONDS",
+        default_value = "60"
+    )]
+    pub body_idle_timeout_seconds: String,
+    /// Most client connections open at once; further ones wait to be accepted.
+    #[arg(long, env = "ARTIFACTSTORE_MAX_CONNECTIONS", default_value = "10000")]
+    pub max_connections: String,
+    /// Most `GET /events` requests open at once (429 beyond).
+    #[arg(long, env = "ARTIFACTSTORE_MAX_LONG_POLLS", default_value = "10000")]
+    pub max_long_polls: String,
+    /// Most `GET /events` requests one tenant may have open at once (429 beyond).
+    #[arg(
+        long,
+        env = "ARTIFACTSTORE_MAX_LONG_POLLS_PER_TENANT",
+        default_value = "1000"
+    )]
+    pub max_long_polls_per_tenant: String,
+    /// Allow serving without tokens on an address other than loopback: every caller is then
+    /// an admin of tenant `default`. Without tokens and without this, `serve` listens on
+    /// loopback only.
+    #[arg(long, env = "ARTIFACTSTORE_DEV_MODE", default_value = "false", num_args = 0..=1, default_missing_value = "true")]
+    pub dev_mode: String,
     /// Seconds to wait for in-flight requests at shutdown.
     #[arg(
         long,
@@ -103,6 +149,27 @@ pub struct ServiceArgs {
         default_value = "30"
     )]
     pub shutdown_grace_seconds: String,
+}
+
+/// Bounds that keep slow or idle clients from holding the server's connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Time a connection has to send a whole request head.
+    pub header_read_timeout: Duration,
+    /// Time a request body may send nothing.
+    pub body_idle_timeout: Duration,
+    /// Most connections open at once.
+    pub max_connections: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            header_read_timeout: Duration::from_secs(30),
+            body_idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+        }
+    }
 }
 
 /// Validated service settings.
@@ -124,6 +191,14 @@ pub struct Settings {
     pub migrate_on_start: bool,
     /// Pool size.
     pub db_pool_size: usize,
+    /// How long a caller waits for a pooled connection.
+    pub db_pool_timeout: Duration,
+    /// Bounds on connections and request bodies.
+    pub http: HttpLimits,
+    /// Bounds on open `GET /events` requests.
+    pub long_polls: crate::events::LongPollLimits,
+    /// Serving without tokens on a non-loopback address is allowed.
+    pub dev_mode: bool,
     /// Limits.
     pub limits: Limits,
     /// Shutdown grace.
@@ -185,6 +260,53 @@ impl ServiceArgs {
                     "expected a number from 1 to 1000",
                 )
             })?;
+        let db_pool_timeout = seconds(
+            &self.db_pool_timeout_seconds,
+            "ARTIFACTSTORE_DB_POOL_TIMEOUT_SECONDS",
+            "--db-pool-timeout-seconds",
+            1..=3600,
+        )?;
+        let http = HttpLimits {
+            header_read_timeout: seconds(
+                &self.header_read_timeout_seconds,
+                "ARTIFACTSTORE_HEADER_READ_TIMEOUT_SECONDS",
+                "--header-read-timeout-seconds",
+                1..=3600,
+            )?,
+            body_idle_timeout: seconds(
+                &self.body_idle_timeout_seconds,
+                "ARTIFACTSTORE_BODY_IDLE_TIMEOUT_SECONDS",
+                "--body-idle-timeout-seconds",
+                1..=3600,
+            )?,
+            max_connections: number(
+                &self.max_connections,
+                "ARTIFACTSTORE_MAX_CONNECTIONS",
+                "--max-connections",
+                1..=1_000_000,
+            )?,
+        };
+        let long_polls = crate::events::LongPollLimits {
+            total: number(
+                &self.max_long_polls,
+                "ARTIFACTSTORE_MAX_LONG_POLLS",
+                "--max-long-polls",
+                1..=1_000_000,
+            )?,
+            per_tenant: number(
+                &self.max_long_polls_per_tenant,
+                "ARTIFACTSTORE_MAX_LONG_POLLS_PER_TENANT",
+                "--max-long-polls-per-tenant",
+                1..=1_000_000,
+            )?,
+        };
+        let dev_mode = parse_bool(&self.dev_mode).ok_or_else(|| {
+            invalid(
+                "ARTIFACTSTORE_DEV_MODE",
+                "--dev-mode",
+                "expected true or false",
+            )
+        })?;
         let max_file_size = parse_size(&self.max_file_size)
             .filter(|n| *n > 0)
             .ok_or_else(|| {
@@ -302,6 +424,10 @@ impl ServiceArgs {
             database_url,
             migrate_on_start,
             db_pool_size,
+            db_pool_timeout,
+            http,
+            long_polls,
+            dev_mode,
             limits: Limits {
                 max_file_size,
                 max_files_per_package,
@@ -312,6 +438,38 @@ impl ServiceArgs {
             max_json_body,
         })
     }
+}
+
+/// A whole number in `range`, or an error naming the setting.
+fn number<T>(text: &str, env: &str, flag: &str, range: RangeInclusive<T>) -> Result<T, ConfigError>
+where
+    T: FromStr + PartialOrd + Display,
+{
+    text.trim()
+        .parse::<T>()
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| {
+            invalid(
+                env,
+                flag,
+                format!(
+                    "`{text}` is not a whole number from {} to {}",
+                    range.start(),
+                    range.end()
+                ),
+            )
+        })
+}
+
+/// Whole seconds in `range`.
+fn seconds(
+    text: &str,
+    env: &str,
+    flag: &str,
+    range: RangeInclusive<u64>,
+) -> Result<Duration, ConfigError> {
+    number(text, env, flag, range).map(Duration::from_secs)
 }
 
 fn parse_bool(text: &str) -> Option<bool> {

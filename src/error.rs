@@ -57,6 +57,9 @@ pub enum Error {
         /// Bytes the session holds.
         offset: u64,
     },
+    /// Too many requests of this kind are open; retrying shortly may work.
+    #[error("{0}")]
+    Busy(String),
     /// The client's byte stream failed before it ended.
     #[error("request body: {0}")]
     Body(String),
@@ -125,6 +128,19 @@ impl From<tokio_postgres::Error> for Error {
 
 impl From<deadpool_postgres::PoolError> for Error {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        Error::Database(format!("connection pool: {e}"))
+        use deadpool_postgres::{PoolError, TimeoutType};
+        match e {
+            PoolError::Timeout(TimeoutType::Wait) => Error::Database(
+                "connection pool: every connection stayed in use for the whole wait".into(),
+            ),
+            PoolError::Timeout(TimeoutType::Create) => {
+                Error::Database("connection pool: connecting timed out".into())
+            }
+            PoolError::Backend(e) => match Error::from(e) {
+                Error::Database(message) => Error::Database(format!("connection pool: {message}")),
+                other => other,
+            },
+            e => Error::Database(format!("connection pool: {e}")),
+        }
     }
 }

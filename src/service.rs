@@ -63,7 +63,11 @@ impl Service {
                 tracing::info!(applied, "applied database migrations");
             }
         }
-        let pool = crate::db::pool(&database.url, settings.db_pool_size)?;
+        let pool = crate::db::pool_with_timeout(
+            &database.url,
+            settings.db_pool_size,
+            settings.db_pool_timeout,
+        )?;
         let backends = settings.storage.open(
             settings.storage_default.as_deref(),
             &settings.storage_local_root,

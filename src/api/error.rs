@@ -1,55 +1,55 @@
 //! The error half of every operation: problem+json responses, declared in the spec.
 
-use super::problem::{Problem, from_error};
+use super::problem::{Problem, ProblemBody, from_error, retry_after};
 use crate::auth::AuthError;
 use poem::http::StatusCode;
-use poem_openapi::{ApiResponse, payload::Json};
+use poem_openapi::ApiResponse;
 
 /// Every error an operation can answer with, as RFC 7807 problems.
 #[derive(Debug, ApiResponse)]
 pub enum ApiError {
     /// Malformed request (syntax, types, bad ids).
     #[oai(status = 400, content_type = "application/problem+json")]
-    BadRequest(Json<Problem>),
+    BadRequest(ProblemBody),
     /// Missing or invalid bearer token.
     #[oai(status = 401, content_type = "application/problem+json")]
-    Unauthorized(Json<Problem>, #[oai(header = "WWW-Authenticate")] String),
+    Unauthorized(ProblemBody, #[oai(header = "WWW-Authenticate")] String),
     /// The token lacks the needed scope.
     #[oai(status = 403, content_type = "application/problem+json")]
-    Forbidden(Json<Problem>),
+    Forbidden(ProblemBody),
     /// No such thing for this tenant.
     #[oai(status = 404, content_type = "application/problem+json")]
-    NotFound(Json<Problem>),
+    NotFound(ProblemBody),
     /// The request body's media type is not accepted (or missing).
     #[oai(status = 415, content_type = "application/problem+json")]
-    UnsupportedMediaType(Json<Problem>),
+    UnsupportedMediaType(ProblemBody),
     /// Conflicts with the current state (finalized package, existing path).
     #[oai(status = 409, content_type = "application/problem+json")]
-    Conflict(Json<Problem>),
+    Conflict(ProblemBody),
     /// Gone for good (expired).
     #[oai(status = 410, content_type = "application/problem+json")]
-    Gone(Json<Problem>),
+    Gone(ProblemBody),
     /// An upload chunk does not start at the session's offset (`Upload-Offset` says where).
     #[oai(status = 416, content_type = "application/problem+json")]
-    OffsetMismatch(Json<Problem>, #[oai(header = "Upload-Offset")] Option<u64>),
+    OffsetMismatch(ProblemBody, #[oai(header = "Upload-Offset")] Option<u64>),
     /// A size or count limit was exceeded.
     #[oai(status = 413, content_type = "application/problem+json")]
-    PayloadTooLarge(Json<Problem>),
+    PayloadTooLarge(ProblemBody),
     /// Well-formed but invalid (unknown retention class, bad path, wrong digest).
     #[oai(status = 422, content_type = "application/problem+json")]
-    Unprocessable(Json<Problem>),
+    Unprocessable(ProblemBody),
     /// A server fault; details are in the server log only.
     #[oai(status = 500, content_type = "application/problem+json")]
-    Internal(Json<Problem>),
-    /// The database or storage is unavailable; retry later.
+    Internal(ProblemBody),
+    /// The database or storage is unavailable; retry after `Retry-After` seconds.
     #[oai(status = 503, content_type = "application/problem+json")]
-    Unavailable(Json<Problem>),
+    Unavailable(ProblemBody, #[oai(header = "Retry-After")] u64),
 }
 
 impl ApiError {
     /// Wraps a problem in the variant of its status.
     pub fn from_problem(problem: Problem) -> Self {
-        let p = Json(problem);
+        let p = ProblemBody(problem);
         match StatusCode::from_u16(p.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR) {
             StatusCode::BAD_REQUEST => ApiError::BadRequest(p),
             StatusCode::UNAUTHORIZED => ApiError::Unauthorized(p, "Bearer".into()),
@@ -64,7 +64,9 @@ impl ApiError {
                 let offset = p.0.offset;
                 ApiError::OffsetMismatch(p, offset)
             }
-            StatusCode::SERVICE_UNAVAILABLE => ApiError::Unavailable(p),
+            StatusCode::SERVICE_UNAVAILABLE => {
+                ApiError::Unavailable(p, retry_after(StatusCode::SERVICE_UNAVAILABLE))
+            }
             _ => ApiError::Internal(p),
         }
     }
@@ -85,7 +87,7 @@ impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         let status = match e {
             AuthError::Unauthenticated => StatusCode::UNAUTHORIZED,
-            AuthError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AuthError::Forbidden(_) | AuthError::NotOperator => StatusCode::FORBIDDEN,
         };
         Self::from_problem(Problem::new(status, e.to_string()))
     }

@@ -2,6 +2,7 @@
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
+use super::problem::{ProblemBody, from_error};
 use super::security::Auth;
 use crate::auth::Scope;
 use crate::events::wire;
@@ -64,6 +65,10 @@ enum EventsDoc {
     /// The page (possibly empty when the wait ended).
     #[oai(status = 200)]
     Ok(EventPageContent, #[oai(header = "Next-Since")] i64),
+    /// The server, or the caller's tenant, has as many event requests open as it may; retry
+    /// after `Retry-After` seconds.
+    #[oai(status = 429, content_type = "application/problem+json")]
+    TooManyRequests(ProblemBody, #[oai(header = "Retry-After")] u64),
 }
 
 /// A page of events, CBOR or JSON.
@@ -121,24 +126,34 @@ impl EventsApi {
         type_prefix: Query<Option<String>>,
     ) -> ApiResult<EventsBody> {
         let principal = self.state.authorize(&auth, Scope::Read)?;
-        // Counted in `/health` until this request ends, however it ends.
-        let _open = self.state.events.waiting_request();
-        let since = since.0.unwrap_or(0);
-        let limit = i64::from(limit.0.unwrap_or(100));
-        let deadline = Instant::now() + Duration::from_secs(u64::from(wait.0.unwrap_or(30)));
         let prefix = type_prefix.0.filter(|p| !p.is_empty());
         if prefix.as_deref().is_some_and(|p| p.contains('\0')) {
             return Err(crate::Error::InvalidInput("`type` must not contain NUL".into()).into());
         }
+        // A place among the waiters (bounded in all and per tenant), counted in `/health`
+        // until this request ends, however it ends.
+        let waiting = match self.state.events.waiting_request(&principal.tenant) {
+            Ok(waiting) => waiting,
+            Err(refused) => {
+                let problem = from_error(&crate::Error::from(refused));
+                return Ok(EventsBody(poem::IntoResponse::into_response(problem)));
+            }
+        };
+        let since = since.0.unwrap_or(0);
+        let limit = i64::from(limit.0.unwrap_or(100));
+        let deadline = Instant::now() + Duration::from_secs(u64::from(wait.0.unwrap_or(30)));
+        // Where the next read starts: a read that found nothing has looked up to its
+        // `scanned_to`, so the next one need not look there again.
+        let mut from = since;
         let (page, next_since) = loop {
             let read = self
                 .state
                 .tail
-                .page(&principal.tenant, since, limit, prefix.as_deref())
+                .page(&principal.tenant, from, limit, prefix.as_deref())
                 .await?;
             let scanned_to = read.scanned_to;
             let next = if read.events.len() as i64 == limit {
-                read.events.last().map_or(since, |e| e.sequence)
+                read.events.last().map_or(from, |e| e.sequence)
             } else {
                 scanned_to
             };
@@ -146,12 +161,9 @@ impl EventsApi {
             if !read.events.is_empty() || now >= deadline {
                 break (Some(read), next);
             }
-            if !self
-                .state
-                .events
-                .wait_beyond(scanned_to, deadline - now)
-                .await
-            {
+            from = scanned_to;
+            // Woken only by commits of this tenant's events (or a reconnect of the listener).
+            if !waiting.wait_beyond(scanned_to, deadline - now).await {
                 // Timed out or shutting down: one last look, then answer.
                 if Instant::now() >= deadline || self.state.events.is_closed() {
                     break (None, next);

@@ -1,30 +1,36 @@
-//! `GET /health`: database and backend status, anonymous.
+//! `GET /health`: the service's status for anyone; the details behind it for admins.
 
 use super::AppState;
+use super::security::Auth;
+use crate::auth::Scope;
 use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
 
 pub struct HealthApi {
     pub state: AppState,
 }
 
-/// Overall health.
+/// Overall health: `status` for anyone; the rest only for an admin token.
 #[derive(Debug, Clone, Object)]
 pub struct Health {
     /// `ok`; `degraded` when stored copies are known to be damaged or lost (see
     /// `GET /storage/locations?status=failed`); `unavailable` when the database or a backend
     /// cannot be used.
     pub status: String,
-    /// Server version.
-    pub version: String,
-    /// Database status.
-    pub database: DatabaseHealth,
-    /// Each storage backend.
-    pub backends: Vec<BackendHealthView>,
-    /// Stored copies verification found damaged (`failed`) or lost (`missing`).
+    /// Server version (admins only).
+    #[oai(skip_serializing_if_is_none)]
+    pub version: Option<String>,
+    /// Database status (admins only).
+    #[oai(skip_serializing_if_is_none)]
+    pub database: Option<DatabaseHealth>,
+    /// Each storage backend (admins only).
+    #[oai(skip_serializing_if_is_none)]
+    pub backends: Option<Vec<BackendHealthView>>,
+    /// Stored copies verification found damaged (`failed`) or lost (`missing`) (admins only).
     #[oai(skip_serializing_if_is_none)]
     pub storage: Option<StorageHealth>,
-    /// The event stream of this server process.
-    pub events: EventsHealth,
+    /// The event stream of this server process (admins only).
+    #[oai(skip_serializing_if_is_none)]
+    pub events: Option<EventsHealth>,
 }
 
 /// The event stream of this server process.
@@ -90,50 +96,68 @@ enum HealthResponse {
 impl HealthApi {
     /// Service health
     ///
-    /// Anonymous. 200 when the database and every backend work (`status` is `degraded` when
-    /// stored copies are known to be damaged or lost), else 503 with the same body.
+    /// 200 when the database and every backend work (`status` is `degraded` when stored
+    /// copies are known to be damaged or lost), else 503 with the same body. Anyone gets
+    /// `status`; an admin token also gets the details (database, backends, stored copies, the
+    /// event stream), which would tell an outsider too much.
     #[oai(path = "/health", method = "get", operation_id = "getHealth")]
-    async fn health(&self) -> HealthResponse {
+    async fn health(&self, auth: Auth) -> HealthResponse {
+        let details = self
+            .state
+            .caller(&auth)
+            .is_some_and(|p| p.allows(Scope::Admin));
         let health = crate::health::check(&self.state.registry).await;
         let bus = self.state.events.status();
-        let report = Health {
-            status: if !health.healthy() {
-                "unavailable"
-            } else if health.degraded() {
-                "degraded"
-            } else {
-                "ok"
-            }
-            .into(),
+        let status = if !health.healthy() {
+            "unavailable"
+        } else if health.degraded() {
+            "degraded"
+        } else {
+            "ok"
+        };
+        let mut report = Health {
+            status: status.into(),
             storage: health
                 .damaged_copies
                 .map(|(failed, missing)| StorageHealth {
                     failed_copies: failed,
                     missing_copies: missing,
                 }),
-            events: EventsHealth {
+            events: Some(EventsHealth {
                 listening: bus.listening,
                 waiting_requests: bus.waiting as u64,
-            },
-            version: env!("CARGO_PKG_VERSION").into(),
-            database: DatabaseHealth {
+            }),
+            version: Some(env!("CARGO_PKG_VERSION").into()),
+            database: Some(DatabaseHealth {
                 ok: health.database.is_ok(),
                 latest_sequence: health.database.as_ref().ok().copied(),
                 detail: health.database.as_ref().err().cloned(),
-            },
-            backends: health
-                .backends
-                .into_iter()
-                .map(|b| BackendHealthView {
-                    id: b.backend_id,
-                    healthy: b.healthy,
-                    detail: b.detail,
-                    free_bytes: b.free_bytes,
-                    total_bytes: b.total_bytes,
-                })
-                .collect(),
+            }),
+            backends: Some(
+                health
+                    .backends
+                    .into_iter()
+                    .map(|b| BackendHealthView {
+                        id: b.backend_id,
+                        healthy: b.healthy,
+                        detail: b.detail,
+                        free_bytes: b.free_bytes,
+                        total_bytes: b.total_bytes,
+                    })
+                    .collect(),
+            ),
         };
-        if report.status != "unavailable" {
+        if !details {
+            report = Health {
+                status: report.status,
+                version: None,
+                database: None,
+                backends: None,
+                storage: None,
+                events: None,
+            };
+        }
+        if status != "unavailable" {
             HealthResponse::Ok(Json(report))
         } else {
             HealthResponse::Unavailable(Json(report))

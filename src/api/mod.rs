@@ -11,6 +11,7 @@ mod body;
 pub mod error;
 mod events;
 mod files;
+mod form;
 mod health;
 mod models;
 mod packages;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub tail: crate::events::TailReader,
     /// Largest JSON request body, in bytes.
     pub max_json_body: u64,
+    /// How long a request body may send nothing.
+    pub body_idle_timeout: std::time::Duration,
 }
 
 #[derive(Tags)]
@@ -109,6 +112,44 @@ fn service(state: &AppState) -> OpenApiService<Apis, ()> {
     )
 }
 
+/// Request bodies whose types refuse members they do not define
+/// (`#[oai(deny_unknown_fields)]`). poem-openapi does not say so in the schema; [`document`]
+/// adds `additionalProperties: false` to these, so clients and fuzzers know.
+const CLOSED_BODIES: &[&str] = &[
+    "CreatePackage",
+    "MissingBlobsRequest",
+    "LinkFile",
+    "LinkFiles",
+    "CreateUpload",
+    "DefineRetentionClass",
+    "LegalHoldRequest",
+    "ChangeRetention",
+];
+
+/// The OpenAPI document as served and committed: poem-openapi's, with the closed request
+/// bodies marked. (The document is pretty JSON with two-space indents: a component schema
+/// opens on a line of its own at a known depth, so the member is added right after it, and
+/// the order of everything else stays poem-openapi's.)
+fn document(api: &OpenApiService<Apis, ()>) -> String {
+    let spec = api.spec();
+    let mut out = String::with_capacity(spec.len() + 64 * CLOSED_BODIES.len());
+    let mut in_schemas = false;
+    for line in spec.split_inclusive('\n') {
+        out.push_str(line);
+        if line == "    \"schemas\": {\n" {
+            in_schemas = true;
+        } else if in_schemas
+            && let Some(name) = line
+                .strip_prefix("      \"")
+                .and_then(|rest| rest.strip_suffix("\": {\n"))
+            && CLOSED_BODIES.contains(&name)
+        {
+            out.push_str("        \"additionalProperties\": false,\n");
+        }
+    }
+    out
+}
+
 /// The OpenAPI document, as pretty JSON (what `openapi/artifactstore.json` holds). Needs no
 /// database: the placeholder pool below never connects.
 pub fn spec_json() -> String {
@@ -123,8 +164,9 @@ pub fn spec_json() -> String {
         tokens: Arc::new(TokenStore::development()),
         events: crate::events::EventBus::idle(),
         max_json_body: 8 << 20,
+        body_idle_timeout: crate::config::HttpLimits::default().body_idle_timeout,
     };
-    service(&state).spec()
+    document(&service(&state))
 }
 
 /// `PUT /packages/{id}/files/a/b/c`: the route takes one segment, so the slashes of a
@@ -226,12 +268,49 @@ async fn limit_body(mut req: Request, limit: u64) -> poem::Result<Request> {
     }
 }
 
+/// No request body is read before its token is checked: a request that may carry one (any
+/// method but GET, HEAD and OPTIONS) with a missing or unknown token is refused here, before
+/// any extractor or handler reads its body (a bounded drain then lets the client read the
+/// answer). The scope an operation needs is checked by its handler, which reads no body
+/// before that either (file uploads) or only a bounded JSON one.
+async fn authenticate_first(mut req: Request, tokens: Arc<TokenStore>) -> poem::Result<Request> {
+    use poem::http::Method;
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Ok(req);
+    }
+    let bearer = req
+        .headers()
+        .get(poem::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.split_once(' ')
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, token)| token.trim().to_owned())
+        });
+    match tokens.authenticate(bearer.as_deref()) {
+        Ok(_) => Ok(req),
+        Err(refused) => {
+            body::drain(&mut body::stream(req.take_body())).await;
+            Err(poem::Error::from_response(
+                poem::IntoResponse::into_response(error::ApiError::from(refused)),
+            ))
+        }
+    }
+}
+
 /// The whole HTTP application.
 pub fn app(state: AppState) -> impl Endpoint {
     let json_limit = state.max_json_body;
+    let idle = state.body_idle_timeout;
+    let tokens = state.tokens.clone();
     let api = service(&state);
-    let allow = std::sync::Arc::new(problem::AllowTable::from_spec(&api.spec()));
-    let spec = api.spec_endpoint();
+    let document = document(&api);
+    let allow = std::sync::Arc::new(problem::AllowTable::from_spec(&document));
+    let spec = poem::endpoint::make_sync(move |_| {
+        poem::Response::builder()
+            .content_type("application/json")
+            .body(document.clone())
+    });
     let ui = api.swagger_ui();
     Route::new()
         .nest("/", api)
@@ -239,7 +318,34 @@ pub fn app(state: AppState) -> impl Endpoint {
         .nest("/docs", ui)
         .before(encode_file_path)
         .before(move |req| limit_body(req, json_limit))
+        .before(move |req| authenticate_first(req, tokens.clone()))
+        .before(move |mut req: Request| async move {
+            let body = req.take_body();
+            req.set_body(serve::idle_body(body, idle));
+            Ok(req)
+        })
         .catch_all_error(problem::from_poem_error)
         .around(move |endpoint, req| problem::finish(endpoint, req, allow.clone()))
         .with(poem::middleware::Tracing)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn closed_request_bodies_say_so_in_the_spec() {
+        let spec: serde_json::Value = serde_json::from_str(&super::spec_json()).unwrap();
+        let schemas = spec["components"]["schemas"].as_object().unwrap();
+        for name in super::CLOSED_BODIES {
+            assert_eq!(
+                schemas[*name]["additionalProperties"],
+                serde_json::Value::Bool(false),
+                "{name}"
+            );
+        }
+        let closed = schemas
+            .values()
+            .filter(|s| s["additionalProperties"] == serde_json::Value::Bool(false))
+            .count();
+        assert_eq!(closed, super::CLOSED_BODIES.len());
+    }
 }

@@ -170,6 +170,7 @@ impl From<FileRecord> for FileInfo {
 
 /// `POST /packages` body.
 #[derive(Debug, Clone, Object)]
+#[oai(deny_unknown_fields)]
 pub struct CreatePackage {
     /// What produced it (1-256 bytes).
     #[oai(validator(min_length = 1, max_length = 256))]
@@ -200,6 +201,7 @@ pub struct PackageList {
 
 /// `POST /blobs/missing` body.
 #[derive(Debug, Clone, Object)]
+#[oai(deny_unknown_fields)]
 pub struct MissingBlobsRequest {
     /// Content addresses (`blake3:<hex>` or `sha256:<hex>`), at most 1000.
     #[oai(validator(max_items = 1000, pattern = r"^(blake3|sha256):[0-9a-f]{64}$"))]
@@ -215,6 +217,7 @@ pub struct MissingBlobs {
 
 /// `POST /packages/{id}/links` body: add a file from bytes the tenant already holds.
 #[derive(Debug, Clone, Object)]
+#[oai(deny_unknown_fields)]
 pub struct LinkFile {
     /// Path inside the package.
     #[oai(validator(min_length = 1, max_length = 1024))]
@@ -232,6 +235,7 @@ pub struct LinkFile {
 
 /// `POST /packages/{id}/links/batch` body: many links in one transaction.
 #[derive(Debug, Clone, Object)]
+#[oai(deny_unknown_fields)]
 pub struct LinkFiles {
     /// The files to add (1-1000, distinct paths): all of them are added, or none.
     #[oai(validator(min_items = 1, max_items = 1000))]
@@ -304,7 +308,7 @@ pub struct StorageReceiptJson {
     pub content_address: String,
     /// Backend id.
     pub backend_id: String,
-    /// `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+    /// When the package's tenant first stored these bytes, `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
     pub stored_at: String,
 }
 

@@ -2,6 +2,7 @@
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
+use super::form::{Part, Parts, StreamedForm};
 use super::models::{
     CreatePackage, FileInfo, LinkFile, LinkFiles, LinkedFiles, Package, PackageList, Status,
 };
@@ -10,7 +11,7 @@ use super::security::Auth;
 use crate::auth::Scope;
 use crate::identity::ContentAddress;
 use crate::model::{Metadata, PackageId, RelativePath};
-use crate::registry::{IngestRequest, LinkRequest, NewPackage, PackageFilter};
+use crate::registry::{self, IngestRequest, LinkRequest, NewPackage, PackageFilter};
 use base64::Engine as _;
 use poem::{Body, Request};
 use poem_openapi::param::{Path, Query};
@@ -51,8 +52,10 @@ enum LinkedResponse {
     Created(Json<LinkedFiles>),
 }
 
-/// `POST /packages/{id}/files` form.
+/// `POST /packages/{id}/files` form (its description; the form is read as a stream, see
+/// [`super::form`]). Text parts are at most 4 KiB each.
 #[derive(Debug, Multipart)]
+#[allow(dead_code)]
 struct FileUpload {
     /// The bytes; the part's filename is the default relative path.
     file: Upload,
@@ -112,6 +115,76 @@ impl PackagesApi {
             .state
             .registry
             .ingest_file_sized(tenant, PackageId(package), request, body, size)
+            .await?;
+        Ok(CreatedFile::new(record.into()))
+    }
+
+    /// Reads a form's parts in order, streaming its file part into a staged write, then
+    /// records the file the text parts describe (they may come before or after the file).
+    async fn upload_parts(
+        &self,
+        tenant: &crate::model::TenantId,
+        package: PackageId,
+        parts: &mut Parts,
+        replace: Option<bool>,
+    ) -> ApiResult<CreatedFile> {
+        let registry = &self.state.registry;
+        let mut texts = std::collections::HashMap::new();
+        let mut staged: Option<registry::StagedFile> = None;
+        let mut file_part = (None, None);
+        let read = async {
+            while let Some(part) = parts.next().await.map_err(crate::Error::from)? {
+                match part {
+                    Part::Text { name, value } => {
+                        texts.insert(name, value);
+                    }
+                    Part::File {
+                        file_name,
+                        content_type,
+                        body,
+                    } => {
+                        file_part = (file_name, content_type);
+                        staged = Some(registry.stage_file(tenant, package, body).await?);
+                    }
+                }
+            }
+            let (file_name, content_type) = file_part;
+            let path = match texts.get("relative_path").or(file_name.as_ref()) {
+                Some(p) => RelativePath::new(p)?,
+                None => {
+                    return Err(crate::Error::InvalidInput(
+                        "give `relative_path` or a filename on the `file` part".into(),
+                    )
+                    .into());
+                }
+            };
+            Ok::<_, ApiError>(IngestRequest {
+                relative_path: path,
+                media_type: texts.get("media_type").cloned().or(content_type),
+                expected_digest: texts
+                    .get("expected_digest")
+                    .map(|d| parse_address(d, "expected_digest"))
+                    .transpose()?,
+                replace: replace.unwrap_or(false),
+            })
+        }
+        .await;
+        let (request, staged) = match (read, staged) {
+            (Ok(request), Some(staged)) => (request, staged),
+            (Ok(_), None) => {
+                return Err(
+                    crate::Error::InvalidInput("the form has no `file` part".into()).into(),
+                );
+            }
+            (Err(e), staged) => {
+                if let Some(staged) = staged {
+                    let _ = staged.discard().await;
+                }
+                return Err(e);
+            }
+        };
+        let record = registry
+            .record_staged(tenant, package, request, staged)
             .await?;
         Ok(CreatedFile::new(record.into()))
     }
@@ -250,35 +323,42 @@ impl PackagesApi {
         id: Path<Uuid>,
         /// Replace an existing file at the same path.
         replace: Query<Option<bool>>,
-        form: FileUpload,
+        form: StreamedForm<FileUpload>,
     ) -> ApiResult<CreatedFile> {
-        let principal = self.state.authorize(&auth, Scope::Write)?;
-        self.check_declared_length(req)?;
-        let path = match form.relative_path.as_deref().or(form.file.file_name()) {
-            Some(p) => RelativePath::new(p)?,
-            None => {
-                return Err(ApiError::from(crate::Error::InvalidInput(
-                    "give `relative_path` or a filename on the `file` part".into(),
-                )));
+        // Who is calling, and whether the package can take files, before a byte of the body
+        // is read.
+        let checked = async {
+            let principal = self.state.authorize(&auth, Scope::Write)?;
+            self.check_declared_length(req)?;
+            self.state
+                .registry
+                .check_package_open(&principal.tenant, PackageId(id.0))
+                .await?;
+            Ok::<_, ApiError>(principal)
+        }
+        .await;
+        let principal = match checked {
+            Ok(principal) => principal,
+            Err(e) => {
+                form.refuse().await;
+                return Err(e);
             }
         };
-        let request = IngestRequest {
-            relative_path: path,
-            media_type: form
-                .media_type
-                .clone()
-                .or_else(|| form.file.content_type().map(str::to_owned)),
-            expected_digest: form
-                .expected_digest
-                .as_deref()
-                .map(|d| parse_address(d, "expected_digest"))
-                .transpose()?,
-            replace: replace.0.unwrap_or(false),
-        };
-        let reader = form.file.into_async_read();
-        let body = tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024);
-        self.ingest(&principal.tenant, id.0, request, body, None)
-            .await
+        let max_file = self.state.registry.limits().max_file_size;
+        let mut parts = form
+            .parts(
+                &["relative_path", "media_type", "expected_digest"],
+                "file",
+                max_file,
+            )
+            .map_err(crate::Error::from)?;
+        let result = self
+            .upload_parts(&principal.tenant, PackageId(id.0), &mut parts, replace.0)
+            .await;
+        if result.is_err() {
+            parts.refuse().await;
+        }
+        result
     }
 
     /// Upload a file (raw body)

@@ -8,6 +8,15 @@ use poem_openapi::Object;
 /// `application/problem+json`.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
+/// Most bytes of `detail`: a problem never echoes more of a client's input than this.
+pub const MAX_DETAIL_BYTES: usize = 1024;
+
+/// Marks a response as a problem this server built. Only those are completed by [`finish`];
+/// anything else, a stored file served as `application/problem+json` included, passes
+/// byte for byte.
+#[derive(Debug, Clone, Copy)]
+struct BuiltHere;
+
 /// An RFC 7807 problem.
 #[derive(Debug, Clone, Object, serde::Serialize)]
 pub struct Problem {
@@ -34,13 +43,22 @@ pub struct Problem {
 impl Problem {
     /// A problem with a status and detail; type and title follow from the status.
     pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        let mut detail = detail.into();
+        if detail.len() > MAX_DETAIL_BYTES {
+            let mut end = MAX_DETAIL_BYTES;
+            while !detail.is_char_boundary(end) {
+                end -= 1;
+            }
+            detail.truncate(end);
+            detail.push_str("… (cut short)");
+        }
         let title = status.canonical_reason().unwrap_or("Error").to_owned();
         let slug = title.to_lowercase().replace(' ', "-");
         Problem {
             problem_type: format!("https://artifactstore.dev/problems/{slug}"),
             title,
             status: status.as_u16(),
-            detail: detail.into(),
+            detail,
             instance: None,
             offset: None,
         }
@@ -61,10 +79,35 @@ impl Problem {
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let body = serde_json::to_vec(&self).unwrap_or_default();
-        Response::builder()
+        let mut resp = Response::builder()
             .status(self.status_code())
             .content_type(PROBLEM_JSON)
-            .body(body)
+            .body(body);
+        resp.extensions_mut().insert(BuiltHere);
+        resp
+    }
+}
+
+/// A problem as an operation's response payload (`application/problem+json`), marked as
+/// built here (see [`finish`]).
+#[derive(Debug, Clone)]
+pub struct ProblemBody(pub Problem);
+
+impl poem_openapi::payload::Payload for ProblemBody {
+    const CONTENT_TYPE: &'static str = PROBLEM_JSON;
+
+    fn schema_ref() -> poem_openapi::registry::MetaSchemaRef {
+        <Problem as poem_openapi::types::Type>::schema_ref()
+    }
+
+    fn register(registry: &mut poem_openapi::registry::Registry) {
+        <Problem as poem_openapi::types::Type>::register(registry);
+    }
+}
+
+impl IntoResponse for ProblemBody {
+    fn into_response(self) -> Response {
+        self.0.into_response()
     }
 }
 
@@ -79,6 +122,7 @@ pub fn from_error(error: &Error) -> Problem {
         }
         Error::QuotaExceeded(_) => (StatusCode::PAYLOAD_TOO_LARGE, error.to_string()),
         Error::Gone(_) => (StatusCode::GONE, error.to_string()),
+        Error::Busy(_) => (StatusCode::TOO_MANY_REQUESTS, error.to_string()),
         Error::Body(_) => (StatusCode::BAD_REQUEST, error.to_string()),
         Error::OffsetMismatch { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, error.to_string()),
         Error::Storage {
@@ -115,9 +159,19 @@ pub fn from_error(error: &Error) -> Problem {
 /// Turns any error poem produced (unknown route, wrong method, unparsable parameters or body)
 /// into a problem response.
 pub async fn from_poem_error(error: poem::Error) -> Response {
-    // Problems our handlers built are already complete responses.
+    // Problems our handlers built are already complete responses. (poem replaces a response's
+    // extensions with the error's when it turns one into the other: mark it again. An error
+    // response never carries a stored file's bytes, so a problem here is always ours.)
     if error.is_from_response() {
-        return error.into_response();
+        let mut resp = error.into_response();
+        let is_problem = resp
+            .headers()
+            .get(poem::http::header::CONTENT_TYPE)
+            .is_some_and(|v| v == PROBLEM_JSON);
+        if is_problem {
+            resp.extensions_mut().insert(BuiltHere);
+        }
+        return resp;
     }
     let status = error.status();
     if status.is_server_error() {
@@ -198,8 +252,9 @@ impl AllowTable {
     }
 }
 
-/// Completes problem responses: sets `instance` (the request path) where it is missing, and
-/// `Allow` on 405s.
+/// Completes the problem responses this server built: sets `instance` (the request path)
+/// where it is missing, and `Allow` on 405s. Every other response (file bytes of any media
+/// type) passes untouched.
 pub async fn finish<E: poem::Endpoint>(
     endpoint: std::sync::Arc<E>,
     req: poem::Request,
@@ -213,11 +268,7 @@ pub async fn finish<E: poem::Endpoint>(
     {
         resp.headers_mut().insert(poem::http::header::ALLOW, value);
     }
-    let is_problem = resp
-        .headers()
-        .get(poem::http::header::CONTENT_TYPE)
-        .is_some_and(|v| v == PROBLEM_JSON);
-    if !is_problem {
+    if resp.extensions().get::<BuiltHere>().is_none() {
         return Ok(resp);
     }
     let (parts, body) = resp.into_parts();
@@ -232,7 +283,24 @@ pub async fn finish<E: poem::Endpoint>(
     let mut resp = Response::from_parts(parts, poem::Body::from(body));
     resp.headers_mut()
         .remove(poem::http::header::CONTENT_LENGTH);
+    let status = resp.status();
+    if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
+        // Every refusal that may pass says when to try again (problems built outside an
+        // operation's declared responses included).
+        resp.headers_mut()
+            .entry(poem::http::header::RETRY_AFTER)
+            .or_insert_with(|| retry_after(status).into());
+    }
     Ok(resp)
+}
+
+/// Seconds a client is asked to wait before retrying a 503 or 429.
+pub fn retry_after(status: StatusCode) -> u64 {
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        1
+    } else {
+        5
+    }
 }
 
 #[cfg(test)]
@@ -246,6 +314,20 @@ mod tests {
             "failed to parse path parameter: invalid character"
         );
         assert_eq!(public_detail("path `paramx` stays"), "path `paramx` stays");
+    }
+
+    #[test]
+    fn details_never_echo_more_than_a_kibibyte() {
+        let input = "é".repeat(5000);
+        let p = Problem::new(StatusCode::UNPROCESSABLE_ENTITY, format!("bad: {input}"));
+        assert!(
+            p.detail.len() <= MAX_DETAIL_BYTES + 20,
+            "{}",
+            p.detail.len()
+        );
+        assert!(p.detail.ends_with("(cut short)"));
+        let short = Problem::new(StatusCode::BAD_REQUEST, "short");
+        assert_eq!(short.detail, "short");
     }
 
     #[test]

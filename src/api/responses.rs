@@ -2,7 +2,7 @@
 //! `poem::Response` wrapped in a type whose OpenAPI description comes from a derived,
 //! documentation-only enum, so the spec stays exact.
 
-use super::problem::Problem;
+use super::problem::{Problem, ProblemBody};
 use crate::identity::ContentAddress;
 use crate::registry::FileRecord;
 use base64::Engine as _;
@@ -115,6 +115,8 @@ enum DownloadDoc {
         #[oai(header = "ETag")] String,
         #[oai(header = "Accept-Ranges")] String,
         #[oai(header = "Repr-Digest")] String,
+        #[oai(header = "Content-Disposition")] String,
+        #[oai(header = "X-Content-Type-Options")] String,
     ),
     /// One range of the file.
     #[oai(status = 206)]
@@ -123,13 +125,15 @@ enum DownloadDoc {
         #[oai(header = "Content-Range")] String,
         #[oai(header = "ETag")] String,
         #[oai(header = "Repr-Digest")] String,
+        #[oai(header = "Content-Disposition")] String,
+        #[oai(header = "X-Content-Type-Options")] String,
     ),
     /// `If-None-Match` matched.
     #[oai(status = 304)]
     NotModified(#[oai(header = "ETag")] String),
     /// The range lies outside the file; `Content-Range: bytes */<size>`.
     #[oai(status = 416, content_type = "application/problem+json")]
-    RangeNotSatisfiable(Json<Problem>, #[oai(header = "Content-Range")] String),
+    RangeNotSatisfiable(ProblemBody, #[oai(header = "Content-Range")] String),
 }
 
 documented_response!(Download, DownloadDoc);
@@ -146,8 +150,13 @@ pub enum RangePlan {
     Unsatisfiable,
 }
 
+/// Most ranges a `Range` header may name to be looked at; one naming more is ignored whole
+/// (the answer is the whole file), without parsing or checking them against each other.
+pub const MAX_RANGES: usize = 16;
+
 /// Decides per RFC 9110: one satisfiable range gives 206; several give the whole file; a
-/// malformed header is ignored; an unsatisfiable one gives 416.
+/// malformed header, or one of more than [`MAX_RANGES`] ranges, is ignored; an unsatisfiable
+/// one gives 416 (any range of an empty file is unsatisfiable).
 pub fn plan(req: &Request, file: &FileRecord) -> RangePlan {
     if not_modified(req, &etag_of(&file.content_address())) {
         return RangePlan::NotModified;
@@ -159,9 +168,15 @@ pub fn plan(req: &Request, file: &FileRecord) -> RangePlan {
     else {
         return RangePlan::Full;
     };
+    if range.bytes().filter(|b| *b == b',').count() >= MAX_RANGES {
+        return RangePlan::Full;
+    }
     let Ok(parsed) = http_range_header::parse_range_header(range) else {
         return RangePlan::Full;
     };
+    if file.size == 0 {
+        return RangePlan::Unsatisfiable;
+    }
     match parsed.validate(file.size) {
         Ok(ranges) if ranges.len() == 1 => RangePlan::Partial(*ranges[0].start(), *ranges[0].end()),
         Ok(_) => RangePlan::Full,
@@ -169,13 +184,54 @@ pub fn plan(req: &Request, file: &FileRecord) -> RangePlan {
     }
 }
 
-/// Headers common to every download answer.
+/// `Content-Disposition: attachment` naming the file by its last path segment (RFC 6266): an
+/// ASCII `filename` (other characters, quotes and backslashes as `_`) and, where the name
+/// is not plain ASCII, `filename*` with its UTF-8 bytes percent-encoded (RFC 8187).
+pub fn content_disposition(file_name: &str) -> String {
+    let ascii: String = file_name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if ascii == file_name {
+        return format!("attachment; filename=\"{ascii}\"");
+    }
+    // RFC 8187 attr-char: ALPHA / DIGIT / "!#$&+-.^_`|~"; everything else is encoded.
+    const ATTR: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'!')
+        .remove(b'#')
+        .remove(b'$')
+        .remove(b'&')
+        .remove(b'+')
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'^')
+        .remove(b'_')
+        .remove(b'`')
+        .remove(b'|')
+        .remove(b'~');
+    let encoded = percent_encoding::utf8_percent_encode(file_name, ATTR);
+    format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
+}
+
+/// Headers common to every download answer. The bytes are always an attachment, and never
+/// sniffed: a stored `text/html` (or anything a browser would run) must not run on this origin.
 fn base(file: &FileRecord) -> poem::ResponseBuilder {
     let sha = base64::engine::general_purpose::STANDARD.encode(file.sha256.0);
     Response::builder()
         .header(header::ETAG, etag_of(&file.content_address()))
         .header(header::ACCEPT_RANGES, "bytes")
         .header("Repr-Digest", format!("sha-256=:{sha}:"))
+        .header(
+            header::CONTENT_DISPOSITION,
+            content_disposition(file.relative_path.file_name()),
+        )
+        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
 }
 
 /// 304.
@@ -218,4 +274,30 @@ pub fn bytes_response(file: &FileRecord, range: Option<(u64, u64)>, body: Body) 
             .body(body),
     };
     Download(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attachments_name_the_file_safely() {
+        assert_eq!(
+            content_disposition("report.pdf"),
+            "attachment; filename=\"report.pdf\""
+        );
+        assert_eq!(
+            content_disposition("a \"b\"\\.txt"),
+            "attachment; filename=\"a _b__.txt\"; filename*=UTF-8''a%20%22b%22%5C.txt"
+        );
+        assert_eq!(
+            content_disposition("résumé 1.txt"),
+            "attachment; filename=\"r_sum_ 1.txt\"; filename*=UTF-8''r%C3%A9sum%C3%A9%201.txt"
+        );
+        // Whatever the name, the value is a valid header.
+        for name in ["\u{202E}exe.txt", "日本語", "a;b=c", "x\u{7f}"] {
+            let value = content_disposition(name);
+            assert!(poem::http::HeaderValue::from_str(&value).is_ok(), "{value}");
+        }
+    }
 }

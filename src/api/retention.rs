@@ -46,15 +46,71 @@ pub struct RetentionClassList {
     pub items: Vec<RetentionClass>,
 }
 
+/// A class's `duration_seconds` as sent: any whole number, so that one out of range is a 422
+/// naming the range (the rule is the registry's), while the schema documents the range.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClassSeconds(Option<u64>);
+
+impl poem_openapi::types::Type for ClassSeconds {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> std::borrow::Cow<'static, str> {
+        "integer(int64)".into()
+    }
+
+    fn schema_ref() -> poem_openapi::registry::MetaSchemaRef {
+        let mut schema = poem_openapi::registry::MetaSchema::new_with_format("integer", "int64");
+        schema.minimum = Some(1.0);
+        schema.maximum = Some(crate::registry::MAX_CLASS_DURATION_SECONDS as f64);
+        poem_openapi::registry::MetaSchemaRef::Inline(Box::new(schema))
+    }
+
+    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+        Some(self)
+    }
+
+    fn raw_element_iter<'a>(
+        &'a self,
+    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+
+impl poem_openapi::types::ParseFromJSON for ClassSeconds {
+    fn parse_from_json(value: Option<serde_json::Value>) -> poem_openapi::types::ParseResult<Self> {
+        use poem_openapi::types::ParseError;
+        match value.unwrap_or_default() {
+            serde_json::Value::Number(n) => {
+                if let Some(n) = n.as_u64() {
+                    Ok(ClassSeconds(Some(n)))
+                } else if n.as_i64().is_some() || n.as_f64().is_some_and(|f| f.fract() == 0.0) {
+                    // Negative, or past u64: out of range (the registry says which range).
+                    Ok(ClassSeconds(None))
+                } else {
+                    Err(ParseError::custom("expected a whole number of seconds"))
+                }
+            }
+            other => Err(ParseError::expected_type(other)),
+        }
+    }
+}
+
+impl poem_openapi::types::ToJSON for ClassSeconds {
+    fn to_json(&self) -> Option<serde_json::Value> {
+        self.0.map(serde_json::Value::from)
+    }
+}
+
 /// `PUT /retention-classes/{name}` body: exactly one of `duration_seconds` and `forever`.
 #[derive(Debug, Clone, Object)]
+#[oai(deny_unknown_fields)]
 pub struct DefineRetentionClass {
-    /// Seconds a finalized package is kept.
-    #[oai(
-        skip_serializing_if_is_none,
-        validator(minimum(value = "0"), maximum(value = "1000000000000000"))
-    )]
-    pub duration_seconds: Opt<u64>,
+    /// Seconds a finalized package is kept: 1 to 3,155,760,000 (100 years; use `forever`
+    /// for longer). Other values answer 422.
+    #[oai(skip_serializing_if_is_none)]
+    pub duration_seconds: Opt<ClassSeconds>,
     /// `true`: kept forever ("never" expires).
     #[oai(skip_serializing_if_is_none)]
     pub forever: Opt<bool>,
@@ -65,6 +121,7 @@ pub struct DefineRetentionClass {
 
 /// `PUT /packages/{id}/legal-hold` body.
 #[derive(Debug, Clone, Object)]
+#[oai(deny_unknown_fields)]
 pub struct LegalHoldRequest {
     /// Why the package is held (1-256 bytes).
     #[oai(validator(min_length = 1, max_length = 256))]
@@ -73,6 +130,7 @@ pub struct LegalHoldRequest {
 
 /// `PATCH /packages/{id}/retention` body.
 #[derive(Debug, Clone, Object)]
+#[oai(deny_unknown_fields)]
 pub struct ChangeRetention {
     /// The new class.
     #[oai(validator(pattern = r"^[a-z0-9][a-z0-9._-]{0,62}$"))]
@@ -100,8 +158,10 @@ impl RetentionApi {
 
     /// Define a retention class
     ///
-    /// Admin scope. Creates or redefines the class; packages already finalized keep the
-    /// expiry they got. Give `duration_seconds`, or `forever: true`.
+    /// Classes are shared by every tenant, so only an admin token of the reserved `system`
+    /// tenant may define them (others: 403). Creates or redefines the class; packages already
+    /// finalized keep the expiry they got. Give `duration_seconds` (1 to 3,155,760,000), or
+    /// `forever: true`.
     #[oai(
         path = "/retention-classes/:name",
         method = "put",
@@ -115,10 +175,11 @@ impl RetentionApi {
         name: Path<String>,
         body: Json<DefineRetentionClass>,
     ) -> ApiResult<Json<RetentionClass>> {
-        self.state.authorize(&auth, Scope::Admin)?;
+        self.state.authorize_operator(&auth)?;
         let body = body.0;
         let duration_seconds = match (body.duration_seconds.0, body.forever.0) {
-            (Some(seconds), None | Some(false)) => Some(seconds),
+            // Out of range whatever its value: the registry's own check says what is allowed.
+            (Some(ClassSeconds(seconds)), None | Some(false)) => Some(seconds.unwrap_or(0)),
             (None, Some(true)) => None,
             _ => {
                 return Err(ApiError::from(crate::Error::InvalidInput(

@@ -23,13 +23,28 @@ pub enum Auth {
     Anonymous,
 }
 
+impl Auth {
+    fn token(&self) -> Option<&str> {
+        match self {
+            Auth::Bearer(BearerToken(b)) => Some(b.token.as_str()),
+            Auth::Anonymous => None,
+        }
+    }
+}
+
 impl AppState {
     /// The caller, if allowed `scope`.
     pub fn authorize(&self, auth: &Auth, scope: Scope) -> Result<Principal, ApiError> {
-        let token = match auth {
-            Auth::Bearer(BearerToken(b)) => Some(b.token.as_str()),
-            Auth::Anonymous => None,
-        };
-        Ok(self.tokens.authorize(token, scope)?)
+        Ok(self.tokens.authorize(auth.token(), scope)?)
+    }
+
+    /// The caller, if it is the service's operator (an admin of the `system` tenant).
+    pub fn authorize_operator(&self, auth: &Auth) -> Result<Principal, ApiError> {
+        Ok(self.tokens.authorize_operator(auth.token())?)
+    }
+
+    /// The caller, if it has any valid credentials (or none are needed); `None` otherwise.
+    pub fn caller(&self, auth: &Auth) -> Option<Principal> {
+        self.tokens.authenticate(auth.token()).ok()
     }
 }

@@ -6,7 +6,6 @@ use super::security::Auth;
 use crate::auth::Scope;
 use crate::events::LocationStatus;
 use crate::identity::Digest;
-use crate::model::TenantId;
 use base64::Engine as _;
 use poem_openapi::param::Query;
 use poem_openapi::payload::Json;
@@ -69,7 +68,8 @@ pub struct StorageLocation {
     pub status: CopyStatus,
     /// Blob size in bytes.
     pub size: u64,
-    /// When the copy was written.
+    /// When the copy was written (for a tenant's admin: when that tenant first stored these
+    /// bytes).
     pub stored_at: OffsetDateTime,
     /// When it was last verified.
     #[oai(skip_serializing_if_is_none)]
@@ -156,8 +156,10 @@ impl StorageApi {
     /// List stored copies
     ///
     /// Admin scope. `?status=failed` lists the copies verification found damaged, `missing`
-    /// those a backend lost. A tenant's admin sees the copies of its own files' bytes; the
-    /// reserved `system` tenant (operators) sees every copy.
+    /// those a backend lost. A tenant's admin sees the copies of its own files' bytes, with
+    /// `stored_at` the time the tenant first stored those bytes (never another tenant's); an
+    /// admin of the reserved `system` tenant (operators) sees every copy, with the time each
+    /// copy was written.
     #[oai(
         path = "/storage/locations",
         method = "get",
@@ -184,7 +186,7 @@ impl StorageApi {
             .as_deref()
             .map(decode_cursor)
             .transpose()?;
-        let owner = (principal.tenant.as_str() != TenantId::SYSTEM).then_some(&principal.tenant);
+        let owner = (!principal.operator).then_some(&principal.tenant);
         let mut rows = self
             .state
             .registry

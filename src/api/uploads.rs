@@ -21,6 +21,7 @@ pub struct UploadsApi {
 
 /// `POST /uploads` body.
 #[derive(Debug, Object)]
+#[oai(deny_unknown_fields)]
 pub struct CreateUpload {
     /// Target package (must be open).
     pub package_id: Uuid,

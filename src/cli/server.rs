@@ -41,6 +41,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let term = terminate_signal()?;
     let jobs = args.worker.then(|| args.jobs.options()).transpose()?;
     let settings = args.service.resolve()?;
+    if settings.tokens.is_development() && !settings.listen.ip().is_loopback() && !settings.dev_mode
+    {
+        anyhow::bail!(
+            "refusing to serve on {} without tokens: every caller would be an admin. Configure \
+             tokens (ARTIFACTSTORE_TOKENS_FILE or ARTIFACTSTORE_TOKENS), listen on loopback, or \
+             set ARTIFACTSTORE_DEV_MODE=true (--dev-mode) to accept that",
+            settings.listen
+        );
+    }
     let service = Service::start(&settings, settings.migrate_on_start).await?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -55,11 +64,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
              mode, every request acts as tenant `default` with every scope"
         );
     }
-    let bus = crate::events::EventBus::start(&service.database.url);
+    let bus = crate::events::EventBus::start(&service.database.url, settings.long_polls);
     let state = AppState {
         events: bus.clone(),
         tail: crate::events::TailReader::new(service.registry.pool().clone()),
         max_json_body: settings.max_json_body,
+        body_idle_timeout: settings.http.body_idle_timeout,
         tokens: settings.tokens.clone(),
         registry: service.registry.clone(),
     };
@@ -81,6 +91,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         app(state),
         shutdown_signal(term, bus.clone()),
         settings.shutdown_grace,
+        settings.http,
     )
     .await;
     tracing::info!("server stopped");

@@ -171,7 +171,10 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         }
     } else {
         tracing::info!("worker started");
-        let bus = crate::events::EventBus::start(&service.database.url);
+        let bus = crate::events::EventBus::start(
+            &service.database.url,
+            crate::events::LongPollLimits::default(),
+        );
         worker.run(&bus, shutdown(term)).await;
         bus.close();
         tracing::info!("worker stopped");

@@ -401,9 +401,16 @@ fn unprivileged_user() -> Result<Option<(Uid, Gid)>> {
         .into()))
 }
 
+/// Where clusters go whose data directory the server's user cannot reach: a directory owned
+/// by root and writable by nobody else, so no other user can make or swap anything in it.
+const FALLBACK_PARENT: &str = "/var/tmp/artifactstore-postgres";
+
 /// The cluster directory: `<data_dir>/postgres`, unless the server's user cannot reach it
-/// (e.g. a data directory under a root-only home), in which case a directory under /var/tmp
-/// keyed by the data directory's path is used instead.
+/// (e.g. a data directory under a root-only home), in which case a directory under
+/// [`FALLBACK_PARENT`] keyed by the data directory's path is used instead. Either way it is a
+/// real directory (not a symlink) owned by the server's user with mode 0700: one made by
+/// someone else, or open to others, is refused rather than adopted (its `password` and
+/// `pgdata` would be theirs to choose).
 fn cluster_dir(data_dir: &Path, run_as: Option<(Uid, Gid)>) -> Result<PathBuf> {
     std::fs::create_dir_all(data_dir).map_err(|e| {
         fail(format!(
@@ -416,24 +423,96 @@ fn cluster_dir(data_dir: &Path, run_as: Option<(Uid, Gid)>) -> Result<PathBuf> {
         .map_err(|e| fail(format!("cannot resolve {}: {e}", data_dir.display())))?;
     let preferred = data_dir.join("postgres");
     let Some((uid, gid)) = run_as else {
-        return Ok(preferred);
+        let me = (nix::unistd::geteuid(), nix::unistd::getegid());
+        return private_dir(&preferred, me, true);
     };
-    let dir = if can_traverse(&data_dir, uid, gid) {
-        preferred
-    } else {
-        let key = blake3::hash(data_dir.as_os_str().as_encoded_bytes()).to_hex();
-        let fallback = PathBuf::from(format!("/var/tmp/artifactstore-postgres-{}", &key[..16]));
-        tracing::warn!(
-            data_dir = %data_dir.display(), cluster = %fallback.display(),
-            "the PostgreSQL user cannot reach the data directory; keeping the cluster elsewhere"
-        );
-        fallback
+    if can_traverse(&data_dir, uid, gid) {
+        return private_dir(&preferred, (uid, gid), true);
+    }
+    let parent = Path::new(FALLBACK_PARENT);
+    root_owned_dir(parent)?;
+    let key = blake3::hash(data_dir.as_os_str().as_encoded_bytes()).to_hex();
+    let fallback = parent.join(&key[..16]);
+    tracing::warn!(
+        data_dir = %data_dir.display(), cluster = %fallback.display(),
+        "the PostgreSQL user cannot reach the data directory; keeping the cluster elsewhere"
+    );
+    private_dir(&fallback, (uid, gid), false)
+}
+
+/// Makes `dir` (mode 0755, owned by root) unless it exists; refuses it unless it is a real
+/// directory owned by root that no one else may write to.
+fn root_owned_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(0o755).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(fail(format!("cannot create {}: {e}", dir.display()))),
+    }
+    let meta = std::fs::symlink_metadata(dir)
+        .map_err(|e| fail(format!("cannot inspect {}: {e}", dir.display())))?;
+    if !meta.file_type().is_dir() || meta.uid() != 0 || meta.permissions().mode() & 0o022 != 0 {
+        return Err(fail(format!(
+            "{} must be a directory owned by root that only root may write to \
+             (found owner {}, mode {:o}); remove it, or set ARTIFACTSTORE_DATABASE_URL",
+            dir.display(),
+            meta.uid(),
+            meta.permissions().mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+/// Makes `dir` with mode 0700, owned by `owner`, unless it exists; refuses one that is a
+/// symlink or not a directory, owned by anyone else, or open to others. With `tighten`, an
+/// existing directory of the right owner whose mode is looser is narrowed to 0700 instead of
+/// refused (a data directory of the operator's own, made by an earlier version).
+fn private_dir(dir: &Path, owner: (Uid, Gid), tighten: bool) -> Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let (uid, gid) = owner;
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {
+            nix::unistd::chown(dir, Some(uid), Some(gid))
+                .map_err(|e| fail(format!("cannot chown {}: {e}", dir.display())))?;
+            // The mode given at creation is narrowed by the umask, never widened.
+            return Ok(dir.to_path_buf());
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(fail(format!("cannot create {}: {e}", dir.display()))),
+    }
+    let meta = std::fs::symlink_metadata(dir)
+        .map_err(|e| fail(format!("cannot inspect {}: {e}", dir.display())))?;
+    let refuse = |why: String| {
+        Err(fail(format!(
+            "refusing to use {} for the private PostgreSQL cluster: {why}; remove it, or set \
+             ARTIFACTSTORE_DATABASE_URL",
+            dir.display()
+        )))
     };
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
-    nix::unistd::chown(&dir, Some(uid), Some(gid))
-        .map_err(|e| fail(format!("cannot chown {}: {e}", dir.display())))?;
-    Ok(dir)
+    if meta.file_type().is_symlink() {
+        return refuse("it is a symbolic link".into());
+    }
+    if !meta.file_type().is_dir() {
+        return refuse("it is not a directory".into());
+    }
+    if meta.uid() != uid.as_raw() {
+        return refuse(format!(
+            "it is owned by uid {}, not by uid {}",
+            meta.uid(),
+            uid.as_raw()
+        ));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        if !tighten {
+            return refuse(format!(
+                "its mode {mode:o} lets others in (0700 is required)"
+            ));
+        }
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| fail(format!("cannot restrict {}: {e}", dir.display())))?;
+    }
+    Ok(dir.to_path_buf())
 }
 
 fn can_traverse(path: &Path, uid: Uid, gid: Gid) -> bool {
@@ -463,11 +542,24 @@ fn read_or_create_password(dir: &Path) -> Result<String> {
         .take(32)
         .map(char::from)
         .collect();
-    std::fs::write(&path, &password)
-        .map_err(|e| fail(format!("cannot write {}: {e}", path.display())))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| fail(format!("cannot restrict {}: {e}", path.display())))?;
+    write_secret(&path, &password)?;
     Ok(password)
+}
+
+/// Writes a new file readable by its owner alone from the moment it exists (never a file, or
+/// a symlink, someone put there first).
+fn write_secret(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| fail(format!("cannot create {}: {e}", path.display())))?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| fail(format!("cannot write {}: {e}", path.display())))
 }
 
 fn init_cluster(
@@ -484,8 +576,9 @@ fn init_cluster(
             .map_err(|e| fail(format!("cannot clear {}: {e}", pgdata.display())))?;
     }
     let pwfile = dir.join(".initdb-password");
-    std::fs::write(&pwfile, password)
-        .map_err(|e| fail(format!("cannot write password file: {e}")))?;
+    // Left over by an initdb that was interrupted: it is ours (the directory is), replace it.
+    let _ = std::fs::remove_file(&pwfile);
+    write_secret(&pwfile, password)?;
     if let Some((uid, gid)) = run_as {
         nix::unistd::chown(&pwfile, Some(uid), Some(gid))
             .map_err(|e| fail(format!("chown: {e}")))?;
@@ -552,6 +645,67 @@ mod tests {
             .to_string();
         assert!(err.contains("apt-get install postgresql"), "{err}");
         assert!(err.contains("ARTIFACTSTORE_DATABASE_URL"), "{err}");
+    }
+
+    #[test]
+    fn cluster_directories_are_private_and_never_adopted_from_others() {
+        let root = tempfile::tempdir().unwrap();
+        let me = (nix::unistd::geteuid(), nix::unistd::getegid());
+        // Made fresh: a directory of mode 0700.
+        let fresh = root.path().join("fresh");
+        private_dir(&fresh, me, false).unwrap();
+        let meta = std::fs::symlink_metadata(&fresh).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+        // A symlink to a directory of ours, a plain file, a loose mode: refused.
+        let link = root.path().join("link");
+        std::os::unix::fs::symlink(&fresh, &link).unwrap();
+        let err = private_dir(&link, me, true).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        let file = root.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        assert!(private_dir(&file, me, true).is_err());
+        let loose = root.path().join("loose");
+        std::fs::create_dir(&loose).unwrap();
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = private_dir(&loose, me, false).unwrap_err().to_string();
+        assert!(err.contains("mode 777"), "{err}");
+        // A data directory of the operator's own is narrowed instead.
+        private_dir(&loose, me, true).unwrap();
+        let mode = std::fs::metadata(&loose).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        // Someone else's: refused (needs root to make one).
+        if me.0.is_root() {
+            let theirs = root.path().join("theirs");
+            std::fs::create_dir(&theirs).unwrap();
+            std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o700)).unwrap();
+            nix::unistd::chown(&theirs, Some(Uid::from_raw(4242)), None).unwrap();
+            let err = private_dir(&theirs, me, true).unwrap_err().to_string();
+            assert!(err.contains("owned by uid 4242"), "{err}");
+            // A fallback parent anyone may write to is refused too.
+            let open = root.path().join("open-parent");
+            std::fs::create_dir(&open).unwrap();
+            std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+            assert!(root_owned_dir(&open).is_err());
+            std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+            root_owned_dir(&open).unwrap();
+        }
+    }
+
+    #[test]
+    fn secrets_are_private_from_the_start_and_never_written_through_a_planted_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("password");
+        let password = read_or_create_password(dir.path()).unwrap();
+        assert_eq!(password.len(), 32);
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(read_or_create_password(dir.path()).unwrap(), password);
+        // A planted symlink is not followed.
+        let target = dir.path().join("elsewhere");
+        let planted = dir.path().join("planted");
+        std::os::unix::fs::symlink(&target, &planted).unwrap();
+        assert!(write_secret(&planted, "x").is_err());
+        assert!(!target.exists());
     }
 
     #[test]

@@ -7,13 +7,27 @@ pub use tls::{Target, target};
 
 use crate::error::{Error, Result};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use std::time::Duration;
 
 mod embedded {
     refinery::embed_migrations!("sql");
 }
 
-/// Builds a connection pool for `url` (TLS as its `sslmode` says, see [`target`]).
+/// How long a caller waits for a pooled connection (and for a new one to be made) before it is
+/// told the database is unavailable, unless set otherwise ([`pool_with_timeout`]).
+pub const DEFAULT_POOL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Builds a connection pool for `url` (TLS as its `sslmode` says, see [`target`]) whose
+/// callers wait at most [`DEFAULT_POOL_TIMEOUT`] for a connection.
 pub fn pool(url: &str, max_size: usize) -> Result<Pool> {
+    pool_with_timeout(url, max_size, DEFAULT_POOL_TIMEOUT)
+}
+
+/// Builds a connection pool whose callers wait at most `timeout` for a connection, and for a
+/// new connection to be made or an idle one checked: a pool that is exhausted (every
+/// connection held) or a database that does not answer is then an error the caller can report
+/// ([`Error::Database`], a 503 to HTTP clients), never a wait without end.
+pub fn pool_with_timeout(url: &str, max_size: usize, timeout: Duration) -> Result<Pool> {
     let Target { config, tls } = target(url)?;
     let manager_config = ManagerConfig {
         recycling_method: RecyclingMethod::Fast,
@@ -24,6 +38,10 @@ pub fn pool(url: &str, max_size: usize) -> Result<Pool> {
     };
     Pool::builder(manager)
         .max_size(max_size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(timeout))
+        .create_timeout(Some(timeout))
+        .recycle_timeout(Some(timeout))
         .build()
         .map_err(|e| Error::Database(format!("building pool: {e}")))
 }

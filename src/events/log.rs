@@ -11,7 +11,7 @@ use uuid::Uuid;
 pub type Tx<'a> = deadpool_postgres::Transaction<'a>;
 
 /// The NOTIFY channel (see the `events_notify` trigger); the payload is the highest sequence
-/// the transaction committed.
+/// the transaction committed and, after a space, the tenants whose events it committed.
 pub const NOTIFY_CHANNEL: &str = "artifactstore_events";
 
 /// An event as stored.

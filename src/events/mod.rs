@@ -14,7 +14,7 @@ pub mod views;
 mod views_retention;
 pub mod wire;
 
-pub use bus::EventBus;
+pub use bus::{EventBus, LongPollLimits, WaitRefused, WaitingRequest};
 pub use log::{
     NOTIFY_CHANNEL, StoredEvent, Tx, append, latest_sequence, read_after, read_after_until,
 };

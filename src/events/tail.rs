@@ -96,7 +96,11 @@ impl TailReader {
         let pool = self.pool.clone();
         let in_flight = self.in_flight.clone();
         self.reads.fetch_add(1, Ordering::Relaxed);
-        async move {
+        // The read is a task of its own, so it always runs to its end, gives its connection
+        // back and leaves the table, whichever of its askers hang up. (A shared future that
+        // every asker dropped would stay in the table unpolled, holding its connection, or its
+        // place in the pool's queue, for good.)
+        let task = tokio::spawn(async move {
             let result = read(&pool, &question).await;
             // Later askers start a fresh read: they may be waiting for newer events.
             in_flight
@@ -104,6 +108,10 @@ impl TailReader {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&question);
             result.map(Arc::new).map_err(Arc::new)
+        });
+        async move {
+            task.await
+                .unwrap_or_else(|e| Err(Arc::new(Error::Database(format!("reading events: {e}")))))
         }
         .boxed()
         .shared()

@@ -90,7 +90,8 @@ pub struct StorageReceipt {
     pub content_address: ContentAddress,
     /// Backend id from configuration.
     pub backend_id: String,
-    /// When the bytes were first committed there.
+    /// When the package's tenant first stored these bytes (not the copy's own time, which may
+    /// be another tenant's upload of the same bytes).
     pub stored_at: Timestamp,
 }
 

@@ -5,7 +5,9 @@ use std::fmt;
 
 /// A `/`-separated path relative to the package root. Rejected, never "fixed": `..` or `.`
 /// segments, empty segments (leading, trailing or doubled `/`), backslashes, NUL and other
-/// control characters, and anything over 1024 bytes.
+/// control characters (U+0000-U+001F, U+007F-U+009F), the bidirectional controls that make a
+/// name display as another (U+200E, U+200F, U+202A-U+202E, U+2066-U+2069), text not in
+/// Unicode NFC (so one name has one spelling), and anything over 1024 bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(transparent)]
 pub struct RelativePath(String);
@@ -14,8 +16,29 @@ impl RelativePath {
     /// Longest accepted path, in bytes.
     pub const MAX_BYTES: usize = 1024;
 
-    /// Validates a relative path.
+    /// Validates a relative path given as input.
     pub fn new(text: &str) -> Result<Self> {
+        let path = Self::stored(text)?;
+        let reject = |why: &str| {
+            Err(Error::InvalidInput(format!(
+                "relative path `{}` is invalid: {why}",
+                text.chars().take(200).collect::<String>().escape_debug()
+            )))
+        };
+        if text.chars().any(is_bidi_control) {
+            return reject("bidirectional control characters are not allowed");
+        }
+        if !unicode_normalization::is_nfc(text) {
+            return reject("it is not in Unicode NFC (normalize it first)");
+        }
+        Ok(path)
+    }
+
+    /// A path as stored earlier (in the log, the views): held to the rules that keep it inside
+    /// its package (no escapes, separators or control characters, at most 1024 bytes), not to
+    /// the spelling rules added since (bidirectional controls, NFC), which the input it came
+    /// from may predate.
+    pub fn stored(text: &str) -> Result<Self> {
         let reject = |why: &str| {
             Err(Error::InvalidInput(format!(
                 "relative path `{}` is invalid: {why}",
@@ -58,6 +81,11 @@ impl RelativePath {
     }
 }
 
+/// U+200E, U+200F, U+202A-U+202E, U+2066-U+2069: characters that reorder how text displays.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
 impl fmt::Display for RelativePath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -66,7 +94,7 @@ impl fmt::Display for RelativePath {
 
 impl<'de> serde::Deserialize<'de> for RelativePath {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        RelativePath::new(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+        RelativePath::stored(&String::deserialize(d)?).map_err(serde::de::Error::custom)
     }
 }
 
@@ -109,10 +137,23 @@ mod tests {
             "a\0b",
             "a\nb",
             "\u{7f}",
+            "a\u{85}b",
+            "a\u{9f}",
+            "evil\u{202E}txt.exe",
+            "a\u{200E}",
+            "a\u{200F}",
+            "\u{2066}x\u{2069}",
+            "e\u{301}",
             &long,
         ] {
             assert!(RelativePath::new(bad).is_err(), "{bad:?}");
         }
+        // Stored paths keep the rules that matter for safety, not the spelling ones.
+        assert!(RelativePath::stored("e\u{301}/a\u{202E}b").is_ok());
+        for unsafe_path in ["../x", "a//b", "a\0"] {
+            assert!(RelativePath::stored(unsafe_path).is_err());
+        }
+        assert_eq!(RelativePath::new("\u{e9}").unwrap().as_str(), "é");
         assert!(RelativePath::new(&"a".repeat(1024)).is_ok());
     }
 

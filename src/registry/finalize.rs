@@ -56,12 +56,17 @@ impl Registry {
             .collect::<Result<Vec<_>>>()?;
         files.sort_by(|a, b| a.relative_path.cmp(&b.relative_path));
 
+        // A receipt's time is when this tenant first stored the bytes, never the copy's own
+        // time: with deduplication that may be another tenant's upload, not this one's to learn.
         let receipt_rows = tx
             .query(
-                "SELECT DISTINCT ON (l.blake3, l.backend_id) l.blake3, l.backend_id, l.stored_at \
-                 FROM storage_locations l JOIN files f ON f.blake3 = l.blake3 \
-                 WHERE f.package_id = $1 AND l.status = 'present'",
-                &[&id.0],
+                "SELECT l.blake3, l.backend_id, \
+                        (SELECT min(t.created_at) FROM files t \
+                         WHERE t.tenant = $2 AND t.blake3 = l.blake3) \
+                 FROM storage_locations l \
+                 WHERE l.status = 'present' \
+                   AND l.blake3 IN (SELECT f.blake3 FROM files f WHERE f.package_id = $1)",
+                &[&id.0, &tenant.as_str()],
             )
             .await?;
         let mut storage_receipts = receipt_rows

@@ -23,6 +23,26 @@ pub struct IngestRequest {
     pub replace: bool,
 }
 
+/// Bytes received into a staged write in a backend, hashed, not yet a file (see
+/// [`Registry::stage_file`]).
+pub struct StagedFile {
+    staged: Box<dyn StagedBlob>,
+    digest: DualDigest,
+    backend: std::sync::Arc<dyn BlobStore>,
+}
+
+impl StagedFile {
+    /// The received bytes' digests and size.
+    pub fn digest(&self) -> &DualDigest {
+        &self.digest
+    }
+
+    /// Removes the staged bytes.
+    pub async fn discard(self) -> Result<()> {
+        self.staged.abort().await
+    }
+}
+
 /// Used when a request names no media type.
 pub const DEFAULT_MEDIA_TYPE: &str = "application/octet-stream";
 
@@ -85,8 +105,81 @@ impl Registry {
             .expected_digest
             .filter(|a| a.algorithm() == crate::identity::Algorithm::Blake3);
         let staged = backend.stage_with(WriteHint { size, expected }).await?;
-        let (mut staged, digest) = self.stream_into(staged, body).await?;
-        if let Err(e) = check_expected(&request, &digest) {
+        let (staged, digest) = self.stream_into(staged, body).await?;
+        self.record_staged(
+            tenant,
+            package_id,
+            request,
+            StagedFile {
+                staged,
+                digest,
+                backend,
+            },
+        )
+        .await
+    }
+
+    /// Whether the package is the tenant's and takes files now (open): `NotFound`, `Gone` or
+    /// `Conflict` otherwise. For refusing a request before reading its body.
+    pub async fn check_package_open(&self, tenant: &TenantId, package_id: PackageId) -> Result<()> {
+        let client = self.pool.get().await?;
+        check_open(&client, tenant, package_id, false).await?;
+        Ok(())
+    }
+
+    /// The first half of an ingest whose path is not known until its bytes have been
+    /// received (a multipart form may name it after the file part): streams `body` into the
+    /// backend the package's files go to, hashing it. The package must be the tenant's and
+    /// open. Nothing is visible until [`record_staged`](Self::record_staged); a
+    /// [`StagedFile`] dropped or [discarded](StagedFile::discard) leaves nothing.
+    pub async fn stage_file<S>(
+        &self,
+        tenant: &TenantId,
+        package_id: PackageId,
+        body: S,
+    ) -> Result<StagedFile>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send,
+    {
+        let open = {
+            let client = self.pool.get().await?;
+            check_open(&client, tenant, package_id, false).await?
+        };
+        let backend = self
+            .backends
+            .route(&open.retention_class, &open.producer)
+            .clone();
+        let staged = backend.stage().await?;
+        let (staged, digest) = self.stream_into(staged, body).await?;
+        Ok(StagedFile {
+            staged,
+            digest,
+            backend,
+        })
+    }
+
+    /// The second half: records staged bytes as the file `request` describes, with every
+    /// check of [`ingest_file`](Self::ingest_file) (expected digest, media type, the package
+    /// open, the path free or replaced). On any error nothing is kept.
+    pub async fn record_staged(
+        &self,
+        tenant: &TenantId,
+        package_id: PackageId,
+        request: IngestRequest,
+        file: StagedFile,
+    ) -> Result<FileRecord> {
+        let StagedFile {
+            mut staged,
+            digest,
+            backend,
+        } = file;
+        let media_type = request
+            .media_type
+            .clone()
+            .unwrap_or_else(|| DEFAULT_MEDIA_TYPE.into());
+        if let Err(e) =
+            validate_media_type(&media_type).and_then(|()| check_expected(&request, &digest))
+        {
             staged.abort().await?;
             return Err(e);
         }

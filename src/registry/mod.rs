@@ -17,14 +17,16 @@ mod usage;
 
 pub use dedup::{LinkRequest, MAX_LINK_BATCH, MAX_MISSING_QUERY};
 pub use gc::{Collectable, Collected};
-pub use ingest::{DEFAULT_MEDIA_TYPE, IngestRequest};
+pub use ingest::{DEFAULT_MEDIA_TYPE, IngestRequest, StagedFile};
 pub use migrate::{MigrateScope, MigrationItem, Moved};
 pub use packages::{NewPackage, PackageFilter, PackagePage};
 pub use reads::FileDownload;
-pub use retention::{Expiry, RetentionClass};
+pub use retention::{Expiry, MAX_CLASS_DURATION_SECONDS, RetentionClass};
 pub use storage::{Location, VerifyOutcome, VerifyScope, VerifyTotals};
 pub use types::{FileRecord, Package, PackageStatus, RetentionInfo, StoredManifest};
 pub use uploads::{Chunk, NewUpload, UploadSession, WriteThroughStats};
+#[doc(hidden)]
+pub use usage::USAGE_SQL;
 pub use usage::Usage;
 
 use crate::model::{Clock, SystemClock};

@@ -39,6 +39,10 @@ pub struct Expiry {
 
 /// Due packages, oldest due first: finalized ones whose expiry passed, and open ones created
 /// before `$2` (the open-package grace ago). `$1` is now. Held and expired ones never are.
+/// Longest duration a retention class may have: 100 years (of 365.25 days). Any finalization
+/// time plus this stays far inside the calendar, so a class can never make finalize fail.
+pub const MAX_CLASS_DURATION_SECONDS: u64 = 3_155_760_000;
+
 const DUE_SQL: &str = "SELECT p.id, p.tenant, p.retention_class, p.status, p.created_at, \
         r.expires_at, r.legal_hold FROM packages p JOIN retention_state r ON r.package_id = p.id \
      WHERE NOT r.legal_hold AND r.expired_at IS NULL \
@@ -103,11 +107,12 @@ impl Registry {
         }
         if class
             .duration_seconds
-            .is_some_and(|d| d > 1_000_000_000_000_000)
+            .is_some_and(|d| !(1..=MAX_CLASS_DURATION_SECONDS).contains(&d))
         {
-            return Err(Error::InvalidInput(
-                "duration_seconds is at most 10^15 (about 31 million years)".into(),
-            ));
+            return Err(Error::InvalidInput(format!(
+                "duration_seconds must be from 1 to {MAX_CLASS_DURATION_SECONDS} (100 years); \
+                 keep packages longer with `forever`"
+            )));
         }
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;

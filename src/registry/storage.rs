@@ -231,7 +231,8 @@ impl Registry {
     }
 
     /// Copies (optionally in one state, on one backend) in digest order after `after`. With
-    /// `owner`, only copies of bytes that tenant's files name.
+    /// `owner`, only copies of bytes that tenant's files name, and `stored_at` is when that
+    /// tenant first stored them: when another tenant stored the same bytes is not its to learn.
     pub async fn list_locations(
         &self,
         status: Option<LocationStatus>,
@@ -243,16 +244,19 @@ impl Registry {
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                &format!(
-                    "SELECT {LOCATION_COLUMNS} FROM storage_locations l \
-                     JOIN blobs b ON b.blake3 = l.blake3 \
-                     WHERE ($1::text IS NULL OR l.status = $1) \
-                       AND ($2::text IS NULL OR l.backend_id = $2) \
-                       AND ($3::bytea IS NULL OR (l.blake3, l.backend_id) > ($3, $4)) \
-                       AND ($6::text IS NULL OR EXISTS \
-                            (SELECT 1 FROM files f WHERE f.tenant = $6 AND f.blake3 = l.blake3)) \
-                     ORDER BY l.blake3, l.backend_id LIMIT $5"
-                ),
+                "SELECT l.blake3, l.backend_id, l.key, l.status, b.size, \
+                        CASE WHEN $6::text IS NULL THEN l.stored_at ELSE \
+                          (SELECT min(f.created_at) FROM files f \
+                           WHERE f.tenant = $6 AND f.blake3 = l.blake3) END, \
+                        l.verified_at \
+                 FROM storage_locations l \
+                 JOIN blobs b ON b.blake3 = l.blake3 \
+                 WHERE ($1::text IS NULL OR l.status = $1) \
+                   AND ($2::text IS NULL OR l.backend_id = $2) \
+                   AND ($3::bytea IS NULL OR (l.blake3, l.backend_id) > ($3, $4)) \
+                   AND ($6::text IS NULL OR EXISTS \
+                        (SELECT 1 FROM files f WHERE f.tenant = $6 AND f.blake3 = l.blake3)) \
+                 ORDER BY l.blake3, l.backend_id LIMIT $5",
                 &[
                     &status.map(LocationStatus::as_str),
                     &backend,

@@ -177,7 +177,7 @@ impl FileRecord {
         Ok(FileRecord {
             id: FileId(row.get("id")),
             package_id: PackageId(row.get("package_id")),
-            relative_path: RelativePath::new(row.get("relative_path"))?,
+            relative_path: RelativePath::stored(row.get("relative_path"))?,
             size: row.get::<_, i64>("size") as u64,
             media_type: row.get("media_type"),
             blake3: digest("blake3")?,

@@ -27,33 +27,38 @@ pub struct Usage {
     pub unreferenced_bytes: u64,
 }
 
+/// The usage query. The tenant's numbers come from its own rows alone (its packages, its files
+/// through their `(tenant, blake3)` index; a file's size is its blob's), so the cost of a call
+/// grows with the tenant's files, never with every blob stored; the backlog counts read only
+/// the unreferenced blobs (a partial index).
+#[doc(hidden)]
+pub const USAGE_SQL: &str = "\
+    WITH mine AS ( \
+        SELECT blake3, min(size) AS size, count(*) AS files, \
+               count(DISTINCT package_id) AS packages \
+        FROM files WHERE tenant = $1 GROUP BY blake3) \
+    SELECT \
+      (SELECT count(*) FROM packages WHERE tenant = $1 AND status <> 'expired'), \
+      (SELECT coalesce(sum(files), 0)::bigint FROM mine), \
+      (SELECT coalesce(sum(size * files), 0)::bigint FROM mine), \
+      (SELECT coalesce(sum(size), 0)::bigint FROM mine), \
+      (SELECT coalesce(sum(size), 0)::bigint FROM mine WHERE packages > 1), \
+      (SELECT count(*) FROM retention_state r JOIN packages p ON p.id = r.package_id \
+       WHERE r.tenant = $1 AND p.status = 'finalized' AND r.expired_at IS NULL \
+         AND NOT r.legal_hold AND r.expires_at <= $2), \
+      (SELECT count(*) FROM retention_state r JOIN packages p ON p.id = r.package_id \
+       WHERE r.tenant = $1 AND p.status = 'finalized' AND r.legal_hold \
+         AND r.expires_at <= $2), \
+      (SELECT count(*) FROM blobs WHERE unreferenced_since IS NOT NULL), \
+      (SELECT coalesce(sum(size), 0)::bigint FROM blobs WHERE unreferenced_since IS NOT NULL)";
+
 impl Registry {
     /// Usage of `tenant`. Only aggregate, tenant-blind numbers concern other tenants.
     pub async fn usage(&self, tenant: &TenantId) -> Result<Usage> {
         let client = self.pool.get().await?;
         let now = self.clock.now().as_datetime();
         let row = client
-            .query_one(
-                "SELECT \
-                   (SELECT count(*) FROM packages WHERE tenant = $1 AND status <> 'expired'), \
-                   (SELECT count(*) FROM files WHERE tenant = $1), \
-                   (SELECT coalesce(sum(size), 0)::bigint FROM files WHERE tenant = $1), \
-                   (SELECT coalesce(sum(b.size), 0)::bigint FROM blobs b WHERE EXISTS \
-                      (SELECT 1 FROM files f WHERE f.tenant = $1 AND f.blake3 = b.blake3)), \
-                   (SELECT coalesce(sum(b.size), 0)::bigint FROM blobs b WHERE \
-                      (SELECT count(DISTINCT f.package_id) FROM files f \
-                       WHERE f.tenant = $1 AND f.blake3 = b.blake3) > 1), \
-                   (SELECT count(*) FROM retention_state r JOIN packages p ON p.id = r.package_id \
-                    WHERE r.tenant = $1 AND p.status = 'finalized' AND r.expired_at IS NULL \
-                      AND NOT r.legal_hold AND r.expires_at <= $2), \
-                   (SELECT count(*) FROM retention_state r JOIN packages p ON p.id = r.package_id \
-                    WHERE r.tenant = $1 AND p.status = 'finalized' AND r.legal_hold \
-                      AND r.expires_at <= $2), \
-                   (SELECT count(*) FROM blobs WHERE unreferenced_since IS NOT NULL), \
-                   (SELECT coalesce(sum(size), 0)::bigint FROM blobs \
-                    WHERE unreferenced_since IS NOT NULL)",
-                &[&tenant.as_str(), &now],
-            )
+            .query_one(USAGE_SQL, &[&tenant.as_str(), &now])
             .await?;
         let n = |i: usize| row.get::<_, i64>(i) as u64;
         Ok(Usage {

@@ -4,7 +4,7 @@
 use crate::harness::{TestEnv, body, random_bytes};
 use artifactstore::identity::DualHasher;
 use artifactstore::model::{PackageId, RelativePath, TenantId};
-use artifactstore::registry::{IngestRequest, NewPackage, Registry, RetentionClass};
+use artifactstore::registry::{IngestRequest, NewPackage, Registry};
 use artifactstore::storage::BlobStore;
 
 fn request(path: &str) -> IngestRequest {
@@ -17,13 +17,7 @@ fn request(path: &str) -> IngestRequest {
 }
 
 async fn define_instant(reg: &Registry) {
-    reg.define_retention_class(RetentionClass {
-        name: "instant".into(),
-        duration_seconds: Some(0),
-        description: "due at finalization".into(),
-    })
-    .await
-    .unwrap();
+    crate::harness::define_instant_class(reg).await;
 }
 
 async fn package_with(
@@ -174,11 +168,17 @@ async fn collection_never_loses_bytes_a_concurrent_ingest_deduplicated_against()
     let data = random_bytes(256 * 1024, 5);
     let address = DualHasher::digest(&data).primary_address();
     let stop = std::sync::atomic::AtomicBool::new(false);
+    // Blobs collected so far: the ingests go on (40 rounds at least, 400 at most) until the
+    // collector has won at least one race, however busy the machine is.
+    let collected = std::sync::atomic::AtomicU64::new(0);
     let ingesters = futures::future::join_all((0..3).map(|w| {
-        let (data, reg) = (&data, reg);
+        let (data, reg, collected) = (&data, reg, &collected);
         async move {
             let tenant = TenantId::new(&format!("t{w}")).unwrap();
-            for _ in 0..40 {
+            for round in 0..400 {
+                if round >= 40 && collected.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+                    break;
+                }
                 // While a file references the bytes they must be there; then the package
                 // expires at once and the bytes are unreferenced again (unless another
                 // worker's package holds them).
@@ -207,12 +207,12 @@ async fn collection_never_loses_bytes_a_concurrent_ingest_deduplicated_against()
         }
     }));
     let collector = async {
-        let mut collected = 0;
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            collected += reg.collect_garbage(0, 100).await.unwrap().blobs;
+            let blobs = reg.collect_garbage(0, 100).await.unwrap().blobs;
+            collected.fetch_add(blobs, std::sync::atomic::Ordering::Relaxed);
             tokio::task::yield_now().await;
         }
-        collected
+        collected.load(std::sync::atomic::Ordering::Relaxed)
     };
     let (packages, collected) = tokio::join!(
         async {

@@ -254,3 +254,26 @@ impl artifactstore::model::Clock for TestClock {
         )
     }
 }
+
+/// Defines the retention class `instant`, whose packages are due the moment they are
+/// finalized. The library refuses durations under one second; a log may still hold such a
+/// class (defined by an earlier version), so the event is recorded as that version did.
+pub async fn define_instant_class(registry: &Registry) {
+    use artifactstore::events::{ClassDefined, DomainEvent, RetentionEvent};
+    let mut client = registry.pool().get().await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    artifactstore::events::record(
+        &tx,
+        vec![DomainEvent::Retention(RetentionEvent::ClassDefined(
+            ClassDefined {
+                name: "instant".into(),
+                duration_seconds: Some(0),
+                description: "due at finalization".into(),
+                defined_at: artifactstore::model::Clock::now(&artifactstore::model::SystemClock),
+            },
+        ))],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+}

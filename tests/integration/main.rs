@@ -9,6 +9,7 @@ mod event_log;
 mod events_api;
 mod gc;
 mod group_commit;
+mod hostile;
 mod managed_postgres;
 mod postgres_tls;
 mod registry_flow;

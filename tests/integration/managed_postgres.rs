@@ -2,7 +2,7 @@
 //! server's user cannot reach. (The root path itself runs in every test: the shared test
 //! cluster is started this way when the suite runs as root.)
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 
 fn is_root() -> bool {
@@ -101,9 +101,19 @@ fn as_root_an_unreachable_data_dir_gets_a_reachable_cluster_dir() {
         .expect("the warning names the cluster directory")
         .to_owned();
     assert!(
-        fallback.starts_with("/var/tmp/artifactstore-postgres-"),
+        fallback.starts_with("/var/tmp/artifactstore-postgres/"),
         "{fallback}"
     );
+    // Private to the server's user, under a parent only root may write to.
+    let meta = std::fs::symlink_metadata(&fallback).unwrap();
+    assert!(meta.is_dir());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+    assert_ne!(meta.uid(), 0, "owned by the server's user");
+    let parent = std::fs::symlink_metadata("/var/tmp/artifactstore-postgres").unwrap();
+    assert_eq!(parent.uid(), 0);
+    assert_eq!(parent.permissions().mode() & 0o022, 0);
+    let password = std::fs::metadata(format!("{fallback}/password")).unwrap();
+    assert_eq!(password.permissions().mode() & 0o777, 0o600);
     // Stop is idempotent and finds the same place.
     let out = Command::new(env!("CARGO_BIN_EXE_artifactstore"))
         .args(["postgres", "status", "--data-dir"])

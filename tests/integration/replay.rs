@@ -139,13 +139,7 @@ async fn set_based_replay_of_ingest_runs_equals_one_at_a_time() {
     let env = TestEnv::new().await;
     let reg = &env.registry;
     let tenant = TenantId::default_tenant();
-    reg.define_retention_class(artifactstore::registry::RetentionClass {
-        name: "instant".into(),
-        duration_seconds: Some(0),
-        description: "due at finalization".into(),
-    })
-    .await
-    .unwrap();
+    crate::harness::define_instant_class(reg).await;
     let shared = random_bytes(3000, 7);
     let tenant_ref = &tenant;
     let package = |class: &'static str| async move {

@@ -5,7 +5,7 @@
 use crate::harness::{TestDb, TestEnv, body};
 use crate::server::Server;
 use artifactstore::model::{RelativePath, TenantId};
-use artifactstore::registry::{IngestRequest, NewPackage, RetentionClass};
+use artifactstore::registry::{IngestRequest, NewPackage};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 use std::process::{Child, Command, Stdio};
@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 
 const ADMIN: &str = "acme-admin-token";
 const WRITER: &str = "acme-writer-token";
-const TOKENS: &str = "acme:admin:acme-admin-token,acme:read+write:acme-writer-token";
+/// An admin of the reserved `system` tenant: the only kind that defines retention classes.
+const OPERATOR: &str = "system-admin-token";
+const TOKENS: &str = "acme:admin:acme-admin-token,acme:read+write:acme-writer-token,\
+                      system:admin:system-admin-token";
 
 /// A `worker` process (daemon mode) on the test database.
 fn worker(db: &TestDb, extra: &[&str]) -> Child {
@@ -90,20 +93,22 @@ async fn short_classes_expire_on_time_held_packages_wait_for_their_release() {
     let server = Server::start(&db, &[("ARTIFACTSTORE_TOKENS", TOKENS)]);
     let base = server.base.clone();
     let http = Client::new();
-    // Classes are admin business.
+    // Classes are shared by every tenant: the operator's business alone.
     let class = json!({"duration_seconds": 2, "description": "test"});
+    for token in [WRITER, ADMIN] {
+        send(
+            &http,
+            http.put(format!("{base}/retention-classes/test-2s"))
+                .bearer_auth(token)
+                .json(&class),
+            StatusCode::FORBIDDEN,
+        )
+        .await;
+    }
     send(
         &http,
         http.put(format!("{base}/retention-classes/test-2s"))
-            .bearer_auth(WRITER)
-            .json(&class),
-        StatusCode::FORBIDDEN,
-    )
-    .await;
-    send(
-        &http,
-        http.put(format!("{base}/retention-classes/test-2s"))
-            .bearer_auth(ADMIN)
+            .bearer_auth(OPERATOR)
             .json(&json!({"duration_seconds": 2, "forever": true})),
         StatusCode::UNPROCESSABLE_ENTITY,
     )
@@ -111,7 +116,7 @@ async fn short_classes_expire_on_time_held_packages_wait_for_their_release() {
     let defined = send(
         &http,
         http.put(format!("{base}/retention-classes/test-2s"))
-            .bearer_auth(ADMIN)
+            .bearer_auth(OPERATOR)
             .json(&class),
         StatusCode::OK,
     )
@@ -351,13 +356,7 @@ async fn three_workers_expire_a_thousand_due_packages_exactly_once() {
     let env = TestEnv::new().await;
     let reg = &env.registry;
     let tenant = TenantId::new("bulk").unwrap();
-    reg.define_retention_class(RetentionClass {
-        name: "instant".into(),
-        duration_seconds: Some(0),
-        description: "due at finalization".into(),
-    })
-    .await
-    .unwrap();
+    crate::harness::define_instant_class(reg).await;
     let created = (0..1000).map(|i| {
         let tenant = tenant.clone();
         async move {
@@ -528,8 +527,8 @@ async fn serve_with_worker_runs_the_jobs_in_the_server() {
     send(
         &http,
         http.put(format!("{base}/retention-classes/instant"))
-            .bearer_auth(ADMIN)
-            .json(&json!({"duration_seconds": 0})),
+            .bearer_auth(OPERATOR)
+            .json(&json!({"duration_seconds": 1})),
         StatusCode::OK,
     )
     .await;

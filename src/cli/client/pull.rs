@@ -47,7 +47,7 @@ fn parse_files(package: &Value) -> Result<Vec<Wanted>, CliError> {
         out.push(Wanted {
             id: f["id"].as_str().ok_or_else(bad)?.to_owned(),
             // Never trust a path to stay inside the target directory: validate it here too.
-            path: RelativePath::new(path)
+            path: RelativePath::stored(path)
                 .map_err(|e| CliError::verification(format!("server sent an unsafe path: {e}")))?,
             size: f["size"].as_u64().ok_or_else(bad)?,
             blake3: f["digests"]["blake3"].as_str().ok_or_else(bad)?.to_owned(),

@@ -91,7 +91,10 @@ fn walk(
         let text = relative
             .to_str()
             .ok_or_else(|| CliError::other(format!("{} is not valid UTF-8", relative.display())))?;
-        let path = RelativePath::new(text).map_err(|e| CliError::other(e.to_string()))?;
+        // Names are stored in NFC (one spelling per name); file systems that decompose them
+        // (macOS) hand out NFD.
+        let text: String = unicode_normalization::UnicodeNormalization::nfc(text).collect();
+        let path = RelativePath::new(&text).map_err(|e| CliError::other(e.to_string()))?;
         out.push((path, full, meta.len()));
     }
     Ok(())

@@ -5,6 +5,11 @@
 //! after the chunk is on disk (fsync), so after any crash the spool is truncated back to the
 //! recorded offset and the client resumes from `GET /uploads/{id}`.
 //!
+//! Completion takes the same lock and marks the session `completing` before it moves a byte;
+//! a chunk checks that state under the lock before it writes one. So a chunk never lands in a
+//! spool that completion has made into a published blob (the local backend adopts the spool
+//! file itself, by a rename): it is refused, 409 while completion runs, 404 after.
+//!
 //! The bytes are hashed as they are spooled, and for a backend that wants them as they arrive
 //! (S3) they also stream into a staged write there ([`live`]). Completion then checks the
 //! digest and commits that write, or, without it, lets the backend adopt the spool file. A
@@ -78,13 +83,15 @@ pub struct Chunk {
 }
 
 const SELECT: &str = "SELECT id, package_id, relative_path, received, declared_size, expires_at, \
-                      media_type, expected_digest, replace FROM uploads";
+                      media_type, expected_digest, replace, state FROM uploads";
 
 struct Row {
     session: UploadSession,
     media_type: Option<String>,
     expected_digest: Option<String>,
     replace: bool,
+    /// Being completed: takes no more chunks.
+    completing: bool,
 }
 
 fn row(r: &tokio_postgres::Row) -> Result<Row> {
@@ -92,7 +99,7 @@ fn row(r: &tokio_postgres::Row) -> Result<Row> {
         session: UploadSession {
             id: r.get(0),
             package_id: PackageId(r.get(1)),
-            relative_path: RelativePath::new(r.get(2))?,
+            relative_path: RelativePath::stored(r.get(2))?,
             offset: r.get::<_, i64>(3) as u64,
             size: r.get::<_, Option<i64>>(4).map(|s| s as u64),
             expires_at: Timestamp::from_datetime(r.get(5)),
@@ -100,7 +107,38 @@ fn row(r: &tokio_postgres::Row) -> Result<Row> {
         media_type: r.get(6),
         expected_digest: r.get(7),
         replace: r.get(8),
+        completing: r.get::<_, &str>(9) == "completing",
     })
+}
+
+/// The session's spool file, locked exclusively (`None` if it is gone): a chunk or a
+/// completion holds it for its whole run, and whoever finds it held is refused at once.
+fn lock_spool(
+    path: &std::path::Path,
+    id: Uuid,
+) -> Result<Option<nix::fcntl::Flock<std::fs::File>>> {
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(Error::storage(
+                "uploads",
+                format!("opening spool file: {e}"),
+            ));
+        }
+    };
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map(Some)
+        .map_err(|_| {
+            Error::Conflict(format!(
+                "upload {id} is busy: a chunk is being received or the upload is being \
+                 completed; retry after it"
+            ))
+        })
 }
 
 /// What completing a session asks of the ingest: its path, media type, expected digest.
@@ -257,21 +295,22 @@ impl Registry {
                 self.limits.max_file_size
             )));
         }
-        let path = self.spool_path(id);
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::storage("uploads", format!("opening spool file: {e}")))?;
-        // One writer per session, across requests and processes.
-        let locked = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
-            .map_err(|_| {
-                Error::Conflict(format!(
-                    "another chunk for upload {id} is being received; retry after it"
-                ))
-            })?;
-        // Re-read under the lock: the offset may have moved while we waited for nothing.
-        let offset = self.load_upload(tenant, id).await?.session.offset;
+        // One writer per session, across requests and processes; completion takes it too.
+        let locked = lock_spool(&self.spool_path(id), id)?;
+        // Re-read under the lock: the offset may have moved, the session may be completing or
+        // gone (its spool published, or removed).
+        let under_lock = self.load_upload(tenant, id).await?;
+        if under_lock.completing {
+            return Err(Error::Conflict(format!(
+                "upload {id} is being completed; it takes no more chunks"
+            )));
+        }
+        let Some(locked) = locked else {
+            return Err(Error::Conflict(format!(
+                "the bytes of upload {id} are gone; start a new upload"
+            )));
+        };
+        let offset = under_lock.session.offset;
         if chunk.start != offset {
             return Err(Error::OffsetMismatch { offset });
         }
@@ -402,9 +441,59 @@ impl Registry {
     }
 
     /// Turns the received bytes into a file (checking size and any expected digest). On a
-    /// digest mismatch nothing is kept: the session and its bytes are removed.
+    /// digest mismatch nothing is kept: the session and its bytes are removed. A failure that
+    /// may pass (the backend or the database unavailable) keeps the session, to complete again.
+    ///
+    /// Runs under the spool's lock, with the session marked `completing` first, so no chunk
+    /// writes into the spool meanwhile or after (a chunk in flight makes this a conflict).
     pub async fn complete_upload(&self, tenant: &TenantId, id: Uuid) -> Result<FileRecord> {
-        let current = self.load_upload(tenant, id).await?;
+        self.load_upload(tenant, id).await?;
+        let path = self.spool_path(id);
+        let Some(lock) = lock_spool(&path, id)? else {
+            // A completion that was cut short after its bytes were published (or a lost spool
+            // directory): nothing is left to complete.
+            self.remove_upload(id).await?;
+            return Err(Error::Conflict(format!(
+                "the bytes of upload {id} are gone; start a new upload"
+            )));
+        };
+        let current = self.mark_completing(tenant, id).await?;
+        let result = self.complete_locked(tenant, &current).await;
+        if result.is_err() {
+            // Not completed. A session that was kept (missing bytes, an outage) takes chunks
+            // again; one that was removed is untouched by this.
+            if let Ok(client) = self.pool.get().await {
+                let _ = client
+                    .execute("UPDATE uploads SET state = 'open' WHERE id = $1", &[&id])
+                    .await;
+            }
+        }
+        drop(lock);
+        result
+    }
+
+    /// Marks the session `completing` (under its spool's lock) and returns it as it is now.
+    async fn mark_completing(&self, tenant: &TenantId, id: Uuid) -> Result<Row> {
+        let client = self.pool.get().await?;
+        let found = client
+            .query_opt(
+                &format!(
+                    "UPDATE uploads SET state = 'completing' \
+                     WHERE id = $1 AND tenant = $2 AND expires_at > $3 \
+                     RETURNING {}",
+                    SELECT
+                        .trim_start_matches("SELECT ")
+                        .trim_end_matches(" FROM uploads")
+                ),
+                &[&id, &tenant.as_str(), &self.clock.now().as_datetime()],
+            )
+            .await?
+            .ok_or_else(|| Error::not_found("upload", id))?;
+        row(&found)
+    }
+
+    async fn complete_locked(&self, tenant: &TenantId, current: &Row) -> Result<FileRecord> {
+        let id = current.session.id;
         if let Some(size) = current.session.size
             && size != current.session.offset
         {
@@ -413,7 +502,7 @@ impl Registry {
                 current.session.offset
             )));
         }
-        let request = ingest_request(&current)?;
+        let request = ingest_request(current)?;
         let path = self.spool_path(id);
         let live = self.live_uploads.lock().expect("live uploads").remove(&id);
         if let Some(live) = live
@@ -422,7 +511,7 @@ impl Registry {
             return self
                 .complete_hashed(
                     tenant,
-                    &current,
+                    current,
                     request,
                     live.hasher.finalize(),
                     live.through,
@@ -545,9 +634,14 @@ impl Registry {
     }
 
     /// Cancels a session and removes its bytes.
+    /// Not while a chunk is being received or the upload completed (409): whichever runs
+    /// holds the spool's lock.
     pub async fn cancel_upload(&self, tenant: &TenantId, id: Uuid) -> Result<()> {
         self.load_upload(tenant, id).await?;
-        self.remove_upload(id).await
+        let lock = lock_spool(&self.spool_path(id), id)?;
+        let result = self.remove_upload(id).await;
+        drop(lock);
+        result
     }
 
     async fn remove_upload(&self, id: Uuid) -> Result<()> {

@@ -85,28 +85,43 @@ pub(super) fn publish_small(
     Ok(outcome)
 }
 
-/// Whether the file at `dest` holds the bytes of `address` (`size` of them). A small file is
-/// read back and hashed (it may be a publish cut short by a crash, see [`publish_small`]);
-/// a larger one only ever appears after its bytes were synced, so its size is proof enough.
+/// Whether the file at `dest` holds the bytes of `address` (`size` of them), read back and
+/// hashed: its size alone is never proof. A small file may be a publish cut short by a crash
+/// (see [`publish_small`]), and any file may have been changed after it was published (by
+/// something outside this server, or, before chunks were barred from spools being completed,
+/// by an upload chunk writing into the adopted spool). This runs only when bytes just received
+/// meet a file already at their address, so the bytes kept are always proven right: if these
+/// are not, the fresh bytes replace them.
 fn holds(dest: &Path, address: &ContentAddress, size: u64) -> bool {
-    let Ok(meta) = std::fs::metadata(dest) else {
+    let Ok(file) = std::fs::File::open(dest) else {
         return false;
     };
-    if meta.len() != size {
+    if !file.metadata().is_ok_and(|m| m.len() == size) {
         return false;
     }
-    if size > SMALL_BLOB_MAX {
-        return true;
+    match address.algorithm() {
+        Algorithm::Blake3 => super::read::digest_file(file)
+            .is_ok_and(|(digest, read)| read == size && digest == *address.digest()),
+        Algorithm::Sha256 => {
+            use std::io::Read;
+            let mut file = file;
+            let mut hasher = crate::identity::DualHasher::new();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut read = 0u64;
+            loop {
+                match file.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        hasher.update(&buf[..n]);
+                        read += n as u64;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => return false,
+                }
+            }
+            read == size && hasher.finalize().sha256 == *address.digest()
+        }
     }
-    let Ok(bytes) = std::fs::read(dest) else {
-        return false;
-    };
-    let digest = crate::identity::DualHasher::digest(&bytes);
-    let observed = match address.algorithm() {
-        Algorithm::Blake3 => digest.blake3,
-        Algorithm::Sha256 => digest.sha256,
-    };
-    observed == *address.digest()
 }
 
 /// Creates `dest`'s missing parent directories below `root`; returns those it created.

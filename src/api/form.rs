@@ -1,0 +1,217 @@
+//! `multipart/form-data` file uploads, read as a stream.
+//!
+//! poem-openapi's multipart extractor reads the whole form (file parts into temporary files,
+//! text parts into memory) before the handler runs, so before the token or the package could
+//! be checked. Here the extractor takes the body without reading it; the handler checks
+//! who is calling and the package first, then reads the parts in order: text parts of at most
+//! [`MAX_TEXT_PART`] bytes, the one file part streamed straight into the ingest.
+
+use super::body::BodyStream;
+use bytes::Bytes;
+use futures::{Stream, StreamExt, TryStreamExt};
+use poem::{Request, RequestBody};
+use poem_openapi::payload::{ParsePayload, Payload};
+use poem_openapi::registry::{MetaSchemaRef, Registry};
+
+/// Longest text part (`relative_path`, `media_type`, `expected_digest`), in bytes.
+pub const MAX_TEXT_PART: u64 = 4096;
+
+/// The form of `POST /packages/{id}/files`, documented by `Doc` (a derived multipart type),
+/// read by [`StreamedForm::parts`].
+pub struct StreamedForm<Doc> {
+    body: poem::Body,
+    boundary: Result<String, String>,
+    doc: std::marker::PhantomData<Doc>,
+}
+
+impl<Doc: Payload> Payload for StreamedForm<Doc> {
+    const CONTENT_TYPE: &'static str = "multipart/form-data";
+
+    fn check_content_type(content_type: &str) -> bool {
+        Doc::check_content_type(content_type)
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        Doc::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        Doc::register(registry)
+    }
+}
+
+impl<Doc: Payload> ParsePayload for StreamedForm<Doc> {
+    const IS_REQUIRED: bool = true;
+
+    async fn from_request(request: &Request, body: &mut RequestBody) -> poem::Result<Self> {
+        let content_type = request.content_type().unwrap_or_default();
+        Ok(StreamedForm {
+            boundary: multer::parse_boundary(content_type).map_err(|e| e.to_string()),
+            body: body.take().unwrap_or_default(),
+            doc: std::marker::PhantomData,
+        })
+    }
+}
+
+/// One part of the form, in the order sent.
+pub enum Part<'r> {
+    /// A text part, whole.
+    Text {
+        /// Its name.
+        name: String,
+        /// Its value.
+        value: String,
+    },
+    /// The file part: read its bytes from `body` before asking for the next part.
+    File {
+        /// The part's filename, if it has one.
+        file_name: Option<String>,
+        /// The part's content type, if it has one.
+        content_type: Option<String>,
+        /// Its bytes.
+        body: std::pin::Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send + 'r>>,
+    },
+}
+
+/// Reads parts one at a time (see [`StreamedForm::parts`]).
+pub struct Parts {
+    multipart: multer::Multipart<'static>,
+    file_seen: bool,
+    texts_seen: Vec<String>,
+}
+
+/// What is wrong with a form, for a 4xx answer.
+#[derive(Debug)]
+pub enum FormError {
+    /// Not well-formed multipart: 400.
+    Malformed(String),
+    /// Well-formed, but with an unknown or repeated part: 422.
+    Invalid(String),
+    /// A part or the whole form over its limit: 413.
+    TooLarge(String),
+    /// The client's body failed (hung up, went quiet).
+    Body(String),
+}
+
+impl From<FormError> for crate::Error {
+    fn from(e: FormError) -> Self {
+        match e {
+            FormError::Malformed(m) => crate::Error::Body(m),
+            FormError::Invalid(m) => crate::Error::InvalidInput(m),
+            FormError::TooLarge(m) => crate::Error::QuotaExceeded(m),
+            FormError::Body(m) => crate::Error::Body(m),
+        }
+    }
+}
+
+fn form_error(e: multer::Error) -> FormError {
+    use multer::Error as M;
+    match e {
+        M::FieldSizeExceeded { limit, field_name } => FormError::TooLarge(format!(
+            "form part `{}` is over its {limit} bytes",
+            field_name.unwrap_or_default()
+        )),
+        M::StreamSizeExceeded { limit } => {
+            FormError::TooLarge(format!("the form is over its {limit} bytes"))
+        }
+        M::StreamReadFailed(cause) => FormError::Body(cause.to_string()),
+        M::UnknownField { field_name } => FormError::Invalid(format!(
+            "unknown form part `{}` (expected file, relative_path, media_type, \
+             expected_digest)",
+            field_name.unwrap_or_default()
+        )),
+        other => FormError::Malformed(format!("malformed multipart form: {other}")),
+    }
+}
+
+impl<Doc> StreamedForm<Doc> {
+    /// Refuses the form unread: drains (a bounded amount of) it so the client reads the answer
+    /// (see [`super::body::drain`]).
+    pub async fn refuse(self) {
+        super::body::drain(&mut super::body::stream(self.body)).await;
+    }
+
+    /// The form's parts, in order, reading at most `max_file` bytes of file plus 1 MiB of
+    /// everything else (the ingest itself refuses a file over `max_file`, with 413). Only the
+    /// names in `texts` and `file` are accepted, each at most once.
+    pub fn parts(self, texts: &[&str], file: &str, max_file: u64) -> Result<Parts, FormError> {
+        let boundary = self.boundary.map_err(|e| {
+            FormError::Malformed(format!("not a multipart form with a boundary: {e}"))
+        })?;
+        let mut allowed: Vec<String> = texts.iter().map(|t| (*t).to_owned()).collect();
+        allowed.push(file.to_owned());
+        let mut limits = multer::SizeLimit::new().whole_stream(max_file.saturating_add(1 << 20));
+        for name in texts {
+            limits = limits.for_field((*name).to_owned(), MAX_TEXT_PART);
+        }
+        let constraints = multer::Constraints::new()
+            .allowed_fields(allowed)
+            .size_limit(limits);
+        let stream: BodyStream = super::body::stream(self.body);
+        Ok(Parts {
+            multipart: multer::Multipart::with_constraints(stream, boundary, constraints),
+            file_seen: false,
+            texts_seen: Vec::new(),
+        })
+    }
+}
+
+impl Parts {
+    /// Reads and discards (a bounded amount of) what is left of a form being refused, so the
+    /// client reads the answer.
+    pub async fn refuse(mut self) {
+        let drain = async {
+            let mut read = 0usize;
+            while let Ok(Some(mut field)) = self.multipart.next_field().await {
+                while let Ok(Some(chunk)) = field.chunk().await {
+                    read += chunk.len();
+                    if read > 1 << 20 {
+                        return;
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
+    }
+
+    /// The next part, or `None` at the end of the form. A file part's bytes must be read
+    /// before this is called again.
+    pub async fn next(&mut self) -> Result<Option<Part<'_>>, FormError> {
+        let Some(field) = self.multipart.next_field().await.map_err(form_error)? else {
+            return Ok(None);
+        };
+        let name = field.name().unwrap_or_default().to_owned();
+        if field.file_name().is_some() || name == "file" {
+            if self.file_seen {
+                return Err(FormError::Invalid(
+                    "the form has more than one file part".into(),
+                ));
+            }
+            self.file_seen = true;
+            return Ok(Some(Part::File {
+                file_name: field.file_name().map(str::to_owned),
+                content_type: field.content_type().map(ToString::to_string),
+                body: field
+                    .map_err(|e| match form_error(e) {
+                        FormError::Body(m) | FormError::Malformed(m) | FormError::Invalid(m) => {
+                            std::io::Error::other(m)
+                        }
+                        FormError::TooLarge(m) => {
+                            std::io::Error::new(std::io::ErrorKind::FileTooLarge, m)
+                        }
+                    })
+                    .boxed(),
+            }));
+        }
+        if self.texts_seen.contains(&name) {
+            return Err(FormError::Invalid(format!(
+                "the form has more than one `{name}` part"
+            )));
+        }
+        self.texts_seen.push(name.clone());
+        let value = field.text().await.map_err(form_error)?;
+        Ok(Some(Part::Text { name, value }))
+    }
+}
+
+poem_openapi::impl_apirequest_for_payload!(StreamedForm<Doc>, Doc: Payload + Send);
