@@ -133,7 +133,7 @@ impl EventsApi {
         // A place among the waiters (bounded in all and per tenant), counted in `/health`
         // until this request ends, however it ends.
         let waiting = match self.state.events.waiting_request(&principal.tenant) {
-            Ok(waiting) => waiting,
+            Ok(waiting) => std::sync::Arc::new(waiting),
             Err(refused) => {
                 let problem = from_error(&crate::Error::from(refused));
                 return Ok(EventsBody(poem::IntoResponse::into_response(problem)));
@@ -149,7 +149,13 @@ impl EventsApi {
             let read = self
                 .state
                 .tail
-                .page(&principal.tenant, from, limit, prefix.as_deref())
+                .page(
+                    &principal.tenant,
+                    from,
+                    limit,
+                    prefix.as_deref(),
+                    waiting.clone(),
+                )
                 .await?;
             let scanned_to = read.scanned_to;
             let next = if read.events.len() as i64 == limit {

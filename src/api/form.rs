@@ -8,13 +8,41 @@
 
 use super::body::BodyStream;
 use bytes::Bytes;
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{Stream, StreamExt};
 use poem::{Request, RequestBody};
 use poem_openapi::payload::{ParsePayload, Payload};
 use poem_openapi::registry::{MetaSchemaRef, Registry};
 
 /// Longest text part (`relative_path`, `media_type`, `expected_digest`), in bytes.
 pub const MAX_TEXT_PART: u64 = 4096;
+
+/// Most bytes of a form that are not its file's: preamble, boundaries, part headers and text
+/// parts, with room for the parser's look-ahead past the file's bytes. The parser buffers
+/// whatever it has not yet found the end of (a preamble, a part's headers), so without this a
+/// form that never gets to its parts would be held in memory up to its whole size.
+pub const MAX_FORM_OVERHEAD: u64 = 1 << 20;
+
+/// Bytes read of a form, and how many of them were the file's.
+#[derive(Default)]
+struct Budget {
+    read: std::sync::atomic::AtomicU64,
+    file: std::sync::atomic::AtomicU64,
+    exceeded: std::sync::atomic::AtomicBool,
+}
+
+impl Budget {
+    /// What a parser error means: the budget's refusal if it was that.
+    fn error(&self, e: multer::Error) -> FormError {
+        if self.exceeded.load(std::sync::atomic::Ordering::Relaxed) {
+            FormError::TooLarge(format!(
+                "the form's parts other than the file (preamble, headers, text) are over \
+                 {MAX_FORM_OVERHEAD} bytes"
+            ))
+        } else {
+            form_error(e)
+        }
+    }
+}
 
 /// The form of `POST /packages/{id}/files`, documented by `Doc` (a derived multipart type),
 /// read by [`StreamedForm::parts`].
@@ -76,6 +104,7 @@ pub enum Part<'r> {
 /// Reads parts one at a time (see [`StreamedForm::parts`]).
 pub struct Parts {
     multipart: multer::Multipart<'static>,
+    budget: std::sync::Arc<Budget>,
     file_seen: bool,
     texts_seen: Vec<String>,
 }
@@ -147,9 +176,21 @@ impl<Doc> StreamedForm<Doc> {
         let constraints = multer::Constraints::new()
             .allowed_fields(allowed)
             .size_limit(limits);
-        let stream: BodyStream = super::body::stream(self.body);
+        let budget = std::sync::Arc::new(Budget::default());
+        let counted = budget.clone();
+        let stream: BodyStream = Box::pin(super::body::stream(self.body).map(move |chunk| {
+            use std::sync::atomic::Ordering::Relaxed;
+            let chunk = chunk?;
+            let read = counted.read.fetch_add(chunk.len() as u64, Relaxed) + chunk.len() as u64;
+            if read.saturating_sub(counted.file.load(Relaxed)) > MAX_FORM_OVERHEAD {
+                counted.exceeded.store(true, Relaxed);
+                return Err(std::io::Error::other("form overhead over its limit"));
+            }
+            Ok(chunk)
+        }));
         Ok(Parts {
             multipart: multer::Multipart::with_constraints(stream, boundary, constraints),
+            budget,
             file_seen: false,
             texts_seen: Vec::new(),
         })
@@ -177,7 +218,9 @@ impl Parts {
     /// The next part, or `None` at the end of the form. A file part's bytes must be read
     /// before this is called again.
     pub async fn next(&mut self) -> Result<Option<Part<'_>>, FormError> {
-        let Some(field) = self.multipart.next_field().await.map_err(form_error)? else {
+        let budget = self.budget.clone();
+        let error = |e| budget.error(e);
+        let Some(field) = self.multipart.next_field().await.map_err(error)? else {
             return Ok(None);
         };
         let name = field.name().unwrap_or_default().to_owned();
@@ -188,17 +231,27 @@ impl Parts {
                 ));
             }
             self.file_seen = true;
+            let budget = self.budget.clone();
             return Ok(Some(Part::File {
                 file_name: field.file_name().map(str::to_owned),
                 content_type: field.content_type().map(ToString::to_string),
                 body: field
-                    .map_err(|e| match form_error(e) {
-                        FormError::Body(m) | FormError::Malformed(m) | FormError::Invalid(m) => {
-                            std::io::Error::other(m)
+                    .map(move |chunk| match chunk {
+                        Ok(bytes) => {
+                            budget.file.fetch_add(
+                                bytes.len() as u64,
+                                std::sync::atomic::Ordering::Relaxed,
+                            );
+                            Ok(bytes)
                         }
-                        FormError::TooLarge(m) => {
-                            std::io::Error::new(std::io::ErrorKind::FileTooLarge, m)
-                        }
+                        Err(e) => Err(match budget.error(e) {
+                            FormError::Body(m)
+                            | FormError::Malformed(m)
+                            | FormError::Invalid(m) => std::io::Error::other(m),
+                            FormError::TooLarge(m) => {
+                                std::io::Error::new(std::io::ErrorKind::FileTooLarge, m)
+                            }
+                        }),
                     })
                     .boxed(),
             }));
@@ -209,7 +262,7 @@ impl Parts {
             )));
         }
         self.texts_seen.push(name.clone());
-        let value = field.text().await.map_err(form_error)?;
+        let value = field.text().await.map_err(error)?;
         Ok(Some(Part::Text { name, value }))
     }
 }

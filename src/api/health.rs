@@ -39,8 +39,10 @@ pub struct EventsHealth {
     /// Whether its one LISTEN connection is up (while it reconnects, long-polls still answer,
     /// only later).
     pub listening: bool,
-    /// `GET /events` requests open now (nearly all of them waiting for an event).
-    pub waiting_requests: u64,
+    /// `GET /events` requests open now, of every tenant (nearly all of them waiting for an
+    /// event). For the operator only.
+    #[oai(skip_serializing_if_is_none)]
+    pub waiting_requests: Option<u64>,
 }
 
 /// Known-bad stored copies.
@@ -57,7 +59,8 @@ pub struct StorageHealth {
 pub struct DatabaseHealth {
     /// Whether a query succeeded.
     pub ok: bool,
-    /// Highest committed event sequence, when reachable.
+    /// Highest committed event sequence, when reachable (of every tenant: for the operator
+    /// only).
     #[oai(skip_serializing_if_is_none)]
     pub latest_sequence: Option<i64>,
     /// Error summary when not ok.
@@ -87,9 +90,9 @@ enum HealthResponse {
     /// Everything works.
     #[oai(status = 200)]
     Ok(Json<Health>),
-    /// The database or a backend is unavailable.
+    /// The database or a backend is unavailable; look again after `Retry-After` seconds.
     #[oai(status = 503)]
-    Unavailable(Json<Health>),
+    Unavailable(Json<Health>, #[oai(header = "Retry-After")] u64),
 }
 
 #[OpenApi(tag = "super::ApiTags::System")]
@@ -98,14 +101,15 @@ impl HealthApi {
     ///
     /// 200 when the database and every backend work (`status` is `degraded` when stored
     /// copies are known to be damaged or lost), else 503 with the same body. Anyone gets
-    /// `status`; an admin token also gets the details (database, backends, stored copies, the
-    /// event stream), which would tell an outsider too much.
+    /// `status`; an admin token also gets the details (version, database, backends, the event
+    /// stream), which would tell an outsider too much; what counts every tenant's activity
+    /// (the latest event sequence, open long-polls, damaged copies) only the operator (an
+    /// admin of the `system` tenant) gets.
     #[oai(path = "/health", method = "get", operation_id = "getHealth")]
     async fn health(&self, auth: Auth) -> HealthResponse {
-        let details = self
-            .state
-            .caller(&auth)
-            .is_some_and(|p| p.allows(Scope::Admin));
+        let caller = self.state.caller(&auth);
+        let details = caller.as_ref().is_some_and(|p| p.allows(Scope::Admin));
+        let operator = caller.as_ref().is_some_and(|p| p.operator);
         let health = crate::health::check(&self.state.registry).await;
         let bus = self.state.events.status();
         let status = if !health.healthy() {
@@ -119,18 +123,19 @@ impl HealthApi {
             status: status.into(),
             storage: health
                 .damaged_copies
+                .filter(|_| operator)
                 .map(|(failed, missing)| StorageHealth {
                     failed_copies: failed,
                     missing_copies: missing,
                 }),
             events: Some(EventsHealth {
                 listening: bus.listening,
-                waiting_requests: bus.waiting as u64,
+                waiting_requests: operator.then_some(bus.waiting as u64),
             }),
             version: Some(env!("CARGO_PKG_VERSION").into()),
             database: Some(DatabaseHealth {
                 ok: health.database.is_ok(),
-                latest_sequence: health.database.as_ref().ok().copied(),
+                latest_sequence: health.database.as_ref().ok().copied().filter(|_| operator),
                 detail: health.database.as_ref().err().cloned(),
             }),
             backends: Some(
@@ -160,7 +165,10 @@ impl HealthApi {
         if status != "unavailable" {
             HealthResponse::Ok(Json(report))
         } else {
-            HealthResponse::Unavailable(Json(report))
+            HealthResponse::Unavailable(
+                Json(report),
+                super::problem::retry_after(poem::http::StatusCode::SERVICE_UNAVAILABLE),
+            )
         }
     }
 }

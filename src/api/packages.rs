@@ -143,6 +143,16 @@ impl PackagesApi {
                         content_type,
                         body,
                     } => {
+                        // Text parts sent first can be checked before the bytes are stored.
+                        if let Some(path) = texts.get("relative_path") {
+                            let early = IngestRequest {
+                                relative_path: RelativePath::new(path)?,
+                                media_type: None,
+                                expected_digest: None,
+                                replace: replace.unwrap_or(false),
+                            };
+                            registry.check_can_add_file(tenant, package, &early).await?;
+                        }
                         file_part = (file_name, content_type);
                         staged = Some(registry.stage_file(tenant, package, body).await?);
                     }

@@ -10,18 +10,22 @@
 //! sends GOAWAY), let in-flight requests end (long-polls are answered by the event bus
 //! closing), and give up on what is still open after the grace period.
 //!
-//! Slow and idle clients are bounded ([`HttpLimits`]): at most `max_connections` are served
-//! at once (others wait in the listen backlog); a connection must send its first request head
-//! within `header_read_timeout` of being accepted (before hyper even knows which HTTP version
-//! it speaks, which hyper itself does not time), and every later HTTP/1 head within as long
-//! of the connection becoming idle (hyper's own header timer); a request body that sends
-//! nothing for `body_idle_timeout` ends with an error ([`idle_body`]).
+//! Slow and idle clients are bounded ([`HttpLimits`]), so that no number of them holds the
+//! server's connections for long:
+//! - at most `max_connections` are served at once (others wait in the listen backlog);
+//! - a connection must send its first request head within `header_read_timeout` of being
+//!   accepted (hyper-util times nothing while it detects the HTTP version), and every later
+//!   HTTP/1 head within as long (hyper's own header timer);
+//! - a connection with no request in progress for `header_read_timeout` is closed (HTTP/2 has
+//!   no header timer: an idle or half-opened stream would otherwise stay forever);
+//! - a request body that sends nothing for `body_idle_timeout` ends with an error
+//!   ([`idle_body`]), and a response the client stops reading fails after as long without a
+//!   byte written.
 
 use crate::config::HttpLimits;
 use futures::Stream;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use poem::{Endpoint, EndpointExt, IntoEndpoint};
 use std::future::Future;
 use std::pin::Pin;
@@ -30,6 +34,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 /// Serves `endpoint` on `listener` until `shutdown` resolves, then drains connections for at
@@ -52,7 +57,7 @@ where
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
-    let graceful = GracefulShutdown::new();
+    let (stopping, stop) = watch::channel(false);
     let places = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
     loop {
@@ -78,10 +83,14 @@ where
         let _ = stream.set_nodelay(true);
         let endpoint = endpoint.clone();
         let local = local.clone();
-        let stream = FirstHeadDeadline::new(stream, limits.header_read_timeout);
+        let stream = Guarded::new(stream, limits);
         let head_seen = stream.head_seen.clone();
+        let (working_tx, working) = watch::channel(0usize);
+        let working_tx = Arc::new(working_tx);
         let service = hyper::service::service_fn(move |req| {
             head_seen.store(true, Ordering::Relaxed);
+            // In progress until its response has been sent (or the request is dropped).
+            let working = Working::start(working_tx.clone());
             let endpoint = endpoint.clone();
             let request = poem::Request::from((
                 req,
@@ -91,15 +100,35 @@ where
             ));
             async move {
                 let response = endpoint.get_response(request).await;
-                Ok::<_, std::convert::Infallible>(hyper::Response::from(response))
+                let response = hyper::Response::from(response).map(|body| CountedBody {
+                    body,
+                    _working: working,
+                });
+                Ok::<_, std::convert::Infallible>(response)
             }
         });
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
-        let connection = graceful.watch(connection);
+        let mut stop = stop.clone();
+        let idle_after = limits.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            tokio::pin!(connection);
+            let mut finishing = false;
+            let result = loop {
+                tokio::select! {
+                    result = connection.as_mut() => break result,
+                    _ = stop.wait_for(|s| *s), if !finishing => {
+                        finishing = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    _ = idle(working.clone(), idle_after), if !finishing => {
+                        finishing = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                }
+            };
+            if let Err(e) = result {
                 // Clients hanging up mid-request (or timed out) are routine; nothing to act on.
                 tracing::debug!(remote = %remote, error = %e, "connection ended with an error");
             }
@@ -107,44 +136,136 @@ where
         });
     }
     drop(listener);
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(grace) => {
-            tracing::warn!(?grace, "connections still open when the shutdown grace ran out");
-        }
+    let _ = stopping.send(true);
+    // Every place back means every connection has ended.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(grace, places.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?grace,
+            "connections still open when the shutdown grace ran out"
+        );
     }
     Ok(())
 }
 
-/// A connection that is closed (its reads fail) unless its first request head arrives in time.
-/// The service sets `head_seen` when hyper hands it that request; from then on the connection
-/// is hyper's to time.
-struct FirstHeadDeadline<I> {
-    io: I,
-    deadline: Option<Pin<Box<Sleep>>>,
-    head_seen: Arc<AtomicBool>,
-}
-
-impl<I> FirstHeadDeadline<I> {
-    fn new(io: I, within: Duration) -> Self {
-        FirstHeadDeadline {
-            io,
-            deadline: Some(Box::pin(tokio::time::sleep(within))),
-            head_seen: Arc::default(),
+/// Resolves once the connection has had no request in progress for `after`.
+async fn idle(mut working: watch::Receiver<usize>, after: Duration) {
+    loop {
+        if *working.borrow_and_update() == 0 {
+            tokio::select! {
+                _ = tokio::time::sleep(after) => return,
+                changed = working.changed() => if changed.is_err() { return },
+            }
+        } else if working.changed().await.is_err() {
+            return;
         }
     }
 }
 
-impl<I: AsyncRead + Unpin> AsyncRead for FirstHeadDeadline<I> {
+/// One request in progress on a connection, from when hyper hands it over until its response
+/// has been sent or dropped.
+struct Working(Arc<watch::Sender<usize>>);
+
+impl Working {
+    fn start(count: Arc<watch::Sender<usize>>) -> Self {
+        count.send_modify(|n| *n += 1);
+        Working(count)
+    }
+}
+
+impl Drop for Working {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
+/// A response body that keeps its request counted as in progress while it is sent.
+struct CountedBody<B> {
+    body: B,
+    _working: Working,
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for CountedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A client connection with deadlines of its own: reads fail unless the first request head
+/// arrives in time (the service sets `head_seen` when hyper hands it that request; from then
+/// on heads are hyper's to time), and writes fail once the client has taken no byte for the
+/// body idle time (a client that stops reading a download, say).
+struct Guarded<I> {
+    io: I,
+    head_deadline: Option<Pin<Box<Sleep>>>,
+    head_seen: Arc<AtomicBool>,
+    write_stall: Duration,
+    /// Armed while writes cannot go on.
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl<I> Guarded<I> {
+    fn new(io: I, limits: HttpLimits) -> Self {
+        Guarded {
+            io,
+            head_deadline: Some(Box::pin(tokio::time::sleep(limits.header_read_timeout))),
+            head_seen: Arc::default(),
+            write_stall: limits.body_idle_timeout,
+            stalled: None,
+        }
+    }
+
+    /// Passes a write's outcome on, unless writes have been blocked for too long.
+    fn watch_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        outcome: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if outcome.is_ready() {
+            self.stalled = None;
+            return outcome;
+        }
+        let stall = self.write_stall;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        if timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client took nothing for the body idle timeout",
+            )));
+        }
+        Poll::Pending
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Guarded<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        if let Some(deadline) = &mut this.deadline {
+        if let Some(deadline) = &mut this.head_deadline {
             if this.head_seen.load(Ordering::Relaxed) {
-                this.deadline = None;
+                this.head_deadline = None;
             } else if deadline.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
@@ -156,13 +277,14 @@ impl<I: AsyncRead + Unpin> AsyncRead for FirstHeadDeadline<I> {
     }
 }
 
-impl<I: AsyncWrite + Unpin> AsyncWrite for FirstHeadDeadline<I> {
+impl<I: AsyncWrite + Unpin> AsyncWrite for Guarded<I> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let outcome = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.watch_write(cx, outcome)
     }
 
     fn poll_write_vectored(
@@ -170,7 +292,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for FirstHeadDeadline<I> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let outcome = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.watch_write(cx, outcome)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -178,7 +301,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for FirstHeadDeadline<I> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let outcome = Pin::new(&mut self.io).poll_flush(cx);
+        self.watch_write(cx, outcome)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

@@ -433,6 +433,20 @@ fn cluster_dir(data_dir: &Path, run_as: Option<(Uid, Gid)>) -> Result<PathBuf> {
     root_owned_dir(parent)?;
     let key = blake3::hash(data_dir.as_os_str().as_encoded_bytes()).to_hex();
     let fallback = parent.join(&key[..16]);
+    // Where earlier versions kept it. Starting afresh beside it would make an empty database
+    // whose garbage collection then knows none of the stored bytes: never do that silently.
+    let legacy = PathBuf::from(format!("{FALLBACK_PARENT}-{}", &key[..16]));
+    if std::fs::symlink_metadata(&legacy).is_ok() && std::fs::symlink_metadata(&fallback).is_err() {
+        return Err(fail(format!(
+            "the private PostgreSQL cluster of {} is at {}, where an earlier version kept it; \
+             check that it is a directory of the PostgreSQL user's alone (not a link, mode \
+             0700), then move it: `mv {} {}`, and start again",
+            data_dir.display(),
+            legacy.display(),
+            legacy.display(),
+            fallback.display()
+        )));
+    }
     tracing::warn!(
         data_dir = %data_dir.display(), cluster = %fallback.display(),
         "the PostgreSQL user cannot reach the data directory; keeping the cluster elsewhere"

@@ -62,12 +62,19 @@ impl TailReader {
 
     /// The tenant's events after `since` (optionally only types starting with `type_prefix`),
     /// at most `limit`, and the latest committed sequence the page covers.
+    ///
+    /// `hold` is kept until the read this asks for ends, if it starts one, even when the asker
+    /// goes away first: the asker's place among the long-polls (see
+    /// [`EventBus::waiting_request`](super::EventBus::waiting_request)), so that reads left
+    /// behind by clients that hang up count against the limits on long-polls, in all and per
+    /// tenant, until they end.
     pub async fn page(
         &self,
         tenant: &TenantId,
         since: i64,
         limit: i64,
         type_prefix: Option<&str>,
+        hold: impl Send + Sync + 'static,
     ) -> Result<Arc<TailPage>> {
         let question = Question {
             tenant: tenant.clone(),
@@ -79,7 +86,7 @@ impl TailReader {
             let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
             in_flight
                 .entry(question.clone())
-                .or_insert_with(|| self.ask(question.clone()))
+                .or_insert_with(|| self.ask(question.clone(), hold))
                 .clone()
         };
         answer.await.map_err(|e| match Arc::try_unwrap(e) {
@@ -92,7 +99,7 @@ impl TailReader {
         })
     }
 
-    fn ask(&self, question: Question) -> Answer {
+    fn ask(&self, question: Question, hold: impl Send + Sync + 'static) -> Answer {
         let pool = self.pool.clone();
         let in_flight = self.in_flight.clone();
         self.reads.fetch_add(1, Ordering::Relaxed);
@@ -101,6 +108,7 @@ impl TailReader {
         // every asker dropped would stay in the table unpolled, holding its connection, or its
         // place in the pool's queue, for good.)
         let task = tokio::spawn(async move {
+            let _hold = hold;
             let result = read(&pool, &question).await;
             // Later askers start a fresh read: they may be waiting for newer events.
             in_flight

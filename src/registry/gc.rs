@@ -92,6 +92,10 @@ pub struct Collected {
     pub orphans: u64,
 }
 
+/// More orphans than this (and over a tenth of a backend's objects) in one sweep are taken for
+/// a database that is not the backend's, not for crashes: see [`Registry::collect_orphans`].
+pub const ORPHANS_BEYOND_BELIEF: usize = 100;
+
 const CANDIDATES: &str = "SELECT b.blake3, b.size, b.unreferenced_since FROM blobs b \
      WHERE b.unreferenced_since <= $1 \
        AND NOT EXISTS (SELECT 1 FROM files f WHERE f.blake3 = b.blake3) \
@@ -244,19 +248,24 @@ impl Registry {
 
     /// Deletes bytes stored under an address that no blob row names and no ingest is about to
     /// record (a crash between writing the bytes and committing their row). Returns how many.
+    ///
+    /// Refuses, deleting nothing, when a backend's orphans are more than
+    /// [`ORPHANS_BEYOND_BELIEF`] and a tenth of what it holds: crashes leave a few, while a
+    /// database that knows nothing of the backend (a wrong `ARTIFACTSTORE_DATABASE_URL`, a
+    /// restore of the wrong backup, a private cluster made afresh) would otherwise empty it.
     pub async fn collect_orphans(&self) -> Result<u64> {
         let mut removed = 0;
         for backend in self.backends.all() {
             let listed: Vec<_> = backend.list().try_collect().await?;
+            let mut orphans = Vec::new();
             for chunk in listed.chunks(500) {
                 let digests: Vec<Vec<u8>> = chunk
                     .iter()
                     .filter(|b| b.address.algorithm() == crate::identity::Algorithm::Blake3)
                     .map(|b| b.address.digest().0.to_vec())
                     .collect();
-                let mut client = self.pool.get().await?;
-                let tx = client.transaction().await?;
-                let known: std::collections::HashSet<Vec<u8>> = tx
+                let client = self.pool.get().await?;
+                let known: std::collections::HashSet<Vec<u8>> = client
                     .query(
                         "SELECT l.blake3 FROM storage_locations l \
                          WHERE l.blake3 = ANY($1) AND l.backend_id = $2 AND l.status <> 'deleted'",
@@ -266,7 +275,22 @@ impl Registry {
                     .iter()
                     .map(|r| r.get(0))
                     .collect();
-                for digest in digests.iter().filter(|d| !known.contains(*d)) {
+                orphans.extend(digests.into_iter().filter(|d| !known.contains(d)));
+            }
+            if orphans.len() > ORPHANS_BEYOND_BELIEF && orphans.len() * 10 > listed.len() {
+                return Err(Error::Integrity(format!(
+                    "backend `{}` holds {} objects of which the database knows none of {}: \
+                     refusing to delete them as orphans. Is this the database these bytes \
+                     belong to (ARTIFACTSTORE_DATABASE_URL, the data directory)?",
+                    backend.id(),
+                    listed.len(),
+                    orphans.len()
+                )));
+            }
+            for chunk in orphans.chunks(500) {
+                let mut client = self.pool.get().await?;
+                let tx = client.transaction().await?;
+                for digest in chunk {
                     let digest =
                         Digest::from_slice(digest).map_err(|e| Error::Integrity(e.to_string()))?;
                     // An ingest in flight holds the lock: its bytes are not orphans. Once we

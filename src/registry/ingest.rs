@@ -119,6 +119,19 @@ impl Registry {
         .await
     }
 
+    /// Whether the package can take the file `request` describes now: the tenant's, open,
+    /// with room, the path free (or replaced). For refusing before bytes are sent or stored.
+    pub async fn check_can_add_file(
+        &self,
+        tenant: &TenantId,
+        package_id: PackageId,
+        request: &IngestRequest,
+    ) -> Result<()> {
+        self.backend_for(tenant, package_id, request)
+            .await
+            .map(drop)
+    }
+
     /// Whether the package is the tenant's and takes files now (open): `NotFound`, `Gone` or
     /// `Conflict` otherwise. For refusing a request before reading its body.
     pub async fn check_package_open(&self, tenant: &TenantId, package_id: PackageId) -> Result<()> {
@@ -177,9 +190,15 @@ impl Registry {
             .media_type
             .clone()
             .unwrap_or_else(|| DEFAULT_MEDIA_TYPE.into());
-        if let Err(e) =
-            validate_media_type(&media_type).and_then(|()| check_expected(&request, &digest))
+        let checked = match validate_media_type(&media_type)
+            .and_then(|()| check_expected(&request, &digest))
         {
+            // Before any byte is published: the package may have been finalized or filled,
+            // or the path taken, while the bytes arrived.
+            Ok(()) => self.check_can_add_file(tenant, package_id, &request).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = checked {
             staged.abort().await?;
             return Err(e);
         }

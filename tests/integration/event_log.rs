@@ -215,7 +215,7 @@ async fn identical_tail_reads_in_flight_are_sent_once() {
     }
     let reader = events::TailReader::new(env.registry.pool().clone());
     let pages =
-        futures::future::join_all((0..200).map(|_| reader.page(&tenant, 0, 100, None))).await;
+        futures::future::join_all((0..200).map(|_| reader.page(&tenant, 0, 100, None, ()))).await;
     assert_eq!(reader.reads(), 1, "200 identical reads, one query");
     for page in &pages {
         let page = page.as_ref().unwrap();
@@ -223,8 +223,8 @@ async fn identical_tail_reads_in_flight_are_sent_once() {
         assert_eq!(page.scanned_to, 3);
     }
     let (a, b) = futures::join!(
-        reader.page(&tenant, 1, 100, None),
-        reader.page(&tenant, 0, 100, Some("v1.file."))
+        reader.page(&tenant, 1, 100, None, ()),
+        reader.page(&tenant, 0, 100, Some("v1.file."), ())
     );
     assert_eq!(reader.reads(), 3);
     assert_eq!(a.unwrap().events.len(), 2);
@@ -242,7 +242,7 @@ async fn identical_tail_reads_in_flight_are_sent_once() {
         )
         .await
         .unwrap();
-    let again = reader.page(&tenant, 0, 100, None).await.unwrap();
+    let again = reader.page(&tenant, 0, 100, None, ()).await.unwrap();
     assert_eq!(reader.reads(), 4);
     assert_eq!(again.events.len(), 4);
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const TOKENS: &str = "default:read+write:default-token,other:read+write:other-token,\
-                      default:admin:default-admin-token";
+                      system:admin:system-admin-token";
 
 /// Tails with a given page size until `until` events arrived (or the deadline), returning
 /// every event's (sequence, id) in the order received.
@@ -317,11 +317,11 @@ async fn tenants_never_see_each_others_events() {
     assert_eq!(page["next_since"], 5);
 }
 
-/// `events.waiting_requests` of the server's `/health` (details for admins only).
+/// `events.waiting_requests` of the server's `/health` (the operator's to see).
 async fn waiting(http: &reqwest::Client, base: &str) -> u64 {
     let health: Value = http
         .get(format!("{base}/health"))
-        .bearer_auth("default-admin-token")
+        .bearer_auth("system-admin-token")
         .send()
         .await
         .unwrap()

@@ -58,6 +58,31 @@ async fn new_package(http: &Client, server: &Server, token: &str) -> String {
     p["id"].as_str().unwrap().to_owned()
 }
 
+/// A new upload session of alpha's for `path` in `package`; its id.
+async fn new_session(
+    http: &Client,
+    server: &Server,
+    package: &str,
+    path: &str,
+    size: Option<u64>,
+) -> String {
+    let mut body = json!({"package_id": package, "relative_path": path});
+    if let Some(size) = size {
+        body["size"] = size.into();
+    }
+    let session = json_of(
+        http.post(server.url("/uploads"))
+            .bearer_auth(ALPHA_WRITER)
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::CREATED,
+    )
+    .await;
+    session["id"].as_str().unwrap().to_owned()
+}
+
 /// Reads from a raw connection until the server closes it (or `bound` passes): what it sent.
 async fn read_until_closed(stream: &mut TcpStream, bound: Duration) -> Option<Vec<u8>> {
     let mut out = Vec::new();
@@ -278,17 +303,7 @@ async fn completing_while_a_chunk_is_in_flight_is_refused_and_published_bytes_st
     let server = start(&db, &[]);
     let http = Client::new();
     let package = new_package(&http, &server, ALPHA_WRITER).await;
-    let session = json_of(
-        http.post(server.url("/uploads"))
-            .bearer_auth(ALPHA_WRITER)
-            .json(&json!({"package_id": package, "relative_path": "raced.bin"}))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::CREATED,
-    )
-    .await;
-    let id = session["id"].as_str().unwrap().to_owned();
+    let id = new_session(&http, &server, &package, "raced.bin", None).await;
     let upload = server.url(&format!("/uploads/{id}"));
     let (first, second) = (random_bytes(3 << 20, 1), random_bytes(2 << 20, 2));
     json_of(
@@ -723,17 +738,7 @@ async fn slow_and_idle_clients_are_cut_off_and_connections_are_capped() {
 
     // A chunk whose body goes quiet ends; the session keeps what arrived.
     let package = new_package(&http, &server, ALPHA_WRITER).await;
-    let session = json_of(
-        http.post(server.url("/uploads"))
-            .bearer_auth(ALPHA_WRITER)
-            .json(&json!({"package_id": package, "relative_path": "quiet.bin", "size": 1000}))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::CREATED,
-    )
-    .await;
-    let id = session["id"].as_str().unwrap();
+    let id = new_session(&http, &server, &package, "quiet.bin", Some(1000)).await;
     let mut s = TcpStream::connect(&addr).await.unwrap();
     let head = format!(
         "PATCH /uploads/{id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ALPHA_WRITER}\r\n\
@@ -777,7 +782,7 @@ async fn long_polls_are_bounded_in_all_and_per_tenant() {
     let health = || async {
         let h = json_of(
             http.get(server.url("/health"))
-                .bearer_auth(ALPHA_ADMIN)
+                .bearer_auth(OPERATOR)
                 .send()
                 .await
                 .unwrap(),
@@ -1148,6 +1153,15 @@ async fn health_tells_anyone_the_status_and_only_admins_the_details() {
         admin["backends"].is_array() && admin["events"].is_object(),
         "{admin}"
     );
+    // What counts every tenant's activity is the operator's alone.
+    assert!(admin["database"]["latest_sequence"].is_null(), "{admin}");
+    assert!(admin["events"]["waiting_requests"].is_null(), "{admin}");
+    let operator = health(Some(OPERATOR)).await;
+    assert!(
+        operator["database"]["latest_sequence"].is_i64(),
+        "{operator}"
+    );
+    assert_eq!(operator["events"]["waiting_requests"], 0, "{operator}");
 }
 
 #[tokio::test]
@@ -1220,4 +1234,296 @@ async fn usage_reads_the_tenants_rows_not_every_blob() {
         (usage.files, usage.logical_bytes, usage.physical_bytes),
         (1, 3, 3)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_are_closed_like_http1_ones() {
+    let db = TestDb::new().await;
+    let server = start(&db, &[("ARTIFACTSTORE_HEADER_READ_TIMEOUT_SECONDS", "2")]);
+    // One request, then nothing: the server closes the connection (GOAWAY, then EOF).
+    let tcp = TcpStream::connect(address(&server)).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let request = http::Request::get(format!("{}/health", server.base))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    assert_eq!(response.await.unwrap().status(), 200);
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(15), connection)
+        .await
+        .expect("the idle HTTP/2 connection was closed")
+        .unwrap()
+        .ok();
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    // A connection that only says hello is closed too.
+    let tcp = TcpStream::connect(address(&server)).await.unwrap();
+    let (_client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(15), connection)
+        .await
+        .expect("the silent HTTP/2 connection was closed")
+        .ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_a_download_is_cut_off() {
+    let db = TestDb::new().await;
+    let server = start(&db, &[("ARTIFACTSTORE_BODY_IDLE_TIMEOUT_SECONDS", "2")]);
+    let http = Client::new();
+    let package = new_package(&http, &server, ALPHA_WRITER).await;
+    let size = 64usize << 20;
+    let file = json_of(
+        http.put(server.url(&format!("/packages/{package}/files/big.bin")))
+            .bearer_auth(ALPHA_WRITER)
+            .body(random_bytes(size, 8))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::CREATED,
+    )
+    .await;
+    let mut s = TcpStream::connect(address(&server)).await.unwrap();
+    let request = format!(
+        "GET /files/{}/download HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ALPHA_WRITER}\r\n\r\n",
+        file["id"].as_str().unwrap()
+    );
+    s.write_all(request.as_bytes()).await.unwrap();
+    // Not reading: the socket buffers fill and the server's writes stop.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let got = read_until_closed(&mut s, Duration::from_secs(30))
+        .await
+        .expect("the server ended the connection");
+    assert!(got.len() < size, "{} bytes of {size} arrived", got.len());
+}
+
+#[tokio::test]
+async fn a_form_that_never_gets_to_its_parts_is_refused() {
+    let db = TestDb::new().await;
+    let server = start(&db, &[]);
+    let http = Client::new();
+    let package = new_package(&http, &server, ALPHA_WRITER).await;
+    let url = server.url(&format!("/packages/{package}/files"));
+    // Two MiB of preamble, and part headers that never end.
+    let preamble = [vec![b'p'; 2 << 20], b"\r\n--xyz--\r\n".to_vec()].concat();
+    let endless_headers = [
+        b"--xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\nX: ".to_vec(),
+        vec![b'h'; 2 << 20],
+    ]
+    .concat();
+    for body in [preamble, endless_headers] {
+        let resp = http
+            .post(&url)
+            .bearer_auth(ALPHA_WRITER)
+            .header("Content-Type", "multipart/form-data; boundary=xyz")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        assert!(
+            status == StatusCode::PAYLOAD_TOO_LARGE || status == StatusCode::BAD_REQUEST,
+            "{status}"
+        );
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            let problem = json_of(resp, status).await;
+            assert!(
+                problem["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("other than the file")
+            );
+        }
+    }
+    // A path already taken, named before the file part: refused before the file is read.
+    json_of(
+        http.put(server.url(&format!("/packages/{package}/files/taken.bin")))
+            .bearer_auth(ALPHA_WRITER)
+            .body("x")
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::CREATED,
+    )
+    .await;
+    let head = format!(
+        "POST /packages/{package}/files HTTP/1.1\r\nAuthorization: Bearer {ALPHA_WRITER}\r\n\
+         Content-Type: multipart/form-data; boundary=xyz\r\n"
+    );
+    let start_of_form = [
+        b"--xyz\r\nContent-Disposition: form-data; name=\"relative_path\"\r\n\r\ntaken.bin\r\n"
+            .to_vec(),
+        b"--xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f\"\r\n\r\n".to_vec(),
+        vec![b'x'; 60_000],
+    ]
+    .concat();
+    assert_eq!(
+        answer_before_body(&server, &head, 1 << 30, &start_of_form).await,
+        Some(409)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_being_completed_is_neither_cancelled_nor_appended_to_nor_lost() {
+    let db = TestDb::new().await;
+    let server = start(&db, &[]);
+    let http = Client::new();
+    let package = new_package(&http, &server, ALPHA_WRITER).await;
+    let id = new_session(&http, &server, &package, "c.bin", Some(4)).await;
+    let upload = server.url(&format!("/uploads/{id}"));
+    let patch = |range: &'static str, body: &'static [u8]| {
+        http.patch(&upload)
+            .bearer_auth(ALPHA_WRITER)
+            .header("Content-Range", range)
+            .body(body)
+            .send()
+    };
+    assert_eq!(patch("bytes 0-1/4", b"ab").await.unwrap().status(), 202);
+    // A completion in another process has marked it and moved its spool into place.
+    let spool = server._data.path().join("uploads").join(&id);
+    let moved = spool.with_extension("published");
+    std::fs::rename(&spool, &moved).unwrap();
+    let client = db.client().await;
+    client
+        .execute(
+            "UPDATE uploads SET state = 'completing' WHERE id = $1",
+            &[&uuid::Uuid::parse_str(&id).unwrap()],
+        )
+        .await
+        .unwrap();
+    let complete = server.url(&format!("/uploads/{id}/complete"));
+    for resp in [
+        http.delete(&upload).bearer_auth(ALPHA_WRITER).send().await,
+        http.post(&complete).bearer_auth(ALPHA_WRITER).send().await,
+        patch("bytes 2-3/4", b"cd").await,
+    ] {
+        assert_eq!(resp.unwrap().status(), StatusCode::CONFLICT);
+    }
+    let still = http
+        .get(&upload)
+        .bearer_auth(ALPHA_WRITER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json_of(still, StatusCode::OK).await["offset"], 2, "kept");
+    // That completion was killed before it moved anything: complete it again, and the
+    // session takes chunks once more.
+    std::fs::rename(&moved, &spool).unwrap();
+    let refused = http
+        .post(&complete)
+        .bearer_auth(ALPHA_WRITER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.status(),
+        StatusCode::CONFLICT,
+        "2 of 4 bytes: not complete"
+    );
+    assert_eq!(patch("bytes 2-3/4", b"cd").await.unwrap().status(), 202);
+    let file = json_of(
+        http.post(&complete)
+            .bearer_auth(ALPHA_WRITER)
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::CREATED,
+    )
+    .await;
+    assert_eq!(file["size"], 4);
+}
+
+#[tokio::test]
+async fn expiry_leaves_a_session_that_is_being_worked_on_for_later() {
+    let env = TestEnv::new().await;
+    let clock = Arc::new(TestClock::at(1_800_000_000));
+    let registry = env
+        .registry
+        .clone()
+        .with_clock(clock.clone() as Arc<dyn artifactstore::model::Clock>)
+        .with_upload_dir(env.dir.path().join("uploads"));
+    let tenant = TenantId::default_tenant();
+    let p = crate::harness::package(&registry).await;
+    let session = registry
+        .create_upload(
+            &tenant,
+            artifactstore::registry::NewUpload {
+                package_id: p.id,
+                relative_path: RelativePath::new("e.bin").unwrap(),
+                media_type: None,
+                size: None,
+                expected_digest: None,
+                replace: false,
+            },
+        )
+        .await
+        .unwrap();
+    clock.advance(registry.limits().upload_ttl_seconds as i64 + 1);
+    let spool = env.dir.path().join("uploads").join(session.id.to_string());
+    let held = nix::fcntl::Flock::lock(
+        std::fs::File::open(&spool).unwrap(),
+        nix::fcntl::FlockArg::LockExclusiveNonblock,
+    )
+    .unwrap();
+    assert_eq!(
+        registry.expire_uploads().await.unwrap(),
+        0,
+        "busy: left alone"
+    );
+    assert!(spool.exists());
+    drop(held);
+    assert_eq!(registry.expire_uploads().await.unwrap(), 1);
+    assert!(!spool.exists());
+}
+
+#[tokio::test]
+async fn the_orphan_sweep_never_empties_a_backend_the_database_does_not_know() {
+    use artifactstore::storage::BlobStore;
+    let env = TestEnv::new().await;
+    // Bytes the database knows nothing of, as in a backend pointed at the wrong database.
+    let mut addresses = Vec::new();
+    for i in 0..150u64 {
+        let data = random_bytes(100, 1000 + i);
+        let address = DualHasher::digest(&data).primary_address();
+        let mut staged = env.store.stage().await.unwrap();
+        staged.write(bytes::Bytes::from(data)).await.unwrap();
+        staged.commit(&address).await.unwrap();
+        addresses.push(address);
+    }
+    let err = env
+        .registry
+        .collect_orphans()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("refusing"), "{err}");
+    for address in &addresses {
+        assert!(env.store.head(address).await.unwrap().is_some());
+    }
+    // A few strays beside what the database knows are a crash's leftovers: collected.
+    for address in &addresses[5..] {
+        env.store.delete(address).await.unwrap();
+    }
+    let tenant = TenantId::default_tenant();
+    let p = crate::harness::package(&env.registry).await;
+    for i in 0..20u64 {
+        let data = random_bytes(50, 5000 + i);
+        env.registry
+            .ingest_file(
+                &tenant,
+                p.id,
+                IngestRequest {
+                    relative_path: RelativePath::new(&format!("f{i}")).unwrap(),
+                    media_type: None,
+                    expected_digest: None,
+                    replace: false,
+                },
+                body(&data, 50),
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(env.registry.collect_orphans().await.unwrap(), 5);
+    for address in &addresses[..5] {
+        assert!(env.store.head(address).await.unwrap().is_none());
+    }
 }

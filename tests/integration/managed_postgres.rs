@@ -189,3 +189,36 @@ fn the_last_process_using_the_private_cluster_stops_it() {
     terminate(&mut worker);
     assert_eq!(pgdata(), "not running", "left running after the last user");
 }
+
+#[test]
+fn a_cluster_where_an_earlier_version_kept_it_is_never_replaced_by_an_empty_one() {
+    if !is_root() {
+        return; // only meaningful as root
+    }
+    let base = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let data = base.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let key = blake3::hash(data.canonicalize().unwrap().as_os_str().as_encoded_bytes()).to_hex();
+    let legacy =
+        std::path::PathBuf::from(format!("/var/tmp/artifactstore-postgres-{}", &key[..16]));
+    std::fs::create_dir_all(legacy.join("pgdata")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_artifactstore"))
+        .args(["migrate", "--data-dir"])
+        .arg(&data)
+        .env("ARTIFACTSTORE_LOG", "warn")
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&legacy).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("mv /var/tmp/artifactstore-postgres-"),
+        "{stderr}"
+    );
+    let new_place = format!("/var/tmp/artifactstore-postgres/{}", &key[..16]);
+    assert!(
+        !std::path::Path::new(&new_place).exists(),
+        "no empty cluster was made"
+    );
+}

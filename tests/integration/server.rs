@@ -132,6 +132,10 @@ async fn health_is_unavailable_when_the_backend_root_is_gone() {
     std::fs::remove_dir_all(&blobs).unwrap();
     let resp = reqwest::get(server.url("/health")).await.unwrap();
     assert_eq!(resp.status(), 503);
+    assert!(
+        resp.headers().contains_key("retry-after"),
+        "a 503 says when to look again"
+    );
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["status"], "unavailable");
     assert_eq!(body["backends"][0]["healthy"], false);

@@ -302,12 +302,13 @@ impl Registry {
         let under_lock = self.load_upload(tenant, id).await?;
         if under_lock.completing {
             return Err(Error::Conflict(format!(
-                "upload {id} is being completed; it takes no more chunks"
+                "upload {id} is being completed and takes no more chunks (if that completion \
+                 was cut short, complete it again)"
             )));
         }
         let Some(locked) = locked else {
             return Err(Error::Conflict(format!(
-                "the bytes of upload {id} are gone; start a new upload"
+                "the bytes of upload {id} are not on this server; start a new upload"
             )));
         };
         let offset = under_lock.session.offset;
@@ -450,11 +451,12 @@ impl Registry {
         self.load_upload(tenant, id).await?;
         let path = self.spool_path(id);
         let Some(lock) = lock_spool(&path, id)? else {
-            // A completion that was cut short after its bytes were published (or a lost spool
-            // directory): nothing is left to complete.
-            self.remove_upload(id).await?;
+            // Another completion has moved the spool into place (and may still be recording
+            // the file), or the bytes are not on this server's disk. Either way nothing here is
+            // this request's to complete or to remove; the session expires in its time.
             return Err(Error::Conflict(format!(
-                "the bytes of upload {id} are gone; start a new upload"
+                "upload {id} is being completed, or its bytes are not on this server; if no \
+                 file appears, start a new upload"
             )));
         };
         let current = self.mark_completing(tenant, id).await?;
@@ -637,8 +639,14 @@ impl Registry {
     /// Not while a chunk is being received or the upload completed (409): whichever runs
     /// holds the spool's lock.
     pub async fn cancel_upload(&self, tenant: &TenantId, id: Uuid) -> Result<()> {
-        self.load_upload(tenant, id).await?;
+        let current = self.load_upload(tenant, id).await?;
         let lock = lock_spool(&self.spool_path(id), id)?;
+        if lock.is_none() && current.completing {
+            // A completion moved the spool into place and is recording the file.
+            return Err(Error::Conflict(format!(
+                "upload {id} is being completed; it can no longer be cancelled"
+            )));
+        }
         let result = self.remove_upload(id).await;
         drop(lock);
         result
@@ -661,15 +669,40 @@ impl Registry {
     }
 
     /// Removes sessions past their expiry and their bytes, and spool files no session owns.
-    /// Returns how many sessions were removed.
+    /// A session a chunk or a completion is working on (its spool locked) is left for the
+    /// next sweep. Returns how many sessions were removed.
     pub async fn expire_uploads(&self) -> Result<u64> {
+        let now = self.clock.now().as_datetime();
         let client = self.pool.get().await?;
-        let rows = client
-            .query(
-                "DELETE FROM uploads WHERE expires_at <= $1 RETURNING id",
-                &[&self.clock.now().as_datetime()],
-            )
-            .await?;
+        let expired: Vec<Uuid> = client
+            .query("SELECT id FROM uploads WHERE expires_at <= $1", &[&now])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut removed = 0;
+        for id in expired {
+            let lock = match lock_spool(&self.spool_path(id), id) {
+                Ok(lock) => lock,
+                Err(Error::Conflict(_)) => continue,
+                Err(e) => {
+                    tracing::warn!(upload = %id, error = %e, "cannot expire an upload session now");
+                    continue;
+                }
+            };
+            let gone = client
+                .execute(
+                    "DELETE FROM uploads WHERE id = $1 AND expires_at <= $2",
+                    &[&id, &now],
+                )
+                .await?;
+            if gone == 1 {
+                self.live_uploads.lock().expect("live uploads").remove(&id);
+                let _ = tokio::fs::remove_file(self.spool_path(id)).await;
+                removed += 1;
+            }
+            drop(lock);
+        }
         let live: std::collections::HashSet<Uuid> = client
             .query("SELECT id FROM uploads", &[])
             .await?
@@ -677,13 +710,6 @@ impl Registry {
             .map(|r| r.get(0))
             .collect();
         drop(client);
-        for r in &rows {
-            self.live_uploads
-                .lock()
-                .expect("live uploads")
-                .remove(&r.get::<_, Uuid>(0));
-            let _ = tokio::fs::remove_file(self.spool_path(r.get(0))).await;
-        }
         if let Ok(mut dir) = tokio::fs::read_dir(&self.upload_dir).await {
             while let Ok(Some(entry)) = dir.next_entry().await {
                 let orphan = entry
@@ -704,6 +730,6 @@ impl Registry {
                 }
             }
         }
-        Ok(rows.len() as u64)
+        Ok(removed)
     }
 }

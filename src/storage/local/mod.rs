@@ -18,7 +18,7 @@ mod read;
 pub(crate) use append::Appender;
 pub use read::file_stream;
 
-use publish::{SMALL_BLOB_MAX, commit_file, publish_small};
+use publish::{Prepared, SMALL_BLOB_MAX, commit_file, publish_small, verify_existing};
 use read::{Check, read_chunks};
 
 const STAGING_DIR: &str = ".staging";
@@ -121,7 +121,7 @@ impl BlobStore for LocalStore {
             path,
             appender: Some(Appender::new(file, 0)),
             written: 0,
-            synced: false,
+            prepared: Prepared::Nothing,
             settled: false,
         }))
     }
@@ -203,7 +203,15 @@ impl BlobStore for LocalStore {
             tokio::task::spawn_blocking(move || -> std::io::Result<Option<CommitOutcome>> {
                 let file = std::fs::File::open(&source)?;
                 let size = file.metadata()?.len();
-                match commit_file(file, &source, &dest, &address_owned, size, &root, false) {
+                match commit_file(
+                    file,
+                    &source,
+                    &dest,
+                    &address_owned,
+                    size,
+                    &root,
+                    Prepared::Nothing,
+                ) {
                     Ok(outcome) => Ok(Some(outcome)),
                     // Another filesystem: copy instead (below).
                     Err(e) if e.raw_os_error() == Some(libc::EXDEV) => Ok(None),
@@ -323,8 +331,9 @@ struct LocalStaged {
     appender: Option<Appender<std::fs::File>>,
     /// Bytes handed to [`StagedBlob::write`].
     written: u64,
-    /// The file is durable ([`StagedBlob::prepare`] synced it).
-    synced: bool,
+    /// What [`StagedBlob::prepare`] did: synced the file, or found the address holding its
+    /// bytes already.
+    prepared: Prepared,
     /// Committed or aborted: the staging file is no longer this write's to remove on drop.
     settled: bool,
 }
@@ -361,22 +370,26 @@ impl StagedBlob for LocalStaged {
         let appender = self.appender.take().expect("checked above");
         let dest = self.store.path_of(address);
         let size = appender.len();
+        let address = *address;
         // One trip to a blocking thread: the last buffered bytes, then the sync.
-        let (file, synced) = appender
+        let (file, prepared) = appender
             .finish(move |file| {
                 // A small blob is synced at commit, after it is in place (see
-                // `publish_small`); bytes already stored are not ours to sync: commit will
-                // drop this copy.
-                if size <= SMALL_BLOB_MAX || std::fs::metadata(&dest).is_ok_and(|m| m.len() == size)
-                {
-                    return Ok(false);
+                // `publish_small`).
+                if size <= SMALL_BLOB_MAX {
+                    return Ok(Prepared::Nothing);
                 }
-                file.sync_all().map(|()| true)
+                // Bytes already stored are not ours to sync (commit will drop this copy), once
+                // hashed: here, before the blob's lock and the database transaction are taken.
+                if let Some(verified) = verify_existing(&dest, &address, size) {
+                    return Ok(Prepared::AlreadyThere(verified));
+                }
+                file.sync_all().map(|()| Prepared::Synced)
             })
             .await
             .map_err(|e| self.store.io_error("writing and syncing staging file", e))?;
         self.appender = Some(Appender::new(file, size));
-        self.synced = synced;
+        self.prepared = prepared;
         Ok(())
     }
 
@@ -400,13 +413,13 @@ impl StagedBlob for LocalStaged {
         let staged = self.path.clone();
         let dest = self.store.path_of(address);
         let root = self.store.root.clone();
-        let synced = self.synced;
+        let prepared = self.prepared;
         let address = *address;
         let outcome = tokio::task::spawn_blocking(move || {
             if size <= SMALL_BLOB_MAX {
                 publish_small(file, &staged, &dest, &address, size, &root)
             } else {
-                commit_file(file, &staged, &dest, &address, size, &root, synced)
+                commit_file(file, &staged, &dest, &address, size, &root, prepared)
             }
         })
         .await

@@ -11,6 +11,45 @@ pub(super) const SMALL_BLOB_MAX: u64 = 1 << 20;
 /// and disk writes overlap hashing and the network.
 pub(crate) const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
 
+/// A file found under an address and hashed right (by [`verify_existing`], before any lock
+/// was taken): its device and inode, so that commit can tell it is still the same file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Verified {
+    dev: u64,
+    ino: u64,
+}
+
+/// What was done to a staged file before its commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(super) enum Prepared {
+    /// Nothing: commit syncs it if it is to be published.
+    #[default]
+    Nothing,
+    /// Synced: durable already.
+    Synced,
+    /// Not synced, because the address already holds these bytes (hashed).
+    AlreadyThere(Verified),
+}
+
+/// Hashes a file already under `address` with `size` bytes, if there is one: `Some` when it
+/// holds them. For doing that work before the blob's lock and the database transaction are
+/// taken (see [`commit_file`]).
+pub(super) fn verify_existing(
+    dest: &Path,
+    address: &ContentAddress,
+    size: u64,
+) -> Option<Verified> {
+    use std::os::unix::fs::MetadataExt;
+    let before = std::fs::metadata(dest).ok()?;
+    if before.len() != size || !holds(dest, address, size) {
+        return None;
+    }
+    Some(Verified {
+        dev: before.dev(),
+        ino: before.ino(),
+    })
+}
+
 pub(super) fn commit_file(
     file: std::fs::File,
     staged: &Path,
@@ -18,16 +57,23 @@ pub(super) fn commit_file(
     address: &ContentAddress,
     size: u64,
     root: &Path,
-    synced: bool,
+    prepared: Prepared,
 ) -> std::io::Result<CommitOutcome> {
+    use std::os::unix::fs::MetadataExt;
     // A blob already there holding these bytes: drop ours. One that does not (truncated
     // behind our back, or a small publish cut short by a crash) is replaced, which heals it.
-    if holds(dest, address, size) {
+    // A file hashed right moments ago is trusted if it is still that file.
+    let still_verified = match prepared {
+        Prepared::AlreadyThere(v) => std::fs::metadata(dest)
+            .is_ok_and(|m| m.dev() == v.dev && m.ino() == v.ino && m.len() == size),
+        _ => false,
+    };
+    if still_verified || holds(dest, address, size) {
         drop(file);
         std::fs::remove_file(staged)?;
         return Ok(CommitOutcome::AlreadyPresent);
     }
-    if !synced {
+    if prepared != Prepared::Synced {
         file.sync_all()?;
     }
     drop(file);
