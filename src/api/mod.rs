@@ -319,11 +319,7 @@ pub fn app(state: AppState) -> impl Endpoint {
         .before(encode_file_path)
         .before(move |req| limit_body(req, json_limit))
         .before(move |req| authenticate_first(req, tokens.clone()))
-        .before(move |mut req: Request| async move {
-            let body = req.take_body();
-            req.set_body(serve::idle_body(body, idle));
-            Ok(req)
-        })
+        .around(move |endpoint, req| serve::bodies(endpoint, req, idle))
         .catch_all_error(problem::from_poem_error)
         .around(move |endpoint, req| problem::finish(endpoint, req, allow.clone()))
         .with(poem::middleware::Tracing)

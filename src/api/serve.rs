@@ -312,19 +312,52 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Guarded<I> {
 
 /// A request body that fails with `TimedOut` once it has sent nothing for `idle`, then ends.
 /// Whoever streams it (an upload chunk keeps what arrived) sees an error, as for a client that
-/// hung up.
-pub fn idle_body(body: poem::Body, idle: Duration) -> poem::Body {
+/// hung up. `ended` is set once it has been read to its end (or failed).
+pub fn idle_body(body: poem::Body, idle: Duration, ended: Arc<AtomicBool>) -> poem::Body {
     poem::Body::from_bytes_stream(IdleBody {
         inner: Box::pin(body.into_bytes_stream()),
         idle,
         last: Instant::now(),
         timer: None,
         done: false,
+        ended,
     })
+}
+
+/// Wraps every request body in [`idle_body`]; an HTTP/1.1 answer given before the request's
+/// body was read to its end (a refusal: no token, too large, a finalized package...) says
+/// `Connection: close`, since the connection is closed after it: a client must not send its
+/// next request there.
+pub async fn bodies<E: Endpoint>(
+    endpoint: Arc<E>,
+    mut req: poem::Request,
+    idle: Duration,
+) -> poem::Result<poem::Response> {
+    use poem::IntoResponse;
+    let ended = Arc::new(AtomicBool::new(false));
+    let announced = req.version() < poem::http::Version::HTTP_2
+        && (req
+            .headers()
+            .get(poem::http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v != "0")
+            || req
+                .headers()
+                .contains_key(poem::http::header::TRANSFER_ENCODING));
+    let body = req.take_body();
+    req.set_body(idle_body(body, idle, ended.clone()));
+    let mut resp = endpoint.call(req).await?.into_response();
+    if announced && !ended.load(Ordering::Relaxed) {
+        resp.headers_mut().insert(
+            poem::http::header::CONNECTION,
+            poem::http::HeaderValue::from_static("close"),
+        );
+    }
+    Ok(resp)
 }
 
 struct IdleBody<S> {
     inner: S,
+    ended: Arc<AtomicBool>,
     idle: Duration,
     /// When the body last sent something (or was first read).
     last: Instant,
@@ -351,6 +384,7 @@ where
             }
             Poll::Ready(None) => {
                 this.done = true;
+                this.ended.store(true, Ordering::Relaxed);
                 Poll::Ready(None)
             }
             Poll::Pending => {
@@ -369,6 +403,7 @@ where
                     timer.as_mut().reset(due);
                 }
                 this.done = true;
+                this.ended.store(true, Ordering::Relaxed);
                 Poll::Ready(Some(Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     format!(
@@ -395,6 +430,7 @@ mod tests {
             last: Instant::now(),
             timer: None,
             done: false,
+            ended: Arc::default(),
         };
         // Chunks 40 s apart keep it alive, however long it runs in all.
         for _ in 0..3 {
@@ -416,6 +452,7 @@ mod tests {
             last: Instant::now(),
             timer: None,
             done: false,
+            ended: Arc::default(),
         };
         assert!(ended.next().await.is_none());
     }
