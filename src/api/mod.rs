@@ -319,9 +319,10 @@ pub fn app(state: AppState) -> impl Endpoint {
         .before(encode_file_path)
         .before(move |req| limit_body(req, json_limit))
         .before(move |req| authenticate_first(req, tokens.clone()))
-        .around(move |endpoint, req| serve::bodies(endpoint, req, idle))
         .catch_all_error(problem::from_poem_error)
         .around(move |endpoint, req| problem::finish(endpoint, req, allow.clone()))
+        // Outside the others: it sees every answer as sent, problems included.
+        .around(move |endpoint, req| serve::bodies(endpoint, req, idle))
         .with(poem::middleware::Tracing)
 }
 

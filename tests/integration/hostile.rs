@@ -98,12 +98,12 @@ async fn read_until_closed(stream: &mut TcpStream, bound: Duration) -> Option<Ve
     tokio::time::timeout(bound, read).await.ok().map(|()| out)
 }
 
-/// The status line's code of a raw HTTP/1.1 answer, read within `bound`.
-async fn status_within(stream: &mut TcpStream, bound: Duration) -> Option<u16> {
+/// The status code and the head (lowercased) of a raw HTTP/1.1 answer, read within `bound`.
+async fn answer_within(stream: &mut TcpStream, bound: Duration) -> Option<(u16, String)> {
     let mut head = Vec::new();
     let read = async {
         let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n") {
+        while !head.ends_with(b"\r\n\r\n") {
             if stream.read(&mut byte).await.ok()? == 0 {
                 return None;
             }
@@ -112,8 +112,9 @@ async fn status_within(stream: &mut TcpStream, bound: Duration) -> Option<u16> {
         Some(())
     };
     tokio::time::timeout(bound, read).await.ok()??;
-    let line = String::from_utf8_lossy(&head);
-    line.split(' ').nth(1)?.parse().ok()
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, head))
 }
 
 /// `GET /packages` as alpha's reader, answered (whatever the answer) within `bound`.
@@ -549,12 +550,15 @@ async fn files_that_look_like_problems_download_byte_for_byte_and_stream() {
 
 /// Sends a request head and the first `sent` bytes of a body announced as `length` bytes, and
 /// returns the status the server answers with before the rest arrives (if it does in time).
+/// Such an answer always says `Connection: close`: the rest of the body is never read.
 async fn answer_before_body(server: &Server, head: &str, length: u64, sent: &[u8]) -> Option<u16> {
     let mut s = TcpStream::connect(address(server)).await.unwrap();
     let request = format!("{head}Host: x\r\nContent-Length: {length}\r\n\r\n");
     s.write_all(request.as_bytes()).await.unwrap();
     s.write_all(sent).await.unwrap();
-    status_within(&mut s, Duration::from_secs(5)).await
+    let (status, head) = answer_within(&mut s, Duration::from_secs(5)).await?;
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+    Some(status)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
