@@ -42,6 +42,11 @@ pub struct ServiceArgs {
     /// PostgreSQL URL. Without it a private cluster is started under the data directory.
     #[arg(long, env = "ARTIFACTSTORE_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// The private cluster's directory [default: <data-dir>/postgres]. Keep it on another
+    /// filesystem than the blobs and the upload spools, so that filling them cannot stop the
+    /// database.
+    #[arg(long, env = "ARTIFACTSTORE_POSTGRES_DIR")]
+    pub postgres_dir: Option<PathBuf>,
     /// Root of the local storage backend [default: <data-dir>/blobs].
     #[arg(long, env = "ARTIFACTSTORE_STORAGE_LOCAL_ROOT")]
     pub storage_local_root: Option<PathBuf>,
@@ -104,6 +109,18 @@ pub struct ServiceArgs {
         default_value = "16"
     )]
     pub max_write_through_uploads: String,
+    /// Open upload sessions a tenant may have when its quota does not say (see
+    /// `PUT /tenants/{tenant}/quota`).
+    #[arg(
+        long,
+        env = "ARTIFACTSTORE_DEFAULT_MAX_UPLOAD_SESSIONS",
+        default_value = "1000"
+    )]
+    pub default_max_upload_sessions: String,
+    /// Free space (bytes, or with a unit) the filesystems of the local backends and of the
+    /// upload spools must keep: below it new writes get 507, reads, finalize and deletes go on.
+    #[arg(long, env = "ARTIFACTSTORE_MIN_FREE_BYTES", default_value = "1GiB")]
+    pub min_free_bytes: String,
     /// Largest JSON request body (bytes, or with a unit). File bytes are streamed and bounded
     /// by `--max-file-size` instead.
     #[arg(long, env = "ARTIFACTSTORE_MAX_JSON_BODY", default_value = "8MiB")]
@@ -181,6 +198,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Database URL, if not the private cluster.
     pub database_url: Option<String>,
+    /// The private cluster's directory, if not `<data_dir>/postgres`.
+    pub postgres_dir: Option<PathBuf>,
     /// Local backend root.
     pub storage_local_root: PathBuf,
     /// Storage backends and routing (from the storage file, or just `local`).
@@ -355,6 +374,19 @@ impl ServiceArgs {
                     "expected a number from 0 to 10000",
                 )
             })?;
+        let default_max_upload_sessions = number(
+            &self.default_max_upload_sessions,
+            "ARTIFACTSTORE_DEFAULT_MAX_UPLOAD_SESSIONS",
+            "--default-max-upload-sessions",
+            0..=10_000_000,
+        )?;
+        let min_free_bytes = parse_size(&self.min_free_bytes).ok_or_else(|| {
+            invalid(
+                "ARTIFACTSTORE_MIN_FREE_BYTES",
+                "--min-free-bytes",
+                format!("`{}` is not a size like 1GiB or 0", self.min_free_bytes),
+            )
+        })?;
         let max_json_body = parse_size(&self.max_json_body)
             .filter(|n| *n > 0)
             .ok_or_else(|| {
@@ -421,6 +453,10 @@ impl ServiceArgs {
                 .clone()
                 .unwrap_or_else(|| self.data_dir.join("blobs")),
             data_dir: self.data_dir.clone(),
+            postgres_dir: self
+                .postgres_dir
+                .clone()
+                .filter(|d| !d.as_os_str().is_empty()),
             database_url,
             migrate_on_start,
             db_pool_size,
@@ -433,6 +469,8 @@ impl ServiceArgs {
                 max_files_per_package,
                 upload_ttl_seconds,
                 max_write_through_uploads,
+                default_max_upload_sessions,
+                min_free_bytes,
             },
             shutdown_grace: std::time::Duration::from_secs(grace),
             max_json_body,

@@ -29,9 +29,22 @@ pub enum Error {
         /// What the bytes hash to (same algorithm as `expected`).
         actual: ContentAddress,
     },
-    /// A configured limit was exceeded.
+    /// A configured limit was exceeded (the largest file, the most files in a package).
     #[error("{0}")]
-    QuotaExceeded(String),
+    LimitExceeded(String),
+    /// The write would take the tenant past one of its quotas; nothing of it is kept.
+    #[error("this would take the tenant past its quota of {limit} {}: it holds {used}", .quota.unit())]
+    OverQuota {
+        /// Which quota.
+        quota: QuotaKind,
+        /// The quota's limit.
+        limit: u64,
+        /// What the tenant holds (or has reserved) now, without this write.
+        used: u64,
+    },
+    /// The server's disk is too full to take new writes (reads and deletes go on).
+    #[error("{0}")]
+    InsufficientStorage(String),
     /// The thing existed but is gone for good (expired).
     #[error("{0}")]
     Gone(String),
@@ -63,6 +76,37 @@ pub enum Error {
     /// The client's byte stream failed before it ended.
     #[error("request body: {0}")]
     Body(String),
+}
+
+/// The quotas a tenant has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaKind {
+    /// Logical bytes: live files plus open upload sessions' declared sizes.
+    Bytes,
+    /// Live packages.
+    Packages,
+    /// Open upload sessions.
+    UploadSessions,
+}
+
+impl QuotaKind {
+    /// What the quota counts, in words.
+    pub fn unit(self) -> &'static str {
+        match self {
+            QuotaKind::Bytes => "bytes",
+            QuotaKind::Packages => "packages",
+            QuotaKind::UploadSessions => "open upload sessions",
+        }
+    }
+
+    /// The quota's member name in the API (`max_<name>`).
+    pub fn name(self) -> &'static str {
+        match self {
+            QuotaKind::Bytes => "bytes",
+            QuotaKind::Packages => "packages",
+            QuotaKind::UploadSessions => "upload_sessions",
+        }
+    }
 }
 
 impl Error {

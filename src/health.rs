@@ -13,6 +13,8 @@ pub struct HealthReport {
     /// Stored copies verification found damaged, and copies a backend lost (when the
     /// database answered).
     pub damaged_copies: Option<(u64, u64)>,
+    /// The filesystems the server writes to (local backends, upload spools).
+    pub disk: Vec<crate::registry::DiskSpace>,
 }
 
 impl HealthReport {
@@ -21,10 +23,12 @@ impl HealthReport {
         self.database.is_ok() && self.backends.iter().all(|b| b.healthy)
     }
 
-    /// Usable, but some stored copies are known to be damaged or lost.
+    /// Usable, but some stored copies are known to be damaged or lost, or a disk is below its
+    /// minimum free space (new writes are refused).
     pub fn degraded(&self) -> bool {
         self.damaged_copies
             .is_some_and(|(failed, missing)| failed + missing > 0)
+            || self.disk.iter().any(|d| d.low)
     }
 }
 
@@ -54,5 +58,6 @@ pub async fn check(registry: &Registry) -> HealthReport {
         database,
         backends,
         damaged_copies,
+        disk: registry.disk_space().await,
     }
 }

@@ -25,6 +25,7 @@ impl DatabaseHandle {
             None => {
                 let cluster = ManagedCluster::start_or_reuse(ClusterOptions {
                     dir: settings.data_dir.clone(),
+                    cluster_dir: settings.postgres_dir.clone(),
                     unsafe_fast: false,
                 })
                 .await?;

@@ -228,6 +228,7 @@ pub struct BenchRegistry {
 pub async fn bench_registry(work: &Path, pool_size: usize) -> BenchRegistry {
     use artifactstore::db::cluster::{ClusterOptions, ManagedCluster};
     let cluster = ManagedCluster::start_or_reuse(ClusterOptions {
+        cluster_dir: None,
         dir: work.join("pg"),
         unsafe_fast: false,
     })
@@ -272,6 +273,7 @@ pub fn calibrate_postgres(data: &Path) -> PgCalibration {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (cluster, url) = rt.block_on(async {
         let cluster = ManagedCluster::start_or_reuse(ClusterOptions {
+            cluster_dir: None,
             dir: data.to_owned(),
             unsafe_fast: false,
         })

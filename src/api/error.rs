@@ -38,6 +38,11 @@ pub enum ApiError {
     /// Well-formed but invalid (unknown retention class, bad path, wrong digest).
     #[oai(status = 422, content_type = "application/problem+json")]
     Unprocessable(ProblemBody),
+    /// A quota of the tenant (type ending in `/quota-exceeded`, with `quota`, `limit` and
+    /// `used`) or the server's free disk space (type ending in `/insufficient-storage`) does
+    /// not allow the write; nothing of it is kept.
+    #[oai(status = 507, content_type = "application/problem+json")]
+    InsufficientStorage(ProblemBody),
     /// A server fault; details are in the server log only.
     #[oai(status = 500, content_type = "application/problem+json")]
     Internal(ProblemBody),
@@ -60,6 +65,7 @@ impl ApiError {
             StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(p),
             StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(p),
             StatusCode::UNPROCESSABLE_ENTITY => ApiError::Unprocessable(p),
+            StatusCode::INSUFFICIENT_STORAGE => ApiError::InsufficientStorage(p),
             StatusCode::RANGE_NOT_SATISFIABLE => {
                 let offset = p.0.offset;
                 ApiError::OffsetMismatch(p, offset)

@@ -127,7 +127,7 @@ impl From<FormError> for crate::Error {
         match e {
             FormError::Malformed(m) => crate::Error::Body(m),
             FormError::Invalid(m) => crate::Error::InvalidInput(m),
-            FormError::TooLarge(m) => crate::Error::QuotaExceeded(m),
+            FormError::TooLarge(m) => crate::Error::LimitExceeded(m),
             FormError::Body(m) => crate::Error::Body(m),
         }
     }

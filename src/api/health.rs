@@ -13,8 +13,8 @@ pub struct HealthApi {
 #[derive(Debug, Clone, Object)]
 pub struct Health {
     /// `ok`; `degraded` when stored copies are known to be damaged or lost (see
-    /// `GET /storage/locations?status=failed`); `unavailable` when the database or a backend
-    /// cannot be used.
+    /// `GET /storage/locations?status=failed`) or a disk is below its minimum free space
+    /// (writes refused); `unavailable` when the database or a backend cannot be used.
     pub status: String,
     /// Server version (admins only).
     #[oai(skip_serializing_if_is_none)]
@@ -31,6 +31,22 @@ pub struct Health {
     /// The event stream of this server process (admins only).
     #[oai(skip_serializing_if_is_none)]
     pub events: Option<EventsHealth>,
+    /// The filesystems this server writes to: local backends and the upload spools (admins
+    /// only). Below `ARTIFACTSTORE_MIN_FREE_BYTES` new writes are refused (507) and `status`
+    /// is `degraded`.
+    #[oai(skip_serializing_if_is_none)]
+    pub disk: Option<Vec<DiskHealth>>,
+}
+
+/// A filesystem this server writes to.
+#[derive(Debug, Clone, Object)]
+pub struct DiskHealth {
+    /// A backend's id, or `uploads` (the upload spools).
+    pub name: String,
+    /// Free bytes.
+    pub free_bytes: u64,
+    /// Below the minimum free space: new writes are refused.
+    pub low: bool,
 }
 
 /// The event stream of this server process.
@@ -121,6 +137,17 @@ impl HealthApi {
         };
         let mut report = Health {
             status: status.into(),
+            disk: Some(
+                health
+                    .disk
+                    .iter()
+                    .map(|d| DiskHealth {
+                        name: d.name.clone(),
+                        free_bytes: d.free_bytes,
+                        low: d.low,
+                    })
+                    .collect(),
+            ),
             storage: health
                 .damaged_copies
                 .filter(|_| operator)
@@ -155,6 +182,7 @@ impl HealthApi {
         if !details {
             report = Health {
                 status: report.status,
+                disk: None,
                 version: None,
                 database: None,
                 backends: None,

@@ -21,6 +21,7 @@ mod retention;
 mod security;
 pub mod serve;
 mod storage;
+mod tenants;
 mod text;
 mod uploads;
 
@@ -63,6 +64,8 @@ enum ApiTags {
     Retention,
     /// Stored copies and their verification.
     Storage,
+    /// Tenants' quotas.
+    Tenants,
     /// Service status.
     System,
 }
@@ -76,6 +79,7 @@ type Apis = (
     events::EventsApi,
     storage::StorageApi,
     retention::RetentionApi,
+    tenants::TenantsApi,
 );
 
 fn service(state: &AppState) -> OpenApiService<Apis, ()> {
@@ -104,6 +108,9 @@ fn service(state: &AppState) -> OpenApiService<Apis, ()> {
         retention::RetentionApi {
             state: state.clone(),
         },
+        tenants::TenantsApi {
+            state: state.clone(),
+        },
     );
     OpenApiService::new(apis, "artifact-store", env!("CARGO_PKG_VERSION")).description(
         "System of record for generated outputs: content-addressed, immutable packages with \
@@ -124,6 +131,7 @@ const CLOSED_BODIES: &[&str] = &[
     "DefineRetentionClass",
     "LegalHoldRequest",
     "ChangeRetention",
+    "SetQuota",
 ];
 
 /// The OpenAPI document as served and committed: poem-openapi's, with the closed request

@@ -205,7 +205,7 @@ impl PackagesApi {
         match declared {
             // Multipart framing adds a little; the exact limit is enforced while streaming.
             Some(n) if n > limit.saturating_add(1 << 20) => {
-                Err(crate::Error::QuotaExceeded(format!(
+                Err(crate::Error::LimitExceeded(format!(
                     "the request body ({n} bytes) exceeds the maximum file size of {limit} bytes"
                 ))
                 .into())

@@ -8,6 +8,10 @@ use poem_openapi::Object;
 /// `application/problem+json`.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
+/// Where problem types live: `<this><slug>`, the slug of the status's reason phrase
+/// (`not-found`, `insufficient-storage`...) or of the problem (`quota-exceeded`).
+pub const PROBLEM_TYPES: &str = "https://artifactstore.dev/problems/";
+
 /// Most bytes of `detail`: a problem never echoes more of a client's input than this.
 pub const MAX_DETAIL_BYTES: usize = 1024;
 
@@ -38,6 +42,19 @@ pub struct Problem {
     #[oai(skip_serializing_if_is_none)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub offset: Option<u64>,
+    /// For quota refusals: which quota (`bytes`, `packages`, `upload_sessions`).
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota: Option<String>,
+    /// For quota refusals: the quota's limit.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+    /// For quota refusals: what the tenant holds now (reservations included), without the
+    /// refused write.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub used: Option<u64>,
 }
 
 impl Problem {
@@ -55,12 +72,15 @@ impl Problem {
         let title = status.canonical_reason().unwrap_or("Error").to_owned();
         let slug = title.to_lowercase().replace(' ', "-");
         Problem {
-            problem_type: format!("https://artifactstore.dev/problems/{slug}"),
+            problem_type: format!("{PROBLEM_TYPES}{slug}"),
             title,
             status: status.as_u16(),
             detail,
             instance: None,
             offset: None,
+            quota: None,
+            limit: None,
+            used: None,
         }
     }
 
@@ -120,7 +140,10 @@ pub fn from_error(error: &Error) -> Problem {
         Error::InvalidInput(_) | Error::DigestMismatch { .. } => {
             (StatusCode::UNPROCESSABLE_ENTITY, error.to_string())
         }
-        Error::QuotaExceeded(_) => (StatusCode::PAYLOAD_TOO_LARGE, error.to_string()),
+        Error::LimitExceeded(_) => (StatusCode::PAYLOAD_TOO_LARGE, error.to_string()),
+        Error::OverQuota { .. } | Error::InsufficientStorage(_) => {
+            (StatusCode::INSUFFICIENT_STORAGE, error.to_string())
+        }
         Error::Gone(_) => (StatusCode::GONE, error.to_string()),
         Error::Busy(_) => (StatusCode::TOO_MANY_REQUESTS, error.to_string()),
         Error::Body(_) => (StatusCode::BAD_REQUEST, error.to_string()),
@@ -150,8 +173,16 @@ pub fn from_error(error: &Error) -> Problem {
         }
     };
     let mut problem = Problem::new(status, detail);
-    if let Error::OffsetMismatch { offset } = error {
-        problem.offset = Some(*offset);
+    match error {
+        Error::OffsetMismatch { offset } => problem.offset = Some(*offset),
+        Error::OverQuota { quota, limit, used } => {
+            problem.problem_type = format!("{PROBLEM_TYPES}quota-exceeded");
+            problem.title = "Quota exceeded".into();
+            problem.quota = Some(quota.name().into());
+            problem.limit = Some(*limit);
+            problem.used = Some(*used);
+        }
+        _ => {}
     }
     problem
 }

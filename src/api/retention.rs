@@ -51,32 +51,12 @@ pub struct RetentionClassList {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ClassSeconds(Option<u64>);
 
-impl poem_openapi::types::Type for ClassSeconds {
-    const IS_REQUIRED: bool = true;
-    type RawValueType = Self;
-    type RawElementValueType = Self;
-
-    fn name() -> std::borrow::Cow<'static, str> {
-        "integer(int64)".into()
-    }
-
-    fn schema_ref() -> poem_openapi::registry::MetaSchemaRef {
-        let mut schema = poem_openapi::registry::MetaSchema::new_with_format("integer", "int64");
-        schema.minimum = Some(1.0);
-        schema.maximum = Some(crate::registry::MAX_CLASS_DURATION_SECONDS as f64);
-        poem_openapi::registry::MetaSchemaRef::Inline(Box::new(schema))
-    }
-
-    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
-        Some(self)
-    }
-
-    fn raw_element_iter<'a>(
-        &'a self,
-    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
-        Box::new(self.as_raw_value().into_iter())
-    }
-}
+super::text::json_value_type!(ClassSeconds, "integer(int64)", {
+    let mut schema = poem_openapi::registry::MetaSchema::new_with_format("integer", "int64");
+    schema.minimum = Some(1.0);
+    schema.maximum = Some(crate::registry::MAX_CLASS_DURATION_SECONDS as f64);
+    schema
+});
 
 impl poem_openapi::types::ParseFromJSON for ClassSeconds {
     fn parse_from_json(value: Option<serde_json::Value>) -> poem_openapi::types::ParseResult<Self> {

@@ -128,6 +128,8 @@ pub struct Usage {
     pub unreferenced_blobs: u64,
     /// Their bytes.
     pub unreferenced_bytes: u64,
+    /// The tenant's quota: its limits and what counts against them.
+    pub quota: super::tenants::Quota,
 }
 
 #[OpenApi(tag = "super::ApiTags::Storage")]
@@ -135,11 +137,13 @@ impl StorageApi {
     /// The caller's usage
     ///
     /// Read scope. Logical bytes (sum of file sizes), physical bytes (distinct blobs), bytes
-    /// shared between the tenant's packages, and the retention and garbage-collection backlog.
+    /// shared between the tenant's packages, the retention and garbage-collection backlog,
+    /// and the tenant's quota.
     #[oai(path = "/usage", method = "get", operation_id = "getUsage")]
     async fn usage(&self, auth: Auth) -> ApiResult<Json<Usage>> {
         let principal = self.state.authorize(&auth, Scope::Read)?;
         let u = self.state.registry.usage(&principal.tenant).await?;
+        let quota = self.state.registry.quota(&principal.tenant).await?;
         Ok(Json(Usage {
             packages: u.packages,
             files: u.files,
@@ -150,6 +154,7 @@ impl StorageApi {
             held_past_expiry: u.held_past_expiry,
             unreferenced_blobs: u.unreferenced_blobs,
             unreferenced_bytes: u.unreferenced_bytes,
+            quota: quota.into(),
         }))
     }
 

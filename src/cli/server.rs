@@ -186,32 +186,39 @@ pub enum PostgresCommand {
     Stop(DataDirArg),
 }
 
-/// The data directory alone.
+/// Where the private cluster is.
 #[derive(Debug, clap::Args)]
 pub struct DataDirArg {
-    /// Directory holding the private cluster.
+    /// Data directory (the cluster is in its `postgres/`).
     #[arg(
         long,
         env = "ARTIFACTSTORE_DATA_DIR",
         default_value = "./.artifactstore"
     )]
     data_dir: std::path::PathBuf,
+    /// The cluster's own directory, if not `<data-dir>/postgres`.
+    #[arg(long, env = "ARTIFACTSTORE_POSTGRES_DIR")]
+    postgres_dir: Option<std::path::PathBuf>,
 }
 
 pub async fn postgres(cmd: PostgresCommand) -> anyhow::Result<ExitCode> {
     use crate::db::cluster::ManagedCluster;
     let outcome = tokio::task::spawn_blocking(move || match cmd {
-        PostgresCommand::Status(a) => ManagedCluster::running(&a.data_dir).map(|port| match port {
-            Some(port) => format!("running on 127.0.0.1:{port}"),
-            None => "not running".to_owned(),
-        }),
-        PostgresCommand::Stop(a) => ManagedCluster::stop_existing(&a.data_dir).map(|was| {
-            if was {
-                "stopped".to_owned()
-            } else {
-                "not running".to_owned()
-            }
-        }),
+        PostgresCommand::Status(a) => {
+            ManagedCluster::running(&a.data_dir, a.postgres_dir.as_deref()).map(|port| match port {
+                Some(port) => format!("running on 127.0.0.1:{port}"),
+                None => "not running".to_owned(),
+            })
+        }
+        PostgresCommand::Stop(a) => {
+            ManagedCluster::stop_existing(&a.data_dir, a.postgres_dir.as_deref()).map(|was| {
+                if was {
+                    "stopped".to_owned()
+                } else {
+                    "not running".to_owned()
+                }
+            })
+        }
     })
     .await??;
     println!("{outcome}");

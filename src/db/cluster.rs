@@ -15,8 +15,12 @@ use std::process::Command;
 /// How to run the cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
-    /// Directory that holds the cluster (`pgdata/`, `password`, `postgres.log`).
+    /// The data directory: the cluster lives in `<dir>/postgres/` (`pgdata/`, `password`,
+    /// `postgres.log`) unless `cluster_dir` says otherwise.
     pub dir: PathBuf,
+    /// Where the cluster lives instead (say on another filesystem than the blobs and the
+    /// upload spools, so that filling those cannot stop the database).
+    pub cluster_dir: Option<PathBuf>,
     /// Turn off fsync and full-page writes: for throwaway test clusters only.
     pub unsafe_fast: bool,
 }
@@ -56,7 +60,7 @@ impl ManagedCluster {
     fn start_blocking(options: &ClusterOptions) -> Result<Self> {
         let bin_dir = find_server_binaries()?;
         let run_as = unprivileged_user()?;
-        let dir = cluster_dir(&options.dir, run_as)?;
+        let dir = cluster_dir(&options.dir, options.cluster_dir.as_deref(), run_as)?;
         std::fs::create_dir_all(&dir)
             .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
         // One process at a time initialises or starts the cluster.
@@ -102,10 +106,10 @@ impl ManagedCluster {
     }
 
     /// The cluster under `data_dir`, without starting it (for status and stop).
-    fn locate(data_dir: &Path) -> Result<Self> {
+    fn locate(data_dir: &Path, cluster: Option<&Path>) -> Result<Self> {
         let bin_dir = find_server_binaries()?;
         let run_as = unprivileged_user()?;
-        let dir = cluster_dir(data_dir, run_as)?;
+        let dir = cluster_dir(data_dir, cluster, run_as)?;
         Ok(ManagedCluster {
             dir,
             bin_dir,
@@ -119,8 +123,8 @@ impl ManagedCluster {
 
     /// Stops a private cluster under `data_dir` that some process left running. Returns
     /// whether one was running.
-    pub fn stop_existing(data_dir: &Path) -> Result<bool> {
-        let cluster = Self::locate(data_dir)?;
+    pub fn stop_existing(data_dir: &Path, cluster_dir: Option<&Path>) -> Result<bool> {
+        let cluster = Self::locate(data_dir, cluster_dir)?;
         if cluster.running_port().is_none() {
             return Ok(false);
         }
@@ -131,8 +135,8 @@ impl ManagedCluster {
     }
 
     /// The port of the private cluster under `data_dir`, if it is running.
-    pub fn running(data_dir: &Path) -> Result<Option<u16>> {
-        Ok(Self::locate(data_dir)?.running_port())
+    pub fn running(data_dir: &Path, cluster_dir: Option<&Path>) -> Result<Option<u16>> {
+        Ok(Self::locate(data_dir, cluster_dir)?.running_port())
     }
 
     /// A connection URL for `database`.
@@ -411,7 +415,28 @@ const FALLBACK_PARENT: &str = "/var/tmp/artifactstore-postgres";
 /// real directory (not a symlink) owned by the server's user with mode 0700: one made by
 /// someone else, or open to others, is refused rather than adopted (its `password` and
 /// `pgdata` would be theirs to choose).
-fn cluster_dir(data_dir: &Path, run_as: Option<(Uid, Gid)>) -> Result<PathBuf> {
+fn cluster_dir(
+    data_dir: &Path,
+    chosen: Option<&Path>,
+    run_as: Option<(Uid, Gid)>,
+) -> Result<PathBuf> {
+    if let Some(dir) = chosen {
+        // The operator's choice: made if missing (its parents too), held to the same rules.
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| fail(format!("cannot create {}: {e}", parent.display())))?;
+        }
+        let owner = run_as.unwrap_or((nix::unistd::geteuid(), nix::unistd::getegid()));
+        let parent = dir.parent().unwrap_or(Path::new("/"));
+        if run_as.is_some() && !can_traverse(parent, owner.0, owner.1) {
+            return Err(fail(format!(
+                "the PostgreSQL user cannot reach {} (ARTIFACTSTORE_POSTGRES_DIR): choose a \
+                 directory it may enter",
+                dir.display()
+            )));
+        }
+        return private_dir(dir, owner, true);
+    }
     std::fs::create_dir_all(data_dir).map_err(|e| {
         fail(format!(
             "cannot create data directory {}: {e}",

@@ -21,7 +21,7 @@ pub use log::{
 pub use payloads::{
     BlobCollected, ClassChanged, ClassDefined, DomainEvent, FileIngested, HoldReleased, HoldSet,
     LocationAdded, LocationRemoved, LocationStatus, LocationVerified, PackageCreated,
-    PackageExpired, RetentionEvent, StorageEvent,
+    PackageExpired, QuotaSet, RetentionEvent, StorageEvent,
 };
 pub use replay::{ReplayReport, dump_views, replay};
 pub use tail::{TailPage, TailReader};

@@ -175,6 +175,19 @@ pub fn blob_subject_id(blake3_hex: &str) -> Uuid {
     Uuid::new_v8(bytes)
 }
 
+/// The subject id of events about a named thing (a tenant): a UUID (version 8) made from its
+/// kind and name, so every event about it shares one.
+pub fn name_subject_id(kind: &str, name: &str) -> Uuid {
+    let hash = blake3::Hasher::new()
+        .update(kind.as_bytes())
+        .update(b"\0")
+        .update(name.as_bytes())
+        .finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&hash.as_bytes()[..16]);
+    Uuid::new_v8(bytes)
+}
+
 /// `v1.retention.class_defined`: an admin defined or redefined a retention class.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -262,6 +275,22 @@ pub struct BlobCollected {
     pub collected_at: Timestamp,
 }
 
+/// `v1.tenant.quota_set`: the operator set a tenant's limits (`None`: no limit).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaSet {
+    /// The tenant the limits are for (the event is that tenant's).
+    pub tenant: TenantId,
+    /// Most logical bytes: live files plus open upload sessions' declared sizes.
+    pub max_bytes: Option<u64>,
+    /// Most live packages.
+    pub max_packages: Option<u64>,
+    /// Most open upload sessions.
+    pub max_upload_sessions: Option<u64>,
+    /// When.
+    pub set_at: Timestamp,
+}
+
 /// An event about retention.
 #[derive(Debug, Clone)]
 pub enum RetentionEvent {
@@ -320,6 +349,8 @@ pub enum DomainEvent {
     Storage(StorageEvent),
     /// `v1.retention.*` and `v1.package.expired`.
     Retention(RetentionEvent),
+    /// `v1.tenant.quota_set`.
+    QuotaSet(QuotaSet),
 }
 
 /// Event type names.
@@ -348,6 +379,8 @@ pub mod types {
     pub const PACKAGE_EXPIRED: &str = "v1.package.expired";
     /// An unreferenced blob was collected.
     pub const BLOB_COLLECTED: &str = "v1.blob.collected";
+    /// A tenant's quota was set.
+    pub const QUOTA_SET: &str = "v1.tenant.quota_set";
 }
 
 impl DomainEvent {
@@ -368,6 +401,7 @@ impl DomainEvent {
                 RetentionEvent::ClassChanged { .. } => types::CLASS_CHANGED,
                 RetentionEvent::Expired { .. } => types::PACKAGE_EXPIRED,
             },
+            DomainEvent::QuotaSet(_) => types::QUOTA_SET,
         }
     }
 
@@ -385,6 +419,7 @@ impl DomainEvent {
                 | RetentionEvent::Expired { tenant, .. },
             ) => tenant,
             DomainEvent::PackageCreated(e) => &e.tenant,
+            DomainEvent::QuotaSet(e) => &e.tenant,
             DomainEvent::FileIngested { tenant, .. } => tenant,
             DomainEvent::PackageFinalized { manifest, .. } => &manifest.package.tenant,
         }
@@ -397,6 +432,7 @@ impl DomainEvent {
             DomainEvent::FileIngested { event, .. } => event.package_id.0,
             DomainEvent::PackageFinalized { manifest, .. } => manifest.package.id.0,
             DomainEvent::Storage(e) => blob_subject_id(e.blake3()),
+            DomainEvent::QuotaSet(e) => name_subject_id("tenant", e.tenant.as_str()),
             DomainEvent::Retention(e) => match e {
                 RetentionEvent::ClassDefined(c) => {
                     let hash = blake3::hash(c.name.as_bytes());
@@ -422,6 +458,7 @@ impl DomainEvent {
             DomainEvent::Storage(StorageEvent::Added(e)) => e.added_at,
             DomainEvent::Storage(StorageEvent::Removed(e)) => e.removed_at,
             DomainEvent::Storage(StorageEvent::Collected(e)) => e.collected_at,
+            DomainEvent::QuotaSet(e) => e.set_at,
             DomainEvent::Retention(e) => match e {
                 RetentionEvent::ClassDefined(c) => c.defined_at,
                 RetentionEvent::HoldSet { event, .. } => event.set_at,
@@ -442,6 +479,7 @@ impl DomainEvent {
             DomainEvent::Storage(StorageEvent::Added(e)) => to_canonical_cbor(e),
             DomainEvent::Storage(StorageEvent::Removed(e)) => to_canonical_cbor(e),
             DomainEvent::Storage(StorageEvent::Collected(e)) => to_canonical_cbor(e),
+            DomainEvent::QuotaSet(e) => to_canonical_cbor(e),
             DomainEvent::Retention(e) => match e {
                 RetentionEvent::ClassDefined(c) => to_canonical_cbor(c),
                 RetentionEvent::HoldSet { event, .. } => to_canonical_cbor(event),

@@ -20,6 +20,8 @@ pub const VIEW_TABLES: &[(&str, &str)] = &[
     ("files", "id"),
     ("manifests", "package_id"),
     ("retention_state", "package_id"),
+    ("tenant_quotas", "tenant"),
+    ("tenant_usage", "tenant"),
 ];
 
 /// Applies one event to the views.
@@ -40,6 +42,7 @@ pub async fn apply(tx: &Tx<'_>, event: &StoredEvent) -> Result<()> {
         types::HOLD_RELEASED => retention::hold_released(tx, &decode(event)?).await,
         types::CLASS_CHANGED => retention::class_changed(tx, &decode(event)?).await,
         types::PACKAGE_EXPIRED => retention::package_expired(tx, &decode(event)?).await,
+        types::QUOTA_SET => quota_set(tx, &decode(event)?).await,
         other => Err(Error::Integrity(format!(
             "event {} has unknown type `{other}`; this build cannot apply it",
             event.sequence
@@ -74,6 +77,27 @@ pub async fn apply_all(tx: &Tx<'_>, events: &[StoredEvent]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+async fn quota_set(tx: &Tx<'_>, e: &super::payloads::QuotaSet) -> Result<()> {
+    let limit = |n: Option<u64>| n.map(|n| n.min(i64::MAX as u64) as i64);
+    exec(
+        tx,
+        "INSERT INTO tenant_quotas (tenant, max_bytes, max_packages, max_upload_sessions, set_at) \
+         VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (tenant) DO UPDATE SET max_bytes = EXCLUDED.max_bytes, \
+           max_packages = EXCLUDED.max_packages, \
+           max_upload_sessions = EXCLUDED.max_upload_sessions, set_at = EXCLUDED.set_at",
+        &[
+            &e.tenant.as_str(),
+            &limit(e.max_bytes),
+            &limit(e.max_packages),
+            &limit(e.max_upload_sessions),
+            &e.set_at.as_datetime(),
+        ],
+    )
+    .await
+    .map(drop)
 }
 
 /// The ingest this event records, if it replaces nothing.

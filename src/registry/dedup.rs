@@ -156,7 +156,7 @@ impl Registry {
         }
         let max_files = self.limits.max_files_per_package;
         if open.file_count + added > max_files {
-            return Err(Error::QuotaExceeded(format!(
+            return Err(Error::LimitExceeded(format!(
                 "package {package_id} holds {} files; {added} more would pass the maximum of \
                  {max_files}",
                 open.file_count
@@ -194,7 +194,13 @@ impl Registry {
                 event,
             });
         }
+        let added = super::quota::Added {
+            tenant: tenant.clone(),
+            bytes: records.iter().map(|r| r.size).sum(),
+            packages: 0,
+        };
         crate::events::record(&tx, events).await?;
+        super::quota::enforce(&tx, &[added], self.clock.now()).await?;
         tx.commit().await?;
         Ok(records)
     }
@@ -301,7 +307,7 @@ fn in_link(i: usize, path: &str, e: Error) -> Error {
         Error::NotFound { what } => Error::NotFound { what: say(what) },
         Error::Conflict(m) => Error::Conflict(say(m)),
         Error::InvalidInput(m) => Error::InvalidInput(say(m)),
-        Error::QuotaExceeded(m) => Error::QuotaExceeded(say(m)),
+        Error::LimitExceeded(m) => Error::LimitExceeded(say(m)),
         Error::Gone(m) => Error::Gone(say(m)),
         other => other,
     }

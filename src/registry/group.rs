@@ -227,8 +227,20 @@ impl Worker {
                 event: item.item.event.clone(),
             })
             .collect();
+        let added: Vec<_> = accepted
+            .iter()
+            .map(|item| super::quota::Added {
+                tenant: item.item.tenant.clone(),
+                bytes: item.item.event.size,
+                packages: 0,
+            })
+            .collect();
+        let now = accepted[0].item.event.ingested_at;
         let result = async {
             events::record(&tx, events).await?;
+            // A tenant past its quota fails the batch: its files are then recorded one by one,
+            // and only those past it are refused.
+            super::quota::enforce(&tx, &added, now).await?;
             tx.commit().await?;
             Ok::<_, Error>(())
         }

@@ -98,14 +98,15 @@ impl Registry {
             .clone()
             .unwrap_or_else(|| DEFAULT_MEDIA_TYPE.into());
         validate_media_type(&media_type)?;
-        // Fail fast, before any byte is stored, on what can already be known.
-        let backend = self.backend_for(tenant, package_id, &request).await?;
+        // Fail fast, before any byte is stored, on what can already be known (a declared size
+        // past the tenant's quota included).
+        let (backend, room) = self.admit(tenant, package_id, &request, size).await?;
         // Only a BLAKE3 address names the place the bytes will be stored under.
         let expected = request
             .expected_digest
             .filter(|a| a.algorithm() == crate::identity::Algorithm::Blake3);
         let staged = backend.stage_with(WriteHint { size, expected }).await?;
-        let (staged, digest) = self.stream_into(staged, body).await?;
+        let (staged, digest) = self.stream_into(staged, body, room).await?;
         self.record_staged(
             tenant,
             package_id,
@@ -158,12 +159,18 @@ impl Registry {
             let client = self.pool.get().await?;
             check_open(&client, tenant, package_id, false).await?
         };
+        let room = if open.byte_quota {
+            self.room_for(tenant, 0, None).await?
+        } else {
+            None
+        };
         let backend = self
             .backends
             .route(&open.retention_class, &open.producer)
             .clone();
+        self.check_backend_space(backend.as_ref(), None).await?;
         let staged = backend.stage().await?;
-        let (staged, digest) = self.stream_into(staged, body).await?;
+        let (staged, digest) = self.stream_into(staged, body, room).await?;
         Ok(StagedFile {
             staged,
             digest,
@@ -228,24 +235,47 @@ impl Registry {
         package_id: PackageId,
         request: &IngestRequest,
     ) -> Result<std::sync::Arc<dyn BlobStore>> {
-        let client = self.pool.get().await?;
-        let can_add = check_can_add(
-            &client,
-            tenant,
-            package_id,
-            request,
-            self.limits.max_files_per_package,
-            false,
-        )
-        .await?;
-        Ok(can_add.backend(&self.backends).clone())
+        Ok(self.admit(tenant, package_id, request, None).await?.0)
     }
 
-    /// Copies the stream into the staged write while the hashing thread digests it.
+    /// [`backend_for`](Self::backend_for), and the room the tenant's byte quota leaves for
+    /// `size` bytes (or, the size unknown, for any): `None` without a byte quota.
+    async fn admit(
+        &self,
+        tenant: &TenantId,
+        package_id: PackageId,
+        request: &IngestRequest,
+        size: Option<u64>,
+    ) -> Result<(std::sync::Arc<dyn BlobStore>, Option<super::Room>)> {
+        let can_add = {
+            let client = self.pool.get().await?;
+            check_can_add(
+                &client,
+                tenant,
+                package_id,
+                request,
+                self.limits.max_files_per_package,
+                false,
+            )
+            .await?
+        };
+        let room = if can_add.byte_quota {
+            self.room_for(tenant, size.unwrap_or(0), None).await?
+        } else {
+            None
+        };
+        let backend = can_add.backend(&self.backends).clone();
+        self.check_backend_space(backend.as_ref(), size).await?;
+        Ok((backend, room))
+    }
+
+    /// Copies the stream into the staged write while the hashing thread digests it, stopping
+    /// at the largest file size, and at the room the tenant's byte quota leaves.
     async fn stream_into<S>(
         &self,
         mut staged: Box<dyn StagedBlob>,
         body: S,
+        room: Option<super::Room>,
     ) -> Result<(Box<dyn StagedBlob>, DualDigest)>
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send,
@@ -264,10 +294,16 @@ impl Registry {
             size += chunk.len() as u64;
             if size > self.limits.max_file_size {
                 staged.abort().await?;
-                return Err(Error::QuotaExceeded(format!(
+                return Err(Error::LimitExceeded(format!(
                     "file exceeds the maximum file size of {} bytes",
                     self.limits.max_file_size
                 )));
+            }
+            if let Some(room) = room
+                && size > room.left()
+            {
+                staged.abort().await?;
+                return Err(room.refusal());
             }
             hasher.update(chunk.clone()).await;
             if let Err(e) = staged.write(chunk).await {
@@ -417,6 +453,12 @@ pub(super) async fn commit_file_event(
     sha256: crate::identity::Digest,
 ) -> Result<FileRecord> {
     let record = file_record(&event, blake3, sha256);
+    let added = super::quota::Added {
+        tenant: tenant.clone(),
+        bytes: event.size,
+        packages: 0,
+    };
+    let now = event.ingested_at;
     events::record(
         &tx,
         vec![DomainEvent::FileIngested {
@@ -425,6 +467,7 @@ pub(super) async fn commit_file_event(
         }],
     )
     .await?;
+    super::quota::enforce(&tx, &[added], now).await?;
     tx.commit().await?;
     Ok(record)
 }
@@ -464,6 +507,8 @@ pub(super) fn check_expected(request: &IngestRequest, digest: &DualDigest) -> Re
 pub(super) struct CanAdd {
     /// The file being replaced.
     pub replaced: Option<FileId>,
+    /// The tenant has a byte quota.
+    pub byte_quota: bool,
     /// The package's retention class and producer, which route its bytes to a backend.
     pub retention_class: String,
     pub producer: String,
@@ -503,6 +548,7 @@ pub(super) async fn check_can_add(
     may_add_at(package_id, request, existing, open.file_count, max_files)?;
     Ok(CanAdd {
         replaced: existing,
+        byte_quota: open.byte_quota,
         retention_class: open.retention_class,
         producer: open.producer,
     })
@@ -513,6 +559,8 @@ pub(super) struct OpenPackage {
     pub file_count: u64,
     pub retention_class: String,
     pub producer: String,
+    /// Its tenant has a byte quota.
+    pub byte_quota: bool,
 }
 
 impl OpenPackage {
@@ -522,6 +570,7 @@ impl OpenPackage {
             file_count: row.get::<_, i32>(1) as u64,
             retention_class: row.get(2),
             producer: row.get(3),
+            byte_quota: row.get::<_, Option<bool>>(5).unwrap_or(false),
         })
     }
 }
@@ -553,7 +602,7 @@ pub(super) fn may_add_at(
         return Err(path_taken(package_id, &request.relative_path));
     }
     if existing.is_none() && file_count >= max_files {
-        return Err(Error::QuotaExceeded(format!(
+        return Err(Error::LimitExceeded(format!(
             "package {package_id} already holds the maximum of {max_files} files"
         )));
     }
@@ -584,11 +633,13 @@ async fn package_row(
 ) -> Result<tokio_postgres::Row> {
     let sql = if lock {
         "SELECT p.status, p.file_count, p.retention_class, p.producer, \
-                (SELECT f.id FROM files f WHERE f.package_id = p.id AND f.relative_path = $3) \
+                (SELECT f.id FROM files f WHERE f.package_id = p.id AND f.relative_path = $3), \
+                (SELECT q.max_bytes IS NOT NULL FROM tenant_quotas q WHERE q.tenant = p.tenant) \
          FROM packages p WHERE p.id = $1 AND p.tenant = $2 FOR UPDATE OF p"
     } else {
         "SELECT p.status, p.file_count, p.retention_class, p.producer, \
-                (SELECT f.id FROM files f WHERE f.package_id = p.id AND f.relative_path = $3) \
+                (SELECT f.id FROM files f WHERE f.package_id = p.id AND f.relative_path = $3), \
+                (SELECT q.max_bytes IS NOT NULL FROM tenant_quotas q WHERE q.tenant = p.tenant) \
          FROM packages p WHERE p.id = $1 AND p.tenant = $2"
     };
     let statement = client.prepare_cached(sql).await?;

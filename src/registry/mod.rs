@@ -8,8 +8,10 @@ mod group;
 mod ingest;
 mod migrate;
 mod packages;
+mod quota;
 mod reads;
 mod retention;
+mod space;
 mod storage;
 mod types;
 mod uploads;
@@ -20,8 +22,10 @@ pub use gc::{Collectable, Collected};
 pub use ingest::{DEFAULT_MEDIA_TYPE, IngestRequest, StagedFile};
 pub use migrate::{MigrateScope, MigrationItem, Moved};
 pub use packages::{NewPackage, PackageFilter, PackagePage};
+pub use quota::{Quota, QuotaUsage, Room, TenantQuota};
 pub use reads::FileDownload;
 pub use retention::{Expiry, MAX_CLASS_DURATION_SECONDS, RetentionClass};
+pub use space::DiskSpace;
 pub use storage::{Location, VerifyOutcome, VerifyScope, VerifyTotals};
 pub use types::{FileRecord, Package, PackageStatus, RetentionInfo, StoredManifest};
 pub use uploads::{Chunk, NewUpload, UploadSession, WriteThroughStats};
@@ -46,6 +50,11 @@ pub struct Limits {
     /// Upload sessions that may stream into their backend as their chunks arrive, at once
     /// (see [`BlobStore::write_through`](crate::storage::BlobStore::write_through)).
     pub max_write_through_uploads: usize,
+    /// Open upload sessions a tenant may have when its quota does not say.
+    pub default_max_upload_sessions: u64,
+    /// Free bytes a local backend's filesystem (and the upload spools') must keep: below it,
+    /// new writes are refused (`InsufficientStorage`); reads, finalize and deletes go on.
+    pub min_free_bytes: u64,
 }
 
 impl Default for Limits {
@@ -55,6 +64,8 @@ impl Default for Limits {
             max_files_per_package: 10_000,
             upload_ttl_seconds: 24 * 3600,
             max_write_through_uploads: 16,
+            default_max_upload_sessions: 1000,
+            min_free_bytes: 0,
         }
     }
 }

@@ -113,6 +113,12 @@ impl Registry {
         };
         let stored = events::record(&tx, vec![DomainEvent::PackageCreated(event)]).await?;
         package.created_sequence = stored[0].sequence;
+        let added = super::quota::Added {
+            tenant: tenant.clone(),
+            bytes: 0,
+            packages: 1,
+        };
+        super::quota::enforce(&tx, &[added], self.clock.now()).await?;
         tx.commit().await?;
         Ok(package)
     }

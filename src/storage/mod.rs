@@ -154,6 +154,12 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
     /// Reachability and capacity.
     async fn health(&self) -> BackendHealth;
 
+    /// Free bytes where this backend writes, when it shares a filesystem with this server (a
+    /// local backend) and so can fill it; `None` otherwise (S3 manages its own capacity).
+    async fn free_bytes(&self) -> Option<u64> {
+        None
+    }
+
     /// Removes staged writes begun before `cutoff` (abandoned by a crash or a killed request);
     /// returns how many were removed.
     async fn sweep_staging(&self, cutoff: std::time::SystemTime) -> Result<usize>;

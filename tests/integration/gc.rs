@@ -3,18 +3,11 @@
 
 use crate::harness::{TestEnv, body, random_bytes};
 use artifactstore::identity::DualHasher;
-use artifactstore::model::{PackageId, RelativePath, TenantId};
-use artifactstore::registry::{IngestRequest, NewPackage, Registry};
+use artifactstore::model::{PackageId, TenantId};
+use artifactstore::registry::{NewPackage, Registry};
 use artifactstore::storage::BlobStore;
 
-fn request(path: &str) -> IngestRequest {
-    IngestRequest {
-        relative_path: RelativePath::new(path).unwrap(),
-        media_type: None,
-        expected_digest: None,
-        replace: false,
-    }
-}
+use crate::harness::ingest_request as request;
 
 async fn define_instant(reg: &Registry) {
     crate::harness::define_instant_class(reg).await;

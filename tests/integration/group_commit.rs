@@ -53,7 +53,7 @@ async fn ingest(
         }
         Err(Error::Conflict(_)) => Outcome::Conflict,
         Err(Error::NotFound { .. }) => Outcome::NotFound,
-        Err(Error::QuotaExceeded(_)) => Outcome::Quota,
+        Err(Error::LimitExceeded(_)) => Outcome::Quota,
         Err(e) => panic!("unexpected error: {e}"),
     }
 }

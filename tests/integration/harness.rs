@@ -25,6 +25,7 @@ async fn server_url() -> &'static str {
                 return url;
             }
             let cluster = ManagedCluster::start_or_reuse(ClusterOptions {
+                cluster_dir: None,
                 dir: test_cluster_dir(),
                 unsafe_fast: true,
             })
@@ -211,6 +212,16 @@ pub async fn collect(stream: artifactstore::storage::ByteStream) -> Vec<u8> {
         })
         .await
         .unwrap()
+}
+
+/// A request to store a file at `path` (no media type, no expected digest, no replacing).
+pub fn ingest_request(path: &str) -> artifactstore::registry::IngestRequest {
+    artifactstore::registry::IngestRequest {
+        relative_path: artifactstore::model::RelativePath::new(path).unwrap(),
+        media_type: None,
+        expected_digest: None,
+        replace: false,
+    }
 }
 
 /// A new open package of the default tenant (producer `p`, subject `s`).

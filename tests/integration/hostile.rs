@@ -7,7 +7,7 @@ use crate::harness::{TestClock, TestDb, TestEnv, body, random_bytes};
 use crate::server::Server;
 use artifactstore::identity::DualHasher;
 use artifactstore::model::{RelativePath, TenantId};
-use artifactstore::registry::{IngestRequest, NewPackage};
+use artifactstore::registry::NewPackage;
 use futures::SinkExt;
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
@@ -871,12 +871,7 @@ async fn tenants_see_their_own_storage_times_never_another_tenants() {
             .ingest_file(
                 tenant,
                 p.id,
-                IngestRequest {
-                    relative_path: RelativePath::new("same.bin").unwrap(),
-                    media_type: None,
-                    expected_digest: None,
-                    replace: false,
-                },
+                crate::harness::ingest_request("same.bin"),
                 body(&data, 1000),
             )
             .await
@@ -1188,12 +1183,7 @@ async fn usage_reads_the_tenants_rows_not_every_blob() {
         .ingest_file(
             &tenant,
             p.id,
-            IngestRequest {
-                relative_path: RelativePath::new("one.bin").unwrap(),
-                media_type: None,
-                expected_digest: None,
-                replace: false,
-            },
+            crate::harness::ingest_request("one.bin"),
             body(b"one", 3),
         )
         .await
@@ -1515,12 +1505,7 @@ async fn the_orphan_sweep_never_empties_a_backend_the_database_does_not_know() {
             .ingest_file(
                 &tenant,
                 p.id,
-                IngestRequest {
-                    relative_path: RelativePath::new(&format!("f{i}")).unwrap(),
-                    media_type: None,
-                    expected_digest: None,
-                    replace: false,
-                },
+                crate::harness::ingest_request(&format!("f{i}")),
                 body(&data, 50),
             )
             .await

@@ -12,6 +12,7 @@ mod group_commit;
 mod hostile;
 mod managed_postgres;
 mod postgres_tls;
+mod quotas;
 mod registry_flow;
 mod replay;
 mod retention;

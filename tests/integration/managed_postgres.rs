@@ -222,3 +222,39 @@ fn a_cluster_where_an_earlier_version_kept_it_is_never_replaced_by_an_empty_one(
         "no empty cluster was made"
     );
 }
+
+#[test]
+fn the_private_cluster_can_live_on_a_filesystem_of_its_own() {
+    let base = tempfile::Builder::new()
+        .prefix("own-pg")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = base.path().join("data");
+    let elsewhere = base.path().join("db-disk/cluster");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_artifactstore"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .env("ARTIFACTSTORE_POSTGRES_DIR", &elsewhere)
+            .env("ARTIFACTSTORE_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["migrate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(elsewhere.join("pgdata/PG_VERSION").exists());
+    assert!(
+        !data.join("postgres").exists(),
+        "nothing of it under the data directory"
+    );
+    let meta = std::fs::metadata(&elsewhere).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+    let out = run(&["postgres", "status"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "not running");
+}

@@ -4,8 +4,8 @@ use crate::harness::{TestEnv, body, collect, random_bytes};
 use artifactstore::events;
 use artifactstore::identity::DualHasher;
 use artifactstore::manifest::Manifest;
-use artifactstore::model::{FileId, Metadata, PackageId, RelativePath, TenantId};
-use artifactstore::registry::{IngestRequest, NewPackage, PackageFilter, PackageStatus};
+use artifactstore::model::{FileId, Metadata, PackageId, TenantId};
+use artifactstore::registry::{NewPackage, PackageFilter, PackageStatus};
 use artifactstore::storage::{BlobStore, ByteRange};
 use artifactstore::{Error, Registry};
 use sha2::Digest as _;
@@ -21,14 +21,7 @@ fn new_package(producer: &str) -> NewPackage {
     }
 }
 
-fn request(path: &str) -> IngestRequest {
-    IngestRequest {
-        relative_path: RelativePath::new(path).unwrap(),
-        media_type: None,
-        expected_digest: None,
-        replace: false,
-    }
-}
+use crate::harness::ingest_request as request;
 
 /// Writes a fixture tree: empty, tiny, multi-chunk and duplicate files in nested directories.
 fn write_fixtures(root: &Path) -> Vec<(String, Vec<u8>)> {
@@ -281,7 +274,7 @@ async fn bad_ingests_keep_nothing() {
             body(&random_bytes(5000, 9), 100),
         )
         .await;
-    assert!(matches!(err, Err(Error::QuotaExceeded(_))), "{err:?}");
+    assert!(matches!(err, Err(Error::LimitExceeded(_))), "{err:?}");
     // File-count limit (the package already holds one file; the limit is two).
     small
         .ingest_file(&tenant, package.id, request("two.bin"), body(b"2", 1))
@@ -290,7 +283,7 @@ async fn bad_ingests_keep_nothing() {
     let err = small
         .ingest_file(&tenant, package.id, request("three.bin"), body(b"3", 1))
         .await;
-    assert!(matches!(err, Err(Error::QuotaExceeded(_))), "{err:?}");
+    assert!(matches!(err, Err(Error::LimitExceeded(_))), "{err:?}");
 
     // Duplicate path: conflict unless replace.
     let err = reg

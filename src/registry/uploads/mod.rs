@@ -111,6 +111,16 @@ fn row(r: &tokio_postgres::Row) -> Result<Row> {
     })
 }
 
+/// A spool write's failure: a full disk is the server's insufficient storage (507), anything
+/// else a storage fault.
+fn spool_error(what: &str, e: std::io::Error) -> Error {
+    if crate::storage::local::is_out_of_space(&e) {
+        Error::InsufficientStorage(format!("the upload spools' disk is full ({what})"))
+    } else {
+        Error::storage("uploads", format!("{what}: {e}"))
+    }
+}
+
 /// The session's spool file, locked exclusively (`None` if it is gone): a chunk or a
 /// completion holds it for its whole run, and whoever finds it held is refused at once.
 fn lock_spool(
@@ -196,7 +206,7 @@ impl Registry {
         if let Some(size) = new.size
             && size > self.limits.max_file_size
         {
-            return Err(Error::QuotaExceeded(format!(
+            return Err(Error::LimitExceeded(format!(
                 "the declared size {size} exceeds the maximum file size of {} bytes",
                 self.limits.max_file_size
             )));
@@ -222,6 +232,8 @@ impl Registry {
         let expires_at = now
             .plus_seconds(self.limits.upload_ttl_seconds as i64)
             .ok_or_else(|| Error::InvalidInput("upload lifetime overflows".into()))?;
+        // The session's bytes will be spooled here first.
+        self.check_spool_space(new.size).await?;
         let path = self.spool_path(id);
         tokio::fs::create_dir_all(&self.upload_dir)
             .await
@@ -231,8 +243,11 @@ impl Registry {
             .map_err(|e| Error::storage("uploads", format!("creating spool file: {e}")))?;
         let size = new.size.map(|s| s as i64);
         let expected = new.expected_digest.map(|d| d.to_string());
-        client
-            .execute(
+        let mut client = client;
+        let tx = client.transaction().await?;
+        // Within the tenant's quotas: its sessions, and its bytes with this one's reserved.
+        self.admit_session(&tx, tenant, new.size).await?;
+        tx.execute(
                 "INSERT INTO uploads (id, tenant, package_id, relative_path, media_type, declared_size, \
                                       expected_digest, replace, created_at, expires_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -250,6 +265,7 @@ impl Registry {
                 ],
             )
             .await?;
+        tx.commit().await?;
         Ok(UploadSession {
             id,
             package_id: new.package_id,
@@ -290,11 +306,14 @@ impl Registry {
             .unwrap_or(self.limits.max_file_size)
             .min(self.limits.max_file_size);
         if size.is_some_and(|s| s > self.limits.max_file_size) {
-            return Err(Error::QuotaExceeded(format!(
+            return Err(Error::LimitExceeded(format!(
                 "the upload's size exceeds the maximum file size of {} bytes",
                 self.limits.max_file_size
             )));
         }
+        // The chunk's bytes go to the spool's disk.
+        self.check_spool_space(chunk.end.map(|end| end.saturating_sub(chunk.start) + 1))
+            .await?;
         // One writer per session, across requests and processes; completion takes it too.
         let locked = lock_spool(&self.spool_path(id), id)?;
         // Re-read under the lock: the offset may have moved, the session may be completing or
@@ -315,6 +334,15 @@ impl Registry {
         if chunk.start != offset {
             return Err(Error::OffsetMismatch { offset });
         }
+        // A session that declared its size reserved it (admitted at creation); one that did
+        // not counts what it holds, so each chunk must fit the tenant's byte quota: checked on
+        // what the chunk says it brings, then as its bytes arrive.
+        let room = if under_lock.session.size.is_none() {
+            let coming = size.or(chunk.end.map(|end| end + 1)).unwrap_or(offset);
+            self.room_for(tenant, coming, Some(id)).await?
+        } else {
+            None
+        };
         let mut file = locked;
         // Drop anything a chunk that died before recording its progress left behind.
         file.set_len(offset)
@@ -343,13 +371,20 @@ impl Registry {
             match item {
                 Ok(bytes) => {
                     let len = bytes.len() as u64;
+                    if let Some(room) = room
+                        && received + len > room.left()
+                    {
+                        failure = Some(room.refusal());
+                        received = offset; // nothing of this chunk is kept
+                        break;
+                    }
                     if received + len > limit {
                         failure = Some(if size.is_some() && limit < self.limits.max_file_size {
                             Error::InvalidInput(format!(
                                 "the chunk goes past the upload's size of {limit} bytes"
                             ))
                         } else {
-                            Error::QuotaExceeded(format!(
+                            Error::LimitExceeded(format!(
                                 "the upload exceeds the maximum file size of {} bytes",
                                 self.limits.max_file_size
                             ))
@@ -362,7 +397,7 @@ impl Registry {
                         hashed += len;
                     }
                     if let Err(e) = spool.write(bytes.clone()).await {
-                        failure = Some(Error::storage("uploads", format!("writing spool: {e}")));
+                        failure = Some(spool_error("writing spool", e));
                         received = offset;
                         break;
                     }
@@ -400,7 +435,7 @@ impl Registry {
         let file = spool
             .finish(received)
             .await
-            .map_err(|e| Error::storage("uploads", format!("syncing spool: {e}")))?;
+            .map_err(|e| spool_error("syncing spool", e))?;
         if let Some(p) = pipeline {
             let hasher = p
                 .finish_state()

@@ -75,6 +75,12 @@ impl LocalStore {
     }
 
     fn io_error(&self, what: &str, e: std::io::Error) -> Error {
+        if is_out_of_space(&e) {
+            return Error::InsufficientStorage(format!(
+                "the filesystem of backend `{}` is full ({what})",
+                self.id
+            ));
+        }
         Error::storage(&self.id, format!("{what}: {e}"))
     }
 
@@ -231,6 +237,10 @@ impl BlobStore for LocalStore {
         LocalStore::sweep_staging(self, cutoff).await
     }
 
+    async fn free_bytes(&self) -> Option<u64> {
+        free_bytes(&self.root).await
+    }
+
     async fn health(&self) -> BackendHealth {
         let root = self.root.clone();
         let stat = tokio::task::spawn_blocking(move || {
@@ -281,6 +291,24 @@ async fn copy_then_commit(
     let outcome = staged.commit(address).await?;
     let _ = tokio::fs::remove_file(path).await;
     Ok(outcome)
+}
+
+/// Free bytes (for unprivileged users) of the filesystem holding `path`.
+pub async fn free_bytes(path: &Path) -> Option<u64> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        nix::sys::statvfs::statvfs(&path)
+            .ok()
+            .map(|s| s.blocks_available() * s.fragment_size())
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// The filesystem (or the user's quota on it) is full.
+pub fn is_out_of_space(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }
 
 fn human(bytes: u64) -> String {

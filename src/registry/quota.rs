@@ -1,0 +1,333 @@
+//! Quotas: how much a tenant may hold, so that no tenant fills what the others need.
+//!
+//! The operator sets a tenant's limits (`v1.tenant.quota_set`, a view rebuilt by replay):
+//! logical bytes (its live files, open packages included, plus the sizes its open upload
+//! sessions declared or have received: reservations), live packages, open upload sessions.
+//! Without a quota a tenant has no byte or package limit, and as many sessions as the server's
+//! default allows.
+//!
+//! A write is refused *before* its bytes are read where their size is known (a request's
+//! `Content-Length`, a session's declared size, a chunk's `Content-Range`), is stopped as soon
+//! as it passes the limit otherwise ([`Room`]), and is checked once more in the transaction
+//! that records it ([`enforce`]), after its events are appended: every event-writing
+//! transaction holds the sequence lock from then to COMMIT, and [`enforce`] and session
+//! admission take the tenant's quota lock too, so concurrent writes of one tenant can never
+//! together pass its limits.
+
+use super::Registry;
+use crate::error::{Error, QuotaKind, Result};
+use crate::events::{self, DomainEvent, QuotaSet, Tx};
+use crate::model::{TenantId, Timestamp};
+use deadpool_postgres::GenericClient;
+use uuid::Uuid;
+
+/// A tenant's limits; `None`: no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Quota {
+    /// Most logical bytes (live files plus reservations).
+    pub max_bytes: Option<u64>,
+    /// Most live packages.
+    pub max_packages: Option<u64>,
+    /// Most open upload sessions.
+    pub max_upload_sessions: Option<u64>,
+}
+
+/// What a tenant holds, as its quotas count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QuotaUsage {
+    /// Bytes of its live files.
+    pub bytes: u64,
+    /// Bytes its open upload sessions reserve (declared sizes, else what they received).
+    pub reserved_bytes: u64,
+    /// Live packages.
+    pub packages: u64,
+    /// Open upload sessions.
+    pub upload_sessions: u64,
+}
+
+/// A tenant's limits in force and what it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantQuota {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The limits in force (the defaults where the operator set none).
+    pub limits: Quota,
+    /// When the operator last set them; `None`: the defaults.
+    pub set_at: Option<Timestamp>,
+    /// What it holds.
+    pub used: QuotaUsage,
+}
+
+/// Room left under a tenant's byte quota, for a write whose size is not known up front: the
+/// write is stopped once it has taken more than `limit - used` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Room {
+    /// The quota.
+    pub limit: u64,
+    /// What the tenant holds and has reserved.
+    pub used: u64,
+}
+
+impl Room {
+    /// Bytes that may still be written.
+    pub fn left(&self) -> u64 {
+        self.limit.saturating_sub(self.used)
+    }
+
+    /// The refusal of a write that passed the room.
+    pub fn refusal(&self) -> Error {
+        Error::OverQuota {
+            quota: QuotaKind::Bytes,
+            limit: self.limit,
+            used: self.used,
+        }
+    }
+}
+
+/// What a recorded write added to one tenant (for [`enforce`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Added {
+    pub tenant: TenantId,
+    pub bytes: u64,
+    pub packages: u64,
+}
+
+/// The tenant's quota lock (a transaction advisory lock): taken by session admission and by
+/// [`enforce`] where a byte quota is set, so reservations and new files are counted one at a
+/// time.
+const QUOTA_LOCKS: i32 = 0x6172_7471; // "artq"
+
+fn lock_key(tenant: &TenantId) -> i32 {
+    let hash = blake3::hash(tenant.as_str().as_bytes());
+    i32::from_le_bytes(hash.as_bytes()[..4].try_into().expect("four bytes"))
+}
+
+async fn lock_quota(tx: &Tx<'_>, tenant: &TenantId) -> Result<()> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, $2)",
+        &[&QUOTA_LOCKS, &lock_key(tenant)],
+    )
+    .await?;
+    Ok(())
+}
+
+fn limit(value: Option<i64>) -> Option<u64> {
+    value.map(|v| v.max(0) as u64)
+}
+
+/// The limits in force for `tenant`, and when they were set (`None`: the defaults).
+async fn limits_of(
+    client: &impl GenericClient,
+    tenant: &TenantId,
+    default_sessions: u64,
+) -> Result<(Quota, Option<Timestamp>)> {
+    let row = client
+        .query_opt(
+            "SELECT max_bytes, max_packages, max_upload_sessions, set_at FROM tenant_quotas \
+             WHERE tenant = $1",
+            &[&tenant.as_str()],
+        )
+        .await?;
+    Ok(match row {
+        Some(r) => (
+            Quota {
+                max_bytes: limit(r.get(0)),
+                max_packages: limit(r.get(1)),
+                max_upload_sessions: limit(r.get(2)),
+            },
+            Some(Timestamp::from_datetime(r.get(3))),
+        ),
+        None => (
+            Quota {
+                max_upload_sessions: Some(default_sessions),
+                ..Quota::default()
+            },
+            None,
+        ),
+    })
+}
+
+/// What `tenant` holds; open sessions other than `except` (one being completed) count as
+/// reservations.
+async fn usage_of(
+    client: &impl GenericClient,
+    tenant: &TenantId,
+    now: Timestamp,
+    except: Option<Uuid>,
+) -> Result<QuotaUsage> {
+    let row = client
+        .query_one(
+            "SELECT \
+               (SELECT coalesce(max(logical_bytes), 0) FROM tenant_usage WHERE tenant = $1), \
+               (SELECT coalesce(max(packages), 0) FROM tenant_usage WHERE tenant = $1), \
+               count(*), coalesce(sum(coalesce(declared_size, received)), 0)::bigint \
+             FROM uploads \
+             WHERE tenant = $1 AND state = 'open' AND expires_at > $2 \
+               AND ($3::uuid IS NULL OR id <> $3)",
+            &[&tenant.as_str(), &now.as_datetime(), &except],
+        )
+        .await?;
+    let n = |i: usize| row.get::<_, i64>(i).max(0) as u64;
+    Ok(QuotaUsage {
+        bytes: n(0),
+        packages: n(1),
+        upload_sessions: n(2),
+        reserved_bytes: n(3),
+    })
+}
+
+/// Refuses, after `added` was recorded in `tx` (its events appended: the sequence lock is
+/// held), if a tenant it added to is now past a limit. The write's bytes do not count as
+/// `used` in the refusal.
+pub(super) async fn enforce(tx: &Tx<'_>, added: &[Added], now: Timestamp) -> Result<()> {
+    let mut tenants: Vec<&str> = added.iter().map(|a| a.tenant.as_str()).collect();
+    tenants.sort_unstable();
+    tenants.dedup();
+    let statement = tx
+        .prepare_cached(
+            "SELECT q.tenant, q.max_bytes, q.max_packages \
+             FROM tenant_quotas q WHERE q.tenant = ANY($1) \
+               AND (q.max_bytes IS NOT NULL OR q.max_packages IS NOT NULL) \
+             ORDER BY q.tenant",
+        )
+        .await?;
+    let quotas = tx.query(&statement, &[&tenants]).await?;
+    for row in &quotas {
+        let tenant = TenantId::new(row.get::<_, &str>(0))?;
+        let (bytes, packages) = added
+            .iter()
+            .filter(|a| a.tenant == tenant)
+            .fold((0, 0), |(b, p), a| (b + a.bytes, p + a.packages));
+        let (max_bytes, max_packages) = (limit(row.get(1)), limit(row.get(2)));
+        if max_bytes.is_some() && bytes > 0 {
+            lock_quota(tx, &tenant).await?;
+        }
+        let usage = usage_of(tx, &tenant, now, None).await?;
+        if let Some(max) = max_packages
+            && packages > 0
+            && usage.packages > max
+        {
+            return Err(Error::OverQuota {
+                quota: QuotaKind::Packages,
+                limit: max,
+                used: usage.packages.saturating_sub(packages),
+            });
+        }
+        let holds = usage.bytes + usage.reserved_bytes;
+        if let Some(max) = max_bytes
+            && bytes > 0
+            && holds > max
+        {
+            return Err(Error::OverQuota {
+                quota: QuotaKind::Bytes,
+                limit: max,
+                used: holds.saturating_sub(bytes),
+            });
+        }
+    }
+    Ok(())
+}
+
+impl Registry {
+    /// Sets `tenant`'s limits (the operator's business): a `v1.tenant.quota_set` event of that
+    /// tenant. Lowering a limit below what the tenant holds refuses its next writes; it takes
+    /// nothing away.
+    pub async fn set_quota(&self, tenant: &TenantId, quota: Quota) -> Result<TenantQuota> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "INSERT INTO tenants (id) VALUES ($1) ON CONFLICT DO NOTHING",
+            &[&tenant.as_str()],
+        )
+        .await?;
+        events::record(
+            &tx,
+            vec![DomainEvent::QuotaSet(QuotaSet {
+                tenant: tenant.clone(),
+                max_bytes: quota.max_bytes,
+                max_packages: quota.max_packages,
+                max_upload_sessions: quota.max_upload_sessions,
+                set_at: self.clock.now(),
+            })],
+        )
+        .await?;
+        tx.commit().await?;
+        self.quota(tenant).await
+    }
+
+    /// `tenant`'s limits in force and what it holds.
+    pub async fn quota(&self, tenant: &TenantId) -> Result<TenantQuota> {
+        let client = self.pool.get().await?;
+        let (limits, set_at) =
+            limits_of(&client, tenant, self.limits.default_max_upload_sessions).await?;
+        let used = usage_of(&client, tenant, self.clock.now(), None).await?;
+        Ok(TenantQuota {
+            tenant: tenant.clone(),
+            limits,
+            set_at,
+            used,
+        })
+    }
+
+    /// The room `tenant` has under its byte quota for a write of `adding` bytes (0 when the
+    /// size is not known): `None` without a byte quota; `OverQuota` when `adding` does not
+    /// fit. The session `except` (one taking a chunk) does not count as a reservation.
+    /// A check before any byte is read; the write's recording checks again.
+    pub async fn room_for(
+        &self,
+        tenant: &TenantId,
+        adding: u64,
+        except: Option<Uuid>,
+    ) -> Result<Option<Room>> {
+        let client = self.pool.get().await?;
+        let (limits, _) = limits_of(&client, tenant, 0).await?;
+        let Some(max) = limits.max_bytes else {
+            return Ok(None);
+        };
+        let usage = usage_of(&client, tenant, self.clock.now(), except).await?;
+        let room = Room {
+            limit: max,
+            used: usage.bytes + usage.reserved_bytes,
+        };
+        if adding > room.left() {
+            return Err(room.refusal());
+        }
+        Ok(Some(room))
+    }
+
+    /// Admits a new upload session of `tenant` reserving `size` bytes, in `tx` (which then
+    /// inserts it): refused past the tenant's session or byte quota.
+    pub(super) async fn admit_session(
+        &self,
+        tx: &Tx<'_>,
+        tenant: &TenantId,
+        size: Option<u64>,
+    ) -> Result<()> {
+        let (limits, _) = limits_of(tx, tenant, self.limits.default_max_upload_sessions).await?;
+        if limits.max_upload_sessions.is_none() && limits.max_bytes.is_none() {
+            return Ok(());
+        }
+        lock_quota(tx, tenant).await?;
+        let usage = usage_of(tx, tenant, self.clock.now(), None).await?;
+        if let Some(max) = limits.max_upload_sessions
+            && usage.upload_sessions >= max
+        {
+            return Err(Error::OverQuota {
+                quota: QuotaKind::UploadSessions,
+                limit: max,
+                used: usage.upload_sessions,
+            });
+        }
+        if let Some(max) = limits.max_bytes {
+            let holds = usage.bytes + usage.reserved_bytes;
+            if size.unwrap_or(0) > max.saturating_sub(holds) {
+                return Err(Error::OverQuota {
+                    quota: QuotaKind::Bytes,
+                    limit: max,
+                    used: holds,
+                });
+            }
+        }
+        Ok(())
+    }
+}
