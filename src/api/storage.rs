@@ -128,7 +128,7 @@ pub struct Usage {
     pub unreferenced_blobs: u64,
     /// Their bytes.
     pub unreferenced_bytes: u64,
-    /// The tenant's quota: its limits and what counts against them.
+    // No doc comment: poem-openapi would wrap the `$ref` in an `allOf` (see `QuotaUsed`).
     pub quota: super::tenants::Quota,
 }
 

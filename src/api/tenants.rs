@@ -24,6 +24,7 @@ pub struct Limit(pub Option<u64>);
 super::text::json_value_type!(Limit, "integer(int64)", {
     let mut schema = MetaSchema::new_with_format("integer", "int64");
     schema.minimum = Some(0.0);
+    schema.maximum = Some(i64::MAX as f64);
     schema.nullable = true;
     schema
 });
@@ -37,8 +38,11 @@ impl ParseFromJSON for Limit {
             Some(serde_json::Value::Null) => Ok(Limit(None)),
             Some(serde_json::Value::Number(n)) => n
                 .as_u64()
+                .filter(|n| i64::try_from(*n).is_ok())
                 .map(|n| Limit(Some(n)))
-                .ok_or_else(|| ParseError::custom("expected a whole number of at least 0")),
+                .ok_or_else(|| {
+                    ParseError::custom("expected a whole number from 0 to 9223372036854775807")
+                }),
             Some(other) => Err(ParseError::expected_type(other)),
         }
     }
@@ -66,7 +70,7 @@ pub struct SetQuota {
     pub max_upload_sessions: Limit,
 }
 
-/// What a tenant holds, as its quotas count it.
+/// What a tenant holds now, as its quotas count it.
 #[derive(Debug, Clone, Object)]
 pub struct QuotaUsed {
     /// Bytes of its live files.
@@ -93,7 +97,8 @@ pub struct Quota {
     /// When the operator last set these; absent: the defaults are in force.
     #[oai(skip_serializing_if_is_none)]
     pub set_at: Option<time::OffsetDateTime>,
-    /// What the tenant holds now.
+    // No doc comment: poem-openapi would wrap the `$ref` in an `allOf`, which generated
+    // clients turn into a second model. `QuotaUsed` carries the documentation.
     pub used: QuotaUsed,
 }
 

@@ -215,6 +215,17 @@ impl ManagedCluster {
         self.pg_stop();
     }
 
+    /// Stops the PostgreSQL server now, whoever else uses it, keeping this handle:
+    /// [`resume`](Self::resume) starts it again on the same port. For outage drills.
+    pub fn halt(&self) {
+        self.pg_stop();
+    }
+
+    /// Starts the server again after [`halt`](Self::halt), on the same port.
+    pub fn resume(&self) -> Result<()> {
+        self.start_server()
+    }
+
     fn pg_stop(&self) {
         let status = self
             .pg_command("pg_ctl")

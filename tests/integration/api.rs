@@ -570,7 +570,7 @@ async fn every_bad_input_is_a_clean_problem_and_nothing_is_kept() {
         .unwrap();
     assert_eq!(detail["file_count"], 1);
     assert_eq!(detail["total_size"], 5);
-    let staging = api.server._data.path().join("blobs/.staging");
+    let staging = api.server.data.join("blobs/.staging");
     assert_eq!(std::fs::read_dir(staging).unwrap().count(), 0);
 }
 
@@ -1047,8 +1047,7 @@ async fn lost_bytes_answer_a_500_problem_that_leaks_nothing() {
     let blake = file["digests"]["blake3"].as_str().unwrap();
     let stored = api
         .server
-        ._data
-        .path()
+        .data
         .join("blobs/blake3")
         .join(&blake[0..2])
         .join(&blake[2..4])

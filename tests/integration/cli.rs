@@ -250,7 +250,7 @@ async fn push_pull_ls_manifest_and_exit_codes() {
 
     // Bytes corrupted behind the store's back: the server checks the digest as it streams and
     // aborts the download before its last chunk; pull fails and writes nothing in place.
-    let blobs = server._data.path().join("blobs/blake3");
+    let blobs = server.data.join("blobs/blake3");
     let large = blake3::hash(&std::fs::read(tree.join("large.bin")).unwrap())
         .to_hex()
         .to_string();

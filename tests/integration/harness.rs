@@ -288,3 +288,12 @@ pub async fn define_instant_class(registry: &Registry) {
     .unwrap();
     tx.commit().await.unwrap();
 }
+
+/// The JSON body of a response that must have status `expect` (the body is shown otherwise);
+/// `null` when the body is not JSON.
+pub async fn json_of(resp: reqwest::Response, expect: reqwest::StatusCode) -> serde_json::Value {
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    assert_eq!(status, expect, "{text}");
+    serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+}

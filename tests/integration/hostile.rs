@@ -37,25 +37,10 @@ fn address(server: &Server) -> String {
     server.base.trim_start_matches("http://").to_owned()
 }
 
-async fn json_of(resp: reqwest::Response, expect: StatusCode) -> Value {
-    let status = resp.status();
-    let text = resp.text().await.unwrap();
-    assert_eq!(status, expect, "{text}");
-    serde_json::from_str(&text).unwrap_or(Value::Null)
-}
+use crate::harness::json_of;
 
 async fn new_package(http: &Client, server: &Server, token: &str) -> String {
-    let p = json_of(
-        http.post(server.url("/packages"))
-            .bearer_auth(token)
-            .json(&json!({"producer": "hostile", "subject": "s"}))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::CREATED,
-    )
-    .await;
-    p["id"].as_str().unwrap().to_owned()
+    server.create_package(http, token, "s").await
 }
 
 /// A new upload session of alpha's for `path` in `package`; its id.
@@ -331,7 +316,7 @@ async fn completing_while_a_chunk_is_in_flight_is_refused_and_published_bytes_st
             .send(),
     );
     tx.send(Ok(second[..1 << 20].to_vec())).await.unwrap();
-    let spool = server._data.path().join("uploads").join(&id);
+    let spool = server.data.join("uploads").join(&id);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !spool_locked(&spool) {
         assert!(Instant::now() < deadline, "the chunk never took the spool");
@@ -1373,7 +1358,7 @@ async fn a_session_being_completed_is_neither_cancelled_nor_appended_to_nor_lost
     };
     assert_eq!(patch("bytes 0-1/4", b"ab").await.unwrap().status(), 202);
     // A completion in another process has marked it and moved its spool into place.
-    let spool = server._data.path().join("uploads").join(&id);
+    let spool = server.data.join("uploads").join(&id);
     let moved = spool.with_extension("published");
     std::fs::rename(&spool, &moved).unwrap();
     let client = db.client().await;

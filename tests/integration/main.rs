@@ -7,6 +7,7 @@ mod cli;
 mod crosscheck;
 mod event_log;
 mod events_api;
+mod faults;
 mod gc;
 mod group_commit;
 mod hostile;

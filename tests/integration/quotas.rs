@@ -17,12 +17,7 @@ const OPERATOR: &str = "system-admin-token";
 const TOKENS: &str = "alpha:read+write:alpha-writer-token,alpha:admin:alpha-admin-token,\
                       beta:admin:beta-admin-token,system:admin:system-admin-token";
 
-async fn json_of(resp: reqwest::Response, expect: StatusCode) -> Value {
-    let status = resp.status();
-    let text = resp.text().await.unwrap();
-    assert_eq!(status, expect, "{text}");
-    serde_json::from_str(&text).unwrap_or(Value::Null)
-}
+use crate::harness::json_of;
 
 /// A 507 quota refusal: its type, and which quota, limit and use it names.
 async fn assert_over(resp: reqwest::Response, quota: &str, limit: u64, used: u64) {

@@ -32,6 +32,26 @@ pub fn s3_settings() -> Option<S3Settings> {
     Some(settings)
 }
 
+/// A storage file (`ARTIFACTSTORE_STORAGE_FILE`) in `dir` making `settings`' bucket the
+/// default backend `s3`, unsigned, with `extra` TOML lines for the backend.
+pub fn storage_file(dir: &std::path::Path, s3: &S3Settings, extra: &str) -> std::path::PathBuf {
+    let storage = dir.join("storage.toml");
+    std::fs::write(
+        &storage,
+        format!(
+            "default_backend = \"s3\"\n[backends.s3]\nkind = \"s3\"\nendpoint_url = \"{}\"\n\
+             bucket = \"{}\"\nkey_prefix = \"{}\"\naccess_key_ref = \"env:AWS_ACCESS_KEY_ID\"\n\
+             secret_key_ref = \"env:AWS_SECRET_ACCESS_KEY\"\nforce_path_style = true\n\
+             sign_payload = false\n{extra}",
+            s3.endpoint_url.as_deref().unwrap(),
+            s3.bucket,
+            s3.key_prefix
+        ),
+    )
+    .unwrap();
+    storage
+}
+
 #[tokio::test]
 async fn s3_store_passes_conformance_single_put_path() {
     let Some(settings) = s3_settings() else {

@@ -9,16 +9,27 @@ use std::time::Duration;
 pub struct Server {
     pub child: Child,
     pub base: String,
-    pub _data: tempfile::TempDir,
+    /// Its data directory (upload spools, local blobs under `blobs/`).
+    pub data: std::path::PathBuf,
+    _owned: Option<tempfile::TempDir>,
 }
 
 impl Server {
+    /// A server on the test database with a fresh data directory of its own.
     pub fn start(db: &TestDb, extra_env: &[(&str, &str)]) -> Self {
         let data = tempfile::tempdir().unwrap();
+        let mut server = Self::start_in(&db.url, data.path(), extra_env);
+        server._owned = Some(data);
+        server
+    }
+
+    /// A server on the database at `url` with the data directory `data` (kept by the caller,
+    /// say to start another server on it after this one was killed).
+    pub fn start_in(url: &str, data: &std::path::Path, extra_env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_artifactstore"));
         cmd.args(["serve", "--listen", "127.0.0.1:0"])
-            .env("ARTIFACTSTORE_DATABASE_URL", &db.url)
-            .env("ARTIFACTSTORE_DATA_DIR", data.path())
+            .env("ARTIFACTSTORE_DATABASE_URL", url)
+            .env("ARTIFACTSTORE_DATA_DIR", data)
             .env("ARTIFACTSTORE_LOG", "warn")
             // Tests must not depend on how full the machine's disk is (the ones about a full
             // disk set their own).
@@ -40,12 +51,39 @@ impl Server {
         Server {
             child,
             base,
-            _data: data,
+            data: data.to_owned(),
+            _owned: None,
         }
+    }
+
+    /// SIGKILL: no shutdown of any kind.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// A new open package of the token's tenant (producer `p`); its id.
+    pub async fn create_package(
+        &self,
+        http: &reqwest::Client,
+        token: &str,
+        subject: &str,
+    ) -> String {
+        let created = crate::harness::json_of(
+            http.post(self.url("/packages"))
+                .bearer_auth(token)
+                .json(&serde_json::json!({"producer": "p", "subject": subject}))
+                .send()
+                .await
+                .unwrap(),
+            reqwest::StatusCode::CREATED,
+        )
+        .await;
+        created["id"].as_str().unwrap().to_owned()
     }
 
     /// SIGTERM, then the exit status (bounded wait).

@@ -78,20 +78,7 @@ fn upload_lifecycle_property_writing_through_to_s3() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let storage = dir.path().join("storage.toml");
-    std::fs::write(
-        &storage,
-        format!(
-            "default_backend = \"s3\"\n[backends.s3]\nkind = \"s3\"\nendpoint_url = \"{}\"\n\
-             bucket = \"{}\"\nkey_prefix = \"{}\"\naccess_key_ref = \"env:AWS_ACCESS_KEY_ID\"\n\
-             secret_key_ref = \"env:AWS_SECRET_ACCESS_KEY\"\nforce_path_style = true\n\
-             sign_payload = false\nmultipart_threshold_bytes = 1024\n",
-            s3.endpoint_url.as_deref().unwrap(),
-            s3.bucket,
-            s3.key_prefix
-        ),
-    )
-    .unwrap();
+    let storage = crate::s3::storage_file(dir.path(), &s3, "multipart_threshold_bytes = 1024\n");
     lifecycle_property(
         &[("ARTIFACTSTORE_STORAGE_FILE", storage.to_str().unwrap())],
         16,
@@ -438,7 +425,7 @@ async fn upload_errors_are_clean() {
         413
     );
     assert_eq!(offset(&http, base, id).await, 0);
-    let spool = server._data.path().join("uploads");
+    let spool = server.data.join("uploads");
     let spooled: u64 = std::fs::read_dir(&spool)
         .unwrap()
         .map(|e| e.unwrap().metadata().unwrap().len())
