@@ -86,6 +86,8 @@ pub struct TokenStore {
     anonymous_read: bool,
 }
 
+const NO_TOKENS: &str = "ARTIFACTSTORE_TOKENS_FILE: the file holds no [[token]] entries";
+
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TokensFile {
@@ -167,15 +169,34 @@ impl TokenStore {
                     path.display()
                 )
             })?;
-            let parsed: TokensFile = toml::from_str(&text)
+            let parsed = Self::parse_file(&text).map_err(|e| {
+                if e == NO_TOKENS {
+                    format!(
+                        "ARTIFACTSTORE_TOKENS_FILE: {} holds no [[token]] entries",
+                        path.display()
+                    )
+                } else {
+                    e
+                }
+            })?;
+            entries.extend(parsed);
+        }
+        Ok(TokenStore {
+            entries,
+            anonymous_read,
+        })
+    }
+
+    /// The tokens of a tokens file's text (`[[token]]` entries), or why it is not one.
+    fn parse_file(text: &str) -> Result<Vec<TokenEntry>, String> {
+        let mut entries = Vec::new();
+        {
+            let parsed: TokensFile = toml::from_str(text)
                 .map_err(|e| format!("ARTIFACTSTORE_TOKENS_FILE: {}", e.message()))?;
             // A file named on purpose that grants nothing would silently mean development
             // mode (every caller an admin): refuse it.
             if parsed.token.is_empty() {
-                return Err(format!(
-                    "ARTIFACTSTORE_TOKENS_FILE: {} holds no [[token]] entries",
-                    path.display()
-                ));
+                return Err(NO_TOKENS.into());
             }
             for (i, t) in parsed.token.into_iter().enumerate() {
                 let context = format!("ARTIFACTSTORE_TOKENS_FILE token {}", i + 1);
@@ -193,10 +214,13 @@ impl TokenStore {
                 });
             }
         }
-        Ok(TokenStore {
-            entries,
-            anonymous_read,
-        })
+        Ok(entries)
+    }
+
+    /// Checks a tokens file's text as start-up would, without reading a file: how many tokens
+    /// it grants, or why it is refused (for tools and fuzzing).
+    pub fn check_file_text(text: &str) -> Result<usize, String> {
+        Self::parse_file(text).map(|entries| entries.len())
     }
 
     /// True when no tokens are configured (development mode).

@@ -561,6 +561,10 @@ mod tests {
         assert_eq!(parse_size("1.5GiB"), None);
         assert_eq!(parse_size("x"), None);
         assert_eq!(parse_size("99999999999999T"), None);
+        // Found by fuzzing: a sign is not part of a size (u64's own parser takes `+2`).
+        assert_eq!(parse_size("+2"), None);
+        assert_eq!(parse_size("-2"), None);
+        assert_eq!(parse_size(" 2 "), Some(2));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 mod blobs;
 mod body;
+pub mod cursor;
 pub mod error;
 mod events;
 mod files;
@@ -24,6 +25,9 @@ mod storage;
 mod tenants;
 mod text;
 mod uploads;
+
+pub use responses::{RangePlan, range_plan};
+pub use uploads::parse_content_range;
 
 use crate::auth::TokenStore;
 use crate::registry::Registry;

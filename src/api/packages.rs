@@ -12,7 +12,6 @@ use crate::auth::Scope;
 use crate::identity::ContentAddress;
 use crate::model::{Metadata, PackageId, RelativePath};
 use crate::registry::{self, IngestRequest, LinkRequest, NewPackage, PackageFilter};
-use base64::Engine as _;
 use poem::{Body, Request};
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::{Binary, Json};
@@ -75,23 +74,6 @@ fn parse_address(text: &str, field: &str) -> ApiResult<ContentAddress> {
 /// An optional query value, where an empty value (`?cursor=`) means absent.
 fn given(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.is_empty())
-}
-
-fn encode_cursor(sequence: i64) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("p1:{sequence}"))
-}
-
-fn decode_cursor(cursor: &str) -> ApiResult<i64> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .and_then(|s| s.strip_prefix("p1:").and_then(|n| n.parse().ok()))
-        .ok_or_else(|| {
-            ApiError::from(crate::Error::InvalidInput(
-                "`cursor` is not a cursor this server issued".into(),
-            ))
-        })
 }
 
 /// The request's Content-Length, if it sent one.
@@ -288,7 +270,10 @@ impl PackagesApi {
             status: status.0.map(Into::into),
             metadata,
             limit: limit.0.unwrap_or(100),
-            cursor: given(cursor.0).as_deref().map(decode_cursor).transpose()?,
+            cursor: given(cursor.0)
+                .as_deref()
+                .map(super::cursor::decode_package_cursor)
+                .transpose()?,
         };
         let page = self
             .state
@@ -297,7 +282,7 @@ impl PackagesApi {
             .await?;
         Ok(Json(PackageList {
             items: page.items.into_iter().map(Into::into).collect(),
-            next_cursor: page.next_cursor.map(encode_cursor),
+            next_cursor: page.next_cursor.map(super::cursor::encode_package_cursor),
         }))
     }
 

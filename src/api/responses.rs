@@ -139,6 +139,7 @@ enum DownloadDoc {
 documented_response!(Download, DownloadDoc);
 
 /// What the `Range` and `If-None-Match` headers ask of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RangePlan {
     /// 304.
     NotModified,
@@ -161,11 +162,17 @@ pub fn plan(req: &Request, file: &FileRecord) -> RangePlan {
     if not_modified(req, &etag_of(&file.content_address())) {
         return RangePlan::NotModified;
     }
-    let Some(range) = req
+    let range = req
         .headers()
         .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-    else {
+        .and_then(|v| v.to_str().ok());
+    range_plan(range, file.size)
+}
+
+/// What a `Range` header value (if any) asks of a representation of `size` bytes: the whole
+/// of it, one range (`[start, end]`, inclusive), or nothing it has (416).
+pub fn range_plan(range: Option<&str>, size: u64) -> RangePlan {
+    let Some(range) = range else {
         return RangePlan::Full;
     };
     if range.bytes().filter(|b| *b == b',').count() >= MAX_RANGES {
@@ -174,10 +181,10 @@ pub fn plan(req: &Request, file: &FileRecord) -> RangePlan {
     let Ok(parsed) = http_range_header::parse_range_header(range) else {
         return RangePlan::Full;
     };
-    if file.size == 0 {
+    if size == 0 {
         return RangePlan::Unsatisfiable;
     }
-    match parsed.validate(file.size) {
+    match parsed.validate(size) {
         Ok(ranges) if ranges.len() == 1 => RangePlan::Partial(*ranges[0].start(), *ranges[0].end()),
         Ok(_) => RangePlan::Full,
         Err(_) => RangePlan::Unsatisfiable,

@@ -1,12 +1,10 @@
 //! `/storage/locations`: where blobs are stored and what verification found.
 
 use super::AppState;
-use super::error::{ApiError, ApiResult};
+use super::error::ApiResult;
 use super::security::Auth;
 use crate::auth::Scope;
 use crate::events::LocationStatus;
-use crate::identity::Digest;
-use base64::Engine as _;
 use poem_openapi::param::Query;
 use poem_openapi::payload::Json;
 use poem_openapi::{Enum, Object, OpenApi};
@@ -84,27 +82,6 @@ pub struct StorageLocationList {
     /// Pass back as `cursor` for the next page; absent on the last page.
     #[oai(skip_serializing_if_is_none)]
     pub next_cursor: Option<String>,
-}
-
-fn encode_cursor(digest: &Digest, backend: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(format!("l1:{}:{backend}", digest.to_hex()))
-}
-
-fn decode_cursor(cursor: &str) -> ApiResult<(Digest, String)> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .and_then(|s| {
-            let (hex, backend) = s.strip_prefix("l1:")?.split_once(':')?;
-            Some((Digest::from_hex(hex).ok()?, backend.to_owned()))
-        })
-        .ok_or_else(|| {
-            ApiError::from(crate::Error::InvalidInput(
-                "`cursor` is not a cursor this server issued".into(),
-            ))
-        })
 }
 
 /// What a tenant stores, and the retention and collection backlog.
@@ -189,7 +166,7 @@ impl StorageApi {
             .0
             .filter(|c| !c.is_empty())
             .as_deref()
-            .map(decode_cursor)
+            .map(super::cursor::decode_location_cursor)
             .transpose()?;
         let owner = (!principal.operator).then_some(&principal.tenant);
         let mut rows = self
@@ -205,7 +182,8 @@ impl StorageApi {
             .await?;
         let next_cursor = if rows.len() as i64 > limit {
             rows.truncate(limit as usize);
-            rows.last().map(|l| encode_cursor(&l.blake3, &l.backend_id))
+            rows.last()
+                .map(|l| super::cursor::encode_location_cursor(&l.blake3, &l.backend_id))
         } else {
             None
         };
