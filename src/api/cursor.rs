@@ -43,7 +43,10 @@ pub fn decode_location_cursor(cursor: &str) -> Result<(Digest, String)> {
         .strip_prefix("l1:")
         .and_then(|rest| rest.split_once(':'))
         .ok_or_else(refused)?;
-    Ok((Digest::from_hex(hex).map_err(|_| refused())?, backend.to_owned()))
+    Ok((
+        Digest::from_hex(hex).map_err(|_| refused())?,
+        backend.to_owned(),
+    ))
 }
 
 #[cfg(test)]
