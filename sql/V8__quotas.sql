@@ -54,6 +54,9 @@ INSERT INTO tenant_usage (tenant, logical_bytes, packages)
 SELECT tenant, sum(total_size), count(*) FILTER (WHERE status <> 'expired')
 FROM packages GROUP BY tenant;
 
--- Reservations: the open upload sessions of a tenant (their declared sizes count against its
--- bytes until they complete).
-CREATE INDEX uploads_tenant ON uploads (tenant) WHERE state = 'open';
+-- Reservations: the upload sessions of a tenant, open or completing (their declared sizes
+-- count against its bytes until their files are recorded). A session that declared no size
+-- reserves what it received, or more while a chunk is arriving: `reserved`, the end of the
+-- chunk in flight, admitted under the tenant's quota lock.
+ALTER TABLE uploads ADD COLUMN reserved bigint NOT NULL DEFAULT 0 CHECK (reserved >= 0);
+CREATE INDEX uploads_tenant ON uploads (tenant);

@@ -62,7 +62,8 @@ impl ToJSON for Limit {
 #[oai(deny_unknown_fields)]
 pub struct SetQuota {
     /// Most logical bytes: the tenant's live files (open packages included) plus the sizes
-    /// its open upload sessions declared (or have received), which they reserve.
+    /// its upload sessions declared (or, undeclared, have received or are receiving), which
+    /// they reserve until their files are recorded.
     pub max_bytes: Limit,
     /// Most live packages (open or finalized).
     pub max_packages: Limit,
@@ -75,7 +76,7 @@ pub struct SetQuota {
 pub struct QuotaUsed {
     /// Bytes of its live files.
     pub bytes: u64,
-    /// Bytes its open upload sessions reserve.
+    /// Bytes its upload sessions not completed yet reserve.
     pub reserved_bytes: u64,
     /// Live packages.
     pub packages: u64,

@@ -249,7 +249,8 @@ impl UploadsApi {
     ///
     /// Turns the received bytes into a file. With an `expected_digest` that does not match,
     /// answers 422 and nothing is kept. A 503 (the storage backend or the database
-    /// unavailable) keeps the session and its bytes: complete again later.
+    /// unavailable) or a 507 (no room under the tenant's quota or on the disk) keeps the
+    /// session and its bytes: complete again later.
     #[oai(
         path = "/uploads/:id/complete",
         method = "post",

@@ -432,7 +432,11 @@ fn cluster_dir(
     run_as: Option<(Uid, Gid)>,
 ) -> Result<PathBuf> {
     if let Some(dir) = chosen {
-        // The operator's choice: made if missing (its parents too), held to the same rules.
+        // The operator's choice: made if missing (its parents too), held to the same rules;
+        // one that exists open to others is refused, not narrowed (it may be a directory
+        // they use for more than this). Relative to where the server starts.
+        let dir = &std::path::absolute(dir)
+            .map_err(|e| fail(format!("cannot resolve {}: {e}", dir.display())))?;
         if let Some(parent) = dir.parent() {
             std::fs::create_dir_all(parent)
                 .map_err(|e| fail(format!("cannot create {}: {e}", parent.display())))?;
@@ -446,7 +450,7 @@ fn cluster_dir(
                 dir.display()
             )));
         }
-        return private_dir(dir, owner, true);
+        return private_dir(dir, owner, false);
     }
     std::fs::create_dir_all(data_dir).map_err(|e| {
         fail(format!(

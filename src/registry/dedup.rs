@@ -198,6 +198,10 @@ impl Registry {
             tenant: tenant.clone(),
             bytes: records.iter().map(|r| r.size).sum(),
             packages: 0,
+            files: records
+                .iter()
+                .map(|r| (r.package_id.0, r.relative_path.as_str().to_owned()))
+                .collect(),
         };
         crate::events::record(&tx, events).await?;
         super::quota::enforce(&tx, &[added], self.clock.now()).await?;

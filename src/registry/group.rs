@@ -233,6 +233,10 @@ impl Worker {
                 tenant: item.item.tenant.clone(),
                 bytes: item.item.event.size,
                 packages: 0,
+                files: vec![(
+                    item.item.event.package_id.0,
+                    item.item.event.relative_path.as_str().to_owned(),
+                )],
             })
             .collect();
         let now = accepted[0].item.event.ingested_at;
@@ -312,6 +316,22 @@ impl Worker {
             Ok(found) => found,
             Err(e) => return Err((e, items)),
         };
+        let writing: Vec<_> = items
+            .iter()
+            .map(|i| {
+                let event = &i.item.event;
+                (
+                    &i.item.tenant,
+                    event.package_id.0,
+                    event.relative_path.as_str(),
+                )
+            })
+            .collect();
+        let now = items[0].item.event.ingested_at;
+        let mut rooms = match super::quota::rooms(tx, &writing, now).await {
+            Ok(rooms) => rooms,
+            Err(e) => return Err((e, items)),
+        };
         let mut packages: HashMap<Uuid, (String, String, u64)> = HashMap::new();
         for row in &rows {
             let count: i32 = row.get(3);
@@ -334,9 +354,25 @@ impl Worker {
                     let key = (package_id.0, event.relative_path.as_str().to_owned());
                     let existing = at.get(&key).copied();
                     let request = &item.item.request;
-                    let allowed = must_be_open(package_id, status).and_then(|()| {
-                        may_add_at(package_id, request, existing, *count, item.item.max_files)
-                    });
+                    let allowed = must_be_open(package_id, status)
+                        .and_then(|()| {
+                            may_add_at(package_id, request, existing, *count, item.item.max_files)
+                        })
+                        .and_then(|()| {
+                            // A new file must fit its tenant's byte quota with the batch's
+                            // files before it (a replacement may free room: left to the
+                            // check after recording).
+                            match rooms.get_mut(&item.item.tenant) {
+                                Some(room) if existing.is_none() => {
+                                    if event.size > room.left() {
+                                        return Err(room.refusal());
+                                    }
+                                    room.used += event.size;
+                                    Ok(())
+                                }
+                                _ => Ok(()),
+                            }
+                        });
                     match allowed {
                         Err(e) => Some(e),
                         Ok(()) => {

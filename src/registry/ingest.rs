@@ -59,6 +59,17 @@ pub fn validate_media_type(media_type: &str) -> Result<()> {
     Ok(())
 }
 
+/// What a write takes of a local backend's disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Disk {
+    /// New bytes: this many, or not known. Refused if the disk would be left with less than
+    /// the minimum free.
+    Writes(Option<u64>),
+    /// Checked by the caller once it knows the backend (bytes already on this server's disk
+    /// may need no more of it).
+    Unchecked,
+}
+
 impl Registry {
     /// Streams `body` into the package as `request.relative_path`.
     ///
@@ -100,7 +111,9 @@ impl Registry {
         validate_media_type(&media_type)?;
         // Fail fast, before any byte is stored, on what can already be known (a declared size
         // past the tenant's quota included).
-        let (backend, room) = self.admit(tenant, package_id, &request, size).await?;
+        let (backend, room) = self
+            .admit(tenant, package_id, &request, size, Disk::Writes(size))
+            .await?;
         // Only a BLAKE3 address names the place the bytes will be stored under.
         let expected = request
             .expected_digest
@@ -160,7 +173,7 @@ impl Registry {
             check_open(&client, tenant, package_id, false).await?
         };
         let room = if open.byte_quota {
-            self.room_for(tenant, 0, None).await?
+            self.room_for(tenant, 0, &super::Writing::nothing()).await?
         } else {
             None
         };
@@ -235,17 +248,22 @@ impl Registry {
         package_id: PackageId,
         request: &IngestRequest,
     ) -> Result<std::sync::Arc<dyn BlobStore>> {
-        Ok(self.admit(tenant, package_id, request, None).await?.0)
+        Ok(self
+            .admit(tenant, package_id, request, None, Disk::Writes(None))
+            .await?
+            .0)
     }
 
     /// [`backend_for`](Self::backend_for), and the room the tenant's byte quota leaves for
-    /// `size` bytes (or, the size unknown, for any): `None` without a byte quota.
-    async fn admit(
+    /// `size` bytes (or, the size unknown, for any): `None` without a byte quota. `disk`: what
+    /// the write takes of the backend's disk, if it is this server's.
+    pub(super) async fn admit(
         &self,
         tenant: &TenantId,
         package_id: PackageId,
         request: &IngestRequest,
         size: Option<u64>,
+        disk: Disk,
     ) -> Result<(std::sync::Arc<dyn BlobStore>, Option<super::Room>)> {
         let can_add = {
             let client = self.pool.get().await?;
@@ -260,12 +278,15 @@ impl Registry {
             .await?
         };
         let room = if can_add.byte_quota {
-            self.room_for(tenant, size.unwrap_or(0), None).await?
+            let writing = super::Writing::file(package_id, &request.relative_path);
+            self.room_for(tenant, size.unwrap_or(0), &writing).await?
         } else {
             None
         };
         let backend = can_add.backend(&self.backends).clone();
-        self.check_backend_space(backend.as_ref(), size).await?;
+        if let Disk::Writes(size) = disk {
+            self.check_backend_space(backend.as_ref(), size).await?;
+        }
         Ok((backend, room))
     }
 
@@ -457,6 +478,7 @@ pub(super) async fn commit_file_event(
         tenant: tenant.clone(),
         bytes: event.size,
         packages: 0,
+        files: vec![(event.package_id.0, event.relative_path.as_str().to_owned())],
     };
     let now = event.ingested_at;
     events::record(

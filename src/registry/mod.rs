@@ -22,7 +22,7 @@ pub use gc::{Collectable, Collected};
 pub use ingest::{DEFAULT_MEDIA_TYPE, IngestRequest, StagedFile};
 pub use migrate::{MigrateScope, MigrationItem, Moved};
 pub use packages::{NewPackage, PackageFilter, PackagePage};
-pub use quota::{Quota, QuotaUsage, Room, TenantQuota};
+pub use quota::{Quota, QuotaUsage, Room, TenantQuota, Writing};
 pub use reads::FileDownload;
 pub use retention::{Expiry, MAX_CLASS_DURATION_SECONDS, RetentionClass};
 pub use space::DiskSpace;

@@ -117,6 +117,7 @@ impl Registry {
             tenant: tenant.clone(),
             bytes: 0,
             packages: 1,
+            files: Vec::new(),
         };
         super::quota::enforce(&tx, &[added], self.clock.now()).await?;
         tx.commit().await?;

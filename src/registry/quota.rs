@@ -17,8 +17,9 @@
 use super::Registry;
 use crate::error::{Error, QuotaKind, Result};
 use crate::events::{self, DomainEvent, QuotaSet, Tx};
-use crate::model::{TenantId, Timestamp};
+use crate::model::{PackageId, RelativePath, TenantId, Timestamp};
 use deadpool_postgres::GenericClient;
+use std::collections::HashMap;
 use uuid::Uuid;
 
 /// A tenant's limits; `None`: no limit.
@@ -90,6 +91,48 @@ pub(super) struct Added {
     pub tenant: TenantId,
     pub bytes: u64,
     pub packages: u64,
+    /// The files written, as (package, path): an upload session writing one of them no
+    /// longer reserves its bytes (they are counted as the file's).
+    pub files: Vec<(Uuid, String)>,
+}
+
+/// Upload sessions a count leaves out: one by id (a session taking a chunk, counted by what
+/// the chunk brings), and those writing a file being counted (by package and path; only one
+/// file can be at a path, so their bytes would be counted twice).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Writing {
+    session: Option<Uuid>,
+    packages: Vec<Uuid>,
+    paths: Vec<String>,
+}
+
+impl Writing {
+    /// Nothing left out.
+    pub fn nothing() -> Self {
+        Self::default()
+    }
+
+    /// The session `id`.
+    pub fn session(id: Uuid) -> Self {
+        Self {
+            session: Some(id),
+            ..Self::default()
+        }
+    }
+
+    /// The sessions writing `path` in `package`.
+    pub fn file(package: PackageId, path: &RelativePath) -> Self {
+        Self::files([(package.0, path.as_str().to_owned())])
+    }
+
+    fn files(files: impl IntoIterator<Item = (Uuid, String)>) -> Self {
+        let (packages, paths) = files.into_iter().unzip();
+        Self {
+            session: None,
+            packages,
+            paths,
+        }
+    }
 }
 
 /// The tenant's quota lock (a transaction advisory lock): taken by session admission and by
@@ -147,24 +190,39 @@ async fn limits_of(
     })
 }
 
-/// What `tenant` holds; open sessions other than `except` (one being completed) count as
-/// reservations.
+/// What `tenant` holds. Its live sessions (open, or completing: their files not recorded
+/// yet) but those `writing` reserve their declared sizes, else what they received or were
+/// admitted to receive; every live session counts against the session quota.
 async fn usage_of(
     client: &impl GenericClient,
     tenant: &TenantId,
     now: Timestamp,
-    except: Option<Uuid>,
+    writing: &Writing,
 ) -> Result<QuotaUsage> {
-    let row = client
-        .query_one(
+    let statement = client
+        .prepare_cached(
             "SELECT \
                (SELECT coalesce(max(logical_bytes), 0) FROM tenant_usage WHERE tenant = $1), \
                (SELECT coalesce(max(packages), 0) FROM tenant_usage WHERE tenant = $1), \
-               count(*), coalesce(sum(coalesce(declared_size, received)), 0)::bigint \
+               count(*), \
+               coalesce(sum(coalesce(declared_size, greatest(received, reserved))) FILTER ( \
+                 WHERE id IS DISTINCT FROM $3 \
+                   AND (package_id, relative_path) NOT IN ( \
+                     SELECT * FROM unnest($4::uuid[], $5::text[]))), 0)::bigint \
              FROM uploads \
-             WHERE tenant = $1 AND state = 'open' AND expires_at > $2 \
-               AND ($3::uuid IS NULL OR id <> $3)",
-            &[&tenant.as_str(), &now.as_datetime(), &except],
+             WHERE tenant = $1 AND expires_at > $2",
+        )
+        .await?;
+    let row = client
+        .query_one(
+            &statement,
+            &[
+                &tenant.as_str(),
+                &now.as_datetime(),
+                &writing.session,
+                &writing.packages,
+                &writing.paths,
+            ],
         )
         .await?;
     let n = |i: usize| row.get::<_, i64>(i).max(0) as u64;
@@ -194,15 +252,14 @@ pub(super) async fn enforce(tx: &Tx<'_>, added: &[Added], now: Timestamp) -> Res
     let quotas = tx.query(&statement, &[&tenants]).await?;
     for row in &quotas {
         let tenant = TenantId::new(row.get::<_, &str>(0))?;
-        let (bytes, packages) = added
-            .iter()
-            .filter(|a| a.tenant == tenant)
-            .fold((0, 0), |(b, p), a| (b + a.bytes, p + a.packages));
+        let own = || added.iter().filter(|a| a.tenant == tenant);
+        let (bytes, packages) = own().fold((0, 0), |(b, p), a| (b + a.bytes, p + a.packages));
         let (max_bytes, max_packages) = (limit(row.get(1)), limit(row.get(2)));
         if max_bytes.is_some() && bytes > 0 {
             lock_quota(tx, &tenant).await?;
         }
-        let usage = usage_of(tx, &tenant, now, None).await?;
+        let writing = Writing::files(own().flat_map(|a| a.files.iter().cloned()));
+        let usage = usage_of(tx, &tenant, now, &writing).await?;
         if let Some(max) = max_packages
             && packages > 0
             && usage.packages > max
@@ -226,6 +283,43 @@ pub(super) async fn enforce(tx: &Tx<'_>, added: &[Added], now: Timestamp) -> Res
         }
     }
     Ok(())
+}
+
+/// The room under its byte quota of each tenant with one among those writing `files`
+/// (tenant, package, path), the sessions writing those files left out: for refusing a file of
+/// a batch before recording it, so that one tenant past its quota does not fail the others'
+/// batch. No lock is taken: [`enforce`] still decides.
+pub(super) async fn rooms(
+    tx: &Tx<'_>,
+    files: &[(&TenantId, Uuid, &str)],
+    now: Timestamp,
+) -> Result<HashMap<TenantId, Room>> {
+    let mut tenants: Vec<&str> = files.iter().map(|f| f.0.as_str()).collect();
+    tenants.sort_unstable();
+    tenants.dedup();
+    let statement = tx
+        .prepare_cached(
+            "SELECT tenant, max_bytes FROM tenant_quotas \
+             WHERE tenant = ANY($1) AND max_bytes IS NOT NULL",
+        )
+        .await?;
+    let mut rooms = HashMap::new();
+    for row in tx.query(&statement, &[&tenants]).await? {
+        let tenant = TenantId::new(row.get::<_, &str>(0))?;
+        let writing = Writing::files(
+            files
+                .iter()
+                .filter(|f| *f.0 == tenant)
+                .map(|f| (f.1, f.2.to_owned())),
+        );
+        let usage = usage_of(tx, &tenant, now, &writing).await?;
+        let room = Room {
+            limit: limit(row.get(1)).unwrap_or(0),
+            used: usage.bytes + usage.reserved_bytes,
+        };
+        rooms.insert(tenant, room);
+    }
+    Ok(rooms)
 }
 
 impl Registry {
@@ -260,7 +354,7 @@ impl Registry {
         let client = self.pool.get().await?;
         let (limits, set_at) =
             limits_of(&client, tenant, self.limits.default_max_upload_sessions).await?;
-        let used = usage_of(&client, tenant, self.clock.now(), None).await?;
+        let used = usage_of(&client, tenant, self.clock.now(), &Writing::nothing()).await?;
         Ok(TenantQuota {
             tenant: tenant.clone(),
             limits,
@@ -271,20 +365,20 @@ impl Registry {
 
     /// The room `tenant` has under its byte quota for a write of `adding` bytes (0 when the
     /// size is not known): `None` without a byte quota; `OverQuota` when `adding` does not
-    /// fit. The session `except` (one taking a chunk) does not count as a reservation.
+    /// fit. The sessions `writing` the file do not count as reservations.
     /// A check before any byte is read; the write's recording checks again.
     pub async fn room_for(
         &self,
         tenant: &TenantId,
         adding: u64,
-        except: Option<Uuid>,
+        writing: &Writing,
     ) -> Result<Option<Room>> {
         let client = self.pool.get().await?;
         let (limits, _) = limits_of(&client, tenant, 0).await?;
         let Some(max) = limits.max_bytes else {
             return Ok(None);
         };
-        let usage = usage_of(&client, tenant, self.clock.now(), except).await?;
+        let usage = usage_of(&client, tenant, self.clock.now(), writing).await?;
         let room = Room {
             limit: max,
             used: usage.bytes + usage.reserved_bytes,
@@ -308,7 +402,7 @@ impl Registry {
             return Ok(());
         }
         lock_quota(tx, tenant).await?;
-        let usage = usage_of(tx, tenant, self.clock.now(), None).await?;
+        let usage = usage_of(tx, tenant, self.clock.now(), &Writing::nothing()).await?;
         if let Some(max) = limits.max_upload_sessions
             && usage.upload_sessions >= max
         {
@@ -329,5 +423,40 @@ impl Registry {
             }
         }
         Ok(())
+    }
+
+    /// Admits a chunk of the session `id` (one that declared no size) that takes it to `end`
+    /// bytes, under the tenant's quota lock: the session then reserves `end` bytes until the
+    /// chunk's progress is recorded (which sets it back to what was received), so concurrent chunks of several
+    /// sessions cannot together pass the byte quota. `None` without a byte quota; otherwise
+    /// the room the chunk has (for a chunk whose end is not known, `end` is its start).
+    pub(super) async fn reserve_chunk(
+        &self,
+        tenant: &TenantId,
+        id: Uuid,
+        end: u64,
+    ) -> Result<Option<Room>> {
+        let mut client = self.pool.get().await?;
+        let (limits, _) = limits_of(&client, tenant, 0).await?;
+        let Some(max) = limits.max_bytes else {
+            return Ok(None);
+        };
+        let tx = client.transaction().await?;
+        lock_quota(&tx, tenant).await?;
+        let usage = usage_of(&tx, tenant, self.clock.now(), &Writing::session(id)).await?;
+        let room = Room {
+            limit: max,
+            used: usage.bytes + usage.reserved_bytes,
+        };
+        if end > room.left() {
+            return Err(room.refusal());
+        }
+        tx.execute(
+            "UPDATE uploads SET reserved = $2 WHERE id = $1",
+            &[&id, &(end as i64)],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(room))
     }
 }

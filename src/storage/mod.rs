@@ -160,6 +160,13 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// Whether [`adopt_file`](Self::adopt_file) takes `path` without writing its bytes again
+    /// (a rename within one filesystem), so it needs no free space.
+    async fn adopts_in_place(&self, path: &std::path::Path) -> bool {
+        let _ = path;
+        false
+    }
+
     /// Removes staged writes begun before `cutoff` (abandoned by a crash or a killed request);
     /// returns how many were removed.
     async fn sweep_staging(&self, cutoff: std::time::SystemTime) -> Result<usize>;

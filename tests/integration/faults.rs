@@ -81,7 +81,7 @@ async fn killed_mid_upload(storage: &[(&str, &str)]) {
             },
             3 => Upload::Form {
                 path: format!("form/{i}.bin"),
-                data: random_bytes(4 << 20, i),
+                data: random_bytes(8 << 20, i),
             },
             _ => {
                 let data = random_bytes(12 << 20, i);
@@ -109,11 +109,24 @@ async fn killed_mid_upload(storage: &[(&str, &str)]) {
         };
         uploads.push(upload);
     }
-    let pause = Duration::from_millis(40);
+    // The slow bodies take seconds (256 KiB per 100 ms): the kill comes once the small PUTs
+    // are answered and the sessions' first chunks kept (`ready`), while the rest are arriving.
+    let pause = Duration::from_millis(100);
+    let ready = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let expect_ready = uploads
+        .iter()
+        .filter(|u| match u {
+            Upload::Put { data, .. } => data.len() <= 1 << 20,
+            Upload::Session { .. } => true,
+            Upload::Form { .. } => false,
+        })
+        .count();
     let sends = uploads.iter().cloned().map(|upload| {
         let http = http.clone();
         let base = server.base.clone();
         let package = package.clone();
+        let ready = ready.clone();
+        let made_it = move || ready.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         async move {
             match upload {
                 Upload::Put { path, data } => {
@@ -121,13 +134,18 @@ async fn killed_mid_upload(storage: &[(&str, &str)]) {
                     let req = http
                         .put(format!("{base}/packages/{package}/files/{path}"))
                         .bearer_auth(WRITER);
-                    let req = if slow {
+                    if slow {
                         req.header("Content-Length", data.len())
                             .body(slow_body(data, pause))
+                            .send()
+                            .await
+                            .map(|r| r.status())
+                            .ok()
                     } else {
-                        req.body(data)
-                    };
-                    req.send().await.map(|r| r.status()).ok()
+                        let status = req.body(data).send().await.map(|r| r.status()).ok();
+                        made_it();
+                        status
+                    }
                 }
                 Upload::Form { path, data } => {
                     let len = data.len() as u64;
@@ -159,6 +177,7 @@ async fn killed_mid_upload(storage: &[(&str, &str)]) {
                         .await
                         .ok()?;
                     assert_eq!(first.status(), StatusCode::ACCEPTED);
+                    made_it();
                     http.patch(format!("{base}/uploads/{id}"))
                         .bearer_auth(WRITER)
                         .header(
@@ -176,8 +195,15 @@ async fn killed_mid_upload(storage: &[(&str, &str)]) {
         }
     });
     let sending = tokio::spawn(futures::future::join_all(sends));
-    // In the middle of it: the small ones done, the large ones on their way.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ready.load(std::sync::atomic::Ordering::SeqCst) < expect_ready {
+        assert!(
+            Instant::now() < deadline,
+            "the small uploads were never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     server.kill();
     let outcomes = sending.await.unwrap();
     assert!(
@@ -255,14 +281,20 @@ async fn killed_mid_upload(storage: &[(&str, &str)]) {
     )
     .await;
     let files = listed["files"].as_array().unwrap();
-    for i in (0..50).filter(|i| i % 5 < 2) {
-        assert!(
-            files
-                .iter()
-                .any(|f| f["relative_path"] == format!("put/{i}.bin")),
-            "put/{i}.bin was answered before the kill"
-        );
+    for (upload, outcome) in uploads.iter().zip(&outcomes) {
+        if let (Upload::Put { path, .. } | Upload::Form { path, .. }, Some(StatusCode::CREATED)) =
+            (upload, outcome)
+        {
+            assert!(
+                files.iter().any(|f| f["relative_path"] == path.as_str()),
+                "{path} was answered 201 before the kill"
+            );
+        }
     }
+    assert!(
+        files.len() >= 20,
+        "the small PUTs were all answered before the kill"
+    );
     for file in files {
         let id = file["id"].as_str().unwrap();
         let bytes = http
@@ -440,7 +472,8 @@ async fn postgres_stopped_under_load_answers_503s_then_carries_on() {
     }
     let expected: Vec<i64> = (1..=sequences.len() as i64).collect();
     assert_eq!(sequences, expected, "gapless, in order, each once");
-    assert_eq!(sequences.len(), stored.len() + 1, "a package and its files");
+    // A package and its files; a write whose answer was lost in the outage may have committed.
+    assert!(sequences.len() > stored.len(), "a package and its files");
     let waiting = tokio::spawn({
         let (http, url) = (
             http.clone(),
@@ -565,9 +598,13 @@ async fn a_full_disk_refuses_writes_keeps_nothing_half_written_and_recovers() {
         .bearer_auth(WRITER)
         .body(reqwest::Body::wrap_stream(chunks))
         .send()
-        .await
-        .unwrap();
-    assert_eq!(refused.status(), StatusCode::INSUFFICIENT_STORAGE);
+        .await;
+    // The answer comes while the body is still being sent, and the server then closes the
+    // connection: the client may see the reset before it reads the answer.
+    match refused {
+        Ok(resp) => assert_eq!(resp.status(), StatusCode::INSUFFICIENT_STORAGE),
+        Err(e) => assert!(e.is_request() || e.is_body(), "{e}"),
+    }
     // Nothing half-written: no staged bytes, nothing recorded.
     let staged: Vec<_> = std::fs::read_dir(data.join("blobs/.staging"))
         .unwrap()
@@ -679,19 +716,20 @@ async fn a_worker_killed_mid_collection_leaves_the_rest_to_the_next_run() {
                 .get::<_, i64>(0)
         }
     };
-    // Killed once it has started: some batches done, the rest not.
+    // Killed once collection has started (it follows expiry): some batches done, the rest
+    // not.
     let mut child = worker(&[]).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while count("v1.blob.collected").await == 0 && count("v1.package.expired").await < 50 {
+    while count("v1.blob.collected").await == 0 {
         assert!(Instant::now() < deadline, "the worker never got going");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let expired_at_kill = count("v1.package.expired").await;
+    let collected_at_kill = count("v1.blob.collected").await;
     assert!(
-        expired_at_kill < 300,
-        "killed mid-run: {expired_at_kill} expired"
+        collected_at_kill < 300,
+        "killed mid-collection: {collected_at_kill} collected"
     );
     // The next run finishes it.
     let status = worker(&[]).status().unwrap();

@@ -257,4 +257,27 @@ fn the_private_cluster_can_live_on_a_filesystem_of_its_own() {
     assert_eq!(meta.permissions().mode() & 0o777, 0o700);
     let out = run(&["postgres", "status"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "not running");
+
+    // A relative path is where the server starts; one that exists open to others is refused
+    // and left as it was (it may be a directory used for more than this), never narrowed.
+    let shared = base.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // The PostgreSQL user's own (as the cluster made above is), so only its mode is wrong.
+    std::os::unix::fs::chown(&shared, Some(meta.uid()), Some(meta.gid())).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_artifactstore"))
+        .args(["migrate", "--data-dir", "data"])
+        .current_dir(base.path())
+        .env("ARTIFACTSTORE_POSTGRES_DIR", "shared")
+        .env("ARTIFACTSTORE_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("{}", shared.display())) && stderr.contains("lets others in"),
+        "{stderr}"
+    );
+    let mode = std::fs::metadata(&shared).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o755);
 }

@@ -5,6 +5,7 @@ use crate::harness::{TestDb, TestEnv, body, random_bytes};
 use crate::server::Server;
 use artifactstore::model::TenantId;
 use artifactstore::registry::{NewPackage, Quota, Registry};
+use futures::StreamExt;
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -219,6 +220,185 @@ async fn quotas_are_set_by_the_operator_and_refuse_writes_before_their_bytes() {
         )
         .await;
     assert_eq!(beta_package.status(), StatusCode::CREATED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_without_a_size_reserve_their_chunks_and_keep_their_bytes_when_refused() {
+    let db = TestDb::new().await;
+    let api = Api {
+        server: Server::start(&db, &[("ARTIFACTSTORE_TOKENS", TOKENS)]),
+        http: Client::new(),
+    };
+    let set_quota = |max_bytes: u64| {
+        api.send(
+            "PUT",
+            "/tenants/alpha/quota",
+            OPERATOR,
+            Some(
+                json!({"max_bytes": max_bytes, "max_packages": null, "max_upload_sessions": null}),
+            ),
+        )
+    };
+    json_of(set_quota(10_000).await, StatusCode::OK).await;
+    let package = json_of(api.package().await, StatusCode::CREATED).await;
+    let package = package["id"].as_str().unwrap().to_owned();
+    let session = |path: &'static str| {
+        api.send(
+            "POST",
+            "/uploads",
+            WRITER,
+            Some(json!({"package_id": package, "relative_path": path})),
+        )
+    };
+    let a = json_of(session("a.bin").await, StatusCode::CREATED).await;
+    let b = json_of(session("b.bin").await, StatusCode::CREATED).await;
+    let (a, b) = (a["id"].as_str().unwrap(), b["id"].as_str().unwrap());
+    let chunk = |id: &str, range: &str, body: reqwest::Body| {
+        api.http
+            .patch(api.url(&format!("/uploads/{id}")))
+            .bearer_auth(WRITER)
+            .header("Content-Range", range)
+            .body(body)
+            .send()
+    };
+    // A's chunk of 6000 bytes arrives slowly: 1000, then the rest when told.
+    let data = random_bytes(6000, 7);
+    let (go, wait) = tokio::sync::oneshot::channel::<()>();
+    let (head, rest) = (data[..1000].to_vec(), data[1000..].to_vec());
+    let slow = futures::stream::once(async move { Ok::<_, std::io::Error>(head) }).chain(
+        futures::stream::once(async move {
+            let _ = wait.await;
+            Ok(rest)
+        }),
+    );
+    let a_chunk = tokio::spawn(chunk(a, "bytes 0-5999/*", reqwest::Body::wrap_stream(slow)));
+    // While it arrives, it holds its room: B's chunk that would pass the quota with it is
+    // refused before its body.
+    let mut reserved = 0;
+    for _ in 0..100 {
+        let quota = json_of(api.quota("alpha", ADMIN).await, StatusCode::OK).await;
+        reserved = quota["used"]["reserved_bytes"].as_u64().unwrap();
+        if reserved == 6000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(reserved, 6000, "A's chunk reserved its end");
+    assert_over(
+        chunk(b, "bytes 0-5999/*", random_bytes(6000, 8).into())
+            .await
+            .unwrap(),
+        "bytes",
+        10_000,
+        6000,
+    )
+    .await;
+    go.send(()).unwrap();
+    assert_eq!(
+        a_chunk.await.unwrap().unwrap().status(),
+        StatusCode::ACCEPTED
+    );
+    let b_data = random_bytes(4000, 9);
+    let accepted = chunk(b, "bytes 0-3999/*", b_data.clone().into())
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), StatusCode::ACCEPTED);
+    let quota = json_of(api.quota("alpha", ADMIN).await, StatusCode::OK).await;
+    assert_eq!(quota["used"]["reserved_bytes"], 10_000);
+    let api = &api;
+    let complete = |id: &str| {
+        let path = format!("/uploads/{id}/complete");
+        async move { api.send("POST", &path, WRITER, None).await }
+    };
+    json_of(complete(a).await, StatusCode::CREATED).await;
+
+    // The quota lowered below what the tenant holds: completing B is refused, and B keeps its
+    // bytes until there is room again.
+    json_of(set_quota(5000).await, StatusCode::OK).await;
+    assert_over(complete(b).await, "bytes", 5000, 6000).await;
+    let kept = json_of(
+        api.send("GET", &format!("/uploads/{b}"), WRITER, None)
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(kept["offset"], 4000, "{kept}");
+    json_of(set_quota(20_000).await, StatusCode::OK).await;
+    let file = json_of(complete(b).await, StatusCode::CREATED).await;
+    let id = file["id"].as_str().unwrap();
+    let stored = api
+        .http
+        .get(api.url(&format!("/files/{id}/download")))
+        .bearer_auth(WRITER)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(stored.as_ref(), b_data.as_slice());
+    let quota = json_of(api.quota("alpha", ADMIN).await, StatusCode::OK).await;
+    assert_eq!(
+        (&quota["used"]["bytes"], &quota["used"]["reserved_bytes"]),
+        (&json!(10_000), &json!(0))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_past_its_quota_does_not_fail_the_batches_of_others() {
+    let env = TestEnv::new().await;
+    let registry = &env.registry;
+    let (alpha, beta) = (
+        TenantId::new("alpha").unwrap(),
+        TenantId::new("beta").unwrap(),
+    );
+    registry
+        .set_quota(
+            &alpha,
+            Quota {
+                max_bytes: Some(1000),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let alpha_package = new_package(registry, &alpha, "standard").await;
+    let beta_package = new_package(registry, &beta, "standard").await;
+    let before = registry.group_commit_stats();
+    // Small ingests of both tenants at once, so they share batches; ten of alpha's fit.
+    let writes = (0..64u64).map(|i| {
+        let (tenant, package) = if i % 2 == 0 {
+            (&alpha, alpha_package)
+        } else {
+            (&beta, beta_package)
+        };
+        let data = random_bytes(100, 500 + i);
+        async move {
+            let result = registry
+                .ingest_file(
+                    tenant,
+                    package,
+                    request(&format!("f{i}")),
+                    body(&data, 4096),
+                )
+                .await;
+            (tenant, result)
+        }
+    });
+    let results = futures::future::join_all(writes).await;
+    let mut alpha_stored = 0;
+    for (tenant, result) in &results {
+        match result {
+            Ok(_) if *tenant == &alpha => alpha_stored += 1,
+            Ok(_) => {}
+            Err(artifactstore::Error::OverQuota { .. }) if *tenant == &alpha => {}
+            Err(e) => panic!("{tenant}: {e}"),
+        }
+    }
+    assert_eq!(alpha_stored, 10);
+    // Every stored file was recorded by a batch: none alone, after a batch failed.
+    let after = registry.group_commit_stats();
+    assert_eq!(after.1 - before.1, 32 + 10);
 }
 
 async fn new_package(

@@ -237,13 +237,40 @@ impl Registry {
         let path = self.spool_path(id);
         tokio::fs::create_dir_all(&self.upload_dir)
             .await
-            .map_err(|e| Error::storage("uploads", format!("creating spool directory: {e}")))?;
+            .map_err(|e| spool_error("creating spool directory", e))?;
         tokio::fs::File::create(&path)
             .await
-            .map_err(|e| Error::storage("uploads", format!("creating spool file: {e}")))?;
+            .map_err(|e| spool_error("creating spool file", e))?;
+        let recorded = self
+            .insert_upload(client, tenant, id, &new, now, expires_at)
+            .await;
+        if recorded.is_err() {
+            // Refused (a quota) or not recorded: no spool without its session.
+            let _ = tokio::fs::remove_file(&path).await;
+        }
+        recorded?;
+        Ok(UploadSession {
+            id,
+            package_id: new.package_id,
+            relative_path: new.relative_path,
+            offset: 0,
+            size: new.size,
+            expires_at,
+        })
+    }
+
+    /// Records the session `id` (admitted under the tenant's quotas first).
+    async fn insert_upload(
+        &self,
+        mut client: deadpool_postgres::Object,
+        tenant: &TenantId,
+        id: Uuid,
+        new: &NewUpload,
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> Result<()> {
         let size = new.size.map(|s| s as i64);
         let expected = new.expected_digest.map(|d| d.to_string());
-        let mut client = client;
         let tx = client.transaction().await?;
         // Within the tenant's quotas: its sessions, and its bytes with this one's reserved.
         self.admit_session(&tx, tenant, new.size).await?;
@@ -266,14 +293,7 @@ impl Registry {
             )
             .await?;
         tx.commit().await?;
-        Ok(UploadSession {
-            id,
-            package_id: new.package_id,
-            relative_path: new.relative_path,
-            offset: 0,
-            size: new.size,
-            expires_at,
-        })
+        Ok(())
     }
 
     /// A session's state (for resuming).
@@ -335,11 +355,12 @@ impl Registry {
             return Err(Error::OffsetMismatch { offset });
         }
         // A session that declared its size reserved it (admitted at creation); one that did
-        // not counts what it holds, so each chunk must fit the tenant's byte quota: checked on
-        // what the chunk says it brings, then as its bytes arrive.
+        // not reserves what it holds, so each chunk must fit the tenant's byte quota: what the
+        // chunk says it brings is reserved under the quota lock, and its bytes are checked as
+        // they arrive.
         let room = if under_lock.session.size.is_none() {
             let coming = size.or(chunk.end.map(|end| end + 1)).unwrap_or(offset);
-            self.room_for(tenant, coming, Some(id)).await?
+            self.reserve_chunk(tenant, id, coming).await?
         } else {
             None
         };
@@ -460,7 +481,9 @@ impl Registry {
         let client = self.pool.get().await?;
         client
             .execute(
-                "UPDATE uploads SET received = $2, declared_size = COALESCE(declared_size, $3) WHERE id = $1",
+                "UPDATE uploads SET received = $2, reserved = 0, \
+                                    declared_size = COALESCE(declared_size, $3) \
+                 WHERE id = $1",
                 &[&id, &(received as i64), &declared],
             )
             .await?;
@@ -579,8 +602,9 @@ impl Registry {
     /// Completion when the digest is already known: the bytes written through to the backend
     /// are committed, or else the backend adopts the spool file (a rename on the local
     /// backend) instead of reading and writing the bytes again. A failure that may pass (the
-    /// backend or the database unavailable) keeps the session and its spooled bytes, so the
-    /// client can complete again later; any other failure ends the session.
+    /// backend or the database unavailable, no room under the quota or on the disk) keeps the
+    /// session and its spooled bytes, so the client can complete again later; any other
+    /// failure ends the session.
     async fn complete_hashed(
         &self,
         tenant: &TenantId,
@@ -594,19 +618,32 @@ impl Registry {
             self.remove_upload(id).await?;
             return Err(e);
         }
-        // Refuse before moving any bytes if the file can no longer be added.
-        let backend = self
-            .backend_for(tenant, current.session.package_id, &request)
+        let package_id = current.session.package_id;
+        let spool = self.spool_path(id);
+        // Refuse before moving any bytes if the file can no longer be added, or would pass the
+        // tenant's byte quota (the session's own reservation is the file's).
+        let (backend, _) = self
+            .admit(
+                tenant,
+                package_id,
+                &request,
+                Some(digest.size),
+                super::ingest::Disk::Unchecked,
+            )
             .await?;
+        // A write-through counts only if it went to this very backend and has every byte.
+        let through =
+            through.filter(|t| t.backend().id() == backend.id() && t.written() == digest.size);
+        // New bytes on this server's disk only if the spool is copied (another filesystem).
+        if through.is_none() && !backend.adopts_in_place(&spool).await {
+            self.check_backend_space(backend.as_ref(), Some(digest.size))
+                .await?;
+        }
         let media_type = request
             .media_type
             .clone()
             .unwrap_or_else(|| DEFAULT_MEDIA_TYPE.into());
-        let spool = self.spool_path(id);
         let address = digest.primary_address();
-        // A write-through counts only if it went to this very backend and has every byte.
-        let through =
-            through.filter(|t| t.backend().id() == backend.id() && t.written() == digest.size);
         let publish = async {
             if let Some(through) = through {
                 match through.commit(&address).await {
@@ -620,7 +657,7 @@ impl Registry {
         let record = self
             .publish_and_record(
                 tenant,
-                current.session.package_id,
+                package_id,
                 request,
                 media_type,
                 &digest,
@@ -628,7 +665,10 @@ impl Registry {
                 publish,
             )
             .await;
-        let retry_later = matches!(&record, Err(e) if e.may_pass())
+        // Kept while its bytes are: an outage may pass, and room may be made (files deleted,
+        // a quota raised, the disk freed).
+        let retry_later = matches!(&record, Err(e) if e.may_pass()
+                || matches!(e, Error::OverQuota { .. } | Error::InsufficientStorage(_)))
             && tokio::fs::try_exists(&spool).await.unwrap_or(false);
         if !retry_later {
             self.remove_upload(id).await?;

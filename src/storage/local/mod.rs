@@ -241,6 +241,19 @@ impl BlobStore for LocalStore {
         free_bytes(&self.root).await
     }
 
+    async fn adopts_in_place(&self, path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let (path, root) = (path.to_owned(), self.root.clone());
+        tokio::task::spawn_blocking(move || {
+            match (std::fs::metadata(path), std::fs::metadata(root)) {
+                (Ok(a), Ok(b)) => a.dev() == b.dev(),
+                _ => false,
+            }
+        })
+        .await
+        .unwrap_or(false)
+    }
+
     async fn health(&self) -> BackendHealth {
         let root = self.root.clone();
         let stat = tokio::task::spawn_blocking(move || {
