@@ -2,7 +2,7 @@
 //! PostgreSQL stopped under load, a full disk, a worker killed mid-collection. Nothing
 //! recorded is lost, nothing half-written is kept, and everything carries on afterwards.
 
-use crate::harness::{TestDb, random_bytes};
+use crate::harness::{TestDb, download_file, random_bytes};
 use crate::server::Server;
 use futures::StreamExt;
 use reqwest::{Client, StatusCode};
@@ -297,15 +297,7 @@ async fn killed_mid_upload(storage: &[(&str, &str)]) {
     );
     for file in files {
         let id = file["id"].as_str().unwrap();
-        let bytes = http
-            .get(server.url(&format!("/files/{id}/download")))
-            .bearer_auth(WRITER)
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        let bytes = download_file(&http, &server.base, WRITER, id).await;
         assert_eq!(bytes.len() as u64, file["size"].as_u64().unwrap());
         assert_eq!(
             hex::encode(sha2::Sha256::digest(&bytes)),
@@ -623,15 +615,7 @@ async fn a_full_disk_refuses_writes_keeps_nothing_half_written_and_recovers() {
     assert_eq!(listed["files"].as_array().unwrap().len(), 1);
     // Reads and the event stream go on.
     let id = kept["id"].as_str().unwrap();
-    let bytes = http
-        .get(server.url(&format!("/files/{id}/download")))
-        .bearer_auth(WRITER)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let bytes = download_file(&http, &server.base, WRITER, id).await;
     assert_eq!(bytes.len(), 1 << 20);
     let events = http
         .get(server.url("/events?since=0&wait=0"))

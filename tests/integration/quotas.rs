@@ -1,7 +1,7 @@
 //! Quotas and free space: a tenant cannot fill what others need, concurrent writes cannot
 //! together pass a limit, and a full disk refuses writes while reads go on.
 
-use crate::harness::{TestDb, TestEnv, body, random_bytes};
+use crate::harness::{TestDb, TestEnv, body, download_file, random_bytes};
 use crate::server::Server;
 use artifactstore::model::TenantId;
 use artifactstore::registry::{NewPackage, Quota, Registry};
@@ -326,17 +326,8 @@ async fn sessions_without_a_size_reserve_their_chunks_and_keep_their_bytes_when_
     json_of(set_quota(20_000).await, StatusCode::OK).await;
     let file = json_of(complete(b).await, StatusCode::CREATED).await;
     let id = file["id"].as_str().unwrap();
-    let stored = api
-        .http
-        .get(api.url(&format!("/files/{id}/download")))
-        .bearer_auth(WRITER)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    assert_eq!(stored.as_ref(), b_data.as_slice());
+    let stored = download_file(&api.http, &api.server.base, WRITER, id).await;
+    assert_eq!(stored, b_data);
     let quota = json_of(api.quota("alpha", ADMIN).await, StatusCode::OK).await;
     assert_eq!(
         (&quota["used"]["bytes"], &quota["used"]["reserved_bytes"]),
