@@ -329,6 +329,23 @@ async fn a_server_killed_mid_upload_to_s3_loses_nothing_and_its_sessions_resume(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_stopped_under_load_answers_503s_then_carries_on() {
+    postgres_stopped_under_load(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_under_load_with_s3_answers_503s_then_carries_on() {
+    let Some(s3) = crate::s3::s3_settings() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let storage = crate::s3::storage_file(dir.path(), &s3, "");
+    postgres_stopped_under_load(&[("ARTIFACTSTORE_STORAGE_FILE", storage.to_str().unwrap())]).await;
+}
+
+/// Writers put files the whole time while PostgreSQL is stopped for 10 s and started again:
+/// every request is answered (503 with `Retry-After` during the outage), everything answered
+/// 201 is there, the event listener comes back, and no restart is needed.
+async fn postgres_stopped_under_load(storage: &[(&str, &str)]) {
     use artifactstore::db::cluster::{ClusterOptions, ManagedCluster};
     let dir = tempfile::tempdir().unwrap();
     let cluster = ManagedCluster::start_or_reuse(ClusterOptions {
@@ -344,14 +361,12 @@ async fn postgres_stopped_under_load_answers_503s_then_carries_on() {
         .unwrap();
     let url = cluster.url(artifactstore::db::cluster::DATABASE);
     let data = tempfile::tempdir().unwrap();
-    let server = Server::start_in(
-        &url,
-        data.path(),
-        &[
-            ("ARTIFACTSTORE_TOKENS", TOKENS),
-            ("ARTIFACTSTORE_DB_POOL_TIMEOUT_SECONDS", "2"),
-        ],
-    );
+    let mut env = vec![
+        ("ARTIFACTSTORE_TOKENS", TOKENS),
+        ("ARTIFACTSTORE_DB_POOL_TIMEOUT_SECONDS", "2"),
+    ];
+    env.extend_from_slice(storage);
+    let server = Server::start_in(&url, data.path(), &env);
     let http = Client::new();
     let package = server.create_package(&http, WRITER, "db down").await;
 
@@ -641,7 +656,48 @@ async fn a_full_disk_refuses_writes_keeps_nothing_half_written_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_collection_leaves_the_rest_to_the_next_run() {
     let env = crate::harness::TestEnv::new().await;
-    let registry = &env.registry;
+    let root = env.store.root().to_str().unwrap().to_owned();
+    worker_killed_mid_collection(
+        &env.db,
+        &env.registry,
+        env.store.clone(),
+        &[("ARTIFACTSTORE_STORAGE_LOCAL_ROOT", &root)],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_collection_on_s3_leaves_the_rest_to_the_next_run() {
+    let Some(s3) = crate::s3::s3_settings() else {
+        return;
+    };
+    let db = TestDb::new().await;
+    let store = std::sync::Arc::new(artifactstore::storage::s3::S3Store::open("s3", &s3).unwrap());
+    let pool = artifactstore::db::pool(&db.url, 24).unwrap();
+    let registry = artifactstore::registry::Registry::new(
+        pool,
+        artifactstore::storage::Backends::single(store.clone()),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let storage = crate::s3::storage_file(dir.path(), &s3, "");
+    worker_killed_mid_collection(
+        &db,
+        &registry,
+        store,
+        &[("ARTIFACTSTORE_STORAGE_FILE", storage.to_str().unwrap())],
+    )
+    .await;
+}
+
+/// 300 packages due at once, a worker killed once it is collecting their bytes, then a second
+/// run: each package expires once, each blob is collected once, no bytes are left behind and
+/// none still referenced are gone.
+async fn worker_killed_mid_collection(
+    db: &TestDb,
+    registry: &artifactstore::registry::Registry,
+    store: std::sync::Arc<dyn artifactstore::storage::BlobStore>,
+    storage: &[(&str, &str)],
+) {
     crate::harness::define_instant_class(registry).await;
     let tenant = artifactstore::model::TenantId::default_tenant();
     // 300 packages due at once, each with bytes of its own.
@@ -672,6 +728,7 @@ async fn a_worker_killed_mid_collection_leaves_the_rest_to_the_next_run() {
             .await
             .unwrap();
     }
+    let data = tempfile::tempdir().unwrap();
     let worker = |extra: &[&str]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_artifactstore"));
         cmd.args([
@@ -683,13 +740,13 @@ async fn a_worker_killed_mid_collection_leaves_the_rest_to_the_next_run() {
             "10",
         ])
         .args(extra)
-        .env("ARTIFACTSTORE_DATABASE_URL", &env.db.url)
-        .env("ARTIFACTSTORE_DATA_DIR", env.dir.path())
-        .env("ARTIFACTSTORE_STORAGE_LOCAL_ROOT", env.store.root())
-        .env("ARTIFACTSTORE_LOG", "warn");
+        .env("ARTIFACTSTORE_DATABASE_URL", &db.url)
+        .env("ARTIFACTSTORE_DATA_DIR", data.path())
+        .env("ARTIFACTSTORE_LOG", "warn")
+        .envs(storage.iter().copied());
         cmd
     };
-    let client = env.db.client().await;
+    let client = db.client().await;
     let count = |kind: &'static str| {
         let client = &client;
         async move {
@@ -730,14 +787,14 @@ async fn a_worker_killed_mid_collection_leaves_the_rest_to_the_next_run() {
         .unwrap()
         .get(0);
     assert_eq!(unreferenced, 0);
-    let mut listed = artifactstore::storage::BlobStore::list(env.store.as_ref());
+    let mut listed = store.list();
     let mut on_disk = 0;
     while let Some(blob) = listed.next().await {
         blob.unwrap();
         on_disk += 1;
     }
     assert_eq!(on_disk, 0, "every collected blob's bytes are gone");
-    let report = artifactstore::events::replay(&env.db.pool(2), true)
+    let report = artifactstore::events::replay(&db.pool(2), true)
         .await
         .unwrap();
     assert_eq!(report.identical, Some(true));
