@@ -12,8 +12,8 @@
 
 mod common;
 
+use artifactstore::domain::{Metadata, PackageId, TenantId, Timestamp};
 use artifactstore::events::{self, DomainEvent, PackageCreated};
-use artifactstore::model::{Metadata, PackageId, TenantId, Timestamp};
 use common::status_kib;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_artifactstore");
 
 fn event(i: usize) -> DomainEvent {
-    DomainEvent::PackageCreated(PackageCreated {
+    DomainEvent::new(PackageCreated {
         package_id: PackageId::generate(),
         tenant: TenantId::default_tenant(),
         producer: "bench".into(),

@@ -10,8 +10,8 @@
 
 mod common;
 
+use artifactstore::domain::{Metadata, PackageId, RelativePath, TenantId, Timestamp};
 use artifactstore::events::{self, DomainEvent, PackageCreated};
-use artifactstore::model::{Metadata, PackageId, RelativePath, TenantId, Timestamp};
 use artifactstore::registry::{IngestRequest, NewPackage};
 use artifactstore::storage::BlobStore;
 use common::{best, make_file, mbps, time};
@@ -115,7 +115,7 @@ async fn main() {
             let mut client = pool.get().await.unwrap();
             for i in 0..PER_WRITER {
                 let tx = client.transaction().await.unwrap();
-                let event = DomainEvent::PackageCreated(PackageCreated {
+                let event = DomainEvent::new(PackageCreated {
                     package_id: PackageId::generate(),
                     tenant: tenant.clone(),
                     producer: format!("w{w}"),

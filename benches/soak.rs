@@ -42,11 +42,21 @@ fn start_server(data: &Path) -> Server {
 /// Answers by status (`abandoned`: the client gave up on purpose; `error`: the request failed
 /// without an answer it did not ask for).
 #[derive(Default)]
-struct Tally(Mutex<BTreeMap<String, u64>>);
+struct Tally(Mutex<BTreeMap<String, u64>>, Arc<Mutex<Vec<String>>>);
+
+/// The first unexpected answers are kept whole, to say what they were.
+const DETAILS: usize = 20;
 
 impl Tally {
     fn add(&self, what: impl Into<String>) {
         *self.0.lock().unwrap().entry(what.into()).or_default() += 1;
+    }
+
+    fn detail(details: &Mutex<Vec<String>>, what: String) {
+        let mut details = details.lock().unwrap();
+        if details.len() < DETAILS {
+            details.push(what);
+        }
     }
 
     fn status(
@@ -55,12 +65,23 @@ impl Tally {
         result: reqwest::Result<reqwest::Response>,
     ) -> Option<reqwest::Response> {
         match result {
+            Ok(resp) if resp.status().as_u16() >= 400 => {
+                let status = resp.status().as_u16();
+                self.add(format!("{kind} {status}"));
+                let (details, kind) = (self.1.clone(), kind.to_owned());
+                tokio::spawn(async move {
+                    let body = resp.text().await.unwrap_or_default();
+                    Tally::detail(&details, format!("{kind} {status}: {body}"));
+                });
+                None
+            }
             Ok(resp) => {
                 self.add(format!("{kind} {}", resp.status().as_u16()));
                 Some(resp)
             }
             Err(e) => {
                 self.add(format!("{kind} error: {}", short(&e)));
+                Tally::detail(&self.1, format!("{kind} error: {e:?}"));
                 None
             }
         }
@@ -404,9 +425,18 @@ fn main() {
     }
     let unexpected: u64 = tally
         .iter()
-        .filter(|(what, _)| what.contains("error") || what.ends_with(" 500") || what.contains(" 5"))
+        .filter(|(what, _)| what.contains("error") || what.contains(" 4") || what.contains(" 5"))
         .map(|(_, n)| n)
         .sum();
+    let details = load.tally.1.lock().unwrap();
+    if !details.is_empty() {
+        println!();
+        println!("Unexpected answers (the first {DETAILS}):");
+        println!();
+        for detail in details.iter() {
+            println!("- {}", detail.replace('\n', " "));
+        }
+    }
     println!();
     println!(
         "peak RSS first half {:.1} MiB, second half {:.1} MiB; peak descriptors {fds_first} then \

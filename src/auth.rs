@@ -1,7 +1,7 @@
 //! Bearer tokens: who is calling (a tenant) and what they may do (scopes). Tokens are held and
 //! compared only as SHA-256 hashes, in constant time.
 
-use crate::model::TenantId;
+use crate::domain::TenantId;
 use sha2::Digest as _;
 use std::path::Path;
 use subtle::ConstantTimeEq;
@@ -114,6 +114,16 @@ fn highest(scopes: &[&str], context: &str) -> Result<Scope, String> {
     best.ok_or_else(|| format!("{context}: no scopes"))
 }
 
+/// A tokens setting that cannot be used: which one, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct TokensError {
+    /// `ARTIFACTSTORE_TOKENS` or `ARTIFACTSTORE_TOKENS_FILE`.
+    pub setting: &'static str,
+    /// What is wrong, with the entry it is in.
+    pub message: String,
+}
+
 impl TokenStore {
     /// No tokens: the development default (everyone is tenant `default` with every scope).
     pub fn development() -> Self {
@@ -130,10 +140,28 @@ impl TokenStore {
         inline: Option<&str>,
         file: Option<&Path>,
         anonymous_read: bool,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, TokensError> {
+        let mut entries =
+            Self::parse_inline(inline.unwrap_or("")).map_err(|message| TokensError {
+                setting: "ARTIFACTSTORE_TOKENS",
+                message,
+            })?;
+        if let Some(path) = file {
+            entries.extend(Self::read_file(path).map_err(|message| TokensError {
+                setting: "ARTIFACTSTORE_TOKENS_FILE",
+                message,
+            })?);
+        }
+        Ok(TokenStore {
+            entries,
+            anonymous_read,
+        })
+    }
+
+    /// The tokens of `ARTIFACTSTORE_TOKENS`.
+    fn parse_inline(inline: &str) -> Result<Vec<TokenEntry>, String> {
         let mut entries = Vec::new();
         for (i, item) in inline
-            .unwrap_or("")
             .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
@@ -162,28 +190,26 @@ impl TokenStore {
                 ),
             });
         }
-        if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|e| {
+        Ok(entries)
+    }
+
+    /// The tokens of the file `ARTIFACTSTORE_TOKENS_FILE` names.
+    fn read_file(path: &Path) -> Result<Vec<TokenEntry>, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            format!(
+                "ARTIFACTSTORE_TOKENS_FILE: cannot read {}: {e}",
+                path.display()
+            )
+        })?;
+        Self::parse_file(&text).map_err(|e| {
+            if e == NO_TOKENS {
                 format!(
-                    "ARTIFACTSTORE_TOKENS_FILE: cannot read {}: {e}",
+                    "ARTIFACTSTORE_TOKENS_FILE: {} holds no [[token]] entries",
                     path.display()
                 )
-            })?;
-            let parsed = Self::parse_file(&text).map_err(|e| {
-                if e == NO_TOKENS {
-                    format!(
-                        "ARTIFACTSTORE_TOKENS_FILE: {} holds no [[token]] entries",
-                        path.display()
-                    )
-                } else {
-                    e
-                }
-            })?;
-            entries.extend(parsed);
-        }
-        Ok(TokenStore {
-            entries,
-            anonymous_read,
+            } else {
+                e
+            }
         })
     }
 
@@ -356,7 +382,8 @@ mod tests {
             ("a:read:short", "8 characters"),
         ] {
             let err = TokenStore::from_settings(Some(inline), None, false).unwrap_err();
-            assert!(err.contains(want), "{inline}: {err}");
+            assert_eq!(err.setting, "ARTIFACTSTORE_TOKENS");
+            assert!(err.message.contains(want), "{inline}: {err}");
         }
     }
 
@@ -387,7 +414,11 @@ mod tests {
         for text in ["", "# nothing yet\n", "token = []\n"] {
             std::fs::write(&path, text).unwrap();
             let err = TokenStore::from_settings(None, Some(&path), false).unwrap_err();
-            assert!(err.contains("no [[token]] entries"), "{text:?}: {err}");
+            assert_eq!(err.setting, "ARTIFACTSTORE_TOKENS_FILE");
+            assert!(
+                err.message.contains("no [[token]] entries"),
+                "{text:?}: {err}"
+            );
         }
     }
 

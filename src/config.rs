@@ -1,10 +1,12 @@
 //! Settings: flags and `ARTIFACTSTORE_*` environment variables. Every setting is validated up
-//! front; an invalid one stops start-up with one line naming it.
+//! front, each into its type as it is parsed; an invalid one stops start-up with one line
+//! naming it.
 
 use crate::registry::Limits;
-use std::fmt::Display;
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, value_parser};
+use std::error::Error as _;
 use std::net::SocketAddr;
-use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -26,22 +28,30 @@ fn invalid(env: &str, flag: &str, message: impl Into<String>) -> ConfigError {
     }
 }
 
-/// Raw service settings as given on the command line or in the environment.
+/// Service settings as given on the command line or in the environment, each parsed into its
+/// type by clap (a bad value stops start-up with one line naming the setting, see
+/// [`setting_error`]); [`ServiceArgs::resolve`] checks what spans several settings.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServiceArgs {
     /// Address the HTTP server listens on.
     #[arg(long, env = "ARTIFACTSTORE_LISTEN", default_value = "127.0.0.1:8000")]
-    pub listen: String,
+    pub listen: SocketAddr,
     /// Directory for local state: the private PostgreSQL cluster and local blobs.
     #[arg(
         long,
         env = "ARTIFACTSTORE_DATA_DIR",
-        default_value = "./.artifactstore"
+        default_value = "./.artifactstore",
+        value_parser = non_empty_path
     )]
     pub data_dir: PathBuf,
     /// PostgreSQL URL. Without it a private cluster is started under the data directory.
-    #[arg(long, env = "ARTIFACTSTORE_DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    #[arg(
+        long,
+        env = "ARTIFACTSTORE_DATABASE_URL",
+        hide_env_values = true,
+        value_parser = database_url
+    )]
+    pub database_url: Option<DatabaseUrl>,
     /// The private cluster's directory [default: <data-dir>/postgres]. Keep it on another
     /// filesystem than the blobs and the upload spools, so that filling them cannot stop the
     /// database.
@@ -59,29 +69,21 @@ pub struct ServiceArgs {
     #[arg(long, env = "ARTIFACTSTORE_STORAGE_DEFAULT")]
     pub storage_default: Option<String>,
     /// Apply pending migrations when the server starts.
-    #[arg(long, env = "ARTIFACTSTORE_MIGRATE_ON_START", default_value = "true")]
-    pub migrate_on_start: String,
+    #[arg(long, env = "ARTIFACTSTORE_MIGRATE_ON_START", default_value = "true", value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
+    pub migrate_on_start: bool,
     /// Maximum PostgreSQL connections in the pool.
-    #[arg(long, env = "ARTIFACTSTORE_DB_POOL_SIZE", default_value = "32")]
-    pub db_pool_size: String,
+    #[arg(long, env = "ARTIFACTSTORE_DB_POOL_SIZE", default_value = "32", value_parser = value_parser!(u64).range(1..=1000))]
+    pub db_pool_size: u64,
     /// Seconds a request waits for a database connection (every one in use, or the database
     /// not answering) before it is answered 503 with `Retry-After`.
-    #[arg(
-        long,
-        env = "ARTIFACTSTORE_DB_POOL_TIMEOUT_SECONDS",
-        default_value = "5"
-    )]
-    pub db_pool_timeout_seconds: String,
+    #[arg(long, env = "ARTIFACTSTORE_DB_POOL_TIMEOUT_SECONDS", default_value = "5", value_parser = value_parser!(u64).range(1..=3600))]
+    pub db_pool_timeout_seconds: u64,
     /// Largest file accepted (bytes, or with a unit: 500MiB, 5GiB).
-    #[arg(long, env = "ARTIFACTSTORE_MAX_FILE_SIZE", default_value = "5GiB")]
-    pub max_file_size: String,
+    #[arg(long, env = "ARTIFACTSTORE_MAX_FILE_SIZE", default_value = "5GiB", value_parser = ByteSize::positive)]
+    pub max_file_size: ByteSize,
     /// Most files one package may hold.
-    #[arg(
-        long,
-        env = "ARTIFACTSTORE_MAX_FILES_PER_PACKAGE",
-        default_value = "10000"
-    )]
-    pub max_files_per_package: String,
+    #[arg(long, env = "ARTIFACTSTORE_MAX_FILES_PER_PACKAGE", default_value = "10000", value_parser = value_parser!(u64).range(1..))]
+    pub max_files_per_package: u64,
     /// Bearer tokens for quick set-ups: `tenant:scope+scope:token,...` (scopes: read, write,
     /// admin). Without any tokens every request is the `default` tenant (development mode).
     #[arg(long, env = "ARTIFACTSTORE_TOKENS", hide_env_values = true)]
@@ -91,81 +93,146 @@ pub struct ServiceArgs {
     #[arg(long, env = "ARTIFACTSTORE_TOKENS_FILE")]
     pub tokens_file: Option<PathBuf>,
     /// Allow reads without a token (as the `default` tenant).
-    #[arg(long, env = "ARTIFACTSTORE_ANON_READ", default_value = "false")]
-    pub anon_read: String,
+    #[arg(long, env = "ARTIFACTSTORE_ANON_READ", default_value = "false", value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
+    pub anon_read: bool,
     /// Seconds an upload session lives without being completed.
-    #[arg(
-        long,
-        env = "ARTIFACTSTORE_UPLOAD_TTL_SECONDS",
-        default_value = "86400"
-    )]
-    pub upload_ttl_seconds: String,
+    #[arg(long, env = "ARTIFACTSTORE_UPLOAD_TTL_SECONDS", default_value = "86400", value_parser = value_parser!(u64).range(1..=30 * 86400))]
+    pub upload_ttl_seconds: u64,
     /// Upload sessions that may stream into their storage backend as their chunks arrive, at
     /// once (S3: each holds a request open, and with signed bodies up to
     /// (1 + multipart_concurrency) parts in memory). Others are sent at completion. 0: never.
-    #[arg(
-        long,
-        env = "ARTIFACTSTORE_MAX_WRITE_THROUGH_UPLOADS",
-        default_value = "16"
-    )]
-    pub max_write_through_uploads: String,
+    #[arg(long, env = "ARTIFACTSTORE_MAX_WRITE_THROUGH_UPLOADS", default_value = "16", value_parser = value_parser!(u64).range(0..=10_000))]
+    pub max_write_through_uploads: u64,
     /// Open upload sessions a tenant may have when its quota does not say (see
     /// `PUT /tenants/{tenant}/quota`).
-    #[arg(
-        long,
-        env = "ARTIFACTSTORE_DEFAULT_MAX_UPLOAD_SESSIONS",
-        default_value = "1000"
-    )]
-    pub default_max_upload_sessions: String,
+    #[arg(long, env = "ARTIFACTSTORE_DEFAULT_MAX_UPLOAD_SESSIONS", default_value = "1000", value_parser = value_parser!(u64).range(0..=10_000_000))]
+    pub default_max_upload_sessions: u64,
     /// Free space (bytes, or with a unit) the filesystems of the local backends and of the
     /// upload spools must keep: below it new writes get 507, reads, finalize and deletes go on.
     #[arg(long, env = "ARTIFACTSTORE_MIN_FREE_BYTES", default_value = "1GiB")]
-    pub min_free_bytes: String,
+    pub min_free_bytes: ByteSize,
     /// Largest JSON request body (bytes, or with a unit). File bytes are streamed and bounded
     /// by `--max-file-size` instead.
-    #[arg(long, env = "ARTIFACTSTORE_MAX_JSON_BODY", default_value = "8MiB")]
-    pub max_json_body: String,
+    #[arg(long, env = "ARTIFACTSTORE_MAX_JSON_BODY", default_value = "8MiB", value_parser = ByteSize::positive)]
+    pub max_json_body: ByteSize,
     /// Seconds a connection has to send a whole request head (from when it is accepted, and
     /// between requests on a kept-alive connection); it is closed after that.
-    #[arg(
-        long,
-        env = "ARTIFACTSTORE_HEADER_READ_TIMEOUT_SECONDS",
-        default_value = "30"
-    )]
-    pub header_read_timeout_seconds: String,
+    #[arg(long, env = "ARTIFACTSTORE_HEADER_READ_TIMEOUT_SECONDS", default_value = "30", value_parser = value_parser!(u64).range(1..=3600))]
+    pub header_read_timeout_seconds: u64,
     /// Seconds a request body may send nothing before the request ends (an upload session
     /// keeps the bytes that arrived).
-    #[arg(
-        long,
-        env = "ARTIFACTSTORE_BODY_IDLE_TIMEOUT_SECONDS",
-        default_value = "60"
-    )]
-    pub body_idle_timeout_seconds: String,
+    #[arg(long, env = "ARTIFACTSTORE_BODY_IDLE_TIMEOUT_SECONDS", default_value = "60", value_parser = value_parser!(u64).range(1..=3600))]
+    pub body_idle_timeout_seconds: u64,
     /// Most client connections open at once; further ones wait to be accepted.
-    #[arg(long, env = "ARTIFACTSTORE_MAX_CONNECTIONS", default_value = "10000")]
-    pub max_connections: String,
+    #[arg(long, env = "ARTIFACTSTORE_MAX_CONNECTIONS", default_value = "10000", value_parser = value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
     /// Most `GET /events` requests open at once (429 beyond).
-    #[arg(long, env = "ARTIFACTSTORE_MAX_LONG_POLLS", default_value = "10000")]
-    pub max_long_polls: String,
+    #[arg(long, env = "ARTIFACTSTORE_MAX_LONG_POLLS", default_value = "10000", value_parser = value_parser!(u64).range(1..=1_000_000))]
+    pub max_long_polls: u64,
     /// Most `GET /events` requests one tenant may have open at once (429 beyond).
-    #[arg(
-        long,
-        env = "ARTIFACTSTORE_MAX_LONG_POLLS_PER_TENANT",
-        default_value = "1000"
-    )]
-    pub max_long_polls_per_tenant: String,
+    #[arg(long, env = "ARTIFACTSTORE_MAX_LONG_POLLS_PER_TENANT", default_value = "1000", value_parser = value_parser!(u64).range(1..=1_000_000))]
+    pub max_long_polls_per_tenant: u64,
     /// Allow serving without tokens on an address other than loopback: every caller is then
     /// an admin of tenant `default`. Without tokens and without this, `serve` listens on
     /// loopback only.
-    #[arg(long, env = "ARTIFACTSTORE_DEV_MODE", default_value = "false", num_args = 0..=1, default_missing_value = "true")]
-    pub dev_mode: String,
+    #[arg(long, env = "ARTIFACTSTORE_DEV_MODE", default_value = "false", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
+    pub dev_mode: bool,
     /// Seconds to wait for in-flight requests at shutdown.
     #[arg(
         long,
         env = "ARTIFACTSTORE_SHUTDOWN_GRACE_SECONDS",
         default_value = "30"
     )]
-    pub shutdown_grace_seconds: String,
+    pub shutdown_grace_seconds: u64,
+}
+
+/// A size in bytes, written as a number or with a unit: `1048576`, `500MiB`, `5GiB`, `10MB`
+/// (binary units for `K/M/G/T[iB]`, decimal for `KB/MB/GB/TB`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        parse_size(text)
+            .map(ByteSize)
+            .ok_or_else(|| format!("`{text}` is not a size like 5GiB, 10MB or 1048576"))
+    }
+}
+
+impl ByteSize {
+    /// A size of at least one byte.
+    pub fn positive(text: &str) -> Result<Self, String> {
+        match text.parse()? {
+            ByteSize(0) => Err("must be at least one byte".into()),
+            size => Ok(size),
+        }
+    }
+}
+
+/// A PostgreSQL URL, parsed with its TLS set-up (a `sslrootcert` file that cannot be read fails
+/// at start, not at the first connection).
+#[derive(Clone)]
+pub struct DatabaseUrl(pub String);
+
+impl std::fmt::Debug for DatabaseUrl {
+    /// The URL may hold a password: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DatabaseUrl(..)")
+    }
+}
+
+fn database_url(text: &str) -> Result<DatabaseUrl, String> {
+    crate::db::target(text).map_err(|e| format!("not a usable PostgreSQL URL: {e}"))?;
+    Ok(DatabaseUrl(text.to_owned()))
+}
+
+fn non_empty_path(text: &str) -> Result<PathBuf, String> {
+    if text.is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(PathBuf::from(text))
+}
+
+/// The one line a bad setting stops start-up with: `invalid setting ARTIFACTSTORE_X (--x):
+/// why`, for a value clap refused (from a flag or from the environment, which clap's own
+/// message does not say). `None` for other errors (a flag that does not exist, `--help`).
+pub fn setting_error(error: &clap::Error, command: &clap::Command) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        error.kind(),
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue
+    ) {
+        return None;
+    }
+    let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let long = arg.split_whitespace().next()?.trim_start_matches("--");
+    let env = find_env(command, long)?;
+    let value = match error.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(value)) => value.clone(),
+        _ => String::new(),
+    };
+    let why = error
+        .source()
+        .map(|e| e.to_string())
+        .unwrap_or_else(|| format!("`{value}` is not one of the allowed values"));
+    Some(format!("invalid setting {env} (--{long}): {why}"))
+}
+
+fn find_env(command: &clap::Command, long: &str) -> Option<String> {
+    command
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long))
+        .and_then(|a| a.get_env())
+        .map(|env| env.to_string_lossy().into_owned())
+        .or_else(|| {
+            command
+                .get_subcommands()
+                .find_map(|sub| find_env(sub, long))
+        })
 }
 
 /// Bounds that keep slow or idle clients from holding the server's connections.
@@ -229,202 +296,20 @@ pub struct Settings {
 }
 
 impl ServiceArgs {
-    /// Validates every setting.
+    /// Checks what spans several settings (tokens, the storage file and its default backend)
+    /// and gathers them.
     pub fn resolve(&self) -> Result<Settings, ConfigError> {
-        let listen = self.listen.parse().map_err(|_| {
-            invalid(
-                "ARTIFACTSTORE_LISTEN",
-                "--listen",
-                format!("`{}` is not an address like 127.0.0.1:8000", self.listen),
-            )
-        })?;
-        if self.data_dir.as_os_str().is_empty() {
-            return Err(invalid(
-                "ARTIFACTSTORE_DATA_DIR",
-                "--data-dir",
-                "must not be empty",
-            ));
-        }
-        let database_url = match self.database_url.as_deref() {
-            None | Some("") => None,
-            Some(url) => {
-                // Parsed here, TLS set-up included (a `sslrootcert` file that cannot be read
-                // fails at start, not at the first connection).
-                crate::db::target(url).map_err(|e| {
-                    invalid(
-                        "ARTIFACTSTORE_DATABASE_URL",
-                        "--database-url",
-                        format!("not a usable PostgreSQL URL: {e}"),
-                    )
-                })?;
-                Some(url.to_owned())
-            }
-        };
-        let migrate_on_start = parse_bool(&self.migrate_on_start).ok_or_else(|| {
-            invalid(
-                "ARTIFACTSTORE_MIGRATE_ON_START",
-                "--migrate-on-start",
-                "expected true or false",
-            )
-        })?;
-        let db_pool_size = self
-            .db_pool_size
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=1000).contains(n))
-            .ok_or_else(|| {
-                invalid(
-                    "ARTIFACTSTORE_DB_POOL_SIZE",
-                    "--db-pool-size",
-                    "expected a number from 1 to 1000",
-                )
-            })?;
-        let db_pool_timeout = seconds(
-            &self.db_pool_timeout_seconds,
-            "ARTIFACTSTORE_DB_POOL_TIMEOUT_SECONDS",
-            "--db-pool-timeout-seconds",
-            1..=3600,
-        )?;
-        let http = HttpLimits {
-            header_read_timeout: seconds(
-                &self.header_read_timeout_seconds,
-                "ARTIFACTSTORE_HEADER_READ_TIMEOUT_SECONDS",
-                "--header-read-timeout-seconds",
-                1..=3600,
-            )?,
-            body_idle_timeout: seconds(
-                &self.body_idle_timeout_seconds,
-                "ARTIFACTSTORE_BODY_IDLE_TIMEOUT_SECONDS",
-                "--body-idle-timeout-seconds",
-                1..=3600,
-            )?,
-            max_connections: number(
-                &self.max_connections,
-                "ARTIFACTSTORE_MAX_CONNECTIONS",
-                "--max-connections",
-                1..=1_000_000,
-            )?,
-        };
-        let long_polls = crate::events::LongPollLimits {
-            total: number(
-                &self.max_long_polls,
-                "ARTIFACTSTORE_MAX_LONG_POLLS",
-                "--max-long-polls",
-                1..=1_000_000,
-            )?,
-            per_tenant: number(
-                &self.max_long_polls_per_tenant,
-                "ARTIFACTSTORE_MAX_LONG_POLLS_PER_TENANT",
-                "--max-long-polls-per-tenant",
-                1..=1_000_000,
-            )?,
-        };
-        let dev_mode = parse_bool(&self.dev_mode).ok_or_else(|| {
-            invalid(
-                "ARTIFACTSTORE_DEV_MODE",
-                "--dev-mode",
-                "expected true or false",
-            )
-        })?;
-        let max_file_size = parse_size(&self.max_file_size)
-            .filter(|n| *n > 0)
-            .ok_or_else(|| {
-                invalid(
-                    "ARTIFACTSTORE_MAX_FILE_SIZE",
-                    "--max-file-size",
-                    format!(
-                        "`{}` is not a size like 5GiB or 1048576",
-                        self.max_file_size
-                    ),
-                )
-            })?;
-        let max_files_per_package = self
-            .max_files_per_package
-            .parse::<u64>()
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| {
-                invalid(
-                    "ARTIFACTSTORE_MAX_FILES_PER_PACKAGE",
-                    "--max-files-per-package",
-                    "expected a positive number",
-                )
-            })?;
-        let upload_ttl_seconds = self
-            .upload_ttl_seconds
-            .parse::<u64>()
-            .ok()
-            .filter(|n| (1..=30 * 86400).contains(n))
-            .ok_or_else(|| {
-                invalid(
-                    "ARTIFACTSTORE_UPLOAD_TTL_SECONDS",
-                    "--upload-ttl-seconds",
-                    "expected seconds from 1 to 2592000",
-                )
-            })?;
-        let max_write_through_uploads = self
-            .max_write_through_uploads
-            .parse::<usize>()
-            .ok()
-            .filter(|n| *n <= 10_000)
-            .ok_or_else(|| {
-                invalid(
-                    "ARTIFACTSTORE_MAX_WRITE_THROUGH_UPLOADS",
-                    "--max-write-through-uploads",
-                    "expected a number from 0 to 10000",
-                )
-            })?;
-        let default_max_upload_sessions = number(
-            &self.default_max_upload_sessions,
-            "ARTIFACTSTORE_DEFAULT_MAX_UPLOAD_SESSIONS",
-            "--default-max-upload-sessions",
-            0..=10_000_000,
-        )?;
-        let min_free_bytes = parse_size(&self.min_free_bytes).ok_or_else(|| {
-            invalid(
-                "ARTIFACTSTORE_MIN_FREE_BYTES",
-                "--min-free-bytes",
-                format!("`{}` is not a size like 1GiB or 0", self.min_free_bytes),
-            )
-        })?;
-        let max_json_body = parse_size(&self.max_json_body)
-            .filter(|n| *n > 0)
-            .ok_or_else(|| {
-                invalid(
-                    "ARTIFACTSTORE_MAX_JSON_BODY",
-                    "--max-json-body",
-                    format!(
-                        "`{}` is not a size like 8MiB or 1048576",
-                        self.max_json_body
-                    ),
-                )
-            })?;
-        let grace = self.shutdown_grace_seconds.parse::<u64>().map_err(|_| {
-            invalid(
-                "ARTIFACTSTORE_SHUTDOWN_GRACE_SECONDS",
-                "--shutdown-grace-seconds",
-                "expected whole seconds",
-            )
-        })?;
-        let anon_read = parse_bool(&self.anon_read).ok_or_else(|| {
-            invalid(
-                "ARTIFACTSTORE_ANON_READ",
-                "--anon-read",
-                "expected true or false",
-            )
-        })?;
         let tokens = crate::auth::TokenStore::from_settings(
             self.tokens.as_deref(),
             self.tokens_file.as_deref(),
-            anon_read,
+            self.anon_read,
         )
-        .map_err(|message| {
-            let (env, flag) = if message.starts_with("ARTIFACTSTORE_TOKENS_FILE") {
-                ("ARTIFACTSTORE_TOKENS_FILE", "--tokens-file")
-            } else {
-                ("ARTIFACTSTORE_TOKENS", "--tokens")
+        .map_err(|e| {
+            let flag = match e.setting {
+                "ARTIFACTSTORE_TOKENS_FILE" => "--tokens-file",
+                _ => "--tokens",
             };
-            invalid(env, flag, message)
+            invalid(e.setting, flag, e.message)
         })?;
         let storage = match &self.storage_file {
             Some(path) => crate::storage::config::StorageConfig::load(path).map_err(|message| {
@@ -443,11 +328,13 @@ impl ServiceArgs {
                 format!("`{id}` is not a configured backend"),
             ));
         }
+        let seconds = Duration::from_secs;
+        let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         Ok(Settings {
             tokens: std::sync::Arc::new(tokens),
             storage,
             storage_default,
-            listen,
+            listen: self.listen,
             storage_local_root: self
                 .storage_local_root
                 .clone()
@@ -457,64 +344,35 @@ impl ServiceArgs {
                 .postgres_dir
                 .clone()
                 .filter(|d| !d.as_os_str().is_empty()),
-            database_url,
-            migrate_on_start,
-            db_pool_size,
-            db_pool_timeout,
-            http,
-            long_polls,
-            dev_mode,
-            limits: Limits {
-                max_file_size,
-                max_files_per_package,
-                upload_ttl_seconds,
-                max_write_through_uploads,
-                default_max_upload_sessions,
-                min_free_bytes,
+            database_url: self
+                .database_url
+                .as_ref()
+                .map(|url| url.0.clone())
+                .filter(|url| !url.is_empty()),
+            migrate_on_start: self.migrate_on_start,
+            db_pool_size: count(self.db_pool_size),
+            db_pool_timeout: seconds(self.db_pool_timeout_seconds),
+            http: HttpLimits {
+                header_read_timeout: seconds(self.header_read_timeout_seconds),
+                body_idle_timeout: seconds(self.body_idle_timeout_seconds),
+                max_connections: count(self.max_connections),
             },
-            shutdown_grace: std::time::Duration::from_secs(grace),
-            max_json_body,
+            long_polls: crate::events::LongPollLimits {
+                total: count(self.max_long_polls),
+                per_tenant: count(self.max_long_polls_per_tenant),
+            },
+            dev_mode: self.dev_mode,
+            limits: Limits {
+                max_file_size: self.max_file_size.0,
+                max_files_per_package: self.max_files_per_package,
+                upload_ttl_seconds: self.upload_ttl_seconds,
+                max_write_through_uploads: count(self.max_write_through_uploads),
+                default_max_upload_sessions: self.default_max_upload_sessions,
+                min_free_bytes: self.min_free_bytes.0,
+            },
+            shutdown_grace: seconds(self.shutdown_grace_seconds),
+            max_json_body: self.max_json_body.0,
         })
-    }
-}
-
-/// A whole number in `range`, or an error naming the setting.
-fn number<T>(text: &str, env: &str, flag: &str, range: RangeInclusive<T>) -> Result<T, ConfigError>
-where
-    T: FromStr + PartialOrd + Display,
-{
-    text.trim()
-        .parse::<T>()
-        .ok()
-        .filter(|n| range.contains(n))
-        .ok_or_else(|| {
-            invalid(
-                env,
-                flag,
-                format!(
-                    "`{text}` is not a whole number from {} to {}",
-                    range.start(),
-                    range.end()
-                ),
-            )
-        })
-}
-
-/// Whole seconds in `range`.
-fn seconds(
-    text: &str,
-    env: &str,
-    flag: &str,
-    range: RangeInclusive<u64>,
-) -> Result<Duration, ConfigError> {
-    number(text, env, flag, range).map(Duration::from_secs)
-}
-
-fn parse_bool(text: &str) -> Option<bool> {
-    match text.to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Some(true),
-        "false" | "0" | "no" | "off" => Some(false),
-        _ => None,
     }
 }
 
@@ -567,22 +425,36 @@ mod tests {
         assert_eq!(parse_size(" 2 "), Some(2));
     }
 
+    fn refusal(args: &[&str]) -> String {
+        use clap::CommandFactory;
+        let error = Cli::try_parse_from(args).err().expect("refused");
+        setting_error(&error, &Cli::command()).unwrap_or_else(|| error.to_string())
+    }
+
     #[test]
     fn errors_name_the_setting() {
-        let cli = Cli::parse_from(["x", "--listen", "nope"]);
-        let err = cli.args.resolve().unwrap_err().to_string();
+        let err = refusal(&["x", "--listen", "nope"]);
         assert!(
-            err.contains("ARTIFACTSTORE_LISTEN") && err.contains("--listen"),
+            err.starts_with("invalid setting ARTIFACTSTORE_LISTEN (--listen): "),
             "{err}"
         );
-        let cli = Cli::parse_from(["x", "--max-file-size", "lots"]);
+        let err = refusal(&["x", "--max-file-size", "lots"]);
         assert!(
-            cli.args
-                .resolve()
-                .unwrap_err()
-                .to_string()
-                .contains("ARTIFACTSTORE_MAX_FILE_SIZE")
+            err.starts_with("invalid setting ARTIFACTSTORE_MAX_FILE_SIZE (--max-file-size): ")
+                && err.contains("`lots` is not a size"),
+            "{err}"
         );
+        let err = refusal(&["x", "--db-pool-size", "0"]);
+        assert!(
+            err.contains("ARTIFACTSTORE_DB_POOL_SIZE") && err.contains("1..=1000"),
+            "{err}"
+        );
+        let err = refusal(&["x", "--anon-read", "perhaps"]);
+        assert!(err.contains("ARTIFACTSTORE_ANON_READ"), "{err}");
+        let err = refusal(&["x", "--max-json-body", "0"]);
+        assert!(err.contains("at least one byte"), "{err}");
+        let err = refusal(&["x", "--data-dir", ""]);
+        assert!(err.contains("ARTIFACTSTORE_DATA_DIR"), "{err}");
     }
 
     #[test]

@@ -119,7 +119,7 @@ impl Error {
 
     /// Whether retrying the same request later may succeed: the storage backend or the
     /// database is unavailable (503 to clients).
-    pub fn may_pass(&self) -> bool {
+    pub fn is_retryable(&self) -> bool {
         matches!(
             self,
             Error::Storage {

@@ -18,16 +18,17 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod domain;
 pub mod error;
 pub mod events;
 pub mod health;
 pub mod identity;
 pub mod manifest;
-pub mod model;
 pub mod registry;
 pub mod retention;
 pub mod service;
 pub mod storage;
+pub mod worker;
 
 pub use error::{Error, Result};
 pub use identity::{ContentAddress, DualDigest, DualHasher};

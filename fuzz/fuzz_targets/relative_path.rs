@@ -1,7 +1,7 @@
 //! Relative paths: never a panic; an accepted path can never leave its package, and an input
 //! one also meets the spelling rules (NFC, no bidirectional controls).
 #![no_main]
-use artifactstore::model::RelativePath;
+use artifactstore::domain::RelativePath;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

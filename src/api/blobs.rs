@@ -1,17 +1,17 @@
 //! `/blobs`: dedup queries.
 
 use super::AppState;
-use super::error::{ApiError, ApiResult};
-use super::models::{MissingBlobs, MissingBlobsRequest};
+use super::error::{Answer, ApiError, ApiResult};
+use super::operations;
+use super::schemas::{MissingBlobs, MissingBlobsRequest};
 use super::security::Auth;
 use crate::auth::Scope;
 use crate::identity::ContentAddress;
+use poem::web::Data;
 use poem_openapi::OpenApi;
 use poem_openapi::payload::Json;
 
-pub struct BlobsApi {
-    pub state: AppState,
-}
+pub struct BlobsApi;
 
 #[OpenApi(tag = "super::ApiTags::Blobs")]
 impl BlobsApi {
@@ -26,10 +26,11 @@ impl BlobsApi {
     )]
     async fn missing(
         &self,
+        state: Data<&AppState>,
         auth: Auth,
         body: Json<MissingBlobsRequest>,
-    ) -> ApiResult<Json<MissingBlobs>> {
-        let principal = self.state.authorize(&auth, Scope::Read)?;
+    ) -> Answer<Json<MissingBlobs>, operations::MissingBlobs> {
+        let principal = state.authorize(&auth, Scope::Read)?;
         let addresses = body
             .0
             .content_addresses
@@ -44,8 +45,7 @@ impl BlobsApi {
                 })
             })
             .collect::<ApiResult<Vec<_>>>()?;
-        let missing = self
-            .state
+        let missing = state
             .registry
             .missing_blobs(&principal.tenant, &addresses)
             .await?;

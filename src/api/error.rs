@@ -3,7 +3,10 @@
 use super::problem::{Problem, ProblemBody, from_error, retry_after};
 use crate::auth::AuthError;
 use poem::http::StatusCode;
+use poem::{IntoResponse, Response};
 use poem_openapi::ApiResponse;
+use poem_openapi::registry::{MetaResponses, Registry};
+use std::marker::PhantomData;
 
 /// Every error an operation can answer with, as RFC 7807 problems.
 #[derive(Debug, ApiResponse)]
@@ -99,5 +102,107 @@ impl From<AuthError> for ApiError {
     }
 }
 
-/// Result of an operation.
+/// Result of a step of an operation (its problem not yet narrowed to the operation's own).
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// The problems one operation can answer with. The spec declares, for each operation, these
+/// statuses and no others, so generated clients know what to expect; every operation may also
+/// answer 500 (a fault) and 503 (the database or a backend unavailable).
+pub trait Problems: Send + Sync + 'static {
+    /// Its statuses, besides 500 and 503.
+    const STATUSES: &'static [u16];
+}
+
+/// Declares operations' problem sets: `Name = [404, 409];`.
+macro_rules! problems {
+    ($($(#[$doc:meta])* $name:ident = [$($status:literal),* $(,)?];)+) => {
+        $(
+            $(#[$doc])*
+            #[derive(Debug)]
+            pub enum $name {}
+
+            impl $crate::api::error::Problems for $name {
+                const STATUSES: &'static [u16] = &[$($status),*];
+            }
+        )+
+    };
+}
+pub(crate) use problems;
+
+/// A problem of operation `P` (see [`Problems`]).
+#[derive(Debug)]
+pub struct Refusal<P: Problems> {
+    error: ApiError,
+    operation: PhantomData<P>,
+}
+
+/// Result of an operation whose problems are `P`.
+pub type Answer<T, P> = Result<T, Refusal<P>>;
+
+impl<P: Problems> Refusal<P> {
+    fn declared(status: u16) -> bool {
+        status == 500 || status == 503 || P::STATUSES.contains(&status)
+    }
+}
+
+impl<P: Problems> From<ApiError> for Refusal<P> {
+    fn from(error: ApiError) -> Self {
+        Refusal {
+            error,
+            operation: PhantomData,
+        }
+    }
+}
+
+impl<P: Problems> From<crate::Error> for Refusal<P> {
+    fn from(e: crate::Error) -> Self {
+        ApiError::from(e).into()
+    }
+}
+
+impl<P: Problems> From<AuthError> for Refusal<P> {
+    fn from(e: AuthError) -> Self {
+        ApiError::from(e).into()
+    }
+}
+
+impl<P: Problems> ApiResponse for Refusal<P> {
+    fn meta() -> MetaResponses {
+        let mut meta = ApiError::meta();
+        meta.responses
+            .retain(|r| r.status.is_some_and(Self::declared));
+        meta
+    }
+
+    fn register(registry: &mut Registry) {
+        ApiError::register(registry);
+    }
+}
+
+impl<P: Problems> IntoResponse for Refusal<P> {
+    fn into_response(self) -> Response {
+        let response = self.error.into_response();
+        // A status the spec does not declare for this operation is a bug in its declaration:
+        // loud in tests (debug builds), logged in production.
+        let status = response.status().as_u16();
+        if !Self::declared(status) {
+            tracing::error!(
+                status,
+                operation = std::any::type_name::<P>(),
+                "a problem status this operation does not declare"
+            );
+            debug_assert!(
+                false,
+                "{} answered {status}, which it does not declare",
+                std::any::type_name::<P>()
+            );
+        }
+        response
+    }
+}
+
+impl<P: Problems> From<Refusal<P>> for poem::Error {
+    fn from(refusal: Refusal<P>) -> Self {
+        poem::Error::from_response(refusal.into_response())
+    }
+}

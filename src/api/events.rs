@@ -1,12 +1,14 @@
 //! `GET /events`: the tenant's events after a sequence, long-polling until one commits.
 
 use super::AppState;
-use super::error::{ApiError, ApiResult};
+use super::error::{Answer, ApiError};
+use super::operations;
 use super::problem::{ProblemBody, from_error};
 use super::security::Auth;
 use crate::auth::Scope;
 use crate::events::wire;
 use poem::http::header;
+use poem::web::Data;
 use poem::{Request, Response};
 use poem_openapi::param::Query;
 use poem_openapi::payload::{Binary, Json};
@@ -15,9 +17,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi, ResponseContent};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-pub struct EventsApi {
-    pub state: AppState,
-}
+pub struct EventsApi;
 
 /// One event (JSON form).
 #[derive(Debug, Object)]
@@ -108,8 +108,10 @@ impl EventsApi {
     /// header) is where to continue. Canonical CBOR by default; `Accept: application/json`
     /// for JSON.
     #[oai(path = "/events", method = "get", operation_id = "listEvents")]
+    #[allow(clippy::too_many_arguments)] // each query parameter is one, as the spec shows them
     async fn list(
         &self,
+        state: Data<&AppState>,
         auth: Auth,
         req: &Request,
         /// Return events after this sequence (default 0: from the start).
@@ -124,15 +126,15 @@ impl EventsApi {
         /// Only event types starting with this prefix, e.g. `v1.package.`.
         #[oai(name = "type")]
         type_prefix: Query<Option<String>>,
-    ) -> ApiResult<EventsBody> {
-        let principal = self.state.authorize(&auth, Scope::Read)?;
+    ) -> Answer<EventsBody, operations::ListEvents> {
+        let principal = state.authorize(&auth, Scope::Read)?;
         let prefix = type_prefix.0.filter(|p| !p.is_empty());
         if prefix.as_deref().is_some_and(|p| p.contains('\0')) {
             return Err(crate::Error::InvalidInput("`type` must not contain NUL".into()).into());
         }
         // A place among the waiters (bounded in all and per tenant), counted in `/health`
         // until this request ends, however it ends.
-        let waiting = match self.state.events.waiting_request(&principal.tenant) {
+        let waiting = match state.events.waiting_request(&principal.tenant) {
             Ok(waiting) => std::sync::Arc::new(waiting),
             Err(refused) => {
                 let problem = from_error(&crate::Error::from(refused));
@@ -146,8 +148,7 @@ impl EventsApi {
         // `scanned_to`, so the next one need not look there again.
         let mut from = since;
         let (page, next_since) = loop {
-            let read = self
-                .state
+            let read = state
                 .tail
                 .page(
                     &principal.tenant,
@@ -171,7 +172,7 @@ impl EventsApi {
             // Woken only by commits of this tenant's events (or a reconnect of the listener).
             if !waiting.wait_beyond(scanned_to, deadline - now).await {
                 // Timed out or shutting down: one last look, then answer.
-                if Instant::now() >= deadline || self.state.events.is_closed() {
+                if Instant::now() >= deadline || state.events.is_closed() {
                     break (None, next);
                 }
             }

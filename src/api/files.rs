@@ -1,33 +1,37 @@
 //! `/files`: metadata and downloads.
 
 use super::AppState;
-use super::error::ApiResult;
-use super::models::FileInfo;
+use super::error::Answer;
+use super::operations;
 use super::responses::{
     Download, RangePlan, bytes_response, not_modified_response, plan, unsatisfiable,
 };
+use super::schemas::FileInfo;
 use super::security::Auth;
 use crate::auth::Scope;
-use crate::model::FileId;
+use crate::domain::FileId;
 use crate::storage::ByteRange;
+use poem::web::Data;
 use poem::{Body, Request};
 use poem_openapi::OpenApi;
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use uuid::Uuid;
 
-pub struct FilesApi {
-    pub state: AppState,
-}
+pub struct FilesApi;
 
 #[OpenApi(tag = "super::ApiTags::Files")]
 impl FilesApi {
     /// Get a file's metadata
     #[oai(path = "/files/:id", method = "get", operation_id = "getFile")]
-    async fn get(&self, auth: Auth, id: Path<Uuid>) -> ApiResult<Json<FileInfo>> {
-        let principal = self.state.authorize(&auth, Scope::Read)?;
-        let file = self
-            .state
+    async fn get(
+        &self,
+        state: Data<&AppState>,
+        auth: Auth,
+        id: Path<Uuid>,
+    ) -> Answer<Json<FileInfo>, operations::GetFile> {
+        let principal = state.authorize(&auth, Scope::Read)?;
+        let file = state
             .registry
             .get_file(&principal.tenant, FileId(id.0))
             .await?;
@@ -45,9 +49,15 @@ impl FilesApi {
         method = "get",
         operation_id = "downloadFile"
     )]
-    async fn download(&self, auth: Auth, req: &Request, id: Path<Uuid>) -> ApiResult<Download> {
-        let principal = self.state.authorize(&auth, Scope::Read)?;
-        let registry = &self.state.registry;
+    async fn download(
+        &self,
+        state: Data<&AppState>,
+        auth: Auth,
+        req: &Request,
+        id: Path<Uuid>,
+    ) -> Answer<Download, operations::DownloadFile> {
+        let principal = state.authorize(&auth, Scope::Read)?;
+        let registry = &state.registry;
         let file = registry.get_file(&principal.tenant, FileId(id.0)).await?;
         let range = match plan(req, &file) {
             RangePlan::NotModified => return Ok(not_modified_response(&file)),

@@ -3,11 +3,10 @@
 use super::AppState;
 use super::security::Auth;
 use crate::auth::Scope;
+use poem::web::Data;
 use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
 
-pub struct HealthApi {
-    pub state: AppState,
-}
+pub struct HealthApi;
 
 /// Overall health: `status` for anyone; the rest only for an admin token.
 #[derive(Debug, Clone, Object)]
@@ -122,12 +121,12 @@ impl HealthApi {
     /// (the latest event sequence, open long-polls, damaged copies) only the operator (an
     /// admin of the `system` tenant) gets.
     #[oai(path = "/health", method = "get", operation_id = "getHealth")]
-    async fn health(&self, auth: Auth) -> HealthResponse {
-        let caller = self.state.caller(&auth);
+    async fn health(&self, state: Data<&AppState>, auth: Auth) -> HealthResponse {
+        let caller = state.caller(&auth);
         let details = caller.as_ref().is_some_and(|p| p.allows(Scope::Admin));
         let operator = caller.as_ref().is_some_and(|p| p.operator);
-        let health = crate::health::check(&self.state.registry).await;
-        let bus = self.state.events.status();
+        let health = crate::health::check(&state.registry).await;
+        let bus = state.events.status();
         let status = if !health.healthy() {
             "unavailable"
         } else if health.degraded() {

@@ -14,11 +14,12 @@ mod events;
 mod files;
 mod form;
 mod health;
-mod models;
+mod operations;
 mod packages;
 pub mod problem;
 mod responses;
 mod retention;
+mod schemas;
 mod security;
 pub mod serve;
 mod storage;
@@ -86,35 +87,17 @@ type Apis = (
     tenants::TenantsApi,
 );
 
-fn service(state: &AppState) -> OpenApiService<Apis, ()> {
+fn service() -> OpenApiService<Apis, ()> {
     let apis = (
-        health::HealthApi {
-            state: state.clone(),
-        },
-        packages::PackagesApi {
-            state: state.clone(),
-        },
-        files::FilesApi {
-            state: state.clone(),
-        },
-        blobs::BlobsApi {
-            state: state.clone(),
-        },
-        uploads::UploadsApi {
-            state: state.clone(),
-        },
-        events::EventsApi {
-            state: state.clone(),
-        },
-        storage::StorageApi {
-            state: state.clone(),
-        },
-        retention::RetentionApi {
-            state: state.clone(),
-        },
-        tenants::TenantsApi {
-            state: state.clone(),
-        },
+        health::HealthApi,
+        packages::PackagesApi,
+        files::FilesApi,
+        blobs::BlobsApi,
+        uploads::UploadsApi,
+        events::EventsApi,
+        storage::StorageApi,
+        retention::RetentionApi,
+        tenants::TenantsApi,
     );
     OpenApiService::new(apis, "artifact-store", env!("CARGO_PKG_VERSION")).description(
         "System of record for generated outputs: content-addressed, immutable packages with \
@@ -162,23 +145,10 @@ fn document(api: &OpenApiService<Apis, ()>) -> String {
     out
 }
 
-/// The OpenAPI document, as pretty JSON (what `openapi/artifactstore.json` holds). Needs no
-/// database: the placeholder pool below never connects.
+/// The OpenAPI document, as pretty JSON (what `openapi/artifactstore.json` holds). The
+/// operations take the application's state from the request, so describing them needs none.
 pub fn spec_json() -> String {
-    let pool = crate::db::pool("postgres://spec@127.0.0.1:1/spec", 1).expect("static URL is valid");
-    let root = std::env::temp_dir().join("artifactstore-spec");
-    let store =
-        crate::storage::local::LocalStore::open("local", root).expect("temp dir is writable");
-    let backends = crate::storage::Backends::single(Arc::new(store));
-    let state = AppState {
-        tail: crate::events::TailReader::new(pool.clone()),
-        registry: Registry::new(pool, backends),
-        tokens: Arc::new(TokenStore::development()),
-        events: crate::events::EventBus::idle(),
-        max_json_body: 8 << 20,
-        body_idle_timeout: crate::config::HttpLimits::default().body_idle_timeout,
-    };
-    document(&service(&state))
+    document(&service())
 }
 
 /// `PUT /packages/{id}/files/a/b/c`: the route takes one segment, so the slashes of a
@@ -315,7 +285,7 @@ pub fn app(state: AppState) -> impl Endpoint {
     let json_limit = state.max_json_body;
     let idle = state.body_idle_timeout;
     let tokens = state.tokens.clone();
-    let api = service(&state);
+    let api = service();
     let document = document(&api);
     let allow = std::sync::Arc::new(problem::AllowTable::from_spec(&document));
     let spec = poem::endpoint::make_sync(move |_| {
@@ -328,6 +298,7 @@ pub fn app(state: AppState) -> impl Endpoint {
         .nest("/", api)
         .at("/openapi.json", spec)
         .nest("/docs", ui)
+        .data(state)
         .before(encode_file_path)
         .before(move |req| limit_body(req, json_limit))
         .before(move |req| authenticate_first(req, tokens.clone()))

@@ -1,17 +1,19 @@
 //! `/packages`: create, list, read, add files, link, finalize, manifests.
 
 use super::AppState;
-use super::error::{ApiError, ApiResult};
+use super::error::{Answer, ApiError, ApiResult};
 use super::form::{Part, Parts, StreamedForm};
-use super::models::{
+use super::operations;
+use super::responses::{CborManifest, JsonManifest, manifest_response};
+use super::schemas::{
     CreatePackage, FileInfo, LinkFile, LinkFiles, LinkedFiles, Package, PackageList, Status,
 };
-use super::responses::{CborManifest, JsonManifest, manifest_response};
 use super::security::Auth;
 use crate::auth::Scope;
+use crate::domain::{Metadata, PackageId, RelativePath};
 use crate::identity::ContentAddress;
-use crate::model::{Metadata, PackageId, RelativePath};
 use crate::registry::{self, IngestRequest, LinkRequest, NewPackage, PackageFilter};
+use poem::web::Data;
 use poem::{Body, Request};
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::{Binary, Json};
@@ -19,9 +21,7 @@ use poem_openapi::types::multipart::Upload;
 use poem_openapi::{ApiResponse, Multipart, OpenApi};
 use uuid::Uuid;
 
-pub struct PackagesApi {
-    pub state: AppState,
-}
+pub struct PackagesApi;
 
 #[derive(ApiResponse)]
 enum CreatedPackage {
@@ -86,15 +86,14 @@ fn declared_length(req: &Request) -> Option<u64> {
 
 impl PackagesApi {
     async fn ingest(
-        &self,
-        tenant: &crate::model::TenantId,
+        state: &AppState,
+        tenant: &crate::domain::TenantId,
         package: Uuid,
         request: IngestRequest,
         body: impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send,
         size: Option<u64>,
     ) -> ApiResult<CreatedFile> {
-        let record = self
-            .state
+        let record = state
             .registry
             .ingest_file_sized(tenant, PackageId(package), request, body, size)
             .await?;
@@ -104,13 +103,13 @@ impl PackagesApi {
     /// Reads a form's parts in order, streaming its file part into a staged write, then
     /// records the file the text parts describe (they may come before or after the file).
     async fn upload_parts(
-        &self,
-        tenant: &crate::model::TenantId,
+        state: &AppState,
+        tenant: &crate::domain::TenantId,
         package: PackageId,
         parts: &mut Parts,
         replace: Option<bool>,
     ) -> ApiResult<CreatedFile> {
-        let registry = &self.state.registry;
+        let registry = &state.registry;
         let mut texts = std::collections::HashMap::new();
         let mut staged: Option<registry::StagedFile> = None;
         let mut file_part = (None, None);
@@ -181,9 +180,9 @@ impl PackagesApi {
         Ok(CreatedFile::new(record.into()))
     }
 
-    fn check_declared_length(&self, req: &Request) -> ApiResult<()> {
+    fn check_declared_length(state: &AppState, req: &Request) -> ApiResult<()> {
         let declared = declared_length(req);
-        let limit = self.state.registry.limits().max_file_size;
+        let limit = state.registry.limits().max_file_size;
         match declared {
             // Multipart framing adds a little; the exact limit is enforced while streaming.
             Some(n) if n > limit.saturating_add(1 << 20) => {
@@ -203,11 +202,15 @@ impl PackagesApi {
     ///
     /// Opens a package that accepts files until it is finalized.
     #[oai(path = "/packages", method = "post", operation_id = "createPackage")]
-    async fn create(&self, auth: Auth, body: Json<CreatePackage>) -> ApiResult<CreatedPackage> {
-        let principal = self.state.authorize(&auth, Scope::Write)?;
+    async fn create(
+        &self,
+        state: Data<&AppState>,
+        auth: Auth,
+        body: Json<CreatePackage>,
+    ) -> Answer<CreatedPackage, operations::CreatePackage> {
+        let principal = state.authorize(&auth, Scope::Write)?;
         let body = body.0;
-        let package = self
-            .state
+        let package = state
             .registry
             .create_package(
                 &principal.tenant,
@@ -239,6 +242,7 @@ impl PackagesApi {
     #[allow(clippy::too_many_arguments)]
     async fn list(
         &self,
+        state: Data<&AppState>,
         auth: Auth,
         req: &Request,
         /// Exact producer.
@@ -254,8 +258,8 @@ impl PackagesApi {
         limit: Query<Option<u32>>,
         /// Opaque cursor from a previous page.
         cursor: Query<Option<String>>,
-    ) -> ApiResult<Json<PackageList>> {
-        let principal = self.state.authorize(&auth, Scope::Read)?;
+    ) -> Answer<Json<PackageList>, operations::ListPackages> {
+        let principal = state.authorize(&auth, Scope::Read)?;
         let metadata: Vec<(String, String)> =
             form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
                 .filter_map(|(k, v)| {
@@ -275,8 +279,7 @@ impl PackagesApi {
                 .map(super::cursor::decode_package_cursor)
                 .transpose()?,
         };
-        let page = self
-            .state
+        let page = state
             .registry
             .list_packages(&principal.tenant, &filter)
             .await?;
@@ -288,9 +291,14 @@ impl PackagesApi {
 
     /// Get a package and its files
     #[oai(path = "/packages/:id", method = "get", operation_id = "getPackage")]
-    async fn get(&self, auth: Auth, id: Path<Uuid>) -> ApiResult<Json<Package>> {
-        let principal = self.state.authorize(&auth, Scope::Read)?;
-        let registry = &self.state.registry;
+    async fn get(
+        &self,
+        state: Data<&AppState>,
+        auth: Auth,
+        id: Path<Uuid>,
+    ) -> Answer<Json<Package>, operations::GetPackage> {
+        let principal = state.authorize(&auth, Scope::Read)?;
+        let registry = &state.registry;
         let package = registry
             .get_package(&principal.tenant, PackageId(id.0))
             .await?;
@@ -313,19 +321,20 @@ impl PackagesApi {
     )]
     async fn upload(
         &self,
+        state: Data<&AppState>,
         auth: Auth,
         req: &Request,
         id: Path<Uuid>,
         /// Replace an existing file at the same path.
         replace: Query<Option<bool>>,
         form: StreamedForm<FileUpload>,
-    ) -> ApiResult<CreatedFile> {
+    ) -> Answer<CreatedFile, operations::UploadFile> {
         // Who is calling, and whether the package can take files, before a byte of the body
         // is read.
         let checked = async {
-            let principal = self.state.authorize(&auth, Scope::Write)?;
-            self.check_declared_length(req)?;
-            self.state
+            let principal = state.authorize(&auth, Scope::Write)?;
+            Self::check_declared_length(&state, req)?;
+            state
                 .registry
                 .check_package_open(&principal.tenant, PackageId(id.0))
                 .await?;
@@ -336,10 +345,10 @@ impl PackagesApi {
             Ok(principal) => principal,
             Err(e) => {
                 form.refuse().await;
-                return Err(e);
+                return Err(e.into());
             }
         };
-        let max_file = self.state.registry.limits().max_file_size;
+        let max_file = state.registry.limits().max_file_size;
         let mut parts = form
             .parts(
                 &["relative_path", "media_type", "expected_digest"],
@@ -347,13 +356,18 @@ impl PackagesApi {
                 max_file,
             )
             .map_err(crate::Error::from)?;
-        let result = self
-            .upload_parts(&principal.tenant, PackageId(id.0), &mut parts, replace.0)
-            .await;
+        let result = Self::upload_parts(
+            &state,
+            &principal.tenant,
+            PackageId(id.0),
+            &mut parts,
+            replace.0,
+        )
+        .await;
         if result.is_err() {
             parts.refuse().await;
         }
-        result
+        Ok(result?)
     }
 
     /// Upload a file (raw body)
@@ -369,6 +383,7 @@ impl PackagesApi {
     #[allow(clippy::too_many_arguments)]
     async fn put(
         &self,
+        state: Data<&AppState>,
         auth: Auth,
         req: &Request,
         id: Path<Uuid>,
@@ -381,11 +396,11 @@ impl PackagesApi {
         /// `blake3:<hex>` or `sha256:<hex>` the bytes must have; on mismatch nothing is kept.
         expected_digest: Query<Option<String>>,
         body: Binary<Body>,
-    ) -> ApiResult<CreatedFile> {
+    ) -> Answer<CreatedFile, operations::PutFile> {
         let mut stream = super::body::stream(body.0);
         let result = async {
-            let principal = self.state.authorize(&auth, Scope::Write)?;
-            self.check_declared_length(req)?;
+            let principal = state.authorize(&auth, Scope::Write)?;
+            Self::check_declared_length(&state, req)?;
             let content_type = req
                 .content_type()
                 .filter(|c| !c.is_empty())
@@ -401,11 +416,10 @@ impl PackagesApi {
             };
             // The raw body is the file: its Content-Length is the file's size.
             let size = declared_length(req);
-            self.ingest(&principal.tenant, id.0, request, &mut stream, size)
-                .await
+            Self::ingest(&state, &principal.tenant, id.0, request, &mut stream, size).await
         }
         .await;
-        super::body::finish(result, &mut stream).await
+        Ok(super::body::finish(result, &mut stream).await?)
     }
 
     /// Add a file from bytes the tenant already holds
@@ -419,14 +433,14 @@ impl PackagesApi {
     )]
     async fn link(
         &self,
+        state: Data<&AppState>,
         auth: Auth,
         id: Path<Uuid>,
         body: Json<LinkFile>,
-    ) -> ApiResult<CreatedFile> {
-        let principal = self.state.authorize(&auth, Scope::Write)?;
+    ) -> Answer<CreatedFile, operations::LinkFile> {
+        let principal = state.authorize(&auth, Scope::Write)?;
         let body = body.0;
-        let record = self
-            .state
+        let record = state
             .registry
             .link_file(
                 &principal.tenant,
@@ -452,11 +466,12 @@ impl PackagesApi {
     )]
     async fn link_batch(
         &self,
+        state: Data<&AppState>,
         auth: Auth,
         id: Path<Uuid>,
         body: Json<LinkFiles>,
-    ) -> ApiResult<LinkedResponse> {
-        let principal = self.state.authorize(&auth, Scope::Write)?;
+    ) -> Answer<LinkedResponse, operations::LinkFiles> {
+        let principal = state.authorize(&auth, Scope::Write)?;
         let links = body
             .0
             .links
@@ -476,8 +491,7 @@ impl PackagesApi {
                 })
             })
             .collect::<ApiResult<Vec<_>>>()?;
-        let records = self
-            .state
+        let records = state
             .registry
             .link_files(&principal.tenant, PackageId(id.0), links)
             .await?;
@@ -494,10 +508,14 @@ impl PackagesApi {
         method = "post",
         operation_id = "finalizePackage"
     )]
-    async fn finalize(&self, auth: Auth, id: Path<Uuid>) -> ApiResult<Json<Package>> {
-        let principal = self.state.authorize(&auth, Scope::Write)?;
-        let package = self
-            .state
+    async fn finalize(
+        &self,
+        state: Data<&AppState>,
+        auth: Auth,
+        id: Path<Uuid>,
+    ) -> Answer<Json<Package>, operations::FinalizePackage> {
+        let principal = state.authorize(&auth, Scope::Write)?;
+        let package = state
             .registry
             .finalize_package(
                 &principal.tenant,
@@ -516,10 +534,15 @@ impl PackagesApi {
         method = "get",
         operation_id = "getManifest"
     )]
-    async fn manifest(&self, auth: Auth, req: &Request, id: Path<Uuid>) -> ApiResult<CborManifest> {
-        let principal = self.state.authorize(&auth, Scope::Read)?;
-        let stored = self
-            .state
+    async fn manifest(
+        &self,
+        state: Data<&AppState>,
+        auth: Auth,
+        req: &Request,
+        id: Path<Uuid>,
+    ) -> Answer<CborManifest, operations::GetManifest> {
+        let principal = state.authorize(&auth, Scope::Read)?;
+        let stored = state
             .registry
             .get_manifest(&principal.tenant, PackageId(id.0))
             .await?;
@@ -542,13 +565,13 @@ impl PackagesApi {
     )]
     async fn manifest_json(
         &self,
+        state: Data<&AppState>,
         auth: Auth,
         req: &Request,
         id: Path<Uuid>,
-    ) -> ApiResult<JsonManifest> {
-        let principal = self.state.authorize(&auth, Scope::Read)?;
-        let stored = self
-            .state
+    ) -> Answer<JsonManifest, operations::GetManifestJson> {
+        let principal = state.authorize(&auth, Scope::Read)?;
+        let stored = state
             .registry
             .get_manifest(&principal.tenant, PackageId(id.0))
             .await?;

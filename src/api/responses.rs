@@ -44,7 +44,7 @@ enum JsonManifestDoc {
     /// The manifest's JCS (RFC 8785) JSON bytes.
     #[oai(status = 200)]
     Ok(
-        Json<super::models::ManifestJson>,
+        Json<super::schemas::ManifestJson>,
         #[oai(header = "ETag")] String,
     ),
     /// `If-None-Match` matched.

@@ -1,21 +1,21 @@
 //! Retention: classes (`/retention-classes`), legal holds and class changes of packages.
 
 use super::AppState;
-use super::error::{ApiError, ApiResult};
-use super::models::Package;
+use super::error::Answer;
+use super::operations;
+use super::schemas::Package;
 use super::security::Auth;
 use super::text::{Opt, Text};
 use crate::auth::Scope;
-use crate::model::PackageId;
+use crate::domain::PackageId;
 use crate::registry::RetentionClass as Class;
+use poem::web::Data;
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
 use uuid::Uuid;
 
-pub struct RetentionApi {
-    pub state: AppState,
-}
+pub struct RetentionApi;
 
 /// A retention class.
 #[derive(Debug, Clone, Object)]
@@ -128,9 +128,13 @@ impl RetentionApi {
         method = "get",
         operation_id = "listRetentionClasses"
     )]
-    async fn list(&self, auth: Auth) -> ApiResult<Json<RetentionClassList>> {
-        self.state.authorize(&auth, Scope::Read)?;
-        let items = self.state.registry.list_retention_classes().await?;
+    async fn list(
+        &self,
+        state: Data<&AppState>,
+        auth: Auth,
+    ) -> Answer<Json<RetentionClassList>, operations::ListRetentionClasses> {
+        state.authorize(&auth, Scope::Read)?;
+        let items = state.registry.list_retention_classes().await?;
         Ok(Json(RetentionClassList {
             items: items.into_iter().map(Into::into).collect(),
         }))
@@ -149,26 +153,27 @@ impl RetentionApi {
     )]
     async fn define(
         &self,
+        state: Data<&AppState>,
         auth: Auth,
         /// Class name: 1-63 of `a-z 0-9 . _ -`.
         #[oai(validator(pattern = r"^[a-z0-9][a-z0-9._-]{0,62}$"))]
         name: Path<String>,
         body: Json<DefineRetentionClass>,
-    ) -> ApiResult<Json<RetentionClass>> {
-        self.state.authorize_operator(&auth)?;
+    ) -> Answer<Json<RetentionClass>, operations::DefineRetentionClass> {
+        state.authorize_operator(&auth)?;
         let body = body.0;
         let duration_seconds = match (body.duration_seconds.0, body.forever.0) {
             // Out of range whatever its value: the registry's own check says what is allowed.
             (Some(ClassSeconds(seconds)), None | Some(false)) => Some(seconds.unwrap_or(0)),
             (None, Some(true)) => None,
             _ => {
-                return Err(ApiError::from(crate::Error::InvalidInput(
+                return Err(crate::Error::InvalidInput(
                     "give exactly one of `duration_seconds` and `forever: true`".into(),
-                )));
+                )
+                .into());
             }
         };
-        let class = self
-            .state
+        let class = state
             .registry
             .define_retention_class(Class {
                 name: name.0,
@@ -190,13 +195,13 @@ impl RetentionApi {
     )]
     async fn set_hold(
         &self,
+        state: Data<&AppState>,
         auth: Auth,
         id: Path<Uuid>,
         body: Json<LegalHoldRequest>,
-    ) -> ApiResult<Json<Package>> {
-        let principal = self.state.authorize(&auth, Scope::Admin)?;
-        let package = self
-            .state
+    ) -> Answer<Json<Package>, operations::SetLegalHold> {
+        let principal = state.authorize(&auth, Scope::Admin)?;
+        let package = state
             .registry
             .set_legal_hold(&principal.tenant, PackageId(id.0), body.0.reason.into())
             .await?;
@@ -211,10 +216,14 @@ impl RetentionApi {
         method = "delete",
         operation_id = "releaseLegalHold"
     )]
-    async fn release_hold(&self, auth: Auth, id: Path<Uuid>) -> ApiResult<Json<Package>> {
-        let principal = self.state.authorize(&auth, Scope::Admin)?;
-        let package = self
-            .state
+    async fn release_hold(
+        &self,
+        state: Data<&AppState>,
+        auth: Auth,
+        id: Path<Uuid>,
+    ) -> Answer<Json<Package>, operations::ReleaseLegalHold> {
+        let principal = state.authorize(&auth, Scope::Admin)?;
+        let package = state
             .registry
             .release_legal_hold(&principal.tenant, PackageId(id.0))
             .await?;
@@ -232,16 +241,14 @@ impl RetentionApi {
     )]
     async fn change(
         &self,
+        state: Data<&AppState>,
         auth: Auth,
         id: Path<Uuid>,
         body: Json<ChangeRetention>,
-    ) -> ApiResult<Json<Package>> {
+    ) -> Answer<Json<Package>, operations::ChangeRetention> {
         let force = body.0.force.0.unwrap_or(false);
-        let principal = self
-            .state
-            .authorize(&auth, if force { Scope::Admin } else { Scope::Write })?;
-        let package = self
-            .state
+        let principal = state.authorize(&auth, if force { Scope::Admin } else { Scope::Write })?;
+        let package = state
             .registry
             .change_retention_class(
                 &principal.tenant,

@@ -1,18 +1,18 @@
 //! `/storage/locations`: where blobs are stored and what verification found.
 
 use super::AppState;
-use super::error::ApiResult;
+use super::error::Answer;
+use super::operations;
 use super::security::Auth;
 use crate::auth::Scope;
 use crate::events::LocationStatus;
+use poem::web::Data;
 use poem_openapi::param::Query;
 use poem_openapi::payload::Json;
 use poem_openapi::{Enum, Object, OpenApi};
 use time::OffsetDateTime;
 
-pub struct StorageApi {
-    pub state: AppState,
-}
+pub struct StorageApi;
 
 /// What is known of one stored copy: `present` (stored, intact when last verified), `failed`
 /// (the bytes differ from their address), `missing` (the backend lost them), `deleted`
@@ -117,10 +117,14 @@ impl StorageApi {
     /// shared between the tenant's packages, the retention and garbage-collection backlog,
     /// and the tenant's quota.
     #[oai(path = "/usage", method = "get", operation_id = "getUsage")]
-    async fn usage(&self, auth: Auth) -> ApiResult<Json<Usage>> {
-        let principal = self.state.authorize(&auth, Scope::Read)?;
-        let u = self.state.registry.usage(&principal.tenant).await?;
-        let quota = self.state.registry.quota(&principal.tenant).await?;
+    async fn usage(
+        &self,
+        state: Data<&AppState>,
+        auth: Auth,
+    ) -> Answer<Json<Usage>, operations::GetUsage> {
+        let principal = state.authorize(&auth, Scope::Read)?;
+        let u = state.registry.usage(&principal.tenant).await?;
+        let quota = state.registry.quota(&principal.tenant).await?;
         Ok(Json(Usage {
             packages: u.packages,
             files: u.files,
@@ -149,6 +153,7 @@ impl StorageApi {
     )]
     async fn list(
         &self,
+        state: Data<&AppState>,
         auth: Auth,
         /// Only copies in this state.
         status: Query<Option<CopyStatus>>,
@@ -159,8 +164,8 @@ impl StorageApi {
         limit: Query<Option<u32>>,
         /// Opaque cursor from a previous page.
         cursor: Query<Option<String>>,
-    ) -> ApiResult<Json<StorageLocationList>> {
-        let principal = self.state.authorize(&auth, Scope::Admin)?;
+    ) -> Answer<Json<StorageLocationList>, operations::ListStorageLocations> {
+        let principal = state.authorize(&auth, Scope::Admin)?;
         let limit = limit.0.unwrap_or(100) as i64;
         let after = cursor
             .0
@@ -169,8 +174,7 @@ impl StorageApi {
             .map(super::cursor::decode_location_cursor)
             .transpose()?;
         let owner = (!principal.operator).then_some(&principal.tenant);
-        let mut rows = self
-            .state
+        let mut rows = state
             .registry
             .list_locations(
                 status.0.map(Into::into),

@@ -1,20 +1,20 @@
 //! `/tenants/{tenant}/quota`: what a tenant may hold (set by the operator) and what it holds.
 
 use super::AppState;
-use super::error::{ApiError, ApiResult};
+use super::error::{Answer, ApiError, ApiResult};
+use super::operations;
 use super::security::Auth;
 use crate::auth::Scope;
-use crate::model::TenantId;
+use crate::domain::TenantId;
 use crate::registry::{Quota as Limits, TenantQuota};
+use poem::web::Data;
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::registry::MetaSchema;
 use poem_openapi::types::{ParseError, ParseFromJSON, ParseResult, ToJSON};
 use poem_openapi::{Object, OpenApi};
 
-pub struct TenantsApi {
-    pub state: AppState,
-}
+pub struct TenantsApi;
 
 /// A limit: a whole number, or `null` for no limit. Required in a request, so that leaving a
 /// member out is never taken for "no limit".
@@ -140,16 +140,16 @@ impl TenantsApi {
     )]
     async fn set(
         &self,
+        state: Data<&AppState>,
         auth: Auth,
         /// The tenant: 1-63 of `a-z 0-9 . _ -`.
         #[oai(validator(pattern = r"^[a-z0-9][a-z0-9._-]{0,62}$"))]
         tenant: Path<String>,
         body: Json<SetQuota>,
-    ) -> ApiResult<Json<Quota>> {
-        self.state.authorize_operator(&auth)?;
+    ) -> Answer<Json<Quota>, operations::SetQuota> {
+        state.authorize_operator(&auth)?;
         let body = body.0;
-        let quota = self
-            .state
+        let quota = state
             .registry
             .set_quota(
                 &self::tenant(&tenant.0)?,
@@ -173,16 +173,17 @@ impl TenantsApi {
     )]
     async fn get(
         &self,
+        state: Data<&AppState>,
         auth: Auth,
         /// The tenant: 1-63 of `a-z 0-9 . _ -`.
         #[oai(validator(pattern = r"^[a-z0-9][a-z0-9._-]{0,62}$"))]
         tenant: Path<String>,
-    ) -> ApiResult<Json<Quota>> {
-        let principal = self.state.authorize(&auth, Scope::Admin)?;
+    ) -> Answer<Json<Quota>, operations::GetQuota> {
+        let principal = state.authorize(&auth, Scope::Admin)?;
         let tenant = self::tenant(&tenant.0)?;
         if !principal.operator && principal.tenant != tenant {
             return Err(crate::Error::not_found("tenant", &tenant).into());
         }
-        Ok(Json(self.state.registry.quota(&tenant).await?.into()))
+        Ok(Json(state.registry.quota(&tenant).await?.into()))
     }
 }

@@ -1,23 +1,23 @@
 //! `/uploads`: resumable upload sessions for large files and bad networks.
 
 use super::AppState;
-use super::error::{ApiError, ApiResult};
-use super::models::FileInfo;
+use super::error::{Answer, ApiError, ApiResult};
+use super::operations;
+use super::schemas::FileInfo;
 use super::security::Auth;
 use super::text::{Opt, Text};
 use crate::auth::Scope;
-use crate::model::{PackageId, RelativePath};
+use crate::domain::{PackageId, RelativePath};
 use crate::registry::{Chunk, NewUpload, UploadSession};
 use poem::Body;
+use poem::web::Data;
 use poem_openapi::param::{Header, Path};
 use poem_openapi::payload::{Binary, Json};
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-pub struct UploadsApi {
-    pub state: AppState,
-}
+pub struct UploadsApi;
 
 /// `POST /uploads` body.
 #[derive(Debug, Object)]
@@ -169,11 +169,15 @@ impl UploadsApi {
     ///
     /// Then `PATCH` chunks to `upload_url` and `POST {upload_url}/complete`.
     #[oai(path = "/uploads", method = "post", operation_id = "createUpload")]
-    async fn create(&self, auth: Auth, body: Json<CreateUpload>) -> ApiResult<CreatedUpload> {
-        let principal = self.state.authorize(&auth, Scope::Write)?;
+    async fn create(
+        &self,
+        state: Data<&AppState>,
+        auth: Auth,
+        body: Json<CreateUpload>,
+    ) -> Answer<CreatedUpload, operations::CreateUpload> {
+        let principal = state.authorize(&auth, Scope::Write)?;
         let body = body.0;
-        let session = self
-            .state
+        let session = state
             .registry
             .create_upload(
                 &principal.tenant,
@@ -194,10 +198,15 @@ impl UploadsApi {
 
     /// Get an upload session (to resume)
     #[oai(path = "/uploads/:id", method = "get", operation_id = "getUpload")]
-    async fn get(&self, auth: Auth, id: Path<Uuid>) -> ApiResult<Json<Upload>> {
-        let principal = self.state.authorize(&auth, Scope::Write)?;
+    async fn get(
+        &self,
+        state: Data<&AppState>,
+        auth: Auth,
+        id: Path<Uuid>,
+    ) -> Answer<Json<Upload>, operations::GetUpload> {
+        let principal = state.authorize(&auth, Scope::Write)?;
         Ok(Json(
-            self.state
+            state
                 .registry
                 .get_upload(&principal.tenant, id.0)
                 .await?
@@ -214,6 +223,7 @@ impl UploadsApi {
     #[oai(path = "/uploads/:id", method = "patch", operation_id = "appendUpload")]
     async fn append(
         &self,
+        state: Data<&AppState>,
         auth: Auth,
         id: Path<Uuid>,
         /// `bytes <start>-<end>/<total>` or `bytes <start>-<end>/*`.
@@ -223,14 +233,13 @@ impl UploadsApi {
         )]
         content_range: Header<String>,
         body: Binary<Body>,
-    ) -> ApiResult<Accepted> {
+    ) -> Answer<Accepted, operations::AppendUpload> {
         let mut stream = super::body::stream(body.0);
         let result = async {
-            let principal = self.state.authorize(&auth, Scope::Write)?;
+            let principal = state.authorize(&auth, Scope::Write)?;
             let chunk = parse_content_range(&content_range.0)
                 .map_err(|e| ApiError::from(crate::Error::InvalidInput(e)))?;
-            let session = self
-                .state
+            let session = state
                 .registry
                 .append_upload(&principal.tenant, id.0, chunk, &mut stream)
                 .await?;
@@ -242,7 +251,7 @@ impl UploadsApi {
             ))
         }
         .await;
-        super::body::finish(result, &mut stream).await
+        Ok(super::body::finish(result, &mut stream).await?)
     }
 
     /// Complete an upload
@@ -256,10 +265,14 @@ impl UploadsApi {
         method = "post",
         operation_id = "completeUpload"
     )]
-    async fn complete(&self, auth: Auth, id: Path<Uuid>) -> ApiResult<CompletedUpload> {
-        let principal = self.state.authorize(&auth, Scope::Write)?;
-        let file: FileInfo = self
-            .state
+    async fn complete(
+        &self,
+        state: Data<&AppState>,
+        auth: Auth,
+        id: Path<Uuid>,
+    ) -> Answer<CompletedUpload, operations::CompleteUpload> {
+        let principal = state.authorize(&auth, Scope::Write)?;
+        let file: FileInfo = state
             .registry
             .complete_upload(&principal.tenant, id.0)
             .await?
@@ -274,9 +287,14 @@ impl UploadsApi {
         method = "delete",
         operation_id = "cancelUpload"
     )]
-    async fn cancel(&self, auth: Auth, id: Path<Uuid>) -> ApiResult<Cancelled> {
-        let principal = self.state.authorize(&auth, Scope::Write)?;
-        self.state
+    async fn cancel(
+        &self,
+        state: Data<&AppState>,
+        auth: Auth,
+        id: Path<Uuid>,
+    ) -> Answer<Cancelled, operations::CancelUpload> {
+        let principal = state.authorize(&auth, Scope::Write)?;
+        state
             .registry
             .cancel_upload(&principal.tenant, id.0)
             .await?;

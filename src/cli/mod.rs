@@ -6,7 +6,7 @@ mod server;
 mod storage;
 mod worker;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
 
 /// artifact-store: the system of record for generated outputs.
@@ -70,7 +70,16 @@ pub enum Command {
 
 /// Parses arguments, sets up logging and runs the command.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => match crate::config::setting_error(&e, &Cli::command()) {
+            Some(line) => {
+                eprintln!("error: {line}");
+                return ExitCode::from(2);
+            }
+            None => e.exit(),
+        },
+    };
     if let Err(message) = init_logging(&cli.log, &cli.log_format) {
         eprintln!("error: {message}");
         return ExitCode::from(2);
@@ -142,4 +151,11 @@ fn init_logging(filter: &str, format: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// SIGTERM, caught from the moment it is called: a stop asked for while the process is still
+/// starting (opening the database, migrating) is honoured once it runs, with a clean exit.
+pub(crate) fn terminate_signal() -> anyhow::Result<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{SignalKind, signal};
+    anyhow::Context::context(signal(SignalKind::terminate()), "cannot handle SIGTERM")
 }

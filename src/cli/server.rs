@@ -38,8 +38,8 @@ pub struct ReplayArgs {
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let term = terminate_signal()?;
-    let jobs = args.worker.then(|| args.jobs.options()).transpose()?;
+    let term = super::terminate_signal()?;
+    let jobs = args.worker.then(|| args.jobs.options());
     let settings = args.service.resolve()?;
     if settings.tokens.is_development() && !settings.listen.ip().is_loopback() && !settings.dev_mode
     {
@@ -76,7 +76,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // The worker sweeps upload sessions itself; without it, a small sweeper does.
     let sweeper = match jobs {
         Some(options) => {
-            let mut worker = crate::retention::Worker::new(service.registry.clone(), options);
+            let mut worker = crate::worker::Worker::new(service.registry.clone(), options);
             let bus = bus.clone();
             tokio::spawn(async move {
                 tracing::info!("background jobs running in the server (--worker)");
@@ -112,13 +112,6 @@ async fn sweep_uploads(registry: crate::registry::Registry) {
             Err(e) => tracing::warn!(error = %e, "sweeping upload sessions failed; will retry"),
         }
     }
-}
-
-/// SIGTERM, caught from the moment it is called: a stop asked for while the process is still
-/// starting (opening the database, migrating) is honoured once it runs, with a clean exit.
-pub(crate) fn terminate_signal() -> anyhow::Result<tokio::signal::unix::Signal> {
-    use tokio::signal::unix::{SignalKind, signal};
-    signal(SignalKind::terminate()).context("cannot handle SIGTERM")
 }
 
 async fn shutdown_signal(mut term: tokio::signal::unix::Signal, bus: crate::events::EventBus) {
@@ -184,6 +177,9 @@ pub enum PostgresCommand {
     Status(DataDirArg),
     /// Stop the private cluster (e.g. one a crashed process left running).
     Stop(DataDirArg),
+    /// Print the running private cluster's URL, password included (for `pg_dump`,
+    /// `pg_restore`, `psql`); exit 1 when it is not running.
+    Url(DataDirArg),
 }
 
 /// Where the private cluster is.
@@ -202,25 +198,39 @@ pub struct DataDirArg {
 }
 
 pub async fn postgres(cmd: PostgresCommand) -> anyhow::Result<ExitCode> {
-    use crate::db::cluster::ManagedCluster;
-    let outcome = tokio::task::spawn_blocking(move || match cmd {
+    use crate::db::cluster::{DATABASE, ManagedCluster};
+    // What to print, and whether the command did what it was asked.
+    let (outcome, done) = tokio::task::spawn_blocking(move || match cmd {
         PostgresCommand::Status(a) => {
             ManagedCluster::running(&a.data_dir, a.postgres_dir.as_deref()).map(|port| match port {
-                Some(port) => format!("running on 127.0.0.1:{port}"),
-                None => "not running".to_owned(),
+                Some(port) => (format!("running on 127.0.0.1:{port}"), true),
+                None => ("not running".to_owned(), true),
             })
         }
         PostgresCommand::Stop(a) => {
             ManagedCluster::stop_existing(&a.data_dir, a.postgres_dir.as_deref()).map(|was| {
                 if was {
-                    "stopped".to_owned()
+                    ("stopped".to_owned(), true)
                 } else {
-                    "not running".to_owned()
+                    ("not running".to_owned(), true)
                 }
             })
         }
+        PostgresCommand::Url(a) => {
+            ManagedCluster::running_url(&a.data_dir, a.postgres_dir.as_deref(), DATABASE).map(
+                |url| match url {
+                    Some(url) => (url, true),
+                    None => ("the private cluster is not running".to_owned(), false),
+                },
+            )
+        }
     })
     .await??;
-    println!("{outcome}");
-    Ok(ExitCode::SUCCESS)
+    if done {
+        println!("{outcome}");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("error: {outcome}");
+        Ok(ExitCode::FAILURE)
+    }
 }

@@ -146,7 +146,7 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     let scope = MigrateScope {
         from: args.from.clone(),
         to: args.to.clone(),
-        package: args.package.map(crate::model::PackageId),
+        package: args.package.map(crate::domain::PackageId),
         retention_class: args.retention_class.clone(),
     };
     let result = async {

@@ -26,7 +26,8 @@ pub struct JobArgs {
     #[arg(
         long,
         env = "ARTIFACTSTORE_WORKER_SWEEP_SECONDS",
-        default_value = "300"
+        default_value = "300",
+        value_parser = clap::value_parser!(u64).range(1..)
     )]
     sweep_seconds: u64,
     /// Staged writes older than this many seconds are abandoned.
@@ -40,7 +41,12 @@ pub struct JobArgs {
     #[arg(long, env = "ARTIFACTSTORE_VERIFY_EVERY_SECONDS", default_value = "0")]
     verify_every_seconds: u64,
     /// Fraction of stored copies each verification run checks.
-    #[arg(long, env = "ARTIFACTSTORE_VERIFY_SAMPLE", default_value = "0.01")]
+    #[arg(
+        long,
+        env = "ARTIFACTSTORE_VERIFY_SAMPLE",
+        default_value = "0.01",
+        value_parser = fraction
+    )]
     verify_sample: f64,
     /// Seconds an open package may stay unfinalized before it expires.
     #[arg(
@@ -50,7 +56,12 @@ pub struct JobArgs {
     )]
     open_grace_seconds: u64,
     /// Packages expired per transaction.
-    #[arg(long, env = "ARTIFACTSTORE_EXPIRE_BATCH", default_value = "100")]
+    #[arg(
+        long,
+        env = "ARTIFACTSTORE_EXPIRE_BATCH",
+        default_value = "100",
+        value_parser = clap::value_parser!(i64).range(1..=10_000)
+    )]
     expire_batch: i64,
     /// Seconds a blob stays after the last file referencing it went.
     #[arg(long, env = "ARTIFACTSTORE_GC_GRACE_SECONDS", default_value = "3600")]
@@ -66,44 +77,41 @@ pub struct JobArgs {
 
 impl JobArgs {
     /// Validated worker options.
-    pub fn options(&self) -> anyhow::Result<crate::retention::WorkerOptions> {
+    pub fn options(&self) -> crate::worker::WorkerOptions {
         use std::time::Duration;
-        if !(self.verify_sample > 0.0 && self.verify_sample <= 1.0) {
-            anyhow::bail!(
-                "invalid setting ARTIFACTSTORE_VERIFY_SAMPLE (--verify-sample): a fraction in (0, 1], got {}",
-                self.verify_sample
-            );
-        }
-        if self.sweep_seconds == 0 {
-            anyhow::bail!(
-                "invalid setting ARTIFACTSTORE_WORKER_SWEEP_SECONDS (--sweep-seconds): at least 1"
-            );
-        }
-        Ok(crate::retention::WorkerOptions {
+        crate::worker::WorkerOptions {
             sweep_every: Duration::from_secs(self.sweep_seconds),
             staging_grace: Duration::from_secs(self.staging_grace_seconds),
             verify_every: (self.verify_every_seconds > 0)
                 .then(|| Duration::from_secs(self.verify_every_seconds)),
             verify_sample: self.verify_sample,
             open_grace: Duration::from_secs(self.open_grace_seconds),
-            expire_batch: self.expire_batch.clamp(1, 10_000),
+            expire_batch: self.expire_batch,
             gc_grace: Duration::from_secs(self.gc_grace_seconds),
             orphan_sweep_every: Duration::from_secs(self.orphan_sweep_seconds.max(1)),
-        })
+        }
+    }
+}
+
+/// A fraction in (0, 1].
+fn fraction(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
+        _ => Err(format!("`{text}` is not a fraction in (0, 1]")),
     }
 }
 
 /// Runs the background jobs until SIGINT/SIGTERM (or once, with `--once`).
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
-    use crate::retention::Worker;
+    use crate::worker::Worker;
     // The daemon stops cleanly on SIGTERM, even one sent while it starts; one-shot runs
     // (`--once`, `--dry-run`) keep the default: SIGTERM ends them.
     let term = if args.once || args.dry_run {
         None
     } else {
-        Some(super::server::terminate_signal()?)
+        Some(super::terminate_signal()?)
     };
-    let options = args.jobs.options()?;
+    let options = args.jobs.options();
     let settings = args.service.resolve()?;
     let service = Service::start(&settings, settings.migrate_on_start).await?;
     let mut worker = Worker::new(service.registry.clone(), options);
@@ -142,7 +150,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         let report = worker.run_once().await;
         service.shutdown();
         let report = report?;
-        crate::retention::worker::log(&report);
+        crate::worker::log(&report);
         println!(
             "expired {} packages; collected {} blobs ({} bytes) and {} orphans; expired {} upload \
              sessions, removed {} abandoned staged writes{}",

@@ -139,6 +139,25 @@ impl ManagedCluster {
         Ok(Self::locate(data_dir, cluster_dir)?.running_port())
     }
 
+    /// The URL of `database` on the private cluster of `data_dir`, if it is running (for
+    /// `pg_dump`, `pg_restore` and `psql`: see the backup section of docs/OPERATOR.md).
+    pub fn running_url(
+        data_dir: &Path,
+        cluster_dir: Option<&Path>,
+        database: &str,
+    ) -> Result<Option<String>> {
+        let mut cluster = Self::locate(data_dir, cluster_dir)?;
+        let Some(port) = cluster.running_port() else {
+            return Ok(None);
+        };
+        let path = cluster.dir.join("password");
+        let password = std::fs::read_to_string(&path)
+            .map_err(|e| fail(format!("reading {}: {e}", path.display())))?;
+        cluster.port = port;
+        cluster.password = password.trim().to_owned();
+        Ok(Some(cluster.url(database)))
+    }
+
     /// A connection URL for `database`.
     pub fn url(&self, database: &str) -> String {
         format!(

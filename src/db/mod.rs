@@ -13,6 +13,9 @@ mod embedded {
     refinery::embed_migrations!("sql");
 }
 
+/// A transaction on a pooled connection (its prepared statements are cached per connection).
+pub type Tx<'a> = deadpool_postgres::Transaction<'a>;
+
 /// How long a caller waits for a pooled connection (and for a new one to be made) before it is
 /// told the database is unavailable, unless set otherwise ([`pool_with_timeout`]).
 pub const DEFAULT_POOL_TIMEOUT: Duration = Duration::from_secs(5);

@@ -15,7 +15,7 @@
 //! take every place.
 
 use super::log::{NOTIFY_CHANNEL, latest_sequence};
-use crate::model::TenantId;
+use crate::domain::TenantId;
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,14 +1,12 @@
 //! Appending to and reading the log.
 
-use super::payloads::DomainEvent;
+use super::kinds::DomainEvent;
+use crate::db::Tx;
+use crate::domain::{TenantId, Timestamp};
 use crate::error::{Error, Result};
-use crate::model::{TenantId, Timestamp};
 use bytes::Bytes;
 use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
-
-/// A transaction on a pooled connection (its prepared statements are cached per connection).
-pub type Tx<'a> = deadpool_postgres::Transaction<'a>;
 
 /// The NOTIFY channel (see the `events_notify` trigger); the payload is the highest sequence
 /// the transaction committed and, after a space, the tenants whose events it committed.
@@ -73,9 +71,9 @@ pub async fn append(tx: &Tx<'_>, events: &[DomainEvent]) -> Result<Vec<StoredEve
             id: Uuid::now_v7(),
             event_type: event.type_name().to_owned(),
             tenant: event.tenant().clone(),
-            subject_id: event.subject_id(),
-            occurred_at: event.occurred_at(),
-            payload: Bytes::from(event.payload()?),
+            subject_id: event.payload().subject_id(),
+            occurred_at: event.payload().occurred_at(),
+            payload: Bytes::from(event.encode()?),
         });
     }
     let ids: Vec<Uuid> = stored.iter().map(|e| e.id).collect();

@@ -6,22 +6,21 @@
 //! [`replay`] uses, so a replay rebuilds the views exactly.
 
 pub mod bus;
+pub mod kinds;
 mod log;
 pub mod payloads;
 pub mod replay;
 pub mod tail;
 pub mod views;
-mod views_retention;
 pub mod wire;
 
 pub use bus::{EventBus, LongPollLimits, WaitRefused, WaitingRequest};
-pub use log::{
-    NOTIFY_CHANNEL, StoredEvent, Tx, append, latest_sequence, read_after, read_after_until,
-};
+pub use kinds::{DomainEvent, EventKind, OwnerInPayload, Payload};
+pub use log::{NOTIFY_CHANNEL, StoredEvent, append, latest_sequence, read_after, read_after_until};
 pub use payloads::{
-    BlobCollected, ClassChanged, ClassDefined, DomainEvent, FileIngested, HoldReleased, HoldSet,
-    LocationAdded, LocationRemoved, LocationStatus, LocationVerified, PackageCreated,
-    PackageExpired, QuotaSet, RetentionEvent, StorageEvent,
+    BlobCollected, ClassChanged, ClassDefined, FileIngested, HoldReleased, HoldSet, LocationAdded,
+    LocationRemoved, LocationStatus, LocationVerified, PackageCreated, PackageExpired,
+    PackageFinalized, QuotaSet,
 };
 pub use replay::{ReplayReport, dump_views, replay};
 pub use tail::{TailPage, TailReader};
@@ -30,7 +29,7 @@ use crate::error::Result;
 
 /// Appends `events` and applies them to the views, in the caller's transaction. Call it as the
 /// last step before COMMIT: the sequence lock it takes is held until then.
-pub async fn record(tx: &Tx<'_>, events: Vec<DomainEvent>) -> Result<Vec<StoredEvent>> {
+pub async fn record(tx: &crate::db::Tx<'_>, events: Vec<DomainEvent>) -> Result<Vec<StoredEvent>> {
     let stored = append(tx, &events).await?;
     views::apply_all(tx, &stored).await?;
     Ok(stored)

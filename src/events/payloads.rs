@@ -1,8 +1,10 @@
-//! Typed event payloads (canonical CBOR in the log).
+//! The payload of each kind of event (canonical CBOR in the log), and what each says of itself
+//! ([`EventKind`]). Their type names are in the table in `kinds.rs`.
 
+use super::kinds::{EventKind, OwnerInPayload, PayloadCodec};
+use crate::domain::{FileId, Metadata, PackageId, RelativePath, TenantId, Timestamp};
 use crate::error::{Error, Result};
-use crate::manifest::{Manifest, to_canonical_cbor};
-use crate::model::{FileId, Metadata, PackageId, RelativePath, TenantId, Timestamp};
+use crate::manifest::{CodecError, Manifest};
 use uuid::Uuid;
 
 /// `v1.package.created`.
@@ -141,30 +143,6 @@ pub struct LocationRemoved {
     pub removed_at: Timestamp,
 }
 
-/// An event about physical storage (tenant `system`, subject: the blob).
-#[derive(Debug, Clone)]
-pub enum StorageEvent {
-    /// `v1.storage.location_verified`.
-    Verified(LocationVerified),
-    /// `v1.storage.location_added`.
-    Added(LocationAdded),
-    /// `v1.storage.location_removed`.
-    Removed(LocationRemoved),
-    /// `v1.blob.collected`.
-    Collected(BlobCollected),
-}
-
-impl StorageEvent {
-    fn blake3(&self) -> &str {
-        match self {
-            StorageEvent::Verified(e) => &e.blake3,
-            StorageEvent::Added(e) => &e.blake3,
-            StorageEvent::Removed(e) => &e.blake3,
-            StorageEvent::Collected(e) => &e.blake3,
-        }
-    }
-}
-
 /// The subject id of events about a blob: a UUID (version 8) made from its BLAKE3 digest, so
 /// every event about one blob shares it.
 pub fn blob_subject_id(blake3_hex: &str) -> Uuid {
@@ -291,203 +269,166 @@ pub struct QuotaSet {
     pub set_at: Timestamp,
 }
 
-/// An event about retention.
+/// `v1.package.finalized`: the payload is the manifest's canonical CBOR, stored as it was
+/// signed off (never re-encoded).
 #[derive(Debug, Clone)]
-pub enum RetentionEvent {
-    /// `v1.retention.class_defined` (tenant `system`).
-    ClassDefined(ClassDefined),
-    /// `v1.retention.hold_set`.
-    HoldSet {
-        /// Owner.
-        tenant: TenantId,
-        /// Payload.
-        event: HoldSet,
-    },
-    /// `v1.retention.hold_released`.
-    HoldReleased {
-        /// Owner.
-        tenant: TenantId,
-        /// Payload.
-        event: HoldReleased,
-    },
-    /// `v1.retention.class_changed`.
-    ClassChanged {
-        /// Owner.
-        tenant: TenantId,
-        /// Payload.
-        event: ClassChanged,
-    },
-    /// `v1.package.expired`.
-    Expired {
-        /// Owner.
-        tenant: TenantId,
-        /// Payload.
-        event: PackageExpired,
-    },
+pub struct PackageFinalized {
+    /// The manifest.
+    pub manifest: Box<Manifest>,
+    /// Its canonical CBOR bytes.
+    pub cbor: Vec<u8>,
 }
 
-/// An event before it is appended.
-#[derive(Debug, Clone)]
-pub enum DomainEvent {
-    /// `v1.package.created`.
-    PackageCreated(PackageCreated),
-    /// `v1.file.ingested`.
-    FileIngested {
-        /// Owner.
-        tenant: TenantId,
-        /// Payload.
-        event: FileIngested,
-    },
-    /// `v1.package.finalized`: the payload *is* the manifest's canonical CBOR.
-    PackageFinalized {
-        /// The manifest.
-        manifest: Box<Manifest>,
-        /// Its canonical CBOR bytes.
-        cbor: Vec<u8>,
-    },
-    /// `v1.storage.*`.
-    Storage(StorageEvent),
-    /// `v1.retention.*` and `v1.package.expired`.
-    Retention(RetentionEvent),
-    /// `v1.tenant.quota_set`.
-    QuotaSet(QuotaSet),
-}
-
-/// Event type names.
-pub mod types {
-    /// A package was opened.
-    pub const PACKAGE_CREATED: &str = "v1.package.created";
-    /// A file was added to an open package.
-    pub const FILE_INGESTED: &str = "v1.file.ingested";
-    /// A package was finalized; the payload is its manifest.
-    pub const PACKAGE_FINALIZED: &str = "v1.package.finalized";
-    /// A stored copy was verified.
-    pub const LOCATION_VERIFIED: &str = "v1.storage.location_verified";
-    /// A copy was added on another backend.
-    pub const LOCATION_ADDED: &str = "v1.storage.location_added";
-    /// A copy was removed on purpose.
-    pub const LOCATION_REMOVED: &str = "v1.storage.location_removed";
-    /// A retention class was defined.
-    pub const CLASS_DEFINED: &str = "v1.retention.class_defined";
-    /// A legal hold was set.
-    pub const HOLD_SET: &str = "v1.retention.hold_set";
-    /// A legal hold was released.
-    pub const HOLD_RELEASED: &str = "v1.retention.hold_released";
-    /// A package's retention class changed.
-    pub const CLASS_CHANGED: &str = "v1.retention.class_changed";
-    /// A package expired.
-    pub const PACKAGE_EXPIRED: &str = "v1.package.expired";
-    /// An unreferenced blob was collected.
-    pub const BLOB_COLLECTED: &str = "v1.blob.collected";
-    /// A tenant's quota was set.
-    pub const QUOTA_SET: &str = "v1.tenant.quota_set";
-}
-
-impl DomainEvent {
-    /// The event type name.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            DomainEvent::PackageCreated(_) => types::PACKAGE_CREATED,
-            DomainEvent::FileIngested { .. } => types::FILE_INGESTED,
-            DomainEvent::PackageFinalized { .. } => types::PACKAGE_FINALIZED,
-            DomainEvent::Storage(StorageEvent::Verified(_)) => types::LOCATION_VERIFIED,
-            DomainEvent::Storage(StorageEvent::Added(_)) => types::LOCATION_ADDED,
-            DomainEvent::Storage(StorageEvent::Removed(_)) => types::LOCATION_REMOVED,
-            DomainEvent::Storage(StorageEvent::Collected(_)) => types::BLOB_COLLECTED,
-            DomainEvent::Retention(e) => match e {
-                RetentionEvent::ClassDefined(_) => types::CLASS_DEFINED,
-                RetentionEvent::HoldSet { .. } => types::HOLD_SET,
-                RetentionEvent::HoldReleased { .. } => types::HOLD_RELEASED,
-                RetentionEvent::ClassChanged { .. } => types::CLASS_CHANGED,
-                RetentionEvent::Expired { .. } => types::PACKAGE_EXPIRED,
-            },
-            DomainEvent::QuotaSet(_) => types::QUOTA_SET,
-        }
+impl PayloadCodec for PackageFinalized {
+    fn encode(&self) -> std::result::Result<Vec<u8>, CodecError> {
+        Ok(self.cbor.clone())
     }
 
-    /// The owning tenant.
-    pub fn tenant(&self) -> &TenantId {
-        static SYSTEM: std::sync::LazyLock<TenantId> = std::sync::LazyLock::new(TenantId::system);
-        match self {
-            DomainEvent::Storage(_) | DomainEvent::Retention(RetentionEvent::ClassDefined(_)) => {
-                &SYSTEM
-            }
-            DomainEvent::Retention(
-                RetentionEvent::HoldSet { tenant, .. }
-                | RetentionEvent::HoldReleased { tenant, .. }
-                | RetentionEvent::ClassChanged { tenant, .. }
-                | RetentionEvent::Expired { tenant, .. },
-            ) => tenant,
-            DomainEvent::PackageCreated(e) => &e.tenant,
-            DomainEvent::QuotaSet(e) => &e.tenant,
-            DomainEvent::FileIngested { tenant, .. } => tenant,
-            DomainEvent::PackageFinalized { manifest, .. } => &manifest.package.tenant,
-        }
+    fn decode(bytes: &[u8]) -> std::result::Result<Self, CodecError> {
+        Ok(PackageFinalized {
+            manifest: Box::new(Manifest::from_cbor(bytes)?),
+            cbor: bytes.to_vec(),
+        })
     }
+}
 
-    /// The id of the thing the event is about (the package, for all current types).
-    pub fn subject_id(&self) -> Uuid {
-        match self {
-            DomainEvent::PackageCreated(e) => e.package_id.0,
-            DomainEvent::FileIngested { event, .. } => event.package_id.0,
-            DomainEvent::PackageFinalized { manifest, .. } => manifest.package.id.0,
-            DomainEvent::Storage(e) => blob_subject_id(e.blake3()),
-            DomainEvent::QuotaSet(e) => name_subject_id("tenant", e.tenant.as_str()),
-            DomainEvent::Retention(e) => match e {
-                RetentionEvent::ClassDefined(c) => {
-                    let hash = blake3::hash(c.name.as_bytes());
-                    let mut bytes = [0u8; 16];
-                    bytes.copy_from_slice(&hash.as_bytes()[..16]);
-                    Uuid::new_v8(bytes)
+/// The subject id of a retention class's events: a UUID (version 8) made from its name.
+fn class_subject_id(name: &str) -> Uuid {
+    let hash = blake3::hash(name.as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&hash.as_bytes()[..16]);
+    Uuid::new_v8(bytes)
+}
+
+/// `EventKind` for payloads about a package: `$at` is the field holding the time.
+macro_rules! about_package {
+    ($($payload:ident: $at:ident,)+) => {
+        $(
+            impl EventKind for $payload {
+                fn subject_id(&self) -> Uuid {
+                    self.package_id.0
                 }
-                RetentionEvent::HoldSet { event, .. } => event.package_id.0,
-                RetentionEvent::HoldReleased { event, .. } => event.package_id.0,
-                RetentionEvent::ClassChanged { event, .. } => event.package_id.0,
-                RetentionEvent::Expired { event, .. } => event.package_id.0,
-            },
-        }
+
+                fn occurred_at(&self) -> Timestamp {
+                    self.$at
+                }
+            }
+        )+
+    };
+}
+
+about_package! {
+    PackageCreated: created_at,
+    FileIngested: ingested_at,
+    HoldSet: set_at,
+    HoldReleased: released_at,
+    ClassChanged: changed_at,
+    PackageExpired: expired_at,
+}
+
+/// `EventKind` and the `system` owner for payloads about a blob.
+macro_rules! about_blob {
+    ($($payload:ident: $at:ident,)+) => {
+        $(
+            impl EventKind for $payload {
+                fn subject_id(&self) -> Uuid {
+                    blob_subject_id(&self.blake3)
+                }
+
+                fn occurred_at(&self) -> Timestamp {
+                    self.$at
+                }
+            }
+
+            impl OwnerInPayload for $payload {
+                fn owner(&self) -> TenantId {
+                    TenantId::system()
+                }
+            }
+        )+
+    };
+}
+
+about_blob! {
+    LocationVerified: verified_at,
+    LocationAdded: added_at,
+    LocationRemoved: removed_at,
+    BlobCollected: collected_at,
+}
+
+impl OwnerInPayload for PackageCreated {
+    fn owner(&self) -> TenantId {
+        self.tenant.clone()
+    }
+}
+
+impl EventKind for PackageFinalized {
+    fn subject_id(&self) -> Uuid {
+        self.manifest.package.id.0
     }
 
-    /// When it happened.
-    pub fn occurred_at(&self) -> Timestamp {
-        match self {
-            DomainEvent::PackageCreated(e) => e.created_at,
-            DomainEvent::FileIngested { event, .. } => event.ingested_at,
-            DomainEvent::PackageFinalized { manifest, .. } => manifest.package.finalized_at,
-            DomainEvent::Storage(StorageEvent::Verified(e)) => e.verified_at,
-            DomainEvent::Storage(StorageEvent::Added(e)) => e.added_at,
-            DomainEvent::Storage(StorageEvent::Removed(e)) => e.removed_at,
-            DomainEvent::Storage(StorageEvent::Collected(e)) => e.collected_at,
-            DomainEvent::QuotaSet(e) => e.set_at,
-            DomainEvent::Retention(e) => match e {
-                RetentionEvent::ClassDefined(c) => c.defined_at,
-                RetentionEvent::HoldSet { event, .. } => event.set_at,
-                RetentionEvent::HoldReleased { event, .. } => event.released_at,
-                RetentionEvent::ClassChanged { event, .. } => event.changed_at,
-                RetentionEvent::Expired { event, .. } => event.expired_at,
-            },
-        }
+    fn occurred_at(&self) -> Timestamp {
+        self.manifest.package.finalized_at
+    }
+}
+
+impl OwnerInPayload for PackageFinalized {
+    fn owner(&self) -> TenantId {
+        self.manifest.package.tenant.clone()
+    }
+}
+
+impl EventKind for ClassDefined {
+    fn subject_id(&self) -> Uuid {
+        class_subject_id(&self.name)
     }
 
-    /// Canonical CBOR payload.
-    pub fn payload(&self) -> Result<Vec<u8>> {
-        let encoded = match self {
-            DomainEvent::PackageCreated(e) => to_canonical_cbor(e),
-            DomainEvent::FileIngested { event, .. } => to_canonical_cbor(event),
-            DomainEvent::PackageFinalized { cbor, .. } => return Ok(cbor.clone()),
-            DomainEvent::Storage(StorageEvent::Verified(e)) => to_canonical_cbor(e),
-            DomainEvent::Storage(StorageEvent::Added(e)) => to_canonical_cbor(e),
-            DomainEvent::Storage(StorageEvent::Removed(e)) => to_canonical_cbor(e),
-            DomainEvent::Storage(StorageEvent::Collected(e)) => to_canonical_cbor(e),
-            DomainEvent::QuotaSet(e) => to_canonical_cbor(e),
-            DomainEvent::Retention(e) => match e {
-                RetentionEvent::ClassDefined(c) => to_canonical_cbor(c),
-                RetentionEvent::HoldSet { event, .. } => to_canonical_cbor(event),
-                RetentionEvent::HoldReleased { event, .. } => to_canonical_cbor(event),
-                RetentionEvent::ClassChanged { event, .. } => to_canonical_cbor(event),
-                RetentionEvent::Expired { event, .. } => to_canonical_cbor(event),
-            },
-        };
-        encoded.map_err(|e| Error::Integrity(format!("encoding event payload: {e}")))
+    fn occurred_at(&self) -> Timestamp {
+        self.defined_at
+    }
+}
+
+/// Retention classes are global: their events are the reserved tenant's.
+impl OwnerInPayload for ClassDefined {
+    fn owner(&self) -> TenantId {
+        TenantId::system()
+    }
+}
+
+impl EventKind for QuotaSet {
+    fn subject_id(&self) -> Uuid {
+        name_subject_id("tenant", self.tenant.as_str())
+    }
+
+    fn occurred_at(&self) -> Timestamp {
+        self.set_at
+    }
+}
+
+/// A quota is the event of the tenant it limits.
+impl OwnerInPayload for QuotaSet {
+    fn owner(&self) -> TenantId {
+        self.tenant.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_ids_are_stable() {
+        // Stored events carry these ids: they never change for the same input. The expected
+        // values were computed apart from this code (Python's `blake3` and `uuid`).
+        assert_eq!(
+            class_subject_id("standard").to_string(),
+            "edbe3125-3593-80f3-9612-8a122164abc0"
+        );
+        assert_eq!(
+            name_subject_id("tenant", "acme").to_string(),
+            "2e56203b-3288-83a4-a5e2-d52306f244af"
+        );
+        let blake3 = "ab".repeat(32);
+        assert_eq!(blob_subject_id(&blake3).as_bytes()[..6], [0xab; 6]);
     }
 }

@@ -8,8 +8,8 @@
 //! reads again.
 
 use super::log::{StoredEvent, latest_sequence, read_after_until};
+use crate::domain::TenantId;
 use crate::error::{Error, Result};
-use crate::model::TenantId;
 use deadpool_postgres::Pool;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};

@@ -82,8 +82,8 @@ pub fn page_json(events: &[StoredEvent], next_since: i64) -> crate::Result<serde
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{TenantId, Timestamp};
     use crate::manifest::canonical::to_canonical_cbor;
-    use crate::model::{TenantId, Timestamp};
 
     fn event(sequence: i64) -> StoredEvent {
         StoredEvent {

@@ -2,12 +2,13 @@
 //! a package. Only the caller's own files count, so nothing reveals what other tenants store.
 
 use super::Registry;
-use super::ingest::{DEFAULT_MEDIA_TYPE, check_open, path_taken, validate_media_type};
+use super::admission::{check_open, path_taken};
+use super::ingest::{DEFAULT_MEDIA_TYPE, validate_media_type};
 use super::types::FileRecord;
+use crate::domain::{FileId, PackageId, RelativePath, TenantId};
 use crate::error::{Error, Result};
 use crate::events::FileIngested;
 use crate::identity::{Algorithm, ContentAddress, Digest};
-use crate::model::{FileId, PackageId, RelativePath, TenantId};
 use std::collections::{HashMap, HashSet};
 
 /// Most addresses one `missing_blobs` call may ask about.
@@ -188,11 +189,8 @@ impl Registry {
                 storage_key: blob.key.clone(),
                 ingested_at: self.clock.now(),
             };
-            records.push(super::ingest::file_record(&event, blob.blake3, blob.sha256));
-            events.push(crate::events::DomainEvent::FileIngested {
-                tenant: tenant.clone(),
-                event,
-            });
+            records.push(super::record::file_record(&event, blob.blake3, blob.sha256));
+            events.push(crate::events::DomainEvent::of(tenant, event));
         }
         let added = super::quota::Added {
             tenant: tenant.clone(),
@@ -239,7 +237,7 @@ struct HeldBlob {
 /// each blob's collection lock (shared) before looking, so a concurrent garbage collection
 /// cannot remove them under us (see gc.rs).
 async fn held_blobs<'a>(
-    tx: &crate::events::Tx<'_>,
+    tx: &crate::db::Tx<'_>,
     tenant: &TenantId,
     addresses: impl Iterator<Item = &'a ContentAddress>,
 ) -> Result<HashMap<ContentAddress, HeldBlob>> {
@@ -265,7 +263,7 @@ async fn held_blobs<'a>(
         .iter()
         .map(|b| digest(b))
         .collect::<Result<Vec<_>>>()?;
-    super::gc::lock_blobs_shared(tx, &digests).await?;
+    super::blob_lock::lock_blobs_shared(tx, &digests).await?;
     let rows = tx
         .query(
             "SELECT b.blake3, b.sha256, b.size, l.backend_id, l.key FROM blobs b \

@@ -3,17 +3,83 @@
 use super::Registry;
 use super::packages::load_package;
 use super::types::{FILE_COLUMNS, FileRecord, Package, PackageStatus, StoredManifest};
+use crate::domain::{PackageId, TenantId, Timestamp};
 use crate::error::{Error, Result};
-use crate::events::{self, DomainEvent};
+use crate::events::{self, DomainEvent, PackageFinalized};
 use crate::identity::{ContentAddress, Digest};
 use crate::manifest::{
     FileDigests, MANIFEST_VERSION, Manifest, ManifestFile, ManifestPackage, Provenance,
     RetentionSummary, StorageReceipt,
 };
-use crate::model::{PackageId, TenantId, Timestamp};
 
 /// `artifactstore/<version>`, recorded in every manifest's provenance.
 pub const GENERATOR: &str = concat!("artifactstore/", env!("CARGO_PKG_VERSION"));
+
+/// What a package's manifest is built from, as read in the finalizing transaction.
+struct ManifestFacts {
+    package: Package,
+    /// Its files, by path.
+    files: Vec<FileRecord>,
+    /// Where its bytes are, sorted.
+    storage_receipts: Vec<StorageReceipt>,
+    /// Its class's duration (`None`: forever).
+    duration_seconds: Option<i64>,
+    legal_hold: bool,
+}
+
+/// The manifest of a package finalized at `finalized_at`: a pure function of the facts.
+fn build_manifest(
+    facts: ManifestFacts,
+    finalized_at: Timestamp,
+    finalized_by: Option<String>,
+) -> Result<Manifest> {
+    let ManifestFacts {
+        package,
+        files,
+        storage_receipts,
+        duration_seconds,
+        legal_hold,
+    } = facts;
+    let expires_at = match duration_seconds {
+        Some(seconds) => Some(finalized_at.plus_seconds(seconds).ok_or_else(|| {
+            Error::InvalidInput(format!("retention of {seconds} s overflows the calendar"))
+        })?),
+        None => None,
+    };
+    Ok(Manifest {
+        manifest_version: MANIFEST_VERSION,
+        package: ManifestPackage {
+            id: package.id,
+            tenant: package.tenant.clone(),
+            producer: package.producer,
+            subject: package.subject,
+            retention_class: package.retention_class.clone(),
+            metadata: package.metadata,
+            created_at: package.created_at,
+            finalized_at,
+        },
+        files: files
+            .iter()
+            .map(|f| ManifestFile {
+                relative_path: f.relative_path.clone(),
+                size: f.size,
+                media_type: f.media_type.clone(),
+                digests: FileDigests::new(&f.blake3, &f.sha256),
+            })
+            .collect(),
+        storage_receipts,
+        retention_summary: RetentionSummary {
+            class: package.retention_class,
+            duration_seconds: duration_seconds.map(|d| d as u64),
+            expires_at,
+            legal_hold,
+        },
+        provenance: Provenance {
+            generator: GENERATOR.into(),
+            finalized_by,
+        },
+    })
+}
 
 impl Registry {
     /// Finalizes an open package: builds its manifest and records one `v1.package.finalized`
@@ -26,121 +92,15 @@ impl Registry {
     ) -> Result<Package> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let locked = tx
-            .query_opt(
-                "SELECT 1 FROM packages WHERE id = $1 AND tenant = $2 FOR UPDATE",
-                &[&id.0, &tenant.as_str()],
-            )
-            .await?;
-        if locked.is_none() {
-            return Err(Error::not_found("package", id));
-        }
-        let package = super::packages::live(load_package(&*tx, tenant, id).await?)?;
-        if package.status == PackageStatus::Finalized {
-            return Err(Error::Conflict(format!(
-                "package {id} is already finalized"
-            )));
-        }
-        let rows = tx
-            .query(
-                &format!(
-                    "SELECT {FILE_COLUMNS} FROM files f JOIN blobs b ON b.blake3 = f.blake3 \
-                     WHERE f.package_id = $1"
-                ),
-                &[&id.0],
-            )
-            .await?;
-        let mut files = rows
-            .iter()
-            .map(FileRecord::from_row)
-            .collect::<Result<Vec<_>>>()?;
-        files.sort_by(|a, b| a.relative_path.cmp(&b.relative_path));
-
-        // A receipt's time is when this tenant first stored the bytes, never the copy's own
-        // time: with deduplication that may be another tenant's upload, not this one's to learn.
-        let receipt_rows = tx
-            .query(
-                "SELECT l.blake3, l.backend_id, \
-                        (SELECT min(t.created_at) FROM files t \
-                         WHERE t.tenant = $2 AND t.blake3 = l.blake3) \
-                 FROM storage_locations l \
-                 WHERE l.status = 'present' \
-                   AND l.blake3 IN (SELECT f.blake3 FROM files f WHERE f.package_id = $1)",
-                &[&id.0, &tenant.as_str()],
-            )
-            .await?;
-        let mut storage_receipts = receipt_rows
-            .iter()
-            .map(|r| {
-                let digest = Digest::from_slice(r.get::<_, &[u8]>(0))
-                    .map_err(|e| Error::Integrity(e.to_string()))?;
-                Ok(StorageReceipt {
-                    content_address: ContentAddress::blake3(digest),
-                    backend_id: r.get(1),
-                    stored_at: Timestamp::from_datetime(r.get(2)),
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        storage_receipts.sort_by(|a, b| {
-            (a.content_address.to_string(), &a.backend_id)
-                .cmp(&(b.content_address.to_string(), &b.backend_id))
-        });
-
-        let retention = tx
-            .query_one(
-                "SELECT c.duration_seconds, s.legal_hold FROM retention_classes c, retention_state s \
-                 WHERE c.name = $1 AND s.package_id = $2",
-                &[&package.retention_class, &id.0],
-            )
-            .await?;
-        let duration: Option<i64> = retention.get(0);
-        let finalized_at = self.clock.now();
-        let expires_at = match duration {
-            Some(seconds) => Some(finalized_at.plus_seconds(seconds).ok_or_else(|| {
-                Error::InvalidInput(format!("retention of {seconds} s overflows the calendar"))
-            })?),
-            None => None,
-        };
-        let manifest = Manifest {
-            manifest_version: MANIFEST_VERSION,
-            package: ManifestPackage {
-                id,
-                tenant: tenant.clone(),
-                producer: package.producer.clone(),
-                subject: package.subject.clone(),
-                retention_class: package.retention_class.clone(),
-                metadata: package.metadata.clone(),
-                created_at: package.created_at,
-                finalized_at,
-            },
-            files: files
-                .iter()
-                .map(|f| ManifestFile {
-                    relative_path: f.relative_path.clone(),
-                    size: f.size,
-                    media_type: f.media_type.clone(),
-                    digests: FileDigests::new(&f.blake3, &f.sha256),
-                })
-                .collect(),
-            storage_receipts,
-            retention_summary: RetentionSummary {
-                class: package.retention_class.clone(),
-                duration_seconds: duration.map(|d| d as u64),
-                expires_at,
-                legal_hold: retention.get(1),
-            },
-            provenance: Provenance {
-                generator: GENERATOR.into(),
-                finalized_by,
-            },
-        };
+        let facts = manifest_facts(&tx, tenant, id).await?;
+        let manifest = build_manifest(facts, self.clock.now(), finalized_by)?;
         let cbor = manifest.to_cbor()?;
         events::record(
             &tx,
-            vec![DomainEvent::PackageFinalized {
+            vec![DomainEvent::new(PackageFinalized {
                 manifest: Box::new(manifest),
                 cbor,
-            }],
+            })],
         )
         .await?;
         let package = load_package(&*tx, tenant, id).await?;
@@ -179,4 +139,87 @@ impl Registry {
             ))),
         }
     }
+}
+
+/// Locks the package (it must be the tenant's, live and open) and reads what its manifest is
+/// built from.
+async fn manifest_facts(
+    tx: &crate::db::Tx<'_>,
+    tenant: &TenantId,
+    id: PackageId,
+) -> Result<ManifestFacts> {
+    let locked = tx
+        .query_opt(
+            "SELECT 1 FROM packages WHERE id = $1 AND tenant = $2 FOR UPDATE",
+            &[&id.0, &tenant.as_str()],
+        )
+        .await?;
+    if locked.is_none() {
+        return Err(Error::not_found("package", id));
+    }
+    let package = super::packages::live(load_package(&**tx, tenant, id).await?)?;
+    if package.status == PackageStatus::Finalized {
+        return Err(Error::Conflict(format!(
+            "package {id} is already finalized"
+        )));
+    }
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT {FILE_COLUMNS} FROM files f JOIN blobs b ON b.blake3 = f.blake3 \
+                 WHERE f.package_id = $1"
+            ),
+            &[&id.0],
+        )
+        .await?;
+    let mut files = rows
+        .iter()
+        .map(FileRecord::from_row)
+        .collect::<Result<Vec<_>>>()?;
+    files.sort_by(|a, b| a.relative_path.cmp(&b.relative_path));
+
+    // A receipt's time is when this tenant first stored the bytes, never the copy's own
+    // time: with deduplication that may be another tenant's upload, not this one's to learn.
+    let receipt_rows = tx
+        .query(
+            "SELECT l.blake3, l.backend_id, \
+                    (SELECT min(t.created_at) FROM files t \
+                     WHERE t.tenant = $2 AND t.blake3 = l.blake3) \
+             FROM storage_locations l \
+             WHERE l.status = 'present' \
+               AND l.blake3 IN (SELECT f.blake3 FROM files f WHERE f.package_id = $1)",
+            &[&id.0, &tenant.as_str()],
+        )
+        .await?;
+    let mut storage_receipts = receipt_rows
+        .iter()
+        .map(|r| {
+            let digest = Digest::from_slice(r.get::<_, &[u8]>(0))
+                .map_err(|e| Error::Integrity(e.to_string()))?;
+            Ok(StorageReceipt {
+                content_address: ContentAddress::blake3(digest),
+                backend_id: r.get(1),
+                stored_at: Timestamp::from_datetime(r.get(2)),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    storage_receipts.sort_by(|a, b| {
+        (a.content_address.to_string(), &a.backend_id)
+            .cmp(&(b.content_address.to_string(), &b.backend_id))
+    });
+
+    let retention = tx
+        .query_one(
+            "SELECT c.duration_seconds, s.legal_hold FROM retention_classes c, retention_state s \
+             WHERE c.name = $1 AND s.package_id = $2",
+            &[&package.retention_class, &id.0],
+        )
+        .await?;
+    Ok(ManifestFacts {
+        package,
+        files,
+        storage_receipts,
+        duration_seconds: retention.get(0),
+        legal_hold: retention.get(1),
+    })
 }

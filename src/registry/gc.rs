@@ -1,74 +1,14 @@
 //! Garbage collection of blobs no file references, and of orphan bytes that never got a row.
 //!
-//! The race with dedup is closed by a per-blob lock (a PostgreSQL transaction-level advisory
-//! lock keyed by the digest). Every ingest takes it *shared* before its bytes appear under their
-//! address (or are found already there) and holds it until the transaction that records the
-//! file commits. The collector takes it *exclusively*, without waiting, in the transaction that
-//! deletes the bytes and records `v1.blob.collected`; a blob whose lock is taken is skipped this
-//! round. So either the collector deletes first and the ingest then writes the bytes afresh
-//! (its storage commit finds nothing there), or the ingest's file commits first and the blob is
-//! referenced again (the collector's re-check, made holding the lock, skips it). Links take the
-//! same shared lock before they look the blob up. The collector never waits for a lock while
-//! holding one (it only tries), and takes no row locks before the event sequence lock, so it
-//! cannot deadlock with expiries or ingests.
+//! The race with dedup is closed by the per-blob lock protocol of [`super::blob_lock`].
 
 use super::Registry;
+use super::blob_lock;
+use crate::domain::Timestamp;
 use crate::error::{Error, Result};
-use crate::events::{self, BlobCollected, DomainEvent, StorageEvent};
+use crate::events::{self, BlobCollected, DomainEvent};
 use crate::identity::{ContentAddress, Digest};
-use crate::model::Timestamp;
 use futures::{StreamExt, TryStreamExt};
-
-/// Namespace of the per-blob advisory locks (the two-int form, apart from bigint keys).
-const BLOB_LOCKS: i32 = 0x6172_7462; // "artb"
-
-fn lock_key(digest: &Digest) -> i32 {
-    i32::from_be_bytes([digest.0[0], digest.0[1], digest.0[2], digest.0[3]])
-}
-
-const LOCK_SHARED: &str = "SELECT pg_advisory_xact_lock_shared($1, $2)";
-const LOCK_MANY_SHARED: &str =
-    "SELECT pg_advisory_xact_lock_shared($1, k) FROM unnest($2::int4[]) AS k";
-
-/// Prepares the shared-lock statements on the transaction's connection (once per connection).
-/// A caller that sends a lock together with statements of its own, to run after it, calls this
-/// first: an execute waiting for its statement to be prepared would be sent after the others.
-pub(super) async fn prepare_blob_locks(tx: &events::Tx<'_>) -> Result<()> {
-    futures::try_join!(
-        tx.prepare_cached(LOCK_SHARED),
-        tx.prepare_cached(LOCK_MANY_SHARED)
-    )?;
-    Ok(())
-}
-
-/// Takes the blob's lock shared until the transaction ends (waits while a collector holds it).
-pub(super) async fn lock_blob_shared(tx: &events::Tx<'_>, digest: &Digest) -> Result<()> {
-    let statement = tx.prepare_cached(LOCK_SHARED).await?;
-    tx.execute(&statement, &[&BLOB_LOCKS, &lock_key(digest)])
-        .await?;
-    Ok(())
-}
-
-/// [`lock_blob_shared`] for many blobs, in one statement.
-pub(super) async fn lock_blobs_shared(tx: &events::Tx<'_>, digests: &[Digest]) -> Result<()> {
-    if digests.is_empty() {
-        return Ok(());
-    }
-    let keys: Vec<i32> = digests.iter().map(lock_key).collect();
-    let statement = tx.prepare_cached(LOCK_MANY_SHARED).await?;
-    tx.execute(&statement, &[&BLOB_LOCKS, &keys]).await?;
-    Ok(())
-}
-
-async fn try_lock_blob(tx: &events::Tx<'_>, digest: &Digest) -> Result<bool> {
-    Ok(tx
-        .query_one(
-            "SELECT pg_try_advisory_xact_lock($1, $2)",
-            &[&BLOB_LOCKS, &lock_key(digest)],
-        )
-        .await?
-        .get(0))
-}
 
 /// A blob waiting for collection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,8 +92,9 @@ impl Registry {
 
     /// Collects up to `limit` blobs unreferenced for longer than the grace, in one transaction:
     /// deletes their bytes from every backend holding a copy, then records `v1.blob.collected`.
-    /// Rows are claimed with `FOR UPDATE SKIP LOCKED` (concurrent workers share the work), and
-    /// blobs an ingest is about to reference are skipped (see the module docs).
+    /// Concurrent workers share the work through the per-blob locks, tried and never waited
+    /// for: a blob another collector or an ingest holds is skipped this round (see
+    /// [`super::blob_lock`]).
     pub async fn collect_garbage(&self, grace_seconds: i64, limit: i64) -> Result<Collected> {
         let cutoff = self.collect_cutoff(grace_seconds)?;
         let mut client = self.pool.get().await?;
@@ -167,25 +108,7 @@ impl Registry {
             .iter()
             .map(|r| r.get(0))
             .collect();
-        // (Keys computed here, by the one `lock_key` the ingests use.)
-        let keys = candidates
-            .iter()
-            .map(|b| {
-                Ok(lock_key(
-                    &Digest::from_slice(b).map_err(|e| Error::Integrity(e.to_string()))?,
-                ))
-            })
-            .collect::<Result<Vec<i32>>>()?;
-        let locked: Vec<Vec<u8>> = tx
-            .query(
-                "SELECT c.blake3 FROM unnest($1::bytea[], $3::int4[]) AS c(blake3, k) \
-                 WHERE pg_try_advisory_xact_lock($2, c.k)",
-                &[&candidates, &BLOB_LOCKS, &keys],
-            )
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let locked = blob_lock::try_lock_many_exclusive(&tx, &candidates).await?;
         // Holding the locks, no ingest or link can be adding a file for these blobs: look
         // again (one may have committed just before, or another collector may have taken the
         // blob already), and find where the copies are.
@@ -221,15 +144,13 @@ impl Registry {
             let (size, since): (i64, time::OffsetDateTime) = (row.get(1), row.get(2));
             done.blobs += 1;
             done.bytes += size as u64;
-            found.push(DomainEvent::Storage(StorageEvent::Collected(
-                BlobCollected {
-                    blake3: digest.to_hex(),
-                    size: size as u64,
-                    backends,
-                    unreferenced_since: Timestamp::from_datetime(since),
-                    collected_at: self.clock.now(),
-                },
-            )));
+            found.push(DomainEvent::new(BlobCollected {
+                blake3: digest.to_hex(),
+                size: size as u64,
+                backends,
+                unreferenced_since: Timestamp::from_datetime(since),
+                collected_at: self.clock.now(),
+            }));
             for store in stores {
                 deletions.push(async move { store.delete(&address).await });
             }
@@ -295,7 +216,7 @@ impl Registry {
                         Digest::from_slice(digest).map_err(|e| Error::Integrity(e.to_string()))?;
                     // An ingest in flight holds the lock: its bytes are not orphans. Once we
                     // hold it, no ingest is between writing and recording: look again.
-                    if try_lock_blob(&tx, &digest).await?
+                    if blob_lock::try_lock_exclusive(&tx, &digest).await?
                         && tx
                             .query_opt(
                                 "SELECT 1 FROM storage_locations WHERE blake3 = $1 \

@@ -1,27 +1,16 @@
 //! Streaming ingest: hash while storing, check, commit bytes, then record in one transaction.
 
 use super::Registry;
-use super::types::{FileRecord, PackageStatus};
+use super::admission::{Disk, check_can_add, check_open};
+use super::record::commit_file_event;
+use super::types::{FileRecord, IngestRequest};
+use crate::domain::{FileId, PackageId, TenantId, validate_label};
 use crate::error::{Error, Result};
-use crate::events::{self, DomainEvent, FileIngested};
-use crate::identity::{ContentAddress, DualDigest, DualHasher, HashPipeline};
-use crate::model::{FileId, PackageId, RelativePath, TenantId, validate_label};
+use crate::events::FileIngested;
+use crate::identity::{DualDigest, DualHasher, HashPipeline};
 use crate::storage::{BlobStore, StagedBlob, WriteHint};
 use bytes::Bytes;
 use futures::{Stream, StreamExt, pin_mut};
-
-/// One file to ingest.
-#[derive(Debug, Clone)]
-pub struct IngestRequest {
-    /// Where it goes in the package.
-    pub relative_path: RelativePath,
-    /// Media type; `application/octet-stream` when absent.
-    pub media_type: Option<String>,
-    /// If given, the bytes must have this digest (either algorithm) or nothing is kept.
-    pub expected_digest: Option<ContentAddress>,
-    /// Replace an existing file at the same path instead of failing with a conflict.
-    pub replace: bool,
-}
 
 /// Bytes received into a staged write in a backend, hashed, not yet a file (see
 /// [`Registry::stage_file`]).
@@ -57,17 +46,6 @@ pub fn validate_media_type(media_type: &str) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// What a write takes of a local backend's disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Disk {
-    /// New bytes: this many, or not known. Refused if the disk would be left with less than
-    /// the minimum free.
-    Writes(Option<u64>),
-    /// Checked by the caller once it knows the backend (bytes already on this server's disk
-    /// may need no more of it).
-    Unchecked,
 }
 
 impl Registry {
@@ -131,27 +109,6 @@ impl Registry {
             },
         )
         .await
-    }
-
-    /// Whether the package can take the file `request` describes now: the tenant's, open,
-    /// with room, the path free (or replaced). For refusing before bytes are sent or stored.
-    pub async fn check_can_add_file(
-        &self,
-        tenant: &TenantId,
-        package_id: PackageId,
-        request: &IngestRequest,
-    ) -> Result<()> {
-        self.backend_for(tenant, package_id, request)
-            .await
-            .map(drop)
-    }
-
-    /// Whether the package is the tenant's and takes files now (open): `NotFound`, `Gone` or
-    /// `Conflict` otherwise. For refusing a request before reading its body.
-    pub async fn check_package_open(&self, tenant: &TenantId, package_id: PackageId) -> Result<()> {
-        let client = self.pool.get().await?;
-        check_open(&client, tenant, package_id, false).await?;
-        Ok(())
     }
 
     /// The first half of an ingest whose path is not known until its bytes have been
@@ -240,56 +197,6 @@ impl Registry {
         .await
     }
 
-    /// The backend a file's bytes go to, once the package is found able to take the file
-    /// (the tenant's, open, with room, the path free or replaceable).
-    pub(super) async fn backend_for(
-        &self,
-        tenant: &TenantId,
-        package_id: PackageId,
-        request: &IngestRequest,
-    ) -> Result<std::sync::Arc<dyn BlobStore>> {
-        Ok(self
-            .admit(tenant, package_id, request, None, Disk::Writes(None))
-            .await?
-            .0)
-    }
-
-    /// [`backend_for`](Self::backend_for), and the room the tenant's byte quota leaves for
-    /// `size` bytes (or, the size unknown, for any): `None` without a byte quota. `disk`: what
-    /// the write takes of the backend's disk, if it is this server's.
-    pub(super) async fn admit(
-        &self,
-        tenant: &TenantId,
-        package_id: PackageId,
-        request: &IngestRequest,
-        size: Option<u64>,
-        disk: Disk,
-    ) -> Result<(std::sync::Arc<dyn BlobStore>, Option<super::Room>)> {
-        let can_add = {
-            let client = self.pool.get().await?;
-            check_can_add(
-                &client,
-                tenant,
-                package_id,
-                request,
-                self.limits.max_files_per_package,
-                false,
-            )
-            .await?
-        };
-        let room = if can_add.byte_quota {
-            let writing = super::Writing::file(package_id, &request.relative_path);
-            self.room_for(tenant, size.unwrap_or(0), &writing).await?
-        } else {
-            None
-        };
-        let backend = can_add.backend(&self.backends).clone();
-        if let Disk::Writes(size) = disk {
-            self.check_backend_space(backend.as_ref(), size).await?;
-        }
-        Ok((backend, room))
-    }
-
     /// Copies the stream into the staged write while the hashing thread digests it, stopping
     /// at the largest file size, and at the room the tenant's byte quota leaves.
     async fn stream_into<S>(
@@ -343,7 +250,7 @@ impl Registry {
     /// adopting a file) and records the file, holding the blob's collection lock shared from
     /// before the bytes appear until the record commits, so garbage collection can never delete
     /// bytes an ingest is about to reference (see `gc.rs`). Small files are recorded by the
-    /// group committer (`group.rs`), which keeps the same protocol for a whole batch.
+    /// group committer (`group_commit.rs`), which keeps the same protocol for a whole batch.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn publish_and_record(
         &self,
@@ -368,7 +275,7 @@ impl Registry {
             replaced_file_id: None,
             ingested_at: self.clock.now(),
         };
-        if digest.size <= super::group::GROUP_MAX_BYTES {
+        if digest.size <= super::group_commit::GROUP_MAX_BYTES {
             return self
                 .record_in_group(tenant, request, event, digest, backend, publish)
                 .await;
@@ -386,14 +293,16 @@ impl Registry {
             .await?;
         let blake3 = digest.blake3.0.as_slice();
         let backend_id = backend.id();
-        super::gc::prepare_blob_locks(&tx).await?;
-        let ((), damaged) =
-            futures::try_join!(super::gc::lock_blob_shared(&tx, &digest.blake3), async {
+        super::blob_lock::prepare_blob_locks(&tx).await?;
+        let ((), damaged) = futures::try_join!(
+            super::blob_lock::lock_blob_shared(&tx, &digest.blake3),
+            async {
                 Ok(tx
                     .query_opt(&damaged, &[&blake3, &backend_id])
                     .await?
                     .is_some())
-            })?;
+            }
+        )?;
         if damaged {
             remove_damaged(backend, digest).await?;
         }
@@ -424,7 +333,7 @@ impl Registry {
     ) -> Result<FileRecord> {
         let stopped = || Error::Database("the ingest committer stopped".into());
         let (go_tx, go_rx) = tokio::sync::oneshot::channel();
-        let item = super::group::Item {
+        let item = super::group_commit::BatchFile {
             tenant: tenant.clone(),
             request,
             event,
@@ -435,7 +344,7 @@ impl Registry {
         self.committer.submit(
             &self.pool,
             &self.backends,
-            super::group::Pending { item, go: go_tx },
+            super::group_commit::Queued { item, go: go_tx },
         )?;
         let go = go_rx.await.map_err(|_| stopped())??;
         let published = async {
@@ -465,53 +374,6 @@ async fn remove_damaged(backend: &dyn BlobStore, digest: &DualDigest) -> Result<
     backend.delete(&digest.primary_address()).await
 }
 
-/// Records a `v1.file.ingested` event as the last step of `tx`, commits, and returns the file.
-pub(super) async fn commit_file_event(
-    tx: events::Tx<'_>,
-    tenant: &TenantId,
-    event: FileIngested,
-    blake3: crate::identity::Digest,
-    sha256: crate::identity::Digest,
-) -> Result<FileRecord> {
-    let record = file_record(&event, blake3, sha256);
-    let added = super::quota::Added {
-        tenant: tenant.clone(),
-        bytes: event.size,
-        packages: 0,
-        files: vec![(event.package_id.0, event.relative_path.as_str().to_owned())],
-    };
-    let now = event.ingested_at;
-    events::record(
-        &tx,
-        vec![DomainEvent::FileIngested {
-            tenant: tenant.clone(),
-            event,
-        }],
-    )
-    .await?;
-    super::quota::enforce(&tx, &[added], now).await?;
-    tx.commit().await?;
-    Ok(record)
-}
-
-/// The file an ingest event makes.
-pub(super) fn file_record(
-    event: &FileIngested,
-    blake3: crate::identity::Digest,
-    sha256: crate::identity::Digest,
-) -> FileRecord {
-    FileRecord {
-        id: event.file_id,
-        package_id: event.package_id,
-        relative_path: event.relative_path.clone(),
-        size: event.size,
-        media_type: event.media_type.clone(),
-        blake3,
-        sha256,
-        created_at: event.ingested_at,
-    }
-}
-
 pub(super) fn check_expected(request: &IngestRequest, digest: &DualDigest) -> Result<()> {
     match &request.expected_digest {
         Some(expected) if !digest.matches(expected) => Err(Error::DigestMismatch {
@@ -523,164 +385,4 @@ pub(super) fn check_expected(request: &IngestRequest, digest: &DualDigest) -> Re
         }),
         _ => Ok(()),
     }
-}
-
-/// What [`check_can_add`] found.
-pub(super) struct CanAdd {
-    /// The file being replaced.
-    pub replaced: Option<FileId>,
-    /// The tenant has a byte quota.
-    pub byte_quota: bool,
-    /// The package's retention class and producer, which route its bytes to a backend.
-    pub retention_class: String,
-    pub producer: String,
-}
-
-impl CanAdd {
-    /// The backend this package's new bytes go to.
-    pub fn backend<'a>(
-        &self,
-        backends: &'a crate::storage::Backends,
-    ) -> &'a std::sync::Arc<dyn BlobStore> {
-        backends.route(&self.retention_class, &self.producer)
-    }
-}
-
-/// Checks the package is the tenant's, open, has room, and the path is free (or may be
-/// replaced), in one statement. With `lock`, the package row is locked until the transaction
-/// ends, so two ingests into one package serialise their checks.
-pub(super) async fn check_can_add(
-    client: &impl deadpool_postgres::GenericClient,
-    tenant: &TenantId,
-    package_id: PackageId,
-    request: &IngestRequest,
-    max_files: u64,
-    lock: bool,
-) -> Result<CanAdd> {
-    let row = package_row(
-        client,
-        tenant,
-        package_id,
-        Some(&request.relative_path),
-        lock,
-    )
-    .await?;
-    let open = OpenPackage::from_row(package_id, &row)?;
-    let existing = row.get::<_, Option<uuid::Uuid>>(4).map(FileId);
-    may_add_at(package_id, request, existing, open.file_count, max_files)?;
-    Ok(CanAdd {
-        replaced: existing,
-        byte_quota: open.byte_quota,
-        retention_class: open.retention_class,
-        producer: open.producer,
-    })
-}
-
-/// An open package (what [`check_open`] found).
-pub(super) struct OpenPackage {
-    pub file_count: u64,
-    pub retention_class: String,
-    pub producer: String,
-    /// Its tenant has a byte quota.
-    pub byte_quota: bool,
-}
-
-impl OpenPackage {
-    fn from_row(package_id: PackageId, row: &tokio_postgres::Row) -> Result<Self> {
-        must_be_open(package_id, row.get(0))?;
-        Ok(OpenPackage {
-            file_count: row.get::<_, i32>(1) as u64,
-            retention_class: row.get(2),
-            producer: row.get(3),
-            byte_quota: row.get::<_, Option<bool>>(5).unwrap_or(false),
-        })
-    }
-}
-
-/// A package in `status` (its column value) takes new files only while open.
-pub(super) fn must_be_open(package_id: PackageId, status: &str) -> Result<()> {
-    match PackageStatus::parse(status)? {
-        PackageStatus::Open => Ok(()),
-        PackageStatus::Expired => Err(Error::Gone(format!(
-            "package {package_id} has expired; create a new package"
-        ))),
-        _ => Err(Error::Conflict(format!(
-            "package {package_id} is finalized and immutable; create a new package"
-        ))),
-    }
-}
-
-/// A file may go in at `request.relative_path` of an open package holding `file_count` files,
-/// where `existing` is the file already there: only as a replace, and a new path only while
-/// there is room.
-pub(super) fn may_add_at(
-    package_id: PackageId,
-    request: &IngestRequest,
-    existing: Option<FileId>,
-    file_count: u64,
-    max_files: u64,
-) -> Result<()> {
-    if existing.is_some() && !request.replace {
-        return Err(path_taken(package_id, &request.relative_path));
-    }
-    if existing.is_none() && file_count >= max_files {
-        return Err(Error::LimitExceeded(format!(
-            "package {package_id} already holds the maximum of {max_files} files"
-        )));
-    }
-    Ok(())
-}
-
-/// The package exists for this tenant and is open; with `lock`, its row is locked until the
-/// transaction ends (adds to one package are serialised).
-pub(super) async fn check_open(
-    client: &impl deadpool_postgres::GenericClient,
-    tenant: &TenantId,
-    package_id: PackageId,
-    lock: bool,
-) -> Result<OpenPackage> {
-    let row = package_row(client, tenant, package_id, None, lock).await?;
-    OpenPackage::from_row(package_id, &row)
-}
-
-/// The package's status, file count, retention class and producer, and the id of its file at
-/// `path` (NULL without a path, or when there is none); a prepared statement per connection,
-/// as this is on every ingest's path.
-async fn package_row(
-    client: &impl deadpool_postgres::GenericClient,
-    tenant: &TenantId,
-    package_id: PackageId,
-    path: Option<&RelativePath>,
-    lock: bool,
-) -> Result<tokio_postgres::Row> {
-    let sql = if lock {
-        "SELECT p.status, p.file_count, p.retention_class, p.producer, \
-                (SELECT f.id FROM files f WHERE f.package_id = p.id AND f.relative_path = $3), \
-                (SELECT q.max_bytes IS NOT NULL FROM tenant_quotas q WHERE q.tenant = p.tenant) \
-         FROM packages p WHERE p.id = $1 AND p.tenant = $2 FOR UPDATE OF p"
-    } else {
-        "SELECT p.status, p.file_count, p.retention_class, p.producer, \
-                (SELECT f.id FROM files f WHERE f.package_id = p.id AND f.relative_path = $3), \
-                (SELECT q.max_bytes IS NOT NULL FROM tenant_quotas q WHERE q.tenant = p.tenant) \
-         FROM packages p WHERE p.id = $1 AND p.tenant = $2"
-    };
-    let statement = client.prepare_cached(sql).await?;
-    client
-        .query_opt(
-            &statement,
-            &[
-                &package_id.0,
-                &tenant.as_str(),
-                &path.map(RelativePath::as_str),
-            ],
-        )
-        .await?
-        .ok_or_else(|| Error::not_found("package", package_id))
-}
-
-/// A file already has this path and the caller did not ask to replace it.
-pub(super) fn path_taken(package_id: PackageId, path: &RelativePath) -> Error {
-    Error::Conflict(format!(
-        "package {package_id} already has a file at `{path}`; ask to replace it"
-    ))
 }

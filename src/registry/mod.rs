@@ -1,39 +1,42 @@
 //! The orchestrator: packages, files, ingest, finalize, reads. Every public function takes the
 //! caller's tenant; another tenant's things are `NotFound`.
 
+mod admission;
+mod blob_lock;
 mod dedup;
 mod finalize;
 mod gc;
-mod group;
+mod group_commit;
 mod ingest;
-mod migrate;
 mod packages;
 mod quota;
 mod reads;
+mod record;
+mod relocate;
 mod retention;
 mod space;
-mod storage;
 mod types;
 mod uploads;
 mod usage;
+mod verify;
 
 pub use dedup::{LinkRequest, MAX_LINK_BATCH, MAX_MISSING_QUERY};
 pub use gc::{Collectable, Collected};
-pub use ingest::{DEFAULT_MEDIA_TYPE, IngestRequest, StagedFile};
-pub use migrate::{MigrateScope, MigrationItem, Moved};
+pub use ingest::{DEFAULT_MEDIA_TYPE, StagedFile};
 pub use packages::{NewPackage, PackageFilter, PackagePage};
 pub use quota::{Quota, QuotaUsage, Room, TenantQuota, Writing};
 pub use reads::FileDownload;
+pub use relocate::{MigrateScope, MigrationItem, Moved};
 pub use retention::{Expiry, MAX_CLASS_DURATION_SECONDS, RetentionClass};
 pub use space::DiskSpace;
-pub use storage::{Location, VerifyOutcome, VerifyScope, VerifyTotals};
-pub use types::{FileRecord, Package, PackageStatus, RetentionInfo, StoredManifest};
+pub use types::{FileRecord, IngestRequest, Package, PackageStatus, RetentionInfo, StoredManifest};
 pub use uploads::{Chunk, NewUpload, UploadSession, WriteThroughStats};
 #[doc(hidden)]
 pub use usage::USAGE_SQL;
 pub use usage::Usage;
+pub use verify::{Location, VerifyOutcome, VerifyScope, VerifyTotals};
 
-use crate::model::{Clock, SystemClock};
+use crate::domain::{Clock, SystemClock};
 use crate::storage::Backends;
 use deadpool_postgres::Pool;
 use std::sync::Arc;
@@ -48,7 +51,8 @@ pub struct Limits {
     /// How long an upload session lives without being completed.
     pub upload_ttl_seconds: u64,
     /// Upload sessions that may stream into their backend as their chunks arrive, at once
-    /// (see [`BlobStore::write_through`](crate::storage::BlobStore::write_through)).
+    /// (see [`Capabilities`](crate::storage::Capabilities): remote backends, above what they
+    /// buffer in memory).
     pub max_write_through_uploads: usize,
     /// Open upload sessions a tenant may have when its quota does not say.
     pub default_max_upload_sessions: u64,
@@ -84,7 +88,7 @@ pub struct Registry {
     /// Bounds and counts upload sessions writing through to their backend.
     write_through: Arc<uploads::WriteThroughSlots>,
     /// Records small ingests in batches (group commit).
-    committer: group::Committer,
+    committer: group_commit::Committer,
 }
 
 impl Registry {
@@ -100,7 +104,7 @@ impl Registry {
             write_through: Arc::new(uploads::WriteThroughSlots::new(
                 Limits::default().max_write_through_uploads,
             )),
-            committer: group::Committer::default(),
+            committer: group_commit::Committer::default(),
         }
     }
 

@@ -4,9 +4,9 @@ use super::Registry;
 use super::types::{
     FILE_COLUMNS, FileRecord, PACKAGE_COLUMNS, PACKAGE_FROM, Package, PackageStatus,
 };
+use crate::domain::{Metadata, PackageId, TenantId, validate_label};
 use crate::error::{Error, Result};
 use crate::events::{self, DomainEvent, PackageCreated};
-use crate::model::{Metadata, PackageId, TenantId, validate_label};
 use tokio_postgres::GenericClient;
 
 /// What a new package needs.
@@ -111,7 +111,7 @@ impl Registry {
                 expiry_reason: None,
             },
         };
-        let stored = events::record(&tx, vec![DomainEvent::PackageCreated(event)]).await?;
+        let stored = events::record(&tx, vec![DomainEvent::new(event)]).await?;
         package.created_sequence = stored[0].sequence;
         let added = super::quota::Added {
             tenant: tenant.clone(),

@@ -15,9 +15,10 @@
 //! together pass its limits.
 
 use super::Registry;
+use crate::db::Tx;
+use crate::domain::{PackageId, RelativePath, TenantId, Timestamp};
 use crate::error::{Error, QuotaKind, Result};
-use crate::events::{self, DomainEvent, QuotaSet, Tx};
-use crate::model::{PackageId, RelativePath, TenantId, Timestamp};
+use crate::events::{self, DomainEvent, QuotaSet};
 use deadpool_postgres::GenericClient;
 use std::collections::HashMap;
 use uuid::Uuid;
@@ -336,7 +337,7 @@ impl Registry {
         .await?;
         events::record(
             &tx,
-            vec![DomainEvent::QuotaSet(QuotaSet {
+            vec![DomainEvent::new(QuotaSet {
                 tenant: tenant.clone(),
                 max_bytes: quota.max_bytes,
                 max_packages: quota.max_packages,

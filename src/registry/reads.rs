@@ -2,8 +2,8 @@
 
 use super::Registry;
 use super::types::{FILE_COLUMNS, FileRecord};
+use crate::domain::{FileId, TenantId};
 use crate::error::{Error, Result};
-use crate::model::{FileId, TenantId};
 use crate::storage::{ByteRange, ByteStream};
 
 /// A file's bytes (or a range of them), ready to stream.

@@ -3,13 +3,12 @@
 use super::Registry;
 use super::packages::{live, load_package};
 use super::types::{Package, PackageStatus};
+use crate::domain::{PackageId, TenantId, Timestamp, validate_label};
 use crate::error::{Error, Result};
 use crate::events::{
     self, ClassChanged, ClassDefined, DomainEvent, HoldReleased, HoldSet, PackageExpired,
-    RetentionEvent,
 };
-use crate::model::{PackageId, TenantId, Timestamp, validate_label};
-use crate::retention::policy::{self, DueReason, RetentionFacts};
+use crate::retention::{self as policy, DueReason, RetentionFacts};
 
 /// A retention class.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,14 +117,12 @@ impl Registry {
         let tx = client.transaction().await?;
         events::record(
             &tx,
-            vec![DomainEvent::Retention(RetentionEvent::ClassDefined(
-                ClassDefined {
-                    name: class.name.clone(),
-                    duration_seconds: class.duration_seconds,
-                    description: class.description.clone(),
-                    defined_at: self.clock.now(),
-                },
-            ))],
+            vec![DomainEvent::new(ClassDefined {
+                name: class.name.clone(),
+                duration_seconds: class.duration_seconds,
+                description: class.description.clone(),
+                defined_at: self.clock.now(),
+            })],
         )
         .await?;
         tx.commit().await?;
@@ -141,14 +138,14 @@ impl Registry {
     ) -> Result<Package> {
         validate_label("reason", &reason)?;
         self.retention_mutation(tenant, id, |_, now| {
-            Ok(RetentionEvent::HoldSet {
-                tenant: tenant.clone(),
-                event: HoldSet {
+            Ok(DomainEvent::of(
+                tenant,
+                HoldSet {
                     package_id: id,
                     reason: reason.clone(),
                     set_at: now,
                 },
-            })
+            ))
         })
         .await
     }
@@ -161,13 +158,13 @@ impl Registry {
                     "package {id} is not under legal hold"
                 )));
             }
-            Ok(RetentionEvent::HoldReleased {
-                tenant: tenant.clone(),
-                event: HoldReleased {
+            Ok(DomainEvent::of(
+                tenant,
+                HoldReleased {
                     package_id: id,
                     released_at: now,
                 },
-            })
+            ))
         })
         .await
     }
@@ -205,9 +202,9 @@ impl Registry {
             if package.status == PackageStatus::Finalized {
                 policy::check_class_change(package.retention.expires_at, expires_at, force)?;
             }
-            Ok(RetentionEvent::ClassChanged {
-                tenant: tenant.clone(),
-                event: ClassChanged {
+            Ok(DomainEvent::of(
+                tenant,
+                ClassChanged {
                     package_id: id,
                     from: package.retention_class.clone(),
                     to: target.name.clone(),
@@ -215,7 +212,7 @@ impl Registry {
                     forced: force,
                     changed_at: now,
                 },
-            })
+            ))
         })
         .await
     }
@@ -225,7 +222,7 @@ impl Registry {
         &self,
         tenant: &TenantId,
         id: PackageId,
-        event: impl FnOnce(&Package, Timestamp) -> Result<RetentionEvent>,
+        event: impl FnOnce(&Package, Timestamp) -> Result<DomainEvent>,
     ) -> Result<Package> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
@@ -237,7 +234,7 @@ impl Registry {
         .ok_or_else(|| Error::not_found("package", id))?;
         let package = live(load_package(&*tx, tenant, id).await?)?;
         let event = event(&package, self.clock.now())?;
-        events::record(&tx, vec![DomainEvent::Retention(event)]).await?;
+        events::record(&tx, vec![event]).await?;
         let after = load_package(&*tx, tenant, id).await?;
         tx.commit().await?;
         Ok(after)
@@ -305,16 +302,16 @@ impl Registry {
         let events = due
             .iter()
             .map(|e| {
-                DomainEvent::Retention(RetentionEvent::Expired {
-                    tenant: e.tenant.clone(),
-                    event: PackageExpired {
+                DomainEvent::of(
+                    &e.tenant,
+                    PackageExpired {
                         package_id: e.package_id,
                         retention_class: e.retention_class.clone(),
                         reason: e.reason.as_str().to_owned(),
                         due_at: e.due_at,
                         expired_at,
                     },
-                })
+                )
             })
             .collect();
         events::record(&tx, events).await?;

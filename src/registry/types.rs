@@ -1,8 +1,8 @@
-//! What the registry returns.
+//! What the registry takes and returns.
 
+use crate::domain::{FileId, Metadata, PackageId, RelativePath, TenantId, Timestamp};
 use crate::error::{Error, Result};
 use crate::identity::{ContentAddress, Digest};
-use crate::model::{FileId, Metadata, PackageId, RelativePath, TenantId, Timestamp};
 use tokio_postgres::Row;
 
 /// Open packages accept files; finalized ones are immutable; expired ones are gone (their
@@ -194,4 +194,17 @@ pub struct StoredManifest {
     pub digest: ContentAddress,
     /// Canonical CBOR.
     pub cbor: Vec<u8>,
+}
+
+/// One file to ingest.
+#[derive(Debug, Clone)]
+pub struct IngestRequest {
+    /// Where it goes in the package.
+    pub relative_path: RelativePath,
+    /// Media type; `application/octet-stream` when absent.
+    pub media_type: Option<String>,
+    /// If given, the bytes must have this digest (either algorithm) or nothing is kept.
+    pub expected_digest: Option<ContentAddress>,
+    /// Replace an existing file at the same path instead of failing with a conflict.
+    pub replace: bool,
 }

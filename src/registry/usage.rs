@@ -1,8 +1,8 @@
 //! Accounting: what a tenant stores, and the retention and collection backlog.
 
 use super::Registry;
+use crate::domain::TenantId;
 use crate::error::Result;
-use crate::model::TenantId;
 
 /// A tenant's usage.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -68,6 +68,29 @@ pub struct WriteHint {
     pub expected: Option<ContentAddress>,
 }
 
+/// What a backend is like, for the registry's policies (which writes stream into it as they
+/// arrive, what a write takes of this server's disk). The backend describes itself; the
+/// registry decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Its bytes live on another machine: storing a file this server already holds (a spooled
+    /// upload) sends every byte again. False for a backend on this server's filesystems,
+    /// which [adopts](BlobStore::adopt_file) a file by moving it.
+    pub remote: bool,
+    /// Staged writes up to this size are buffered in memory and stored in one request, so
+    /// streaming them as they arrive gains nothing.
+    pub buffered_up_to: u64,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Capabilities {
+            remote: false,
+            buffered_up_to: u64::MAX,
+        }
+    }
+}
+
 /// Bytes being written whose address is not known yet. Nothing is visible under any address
 /// until [`StagedBlob::commit`]; dropping without commit leaves only staging data, which
 /// [`StagedBlob::abort`] or garbage collection removes.
@@ -91,12 +114,40 @@ pub trait StagedBlob: Send {
 }
 
 /// A storage backend. Object safe: the registry holds `Arc<dyn BlobStore>`.
+///
+/// The required core: [`id`](Self::id), [`stage`](Self::stage), [`get`](Self::get),
+/// [`head`](Self::head), [`delete`](Self::delete), [`list`](Self::list),
+/// [`sweep_staging`](Self::sweep_staging), [`health`](Self::health). Everything else has a
+/// default built on it.
 #[async_trait::async_trait]
 pub trait BlobStore: Send + Sync + std::fmt::Debug {
     /// The backend's configured id (recorded in `storage_locations.backend_id`).
     fn id(&self) -> &str;
     /// Starts a staged write.
     async fn stage(&self) -> Result<Box<dyn StagedBlob>>;
+
+    /// Streams the blob, or a range of it. A missing blob is `Error::NotFound`.
+    async fn get(&self, address: &ContentAddress, range: Option<ByteRange>) -> Result<ByteStream>;
+    /// The stored size, or `None` when absent.
+    async fn head(&self, address: &ContentAddress) -> Result<Option<u64>>;
+    /// Deletes the blob; deleting an absent blob succeeds.
+    async fn delete(&self, address: &ContentAddress) -> Result<()>;
+    /// Every stored blob, in no particular order.
+    fn list(&self) -> BoxStream<'static, Result<BlobInfo>>;
+    /// Reachability and capacity.
+    async fn health(&self) -> BackendHealth;
+
+    /// Removes staged writes begun before `cutoff` (abandoned by a crash or a killed request);
+    /// returns how many were removed.
+    async fn sweep_staging(&self, cutoff: std::time::SystemTime) -> Result<usize>;
+
+    // What follows has defaults built on the core above; a backend overrides what it can do
+    // better (a single request, a rename, a hash it computes while reading).
+
+    /// What the backend is like (see [`Capabilities`]).
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
 
     /// Starts a staged write with what is known of it before the first byte (see
     /// [`WriteHint`]). A backend may use the size to send the bytes in one request, and may
@@ -108,16 +159,6 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
         let _ = hint;
         self.stage().await
     }
-    /// Whether an upload session of `size` bytes, which arrives over many requests and is
-    /// spooled on the server's disk meanwhile, should also stream into a staged write here as
-    /// its bytes arrive ("write-through"), so that completion need not send them again. The
-    /// default is no: right for a backend that [adopts](Self::adopt_file) a file by moving it.
-    fn write_through(&self, size: u64) -> bool {
-        let _ = size;
-        false
-    }
-    /// Streams the blob, or a range of it. A missing blob is `Error::NotFound`.
-    async fn get(&self, address: &ContentAddress, range: Option<ByteRange>) -> Result<ByteStream>;
     /// Streams the whole blob, checking it as it goes against `size` bytes hashing to
     /// `expected` (its BLAKE3 digest): the last chunk is held back until the check passes, and
     /// on a mismatch the stream ends in an error instead. A missing blob is
@@ -145,15 +186,6 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
             .await
             .map_err(|e| crate::Error::storage(self.id(), format!("reading {address}: {e}")))
     }
-    /// The stored size, or `None` when absent.
-    async fn head(&self, address: &ContentAddress) -> Result<Option<u64>>;
-    /// Deletes the blob; deleting an absent blob succeeds.
-    async fn delete(&self, address: &ContentAddress) -> Result<()>;
-    /// Every stored blob, in no particular order.
-    fn list(&self) -> BoxStream<'static, Result<BlobInfo>>;
-    /// Reachability and capacity.
-    async fn health(&self) -> BackendHealth;
-
     /// Free bytes where this backend writes, when it shares a filesystem with this server (a
     /// local backend) and so can fill it; `None` otherwise (S3 manages its own capacity).
     async fn free_bytes(&self) -> Option<u64> {
@@ -166,10 +198,6 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
         let _ = path;
         false
     }
-
-    /// Removes staged writes begun before `cutoff` (abandoned by a crash or a killed request);
-    /// returns how many were removed.
-    async fn sweep_staging(&self, cutoff: std::time::SystemTime) -> Result<usize>;
 
     /// Stores the bytes of a complete local file (already verified to be `address`). The file
     /// is consumed: moved if the backend can, else copied and removed. The default streams it

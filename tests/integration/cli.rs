@@ -1,7 +1,7 @@
 //! The client CLI against the real server: push, pull, ls, manifest, exit codes.
 
-use crate::harness::{TestDb, random_bytes};
-use crate::server::Server;
+use crate::support::Server;
+use crate::support::{TestDb, random_bytes};
 use std::path::Path;
 use std::process::{Command, Output};
 

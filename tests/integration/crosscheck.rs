@@ -3,9 +3,9 @@
 //! (`pip install -r scripts/requirements-crosscheck.txt`); `.ci/run` installs them. Without
 //! them the test fails, unless ARTIFACTSTORE_SKIP_CROSSCHECK=1 says to skip on purpose.
 
-use crate::harness::{TestEnv, body, random_bytes};
+use crate::support::{TestEnv, body, random_bytes};
+use artifactstore::domain::{Metadata, RelativePath, TenantId};
 use artifactstore::manifest::Manifest;
-use artifactstore::model::{Metadata, RelativePath, TenantId};
 use artifactstore::registry::{IngestRequest, NewPackage};
 use std::collections::BTreeMap;
 use std::process::Command;

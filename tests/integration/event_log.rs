@@ -1,15 +1,15 @@
 //! The event log: gapless, commit-ordered sequence numbers under concurrent writers.
 
-use crate::harness::TestDb;
+use crate::support::TestDb;
+use artifactstore::domain::{Metadata, PackageId, TenantId, Timestamp};
 use artifactstore::events::{self, DomainEvent, PackageCreated};
-use artifactstore::model::{Metadata, PackageId, TenantId, Timestamp};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 fn created(tenant: &TenantId, writer: usize, i: usize) -> DomainEvent {
-    DomainEvent::PackageCreated(PackageCreated {
+    DomainEvent::new(PackageCreated {
         package_id: PackageId::generate(),
         tenant: tenant.clone(),
         producer: format!("writer-{writer}"),
@@ -197,7 +197,7 @@ async fn tenant_and_type_filters() {
 /// a different question, or the same one asked after the answer came, is read afresh.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identical_tail_reads_in_flight_are_sent_once() {
-    let env = crate::harness::TestEnv::new().await;
+    let env = crate::support::TestEnv::new().await;
     let tenant = TenantId::default_tenant();
     for i in 0..3 {
         env.registry
@@ -283,20 +283,20 @@ async fn statements_sent_together_run_in_order_whatever_the_connection_has_prepa
     );
     let tenant = TenantId::default_tenant();
     let work = async {
-        let package = crate::harness::package(&registry).await;
+        let package = crate::support::package(&registry).await;
         let request = IngestRequest {
-            relative_path: artifactstore::model::RelativePath::new("a.txt").unwrap(),
+            relative_path: artifactstore::domain::RelativePath::new("a.txt").unwrap(),
             media_type: None,
             expected_digest: None,
             replace: false,
         };
-        let data = crate::harness::random_bytes(1000, 9);
+        let data = crate::support::random_bytes(1000, 9);
         registry
             .ingest_file(
                 &tenant,
                 package.id,
                 request,
-                crate::harness::body(&data, 100),
+                crate::support::body(&data, 100),
             )
             .await
             .unwrap();

@@ -1,9 +1,9 @@
 //! `GET /events` through the real server: no miss, no reorder, listener loss, tenancy.
 
-use crate::harness::{TestDb, body, random_bytes};
-use crate::server::Server;
+use crate::support::Server;
+use crate::support::{TestDb, body, random_bytes};
+use artifactstore::domain::{Metadata, PackageId, RelativePath, TenantId, Timestamp};
 use artifactstore::events::{self, DomainEvent, PackageCreated};
-use artifactstore::model::{Metadata, PackageId, RelativePath, TenantId, Timestamp};
 use artifactstore::registry::{IngestRequest, NewPackage};
 use serde_json::Value;
 use std::sync::Arc;
@@ -57,8 +57,8 @@ async fn tail(
     seen
 }
 
-fn created(tenant: &TenantId, i: usize) -> DomainEvent {
-    DomainEvent::PackageCreated(PackageCreated {
+fn created(tenant: &TenantId, i: usize) -> PackageCreated {
+    PackageCreated {
         package_id: PackageId::generate(),
         tenant: tenant.clone(),
         producer: "rolled-back".into(),
@@ -66,7 +66,7 @@ fn created(tenant: &TenantId, i: usize) -> DomainEvent {
         retention_class: "short".into(),
         metadata: Metadata::default(),
         created_at: Timestamp::parse("2026-11-22T00:00:00Z").unwrap(),
-    })
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -134,7 +134,7 @@ async fn eight_producers_four_consumers_no_miss_no_reorder() {
                 // A transaction that takes sequence numbers and rolls back.
                 let mut client = pool.get().await.unwrap();
                 let tx = client.transaction().await.unwrap();
-                events::record(&tx, vec![created(&tenant, r)])
+                events::record(&tx, vec![DomainEvent::new(created(&tenant, r))])
                     .await
                     .unwrap();
                 tx.rollback().await.unwrap();
@@ -178,11 +178,9 @@ async fn listener_loss_delays_but_never_loses_events() {
         async move {
             let mut client = pool.get().await.unwrap();
             let tx = client.transaction().await.unwrap();
-            let DomainEvent::PackageCreated(mut p) = created(&tenant, i) else {
-                unreachable!()
-            };
+            let mut p = created(&tenant, i);
             p.producer = "kept".into();
-            events::record(&tx, vec![DomainEvent::PackageCreated(p)])
+            events::record(&tx, vec![DomainEvent::new(p)])
                 .await
                 .unwrap();
             tx.commit().await.unwrap();

@@ -2,8 +2,8 @@
 //! PostgreSQL stopped under load, a full disk, a worker killed mid-collection. Nothing
 //! recorded is lost, nothing half-written is kept, and everything carries on afterwards.
 
-use crate::harness::{TestDb, download_file, random_bytes};
-use crate::server::Server;
+use crate::support::Server;
+use crate::support::{TestDb, download_file, random_bytes, run};
 use futures::StreamExt;
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 const WRITER: &str = "faults-writer-token";
 const TOKENS: &str = "faults:read+write+admin:faults-writer-token";
 
-use crate::harness::json_of;
+use crate::support::json_of;
 
 /// A request body of `data` sent in 256 KiB pieces, `pause` apart (so that it is still being
 /// sent when the server is killed).
@@ -26,26 +26,6 @@ fn slow_body(data: Vec<u8>, pause: Duration) -> reqwest::Body {
         Ok::<_, std::io::Error>(piece)
     });
     reqwest::Body::wrap_stream(stream)
-}
-
-/// Runs an `artifactstore` command against the database and data directory; its exit code and
-/// output.
-fn run(url: &str, data: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_artifactstore"));
-    cmd.args(args)
-        .env("ARTIFACTSTORE_DATABASE_URL", url)
-        .env("ARTIFACTSTORE_DATA_DIR", data)
-        .env("ARTIFACTSTORE_LOG", "warn");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
 }
 
 /// One of the uploads in flight when the server dies.
@@ -655,7 +635,7 @@ async fn a_full_disk_refuses_writes_keeps_nothing_half_written_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_collection_leaves_the_rest_to_the_next_run() {
-    let env = crate::harness::TestEnv::new().await;
+    let env = crate::support::TestEnv::new().await;
     let root = env.store.root().to_str().unwrap().to_owned();
     worker_killed_mid_collection(
         &env.db,
@@ -698,8 +678,8 @@ async fn worker_killed_mid_collection(
     store: std::sync::Arc<dyn artifactstore::storage::BlobStore>,
     storage: &[(&str, &str)],
 ) {
-    crate::harness::define_instant_class(registry).await;
-    let tenant = artifactstore::model::TenantId::default_tenant();
+    crate::support::define_instant_class(registry).await;
+    let tenant = artifactstore::domain::TenantId::default_tenant();
     // 300 packages due at once, each with bytes of its own.
     for i in 0..300u64 {
         let p = registry
@@ -718,8 +698,8 @@ async fn worker_killed_mid_collection(
             .ingest_file(
                 &tenant,
                 p.id,
-                crate::harness::ingest_request("f"),
-                crate::harness::body(&random_bytes(3000, i), 3000),
+                crate::support::ingest_request("f"),
+                crate::support::body(&random_bytes(3000, i), 3000),
             )
             .await
             .unwrap();

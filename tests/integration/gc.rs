@@ -1,16 +1,16 @@
 //! Garbage collection: unreferenced blobs go after the grace (with an event), shared ones stay,
 //! orphan bytes go, and the race with deduplicating ingests cannot lose referenced bytes.
 
-use crate::harness::{TestEnv, body, random_bytes};
+use crate::support::{TestEnv, body, random_bytes};
+use artifactstore::domain::{PackageId, TenantId};
 use artifactstore::identity::DualHasher;
-use artifactstore::model::{PackageId, TenantId};
 use artifactstore::registry::{NewPackage, Registry};
 use artifactstore::storage::BlobStore;
 
-use crate::harness::ingest_request as request;
+use crate::support::ingest_request as request;
 
 async fn define_instant(reg: &Registry) {
-    crate::harness::define_instant_class(reg).await;
+    crate::support::define_instant_class(reg).await;
 }
 
 async fn package_with(
@@ -238,7 +238,7 @@ async fn collection_never_loses_bytes_a_concurrent_ingest_deduplicated_against()
 async fn assert_whole(reg: &Registry, tenant: &TenantId, id: PackageId, data: &[u8]) {
     for file in reg.list_files(tenant, id).await.unwrap() {
         let download = reg.read_file(tenant, file.id, None).await.unwrap();
-        let bytes = crate::harness::collect(download.body).await;
+        let bytes = crate::support::collect(download.body).await;
         assert!(bytes == data, "package {id} lost its bytes");
     }
 }
@@ -297,7 +297,7 @@ async fn a_blob_collected_before_its_move_is_not_migrated() {
     use artifactstore::registry::{MigrateScope, Moved};
     use artifactstore::storage::local::LocalStore;
     use std::sync::Arc;
-    let db = crate::harness::TestDb::new().await;
+    let db = crate::support::TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     let a = Arc::new(LocalStore::open("a", dir.path().join("a")).unwrap());
     let b = Arc::new(LocalStore::open("b", dir.path().join("b")).unwrap());

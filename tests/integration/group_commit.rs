@@ -1,9 +1,9 @@
 //! Group commit of small ingests (`registry/group.rs`): files recorded together in one
 //! transaction are still checked one by one, exactly as lone ingests would be.
 
-use crate::harness::{TestEnv, body, random_bytes};
+use crate::support::{TestEnv, body, random_bytes};
+use artifactstore::domain::{Metadata, PackageId, RelativePath, TenantId};
 use artifactstore::events;
-use artifactstore::model::{Metadata, PackageId, RelativePath, TenantId};
 use artifactstore::registry::{IngestRequest, Limits, NewPackage};
 use artifactstore::{Error, Registry};
 use std::collections::BTreeMap;

@@ -3,10 +3,10 @@
 //! that look like our problems, cross-tenant oracles, development mode in the open. Each test
 //! failed on the code before its fix.
 
-use crate::harness::{TestClock, TestDb, TestEnv, body, random_bytes};
-use crate::server::Server;
+use crate::support::Server;
+use crate::support::{TestClock, TestDb, TestEnv, body, random_bytes};
+use artifactstore::domain::{RelativePath, TenantId};
 use artifactstore::identity::DualHasher;
-use artifactstore::model::{RelativePath, TenantId};
 use artifactstore::registry::NewPackage;
 use futures::SinkExt;
 use reqwest::{Client, StatusCode};
@@ -37,7 +37,7 @@ fn address(server: &Server) -> String {
     server.base.trim_start_matches("http://").to_owned()
 }
 
-use crate::harness::json_of;
+use crate::support::json_of;
 
 async fn new_package(http: &Client, server: &Server, token: &str) -> String {
     server.create_package(http, token, "s").await
@@ -833,7 +833,7 @@ async fn tenants_see_their_own_storage_times_never_another_tenants() {
     let registry = env
         .registry
         .clone()
-        .with_clock(clock.clone() as Arc<dyn artifactstore::model::Clock>);
+        .with_clock(clock.clone() as Arc<dyn artifactstore::domain::Clock>);
     let (alpha, beta) = (
         TenantId::new("alpha").unwrap(),
         TenantId::new("beta").unwrap(),
@@ -856,7 +856,7 @@ async fn tenants_see_their_own_storage_times_never_another_tenants() {
             .ingest_file(
                 tenant,
                 p.id,
-                crate::harness::ingest_request("same.bin"),
+                crate::support::ingest_request("same.bin"),
                 body(&data, 1000),
             )
             .await
@@ -1168,7 +1168,7 @@ async fn usage_reads_the_tenants_rows_not_every_blob() {
         .ingest_file(
             &tenant,
             p.id,
-            crate::harness::ingest_request("one.bin"),
+            crate::support::ingest_request("one.bin"),
             body(b"one", 3),
         )
         .await
@@ -1418,10 +1418,10 @@ async fn expiry_leaves_a_session_that_is_being_worked_on_for_later() {
     let registry = env
         .registry
         .clone()
-        .with_clock(clock.clone() as Arc<dyn artifactstore::model::Clock>)
+        .with_clock(clock.clone() as Arc<dyn artifactstore::domain::Clock>)
         .with_upload_dir(env.dir.path().join("uploads"));
     let tenant = TenantId::default_tenant();
-    let p = crate::harness::package(&registry).await;
+    let p = crate::support::package(&registry).await;
     let session = registry
         .create_upload(
             &tenant,
@@ -1483,14 +1483,14 @@ async fn the_orphan_sweep_never_empties_a_backend_the_database_does_not_know() {
         env.store.delete(address).await.unwrap();
     }
     let tenant = TenantId::default_tenant();
-    let p = crate::harness::package(&env.registry).await;
+    let p = crate::support::package(&env.registry).await;
     for i in 0..20u64 {
         let data = random_bytes(50, 5000 + i);
         env.registry
             .ingest_file(
                 &tenant,
                 p.id,
-                crate::harness::ingest_request(&format!("f{i}")),
+                crate::support::ingest_request(&format!("f{i}")),
                 body(&data, 50),
             )
             .await

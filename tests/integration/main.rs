@@ -1,8 +1,10 @@
-//! One integration test binary against real PostgreSQL: see `harness.rs`.
+//! One integration test binary against real PostgreSQL (and Ceph RGW where `scripts/test`
+//! starts it); the fixtures the tests share are in `support/`.
 
-mod harness;
+mod support;
 
 mod api;
+mod backup;
 mod cli;
 mod crosscheck;
 mod event_log;

@@ -160,6 +160,27 @@ fn the_last_process_using_the_private_cluster_stops_it() {
     out.read_line(&mut line).unwrap();
     assert!(line.starts_with("listening on "), "{line}");
     assert_ne!(pgdata(), "not running");
+    // `postgres url` gives what pg_dump needs (docs/OPERATOR.md, "Backup and restore").
+    let url = |data: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_artifactstore"))
+            .args(["postgres", "url", "--data-dir"])
+            .arg(data)
+            .output()
+            .unwrap()
+    };
+    let out = url(data.path());
+    assert!(out.status.success(), "{out:?}");
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let events: i64 = runtime.block_on(async {
+        let client = artifactstore::db::connect(printed.trim()).await.unwrap();
+        client
+            .query_one("SELECT count(*) FROM events", &[])
+            .await
+            .unwrap()
+            .get(0)
+    });
+    assert!(events >= 0);
     let mut worker = Command::new(env!("CARGO_BIN_EXE_artifactstore"))
         .args(["worker", "--data-dir"])
         .arg(data.path())
@@ -188,6 +209,9 @@ fn the_last_process_using_the_private_cluster_stops_it() {
     assert_ne!(pgdata(), "not running", "stopped under the worker");
     terminate(&mut worker);
     assert_eq!(pgdata(), "not running", "left running after the last user");
+    let out = url(data.path());
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
 }
 
 #[test]

@@ -6,8 +6,8 @@
 //! here by the `openssl` command) and back afterwards; clients that do not ask for TLS are not
 //! affected meanwhile.
 
-use crate::harness::TestDb;
-use crate::server::Server;
+use crate::support::Server;
+use crate::support::TestDb;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;

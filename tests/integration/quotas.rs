@@ -1,9 +1,9 @@
 //! Quotas and free space: a tenant cannot fill what others need, concurrent writes cannot
 //! together pass a limit, and a full disk refuses writes while reads go on.
 
-use crate::harness::{TestDb, TestEnv, body, download_file, random_bytes};
-use crate::server::Server;
-use artifactstore::model::TenantId;
+use crate::support::Server;
+use crate::support::{TestDb, TestEnv, body, download_file, random_bytes};
+use artifactstore::domain::TenantId;
 use artifactstore::registry::{NewPackage, Quota, Registry};
 use futures::StreamExt;
 use reqwest::{Client, StatusCode};
@@ -18,7 +18,7 @@ const OPERATOR: &str = "system-admin-token";
 const TOKENS: &str = "alpha:read+write:alpha-writer-token,alpha:admin:alpha-admin-token,\
                       beta:admin:beta-admin-token,system:admin:system-admin-token";
 
-use crate::harness::json_of;
+use crate::support::json_of;
 
 /// A 507 quota refusal: its type, and which quota, limit and use it names.
 async fn assert_over(resp: reqwest::Response, quota: &str, limit: u64, used: u64) {
@@ -396,7 +396,7 @@ async fn new_package(
     registry: &Registry,
     tenant: &TenantId,
     class: &str,
-) -> artifactstore::model::PackageId {
+) -> artifactstore::domain::PackageId {
     registry
         .create_package(
             tenant,
@@ -412,7 +412,7 @@ async fn new_package(
         .id
 }
 
-use crate::harness::ingest_request as request;
+use crate::support::ingest_request as request;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_never_pass_a_quota_together_and_replay_rebuilds_it() {
@@ -472,7 +472,7 @@ async fn concurrent_writes_never_pass_a_quota_together_and_replay_rebuilds_it() 
 async fn expired_bytes_leave_the_quota_when_their_package_leaves_the_views() {
     let env = TestEnv::new().await;
     let registry = &env.registry;
-    crate::harness::define_instant_class(registry).await;
+    crate::support::define_instant_class(registry).await;
     let tenant = TenantId::new("alpha").unwrap();
     registry
         .set_quota(

@@ -1,10 +1,10 @@
 //! The library's whole flow, with no HTTP server: ingest a directory, finalize, read back.
 
-use crate::harness::{TestEnv, body, collect, random_bytes};
+use crate::support::{TestEnv, body, collect, random_bytes};
+use artifactstore::domain::{FileId, Metadata, PackageId, TenantId};
 use artifactstore::events;
 use artifactstore::identity::DualHasher;
 use artifactstore::manifest::Manifest;
-use artifactstore::model::{FileId, Metadata, PackageId, TenantId};
 use artifactstore::registry::{NewPackage, PackageFilter, PackageStatus};
 use artifactstore::storage::{BlobStore, ByteRange};
 use artifactstore::{Error, Registry};
@@ -21,7 +21,7 @@ fn new_package(producer: &str) -> NewPackage {
     }
 }
 
-use crate::harness::ingest_request as request;
+use crate::support::ingest_request as request;
 
 /// Writes a fixture tree: empty, tiny, multi-chunk and duplicate files in nested directories.
 fn write_fixtures(root: &Path) -> Vec<(String, Vec<u8>)> {

@@ -1,8 +1,8 @@
 //! Replay rebuilds every view from the log, byte for byte.
 
-use crate::harness::{TestEnv, body, random_bytes};
+use crate::support::{TestEnv, body, random_bytes};
+use artifactstore::domain::{Metadata, RelativePath, TenantId};
 use artifactstore::events;
-use artifactstore::model::{Metadata, RelativePath, TenantId};
 use artifactstore::registry::{IngestRequest, NewPackage};
 use std::collections::BTreeMap;
 
@@ -139,7 +139,7 @@ async fn set_based_replay_of_ingest_runs_equals_one_at_a_time() {
     let env = TestEnv::new().await;
     let reg = &env.registry;
     let tenant = TenantId::default_tenant();
-    crate::harness::define_instant_class(reg).await;
+    crate::support::define_instant_class(reg).await;
     let shared = random_bytes(3000, 7);
     let tenant_ref = &tenant;
     let package = |class: &'static str| async move {

@@ -2,9 +2,9 @@
 //! holds keep packages, releases let them expire, class changes extend but never shorten,
 //! three workers share 1,000 due packages exactly once (one killed mid-run), replay agrees.
 
-use crate::harness::{TestDb, TestEnv, body};
-use crate::server::Server;
-use artifactstore::model::{RelativePath, TenantId};
+use crate::support::Server;
+use crate::support::{TestDb, TestEnv, body};
+use artifactstore::domain::{RelativePath, TenantId};
 use artifactstore::registry::{IngestRequest, NewPackage};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
@@ -356,7 +356,7 @@ async fn three_workers_expire_a_thousand_due_packages_exactly_once() {
     let env = TestEnv::new().await;
     let reg = &env.registry;
     let tenant = TenantId::new("bulk").unwrap();
-    crate::harness::define_instant_class(reg).await;
+    crate::support::define_instant_class(reg).await;
     let created = (0..1000).map(|i| {
         let tenant = tenant.clone();
         async move {

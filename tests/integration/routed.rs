@@ -2,9 +2,9 @@
 //! routing rules, verification of damaged copies, and migration between backends. The S3
 //! backend is the real server `scripts/test` starts (Ceph RGW).
 
-use crate::harness::{TestDb, random_bytes};
 use crate::s3::s3_settings;
-use crate::server::Server;
+use crate::support::Server;
+use crate::support::{TestDb, random_bytes};
 use artifactstore::identity::DualHasher;
 use artifactstore::storage::BlobStore;
 use artifactstore::storage::s3::{S3Settings, S3Store};

@@ -2,8 +2,8 @@
 //! through `scripts/s3/start-ceph.sh`). Each test works under its own key prefix of the shared
 //! bucket.
 
-use crate::harness::{collect, random_bytes};
-use crate::storage_conformance::{conformance, put};
+use crate::storage_conformance::{Fixture, conformance_suite, put};
+use crate::support::{collect, random_bytes};
 use artifactstore::identity::DualHasher;
 use artifactstore::storage::s3::{S3Settings, S3Store, SecretRef};
 use artifactstore::storage::{BlobStore, ByteRange, CommitOutcome, WriteHint};
@@ -52,41 +52,50 @@ pub fn storage_file(dir: &std::path::Path, s3: &S3Settings, extra: &str) -> std:
     storage
 }
 
-#[tokio::test]
-async fn s3_store_passes_conformance_single_put_path() {
-    let Some(settings) = s3_settings() else {
-        return;
-    };
-    conformance(Arc::new(S3Store::open("s3", &settings).unwrap())).await;
+/// A store under a fresh prefix of the test bucket, with `settings` changed by `tune`; after
+/// each check, nothing is left under its staging prefix.
+async fn ceph_fixture(tune: fn(&mut S3Settings)) -> Option<Fixture> {
+    let mut settings = s3_settings()?;
+    tune(&mut settings);
+    let store = Arc::new(S3Store::open("s3", &settings).unwrap());
+    let kept = store.clone();
+    Some(Fixture {
+        store,
+        keep: Box::new(()),
+        after: Some(Box::new(move || {
+            Box::pin(async move { assert_no_staging_left(&kept, &settings).await })
+        })),
+    })
 }
 
-#[tokio::test]
-async fn s3_store_passes_conformance_multipart_path() {
-    let Some(mut settings) = s3_settings() else {
-        return;
-    };
-    // Every non-empty blob goes through a staged multipart upload and a server-side copy.
-    settings.multipart_threshold_bytes = 0;
-    settings.multipart_chunk_bytes = 5 * 1024 * 1024;
-    let store = Arc::new(S3Store::open("s3", &settings).unwrap());
-    conformance(store.clone()).await;
-    assert_no_staging_left(&store, &settings).await;
+/// The default settings: small blobs in one `PutObject`, larger ones in parts.
+async fn single_put() -> Option<Fixture> {
+    ceph_fixture(|_| ()).await
 }
 
-#[tokio::test]
-async fn s3_store_passes_conformance_streamed_put_path() {
-    let Some(mut settings) = s3_settings() else {
-        return;
-    };
-    // Unsigned bodies: a write of an announced size above the threshold goes up as one
-    // streamed PUT, to a staging key then a server-side copy, or straight to its announced
-    // address with the last chunk held back until commit.
-    settings.sign_payload = Some(false);
-    settings.multipart_threshold_bytes = 1024 * 1024;
-    let store = Arc::new(S3Store::open("s3", &settings).unwrap());
-    conformance(store.clone()).await;
-    assert_no_staging_left(&store, &settings).await;
+/// Every non-empty blob goes through a staged multipart upload and a server-side copy.
+async fn multipart() -> Option<Fixture> {
+    ceph_fixture(|settings| {
+        settings.multipart_threshold_bytes = 0;
+        settings.multipart_chunk_bytes = 5 * 1024 * 1024;
+    })
+    .await
 }
+
+/// Unsigned bodies: a write of an announced size above the threshold goes up as one streamed
+/// PUT, to a staging key then a server-side copy, or straight to its announced address with
+/// the last chunk held back until commit.
+async fn streamed_put() -> Option<Fixture> {
+    ceph_fixture(|settings| {
+        settings.sign_payload = Some(false);
+        settings.multipart_threshold_bytes = 1024 * 1024;
+    })
+    .await
+}
+
+conformance_suite!(ceph_single_put, single_put);
+conformance_suite!(ceph_multipart, multipart);
+conformance_suite!(ceph_streamed_put, streamed_put);
 
 /// Nothing is left under the staging prefix: no objects and no unfinished uploads.
 pub async fn assert_no_staging_left(store: &S3Store, settings: &S3Settings) {

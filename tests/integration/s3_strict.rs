@@ -1,7 +1,7 @@
 //! The S3 backend against a second, stricter server: s3s-fs, in process. It validates
 //! checksums and request shapes that Ceph RGW lets through, so client bugs Ceph hides show here.
 
-use crate::storage_conformance::conformance;
+use crate::storage_conformance::{Fixture, conformance_suite};
 use artifactstore::storage::s3::{S3Settings, S3Store, SecretRef};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
@@ -55,26 +55,39 @@ async fn strict_store(dir: &tempfile::TempDir, threshold: u64, sign: bool) -> Ar
     Arc::new(store)
 }
 
-#[tokio::test]
-async fn s3_store_passes_conformance_against_s3s_fs() {
+/// An s3s-fs server of its own in a temporary directory, and a store on it.
+async fn strict_fixture(threshold: u64, sign: bool) -> Option<Fixture> {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("fs")).unwrap();
-    conformance(strict_store(&dir, 16 * 1024 * 1024, true).await).await;
+    let store = strict_store(&dir, threshold, sign).await;
+    Some(Fixture {
+        store,
+        keep: Box::new(dir),
+        after: None,
+    })
 }
 
-#[tokio::test]
-async fn multipart_staging_passes_conformance_against_s3s_fs() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("fs")).unwrap();
-    conformance(strict_store(&dir, 0, true).await).await;
+/// Signed bodies, small blobs in one put.
+async fn signed_single_put() -> Option<Fixture> {
+    strict_fixture(16 * 1024 * 1024, true).await
 }
 
-/// Unsigned bodies (`sign_payload = false`, the default over https): one put and parts.
-#[tokio::test]
-async fn unsigned_payloads_pass_conformance_against_s3s_fs() {
-    for threshold in [16 * 1024 * 1024, 0] {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("fs")).unwrap();
-        conformance(strict_store(&dir, threshold, false).await).await;
-    }
+/// Signed bodies, every blob through multipart staging.
+async fn signed_multipart() -> Option<Fixture> {
+    strict_fixture(0, true).await
 }
+
+/// Unsigned bodies (`sign_payload = false`, the default over https): one put.
+async fn unsigned_single_put() -> Option<Fixture> {
+    strict_fixture(16 * 1024 * 1024, false).await
+}
+
+/// Unsigned bodies, parts.
+async fn unsigned_multipart() -> Option<Fixture> {
+    strict_fixture(0, false).await
+}
+
+conformance_suite!(s3s_signed_single_put, signed_single_put);
+conformance_suite!(s3s_signed_multipart, signed_multipart);
+conformance_suite!(s3s_unsigned_single_put, unsigned_single_put);
+conformance_suite!(s3s_unsigned_multipart, unsigned_multipart);

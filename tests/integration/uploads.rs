@@ -1,9 +1,9 @@
 //! Resumable upload sessions: the lifecycle under random chunking, duplicate and out-of-order
 //! chunks, broken connections and resumes; expiry.
 
-use crate::harness::{TestDb, TestEnv, random_bytes};
-use crate::server::Server;
-use artifactstore::model::{RelativePath, TenantId};
+use crate::support::Server;
+use crate::support::{TestDb, TestEnv, random_bytes};
+use artifactstore::domain::{RelativePath, TenantId};
 use artifactstore::registry::NewUpload;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -436,7 +436,7 @@ async fn upload_errors_are_clean() {
 #[tokio::test]
 async fn abandoned_sessions_expire_and_their_bytes_are_removed() {
     let env = TestEnv::new().await;
-    let clock = Arc::new(crate::harness::TestClock::at(2_000_000_000));
+    let clock = Arc::new(crate::support::TestClock::at(2_000_000_000));
     let spool = env.dir.path().join("uploads");
     let registry = env
         .registry
@@ -444,7 +444,7 @@ async fn abandoned_sessions_expire_and_their_bytes_are_removed() {
         .with_clock(clock.clone())
         .with_upload_dir(&spool);
     let tenant = TenantId::default_tenant();
-    let package = crate::harness::package(&registry).await;
+    let package = crate::support::package(&registry).await;
     let new = |path: &str| NewUpload {
         package_id: package.id,
         relative_path: RelativePath::new(path).unwrap(),
@@ -467,7 +467,7 @@ async fn abandoned_sessions_expire_and_their_bytes_are_removed() {
             &tenant,
             old.id,
             chunk,
-            crate::harness::body(b"abandoned bytes", 4),
+            crate::support::body(b"abandoned bytes", 4),
         )
         .await
         .unwrap();
@@ -501,7 +501,7 @@ async fn completion_after_a_restart_rehashes_the_spooled_bytes() {
     let before = env.registry.clone().with_upload_dir(&spool);
     let tenant = TenantId::default_tenant();
     let data = random_bytes(3_000_000, 77);
-    let package = crate::harness::package(&before).await;
+    let package = crate::support::package(&before).await;
     let new = |path: &str| NewUpload {
         package_id: package.id,
         relative_path: RelativePath::new(path).unwrap(),
@@ -523,7 +523,7 @@ async fn completion_after_a_restart_rehashes_the_spooled_bytes() {
                 &tenant,
                 session.id,
                 first,
-                crate::harness::body(&data[..half], 65_536),
+                crate::support::body(&data[..half], 65_536),
             )
             .await
             .unwrap();
@@ -547,14 +547,14 @@ async fn completion_after_a_restart_rehashes_the_spooled_bytes() {
                 &tenant,
                 session.id,
                 rest,
-                crate::harness::body(&data[half..], 65_536),
+                crate::support::body(&data[half..], 65_536),
             )
             .await
             .unwrap();
         let file = after.complete_upload(&tenant, session.id).await.unwrap();
         assert_eq!(file.blake3.0, *blake3::hash(&data).as_bytes(), "{path}");
         let back =
-            crate::harness::collect(after.read_file(&tenant, file.id, None).await.unwrap().body)
+            crate::support::collect(after.read_file(&tenant, file.id, None).await.unwrap().body)
                 .await;
         assert_eq!(back, data, "{path}");
         assert!(

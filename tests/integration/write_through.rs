@@ -4,9 +4,9 @@
 //! session for a later try; a wrong digest leaves nothing. An outage is made on demand by a
 //! TCP relay in front of the S3 server that the test cuts and restores.
 
-use crate::harness::{TestDb, body, collect, random_bytes};
 use crate::s3::{assert_no_staging_left, s3_settings};
-use artifactstore::model::{RelativePath, TenantId};
+use crate::support::{TestDb, body, collect, random_bytes};
+use artifactstore::domain::{RelativePath, TenantId};
 use artifactstore::registry::{Chunk, Limits, NewUpload, WriteThroughStats};
 use artifactstore::storage::s3::{S3Settings, S3Store};
 use artifactstore::storage::{Backends, BlobStore};
@@ -95,7 +95,7 @@ impl Env {
         Env::with_clock(
             settings,
             limits,
-            Arc::new(artifactstore::model::SystemClock),
+            Arc::new(artifactstore::domain::SystemClock),
         )
         .await
     }
@@ -103,7 +103,7 @@ impl Env {
     async fn with_clock(
         settings: S3Settings,
         limits: Limits,
-        clock: Arc<dyn artifactstore::model::Clock>,
+        clock: Arc<dyn artifactstore::domain::Clock>,
     ) -> Env {
         let db = TestDb::new().await;
         let dir = tempfile::tempdir().unwrap();
@@ -125,7 +125,7 @@ impl Env {
     /// A session for `data` in a new package, with its size and BLAKE3 digest announced.
     async fn session(&self, data: &[u8], expected: &[u8]) -> uuid::Uuid {
         let tenant = TenantId::default_tenant();
-        let package = crate::harness::package(&self.registry).await;
+        let package = crate::support::package(&self.registry).await;
         let new = NewUpload {
             package_id: package.id,
             relative_path: RelativePath::new("big.bin").unwrap(),
@@ -317,7 +317,7 @@ async fn completion_keeps_the_session_while_the_backend_is_down() {
         assert_eq!(env.stats(), expected);
         relay.cut();
         let err = env.complete(id).await.unwrap_err();
-        assert!(err.may_pass(), "{err:?}");
+        assert!(err.is_retryable(), "{err:?}");
         assert!(
             matches!(err, Error::Storage { .. }),
             "the backend's failure: {err:?}"
@@ -376,7 +376,7 @@ async fn a_session_gone_quiet_gives_its_write_through_slot_to_a_new_one() {
     let Some(settings) = settings(false) else {
         return;
     };
-    let clock = Arc::new(crate::harness::TestClock::at(2_000_000_000));
+    let clock = Arc::new(crate::support::TestClock::at(2_000_000_000));
     let limits = Limits {
         max_write_through_uploads: 1,
         ..Limits::default()

@@ -2,8 +2,8 @@
 
 use super::ClientArgs;
 use super::api::{ApiClient, CliError, problem_error};
+use crate::domain::RelativePath;
 use crate::identity::DualHasher;
-use crate::model::RelativePath;
 use futures::StreamExt;
 use indicatif::ProgressBar;
 use serde_json::Value;

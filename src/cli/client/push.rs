@@ -4,7 +4,7 @@
 use super::ClientArgs;
 use super::api::{ApiClient, CliError};
 use super::{hash_file, progress};
-use crate::model::RelativePath;
+use crate::domain::RelativePath;
 use futures::StreamExt;
 use indicatif::ProgressBar;
 use serde_json::{Value, json};

@@ -9,9 +9,9 @@
 //! taking over the session). The spool file stays the record of the session's bytes, so
 //! completion can always fall back to adopting it: a write-through only ever saves time.
 
+use crate::domain::Timestamp;
 use crate::error::Result;
 use crate::identity::{ContentAddress, DualHasher};
-use crate::model::Timestamp;
 use crate::storage::{BlobStore, CommitOutcome, StagedBlob};
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -114,7 +114,7 @@ impl WriteThroughSlots {
         session: Uuid,
         free_idle: impl FnOnce() -> usize,
     ) -> Option<WriteThrough> {
-        if size == 0 || !backend.write_through(size) {
+        if !writes_through(backend.as_ref(), size) {
             return None;
         }
         let slot = match self.slots.clone().try_acquire_owned() {
@@ -210,4 +210,14 @@ impl Drop for WriteThrough {
             });
         }
     }
+}
+
+/// Whether an upload session of `size` bytes, which arrives over many requests and is spooled
+/// on this server's disk meanwhile, also streams into a staged write in `backend` as its bytes
+/// arrive: when the backend is remote (storing the spooled file at completion would send every
+/// byte again, taking as long as receiving it did) and the size is past what the backend
+/// buffers in memory anyway. A backend on this server adopts the spool by moving it.
+pub(super) fn writes_through(backend: &dyn BlobStore, size: u64) -> bool {
+    let capabilities = backend.capabilities();
+    size > 0 && capabilities.remote && size > capabilities.buffered_up_to
 }

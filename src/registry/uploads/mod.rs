@@ -26,11 +26,12 @@ pub(crate) use live::{LiveUploads, WriteThroughSlots};
 use spool::Spool;
 
 use super::Registry;
-use super::ingest::{DEFAULT_MEDIA_TYPE, check_can_add, validate_media_type};
+use super::admission::check_can_add;
+use super::ingest::{DEFAULT_MEDIA_TYPE, validate_media_type};
 use super::types::FileRecord;
+use crate::domain::{PackageId, RelativePath, TenantId, Timestamp};
 use crate::error::{Error, Result};
 use crate::identity::{ContentAddress, DualHasher, HashPipeline};
-use crate::model::{PackageId, RelativePath, TenantId, Timestamp};
 use bytes::Bytes;
 use futures::{Stream, StreamExt, pin_mut};
 use std::io::{Seek, SeekFrom};
@@ -628,7 +629,7 @@ impl Registry {
                 package_id,
                 &request,
                 Some(digest.size),
-                super::ingest::Disk::Unchecked,
+                super::admission::Disk::Unchecked,
             )
             .await?;
         // A write-through counts only if it went to this very backend and has every byte.
@@ -667,7 +668,7 @@ impl Registry {
             .await;
         // Kept while its bytes are: an outage may pass, and room may be made (files deleted,
         // a quota raised, the disk freed).
-        let retry_later = matches!(&record, Err(e) if e.may_pass()
+        let retry_later = matches!(&record, Err(e) if e.is_retryable()
                 || matches!(e, Error::OverQuota { .. } | Error::InsufficientStorage(_)))
             && tokio::fs::try_exists(&spool).await.unwrap_or(false);
         if !retry_later {
@@ -688,7 +689,11 @@ impl Registry {
         // No package lookup for sessions that could not write through anyway (the local
         // backend alone, or write-through switched off).
         if !self.write_through.enabled()
-            || !self.backends.all().iter().any(|b| b.write_through(size))
+            || !self
+                .backends
+                .all()
+                .iter()
+                .any(|b| live::writes_through(b.as_ref(), size))
         {
             return None;
         }

@@ -1,7 +1,7 @@
 //! Retention policy: pure functions of a package's retention state and a clock.
 
+use crate::domain::Timestamp;
 use crate::error::{Error, Result};
-use crate::model::Timestamp;
 
 /// Why a package falls due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,12 +19,14 @@
 //! retried alone (after checking, under its lock, that its bytes are still there), so one
 //! file's trouble never fails another's request.
 
-use super::ingest::{IngestRequest, file_record, may_add_at, must_be_open};
+use super::admission::{may_add_at, must_be_open};
+use super::record::file_record;
 use super::types::FileRecord;
+use super::types::IngestRequest;
+use crate::domain::{FileId, TenantId};
 use crate::error::{Error, Result};
 use crate::events::{self, DomainEvent, FileIngested};
 use crate::identity::{ContentAddress, Digest};
-use crate::model::{FileId, TenantId};
 use crate::storage::Backends;
 use deadpool_postgres::Pool;
 use std::collections::{HashMap, HashSet};
@@ -49,7 +51,7 @@ const MAX_BATCH: usize = 256;
 const COMMITTERS: usize = 2;
 
 /// A file to record.
-pub(super) struct Item {
+pub(super) struct BatchFile {
     pub tenant: TenantId,
     pub request: IngestRequest,
     /// The event to record; the committer fills in `replaced_file_id`.
@@ -61,14 +63,14 @@ pub(super) struct Item {
 }
 
 /// A file waiting for a batch.
-pub(super) struct Pending {
-    pub item: Item,
+pub(super) struct Queued {
+    pub item: BatchFile,
     /// Told once the blob's lock is held: go and publish.
-    pub go: oneshot::Sender<Result<Go>>,
+    pub go: oneshot::Sender<Result<LockHeld>>,
 }
 
 /// The committer holds the blob's lock: make the bytes appear, say so, wait for the file.
-pub(super) struct Go {
+pub(super) struct LockHeld {
     /// A copy verification found damaged is on the backend: delete it first.
     pub damaged: bool,
     /// `Ok` once the bytes are under their address; `Err` if that failed (the ingest returns
@@ -82,7 +84,7 @@ pub(super) struct Go {
 /// that runtime has gone); they stop when the last registry clone is dropped.
 #[derive(Clone, Default)]
 pub(super) struct Committer {
-    queue: Arc<std::sync::Mutex<Option<mpsc::UnboundedSender<Pending>>>>,
+    queue: Arc<std::sync::Mutex<Option<mpsc::UnboundedSender<Queued>>>>,
     stats: Arc<Stats>,
 }
 
@@ -95,7 +97,7 @@ struct Stats {
 
 impl Committer {
     /// Queues a file for the next batch.
-    pub fn submit(&self, pool: &Pool, backends: &Backends, pending: Pending) -> Result<()> {
+    pub fn submit(&self, pool: &Pool, backends: &Backends, pending: Queued) -> Result<()> {
         let sender = {
             let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
             match &*queue {
@@ -104,7 +106,7 @@ impl Committer {
                     let (sender, receiver) = mpsc::unbounded_channel();
                     let receiver = Arc::new(Mutex::new(receiver));
                     for _ in 0..COMMITTERS {
-                        let worker = Worker {
+                        let worker = BatchCommitter {
                             pool: pool.clone(),
                             backends: backends.clone(),
                             stats: self.stats.clone(),
@@ -130,20 +132,20 @@ impl Committer {
     }
 }
 
-struct Worker {
+struct BatchCommitter {
     pool: Pool,
     backends: Backends,
     stats: Arc<Stats>,
 }
 
 /// A file whose bytes are published, waiting for the batch to commit.
-struct Published {
-    item: Item,
+struct AwaitingCommit {
+    item: BatchFile,
     done: oneshot::Sender<Result<FileRecord>>,
 }
 
-impl Worker {
-    async fn run(self, receiver: Arc<Mutex<mpsc::UnboundedReceiver<Pending>>>) {
+impl BatchCommitter {
+    async fn run(self, receiver: Arc<Mutex<mpsc::UnboundedReceiver<Queued>>>) {
         loop {
             let batch = {
                 let mut receiver = receiver.lock().await;
@@ -164,7 +166,7 @@ impl Worker {
     }
 
     /// Records one batch; every file in it gets an answer.
-    async fn commit(&self, batch: Vec<Pending>) {
+    async fn commit(&self, batch: Vec<Queued>) {
         let mut client = match self.pool.get().await {
             Ok(c) => c,
             Err(e) => return refuse_all(batch, &Error::from(e)),
@@ -182,9 +184,9 @@ impl Worker {
         for pending in batch {
             let (published_tx, published_rx) = oneshot::channel();
             let (done_tx, done_rx) = oneshot::channel();
-            let Pending { item, go } = pending;
+            let Queued { item, go } = pending;
             let key = (item.blake3.0, item.event.backend_id.clone());
-            let answer = Go {
+            let answer = LockHeld {
                 damaged: damaged.contains(&key),
                 published: published_tx,
                 done: done_rx,
@@ -193,7 +195,7 @@ impl Worker {
             if go.send(Ok(answer)).is_ok() {
                 waiting.push((
                     published_rx,
-                    Published {
+                    AwaitingCommit {
                         item,
                         done: done_tx,
                     },
@@ -210,11 +212,11 @@ impl Worker {
         if published.is_empty() {
             return;
         }
-        let accepted = match self.check(&tx, published).await {
+        let accepted = match self.admit_batch(&tx, published).await {
             Ok(a) => a,
             Err((e, items)) => {
                 drop(tx);
-                return self.alone(items, &e).await;
+                return self.record_each_alone(items, &e).await;
             }
         };
         if accepted.is_empty() {
@@ -222,10 +224,7 @@ impl Worker {
         }
         let events: Vec<DomainEvent> = accepted
             .iter()
-            .map(|item| DomainEvent::FileIngested {
-                tenant: item.item.tenant.clone(),
-                event: item.item.event.clone(),
-            })
+            .map(|item| DomainEvent::of(&item.item.tenant, item.item.event.clone()))
             .collect();
         let added: Vec<_> = accepted
             .iter()
@@ -262,18 +261,18 @@ impl Worker {
             }
             Err(e) => {
                 drop(client);
-                self.alone(accepted, &e).await;
+                self.record_each_alone(accepted, &e).await;
             }
         }
     }
 
     /// Checks each file as a lone ingest would, in batch order, holding the packages' row
     /// locks; answers the refused ones and returns the rest with `replaced_file_id` set.
-    async fn check(
+    async fn admit_batch(
         &self,
-        tx: &events::Tx<'_>,
-        items: Vec<Published>,
-    ) -> std::result::Result<Vec<Published>, (Error, Vec<Published>)> {
+        tx: &crate::db::Tx<'_>,
+        items: Vec<AwaitingCommit>,
+    ) -> std::result::Result<Vec<AwaitingCommit>, (Error, Vec<AwaitingCommit>)> {
         let lookup = async {
             let mut packages: Vec<Uuid> = items.iter().map(|i| i.item.event.package_id.0).collect();
             packages.sort_unstable();
@@ -397,7 +396,7 @@ impl Worker {
     }
 
     /// After the batch transaction failed: records each file in a transaction of its own.
-    async fn alone(&self, items: Vec<Published>, cause: &Error) {
+    async fn record_each_alone(&self, items: Vec<AwaitingCommit>, cause: &Error) {
         if items.len() == 1 && matches!(cause, Error::Database(_)) {
             // Nothing to tell apart: the one file's own attempt failed.
             let item = items.into_iter().next().expect("one item");
@@ -406,15 +405,15 @@ impl Worker {
         }
         tracing::warn!(files = items.len(), error = %cause, "a batch of ingests failed; recording its files one by one");
         for item in items {
-            let result = self.record_alone(&item.item).await;
+            let result = self.record_one(&item.item).await;
             let _ = item.done.send(result);
         }
     }
 
-    async fn record_alone(&self, pending: &Item) -> Result<FileRecord> {
+    async fn record_one(&self, pending: &BatchFile) -> Result<FileRecord> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        super::gc::lock_blob_shared(&tx, &pending.blake3).await?;
+        super::blob_lock::lock_blob_shared(&tx, &pending.blake3).await?;
         // The batch's lock is gone: the bytes may have been collected since they appeared.
         let address = ContentAddress::blake3(pending.blake3);
         let backend = self
@@ -430,7 +429,7 @@ impl Worker {
             ));
         }
         let mut event = pending.event.clone();
-        event.replaced_file_id = super::ingest::check_can_add(
+        event.replaced_file_id = super::admission::check_can_add(
             &tx,
             &pending.tenant,
             event.package_id,
@@ -440,7 +439,7 @@ impl Worker {
         )
         .await?
         .replaced;
-        super::ingest::commit_file_event(tx, &pending.tenant, event, pending.blake3, pending.sha256)
+        super::record::commit_file_event(tx, &pending.tenant, event, pending.blake3, pending.sha256)
             .await
     }
 }
@@ -448,8 +447,8 @@ impl Worker {
 /// Takes every blob's collection lock (shared) and finds which of their copies verification
 /// found damaged, in one round trip.
 async fn lock_and_find_damaged(
-    tx: &events::Tx<'_>,
-    batch: &[Pending],
+    tx: &crate::db::Tx<'_>,
+    batch: &[Queued],
 ) -> Result<HashSet<([u8; 32], String)>> {
     let digests: Vec<Digest> = batch.iter().map(|p| p.item.blake3).collect();
     let blake3: Vec<&[u8]> = batch.iter().map(|p| p.item.blake3.0.as_slice()).collect();
@@ -460,10 +459,11 @@ async fn lock_and_find_damaged(
         )
         .await?;
     // Sent together, run in order: the check reads behind the locks.
-    super::gc::prepare_blob_locks(tx).await?;
-    let ((), rows) = futures::try_join!(super::gc::lock_blobs_shared(tx, &digests), async {
-        Ok(tx.query(&damaged, &[&blake3]).await?)
-    })?;
+    super::blob_lock::prepare_blob_locks(tx).await?;
+    let ((), rows) =
+        futures::try_join!(super::blob_lock::lock_blobs_shared(tx, &digests), async {
+            Ok(tx.query(&damaged, &[&blake3]).await?)
+        })?;
     let mut found = HashSet::new();
     for row in rows {
         let digest: Vec<u8> = row.get(0);
@@ -475,7 +475,7 @@ async fn lock_and_find_damaged(
 }
 
 /// Tells every file of a batch that could not start why.
-fn refuse_all(batch: Vec<Pending>, cause: &Error) {
+fn refuse_all(batch: Vec<Queued>, cause: &Error) {
     tracing::warn!(files = batch.len(), error = %cause, "a batch of ingests could not start");
     for pending in batch {
         let _ = pending.go.send(Err(copy_error(cause)));

@@ -7,13 +7,12 @@
 //! blobs already on the target are not copied twice.
 
 use super::Registry;
+use crate::domain::PackageId;
 use crate::error::{Error, Result};
 use crate::events::{
     self, DomainEvent, LocationAdded, LocationRemoved, LocationStatus, LocationVerified,
-    StorageEvent,
 };
 use crate::identity::{ContentAddress, Digest};
-use crate::model::PackageId;
 use futures::StreamExt;
 
 /// Which blobs to move.
@@ -159,7 +158,7 @@ impl Registry {
         // than delete bytes whose move is being recorded.
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        super::gc::lock_blob_shared(&tx, &item.blake3).await?;
+        super::blob_lock::lock_blob_shared(&tx, &item.blake3).await?;
         let still_present = tx
             .query_opt(
                 "SELECT 1 FROM storage_locations \
@@ -239,17 +238,17 @@ impl Registry {
         events::record(
             &tx,
             vec![
-                DomainEvent::Storage(StorageEvent::Added(LocationAdded {
+                DomainEvent::new(LocationAdded {
                     blake3: item.blake3.to_hex(),
                     backend_id: scope.to.clone(),
                     storage_key: address.storage_key(),
                     added_at: now,
-                })),
-                DomainEvent::Storage(StorageEvent::Removed(LocationRemoved {
+                }),
+                DomainEvent::new(LocationRemoved {
                     blake3: item.blake3.to_hex(),
                     backend_id: scope.from.clone(),
                     removed_at: now,
-                })),
+                }),
             ],
         )
         .await?;
@@ -263,7 +262,7 @@ impl Registry {
 
     async fn record_source_problem(
         &self,
-        tx: events::Tx<'_>,
+        tx: crate::db::Tx<'_>,
         scope: &MigrateScope,
         item: &MigrationItem,
         status: LocationStatus,
@@ -277,17 +276,15 @@ impl Registry {
         );
         events::record(
             &tx,
-            vec![DomainEvent::Storage(StorageEvent::Verified(
-                LocationVerified {
-                    blake3: item.blake3.to_hex(),
-                    backend_id: scope.from.clone(),
-                    ok: false,
-                    status,
-                    observed_blake3: observed.map(|(d, _)| d.to_hex()),
-                    observed_size: observed.map(|(_, s)| s),
-                    verified_at: self.clock.now(),
-                },
-            ))],
+            vec![DomainEvent::new(LocationVerified {
+                blake3: item.blake3.to_hex(),
+                backend_id: scope.from.clone(),
+                ok: false,
+                status,
+                observed_blake3: observed.map(|(d, _)| d.to_hex()),
+                observed_size: observed.map(|(_, s)| s),
+                verified_at: self.clock.now(),
+            })],
         )
         .await?;
         tx.commit().await?;

@@ -1,10 +1,10 @@
 //! Stored copies: verification (re-read, re-hash, record what was found) and listing.
 
 use super::Registry;
+use crate::domain::Timestamp;
 use crate::error::{Error, Result};
-use crate::events::{self, DomainEvent, LocationStatus, LocationVerified, StorageEvent};
+use crate::events::{self, DomainEvent, LocationStatus, LocationVerified};
 use crate::identity::{ContentAddress, Digest};
-use crate::model::Timestamp;
 use futures::StreamExt;
 
 /// One stored copy of a blob.
@@ -178,7 +178,7 @@ impl Registry {
                             "stored copy failed verification"
                         );
                     }
-                    found.push(DomainEvent::Storage(StorageEvent::Verified(v)));
+                    found.push(DomainEvent::new(v));
                 }
                 Err(e) => {
                     tracing::warn!(
@@ -237,7 +237,7 @@ impl Registry {
         &self,
         status: Option<LocationStatus>,
         backend: Option<&str>,
-        owner: Option<&crate::model::TenantId>,
+        owner: Option<&crate::domain::TenantId>,
         after: Option<(Digest, String)>,
         limit: i64,
     ) -> Result<Vec<Location>> {

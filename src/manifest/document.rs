@@ -1,8 +1,8 @@
 //! The manifest a package gets when it is finalized.
 
 use super::canonical::{CodecError, from_canonical_cbor, jcs_from_cbor, to_canonical_cbor};
+use crate::domain::{Metadata, PackageId, RelativePath, TenantId, Timestamp};
 use crate::identity::{ContentAddress, Digest};
-use crate::model::{Metadata, PackageId, RelativePath, TenantId, Timestamp};
 
 /// The only manifest version this build writes and reads.
 pub const MANIFEST_VERSION: u64 = 1;

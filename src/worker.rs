@@ -309,7 +309,7 @@ pub fn log(report: &PassReport) {
 
 /// The instant a wall-clock time corresponds to (now, if it is past; at most a day ahead, so
 /// clock changes are caught up with).
-fn instant_of(at: crate::model::Timestamp) -> Instant {
+fn instant_of(at: crate::domain::Timestamp) -> Instant {
     let wait = (at.as_datetime() - time::OffsetDateTime::now_utc())
         .clamp(time::Duration::ZERO, time::Duration::days(1));
     Instant::now() + Duration::try_from(wait).unwrap_or_default()

@@ -1,11 +1,9 @@
 //! Projecting retention events onto the views (live and in replay).
 
-use super::log::Tx;
-use super::payloads::{
-    BlobCollected, ClassChanged, ClassDefined, HoldReleased, HoldSet, PackageExpired,
-};
-use super::views::exec;
+use super::exec;
+use crate::db::Tx;
 use crate::error::{Error, Result};
+use crate::events::payloads::{ClassChanged, ClassDefined, HoldReleased, HoldSet, PackageExpired};
 
 pub(super) async fn class_defined(tx: &Tx<'_>, c: &ClassDefined) -> Result<()> {
     let duration = c
@@ -105,20 +103,5 @@ pub(super) async fn mark_unreferenced(
         &[&blobs, &at],
     )
     .await?;
-    Ok(())
-}
-
-pub(super) async fn blob_collected(tx: &Tx<'_>, c: &BlobCollected) -> Result<()> {
-    let blake3 = crate::identity::Digest::from_hex(&c.blake3)
-        .map_err(|e| Error::Integrity(e.to_string()))?
-        .0
-        .to_vec();
-    exec(
-        tx,
-        "DELETE FROM storage_locations WHERE blake3 = $1",
-        &[&blake3],
-    )
-    .await?;
-    exec(tx, "DELETE FROM blobs WHERE blake3 = $1", &[&blake3]).await?;
     Ok(())
 }

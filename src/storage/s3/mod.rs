@@ -453,10 +453,11 @@ impl BlobStore for S3Store {
         }))
     }
 
-    /// Above the in-memory threshold: sending a spooled file at completion would take as
-    /// long again as receiving it did.
-    fn write_through(&self, size: u64) -> bool {
-        size > self.inner.threshold
+    fn capabilities(&self) -> crate::storage::Capabilities {
+        crate::storage::Capabilities {
+            remote: true,
+            buffered_up_to: self.inner.threshold,
+        }
     }
 
     async fn get(&self, address: &ContentAddress, range: Option<ByteRange>) -> Result<ByteStream> {

@@ -1,0 +1,212 @@
+//! The views of packages and their files: `packages`, `files`, `blobs`, `storage_locations`
+//! as ingests add to them, `manifests`.
+
+use super::retention::mark_unreferenced;
+use super::{Param, exec, exec_in_order, hex_bytes};
+use crate::db::Tx;
+use crate::error::{Error, Result};
+use crate::events::log::StoredEvent;
+use crate::events::payloads::{FileIngested, PackageCreated};
+use crate::manifest::Manifest;
+
+pub(super) async fn created(tx: &Tx<'_>, event: &StoredEvent, p: &PackageCreated) -> Result<()> {
+    let (id, tenant) = (&p.package_id.0, p.tenant.as_str());
+    let metadata = p.metadata.to_json();
+    let created_at = p.created_at.as_datetime();
+    let package: [Param; 8] = [
+        id,
+        &tenant,
+        &p.producer,
+        &p.subject,
+        &p.retention_class,
+        &metadata,
+        &created_at,
+        &event.sequence,
+    ];
+    let retention: [Param; 2] = [id, &tenant];
+    // Both statements in one round trip, run in this order.
+    exec_in_order(
+        tx,
+        &[
+            (
+                "INSERT INTO packages (id, tenant, producer, subject, retention_class, metadata, \
+                                       status, created_at, created_sequence) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $8)",
+                &package,
+            ),
+            (
+                "INSERT INTO retention_state (package_id, tenant, expires_at, legal_hold) \
+                 VALUES ($1, $2, NULL, false)",
+                &retention,
+            ),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn file_ingested(
+    tx: &Tx<'_>,
+    event: &StoredEvent,
+    f: &FileIngested,
+) -> Result<()> {
+    // A replace first takes the old file out (and its counts off the package); then the new
+    // file goes in exactly as any ingest does.
+    if let Some(old) = f.replaced_file_id {
+        let statement = tx
+            .prepare_cached("DELETE FROM files WHERE id = $1 RETURNING size, blake3, package_id")
+            .await?;
+        let row = tx.query_opt(&statement, &[&old.0]).await?.ok_or_else(|| {
+            Error::Integrity(format!(
+                "event {} replaces unknown file {old}",
+                event.sequence
+            ))
+        })?;
+        let (removed_size, old_blob, package): (i64, Vec<u8>, uuid::Uuid) =
+            (row.get(0), row.get(1), row.get(2));
+        mark_unreferenced(tx, &[old_blob], f.ingested_at.as_datetime()).await?;
+        exec(
+            tx,
+            "UPDATE packages SET file_count = file_count - 1, total_size = total_size - $2 \
+             WHERE id = $1",
+            &[&package, &removed_size],
+        )
+        .await?;
+    }
+    ingests_together(tx, &[(event, f)]).await
+}
+
+pub(super) async fn finalized(tx: &Tx<'_>, event: &StoredEvent, m: &Manifest) -> Result<()> {
+    let digest = Manifest::digest_of(&event.payload).to_string();
+    let updated = tx
+        .execute(
+            "UPDATE packages SET status = 'finalized', finalized_at = $2, manifest_digest = $3 \
+             WHERE id = $1 AND status = 'open'",
+            &[
+                &m.package.id.0,
+                &m.package.finalized_at.as_datetime(),
+                &digest,
+            ],
+        )
+        .await?;
+    if updated != 1 {
+        return Err(Error::Integrity(format!(
+            "event {} finalizes package {} which is not open",
+            event.sequence, m.package.id
+        )));
+    }
+    exec(
+        tx,
+        "INSERT INTO manifests (package_id, tenant, digest, cbor) VALUES ($1, $2, $3, $4)",
+        &[
+            &m.package.id.0,
+            &m.package.tenant.as_str(),
+            &digest,
+            &event.payload.as_ref(),
+        ],
+    )
+    .await?;
+    exec(
+        tx,
+        "UPDATE retention_state SET expires_at = $2, legal_hold = $3 WHERE package_id = $1",
+        &[
+            &m.package.id.0,
+            &m.retention_summary.expires_at.map(|t| t.as_datetime()),
+            &m.retention_summary.legal_hold,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The views of ingests that replace nothing (one, or a run of them), set-based: five
+/// statements whatever their number, sent together (tokio-postgres pipelines concurrent
+/// requests on one connection, in order), so the sequence lock waits one round trip for them.
+pub(super) async fn ingests_together(
+    tx: &Tx<'_>,
+    run: &[(&StoredEvent, &FileIngested)],
+) -> Result<()> {
+    let n = run.len();
+    let (mut blake3, mut sha256) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut sizes, mut at) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut backend, mut key) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut id, mut tenant, mut package) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut path, mut media, mut sequence) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for (event, f) in run {
+        blake3.push(hex_bytes(&f.blake3)?);
+        sha256.push(hex_bytes(&f.sha256)?);
+        sizes.push(
+            i64::try_from(f.size).map_err(|_| Error::Integrity("file size overflows".into()))?,
+        );
+        at.push(f.ingested_at.as_datetime());
+        backend.push(f.backend_id.as_str());
+        key.push(f.storage_key.as_str());
+        id.push(f.file_id.0);
+        tenant.push(event.tenant.as_str());
+        package.push(f.package_id.0);
+        path.push(f.relative_path.as_str());
+        media.push(f.media_type.as_str());
+        sequence.push(event.sequence);
+    }
+    let blobs: [Param; 4] = [&blake3, &sha256, &sizes, &at];
+    let locations: [Param; 4] = [&blake3, &backend, &key, &at];
+    let files: [Param; 9] = [
+        &id, &tenant, &package, &path, &sizes, &media, &blake3, &at, &sequence,
+    ];
+    let referenced: [Param; 1] = [&blake3];
+    let packages: [Param; 2] = [&package, &sizes];
+    exec_in_order(
+        tx,
+        &[
+            (
+                "INSERT INTO blobs (blake3, sha256, size, created_at) \
+                 SELECT b, s, z, t FROM unnest($1::bytea[], $2::bytea[], $3::int8[], \
+                                             $4::timestamptz[]) WITH ORDINALITY AS u(b, s, z, t, o) \
+                 ORDER BY o \
+                 ON CONFLICT (blake3) DO NOTHING",
+                &blobs,
+            ),
+            (
+                "INSERT INTO storage_locations (blake3, backend_id, key, status, stored_at) \
+                 SELECT DISTINCT ON (b, k) b, k, y, 'present', t \
+                 FROM unnest($1::bytea[], $2::text[], $3::text[], $4::timestamptz[]) \
+                      WITH ORDINALITY AS u(b, k, y, t, o) \
+                 ORDER BY b, k, o \
+                 ON CONFLICT (blake3, backend_id) DO UPDATE SET status = 'present', key = EXCLUDED.key \
+                 WHERE storage_locations.status <> 'present'",
+                &locations,
+            ),
+            (
+                "INSERT INTO files (id, tenant, package_id, relative_path, size, media_type, blake3, \
+                                    created_at, created_sequence) \
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::int8[], \
+                                      $6::text[], $7::bytea[], $8::timestamptz[], $9::int8[])",
+                &files,
+            ),
+            (
+                "UPDATE blobs SET unreferenced_since = NULL \
+                 WHERE blake3 = ANY($1) AND unreferenced_since IS NOT NULL",
+                &referenced,
+            ),
+            (
+                "UPDATE packages p SET file_count = p.file_count + d.files, \
+                                       total_size = p.total_size + d.bytes \
+                 FROM (SELECT package_id, count(*)::int AS files, sum(size)::int8 AS bytes \
+                       FROM unnest($1::uuid[], $2::int8[]) AS u(package_id, size) \
+                       GROUP BY package_id) d \
+                 WHERE p.id = d.package_id",
+                &packages,
+            ),
+        ],
+    )
+    .await?;
+    Ok(())
+}

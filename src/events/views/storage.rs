@@ -1,0 +1,64 @@
+//! The views of stored copies: `storage_locations` and `blobs` as verification, moves and
+//! collection change them.
+
+use super::{exec, hex_bytes};
+use crate::db::Tx;
+use crate::error::Result;
+use crate::events::payloads::{BlobCollected, LocationAdded, LocationRemoved, LocationVerified};
+
+pub(super) async fn location_verified(tx: &Tx<'_>, v: &LocationVerified) -> Result<()> {
+    exec(
+        tx,
+        "UPDATE storage_locations SET status = $3, verified_at = $4 \
+         WHERE blake3 = $1 AND backend_id = $2 AND status <> 'deleted'",
+        &[
+            &hex_bytes(&v.blake3)?,
+            &v.backend_id,
+            &v.status.as_str(),
+            &v.verified_at.as_datetime(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn location_added(tx: &Tx<'_>, a: &LocationAdded) -> Result<()> {
+    exec(
+        tx,
+        "INSERT INTO storage_locations (blake3, backend_id, key, status, stored_at) \
+         VALUES ($1, $2, $3, 'present', $4) \
+         ON CONFLICT (blake3, backend_id) DO UPDATE \
+         SET status = 'present', key = EXCLUDED.key, stored_at = EXCLUDED.stored_at, \
+             verified_at = NULL",
+        &[
+            &hex_bytes(&a.blake3)?,
+            &a.backend_id,
+            &a.storage_key,
+            &a.added_at.as_datetime(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn location_removed(tx: &Tx<'_>, r: &LocationRemoved) -> Result<()> {
+    exec(
+        tx,
+        "UPDATE storage_locations SET status = 'deleted' WHERE blake3 = $1 AND backend_id = $2",
+        &[&hex_bytes(&r.blake3)?, &r.backend_id],
+    )
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn blob_collected(tx: &Tx<'_>, c: &BlobCollected) -> Result<()> {
+    let blake3 = hex_bytes(&c.blake3)?;
+    exec(
+        tx,
+        "DELETE FROM storage_locations WHERE blake3 = $1",
+        &[&blake3],
+    )
+    .await?;
+    exec(tx, "DELETE FROM blobs WHERE blake3 = $1", &[&blake3]).await?;
+    Ok(())
+}

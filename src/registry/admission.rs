@@ -1,0 +1,253 @@
+//! Admission of files into packages: a package takes a file only while it is the tenant's,
+//! open, has room, and the path is free (or the file replaces the one there). Every way of
+//! adding a file (ingest, upload sessions, group commit, dedup links) asks here.
+
+use super::Registry;
+use super::types::{IngestRequest, PackageStatus};
+use crate::domain::{FileId, PackageId, RelativePath, TenantId};
+use crate::error::{Error, Result};
+use crate::storage::BlobStore;
+
+/// What a write takes of a local backend's disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Disk {
+    /// New bytes: this many, or not known. Refused if the disk would be left with less than
+    /// the minimum free.
+    Writes(Option<u64>),
+    /// Checked by the caller once it knows the backend (bytes already on this server's disk
+    /// may need no more of it).
+    Unchecked,
+}
+
+impl Registry {
+    /// The backend a file's bytes go to, once the package is found able to take the file
+    /// (the tenant's, open, with room, the path free or replaceable).
+    pub(super) async fn backend_for(
+        &self,
+        tenant: &TenantId,
+        package_id: PackageId,
+        request: &IngestRequest,
+    ) -> Result<std::sync::Arc<dyn BlobStore>> {
+        Ok(self
+            .admit(tenant, package_id, request, None, Disk::Writes(None))
+            .await?
+            .0)
+    }
+
+    /// [`backend_for`](Self::backend_for), and the room the tenant's byte quota leaves for
+    /// `size` bytes (or, the size unknown, for any): `None` without a byte quota. `disk`: what
+    /// the write takes of the backend's disk, if it is this server's.
+    pub(super) async fn admit(
+        &self,
+        tenant: &TenantId,
+        package_id: PackageId,
+        request: &IngestRequest,
+        size: Option<u64>,
+        disk: Disk,
+    ) -> Result<(std::sync::Arc<dyn BlobStore>, Option<super::Room>)> {
+        let can_add = {
+            let client = self.pool.get().await?;
+            check_can_add(
+                &client,
+                tenant,
+                package_id,
+                request,
+                self.limits.max_files_per_package,
+                false,
+            )
+            .await?
+        };
+        let room = if can_add.byte_quota {
+            let writing = super::Writing::file(package_id, &request.relative_path);
+            self.room_for(tenant, size.unwrap_or(0), &writing).await?
+        } else {
+            None
+        };
+        let backend = can_add.backend(&self.backends).clone();
+        if let Disk::Writes(size) = disk {
+            self.check_backend_space(backend.as_ref(), size).await?;
+        }
+        Ok((backend, room))
+    }
+
+    /// Whether the package can take the file `request` describes now: the tenant's, open,
+    /// with room, the path free (or replaced). For refusing before bytes are sent or stored.
+    pub async fn check_can_add_file(
+        &self,
+        tenant: &TenantId,
+        package_id: PackageId,
+        request: &IngestRequest,
+    ) -> Result<()> {
+        self.backend_for(tenant, package_id, request)
+            .await
+            .map(drop)
+    }
+
+    /// Whether the package is the tenant's and takes files now (open): `NotFound`, `Gone` or
+    /// `Conflict` otherwise. For refusing a request before reading its body.
+    pub async fn check_package_open(&self, tenant: &TenantId, package_id: PackageId) -> Result<()> {
+        let client = self.pool.get().await?;
+        check_open(&client, tenant, package_id, false).await?;
+        Ok(())
+    }
+}
+
+/// What [`check_can_add`] found.
+pub(super) struct CanAdd {
+    /// The file being replaced.
+    pub replaced: Option<FileId>,
+    /// The tenant has a byte quota.
+    pub byte_quota: bool,
+    /// The package's retention class and producer, which route its bytes to a backend.
+    pub retention_class: String,
+    pub producer: String,
+}
+
+impl CanAdd {
+    /// The backend this package's new bytes go to.
+    pub fn backend<'a>(
+        &self,
+        backends: &'a crate::storage::Backends,
+    ) -> &'a std::sync::Arc<dyn BlobStore> {
+        backends.route(&self.retention_class, &self.producer)
+    }
+}
+
+/// Checks the package is the tenant's, open, has room, and the path is free (or may be
+/// replaced), in one statement. With `lock`, the package row is locked until the transaction
+/// ends, so two ingests into one package serialise their checks.
+pub(super) async fn check_can_add(
+    client: &impl deadpool_postgres::GenericClient,
+    tenant: &TenantId,
+    package_id: PackageId,
+    request: &IngestRequest,
+    max_files: u64,
+    lock: bool,
+) -> Result<CanAdd> {
+    let row = package_row(
+        client,
+        tenant,
+        package_id,
+        Some(&request.relative_path),
+        lock,
+    )
+    .await?;
+    let open = OpenPackage::from_row(package_id, &row)?;
+    let existing = row.get::<_, Option<uuid::Uuid>>(4).map(FileId);
+    may_add_at(package_id, request, existing, open.file_count, max_files)?;
+    Ok(CanAdd {
+        replaced: existing,
+        byte_quota: open.byte_quota,
+        retention_class: open.retention_class,
+        producer: open.producer,
+    })
+}
+
+/// An open package (what [`check_open`] found).
+pub(super) struct OpenPackage {
+    pub file_count: u64,
+    pub retention_class: String,
+    pub producer: String,
+    /// Its tenant has a byte quota.
+    pub byte_quota: bool,
+}
+
+impl OpenPackage {
+    fn from_row(package_id: PackageId, row: &tokio_postgres::Row) -> Result<Self> {
+        must_be_open(package_id, row.get(0))?;
+        Ok(OpenPackage {
+            file_count: row.get::<_, i32>(1) as u64,
+            retention_class: row.get(2),
+            producer: row.get(3),
+            byte_quota: row.get::<_, Option<bool>>(5).unwrap_or(false),
+        })
+    }
+}
+
+/// A package in `status` (its column value) takes new files only while open.
+pub(super) fn must_be_open(package_id: PackageId, status: &str) -> Result<()> {
+    match PackageStatus::parse(status)? {
+        PackageStatus::Open => Ok(()),
+        PackageStatus::Expired => Err(Error::Gone(format!(
+            "package {package_id} has expired; create a new package"
+        ))),
+        _ => Err(Error::Conflict(format!(
+            "package {package_id} is finalized and immutable; create a new package"
+        ))),
+    }
+}
+
+/// A file may go in at `request.relative_path` of an open package holding `file_count` files,
+/// where `existing` is the file already there: only as a replace, and a new path only while
+/// there is room.
+pub(super) fn may_add_at(
+    package_id: PackageId,
+    request: &IngestRequest,
+    existing: Option<FileId>,
+    file_count: u64,
+    max_files: u64,
+) -> Result<()> {
+    if existing.is_some() && !request.replace {
+        return Err(path_taken(package_id, &request.relative_path));
+    }
+    if existing.is_none() && file_count >= max_files {
+        return Err(Error::LimitExceeded(format!(
+            "package {package_id} already holds the maximum of {max_files} files"
+        )));
+    }
+    Ok(())
+}
+
+/// The package exists for this tenant and is open; with `lock`, its row is locked until the
+/// transaction ends (adds to one package are serialised).
+pub(super) async fn check_open(
+    client: &impl deadpool_postgres::GenericClient,
+    tenant: &TenantId,
+    package_id: PackageId,
+    lock: bool,
+) -> Result<OpenPackage> {
+    let row = package_row(client, tenant, package_id, None, lock).await?;
+    OpenPackage::from_row(package_id, &row)
+}
+
+/// The package's status, file count, retention class and producer, and the id of its file at
+/// `path` (NULL without a path, or when there is none); a prepared statement per connection,
+/// as this is on every ingest's path.
+async fn package_row(
+    client: &impl deadpool_postgres::GenericClient,
+    tenant: &TenantId,
+    package_id: PackageId,
+    path: Option<&RelativePath>,
+    lock: bool,
+) -> Result<tokio_postgres::Row> {
+    let sql = if lock {
+        "SELECT p.status, p.file_count, p.retention_class, p.producer, \
+                (SELECT f.id FROM files f WHERE f.package_id = p.id AND f.relative_path = $3), \
+                (SELECT q.max_bytes IS NOT NULL FROM tenant_quotas q WHERE q.tenant = p.tenant) \
+         FROM packages p WHERE p.id = $1 AND p.tenant = $2 FOR UPDATE OF p"
+    } else {
+        "SELECT p.status, p.file_count, p.retention_class, p.producer, \
+                (SELECT f.id FROM files f WHERE f.package_id = p.id AND f.relative_path = $3), \
+                (SELECT q.max_bytes IS NOT NULL FROM tenant_quotas q WHERE q.tenant = p.tenant) \
+         FROM packages p WHERE p.id = $1 AND p.tenant = $2"
+    };
+    let statement = client.prepare_cached(sql).await?;
+    client
+        .query_opt(
+            &statement,
+            &[
+                &package_id.0,
+                &tenant.as_str(),
+                &path.map(RelativePath::as_str),
+            ],
+        )
+        .await?
+        .ok_or_else(|| Error::not_found("package", package_id))
+}
+
+/// A file already has this path and the caller did not ask to replace it.
+pub(super) fn path_taken(package_id: PackageId, path: &RelativePath) -> Error {
+    Error::Conflict(format!(
+        "package {package_id} already has a file at `{path}`; ask to replace it"
+    ))
+}

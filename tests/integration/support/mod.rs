@@ -1,0 +1,14 @@
+//! What the integration tests share: real PostgreSQL databases, a registry over a local
+//! store, the real server process, HTTP helpers, and the binary's commands.
+
+mod db;
+mod http;
+mod process;
+mod registry;
+mod server;
+
+pub use db::*;
+pub use http::*;
+pub use process::*;
+pub use registry::*;
+pub use server::*;
