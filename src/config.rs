@@ -3,8 +3,8 @@
 //! naming it.
 
 use crate::registry::Limits;
+use clap::ArgAction;
 use clap::builder::BoolishValueParser;
-use clap::{ArgAction, value_parser};
 use std::error::Error as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -72,17 +72,17 @@ pub struct ServiceArgs {
     #[arg(long, env = "ARTIFACTSTORE_MIGRATE_ON_START", default_value = "true", value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
     pub migrate_on_start: bool,
     /// Maximum PostgreSQL connections in the pool.
-    #[arg(long, env = "ARTIFACTSTORE_DB_POOL_SIZE", default_value = "32", value_parser = value_parser!(u64).range(1..=1000))]
+    #[arg(long, env = "ARTIFACTSTORE_DB_POOL_SIZE", default_value = "32", value_parser = within::<1, 1000>)]
     pub db_pool_size: u64,
     /// Seconds a request waits for a database connection (every one in use, or the database
     /// not answering) before it is answered 503 with `Retry-After`.
-    #[arg(long, env = "ARTIFACTSTORE_DB_POOL_TIMEOUT_SECONDS", default_value = "5", value_parser = value_parser!(u64).range(1..=3600))]
+    #[arg(long, env = "ARTIFACTSTORE_DB_POOL_TIMEOUT_SECONDS", default_value = "5", value_parser = within::<1, 3600>)]
     pub db_pool_timeout_seconds: u64,
     /// Largest file accepted (bytes, or with a unit: 500MiB, 5GiB).
     #[arg(long, env = "ARTIFACTSTORE_MAX_FILE_SIZE", default_value = "5GiB", value_parser = ByteSize::positive)]
     pub max_file_size: ByteSize,
     /// Most files one package may hold.
-    #[arg(long, env = "ARTIFACTSTORE_MAX_FILES_PER_PACKAGE", default_value = "10000", value_parser = value_parser!(u64).range(1..))]
+    #[arg(long, env = "ARTIFACTSTORE_MAX_FILES_PER_PACKAGE", default_value = "10000", value_parser = within::<1, { u64::MAX }>)]
     pub max_files_per_package: u64,
     /// Bearer tokens for quick set-ups: `tenant:scope+scope:token,...` (scopes: read, write,
     /// admin). Without any tokens every request is the `default` tenant (development mode).
@@ -96,16 +96,16 @@ pub struct ServiceArgs {
     #[arg(long, env = "ARTIFACTSTORE_ANON_READ", default_value = "false", value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
     pub anon_read: bool,
     /// Seconds an upload session lives without being completed.
-    #[arg(long, env = "ARTIFACTSTORE_UPLOAD_TTL_SECONDS", default_value = "86400", value_parser = value_parser!(u64).range(1..=30 * 86400))]
+    #[arg(long, env = "ARTIFACTSTORE_UPLOAD_TTL_SECONDS", default_value = "86400", value_parser = within::<1, { 30 * 86400 }>)]
     pub upload_ttl_seconds: u64,
     /// Upload sessions that may stream into their storage backend as their chunks arrive, at
     /// once (S3: each holds a request open, and with signed bodies up to
     /// (1 + multipart_concurrency) parts in memory). Others are sent at completion. 0: never.
-    #[arg(long, env = "ARTIFACTSTORE_MAX_WRITE_THROUGH_UPLOADS", default_value = "16", value_parser = value_parser!(u64).range(0..=10_000))]
+    #[arg(long, env = "ARTIFACTSTORE_MAX_WRITE_THROUGH_UPLOADS", default_value = "16", value_parser = within::<0, 10_000>)]
     pub max_write_through_uploads: u64,
     /// Open upload sessions a tenant may have when its quota does not say (see
     /// `PUT /tenants/{tenant}/quota`).
-    #[arg(long, env = "ARTIFACTSTORE_DEFAULT_MAX_UPLOAD_SESSIONS", default_value = "1000", value_parser = value_parser!(u64).range(0..=10_000_000))]
+    #[arg(long, env = "ARTIFACTSTORE_DEFAULT_MAX_UPLOAD_SESSIONS", default_value = "1000", value_parser = within::<0, 10_000_000>)]
     pub default_max_upload_sessions: u64,
     /// Free space (bytes, or with a unit) the filesystems of the local backends and of the
     /// upload spools must keep: below it new writes get 507, reads, finalize and deletes go on.
@@ -117,20 +117,20 @@ pub struct ServiceArgs {
     pub max_json_body: ByteSize,
     /// Seconds a connection has to send a whole request head (from when it is accepted, and
     /// between requests on a kept-alive connection); it is closed after that.
-    #[arg(long, env = "ARTIFACTSTORE_HEADER_READ_TIMEOUT_SECONDS", default_value = "30", value_parser = value_parser!(u64).range(1..=3600))]
+    #[arg(long, env = "ARTIFACTSTORE_HEADER_READ_TIMEOUT_SECONDS", default_value = "30", value_parser = within::<1, 3600>)]
     pub header_read_timeout_seconds: u64,
     /// Seconds a request body may send nothing before the request ends (an upload session
     /// keeps the bytes that arrived).
-    #[arg(long, env = "ARTIFACTSTORE_BODY_IDLE_TIMEOUT_SECONDS", default_value = "60", value_parser = value_parser!(u64).range(1..=3600))]
+    #[arg(long, env = "ARTIFACTSTORE_BODY_IDLE_TIMEOUT_SECONDS", default_value = "60", value_parser = within::<1, 3600>)]
     pub body_idle_timeout_seconds: u64,
     /// Most client connections open at once; further ones wait to be accepted.
-    #[arg(long, env = "ARTIFACTSTORE_MAX_CONNECTIONS", default_value = "10000", value_parser = value_parser!(u64).range(1..=1_000_000))]
+    #[arg(long, env = "ARTIFACTSTORE_MAX_CONNECTIONS", default_value = "10000", value_parser = within::<1, 1_000_000>)]
     pub max_connections: u64,
     /// Most `GET /events` requests open at once (429 beyond).
-    #[arg(long, env = "ARTIFACTSTORE_MAX_LONG_POLLS", default_value = "10000", value_parser = value_parser!(u64).range(1..=1_000_000))]
+    #[arg(long, env = "ARTIFACTSTORE_MAX_LONG_POLLS", default_value = "10000", value_parser = within::<1, 1_000_000>)]
     pub max_long_polls: u64,
     /// Most `GET /events` requests one tenant may have open at once (429 beyond).
-    #[arg(long, env = "ARTIFACTSTORE_MAX_LONG_POLLS_PER_TENANT", default_value = "1000", value_parser = value_parser!(u64).range(1..=1_000_000))]
+    #[arg(long, env = "ARTIFACTSTORE_MAX_LONG_POLLS_PER_TENANT", default_value = "1000", value_parser = within::<1, 1_000_000>)]
     pub max_long_polls_per_tenant: u64,
     /// Allow serving without tokens on an address other than loopback: every caller is then
     /// an admin of tenant `default`. Without tokens and without this, `serve` listens on
@@ -144,6 +144,18 @@ pub struct ServiceArgs {
         default_value = "30"
     )]
     pub shutdown_grace_seconds: u64,
+}
+
+/// A whole number from `MIN` to `MAX`; whitespace around it is ignored (a value read from a
+/// file often ends in a newline).
+pub fn within<const MIN: u64, const MAX: u64>(text: &str) -> Result<u64, String> {
+    match text.trim().parse::<u64>() {
+        Ok(n) if (MIN..=MAX).contains(&n) => Ok(n),
+        _ if MAX == u64::MAX => Err(format!("`{text}` is not a whole number of at least {MIN}")),
+        _ => Err(format!(
+            "`{text}` is not a whole number from {MIN} to {MAX}"
+        )),
+    }
 }
 
 /// A size in bytes, written as a number or with a unit: `1048576`, `500MiB`, `5GiB`, `10MB`
@@ -446,9 +458,12 @@ mod tests {
         );
         let err = refusal(&["x", "--db-pool-size", "0"]);
         assert!(
-            err.contains("ARTIFACTSTORE_DB_POOL_SIZE") && err.contains("1..=1000"),
+            err.contains("ARTIFACTSTORE_DB_POOL_SIZE") && err.contains("from 1 to 1000"),
             "{err}"
         );
+        // Whitespace around a number is not part of it (values read from files end in one).
+        let cli = Cli::try_parse_from(["x", "--db-pool-timeout-seconds", " 7\n"]).unwrap();
+        assert_eq!(cli.args.db_pool_timeout_seconds, 7);
         let err = refusal(&["x", "--anon-read", "perhaps"]);
         assert!(err.contains("ARTIFACTSTORE_ANON_READ"), "{err}");
         let err = refusal(&["x", "--max-json-body", "0"]);

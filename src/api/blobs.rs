@@ -10,6 +10,7 @@ use crate::identity::ContentAddress;
 use poem::web::Data;
 use poem_openapi::OpenApi;
 use poem_openapi::payload::Json;
+use std::sync::Arc;
 
 pub struct BlobsApi;
 
@@ -26,7 +27,7 @@ impl BlobsApi {
     )]
     async fn missing(
         &self,
-        state: Data<&AppState>,
+        state: Data<&Arc<AppState>>,
         auth: Auth,
         body: Json<MissingBlobsRequest>,
     ) -> Answer<Json<MissingBlobs>, operations::MissingBlobs> {

@@ -49,6 +49,9 @@ pub enum ApiError {
     /// A server fault; details are in the server log only.
     #[oai(status = 500, content_type = "application/problem+json")]
     Internal(ProblemBody),
+    /// Too many requests of this kind are open; retry after `Retry-After` seconds.
+    #[oai(status = 429, content_type = "application/problem+json")]
+    TooManyRequests(ProblemBody, #[oai(header = "Retry-After")] u64),
     /// The database or storage is unavailable; retry after `Retry-After` seconds.
     #[oai(status = 503, content_type = "application/problem+json")]
     Unavailable(ProblemBody, #[oai(header = "Retry-After")] u64),
@@ -76,7 +79,15 @@ impl ApiError {
             StatusCode::SERVICE_UNAVAILABLE => {
                 ApiError::Unavailable(p, retry_after(StatusCode::SERVICE_UNAVAILABLE))
             }
-            _ => ApiError::Internal(p),
+            StatusCode::TOO_MANY_REQUESTS => {
+                ApiError::TooManyRequests(p, retry_after(StatusCode::TOO_MANY_REQUESTS))
+            }
+            _ => {
+                // Every status a problem is made with has its variant: one without would
+                // be sent as a 500 whose body says otherwise.
+                debug_assert_eq!(p.0.status, 500, "no ApiError variant for {}", p.0.status);
+                ApiError::Internal(p)
+            }
         }
     }
 

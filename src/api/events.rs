@@ -14,6 +14,7 @@ use poem_openapi::param::Query;
 use poem_openapi::payload::{Binary, Json};
 use poem_openapi::registry::{MetaResponses, Registry};
 use poem_openapi::{ApiResponse, Object, OpenApi, ResponseContent};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -111,7 +112,7 @@ impl EventsApi {
     #[allow(clippy::too_many_arguments)] // each query parameter is one, as the spec shows them
     async fn list(
         &self,
-        state: Data<&AppState>,
+        state: Data<&Arc<AppState>>,
         auth: Auth,
         req: &Request,
         /// Return events after this sequence (default 0: from the start).

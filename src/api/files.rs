@@ -16,6 +16,7 @@ use poem::{Body, Request};
 use poem_openapi::OpenApi;
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
+use std::sync::Arc;
 use uuid::Uuid;
 
 pub struct FilesApi;
@@ -26,7 +27,7 @@ impl FilesApi {
     #[oai(path = "/files/:id", method = "get", operation_id = "getFile")]
     async fn get(
         &self,
-        state: Data<&AppState>,
+        state: Data<&Arc<AppState>>,
         auth: Auth,
         id: Path<Uuid>,
     ) -> Answer<Json<FileInfo>, operations::GetFile> {
@@ -51,7 +52,7 @@ impl FilesApi {
     )]
     async fn download(
         &self,
-        state: Data<&AppState>,
+        state: Data<&Arc<AppState>>,
         auth: Auth,
         req: &Request,
         id: Path<Uuid>,

@@ -5,6 +5,7 @@ use super::security::Auth;
 use crate::auth::Scope;
 use poem::web::Data;
 use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
+use std::sync::Arc;
 
 pub struct HealthApi;
 
@@ -121,7 +122,7 @@ impl HealthApi {
     /// (the latest event sequence, open long-polls, damaged copies) only the operator (an
     /// admin of the `system` tenant) gets.
     #[oai(path = "/health", method = "get", operation_id = "getHealth")]
-    async fn health(&self, state: Data<&AppState>, auth: Auth) -> HealthResponse {
+    async fn health(&self, state: Data<&Arc<AppState>>, auth: Auth) -> HealthResponse {
         let caller = state.caller(&auth);
         let details = caller.as_ref().is_some_and(|p| p.allows(Scope::Admin));
         let operator = caller.as_ref().is_some_and(|p| p.operator);

@@ -298,7 +298,8 @@ pub fn app(state: AppState) -> impl Endpoint {
         .nest("/", api)
         .at("/openapi.json", spec)
         .nest("/docs", ui)
-        .data(state)
+        // One allocation for the whole server: poem clones the data into every request.
+        .data(Arc::new(state))
         .before(encode_file_path)
         .before(move |req| limit_body(req, json_limit))
         .before(move |req| authenticate_first(req, tokens.clone()))

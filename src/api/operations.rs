@@ -1,7 +1,8 @@
 //! Every operation's problems: the statuses besides 500 and 503 its refusals can have, declared
 //! in the spec for that operation alone (see [`Problems`](super::error::Problems)). Reasons
 //! common to many: 400 (a malformed id, parameter or body), 401 (no valid token), 403 (the
-//! token's scope), 413 (a body over its limit), 415 (a body of another media type).
+//! token's scope), 413 (a body over its limit: any request but a GET or HEAD may send one),
+//! 415 (a body of another media type).
 
 use super::error::problems;
 
@@ -29,7 +30,7 @@ problems! {
     /// `POST /packages/{id}/links/batch`.
     LinkFiles = [400, 401, 403, 404, 409, 410, 413, 415, 422, 507];
     /// `POST /packages/{id}/finalize`.
-    FinalizePackage = [400, 401, 403, 404, 409, 410];
+    FinalizePackage = [400, 401, 403, 404, 409, 410, 413, 422];
     /// `GET /packages/{id}/manifest`.
     GetManifest = [400, 401, 404, 410];
     /// `GET /packages/{id}/manifest.json`.
@@ -41,7 +42,7 @@ problems! {
     /// `PUT /packages/{id}/legal-hold`.
     SetLegalHold = [400, 401, 403, 404, 409, 410, 413, 415, 422];
     /// `DELETE /packages/{id}/legal-hold`.
-    ReleaseLegalHold = [400, 401, 403, 404, 409, 410];
+    ReleaseLegalHold = [400, 401, 403, 404, 409, 410, 413];
     /// `PATCH /packages/{id}/retention`.
     ChangeRetention = [400, 401, 403, 404, 409, 410, 413, 415, 422];
     /// `GET /usage`.
@@ -55,11 +56,11 @@ problems! {
     /// `POST /uploads`.
     CreateUpload = [400, 401, 403, 404, 409, 410, 413, 415, 422, 507];
     /// `GET /uploads/{id}`.
-    GetUpload = [400, 401, 404];
+    GetUpload = [400, 401, 403, 404];
     /// `PATCH /uploads/{id}`.
     AppendUpload = [400, 401, 403, 404, 409, 410, 413, 415, 416, 422, 507];
     /// `POST /uploads/{id}/complete`.
     CompleteUpload = [400, 401, 403, 404, 409, 410, 413, 422, 507];
     /// `DELETE /uploads/{id}`.
-    CancelUpload = [400, 401, 403, 404, 409];
+    CancelUpload = [400, 401, 403, 404, 409, 413];
 }

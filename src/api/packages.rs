@@ -19,6 +19,7 @@ use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::{Binary, Json};
 use poem_openapi::types::multipart::Upload;
 use poem_openapi::{ApiResponse, Multipart, OpenApi};
+use std::sync::Arc;
 use uuid::Uuid;
 
 pub struct PackagesApi;
@@ -204,7 +205,7 @@ impl PackagesApi {
     #[oai(path = "/packages", method = "post", operation_id = "createPackage")]
     async fn create(
         &self,
-        state: Data<&AppState>,
+        state: Data<&Arc<AppState>>,
         auth: Auth,
         body: Json<CreatePackage>,
     ) -> Answer<CreatedPackage, operations::CreatePackage> {
@@ -242,7 +243,7 @@ impl PackagesApi {
     #[allow(clippy::too_many_arguments)]
     async fn list(
         &self,
-        state: Data<&AppState>,
+        state: Data<&Arc<AppState>>,
         auth: Auth,
         req: &Request,
         /// Exact producer.
@@ -293,7 +294,7 @@ impl PackagesApi {
     #[oai(path = "/packages/:id", method = "get", operation_id = "getPackage")]
     async fn get(
         &self,
-        state: Data<&AppState>,
+        state: Data<&Arc<AppState>>,
         auth: Auth,
         id: Path<Uuid>,
     ) -> Answer<Json<Package>, operations::GetPackage> {
@@ -321,7 +322,7 @@ impl PackagesApi {
     )]
     async fn upload(
         &self,
-        state: Data<&AppState>,
+        state: Data<&Arc<AppState>>,
         auth: Auth,
         req: &Request,
         id: Path<Uuid>,
@@ -383,7 +384,7 @@ impl PackagesApi {
     #[allow(clippy::too_many_arguments)]
     async fn put(
         &self,
-        state: Data<&AppState>,
+        state: Data<&Arc<AppState>>,
         auth: Auth,
         req: &Request,
         id: Path<Uuid>,
@@ -433,7 +434,7 @@ impl PackagesApi {
     )]
     async fn link(
         &self,
-        state: Data<&AppState>,
+        state: Data<&Arc<AppState>>,
         auth: Auth,
         id: Path<Uuid>,
         body: Json<LinkFile>,
@@ -466,7 +467,7 @@ impl PackagesApi {
     )]
     async fn link_batch(
         &self,
-        state: Data<&AppState>,
+        state: Data<&Arc<AppState>>,
         auth: Auth,
         id: Path<Uuid>,
         body: Json<LinkFiles>,
@@ -510,7 +511,7 @@ impl PackagesApi {
     )]
     async fn finalize(
         &self,
-        state: Data<&AppState>,
+        state: Data<&Arc<AppState>>,
         auth: Auth,
         id: Path<Uuid>,
     ) -> Answer<Json<Package>, operations::FinalizePackage> {
@@ -536,7 +537,7 @@ impl PackagesApi {
     )]
     async fn manifest(
         &self,
-        state: Data<&AppState>,
+        state: Data<&Arc<AppState>>,
         auth: Auth,
         req: &Request,
         id: Path<Uuid>,
@@ -565,7 +566,7 @@ impl PackagesApi {
     )]
     async fn manifest_json(
         &self,
-        state: Data<&AppState>,
+        state: Data<&Arc<AppState>>,
         auth: Auth,
         req: &Request,
         id: Path<Uuid>,

@@ -13,6 +13,7 @@ use poem::web::Data;
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
+use std::sync::Arc;
 use uuid::Uuid;
 
 pub struct RetentionApi;
@@ -130,7 +131,7 @@ impl RetentionApi {
     )]
     async fn list(
         &self,
-        state: Data<&AppState>,
+        state: Data<&Arc<AppState>>,
         auth: Auth,
     ) -> Answer<Json<RetentionClassList>, operations::ListRetentionClasses> {
         state.authorize(&auth, Scope::Read)?;
@@ -153,7 +154,7 @@ impl RetentionApi {
     )]
     async fn define(
         &self,
-        state: Data<&AppState>,
+        state: Data<&Arc<AppState>>,
         auth: Auth,
         /// Class name: 1-63 of `a-z 0-9 . _ -`.
         #[oai(validator(pattern = r"^[a-z0-9][a-z0-9._-]{0,62}$"))]
@@ -195,7 +196,7 @@ impl RetentionApi {
     )]
     async fn set_hold(
         &self,
-        state: Data<&AppState>,
+        state: Data<&Arc<AppState>>,
         auth: Auth,
         id: Path<Uuid>,
         body: Json<LegalHoldRequest>,
@@ -218,7 +219,7 @@ impl RetentionApi {
     )]
     async fn release_hold(
         &self,
-        state: Data<&AppState>,
+        state: Data<&Arc<AppState>>,
         auth: Auth,
         id: Path<Uuid>,
     ) -> Answer<Json<Package>, operations::ReleaseLegalHold> {
@@ -241,7 +242,7 @@ impl RetentionApi {
     )]
     async fn change(
         &self,
-        state: Data<&AppState>,
+        state: Data<&Arc<AppState>>,
         auth: Auth,
         id: Path<Uuid>,
         body: Json<ChangeRetention>,

@@ -10,6 +10,7 @@ use poem::web::Data;
 use poem_openapi::param::Query;
 use poem_openapi::payload::Json;
 use poem_openapi::{Enum, Object, OpenApi};
+use std::sync::Arc;
 use time::OffsetDateTime;
 
 pub struct StorageApi;
@@ -119,7 +120,7 @@ impl StorageApi {
     #[oai(path = "/usage", method = "get", operation_id = "getUsage")]
     async fn usage(
         &self,
-        state: Data<&AppState>,
+        state: Data<&Arc<AppState>>,
         auth: Auth,
     ) -> Answer<Json<Usage>, operations::GetUsage> {
         let principal = state.authorize(&auth, Scope::Read)?;
@@ -153,7 +154,7 @@ impl StorageApi {
     )]
     async fn list(
         &self,
-        state: Data<&AppState>,
+        state: Data<&Arc<AppState>>,
         auth: Auth,
         /// Only copies in this state.
         status: Query<Option<CopyStatus>>,

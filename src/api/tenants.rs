@@ -13,6 +13,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::registry::MetaSchema;
 use poem_openapi::types::{ParseError, ParseFromJSON, ParseResult, ToJSON};
 use poem_openapi::{Object, OpenApi};
+use std::sync::Arc;
 
 pub struct TenantsApi;
 
@@ -140,7 +141,7 @@ impl TenantsApi {
     )]
     async fn set(
         &self,
-        state: Data<&AppState>,
+        state: Data<&Arc<AppState>>,
         auth: Auth,
         /// The tenant: 1-63 of `a-z 0-9 . _ -`.
         #[oai(validator(pattern = r"^[a-z0-9][a-z0-9._-]{0,62}$"))]
@@ -173,7 +174,7 @@ impl TenantsApi {
     )]
     async fn get(
         &self,
-        state: Data<&AppState>,
+        state: Data<&Arc<AppState>>,
         auth: Auth,
         /// The tenant: 1-63 of `a-z 0-9 . _ -`.
         #[oai(validator(pattern = r"^[a-z0-9][a-z0-9._-]{0,62}$"))]

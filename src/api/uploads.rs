@@ -14,6 +14,7 @@ use poem::web::Data;
 use poem_openapi::param::{Header, Path};
 use poem_openapi::payload::{Binary, Json};
 use poem_openapi::{ApiResponse, Object, OpenApi};
+use std::sync::Arc;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -171,7 +172,7 @@ impl UploadsApi {
     #[oai(path = "/uploads", method = "post", operation_id = "createUpload")]
     async fn create(
         &self,
-        state: Data<&AppState>,
+        state: Data<&Arc<AppState>>,
         auth: Auth,
         body: Json<CreateUpload>,
     ) -> Answer<CreatedUpload, operations::CreateUpload> {
@@ -200,7 +201,7 @@ impl UploadsApi {
     #[oai(path = "/uploads/:id", method = "get", operation_id = "getUpload")]
     async fn get(
         &self,
-        state: Data<&AppState>,
+        state: Data<&Arc<AppState>>,
         auth: Auth,
         id: Path<Uuid>,
     ) -> Answer<Json<Upload>, operations::GetUpload> {
@@ -223,7 +224,7 @@ impl UploadsApi {
     #[oai(path = "/uploads/:id", method = "patch", operation_id = "appendUpload")]
     async fn append(
         &self,
-        state: Data<&AppState>,
+        state: Data<&Arc<AppState>>,
         auth: Auth,
         id: Path<Uuid>,
         /// `bytes <start>-<end>/<total>` or `bytes <start>-<end>/*`.
@@ -267,7 +268,7 @@ impl UploadsApi {
     )]
     async fn complete(
         &self,
-        state: Data<&AppState>,
+        state: Data<&Arc<AppState>>,
         auth: Auth,
         id: Path<Uuid>,
     ) -> Answer<CompletedUpload, operations::CompleteUpload> {
@@ -289,7 +290,7 @@ impl UploadsApi {
     )]
     async fn cancel(
         &self,
-        state: Data<&AppState>,
+        state: Data<&Arc<AppState>>,
         auth: Auth,
         id: Path<Uuid>,
     ) -> Answer<Cancelled, operations::CancelUpload> {

@@ -27,7 +27,7 @@ pub struct JobArgs {
         long,
         env = "ARTIFACTSTORE_WORKER_SWEEP_SECONDS",
         default_value = "300",
-        value_parser = clap::value_parser!(u64).range(1..)
+        value_parser = crate::config::within::<1, { u64::MAX }>
     )]
     sweep_seconds: u64,
     /// Staged writes older than this many seconds are abandoned.
@@ -60,9 +60,9 @@ pub struct JobArgs {
         long,
         env = "ARTIFACTSTORE_EXPIRE_BATCH",
         default_value = "100",
-        value_parser = clap::value_parser!(i64).range(1..=10_000)
+        value_parser = crate::config::within::<1, 10_000>
     )]
-    expire_batch: i64,
+    expire_batch: u64,
     /// Seconds a blob stays after the last file referencing it went.
     #[arg(long, env = "ARTIFACTSTORE_GC_GRACE_SECONDS", default_value = "3600")]
     gc_grace_seconds: u64,
@@ -86,7 +86,7 @@ impl JobArgs {
                 .then(|| Duration::from_secs(self.verify_every_seconds)),
             verify_sample: self.verify_sample,
             open_grace: Duration::from_secs(self.open_grace_seconds),
-            expire_batch: self.expire_batch,
+            expire_batch: self.expire_batch as i64,
             gc_grace: Duration::from_secs(self.gc_grace_seconds),
             orphan_sweep_every: Duration::from_secs(self.orphan_sweep_seconds.max(1)),
         }

@@ -122,6 +122,9 @@ fn invalid_settings_stop_start_up_with_one_line_naming_the_setting() {
         ("worker", &[], "ARTIFACTSTORE_MIN_FREE_BYTES", "-1"),
         ("worker", &[], "ARTIFACTSTORE_VERIFY_SAMPLE", "2"),
         ("replay", &[], "ARTIFACTSTORE_DB_POOL_SIZE", "0"),
+        // Found after parsing, when settings are put together: the same line and code.
+        ("serve", &[], "ARTIFACTSTORE_TOKENS", "no-colons-here"),
+        ("serve", &[], "ARTIFACTSTORE_STORAGE_DEFAULT", "nowhere"),
     ];
     for (command, args, var, value) in cases {
         let out = Command::new(env!("CARGO_BIN_EXE_artifactstore"))

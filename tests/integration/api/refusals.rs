@@ -16,7 +16,29 @@ async fn every_bad_input_is_a_clean_problem_and_nothing_is_kept() {
     let wrong_digest = format!("sha256:{}", "0".repeat(64));
     let unknown = uuid::Uuid::now_v7();
 
+    // An upload session, which only a writer may see.
+    let resp = http
+        .post(api.url("/uploads"))
+        .bearer_auth(WRITER)
+        .json(&json!({"package_id": id, "relative_path": "s.bin"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let upload = resp.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
     let mut cases = vec![
+        refused(
+            "read scope reads a session",
+            "GET",
+            format!("/uploads/{upload}"),
+            Some(READER),
+            Sent::Nothing,
+            403,
+        ),
         // Auth: 401 without or with a wrong token, 403 with too small a scope; another
         // tenant's package is not found, even with a scope that would let it write.
         refused("no token", "GET", "/packages", None, Sent::Nothing, 401),
