@@ -315,7 +315,70 @@ impl Registry {
         S: Stream<Item = std::io::Result<Bytes>> + Send,
     {
         let current = self.load_upload(tenant, id).await?;
-        let size = match (current.session.size, chunk.total) {
+        let (size, limit) = self.chunk_bounds(current.session.size, &chunk)?;
+        // The chunk's bytes go to the spool's disk.
+        self.check_spool_space(chunk.end.map(|end| end.saturating_sub(chunk.start) + 1))
+            .await?;
+        let Locked { file, offset, room } = self.lock_for_chunk(tenant, id, &chunk, size).await?;
+        let mut file = file;
+        // Drop anything a chunk that died before recording its progress left behind.
+        file.set_len(offset)
+            .map_err(|e| Error::storage("uploads", format!("truncating spool: {e}")))?;
+        file.seek(SeekFrom::Start(offset))
+            .map_err(|e| Error::storage("uploads", e))?;
+
+        // Hash as we spool, continuing this session's state when this process has it (a
+        // state for another offset is stale: another process took the session over).
+        let live = self.live_uploads.lock().expect("live uploads").remove(&id);
+        let (hasher, mut through) = match live {
+            Some(live) if live.received == offset => (Some(live.hasher), live.through),
+            _ if offset == 0 => (Some(DualHasher::new()), None),
+            _ => (None, None),
+        };
+        if offset == 0 && through.is_none() {
+            through = self.start_write_through(tenant, &current, size).await;
+        }
+        let mut intake = Intake {
+            id,
+            spool: Spool::new(file, offset),
+            pipeline: hasher.map(HashPipeline::new),
+            through,
+            offset,
+            received: offset,
+            hashed: 0,
+            room,
+            limit,
+            size,
+            max_file_size: self.limits.max_file_size,
+        };
+        let mut failure = intake.receive(body).await;
+        if failure.is_none()
+            && let Some(end) = chunk.end
+            && intake.received != end + 1
+        {
+            failure = Some(Error::InvalidInput(format!(
+                "Content-Range ends at byte {end}, but the body ended at byte {}",
+                intake.received as i128 - 1
+            )));
+            intake.received = offset;
+        }
+        let received = intake.received;
+        self.keep_progress(intake, size).await?;
+        match failure {
+            Some(e) => Err(e),
+            None => {
+                let mut session = current.session;
+                session.offset = received;
+                session.size = size;
+                Ok(session)
+            }
+        }
+    }
+
+    /// The session's size (declared, or said by this chunk's `Content-Range`) and the most
+    /// bytes it may hold.
+    fn chunk_bounds(&self, declared: Option<u64>, chunk: &Chunk) -> Result<(Option<u64>, u64)> {
+        let size = match (declared, chunk.total) {
             (Some(declared), Some(total)) if declared != total => {
                 return Err(Error::InvalidInput(format!(
                     "Content-Range says the total is {total}, but the upload was declared as {declared} bytes"
@@ -323,19 +386,25 @@ impl Registry {
             }
             (declared, total) => declared.or(total),
         };
-        let limit = size
-            .unwrap_or(self.limits.max_file_size)
-            .min(self.limits.max_file_size);
-        if size.is_some_and(|s| s > self.limits.max_file_size) {
+        let max = self.limits.max_file_size;
+        if size.is_some_and(|s| s > max) {
             return Err(Error::LimitExceeded(format!(
-                "the upload's size exceeds the maximum file size of {} bytes",
-                self.limits.max_file_size
+                "the upload's size exceeds the maximum file size of {max} bytes"
             )));
         }
-        // The chunk's bytes go to the spool's disk.
-        self.check_spool_space(chunk.end.map(|end| end.saturating_sub(chunk.start) + 1))
-            .await?;
-        // One writer per session, across requests and processes; completion takes it too.
+        Ok((size, size.unwrap_or(max).min(max)))
+    }
+
+    /// Takes the session's spool for one chunk: one writer per session, across requests and
+    /// processes (completion takes it too), then checks, under the lock, that the session
+    /// still takes chunks here at `chunk.start`, and reserves what an undeclared size brings.
+    async fn lock_for_chunk(
+        &self,
+        tenant: &TenantId,
+        id: Uuid,
+        chunk: &Chunk,
+        size: Option<u64>,
+    ) -> Result<Locked> {
         let locked = lock_spool(&self.spool_path(id), id)?;
         // Re-read under the lock: the offset may have moved, the session may be completing or
         // gone (its spool published, or removed).
@@ -346,7 +415,7 @@ impl Registry {
                  was cut short, complete it again)"
             )));
         }
-        let Some(locked) = locked else {
+        let Some(file) = locked else {
             return Err(Error::Conflict(format!(
                 "the bytes of upload {id} are not on this server; start a new upload"
             )));
@@ -365,95 +434,22 @@ impl Registry {
         } else {
             None
         };
-        let mut file = locked;
-        // Drop anything a chunk that died before recording its progress left behind.
-        file.set_len(offset)
-            .map_err(|e| Error::storage("uploads", format!("truncating spool: {e}")))?;
-        file.seek(SeekFrom::Start(offset))
-            .map_err(|e| Error::storage("uploads", e))?;
-        let mut spool = Spool::new(file, offset);
+        Ok(Locked { file, offset, room })
+    }
 
-        // Hash as we spool, continuing this session's state when this process has it (a
-        // state for another offset is stale: another process took the session over).
-        let live = self.live_uploads.lock().expect("live uploads").remove(&id);
-        let (hasher, mut through) = match live {
-            Some(live) if live.received == offset => (Some(live.hasher), live.through),
-            _ if offset == 0 => (Some(DualHasher::new()), None),
-            _ => (None, None),
-        };
-        if offset == 0 && through.is_none() {
-            through = self.start_write_through(tenant, &current, size).await;
-        }
-        let mut pipeline = hasher.map(HashPipeline::new);
-        let mut hashed = 0u64;
-        let mut received = offset;
-        let mut failure = None;
-        pin_mut!(body);
-        while let Some(item) = body.next().await {
-            match item {
-                Ok(bytes) => {
-                    let len = bytes.len() as u64;
-                    if let Some(room) = room
-                        && received + len > room.left()
-                    {
-                        failure = Some(room.refusal());
-                        received = offset; // nothing of this chunk is kept
-                        break;
-                    }
-                    if received + len > limit {
-                        failure = Some(if size.is_some() && limit < self.limits.max_file_size {
-                            Error::InvalidInput(format!(
-                                "the chunk goes past the upload's size of {limit} bytes"
-                            ))
-                        } else {
-                            Error::LimitExceeded(format!(
-                                "the upload exceeds the maximum file size of {} bytes",
-                                self.limits.max_file_size
-                            ))
-                        });
-                        received = offset; // nothing of this chunk is kept
-                        break;
-                    }
-                    if let Some(p) = &mut pipeline {
-                        p.update(bytes.clone()).await;
-                        hashed += len;
-                    }
-                    if let Err(e) = spool.write(bytes.clone()).await {
-                        failure = Some(spool_error("writing spool", e));
-                        received = offset;
-                        break;
-                    }
-                    received += len;
-                    // Only bytes the spool took go through: the two never disagree on a prefix.
-                    let failed = match &mut through {
-                        Some(t) => t.write(bytes).await.err(),
-                        None => None,
-                    };
-                    if let Some(reason) = failed
-                        && let Some(t) = through.take()
-                    {
-                        tracing::warn!(upload = %id, backend = t.backend().id(), %reason,
-                            "writing through to the backend failed; the spooled file will be \
-                             stored at completion");
-                    }
-                }
-                Err(e) => {
-                    // Keep what arrived: the client resumes from the recorded offset.
-                    failure = Some(Error::Body(e.to_string()));
-                    break;
-                }
-            }
-        }
-        if failure.is_none()
-            && let Some(end) = chunk.end
-            && received != end + 1
-        {
-            failure = Some(Error::InvalidInput(format!(
-                "Content-Range ends at byte {end}, but the body ended at byte {}",
-                received as i128 - 1
-            )));
-            received = offset;
-        }
+    /// Records how far the session got and keeps its hashing state for the next chunk, if
+    /// the state covers exactly the bytes kept.
+    async fn keep_progress(&self, intake: Intake, size: Option<u64>) -> Result<()> {
+        let Intake {
+            id,
+            spool,
+            pipeline,
+            mut through,
+            offset,
+            received,
+            hashed,
+            ..
+        } = intake;
         let file = spool
             .finish(received)
             .await
@@ -489,15 +485,7 @@ impl Registry {
             )
             .await?;
         drop(file);
-        match failure {
-            Some(e) => Err(e),
-            None => {
-                let mut session = current.session;
-                session.offset = received;
-                session.size = size;
-                Ok(session)
-            }
-        }
+        Ok(())
     }
 
     /// Turns the received bytes into a file (checking size and any expected digest). On a
@@ -811,5 +799,95 @@ impl Registry {
             }
         }
         Ok(removed)
+    }
+}
+
+/// A session's spool, locked for one chunk.
+struct Locked {
+    file: nix::fcntl::Flock<std::fs::File>,
+    /// Where the chunk must start: the bytes the session holds.
+    offset: u64,
+    /// What the tenant's byte quota leaves, for a session of undeclared size.
+    room: Option<super::Room>,
+}
+
+/// One chunk being received: into the spool, through the running digest and, when the
+/// session writes through, into the backend.
+struct Intake {
+    id: Uuid,
+    spool: Spool,
+    pipeline: Option<HashPipeline>,
+    through: Option<WriteThrough>,
+    /// Where the chunk started.
+    offset: u64,
+    /// Bytes the session holds so far (reset to `offset` when the chunk is dropped).
+    received: u64,
+    /// Bytes of this chunk that went through the digest.
+    hashed: u64,
+    room: Option<super::Room>,
+    /// Most bytes the session may hold.
+    limit: u64,
+    size: Option<u64>,
+    max_file_size: u64,
+}
+
+impl Intake {
+    /// Reads the body into the spool; the reason it stopped early, if it did. A chunk that
+    /// would pass the quota or the size is dropped whole; one whose body broke off keeps what
+    /// arrived (the client resumes from the recorded offset).
+    async fn receive<S>(&mut self, body: S) -> Option<Error>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send,
+    {
+        pin_mut!(body);
+        while let Some(item) = body.next().await {
+            let bytes = match item {
+                Ok(bytes) => bytes,
+                Err(e) => return Some(Error::Body(e.to_string())),
+            };
+            let len = bytes.len() as u64;
+            if let Some(room) = self.room
+                && self.received + len > room.left()
+            {
+                self.received = self.offset; // nothing of this chunk is kept
+                return Some(room.refusal());
+            }
+            if self.received + len > self.limit {
+                self.received = self.offset; // nothing of this chunk is kept
+                return Some(if self.size.is_some() && self.limit < self.max_file_size {
+                    Error::InvalidInput(format!(
+                        "the chunk goes past the upload's size of {} bytes",
+                        self.limit
+                    ))
+                } else {
+                    Error::LimitExceeded(format!(
+                        "the upload exceeds the maximum file size of {} bytes",
+                        self.max_file_size
+                    ))
+                });
+            }
+            if let Some(p) = &mut self.pipeline {
+                p.update(bytes.clone()).await;
+                self.hashed += len;
+            }
+            if let Err(e) = self.spool.write(bytes.clone()).await {
+                self.received = self.offset;
+                return Some(spool_error("writing spool", e));
+            }
+            self.received += len;
+            // Only bytes the spool took go through: the two never disagree on a prefix.
+            let failed = match &mut self.through {
+                Some(t) => t.write(bytes).await.err(),
+                None => None,
+            };
+            if let Some(reason) = failed
+                && let Some(t) = self.through.take()
+            {
+                tracing::warn!(upload = %self.id, backend = t.backend().id(), %reason,
+                    "writing through to the backend failed; the spooled file will be \
+                     stored at completion");
+            }
+        }
+        None
     }
 }
