@@ -6,7 +6,7 @@ use super::form::{Part, Parts, StreamedForm};
 use super::operations;
 use super::responses::{CborManifest, JsonManifest, manifest_response};
 use super::schemas::{
-    CreatePackage, FileInfo, LinkFile, LinkFiles, LinkedFiles, Package, PackageList, Status,
+    CreatePackage, FileInfo, LinkFile, LinkFiles, LinkedFiles, Package, PackageList,
 };
 use super::security::Auth;
 use crate::auth::Scope;
@@ -253,7 +253,7 @@ impl PackagesApi {
         /// Exact retention class.
         retention_class: Query<Option<String>>,
         /// `open` or `finalized`.
-        status: Query<Option<Status>>,
+        status: Query<Option<crate::registry::PackageStatus>>,
         /// Page size, 1-1000 (default 100).
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<u32>>,
@@ -272,7 +272,7 @@ impl PackagesApi {
             producer: given(producer.0),
             subject: given(subject.0),
             retention_class: given(retention_class.0),
-            status: status.0.map(Into::into),
+            status: status.0,
             metadata,
             limit: limit.0.unwrap_or(100),
             cursor: given(cursor.0)

@@ -2,43 +2,10 @@
 
 use super::text::{Opt, Text};
 use crate::registry::{FileRecord, Package as RegistryPackage, PackageStatus};
-use poem_openapi::{Enum, Object};
+use poem_openapi::Object;
 use std::collections::BTreeMap;
 use time::OffsetDateTime;
 use uuid::Uuid;
-
-/// Open packages accept files; finalized ones are immutable; expired ones are gone (their
-/// manifest stays readable as a tombstone record).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
-#[oai(rename_all = "lowercase")]
-pub enum Status {
-    /// Accepting files.
-    Open,
-    /// Immutable, with a manifest.
-    Finalized,
-    /// Retention ran out: files removed, manifest kept.
-    Expired,
-}
-
-impl From<PackageStatus> for Status {
-    fn from(s: PackageStatus) -> Self {
-        match s {
-            PackageStatus::Open => Status::Open,
-            PackageStatus::Finalized => Status::Finalized,
-            PackageStatus::Expired => Status::Expired,
-        }
-    }
-}
-
-impl From<Status> for PackageStatus {
-    fn from(s: Status) -> Self {
-        match s {
-            Status::Open => PackageStatus::Open,
-            Status::Finalized => PackageStatus::Finalized,
-            Status::Expired => PackageStatus::Expired,
-        }
-    }
-}
 
 /// A package.
 #[derive(Debug, Clone, Object)]
@@ -57,8 +24,8 @@ pub struct Package {
     pub metadata: BTreeMap<String, String>,
     // No doc comment here: poem-openapi would wrap the `$ref` in an `allOf` with the
     // description, which generated clients (openapi-python-client) cannot take for enums.
-    // The `Status` schema carries the documentation.
-    pub status: Status,
+    // The `Status` schema (`PackageStatus`) carries the documentation.
+    pub status: PackageStatus,
     /// When it was created.
     pub created_at: OffsetDateTime,
     /// When it was finalized.
@@ -103,7 +70,7 @@ impl From<RegistryPackage> for Package {
             subject: p.subject,
             retention_class: p.retention_class.clone(),
             metadata: p.metadata.entries().clone(),
-            status: p.status.into(),
+            status: p.status,
             created_at: p.created_at.as_datetime(),
             finalized_at: p.finalized_at.map(|t| t.as_datetime()),
             manifest_digest: p.manifest_digest.map(|d| d.to_string()),

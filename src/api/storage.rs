@@ -9,49 +9,11 @@ use crate::events::LocationStatus;
 use poem::web::Data;
 use poem_openapi::param::Query;
 use poem_openapi::payload::Json;
-use poem_openapi::{Enum, Object, OpenApi};
+use poem_openapi::{Object, OpenApi};
 use std::sync::Arc;
 use time::OffsetDateTime;
 
 pub struct StorageApi;
-
-/// What is known of one stored copy: `present` (stored, intact when last verified), `failed`
-/// (the bytes differ from their address), `missing` (the backend lost them), `deleted`
-/// (removed on purpose).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
-#[oai(rename_all = "lowercase")]
-pub enum CopyStatus {
-    /// Stored (and intact when last verified).
-    Present,
-    /// The bytes differ from their address.
-    Failed,
-    /// The backend does not have the bytes.
-    Missing,
-    /// Removed on purpose.
-    Deleted,
-}
-
-impl From<CopyStatus> for LocationStatus {
-    fn from(s: CopyStatus) -> Self {
-        match s {
-            CopyStatus::Present => LocationStatus::Present,
-            CopyStatus::Failed => LocationStatus::Failed,
-            CopyStatus::Missing => LocationStatus::Missing,
-            CopyStatus::Deleted => LocationStatus::Deleted,
-        }
-    }
-}
-
-impl From<LocationStatus> for CopyStatus {
-    fn from(s: LocationStatus) -> Self {
-        match s {
-            LocationStatus::Present => CopyStatus::Present,
-            LocationStatus::Failed => CopyStatus::Failed,
-            LocationStatus::Missing => CopyStatus::Missing,
-            LocationStatus::Deleted => CopyStatus::Deleted,
-        }
-    }
-}
 
 /// One stored copy of a blob.
 #[derive(Debug, Clone, Object)]
@@ -63,8 +25,8 @@ pub struct StorageLocation {
     /// Key within the backend.
     pub key: String,
     // No doc comment: poem-openapi would wrap the `$ref` in an `allOf`, which generated
-    // clients cannot take for enums. `CopyStatus` carries the documentation.
-    pub status: CopyStatus,
+    // clients cannot take for enums. `CopyStatus` (`LocationStatus`) carries the documentation.
+    pub status: LocationStatus,
     /// Blob size in bytes.
     pub size: u64,
     /// When the copy was written (for a tenant's admin: when that tenant first stored these
@@ -157,7 +119,7 @@ impl StorageApi {
         state: Data<&Arc<AppState>>,
         auth: Auth,
         /// Only copies in this state.
-        status: Query<Option<CopyStatus>>,
+        status: Query<Option<LocationStatus>>,
         /// Only copies on this backend.
         backend: Query<Option<String>>,
         /// Page size, 1-1000 (default 100).
@@ -178,7 +140,7 @@ impl StorageApi {
         let mut rows = state
             .registry
             .list_locations(
-                status.0.map(Into::into),
+                status.0,
                 backend.0.as_deref().filter(|b| !b.is_empty()),
                 owner,
                 after,
@@ -197,7 +159,7 @@ impl StorageApi {
                 .into_iter()
                 .map(|l| StorageLocation {
                     content_address: l.content_address().to_string(),
-                    status: l.status.into(),
+                    status: l.status,
                     size: l.size,
                     stored_at: l.stored_at.as_datetime(),
                     verified_at: l.verified_at.map(|t| t.as_datetime()),

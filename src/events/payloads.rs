@@ -55,17 +55,23 @@ pub struct FileIngested {
     pub ingested_at: Timestamp,
 }
 
-/// What verification found of one stored copy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// What is known of one stored copy: `present` (stored, intact when last verified), `failed`
+/// (the bytes differ from their address), `missing` (the backend lost them), `deleted`
+/// (removed on purpose).
+// Also the API's `CopyStatus` schema: this documentation is the spec's.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, poem_openapi::Enum,
+)]
 #[serde(rename_all = "lowercase")]
+#[oai(rename = "CopyStatus", rename_all = "lowercase")]
 pub enum LocationStatus {
-    /// The bytes are there and hash to their address.
+    /// Stored (and intact when last verified).
     Present,
-    /// The bytes are there but differ (corrupt or truncated).
+    /// The bytes differ from their address.
     Failed,
-    /// The backend does not have them.
+    /// The backend does not have the bytes.
     Missing,
-    /// Removed on purpose (moved to another backend, or collected).
+    /// Removed on purpose.
     Deleted,
 }
 

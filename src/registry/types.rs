@@ -6,14 +6,16 @@ use crate::identity::{ContentAddress, Digest};
 use tokio_postgres::Row;
 
 /// Open packages accept files; finalized ones are immutable; expired ones are gone (their
-/// manifest stays as a tombstone record).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// manifest stays readable as a tombstone record).
+// Also the API's `Status` schema: this documentation is the spec's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, poem_openapi::Enum)]
+#[oai(rename = "Status", rename_all = "lowercase")]
 pub enum PackageStatus {
     /// Accepting files.
     Open,
     /// Immutable, with a manifest.
     Finalized,
-    /// Its retention ran out: files removed, manifest kept.
+    /// Retention ran out: files removed, manifest kept.
     Expired,
 }
 
