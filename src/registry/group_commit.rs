@@ -273,123 +273,17 @@ impl BatchCommitter {
         tx: &crate::db::Tx<'_>,
         items: Vec<AwaitingCommit>,
     ) -> std::result::Result<Vec<AwaitingCommit>, (Error, Vec<AwaitingCommit>)> {
-        let lookup = async {
-            let mut packages: Vec<Uuid> = items.iter().map(|i| i.item.event.package_id.0).collect();
-            packages.sort_unstable();
-            packages.dedup();
-            let file_packages: Vec<Uuid> =
-                items.iter().map(|i| i.item.event.package_id.0).collect();
-            let paths: Vec<&str> = items
-                .iter()
-                .map(|i| i.item.event.relative_path.as_str())
-                .collect();
-            let lock = tx
-                .prepare_cached(
-                    "SELECT id, tenant, status, file_count FROM packages \
-                     WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-                )
-                .await?;
-            let taken = tx
-                .prepare_cached(
-                    // One index probe per path (a subquery per row), whatever the table's
-                    // statistics say: a join let the planner hash a fresh `files` table
-                    // whole, and keep that plan until autoanalyze.
-                    "SELECT * FROM ( \
-                       SELECT u.package_id, u.relative_path, \
-                              (SELECT f.id FROM files f WHERE f.package_id = u.package_id \
-                                 AND f.relative_path = u.relative_path) AS id \
-                       FROM unnest($1::uuid[], $2::text[]) AS u(package_id, relative_path)) t \
-                     WHERE t.id IS NOT NULL",
-                )
-                .await?;
-            // Sent together, executed in order: the paths are read once the rows are locked.
-            let lock_params: [Param; 1] = [&packages];
-            let taken_params: [Param; 2] = [&file_packages, &paths];
-            let (rows, files) = futures::try_join!(
-                tx.query(&lock, &lock_params),
-                tx.query(&taken, &taken_params)
-            )?;
-            Ok::<_, Error>((rows, files))
-        };
-        let (rows, files) = match lookup.await {
-            Ok(found) => found,
+        let mut admission = match BatchAdmission::read(tx, &items).await {
+            Ok(admission) => admission,
             Err(e) => return Err((e, items)),
         };
-        let writing: Vec<_> = items
-            .iter()
-            .map(|i| {
-                let event = &i.item.event;
-                (
-                    &i.item.tenant,
-                    event.package_id.0,
-                    event.relative_path.as_str(),
-                )
-            })
-            .collect();
-        let now = items[0].item.event.ingested_at;
-        let mut rooms = match super::quota::rooms(tx, &writing, now).await {
-            Ok(rooms) => rooms,
-            Err(e) => return Err((e, items)),
-        };
-        let mut packages: HashMap<Uuid, (String, String, u64)> = HashMap::new();
-        for row in &rows {
-            let count: i32 = row.get(3);
-            packages.insert(row.get(0), (row.get(1), row.get(2), count as u64));
-        }
-        let mut at: HashMap<(Uuid, String), FileId> = files
-            .iter()
-            .map(|r| ((r.get(0), r.get(1)), FileId(r.get(2))))
-            .collect();
         let mut accepted = Vec::with_capacity(items.len());
         for mut item in items {
-            let event = &mut item.item.event;
-            let package_id = event.package_id;
-            let refusal = match packages.get_mut(&package_id.0) {
-                Some((tenant, _, _)) if tenant != item.item.tenant.as_str() => {
-                    Some(Error::not_found("package", package_id))
-                }
-                None => Some(Error::not_found("package", package_id)),
-                Some((_, status, count)) => {
-                    let key = (package_id.0, event.relative_path.as_str().to_owned());
-                    let existing = at.get(&key).copied();
-                    let request = &item.item.request;
-                    let allowed = must_be_open(package_id, status)
-                        .and_then(|()| {
-                            may_add_at(package_id, request, existing, *count, item.item.max_files)
-                        })
-                        .and_then(|()| {
-                            // A new file must fit its tenant's byte quota with the batch's
-                            // files before it (a replacement may free room: left to the
-                            // check after recording).
-                            match rooms.get_mut(&item.item.tenant) {
-                                Some(room) if existing.is_none() => {
-                                    if event.size > room.left() {
-                                        return Err(room.refusal());
-                                    }
-                                    room.used += event.size;
-                                    Ok(())
-                                }
-                                _ => Ok(()),
-                            }
-                        });
-                    match allowed {
-                        Err(e) => Some(e),
-                        Ok(()) => {
-                            if existing.is_none() {
-                                *count += 1;
-                            }
-                            event.replaced_file_id = existing;
-                            at.insert(key, event.file_id);
-                            None
-                        }
-                    }
-                }
-            };
-            match refusal {
-                Some(e) => {
+            match admission.admit(&mut item.item) {
+                Err(e) => {
                     let _ = item.done.send(Err(e));
                 }
-                None => accepted.push(item),
+                Ok(()) => accepted.push(item),
             }
         }
         Ok(accepted)
@@ -496,5 +390,113 @@ fn copy_error(e: &Error) -> Error {
             unavailable: *unavailable,
         },
         other => Error::Database(other.to_string()),
+    }
+}
+
+/// What a batch's files are admitted against: its packages (locked until the batch commits),
+/// the files already at its paths, and its tenants' byte quotas. Each file is checked in
+/// batch order, as a lone ingest would be, and counts for the files after it.
+struct BatchAdmission {
+    /// Package id: tenant, status, file count.
+    packages: HashMap<Uuid, (String, String, u64)>,
+    /// The file at each (package, path), the batch's own included once admitted.
+    at: HashMap<(Uuid, String), FileId>,
+    rooms: HashMap<TenantId, super::Room>,
+}
+
+impl BatchAdmission {
+    /// Locks the batch's packages and reads what admitting its files needs.
+    async fn read(tx: &crate::db::Tx<'_>, items: &[AwaitingCommit]) -> Result<Self> {
+        let mut packages: Vec<Uuid> = items.iter().map(|i| i.item.event.package_id.0).collect();
+        packages.sort_unstable();
+        packages.dedup();
+        let file_packages: Vec<Uuid> = items.iter().map(|i| i.item.event.package_id.0).collect();
+        let paths: Vec<&str> = items
+            .iter()
+            .map(|i| i.item.event.relative_path.as_str())
+            .collect();
+        let lock = tx
+            .prepare_cached(
+                "SELECT id, tenant, status, file_count FROM packages \
+                 WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+            )
+            .await?;
+        let taken = tx
+            .prepare_cached(
+                // One index probe per path (a subquery per row), whatever the table's
+                // statistics say: a join let the planner hash a fresh `files` table
+                // whole, and keep that plan until autoanalyze.
+                "SELECT * FROM ( \
+                   SELECT u.package_id, u.relative_path, \
+                          (SELECT f.id FROM files f WHERE f.package_id = u.package_id \
+                             AND f.relative_path = u.relative_path) AS id \
+                   FROM unnest($1::uuid[], $2::text[]) AS u(package_id, relative_path)) t \
+                 WHERE t.id IS NOT NULL",
+            )
+            .await?;
+        // Sent together, executed in order: the paths are read once the rows are locked.
+        let lock_params: [Param; 1] = [&packages];
+        let taken_params: [Param; 2] = [&file_packages, &paths];
+        let (rows, files) = futures::try_join!(
+            tx.query(&lock, &lock_params),
+            tx.query(&taken, &taken_params)
+        )?;
+        let writing: Vec<_> = items
+            .iter()
+            .map(|i| {
+                let event = &i.item.event;
+                (
+                    &i.item.tenant,
+                    event.package_id.0,
+                    event.relative_path.as_str(),
+                )
+            })
+            .collect();
+        let now = items[0].item.event.ingested_at;
+        let rooms = super::quota::rooms(tx, &writing, now).await?;
+        Ok(BatchAdmission {
+            packages: rows
+                .iter()
+                .map(|row| {
+                    let count: i32 = row.get(3);
+                    (row.get(0), (row.get(1), row.get(2), count as u64))
+                })
+                .collect(),
+            at: files
+                .iter()
+                .map(|r| ((r.get(0), r.get(1)), FileId(r.get(2))))
+                .collect(),
+            rooms,
+        })
+    }
+
+    /// Admits one file (setting the file it replaces), or says why not.
+    fn admit(&mut self, file: &mut BatchFile) -> Result<()> {
+        let event = &mut file.event;
+        let package_id = event.package_id;
+        let (status, count) = match self.packages.get_mut(&package_id.0) {
+            Some((tenant, status, count)) if tenant == file.tenant.as_str() => (status, count),
+            _ => return Err(Error::not_found("package", package_id)),
+        };
+        let key = (package_id.0, event.relative_path.as_str().to_owned());
+        let existing = self.at.get(&key).copied();
+        must_be_open(package_id, status)?;
+        may_add_at(package_id, &file.request, existing, *count, file.max_files)?;
+        // A new file must fit its tenant's byte quota with the batch's files before it (a
+        // replacement may free room: left to the check after recording).
+        if existing.is_none()
+            && let Some(room) = self.rooms.get_mut(&file.tenant)
+        {
+            if event.size > room.left() {
+                return Err(room.refusal());
+            }
+            room.used += event.size;
+        }
+        if existing.is_none() {
+            *count += 1;
+        }
+        event.replaced_file_id = existing;
+        self.at.insert(key, event.file_id);
+        Ok(())
     }
 }
