@@ -13,6 +13,7 @@ use crate::events::{
     self, DomainEvent, LocationAdded, LocationRemoved, LocationStatus, LocationVerified,
 };
 use crate::identity::{ContentAddress, Digest};
+use crate::storage::BlobStore;
 use futures::StreamExt;
 
 /// Which blobs to move.
@@ -180,59 +181,25 @@ impl Registry {
         let moved = if target_ok {
             Moved::AlreadyThere
         } else {
-            let stream = match source.get(&address, None).await {
-                Ok(s) => s,
-                Err(Error::NotFound { .. }) => {
+            match copy_checked(source.as_ref(), target.as_ref(), item).await? {
+                Copy::Done => Moved::Copied,
+                Copy::SourceMissing => {
                     self.record_source_problem(tx, scope, item, LocationStatus::Missing, None)
                         .await?;
                     return Ok(Moved::SourceDamaged);
                 }
-                Err(e) => return Err(e),
-            };
-            let mut staged = target.stage().await?;
-            let mut hasher = blake3::Hasher::new();
-            let mut size = 0u64;
-            let mut stream = stream;
-            while let Some(chunk) = stream.next().await {
-                let chunk = match chunk {
-                    Ok(c) => c,
-                    Err(e) => {
-                        let _ = staged.abort().await;
-                        return Err(Error::storage(
-                            source.id(),
-                            format!("reading {address}: {e}"),
-                        ));
-                    }
-                };
-                hasher.update(&chunk);
-                size += chunk.len() as u64;
-                staged.write(chunk).await?;
+                Copy::SourceDamaged(observed) => {
+                    self.record_source_problem(
+                        tx,
+                        scope,
+                        item,
+                        LocationStatus::Failed,
+                        Some(observed),
+                    )
+                    .await?;
+                    return Ok(Moved::SourceDamaged);
+                }
             }
-            let digest = Digest(*hasher.finalize().as_bytes());
-            if digest != item.blake3 || size != item.size {
-                staged.abort().await?;
-                self.record_source_problem(
-                    tx,
-                    scope,
-                    item,
-                    LocationStatus::Failed,
-                    Some((digest, size)),
-                )
-                .await?;
-                return Ok(Moved::SourceDamaged);
-            }
-            staged.commit(&address).await?;
-            let (written, written_size) = read_digest(target.as_ref(), &address).await?;
-            if written != item.blake3 || written_size != item.size {
-                return Err(Error::storage(
-                    target.id(),
-                    format!(
-                        "the copy of {address} read back as {written_size} bytes hashing to {}",
-                        written.to_hex()
-                    ),
-                ));
-            }
-            Moved::Copied
         };
         let now = self.clock.now();
         events::record(
@@ -297,4 +264,64 @@ async fn read_digest(
     address: &ContentAddress,
 ) -> Result<(Digest, u64)> {
     backend.read_digest(address).await
+}
+
+/// How copying a blob to the target went.
+enum Copy {
+    /// Stored on the target and read back intact.
+    Done,
+    /// The source does not have the bytes.
+    SourceMissing,
+    /// The source's bytes hash to this digest and size, not the blob's: nothing was stored.
+    SourceDamaged((Digest, u64)),
+}
+
+/// Copies `item` from `source` to `target`, hashing the bytes as they pass; commits only bytes
+/// that are the blob, then reads the target's copy back and checks it.
+async fn copy_checked(
+    source: &dyn BlobStore,
+    target: &dyn BlobStore,
+    item: &MigrationItem,
+) -> Result<Copy> {
+    let address = ContentAddress::blake3(item.blake3);
+    let mut stream = match source.get(&address, None).await {
+        Ok(s) => s,
+        Err(Error::NotFound { .. }) => return Ok(Copy::SourceMissing),
+        Err(e) => return Err(e),
+    };
+    let mut staged = target.stage().await?;
+    let mut hasher = blake3::Hasher::new();
+    let mut size = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = staged.abort().await;
+                return Err(Error::storage(
+                    source.id(),
+                    format!("reading {address}: {e}"),
+                ));
+            }
+        };
+        hasher.update(&chunk);
+        size += chunk.len() as u64;
+        staged.write(chunk).await?;
+    }
+    let digest = Digest(*hasher.finalize().as_bytes());
+    if digest != item.blake3 || size != item.size {
+        staged.abort().await?;
+        return Ok(Copy::SourceDamaged((digest, size)));
+    }
+    staged.commit(&address).await?;
+    let (written, written_size) = read_digest(target, &address).await?;
+    if written != item.blake3 || written_size != item.size {
+        return Err(Error::storage(
+            target.id(),
+            format!(
+                "the copy of {address} read back as {written_size} bytes hashing to {}",
+                written.to_hex()
+            ),
+        ));
+    }
+    Ok(Copy::Done)
 }
