@@ -99,32 +99,7 @@ impl Registry {
         let cutoff = self.collect_cutoff(grace_seconds)?;
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        // No row locks here: an expiry holding the event sequence lock may be updating these
-        // rows, and waiting for it while holding them would deadlock. The per-blob advisory
-        // lock (tried, never waited for) decides who may touch a blob.
-        let candidates: Vec<Vec<u8>> = tx
-            .query(CANDIDATES, &[&cutoff, &limit])
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let locked = blob_lock::try_lock_many_exclusive(&tx, &candidates).await?;
-        // Holding the locks, no ingest or link can be adding a file for these blobs: look
-        // again (one may have committed just before, or another collector may have taken the
-        // blob already), and find where the copies are.
-        let rows = tx
-            .query(
-                "SELECT b.blake3, b.size, b.unreferenced_since, \
-                        coalesce(array_agg(l.backend_id ORDER BY l.backend_id) \
-                                 FILTER (WHERE l.backend_id IS NOT NULL), '{}') \
-                 FROM blobs b \
-                 LEFT JOIN storage_locations l ON l.blake3 = b.blake3 AND l.status <> 'deleted' \
-                 WHERE b.blake3 = ANY($1) AND b.unreferenced_since IS NOT NULL \
-                   AND NOT EXISTS (SELECT 1 FROM files f WHERE f.blake3 = b.blake3) \
-                 GROUP BY b.blake3, b.size, b.unreferenced_since",
-                &[&locked],
-            )
-            .await?;
+        let rows = collectable_now(&tx, cutoff, limit).await?;
         let mut done = Collected::default();
         let mut found = Vec::new();
         let mut deletions = Vec::new();
@@ -236,4 +211,39 @@ impl Registry {
         }
         Ok(removed)
     }
+}
+
+/// Up to `limit` blobs unreferenced since before `cutoff`, each locked for collection, with
+/// the backends holding their copies: blake3, size, unreferenced since, backend ids.
+async fn collectable_now(
+    tx: &crate::db::Tx<'_>,
+    cutoff: time::OffsetDateTime,
+    limit: i64,
+) -> Result<Vec<tokio_postgres::Row>> {
+    // No row locks here: an expiry holding the event sequence lock may be updating these
+    // rows, and waiting for it while holding them would deadlock. The per-blob advisory
+    // lock (tried, never waited for) decides who may touch a blob.
+    let candidates: Vec<Vec<u8>> = tx
+        .query(CANDIDATES, &[&cutoff, &limit])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let locked = blob_lock::try_lock_many_exclusive(tx, &candidates).await?;
+    // Holding the locks, no ingest or link can be adding a file for these blobs: look
+    // again (one may have committed just before, or another collector may have taken the
+    // blob already), and find where the copies are.
+    Ok(tx
+        .query(
+            "SELECT b.blake3, b.size, b.unreferenced_since, \
+                    coalesce(array_agg(l.backend_id ORDER BY l.backend_id) \
+                             FILTER (WHERE l.backend_id IS NOT NULL), '{}') \
+             FROM blobs b \
+             LEFT JOIN storage_locations l ON l.blake3 = b.blake3 AND l.status <> 'deleted' \
+             WHERE b.blake3 = ANY($1) AND b.unreferenced_since IS NOT NULL \
+               AND NOT EXISTS (SELECT 1 FROM files f WHERE f.blake3 = b.blake3) \
+             GROUP BY b.blake3, b.size, b.unreferenced_since",
+            &[&locked],
+        )
+        .await?)
 }
