@@ -145,24 +145,14 @@ impl Registry {
             .into_iter()
             .map(|r| (r.get(0), FileId(r.get(1))))
             .collect();
-        let mut added = 0u64;
-        for (i, link) in links.iter().enumerate() {
-            match taken.get(link.relative_path.as_str()) {
-                Some(_) if !link.replace => {
-                    return Err(context(i, path_taken(package_id, &link.relative_path)));
-                }
-                Some(_) => {}
-                None => added += 1,
-            }
-        }
-        let max_files = self.limits.max_files_per_package;
-        if open.file_count + added > max_files {
-            return Err(Error::LimitExceeded(format!(
-                "package {package_id} holds {} files; {added} more would pass the maximum of \
-                 {max_files}",
-                open.file_count
-            )));
-        }
+        links_fit(
+            package_id,
+            &links,
+            &taken,
+            open.file_count,
+            self.limits.max_files_per_package,
+            &context,
+        )?;
         let held = held_blobs(&tx, tenant, links.iter().map(|l| &l.content_address)).await?;
         let mut events = Vec::with_capacity(links.len());
         let mut records = Vec::with_capacity(links.len());
@@ -206,6 +196,36 @@ impl Registry {
         tx.commit().await?;
         Ok(records)
     }
+}
+
+/// Whether `links` may go into a package holding `file_count` files, `taken` of their paths
+/// already used: each taken path only as a replacement, and the new paths within the limit.
+/// All or nothing: the first link that may not names itself through `context`.
+fn links_fit(
+    package_id: PackageId,
+    links: &[LinkRequest],
+    taken: &HashMap<String, FileId>,
+    file_count: u64,
+    max_files: u64,
+    context: &impl Fn(usize, Error) -> Error,
+) -> Result<()> {
+    let mut added = 0u64;
+    for (i, link) in links.iter().enumerate() {
+        match taken.get(link.relative_path.as_str()) {
+            Some(_) if !link.replace => {
+                return Err(context(i, path_taken(package_id, &link.relative_path)));
+            }
+            Some(_) => {}
+            None => added += 1,
+        }
+    }
+    if file_count + added > max_files {
+        return Err(Error::LimitExceeded(format!(
+            "package {package_id} holds {file_count} files; {added} more would pass the \
+             maximum of {max_files}"
+        )));
+    }
+    Ok(())
 }
 
 /// One file of [`Registry::link_files`].
