@@ -338,3 +338,50 @@ fn in_link(i: usize, path: &str, e: Error) -> Error {
 fn digest(bytes: &[u8]) -> Result<Digest> {
     Digest::from_slice(bytes).map_err(|e| Error::Integrity(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::DualHasher;
+
+    fn link(path: &str, replace: bool) -> LinkRequest {
+        LinkRequest {
+            relative_path: RelativePath::new(path).unwrap(),
+            content_address: DualHasher::digest(path.as_bytes()).primary_address(),
+            media_type: None,
+            replace,
+        }
+    }
+
+    #[test]
+    fn links_fit_only_as_replacements_of_taken_paths_and_within_the_limit() {
+        let package = PackageId::generate();
+        let taken: HashMap<String, FileId> = [("a".to_owned(), FileId::generate())].into();
+        let name = |i: usize, e: Error| Error::InvalidInput(format!("link {i}: {e}"));
+        // A taken path without `replace` is refused, naming the link.
+        let err = links_fit(
+            package,
+            &[link("b", false), link("a", false)],
+            &taken,
+            1,
+            10,
+            &name,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("link 1"), "{err}");
+        // As a replacement it adds nothing to the count.
+        assert!(links_fit(package, &[link("a", true)], &taken, 10, 10, &name).is_ok());
+        // New paths must fit: 9 held + 2 new > 10.
+        let err = links_fit(
+            package,
+            &[link("b", false), link("c", false)],
+            &taken,
+            9,
+            10,
+            &name,
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::LimitExceeded(_)), "{err}");
+        assert!(links_fit(package, &[link("b", false)], &taken, 9, 10, &name).is_ok());
+    }
+}
