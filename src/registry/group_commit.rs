@@ -180,35 +180,7 @@ impl BatchCommitter {
             Err(e) => return refuse_all(batch, &e),
         };
         // Every blob's lock is held: let the ingests publish, then wait for all of them.
-        let mut waiting = Vec::with_capacity(batch.len());
-        for pending in batch {
-            let (published_tx, published_rx) = oneshot::channel();
-            let (done_tx, done_rx) = oneshot::channel();
-            let Queued { item, go } = pending;
-            let key = (item.blake3.0, item.event.backend_id.clone());
-            let answer = LockHeld {
-                damaged: damaged.contains(&key),
-                published: published_tx,
-                done: done_rx,
-            };
-            // A failed send: the request ended (its client went away) before publishing.
-            if go.send(Ok(answer)).is_ok() {
-                waiting.push((
-                    published_rx,
-                    AwaitingCommit {
-                        item,
-                        done: done_tx,
-                    },
-                ));
-            }
-        }
-        let mut published = Vec::with_capacity(waiting.len());
-        for (answer, item) in waiting {
-            // An ingest whose publish failed (or whose request ended) has answered its client.
-            if let Ok(Ok(())) = answer.await {
-                published.push(item);
-            }
-        }
+        let published = let_publish(batch, &damaged).await;
         if published.is_empty() {
             return;
         }
@@ -222,33 +194,7 @@ impl BatchCommitter {
         if accepted.is_empty() {
             return;
         }
-        let events: Vec<DomainEvent> = accepted
-            .iter()
-            .map(|item| DomainEvent::of(&item.item.tenant, item.item.event.clone()))
-            .collect();
-        let added: Vec<_> = accepted
-            .iter()
-            .map(|item| super::quota::Added {
-                tenant: item.item.tenant.clone(),
-                bytes: item.item.event.size,
-                packages: 0,
-                files: vec![(
-                    item.item.event.package_id.0,
-                    item.item.event.relative_path.as_str().to_owned(),
-                )],
-            })
-            .collect();
-        let now = accepted[0].item.event.ingested_at;
-        let result = async {
-            events::record(&tx, events).await?;
-            // A tenant past its quota fails the batch: its files are then recorded one by one,
-            // and only those past it are refused.
-            super::quota::enforce(&tx, &added, now).await?;
-            tx.commit().await?;
-            Ok::<_, Error>(())
-        }
-        .await;
-        match result {
+        match record_batch(tx, &accepted).await {
             Ok(()) => {
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
                 self.stats
@@ -499,4 +445,69 @@ impl BatchAdmission {
         self.at.insert(key, event.file_id);
         Ok(())
     }
+}
+
+/// Tells each queued ingest that its blob's lock is held, so that it publishes its bytes, and
+/// waits for all of them: the files whose bytes are now under their address. An ingest whose
+/// publish failed, or whose request ended, has answered its client and is left out.
+async fn let_publish(
+    batch: Vec<Queued>,
+    damaged: &HashSet<([u8; 32], String)>,
+) -> Vec<AwaitingCommit> {
+    let mut waiting = Vec::with_capacity(batch.len());
+    for pending in batch {
+        let (published_tx, published_rx) = oneshot::channel();
+        let (done_tx, done_rx) = oneshot::channel();
+        let Queued { item, go } = pending;
+        let key = (item.blake3.0, item.event.backend_id.clone());
+        let answer = LockHeld {
+            damaged: damaged.contains(&key),
+            published: published_tx,
+            done: done_rx,
+        };
+        // A failed send: the request ended (its client went away) before publishing.
+        if go.send(Ok(answer)).is_ok() {
+            waiting.push((
+                published_rx,
+                AwaitingCommit {
+                    item,
+                    done: done_tx,
+                },
+            ));
+        }
+    }
+    let mut published = Vec::with_capacity(waiting.len());
+    for (answer, item) in waiting {
+        if let Ok(Ok(())) = answer.await {
+            published.push(item);
+        }
+    }
+    published
+}
+
+/// Records the admitted files of a batch (their events, then the quota check after them) and
+/// commits. A tenant past its quota fails the batch: its files are then recorded one by one,
+/// and only those past it are refused.
+async fn record_batch(tx: crate::db::Tx<'_>, accepted: &[AwaitingCommit]) -> Result<()> {
+    let events: Vec<DomainEvent> = accepted
+        .iter()
+        .map(|item| DomainEvent::of(&item.item.tenant, item.item.event.clone()))
+        .collect();
+    let added: Vec<_> = accepted
+        .iter()
+        .map(|item| super::quota::Added {
+            tenant: item.item.tenant.clone(),
+            bytes: item.item.event.size,
+            packages: 0,
+            files: vec![(
+                item.item.event.package_id.0,
+                item.item.event.relative_path.as_str().to_owned(),
+            )],
+        })
+        .collect();
+    let now = accepted[0].item.event.ingested_at;
+    events::record(&tx, events).await?;
+    super::quota::enforce(&tx, &added, now).await?;
+    tx.commit().await?;
+    Ok(())
 }
