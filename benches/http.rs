@@ -401,8 +401,7 @@ const SMALL_RUNS: usize = 3;
 
 /// 4 KiB ingests with 16 concurrent clients: how many, and how long they took. Every file's
 /// bytes are new to the server (they carry `run`, the process id and the file's number), so no
-/// run is a dedup of an earlier one: before 2026-12-02's fourth session, runs 2 and 3 of the
-/// full benchmark re-sent run 1's bytes and wrote no blob.
+/// run is a dedup of an earlier one (which would write no blob and measure less).
 fn small_ingests(base: &str, run: usize) -> (usize, Duration) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {

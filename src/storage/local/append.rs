@@ -16,8 +16,8 @@ const FIRST_BATCH: usize = 64 * 1024;
 /// modulo this. On some CPUs (seen on an AMD EPYC with FSRM and AVX2) the kernel's copy out of
 /// the page cache runs about four times slower into a buffer misaligned by 8 or 16 bytes, as a
 /// fresh heap allocation is: 1.3 s instead of 0.3 s per 2 GiB read. Writes go through the
-/// same kind of copy, the other way, so their buffers are aligned alike (on the AVX-512 EPYC
-/// of 2026-12-02 the write copy showed no such penalty; what it did show is a cost per
+/// same kind of copy, the other way, so their buffers are aligned alike (on an AVX-512 EPYC the
+/// write copy showed no such penalty; what it did show is a cost per
 /// freshly allocated page-cache page that varies from run to run in this VM, 0.25-3 s per
 /// GiB, whatever the alignment).
 pub(super) const ALIGN: usize = 64;
