@@ -22,32 +22,89 @@ pub const MAX_TEXT_PART: u64 = 4096;
 /// form that never gets to its parts would be held in memory up to its whole size.
 pub const MAX_FORM_OVERHEAD: u64 = 1 << 20;
 
-/// Hands a reader the inner stream's chunks one per poll: after each chunk the next poll
-/// answers `Pending` (and wakes the task at once). The multipart parser takes every chunk that
-/// is ready whenever it is polled, before it gives out any of their bytes; under load a
-/// client's whole upload can be ready at once, and the file's bytes would sit in the parser,
-/// counted as the form's overhead. One chunk at a time, the parser never holds more than the
-/// chunk it just took beyond what it has not yet found the end of.
-struct OnePerPoll<S> {
+/// Most bytes [`Batched`] hands over at once.
+const BATCH_BYTES: usize = 64 << 10;
+
+/// Hands a reader the inner stream's bytes in batches of at most [`BATCH_BYTES`], one batch
+/// per poll: after each batch the next poll answers `Pending` (and wakes the task at once).
+/// The multipart parser takes every chunk that is ready whenever it is polled, before it gives
+/// out any of their bytes; under load a client's whole upload can be ready at once, and the
+/// file's bytes would sit in the parser, counted as the form's overhead. One batch at a time,
+/// the parser never holds more than the batch it just took beyond what it has not yet found
+/// the end of. Ready chunks are joined up to the batch size, so a client sending tiny chunks
+/// does not make the parser rescan what it holds once per chunk.
+struct Batched<S> {
     inner: S,
     yielded: bool,
+    /// An error or the end, met after the bytes of the batch handed over before it.
+    after: Option<Option<std::io::Error>>,
 }
 
-impl<S: Stream + Unpin> Stream for OnePerPoll<S> {
-    type Item = S::Item;
+impl<S: Stream<Item = std::io::Result<Bytes>> + Unpin> Stream for Batched<S> {
+    type Item = std::io::Result<Bytes>;
 
     fn poll_next(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<S::Item>> {
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
         if self.yielded {
             self.yielded = false;
             cx.waker().wake_by_ref();
-            return std::task::Poll::Pending;
+            return Poll::Pending;
         }
-        let next = std::pin::Pin::new(&mut self.inner).poll_next(cx);
-        self.yielded = matches!(next, std::task::Poll::Ready(Some(_)));
-        next
+        if let Some(after) = self.after.take() {
+            // The end stays the end; an error is handed over once, then the end.
+            if after.is_none() {
+                self.after = Some(None);
+            }
+            return Poll::Ready(after.map(Err));
+        }
+        let mut batch = bytes::BytesMut::new();
+        let mut first: Option<Bytes> = None;
+        loop {
+            match std::pin::Pin::new(&mut self.inner).poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    match first.take() {
+                        None if batch.is_empty() => first = Some(chunk),
+                        earlier => {
+                            if let Some(earlier) = earlier {
+                                batch.extend_from_slice(&earlier);
+                            }
+                            batch.extend_from_slice(&chunk);
+                        }
+                    }
+                    let held = first.as_ref().map_or(batch.len(), Bytes::len);
+                    if held >= BATCH_BYTES {
+                        break;
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    self.after = Some(Some(e));
+                    break;
+                }
+                Poll::Ready(None) => {
+                    self.after = Some(None);
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        let bytes = first.unwrap_or_else(|| batch.freeze());
+        if bytes.is_empty() {
+            // Nothing arrived: what stopped the loop is the answer.
+            return match self.after.take() {
+                Some(after) => {
+                    if after.is_none() {
+                        self.after = Some(None);
+                    }
+                    Poll::Ready(after.map(Err))
+                }
+                None => Poll::Pending,
+            };
+        }
+        self.yielded = true;
+        Poll::Ready(Some(Ok(bytes)))
     }
 }
 
@@ -207,9 +264,10 @@ impl<Doc> StreamedForm<Doc> {
             .size_limit(limits);
         let budget = std::sync::Arc::new(Budget::default());
         let counted = budget.clone();
-        let chunks = OnePerPoll {
+        let chunks = Batched {
             inner: super::body::stream(self.body),
             yielded: false,
+            after: None,
         };
         let stream: BodyStream = Box::pin(chunks.map(move |chunk| {
             use std::sync::atomic::Ordering::Relaxed;
@@ -351,6 +409,45 @@ mod tests {
         // The parser takes every ready chunk before giving any out: counted naively, 8 MiB of
         // file would be 8 MiB of "overhead" and the upload refused (seen in the soak bench).
         assert_eq!(file_bytes(form(8 << 20, 0)).await, Ok(8 << 20));
+    }
+
+    #[tokio::test]
+    async fn tiny_ready_chunks_are_handed_to_the_parser_in_batches() {
+        // 1-byte chunks, all ready: batched, the parser scans a few hundred times, not once
+        // per byte, and every byte arrives in order.
+        let chunks: Vec<std::io::Result<Bytes>> = (0..200_000u32)
+            .map(|i| Ok(Bytes::from(vec![(i % 251) as u8])))
+            .collect();
+        let mut batched = Batched {
+            inner: futures::stream::iter(chunks),
+            yielded: false,
+            after: None,
+        };
+        let (mut batches, mut bytes) = (0, Vec::new());
+        while let Some(batch) = batched.next().await {
+            let batch = batch.unwrap();
+            assert!(batch.len() <= BATCH_BYTES);
+            batches += 1;
+            bytes.extend_from_slice(&batch);
+        }
+        assert_eq!(bytes.len(), 200_000);
+        assert!(bytes.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
+        assert!(batches <= 4, "{batches} batches");
+        // An error after some bytes comes after them, then the end.
+        let mut failing = Batched {
+            inner: futures::stream::iter(vec![
+                Ok(Bytes::from_static(b"ab")),
+                Err(std::io::Error::other("cut")),
+            ]),
+            yielded: false,
+            after: None,
+        };
+        assert_eq!(
+            failing.next().await.unwrap().unwrap(),
+            Bytes::from_static(b"ab")
+        );
+        assert!(failing.next().await.unwrap().is_err());
+        assert!(failing.next().await.is_none());
     }
 
     #[tokio::test]

@@ -178,7 +178,8 @@ pub enum PostgresCommand {
     /// Stop the private cluster (e.g. one a crashed process left running).
     Stop(DataDirArg),
     /// Print the running private cluster's URL, password included (for `pg_dump`,
-    /// `pg_restore`, `psql`); exit 1 when it is not running.
+    /// `pg_restore`, `psql`: pass the password in their environment, not on a command line,
+    /// where other users can read it); exit 1 when it is not running.
     Url(DataDirArg),
 }
 

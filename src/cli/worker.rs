@@ -19,6 +19,9 @@ pub struct WorkerArgs {
     dry_run: bool,
 }
 
+/// The longest any of the jobs' durations may be set to: time arithmetic stays in range.
+const TEN_YEARS: u64 = 10 * 365 * 86_400;
+
 /// How the background jobs run (shared by `worker` and `serve --worker`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct JobArgs {
@@ -27,18 +30,17 @@ pub struct JobArgs {
         long,
         env = "ARTIFACTSTORE_WORKER_SWEEP_SECONDS",
         default_value = "300",
-        value_parser = crate::config::within::<1, { u64::MAX }>
+        value_parser = crate::config::within::<1, TEN_YEARS>
     )]
     sweep_seconds: u64,
     /// Staged writes older than this many seconds are abandoned.
     #[arg(
         long,
         env = "ARTIFACTSTORE_STAGING_GRACE_SECONDS",
-        default_value = "86400"
-    )]
+        default_value = "86400", value_parser = crate::config::within::<0, TEN_YEARS>)]
     staging_grace_seconds: u64,
     /// Seconds between verification runs (0: no scheduled verification).
-    #[arg(long, env = "ARTIFACTSTORE_VERIFY_EVERY_SECONDS", default_value = "0")]
+    #[arg(long, env = "ARTIFACTSTORE_VERIFY_EVERY_SECONDS", default_value = "0", value_parser = crate::config::within::<0, TEN_YEARS>)]
     verify_every_seconds: u64,
     /// Fraction of stored copies each verification run checks.
     #[arg(
@@ -52,8 +54,7 @@ pub struct JobArgs {
     #[arg(
         long,
         env = "ARTIFACTSTORE_OPEN_PACKAGE_GRACE_SECONDS",
-        default_value = "604800"
-    )]
+        default_value = "604800", value_parser = crate::config::within::<0, TEN_YEARS>)]
     open_grace_seconds: u64,
     /// Packages expired per transaction.
     #[arg(
@@ -64,14 +65,13 @@ pub struct JobArgs {
     )]
     expire_batch: u64,
     /// Seconds a blob stays after the last file referencing it went.
-    #[arg(long, env = "ARTIFACTSTORE_GC_GRACE_SECONDS", default_value = "3600")]
+    #[arg(long, env = "ARTIFACTSTORE_GC_GRACE_SECONDS", default_value = "3600", value_parser = crate::config::within::<0, TEN_YEARS>)]
     gc_grace_seconds: u64,
     /// Seconds between listings of every backend for orphan bytes.
     #[arg(
         long,
         env = "ARTIFACTSTORE_ORPHAN_SWEEP_SECONDS",
-        default_value = "86400"
-    )]
+        default_value = "86400", value_parser = crate::config::within::<0, TEN_YEARS>)]
     orphan_sweep_seconds: u64,
 }
 

@@ -121,6 +121,19 @@ fn invalid_settings_stop_start_up_with_one_line_naming_the_setting() {
         ("serve", &[], "ARTIFACTSTORE_DEV_MODE", "maybe"),
         ("worker", &[], "ARTIFACTSTORE_MIN_FREE_BYTES", "-1"),
         ("worker", &[], "ARTIFACTSTORE_VERIFY_SAMPLE", "2"),
+        // A duration past any clock's range (the worker would panic adding it to now).
+        (
+            "worker",
+            &[],
+            "ARTIFACTSTORE_WORKER_SWEEP_SECONDS",
+            "18446744073709551615",
+        ),
+        (
+            "worker",
+            &[],
+            "ARTIFACTSTORE_GC_GRACE_SECONDS",
+            "999999999999",
+        ),
         ("replay", &[], "ARTIFACTSTORE_DB_POOL_SIZE", "0"),
         // Found after parsing, when settings are put together: the same line and code.
         ("serve", &[], "ARTIFACTSTORE_TOKENS", "no-colons-here"),
