@@ -6,7 +6,7 @@ use super::operations;
 use super::problem::{ProblemBody, from_error};
 use super::security::Auth;
 use crate::auth::Scope;
-use crate::events::wire;
+use crate::events::{StoredEvent, TailPage, wire};
 use poem::http::header;
 use poem::web::Data;
 use poem::{Request, Response};
@@ -144,53 +144,77 @@ impl EventsApi {
         };
         let since = since.0.unwrap_or(0);
         let limit = i64::from(limit.0.unwrap_or(100));
-        let deadline = Instant::now() + Duration::from_secs(u64::from(wait.0.unwrap_or(30)));
-        // Where the next read starts: a read that found nothing has looked up to its
-        // `scanned_to`, so the next one need not look there again.
-        let mut from = since;
-        let (page, next_since) = loop {
-            let read = state
-                .tail
-                .page(
-                    &principal.tenant,
-                    from,
-                    limit,
-                    prefix.as_deref(),
-                    waiting.clone(),
-                )
-                .await?;
-            let scanned_to = read.scanned_to;
-            let next = if read.events.len() as i64 == limit {
-                read.events.last().map_or(from, |e| e.sequence)
-            } else {
-                scanned_to
-            };
-            let now = Instant::now();
-            if !read.events.is_empty() || now >= deadline {
-                break (Some(read), next);
-            }
-            from = scanned_to;
-            // Woken only by commits of this tenant's events (or a reconnect of the listener).
-            if !waiting.wait_beyond(scanned_to, deadline - now).await {
-                // Timed out or shutting down: one last look, then answer.
-                if Instant::now() >= deadline || state.events.is_closed() {
-                    break (None, next);
-                }
-            }
-        };
+        let wait = Duration::from_secs(u64::from(wait.0.unwrap_or(30)));
+        let tenant = &principal.tenant;
+        let (page, next_since) = read_or_wait(
+            &state,
+            tenant,
+            since,
+            limit,
+            prefix.as_deref(),
+            waiting,
+            wait,
+        )
+        .await?;
         let page = page.as_ref().map_or(&[][..], |p| &p.events[..]);
-        let body = if wants_json(req) {
-            let json = wire::page_json(page, next_since).map_err(ApiError::from)?;
-            Response::builder()
-                .content_type("application/json")
-                .body(serde_json::to_vec(&json).unwrap_or_default())
-        } else {
-            Response::builder()
-                .content_type("application/cbor")
-                .body(wire::page_cbor(page, next_since))
-        };
-        let mut body = body;
-        body.headers_mut().insert("Next-Since", next_since.into());
-        Ok(EventsBody(body))
+        Ok(EventsBody(render(page, next_since, wants_json(req))?))
     }
+}
+
+/// Reads the events after `since`; when there are none, waits until one of the tenant's
+/// commits (or `wait` ends) and reads again. Answers the page read last (`None` when the wait
+/// ended with nothing) and where the next request continues.
+async fn read_or_wait(
+    state: &AppState,
+    tenant: &crate::domain::TenantId,
+    since: i64,
+    limit: i64,
+    prefix: Option<&str>,
+    waiting: Arc<crate::events::WaitingRequest>,
+    wait: Duration,
+) -> Result<(Option<Arc<TailPage>>, i64), ApiError> {
+    let deadline = Instant::now() + wait;
+    // Where the next read starts: a read that found nothing has looked up to its
+    // `scanned_to`, so the next one need not look there again.
+    let mut from = since;
+    loop {
+        let read = state
+            .tail
+            .page(tenant, from, limit, prefix, waiting.clone())
+            .await?;
+        let scanned_to = read.scanned_to;
+        let next = if read.events.len() as i64 == limit {
+            read.events.last().map_or(from, |e| e.sequence)
+        } else {
+            scanned_to
+        };
+        let now = Instant::now();
+        if !read.events.is_empty() || now >= deadline {
+            return Ok((Some(read), next));
+        }
+        from = scanned_to;
+        // Woken only by commits of this tenant's events (or a reconnect of the listener).
+        if !waiting.wait_beyond(scanned_to, deadline - now).await {
+            // Timed out or shutting down: one last look, then answer.
+            if Instant::now() >= deadline || state.events.is_closed() {
+                return Ok((None, next));
+            }
+        }
+    }
+}
+
+/// The page as canonical CBOR (the default) or JSON, with its `Next-Since` header.
+fn render(page: &[StoredEvent], next_since: i64, json: bool) -> Result<Response, ApiError> {
+    let mut body = if json {
+        let json = wire::page_json(page, next_since).map_err(ApiError::from)?;
+        Response::builder()
+            .content_type("application/json")
+            .body(serde_json::to_vec(&json).unwrap_or_default())
+    } else {
+        Response::builder()
+            .content_type("application/cbor")
+            .body(wire::page_cbor(page, next_since))
+    };
+    body.headers_mut().insert("Next-Since", next_since.into());
+    Ok(body)
 }

@@ -81,57 +81,16 @@ where
         };
         // Small responses (event pages, problems) should not wait for Nagle.
         let _ = stream.set_nodelay(true);
-        let endpoint = endpoint.clone();
-        let local = local.clone();
-        let stream = Guarded::new(stream, limits);
-        let head_seen = stream.head_seen.clone();
-        let (working_tx, working) = watch::channel(0usize);
-        let working_tx = Arc::new(working_tx);
-        let service = hyper::service::service_fn(move |req| {
-            head_seen.store(true, Ordering::Relaxed);
-            // In progress until its response has been sent (or the request is dropped).
-            let working = Working::start(working_tx.clone());
-            let endpoint = endpoint.clone();
-            let request = poem::Request::from((
-                req,
-                local.clone(),
-                poem::web::RemoteAddr(poem::Addr::SocketAddr(remote)),
-                poem::http::uri::Scheme::HTTP,
-            ));
-            async move {
-                let response = endpoint.get_response(request).await;
-                let response = hyper::Response::from(response).map(|body| CountedBody {
-                    body,
-                    _working: working,
-                });
-                Ok::<_, std::convert::Infallible>(response)
-            }
-        });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let mut stop = stop.clone();
-        let idle_after = limits.header_read_timeout;
+        let served = serve_connection(
+            &builder,
+            endpoint.clone(),
+            local.clone(),
+            (stream, remote),
+            limits,
+            stop.clone(),
+        );
         tokio::spawn(async move {
-            tokio::pin!(connection);
-            let mut finishing = false;
-            let result = loop {
-                tokio::select! {
-                    result = connection.as_mut() => break result,
-                    _ = stop.wait_for(|s| *s), if !finishing => {
-                        finishing = true;
-                        connection.as_mut().graceful_shutdown();
-                    }
-                    _ = idle(working.clone(), idle_after), if !finishing => {
-                        finishing = true;
-                        connection.as_mut().graceful_shutdown();
-                    }
-                }
-            };
-            if let Err(e) = result {
-                // Clients hanging up mid-request (or timed out) are routine; nothing to act on.
-                tracing::debug!(remote = %remote, error = %e, "connection ended with an error");
-            }
+            served.await;
             drop(place);
         });
     }
@@ -149,6 +108,67 @@ where
         );
     }
     Ok(())
+}
+
+/// Serves one accepted connection until it ends: asked to finish when the server stops or
+/// when it has had no request in progress for the header read timeout.
+fn serve_connection<E: Endpoint<Output = poem::Response> + 'static>(
+    builder: &auto::Builder<TokioExecutor>,
+    endpoint: Arc<E>,
+    local: poem::web::LocalAddr,
+    (stream, remote): (tokio::net::TcpStream, std::net::SocketAddr),
+    limits: HttpLimits,
+    mut stop: watch::Receiver<bool>,
+) -> impl Future<Output = ()> + Send + 'static {
+    let stream = Guarded::new(stream, limits);
+    let head_seen = stream.head_seen.clone();
+    let (working_tx, working) = watch::channel(0usize);
+    let working_tx = Arc::new(working_tx);
+    let service = hyper::service::service_fn(move |req| {
+        head_seen.store(true, Ordering::Relaxed);
+        // In progress until its response has been sent (or the request is dropped).
+        let working = Working::start(working_tx.clone());
+        let endpoint = endpoint.clone();
+        let request = poem::Request::from((
+            req,
+            local.clone(),
+            poem::web::RemoteAddr(poem::Addr::SocketAddr(remote)),
+            poem::http::uri::Scheme::HTTP,
+        ));
+        async move {
+            let response = endpoint.get_response(request).await;
+            let response = hyper::Response::from(response).map(|body| CountedBody {
+                body,
+                _working: working,
+            });
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    let connection = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .into_owned();
+    let idle_after = limits.header_read_timeout;
+    async move {
+        tokio::pin!(connection);
+        let mut finishing = false;
+        let result = loop {
+            tokio::select! {
+                result = connection.as_mut() => break result,
+                _ = stop.wait_for(|s| *s), if !finishing => {
+                    finishing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                _ = idle(working.clone(), idle_after), if !finishing => {
+                    finishing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+        };
+        if let Err(e) = result {
+            // Clients hanging up mid-request (or timed out) are routine; nothing to act on.
+            tracing::debug!(remote = %remote, error = %e, "connection ended with an error");
+        }
+    }
 }
 
 /// Resolves once the connection has had no request in progress for `after`.

@@ -119,64 +119,13 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         let due = worker.dry_run().await;
         let collectable = worker.dry_run_collection().await;
         service.shutdown();
-        let (due, collectable) = (due?, collectable?);
-        for e in &due {
-            println!(
-                "would expire package {} (tenant {}, class {}): {} since {}",
-                e.package_id,
-                e.tenant,
-                e.retention_class,
-                match e.reason {
-                    crate::retention::DueReason::Retention => "retention ran out",
-                    crate::retention::DueReason::Abandoned => "never finalized",
-                },
-                e.due_at
-            );
-        }
-        for c in &collectable {
-            println!(
-                "would collect {} ({} bytes): unreferenced since {}",
-                c.address, c.size, c.unreferenced_since
-            );
-        }
-        println!(
-            "{} packages would expire, {} blobs would be collected",
-            due.len(),
-            collectable.len()
-        );
+        print_dry_run(&due?, &collectable?);
         return Ok(ExitCode::SUCCESS);
     }
     let code = if args.once {
         let report = worker.run_once().await;
         service.shutdown();
-        let report = report?;
-        crate::worker::log(&report);
-        println!(
-            "expired {} packages; collected {} blobs ({} bytes) and {} orphans; expired {} upload \
-             sessions, removed {} abandoned staged writes{}",
-            report.expired.len(),
-            report.collected.blobs,
-            report.collected.bytes,
-            report.collected.orphans,
-            report.uploads_expired,
-            report.staging_removed,
-            report
-                .verified
-                .as_ref()
-                .map(|v| format!(
-                    "; verified {} copies: {} ok, {} failed, {} missing, {} unreadable",
-                    v.ok + v.failed + v.missing,
-                    v.ok,
-                    v.failed,
-                    v.missing,
-                    v.errors
-                ))
-                .unwrap_or_default()
-        );
-        match report.verified {
-            Some(v) if v.failed + v.missing > 0 => ExitCode::from(1),
-            _ => ExitCode::SUCCESS,
-        }
+        print_report(&report?)
     } else {
         tracing::info!("worker started");
         let bus = crate::events::EventBus::start(
@@ -190,6 +139,65 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     };
     Ok(code)
+}
+
+/// What a dry run found, one line each, then the counts.
+fn print_dry_run(due: &[crate::registry::Expiry], collectable: &[crate::registry::Collectable]) {
+    for e in due {
+        println!(
+            "would expire package {} (tenant {}, class {}): {} since {}",
+            e.package_id,
+            e.tenant,
+            e.retention_class,
+            match e.reason {
+                crate::retention::DueReason::Retention => "retention ran out",
+                crate::retention::DueReason::Abandoned => "never finalized",
+            },
+            e.due_at
+        );
+    }
+    for c in collectable {
+        println!(
+            "would collect {} ({} bytes): unreferenced since {}",
+            c.address, c.size, c.unreferenced_since
+        );
+    }
+    println!(
+        "{} packages would expire, {} blobs would be collected",
+        due.len(),
+        collectable.len()
+    );
+}
+
+/// Logs and prints what one pass did; exits 1 when verification found bad copies.
+fn print_report(report: &crate::worker::PassReport) -> ExitCode {
+    crate::worker::log(report);
+    println!(
+        "expired {} packages; collected {} blobs ({} bytes) and {} orphans; expired {} upload \
+         sessions, removed {} abandoned staged writes{}",
+        report.expired.len(),
+        report.collected.blobs,
+        report.collected.bytes,
+        report.collected.orphans,
+        report.uploads_expired,
+        report.staging_removed,
+        report
+            .verified
+            .as_ref()
+            .map(|v| format!(
+                "; verified {} copies: {} ok, {} failed, {} missing, {} unreadable",
+                v.ok + v.failed + v.missing,
+                v.ok,
+                v.failed,
+                v.missing,
+                v.errors
+            ))
+            .unwrap_or_default()
+    );
+    match &report.verified {
+        Some(v) if v.failed + v.missing > 0 => ExitCode::from(1),
+        _ => ExitCode::SUCCESS,
+    }
 }
 
 async fn shutdown(term: Option<tokio::signal::unix::Signal>) {

@@ -124,32 +124,8 @@ pub async fn push(args: PushArgs) -> Result<ExitCode, CliError> {
     let hidden = args.no_progress;
 
     // 1. Hash locally (in parallel), so bytes the server already holds are never sent.
-    let bar = progress(total, hidden, "hashing");
     let jobs = args.jobs.max(1);
-    let files: Vec<LocalFile> = futures::stream::iter(listing)
-        .map(|(path, full, size)| {
-            let bar = bar.clone();
-            async move {
-                let full2 = full.clone();
-                let blake3 = tokio::task::spawn_blocking(move || hash_file(&full2))
-                    .await
-                    .map_err(|e| CliError::other(e.to_string()))?
-                    .map_err(|e| CliError::other(format!("reading {}: {e}", full.display())))?;
-                bar.inc(size);
-                Ok::<_, CliError>(LocalFile {
-                    path,
-                    full,
-                    size,
-                    blake3,
-                })
-            }
-        })
-        .buffered(jobs)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()?;
-    bar.finish_and_clear();
+    let files = hash_all(listing, total, jobs, hidden).await?;
 
     // 2. The package, and which bytes are missing.
     let mut body =
@@ -159,36 +135,10 @@ pub async fn push(args: PushArgs) -> Result<ExitCode, CliError> {
     }
     let package: Value = client.post_json("/packages", &body).await?;
     let id = package["id"].as_str().unwrap_or_default().to_owned();
-    let unique: Vec<String> = {
-        let mut seen = HashSet::new();
-        files
-            .iter()
-            .map(|f| format!("blake3:{}", f.blake3))
-            .filter(|a| seen.insert(a.clone()))
-            .collect()
-    };
-    let mut missing = HashSet::new();
-    for batch in unique.chunks(1000) {
-        let answer: Value = client
-            .post_json("/blobs/missing", &json!({"content_addresses": batch}))
-            .await?;
-        for a in answer["missing"].as_array().into_iter().flatten() {
-            missing.insert(a.as_str().unwrap_or_default().to_owned());
-        }
-    }
+    let missing = missing_addresses(&client, &files).await?;
 
     // 3. Upload one file per missing address; then link every other file.
-    let mut first_of: HashMap<String, usize> = HashMap::new();
-    let (mut uploads, mut links) = (Vec::new(), Vec::new());
-    for (i, f) in files.iter().enumerate() {
-        let address = format!("blake3:{}", f.blake3);
-        if missing.contains(&address) && !first_of.contains_key(&address) {
-            first_of.insert(address, i);
-            uploads.push(i);
-        } else {
-            links.push(i);
-        }
-    }
+    let (uploads, links) = plan(&files, &missing);
     let bar = progress(total, hidden, "uploading");
     let files = Arc::new(files);
     let ctx = Arc::new(Uploader {
@@ -229,6 +179,84 @@ pub async fn push(args: PushArgs) -> Result<ExitCode, CliError> {
     );
     println!("{id}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Hashes every file of the listing, `jobs` at a time, with a progress bar.
+async fn hash_all(
+    listing: Vec<(RelativePath, PathBuf, u64)>,
+    total: u64,
+    jobs: usize,
+    hidden: bool,
+) -> Result<Vec<LocalFile>, CliError> {
+    let bar = progress(total, hidden, "hashing");
+    let files = futures::stream::iter(listing)
+        .map(|(path, full, size)| {
+            let bar = bar.clone();
+            async move {
+                let full2 = full.clone();
+                let blake3 = tokio::task::spawn_blocking(move || hash_file(&full2))
+                    .await
+                    .map_err(|e| CliError::other(e.to_string()))?
+                    .map_err(|e| CliError::other(format!("reading {}: {e}", full.display())))?;
+                bar.inc(size);
+                Ok::<_, CliError>(LocalFile {
+                    path,
+                    full,
+                    size,
+                    blake3,
+                })
+            }
+        })
+        .buffered(jobs)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    bar.finish_and_clear();
+    Ok(files)
+}
+
+/// The content addresses among `files` that the server does not hold, asked a thousand at a
+/// time.
+async fn missing_addresses(
+    client: &ApiClient,
+    files: &[LocalFile],
+) -> Result<HashSet<String>, CliError> {
+    let unique: Vec<String> = {
+        let mut seen = HashSet::new();
+        files
+            .iter()
+            .map(|f| format!("blake3:{}", f.blake3))
+            .filter(|a| seen.insert(a.clone()))
+            .collect()
+    };
+    let mut missing = HashSet::new();
+    for batch in unique.chunks(1000) {
+        let answer: Value = client
+            .post_json("/blobs/missing", &json!({"content_addresses": batch}))
+            .await?;
+        for a in answer["missing"].as_array().into_iter().flatten() {
+            missing.insert(a.as_str().unwrap_or_default().to_owned());
+        }
+    }
+    Ok(missing)
+}
+
+/// Which files to upload (the first with each missing address) and which to link (the rest),
+/// as indexes into `files`.
+fn plan(files: &[LocalFile], missing: &HashSet<String>) -> (Vec<usize>, Vec<usize>) {
+    let mut first_of: HashMap<String, usize> = HashMap::new();
+    let (mut uploads, mut links) = (Vec::new(), Vec::new());
+    for (i, f) in files.iter().enumerate() {
+        let address = format!("blake3:{}", f.blake3);
+        if missing.contains(&address) && !first_of.contains_key(&address) {
+            first_of.insert(address, i);
+            uploads.push(i);
+        } else {
+            links.push(i);
+        }
+    }
+    (uploads, links)
 }
 
 async fn run_all<F, Fut>(items: &[usize], jobs: usize, f: F) -> Result<(), CliError>

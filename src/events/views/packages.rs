@@ -119,6 +119,60 @@ pub(super) async fn finalized(tx: &Tx<'_>, event: &StoredEvent, m: &Manifest) ->
     Ok(())
 }
 
+/// A run of ingests as one array per column, for `unnest`.
+struct Columns<'a> {
+    blake3: Vec<Vec<u8>>,
+    sha256: Vec<Vec<u8>>,
+    sizes: Vec<i64>,
+    at: Vec<time::OffsetDateTime>,
+    backend: Vec<&'a str>,
+    key: Vec<&'a str>,
+    id: Vec<uuid::Uuid>,
+    tenant: Vec<&'a str>,
+    package: Vec<uuid::Uuid>,
+    path: Vec<&'a str>,
+    media: Vec<&'a str>,
+    sequence: Vec<i64>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(run: &[(&'a StoredEvent, &'a FileIngested)]) -> Result<Self> {
+        let n = run.len();
+        let mut c = Columns {
+            blake3: Vec::with_capacity(n),
+            sha256: Vec::with_capacity(n),
+            sizes: Vec::with_capacity(n),
+            at: Vec::with_capacity(n),
+            backend: Vec::with_capacity(n),
+            key: Vec::with_capacity(n),
+            id: Vec::with_capacity(n),
+            tenant: Vec::with_capacity(n),
+            package: Vec::with_capacity(n),
+            path: Vec::with_capacity(n),
+            media: Vec::with_capacity(n),
+            sequence: Vec::with_capacity(n),
+        };
+        for (event, f) in run {
+            c.blake3.push(hex_bytes(&f.blake3)?);
+            c.sha256.push(hex_bytes(&f.sha256)?);
+            c.sizes.push(
+                i64::try_from(f.size)
+                    .map_err(|_| Error::Integrity("file size overflows".into()))?,
+            );
+            c.at.push(f.ingested_at.as_datetime());
+            c.backend.push(f.backend_id.as_str());
+            c.key.push(f.storage_key.as_str());
+            c.id.push(f.file_id.0);
+            c.tenant.push(event.tenant.as_str());
+            c.package.push(f.package_id.0);
+            c.path.push(f.relative_path.as_str());
+            c.media.push(f.media_type.as_str());
+            c.sequence.push(event.sequence);
+        }
+        Ok(c)
+    }
+}
+
 /// The views of ingests that replace nothing (one, or a run of them), set-based: five
 /// statements whatever their number, sent together (tokio-postgres pipelines concurrent
 /// requests on one connection, in order), so the sequence lock waits one round trip for them.
@@ -126,36 +180,20 @@ pub(super) async fn ingests_together(
     tx: &Tx<'_>,
     run: &[(&StoredEvent, &FileIngested)],
 ) -> Result<()> {
-    let n = run.len();
-    let (mut blake3, mut sha256) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    let (mut sizes, mut at) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    let (mut backend, mut key) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    let (mut id, mut tenant, mut package) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut path, mut media, mut sequence) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for (event, f) in run {
-        blake3.push(hex_bytes(&f.blake3)?);
-        sha256.push(hex_bytes(&f.sha256)?);
-        sizes.push(
-            i64::try_from(f.size).map_err(|_| Error::Integrity("file size overflows".into()))?,
-        );
-        at.push(f.ingested_at.as_datetime());
-        backend.push(f.backend_id.as_str());
-        key.push(f.storage_key.as_str());
-        id.push(f.file_id.0);
-        tenant.push(event.tenant.as_str());
-        package.push(f.package_id.0);
-        path.push(f.relative_path.as_str());
-        media.push(f.media_type.as_str());
-        sequence.push(event.sequence);
-    }
+    let Columns {
+        blake3,
+        sha256,
+        sizes,
+        at,
+        backend,
+        key,
+        id,
+        tenant,
+        package,
+        path,
+        media,
+        sequence,
+    } = Columns::of(run)?;
     let blobs: [Param; 4] = [&blake3, &sha256, &sizes, &at];
     let locations: [Param; 4] = [&blake3, &backend, &key, &at];
     let files: [Param; 9] = [
