@@ -36,6 +36,12 @@ pub struct ServiceArgs {
     /// Address the HTTP server listens on.
     #[arg(long, env = "ARTIFACTSTORE_LISTEN", default_value = "127.0.0.1:8000")]
     pub listen: SocketAddr,
+    /// Address of the metrics listener: Prometheus `GET /metrics`, and `/livez` and `/readyz`
+    /// for processes without an API (the worker); never the API's. Empty: off. [default:
+    /// 127.0.0.1:9464; if that is taken, metrics are off with a warning. An address given
+    /// here must be free.]
+    #[arg(long, env = "ARTIFACTSTORE_METRICS_LISTEN", value_parser = metrics_listen)]
+    pub metrics_listen: Option<MetricsListen>,
     /// Directory for local state: the private PostgreSQL cluster and local blobs.
     #[arg(
         long,
@@ -52,6 +58,10 @@ pub struct ServiceArgs {
         value_parser = database_url
     )]
     pub database_url: Option<DatabaseUrl>,
+    /// A file holding the database password (a Docker or Kubernetes secret); it goes into the
+    /// database URL, which then must not name one. One trailing newline is ignored.
+    #[arg(long, env = "ARTIFACTSTORE_DATABASE_PASSWORD_FILE")]
+    pub database_password_file: Option<PathBuf>,
     /// The private cluster's directory [default: <data-dir>/postgres]. Keep it on another
     /// filesystem than the blobs and the upload spools, so that filling them cannot stop the
     /// database.
@@ -200,6 +210,91 @@ fn database_url(text: &str) -> Result<DatabaseUrl, String> {
     Ok(DatabaseUrl(text.to_owned()))
 }
 
+/// Where the metrics listener listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsListen {
+    /// No metrics listener.
+    Off,
+    /// The default address, [`DEFAULT_METRICS_LISTEN`]: taken only if free.
+    Default,
+    /// An address given: it must be free.
+    At(SocketAddr),
+}
+
+/// The metrics listener's default address.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+
+fn metrics_listen(text: &str) -> Result<MetricsListen, String> {
+    if text.trim().is_empty() {
+        return Ok(MetricsListen::Off);
+    }
+    text.parse()
+        .map(MetricsListen::At)
+        .map_err(|e| format!("`{text}` is not an address (host:port) or empty: {e}"))
+}
+
+/// Largest secret file read.
+const MAX_SECRET_BYTES: u64 = 4096;
+
+/// The contents of a secret file, without one trailing newline.
+pub fn read_secret(file: &std::path::Path) -> Result<String, String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(file)
+        .and_then(|f| f.take(MAX_SECRET_BYTES + 1).read_to_string(&mut text))
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    if text.len() as u64 > MAX_SECRET_BYTES {
+        return Err(format!(
+            "{} is over {MAX_SECRET_BYTES} bytes: not a secret",
+            file.display()
+        ));
+    }
+    let text = text
+        .strip_suffix("\r\n")
+        .or_else(|| text.strip_suffix('\n'))
+        .unwrap_or(&text);
+    if text.is_empty() {
+        return Err(format!("{} is empty", file.display()));
+    }
+    Ok(text.to_owned())
+}
+
+/// `url` with the password read from `file`; the URL must name none.
+fn with_password_from(url: &str, file: &std::path::Path) -> Result<String, ConfigError> {
+    let refuse = |message: String| {
+        invalid(
+            "ARTIFACTSTORE_DATABASE_PASSWORD_FILE",
+            "--database-password-file",
+            message,
+        )
+    };
+    let password = read_secret(file).map_err(refuse)?;
+    let with = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let mut parsed = url::Url::parse(url)
+            .map_err(|e| refuse(format!("the database URL is not a URL: {e}")))?;
+        if parsed.password().is_some() {
+            return Err(refuse(
+                "the database URL names a password already: take it out of the URL".into(),
+            ));
+        }
+        parsed
+            .set_password(Some(&password))
+            .map_err(|()| refuse("the database URL has no user and host to add it to".into()))?;
+        parsed.to_string()
+    } else {
+        // `key=value` form.
+        if url.split_whitespace().any(|kv| kv.starts_with("password=")) {
+            return Err(refuse(
+                "the database URL names a password already: take it out of the URL".into(),
+            ));
+        }
+        let quoted = password.replace('\\', "\\\\").replace('\'', "\\'");
+        format!("{url} password='{quoted}'")
+    };
+    crate::db::target(&with).map_err(|e| refuse(format!("with it, {e}")))?;
+    Ok(with)
+}
+
 fn non_empty_path(text: &str) -> Result<PathBuf, String> {
     if text.is_empty() {
         return Err("must not be empty".into());
@@ -273,6 +368,8 @@ impl Default for HttpLimits {
 pub struct Settings {
     /// Listen address.
     pub listen: SocketAddr,
+    /// The metrics listener.
+    pub metrics_listen: MetricsListen,
     /// Data directory.
     pub data_dir: PathBuf,
     /// Database URL, if not the private cluster.
@@ -308,6 +405,30 @@ pub struct Settings {
 }
 
 impl ServiceArgs {
+    /// The database URL, with the password from ARTIFACTSTORE_DATABASE_PASSWORD_FILE put in.
+    fn resolved_database_url(&self) -> Result<Option<String>, ConfigError> {
+        let database_url = self
+            .database_url
+            .as_ref()
+            .map(|url| url.0.clone())
+            .filter(|url| !url.is_empty());
+        match (
+            database_url,
+            self.database_password_file
+                .as_deref()
+                .filter(|f| !f.as_os_str().is_empty()),
+        ) {
+            (Some(url), Some(file)) => with_password_from(&url, file).map(Some),
+            (None, Some(_)) => Err(invalid(
+                "ARTIFACTSTORE_DATABASE_PASSWORD_FILE",
+                "--database-password-file",
+                "is only used with ARTIFACTSTORE_DATABASE_URL (the private cluster has a \
+                 password of its own)",
+            )),
+            (url, None) => Ok(url),
+        }
+    }
+
     /// Checks what spans several settings (tokens, the storage file and its default backend)
     /// and gathers them.
     pub fn resolve(&self) -> Result<Settings, ConfigError> {
@@ -340,6 +461,7 @@ impl ServiceArgs {
                 format!("`{id}` is not a configured backend"),
             ));
         }
+        let database_url = self.resolved_database_url()?;
         let seconds = Duration::from_secs;
         let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         Ok(Settings {
@@ -347,6 +469,7 @@ impl ServiceArgs {
             storage,
             storage_default,
             listen: self.listen,
+            metrics_listen: self.metrics_listen.unwrap_or(MetricsListen::Default),
             storage_local_root: self
                 .storage_local_root
                 .clone()
@@ -356,11 +479,7 @@ impl ServiceArgs {
                 .postgres_dir
                 .clone()
                 .filter(|d| !d.as_os_str().is_empty()),
-            database_url: self
-                .database_url
-                .as_ref()
-                .map(|url| url.0.clone())
-                .filter(|url| !url.is_empty()),
+            database_url,
             migrate_on_start: self.migrate_on_start,
             db_pool_size: count(self.db_pool_size),
             db_pool_timeout: seconds(self.db_pool_timeout_seconds),
@@ -481,5 +600,42 @@ mod tests {
             PathBuf::from("./.artifactstore/blobs")
         );
         assert_eq!(s.limits.max_file_size, 5 << 30);
+    }
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use super::*;
+
+    #[test]
+    fn a_password_file_goes_into_the_database_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "p@ss:w/rd 'x'\n").unwrap();
+        let url =
+            with_password_from("postgres://app@db:5432/store?sslmode=disable", &file).unwrap();
+        assert_eq!(
+            url,
+            "postgres://app:p%40ss%3Aw%2Frd%20'x'@db:5432/store?sslmode=disable"
+        );
+        let config: tokio_postgres::Config = url.parse().unwrap();
+        assert_eq!(config.get_password(), Some(&b"p@ss:w/rd 'x'"[..]));
+        let kv = with_password_from("host=db user=app dbname=store", &file).unwrap();
+        let config: tokio_postgres::Config = kv.parse().unwrap();
+        assert_eq!(config.get_password(), Some(&b"p@ss:w/rd 'x'"[..]));
+        // A URL naming a password already, and files that hold no secret, are refused.
+        let twice = with_password_from("postgres://app:old@db/store", &file).unwrap_err();
+        assert!(
+            twice.to_string().contains("names a password already"),
+            "{twice}"
+        );
+        std::fs::write(&file, "\n").unwrap();
+        assert!(with_password_from("postgres://app@db/store", &file).is_err());
+        std::fs::write(&file, vec![b'x'; 5000]).unwrap();
+        assert!(with_password_from("postgres://app@db/store", &file).is_err());
+        let missing = with_password_from("postgres://app@db/store", &dir.path().join("no"));
+        assert!(missing.unwrap_err().to_string().starts_with(
+            "invalid setting ARTIFACTSTORE_DATABASE_PASSWORD_FILE (--database-password-file): "
+        ));
     }
 }

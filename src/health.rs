@@ -61,3 +61,62 @@ pub async fn check(registry: &Registry) -> HealthReport {
         disk: registry.disk_space().await,
     }
 }
+
+/// What a readiness probe found: each part a ready server needs, and why one is not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    /// What is not usable, one phrase each (empty: ready).
+    pub not_ready: Vec<String>,
+}
+
+impl Readiness {
+    /// Ready for traffic.
+    pub fn ready(&self) -> bool {
+        self.not_ready.is_empty()
+    }
+}
+
+/// Whether this process can serve: the database answers a query, the event listener is
+/// connected, the default backend is reachable, and the process is not shutting down. Bounded
+/// in time (2 s per check, checked at once), so a probe never hangs on a dead dependency.
+pub async fn readiness(registry: &Registry, bus: &crate::events::EventBus) -> Readiness {
+    let bound = std::time::Duration::from_secs(2);
+    let database = tokio::time::timeout(bound, async {
+        let client = registry.pool().get().await.map_err(|e| e.to_string())?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    });
+    let backend = registry.backends().default_backend().clone();
+    let backend_health = tokio::time::timeout(bound, async move { backend.health().await });
+    let (database, backend_health) = futures::join!(database, backend_health);
+    let mut not_ready = Vec::new();
+    if bus.is_closed() {
+        not_ready.push("the server is shutting down".to_owned());
+    }
+    match database {
+        Ok(Ok(())) => {}
+        Ok(Err(cause)) => {
+            tracing::warn!(%cause, "readiness: database unusable");
+            not_ready.push("the database is unreachable or failing".to_owned());
+        }
+        Err(_) => not_ready.push("the database did not answer within 2 s".to_owned()),
+    }
+    if !bus.status().listening {
+        not_ready.push("the event listener is not connected".to_owned());
+    }
+    let id = registry.backends().default_backend().id().to_owned();
+    match backend_health {
+        Ok(health) if health.healthy => {}
+        Ok(health) => {
+            tracing::warn!(backend = %id, detail = %health.detail, "readiness: backend unusable");
+            not_ready.push(format!("the default storage backend `{id}` is unusable"));
+        }
+        Err(_) => not_ready.push(format!(
+            "the default storage backend `{id}` did not answer within 2 s"
+        )),
+    }
+    Readiness { not_ready }
+}

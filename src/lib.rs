@@ -26,6 +26,7 @@ pub mod events;
 pub mod health;
 pub mod identity;
 pub mod manifest;
+pub mod metrics;
 pub mod registry;
 pub mod retention;
 pub mod service;

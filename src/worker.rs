@@ -153,33 +153,55 @@ impl Worker {
         self.run_due().await
     }
 
-    /// Runs the jobs that are due, and schedules their next runs.
+    /// Runs the jobs that are due, and schedules their next runs. Each job's work is counted
+    /// ([`WORKER_JOBS`](crate::metrics::WORKER_JOBS)): items done, or one failure.
     async fn run_due(&mut self) -> Result<PassReport> {
+        let result = self.run_due_jobs().await;
+        crate::metrics::worker_pass(result.is_ok());
+        result
+    }
+
+    async fn run_due_jobs(&mut self) -> Result<PassReport> {
         let mut report = PassReport::default();
         let now = Instant::now();
         if self.next_expiry.is_some_and(|due| now >= due) {
-            report.expired = self.expire().await?;
+            report.expired = tally("expiry", self.expire().await, |e| e.len() as u64)?;
         }
         if self.next_collection.is_some_and(|due| now >= due) {
-            report.collected = self.collect().await?;
+            report.collected = tally("collection", self.collect().await, |c| c.blobs)?;
         }
         if now >= self.next_orphan_sweep {
             self.next_orphan_sweep = now + self.options.orphan_sweep_every;
-            report.collected.orphans = self.registry.collect_orphans().await?;
+            report.collected.orphans =
+                tally("orphan_sweep", self.registry.collect_orphans().await, |n| {
+                    *n
+                })?;
         }
         if now >= self.next_sweep {
             self.next_sweep = now + self.options.sweep_every;
-            report.uploads_expired = self.registry.expire_uploads().await?;
+            report.uploads_expired =
+                tally("upload_sweep", self.registry.expire_uploads().await, |n| *n)?;
             let cutoff = SystemTime::now() - self.options.staging_grace;
             for backend in self.registry.backends().all() {
-                report.staging_removed += backend.sweep_staging(cutoff).await? as u64;
+                report.staging_removed +=
+                    tally("staging_sweep", backend.sweep_staging(cutoff).await, |n| {
+                        *n as u64
+                    })? as u64;
             }
         }
         if let (Some(due), Some(every)) = (self.next_verify, self.options.verify_every)
             && now >= due
         {
             self.next_verify = Some(now + every);
-            report.verified = self.verify().await?;
+            report.verified = self.verify().await.inspect_err(|_| {
+                crate::metrics::worker_jobs("verification", "failed", 1);
+            })?;
+            if let Some(v) = &report.verified {
+                crate::metrics::worker_jobs("verification", "ok", v.ok);
+                crate::metrics::worker_jobs("verification", "damaged", v.failed);
+                crate::metrics::worker_jobs("verification", "missing", v.missing);
+                crate::metrics::worker_jobs("verification", "unreadable", v.errors);
+            }
         }
         Ok(report)
     }
@@ -263,6 +285,15 @@ impl Worker {
             }
         }
     }
+}
+
+/// Counts a job's outcome: `done` items of its result, or one failure.
+fn tally<T>(job: &'static str, result: Result<T>, done: impl Fn(&T) -> u64) -> Result<T> {
+    match &result {
+        Ok(value) => crate::metrics::worker_jobs(job, "done", done(value)),
+        Err(_) => crate::metrics::worker_jobs(job, "failed", 1),
+    }
+    result
 }
 
 /// Logs what a pass did (quietly when it did nothing).

@@ -76,7 +76,7 @@ impl FilesApi {
         Ok(bytes_response(
             &download.file,
             range,
-            Body::from_bytes_stream(download.body),
+            Body::from_bytes_stream(crate::metrics::count_served(download.body)),
         ))
     }
 }

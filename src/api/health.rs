@@ -1,6 +1,7 @@
 //! `GET /health`: the service's status for anyone; the details behind it for admins.
 
 use super::AppState;
+use super::problem::{Problem, ProblemBody};
 use super::security::Auth;
 use crate::auth::Scope;
 use poem::web::Data;
@@ -111,8 +112,68 @@ enum HealthResponse {
     Unavailable(Json<Health>, #[oai(header = "Retry-After")] u64),
 }
 
+/// A probe's answer.
+#[derive(Debug, Clone, Object)]
+pub struct Probe {
+    /// `live` or `ready`.
+    pub status: String,
+}
+
+#[derive(ApiResponse)]
+enum ProbeResponse {
+    /// Live, or ready.
+    #[oai(status = 200)]
+    Ok(Json<Probe>),
+    /// Not live (shutting down) or not ready; `detail` names each part that is not.
+    #[oai(status = 503, content_type = "application/problem+json")]
+    Unavailable(ProblemBody, #[oai(header = "Retry-After")] u64),
+}
+
+impl ProbeResponse {
+    fn unavailable(detail: String) -> Self {
+        let status = poem::http::StatusCode::SERVICE_UNAVAILABLE;
+        ProbeResponse::Unavailable(
+            ProblemBody(Problem::new(status, detail)),
+            super::problem::retry_after(status),
+        )
+    }
+}
+
 #[OpenApi(tag = "super::ApiTags::System")]
 impl HealthApi {
+    /// Liveness probe
+    ///
+    /// 200 while the process serves, 503 once it is shutting down. Checks nothing else (a
+    /// database or storage outage must not get the process restarted): use `/readyz` to take
+    /// it out of a load balancer. Anonymous.
+    #[oai(path = "/livez", method = "get", operation_id = "getLiveness")]
+    async fn livez(&self, state: Data<&Arc<AppState>>) -> ProbeResponse {
+        if state.events.is_closed() {
+            ProbeResponse::unavailable("the server is shutting down".into())
+        } else {
+            ProbeResponse::Ok(Json(Probe {
+                status: "live".into(),
+            }))
+        }
+    }
+
+    /// Readiness probe
+    ///
+    /// 200 when the database answers, the event listener is connected and the default storage
+    /// backend is usable; else 503, the problem's `detail` naming each part that is not (also
+    /// while shutting down). Each check is bounded to 2 s. Anonymous.
+    #[oai(path = "/readyz", method = "get", operation_id = "getReadiness")]
+    async fn readyz(&self, state: Data<&Arc<AppState>>) -> ProbeResponse {
+        let readiness = crate::health::readiness(&state.registry, &state.events).await;
+        if readiness.ready() {
+            ProbeResponse::Ok(Json(Probe {
+                status: "ready".into(),
+            }))
+        } else {
+            ProbeResponse::unavailable(format!("not ready: {}", readiness.not_ready.join("; ")))
+        }
+    }
+
     /// Service health
     ///
     /// 200 when the database and every backend work (`status` is `degraded` when stored

@@ -14,11 +14,13 @@ mod events;
 mod files;
 mod form;
 mod health;
+pub mod observe;
 mod operations;
 mod packages;
 pub mod problem;
 mod responses;
 mod retention;
+mod routes;
 mod schemas;
 mod security;
 pub mod serve;
@@ -287,7 +289,8 @@ pub fn app(state: AppState) -> impl Endpoint {
     let tokens = state.tokens.clone();
     let api = service();
     let document = document(&api);
-    let allow = std::sync::Arc::new(problem::AllowTable::from_spec(&document));
+    let routes = std::sync::Arc::new(routes::RouteTable::from_spec(&document));
+    let allow = routes.clone();
     let spec = poem::endpoint::make_sync(move |_| {
         poem::Response::builder()
             .content_type("application/json")
@@ -307,7 +310,8 @@ pub fn app(state: AppState) -> impl Endpoint {
         .around(move |endpoint, req| problem::finish(endpoint, req, allow.clone()))
         // Outside the others: it sees every answer as sent, problems included.
         .around(move |endpoint, req| serve::bodies(endpoint, req, idle))
-        .with(poem::middleware::Tracing)
+        // Outermost: every request gets its id, span, log line and metrics.
+        .around(move |endpoint, req| observe::observe(endpoint, req, routes.clone()))
 }
 
 #[cfg(test)]

@@ -38,6 +38,11 @@ pub struct Problem {
     #[oai(skip_serializing_if_is_none)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
+    /// The request's id (also in the `X-Request-Id` response header and in every server log
+    /// line about the request): quote it to the operator.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
     /// For upload offset mismatches: the bytes the session holds (resume from here).
     #[oai(skip_serializing_if_is_none)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -77,6 +82,7 @@ impl Problem {
             status: status.as_u16(),
             detail,
             instance: None,
+            request_id: None,
             offset: None,
             quota: None,
             limit: None,
@@ -176,6 +182,7 @@ pub fn from_error(error: &Error) -> Problem {
     match error {
         Error::OffsetMismatch { offset } => problem.offset = Some(*offset),
         Error::OverQuota { quota, limit, used } => {
+            crate::metrics::quota_refusal(error);
             problem.problem_type = format!("{PROBLEM_TYPES}quota-exceeded");
             problem.title = "Quota exceeded".into();
             problem.quota = Some(quota.name().into());
@@ -240,61 +247,22 @@ fn public_detail(detail: &str) -> String {
     out
 }
 
-/// Which methods each documented path takes, for `Allow` on 405 answers (RFC 9110 §15.5.6).
-#[derive(Debug, Default)]
-pub struct AllowTable {
-    routes: Vec<(Vec<Option<String>>, String)>,
-}
-
-impl AllowTable {
-    /// Built from the OpenAPI document: `{param}` segments match anything.
-    pub fn from_spec(spec: &str) -> Self {
-        let spec: serde_json::Value = serde_json::from_str(spec).unwrap_or_default();
-        let mut routes = Vec::new();
-        for (path, item) in spec["paths"].as_object().into_iter().flatten() {
-            let segments = path
-                .split('/')
-                .skip(1)
-                .map(|s| (!s.starts_with('{')).then(|| s.to_owned()))
-                .collect();
-            let mut methods: Vec<String> = item
-                .as_object()
-                .into_iter()
-                .flatten()
-                .map(|(m, _)| m.to_uppercase())
-                .collect();
-            methods.sort();
-            routes.push((segments, methods.join(", ")));
-        }
-        AllowTable { routes }
-    }
-
-    /// The `Allow` value for a request path, if it is a documented route.
-    pub fn allow(&self, path: &str) -> Option<&str> {
-        let request: Vec<&str> = path.split('/').skip(1).collect();
-        self.routes.iter().find_map(|(segments, methods)| {
-            let matches = segments.len() == request.len()
-                && segments
-                    .iter()
-                    .zip(&request)
-                    .all(|(s, r)| s.as_deref().is_none_or(|s| s == *r));
-            matches.then_some(methods.as_str())
-        })
-    }
-}
-
 /// Completes the problem responses this server built: sets `instance` (the request path)
-/// where it is missing, and `Allow` on 405s. Every other response (file bytes of any media
+/// where it is missing and `request_id`, and `Allow` on 405s. Every other response (file bytes of any media
 /// type) passes untouched.
 pub async fn finish<E: poem::Endpoint>(
     endpoint: std::sync::Arc<E>,
     req: poem::Request,
-    allow: std::sync::Arc<AllowTable>,
+    routes: std::sync::Arc<super::routes::RouteTable>,
 ) -> poem::Result<Response> {
     let path = req.uri().path().to_owned();
+    let request_id = req
+        .extensions()
+        .get::<super::observe::RequestId>()
+        .map(|id| id.0.clone());
     let mut resp = endpoint.call(req).await?.into_response();
     if resp.status() == StatusCode::METHOD_NOT_ALLOWED
-        && let Some(methods) = allow.allow(&path)
+        && let Some(methods) = routes.allow(&path)
         && let Ok(value) = methods.parse()
     {
         resp.headers_mut().insert(poem::http::header::ALLOW, value);
@@ -305,8 +273,15 @@ pub async fn finish<E: poem::Endpoint>(
     let (parts, body) = resp.into_parts();
     let bytes = body.into_bytes().await.unwrap_or_default();
     let body = match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes) {
-        Ok(mut map) if !map.contains_key("instance") => {
-            map.insert("instance".into(), serde_json::Value::String(path));
+        Ok(mut map) => {
+            map.entry("instance")
+                .or_insert_with(|| serde_json::Value::String(path));
+            if let Some(id) = request_id {
+                map.insert(
+                    "request_id".into(),
+                    serde_json::Value::String(id.to_string()),
+                );
+            }
             serde_json::to_vec(&map).unwrap_or_else(|_| bytes.to_vec())
         }
         _ => bytes.to_vec(),

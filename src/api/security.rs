@@ -35,16 +35,22 @@ impl Auth {
 impl AppState {
     /// The caller, if allowed `scope`.
     pub fn authorize(&self, auth: &Auth, scope: Scope) -> Result<Principal, ApiError> {
-        Ok(self.tokens.authorize(auth.token(), scope)?)
+        let principal = self.tokens.authorize(auth.token(), scope)?;
+        super::observe::record_tenant(principal.tenant.as_str());
+        Ok(principal)
     }
 
     /// The caller, if it is the service's operator (an admin of the `system` tenant).
     pub fn authorize_operator(&self, auth: &Auth) -> Result<Principal, ApiError> {
-        Ok(self.tokens.authorize_operator(auth.token())?)
+        let principal = self.tokens.authorize_operator(auth.token())?;
+        super::observe::record_tenant(principal.tenant.as_str());
+        Ok(principal)
     }
 
     /// The caller, if it has any valid credentials (or none are needed); `None` otherwise.
     pub fn caller(&self, auth: &Auth) -> Option<Principal> {
-        self.tokens.authenticate(auth.token()).ok()
+        let principal = self.tokens.authenticate(auth.token()).ok()?;
+        super::observe::record_tenant(principal.tenant.as_str());
+        Some(principal)
     }
 }

@@ -53,6 +53,9 @@ pub enum Command {
     Postgres(server::PostgresCommand),
     /// Ask a running server for its health.
     Health(client::ClientArgs),
+    /// GET a probe (`/livez`, `/readyz`) and exit 0 if it answers 2xx: for container health
+    /// checks.
+    Probe(client::ProbeArgs),
     /// Upload a directory tree as a package (in parallel; bytes the server holds are not sent).
     Push(client::PushArgs),
     /// Download a package into a directory, verifying every digest.
@@ -105,6 +108,7 @@ pub fn main() -> ExitCode {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Health(args) => client::health(args).await,
+            Command::Probe(args) => client::probe(args).await,
             Command::Push(args) => client_result(client::push(args).await),
             Command::Pull(args) => client_result(client::pull(args).await),
             Command::Manifest(args) => client_result(client::manifest(args).await),
@@ -148,7 +152,12 @@ fn init_logging(filter: &str, format: &str) -> Result<(), String> {
         .with_ansi(ansi);
     match format {
         "text" => builder.init(),
-        "json" => builder.json().init(),
+        // One object per line; the request's span (id, operation, tenant) once, as `span`.
+        "json" => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
         other => {
             return Err(format!(
                 "invalid setting ARTIFACTSTORE_LOG_FORMAT (--log-format): `{other}` (expected text or json)"
@@ -163,4 +172,59 @@ fn init_logging(filter: &str, format: &str) -> Result<(), String> {
 pub(crate) fn terminate_signal() -> anyhow::Result<tokio::signal::unix::Signal> {
     use tokio::signal::unix::{SignalKind, signal};
     anyhow::Context::context(signal(SignalKind::terminate()), "cannot handle SIGTERM")
+}
+
+/// Starts the metrics listener the setting asks for (see
+/// [`MetricsListen`](crate::config::MetricsListen)), installing the exporter, and answers its
+/// address. The listener lives until the returned task is aborted.
+pub(crate) async fn start_metrics(
+    listen: crate::config::MetricsListen,
+    probes: crate::metrics::Probes,
+) -> anyhow::Result<Option<(std::net::SocketAddr, tokio::task::JoinHandle<()>)>> {
+    use crate::config::{DEFAULT_METRICS_LISTEN, MetricsListen};
+    let listener = match listen {
+        MetricsListen::Off => return Ok(None),
+        MetricsListen::At(address) => {
+            tokio::net::TcpListener::bind(address).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot listen on {address} (ARTIFACTSTORE_METRICS_LISTEN, \
+                     --metrics-listen): {e}"
+                )
+            })?
+        }
+        MetricsListen::Default => match tokio::net::TcpListener::bind(DEFAULT_METRICS_LISTEN).await
+        {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::warn!(
+                    address = DEFAULT_METRICS_LISTEN,
+                    error = %e,
+                    "metrics are off: the default metrics address is taken (another \
+                     artifactstore process on this host?); set ARTIFACTSTORE_METRICS_LISTEN"
+                );
+                return Ok(None);
+            }
+        },
+    };
+    let address = listener.local_addr()?;
+    let exporter = crate::metrics::Exporter::install();
+    probes.sample_into(&exporter);
+    let task = tokio::spawn(async move {
+        if let Err(e) =
+            crate::metrics::serve(listener, exporter, probes, std::future::pending()).await
+        {
+            tracing::error!(error = %e, "the metrics listener failed");
+        }
+    });
+    tracing::info!(%address, "metrics listening");
+    Ok(Some((address, task)))
+}
+
+/// Prints lines on stdout in one write, ignoring a closed stdout (a script that read what it
+/// needed and went away).
+pub(crate) fn announce(lines: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(lines.as_bytes());
+    let _ = stdout.flush();
 }

@@ -56,8 +56,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let address = listener.local_addr()?;
     tracing::info!(%address, "listening");
-    // On stdout for scripts and tests that start us on port 0.
-    println!("listening on http://{address}");
     if settings.tokens.is_development() {
         tracing::warn!(
             "no tokens configured (ARTIFACTSTORE_TOKENS / ARTIFACTSTORE_TOKENS_FILE): development \
@@ -65,6 +63,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let bus = crate::events::EventBus::start(&service.database.url, settings.long_polls);
+    let probes = crate::metrics::Probes {
+        registry: service.registry.clone(),
+        bus: bus.clone(),
+    };
+    let metrics = super::start_metrics(settings.metrics_listen, probes).await?;
+    // On stdout for scripts and tests that start us on port 0: the API's address first.
+    super::announce(&match &metrics {
+        Some((at, _)) => format!("listening on http://{address}\nmetrics on http://{at}/metrics\n"),
+        None => format!("listening on http://{address}\n"),
+    });
     let state = AppState {
         events: bus.clone(),
         tail: crate::events::TailReader::new(service.registry.pool().clone()),
@@ -96,6 +104,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     .await;
     tracing::info!("server stopped");
     sweeper.abort();
+    if let Some((_, task)) = metrics {
+        task.abort();
+    }
     service.shutdown();
     result.context("server failed")?;
     Ok(ExitCode::SUCCESS)

@@ -127,13 +127,24 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         service.shutdown();
         print_report(&report?)
     } else {
-        tracing::info!("worker started");
         let bus = crate::events::EventBus::start(
             &service.database.url,
             crate::events::LongPollLimits::default(),
         );
+        let probes = crate::metrics::Probes {
+            registry: service.registry.clone(),
+            bus: bus.clone(),
+        };
+        let metrics = super::start_metrics(settings.metrics_listen, probes).await?;
+        if let Some((at, _)) = &metrics {
+            super::announce(&format!("metrics on http://{at}/metrics\n"));
+        }
+        tracing::info!("worker started");
         worker.run(&bus, shutdown(term)).await;
         bus.close();
+        if let Some((_, task)) = metrics {
+            task.abort();
+        }
         tracing::info!("worker stopped");
         service.shutdown();
         ExitCode::SUCCESS

@@ -34,3 +34,11 @@ pub async fn record(tx: &crate::db::Tx<'_>, events: Vec<DomainEvent>) -> Result<
     views::apply_all(tx, &stored).await?;
     Ok(stored)
 }
+
+/// Commits `tx`, whose events [`record`] returned, and counts them
+/// ([`EVENTS_COMMITTED`](crate::metrics::EVENTS_COMMITTED)) once they are committed.
+pub async fn commit(tx: crate::db::Tx<'_>, recorded: &[StoredEvent]) -> Result<()> {
+    tx.commit().await?;
+    crate::metrics::committed(recorded.iter().map(|e| e.event_type.as_str()));
+    Ok(())
+}

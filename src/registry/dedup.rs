@@ -79,7 +79,7 @@ impl Registry {
             media_type,
             replace,
         };
-        let mut records = self.link(tenant, package_id, vec![link], |_, e| e).await?;
+        let mut records = linked(self.link(tenant, package_id, vec![link], |_, e| e).await)?;
         records
             .pop()
             .ok_or_else(|| Error::Integrity("a link made no file".into()))
@@ -88,6 +88,15 @@ impl Registry {
     /// Adds up to [`MAX_LINK_BATCH`] files from held bytes in one transaction: all of them, or
     /// (on the first link that cannot be made, named in the error) none.
     pub async fn link_files(
+        &self,
+        tenant: &TenantId,
+        package_id: PackageId,
+        links: Vec<LinkRequest>,
+    ) -> Result<Vec<FileRecord>> {
+        linked(self.link_files_uncounted(tenant, package_id, links).await)
+    }
+
+    async fn link_files_uncounted(
         &self,
         tenant: &TenantId,
         package_id: PackageId,
@@ -191,11 +200,25 @@ impl Registry {
                 .map(|r| (r.package_id.0, r.relative_path.as_str().to_owned()))
                 .collect(),
         };
-        crate::events::record(&tx, events).await?;
+        let recorded = crate::events::record(&tx, events).await?;
         super::quota::enforce(&tx, &[added], self.clock.now()).await?;
-        tx.commit().await?;
+        crate::events::commit(tx, &recorded).await?;
         Ok(records)
     }
+}
+
+/// Counts links (see [`INGESTS`](crate::metrics::INGESTS)): each file made is a
+/// deduplicated ingest; a refusal is one refused ingest.
+fn linked(result: Result<Vec<FileRecord>>) -> Result<Vec<FileRecord>> {
+    match &result {
+        Ok(records) => {
+            for r in records {
+                crate::metrics::ingest(crate::metrics::IngestOutcome::Deduplicated, r.size);
+            }
+        }
+        Err(e) => crate::metrics::ingest_error(e),
+    }
+    result
 }
 
 /// Whether `links` may go into a package holding `file_count` files, `taken` of their paths

@@ -95,7 +95,7 @@ impl Registry {
         let facts = manifest_facts(&tx, tenant, id).await?;
         let manifest = build_manifest(facts, self.clock.now(), finalized_by)?;
         let cbor = manifest.to_cbor()?;
-        events::record(
+        let recorded = events::record(
             &tx,
             vec![DomainEvent::new(PackageFinalized {
                 manifest: Box::new(manifest),
@@ -104,7 +104,7 @@ impl Registry {
         )
         .await?;
         let package = load_package(&*tx, tenant, id).await?;
-        tx.commit().await?;
+        events::commit(tx, &recorded).await?;
         Ok(package)
     }
 

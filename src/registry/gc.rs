@@ -135,10 +135,12 @@ impl Registry {
             .buffer_unordered(16)
             .try_collect::<Vec<()>>()
             .await?;
-        if !found.is_empty() {
-            events::record(&tx, found).await?;
-        }
-        tx.commit().await?;
+        let recorded = if found.is_empty() {
+            Vec::new()
+        } else {
+            events::record(&tx, found).await?
+        };
+        events::commit(tx, &recorded).await?;
         Ok(done)
     }
 

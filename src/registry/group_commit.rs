@@ -506,8 +506,8 @@ async fn record_batch(tx: crate::db::Tx<'_>, accepted: &[AwaitingCommit]) -> Res
         })
         .collect();
     let now = accepted[0].item.event.ingested_at;
-    events::record(&tx, events).await?;
+    let recorded = events::record(&tx, events).await?;
     super::quota::enforce(&tx, &added, now).await?;
-    tx.commit().await?;
+    events::commit(tx, &recorded).await?;
     Ok(())
 }

@@ -8,6 +8,7 @@ use crate::domain::{FileId, PackageId, TenantId, validate_label};
 use crate::error::{Error, Result};
 use crate::events::FileIngested;
 use crate::identity::{DualDigest, DualHasher, HashPipeline};
+use crate::metrics::IngestOutcome;
 use crate::storage::{BlobStore, StagedBlob, WriteHint};
 use bytes::Bytes;
 use futures::{Stream, StreamExt, pin_mut};
@@ -34,6 +35,15 @@ impl StagedFile {
 
 /// Used when a request names no media type.
 pub const DEFAULT_MEDIA_TYPE: &str = "application/octet-stream";
+
+/// Counts a failed ingest (see [`INGESTS`](crate::metrics::INGESTS)); successes are counted
+/// where the bytes are published, as stored or deduplicated.
+pub(super) fn counted<T>(result: Result<T>) -> Result<T> {
+    if let Err(e) = &result {
+        crate::metrics::ingest_error(e);
+    }
+    result
+}
 
 /// Checks a media type's shape: `type/subtype`, no control characters.
 pub fn validate_media_type(media_type: &str) -> Result<()> {
@@ -82,6 +92,23 @@ impl Registry {
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send,
     {
+        counted(
+            self.ingest_sized_uncounted(tenant, package_id, request, body, size)
+                .await,
+        )
+    }
+
+    async fn ingest_sized_uncounted<S>(
+        &self,
+        tenant: &TenantId,
+        package_id: PackageId,
+        request: IngestRequest,
+        body: S,
+        size: Option<u64>,
+    ) -> Result<FileRecord>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send,
+    {
         let media_type = request
             .media_type
             .clone()
@@ -98,7 +125,7 @@ impl Registry {
             .filter(|a| a.algorithm() == crate::identity::Algorithm::Blake3);
         let staged = backend.stage_with(WriteHint { size, expected }).await?;
         let (staged, digest) = self.stream_into(staged, body, room).await?;
-        self.record_staged(
+        self.record_staged_uncounted(
             tenant,
             package_id,
             request,
@@ -117,6 +144,18 @@ impl Registry {
     /// open. Nothing is visible until [`record_staged`](Self::record_staged); a
     /// [`StagedFile`] dropped or [discarded](StagedFile::discard) leaves nothing.
     pub async fn stage_file<S>(
+        &self,
+        tenant: &TenantId,
+        package_id: PackageId,
+        body: S,
+    ) -> Result<StagedFile>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send,
+    {
+        counted(self.stage_uncounted(tenant, package_id, body).await)
+    }
+
+    async fn stage_uncounted<S>(
         &self,
         tenant: &TenantId,
         package_id: PackageId,
@@ -152,6 +191,19 @@ impl Registry {
     /// check of [`ingest_file`](Self::ingest_file) (expected digest, media type, the package
     /// open, the path free or replaced). On any error nothing is kept.
     pub async fn record_staged(
+        &self,
+        tenant: &TenantId,
+        package_id: PackageId,
+        request: IngestRequest,
+        file: StagedFile,
+    ) -> Result<FileRecord> {
+        counted(
+            self.record_staged_uncounted(tenant, package_id, request, file)
+                .await,
+        )
+    }
+
+    async fn record_staged_uncounted(
         &self,
         tenant: &TenantId,
         package_id: PackageId,
@@ -253,6 +305,39 @@ impl Registry {
     /// group committer (`group_commit.rs`), which keeps the same protocol for a whole batch.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn publish_and_record(
+        &self,
+        tenant: &TenantId,
+        package_id: PackageId,
+        request: IngestRequest,
+        media_type: String,
+        digest: &DualDigest,
+        backend: &dyn BlobStore,
+        publish: impl std::future::Future<Output = Result<crate::storage::CommitOutcome>> + Send,
+    ) -> Result<FileRecord> {
+        let deduplicated = std::sync::atomic::AtomicBool::new(false);
+        let publish = async {
+            let outcome = publish.await?;
+            if outcome == crate::storage::CommitOutcome::AlreadyPresent {
+                deduplicated.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(outcome)
+        };
+        let record = self
+            .publish_and_record_uncounted(
+                tenant, package_id, request, media_type, digest, backend, publish,
+            )
+            .await?;
+        let outcome = if deduplicated.load(std::sync::atomic::Ordering::Relaxed) {
+            IngestOutcome::Deduplicated
+        } else {
+            IngestOutcome::Stored
+        };
+        crate::metrics::ingest(outcome, record.size);
+        Ok(record)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn publish_and_record_uncounted(
         &self,
         tenant: &TenantId,
         package_id: PackageId,

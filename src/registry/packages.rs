@@ -120,7 +120,7 @@ impl Registry {
             files: Vec::new(),
         };
         super::quota::enforce(&tx, &[added], self.clock.now()).await?;
-        tx.commit().await?;
+        events::commit(tx, &stored).await?;
         Ok(package)
     }
 

@@ -335,7 +335,7 @@ impl Registry {
             &[&tenant.as_str()],
         )
         .await?;
-        events::record(
+        let recorded = events::record(
             &tx,
             vec![DomainEvent::new(QuotaSet {
                 tenant: tenant.clone(),
@@ -346,7 +346,7 @@ impl Registry {
             })],
         )
         .await?;
-        tx.commit().await?;
+        events::commit(tx, &recorded).await?;
         self.quota(tenant).await
     }
 

@@ -21,9 +21,9 @@ pub(super) async fn commit_file_event(
         files: vec![(event.package_id.0, event.relative_path.as_str().to_owned())],
     };
     let now = event.ingested_at;
-    events::record(&tx, vec![DomainEvent::of(tenant, event)]).await?;
+    let recorded = events::record(&tx, vec![DomainEvent::of(tenant, event)]).await?;
     super::quota::enforce(&tx, &[added], now).await?;
-    tx.commit().await?;
+    events::commit(tx, &recorded).await?;
     Ok(record)
 }
 

@@ -202,7 +202,7 @@ impl Registry {
             }
         };
         let now = self.clock.now();
-        events::record(
+        let recorded = events::record(
             &tx,
             vec![
                 DomainEvent::new(LocationAdded {
@@ -219,7 +219,7 @@ impl Registry {
             ],
         )
         .await?;
-        tx.commit().await?;
+        events::commit(tx, &recorded).await?;
         drop(client);
         // Readers now go to the target; a crash before this delete leaves orphan bytes on the
         // source for garbage collection, never a reference to missing bytes.
@@ -241,7 +241,7 @@ impl Registry {
             status = status.as_str(),
             "source copy is damaged; not migrated"
         );
-        events::record(
+        let recorded = events::record(
             &tx,
             vec![DomainEvent::new(LocationVerified {
                 blake3: item.blake3.to_hex(),
@@ -254,7 +254,7 @@ impl Registry {
             })],
         )
         .await?;
-        tx.commit().await?;
+        events::commit(tx, &recorded).await?;
         Ok(())
     }
 }

@@ -115,7 +115,7 @@ impl Registry {
         }
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        events::record(
+        let recorded = events::record(
             &tx,
             vec![DomainEvent::new(ClassDefined {
                 name: class.name.clone(),
@@ -125,7 +125,7 @@ impl Registry {
             })],
         )
         .await?;
-        tx.commit().await?;
+        events::commit(tx, &recorded).await?;
         Ok(class)
     }
 
@@ -234,9 +234,9 @@ impl Registry {
         .ok_or_else(|| Error::not_found("package", id))?;
         let package = live(load_package(&*tx, tenant, id).await?)?;
         let event = event(&package, self.clock.now())?;
-        events::record(&tx, vec![event]).await?;
+        let recorded = events::record(&tx, vec![event]).await?;
         let after = load_package(&*tx, tenant, id).await?;
-        tx.commit().await?;
+        events::commit(tx, &recorded).await?;
         Ok(after)
     }
 
@@ -314,8 +314,8 @@ impl Registry {
                 )
             })
             .collect();
-        events::record(&tx, events).await?;
-        tx.commit().await?;
+        let recorded = events::record(&tx, events).await?;
+        events::commit(tx, &recorded).await?;
         Ok(due)
     }
 

@@ -194,8 +194,8 @@ impl Registry {
         if !found.is_empty() {
             let mut client = self.pool.get().await?;
             let tx = client.transaction().await?;
-            events::record(&tx, found).await?;
-            tx.commit().await?;
+            let recorded = events::record(&tx, found).await?;
+            events::commit(tx, &recorded).await?;
         }
         Ok(outcome)
     }

@@ -158,6 +158,10 @@ impl StorageConfig {
 impl Backends {
     /// Backends with a default and routing rules; every id named must be among them.
     pub fn new(all: Vec<Arc<dyn BlobStore>>, default_id: &str, routes: Vec<Route>) -> Result<Self> {
+        let all: Vec<_> = all
+            .into_iter()
+            .map(super::measured::Measured::wrap)
+            .collect();
         let find = |id: &str| {
             all.iter().find(|b| b.id() == id).cloned().ok_or_else(|| {
                 Error::InvalidInput(format!("storage backend `{id}` is not configured"))

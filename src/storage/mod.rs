@@ -5,6 +5,7 @@
 pub mod checked;
 pub mod config;
 pub mod local;
+pub mod measured;
 pub mod s3;
 
 use crate::error::Result;
@@ -248,6 +249,7 @@ pub struct Backends {
 impl Backends {
     /// One backend that is also the default.
     pub fn single(store: Arc<dyn BlobStore>) -> Self {
+        let store = measured::Measured::wrap(store);
         Backends {
             default: store.clone(),
             all: vec![store],

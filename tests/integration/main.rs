@@ -14,6 +14,7 @@ mod gc;
 mod group_commit;
 mod hostile;
 mod managed_postgres;
+mod operations;
 mod postgres_tls;
 mod quotas;
 mod registry_flow;

@@ -85,6 +85,8 @@ fn invalid_settings_stop_start_up_with_one_line_naming_the_setting() {
     let data = tempfile::tempdir().unwrap();
     let cases: &[(&str, &[&str], &str, &str)] = &[
         ("serve", &[], "ARTIFACTSTORE_LISTEN", "not-an-address"),
+        ("serve", &[], "ARTIFACTSTORE_METRICS_LISTEN", "nope"),
+        ("worker", &[], "ARTIFACTSTORE_METRICS_LISTEN", "127.0.0.1"),
         ("serve", &[], "ARTIFACTSTORE_MAX_FILE_SIZE", "huge"),
         (
             "serve",

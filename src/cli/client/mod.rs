@@ -93,6 +93,42 @@ pub async fn health(args: ClientArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `probe` options.
+#[derive(Debug, clap::Args)]
+pub struct ProbeArgs {
+    /// The probe's URL, e.g. `http://127.0.0.1:8000/readyz` or the metrics listener's
+    /// `http://127.0.0.1:9464/livez`.
+    url: String,
+    /// Seconds to wait for the answer.
+    #[arg(long, default_value = "5", value_parser = clap::value_parser!(u64).range(1..=300))]
+    timeout_seconds: u64,
+}
+
+/// `probe`: for container health checks in images without curl. Prints the answer; exits 0
+/// on a 2xx, 1 on another status, 2 when unreachable.
+pub async fn probe(args: ProbeArgs) -> anyhow::Result<ExitCode> {
+    let response = match reqwest::Client::new()
+        .get(&args.url)
+        .timeout(std::time::Duration::from_secs(args.timeout_seconds))
+        .send()
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot reach {}: {e}", args.url);
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    println!("{} {}", status.as_u16(), body.trim());
+    Ok(if status.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
 /// `ls` options.
 #[derive(Debug, clap::Args)]
 pub struct LsArgs {

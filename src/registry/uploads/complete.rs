@@ -12,6 +12,10 @@ impl Registry {
     /// Runs under the spool's lock, with the session marked `completing` first, so no chunk
     /// writes into the spool meanwhile or after (a chunk in flight makes this a conflict).
     pub async fn complete_upload(&self, tenant: &TenantId, id: Uuid) -> Result<FileRecord> {
+        crate::registry::ingest::counted(self.complete_uncounted(tenant, id).await)
+    }
+
+    async fn complete_uncounted(&self, tenant: &TenantId, id: Uuid) -> Result<FileRecord> {
         self.load_upload(tenant, id).await?;
         let path = self.spool_path(id);
         let Some(lock) = lock_spool(&path, id)? else {

@@ -9,6 +9,8 @@ use std::time::Duration;
 pub struct Server {
     pub child: Child,
     pub base: String,
+    /// `http://host:port/metrics` of its metrics listener, unless turned off.
+    pub metrics: Option<String>,
     /// Its data directory (upload spools, local blobs under `blobs/`).
     pub data: std::path::PathBuf,
     _owned: Option<tempfile::TempDir>,
@@ -31,6 +33,7 @@ impl Server {
             .env("ARTIFACTSTORE_DATABASE_URL", url)
             .env("ARTIFACTSTORE_DATA_DIR", data)
             .env("ARTIFACTSTORE_LOG", "warn")
+            .env("ARTIFACTSTORE_METRICS_LISTEN", "127.0.0.1:0")
             // Tests must not depend on how full the machine's disk is (the ones about a full
             // disk set their own).
             .env("ARTIFACTSTORE_MIN_FREE_BYTES", "0")
@@ -39,18 +42,32 @@ impl Server {
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
+        let metrics_off = extra_env
+            .iter()
+            .any(|(k, v)| *k == "ARTIFACTSTORE_METRICS_LISTEN" && v.is_empty());
         let mut child = cmd.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
+        let mut stdout = BufReader::new(stdout);
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
+        stdout.read_line(&mut line).unwrap();
         let base = line
             .trim()
             .strip_prefix("listening on ")
             .expect("server prints its address")
             .to_owned();
+        // The metrics line comes in the same write as the first.
+        let metrics = (!metrics_off).then(|| {
+            line.clear();
+            stdout.read_line(&mut line).unwrap();
+            line.trim()
+                .strip_prefix("metrics on ")
+                .expect("server prints its metrics address")
+                .to_owned()
+        });
         Server {
             child,
             base,
+            metrics,
             data: data.to_owned(),
             _owned: None,
         }

@@ -1,0 +1,183 @@
+//! Every backend operation counted and timed
+//! ([`BACKEND_OPERATIONS`](crate::metrics::BACKEND_OPERATIONS),
+//! [`BACKEND_DURATION`](crate::metrics::BACKEND_DURATION)), whatever the backend: [`Measured`]
+//! wraps a [`BlobStore`] and passes every call through, the conveniences a backend overrides
+//! included, so wrapping changes no behaviour.
+
+use super::{
+    BackendHealth, BlobInfo, BlobStore, ByteRange, ByteStream, Capabilities, CommitOutcome,
+    StagedBlob, WriteHint,
+};
+use crate::error::Result;
+use crate::identity::{ContentAddress, Digest};
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A backend whose operations are measured.
+#[derive(Debug)]
+pub struct Measured {
+    inner: Arc<dyn BlobStore>,
+    /// The label: the backend's id, owned once.
+    id: Arc<str>,
+}
+
+impl Measured {
+    /// `store`, measured.
+    pub fn wrap(store: Arc<dyn BlobStore>) -> Arc<dyn BlobStore> {
+        let id = Arc::from(store.id());
+        Arc::new(Measured { inner: store, id })
+    }
+}
+
+/// Counts and times one operation.
+fn record<T>(id: &Arc<str>, operation: &'static str, started: Instant, result: &Result<T>) {
+    let outcome = match result {
+        Ok(_) => "ok",
+        Err(crate::Error::NotFound { .. }) => "not_found",
+        Err(_) => "error",
+    };
+    metrics::counter!(
+        crate::metrics::BACKEND_OPERATIONS,
+        "backend" => id.to_string(),
+        "operation" => operation,
+        "outcome" => outcome
+    )
+    .increment(1);
+    metrics::histogram!(
+        crate::metrics::BACKEND_DURATION,
+        "backend" => id.to_string(),
+        "operation" => operation
+    )
+    .record(started.elapsed().as_secs_f64());
+}
+
+async fn measure<T>(
+    id: &Arc<str>,
+    operation: &'static str,
+    call: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let started = Instant::now();
+    let result = call.await;
+    record(id, operation, started, &result);
+    result
+}
+
+#[async_trait::async_trait]
+impl BlobStore for Measured {
+    fn id(&self) -> &str {
+        self.inner.id()
+    }
+    async fn stage(&self) -> Result<Box<dyn StagedBlob>> {
+        let staged = measure(&self.id, "stage", self.inner.stage()).await?;
+        Ok(self.staged(staged))
+    }
+    async fn get(&self, address: &ContentAddress, range: Option<ByteRange>) -> Result<ByteStream> {
+        measure(&self.id, "get", self.inner.get(address, range)).await
+    }
+    async fn head(&self, address: &ContentAddress) -> Result<Option<u64>> {
+        measure(&self.id, "head", self.inner.head(address)).await
+    }
+    async fn delete(&self, address: &ContentAddress) -> Result<()> {
+        measure(&self.id, "delete", self.inner.delete(address)).await
+    }
+    fn list(&self) -> BoxStream<'static, Result<BlobInfo>> {
+        metrics::counter!(
+            crate::metrics::BACKEND_OPERATIONS,
+            "backend" => self.id.to_string(),
+            "operation" => "list",
+            "outcome" => "started"
+        )
+        .increment(1);
+        self.inner.list()
+    }
+    async fn health(&self) -> BackendHealth {
+        let started = Instant::now();
+        let health = self.inner.health().await;
+        let result = if health.healthy {
+            Ok(())
+        } else {
+            Err(crate::Error::storage(&self.id, "unreachable"))
+        };
+        record(&self.id, "health", started, &result);
+        health
+    }
+    async fn sweep_staging(&self, cutoff: std::time::SystemTime) -> Result<usize> {
+        measure(&self.id, "sweep", self.inner.sweep_staging(cutoff)).await
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn stage_with(&self, hint: WriteHint) -> Result<Box<dyn StagedBlob>> {
+        let staged = measure(&self.id, "stage", self.inner.stage_with(hint)).await?;
+        Ok(self.staged(staged))
+    }
+    async fn get_checked(
+        &self,
+        address: &ContentAddress,
+        expected: Digest,
+        size: u64,
+    ) -> Result<ByteStream> {
+        measure(
+            &self.id,
+            "get",
+            self.inner.get_checked(address, expected, size),
+        )
+        .await
+    }
+    async fn read_digest(&self, address: &ContentAddress) -> Result<(Digest, u64)> {
+        measure(&self.id, "read_digest", self.inner.read_digest(address)).await
+    }
+    async fn free_bytes(&self) -> Option<u64> {
+        self.inner.free_bytes().await
+    }
+    async fn adopts_in_place(&self, path: &std::path::Path) -> bool {
+        self.inner.adopts_in_place(path).await
+    }
+    async fn adopt_file(
+        &self,
+        path: &std::path::Path,
+        address: &ContentAddress,
+    ) -> Result<CommitOutcome> {
+        measure(&self.id, "adopt", self.inner.adopt_file(path, address)).await
+    }
+}
+
+impl Measured {
+    fn staged(&self, inner: Box<dyn StagedBlob>) -> Box<dyn StagedBlob> {
+        Box::new(MeasuredStaged {
+            inner,
+            id: self.id.clone(),
+        })
+    }
+}
+
+/// A staged write whose completion (`commit`, `abort`) is measured; chunk writes are not
+/// counted one by one (their time shows in the commit of a backend that sends at the end, and
+/// in the request durations).
+struct MeasuredStaged {
+    inner: Box<dyn StagedBlob>,
+    id: Arc<str>,
+}
+
+#[async_trait::async_trait]
+impl StagedBlob for MeasuredStaged {
+    async fn write(&mut self, chunk: Bytes) -> Result<()> {
+        self.inner.write(chunk).await
+    }
+    fn written(&self) -> u64 {
+        self.inner.written()
+    }
+    async fn prepare(&mut self, address: &ContentAddress) -> Result<()> {
+        measure(&self.id, "prepare", self.inner.prepare(address)).await
+    }
+    async fn commit(self: Box<Self>, address: &ContentAddress) -> Result<CommitOutcome> {
+        let MeasuredStaged { inner, id } = *self;
+        measure(&id, "commit", inner.commit(address)).await
+    }
+    async fn abort(self: Box<Self>) -> Result<()> {
+        let MeasuredStaged { inner, id } = *self;
+        measure(&id, "abort", inner.abort()).await
+    }
+}
