@@ -5,6 +5,9 @@
 # (`serve` without ARTIFACTSTORE_DATABASE_URL) runs the embedded private cluster under
 # /var/lib/artifactstore; give ARTIFACTSTORE_DATABASE_URL to use a PostgreSQL service instead.
 # Without tokens the server refuses to listen beyond loopback: set ARTIFACTSTORE_TOKENS_FILE.
+# The blobs directory exists in the image, owned by the service's user, so that a volume
+# mounted there starts with that owner. The metrics listener (9464) is open to the container's
+# network for Prometheus: keep that network trusted (it shows every tenant's activity counts).
 
 FROM rust:1.95-bookworm AS chef
 RUN cargo install cargo-chef --locked --version 0.1.78
@@ -36,7 +39,8 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends postgresql-15 \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 artifactstore \
- && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/artifactstore --create-home artifactstore
+ && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/artifactstore --create-home artifactstore \
+ && install -d -o 10001 -g 10001 -m 0750 /var/lib/artifactstore/blobs
 COPY --from=build /src/target/release/artifactstore /usr/local/bin/artifactstore
 USER 10001:10001
 WORKDIR /var/lib/artifactstore

@@ -277,8 +277,13 @@ fn with_password_from(url: &str, file: &std::path::Path) -> Result<String, Confi
                 "the database URL names a password already: take it out of the URL".into(),
             ));
         }
+        // tokio-postgres percent-decodes the URL's password: encode every byte that could be
+        // read as an escape (a `%41` in the file stays `%41`).
+        let encoded =
+            percent_encoding::utf8_percent_encode(&password, percent_encoding::NON_ALPHANUMERIC)
+                .to_string();
         parsed
-            .set_password(Some(&password))
+            .set_password(Some(&encoded))
             .map_err(|()| refuse("the database URL has no user and host to add it to".into()))?;
         parsed.to_string()
     } else {
@@ -611,18 +616,18 @@ mod secret_tests {
     fn a_password_file_goes_into_the_database_url() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("pw");
-        std::fs::write(&file, "p@ss:w/rd 'x'\n").unwrap();
+        std::fs::write(&file, "p@ss:w/rd 'x'%41\n").unwrap();
         let url =
             with_password_from("postgres://app@db:5432/store?sslmode=disable", &file).unwrap();
         assert_eq!(
             url,
-            "postgres://app:p%40ss%3Aw%2Frd%20'x'@db:5432/store?sslmode=disable"
+            "postgres://app:p%40ss%3Aw%2Frd%20%27x%27%2541@db:5432/store?sslmode=disable"
         );
         let config: tokio_postgres::Config = url.parse().unwrap();
-        assert_eq!(config.get_password(), Some(&b"p@ss:w/rd 'x'"[..]));
+        assert_eq!(config.get_password(), Some(&b"p@ss:w/rd 'x'%41"[..]));
         let kv = with_password_from("host=db user=app dbname=store", &file).unwrap();
         let config: tokio_postgres::Config = kv.parse().unwrap();
-        assert_eq!(config.get_password(), Some(&b"p@ss:w/rd 'x'"[..]));
+        assert_eq!(config.get_password(), Some(&b"p@ss:w/rd 'x'%41"[..]));
         // A URL naming a password already, and files that hold no secret, are refused.
         let twice = with_password_from("postgres://app:old@db/store", &file).unwrap_err();
         assert!(

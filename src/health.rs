@@ -76,9 +76,58 @@ impl Readiness {
     }
 }
 
+/// Readiness checks of one process, at most one at a time and at most one a second: probes are
+/// anonymous, so however many arrive, the database and the backend see one check a second
+/// (callers while one runs wait for it; callers within a second of it get its answer).
+pub struct ReadinessProbe {
+    registry: Registry,
+    bus: crate::events::EventBus,
+    last: tokio::sync::Mutex<Option<(std::time::Instant, Readiness)>>,
+}
+
+/// How long a readiness answer is reused.
+const READINESS_REUSED_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl ReadinessProbe {
+    /// Checks of the registry's database and default backend and of the bus's listener.
+    pub fn new(registry: Registry, bus: crate::events::EventBus) -> Self {
+        ReadinessProbe {
+            registry,
+            bus,
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Whether this process can serve (see [`readiness`]); shutting down is seen at once.
+    pub async fn check(&self) -> Readiness {
+        let mut last = self.last.lock().await;
+        let readiness = match &*last {
+            Some((at, readiness)) if at.elapsed() < READINESS_REUSED_FOR => readiness.clone(),
+            _ => {
+                let readiness = readiness(&self.registry, &self.bus).await;
+                *last = Some((std::time::Instant::now(), readiness.clone()));
+                readiness
+            }
+        };
+        drop(last);
+        if self.bus.is_closed() && readiness.ready() {
+            return Readiness {
+                not_ready: vec!["the server is shutting down".to_owned()],
+            };
+        }
+        readiness
+    }
+
+    /// Whether the process is shutting down.
+    pub fn shutting_down(&self) -> bool {
+        self.bus.is_closed()
+    }
+}
+
 /// Whether this process can serve: the database answers a query, the event listener is
 /// connected, the default backend is reachable, and the process is not shutting down. Bounded
 /// in time (2 s per check, checked at once), so a probe never hangs on a dead dependency.
+/// Probes go through [`ReadinessProbe`].
 pub async fn readiness(registry: &Registry, bus: &crate::events::EventBus) -> Readiness {
     let bound = std::time::Duration::from_secs(2);
     let database = tokio::time::timeout(bound, async {
@@ -112,11 +161,12 @@ pub async fn readiness(registry: &Registry, bus: &crate::events::EventBus) -> Re
         Ok(health) if health.healthy => {}
         Ok(health) => {
             tracing::warn!(backend = %id, detail = %health.detail, "readiness: backend unusable");
-            not_ready.push(format!("the default storage backend `{id}` is unusable"));
+            not_ready.push("the default storage backend is unusable".to_owned());
         }
-        Err(_) => not_ready.push(format!(
-            "the default storage backend `{id}` did not answer within 2 s"
-        )),
+        Err(_) => {
+            tracing::warn!(backend = %id, "readiness: backend did not answer within 2 s");
+            not_ready.push("the default storage backend did not answer within 2 s".to_owned());
+        }
     }
     Readiness { not_ready }
 }

@@ -31,6 +31,7 @@ pub mod registry;
 pub mod retention;
 pub mod service;
 pub mod storage;
+pub mod telemetry;
 pub mod worker;
 
 pub use error::{Error, Result};

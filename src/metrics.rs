@@ -1,7 +1,7 @@
 //! Metrics: the series this process exports, recorded through the `metrics` facade where things
 //! happen (HTTP requests, ingests, downloads, commits, backend operations, worker jobs) and
 //! rendered in the Prometheus text format by an [`Exporter`], served at `GET /metrics` on a
-//! listener of its own ([`serve`]), never beside the API.
+//! listener of its own (`api::metrics_listener`), never beside the API.
 //!
 //! Until an exporter is installed, recording costs next to nothing (the facade's no-op
 //! recorder): library users and one-shot commands pay nothing for it.
@@ -28,7 +28,8 @@ pub const INGESTED_BYTES: &str = "artifactstore_ingested_bytes_total";
 /// `artifactstore_served_bytes_total`: bytes of file contents sent to clients.
 pub const SERVED_BYTES: &str = "artifactstore_served_bytes_total";
 /// `artifactstore_ingests_total{outcome}`: `stored`, `deduplicated`, `refused` (the client's
-/// request was refused: quota, limits, digest, state) or `failed` (a server-side fault).
+/// request was refused: quota, limits, digest, state) or `failed` (a server-side fault: the
+/// database, a backend, a full disk).
 pub const INGESTS: &str = "artifactstore_ingests_total";
 /// `artifactstore_events_head_sequence` (gauge): the latest committed sequence.
 pub const EVENTS_HEAD: &str = "artifactstore_events_head_sequence";
@@ -110,9 +111,11 @@ impl IngestOutcome {
     pub fn of_error(error: &crate::Error) -> Self {
         use crate::Error;
         match error {
-            Error::Storage { .. } | Error::Database(_) | Error::Integrity(_) => {
-                IngestOutcome::Failed
-            }
+            // This server could not take the bytes: its disk, its database, its backends.
+            Error::Storage { .. }
+            | Error::Database(_)
+            | Error::Integrity(_)
+            | Error::InsufficientStorage(_) => IngestOutcome::Failed,
             _ => IngestOutcome::Refused,
         }
     }
@@ -358,110 +361,6 @@ fn describe() {
         "Writes refused by a tenant quota, by quota."
     );
     describe_gauge!(BUILD_INFO, "Always 1; the version is a label.");
-}
-
-/// The probes a metrics listener answers besides `/metrics`, for processes without an API.
-#[derive(Clone)]
-pub struct Probes {
-    /// The registry whose database and default backend readiness checks.
-    pub registry: crate::registry::Registry,
-    /// The event bus: its listener, and whether the process is shutting down.
-    pub bus: crate::events::EventBus,
-}
-
-impl Probes {
-    /// The gauges this process's state gives (the pool, the bus, the database's head and
-    /// upload sessions), set before every scrape.
-    pub fn sample_into(&self, exporter: &Exporter) {
-        let probes = self.clone();
-        exporter.sample(Box::new(move || {
-            let probes = probes.clone();
-            Box::pin(async move {
-                pool(probes.registry.pool().status());
-                bus(&probes.bus);
-                database(probes.registry.pool()).await;
-            })
-        }));
-    }
-
-    async fn livez(&self) -> poem::Response {
-        if self.bus.is_closed() {
-            unavailable("the process is shutting down".into())
-        } else {
-            probe_ok("live")
-        }
-    }
-
-    async fn readyz(&self) -> poem::Response {
-        let readiness = crate::health::readiness(&self.registry, &self.bus).await;
-        if readiness.ready() {
-            probe_ok("ready")
-        } else {
-            unavailable(format!("not ready: {}", readiness.not_ready.join("; ")))
-        }
-    }
-}
-
-fn probe_ok(status: &str) -> poem::Response {
-    poem::Response::builder()
-        .content_type("application/json")
-        .body(serde_json::json!({ "status": status }).to_string())
-}
-
-fn unavailable(detail: String) -> poem::Response {
-    let status = poem::http::StatusCode::SERVICE_UNAVAILABLE;
-    let mut resp =
-        poem::IntoResponse::into_response(crate::api::problem::Problem::new(status, detail));
-    resp.headers_mut().insert(
-        poem::http::header::RETRY_AFTER,
-        crate::api::problem::retry_after(status).into(),
-    );
-    resp
-}
-
-/// Serves `GET /metrics`, `/livez` and `/readyz` (nothing else) on `listener` until
-/// `shutdown` resolves.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    exporter: Arc<Exporter>,
-    probes: Probes,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> std::io::Result<()> {
-    let live = probes.clone();
-    let ready = probes;
-    let endpoint = poem::Route::new()
-        .at(
-            "/metrics",
-            poem::get(poem::endpoint::make(move |_| {
-                let exporter = exporter.clone();
-                async move {
-                    poem::Response::builder()
-                        .content_type("text/plain; version=0.0.4; charset=utf-8")
-                        .body(exporter.render().await)
-                }
-            })),
-        )
-        .at(
-            "/livez",
-            poem::get(poem::endpoint::make(move |_| {
-                let live = live.clone();
-                async move { live.livez().await }
-            })),
-        )
-        .at(
-            "/readyz",
-            poem::get(poem::endpoint::make(move |_| {
-                let ready = ready.clone();
-                async move { ready.readyz().await }
-            })),
-        );
-    // A scraper and a prober or two: a handful of connections, quick heads.
-    let limits = crate::config::HttpLimits {
-        header_read_timeout: Duration::from_secs(10),
-        body_idle_timeout: Duration::from_secs(10),
-        max_connections: 16,
-    };
-    crate::api::serve::run(listener, endpoint, shutdown, Duration::from_secs(1), limits).await
 }
 
 #[cfg(test)]

@@ -164,7 +164,7 @@ impl HealthApi {
     /// while shutting down). Each check is bounded to 2 s. Anonymous.
     #[oai(path = "/readyz", method = "get", operation_id = "getReadiness")]
     async fn readyz(&self, state: Data<&Arc<AppState>>) -> ProbeResponse {
-        let readiness = crate::health::readiness(&state.registry, &state.events).await;
+        let readiness = state.readiness.check().await;
         if readiness.ready() {
             ProbeResponse::Ok(Json(Probe {
                 status: "ready".into(),

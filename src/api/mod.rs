@@ -14,6 +14,7 @@ mod events;
 mod files;
 mod form;
 mod health;
+pub mod metrics_listener;
 pub mod observe;
 mod operations;
 mod packages;
@@ -53,6 +54,8 @@ pub struct AppState {
     pub max_json_body: u64,
     /// How long a request body may send nothing.
     pub body_idle_timeout: std::time::Duration,
+    /// Readiness checks (`/readyz`), shared with the metrics listener.
+    pub readiness: Arc<crate::health::ReadinessProbe>,
 }
 
 #[derive(Tags)]

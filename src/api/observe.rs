@@ -3,8 +3,12 @@
 //! of the request carries them), one access log line with numeric `status` and `duration_ms`,
 //! and the request metrics ([`HTTP_REQUESTS`], [`HTTP_REQUEST_DURATION`]).
 //!
+//! A client's W3C `traceparent` is taken: its trace id goes into the span (and so into every
+//! log line), and the request's trace span, when traces are exported, is its child.
+//!
 //! A request whose client went away before its answer is logged and counted with status 499
-//! (nginx's "client closed request"), so abandoned requests are visible too.
+//! (nginx's "client closed request"), so abandoned requests are visible too; one whose handler
+//! panicked, with 500.
 
 use super::routes::RouteTable;
 use crate::metrics::{HTTP_IN_FLIGHT, HTTP_REQUEST_DURATION, HTTP_REQUESTS};
@@ -70,10 +74,23 @@ pub async fn observe<E: Endpoint>(
         method = %req.method(),
         path = req.uri().path(),
         tenant = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
     );
+    let exporting = crate::telemetry::exporting();
+    if exporting {
+        span.record("otel.name", operation);
+        span.record("otel.kind", "server");
+    }
+    if let Some(trace_id) = crate::telemetry::continue_trace(&span, req.headers()) {
+        span.record("trace_id", trace_id);
+    }
     req.extensions_mut().insert(RequestId(id.clone()));
     let mut finished = Finished {
         operation,
+        exporting,
         started,
         span: span.clone(),
         status: None,
@@ -94,6 +111,7 @@ pub async fn observe<E: Endpoint>(
 /// Logs and counts the request when it ends: answered (`status` set) or dropped.
 struct Finished {
     operation: &'static str,
+    exporting: bool,
     started: Instant,
     span: tracing::Span,
     status: Option<u16>,
@@ -103,7 +121,13 @@ impl Drop for Finished {
     fn drop(&mut self) {
         metrics::gauge!(HTTP_IN_FLIGHT).decrement(1.0);
         let elapsed = self.started.elapsed();
-        let status = self.status.unwrap_or(499);
+        // Dropped unanswered: the client went away (499), or the handler panicked (500).
+        let panicked = std::thread::panicking();
+        let status = match self.status {
+            Some(status) => status,
+            None if panicked => 500,
+            None => 499,
+        };
         metrics::counter!(
             HTTP_REQUESTS,
             "operation" => self.operation,
@@ -113,9 +137,13 @@ impl Drop for Finished {
         metrics::histogram!(HTTP_REQUEST_DURATION, "operation" => self.operation)
             .record(elapsed.as_secs_f64());
         let duration_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3;
+        if self.exporting {
+            self.span.record("http.response.status_code", status);
+        }
         let _entered = self.span.enter();
-        // Server faults (507 is a full disk or a tenant's quota: the client's to act on).
-        if status >= 500 && status != 507 {
+        if panicked {
+            tracing::error!(status, duration_ms, "request failed: its handler panicked");
+        } else if status >= 500 {
             tracing::warn!(status, duration_ms, "request answered");
         } else if self.status.is_none() {
             tracing::info!(status, duration_ms, "request abandoned by the client");

@@ -24,6 +24,10 @@ pub struct Cli {
         default_value = "text"
     )]
     pub log_format: String,
+    /// An OTLP/HTTP collector's base URL (e.g. `http://collector:4318`): spans are sent to
+    /// `<it>/v1/traces` as JSON. Off when unset.
+    #[arg(long, global = true, env = "ARTIFACTSTORE_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -83,10 +87,14 @@ pub fn main() -> ExitCode {
             None => e.exit(),
         },
     };
-    if let Err(message) = init_logging(&cli.log, &cli.log_format) {
-        eprintln!("error: {message}");
-        return ExitCode::from(2);
-    }
+    let telemetry =
+        match crate::telemetry::init(&cli.log, &cli.log_format, cli.otlp_endpoint.as_deref()) {
+            Ok(telemetry) => telemetry,
+            Err(message) => {
+                eprintln!("error: {message}");
+                return ExitCode::from(2);
+            }
+        };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -120,6 +128,9 @@ pub fn main() -> ExitCode {
             }
         }
     });
+    // The runtime's tasks end first (nothing makes spans after), then the last spans are sent.
+    drop(runtime);
+    telemetry.shutdown();
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -142,31 +153,6 @@ fn client_result(result: Result<ExitCode, client::CliError>) -> anyhow::Result<E
     }))
 }
 
-fn init_logging(filter: &str, format: &str) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .map_err(|e| format!("invalid setting ARTIFACTSTORE_LOG (--log): {e}"))?;
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
-    match format {
-        "text" => builder.init(),
-        // One object per line; the request's span (id, operation, tenant) once, as `span`.
-        "json" => builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
-        other => {
-            return Err(format!(
-                "invalid setting ARTIFACTSTORE_LOG_FORMAT (--log-format): `{other}` (expected text or json)"
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// SIGTERM, caught from the moment it is called: a stop asked for while the process is still
 /// starting (opening the database, migrating) is honoured once it runs, with a clean exit.
 pub(crate) fn terminate_signal() -> anyhow::Result<tokio::signal::unix::Signal> {
@@ -179,7 +165,7 @@ pub(crate) fn terminate_signal() -> anyhow::Result<tokio::signal::unix::Signal> 
 /// address. The listener lives until the returned task is aborted.
 pub(crate) async fn start_metrics(
     listen: crate::config::MetricsListen,
-    probes: crate::metrics::Probes,
+    probes: crate::api::metrics_listener::Probes,
 ) -> anyhow::Result<Option<(std::net::SocketAddr, tokio::task::JoinHandle<()>)>> {
     use crate::config::{DEFAULT_METRICS_LISTEN, MetricsListen};
     let listener = match listen {
@@ -211,7 +197,8 @@ pub(crate) async fn start_metrics(
     probes.sample_into(&exporter);
     let task = tokio::spawn(async move {
         if let Err(e) =
-            crate::metrics::serve(listener, exporter, probes, std::future::pending()).await
+            crate::api::metrics_listener::serve(listener, exporter, probes, std::future::pending())
+                .await
         {
             tracing::error!(error = %e, "the metrics listener failed");
         }

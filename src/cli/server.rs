@@ -63,9 +63,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let bus = crate::events::EventBus::start(&service.database.url, settings.long_polls);
-    let probes = crate::metrics::Probes {
+    let readiness = std::sync::Arc::new(crate::health::ReadinessProbe::new(
+        service.registry.clone(),
+        bus.clone(),
+    ));
+    let probes = crate::api::metrics_listener::Probes {
         registry: service.registry.clone(),
         bus: bus.clone(),
+        readiness: readiness.clone(),
+        process: "serve",
     };
     let metrics = super::start_metrics(settings.metrics_listen, probes).await?;
     // On stdout for scripts and tests that start us on port 0: the API's address first.
@@ -80,6 +86,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         body_idle_timeout: settings.http.body_idle_timeout,
         tokens: settings.tokens.clone(),
         registry: service.registry.clone(),
+        readiness,
     };
     // The worker sweeps upload sessions itself; without it, a small sweeper does.
     let sweeper = match jobs {

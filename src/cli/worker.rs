@@ -131,9 +131,14 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
             &service.database.url,
             crate::events::LongPollLimits::default(),
         );
-        let probes = crate::metrics::Probes {
+        let probes = crate::api::metrics_listener::Probes {
             registry: service.registry.clone(),
             bus: bus.clone(),
+            readiness: std::sync::Arc::new(crate::health::ReadinessProbe::new(
+                service.registry.clone(),
+                bus.clone(),
+            )),
+            process: "worker",
         };
         let metrics = super::start_metrics(settings.metrics_listen, probes).await?;
         if let Some((at, _)) = &metrics {

@@ -30,15 +30,34 @@ use crate::error::Result;
 /// Appends `events` and applies them to the views, in the caller's transaction. Call it as the
 /// last step before COMMIT: the sequence lock it takes is held until then.
 pub async fn record(tx: &crate::db::Tx<'_>, events: Vec<DomainEvent>) -> Result<Vec<StoredEvent>> {
-    let stored = append(tx, &events).await?;
-    views::apply_all(tx, &stored).await?;
-    Ok(stored)
+    use tracing::Instrument as _;
+    let span = tracing::info_span!(
+        target: crate::telemetry::SPANS,
+        "db.record",
+        otel.kind = "client",
+        db.system = "postgresql",
+        events = events.len(),
+    );
+    async {
+        let stored = append(tx, &events).await?;
+        views::apply_all(tx, &stored).await?;
+        Ok(stored)
+    }
+    .instrument(span)
+    .await
 }
 
 /// Commits `tx`, whose events [`record`] returned, and counts them
 /// ([`EVENTS_COMMITTED`](crate::metrics::EVENTS_COMMITTED)) once they are committed.
 pub async fn commit(tx: crate::db::Tx<'_>, recorded: &[StoredEvent]) -> Result<()> {
-    tx.commit().await?;
+    use tracing::Instrument as _;
+    let span = tracing::info_span!(
+        target: crate::telemetry::SPANS,
+        "db.commit",
+        otel.kind = "client",
+        db.system = "postgresql",
+    );
+    tx.commit().instrument(span).await?;
     crate::metrics::committed(recorded.iter().map(|e| e.event_type.as_str()));
     Ok(())
 }

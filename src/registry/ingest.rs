@@ -98,7 +98,7 @@ impl Registry {
         )
     }
 
-    async fn ingest_sized_uncounted<S>(
+    pub(super) async fn ingest_sized_uncounted<S>(
         &self,
         tenant: &TenantId,
         package_id: PackageId,

@@ -58,8 +58,17 @@ async fn measure<T>(
     operation: &'static str,
     call: impl std::future::Future<Output = Result<T>>,
 ) -> Result<T> {
+    use tracing::Instrument as _;
+    let span = tracing::info_span!(
+        target: crate::telemetry::SPANS,
+        "backend",
+        otel.name = format!("backend {operation}"),
+        otel.kind = "client",
+        backend = %id,
+        operation,
+    );
     let started = Instant::now();
-    let result = call.await;
+    let result = call.instrument(span).await;
     record(id, operation, started, &result);
     result
 }

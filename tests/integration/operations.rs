@@ -250,11 +250,26 @@ async fn readiness_names_what_is_down_while_liveness_stays_up() {
     .await;
     assert_eq!(ready, json!({"status": "ready"}));
     std::fs::remove_dir_all(&blobs).unwrap();
-    let resp = http.get(server.url("/readyz")).send().await.unwrap();
+    // Answers are reused for a second (probes are anonymous: one check a second at most).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let resp = loop {
+        let resp = http.get(server.url("/readyz")).send().await.unwrap();
+        if resp.status() != StatusCode::OK || Instant::now() > deadline {
+            break resp;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert!(resp.headers().contains_key("retry-after"));
     let problem = json_of(resp, StatusCode::SERVICE_UNAVAILABLE).await;
     let detail = problem["detail"].as_str().unwrap();
-    assert!(detail.contains("storage backend `local`"), "{detail}");
+    assert!(
+        detail.contains("the default storage backend is unusable"),
+        "{detail}"
+    );
+    assert!(
+        !detail.contains("local"),
+        "no backend id for anonymous callers: {detail}"
+    );
     assert!(!detail.contains("database"), "{detail}");
     // An outage of a dependency must not get the process restarted.
     json_of(
@@ -307,6 +322,10 @@ async fn json_logs_have_numbers_and_the_request_once() {
         .post(format!("{base}/packages"))
         .bearer_auth("alpha-writer")
         .header("X-Request-Id", "log-me-1")
+        .header(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )
         .json(&json!({"producer": "p", "subject": "s"}))
         .send()
         .await
@@ -330,6 +349,10 @@ async fn json_logs_have_numbers_and_the_request_once() {
     assert!(access["fields"]["duration_ms"].as_f64().unwrap() > 0.0);
     assert_eq!(access["span"]["operation"], "createPackage");
     assert_eq!(access["span"]["tenant"], "alpha");
+    assert_eq!(
+        access["span"]["trace_id"], "0af7651916cd43dd8448eb211c80319c",
+        "the client's trace id, for finding its requests in the logs"
+    );
     assert!(access.get("spans").is_none(), "span data once: {access}");
 }
 
@@ -661,4 +684,114 @@ async fn the_database_password_comes_from_a_secret_file() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("not-the-password"), "{stderr}");
     assert!(!stderr.contains(&password), "{stderr}");
+}
+
+/// A minimal OTLP/HTTP receiver: keeps every JSON body posted to `/v1/traces`.
+async fn otlp_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let kept = received.clone();
+    let endpoint = poem::Route::new().at(
+        "/v1/traces",
+        poem::post(poem::endpoint::make(move |req: poem::Request| {
+            let kept = kept.clone();
+            async move {
+                assert_eq!(req.content_type(), Some("application/json"));
+                let body = req.into_body().into_bytes().await.unwrap();
+                kept.lock()
+                    .unwrap()
+                    .push(serde_json::from_slice::<Value>(&body).unwrap());
+                poem::Response::builder()
+                    .content_type("application/json")
+                    .body("{}")
+            }
+        })),
+    );
+    tokio::spawn(async move {
+        let limits = artifactstore::config::HttpLimits {
+            header_read_timeout: Duration::from_secs(10),
+            body_idle_timeout: Duration::from_secs(10),
+            max_connections: 16,
+        };
+        artifactstore::api::serve::run(
+            listener,
+            endpoint,
+            std::future::pending(),
+            Duration::from_secs(1),
+            limits,
+        )
+        .await
+        .unwrap();
+    });
+    (format!("http://{address}"), received)
+}
+
+// Multi-threaded: the receiver answers while the test waits for the server to exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_continue_the_clients_trace_and_reach_an_otlp_collector() {
+    let db = TestDb::new().await;
+    let (collector, received) = otlp_receiver().await;
+    let server = Server::start(
+        &db,
+        &[
+            ("ARTIFACTSTORE_TOKENS", TOKENS),
+            ("ARTIFACTSTORE_OTLP_ENDPOINT", &collector),
+        ],
+    );
+    let http = Client::new();
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = "00f067aa0ba902b7";
+    let package = server.create_package(&http, "alpha-writer", "traced").await;
+    let resp = http
+        .put(server.url(&format!("/packages/{package}/files/t.bin")))
+        .bearer_auth("alpha-writer")
+        .header("traceparent", format!("00-{trace_id}-{parent}-01"))
+        .body(vec![1u8; 2_000_000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    // SIGTERM: the last spans are sent before the process exits.
+    assert!(server.terminate().success());
+    let spans: Vec<Value> = received
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|body| {
+            body["resourceSpans"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .flat_map(|rs| rs["scopeSpans"].as_array().cloned().unwrap_or_default())
+        .flat_map(|ss| ss["spans"].as_array().cloned().unwrap_or_default())
+        .collect();
+    let traced: Vec<&Value> = spans
+        .iter()
+        .filter(|s| s["traceId"].as_str() == Some(trace_id))
+        .collect();
+    let names: Vec<&str> = traced.iter().filter_map(|s| s["name"].as_str()).collect();
+    let request = traced
+        .iter()
+        .find(|s| s["name"] == "putFile")
+        .unwrap_or_else(|| panic!("no request span in {names:?} of {} spans", spans.len()));
+    assert_eq!(
+        request["parentSpanId"], parent,
+        "the client's span is the parent"
+    );
+    assert_eq!(request["kind"], 2, "a server span");
+    // Its database and backend work are spans of the same trace, under it.
+    for name in ["db.record", "db.commit", "backend commit"] {
+        assert!(names.contains(&name), "{name} not in {names:?}");
+    }
+    let backend = traced
+        .iter()
+        .find(|s| s["name"] == "backend commit")
+        .unwrap();
+    assert_eq!(backend["parentSpanId"], request["spanId"]);
+    // A request without a trace context starts a trace of its own.
+    assert!(spans.iter().any(|s| s["name"] == "createPackage"
+        && s["traceId"].as_str() != Some(trace_id)
+        && s["parentSpanId"].as_str().unwrap_or("").is_empty()));
 }

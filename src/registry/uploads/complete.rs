@@ -93,8 +93,9 @@ impl Registry {
             .map_err(|e| Error::storage("uploads", format!("opening spool file: {e}")))?;
         let body =
             crate::storage::local::file_stream(file.into_std().await, current.session.offset);
+        // Uncounted: the completion as a whole is counted once, by `complete_upload`.
         let result = self
-            .ingest_file_sized(
+            .ingest_sized_uncounted(
                 tenant,
                 current.session.package_id,
                 request,
