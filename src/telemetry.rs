@@ -4,7 +4,8 @@
 //! Traces are off unless `ARTIFACTSTORE_OTLP_ENDPOINT` names an OTLP/HTTP collector; then spans
 //! (each request, named by its operationId and parented on the client's W3C `traceparent`; the
 //! database work that records events; every storage backend operation) are exported to
-//! `<endpoint>/v1/traces` as OTLP JSON, in batches, off the request path.
+//! `<endpoint>/v1/traces` as OTLP JSON, in batches, off the request path, and requests to S3
+//! carry the trace context on.
 //!
 //! The spans that exist only for traces (target [`SPANS`]) never reach the log lines, so a
 //! log line names its request once, however deep it was logged.
@@ -158,6 +159,26 @@ fn trace_id_of(traceparent: &str) -> Option<&str> {
         && trace_id.bytes().any(|b| b != b'0')
         && parent_id.bytes().any(|b| b != b'0');
     well_formed.then_some(trace_id)
+}
+
+/// Passes the W3C trace context of the current span (`traceparent`, `tracestate`) to `set`,
+/// when spans are exported: outgoing requests (to S3) carry it, so the services they reach can
+/// join the trace.
+pub fn inject_current(set: impl FnMut(&str, String)) {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    if !exporting() {
+        return;
+    }
+    struct Injector<F>(F);
+    impl<F: FnMut(&str, String)> opentelemetry::propagation::Injector for Injector<F> {
+        fn set(&mut self, key: &str, value: String) {
+            (self.0)(key, value)
+        }
+    }
+    let context = tracing::Span::current().context();
+    opentelemetry_sdk::propagation::TraceContextPropagator::new()
+        .inject_context(&context, &mut Injector(set));
 }
 
 struct HeaderExtractor<'a>(&'a poem::http::HeaderMap);

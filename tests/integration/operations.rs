@@ -795,3 +795,111 @@ async fn traces_continue_the_clients_trace_and_reach_an_otlp_collector() {
         && s["traceId"].as_str() != Some(trace_id)
         && s["parentSpanId"].as_str().unwrap_or("").is_empty()));
 }
+
+/// An s3s-fs server on loopback that keeps the `traceparent` of every request it gets.
+async fn recording_s3(
+    root: &std::path::Path,
+    access: &str,
+    secret: &str,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let fs = s3s_fs::FileSystem::new(root).unwrap();
+    let mut builder = s3s::service::S3ServiceBuilder::new(fs);
+    builder.set_auth(s3s::auth::SimpleAuth::from_single(access, secret));
+    let service = builder.build();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let kept = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let (service, kept) = (service.clone(), kept.clone());
+            tokio::spawn(async move {
+                let recording = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        if let Some(v) = req.headers().get("traceparent") {
+                            kept.lock().unwrap().push(v.to_str().unwrap().to_owned());
+                        }
+                        hyper::service::Service::call(&service, req)
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(socket), recording)
+                    .await;
+            });
+        }
+    });
+    (format!("http://{address}"), seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_to_s3_carry_the_trace_on() {
+    use artifactstore::storage::s3::{S3Settings, S3Store, SecretRef};
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("fs")).unwrap();
+    let (access, secret) = ("trace-access", "trace-secret-key-0123456789");
+    let (endpoint, seen) = recording_s3(&dir.path().join("fs"), access, secret).await;
+    let (access_file, secret_file) = (dir.path().join("access"), dir.path().join("secret"));
+    std::fs::write(&access_file, access).unwrap();
+    std::fs::write(&secret_file, secret).unwrap();
+    let mut settings = S3Settings::for_tests("traced");
+    settings.endpoint_url = Some(endpoint.clone());
+    settings.access_key_ref = SecretRef::File(access_file.clone());
+    settings.secret_key_ref = SecretRef::File(secret_file.clone());
+    let store = S3Store::open("s3", &settings).unwrap();
+    store
+        .client()
+        .create_bucket()
+        .bucket("traced")
+        .send()
+        .await
+        .unwrap();
+    let storage = dir.path().join("storage.toml");
+    std::fs::write(
+        &storage,
+        format!(
+            "default_backend = \"s3\"\n[backends.s3]\nkind = \"s3\"\nendpoint_url = \"{endpoint}\"\n\
+             bucket = \"traced\"\naccess_key_ref = \"file:{}\"\nsecret_key_ref = \"file:{}\"\n\
+             force_path_style = true\n",
+            access_file.display(),
+            secret_file.display()
+        ),
+    )
+    .unwrap();
+    let (collector, _received) = otlp_receiver().await;
+    let server = Server::start(
+        &db,
+        &[
+            ("ARTIFACTSTORE_TOKENS", TOKENS),
+            ("ARTIFACTSTORE_OTLP_ENDPOINT", &collector),
+            ("ARTIFACTSTORE_STORAGE_FILE", storage.to_str().unwrap()),
+        ],
+    );
+    let http = Client::new();
+    let package = server
+        .create_package(&http, "alpha-writer", "s3-traced")
+        .await;
+    seen.lock().unwrap().clear();
+    let trace_id = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let resp = http
+        .put(server.url(&format!("/packages/{package}/files/t.bin")))
+        .bearer_auth("alpha-writer")
+        .header("traceparent", format!("00-{trace_id}-10f067aa0ba902b8-01"))
+        .body(vec![2u8; 2_000_000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .any(|t| t.starts_with(&format!("00-{trace_id}-"))),
+        "no S3 request carried the client's trace: {seen:?}"
+    );
+    // Each carries a span of ours (not the client's own span id).
+    assert!(
+        seen.iter().all(|t| !t.contains("10f067aa0ba902b8")),
+        "{seen:?}"
+    );
+}

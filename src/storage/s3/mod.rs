@@ -28,6 +28,7 @@ use std::time::Duration;
 mod settings;
 mod staged;
 mod streamed;
+mod trace;
 pub use settings::{S3Settings, SecretRef};
 use staged::S3Staged;
 
@@ -108,6 +109,7 @@ impl S3Store {
                 "artifactstore",
             ))
             .force_path_style(settings.force_path_style)
+            .interceptor(trace::TraceContext)
             // Ceph 16 rejects the streamed aws-chunked encoding with trailing checksums, and our
             // own digests are the integrity guarantee: send and check checksums only when the
             // API requires them.
