@@ -57,29 +57,71 @@ pub async fn apply(tx: &Tx<'_>, event: &StoredEvent) -> Result<()> {
 /// set-based statement per view table (a batch of a thousand links, or a replay of a thousand
 /// uploads, is five statements, not five thousand), with the same result as one event at a
 /// time: first occurrences win where the per-event statements would keep the first (blob
-/// creation time, the location's key), counters add up. Anything else is applied one event at a
-/// time.
+/// creation time, the location's key), counters add up. A run of package creations is applied
+/// the same way (two statements; each package's rows are its own). Anything else is applied one
+/// event at a time.
 pub async fn apply_all(tx: &Tx<'_>, events: &[StoredEvent]) -> Result<()> {
-    const MAX_RUN: usize = 2000;
     let mut rest = events;
     while let Some(first) = rest.first() {
-        let mut run = Vec::new();
-        for event in rest.iter().take(MAX_RUN) {
-            match independent_ingest(event) {
-                Some(f) => run.push((event, f)),
-                None => break,
+        let applied = match Run::of(rest) {
+            Run::Ingests(run) => {
+                let run: Vec<_> = run.iter().map(|(e, f)| (*e, f)).collect();
+                packages::ingests_together(tx, &run).await?;
+                run.len()
             }
-        }
-        if run.is_empty() {
-            apply(tx, first).await?;
-            rest = &rest[1..];
-        } else {
-            rest = &rest[run.len()..];
-            let run: Vec<_> = run.iter().map(|(e, f)| (*e, f)).collect();
-            packages::ingests_together(tx, &run).await?;
-        }
+            Run::Creations(run) => {
+                let run: Vec<_> = run.iter().map(|(e, p)| (*e, p)).collect();
+                packages::created_together(tx, &run).await?;
+                run.len()
+            }
+            Run::One => {
+                apply(tx, first).await?;
+                1
+            }
+        };
+        rest = &rest[applied..];
     }
     Ok(())
+}
+
+/// The events at the head of a list that can be applied together.
+enum Run<'a> {
+    /// Ingests that replace nothing.
+    Ingests(Vec<(&'a StoredEvent, FileIngested)>),
+    /// Package creations (each a package of its own: they never touch each other's rows).
+    Creations(Vec<(&'a StoredEvent, super::payloads::PackageCreated)>),
+    /// Anything else: one event, applied alone.
+    One,
+}
+
+impl<'a> Run<'a> {
+    /// Most events in one run (bounds the statements' array parameters).
+    const MAX: usize = 2000;
+
+    fn of(events: &'a [StoredEvent]) -> Self {
+        let head = events.iter().take(Self::MAX);
+        let ingests: Vec<_> = head
+            .clone()
+            .map_while(|e| independent_ingest(e).map(|f| (e, f)))
+            .collect();
+        if !ingests.is_empty() {
+            return Run::Ingests(ingests);
+        }
+        let creations: Vec<_> = head.map_while(|e| creation(e).map(|p| (e, p))).collect();
+        // Alone, the one-event path is as quick.
+        if creations.len() > 1 {
+            return Run::Creations(creations);
+        }
+        Run::One
+    }
+}
+
+/// The package this event creates.
+fn creation(event: &StoredEvent) -> Option<super::payloads::PackageCreated> {
+    if event.event_type != super::payloads::PackageCreated::TYPE {
+        return None;
+    }
+    super::payloads::PackageCreated::decode(&event.payload).ok()
 }
 
 /// The ingest this event records, if it replaces nothing.

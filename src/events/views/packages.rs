@@ -45,6 +45,56 @@ pub(super) async fn created(tx: &Tx<'_>, event: &StoredEvent, p: &PackageCreated
     Ok(())
 }
 
+/// The views of a run of package creations, set-based: two statements whatever their number,
+/// with the same rows as [`created`] one at a time.
+pub(super) async fn created_together(
+    tx: &Tx<'_>,
+    run: &[(&StoredEvent, &PackageCreated)],
+) -> Result<()> {
+    let ids: Vec<uuid::Uuid> = run.iter().map(|(_, p)| p.package_id.0).collect();
+    let tenants: Vec<&str> = run.iter().map(|(_, p)| p.tenant.as_str()).collect();
+    let producers: Vec<&str> = run.iter().map(|(_, p)| p.producer.as_str()).collect();
+    let subjects: Vec<&str> = run.iter().map(|(_, p)| p.subject.as_str()).collect();
+    let classes: Vec<&str> = run
+        .iter()
+        .map(|(_, p)| p.retention_class.as_str())
+        .collect();
+    let metadata: Vec<serde_json::Value> = run.iter().map(|(_, p)| p.metadata.to_json()).collect();
+    let times: Vec<time::OffsetDateTime> = run
+        .iter()
+        .map(|(_, p)| p.created_at.as_datetime())
+        .collect();
+    let sequences: Vec<i64> = run.iter().map(|(e, _)| e.sequence).collect();
+    let packages: [Param; 8] = [
+        &ids, &tenants, &producers, &subjects, &classes, &metadata, &times, &sequences,
+    ];
+    let retention: [Param; 2] = [&ids, &tenants];
+    exec_in_order(
+        tx,
+        &[
+            (
+                "INSERT INTO packages (id, tenant, producer, subject, retention_class, metadata, \
+                                       status, created_at, created_sequence) \
+                 SELECT i, t, p, s, c, m, 'open', a, q \
+                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                             $6::jsonb[], $7::timestamptz[], $8::int8[]) \
+                      WITH ORDINALITY AS u(i, t, p, s, c, m, a, q, o) \
+                 ORDER BY o",
+                &packages,
+            ),
+            (
+                "INSERT INTO retention_state (package_id, tenant, expires_at, legal_hold) \
+                 SELECT i, t, NULL, false \
+                 FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS u(i, t, o) \
+                 ORDER BY o",
+                &retention,
+            ),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
 pub(super) async fn file_ingested(
     tx: &Tx<'_>,
     event: &StoredEvent,
