@@ -15,7 +15,7 @@ WORKDIR /src
 
 # The dependency list only: unchanged sources keep the next stage's cache.
 FROM chef AS planner
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY benches ./benches
 COPY tests ./tests
@@ -25,7 +25,7 @@ FROM chef AS build
 COPY --from=planner /src/recipe.json recipe.json
 RUN cargo chef cook --release --locked --recipe-path recipe.json --bin artifactstore
 # Only what the binary is built from; benches and tests keep their placeholders from `cook`.
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY sql ./sql
 COPY deploy/grafana ./deploy/grafana
 COPY src ./src
