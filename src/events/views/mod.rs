@@ -74,6 +74,10 @@ pub async fn apply_all(tx: &Tx<'_>, events: &[StoredEvent]) -> Result<()> {
                 packages::created_together(tx, &run).await?;
                 run.len()
             }
+            Run::Expiries(run) => {
+                retention::expired_together(tx, &run).await?;
+                run.len()
+            }
             Run::One => {
                 apply(tx, first).await?;
                 1
@@ -90,6 +94,8 @@ enum Run<'a> {
     Ingests(Vec<(&'a StoredEvent, FileIngested)>),
     /// Package creations (each a package of its own: they never touch each other's rows).
     Creations(Vec<(&'a StoredEvent, super::payloads::PackageCreated)>),
+    /// Package expiries, each package once.
+    Expiries(Vec<super::payloads::PackageExpired>),
     /// Anything else: one event, applied alone.
     One,
 }
@@ -107,13 +113,31 @@ impl<'a> Run<'a> {
         if !ingests.is_empty() {
             return Run::Ingests(ingests);
         }
-        let creations: Vec<_> = head.map_while(|e| creation(e).map(|p| (e, p))).collect();
+        let creations: Vec<_> = head
+            .clone()
+            .map_while(|e| creation(e).map(|p| (e, p)))
+            .collect();
         // Alone, the one-event path is as quick.
         if creations.len() > 1 {
             return Run::Creations(creations);
         }
+        let mut seen = std::collections::HashSet::new();
+        let expiries: Vec<_> = head
+            .map_while(|e| expiry(e).filter(|x| seen.insert(x.package_id)))
+            .collect();
+        if expiries.len() > 1 {
+            return Run::Expiries(expiries);
+        }
         Run::One
     }
+}
+
+/// The expiry this event records.
+fn expiry(event: &StoredEvent) -> Option<super::payloads::PackageExpired> {
+    if event.event_type != super::payloads::PackageExpired::TYPE {
+        return None;
+    }
+    super::payloads::PackageExpired::decode(&event.payload).ok()
 }
 
 /// The package this event creates.

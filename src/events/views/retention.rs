@@ -90,6 +90,46 @@ pub(super) async fn package_expired(tx: &Tx<'_>, e: &PackageExpired) -> Result<(
     Ok(())
 }
 
+/// The views of a run of expiries (each package once), set-based, with the rows
+/// [`package_expired`] one at a time would leave: a blob that only the run's packages
+/// reference becomes unreferenced at the expiry of the last of them in the run.
+pub(super) async fn expired_together(tx: &Tx<'_>, run: &[PackageExpired]) -> Result<()> {
+    let ids: Vec<uuid::Uuid> = run.iter().map(|e| e.package_id.0).collect();
+    let times: Vec<time::OffsetDateTime> = run.iter().map(|e| e.expired_at.as_datetime()).collect();
+    let reasons: Vec<&str> = run.iter().map(|e| e.reason.as_str()).collect();
+    exec(
+        tx,
+        "UPDATE blobs b SET unreferenced_since = last.at \
+         FROM (SELECT DISTINCT ON (f.blake3) f.blake3, u.at \
+               FROM files f \
+               JOIN unnest($1::uuid[], $2::timestamptz[]) WITH ORDINALITY AS u(id, at, o) \
+                 ON f.package_id = u.id \
+               ORDER BY f.blake3, u.o DESC) last \
+         WHERE b.blake3 = last.blake3 \
+           AND NOT EXISTS (SELECT 1 FROM files f \
+                           WHERE f.blake3 = b.blake3 AND f.package_id <> ALL($1))",
+        &[&ids, &times],
+    )
+    .await?;
+    exec(tx, "DELETE FROM files WHERE package_id = ANY($1)", &[&ids]).await?;
+    exec(
+        tx,
+        "UPDATE packages SET status = 'expired', file_count = 0, total_size = 0 \
+         WHERE id = ANY($1)",
+        &[&ids],
+    )
+    .await?;
+    exec(
+        tx,
+        "UPDATE retention_state r SET expired_at = u.at, expiry_reason = u.reason \
+         FROM unnest($1::uuid[], $2::timestamptz[], $3::text[]) AS u(id, at, reason) \
+         WHERE r.package_id = u.id",
+        &[&ids, &times, &reasons],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Marks these blobs unreferenced from `at` if no file references them any more.
 pub(super) async fn mark_unreferenced(
     tx: &Tx<'_>,
