@@ -245,7 +245,7 @@ async fn set_based_replay_of_creation_runs_equals_one_at_a_time() {
     );
 }
 
-/// Every set-based path (runs of creations, of ingests, of expiries) leaves the views that
+/// Every set-based path (runs of creations, ingests, expiries, collections) leaves the views that
 /// applying the same events one at a time leaves: the log is re-applied event by event in a
 /// transaction and the views compared, byte for byte, with those the live writes made.
 #[tokio::test]
@@ -299,6 +299,9 @@ async fn set_based_views_equal_one_event_at_a_time() {
         reg.finalize_package(&tenant, p.id, None).await.unwrap();
     }
     assert_eq!(reg.expire_due(3600, 100).await.unwrap().len(), 5);
+    // The bytes only they held are collected in one run (`shared`, the five `own`, and what
+    // the mixed workload's replaced files left).
+    assert!(reg.collect_garbage(0, 100).await.unwrap().blobs >= 6);
     let client = env.db.client().await;
     let live = events::dump_views(&client).await.unwrap();
 

@@ -57,9 +57,9 @@ pub async fn apply(tx: &Tx<'_>, event: &StoredEvent) -> Result<()> {
 /// set-based statement per view table (a batch of a thousand links, or a replay of a thousand
 /// uploads, is five statements, not five thousand), with the same result as one event at a
 /// time: first occurrences win where the per-event statements would keep the first (blob
-/// creation time, the location's key), counters add up. A run of package creations is applied
-/// the same way (two statements; each package's rows are its own). Anything else is applied one
-/// event at a time.
+/// creation time, the location's key), counters add up. Runs of package creations, of expiries
+/// and of blob collections are applied the same way, a few statements per run, with the rows one
+/// event at a time would leave. Anything else is applied one event at a time.
 pub async fn apply_all(tx: &Tx<'_>, events: &[StoredEvent]) -> Result<()> {
     let mut rest = events;
     while let Some(first) = rest.first() {
@@ -76,6 +76,10 @@ pub async fn apply_all(tx: &Tx<'_>, events: &[StoredEvent]) -> Result<()> {
             }
             Run::Expiries(run) => {
                 retention::expired_together(tx, &run).await?;
+                run.len()
+            }
+            Run::Collections(run) => {
+                storage::collected_together(tx, &run).await?;
                 run.len()
             }
             Run::One => {
@@ -96,6 +100,8 @@ enum Run<'a> {
     Creations(Vec<(&'a StoredEvent, super::payloads::PackageCreated)>),
     /// Package expiries, each package once.
     Expiries(Vec<super::payloads::PackageExpired>),
+    /// Blob collections.
+    Collections(Vec<super::payloads::BlobCollected>),
     /// Anything else: one event, applied alone.
     One,
 }
@@ -123,10 +129,15 @@ impl<'a> Run<'a> {
         }
         let mut seen = std::collections::HashSet::new();
         let expiries: Vec<_> = head
+            .clone()
             .map_while(|e| expiry(e).filter(|x| seen.insert(x.package_id)))
             .collect();
         if expiries.len() > 1 {
             return Run::Expiries(expiries);
+        }
+        let collections: Vec<_> = head.map_while(collection).collect();
+        if collections.len() > 1 {
+            return Run::Collections(collections);
         }
         Run::One
     }
@@ -138,6 +149,14 @@ fn expiry(event: &StoredEvent) -> Option<super::payloads::PackageExpired> {
         return None;
     }
     super::payloads::PackageExpired::decode(&event.payload).ok()
+}
+
+/// The blob this event collects.
+fn collection(event: &StoredEvent) -> Option<super::payloads::BlobCollected> {
+    if event.event_type != super::payloads::BlobCollected::TYPE {
+        return None;
+    }
+    super::payloads::BlobCollected::decode(&event.payload).ok()
 }
 
 /// The package this event creates.

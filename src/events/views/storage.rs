@@ -51,6 +51,22 @@ pub(super) async fn location_removed(tx: &Tx<'_>, r: &LocationRemoved) -> Result
     Ok(())
 }
 
+/// The views of a run of collections: two statements whatever their number.
+pub(super) async fn collected_together(tx: &Tx<'_>, run: &[BlobCollected]) -> Result<()> {
+    let blobs = run
+        .iter()
+        .map(|c| hex_bytes(&c.blake3))
+        .collect::<Result<Vec<_>>>()?;
+    exec(
+        tx,
+        "DELETE FROM storage_locations WHERE blake3 = ANY($1)",
+        &[&blobs],
+    )
+    .await?;
+    exec(tx, "DELETE FROM blobs WHERE blake3 = ANY($1)", &[&blobs]).await?;
+    Ok(())
+}
+
 pub(super) async fn blob_collected(tx: &Tx<'_>, c: &BlobCollected) -> Result<()> {
     let blake3 = hex_bytes(&c.blake3)?;
     exec(
