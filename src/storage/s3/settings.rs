@@ -34,10 +34,7 @@ impl SecretRef {
         let value = match self {
             SecretRef::Env(name) => std::env::var(name)
                 .map_err(|_| format!("environment variable {name} is not set"))?,
-            SecretRef::File(path) => std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-                .trim_end_matches(['\n', '\r'])
-                .to_owned(),
+            SecretRef::File(path) => crate::domain::read_secret(path)?,
         };
         if value.is_empty() {
             return Err("the secret is empty".into());

@@ -8,8 +8,16 @@ use clap::builder::BoolishValueParser;
 use std::error::Error as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
+
+mod secrets;
+mod values;
+
+use secrets::with_password_from;
+pub use values::{
+    ByteSize, DEFAULT_METRICS_LISTEN, DatabaseUrl, MetricsListen, parse_size, within,
+};
+use values::{database_url, metrics_listen, non_empty_path};
 
 /// An invalid setting.
 #[derive(Debug, thiserror::Error)]
@@ -154,157 +162,6 @@ pub struct ServiceArgs {
         default_value = "30"
     )]
     pub shutdown_grace_seconds: u64,
-}
-
-/// A whole number from `MIN` to `MAX`; whitespace around it is ignored (a value read from a
-/// file often ends in a newline).
-pub fn within<const MIN: u64, const MAX: u64>(text: &str) -> Result<u64, String> {
-    match text.trim().parse::<u64>() {
-        Ok(n) if (MIN..=MAX).contains(&n) => Ok(n),
-        _ if MAX == u64::MAX => Err(format!("`{text}` is not a whole number of at least {MIN}")),
-        _ => Err(format!(
-            "`{text}` is not a whole number from {MIN} to {MAX}"
-        )),
-    }
-}
-
-/// A size in bytes, written as a number or with a unit: `1048576`, `500MiB`, `5GiB`, `10MB`
-/// (binary units for `K/M/G/T[iB]`, decimal for `KB/MB/GB/TB`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ByteSize(pub u64);
-
-impl FromStr for ByteSize {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        parse_size(text)
-            .map(ByteSize)
-            .ok_or_else(|| format!("`{text}` is not a size like 5GiB, 10MB or 1048576"))
-    }
-}
-
-impl ByteSize {
-    /// A size of at least one byte.
-    pub fn positive(text: &str) -> Result<Self, String> {
-        match text.parse()? {
-            ByteSize(0) => Err("must be at least one byte".into()),
-            size => Ok(size),
-        }
-    }
-}
-
-/// A PostgreSQL URL, parsed with its TLS set-up (a `sslrootcert` file that cannot be read fails
-/// at start, not at the first connection).
-#[derive(Clone)]
-pub struct DatabaseUrl(pub String);
-
-impl std::fmt::Debug for DatabaseUrl {
-    /// The URL may hold a password: never printed.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DatabaseUrl(..)")
-    }
-}
-
-fn database_url(text: &str) -> Result<DatabaseUrl, String> {
-    crate::db::target(text).map_err(|e| format!("not a usable PostgreSQL URL: {e}"))?;
-    Ok(DatabaseUrl(text.to_owned()))
-}
-
-/// Where the metrics listener listens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MetricsListen {
-    /// No metrics listener.
-    Off,
-    /// The default address, [`DEFAULT_METRICS_LISTEN`]: taken only if free.
-    Default,
-    /// An address given: it must be free.
-    At(SocketAddr),
-}
-
-/// The metrics listener's default address.
-pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
-
-fn metrics_listen(text: &str) -> Result<MetricsListen, String> {
-    if text.trim().is_empty() {
-        return Ok(MetricsListen::Off);
-    }
-    text.parse()
-        .map(MetricsListen::At)
-        .map_err(|e| format!("`{text}` is not an address (host:port) or empty: {e}"))
-}
-
-/// Largest secret file read.
-const MAX_SECRET_BYTES: u64 = 4096;
-
-/// The contents of a secret file, without one trailing newline.
-pub fn read_secret(file: &std::path::Path) -> Result<String, String> {
-    use std::io::Read;
-    let mut text = String::new();
-    std::fs::File::open(file)
-        .and_then(|f| f.take(MAX_SECRET_BYTES + 1).read_to_string(&mut text))
-        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    if text.len() as u64 > MAX_SECRET_BYTES {
-        return Err(format!(
-            "{} is over {MAX_SECRET_BYTES} bytes: not a secret",
-            file.display()
-        ));
-    }
-    let text = text
-        .strip_suffix("\r\n")
-        .or_else(|| text.strip_suffix('\n'))
-        .unwrap_or(&text);
-    if text.is_empty() {
-        return Err(format!("{} is empty", file.display()));
-    }
-    Ok(text.to_owned())
-}
-
-/// `url` with the password read from `file`; the URL must name none.
-fn with_password_from(url: &str, file: &std::path::Path) -> Result<String, ConfigError> {
-    let refuse = |message: String| {
-        invalid(
-            "ARTIFACTSTORE_DATABASE_PASSWORD_FILE",
-            "--database-password-file",
-            message,
-        )
-    };
-    let password = read_secret(file).map_err(refuse)?;
-    let with = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let mut parsed = url::Url::parse(url)
-            .map_err(|e| refuse(format!("the database URL is not a URL: {e}")))?;
-        if parsed.password().is_some() {
-            return Err(refuse(
-                "the database URL names a password already: take it out of the URL".into(),
-            ));
-        }
-        // tokio-postgres percent-decodes the URL's password: encode every byte that could be
-        // read as an escape (a `%41` in the file stays `%41`).
-        let encoded =
-            percent_encoding::utf8_percent_encode(&password, percent_encoding::NON_ALPHANUMERIC)
-                .to_string();
-        parsed
-            .set_password(Some(&encoded))
-            .map_err(|()| refuse("the database URL has no user and host to add it to".into()))?;
-        parsed.to_string()
-    } else {
-        // `key=value` form.
-        if url.split_whitespace().any(|kv| kv.starts_with("password=")) {
-            return Err(refuse(
-                "the database URL names a password already: take it out of the URL".into(),
-            ));
-        }
-        let quoted = password.replace('\\', "\\\\").replace('\'', "\\'");
-        format!("{url} password='{quoted}'")
-    };
-    crate::db::target(&with).map_err(|e| refuse(format!("with it, {e}")))?;
-    Ok(with)
-}
-
-fn non_empty_path(text: &str) -> Result<PathBuf, String> {
-    if text.is_empty() {
-        return Err("must not be empty".into());
-    }
-    Ok(PathBuf::from(text))
 }
 
 /// The one line a bad setting stops start-up with: `invalid setting ARTIFACTSTORE_X (--x):
@@ -512,30 +369,6 @@ impl ServiceArgs {
     }
 }
 
-/// Parses `1048576`, `500MiB`, `5GiB`, `10MB`, `1T`... (binary units for `K/M/G/T[iB]`, decimal
-/// for `KB/MB/GB/TB`).
-pub fn parse_size(text: &str) -> Option<u64> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().ok()?;
-    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        "t" | "tib" => 1 << 40,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        "tb" => 1_000_000_000_000,
-        _ => return None,
-    };
-    number.checked_mul(multiplier)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -605,42 +438,5 @@ mod tests {
             PathBuf::from("./.artifactstore/blobs")
         );
         assert_eq!(s.limits.max_file_size, 5 << 30);
-    }
-}
-
-#[cfg(test)]
-mod secret_tests {
-    use super::*;
-
-    #[test]
-    fn a_password_file_goes_into_the_database_url() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("pw");
-        std::fs::write(&file, "p@ss:w/rd 'x'%41\n").unwrap();
-        let url =
-            with_password_from("postgres://app@db:5432/store?sslmode=disable", &file).unwrap();
-        assert_eq!(
-            url,
-            "postgres://app:p%40ss%3Aw%2Frd%20%27x%27%2541@db:5432/store?sslmode=disable"
-        );
-        let config: tokio_postgres::Config = url.parse().unwrap();
-        assert_eq!(config.get_password(), Some(&b"p@ss:w/rd 'x'%41"[..]));
-        let kv = with_password_from("host=db user=app dbname=store", &file).unwrap();
-        let config: tokio_postgres::Config = kv.parse().unwrap();
-        assert_eq!(config.get_password(), Some(&b"p@ss:w/rd 'x'%41"[..]));
-        // A URL naming a password already, and files that hold no secret, are refused.
-        let twice = with_password_from("postgres://app:old@db/store", &file).unwrap_err();
-        assert!(
-            twice.to_string().contains("names a password already"),
-            "{twice}"
-        );
-        std::fs::write(&file, "\n").unwrap();
-        assert!(with_password_from("postgres://app@db/store", &file).is_err());
-        std::fs::write(&file, vec![b'x'; 5000]).unwrap();
-        assert!(with_password_from("postgres://app@db/store", &file).is_err());
-        let missing = with_password_from("postgres://app@db/store", &dir.path().join("no"));
-        assert!(missing.unwrap_err().to_string().starts_with(
-            "invalid setting ARTIFACTSTORE_DATABASE_PASSWORD_FILE (--database-password-file): "
-        ));
     }
 }
