@@ -36,12 +36,28 @@ fn event(i: usize) -> DomainEvent {
     })
 }
 
-async fn commit(pool: &deadpool_postgres::Pool, i: usize) -> i64 {
+/// Commits one event and has this process's sequencer number it, as a server does for its
+/// writes: its sequence number, and when its COMMIT returned (before the numbering pass).
+async fn commit(
+    pool: &deadpool_postgres::Pool,
+    sequencer: &events::Sequencer,
+    i: usize,
+) -> (i64, Instant) {
     let mut client = pool.get().await.unwrap();
     let tx = client.transaction().await.unwrap();
     let stored = events::record(&tx, vec![event(i)]).await.unwrap();
     tx.commit().await.unwrap();
-    stored[0].sequence
+    let committed_at = Instant::now();
+    sequencer.numbered().await;
+    let sequence = client
+        .query_one(
+            "SELECT sequence FROM events WHERE position = $1",
+            &[&stored[0].position],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    (sequence, committed_at)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -94,7 +110,8 @@ async fn main() {
         .pool_max_idle_per_host(8)
         .build()
         .unwrap();
-    commit(&pool, 0).await;
+    let sequencer = events::Sequencer::new(pool.clone());
+    commit(&pool, &sequencer, 0).await;
 
     // 1. Wake-up latency.
     const EVENTS: usize = 1000;
@@ -128,8 +145,8 @@ async fn main() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut committed = HashMap::new();
     for i in 0..EVENTS {
-        let seq = commit(&pool, i + 1).await;
-        committed.insert(seq, Instant::now());
+        let (seq, committed_at) = commit(&pool, &sequencer, i + 1).await;
+        committed.insert(seq, committed_at);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     consumer.await.unwrap();
@@ -143,7 +160,7 @@ async fn main() {
     // 2. 5,000 idle long-polls.
     const WAITERS: usize = 5000;
     let rss_before = status_kib(pid, "VmRSS:");
-    let latest = commit(&pool, 100_000).await;
+    let (latest, _) = commit(&pool, &sequencer, 100_000).await;
     let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut waiters = Vec::with_capacity(WAITERS);
     let many = reqwest::Client::builder()
@@ -184,8 +201,7 @@ async fn main() {
         .unwrap()
         .get(0);
     let early = answered.load(std::sync::atomic::Ordering::SeqCst);
-    commit(&pool, 100_001).await;
-    let woke_at = Instant::now();
+    let (_, woke_at) = commit(&pool, &sequencer, 100_001).await;
     let mut last = woke_at;
     for w in waiters {
         last = last.max(w.await.unwrap());

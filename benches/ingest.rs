@@ -102,14 +102,17 @@ async fn main() {
     }
     let ingest = *ingest_times.iter().min().unwrap();
 
-    // Committed events/s, 16 concurrent writers, one event per transaction.
+    // Committed events/s, 16 concurrent writers, one event per transaction, each writer
+    // returning once its event is numbered (one sequencer: one process).
     const WRITERS: usize = 16;
     const PER_WRITER: usize = 500;
+    let sequencer = events::Sequencer::new(artifactstore::db::pool(&url, 1).unwrap());
     let start = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..WRITERS {
         let url = url.clone();
         let tenant = tenant.clone();
+        let sequencer = sequencer.clone();
         tasks.push(tokio::spawn(async move {
             let pool = artifactstore::db::pool(&url, 1).unwrap();
             let mut client = pool.get().await.unwrap();
@@ -124,8 +127,8 @@ async fn main() {
                     metadata: Metadata::default(),
                     created_at: Timestamp::parse("2026-11-22T00:00:00Z").unwrap(),
                 });
-                events::record(&tx, vec![event]).await.unwrap();
-                tx.commit().await.unwrap();
+                let recorded = events::record(&tx, vec![event]).await.unwrap();
+                events::commit(tx, &recorded, &sequencer).await.unwrap();
             }
         }));
     }
@@ -134,6 +137,13 @@ async fn main() {
     }
     let events_elapsed = start.elapsed();
     let committed = (WRITERS * PER_WRITER) as f64;
+    artifactstore::db::connect(&url)
+        .await
+        .unwrap()
+        .batch_execute("CREATE TABLE pgbench_rows (id bigserial PRIMARY KEY, at timestamptz)")
+        .await
+        .unwrap();
+    let pgbench = pgbench_inserts(&url, &work);
 
     let replay = events::replay(registry.pool(), false).await.unwrap();
 
@@ -170,9 +180,16 @@ async fn main() {
     println!();
     println!("| event log | result |");
     println!("|---|---|");
+    let events_rate = committed / events_elapsed.as_secs_f64();
+    println!("| `pgbench`, 16 clients, one single-row INSERT per transaction | {pgbench:.0}/s |");
     println!(
-        "| committed events/s, 16 writers, 1 event per transaction (fsync on) | {:.0}/s |",
-        committed / events_elapsed.as_secs_f64()
+        "| committed events/s, 16 writers, 1 event per transaction (fsync on) | {events_rate:.0}/s = {:.2}x `pgbench`; target >= 3,000/s: {} |",
+        events_rate / pgbench,
+        if events_rate >= 3000.0 {
+            "MET"
+        } else {
+            "NOT MET"
+        }
     );
     println!(
         "| replay | {} events in {:.2?} = {:.0}/s |",
@@ -184,4 +201,32 @@ async fn main() {
         "\ntarget: ingest >= 1.00x (c): {}",
         if ratio >= 1.0 { "MET" } else { "NOT MET" }
     );
+}
+
+/// Single-row INSERT transactions per second that `pgbench` commits with 16 clients on the
+/// same database: what PostgreSQL alone does here, the event log's baseline.
+fn pgbench_inserts(url: &str, work: &Path) -> f64 {
+    let bin = artifactstore::db::cluster::find_server_binaries().unwrap();
+    let pgbench = Some(bin.join("pgbench"))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| "pgbench".into());
+    let script = work.join("insert.sql");
+    std::fs::write(&script, "INSERT INTO pgbench_rows (at) VALUES (now());\n").unwrap();
+    let out = Command::new(pgbench)
+        .args(["-n", "-c", "16", "-j", "2", "-T", "10", "-f"])
+        .arg(&script)
+        .arg(url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no tps in pgbench output: {text}"))
 }

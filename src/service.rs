@@ -76,6 +76,7 @@ impl Service {
         let registry = Registry::new(pool, backends)
             .with_limits(settings.limits)
             .with_upload_dir(settings.data_dir.join("uploads"));
+        registry.sequencer().start();
         Ok(Service { registry, database })
     }
 

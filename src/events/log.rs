@@ -15,8 +15,12 @@ pub const NOTIFY_CHANNEL: &str = "artifactstore_events";
 /// An event as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredEvent {
-    /// Gapless, commit-ordered position in the log (from 1).
+    /// Gapless, commit-ordered place in the log (from 1), given by the sequencer after the
+    /// event committed; 0 in what [`record`](super::record) returns.
     pub sequence: i64,
+    /// Unique key taken when the event was recorded, before its views changed: what the views
+    /// keep (e.g. `packages.created_position`) so that a replay rebuilds them identically.
+    pub position: i64,
     /// Unique id.
     pub id: Uuid,
     /// e.g. `v1.package.created`.
@@ -35,6 +39,7 @@ impl StoredEvent {
     fn from_row(row: &Row) -> Result<Self> {
         Ok(StoredEvent {
             sequence: row.get("sequence"),
+            position: row.get("position"),
             id: row.get("id"),
             event_type: row.get("type"),
             tenant: TenantId::new(row.get("tenant"))?,
@@ -45,29 +50,33 @@ impl StoredEvent {
     }
 }
 
-/// Takes `n` sequence numbers and inserts the events, in one statement. The counter row stays
-/// locked until the transaction ends, which is what makes the numbering gapless and
-/// commit-ordered; so this statement should be among the last of the transaction.
-const APPEND: &str = "\
-    WITH counter AS ( \
-        UPDATE event_counter SET last_sequence = last_sequence + cardinality($1::uuid[]) \
-        RETURNING last_sequence) \
-    INSERT INTO events (sequence, id, type, tenant, subject_id, occurred_at, payload) \
-    SELECT counter.last_sequence - cardinality($1::uuid[]) + e.ord, \
-           e.id, e.type, e.tenant, e.subject_id, e.occurred_at, e.payload \
-    FROM counter, unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::timestamptz[], $6::bytea[]) \
-         WITH ORDINALITY AS e(id, type, tenant, subject_id, occurred_at, payload, ord) \
-    RETURNING sequence, id";
+/// Takes `$1` positions (see `sql/V10__event_sequencer.sql`).
+const POSITIONS: &str = "SELECT nextval('event_positions') FROM generate_series(1, $1::int)";
 
-/// Appends events, taking the next sequence numbers (see [`APPEND`]).
-pub async fn append(tx: &Tx<'_>, events: &[DomainEvent]) -> Result<Vec<StoredEvent>> {
+/// Inserts the events, unnumbered, with one ticket for the statement: what the sequencer orders
+/// committed events by, so this must be the last statement of the transaction that locks
+/// anything (see `sql/V10__event_sequencer.sql`).
+const INSERT: &str = "\
+    INSERT INTO events (position, ticket, id, type, tenant, subject_id, occurred_at, payload) \
+    SELECT e.position, t.ticket, e.id, e.type, e.tenant, e.subject_id, e.occurred_at, e.payload \
+    FROM (SELECT nextval('event_tickets') AS ticket) t, \
+         unnest($1::int8[], $2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::timestamptz[], \
+                $7::bytea[]) AS e(position, id, type, tenant, subject_id, occurred_at, payload)";
+
+/// The events as they will be stored, each with a fresh position (unnumbered).
+pub(super) async fn prepare(tx: &Tx<'_>, events: &[DomainEvent]) -> Result<Vec<StoredEvent>> {
     if events.is_empty() {
         return Ok(Vec::new());
     }
+    let count = i32::try_from(events.len())
+        .map_err(|_| Error::InvalidInput("too many events in one transaction".into()))?;
+    let statement = tx.prepare_cached(POSITIONS).await?;
+    let positions = tx.query(&statement, &[&count]).await?;
     let mut stored = Vec::with_capacity(events.len());
-    for event in events {
+    for (event, row) in events.iter().zip(positions) {
         stored.push(StoredEvent {
             sequence: 0,
+            position: row.get(0),
             id: Uuid::now_v7(),
             event_type: event.type_name().to_owned(),
             tenant: event.tenant().clone(),
@@ -76,6 +85,15 @@ pub async fn append(tx: &Tx<'_>, events: &[DomainEvent]) -> Result<Vec<StoredEve
             payload: Bytes::from(event.encode()?),
         });
     }
+    Ok(stored)
+}
+
+/// Inserts events [`prepare`]d in this transaction, unnumbered.
+pub(super) async fn insert(tx: &Tx<'_>, stored: &[StoredEvent]) -> Result<()> {
+    if stored.is_empty() {
+        return Ok(());
+    }
+    let positions: Vec<i64> = stored.iter().map(|e| e.position).collect();
     let ids: Vec<Uuid> = stored.iter().map(|e| e.id).collect();
     let types: Vec<&str> = stored.iter().map(|e| e.event_type.as_str()).collect();
     let tenants: Vec<&str> = stored.iter().map(|e| e.tenant.as_str()).collect();
@@ -83,22 +101,15 @@ pub async fn append(tx: &Tx<'_>, events: &[DomainEvent]) -> Result<Vec<StoredEve
     let times: Vec<time::OffsetDateTime> =
         stored.iter().map(|e| e.occurred_at.as_datetime()).collect();
     let payloads: Vec<&[u8]> = stored.iter().map(|e| e.payload.as_ref()).collect();
-    let statement = tx.prepare_cached(APPEND).await?;
-    let rows = tx
-        .query(
-            &statement,
-            &[&ids, &types, &tenants, &subjects, &times, &payloads],
-        )
-        .await?;
-    for row in rows {
-        let id: Uuid = row.get(1);
-        let event = stored
-            .iter_mut()
-            .find(|e| e.id == id)
-            .ok_or_else(|| Error::Integrity("append returned an unknown event id".into()))?;
-        event.sequence = row.get(0);
-    }
-    Ok(stored)
+    let statement = tx.prepare_cached(INSERT).await?;
+    tx.execute(
+        &statement,
+        &[
+            &positions, &ids, &types, &tenants, &subjects, &times, &payloads,
+        ],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Events with sequence > `since`, in order, at most `limit`; optionally one tenant's only and
@@ -125,7 +136,7 @@ pub async fn read_after_until(
     let prefix_pattern = type_prefix.map(|p| format!("{}%", escape_like(p)));
     let rows = client
         .query(
-            "SELECT sequence, id, type, tenant, subject_id, occurred_at, payload FROM events \
+            "SELECT sequence, position, id, type, tenant, subject_id, occurred_at, payload FROM events \
              WHERE sequence > $1 AND sequence <= $5 AND ($2::text IS NULL OR tenant = $2) \
                AND ($3::text IS NULL OR type LIKE $3) \
              ORDER BY sequence LIMIT $4",

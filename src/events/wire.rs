@@ -88,6 +88,7 @@ mod tests {
     fn event(sequence: i64) -> StoredEvent {
         StoredEvent {
             sequence,
+            position: sequence,
             id: uuid::Uuid::nil(),
             event_type: "v1.package.created".into(),
             tenant: TenantId::default_tenant(),

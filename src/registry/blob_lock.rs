@@ -9,8 +9,8 @@
 //! (its storage commit finds nothing there), or the ingest's file commits first and the blob is
 //! referenced again (the collector's re-check, made holding the lock, skips it). Links take the
 //! same shared lock before they look the blob up. The collector never waits for a lock while
-//! holding one (it only tries), and takes no row locks before the event sequence lock, so it
-//! cannot deadlock with expiries or ingests.
+//! holding one (it only tries), and takes no row locks before its blob locks, so it cannot
+//! deadlock with expiries or ingests.
 
 use crate::db::Tx;
 use crate::error::{Error, Result};

@@ -202,7 +202,7 @@ impl Registry {
         };
         let recorded = crate::events::record(&tx, events).await?;
         super::quota::enforce(&tx, &[added], self.clock.now()).await?;
-        crate::events::commit(tx, &recorded).await?;
+        crate::events::commit(tx, &recorded, &self.sequencer).await?;
         Ok(records)
     }
 }

@@ -104,7 +104,7 @@ impl Registry {
         )
         .await?;
         let package = load_package(&*tx, tenant, id).await?;
-        events::commit(tx, &recorded).await?;
+        events::commit(tx, &recorded, &self.sequencer).await?;
         Ok(package)
     }
 

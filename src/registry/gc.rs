@@ -140,7 +140,7 @@ impl Registry {
         } else {
             events::record(&tx, found).await?
         };
-        events::commit(tx, &recorded).await?;
+        events::commit(tx, &recorded, &self.sequencer).await?;
         Ok(done)
     }
 
@@ -222,8 +222,8 @@ async fn collectable_now(
     cutoff: time::OffsetDateTime,
     limit: i64,
 ) -> Result<Vec<tokio_postgres::Row>> {
-    // No row locks here: an expiry holding the event sequence lock may be updating these
-    // rows, and waiting for it while holding them would deadlock. The per-blob advisory
+    // No row locks here: an expiry may be holding these rows, and waiting for it while
+    // holding them would deadlock. The per-blob advisory
     // lock (tried, never waited for) decides who may touch a blob.
     let candidates: Vec<Vec<u8>> = tx
         .query(CANDIDATES, &[&cutoff, &limit])

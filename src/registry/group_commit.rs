@@ -1,9 +1,8 @@
 //! Group commit for small ingests.
 //!
-//! An ingest of a few kilobytes costs PostgreSQL a dozen statements and a commit, and the
-//! commits of event-writing transactions queue on the gapless-sequence lock one at a time
-//! (see `sql/V1__foundation.sql`). Under many concurrent small ingests that, not the bytes, is
-//! the limit. So an ingest of at most [`GROUP_MAX_BYTES`] does not open its own transaction:
+//! An ingest of a few kilobytes costs PostgreSQL a dozen statements, a commit and a numbering
+//! pass (see `events/sequencer.rs`). Under many concurrent small ingests that, not the bytes,
+//! is the limit. So an ingest of at most [`GROUP_MAX_BYTES`] does not open its own transaction:
 //! it hands its file to a committer, which records every file waiting at that moment in one
 //! transaction, with the same set-based view statements replay uses. Under no load a batch is
 //! one file and nothing waits; under load a batch is whatever arrived while the previous one
@@ -46,7 +45,7 @@ pub const GROUP_MAX_BYTES: u64 = 1 << 20;
 /// Most files in one batch.
 const MAX_BATCH: usize = 256;
 
-/// Committer tasks: while one batch commits (holding the sequence lock), the next one takes
+/// Committer tasks: while one batch commits and waits for its numbering, the next one takes
 /// its locks and has its bytes published.
 const COMMITTERS: usize = 2;
 
@@ -97,7 +96,13 @@ struct Stats {
 
 impl Committer {
     /// Queues a file for the next batch.
-    pub fn submit(&self, pool: &Pool, backends: &Backends, pending: Queued) -> Result<()> {
+    pub fn submit(
+        &self,
+        pool: &Pool,
+        backends: &Backends,
+        sequencer: &events::Sequencer,
+        pending: Queued,
+    ) -> Result<()> {
         let sender = {
             let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
             match &*queue {
@@ -109,6 +114,7 @@ impl Committer {
                         let worker = BatchCommitter {
                             pool: pool.clone(),
                             backends: backends.clone(),
+                            sequencer: sequencer.clone(),
                             stats: self.stats.clone(),
                         };
                         tokio::spawn(worker.run(receiver.clone()));
@@ -135,6 +141,7 @@ impl Committer {
 struct BatchCommitter {
     pool: Pool,
     backends: Backends,
+    sequencer: events::Sequencer,
     stats: Arc<Stats>,
 }
 
@@ -194,7 +201,7 @@ impl BatchCommitter {
         if accepted.is_empty() {
             return;
         }
-        match record_batch(tx, &accepted).await {
+        match record_batch(tx, &accepted, &self.sequencer).await {
             Ok(()) => {
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
                 self.stats
@@ -279,8 +286,15 @@ impl BatchCommitter {
         )
         .await?
         .replaced;
-        super::record::commit_file_event(tx, &pending.tenant, event, pending.blake3, pending.sha256)
-            .await
+        super::record::commit_file_event(
+            tx,
+            &pending.tenant,
+            event,
+            pending.blake3,
+            pending.sha256,
+            &self.sequencer,
+        )
+        .await
     }
 }
 
@@ -488,7 +502,11 @@ async fn let_publish(
 /// Records the admitted files of a batch (their events, then the quota check after them) and
 /// commits. A tenant past its quota fails the batch: its files are then recorded one by one,
 /// and only those past it are refused.
-async fn record_batch(tx: crate::db::Tx<'_>, accepted: &[AwaitingCommit]) -> Result<()> {
+async fn record_batch(
+    tx: crate::db::Tx<'_>,
+    accepted: &[AwaitingCommit],
+    sequencer: &events::Sequencer,
+) -> Result<()> {
     let events: Vec<DomainEvent> = accepted
         .iter()
         .map(|item| DomainEvent::of(&item.item.tenant, item.item.event.clone()))
@@ -508,6 +526,6 @@ async fn record_batch(tx: crate::db::Tx<'_>, accepted: &[AwaitingCommit]) -> Res
     let now = accepted[0].item.event.ingested_at;
     let recorded = events::record(&tx, events).await?;
     super::quota::enforce(&tx, &added, now).await?;
-    events::commit(tx, &recorded).await?;
+    events::commit(tx, &recorded, sequencer).await?;
     Ok(())
 }

@@ -402,7 +402,15 @@ impl Registry {
         )
         .await?
         .replaced;
-        commit_file_event(tx, tenant, event, digest.blake3, digest.sha256).await
+        commit_file_event(
+            tx,
+            tenant,
+            event,
+            digest.blake3,
+            digest.sha256,
+            &self.sequencer,
+        )
+        .await
     }
 
     /// [`publish_and_record`](Self::publish_and_record) through the group committer: wait
@@ -429,6 +437,7 @@ impl Registry {
         self.committer.submit(
             &self.pool,
             &self.backends,
+            &self.sequencer,
             super::group_commit::Queued { item, go: go_tx },
         )?;
         let go = go_rx.await.map_err(|_| stopped())??;

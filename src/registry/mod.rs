@@ -89,12 +89,15 @@ pub struct Registry {
     write_through: Arc<uploads::WriteThroughSlots>,
     /// Records small ingests in batches (group commit).
     committer: group_commit::Committer,
+    /// Numbers the events this process commits (and any left unnumbered).
+    sequencer: crate::events::Sequencer,
 }
 
 impl Registry {
     /// A registry with the system clock and default limits.
     pub fn new(pool: Pool, backends: Backends) -> Self {
         Registry {
+            sequencer: crate::events::Sequencer::new(pool.clone()),
             pool,
             backends,
             clock: Arc::new(SystemClock),
@@ -127,6 +130,12 @@ impl Registry {
             limits.max_write_through_uploads,
         ));
         self
+    }
+
+    /// The process's event sequencer (a server or worker [starts](crate::events::Sequencer::start)
+    /// it, so that it also numbers events that a dead process left unnumbered).
+    pub fn sequencer(&self) -> &crate::events::Sequencer {
+        &self.sequencer
     }
 
     /// The connection pool.

@@ -102,7 +102,7 @@ impl Registry {
             manifest_digest: None,
             file_count: 0,
             total_size: 0,
-            created_sequence: 0,
+            created_position: 0,
             retention: super::types::RetentionInfo {
                 expires_at: None,
                 legal_hold: false,
@@ -112,7 +112,7 @@ impl Registry {
             },
         };
         let stored = events::record(&tx, vec![DomainEvent::new(event)]).await?;
-        package.created_sequence = stored[0].sequence;
+        package.created_position = stored[0].position;
         let added = super::quota::Added {
             tenant: tenant.clone(),
             bytes: 0,
@@ -120,7 +120,7 @@ impl Registry {
             files: Vec::new(),
         };
         super::quota::enforce(&tx, &[added], self.clock.now()).await?;
-        events::commit(tx, &stored).await?;
+        events::commit(tx, &stored, &self.sequencer).await?;
         Ok(package)
     }
 
@@ -195,8 +195,8 @@ impl Registry {
                        AND ($4::text IS NULL OR retention_class = $4) \
                        AND ($5::text IS NULL OR status = $5) \
                        AND metadata @> $6::jsonb \
-                       AND ($7::bigint IS NULL OR created_sequence < $7) \
-                     ORDER BY created_sequence DESC LIMIT $8"
+                       AND ($7::bigint IS NULL OR created_position < $7) \
+                     ORDER BY created_position DESC LIMIT $8"
                 ),
                 &[
                     &tenant.as_str(),
@@ -216,7 +216,7 @@ impl Registry {
             .collect::<Result<Vec<_>>>()?;
         let next_cursor = if items.len() > filter.limit as usize {
             items.truncate(filter.limit as usize);
-            items.last().map(|p| p.created_sequence)
+            items.last().map(|p| p.created_position)
         } else {
             None
         };

@@ -9,10 +9,9 @@
 //! A write is refused *before* its bytes are read where their size is known (a request's
 //! `Content-Length`, a session's declared size, a chunk's `Content-Range`), is stopped as soon
 //! as it passes the limit otherwise ([`Room`]), and is checked once more in the transaction
-//! that records it ([`enforce`]), after its events are appended: every event-writing
-//! transaction holds the sequence lock from then to COMMIT, and [`enforce`] and session
-//! admission take the tenant's quota lock too, so concurrent writes of one tenant can never
-//! together pass its limits.
+//! that records it ([`enforce`]), after its events are recorded: [`enforce`] and session
+//! admission take the tenant's quota lock (held to COMMIT) before they read the usage, so
+//! concurrent writes of one tenant can never together pass its limits.
 
 use super::Registry;
 use crate::db::Tx;
@@ -137,8 +136,8 @@ impl Writing {
 }
 
 /// The tenant's quota lock (a transaction advisory lock): taken by session admission and by
-/// [`enforce`] where a byte quota is set, so reservations and new files are counted one at a
-/// time.
+/// [`enforce`] where a quota limits what the write adds, so reservations, new files and new
+/// packages are counted one at a time.
 const QUOTA_LOCKS: i32 = 0x6172_7471; // "artq"
 
 fn lock_key(tenant: &TenantId) -> i32 {
@@ -203,8 +202,9 @@ async fn usage_of(
     let statement = client
         .prepare_cached(
             "SELECT \
-               (SELECT coalesce(max(logical_bytes), 0) FROM tenant_usage WHERE tenant = $1), \
-               (SELECT coalesce(max(packages), 0) FROM tenant_usage WHERE tenant = $1), \
+               (SELECT coalesce(sum(logical_bytes), 0)::bigint FROM tenant_usage \
+                WHERE tenant = $1), \
+               (SELECT coalesce(sum(packages), 0)::bigint FROM tenant_usage WHERE tenant = $1), \
                count(*), \
                coalesce(sum(coalesce(declared_size, greatest(received, reserved))) FILTER ( \
                  WHERE id IS DISTINCT FROM $3 \
@@ -235,8 +235,8 @@ async fn usage_of(
     })
 }
 
-/// Refuses, after `added` was recorded in `tx` (its events appended: the sequence lock is
-/// held), if a tenant it added to is now past a limit. The write's bytes do not count as
+/// Refuses, after `added` was recorded in `tx`, if a tenant it added to is now past a limit
+/// (holding the tenant's quota lock to COMMIT, so concurrent writes are counted one at a time). The write's bytes do not count as
 /// `used` in the refusal.
 pub(super) async fn enforce(tx: &Tx<'_>, added: &[Added], now: Timestamp) -> Result<()> {
     let mut tenants: Vec<&str> = added.iter().map(|a| a.tenant.as_str()).collect();
@@ -256,7 +256,7 @@ pub(super) async fn enforce(tx: &Tx<'_>, added: &[Added], now: Timestamp) -> Res
         let own = || added.iter().filter(|a| a.tenant == tenant);
         let (bytes, packages) = own().fold((0, 0), |(b, p), a| (b + a.bytes, p + a.packages));
         let (max_bytes, max_packages) = (limit(row.get(1)), limit(row.get(2)));
-        if max_bytes.is_some() && bytes > 0 {
+        if (max_bytes.is_some() && bytes > 0) || (max_packages.is_some() && packages > 0) {
             lock_quota(tx, &tenant).await?;
         }
         let writing = Writing::files(own().flat_map(|a| a.files.iter().cloned()));
@@ -346,7 +346,7 @@ impl Registry {
             })],
         )
         .await?;
-        events::commit(tx, &recorded).await?;
+        events::commit(tx, &recorded, &self.sequencer).await?;
         self.quota(tenant).await
     }
 

@@ -12,6 +12,7 @@ pub(super) async fn commit_file_event(
     event: FileIngested,
     blake3: crate::identity::Digest,
     sha256: crate::identity::Digest,
+    sequencer: &events::Sequencer,
 ) -> Result<FileRecord> {
     let record = file_record(&event, blake3, sha256);
     let added = super::quota::Added {
@@ -23,7 +24,7 @@ pub(super) async fn commit_file_event(
     let now = event.ingested_at;
     let recorded = events::record(&tx, vec![DomainEvent::of(tenant, event)]).await?;
     super::quota::enforce(&tx, &[added], now).await?;
-    events::commit(tx, &recorded).await?;
+    events::commit(tx, &recorded, sequencer).await?;
     Ok(record)
 }
 

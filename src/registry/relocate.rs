@@ -219,7 +219,7 @@ impl Registry {
             ],
         )
         .await?;
-        events::commit(tx, &recorded).await?;
+        events::commit(tx, &recorded, &self.sequencer).await?;
         drop(client);
         // Readers now go to the target; a crash before this delete leaves orphan bytes on the
         // source for garbage collection, never a reference to missing bytes.
@@ -254,7 +254,7 @@ impl Registry {
             })],
         )
         .await?;
-        events::commit(tx, &recorded).await?;
+        events::commit(tx, &recorded, &self.sequencer).await?;
         Ok(())
     }
 }

@@ -125,7 +125,7 @@ impl Registry {
             })],
         )
         .await?;
-        events::commit(tx, &recorded).await?;
+        events::commit(tx, &recorded, &self.sequencer).await?;
         Ok(class)
     }
 
@@ -236,7 +236,7 @@ impl Registry {
         let event = event(&package, self.clock.now())?;
         let recorded = events::record(&tx, vec![event]).await?;
         let after = load_package(&*tx, tenant, id).await?;
-        events::commit(tx, &recorded).await?;
+        events::commit(tx, &recorded, &self.sequencer).await?;
         Ok(after)
     }
 
@@ -315,7 +315,7 @@ impl Registry {
             })
             .collect();
         let recorded = events::record(&tx, events).await?;
-        events::commit(tx, &recorded).await?;
+        events::commit(tx, &recorded, &self.sequencer).await?;
         Ok(due)
     }
 

@@ -71,7 +71,7 @@ pub struct Package {
     /// Sum of file sizes.
     pub total_size: u64,
     /// Sequence of its creation event (orders listings).
-    pub created_sequence: i64,
+    pub created_position: i64,
     /// Expiry and legal hold.
     pub retention: RetentionInfo,
 }
@@ -92,7 +92,7 @@ pub struct RetentionInfo {
 }
 
 pub(crate) const PACKAGE_COLUMNS: &str = "packages.id, packages.tenant, producer, subject, \
-    retention_class, metadata, status, created_at, created_sequence, finalized_at, \
+    retention_class, metadata, status, created_at, created_position, finalized_at, \
     manifest_digest, file_count, total_size, r.expires_at, r.legal_hold, r.hold_reason, \
     r.expired_at, r.expiry_reason";
 
@@ -125,7 +125,7 @@ impl Package {
                 .transpose()?,
             file_count: row.get::<_, i32>("file_count") as u64,
             total_size: row.get::<_, i64>("total_size") as u64,
-            created_sequence: row.get("created_sequence"),
+            created_position: row.get("created_position"),
             retention: RetentionInfo {
                 expires_at: row
                     .get::<_, Option<time::OffsetDateTime>>("expires_at")

@@ -195,7 +195,7 @@ impl Registry {
             let mut client = self.pool.get().await?;
             let tx = client.transaction().await?;
             let recorded = events::record(&tx, found).await?;
-            events::commit(tx, &recorded).await?;
+            events::commit(tx, &recorded, &self.sequencer).await?;
         }
         Ok(outcome)
     }

@@ -20,9 +20,10 @@ fn created(tenant: &TenantId, writer: usize, i: usize) -> DomainEvent {
     })
 }
 
-/// 16 writers append concurrently, every fifth transaction rolling back after taking its
-/// sequence numbers, while a reader tails from sequence 1 in small pages. The reader must see
-/// every committed event exactly once, in order, with no holes, and never an uncommitted one.
+/// 16 writers append concurrently through three sequencers (three processes), every fifth
+/// transaction rolling back after recording its events, while a reader tails from sequence 1
+/// in small pages. The reader must see every committed event exactly once, in order, with no
+/// holes, and never an uncommitted one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixteen_writers_with_rollbacks_leave_no_gaps_and_no_reorders() {
     const WRITERS: usize = 16;
@@ -63,10 +64,13 @@ async fn sixteen_writers_with_rollbacks_leave_no_gaps_and_no_reorders() {
         })
     };
 
+    let sequencers: Vec<events::Sequencer> =
+        (0..3).map(|_| events::Sequencer::new(db.pool(1))).collect();
     let mut writers = Vec::new();
     for w in 0..WRITERS {
         let db = db.clone();
         let tenant = tenant.clone();
+        let sequencer = sequencers[w % sequencers.len()].clone();
         writers.push(tokio::spawn(async move {
             let pool = db.pool(1);
             let mut client = pool.get().await.unwrap();
@@ -83,7 +87,7 @@ async fn sixteen_writers_with_rollbacks_leave_no_gaps_and_no_reorders() {
                 if (w + i) % 5 == 0 {
                     tx.rollback().await.unwrap();
                 } else {
-                    tx.commit().await.unwrap();
+                    events::commit(tx, &stored, &sequencer).await.unwrap();
                     committed.extend(stored.iter().map(|e| e.id));
                 }
             }
@@ -122,6 +126,92 @@ async fn sixteen_writers_with_rollbacks_leave_no_gaps_and_no_reorders() {
     assert_eq!(packages as usize, committed.len());
 }
 
+/// A writer that dies between its COMMIT and its numbering pass leaves its events committed
+/// but unnumbered: readers do not see them yet, and a numbering pass that dies before its
+/// COMMIT numbers nothing. The next pass of any process's sequencer numbers them, before the
+/// events committed after them.
+#[tokio::test]
+async fn events_left_unnumbered_by_a_crash_are_numbered_by_the_next_pass_in_order() {
+    let db = TestDb::new().await;
+    let pool = db.pool(2);
+    let tenant = TenantId::default_tenant();
+    let reader = db.client().await;
+    let visible = || async {
+        events::read_after(&reader, 0, 10, None, None)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| (e.sequence, e.id))
+            .collect::<Vec<_>>()
+    };
+
+    // Committed, and the writer died before asking for a pass.
+    let mut client = pool.get().await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    let orphan = events::record(&tx, vec![created(&tenant, 0, 0)])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    drop(client);
+    assert!(
+        visible().await.is_empty(),
+        "an unnumbered event is not shown"
+    );
+
+    // A pass killed before its COMMIT.
+    let dying_pool = db.pool(1);
+    let mut dying = dying_pool.get().await.unwrap();
+    let pid: i32 = dying
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let tx = dying.transaction().await.unwrap();
+    assert_eq!(events::number_committed(&tx).await.unwrap(), 1);
+    reader
+        .execute("SELECT pg_terminate_backend($1, 5000)", &[&pid])
+        .await
+        .unwrap();
+    assert!(tx.commit().await.is_err(), "the killed pass cannot commit");
+    assert!(
+        visible().await.is_empty(),
+        "the killed pass numbered nothing"
+    );
+
+    // Another process's writer: its pass numbers the orphan first, then its own event.
+    let sequencer = events::Sequencer::new(db.pool(1));
+    let mut client = pool.get().await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    let later = events::record(&tx, vec![created(&tenant, 0, 1)])
+        .await
+        .unwrap();
+    events::commit(tx, &later, &sequencer).await.unwrap();
+    assert_eq!(visible().await, vec![(1, orphan[0].id), (2, later[0].id)]);
+    let counter: i64 = reader
+        .query_one("SELECT last_sequence FROM event_counter", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(counter, 2);
+
+    // Left alone, a started sequencer numbers a dead writer's events within a tick.
+    sequencer.start();
+    let tx = client.transaction().await.unwrap();
+    let orphan = events::record(&tx, vec![created(&tenant, 0, 2)])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let deadline = Instant::now() + events::sequencer::TICK * 5;
+    while visible().await.len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "a tick numbers what a dead writer left"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(visible().await[2], (3, orphan[0].id));
+}
+
 #[tokio::test]
 async fn the_log_is_append_only() {
     let db = TestDb::new().await;
@@ -134,6 +224,9 @@ async fn the_log_is_append_only() {
     tx.commit().await.unwrap();
     for sql in [
         "UPDATE events SET type = 'x'",
+        "UPDATE events SET sequence = 1, type = 'x'",
+        "SELECT 1 FROM event_counter FOR UPDATE; UPDATE events SET sequence = 1; \
+         UPDATE events SET sequence = 2",
         "DELETE FROM events",
         "TRUNCATE events CASCADE",
     ] {
@@ -154,13 +247,15 @@ async fn tenant_and_type_filters() {
         .await
         .unwrap();
     let tx = client.transaction().await.unwrap();
-    events::record(
+    let recorded = events::record(
         &tx,
         vec![created(&a, 0, 0), created(&b, 0, 1), created(&a, 0, 2)],
     )
     .await
     .unwrap();
-    tx.commit().await.unwrap();
+    events::commit(tx, &recorded, &events::Sequencer::new(db.pool(1)))
+        .await
+        .unwrap();
     let only_a = events::read_after(&**client, 0, 100, Some(&a), None)
         .await
         .unwrap();

@@ -131,7 +131,7 @@ async fn eight_producers_four_consumers_no_miss_no_reorder() {
                         .await
                         .unwrap();
                 }
-                // A transaction that takes sequence numbers and rolls back.
+                // A transaction that records events and rolls back.
                 let mut client = pool.get().await.unwrap();
                 let tx = client.transaction().await.unwrap();
                 events::record(&tx, vec![DomainEvent::new(created(&tenant, r))])
@@ -171,19 +171,21 @@ async fn listener_loss_delays_but_never_loses_events() {
     let db = TestDb::new().await;
     let server = Server::start(&db, &[("ARTIFACTSTORE_TOKENS", TOKENS)]);
     let pool = db.pool(2);
+    let sequencer = events::Sequencer::new(pool.clone());
     let tenant = TenantId::default_tenant();
     let commit = |i: usize| {
         let pool = pool.clone();
         let tenant = tenant.clone();
+        let sequencer = sequencer.clone();
         async move {
             let mut client = pool.get().await.unwrap();
             let tx = client.transaction().await.unwrap();
             let mut p = created(&tenant, i);
             p.producer = "kept".into();
-            events::record(&tx, vec![DomainEvent::new(p)])
+            let recorded = events::record(&tx, vec![DomainEvent::new(p)])
                 .await
                 .unwrap();
-            tx.commit().await.unwrap();
+            events::commit(tx, &recorded, &sequencer).await.unwrap();
         }
     };
     // Wait until the listener is connected.

@@ -252,9 +252,9 @@ async fn a_file_row_must_have_its_packages_tenant() {
         .unwrap();
     let client = env.db.client().await;
     let insert = "INSERT INTO files (id, tenant, package_id, relative_path, size, media_type, \
-                  blake3, created_at, created_sequence) \
+                  blake3, created_at, created_position) \
                   SELECT gen_random_uuid(), $1, package_id, 'b.txt', size, media_type, blake3, \
-                         created_at, created_sequence FROM files WHERE id = $2";
+                         created_at, created_position FROM files WHERE id = $2";
     let refused = client
         .execute(insert, &[&other.as_str(), &file.id.0])
         .await

@@ -329,3 +329,107 @@ async fn set_based_views_equal_one_event_at_a_time() {
         String::from_utf8_lossy(&live)
     );
 }
+
+/// An expiry asks whether its files' blobs are still referenced. While another writer is adding
+/// a file for the same blob (recorded, not committed), the expiry waits for it, so it answers
+/// as a replay of the two (numbered in that order) does: the blob stays referenced, and the
+/// rebuilt views equal the live ones. Without the wait the expiry would mark the blob
+/// unreferenced although the other package's file names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiry_waits_for_a_concurrent_file_of_its_blob_and_replays_identically() {
+    use artifactstore::domain::{Clock, FileId, SystemClock};
+    use artifactstore::events::{DomainEvent, PackageExpired, Payload};
+    let env = TestEnv::new().await;
+    let registry = env.registry.clone();
+    let tenant = TenantId::default_tenant();
+    let old = crate::support::package(&registry).await;
+    let file = registry
+        .ingest_file(
+            &tenant,
+            old.id,
+            request("a.bin", false),
+            body(&random_bytes(1000, 7), 100),
+        )
+        .await
+        .unwrap();
+    let new = crate::support::package(&registry).await;
+
+    // The same bytes, as a file of the new package: recorded, not committed yet.
+    let client = registry.pool().get().await.unwrap();
+    let logged = events::read_after(&**client, 0, 100, None, Some("v1.file.ingested"))
+        .await
+        .unwrap();
+    drop(client);
+    let Some(Payload::FileIngested(mut ingested)) =
+        Payload::decode(&logged[0].event_type, &logged[0].payload).unwrap()
+    else {
+        panic!("not a file event");
+    };
+    ingested.file_id = FileId::generate();
+    ingested.package_id = new.id;
+    ingested.relative_path = RelativePath::new("b.bin").unwrap();
+    let mut writer = registry.pool().get().await.unwrap();
+    let adding = writer.transaction().await.unwrap();
+    let added = events::record(&adding, vec![DomainEvent::of(&tenant, ingested)])
+        .await
+        .unwrap();
+
+    let expiry = {
+        let registry = registry.clone();
+        let tenant = tenant.clone();
+        tokio::spawn(async move {
+            let now = SystemClock.now();
+            let mut client = registry.pool().get().await.unwrap();
+            let tx = client.transaction().await.unwrap();
+            let expired = PackageExpired {
+                package_id: old.id,
+                retention_class: old.retention_class.clone(),
+                reason: "test".into(),
+                due_at: now,
+                expired_at: now,
+            };
+            let recorded = events::record(&tx, vec![DomainEvent::of(&tenant, expired)])
+                .await
+                .unwrap();
+            events::commit(tx, &recorded, registry.sequencer())
+                .await
+                .unwrap();
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !expiry.is_finished(),
+        "the expiry waits for the uncommitted file of its blob"
+    );
+    events::commit(adding, &added, registry.sequencer())
+        .await
+        .unwrap();
+    expiry.await.unwrap();
+
+    let client = registry.pool().get().await.unwrap();
+    let unreferenced: Option<time::OffsetDateTime> = client
+        .query_one(
+            "SELECT unreferenced_since FROM blobs WHERE blake3 = $1",
+            &[&file.blake3.0.to_vec()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        unreferenced, None,
+        "the new package's file references the blob"
+    );
+    let order: Vec<String> = events::read_after(&**client, 0, 100, None, None)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.event_type.clone())
+        .collect();
+    assert_eq!(
+        &order[order.len() - 2..],
+        ["v1.file.ingested", "v1.package.expired"],
+        "numbered in the order they applied"
+    );
+    let check = events::replay(registry.pool(), true).await.unwrap();
+    assert_eq!(check.identical, Some(true));
+}

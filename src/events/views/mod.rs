@@ -23,17 +23,17 @@ pub const VIEW_TABLES: &[(&str, &str)] = &[
     ("manifests", "package_id"),
     ("retention_state", "package_id"),
     ("tenant_quotas", "tenant"),
-    ("tenant_usage", "tenant"),
+    ("tenant_usage", "tenant, slot"),
 ];
 
 /// Applies one event to the views.
 pub async fn apply(tx: &Tx<'_>, event: &StoredEvent) -> Result<()> {
     let payload = Payload::decode(&event.event_type, &event.payload)
-        .map_err(|e| Error::Integrity(format!("event {} payload: {e}", event.sequence)))?
+        .map_err(|e| Error::Integrity(format!("event {} payload: {e}", event.id)))?
         .ok_or_else(|| {
             Error::Integrity(format!(
                 "event {} has unknown type `{}`; this build cannot apply it",
-                event.sequence, event.event_type
+                event.id, event.event_type
             ))
         })?;
     match &payload {

@@ -21,7 +21,7 @@ pub(super) async fn created(tx: &Tx<'_>, event: &StoredEvent, p: &PackageCreated
         &p.retention_class,
         &metadata,
         &created_at,
-        &event.sequence,
+        &event.position,
     ];
     let retention: [Param; 2] = [id, &tenant];
     // Both statements in one round trip, run in this order.
@@ -30,7 +30,7 @@ pub(super) async fn created(tx: &Tx<'_>, event: &StoredEvent, p: &PackageCreated
         &[
             (
                 "INSERT INTO packages (id, tenant, producer, subject, retention_class, metadata, \
-                                       status, created_at, created_sequence) \
+                                       status, created_at, created_position) \
                  VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $8)",
                 &package,
             ),
@@ -64,9 +64,9 @@ pub(super) async fn created_together(
         .iter()
         .map(|(_, p)| p.created_at.as_datetime())
         .collect();
-    let sequences: Vec<i64> = run.iter().map(|(e, _)| e.sequence).collect();
+    let positions: Vec<i64> = run.iter().map(|(e, _)| e.position).collect();
     let packages: [Param; 8] = [
-        &ids, &tenants, &producers, &subjects, &classes, &metadata, &times, &sequences,
+        &ids, &tenants, &producers, &subjects, &classes, &metadata, &times, &positions,
     ];
     let retention: [Param; 2] = [&ids, &tenants];
     exec_in_order(
@@ -74,7 +74,7 @@ pub(super) async fn created_together(
         &[
             (
                 "INSERT INTO packages (id, tenant, producer, subject, retention_class, metadata, \
-                                       status, created_at, created_sequence) \
+                                       status, created_at, created_position) \
                  SELECT i, t, p, s, c, m, 'open', a, q \
                  FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
                              $6::jsonb[], $7::timestamptz[], $8::int8[]) \
@@ -107,10 +107,7 @@ pub(super) async fn file_ingested(
             .prepare_cached("DELETE FROM files WHERE id = $1 RETURNING size, blake3, package_id")
             .await?;
         let row = tx.query_opt(&statement, &[&old.0]).await?.ok_or_else(|| {
-            Error::Integrity(format!(
-                "event {} replaces unknown file {old}",
-                event.sequence
-            ))
+            Error::Integrity(format!("event {} replaces unknown file {old}", event.id))
         })?;
         let (removed_size, old_blob, package): (i64, Vec<u8>, uuid::Uuid) =
             (row.get(0), row.get(1), row.get(2));
@@ -142,7 +139,7 @@ pub(super) async fn finalized(tx: &Tx<'_>, event: &StoredEvent, m: &Manifest) ->
     if updated != 1 {
         return Err(Error::Integrity(format!(
             "event {} finalizes package {} which is not open",
-            event.sequence, m.package.id
+            event.id, m.package.id
         )));
     }
     exec(
@@ -182,7 +179,7 @@ struct Columns<'a> {
     package: Vec<uuid::Uuid>,
     path: Vec<&'a str>,
     media: Vec<&'a str>,
-    sequence: Vec<i64>,
+    position: Vec<i64>,
 }
 
 impl<'a> Columns<'a> {
@@ -200,7 +197,7 @@ impl<'a> Columns<'a> {
             package: Vec::with_capacity(n),
             path: Vec::with_capacity(n),
             media: Vec::with_capacity(n),
-            sequence: Vec::with_capacity(n),
+            position: Vec::with_capacity(n),
         };
         for (event, f) in run {
             c.blake3.push(hex_bytes(&f.blake3)?);
@@ -217,7 +214,7 @@ impl<'a> Columns<'a> {
             c.package.push(f.package_id.0);
             c.path.push(f.relative_path.as_str());
             c.media.push(f.media_type.as_str());
-            c.sequence.push(event.sequence);
+            c.position.push(event.position);
         }
         Ok(c)
     }
@@ -225,7 +222,8 @@ impl<'a> Columns<'a> {
 
 /// The views of ingests that replace nothing (one, or a run of them), set-based: five
 /// statements whatever their number, sent together (tokio-postgres pipelines concurrent
-/// requests on one connection, in order), so the sequence lock waits one round trip for them.
+/// requests on one connection, in order). Files go in in digest order, so the blob rows their
+/// foreign key takes are taken in the order expiries take them (no deadlock between the two).
 pub(super) async fn ingests_together(
     tx: &Tx<'_>,
     run: &[(&StoredEvent, &FileIngested)],
@@ -242,12 +240,12 @@ pub(super) async fn ingests_together(
         package,
         path,
         media,
-        sequence,
+        position,
     } = Columns::of(run)?;
     let blobs: [Param; 4] = [&blake3, &sha256, &sizes, &at];
     let locations: [Param; 4] = [&blake3, &backend, &key, &at];
     let files: [Param; 9] = [
-        &id, &tenant, &package, &path, &sizes, &media, &blake3, &at, &sequence,
+        &id, &tenant, &package, &path, &sizes, &media, &blake3, &at, &position,
     ];
     let referenced: [Param; 1] = [&blake3];
     let packages: [Param; 2] = [&package, &sizes];
@@ -274,9 +272,10 @@ pub(super) async fn ingests_together(
             ),
             (
                 "INSERT INTO files (id, tenant, package_id, relative_path, size, media_type, blake3, \
-                                    created_at, created_sequence) \
+                                    created_at, created_position) \
                  SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::int8[], \
-                                      $6::text[], $7::bytea[], $8::timestamptz[], $9::int8[])",
+                                      $6::text[], $7::bytea[], $8::timestamptz[], $9::int8[]) \
+                 ORDER BY 7",
                 &files,
             ),
             (

@@ -121,7 +121,7 @@ pub async fn define_instant_class(registry: &Registry) {
     use artifactstore::events::{ClassDefined, DomainEvent};
     let mut client = registry.pool().get().await.unwrap();
     let tx = client.transaction().await.unwrap();
-    artifactstore::events::record(
+    let recorded = artifactstore::events::record(
         &tx,
         vec![DomainEvent::new(ClassDefined {
             name: "instant".into(),
@@ -132,5 +132,7 @@ pub async fn define_instant_class(registry: &Registry) {
     )
     .await
     .unwrap();
-    tx.commit().await.unwrap();
+    artifactstore::events::commit(tx, &recorded, registry.sequencer())
+        .await
+        .unwrap();
 }

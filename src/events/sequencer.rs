@@ -1,0 +1,193 @@
+//! The sequencer: gives committed events their gapless, ordered sequence numbers.
+//!
+//! Writers commit their events unnumbered, holding no lock that other writers wait for beyond
+//! the rows they change (see `sql/V10__event_sequencer.sql`). A numbering pass is one short
+//! transaction that takes `event_counter`'s row lock, numbers every committed unnumbered event
+//! in ticket order after the last number given, and commits. Passes are serialized by that
+//! lock and a reader only sees numbered events, so what a reader sees is always the whole
+//! prefix `1..=last`: no gap, and never a number before a smaller one. A writer that rolls back
+//! never had a number; one that dies after COMMIT leaves its events for the next pass.
+//!
+//! Each process has one [`Sequencer`] with a connection of its own (not from the pool: writers
+//! waiting for a pass hold pooled connections). After COMMIT a writer asks it for a pass and
+//! waits until a pass that began after the COMMIT has ended ([`Sequencer::numbered`]), so when
+//! a mutation returns its events are in the log readers see. Requests coalesce: one pass
+//! numbers every event committed before it began, whichever writer or process committed it.
+//! Once started, the sequencer also runs a pass every [`TICK`], which numbers the events of a
+//! process that died between its COMMIT and its pass.
+
+use crate::error::Result;
+use deadpool_postgres::GenericClient;
+use deadpool_postgres::Pool;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
+
+/// Most events one numbering statement takes (a pass repeats it until none are left).
+const BATCH: i64 = 10_000;
+
+/// How often a started sequencer runs a pass unasked.
+pub const TICK: Duration = Duration::from_secs(1);
+
+/// How long a writer waits for its events to be numbered before it returns anyway (they are
+/// committed and will be numbered by a later pass; only read-your-writes is lost).
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Numbers the next unnumbered committed events (at most [`BATCH`]) in ticket order, after the
+/// counter's last number; run only under the counter's row lock ([`number_committed`]). A
+/// statement of its own, so its snapshot sees every event committed before the lock was had.
+const NUMBER: &str = "\
+    WITH pending AS ( \
+        SELECT position, row_number() OVER (ORDER BY ticket, position) AS n \
+        FROM (SELECT position, ticket FROM events WHERE sequence IS NULL \
+              ORDER BY ticket, position LIMIT $1) p), \
+    numbered AS ( \
+        UPDATE events e SET sequence = (SELECT last_sequence FROM event_counter) + pending.n \
+        FROM pending WHERE e.position = pending.position RETURNING 1) \
+    UPDATE event_counter SET last_sequence = last_sequence + (SELECT count(*) FROM numbered) \
+    RETURNING (SELECT count(*) FROM numbered)";
+
+/// Numbers every committed unnumbered event, inside the caller's transaction: takes the
+/// counter's row lock (held until that transaction ends; waits while another pass holds it),
+/// then numbers. Returns how many events it numbered.
+pub async fn number_committed(tx: &impl GenericClient) -> Result<u64> {
+    tx.execute("SELECT 1 FROM event_counter FOR UPDATE", &[])
+        .await?;
+    let statement = tx.prepare_cached(NUMBER).await?;
+    let mut total = 0u64;
+    loop {
+        let numbered: i64 = tx.query_one(&statement, &[&BATCH]).await?.get(0);
+        total += numbered.unsigned_abs();
+        if numbered < BATCH {
+            return Ok(total);
+        }
+    }
+}
+
+/// One process's sequencer (cheap to clone; the background task ends soon after the last
+/// clone is dropped).
+#[derive(Clone)]
+pub struct Sequencer {
+    shared: Arc<Shared>,
+    /// Only its strong count matters: the task stops when no handle is left.
+    alive: Arc<()>,
+}
+
+struct Shared {
+    pool: Pool,
+    /// Passes asked for so far; a pass started after request `n` was made answers it.
+    requested: AtomicU64,
+    wake: Notify,
+    /// The highest request answered by a finished pass.
+    answered: watch::Sender<u64>,
+    started: OnceLock<()>,
+}
+
+impl std::fmt::Debug for Sequencer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sequencer")
+            .field("requested", &self.shared.requested.load(Ordering::Relaxed))
+            .field("answered", &*self.shared.answered.borrow())
+            .finish()
+    }
+}
+
+impl Sequencer {
+    /// A sequencer whose connection is made like `pool`'s (it does not start until
+    /// [`start`](Self::start) or the first [`numbered`](Self::numbered)).
+    pub fn new(pool: Pool) -> Self {
+        Sequencer {
+            shared: Arc::new(Shared {
+                pool,
+                requested: AtomicU64::new(0),
+                wake: Notify::new(),
+                answered: watch::channel(0).0,
+                started: OnceLock::new(),
+            }),
+            alive: Arc::new(()),
+        }
+    }
+
+    /// Starts the background task (once; later calls do nothing): from then on a pass also
+    /// runs every [`TICK`]. A server or worker starts it, so that events committed by a
+    /// process that died before numbering them are numbered within a tick.
+    pub fn start(&self) {
+        self.shared.started.get_or_init(|| {
+            let shared = self.shared.clone();
+            let alive = Arc::downgrade(&self.alive);
+            tokio::spawn(run(shared, alive));
+        });
+    }
+
+    /// Waits until every event committed before this call is numbered (at most a few seconds;
+    /// after that the events are numbered by a later pass, and a warning is logged).
+    pub async fn numbered(&self) {
+        self.start();
+        let request = self.shared.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut answered = self.shared.answered.subscribe();
+        self.shared.wake.notify_one();
+        let waited = tokio::time::timeout(WAIT, answered.wait_for(|a| *a >= request)).await;
+        if !matches!(waited, Ok(Ok(_))) {
+            tracing::warn!(
+                waited = ?WAIT,
+                "committed events not numbered yet; a later pass will number them"
+            );
+        }
+    }
+}
+
+async fn run(shared: Arc<Shared>, alive: Weak<()>) {
+    let mut connection: Option<deadpool_postgres::ClientWrapper> = None;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        tokio::select! {
+            () = shared.wake.notified() => {}
+            () = tokio::time::sleep(TICK) => {}
+        }
+        if alive.strong_count() == 0 {
+            return;
+        }
+        // Every request made before this load was made after its writer's COMMIT; the pass
+        // below takes its snapshot later, so it sees (and numbers) those events.
+        let target = shared.requested.load(Ordering::SeqCst);
+        match pass(&shared.pool, &mut connection).await {
+            Ok(_) => {
+                backoff = Duration::from_millis(50);
+                shared.answered.send_modify(|a| *a = (*a).max(target));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "event sequencer pass failed");
+                connection = None;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                shared.wake.notify_one();
+            }
+        }
+    }
+}
+
+/// One numbering pass on the sequencer's own connection (made first if there is none).
+async fn pass(
+    pool: &Pool,
+    connection: &mut Option<deadpool_postgres::ClientWrapper>,
+) -> Result<u64> {
+    use deadpool::managed::Manager as _;
+    if connection.as_ref().is_none_or(|c| c.is_closed()) {
+        let made = pool
+            .manager()
+            .create()
+            .await
+            .map_err(|e| crate::error::Error::Database(format!("sequencer connection: {e}")))?;
+        *connection = Some(made);
+    }
+    let Some(client) = connection.as_mut() else {
+        return Err(crate::error::Error::Database(
+            "no sequencer connection".into(),
+        ));
+    };
+    let tx = client.transaction().await?;
+    let numbered = number_committed(&tx).await?;
+    tx.commit().await?;
+    Ok(numbered)
+}
