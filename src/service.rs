@@ -19,7 +19,7 @@ impl DatabaseHandle {
     pub async fn open(settings: &Settings) -> Result<Self> {
         match &settings.database_url {
             Some(url) => Ok(DatabaseHandle {
-                url: url.clone(),
+                url: url.0.clone(),
                 cluster: None,
             }),
             None => {

@@ -234,8 +234,9 @@ pub struct Settings {
     pub metrics_listen: MetricsListen,
     /// Data directory.
     pub data_dir: PathBuf,
-    /// Database URL, if not the private cluster.
-    pub database_url: Option<String>,
+    /// Database URL, if not the private cluster (its `Debug` never prints it: it may hold a
+    /// password).
+    pub database_url: Option<DatabaseUrl>,
     /// The private cluster's directory, if not `<data_dir>/postgres`.
     pub postgres_dir: Option<PathBuf>,
     /// Local backend root.
@@ -268,7 +269,7 @@ pub struct Settings {
 
 impl ServiceArgs {
     /// The database URL, with the password from ARTIFACTSTORE_DATABASE_PASSWORD_FILE put in.
-    fn resolved_database_url(&self) -> Result<Option<String>, ConfigError> {
+    fn resolved_database_url(&self) -> Result<Option<DatabaseUrl>, ConfigError> {
         let database_url = self
             .database_url
             .as_ref()
@@ -280,14 +281,14 @@ impl ServiceArgs {
                 .as_deref()
                 .filter(|f| !f.as_os_str().is_empty()),
         ) {
-            (Some(url), Some(file)) => with_password_from(&url, file).map(Some),
+            (Some(url), Some(file)) => with_password_from(&url, file).map(|u| Some(DatabaseUrl(u))),
             (None, Some(_)) => Err(invalid(
                 "ARTIFACTSTORE_DATABASE_PASSWORD_FILE",
                 "--database-password-file",
                 "is only used with ARTIFACTSTORE_DATABASE_URL (the private cluster has a \
                  password of its own)",
             )),
-            (url, None) => Ok(url),
+            (url, None) => Ok(url.map(DatabaseUrl)),
         }
     }
 
@@ -427,6 +428,27 @@ mod tests {
         assert!(err.contains("at least one byte"), "{err}");
         let err = refusal(&["x", "--data-dir", ""]);
         assert!(err.contains("ARTIFACTSTORE_DATA_DIR"), "{err}");
+    }
+
+    #[test]
+    fn settings_never_print_the_database_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "fromthefile\n").unwrap();
+        let inline = Cli::parse_from(["x", "--database-url", "postgres://app:inlinepw@db/x"]);
+        let from_file = Cli::parse_from([
+            "x",
+            "--database-url",
+            "postgres://app@db/x",
+            "--database-password-file",
+            file.to_str().unwrap(),
+        ]);
+        for (cli, password) in [(inline, "inlinepw"), (from_file, "fromthefile")] {
+            let settings = cli.args.resolve().unwrap();
+            assert!(settings.database_url.as_ref().unwrap().0.contains(password));
+            let printed = format!("{settings:?}");
+            assert!(!printed.contains(password), "{printed}");
+        }
     }
 
     #[test]

@@ -33,7 +33,12 @@ pub(super) fn with_password_from(url: &str, file: &std::path::Path) -> Result<St
         parsed.to_string()
     } else {
         // `key=value` form.
-        if url.split_whitespace().any(|kv| kv.starts_with("password=")) {
+        let named = crate::db::target(url)
+            .map_err(|e| refuse(e.to_string()))?
+            .config
+            .get_password()
+            .is_some();
+        if named {
             return Err(refuse(
                 "the database URL names a password already: take it out of the URL".into(),
             ));
@@ -65,12 +70,24 @@ mod tests {
         let kv = with_password_from("host=db user=app dbname=store", &file).unwrap();
         let config: tokio_postgres::Config = kv.parse().unwrap();
         assert_eq!(config.get_password(), Some(&b"p@ss:w/rd 'x'%41"[..]));
-        // A URL naming a password already, and files that hold no secret, are refused.
-        let twice = with_password_from("postgres://app:old@db/store", &file).unwrap_err();
-        assert!(
-            twice.to_string().contains("names a password already"),
-            "{twice}"
+        // Whitespace and what looks like another option stay part of the password.
+        std::fs::write(&file, "a\tb  c sslrootcert=/x sslmode=verify-ca\n").unwrap();
+        let kv = with_password_from("host=db user=app dbname=store", &file).unwrap();
+        let target = crate::db::target(&kv).unwrap();
+        assert_eq!(
+            target.config.get_password(),
+            Some(&b"a\tb  c sslrootcert=/x sslmode=verify-ca"[..])
         );
+        assert!(target.tls.is_none());
+        std::fs::write(&file, "p@ss:w/rd 'x'%41\n").unwrap();
+        // A URL naming a password already, and files that hold no secret, are refused.
+        for url in ["postgres://app:old@db/store", "host=db password = 'old'"] {
+            let twice = with_password_from(url, &file).unwrap_err();
+            assert!(
+                twice.to_string().contains("names a password already"),
+                "{twice}"
+            );
+        }
         std::fs::write(&file, "\n").unwrap();
         assert!(with_password_from("postgres://app@db/store", &file).is_err());
         std::fs::write(&file, vec![b'x'; 5000]).unwrap();

@@ -88,13 +88,75 @@ fn take_tls_options(url: &str) -> Result<(String, Option<PathBuf>)> {
         }
     } else {
         let mut kept = Vec::new();
-        for pair in url.split_whitespace() {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            kept.extend(keep(key, value.trim_matches('\''), pair)?);
+        for (key, value, pair) in key_value_pairs(url)? {
+            kept.extend(keep(key, &value, pair)?);
         }
         kept.join(" ")
     };
     Ok((rest, root_cert))
+}
+
+/// The options of a libpq `key=value` connection string, as libpq reads them: `key = value`
+/// pairs apart by whitespace, a value single-quoted or not, `\\` escaping the next character.
+/// Each comes with its text as written, so a quoted value (a password with spaces, or with
+/// what looks like another option) is passed on whole.
+fn key_value_pairs(text: &str) -> Result<Vec<(&str, String, &str)>> {
+    let invalid = |what: &str| Error::InvalidInput(format!("database URL: {what}"));
+    let bytes = text.as_bytes();
+    let skip_space = |mut i: usize| {
+        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        i
+    };
+    let mut pairs = Vec::new();
+    let mut i = skip_space(0);
+    while i < bytes.len() {
+        let start = i;
+        while i < bytes.len() && bytes[i] != b'=' && !bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let key = &text[start..i];
+        i = skip_space(i);
+        if key.is_empty() || bytes.get(i) != Some(&b'=') {
+            return Err(invalid(&format!("option `{key}` has no `=`")));
+        }
+        i = skip_space(i + 1);
+        let quoted = bytes.get(i) == Some(&b'\'');
+        if quoted {
+            i += 1;
+        }
+        let mut value = Vec::new();
+        loop {
+            match bytes.get(i) {
+                None if quoted => {
+                    return Err(invalid(&format!("option `{key}`: unterminated quote")));
+                }
+                None => break,
+                Some(b'\'') if quoted => {
+                    i += 1;
+                    break;
+                }
+                Some(c) if !quoted && c.is_ascii_whitespace() => break,
+                Some(b'\\') => {
+                    let escaped = bytes
+                        .get(i + 1)
+                        .ok_or_else(|| invalid(&format!("option `{key}` ends in `\\`")))?;
+                    value.push(*escaped);
+                    i += 2;
+                }
+                Some(c) => {
+                    value.push(*c);
+                    i += 1;
+                }
+            }
+        }
+        let value =
+            String::from_utf8(value).map_err(|_| invalid(&format!("{key} is not UTF-8")))?;
+        pairs.push((key, value, &text[start..i]));
+        i = skip_space(i);
+    }
+    Ok(pairs)
 }
 
 /// A rustls connector trusting the certificates in `root_cert`, else the system's roots.
@@ -172,6 +234,22 @@ mod tests {
         let (rest, _) = take_tls_options("host=db sslmode=verify-full").unwrap();
         assert_eq!(rest, "host=db sslmode=require");
         assert!(take_tls_options("postgres://db/x?sslmode=verify-ca").is_err());
+    }
+
+    #[test]
+    fn quoted_key_value_options_pass_through_whole() {
+        // A quoted value keeps its whitespace and its look-alike options, as libpq reads it.
+        let url = "host=db  user = app password='a\tb  c sslrootcert=/x sslmode=verify-ca \\'q'";
+        let (rest, cert) = take_tls_options(url).unwrap();
+        assert_eq!(cert, None);
+        let config = tokio_postgres::Config::from_str(&rest).unwrap();
+        assert_eq!(
+            config.get_password(),
+            Some(&b"a\tb  c sslrootcert=/x sslmode=verify-ca 'q"[..])
+        );
+        assert_eq!(config.get_user(), Some("app"));
+        assert!(take_tls_options("host=db password='open").is_err());
+        assert!(take_tls_options("host=db lonely").is_err());
     }
 
     #[test]

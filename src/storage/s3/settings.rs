@@ -4,8 +4,8 @@ use serde::Deserialize;
 
 /// Where a secret comes from: never the configuration file itself, never a request.
 ///
-/// Written `env:NAME` (an environment variable) or `file:/path` (a mounted secret file; one
-/// trailing newline is ignored).
+/// Written `env:NAME` (an environment variable) or `file:/path` (a mounted secret file, read by
+/// [`read_secret`](crate::domain::read_secret): trailing newlines are ignored).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub enum SecretRef {
