@@ -4,10 +4,12 @@
 -- - `position` (from a plain sequence, taken before the writer touches the views) is the key
 --   the views keep (`created_position`); replay reads it from the event, so rebuilt views are
 --   identical. It is unique, never reused, but neither gapless nor in commit order.
--- - `ticket` is taken by the INSERT of the events, the last statement that locks anything in
---   the writer's transaction. Two writers whose view changes conflict wait on a row lock, so
---   the one that waited takes its ticket after the other committed: numbering committed
---   events in ticket order puts conflicting transactions in the order they really applied.
+-- - `ticket` is taken by the INSERT of the events, after every statement of the writer's
+--   transaction that changes a view (what follows it, a quota check, changes none). Two
+--   writers whose view changes conflict wait on a row lock, so the one that waited takes its
+--   ticket after the other committed: numbering committed events in ticket order puts
+--   conflicting transactions in the order they really applied. Transactions that do not
+--   conflict are numbered in ticket order, which need not be the order of their COMMITs.
 -- - `sequence` is NULL until the sequencer numbers the event: it holds `event_counter`'s row
 --   lock for that one short transaction, so sequence numbers stay gapless and become visible
 --   in order (a reader only sees numbered events).
@@ -51,7 +53,23 @@ END $$;
 CREATE TRIGGER events_no_update BEFORE UPDATE OR DELETE ON events
     FOR EACH ROW EXECUTE FUNCTION events_numbered_only();
 
--- Listeners are woken when events are numbered (the payload as in V6), not when inserted.
+-- Listeners are woken when events are numbered (the payload as in V6), not when inserted; a
+-- statement that numbered nothing wakes nobody.
+CREATE OR REPLACE FUNCTION events_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    latest  bigint;
+    tenants text;
+BEGIN
+    SELECT max(sequence), string_agg(DISTINCT tenant, ',') INTO latest, tenants FROM new_events;
+    IF latest IS NULL THEN
+        RETURN NULL;
+    ELSIF tenants IS NULL OR length(tenants) > 7000 THEN
+        PERFORM pg_notify('artifactstore_events', latest::text);
+    ELSE
+        PERFORM pg_notify('artifactstore_events', latest::text || ' ' || tenants);
+    END IF;
+    RETURN NULL;
+END $$;
 CREATE TRIGGER events_notify AFTER UPDATE ON events
     REFERENCING NEW TABLE AS new_events
     FOR EACH STATEMENT EXECUTE FUNCTION events_notify();
@@ -122,3 +140,40 @@ SELECT tenant, hashtext(id::text) & 63, sum(total_size), count(*) FILTER (WHERE 
 FROM packages
 GROUP BY 1, 2
 HAVING sum(total_size) <> 0 OR count(*) FILTER (WHERE status <> 'expired') <> 0;
+
+-- The blob rows a writer's view changes take, taken first, in digest order, in one statement
+-- (src/events/views/locks.rs): `FOR KEY SHARE` where a file or copy comes to name the blob (as
+-- the foreign keys take it later; `FOR NO KEY UPDATE` if it is unreferenced, as clearing that
+-- takes it later), `FOR UPDATE` where one may stop naming it (a replaced file,
+-- an expired package's files, a collection). Writers then never wait for one another's blob
+-- rows in opposite orders, and a question whether a blob is still referenced is asked only
+-- once every writer adding a reference to it has committed.
+CREATE FUNCTION lock_blobs(adding bytea[], releasing bytea[], releasing_files uuid[],
+                           releasing_packages uuid[]) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    digest    bytea;
+    exclusive boolean;
+BEGIN
+    FOR digest, exclusive IN
+        SELECT b, bool_or(x) FROM (
+            SELECT unnest(adding), false
+            UNION ALL SELECT unnest(releasing), true
+            UNION ALL SELECT blake3, true FROM files
+                      WHERE id = ANY(releasing_files) OR package_id = ANY(releasing_packages)
+        ) AS touched(b, x)
+        GROUP BY b ORDER BY b
+    LOOP
+        IF exclusive THEN
+            PERFORM 1 FROM blobs WHERE blake3 = digest FOR UPDATE;
+        ELSE
+            -- A referenced blob is only named again (its row keeps its values); an
+            -- unreferenced one is made referenced (`unreferenced_since` cleared), which takes
+            -- more: take that now rather than later, out of order.
+            PERFORM 1 FROM blobs WHERE blake3 = digest AND unreferenced_since IS NULL
+                FOR KEY SHARE;
+            IF NOT FOUND THEN
+                PERFORM 1 FROM blobs WHERE blake3 = digest FOR NO KEY UPDATE;
+            END IF;
+        END IF;
+    END LOOP;
+END $$;

@@ -5,7 +5,7 @@
 //! CBOR with a JCS JSON projection. Files are content-addressed by BLAKE3 and SHA-256, computed
 //! in one streaming pass; identical bytes are stored once.
 //!
-//! PostgreSQL holds an append-only event log (gapless, commit-ordered sequence numbers) and
+//! PostgreSQL holds an append-only event log (gapless sequence numbers, given as events commit) and
 //! views derived from it in the same transaction; [`events::replay`] rebuilds the views from
 //! the log exactly. Bytes live in a pluggable [`storage::BlobStore`].
 //!

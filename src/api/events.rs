@@ -23,7 +23,7 @@ pub struct EventsApi;
 /// One event (JSON form).
 #[derive(Debug, Object)]
 pub struct EventJson {
-    /// Gapless, commit-ordered position in the log.
+    /// Gapless place in the log, given as events commit: a reader from 1 sees every event once, in order.
     pub sequence: i64,
     /// Unique id.
     pub id: Uuid,

@@ -15,8 +15,9 @@ pub const NOTIFY_CHANNEL: &str = "artifactstore_events";
 /// An event as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredEvent {
-    /// Gapless, commit-ordered place in the log (from 1), given by the sequencer after the
-    /// event committed; 0 in what [`record`](super::record) returns.
+    /// Gapless place in the log (from 1), given by the sequencer after the event committed: an
+    /// event committed before a numbering pass began is numbered before any committed later;
+    /// 0 in what [`record`](super::record) returns.
     pub sequence: i64,
     /// Unique key taken when the event was recorded, before its views changed: what the views
     /// keep (e.g. `packages.created_position`) so that a replay rebuilds them identically.
@@ -54,13 +55,13 @@ impl StoredEvent {
 const POSITIONS: &str = "SELECT nextval('event_positions') FROM generate_series(1, $1::int)";
 
 /// Inserts the events, unnumbered, with one ticket for the statement: what the sequencer orders
-/// committed events by, so this must be the last statement of the transaction that locks
-/// anything (see `sql/V10__event_sequencer.sql`).
+/// committed events by, so this must come after every statement of the transaction that
+/// changes a view (see `sql/V10__event_sequencer.sql`).
 const INSERT: &str = "\
     INSERT INTO events (position, ticket, id, type, tenant, subject_id, occurred_at, payload) \
+    WITH t AS MATERIALIZED (SELECT nextval('event_tickets') AS ticket) \
     SELECT e.position, t.ticket, e.id, e.type, e.tenant, e.subject_id, e.occurred_at, e.payload \
-    FROM (SELECT nextval('event_tickets') AS ticket) t, \
-         unnest($1::int8[], $2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::timestamptz[], \
+    FROM t, unnest($1::int8[], $2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::timestamptz[], \
                 $7::bytea[]) AS e(position, id, type, tenant, subject_id, occurred_at, payload)";
 
 /// The events as they will be stored, each with a fresh position (unnumbered).

@@ -43,6 +43,7 @@ pub async fn record(tx: &crate::db::Tx<'_>, events: Vec<DomainEvent>) -> Result<
     );
     async {
         let stored = log::prepare(tx, &events).await?;
+        views::lock_touched_blobs(tx, &stored).await?;
         views::apply_all(tx, &stored).await?;
         log::insert(tx, &stored).await?;
         Ok(stored)

@@ -34,6 +34,23 @@ pub const TICK: Duration = Duration::from_secs(1);
 /// committed and will be numbered by a later pass; only read-your-writes is lost).
 const WAIT: Duration = Duration::from_secs(10);
 
+/// Longest a pass may take before its connection is dropped (and its transaction, with the
+/// counter's lock, rolled back); the connection's own timeouts below make PostgreSQL end it
+/// too if this process stops answering in the middle of a pass (paused, partitioned).
+const PASS_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Set on the sequencer's connection: no pass holds the counter's lock for long, whatever
+/// happens to this process or its network.
+const SESSION_LIMITS: &str = "SET statement_timeout = '20s'; \
+    SET idle_in_transaction_session_timeout = '5s'; \
+    SET application_name = 'artifactstore sequencer'";
+
+/// Whether any committed event waits for its number (a pass without one takes no lock).
+const ANY_UNNUMBERED: &str = "SELECT EXISTS (SELECT 1 FROM events WHERE sequence IS NULL)";
+
+/// Takes the counter's row lock (see [`number_committed`]).
+const LOCK_COUNTER: &str = "SELECT 1 FROM event_counter FOR UPDATE";
+
 /// Numbers the next unnumbered committed events (at most [`BATCH`]) in ticket order, after the
 /// counter's last number; run only under the counter's row lock ([`number_committed`]). A
 /// statement of its own, so its snapshot sees every event committed before the lock was had.
@@ -52,17 +69,17 @@ const NUMBER: &str = "\
 /// counter's row lock (held until that transaction ends; waits while another pass holds it),
 /// then numbers. Returns how many events it numbered.
 pub async fn number_committed(tx: &impl GenericClient) -> Result<u64> {
-    tx.execute("SELECT 1 FROM event_counter FOR UPDATE", &[])
-        .await?;
-    let statement = tx.prepare_cached(NUMBER).await?;
-    let mut total = 0u64;
-    loop {
-        let numbered: i64 = tx.query_one(&statement, &[&BATCH]).await?.get(0);
+    let (lock, number) =
+        futures::try_join!(tx.prepare_cached(LOCK_COUNTER), tx.prepare_cached(NUMBER))?;
+    // Sent together, run in order: the numbering statement starts once the lock is had.
+    let (_, first) = futures::try_join!(tx.execute(&lock, &[]), tx.query_one(&number, &[&BATCH]))?;
+    let mut numbered: i64 = first.get(0);
+    let mut total = numbered.unsigned_abs();
+    while numbered >= BATCH {
+        numbered = tx.query_one(&number, &[&BATCH]).await?.get(0);
         total += numbered.unsigned_abs();
-        if numbered < BATCH {
-            return Ok(total);
-        }
     }
+    Ok(total)
 }
 
 /// One process's sequencer (cheap to clone; the background task ends soon after the last
@@ -120,8 +137,8 @@ impl Sequencer {
         });
     }
 
-    /// Waits until every event committed before this call is numbered (at most a few seconds;
-    /// after that the events are numbered by a later pass, and a warning is logged).
+    /// Waits until every event committed before this call is numbered (at most [`WAIT`]; after
+    /// that the events are numbered by a later pass, and a warning is logged).
     pub async fn numbered(&self) {
         self.start();
         let request = self.shared.requested.fetch_add(1, Ordering::SeqCst) + 1;
@@ -151,7 +168,14 @@ async fn run(shared: Arc<Shared>, alive: Weak<()>) {
         // Every request made before this load was made after its writer's COMMIT; the pass
         // below takes its snapshot later, so it sees (and numbers) those events.
         let target = shared.requested.load(Ordering::SeqCst);
-        match pass(&shared.pool, &mut connection).await {
+        let passed = tokio::time::timeout(PASS_TIMEOUT, pass(&shared.pool, &mut connection))
+            .await
+            .unwrap_or_else(|_| {
+                Err(crate::error::Error::Database(format!(
+                    "numbering pass took over {PASS_TIMEOUT:?}"
+                )))
+            });
+        match passed {
             Ok(_) => {
                 backoff = Duration::from_millis(50);
                 shared.answered.send_modify(|a| *a = (*a).max(target));
@@ -167,7 +191,8 @@ async fn run(shared: Arc<Shared>, alive: Weak<()>) {
     }
 }
 
-/// One numbering pass on the sequencer's own connection (made first if there is none).
+/// One numbering pass on the sequencer's own connection (made first if there is none); none
+/// at all, and no lock, when nothing waits for a number.
 async fn pass(
     pool: &Pool,
     connection: &mut Option<deadpool_postgres::ClientWrapper>,
@@ -179,6 +204,7 @@ async fn pass(
             .create()
             .await
             .map_err(|e| crate::error::Error::Database(format!("sequencer connection: {e}")))?;
+        made.batch_execute(SESSION_LIMITS).await?;
         *connection = Some(made);
     }
     let Some(client) = connection.as_mut() else {
@@ -186,6 +212,10 @@ async fn pass(
             "no sequencer connection".into(),
         ));
     };
+    let any = client.prepare_cached(ANY_UNNUMBERED).await?;
+    if !client.query_one(&any, &[]).await?.get::<_, bool>(0) {
+        return Ok(0);
+    }
     let tx = client.transaction().await?;
     let numbered = number_committed(&tx).await?;
     tx.commit().await?;

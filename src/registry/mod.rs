@@ -24,7 +24,7 @@ pub use dedup::{LinkRequest, MAX_LINK_BATCH, MAX_MISSING_QUERY};
 pub use gc::{Collectable, Collected};
 pub use ingest::{DEFAULT_MEDIA_TYPE, StagedFile};
 pub use packages::{NewPackage, PackageFilter, PackagePage};
-pub use quota::{Quota, QuotaUsage, Room, TenantQuota, Writing};
+pub use quota::{Quota, QuotaUsage, Room, TenantQuota, Writing, quota_definition_lock};
 pub use reads::FileDownload;
 pub use relocate::{MigrateScope, MigrationItem, Moved};
 pub use retention::{Expiry, MAX_CLASS_DURATION_SECONDS, RetentionClass};

@@ -151,8 +151,10 @@ impl Registry {
         Ok(files)
     }
 
-    /// Lists packages newest first. Pages are stable under concurrent inserts: the cursor is a
-    /// position in the commit-ordered log, and new packages always sort before it.
+    /// Lists packages newest first (by the position of their creation event). Pages are stable
+    /// under concurrent inserts: the cursor is a position, and a package created meanwhile
+    /// shows on a later page if its position is below the cursor, else not at all; none is
+    /// shown twice.
     pub async fn list_packages(
         &self,
         tenant: &TenantId,

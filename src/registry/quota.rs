@@ -140,15 +140,27 @@ impl Writing {
 /// packages are counted one at a time.
 const QUOTA_LOCKS: i32 = 0x6172_7471; // "artq"
 
-fn lock_key(tenant: &TenantId) -> i32 {
-    let hash = blake3::hash(tenant.as_str().as_bytes());
+/// The tenant's quota definition lock: [`enforce`] takes it shared before it reads the limits,
+/// `set_quota` exclusively, so a write is either checked against a new limit or ends before
+/// the limit is set (it is not left out of the count of a write checked after).
+const QUOTA_DEFINITIONS: i32 = 0x6172_7464; // "artd"
+
+/// The advisory lock (PostgreSQL's two-key form: `classid`, `objid` in `pg_locks`) that orders
+/// `tenant`'s quota changes against its writes: `set_quota` holds it exclusively, every write
+/// shared while it checks and until it commits.
+pub fn quota_definition_lock(tenant: &TenantId) -> (i32, i32) {
+    (QUOTA_DEFINITIONS, lock_key(tenant.as_str()))
+}
+
+fn lock_key(tenant: &str) -> i32 {
+    let hash = blake3::hash(tenant.as_bytes());
     i32::from_le_bytes(hash.as_bytes()[..4].try_into().expect("four bytes"))
 }
 
 async fn lock_quota(tx: &Tx<'_>, tenant: &TenantId) -> Result<()> {
     tx.execute(
         "SELECT pg_advisory_xact_lock($1, $2)",
-        &[&QUOTA_LOCKS, &lock_key(tenant)],
+        &[&QUOTA_LOCKS, &lock_key(tenant.as_str())],
     )
     .await?;
     Ok(())
@@ -236,21 +248,33 @@ async fn usage_of(
 }
 
 /// Refuses, after `added` was recorded in `tx`, if a tenant it added to is now past a limit
-/// (holding the tenant's quota lock to COMMIT, so concurrent writes are counted one at a time). The write's bytes do not count as
-/// `used` in the refusal.
+/// (holding the tenant's quota lock to COMMIT, so concurrent writes are counted one at a time).
+/// The write's bytes do not count as `used` in the refusal.
 pub(super) async fn enforce(tx: &Tx<'_>, added: &[Added], now: Timestamp) -> Result<()> {
     let mut tenants: Vec<&str> = added.iter().map(|a| a.tenant.as_str()).collect();
     tenants.sort_unstable();
     tenants.dedup();
-    let statement = tx
-        .prepare_cached(
+    // The limits are read holding the tenants' definition locks shared (sent together, run in
+    // order): a `set_quota` waits for this write to end, and one that committed first is seen.
+    let keys: Vec<i32> = tenants.iter().map(|t| lock_key(t)).collect();
+    let (definitions, statement) = futures::try_join!(
+        tx.prepare_cached(
+            "SELECT pg_advisory_xact_lock_shared($1, k) \
+             FROM (SELECT DISTINCT k FROM unnest($2::int4[]) AS k ORDER BY k) s"
+        ),
+        tx.prepare_cached(
             "SELECT q.tenant, q.max_bytes, q.max_packages \
              FROM tenant_quotas q WHERE q.tenant = ANY($1) \
                AND (q.max_bytes IS NOT NULL OR q.max_packages IS NOT NULL) \
              ORDER BY q.tenant",
-        )
-        .await?;
-    let quotas = tx.query(&statement, &[&tenants]).await?;
+        ),
+    )?;
+    let lock_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&QUOTA_DEFINITIONS, &keys];
+    let read_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&tenants];
+    let (_, quotas) = futures::try_join!(
+        tx.execute(&definitions, &lock_params),
+        tx.query(&statement, &read_params),
+    )?;
     for row in &quotas {
         let tenant = TenantId::new(row.get::<_, &str>(0))?;
         let own = || added.iter().filter(|a| a.tenant == tenant);
@@ -330,6 +354,11 @@ impl Registry {
     pub async fn set_quota(&self, tenant: &TenantId, quota: Quota) -> Result<TenantQuota> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, $2)",
+            &[&QUOTA_DEFINITIONS, &lock_key(tenant.as_str())],
+        )
+        .await?;
         tx.execute(
             "INSERT INTO tenants (id) VALUES ($1) ON CONFLICT DO NOTHING",
             &[&tenant.as_str()],

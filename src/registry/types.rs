@@ -70,7 +70,7 @@ pub struct Package {
     pub file_count: u64,
     /// Sum of file sizes.
     pub total_size: u64,
-    /// Sequence of its creation event (orders listings).
+    /// Position of its creation event (orders listings, newest first).
     pub created_position: i64,
     /// Expiry and legal hold.
     pub retention: RetentionInfo,

@@ -608,3 +608,64 @@ async fn below_the_minimum_free_space_writes_wait_while_reads_go_on() {
         "{health}"
     );
 }
+
+/// A write reads its tenant's limits only when no quota change is in flight, and a quota
+/// change waits for the writes in flight: a write is either checked against a new limit or
+/// ends before it is set, never counted by neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_changes_and_writes_of_a_tenant_wait_for_each_other() {
+    let env = TestEnv::new().await;
+    let registry = env.registry.clone();
+    let tenant = TenantId::default_tenant();
+    let (class, key) = artifactstore::registry::quota_definition_lock(&tenant);
+    let admin = env.db.client().await;
+    let pause = std::time::Duration::from_millis(400);
+
+    // A quota change in flight (the lock held as set_quota holds it): a write waits.
+    admin
+        .batch_execute(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({class}, {key})"
+        ))
+        .await
+        .unwrap();
+    let write = {
+        let registry = registry.clone();
+        let tenant = tenant.clone();
+        tokio::spawn(async move { new_package(&registry, &tenant, "standard").await })
+    };
+    tokio::time::sleep(pause).await;
+    assert!(!write.is_finished(), "the write waits for the quota change");
+    admin.batch_execute("COMMIT").await.unwrap();
+    write.await.unwrap();
+
+    // A write in flight (the lock held as a write holds it): a quota change waits.
+    admin
+        .batch_execute(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock_shared({class}, {key})"
+        ))
+        .await
+        .unwrap();
+    let change = {
+        let registry = registry.clone();
+        let tenant = tenant.clone();
+        tokio::spawn(async move {
+            registry
+                .set_quota(
+                    &tenant,
+                    Quota {
+                        max_packages: Some(10),
+                        ..Quota::default()
+                    },
+                )
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(pause).await;
+    assert!(
+        !change.is_finished(),
+        "the quota change waits for the write"
+    );
+    admin.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(change.await.unwrap().limits.max_packages, Some(10));
+}

@@ -245,9 +245,11 @@ async fn set_based_replay_of_creation_runs_equals_one_at_a_time() {
     );
 }
 
-/// Every set-based path (runs of creations, ingests, expiries, collections) leaves the views that
-/// applying the same events one at a time leaves: the log is re-applied event by event in a
-/// transaction and the views compared, byte for byte, with those the live writes made.
+/// Every set-based path (runs of ingests, expiries and collections as live writes make them,
+/// and the longer runs replay makes across transactions) leaves the views that applying the
+/// same events one at a time leaves: the log is re-applied event by event in a transaction
+/// and the views compared, byte for byte, with those the live writes made; then replay's
+/// check compares its own rebuild with them.
 #[tokio::test]
 async fn set_based_views_equal_one_event_at_a_time() {
     let env = TestEnv::new().await;
@@ -298,7 +300,15 @@ async fn set_based_views_equal_one_event_at_a_time() {
             .unwrap();
         reg.finalize_package(&tenant, p.id, None).await.unwrap();
     }
-    assert_eq!(reg.expire_due(3600, 100).await.unwrap().len(), 5);
+    // Two workers' passes, at different times: a replay applies the five expiries as one run,
+    // and `shared` must become unreferenced at the second pass's time, as it did live.
+    assert_eq!(reg.expire_due(3600, 2).await.unwrap().len(), 2);
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    assert_eq!(reg.expire_due(3600, 100).await.unwrap().len(), 3);
+    // Before the bytes are collected (which removes their rows): replay's one run of five
+    // expiries leaves `shared` unreferenced since the second pass, as live.
+    let check = events::replay(reg.pool(), true).await.unwrap();
+    assert_eq!(check.identical, Some(true));
     // The bytes only they held are collected in one run (`shared`, the five `own`, and what
     // the mixed workload's replaced files left).
     assert!(reg.collect_garbage(0, 100).await.unwrap().blobs >= 6);
@@ -328,6 +338,9 @@ async fn set_based_views_equal_one_event_at_a_time() {
         String::from_utf8_lossy(&one_at_a_time),
         String::from_utf8_lossy(&live)
     );
+    // And replay's own runs (as long as the log allows, across transactions) agree too.
+    let check = events::replay(reg.pool(), true).await.unwrap();
+    assert_eq!(check.identical, Some(true));
 }
 
 /// An expiry asks whether its files' blobs are still referenced. While another writer is adding
@@ -431,5 +444,79 @@ async fn an_expiry_waits_for_a_concurrent_file_of_its_blob_and_replays_identical
         "numbered in the order they applied"
     );
     let check = events::replay(registry.pool(), true).await.unwrap();
+    assert_eq!(check.identical, Some(true));
+}
+
+/// A replace (which stops naming its old bytes and names its new ones) and an expiry of a
+/// package holding both, their blob rows in opposite digest orders unless every writer takes
+/// them up front in one order. A third transaction holds the lower blob so that the expiry
+/// waits for it first and the replace queues behind the expiry: taking the higher blob first,
+/// the replace would then deadlock with the expiry. Both succeed, and the views replay
+/// identically.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replace_and_an_expiry_of_the_same_blobs_never_deadlock() {
+    let env = TestEnv::new().await;
+    let reg = env.registry.clone();
+    crate::support::define_instant_class(&reg).await;
+    let tenant = TenantId::default_tenant();
+    let (a, b) = (random_bytes(3000, 1000), random_bytes(3000, 2000));
+    let (low, high) = if blake3::hash(&a).as_bytes() < blake3::hash(&b).as_bytes() {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    let expiring = reg
+        .create_package(
+            &tenant,
+            NewPackage {
+                producer: "expiring".into(),
+                subject: "s".into(),
+                retention_class: Some("instant".into()),
+                metadata: Metadata::default(),
+            },
+        )
+        .await
+        .unwrap();
+    for (path, data) in [("low", &low), ("high", &high)] {
+        reg.ingest_file(&tenant, expiring.id, request(path, false), body(data, 1000))
+            .await
+            .unwrap();
+    }
+    reg.finalize_package(&tenant, expiring.id, None)
+        .await
+        .unwrap();
+    let open = crate::support::package(&reg).await;
+    reg.ingest_file(&tenant, open.id, request("f", false), body(&high, 1000))
+        .await
+        .unwrap();
+
+    let holder = env.db.client().await;
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM blobs WHERE blake3 = '\\x{}'::bytea FOR UPDATE",
+            blake3::hash(&low).to_hex()
+        ))
+        .await
+        .unwrap();
+    let pause = std::time::Duration::from_millis(300);
+    let expire = {
+        let reg = reg.clone();
+        tokio::spawn(async move { reg.expire_due(3600, 10).await })
+    };
+    tokio::time::sleep(pause).await;
+    let replace = {
+        let reg = reg.clone();
+        let tenant = tenant.clone();
+        tokio::spawn(async move {
+            reg.ingest_file(&tenant, open.id, request("f", true), body(&low, 1000))
+                .await
+        })
+    };
+    tokio::time::sleep(pause).await;
+    assert!(!expire.is_finished() && !replace.is_finished());
+    holder.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(expire.await.unwrap().unwrap().len(), 1);
+    replace.await.unwrap().unwrap();
+    let check = events::replay(reg.pool(), true).await.unwrap();
     assert_eq!(check.identical, Some(true));
 }

@@ -1,6 +1,7 @@
 //! Projecting events onto the view tables. Used both by live mutations and by replay, so the
 //! two cannot disagree.
 
+mod locks;
 mod packages;
 mod retention;
 mod storage;
@@ -12,6 +13,7 @@ use super::payloads::FileIngested;
 use crate::db::Tx;
 use crate::error::{Error, Result};
 use crate::identity::Digest;
+pub(crate) use locks::lock_touched_blobs;
 use tokio_postgres::types::ToSql;
 
 /// The view tables, in dump and truncate order.
@@ -96,7 +98,8 @@ pub async fn apply_all(tx: &Tx<'_>, events: &[StoredEvent]) -> Result<()> {
 enum Run<'a> {
     /// Ingests that replace nothing.
     Ingests(Vec<(&'a StoredEvent, FileIngested)>),
-    /// Package creations (each a package of its own: they never touch each other's rows).
+    /// Package creations (each a package of its own; what they share, their tenant's usage
+    /// slots, only adds up).
     Creations(Vec<(&'a StoredEvent, super::payloads::PackageCreated)>),
     /// Package expiries, each package once.
     Expiries(Vec<super::payloads::PackageExpired>),
@@ -143,38 +146,29 @@ impl<'a> Run<'a> {
     }
 }
 
-/// The expiry this event records.
+/// The payload of `event` if it is of type `type_name` (and decodes).
+fn payload_of<P: PayloadCodec>(event: &StoredEvent, type_name: &str) -> Option<P> {
+    if event.event_type != type_name {
+        return None;
+    }
+    P::decode(&event.payload).ok()
+}
+
 fn expiry(event: &StoredEvent) -> Option<super::payloads::PackageExpired> {
-    if event.event_type != super::payloads::PackageExpired::TYPE {
-        return None;
-    }
-    super::payloads::PackageExpired::decode(&event.payload).ok()
+    payload_of(event, super::payloads::PackageExpired::TYPE)
 }
 
-/// The blob this event collects.
 fn collection(event: &StoredEvent) -> Option<super::payloads::BlobCollected> {
-    if event.event_type != super::payloads::BlobCollected::TYPE {
-        return None;
-    }
-    super::payloads::BlobCollected::decode(&event.payload).ok()
+    payload_of(event, super::payloads::BlobCollected::TYPE)
 }
 
-/// The package this event creates.
 fn creation(event: &StoredEvent) -> Option<super::payloads::PackageCreated> {
-    if event.event_type != super::payloads::PackageCreated::TYPE {
-        return None;
-    }
-    super::payloads::PackageCreated::decode(&event.payload).ok()
+    payload_of(event, super::payloads::PackageCreated::TYPE)
 }
 
 /// The ingest this event records, if it replaces nothing.
 fn independent_ingest(event: &StoredEvent) -> Option<FileIngested> {
-    if event.event_type != FileIngested::TYPE {
-        return None;
-    }
-    FileIngested::decode(&event.payload)
-        .ok()
-        .filter(|f| f.replaced_file_id.is_none())
+    payload_of::<FileIngested>(event, FileIngested::TYPE).filter(|f| f.replaced_file_id.is_none())
 }
 
 /// One statement parameter.
@@ -210,4 +204,94 @@ pub(super) fn hex_bytes(hex: &str) -> Result<Vec<u8>> {
         .map_err(|e| Error::Integrity(e.to_string()))?
         .0
         .to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Metadata, PackageId, TenantId, Timestamp};
+    use crate::events::DomainEvent;
+    use crate::events::payloads::{BlobCollected, PackageCreated, PackageExpired};
+
+    fn stored(event: DomainEvent) -> StoredEvent {
+        StoredEvent {
+            sequence: 1,
+            position: 1,
+            id: uuid::Uuid::now_v7(),
+            event_type: event.type_name().to_owned(),
+            tenant: event.tenant().clone(),
+            subject_id: event.payload().subject_id(),
+            occurred_at: event.payload().occurred_at(),
+            payload: event.encode().unwrap().into(),
+        }
+    }
+
+    fn created() -> StoredEvent {
+        stored(DomainEvent::new(PackageCreated {
+            package_id: PackageId::generate(),
+            tenant: TenantId::default_tenant(),
+            producer: "p".into(),
+            subject: "s".into(),
+            retention_class: "short".into(),
+            metadata: Metadata::default(),
+            created_at: Timestamp::parse("2026-12-06T00:00:00Z").unwrap(),
+        }))
+    }
+
+    fn expired(package_id: PackageId) -> StoredEvent {
+        let at = Timestamp::parse("2026-12-06T00:00:00Z").unwrap();
+        stored(DomainEvent::of(
+            &TenantId::default_tenant(),
+            PackageExpired {
+                package_id,
+                retention_class: "short".into(),
+                reason: "due".into(),
+                due_at: at,
+                expired_at: at,
+            },
+        ))
+    }
+
+    fn collected(n: u8) -> StoredEvent {
+        stored(DomainEvent::of(
+            &TenantId::default_tenant(),
+            BlobCollected {
+                blake3: hex::encode([n; 32]),
+                size: 1,
+                backends: vec!["local".into()],
+                unreferenced_since: Timestamp::parse("2026-12-05T00:00:00Z").unwrap(),
+                collected_at: Timestamp::parse("2026-12-06T00:00:00Z").unwrap(),
+            },
+        ))
+    }
+
+    /// Runs form where they may and end where they must: at another kind of event, and at a
+    /// package expired a second time.
+    #[test]
+    fn runs_group_what_may_be_applied_together() {
+        let kind = |events: &[StoredEvent]| match Run::of(events) {
+            Run::Ingests(r) => ("ingests", r.len()),
+            Run::Creations(r) => ("creations", r.len()),
+            Run::Expiries(r) => ("expiries", r.len()),
+            Run::Collections(r) => ("collections", r.len()),
+            Run::One => ("one", 1),
+        };
+        let (a, b) = (PackageId::generate(), PackageId::generate());
+        let log = vec![
+            created(),
+            created(),
+            created(),
+            expired(a),
+            expired(b),
+            expired(a),
+            collected(1),
+            collected(2),
+            created(),
+        ];
+        assert_eq!(kind(&log), ("creations", 3));
+        assert_eq!(kind(&log[3..]), ("expiries", 2));
+        assert_eq!(kind(&log[5..]), ("one", 1));
+        assert_eq!(kind(&log[6..]), ("collections", 2));
+        assert_eq!(kind(&log[8..]), ("one", 1));
+    }
 }

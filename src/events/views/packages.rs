@@ -222,8 +222,9 @@ impl<'a> Columns<'a> {
 
 /// The views of ingests that replace nothing (one, or a run of them), set-based: five
 /// statements whatever their number, sent together (tokio-postgres pipelines concurrent
-/// requests on one connection, in order). Files go in in digest order, so the blob rows their
-/// foreign key takes are taken in the order expiries take them (no deadlock between the two).
+/// requests on one connection, in order). New blobs go in in digest order (two writers adding
+/// the same new blobs wait for each other in one order); the existing ones a run names are
+/// locked before (`locks.rs`).
 pub(super) async fn ingests_together(
     tx: &Tx<'_>,
     run: &[(&StoredEvent, &FileIngested)],
@@ -256,7 +257,7 @@ pub(super) async fn ingests_together(
                 "INSERT INTO blobs (blake3, sha256, size, created_at) \
                  SELECT b, s, z, t FROM unnest($1::bytea[], $2::bytea[], $3::int8[], \
                                              $4::timestamptz[]) WITH ORDINALITY AS u(b, s, z, t, o) \
-                 ORDER BY o \
+                 ORDER BY b, o \
                  ON CONFLICT (blake3) DO NOTHING",
                 &blobs,
             ),
@@ -274,8 +275,7 @@ pub(super) async fn ingests_together(
                 "INSERT INTO files (id, tenant, package_id, relative_path, size, media_type, blake3, \
                                     created_at, created_position) \
                  SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::int8[], \
-                                      $6::text[], $7::bytea[], $8::timestamptz[], $9::int8[]) \
-                 ORDER BY 7",
+                                      $6::text[], $7::bytea[], $8::timestamptz[], $9::int8[])",
                 &files,
             ),
             (

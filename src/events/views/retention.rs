@@ -59,23 +59,8 @@ pub(super) async fn class_changed(tx: &Tx<'_>, c: &ClassChanged) -> Result<()> {
     Ok(())
 }
 
-/// Locks blob rows before a statement asks whether any file still references them. A writer
-/// adding a file holds its blob's row (`KEY SHARE`, the foreign key's check) until it commits,
-/// which `FOR UPDATE` waits for; the next statement's snapshot then sees that file. Without it
-/// a file committed meanwhile would be invisible to the question, and the blob marked
-/// unreferenced although referenced, where a replay (which applies the two one after the
-/// other) would not mark it. Rows are taken in digest order, as writers take them.
-const LOCK_BLOBS: &str = "SELECT 1 FROM blobs";
-const LOCK_ORDER: &str = "ORDER BY blake3 FOR UPDATE";
-
 pub(super) async fn package_expired(tx: &Tx<'_>, e: &PackageExpired) -> Result<()> {
     // Blobs only this package's files referenced become unreferenced (collected after a grace).
-    exec(
-        tx,
-        &format!("{LOCK_BLOBS} WHERE blake3 IN (SELECT blake3 FROM files WHERE package_id = $1) {LOCK_ORDER}"),
-        &[&e.package_id.0],
-    )
-    .await?;
     exec(
         tx,
         "UPDATE blobs b SET unreferenced_since = $2 \
@@ -112,15 +97,6 @@ pub(super) async fn expired_together(tx: &Tx<'_>, run: &[PackageExpired]) -> Res
     let ids: Vec<uuid::Uuid> = run.iter().map(|e| e.package_id.0).collect();
     let times: Vec<time::OffsetDateTime> = run.iter().map(|e| e.expired_at.as_datetime()).collect();
     let reasons: Vec<&str> = run.iter().map(|e| e.reason.as_str()).collect();
-    exec(
-        tx,
-        &format!(
-            "{LOCK_BLOBS} WHERE blake3 IN (SELECT blake3 FROM files WHERE package_id = ANY($1)) \
-             {LOCK_ORDER}"
-        ),
-        &[&ids],
-    )
-    .await?;
     exec(
         tx,
         "UPDATE blobs b SET unreferenced_since = last.at \
@@ -160,12 +136,6 @@ pub(super) async fn mark_unreferenced(
     blobs: &[Vec<u8>],
     at: time::OffsetDateTime,
 ) -> Result<()> {
-    exec(
-        tx,
-        &format!("{LOCK_BLOBS} WHERE blake3 = ANY($1) {LOCK_ORDER}"),
-        &[&blobs],
-    )
-    .await?;
     exec(
         tx,
         "UPDATE blobs b SET unreferenced_since = $2 \

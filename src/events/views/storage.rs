@@ -7,10 +7,16 @@ use crate::error::Result;
 use crate::events::payloads::{BlobCollected, LocationAdded, LocationRemoved, LocationVerified};
 
 pub(super) async fn location_verified(tx: &Tx<'_>, v: &LocationVerified) -> Result<()> {
+    // A deleted copy stays deleted. The condition is in the SET, not the WHERE: a WHERE on
+    // the status would skip, without waiting, a row another writer is making present again,
+    // and this verification would then be numbered before that writer although it applied
+    // nothing after it (a replay would apply it).
     exec(
         tx,
-        "UPDATE storage_locations SET status = $3, verified_at = $4 \
-         WHERE blake3 = $1 AND backend_id = $2 AND status <> 'deleted'",
+        "UPDATE storage_locations \
+         SET status = CASE WHEN status <> 'deleted' THEN $3 ELSE status END, \
+             verified_at = CASE WHEN status <> 'deleted' THEN $4 ELSE verified_at END \
+         WHERE blake3 = $1 AND backend_id = $2",
         &[
             &hex_bytes(&v.blake3)?,
             &v.backend_id,
