@@ -60,6 +60,16 @@ pub async fn commit(
     recorded: &[StoredEvent],
     sequencer: &Sequencer,
 ) -> Result<()> {
+    commit_unnumbered(tx, recorded).await?;
+    if !recorded.is_empty() {
+        sequencer.numbered().await;
+    }
+    Ok(())
+}
+
+/// [`commit`] without waiting for the numbering: for a caller that answers others, each of
+/// which then waits ([`Sequencer::numbered`]) without holding the caller up.
+pub async fn commit_unnumbered(tx: crate::db::Tx<'_>, recorded: &[StoredEvent]) -> Result<()> {
     use tracing::Instrument as _;
     let span = tracing::info_span!(
         target: crate::telemetry::SPANS,
@@ -69,8 +79,5 @@ pub async fn commit(
     );
     tx.commit().instrument(span).await?;
     crate::metrics::committed(recorded.iter().map(|e| e.event_type.as_str()));
-    if !recorded.is_empty() {
-        sequencer.numbered().await;
-    }
     Ok(())
 }
