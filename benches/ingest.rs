@@ -102,8 +102,8 @@ async fn main() {
     }
     let ingest = *ingest_times.iter().min().unwrap();
 
-    // Committed events/s, 16 concurrent writers, one event per transaction, each writer
-    // returning once its event is numbered (one sequencer: one process).
+    // Committed events/s, 16 concurrent writers, one event per transaction (one sequencer:
+    // one process), until the last event is numbered (visible to readers).
     const WRITERS: usize = 16;
     const PER_WRITER: usize = 500;
     let sequencer = events::Sequencer::new(artifactstore::db::pool(&url, 1).unwrap());
@@ -135,6 +135,7 @@ async fn main() {
     for t in tasks {
         t.await.unwrap();
     }
+    sequencer.numbered().await;
     let events_elapsed = start.elapsed();
     let committed = (WRITERS * PER_WRITER) as f64;
     artifactstore::db::connect(&url)

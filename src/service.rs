@@ -80,8 +80,11 @@ impl Service {
         Ok(Service { registry, database })
     }
 
-    /// Releases the database (stopping the private cluster if we started it).
-    pub fn shutdown(self) {
+    /// Releases the database (stopping the private cluster if we started it), once the events
+    /// this process committed are numbered (a short-lived command's would otherwise wait for
+    /// another process's pass).
+    pub async fn shutdown(self) {
+        self.registry.sequencer().settle().await;
         self.registry.pool().close();
         self.database.close();
     }

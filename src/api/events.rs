@@ -174,6 +174,9 @@ async fn read_or_wait(
     wait: Duration,
 ) -> Result<(Option<Arc<TailPage>>, i64), ApiError> {
     let deadline = Instant::now() + wait;
+    // Every event committed before this request began is numbered before the first read (a
+    // client that wrote, then reads, sees its events; so does any other client).
+    state.registry.sequencer().numbered().await;
     // Where the next read starts: a read that found nothing has looked up to its
     // `scanned_to`, so the next one need not look there again.
     let mut from = since;

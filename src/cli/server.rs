@@ -114,7 +114,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some((_, task)) = metrics {
         task.abort();
     }
-    service.shutdown();
+    service.shutdown().await;
     result.context("server failed")?;
     Ok(ExitCode::SUCCESS)
 }

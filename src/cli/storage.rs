@@ -37,7 +37,7 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     if let Some(id) = &args.backend
         && registry.backends().get(id).is_none()
     {
-        service.shutdown();
+        service.shutdown().await;
         anyhow::bail!("backend `{id}` is not configured (see ARTIFACTSTORE_STORAGE_FILE)");
     }
     let scope = VerifyScope {
@@ -77,7 +77,7 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         after = Some(last);
     };
     bar.finish_and_clear();
-    service.shutdown();
+    service.shutdown().await;
     result?;
     println!(
         "verified {} copies ({} bytes): {} ok, {} failed, {} missing, {} unreadable",
@@ -187,7 +187,7 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         Ok::<_, crate::Error>(damaged)
     }
     .await;
-    service.shutdown();
+    service.shutdown().await;
     Ok(if result? > 0 {
         ExitCode::from(1)
     } else {

@@ -118,13 +118,13 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     if args.dry_run {
         let due = worker.dry_run().await;
         let collectable = worker.dry_run_collection().await;
-        service.shutdown();
+        service.shutdown().await;
         print_dry_run(&due?, &collectable?);
         return Ok(ExitCode::SUCCESS);
     }
     let code = if args.once {
         let report = worker.run_once().await;
-        service.shutdown();
+        service.shutdown().await;
         print_report(&report?)
     } else {
         let bus = crate::events::EventBus::start(
@@ -151,7 +151,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
             task.abort();
         }
         tracing::info!("worker stopped");
-        service.shutdown();
+        service.shutdown().await;
         ExitCode::SUCCESS
     };
     Ok(code)

@@ -53,23 +53,14 @@ pub async fn record(tx: &crate::db::Tx<'_>, events: Vec<DomainEvent>) -> Result<
 }
 
 /// Commits `tx`, whose events [`record`] returned, counts them
-/// ([`EVENTS_COMMITTED`](crate::metrics::EVENTS_COMMITTED)) once they are committed, and waits
-/// until `sequencer` has numbered them (so that readers of the log see them on return).
+/// ([`EVENTS_COMMITTED`](crate::metrics::EVENTS_COMMITTED)) once they are committed, and asks
+/// `sequencer` for a numbering pass (without waiting for it: a reader of the log that must
+/// see them waits, [`Sequencer::numbered`]).
 pub async fn commit(
     tx: crate::db::Tx<'_>,
     recorded: &[StoredEvent],
     sequencer: &Sequencer,
 ) -> Result<()> {
-    commit_unnumbered(tx, recorded).await?;
-    if !recorded.is_empty() {
-        sequencer.numbered().await;
-    }
-    Ok(())
-}
-
-/// [`commit`] without waiting for the numbering: for a caller that answers others, each of
-/// which then waits ([`Sequencer::numbered`]) without holding the caller up.
-pub async fn commit_unnumbered(tx: crate::db::Tx<'_>, recorded: &[StoredEvent]) -> Result<()> {
     use tracing::Instrument as _;
     let span = tracing::info_span!(
         target: crate::telemetry::SPANS,
@@ -79,5 +70,8 @@ pub async fn commit_unnumbered(tx: crate::db::Tx<'_>, recorded: &[StoredEvent]) 
     );
     tx.commit().instrument(span).await?;
     crate::metrics::committed(recorded.iter().map(|e| e.event_type.as_str()));
+    if !recorded.is_empty() {
+        sequencer.request();
+    }
     Ok(())
 }

@@ -8,11 +8,12 @@
 //! prefix `1..=last`: no gap, and never a number before a smaller one. A writer that rolls back
 //! never had a number; one that dies after COMMIT leaves its events for the next pass.
 //!
-//! Each process has one [`Sequencer`] with a connection of its own (not from the pool: writers
-//! waiting for a pass hold pooled connections). After COMMIT a writer asks it for a pass and
-//! waits until a pass that began after the COMMIT has ended ([`Sequencer::numbered`]), so when
-//! a mutation returns its events are in the log readers see. Requests coalesce: one pass
-//! numbers every event committed before it began, whichever writer or process committed it.
+//! Each process has one [`Sequencer`] with a connection of its own (not from the pool: readers
+//! waiting for a pass may hold pooled connections). After COMMIT a writer asks it for a pass
+//! ([`Sequencer::request`]) and goes on; a reader of the log that must see everything committed
+//! before it began (`GET /events`) waits until a pass that began after that has ended
+//! ([`Sequencer::numbered`]). Requests coalesce: one pass numbers every event committed before
+//! it began, whichever writer or process committed it.
 //! Once started, the sequencer also runs a pass every [`TICK`], which numbers the events of a
 //! process that died between its COMMIT and its pass.
 
@@ -135,6 +136,23 @@ impl Sequencer {
             let alive = Arc::downgrade(&self.alive);
             tokio::spawn(run(shared, alive));
         });
+    }
+
+    /// Asks for a pass, without waiting for it: a writer's call after its COMMIT, so that its
+    /// events are numbered (and their readers woken) at once.
+    pub fn request(&self) {
+        self.start();
+        self.shared.requested.fetch_add(1, Ordering::SeqCst);
+        self.shared.wake.notify_one();
+    }
+
+    /// Waits until the passes this process asked for have run (at once if none is pending):
+    /// before a process exits, so that its events need no other process's pass.
+    pub async fn settle(&self) {
+        let asked = self.shared.requested.load(Ordering::SeqCst);
+        if *self.shared.answered.borrow() < asked {
+            self.numbered().await;
+        }
     }
 
     /// Waits until every event committed before this call is numbered (at most [`WAIT`]; after

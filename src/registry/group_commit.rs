@@ -46,7 +46,7 @@ pub const GROUP_MAX_BYTES: u64 = 1 << 20;
 const MAX_BATCH: usize = 256;
 
 /// Committer tasks: while one batch commits, the next one takes its locks and has its bytes
-/// published (the ingests of a committed batch wait for their numbering themselves).
+/// published.
 const COMMITTERS: usize = 2;
 
 /// A file to record.
@@ -201,7 +201,7 @@ impl BatchCommitter {
         if accepted.is_empty() {
             return;
         }
-        match record_batch(tx, &accepted).await {
+        match record_batch(tx, &accepted, &self.sequencer).await {
             Ok(()) => {
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
                 self.stats
@@ -502,7 +502,11 @@ async fn let_publish(
 /// Records the admitted files of a batch (their events, then the quota check after them) and
 /// commits. A tenant past its quota fails the batch: its files are then recorded one by one,
 /// and only those past it are refused.
-async fn record_batch(tx: crate::db::Tx<'_>, accepted: &[AwaitingCommit]) -> Result<()> {
+async fn record_batch(
+    tx: crate::db::Tx<'_>,
+    accepted: &[AwaitingCommit],
+    sequencer: &events::Sequencer,
+) -> Result<()> {
     let events: Vec<DomainEvent> = accepted
         .iter()
         .map(|item| DomainEvent::of(&item.item.tenant, item.item.event.clone()))
@@ -522,7 +526,6 @@ async fn record_batch(tx: crate::db::Tx<'_>, accepted: &[AwaitingCommit]) -> Res
     let now = accepted[0].item.event.ingested_at;
     let recorded = events::record(&tx, events).await?;
     super::quota::enforce(&tx, &added, now).await?;
-    // Each ingest waits for the numbering itself: the committer goes on to the next batch.
-    events::commit_unnumbered(tx, &recorded).await?;
+    events::commit(tx, &recorded, sequencer).await?;
     Ok(())
 }

@@ -414,8 +414,7 @@ impl Registry {
     }
 
     /// [`publish_and_record`](Self::publish_and_record) through the group committer: wait
-    /// until a batch holds the blob's lock, publish, then wait for the batch to commit and its
-    /// event to be numbered.
+    /// until a batch holds the blob's lock, publish, then wait for the batch to commit.
     async fn record_in_group(
         &self,
         tenant: &TenantId,
@@ -458,11 +457,7 @@ impl Registry {
                 return Err(e);
             }
         }
-        let record = go.done.await.map_err(|_| stopped())??;
-        // The batch committed without waiting for its events' numbers: wait here, holding no
-        // connection and not holding the committer up.
-        self.sequencer.numbered().await;
-        Ok(record)
+        go.done.await.map_err(|_| stopped())?
     }
 }
 

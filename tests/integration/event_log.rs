@@ -98,6 +98,7 @@ async fn sixteen_writers_with_rollbacks_leave_no_gaps_and_no_reorders() {
     for w in writers {
         committed.extend(w.await.unwrap());
     }
+    sequencers[0].numbered().await;
     done.store(true, Ordering::SeqCst);
     let seen = reader.await.unwrap();
 
@@ -186,6 +187,7 @@ async fn events_left_unnumbered_by_a_crash_are_numbered_by_the_next_pass_in_orde
         .await
         .unwrap();
     events::commit(tx, &later, &sequencer).await.unwrap();
+    sequencer.numbered().await;
     assert_eq!(visible().await, vec![(1, orphan[0].id), (2, later[0].id)]);
     let counter: i64 = reader
         .query_one("SELECT last_sequence FROM event_counter", &[])
@@ -253,9 +255,9 @@ async fn tenant_and_type_filters() {
     )
     .await
     .unwrap();
-    events::commit(tx, &recorded, &events::Sequencer::new(db.pool(1)))
-        .await
-        .unwrap();
+    let sequencer = events::Sequencer::new(db.pool(1));
+    events::commit(tx, &recorded, &sequencer).await.unwrap();
+    sequencer.numbered().await;
     let only_a = events::read_after(&**client, 0, 100, Some(&a), None)
         .await
         .unwrap();
@@ -308,6 +310,7 @@ async fn identical_tail_reads_in_flight_are_sent_once() {
             .await
             .unwrap();
     }
+    env.registry.sequencer().numbered().await;
     let reader = events::TailReader::new(env.registry.pool().clone());
     let pages =
         futures::future::join_all((0..200).map(|_| reader.page(&tenant, 0, 100, None, ()))).await;
@@ -337,6 +340,7 @@ async fn identical_tail_reads_in_flight_are_sent_once() {
         )
         .await
         .unwrap();
+    env.registry.sequencer().numbered().await;
     let again = reader.page(&tenant, 0, 100, None, ()).await.unwrap();
     assert_eq!(reader.reads(), 4);
     assert_eq!(again.events.len(), 4);

@@ -144,6 +144,7 @@ async fn eight_producers_four_consumers_no_miss_no_reorder() {
     for p in producers {
         p.await.unwrap();
     }
+    registry.sequencer().numbered().await;
     let client = db.client().await;
     let truth: Vec<(i64, String)> = client
         .query(

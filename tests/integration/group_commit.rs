@@ -202,6 +202,7 @@ async fn concurrent_small_ingests_are_checked_one_by_one_and_replay_identically(
     );
 
     // One event per accepted file; the seven replaces name the file before them, in order.
+    env.registry.sequencer().numbered().await;
     let client = env.db.client().await;
     let ingested = events::read_after(&client, 0, 10_000, None, Some("v1.file.ingested"))
         .await
@@ -353,6 +354,7 @@ async fn a_failed_batch_is_retried_file_by_file() {
             .file_count,
         good
     );
+    env.registry.sequencer().numbered().await;
     let ingested = events::read_after(&client, 0, 10_000, None, Some("v1.file.ingested"))
         .await
         .unwrap();

@@ -185,6 +185,7 @@ async fn ingest_directory_finalize_read_back_tail_and_replay() {
     ));
 
     // The event log tells the same story, in order.
+    env.registry.sequencer().numbered().await;
     let client = env.db.client().await;
     let log = events::read_after(&client, 0, 1000, Some(&tenant), None)
         .await
@@ -330,6 +331,7 @@ async fn bad_ingests_keep_nothing() {
     ));
 
     // Exactly: created, two ingests (a.bin, two.bin), the replacement, finalized.
+    env.registry.sequencer().numbered().await;
     let client = env.db.client().await;
     let log = events::read_after(&client, 0, 100, None, None)
         .await

@@ -315,6 +315,7 @@ async fn set_based_views_equal_one_event_at_a_time() {
     let client = env.db.client().await;
     let live = events::dump_views(&client).await.unwrap();
 
+    reg.sequencer().numbered().await;
     let mut conn = reg.pool().get().await.unwrap();
     let tx = conn.transaction().await.unwrap();
     let tables: Vec<&str> = events::views::VIEW_TABLES.iter().map(|(t, _)| *t).collect();
@@ -368,6 +369,7 @@ async fn an_expiry_waits_for_a_concurrent_file_of_its_blob_and_replays_identical
     let new = crate::support::package(&registry).await;
 
     // The same bytes, as a file of the new package: recorded, not committed yet.
+    registry.sequencer().numbered().await;
     let client = registry.pool().get().await.unwrap();
     let logged = events::read_after(&**client, 0, 100, None, Some("v1.file.ingested"))
         .await
@@ -432,6 +434,7 @@ async fn an_expiry_waits_for_a_concurrent_file_of_its_blob_and_replays_identical
         unreferenced, None,
         "the new package's file references the blob"
     );
+    registry.sequencer().numbered().await;
     let order: Vec<String> = events::read_after(&**client, 0, 100, None, None)
         .await
         .unwrap()
