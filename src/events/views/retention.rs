@@ -1,6 +1,6 @@
 //! Projecting retention events onto the views (live and in replay).
 
-use super::exec;
+use super::{Param, exec, exec_in_order};
 use crate::db::Tx;
 use crate::error::{Error, Result};
 use crate::events::payloads::{ClassChanged, ClassDefined, HoldReleased, HoldSet, PackageExpired};
@@ -97,37 +97,40 @@ pub(super) async fn expired_together(tx: &Tx<'_>, run: &[PackageExpired]) -> Res
     let ids: Vec<uuid::Uuid> = run.iter().map(|e| e.package_id.0).collect();
     let times: Vec<time::OffsetDateTime> = run.iter().map(|e| e.expired_at.as_datetime()).collect();
     let reasons: Vec<&str> = run.iter().map(|e| e.reason.as_str()).collect();
-    exec(
+    let blobs: [Param; 2] = [&ids, &times];
+    let packages: [Param; 1] = [&ids];
+    let states: [Param; 3] = [&ids, &times, &reasons];
+    // Sent together, run in order: the blobs' question is asked before the files go.
+    exec_in_order(
         tx,
-        "UPDATE blobs b SET unreferenced_since = last.at \
-         FROM (SELECT DISTINCT ON (f.blake3) f.blake3, u.at \
-               FROM files f \
-               JOIN unnest($1::uuid[], $2::timestamptz[]) WITH ORDINALITY AS u(id, at, o) \
-                 ON f.package_id = u.id \
-               ORDER BY f.blake3, u.o DESC) last \
-         WHERE b.blake3 = last.blake3 \
-           AND NOT EXISTS (SELECT 1 FROM files f \
-                           WHERE f.blake3 = b.blake3 AND f.package_id <> ALL($1))",
-        &[&ids, &times],
+        &[
+            (
+                "UPDATE blobs b SET unreferenced_since = last.at \
+                 FROM (SELECT DISTINCT ON (f.blake3) f.blake3, u.at \
+                       FROM files f \
+                       JOIN unnest($1::uuid[], $2::timestamptz[]) WITH ORDINALITY AS u(id, at, o) \
+                         ON f.package_id = u.id \
+                       ORDER BY f.blake3, u.o DESC) last \
+                 WHERE b.blake3 = last.blake3 \
+                   AND NOT EXISTS (SELECT 1 FROM files f \
+                                   WHERE f.blake3 = b.blake3 AND f.package_id <> ALL($1))",
+                &blobs,
+            ),
+            ("DELETE FROM files WHERE package_id = ANY($1)", &packages),
+            (
+                "UPDATE packages SET status = 'expired', file_count = 0, total_size = 0 \
+                 WHERE id = ANY($1)",
+                &packages,
+            ),
+            (
+                "UPDATE retention_state r SET expired_at = u.at, expiry_reason = u.reason \
+                 FROM unnest($1::uuid[], $2::timestamptz[], $3::text[]) AS u(id, at, reason) \
+                 WHERE r.package_id = u.id",
+                &states,
+            ),
+        ],
     )
-    .await?;
-    exec(tx, "DELETE FROM files WHERE package_id = ANY($1)", &[&ids]).await?;
-    exec(
-        tx,
-        "UPDATE packages SET status = 'expired', file_count = 0, total_size = 0 \
-         WHERE id = ANY($1)",
-        &[&ids],
-    )
-    .await?;
-    exec(
-        tx,
-        "UPDATE retention_state r SET expired_at = u.at, expiry_reason = u.reason \
-         FROM unnest($1::uuid[], $2::timestamptz[], $3::text[]) AS u(id, at, reason) \
-         WHERE r.package_id = u.id",
-        &[&ids, &times, &reasons],
-    )
-    .await?;
-    Ok(())
+    .await
 }
 
 /// Marks these blobs unreferenced from `at` if no file references them any more.

@@ -1,7 +1,7 @@
 //! The views of stored copies: `storage_locations` and `blobs` as verification, moves and
 //! collection change them.
 
-use super::{exec, hex_bytes};
+use super::{exec, exec_in_order, hex_bytes};
 use crate::db::Tx;
 use crate::error::Result;
 use crate::events::payloads::{BlobCollected, LocationAdded, LocationRemoved, LocationVerified};
@@ -63,24 +63,19 @@ pub(super) async fn collected_together(tx: &Tx<'_>, run: &[BlobCollected]) -> Re
         .iter()
         .map(|c| hex_bytes(&c.blake3))
         .collect::<Result<Vec<_>>>()?;
-    exec(
+    exec_in_order(
         tx,
-        "DELETE FROM storage_locations WHERE blake3 = ANY($1)",
-        &[&blobs],
+        &[
+            (
+                "DELETE FROM storage_locations WHERE blake3 = ANY($1)",
+                &[&blobs],
+            ),
+            ("DELETE FROM blobs WHERE blake3 = ANY($1)", &[&blobs]),
+        ],
     )
-    .await?;
-    exec(tx, "DELETE FROM blobs WHERE blake3 = ANY($1)", &[&blobs]).await?;
-    Ok(())
+    .await
 }
 
 pub(super) async fn blob_collected(tx: &Tx<'_>, c: &BlobCollected) -> Result<()> {
-    let blake3 = hex_bytes(&c.blake3)?;
-    exec(
-        tx,
-        "DELETE FROM storage_locations WHERE blake3 = $1",
-        &[&blake3],
-    )
-    .await?;
-    exec(tx, "DELETE FROM blobs WHERE blake3 = $1", &[&blake3]).await?;
-    Ok(())
+    collected_together(tx, std::slice::from_ref(c)).await
 }
