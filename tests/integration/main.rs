@@ -19,6 +19,7 @@ mod postgres_tls;
 mod quotas;
 mod registry_flow;
 mod replay;
+mod replicas;
 mod retention;
 mod routed;
 mod s3;

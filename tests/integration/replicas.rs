@@ -1,0 +1,202 @@
+//! Several servers and workers on one database: each process numbers events with its own
+//! sequencer and listens with its own LISTEN connection; the log they share is one.
+
+use crate::support::{Server, TestDb, TestEnv, body, random_bytes};
+use artifactstore::domain::TenantId;
+use artifactstore::registry::NewPackage;
+use serde_json::Value;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const TOKENS: &str = "default:read+write:default-token";
+
+async fn events(http: &reqwest::Client, server: &Server, since: i64, wait: u32) -> Vec<Value> {
+    let resp = http
+        .get(server.url(&format!("/events?since={since}&wait={wait}")))
+        .bearer_auth("default-token")
+        .header("Accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let page: Value = resp.json().await.unwrap();
+    page["events"].as_array().unwrap().clone()
+}
+
+/// A long-poll on one replica wakes for a commit made through another; a client that writes
+/// through one replica and reads the log through another, at once and without waiting, sees
+/// its event; and the three replicas' log is one gapless sequence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_one_log_and_wake_each_others_waiters() {
+    let db = TestDb::new().await;
+    let replicas: Vec<Server> = (0..3)
+        .map(|_| Server::start(&db, &[("ARTIFACTSTORE_TOKENS", TOKENS)]))
+        .collect();
+    let http = reqwest::Client::new();
+
+    for round in 0..3 {
+        let (writer, reader) = (&replicas[round % 3], &replicas[(round + 1) % 3]);
+        let seen = events(&http, reader, 0, 0).await.len() as i64;
+        // A long-poll on the reader, then a write through the writer.
+        let waiting = {
+            let http = http.clone();
+            let url = reader.url(&format!("/events?since={seen}&wait=20"));
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let resp = http
+                    .get(url)
+                    .bearer_auth("default-token")
+                    .header("Accept", "application/json")
+                    .send()
+                    .await
+                    .unwrap();
+                let page: Value = resp.json().await.unwrap();
+                (page["events"].as_array().unwrap().len(), started.elapsed())
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let id = writer
+            .create_package(&http, "default-token", &format!("r{round}"))
+            .await;
+        let (woken_with, after) = waiting.await.unwrap();
+        assert_eq!(woken_with, 1, "round {round}");
+        assert!(
+            after < Duration::from_secs(10),
+            "woken by the commit, not the timeout"
+        );
+
+        // Read-your-writes across replicas: write through one, read at once through the
+        // third, without waiting.
+        let other = &replicas[(round + 2) % 3];
+        let id2 = writer
+            .create_package(&http, "default-token", &format!("r{round}b"))
+            .await;
+        let log = events(&http, other, 0, 0).await;
+        let subjects: Vec<&str> = log
+            .iter()
+            .map(|e| e["subject_id"].as_str().unwrap())
+            .collect();
+        assert!(subjects.contains(&id.as_str()) && subjects.contains(&id2.as_str()));
+    }
+    let log = events(&http, &replicas[0], 0, 0).await;
+    let sequences: Vec<i64> = log
+        .iter()
+        .map(|e| e["sequence"].as_i64().unwrap())
+        .collect();
+    assert_eq!(sequences, (1..=6).collect::<Vec<_>>());
+}
+
+/// Two worker processes expire and collect the same 10,000 due packages at the same time: each
+/// package is expired once and each blob collected once (counted in the log), and both did
+/// part of the work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_workers_share_the_work_and_do_none_of_it_twice() {
+    const PACKAGES: usize = 10_000;
+    let env = TestEnv::new().await;
+    crate::support::define_instant_class(&env.registry).await;
+    let tenant = TenantId::default_tenant();
+    let mut makers = Vec::new();
+    for m in 0..8 {
+        let registry = env.registry.clone();
+        let tenant = tenant.clone();
+        makers.push(tokio::spawn(async move {
+            for i in (m..PACKAGES).step_by(8) {
+                let p = registry
+                    .create_package(
+                        &tenant,
+                        NewPackage {
+                            producer: "p".into(),
+                            subject: format!("{i}"),
+                            retention_class: Some("instant".into()),
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .unwrap();
+                registry
+                    .ingest_file(
+                        &tenant,
+                        p.id,
+                        crate::support::ingest_request("f"),
+                        body(&random_bytes(64, i as u64), 64),
+                    )
+                    .await
+                    .unwrap();
+                registry
+                    .finalize_package(&tenant, p.id, None)
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for m in makers {
+        m.await.unwrap();
+    }
+    env.registry.sequencer().settle().await;
+
+    let (url, data, blobs) = (
+        env.db.url.clone(),
+        env.dir.path().join("worker"),
+        env.dir.path().join("blobs"),
+    );
+    let worker = move || {
+        Command::new(env!("CARGO_BIN_EXE_artifactstore"))
+            .args([
+                "worker",
+                "--once",
+                "--gc-grace-seconds",
+                "0",
+                "--expire-batch",
+                "10",
+            ])
+            .env("ARTIFACTSTORE_DATABASE_URL", &url)
+            .env("ARTIFACTSTORE_DATA_DIR", &data)
+            .env("ARTIFACTSTORE_STORAGE_LOCAL_ROOT", &blobs)
+            .env("ARTIFACTSTORE_METRICS_LISTEN", "")
+            .env("ARTIFACTSTORE_LOG", "warn")
+            .output()
+    };
+    let (a, b) = tokio::join!(
+        tokio::task::spawn_blocking(worker.clone()),
+        tokio::task::spawn_blocking(worker)
+    );
+    let (a, b) = (a.unwrap().unwrap(), b.unwrap().unwrap());
+    let expired_by = |out: &std::process::Output| -> usize {
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text.split("expired ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no count in {text}"))
+    };
+    let (by_a, by_b) = (expired_by(&a), expired_by(&b));
+    assert_eq!(by_a + by_b, PACKAGES, "every package expired by one worker");
+
+    let client = env.db.client().await;
+    let row = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE type = 'v1.package.expired'), \
+                    count(DISTINCT subject_id) FILTER (WHERE type = 'v1.package.expired'), \
+                    count(*) FILTER (WHERE type = 'v1.blob.collected'), \
+                    count(DISTINCT subject_id) FILTER (WHERE type = 'v1.blob.collected'), \
+                    count(*), max(sequence), count(sequence) \
+             FROM events",
+            &[],
+        )
+        .await
+        .unwrap();
+    let count = |i: usize| row.get::<_, i64>(i);
+    assert_eq!((count(0), count(1)), (PACKAGES as i64, PACKAGES as i64));
+    assert_eq!((count(2), count(3)), (PACKAGES as i64, PACKAGES as i64));
+    assert_eq!(count(4), count(5), "numbered, no gap");
+    assert_eq!(count(4), count(6), "every event numbered");
+    assert!(
+        by_a > 0 && by_b > 0,
+        "both workers took part: {by_a} and {by_b}"
+    );
+}
