@@ -679,34 +679,9 @@ async fn worker_killed_mid_collection(
     storage: &[(&str, &str)],
 ) {
     crate::support::define_instant_class(registry).await;
-    let tenant = artifactstore::domain::TenantId::default_tenant();
     // 300 packages due at once, each with bytes of its own.
     for i in 0..300u64 {
-        let p = registry
-            .create_package(
-                &tenant,
-                artifactstore::registry::NewPackage {
-                    producer: "p".into(),
-                    subject: format!("s{i}"),
-                    retention_class: Some("instant".into()),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        registry
-            .ingest_file(
-                &tenant,
-                p.id,
-                crate::support::ingest_request("f"),
-                crate::support::body(&random_bytes(3000, i), 3000),
-            )
-            .await
-            .unwrap();
-        registry
-            .finalize_package(&tenant, p.id, None)
-            .await
-            .unwrap();
+        crate::support::due_package(registry, &format!("s{i}"), i, 3000).await;
     }
     let data = tempfile::tempdir().unwrap();
     let worker = |extra: &[&str]| {

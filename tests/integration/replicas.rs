@@ -1,9 +1,7 @@
 //! Several servers and workers on one database: each process numbers events with its own
 //! sequencer and listens with its own LISTEN connection; the log they share is one.
 
-use crate::support::{Server, TestDb, TestEnv, body, random_bytes};
-use artifactstore::domain::TenantId;
-use artifactstore::registry::NewPackage;
+use crate::support::{Server, TestDb, TestEnv};
 use serde_json::Value;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -94,38 +92,12 @@ async fn two_workers_share_the_work_and_do_none_of_it_twice() {
     const PACKAGES: usize = 10_000;
     let env = TestEnv::new().await;
     crate::support::define_instant_class(&env.registry).await;
-    let tenant = TenantId::default_tenant();
     let mut makers = Vec::new();
     for m in 0..8 {
         let registry = env.registry.clone();
-        let tenant = tenant.clone();
         makers.push(tokio::spawn(async move {
             for i in (m..PACKAGES).step_by(8) {
-                let p = registry
-                    .create_package(
-                        &tenant,
-                        NewPackage {
-                            producer: "p".into(),
-                            subject: format!("{i}"),
-                            retention_class: Some("instant".into()),
-                            ..Default::default()
-                        },
-                    )
-                    .await
-                    .unwrap();
-                registry
-                    .ingest_file(
-                        &tenant,
-                        p.id,
-                        crate::support::ingest_request("f"),
-                        body(&random_bytes(64, i as u64), 64),
-                    )
-                    .await
-                    .unwrap();
-                registry
-                    .finalize_package(&tenant, p.id, None)
-                    .await
-                    .unwrap();
+                crate::support::due_package(&registry, &format!("{i}"), i as u64, 64).await;
             }
         }));
     }

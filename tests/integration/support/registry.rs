@@ -136,3 +136,34 @@ pub async fn define_instant_class(registry: &Registry) {
         .await
         .unwrap();
 }
+
+/// A finalized package of the `instant` class (due at once: see [`define_instant_class`])
+/// holding one file `f` of `size` bytes of its own (from `seed`).
+pub async fn due_package(registry: &Registry, subject: &str, seed: u64, size: usize) {
+    let tenant = artifactstore::domain::TenantId::default_tenant();
+    let p = registry
+        .create_package(
+            &tenant,
+            artifactstore::registry::NewPackage {
+                producer: "p".into(),
+                subject: subject.into(),
+                retention_class: Some("instant".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    registry
+        .ingest_file(
+            &tenant,
+            p.id,
+            ingest_request("f"),
+            body(&random_bytes(size, seed), size.min(3000)),
+        )
+        .await
+        .unwrap();
+    registry
+        .finalize_package(&tenant, p.id, None)
+        .await
+        .unwrap();
+}
