@@ -76,6 +76,9 @@ impl Service {
         let registry = Registry::new(pool, backends)
             .with_limits(settings.limits)
             .with_upload_dir(settings.data_dir.join("uploads"));
+        for (id, root) in settings.storage.local_roots(&settings.storage_local_root) {
+            registry.check_local_root(&id, &root).await?;
+        }
         registry.sequencer().start();
         Ok(Service { registry, database })
     }

@@ -14,6 +14,7 @@ mod reads;
 mod record;
 mod relocate;
 mod retention;
+mod roots;
 mod space;
 mod types;
 mod uploads;
@@ -28,6 +29,7 @@ pub use quota::{Quota, QuotaUsage, Room, TenantQuota, Writing, quota_definition_
 pub use reads::FileDownload;
 pub use relocate::{MigrateScope, MigrationItem, Moved};
 pub use retention::{Expiry, MAX_CLASS_DURATION_SECONDS, RetentionClass};
+pub use roots::MARKER_FILE;
 pub use space::DiskSpace;
 pub use types::{FileRecord, IngestRequest, Package, PackageStatus, RetentionInfo, StoredManifest};
 pub use uploads::{Chunk, NewUpload, UploadSession, WriteThroughStats};

@@ -135,6 +135,20 @@ impl StorageConfig {
         Ok(config)
     }
 
+    /// Every local backend's id and root (`local_root` is the implicit local backend's).
+    pub fn local_roots(&self, local_root: &Path) -> Vec<(String, std::path::PathBuf)> {
+        let mut roots = Vec::new();
+        if !self.backends.contains_key(LOCAL_BACKEND) {
+            roots.push((LOCAL_BACKEND.to_owned(), local_root.to_owned()));
+        }
+        for (id, spec) in &self.backends {
+            if let BackendSpec::Local(local) = spec {
+                roots.push((id.clone(), local.root.clone()));
+            }
+        }
+        roots
+    }
+
     /// Opens every backend. `default_override` (from the environment) replaces
     /// `default_backend`; `local_root` is the implicit local backend's root.
     pub fn open(&self, default_override: Option<&str>, local_root: &Path) -> Result<Backends> {

@@ -172,3 +172,53 @@ async fn two_workers_share_the_work_and_do_none_of_it_twice() {
         "both workers took part: {by_a} and {by_b}"
     );
 }
+
+/// Servers sharing a local backend need one shared filesystem. One whose root is another
+/// directory (it lacks the marker the first server wrote there and recorded) only warns while
+/// the backend holds nothing, and refuses to start once it holds bytes, saying why; started
+/// on the shared root it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_on_an_unshared_local_root_refuses_to_start_once_it_holds_bytes() {
+    let db = TestDb::new().await;
+    let first = Server::start(&db, &[("ARTIFACTSTORE_TOKENS", TOKENS)]);
+    let marker = std::fs::read_to_string(
+        first
+            .data
+            .join("blobs")
+            .join(artifactstore::registry::MARKER_FILE),
+    )
+    .unwrap();
+    assert!(uuid::Uuid::parse_str(marker.trim()).is_ok(), "{marker}");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let worker = |data: &std::path::Path| {
+        crate::support::run(
+            &db.url,
+            data,
+            &["worker", "--once"],
+            &[("ARTIFACTSTORE_METRICS_LISTEN", "")],
+        )
+    };
+    let (code, out) = worker(elsewhere.path());
+    assert_eq!(code, 0, "nothing stored yet: a warning only\n{out}");
+    assert!(out.contains("not the directory the other servers"), "{out}");
+
+    let http = reqwest::Client::new();
+    let id = first.create_package(&http, "default-token", "s").await;
+    let resp = http
+        .put(first.url(&format!("/packages/{id}/files/a.bin")))
+        .bearer_auth("default-token")
+        .body(vec![7u8; 1000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+
+    let (code, out) = worker(elsewhere.path());
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("local backend `local`") && out.contains("one shared filesystem"),
+        "{out}"
+    );
+    let (code, out) = worker(&first.data);
+    assert_eq!(code, 0, "{out}");
+}

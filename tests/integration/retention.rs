@@ -18,14 +18,16 @@ const OPERATOR: &str = "system-admin-token";
 const TOKENS: &str = "acme:admin:acme-admin-token,acme:read+write:acme-writer-token,\
                       system:admin:system-admin-token";
 
-/// A `worker` process (daemon mode) on the test database.
-fn worker(db: &TestDb, extra: &[&str]) -> Child {
+/// A `worker` process (daemon mode) on the test database, its local backend at `blobs` (the
+/// root the servers or the registry of the test use: a local backend is one directory).
+fn worker(db: &TestDb, blobs: &std::path::Path, extra: &[&str]) -> Child {
     let data = std::env::temp_dir().join(format!("worker-{}", uuid::Uuid::new_v4()));
     Command::new(env!("CARGO_BIN_EXE_artifactstore"))
         .arg("worker")
         .args(extra)
         .env("ARTIFACTSTORE_DATABASE_URL", &db.url)
         .env("ARTIFACTSTORE_DATA_DIR", &data)
+        .env("ARTIFACTSTORE_STORAGE_LOCAL_ROOT", blobs)
         .env("ARTIFACTSTORE_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
@@ -183,7 +185,7 @@ async fn short_classes_expire_on_time_held_packages_wait_for_their_release() {
     assert_eq!(held["retention"]["legal_hold"], true);
     assert_eq!(held["retention"]["hold_reason"], "litigation");
 
-    let _worker = Killed(worker(&db, &[]));
+    let _worker = Killed(worker(&db, &server.data.join("blobs"), &[]));
     let expired = wait_expired(&http, &base, a, Duration::from_secs(20)).await;
     let late = timestamp(&expired["expired_at"]) - timestamp(&expired["due_at"]);
     assert!(
@@ -394,7 +396,13 @@ async fn three_workers_expire_a_thousand_due_packages_exactly_once() {
     futures::StreamExt::for_each_concurrent(futures::stream::iter(created), 16, |f| f).await;
 
     let workers: Vec<Killed> = (0..3)
-        .map(|_| Killed(worker(&env.db, &["--expire-batch", "20"])))
+        .map(|_| {
+            Killed(worker(
+                &env.db,
+                &env.dir.path().join("blobs"),
+                &["--expire-batch", "20"],
+            ))
+        })
         .collect();
     // Kill one worker hard while the work is under way: its open batch rolls back and the
     // others take it.
