@@ -58,6 +58,10 @@ pub const UPLOAD_SESSIONS: &str = "artifactstore_upload_sessions";
 pub const WORKER_JOBS: &str = "artifactstore_worker_jobs_total";
 /// `artifactstore_worker_passes_total{outcome}`: passes of the background jobs.
 pub const WORKER_PASSES: &str = "artifactstore_worker_passes_total";
+/// `artifactstore_events_unnumbered` (gauge): committed events waiting for their number.
+pub const EVENTS_UNNUMBERED: &str = "artifactstore_events_unnumbered";
+/// `artifactstore_sequencer_passes_total{outcome}`: numbering passes of this process.
+pub const SEQUENCER_PASSES: &str = "artifactstore_sequencer_passes_total";
 /// `artifactstore_quota_refusals_total{quota}`.
 pub const QUOTA_REFUSALS: &str = "artifactstore_quota_refusals_total";
 /// `artifactstore_build_info{version}` (gauge, always 1).
@@ -74,6 +78,8 @@ pub const SERIES: &[&str] = &[
     EVENTS_HEAD,
     EVENTS_LISTENER_SEQUENCE,
     EVENTS_COMMITTED,
+    EVENTS_UNNUMBERED,
+    SEQUENCER_PASSES,
     EVENT_LISTENER_UP,
     LONG_POLLS,
     DB_POOL,
@@ -194,6 +200,11 @@ pub fn committed<'a>(types: impl IntoIterator<Item = &'a str>) {
     }
 }
 
+/// Counts a numbering pass: `numbered` (it numbered events), `idle` (none waited) or `failed`.
+pub fn sequencer_pass(outcome: &'static str) {
+    counter!(SEQUENCER_PASSES, "outcome" => outcome).increment(1);
+}
+
 /// Counts `n` units of work of a background job with an outcome (`done`, `failed`, ...).
 pub fn worker_jobs(job: &'static str, outcome: &'static str, n: u64) {
     if n > 0 {
@@ -223,7 +234,8 @@ pub fn bus(bus: &crate::events::EventBus) {
     gauge!(EVENTS_LISTENER_SEQUENCE).set(bus.latest() as f64);
 }
 
-/// Sets the gauges read from the database (the log's head, open upload sessions). Bounded in
+/// Sets the gauges read from the database (the log's head and numbering backlog, open upload
+/// sessions). Bounded in
 /// time: a scrape never waits long on a database that does not answer (the gauges then keep
 /// their last values, and the pool gauges show why).
 pub async fn database(pool: &deadpool_postgres::Pool) {
@@ -232,16 +244,24 @@ pub async fn database(pool: &deadpool_postgres::Pool) {
         let row = client
             .query_one(
                 "SELECT (SELECT coalesce(max(sequence), 0) FROM events), \
-                        (SELECT count(*) FROM uploads)",
+                        (SELECT count(*) FROM uploads), \
+                        (SELECT count(*) FROM events WHERE sequence IS NULL)",
                 &[],
             )
             .await
             .ok()?;
-        Some((row.get::<_, i64>(0), row.get::<_, i64>(1)))
+        Some((
+            row.get::<_, i64>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2),
+        ))
     };
-    if let Ok(Some((head, sessions))) = tokio::time::timeout(Duration::from_secs(2), read).await {
+    if let Ok(Some((head, sessions, unnumbered))) =
+        tokio::time::timeout(Duration::from_secs(2), read).await
+    {
         gauge!(EVENTS_HEAD).set(head as f64);
         gauge!(UPLOAD_SESSIONS).set(sessions as f64);
+        gauge!(EVENTS_UNNUMBERED).set(unnumbered as f64);
     }
 }
 
@@ -331,6 +351,14 @@ fn describe() {
         "The latest event sequence this process's listener was told of."
     );
     describe_counter!(EVENTS_COMMITTED, "Events this process committed, by type.");
+    describe_gauge!(
+        EVENTS_UNNUMBERED,
+        "Committed events waiting for their sequence number (a numbering backlog)."
+    );
+    describe_counter!(
+        SEQUENCER_PASSES,
+        "Numbering passes of this process: numbered, idle (nothing waited) or failed."
+    );
     describe_gauge!(
         EVENT_LISTENER_UP,
         "1 when the LISTEN connection of the event bus is up."

@@ -194,11 +194,13 @@ async fn run(shared: Arc<Shared>, alive: Weak<()>) {
                 )))
             });
         match passed {
-            Ok(_) => {
+            Ok(numbered) => {
+                crate::metrics::sequencer_pass(if numbered > 0 { "numbered" } else { "idle" });
                 backoff = Duration::from_millis(50);
                 shared.answered.send_modify(|a| *a = (*a).max(target));
             }
             Err(e) => {
+                crate::metrics::sequencer_pass("failed");
                 tracing::warn!(error = %e, retry_in = ?backoff, "event sequencer pass failed");
                 connection = None;
                 tokio::time::sleep(backoff).await;

@@ -105,6 +105,14 @@ async fn metrics_count_requests_ingests_bytes_events_and_backends() {
     let http = Client::new();
     let body = vec![7u8; 100_000];
     traffic(&http, &server, &body).await;
+    // A read of the log waits for the numbering of what was committed before it.
+    let log = http
+        .get(server.url("/events?since=0&wait=0"))
+        .bearer_auth("alpha-writer")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(log.status(), StatusCode::OK);
     let text = scrape(&server).await;
     let value = |name: &str, labels: &[&str]| sample(&text, name, labels);
     let created = [r#"operation="createPackage""#, r#"status="201""#];
@@ -142,6 +150,13 @@ async fn metrics_count_requests_ingests_bytes_events_and_backends() {
         2.0
     );
     assert_eq!(value("artifactstore_events_head_sequence", &[]), 3.0);
+    assert_eq!(value("artifactstore_events_unnumbered", &[]), 0.0);
+    assert!(
+        value(
+            "artifactstore_sequencer_passes_total",
+            &[r#"outcome="numbered""#]
+        ) >= 1.0
+    );
     assert_eq!(value("artifactstore_event_listener_up", &[]), 1.0);
     assert!(value("artifactstore_db_pool_connections", &[r#"state="idle""#]) >= 1.0);
     assert_eq!(value("artifactstore_db_pool_max_connections", &[]), 32.0);
