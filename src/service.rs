@@ -76,8 +76,12 @@ impl Service {
         let registry = Registry::new(pool, backends)
             .with_limits(settings.limits)
             .with_upload_dir(settings.data_dir.join("uploads"));
-        for (id, root) in settings.storage.local_roots(&settings.storage_local_root) {
-            registry.check_local_root(&id, &root).await?;
+        let roots = settings.storage.local_roots(
+            &settings.storage_local_root,
+            settings.storage_default.as_deref(),
+        );
+        for (id, root, written) in roots {
+            registry.check_local_root(&id, &root, written).await?;
         }
         registry.sequencer().start();
         Ok(Service { registry, database })

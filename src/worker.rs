@@ -100,7 +100,9 @@ impl Worker {
                 .registry
                 .collect_garbage(grace, self.options.expire_batch)
                 .await?;
-            let more = batch.blobs as i64 == self.options.expire_batch;
+            // Another worker collecting at once holds some of the candidates: go on while
+            // this one still finds a full batch and takes some of it (the other goes on too).
+            let more = batch.full && batch.blobs > 0;
             total.blobs += batch.blobs;
             total.bytes += batch.bytes;
             if !more {

@@ -174,17 +174,27 @@ async fn read_or_wait(
     wait: Duration,
 ) -> Result<(Option<Arc<TailPage>>, i64), ApiError> {
     let deadline = Instant::now() + wait;
-    // Every event committed before this request began is numbered before the first read (a
-    // client that wrote, then reads, sees its events; so does any other client).
-    state.registry.sequencer().numbered().await;
+    // Every event committed before this request began is numbered before the first read, and
+    // that read starts after the numbering (a client that wrote, then reads, sees its events;
+    // so does any other client). Waiting for it is bounded by the request's own wait (at
+    // least a second, at most ten): a numbering that is behind is a 503, never a stale page.
+    let bound = wait.clamp(Duration::from_secs(1), Duration::from_secs(10));
+    let Some(mut fresh_after) = state.registry.sequencer().numbered_within(bound).await else {
+        return Err(crate::Error::Database(
+            "the event log's numbering is behind; retry in a moment".into(),
+        )
+        .into());
+    };
     // Where the next read starts: a read that found nothing has looked up to its
     // `scanned_to`, so the next one need not look there again.
     let mut from = since;
     loop {
         let read = state
             .tail
-            .page(tenant, from, limit, prefix, waiting.clone())
+            .page(tenant, from, limit, prefix, fresh_after, waiting.clone())
             .await?;
+        // Later reads follow notifications of numbered events: any read will do.
+        fresh_after = 0;
         let scanned_to = read.scanned_to;
         let next = if read.events.len() as i64 == limit {
             read.events.last().map_or(from, |e| e.sequence)

@@ -31,8 +31,8 @@ const BATCH: i64 = 10_000;
 /// How often a started sequencer runs a pass unasked.
 pub const TICK: Duration = Duration::from_secs(1);
 
-/// How long a writer waits for its events to be numbered before it returns anyway (they are
-/// committed and will be numbered by a later pass; only read-your-writes is lost).
+/// How long [`Sequencer::numbered`] (a process settling before it exits) waits before it
+/// gives up (the events are committed; a later pass of any process numbers them).
 const WAIT: Duration = Duration::from_secs(10);
 
 /// Longest a pass may take before its connection is dropped (and its transaction, with the
@@ -146,11 +146,10 @@ impl Sequencer {
         self.shared.wake.notify_one();
     }
 
-    /// Waits until the passes this process asked for have run (at once if none is pending):
-    /// before a process exits, so that its events need no other process's pass.
+    /// Waits until the passes this process asked for have run: before a process exits, so
+    /// that its events need no other process's pass.
     pub async fn settle(&self) {
-        let asked = self.shared.requested.load(Ordering::SeqCst);
-        if *self.shared.answered.borrow() < asked {
+        if self.shared.requested.load(Ordering::SeqCst) > 0 {
             self.numbered().await;
         }
     }
@@ -158,16 +157,26 @@ impl Sequencer {
     /// Waits until every event committed before this call is numbered (at most [`WAIT`]; after
     /// that the events are numbered by a later pass, and a warning is logged).
     pub async fn numbered(&self) {
-        self.start();
-        let request = self.shared.requested.fetch_add(1, Ordering::SeqCst) + 1;
-        let mut answered = self.shared.answered.subscribe();
-        self.shared.wake.notify_one();
-        let waited = tokio::time::timeout(WAIT, answered.wait_for(|a| *a >= request)).await;
-        if !matches!(waited, Ok(Ok(_))) {
+        if self.numbered_within(WAIT).await.is_none() {
             tracing::warn!(
                 waited = ?WAIT,
                 "committed events not numbered yet; a later pass will number them"
             );
+        }
+    }
+
+    /// Waits, at most `bound`, until every event committed before this call is numbered.
+    /// `Some(pass)` when they are: the count of passes asked for that had been answered when
+    /// this returned; a read started after that is fresh enough (see
+    /// [`TailReader::page`](super::TailReader::page)).
+    pub async fn numbered_within(&self, bound: Duration) -> Option<u64> {
+        self.start();
+        let request = self.shared.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut answered = self.shared.answered.subscribe();
+        self.shared.wake.notify_one();
+        match tokio::time::timeout(bound, answered.wait_for(|a| *a >= request)).await {
+            Ok(Ok(pass)) => Some(*pass),
+            _ => None,
         }
     }
 }

@@ -33,6 +33,9 @@ struct Question {
     since: i64,
     limit: i64,
     type_prefix: Option<String>,
+    /// The numbering pass the read must start after (0: any): askers after different passes
+    /// never share a read, so none gets a page read before its own pass.
+    fresh_after: u64,
 }
 
 type Answer = Shared<BoxFuture<'static, std::result::Result<Arc<TailPage>, Arc<Error>>>>;
@@ -61,7 +64,9 @@ impl TailReader {
     }
 
     /// The tenant's events after `since` (optionally only types starting with `type_prefix`),
-    /// at most `limit`, and the latest committed sequence the page covers.
+    /// at most `limit`, and the latest committed sequence the page covers. `fresh_after`: the
+    /// pass (from [`Sequencer::numbered_within`](super::Sequencer::numbered_within)) the read
+    /// must begin after, 0 for any.
     ///
     /// `hold` is kept until the read this asks for ends, if it starts one, even when the asker
     /// goes away first: the asker's place among the long-polls (see
@@ -74,6 +79,7 @@ impl TailReader {
         since: i64,
         limit: i64,
         type_prefix: Option<&str>,
+        fresh_after: u64,
         hold: impl Send + Sync + 'static,
     ) -> Result<Arc<TailPage>> {
         let question = Question {
@@ -81,6 +87,7 @@ impl TailReader {
             since,
             limit,
             type_prefix: type_prefix.map(str::to_owned),
+            fresh_after,
         };
         let answer = {
             let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());

@@ -30,6 +30,9 @@ pub struct Collected {
     pub bytes: u64,
     /// Orphan objects (bytes with no row) deleted.
     pub orphans: u64,
+    /// Whether the pass found as many collectable blobs as it could take (some it may have
+    /// left to another collector holding them): there may be more.
+    pub full: bool,
 }
 
 /// More orphans than this (and over a tenth of a backend's objects) in one sweep are taken for
@@ -99,8 +102,11 @@ impl Registry {
         let cutoff = self.collect_cutoff(grace_seconds)?;
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let rows = collectable_now(&tx, cutoff, limit).await?;
-        let mut done = Collected::default();
+        let (candidates, rows) = collectable_now(&tx, cutoff, limit).await?;
+        let mut done = Collected {
+            full: candidates == limit.unsigned_abs(),
+            ..Collected::default()
+        };
         let mut found = Vec::new();
         let mut deletions = Vec::new();
         for row in &rows {
@@ -216,12 +222,13 @@ impl Registry {
 }
 
 /// Up to `limit` blobs unreferenced since before `cutoff`, each locked for collection, with
-/// the backends holding their copies: blake3, size, unreferenced since, backend ids.
+/// the backends holding their copies: blake3, size, unreferenced since, backend ids; and how
+/// many were candidates (those another collector holds are left to it).
 async fn collectable_now(
     tx: &crate::db::Tx<'_>,
     cutoff: time::OffsetDateTime,
     limit: i64,
-) -> Result<Vec<tokio_postgres::Row>> {
+) -> Result<(u64, Vec<tokio_postgres::Row>)> {
     // No row locks here: an expiry may be holding these rows, and waiting for it while
     // holding them would deadlock. The per-blob advisory
     // lock (tried, never waited for) decides who may touch a blob.
@@ -231,11 +238,12 @@ async fn collectable_now(
         .iter()
         .map(|r| r.get(0))
         .collect();
+    let found = candidates.len() as u64;
     let locked = blob_lock::try_lock_many_exclusive(tx, &candidates).await?;
     // Holding the locks, no ingest or link can be adding a file for these blobs: look
     // again (one may have committed just before, or another collector may have taken the
     // blob already), and find where the copies are.
-    Ok(tx
+    let rows = tx
         .query(
             "SELECT b.blake3, b.size, b.unreferenced_since, \
                     coalesce(array_agg(l.backend_id ORDER BY l.backend_id) \
@@ -247,5 +255,6 @@ async fn collectable_now(
              GROUP BY b.blake3, b.size, b.unreferenced_since",
             &[&locked],
         )
-        .await?)
+        .await?;
+    Ok((found, rows))
 }

@@ -3,9 +3,12 @@
 //! Several servers can share a local backend only through one shared filesystem. The first
 //! server to use a local backend writes a marker (a random id) in its root and records it in
 //! `local_roots`; every server checks, at start, that its root holds the recorded marker. One
-//! that does not is looking at another directory: it refuses to start when the database says
-//! that backend holds bytes (it would answer 404 for them, and verification would call them
-//! missing), and warns otherwise.
+//! that does not is looking at another directory and refuses to start: it would store bytes
+//! the others cannot read, answer 404 for theirs, and its verification would call them
+//! missing. A local backend that takes no new files (neither the default nor a route's) and
+//! holds none is not checked (an S3 fleet's unused built-in `local`). Before the first mark of
+//! a backend that already holds bytes (a fleet upgraded to this check), the root must hold
+//! some of them, so that the wrong directory is never the one recorded.
 
 use super::Registry;
 use crate::error::{Error, Result};
@@ -15,65 +18,108 @@ use uuid::Uuid;
 /// The marker's file name in a local backend's root.
 pub const MARKER_FILE: &str = ".artifactstore-root";
 
+/// How many of a backend's stored keys are looked for in a root before its first mark.
+const SAMPLE: i64 = 16;
+
 impl Registry {
-    /// Checks (and on first use marks) the root of the local backend `backend_id`.
-    pub async fn check_local_root(&self, backend_id: &str, root: &Path) -> Result<()> {
+    /// Checks (and on first use marks) the root of the local backend `backend_id`; `written`:
+    /// whether new files may go to it.
+    pub async fn check_local_root(
+        &self,
+        backend_id: &str,
+        root: &Path,
+        written: bool,
+    ) -> Result<()> {
+        let client = self.pool().get().await?;
+        let held: Vec<String> = client
+            .query(
+                "SELECT key FROM storage_locations WHERE backend_id = $1 AND status = 'present' \
+                 LIMIT $2",
+                &[&backend_id, &SAMPLE],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !written && held.is_empty() {
+            return Ok(());
+        }
         let file = root.join(MARKER_FILE);
         let on_disk = read_marker(&file)?;
-        let client = self.pool().get().await?;
-        let recorded = |marker: Uuid| async move {
-            let inserted = client
-                .query_opt(
-                    "WITH mark AS (INSERT INTO local_roots (backend_id, marker) VALUES ($1, $2) \
-                                   ON CONFLICT (backend_id) DO NOTHING RETURNING marker) \
-                     SELECT marker FROM mark \
-                     UNION ALL SELECT marker FROM local_roots WHERE backend_id = $1 \
-                     LIMIT 1",
-                    &[&backend_id, &marker],
-                )
-                .await?;
-            // None: another server's first mark committed while this statement ran; read it.
-            let row = match inserted {
-                Some(row) => row,
-                None => {
-                    client
-                        .query_one(
-                            "SELECT marker FROM local_roots WHERE backend_id = $1",
-                            &[&backend_id],
-                        )
-                        .await?
-                }
-            };
-            Ok::<_, Error>((row.get::<_, Uuid>(0), client))
+        let recorded: Option<Uuid> = client
+            .query_opt(
+                "SELECT marker FROM local_roots WHERE backend_id = $1",
+                &[&backend_id],
+            )
+            .await?
+            .map(|r| r.get(0));
+        let not_shared = |theirs: Uuid| {
+            Error::InvalidInput(format!(
+                "local backend `{backend_id}` at {} is not the directory the other servers of \
+                 this database use (its marker is not {theirs}): servers that share a local \
+                 backend need one shared filesystem, mounted at the same path on each",
+                root.display()
+            ))
         };
+        if let Some(theirs) = recorded {
+            return if on_disk == Some(theirs) {
+                Ok(())
+            } else {
+                Err(not_shared(theirs))
+            };
+        }
+        let holds_some = held.iter().any(|key| {
+            let key = Path::new(key);
+            key.is_relative() && root.join(key).is_file()
+        });
+        if !held.is_empty() && !holds_some {
+            return Err(Error::InvalidInput(format!(
+                "local backend `{backend_id}` at {} holds none of the bytes the database says it \
+                 stores: this is not its directory (servers that share a local backend need one \
+                 shared filesystem, mounted at the same path on each)",
+                root.display()
+            )));
+        }
         let ours = match on_disk {
             Some(marker) => marker,
             None => write_marker(&file, Uuid::new_v4())?,
         };
-        let (theirs, client) = recorded(ours).await?;
+        let theirs = record_marker(&client, backend_id, ours).await?;
         if theirs == ours {
-            return Ok(());
+            Ok(())
+        } else {
+            Err(not_shared(theirs))
         }
-        let holds: bool = client
+    }
+}
+
+/// Records `ours` as the backend's marker unless one is recorded already: the one recorded.
+async fn record_marker(
+    client: &deadpool_postgres::Object,
+    backend_id: &str,
+    ours: Uuid,
+) -> Result<Uuid> {
+    let inserted = client
+        .query_opt(
+            "WITH mark AS (INSERT INTO local_roots (backend_id, marker) VALUES ($1, $2) \
+                           ON CONFLICT (backend_id) DO NOTHING RETURNING marker) \
+             SELECT marker FROM mark \
+             UNION ALL SELECT marker FROM local_roots WHERE backend_id = $1 \
+             LIMIT 1",
+            &[&backend_id, &ours],
+        )
+        .await?;
+    // None: another server's first mark committed while this statement ran; read it.
+    Ok(match inserted {
+        Some(row) => row.get(0),
+        None => client
             .query_one(
-                "SELECT EXISTS (SELECT 1 FROM storage_locations \
-                                WHERE backend_id = $1 AND status = 'present')",
+                "SELECT marker FROM local_roots WHERE backend_id = $1",
                 &[&backend_id],
             )
             .await?
-            .get(0);
-        let problem = format!(
-            "local backend `{backend_id}` at {} is not the directory the other servers of this \
-             database use (its marker is not {theirs}): servers that share a local backend need \
-             one shared filesystem, mounted at the same path on each",
-            root.display()
-        );
-        if holds {
-            return Err(Error::InvalidInput(problem));
-        }
-        tracing::warn!("{problem}; nothing is stored on it yet");
-        Ok(())
-    }
+            .get(0),
+    })
 }
 
 fn read_marker(file: &Path) -> Result<Option<Uuid>> {

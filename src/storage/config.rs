@@ -135,15 +135,29 @@ impl StorageConfig {
         Ok(config)
     }
 
-    /// Every local backend's id and root (`local_root` is the implicit local backend's).
-    pub fn local_roots(&self, local_root: &Path) -> Vec<(String, std::path::PathBuf)> {
+    /// Every local backend: its id, its root (`local_root` is the implicit local backend's),
+    /// and whether new files may be written to it (the default backend, with
+    /// `default_override`, or a route's).
+    pub fn local_roots(
+        &self,
+        local_root: &Path,
+        default_override: Option<&str>,
+    ) -> Vec<(String, std::path::PathBuf, bool)> {
+        let default = default_override
+            .or(self.default_backend.as_deref())
+            .unwrap_or(LOCAL_BACKEND);
+        let written = |id: &str| id == default || self.routes.iter().any(|r| r.backend == id);
         let mut roots = Vec::new();
         if !self.backends.contains_key(LOCAL_BACKEND) {
-            roots.push((LOCAL_BACKEND.to_owned(), local_root.to_owned()));
+            roots.push((
+                LOCAL_BACKEND.to_owned(),
+                local_root.to_owned(),
+                written(LOCAL_BACKEND),
+            ));
         }
         for (id, spec) in &self.backends {
             if let BackendSpec::Local(local) = spec {
-                roots.push((id.clone(), local.root.clone()));
+                roots.push((id.clone(), local.root.clone(), written(id)));
             }
         }
         roots
