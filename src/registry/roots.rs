@@ -15,8 +15,7 @@ use crate::error::{Error, Result};
 use std::path::Path;
 use uuid::Uuid;
 
-/// The marker's file name in a local backend's root.
-pub const MARKER_FILE: &str = ".artifactstore-root";
+pub use crate::storage::local::MARKER_FILE;
 
 /// How many of a backend's stored keys are looked for in a root before its first mark.
 const SAMPLE: i64 = 16;

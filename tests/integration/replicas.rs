@@ -293,3 +293,40 @@ async fn a_server_on_an_unshared_local_root_refuses_to_start() {
             .is_file()
     );
 }
+
+/// A local root that loses its marker while the server runs (a shared filesystem come
+/// unmounted leaves its empty mount point) makes the server unready (its backend unusable; the
+/// health report names the lost marker).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_root_that_loses_its_marker_makes_the_server_unready() {
+    let db = TestDb::new().await;
+    let data = tempfile::tempdir().unwrap();
+    let env = [("ARTIFACTSTORE_TOKENS", TOKENS)];
+    // The first start marks the root; the next one finds it marked.
+    let first = Server::start_in(&db.url, data.path(), &env);
+    assert!(first.terminate().success());
+    let server = Server::start_in(&db.url, data.path(), &env);
+    let readyz = server
+        .metrics
+        .clone()
+        .unwrap()
+        .replace("/metrics", "/readyz");
+    assert_eq!(reqwest::get(&readyz).await.unwrap().status(), 200);
+    std::fs::remove_file(
+        data.path()
+            .join("blobs")
+            .join(artifactstore::registry::MARKER_FILE),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let resp = reqwest::get(&readyz).await.unwrap();
+        if resp.status() == 503 {
+            let body = resp.text().await.unwrap();
+            assert!(body.contains("storage backend is unusable"), "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still ready without its marker");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

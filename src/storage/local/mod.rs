@@ -28,7 +28,15 @@ const STAGING_DIR: &str = ".staging";
 pub struct LocalStore {
     id: String,
     root: PathBuf,
+    /// Whether the root held its marker ([`MARKER_FILE`]) when opened: then its health
+    /// requires it still there (a shared filesystem that came unmounted leaves an empty
+    /// directory behind).
+    marked: bool,
 }
+
+/// The file in a local backend's root that says which directory it is (written and checked
+/// by the registry: `registry/roots.rs`).
+pub const MARKER_FILE: &str = ".artifactstore-root";
 
 impl LocalStore {
     /// Opens (creating if needed) a store rooted at `root`.
@@ -37,7 +45,8 @@ impl LocalStore {
         let root = root.into();
         std::fs::create_dir_all(root.join(STAGING_DIR))
             .map_err(|e| Error::storage(&id, format!("cannot create {}: {e}", root.display())))?;
-        Ok(LocalStore { id, root })
+        let marked = root.join(MARKER_FILE).is_file();
+        Ok(LocalStore { id, root, marked })
     }
 
     /// The root directory.
@@ -256,9 +265,16 @@ impl BlobStore for LocalStore {
 
     async fn health(&self) -> BackendHealth {
         let root = self.root.clone();
+        let marked = self.marked;
         let stat = tokio::task::spawn_blocking(move || {
             if !root.is_dir() {
                 return Err(format!("root {} is missing", root.display()));
+            }
+            if marked && !root.join(MARKER_FILE).is_file() {
+                return Err(format!(
+                    "root {} lost its {MARKER_FILE} marker: is its filesystem still mounted?",
+                    root.display()
+                ));
             }
             nix::sys::statvfs::statvfs(&root).map_err(|e| format!("statvfs: {e}"))
         })
