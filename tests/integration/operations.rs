@@ -258,6 +258,7 @@ async fn readiness_names_what_is_down_while_liveness_stays_up() {
         &[("ARTIFACTSTORE_STORAGE_LOCAL_ROOT", blobs.to_str().unwrap())],
     );
     let http = Client::new();
+    Server::wait_ready(&server.url("/readyz")).await;
     let ready = json_of(
         http.get(server.url("/readyz")).send().await.unwrap(),
         StatusCode::OK,
@@ -688,8 +689,7 @@ async fn the_database_password_comes_from_a_secret_file() {
     std::fs::write(&file, format!("{password}\n")).unwrap();
     let mut child = serve(&file);
     let base = announced(&mut BufReader::new(child.stdout.take().unwrap()));
-    let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
-    assert_eq!(ready.status(), StatusCode::OK);
+    Server::wait_ready(&format!("{base}/readyz")).await;
     let _ = child.kill();
     let _ = child.wait();
     // A wrong one: start-up fails, and says nothing of the password.

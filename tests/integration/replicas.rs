@@ -311,7 +311,7 @@ async fn a_local_root_that_loses_its_marker_makes_the_server_unready() {
         .clone()
         .unwrap()
         .replace("/metrics", "/readyz");
-    assert_eq!(reqwest::get(&readyz).await.unwrap().status(), 200);
+    Server::wait_ready(&readyz).await;
     std::fs::remove_file(
         data.path()
             .join("blobs")

@@ -79,6 +79,25 @@ impl Server {
         let _ = self.child.wait();
     }
 
+    /// Waits (up to 15 s) until `url` (a `/readyz`) answers 200: a server is not ready until
+    /// its event listener connects, which a loaded machine may take a moment to do after the
+    /// server announced its address.
+    pub async fn wait_ready(url: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let resp = reqwest::get(url).await.unwrap();
+            if resp.status() == reqwest::StatusCode::OK {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{url} not ready within 15 s: {}",
+                resp.text().await.unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
