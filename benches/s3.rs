@@ -188,14 +188,6 @@ fn main() {
 
     let server = start_server(&data, &storage, &s3, &[]);
     let base = server.base.clone();
-    // The same server without write-through (sessions spooled, then sent at completion), on
-    // the same data directory: what push cost before write-through, in the same rounds.
-    let spooling = start_server(
-        &data,
-        &storage,
-        &s3,
-        &[("ARTIFACTSTORE_MAX_WRITE_THROUGH_UPLOADS", "0")],
-    );
     let new_package = |producer: &str| {
         field(
             &curl(&[
@@ -304,7 +296,6 @@ fn main() {
     let mut plain_upload = || ours_put("");
     let mut announced_upload = || ours_put(&format!("?expected_digest=blake3:{hex}"));
     let mut pushed = || ours_push(&base);
-    let mut pushed_spooling = || ours_push(&spooling.base);
     let mut relay_put = || {
         let d = time(&mut s3_curl(
             &s3,
@@ -318,7 +309,6 @@ fn main() {
         &mut plain_upload,
         &mut announced_upload,
         &mut pushed,
-        &mut pushed_spooling,
         &mut relay_put,
     ];
     if signed {
@@ -326,8 +316,7 @@ fn main() {
     }
     let mut up = interleaved(ROUNDS, &mut uploads);
     let signed_up = if signed { up.pop() } else { None };
-    let (relay_up, ours_up_spooled, ours_up_pushed, ours_up_announced, ours_up, plain_up) = (
-        up.pop().unwrap(),
+    let (relay_up, ours_up_pushed, ours_up_announced, ours_up, plain_up) = (
         up.pop().unwrap(),
         up.pop().unwrap(),
         up.pop().unwrap(),
@@ -335,7 +324,6 @@ fn main() {
         up.pop().unwrap(),
     );
     let _ = std::fs::remove_dir_all(&push_dir);
-    drop(spooling);
     time(&mut s3_curl(&s3, &["-T", &input_str, &plain_url]));
     // Put it back once for the downloads.
     let package = new_package("s3");
@@ -466,13 +454,8 @@ fn main() {
         &ours_up_announced,
     );
     upload_rounds(
-        "`artifactstore push` of the file (an upload session, written through to S3)",
+        "`artifactstore push` of the file (an upload session, its chunks staged in S3 as they arrive)",
         &ours_up_pushed,
-    );
-    upload_rounds(
-        "the same push without write-through (`ARTIFACTSTORE_MAX_WRITE_THROUGH_UPLOADS=0`: \
-         spooled, then sent at completion)",
-        &ours_up_spooled,
     );
     rounds(
         "PUT through a relay that does nothing (nginx `proxy_pass`, streamed)",

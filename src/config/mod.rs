@@ -116,11 +116,13 @@ pub struct ServiceArgs {
     /// Seconds an upload session lives without being completed.
     #[arg(long, env = "ARTIFACTSTORE_UPLOAD_TTL_SECONDS", default_value = "86400", value_parser = within::<1, { 30 * 86400 }>)]
     pub upload_ttl_seconds: u64,
-    /// Upload sessions that may stream into their storage backend as their chunks arrive, at
-    /// once (S3: each holds a request open, and with signed bodies up to
-    /// (1 + multipart_concurrency) parts in memory). Others are sent at completion. 0: never.
-    #[arg(long, env = "ARTIFACTSTORE_MAX_WRITE_THROUGH_UPLOADS", default_value = "16", value_parser = within::<0, 10_000>)]
-    pub max_write_through_uploads: u64,
+    /// Upload chunks that may stream into an S3 backend at once in this process (an upload
+    /// session's chunks go into its backend as they arrive, so that any server can take the
+    /// next one): each holds up to (1 + `multipart_concurrency`) parts of
+    /// `multipart_chunk_bytes` in memory. Beyond it,
+    /// a chunk is refused as busy (429 with Retry-After).
+    #[arg(long, env = "ARTIFACTSTORE_MAX_STREAMING_CHUNKS", default_value = "16", value_parser = within::<1, 10_000>)]
+    pub max_streaming_chunks: u64,
     /// Open upload sessions a tenant may have when its quota does not say (see
     /// `PUT /tenants/{tenant}/quota`).
     #[arg(long, env = "ARTIFACTSTORE_DEFAULT_MAX_UPLOAD_SESSIONS", default_value = "1000", value_parser = within::<0, 10_000_000>)]
@@ -360,7 +362,7 @@ impl ServiceArgs {
                 max_file_size: self.max_file_size.0,
                 max_files_per_package: self.max_files_per_package,
                 upload_ttl_seconds: self.upload_ttl_seconds,
-                max_write_through_uploads: count(self.max_write_through_uploads),
+                max_streaming_chunks: count(self.max_streaming_chunks),
                 default_max_upload_sessions: self.default_max_upload_sessions,
                 min_free_bytes: self.min_free_bytes.0,
             },

@@ -32,7 +32,7 @@ pub use retention::{Expiry, MAX_CLASS_DURATION_SECONDS, RetentionClass};
 pub use roots::MARKER_FILE;
 pub use space::DiskSpace;
 pub use types::{FileRecord, IngestRequest, Package, PackageStatus, RetentionInfo, StoredManifest};
-pub use uploads::{Chunk, NewUpload, UploadSession, WriteThroughStats};
+pub use uploads::{Chunk, NewUpload, UploadSession};
 #[doc(hidden)]
 pub use usage::USAGE_SQL;
 pub use usage::Usage;
@@ -52,10 +52,11 @@ pub struct Limits {
     pub max_files_per_package: u64,
     /// How long an upload session lives without being completed.
     pub upload_ttl_seconds: u64,
-    /// Upload sessions that may stream into their backend as their chunks arrive, at once
-    /// (see [`Capabilities`](crate::storage::Capabilities): remote backends, above what they
-    /// buffer in memory).
-    pub max_write_through_uploads: usize,
+    /// Upload chunks that may stream into a backend that stages them in pieces (S3) at once,
+    /// in this process: each holds up to
+    /// [`PieceSizes::in_flight`](crate::storage::PieceSizes) + 1 pieces in memory. Beyond it a chunk is refused
+    /// as busy (429), to be retried.
+    pub max_streaming_chunks: usize,
     /// Open upload sessions a tenant may have when its quota does not say.
     pub default_max_upload_sessions: u64,
     /// Free bytes a local backend's filesystem (and the upload spools') must keep: below it,
@@ -69,7 +70,7 @@ impl Default for Limits {
             max_file_size: 5 << 30,
             max_files_per_package: 10_000,
             upload_ttl_seconds: 24 * 3600,
-            max_write_through_uploads: 16,
+            max_streaming_chunks: 16,
             default_max_upload_sessions: 1000,
             min_free_bytes: 0,
         }
@@ -84,11 +85,11 @@ pub struct Registry {
     clock: Arc<dyn Clock>,
     limits: Limits,
     upload_dir: std::path::PathBuf,
-    /// Upload sessions' hashing state and write-throughs in this process. Lost on restart,
-    /// in which case completion re-reads the spooled bytes.
+    /// Upload sessions' hashing state in this process. Lost on restart (or when another
+    /// process takes a chunk), in which case completion reads the kept bytes again.
     live_uploads: uploads::LiveUploads,
-    /// Bounds and counts upload sessions writing through to their backend.
-    write_through: Arc<uploads::WriteThroughSlots>,
+    /// Bounds the upload chunks streaming into a backend's pieces at once.
+    streaming_chunks: Arc<tokio::sync::Semaphore>,
     /// Records small ingests in batches (group commit).
     committer: group_commit::Committer,
     /// Numbers the events this process commits (and any left unnumbered).
@@ -106,8 +107,8 @@ impl Registry {
             limits: Limits::default(),
             upload_dir: std::env::temp_dir().join("artifactstore-uploads"),
             live_uploads: Arc::default(),
-            write_through: Arc::new(uploads::WriteThroughSlots::new(
-                Limits::default().max_write_through_uploads,
+            streaming_chunks: Arc::new(tokio::sync::Semaphore::new(
+                Limits::default().max_streaming_chunks,
             )),
             committer: group_commit::Committer::default(),
         }
@@ -128,9 +129,7 @@ impl Registry {
     /// Replaces the limits.
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
-        self.write_through = Arc::new(uploads::WriteThroughSlots::new(
-            limits.max_write_through_uploads,
-        ));
+        self.streaming_chunks = Arc::new(tokio::sync::Semaphore::new(limits.max_streaming_chunks));
         self
     }
 
@@ -153,12 +152,6 @@ impl Registry {
     /// The limits in force.
     pub fn limits(&self) -> Limits {
         self.limits
-    }
-
-    /// Upload sessions that wrote through to their backend in this process, and how they
-    /// ended.
-    pub fn write_through_stats(&self) -> WriteThroughStats {
-        self.write_through.stats()
     }
 
     /// Small ingests recorded by group commit so far in this process: (transactions, files).

@@ -118,6 +118,9 @@ impl BlobStore for Measured {
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }
+    fn pieces(&self) -> Option<Arc<dyn super::PiecedStaging>> {
+        self.inner.pieces()
+    }
     async fn stage_with(&self, hint: WriteHint) -> Result<Box<dyn StagedBlob>> {
         let staged = measure(&self.id, "stage", self.inner.stage_with(hint)).await?;
         Ok(self.staged(staged))

@@ -114,6 +114,53 @@ pub trait StagedBlob: Send {
     async fn abort(self: Box<Self>) -> Result<()>;
 }
 
+/// The sizes of the pieces a [`PiecedStaging`] takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PieceSizes {
+    /// Every piece but the last must hold at least this many bytes.
+    pub min: u64,
+    /// The largest piece a writer should send (what it buffers in memory per piece).
+    pub max: u64,
+    /// The highest piece number.
+    pub max_number: u32,
+    /// Pieces a writer should have in flight at once (each holds `max` bytes of memory).
+    pub in_flight: usize,
+}
+
+/// A staged write assembled from numbered pieces that any server may add: for upload sessions
+/// whose chunks reach different servers. Its whole state in the backend is named by a token,
+/// which the registry records with the session together with the receipts of the pieces it
+/// keeps. Pieces need not arrive in order or all be kept: only the pieces passed to
+/// [`join`](Self::join) make up the staged bytes, in ascending number. Nothing is visible
+/// under any address until [`commit`](Self::commit).
+#[async_trait::async_trait]
+pub trait PiecedStaging: Send + Sync {
+    /// The sizes of the pieces.
+    fn sizes(&self) -> PieceSizes;
+    /// Begins a staged write for the upload session `session`; its token.
+    async fn begin(&self, session: uuid::Uuid) -> Result<String>;
+    /// Stores piece `number` (1 to `max_number`); its receipt.
+    async fn put(&self, token: &str, number: u32, bytes: Bytes) -> Result<String>;
+    /// Joins `pieces` (number, receipt; ascending) into the staged bytes, `size` in all.
+    /// Joining again after a join that succeeded (a completion run twice) succeeds.
+    async fn join(&self, token: &str, pieces: Vec<(u32, String)>, size: u64) -> Result<()>;
+    /// The joined bytes.
+    async fn read(&self, token: &str) -> Result<ByteStream>;
+    /// Makes the joined bytes (checked by the caller to be `address`) visible under `address`
+    /// and removes the staged write.
+    async fn commit(
+        &self,
+        token: &str,
+        address: &ContentAddress,
+        size: u64,
+    ) -> Result<CommitOutcome>;
+    /// Discards the staged write, joined or not; discarding one that is gone succeeds.
+    async fn abort(&self, token: &str) -> Result<()>;
+    /// Every staged write there is, joined or not: its session and token (to discard those
+    /// whose session is gone).
+    async fn stages(&self) -> Result<Vec<(uuid::Uuid, String)>>;
+}
+
 /// A storage backend. Object safe: the registry holds `Arc<dyn BlobStore>`.
 ///
 /// The required core: [`id`](Self::id), [`stage`](Self::stage), [`get`](Self::get),
@@ -186,6 +233,11 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
         checked::blake3_of(stream)
             .await
             .map_err(|e| crate::Error::storage(self.id(), format!("reading {address}: {e}")))
+    }
+    /// Staged writes in pieces that any server may add (see [`PiecedStaging`]), if the
+    /// backend keeps them itself (S3); `None` for a backend on this server's disk.
+    fn pieces(&self) -> Option<Arc<dyn PiecedStaging>> {
+        None
     }
     /// Free bytes where this backend writes, when it shares a filesystem with this server (a
     /// local backend) and so can fill it; `None` otherwise (S3 manages its own capacity).

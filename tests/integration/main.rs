@@ -25,6 +25,6 @@ mod routed;
 mod s3;
 mod s3_strict;
 mod server;
+mod shared_uploads;
 mod storage_conformance;
 mod uploads;
-mod write_through;

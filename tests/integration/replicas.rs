@@ -330,3 +330,122 @@ async fn a_local_root_that_loses_its_marker_makes_the_server_unready() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// An upload session with an S3 default backend moves between two servers that share only the
+/// database and the bucket (each its own data directory): chunks through either, one server
+/// killed with SIGKILL mid-chunk, the client resuming through the other from the offset it
+/// reports, completion there, and the file whole. Nothing was spooled on either server's disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_session_moves_between_servers_and_survives_one_killed_mid_chunk() {
+    let Some(s3) = crate::s3::s3_settings() else {
+        return;
+    };
+    use sha2::Digest as _;
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let storage = crate::s3::storage_file(dir.path(), &s3, "");
+    let env = [
+        ("ARTIFACTSTORE_TOKENS", TOKENS),
+        ("ARTIFACTSTORE_STORAGE_FILE", storage.to_str().unwrap()),
+    ];
+    let (a, b) = (Server::start(&db, &env), Server::start(&db, &env));
+    let http = reqwest::Client::new();
+    let package = a
+        .create_package(&http, "default-token", "moving upload")
+        .await;
+    let data = crate::support::random_bytes(16 << 20, 60);
+    let len = data.len();
+    let digest = hex::encode(sha2::Sha256::digest(&data));
+    let session = crate::support::json_of(
+        http.post(b.url("/uploads"))
+            .bearer_auth("default-token")
+            .json(&serde_json::json!({
+                "package_id": package,
+                "relative_path": "moving.bin",
+                "size": len,
+                "expected_digest": format!("sha256:{digest}"),
+            }))
+            .send()
+            .await
+            .unwrap(),
+        reqwest::StatusCode::CREATED,
+    )
+    .await;
+    let id = session["id"].as_str().unwrap().to_owned();
+    let patch = |server: &Server, from: usize, to: usize, body: reqwest::Body| {
+        http.patch(server.url(&format!("/uploads/{id}")))
+            .bearer_auth("default-token")
+            .header("Content-Range", format!("bytes {from}-{}/{len}", to - 1))
+            .header("Content-Length", to - from)
+            .body(body)
+    };
+    let offset_at = |server: &Server| {
+        let req = http
+            .get(server.url(&format!("/uploads/{id}")))
+            .bearer_auth("default-token");
+        async move {
+            let session =
+                crate::support::json_of(req.send().await.unwrap(), reqwest::StatusCode::OK).await;
+            session["offset"].as_u64().unwrap() as usize
+        }
+    };
+    for (server, from, to) in [(&a, 0, 6 << 20), (&b, 6 << 20, 9 << 20)] {
+        let resp = patch(server, from, to, data[from..to].to_vec().into())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202, "{}", resp.text().await.unwrap());
+    }
+    // A slow chunk into `a`, which dies with some of it sent.
+    let (from, to) = (9 << 20, len);
+    let slow = {
+        let pieces: Vec<Vec<u8>> = data[from..to]
+            .chunks(256 << 10)
+            .map(<[u8]>::to_vec)
+            .collect();
+        futures::StreamExt::then(futures::stream::iter(pieces), |piece| async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok::<_, std::io::Error>(piece)
+        })
+    };
+    let sending = tokio::spawn(patch(&a, from, to, reqwest::Body::wrap_stream(slow)).send());
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    a.kill();
+    assert!(
+        sending.await.unwrap().is_err(),
+        "the chunk was cut off by the kill"
+    );
+    // The other server says where the session is (nothing of the cut chunk kept) and takes
+    // the rest.
+    let offset = offset_at(&b).await;
+    assert_eq!(offset, 9 << 20);
+    let resp = patch(&b, offset, len, data[offset..].to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let file = crate::support::json_of(
+        http.post(b.url(&format!("/uploads/{id}/complete")))
+            .bearer_auth("default-token")
+            .send()
+            .await
+            .unwrap(),
+        reqwest::StatusCode::CREATED,
+    )
+    .await;
+    assert_eq!(file["digests"]["sha256"], digest.as_str());
+    let downloaded = http
+        .get(b.url(&format!("/files/{}/download", file["id"].as_str().unwrap())))
+        .bearer_auth("default-token")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(downloaded[..] == data[..], "the file is whole");
+    let spooled = std::fs::read_dir(b.data.join("uploads"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(spooled, 0, "nothing spooled on a server's disk");
+}

@@ -112,15 +112,19 @@ pub async fn assert_no_staging_left(store: &S3Store, settings: &S3Settings) {
             .send()
             .await
             .unwrap();
-        let objects = store
-            .client()
-            .list_objects_v2()
-            .bucket(store.bucket())
-            .prefix(&prefix)
-            .send()
-            .await
-            .unwrap();
-        let left = uploads.uploads().len() + objects.contents().len();
+        let mut left = uploads.uploads().len();
+        // Staged objects, and upload sessions' joined ones.
+        for prefix in [&prefix, &format!("{}/.uploads/", settings.key_prefix)] {
+            let objects = store
+                .client()
+                .list_objects_v2()
+                .bucket(store.bucket())
+                .prefix(prefix)
+                .send()
+                .await
+                .unwrap();
+            left += objects.contents().len();
+        }
         if left == 0 {
             return;
         }

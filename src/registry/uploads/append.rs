@@ -1,6 +1,6 @@
-//! Appending a chunk to a session: one writer at a time under the spool's lock, the bytes
-//! into the spool, through the running digest and (S3) into the backend's staged write, then
-//! the offset recorded once they are on disk.
+//! Appending a chunk to a session: a shared session's is taken by [`shared`](super::shared);
+//! a spooled one's one writer at a time under the spool's lock, the bytes into the spool and
+//! through the running digest, then the offset recorded once they are on disk.
 
 use super::*;
 
@@ -18,6 +18,9 @@ impl Registry {
         S: Stream<Item = std::io::Result<Bytes>> + Send,
     {
         let current = self.load_upload(tenant, id).await?;
+        if current.backend_id.is_some() {
+            return self.append_shared(tenant, current, chunk, body).await;
+        }
         let (size, limit) = self.chunk_bounds(current.session.size, &chunk)?;
         // The chunk's bytes go to the spool's disk.
         self.check_spool_space(chunk.end.map(|end| end.saturating_sub(chunk.start) + 1))
@@ -33,19 +36,15 @@ impl Registry {
         // Hash as we spool, continuing this session's state when this process has it (a
         // state for another offset is stale: another process took the session over).
         let live = self.live_uploads.lock().expect("live uploads").remove(&id);
-        let (hasher, mut through) = match live {
-            Some(live) if live.received == offset => (Some(live.hasher), live.through),
-            _ if offset == 0 => (Some(DualHasher::new()), None),
-            _ => (None, None),
+        let hasher = match live {
+            Some(live) if live.received == offset => Some(live.hasher),
+            _ if offset == 0 => Some(DualHasher::new()),
+            _ => None,
         };
-        if offset == 0 && through.is_none() {
-            through = self.start_write_through(tenant, &current, size).await;
-        }
         let mut intake = Intake {
             id,
             spool: Spool::new(file, offset),
             pipeline: hasher.map(HashPipeline::new),
-            through,
             offset,
             received: offset,
             hashed: 0,
@@ -80,7 +79,11 @@ impl Registry {
 
     /// The session's size (declared, or said by this chunk's `Content-Range`) and the most
     /// bytes it may hold.
-    fn chunk_bounds(&self, declared: Option<u64>, chunk: &Chunk) -> Result<(Option<u64>, u64)> {
+    pub(super) fn chunk_bounds(
+        &self,
+        declared: Option<u64>,
+        chunk: &Chunk,
+    ) -> Result<(Option<u64>, u64)> {
         let size = match (declared, chunk.total) {
             (Some(declared), Some(total)) if declared != total => {
                 return Err(Error::InvalidInput(format!(
@@ -147,7 +150,6 @@ impl Registry {
             id,
             spool,
             pipeline,
-            mut through,
             offset,
             received,
             hashed,
@@ -162,19 +164,9 @@ impl Registry {
                 .finish_state()
                 .await
                 .map_err(|e| Error::Integrity(format!("hashing: {e}")))?;
-            // Keep the state only if it covers exactly the bytes kept (a write-through that
-            // has more, from a chunk the spool dropped, is given up).
+            // Keep the state only if it covers exactly the bytes kept.
             if offset + hashed == received {
-                let through = through.take().filter(|t| t.written() == received);
-                self.live_uploads.lock().expect("live uploads").insert(
-                    id,
-                    LiveUpload {
-                        received,
-                        hasher,
-                        through,
-                        touched: self.clock.now(),
-                    },
-                );
+                self.keep_live(id, received, hasher);
             }
         }
         let declared = size.map(|s| s as i64);
@@ -190,44 +182,6 @@ impl Registry {
         drop(file);
         Ok(())
     }
-
-    /// A staged write into the backend the session's bytes will be stored in, when the
-    /// backend wants its bytes as they arrive (S3) and the size is known; else `None`.
-    async fn start_write_through(
-        &self,
-        tenant: &TenantId,
-        current: &Row,
-        size: Option<u64>,
-    ) -> Option<WriteThrough> {
-        let size = size?;
-        // No package lookup for sessions that could not write through anyway (the local
-        // backend alone, or write-through switched off).
-        if !self.write_through.enabled()
-            || !self
-                .backends
-                .all()
-                .iter()
-                .any(|b| live::writes_through(b.as_ref(), size))
-        {
-            return None;
-        }
-        let request = ingest_request(current).ok()?;
-        // A package that can no longer take the file gets no write-through; completion will
-        // say why.
-        let backend = self
-            .backend_for(tenant, current.session.package_id, &request)
-            .await
-            .ok()?;
-        // Only a BLAKE3 address names the place the bytes will be stored under.
-        let expected = request
-            .expected_digest
-            .filter(|a| a.algorithm() == crate::identity::Algorithm::Blake3);
-        let idle_since = self.clock.now().plus_seconds(-live::IDLE_SECONDS)?;
-        let free_idle = || live::give_up_idle(&self.live_uploads, idle_since);
-        self.write_through
-            .start(backend, size, expected, current.session.id, free_idle)
-            .await
-    }
 }
 
 /// A session's spool, locked for one chunk.
@@ -239,13 +193,11 @@ struct Locked {
     room: Option<crate::registry::Room>,
 }
 
-/// One chunk being received: into the spool, through the running digest and, when the
-/// session writes through, into the backend.
+/// One chunk being received: into the spool and through the running digest.
 struct Intake {
     id: Uuid,
     spool: Spool,
     pipeline: Option<HashPipeline>,
-    through: Option<WriteThrough>,
     /// Where the chunk started.
     offset: u64,
     /// Bytes the session holds so far (reset to `offset` when the chunk is dropped).
@@ -298,23 +250,11 @@ impl Intake {
                 p.update(bytes.clone()).await;
                 self.hashed += len;
             }
-            if let Err(e) = self.spool.write(bytes.clone()).await {
+            if let Err(e) = self.spool.write(bytes).await {
                 self.received = self.offset;
                 return Some(spool_error("writing spool", e));
             }
             self.received += len;
-            // Only bytes the spool took go through: the two never disagree on a prefix.
-            let failed = match &mut self.through {
-                Some(t) => t.write(bytes).await.err(),
-                None => None,
-            };
-            if let Some(reason) = failed
-                && let Some(t) = self.through.take()
-            {
-                tracing::warn!(upload = %self.id, backend = t.backend().id(), %reason,
-                    "writing through to the backend failed; the spooled file will be \
-                     stored at completion");
-            }
         }
         None
     }

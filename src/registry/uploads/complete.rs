@@ -1,6 +1,6 @@
-//! Completing a session: marked `completing` under the spool's lock, the digest checked, the
-//! bytes published (the staged write committed, the spool adopted, or the spool streamed
-//! through the ingest) and the file recorded.
+//! Completing a session: a shared session by [`shared`](super::shared); a spooled one marked
+//! `completing` under the spool's lock, the digest checked, the bytes published (the spool
+//! adopted, or streamed through the ingest) and the file recorded.
 
 use super::*;
 
@@ -16,7 +16,9 @@ impl Registry {
     }
 
     async fn complete_uncounted(&self, tenant: &TenantId, id: Uuid) -> Result<FileRecord> {
-        self.load_upload(tenant, id).await?;
+        if self.load_upload(tenant, id).await?.backend_id.is_some() {
+            return self.complete_shared(tenant, id).await;
+        }
         let path = self.spool_path(id);
         let Some(lock) = lock_spool(&path, id)? else {
             // Another completion has moved the spool into place (and may still be recording
@@ -50,10 +52,7 @@ impl Registry {
                 &format!(
                     "UPDATE uploads SET state = 'completing' \
                      WHERE id = $1 AND tenant = $2 AND expires_at > $3 \
-                     RETURNING {}",
-                    SELECT
-                        .trim_start_matches("SELECT ")
-                        .trim_end_matches(" FROM uploads")
+                     RETURNING {COLUMNS}"
                 ),
                 &[&id, &tenant.as_str(), &self.clock.now().as_datetime()],
             )
@@ -79,13 +78,7 @@ impl Registry {
             && live.received == current.session.offset
         {
             return self
-                .complete_hashed(
-                    tenant,
-                    current,
-                    request,
-                    live.hasher.finalize(),
-                    live.through,
-                )
+                .complete_hashed(tenant, current, request, live.hasher.finalize())
                 .await;
         }
         let file = tokio::fs::File::open(&path)
@@ -110,9 +103,8 @@ impl Registry {
         result
     }
 
-    /// Completion when the digest is already known: the bytes written through to the backend
-    /// are committed, or else the backend adopts the spool file (a rename on the local
-    /// backend) instead of reading and writing the bytes again. A failure that may pass (the
+    /// Completion when the digest is already known: the backend adopts the spool file (a
+    /// rename on the local backend) instead of reading and writing the bytes again. A failure that may pass (the
     /// backend or the database unavailable, no room under the quota or on the disk) keeps the
     /// session and its spooled bytes, so the client can complete again later; any other
     /// failure ends the session.
@@ -122,7 +114,6 @@ impl Registry {
         current: &Row,
         request: crate::registry::IngestRequest,
         digest: crate::identity::DualDigest,
-        through: Option<WriteThrough>,
     ) -> Result<FileRecord> {
         let id = current.session.id;
         if let Err(e) = crate::registry::ingest::check_expected(&request, &digest) {
@@ -142,11 +133,8 @@ impl Registry {
                 crate::registry::admission::Disk::Unchecked,
             )
             .await?;
-        // A write-through counts only if it went to this very backend and has every byte.
-        let through =
-            through.filter(|t| t.backend().id() == backend.id() && t.written() == digest.size);
         // New bytes on this server's disk only if the spool is copied (another filesystem).
-        if through.is_none() && !backend.adopts_in_place(&spool).await {
+        if !backend.adopts_in_place(&spool).await {
             self.check_backend_space(backend.as_ref(), Some(digest.size))
                 .await?;
         }
@@ -155,16 +143,7 @@ impl Registry {
             .clone()
             .unwrap_or_else(|| DEFAULT_MEDIA_TYPE.into());
         let address = digest.primary_address();
-        let publish = async {
-            if let Some(through) = through {
-                match through.commit(&address).await {
-                    Ok(outcome) => return Ok(outcome),
-                    Err(e) => tracing::warn!(upload = %id, backend = backend.id(), error = %e,
-                        "committing the bytes written through failed; storing the spooled file"),
-                }
-            }
-            backend.adopt_file(&spool, &address).await
-        };
+        let publish = backend.adopt_file(&spool, &address);
         let record = self
             .publish_and_record(
                 tenant,

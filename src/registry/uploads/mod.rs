@@ -1,5 +1,10 @@
 //! Resumable upload sessions: bytes arrive in chunks over many requests, then become a file.
 //!
+//! A session whose backend stages writes in pieces any server may add (S3) keeps its bytes
+//! there and its state in PostgreSQL, so any server takes its next chunk or completes it
+//! ([`shared`]). Otherwise (the local backend) its bytes are spooled on the disk of the server
+//! that created it, as follows.
+//!
 //! Chunks are appended to a spool file per session (local disk of the server), one writer at a
 //! time (an exclusive `flock` on the spool file). The session's offset in PostgreSQL only moves
 //! after the chunk is on disk (fsync), so after any crash the spool is truncated back to the
@@ -10,21 +15,19 @@
 //! spool that completion has made into a published blob (the local backend adopts the spool
 //! file itself, by a rename): it is refused, 409 while completion runs, 404 after.
 //!
-//! The bytes are hashed as they are spooled, and for a backend that wants them as they arrive
-//! (S3) they also stream into a staged write there ([`live`]). Completion then checks the
-//! digest and commits that write, or, without it, lets the backend adopt the spool file. A
-//! process that does not hold the session's state (a restart) streams the spool through the
-//! ordinary ingest instead, so the digests are always computed over exactly the bytes kept,
-//! whatever happened in between.
+//! The bytes are hashed as they are spooled ([`live`]). Completion then checks the digest and
+//! lets the backend adopt the spool file. A process that does not hold the session's state (a
+//! restart) streams the spool through the ordinary ingest instead, so the digests are always
+//! computed over exactly the bytes kept, whatever happened in between.
 
 mod append;
 mod complete;
 mod live;
+mod shared;
 mod spool;
 
-pub use live::WriteThroughStats;
-use live::{LiveUpload, WriteThrough};
-pub(crate) use live::{LiveUploads, WriteThroughSlots};
+use live::LiveUpload;
+pub(crate) use live::LiveUploads;
 use spool::Spool;
 
 use super::Registry;
@@ -85,8 +88,9 @@ pub struct Chunk {
     pub total: Option<u64>,
 }
 
-const SELECT: &str = "SELECT id, package_id, relative_path, received, declared_size, expires_at, \
-                      media_type, expected_digest, replace, state FROM uploads";
+/// A session's columns, as [`row`] reads them.
+const COLUMNS: &str = "id, package_id, relative_path, received, declared_size, expires_at, \
+                       media_type, expected_digest, replace, state, backend_id, stage";
 
 struct Row {
     session: UploadSession,
@@ -95,6 +99,10 @@ struct Row {
     replace: bool,
     /// Being completed: takes no more chunks.
     completing: bool,
+    /// The backend its bytes are staged in, in pieces ([`shared`]); `None`: spooled.
+    backend_id: Option<String>,
+    /// The staged write's token, once a piece is kept.
+    stage: Option<String>,
 }
 
 fn row(r: &tokio_postgres::Row) -> Result<Row> {
@@ -111,6 +119,8 @@ fn row(r: &tokio_postgres::Row) -> Result<Row> {
         expected_digest: r.get(7),
         replace: r.get(8),
         completing: r.get::<_, &str>(9) == "completing",
+        backend_id: r.get(10),
+        stage: r.get(11),
     })
 }
 
@@ -186,7 +196,7 @@ impl Registry {
         let client = self.pool.get().await?;
         let found = client
             .query_opt(
-                &format!("{SELECT} WHERE id = $1 AND tenant = $2"),
+                &format!("SELECT {COLUMNS} FROM uploads WHERE id = $1 AND tenant = $2"),
                 &[&id, &tenant.as_str()],
             )
             .await?
@@ -221,7 +231,7 @@ impl Registry {
             replace: new.replace,
         };
         let client = self.pool.get().await?;
-        check_can_add(
+        let can_add = check_can_add(
             &client,
             tenant,
             new.package_id,
@@ -235,23 +245,37 @@ impl Registry {
         let expires_at = now
             .plus_seconds(self.limits.upload_ttl_seconds as i64)
             .ok_or_else(|| Error::InvalidInput("upload lifetime overflows".into()))?;
-        // The session's bytes will be spooled here first.
-        self.check_spool_space(new.size).await?;
-        let path = self.spool_path(id);
-        tokio::fs::create_dir_all(&self.upload_dir)
-            .await
-            .map_err(|e| spool_error("creating spool directory", e))?;
-        tokio::fs::File::create(&path)
-            .await
-            .map_err(|e| spool_error("creating spool file", e))?;
-        let recorded = self
-            .insert_upload(client, tenant, id, &new, now, expires_at)
-            .await;
-        if recorded.is_err() {
-            // Refused (a quota) or not recorded: no spool without its session.
-            let _ = tokio::fs::remove_file(&path).await;
+        // A backend that stages in pieces keeps the session's bytes; else they are spooled.
+        let backend = can_add.backend(&self.backends).clone();
+        if backend.pieces().is_some() {
+            self.insert_upload(
+                client,
+                tenant,
+                id,
+                &new,
+                now,
+                expires_at,
+                Some(backend.id()),
+            )
+            .await?;
+        } else {
+            self.check_spool_space(new.size).await?;
+            let path = self.spool_path(id);
+            tokio::fs::create_dir_all(&self.upload_dir)
+                .await
+                .map_err(|e| spool_error("creating spool directory", e))?;
+            tokio::fs::File::create(&path)
+                .await
+                .map_err(|e| spool_error("creating spool file", e))?;
+            let recorded = self
+                .insert_upload(client, tenant, id, &new, now, expires_at, None)
+                .await;
+            if recorded.is_err() {
+                // Refused (a quota) or not recorded: no spool without its session.
+                let _ = tokio::fs::remove_file(&path).await;
+            }
+            recorded?;
         }
-        recorded?;
         Ok(UploadSession {
             id,
             package_id: new.package_id,
@@ -262,7 +286,9 @@ impl Registry {
         })
     }
 
-    /// Records the session `id` (admitted under the tenant's quotas first).
+    /// Records the session `id` (admitted under the tenant's quotas first); `backend_id`: the
+    /// backend that stages its bytes in pieces, if one does.
+    #[allow(clippy::too_many_arguments)]
     async fn insert_upload(
         &self,
         mut client: deadpool_postgres::Object,
@@ -271,6 +297,7 @@ impl Registry {
         new: &NewUpload,
         now: Timestamp,
         expires_at: Timestamp,
+        backend_id: Option<&str>,
     ) -> Result<()> {
         let size = new.size.map(|s| s as i64);
         let expected = new.expected_digest.map(|d| d.to_string());
@@ -279,8 +306,8 @@ impl Registry {
         self.admit_session(&tx, tenant, new.size).await?;
         tx.execute(
                 "INSERT INTO uploads (id, tenant, package_id, relative_path, media_type, declared_size, \
-                                      expected_digest, replace, created_at, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                                      expected_digest, replace, created_at, expires_at, backend_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                 &[
                     &id,
                     &tenant.as_str(),
@@ -292,6 +319,7 @@ impl Registry {
                     &new.replace,
                     &now.as_datetime(),
                     &expires_at.as_datetime(),
+                    &backend_id,
                 ],
             )
             .await?;
@@ -309,6 +337,9 @@ impl Registry {
     /// holds the spool's lock.
     pub async fn cancel_upload(&self, tenant: &TenantId, id: Uuid) -> Result<()> {
         let current = self.load_upload(tenant, id).await?;
+        if current.backend_id.is_some() {
+            return self.cancel_shared(tenant, current).await;
+        }
         let lock = lock_spool(&self.spool_path(id), id)?;
         if lock.is_none() && current.completing {
             // A completion moved the spool into place and is recording the file.
@@ -343,13 +374,24 @@ impl Registry {
     pub async fn expire_uploads(&self) -> Result<u64> {
         let now = self.clock.now().as_datetime();
         let client = self.pool.get().await?;
+        // Shared sessions (their bytes staged in a backend) go with their row, unless a
+        // completion holds them; their staged writes then have no session and are swept.
+        let mut removed = client
+            .execute(
+                "DELETE FROM uploads WHERE expires_at <= $1 AND backend_id IS NOT NULL \
+                   AND (state = 'open' OR completing_until < clock_timestamp())",
+                &[&now],
+            )
+            .await?;
         let expired: Vec<Uuid> = client
-            .query("SELECT id FROM uploads WHERE expires_at <= $1", &[&now])
+            .query(
+                "SELECT id FROM uploads WHERE expires_at <= $1 AND backend_id IS NULL",
+                &[&now],
+            )
             .await?
             .iter()
             .map(|r| r.get(0))
             .collect();
-        let mut removed = 0;
         for id in expired {
             let lock = match lock_spool(&self.spool_path(id), id) {
                 Ok(lock) => lock,
@@ -372,6 +414,11 @@ impl Registry {
             }
             drop(lock);
         }
+        drop(client);
+        if let Err(e) = self.sweep_shared_stages().await {
+            tracing::warn!(error = %e, "sweeping staged uploads without a session failed; will retry");
+        }
+        let client = self.pool.get().await?;
         let live: std::collections::HashSet<Uuid> = client
             .query("SELECT id FROM uploads", &[])
             .await?

@@ -25,6 +25,7 @@ use futures::stream::BoxStream;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod pieces;
 mod settings;
 mod staged;
 mod streamed;
@@ -180,7 +181,9 @@ impl S3Store {
         let cutoff = aws_sdk_s3::primitives::DateTime::from(cutoff);
         let mut removed = 0;
         // Every unfinished multipart upload under our prefix is staging (those announced to
-        // an address run at its final key until completed).
+        // an address run at its final key until completed), but those of upload sessions,
+        // which live as long as their session (see `pieces`).
+        let sessions = format!("{}{}/", inner.prefix, pieces::UPLOADS);
         let uploads = inner
             .client
             .list_multipart_uploads()
@@ -191,7 +194,10 @@ impl S3Store {
             .map_err(|e| inner.error("listing staged uploads", e))?;
         for upload in uploads.uploads() {
             let old = upload.initiated().is_some_and(|t| t.secs() < cutoff.secs());
-            if let (true, Some(key), Some(upload_id)) = (old, upload.key(), upload.upload_id()) {
+            let session = upload.key().is_some_and(|k| k.starts_with(&sessions));
+            if let (true, false, Some(key), Some(upload_id)) =
+                (old, session, upload.key(), upload.upload_id())
+            {
                 inner.abort_upload(key, upload_id).await?;
                 removed += 1;
             }
@@ -242,6 +248,25 @@ impl Inner {
             message: format!("{what}: {}", DisplayErrorContext(&e)),
             unavailable,
         }
+    }
+
+    /// Starts a multipart upload at `key` (with the bucket's storage class and encryption);
+    /// its upload id.
+    async fn create_multipart(&self, key: &str, what: &str) -> Result<String> {
+        let upload = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_storage_class(self.storage_class.clone())
+            .set_server_side_encryption(self.sse.clone())
+            .send()
+            .await
+            .map_err(|e| self.error(what, e))?;
+        upload
+            .upload_id()
+            .map(str::to_owned)
+            .ok_or_else(|| Error::storage(&self.id, "the server returned no upload id"))
     }
 
     async fn head_key(&self, key: &str) -> Result<Option<u64>> {
@@ -335,17 +360,7 @@ impl Inner {
                 .map_err(|e| self.error("publishing staged blob", e))?;
             return Ok(());
         }
-        let upload = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(to)
-            .set_storage_class(self.storage_class.clone())
-            .set_server_side_encryption(self.sse.clone())
-            .send()
-            .await
-            .map_err(|e| self.error("starting multipart copy", e))?;
-        let upload_id = upload.upload_id().unwrap_or_default().to_owned();
+        let upload_id = self.create_multipart(to, "starting multipart copy").await?;
         let result = async {
             let mut parts = Vec::new();
             let mut offset = 0u64;
@@ -460,6 +475,12 @@ impl BlobStore for S3Store {
             remote: true,
             buffered_up_to: self.inner.threshold,
         }
+    }
+
+    fn pieces(&self) -> Option<Arc<dyn crate::storage::PiecedStaging>> {
+        Some(Arc::new(pieces::S3Pieces {
+            inner: self.inner.clone(),
+        }))
     }
 
     async fn get(&self, address: &ContentAddress, range: Option<ByteRange>) -> Result<ByteStream> {

@@ -39,20 +39,9 @@ impl S3Staged {
             Some(address) => format!("{}{}", inner.prefix, address.storage_key()),
             None => format!("{}{STAGING}/{}", inner.prefix, uuid::Uuid::new_v4()),
         };
-        let upload = inner
-            .client
-            .create_multipart_upload()
-            .bucket(&inner.bucket)
-            .key(&key)
-            .set_storage_class(inner.storage_class.clone())
-            .set_server_side_encryption(inner.sse.clone())
-            .send()
-            .await
-            .map_err(|e| inner.error("starting staged upload", e))?;
-        let upload_id = upload
-            .upload_id()
-            .ok_or_else(|| Error::storage(&inner.id, "the server returned no upload id"))?
-            .to_owned();
+        let upload_id = inner
+            .create_multipart(&key, "starting staged upload")
+            .await?;
         self.multipart = Some(Multipart {
             key,
             upload_id,

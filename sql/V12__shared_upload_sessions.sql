@@ -1,0 +1,35 @@
+-- Upload sessions whose bytes live in their backend, not on the disk of the server that took
+-- the first chunk, so that any server can take the next chunk or complete them. The backend
+-- stages them in numbered pieces any server may add (S3: a multipart upload, a piece per
+-- part); the session records the staged write, the pieces it keeps, and the bytes received
+-- but too few for a piece yet.
+ALTER TABLE uploads
+    -- Set: the backend the session's bytes are staged in (in pieces); NULL: a spool file.
+    ADD COLUMN backend_id text,
+    -- The staged write's token, once its first piece is kept.
+    ADD COLUMN stage text,
+    -- The last piece number handed out (a chunk takes numbers before it knows it will be
+    -- kept; those of a chunk that is not are never joined).
+    ADD COLUMN next_piece integer NOT NULL DEFAULT 0,
+    -- A completion's claim on the session (renewed while it runs): another completion waits
+    -- for it to end or lapse (its server died).
+    ADD COLUMN completing_until timestamptz;
+
+-- The pieces a session keeps, in order of their numbers (which is the order of their bytes).
+CREATE TABLE upload_pieces (
+    upload_id uuid    NOT NULL REFERENCES uploads (id) ON DELETE CASCADE,
+    number    integer NOT NULL CHECK (number > 0),
+    start     bigint  NOT NULL CHECK (start >= 0),
+    size      bigint  NOT NULL CHECK (size > 0),
+    receipt   text    NOT NULL,
+    PRIMARY KEY (upload_id, number)
+);
+
+-- Bytes a session received that do not fill a piece yet (fewer than the backend's minimum):
+-- the next chunk sends them ahead of its own, completion as the last piece.
+CREATE TABLE upload_pending (
+    upload_id uuid   NOT NULL REFERENCES uploads (id) ON DELETE CASCADE,
+    start     bigint NOT NULL CHECK (start >= 0),
+    bytes     bytea  NOT NULL,
+    PRIMARY KEY (upload_id, start)
+);
