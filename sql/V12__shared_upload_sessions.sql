@@ -8,14 +8,18 @@ ALTER TABLE uploads
     ADD COLUMN backend_id text,
     -- The staged write's token, once its first piece is kept.
     ADD COLUMN stage text,
-    -- The last piece number handed out (a chunk takes numbers before it knows it will be
-    -- kept; those of a chunk that is not are never joined).
-    ADD COLUMN next_piece integer NOT NULL DEFAULT 0,
+    -- The chunk being received (one at a time; its claim renewed while it runs, so that of
+    -- a server that died lapses within seconds).
+    ADD COLUMN chunk_by uuid,
+    ADD COLUMN chunk_until timestamptz,
     -- A completion's claim on the session (renewed while it runs): another completion waits
-    -- for it to end or lapse (its server died).
-    ADD COLUMN completing_until timestamptz;
+    -- for it to end or lapse (its server died). What the claimant does afterwards (renew,
+    -- reopen, remove) holds only while the claim is still its own.
+    ADD COLUMN completing_until timestamptz,
+    ADD COLUMN completing_by uuid;
 
--- The pieces a session keeps, in order of their numbers (which is the order of their bytes).
+-- The pieces a session keeps. Piece n holds the bytes from (n - 1) x the backend's piece size:
+-- a range sent again goes to the same piece, replacing what a chunk cut off had sent.
 CREATE TABLE upload_pieces (
     upload_id uuid    NOT NULL REFERENCES uploads (id) ON DELETE CASCADE,
     number    integer NOT NULL CHECK (number > 0),
@@ -25,8 +29,8 @@ CREATE TABLE upload_pieces (
     PRIMARY KEY (upload_id, number)
 );
 
--- Bytes a session received that do not fill a piece yet (fewer than the backend's minimum):
--- the next chunk sends them ahead of its own, completion as the last piece.
+-- Bytes a session received after its last full piece: the next chunk sends them ahead of its
+-- own once a piece is full, completion as the last piece.
 CREATE TABLE upload_pending (
     upload_id uuid   NOT NULL REFERENCES uploads (id) ON DELETE CASCADE,
     start     bigint NOT NULL CHECK (start >= 0),

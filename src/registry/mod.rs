@@ -89,7 +89,7 @@ pub struct Registry {
     /// process takes a chunk), in which case completion reads the kept bytes again.
     live_uploads: uploads::LiveUploads,
     /// Bounds the upload chunks streaming into a backend's pieces at once.
-    streaming_chunks: Arc<tokio::sync::Semaphore>,
+    streaming_chunks: Arc<uploads::StreamingSlots>,
     /// Records small ingests in batches (group commit).
     committer: group_commit::Committer,
     /// Numbers the events this process commits (and any left unnumbered).
@@ -107,7 +107,7 @@ impl Registry {
             limits: Limits::default(),
             upload_dir: std::env::temp_dir().join("artifactstore-uploads"),
             live_uploads: Arc::default(),
-            streaming_chunks: Arc::new(tokio::sync::Semaphore::new(
+            streaming_chunks: Arc::new(uploads::StreamingSlots::new(
                 Limits::default().max_streaming_chunks,
             )),
             committer: group_commit::Committer::default(),
@@ -129,7 +129,7 @@ impl Registry {
     /// Replaces the limits.
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
-        self.streaming_chunks = Arc::new(tokio::sync::Semaphore::new(limits.max_streaming_chunks));
+        self.streaming_chunks = Arc::new(uploads::StreamingSlots::new(limits.max_streaming_chunks));
         self
     }
 

@@ -146,8 +146,8 @@ pub trait PiecedStaging: Send + Sync {
     async fn join(&self, token: &str, pieces: Vec<(u32, String)>, size: u64) -> Result<()>;
     /// The joined bytes.
     async fn read(&self, token: &str) -> Result<ByteStream>;
-    /// Makes the joined bytes (checked by the caller to be `address`) visible under `address`
-    /// and removes the staged write.
+    /// Makes the joined bytes (checked by the caller to be `address`) visible under `address`.
+    /// The staged write stays (committing again succeeds) until [`abort`](Self::abort).
     async fn commit(
         &self,
         token: &str,

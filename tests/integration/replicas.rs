@@ -416,14 +416,28 @@ async fn an_upload_session_moves_between_servers_and_survives_one_killed_mid_chu
         "the chunk was cut off by the kill"
     );
     // The other server says where the session is (nothing of the cut chunk kept) and takes
-    // the rest.
+    // the rest, once the dead server's claim on the session has lapsed (409 "busy" until
+    // then, within 10 s).
     let offset = offset_at(&b).await;
     assert_eq!(offset, 9 << 20);
-    let resp = patch(&b, offset, len, data[offset..].to_vec().into())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        // (Refused before its body is read, the connection may close under the client.)
+        if let Ok(resp) = patch(&b, offset, len, data[offset..].to_vec().into())
+            .send()
+            .await
+        {
+            if resp.status() == 202 {
+                break;
+            }
+            assert_eq!(resp.status(), 409, "{}", resp.text().await.unwrap());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dead server's claim never lapsed"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let file = crate::support::json_of(
         http.post(b.url(&format!("/uploads/{id}/complete")))
             .bearer_auth("default-token")
@@ -448,4 +462,173 @@ async fn an_upload_session_moves_between_servers_and_survives_one_killed_mid_chu
         .map(|d| d.count())
         .unwrap_or(0);
     assert_eq!(spooled, 0, "nothing spooled on a server's disk");
+}
+
+/// `appendUpload` requests a server has answered, from its metrics.
+async fn chunks_answered(http: &reqwest::Client, metrics: &str) -> f64 {
+    let Ok(resp) = http.get(metrics).send().await else {
+        return 0.0;
+    };
+    let text = resp.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("artifactstore_http_requests_total")
+                && l.contains("operation=\"appendUpload\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Three API servers with their own data directories (no shared disk), one database and Ceph,
+/// behind nginx round-robin: `artifactstore push` of a tree with large files through it, its
+/// chunks landing on different servers, one server killed with SIGKILL while the push runs;
+/// the push carries on through the others and every file is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_behind_nginx_take_a_push_while_one_is_killed() {
+    let Some(s3) = crate::s3::s3_settings() else {
+        return;
+    };
+    use sha2::Digest as _;
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let storage = crate::s3::storage_file(dir.path(), &s3, "");
+    let env = [
+        ("ARTIFACTSTORE_TOKENS", TOKENS),
+        ("ARTIFACTSTORE_STORAGE_FILE", storage.to_str().unwrap()),
+    ];
+    let mut servers: Vec<Option<Server>> = (0..3).map(|_| Some(Server::start(&db, &env))).collect();
+    let upstreams: Vec<String> = servers
+        .iter()
+        .map(|s| {
+            let s = s.as_ref().unwrap();
+            s.base.trim_start_matches("http://").to_owned()
+        })
+        .collect();
+    let metrics: Vec<String> = servers
+        .iter()
+        .map(|s| s.as_ref().unwrap().metrics.clone().unwrap())
+        .collect();
+    let nginx_dir = dir.path().join("nginx");
+    std::fs::create_dir_all(&nginx_dir).unwrap();
+    let nginx = crate::support::Nginx::round_robin(
+        &nginx_dir,
+        &upstreams.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    // A tree: four large files (sessions of 6 MiB chunks) and some small ones (one-shot PUTs).
+    let tree = dir.path().join("tree");
+    let mut files = Vec::new();
+    for i in 0..4u64 {
+        files.push((
+            format!("big/{i}.bin"),
+            crate::support::random_bytes(30 << 20, 70 + i),
+        ));
+    }
+    for i in 0..8u64 {
+        files.push((
+            format!("small/{i}.txt"),
+            crate::support::random_bytes(1000 + i as usize, i),
+        ));
+    }
+    for (path, data) in &files {
+        let full = tree.join(path);
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        std::fs::write(full, data).unwrap();
+    }
+    let push = Command::new(env!("CARGO_BIN_EXE_artifactstore"))
+        .env("ARTIFACTSTORE_URL", &nginx.url)
+        .env("ARTIFACTSTORE_TOKEN", "default-token")
+        .args([
+            "push",
+            tree.to_str().unwrap(),
+            "--producer",
+            "ci",
+            "--subject",
+            "replicas",
+        ])
+        .args([
+            "--session-threshold",
+            "8MiB",
+            "--chunk-size",
+            "6MiB",
+            "--jobs",
+            "4",
+        ])
+        .arg("--no-progress")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once a server has answered chunks, it dies mid-push.
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let victim = loop {
+        let mut answered = Vec::new();
+        for m in &metrics {
+            answered.push(chunks_answered(&http, m).await);
+        }
+        if let Some(i) = answered.iter().position(|&n| n >= 2.0) {
+            break i;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no chunks answered: {answered:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    servers[victim].take().unwrap().kill();
+    let out = push.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "push failed: {stderr}");
+    let package = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    // Chunks went to more than one server.
+    let mut serving = 1; // the victim
+    for (i, m) in metrics.iter().enumerate() {
+        if i != victim && chunks_answered(&http, m).await > 0.0 {
+            serving += 1;
+        }
+    }
+    assert!(serving >= 2, "chunks all went to one server");
+    // Every file is whole, read through the load balancer.
+    let listed = crate::support::json_of(
+        http.get(format!("{}/packages/{package}", nginx.url))
+            .bearer_auth("default-token")
+            .send()
+            .await
+            .unwrap(),
+        reqwest::StatusCode::OK,
+    )
+    .await;
+    let listed = listed["files"].as_array().unwrap();
+    assert_eq!(listed.len(), files.len(), "{stderr}");
+    for (path, data) in &files {
+        let file = listed
+            .iter()
+            .find(|f| f["relative_path"] == path.as_str())
+            .unwrap_or_else(|| panic!("{path} missing"));
+        assert_eq!(
+            file["digests"]["sha256"],
+            hex::encode(sha2::Sha256::digest(data)).as_str(),
+            "{path}"
+        );
+        let got = http
+            .get(format!(
+                "{}/files/{}/download",
+                nginx.url,
+                file["id"].as_str().unwrap()
+            ))
+            .bearer_auth("default-token")
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert!(got[..] == data[..], "{path} is whole");
+    }
+    for server in servers.iter().flatten() {
+        let spooled = std::fs::read_dir(server.data.join("uploads"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(spooled, 0, "nothing spooled on a server's disk");
+    }
 }

@@ -291,21 +291,19 @@ async fn concurrent_chunks_at_one_offset_keep_exactly_one() {
     let env = Env::new(settings, Limits::default()).await;
     let (a, b) = (random_bytes(6 << 20, 49), random_bytes(6 << 20, 50));
     let id = env.session(&a, None).await;
-    // Both start at 0 on different servers; whichever records first is kept, the other is
-    // told where the session is now (its parts are never joined).
+    // Both start at 0 on different servers: one chunk at a time, so the other is refused
+    // (busy while the first runs, or told the offset after it).
     let (via_a, via_b) = tokio::join!(
         Env::append_via(&env.registry, id, &a, 0, a.len()),
         Env::append_via(&env.other, id, &b, 0, b.len()),
     );
+    let refused = |e: &Error| {
+        matches!(e, Error::Conflict(_))
+            || matches!(e, Error::OffsetMismatch { offset } if *offset == a.len() as u64)
+    };
     let kept = match (&via_a, &via_b) {
-        (Ok(_), Err(Error::OffsetMismatch { offset })) => {
-            assert_eq!(*offset, a.len() as u64);
-            &a
-        }
-        (Err(Error::OffsetMismatch { offset }), Ok(_)) => {
-            assert_eq!(*offset, b.len() as u64);
-            &b
-        }
+        (Ok(_), Err(e)) if refused(e) => &a,
+        (Err(e), Ok(_)) if refused(e) => &b,
         other => panic!("exactly one chunk is kept: {other:?}"),
     };
     assert_eq!(&env.complete(id).await.unwrap(), kept);
@@ -517,4 +515,94 @@ async fn small_chunks_through_both_servers_gather_into_pieces() {
     }
     assert_eq!(Env::complete_via(&env.other, id).await.unwrap(), data);
     assert_no_staging_left(&env.store, &env.settings).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_chunks_keep_few_rows_of_pending_bytes() {
+    let Some(settings) = settings(false) else {
+        return;
+    };
+    let env = Env::new(settings, Limits::default()).await;
+    let data = random_bytes(100 * 1000 + 7, 54);
+    let id = env.session(&data, Some(&data)).await;
+    let mut from = 0;
+    while from < data.len() {
+        let to = (from + 1000).min(data.len());
+        let via = if from % 2000 == 0 {
+            &env.registry
+        } else {
+            &env.other
+        };
+        Env::append_via(via, id, &data, from, to).await.unwrap();
+        from = to;
+    }
+    let client = env.registry.pool().get().await.unwrap();
+    let rows: i64 = client
+        .query_one(
+            "SELECT count(*) FROM upload_pending WHERE upload_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(rows <= 33, "{rows} rows for 101 chunks");
+    assert_eq!(Env::complete_via(&env.other, id).await.unwrap(), data);
+}
+
+/// The staged-pieces contract on S3: a piece sent again replaces the one before, a commit
+/// leaves the joined bytes until they are discarded (a completion that failed to record its
+/// file commits again), joining twice succeeds, and discarding twice does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_keeps_the_joined_bytes_until_they_are_discarded() {
+    let Some(settings) = settings(false) else {
+        return;
+    };
+    let env = Env::new(settings, Limits::default()).await;
+    let pieces = env.store.pieces().unwrap();
+    let data = random_bytes((5 << 20) + 100, 55);
+    let address = artifactstore::DualHasher::digest(&data).primary_address();
+    let stage = pieces.begin(uuid::Uuid::now_v7()).await.unwrap();
+    let stale = pieces
+        .put(&stage, 1, bytes::Bytes::from(vec![0u8; 5 << 20]))
+        .await
+        .unwrap();
+    let last = pieces
+        .put(&stage, 2, bytes::Bytes::copy_from_slice(&data[5 << 20..]))
+        .await
+        .unwrap();
+    // A piece sent again replaces what was sent before at its number.
+    let first = pieces
+        .put(&stage, 1, bytes::Bytes::copy_from_slice(&data[..5 << 20]))
+        .await
+        .unwrap();
+    assert_ne!(stale, first);
+    let kept = vec![(1, first), (2, last)];
+    pieces
+        .join(&stage, kept.clone(), data.len() as u64)
+        .await
+        .unwrap();
+    pieces.join(&stage, kept, data.len() as u64).await.unwrap();
+    assert_eq!(
+        pieces
+            .commit(&stage, &address, data.len() as u64)
+            .await
+            .unwrap(),
+        artifactstore::storage::CommitOutcome::Stored
+    );
+    assert_eq!(
+        pieces
+            .commit(&stage, &address, data.len() as u64)
+            .await
+            .unwrap(),
+        artifactstore::storage::CommitOutcome::AlreadyPresent
+    );
+    assert_eq!(collect(pieces.read(&stage).await.unwrap()).await, data);
+    assert_eq!(
+        collect(env.store.get(&address, None).await.unwrap()).await,
+        data
+    );
+    pieces.abort(&stage).await.unwrap();
+    pieces.abort(&stage).await.unwrap();
+    assert_no_staging_left(&env.store, &env.settings).await;
+    env.store.delete(&address).await.unwrap();
 }

@@ -280,6 +280,20 @@ struct Uploader {
     chunk: u64,
 }
 
+/// Whether a failure may pass: the server unreachable, unavailable (503), or a load balancer
+/// whose server went away (502, 504).
+fn passing(e: &CliError) -> bool {
+    e.code == 2
+        || ["(502)", "(503)", "(504)"]
+            .iter()
+            .any(|s| e.message.contains(s))
+}
+
+/// The wait before retry `n` (1, 2, ...): doubling from 400 ms, at most 5 s.
+fn backoff(n: u32) -> std::time::Duration {
+    std::time::Duration::from_millis((200u64 << n.min(5)).min(5000))
+}
+
 fn encode_path(path: &RelativePath) -> String {
     path.as_str()
         .split('/')
@@ -326,11 +340,15 @@ impl Uploader {
                 .body(reqwest::Body::wrap_stream(stream));
             match self.client.send(request).await {
                 Ok(_) => return Ok(()),
+                // A try after one whose answer was lost: the file may be there already.
+                Err(e) if attempt > 1 && e.message.contains("(409)") && self.holds(file).await => {
+                    return Ok(());
+                }
                 // Transport failures and server unavailability are worth another try.
-                Err(e) if attempt < 4 && (e.code == 2 || e.message.contains("(503)")) => {
+                Err(e) if attempt < 6 && passing(&e) => {
                     self.bar
                         .dec(sent.load(std::sync::atomic::Ordering::Relaxed));
-                    tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+                    tokio::time::sleep(backoff(attempt)).await;
                 }
                 Err(e) => {
                     return Err(CliError {
@@ -344,16 +362,20 @@ impl Uploader {
 
     async fn upload_session(&self, file: &LocalFile) -> Result<(), CliError> {
         use tokio::io::{AsyncReadExt, AsyncSeekExt};
-        let session: Value = self
-            .client
-            .post_json(
-                "/uploads",
-                &json!({
-                    "package_id": self.package, "relative_path": file.path.as_str(), "size": file.size,
-                    "expected_digest": format!("blake3:{}", file.blake3),
-                }),
-            )
-            .await?;
+        let new = json!({
+            "package_id": self.package, "relative_path": file.path.as_str(), "size": file.size,
+            "expected_digest": format!("blake3:{}", file.blake3),
+        });
+        let mut attempt = 0;
+        let session: Value = loop {
+            attempt += 1;
+            match self.client.post_json("/uploads", &new).await {
+                Ok(session) => break session,
+                // (A session whose answer was lost expires unused.)
+                Err(e) if attempt < 6 && passing(&e) => tokio::time::sleep(backoff(attempt)).await,
+                Err(e) => return Err(e),
+            }
+        };
         let url = session["upload_url"]
             .as_str()
             .unwrap_or_default()
@@ -385,11 +407,15 @@ impl Uploader {
                     self.bar.inc(len);
                     failures = 0;
                 }
-                Err(e) if failures < 5 && e.code != 3 && e.code != 5 => {
-                    // Resume from what the server holds.
+                Err(e) if failures < 8 && e.code != 3 && e.code != 5 => {
+                    // Resume from what the server holds (behind a load balancer, maybe another
+                    // server: one that died mid-chunk holds the session for up to 10 s).
                     failures += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(200 << failures)).await;
-                    let state: Value = self.client.get_json(&url, &[]).await?;
+                    tokio::time::sleep(backoff(failures)).await;
+                    // (Not known now: the next chunk is refused with the offset, or asks again.)
+                    let Ok(state) = self.client.get_json::<Value>(&url, &[]).await else {
+                        continue;
+                    };
                     let held = state["offset"].as_u64().unwrap_or(offset);
                     if held > offset {
                         self.bar.inc(held - offset);
@@ -404,11 +430,49 @@ impl Uploader {
                 }
             }
         }
-        let _: Value = self
+        self.complete_session(&url, file).await
+    }
+
+    /// Whether the package holds `file` already (its path, with its bytes).
+    async fn holds(&self, file: &LocalFile) -> bool {
+        let Ok(package) = self
             .client
-            .post_json(&format!("{url}/complete"), &json!({}))
-            .await?;
-        Ok(())
+            .get_json::<Value>(&format!("/packages/{}", self.package), &[])
+            .await
+        else {
+            return false;
+        };
+        package["files"].as_array().is_some_and(|files| {
+            files.iter().any(|f| {
+                f["relative_path"] == file.path.as_str()
+                    && f["digests"]["blake3"] == file.blake3.as_str()
+            })
+        })
+    }
+
+    /// Completes a session, again on what may pass: the server unreachable or busy (a chunk
+    /// or a completion of a server that died still holds the session), or unavailable (503).
+    async fn complete_session(&self, url: &str, file: &LocalFile) -> Result<(), CliError> {
+        let mut attempt = 0;
+        loop {
+            match self
+                .client
+                .post_json::<Value>(&format!("{url}/complete"), &json!({}))
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) if attempt < 8 && (passing(&e) || e.message.contains("(409)")) => {
+                    attempt += 1;
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                Err(e) => {
+                    return Err(CliError {
+                        message: format!("{}: {}", file.path, e.message),
+                        ..e
+                    });
+                }
+            }
+        }
     }
 
     async fn link_batch<'a>(

@@ -28,6 +28,7 @@ mod spool;
 
 use live::LiveUpload;
 pub(crate) use live::LiveUploads;
+pub(crate) use shared::StreamingSlots;
 use spool::Spool;
 
 use super::Registry;

@@ -2,13 +2,16 @@
 //! a piece per part) and whose state is in PostgreSQL, so that any server takes the next chunk
 //! or completes the session: nothing of it is on a server's disk or only in its memory.
 //!
-//! A chunk reads the session's offset, streams its body through the running digest into
-//! pieces of the backend's size, the session's pending bytes (received but too few for a
-//! piece) first, and keeps what does not fill a piece as pending bytes. It records all
-//! of it in one transaction that holds only if the session still is where the chunk started
-//! and open (compare-and-set); a chunk that loses (a concurrent chunk of the same session won,
-//! or a completion or cancellation came first) is refused, and its pieces are never joined.
-//! Nothing is locked while a body arrives, so a server killed mid-chunk blocks nobody: the
+//! A chunk claims the session (one chunk at a time; a claim it renews every few seconds, so
+//! that of a server killed mid-chunk lapses within seconds), streams its body through the
+//! running digest into pieces at fixed offsets (piece n holds the bytes from (n - 1) x the
+//! piece size), the session's pending bytes (received after its last full piece) first, and
+//! keeps what does not fill a piece as pending bytes. It records all of it in one transaction
+//! that holds only if it still holds the claim and the session is where it started
+//! (compare-and-set). Every piece a chunk uploads is at the number of its bytes' offset, so a
+//! range sent again (after a server died mid-chunk, or a chunk was refused) replaces the
+//! pieces the lost chunk had sent: a staged write never holds a piece that is not joined
+//! (some S3 servers, Ceph RGW among them, refuse to join a multipart upload otherwise). The
 //! client asks any server for the offset and resumes there.
 //!
 //! Completion claims the session (a claim it renews while it runs, so one whose server died
@@ -23,6 +26,11 @@ use std::sync::Arc;
 
 /// How long a completion's claim holds without being renewed.
 const CLAIM_SECONDS: f64 = 30.0;
+/// How long a chunk's claim holds without being renewed, and how often it is.
+const CHUNK_CLAIM_SECONDS: f64 = 10.0;
+const CHUNK_RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
+/// Rows of pending bytes a session keeps before a chunk merges them into one.
+const MAX_PENDING_ROWS: usize = 32;
 /// How often a running completion renews its claim.
 const RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -35,6 +43,74 @@ struct Sent {
 }
 
 type PieceTask = tokio::task::JoinHandle<Result<Sent>>;
+
+/// Bounds the chunks this process streams into backends at once, and each tenant's share of
+/// them (half, at least one), so no tenant's slow chunks hold them all.
+pub(crate) struct StreamingSlots {
+    slots: Arc<tokio::sync::Semaphore>,
+    per_tenant: usize,
+    held: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+/// A slot, given back when dropped.
+pub(crate) struct StreamingSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    tenant: String,
+    held: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+impl StreamingSlots {
+    pub(crate) fn new(max: usize) -> Self {
+        StreamingSlots {
+            slots: Arc::new(tokio::sync::Semaphore::new(max)),
+            per_tenant: (max / 2).max(1),
+            held: Arc::default(),
+        }
+    }
+
+    /// A slot for one of `tenant`'s chunks, or `Busy` (429) when the tenant holds its share
+    /// or every slot is taken.
+    fn take(&self, tenant: &TenantId) -> Result<StreamingSlot> {
+        let busy = || {
+            Error::Busy(
+                "this server is streaming as many upload chunks as it may; retry shortly".into(),
+            )
+        };
+        let mut held = self.held.lock().expect("streaming slots");
+        let mine = held.entry(tenant.as_str().to_owned()).or_default();
+        if *mine >= self.per_tenant {
+            return Err(busy());
+        }
+        let permit = self.slots.clone().try_acquire_owned().map_err(|_| busy())?;
+        *mine += 1;
+        Ok(StreamingSlot {
+            _permit: permit,
+            tenant: tenant.as_str().to_owned(),
+            held: self.held.clone(),
+        })
+    }
+}
+
+impl Drop for StreamingSlot {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().expect("streaming slots");
+        if let Some(n) = held.get_mut(&self.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.tenant);
+            }
+        }
+    }
+}
+
+/// A task stopped when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 impl Registry {
     /// The backend a shared session's bytes are staged in, and its pieced staging.
@@ -76,22 +152,91 @@ impl Registry {
             return Err(Error::OffsetMismatch { offset });
         }
         let (_, pieces) = self.staging_of(&current)?;
-        let _slot = self
-            .streaming_chunks
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| {
-                Error::Busy(
-                    "this server is streaming as many upload chunks as it may; retry shortly"
-                        .into(),
-                )
-            })?;
+        let _slot = self.streaming_chunks.take(tenant)?;
+        let claim = Uuid::new_v4();
+        let _claimed = self.claim_chunk(id, offset, claim).await?;
         let room = if current.session.size.is_none() {
             let coming = size.or(chunk.end.map(|end| end + 1)).unwrap_or(offset);
             self.reserve_chunk(tenant, id, coming).await?
         } else {
             None
         };
+        let result = self
+            .take_chunk(current, pieces, chunk, body, room, (size, limit), claim)
+            .await;
+        if result.is_err()
+            && let Ok(client) = self.pool.get().await
+        {
+            // Not kept: the claim is given back, and what this chunk reserved (the session's
+            // size still unknown) with it.
+            let _ = client
+                .execute(
+                    "UPDATE uploads SET chunk_by = NULL, chunk_until = NULL, \
+                         reserved = CASE WHEN received = $3 THEN 0 ELSE reserved END \
+                     WHERE id = $1 AND chunk_by = $2",
+                    &[&id, &claim, &(offset as i64)],
+                )
+                .await;
+        }
+        result
+    }
+
+    /// Claims the session for one chunk at `offset` as `claim`, renewed until the returned
+    /// guard is dropped: refused while another chunk or a completion holds it.
+    async fn claim_chunk(&self, id: Uuid, offset: u64, claim: Uuid) -> Result<AbortOnDrop> {
+        let client = self.pool.get().await?;
+        let claimed = client
+            .execute(
+                "UPDATE uploads SET chunk_by = $3, \
+                     chunk_until = clock_timestamp() + make_interval(secs => $4) \
+                 WHERE id = $1 AND received = $2 AND state = 'open' \
+                   AND (chunk_by IS NULL OR chunk_until < clock_timestamp())",
+                &[&id, &(offset as i64), &claim, &CHUNK_CLAIM_SECONDS],
+            )
+            .await?;
+        if claimed == 0 {
+            return Err(match self.where_now(id).await {
+                Error::OffsetMismatch { offset: now } if now == offset => Error::Conflict(format!(
+                    "upload {id} is busy: another chunk is being received; retry after it"
+                )),
+                other => other,
+            });
+        }
+        let pool = self.pool.clone();
+        Ok(AbortOnDrop(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(CHUNK_RENEW_EVERY).await;
+                if let Ok(client) = pool.get().await {
+                    let _ = client
+                        .execute(
+                            "UPDATE uploads SET chunk_until = clock_timestamp() \
+                                 + make_interval(secs => $3) \
+                             WHERE id = $1 AND chunk_by = $2",
+                            &[&id, &claim, &CHUNK_CLAIM_SECONDS],
+                        )
+                        .await;
+                }
+            }
+        })))
+    }
+
+    /// Receives and records one chunk of a shared session, claimed as `claim`; `bounds`: the
+    /// session's size, if known, and the most bytes it may hold.
+    #[allow(clippy::too_many_arguments)]
+    async fn take_chunk<S>(
+        &self,
+        current: Row,
+        pieces: Arc<dyn PiecedStaging>,
+        chunk: Chunk,
+        body: S,
+        room: Option<crate::registry::Room>,
+        (size, limit): (Option<u64>, u64),
+        claim: Uuid,
+    ) -> Result<UploadSession>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send,
+    {
+        let (id, offset) = (current.session.id, current.session.offset);
         let mut intake = self.start_intake(&current, pieces).await?;
         let (mut failure, mut keep) = intake.receive(body, room, limit, size).await;
         if keep
@@ -113,7 +258,7 @@ impl Registry {
             return Err(failure.expect("a chunk is dropped for a reason"));
         }
         let received = intake.received;
-        self.record_chunk(&mut intake, offset, size).await?;
+        self.record_chunk(&mut intake, offset, size, claim).await?;
         if let Some(p) = intake.pipeline.take() {
             let hasher = p
                 .finish_state()
@@ -140,7 +285,12 @@ impl Registry {
         pieces: Arc<dyn PiecedStaging>,
     ) -> Result<PieceIntake<'_>> {
         let (id, offset) = (current.session.id, current.session.offset);
-        let (pending_start, pending) = self.pending_extent(id, offset).await?;
+        let (pending_start, pending, pending_rows) = match self.pending_extent(id, offset).await {
+            Ok(extent) => extent,
+            // Another chunk was kept since the session was read.
+            Err(Error::Integrity(_)) => return Err(self.where_now(id).await),
+            Err(e) => return Err(e),
+        };
         let live = self.live_uploads.lock().expect("live uploads").remove(&id);
         let hasher = match live {
             Some(live) if live.received == offset => Some(live.hasher),
@@ -154,6 +304,7 @@ impl Registry {
             stage: current.stage.clone(),
             begun_here: None,
             unloaded: pending,
+            pending_rows,
             buffer: BytesMut::new(),
             buffer_start: pending_start,
             in_flight: std::collections::VecDeque::new(),
@@ -166,16 +317,17 @@ impl Registry {
     /// Where the session's pending bytes start (`offset` when there are none) and how many
     /// there are, without reading them: a chunk that does not fill a piece never does, so
     /// many small chunks cost what their bytes do.
-    async fn pending_extent(&self, id: Uuid, offset: u64) -> Result<(u64, u64)> {
+    async fn pending_extent(&self, id: Uuid, offset: u64) -> Result<(u64, u64, usize)> {
         let client = self.pool.get().await?;
         let row = client
             .query_one(
-                "SELECT min(start), COALESCE(sum(length(bytes)), 0)::bigint \
+                "SELECT min(start), COALESCE(sum(length(bytes)), 0)::bigint, count(*) \
                  FROM upload_pending WHERE upload_id = $1",
                 &[&id],
             )
             .await?;
         let len = row.get::<_, i64>(1) as u64;
+        let rows = row.get::<_, i64>(2) as usize;
         let start = row.get::<_, Option<i64>>(0).map_or(offset, |s| s as u64);
         if start + len != offset {
             return Err(Error::Integrity(format!(
@@ -183,7 +335,7 @@ impl Registry {
                 start + len
             )));
         }
-        Ok((start, len))
+        Ok((start, len, rows))
     }
 
     /// The session's pending bytes and where they start (`offset` when there are none).
@@ -222,8 +374,17 @@ impl Registry {
         intake: &mut PieceIntake<'_>,
         offset: u64,
         size: Option<u64>,
+        claim: Uuid,
     ) -> Result<()> {
         let id = intake.id;
+        // Pending bytes are kept in one row per chunk; past a few dozen rows this chunk's go
+        // into one with theirs, so rows stay few however small the chunks.
+        let merge = intake.sent.is_empty()
+            && !intake.buffer.is_empty()
+            && intake.pending_rows >= MAX_PENDING_ROWS;
+        if merge {
+            intake.load_pending().await?;
+        }
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let declared = size.map(|s| s as i64);
@@ -231,8 +392,10 @@ impl Registry {
             .execute(
                 "UPDATE uploads SET received = $2, reserved = 0, \
                                     declared_size = COALESCE(declared_size, $3), \
-                                    stage = COALESCE(stage, $5) \
-                 WHERE id = $1 AND received = $4 AND state = 'open' \
+                                    stage = COALESCE(stage, $5), \
+                                    chunk_by = NULL, chunk_until = NULL \
+                 WHERE id = $1 AND received = $4 AND state = 'open' AND chunk_by = $6 \
+                   AND (declared_size IS NULL OR $2 <= declared_size) \
                    AND (stage IS NULL OR stage = $5 OR $5 IS NULL)",
                 &[
                     &id,
@@ -240,6 +403,7 @@ impl Registry {
                     &declared,
                     &(offset as i64),
                     &intake.stage,
+                    &claim,
                 ],
             )
             .await?;
@@ -248,14 +412,19 @@ impl Registry {
             intake.give_up().await;
             return Err(self.where_now(id).await);
         }
-        if !intake.sent.is_empty() {
-            // The first piece began with the pending bytes: they are all sent.
+        if !intake.sent.is_empty() || merge {
+            // The first piece began with the pending bytes (they are all sent), or they are
+            // merged into this chunk's row.
             tx.execute("DELETE FROM upload_pending WHERE upload_id = $1", &[&id])
                 .await?;
+        }
+        if !intake.sent.is_empty() {
             for sent in &intake.sent {
                 tx.execute(
                     "INSERT INTO upload_pieces (upload_id, number, start, size, receipt) \
-                     VALUES ($1, $2, $3, $4, $5)",
+                     VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (upload_id, number) DO UPDATE \
+                     SET start = EXCLUDED.start, size = EXCLUDED.size, receipt = EXCLUDED.receipt",
                     &[
                         &id,
                         &(sent.number as i32),
@@ -270,7 +439,7 @@ impl Registry {
         // The bytes not in a piece: after pieces, all that are pending now; else this chunk's,
         // added to those pending before it (never read: pending bytes are read only to be
         // sent in a piece).
-        let from = if intake.sent.is_empty() {
+        let from = if intake.sent.is_empty() && !merge {
             offset
         } else {
             intake.buffer_start
@@ -330,9 +499,12 @@ impl Registry {
 
     /// Completes a shared session (see the module docs).
     pub(super) async fn complete_shared(&self, tenant: &TenantId, id: Uuid) -> Result<FileRecord> {
-        let current = self.claim_completion(tenant, id).await?;
+        let claim = Uuid::new_v4();
+        let current = self.claim_completion(tenant, id, claim).await?;
         let (backend, pieces) = self.staging_of(&current)?;
-        let renewing = {
+        // Renewed while this completion runs, and not a moment longer: dropped with it (a
+        // request cut off), the claim lapses and another completion may take over.
+        let renewing = AbortOnDrop({
             let pool = self.pool.clone();
             tokio::spawn(async move {
                 loop {
@@ -342,18 +514,18 @@ impl Registry {
                             .execute(
                                 "UPDATE uploads SET completing_until = clock_timestamp() \
                                      + make_interval(secs => $2) \
-                                 WHERE id = $1 AND state = 'completing'",
-                                &[&id, &CLAIM_SECONDS],
+                                 WHERE id = $1 AND state = 'completing' AND completing_by = $3",
+                                &[&id, &CLAIM_SECONDS, &claim],
                             )
                             .await;
                     }
                 }
             })
-        };
+        });
         let result = self
             .complete_claimed(tenant, &current, backend, pieces.clone())
             .await;
-        renewing.abort();
+        drop(renewing);
         let retry_later = matches!(&result, Err(e) if e.is_retryable()
                 || matches!(e, Error::OverQuota { .. } | Error::InsufficientStorage(_)));
         if retry_later {
@@ -361,28 +533,32 @@ impl Registry {
             let client = self.pool.get().await?;
             client
                 .execute(
-                    "UPDATE uploads SET state = 'open', completing_until = NULL WHERE id = $1",
-                    &[&id],
+                    "UPDATE uploads SET state = 'open', completing_until = NULL, \
+                                        completing_by = NULL \
+                     WHERE id = $1 AND completing_by = $2",
+                    &[&id, &claim],
                 )
                 .await?;
         } else {
-            self.discard_shared(id, &*pieces).await?;
+            self.discard_shared(id, Some(claim), &*pieces).await?;
         }
         result
     }
 
-    /// Claims the session for completion: open, or claimed by a completion whose claim
-    /// lapsed; its size is fixed at what it holds.
-    async fn claim_completion(&self, tenant: &TenantId, id: Uuid) -> Result<Row> {
+    /// Claims the session for completion as `claim`: open, or claimed by a completion whose
+    /// claim lapsed; its size is fixed at what it holds.
+    async fn claim_completion(&self, tenant: &TenantId, id: Uuid, claim: Uuid) -> Result<Row> {
         let client = self.pool.get().await?;
         let claimed = client
             .query_opt(
                 &format!(
                     "UPDATE uploads SET state = 'completing', declared_size = received, \
-                         completing_until = clock_timestamp() + make_interval(secs => $4) \
+                         completing_until = clock_timestamp() + make_interval(secs => $4), \
+                         completing_by = $5 \
                      WHERE id = $1 AND tenant = $2 AND expires_at > $3 \
                        AND (declared_size IS NULL OR declared_size = received) \
                        AND (state = 'open' OR completing_until < clock_timestamp()) \
+                       AND (chunk_by IS NULL OR chunk_until < clock_timestamp()) \
                      RETURNING {COLUMNS}"
                 ),
                 &[
@@ -390,6 +566,7 @@ impl Registry {
                     &tenant.as_str(),
                     &self.clock.now().as_datetime(),
                     &CLAIM_SECONDS,
+                    &claim,
                 ],
             )
             .await?;
@@ -403,7 +580,8 @@ impl Registry {
                         current.session.offset
                     )),
                     _ => Error::Conflict(format!(
-                        "upload {id} is being completed; retry to see how that ended"
+                        "upload {id} is busy (a chunk is being received, or it is being \
+                         completed); retry after it"
                     )),
                 })
             }
@@ -499,7 +677,7 @@ impl Registry {
         pending: BytesMut,
     ) -> Result<(u32, String)> {
         let start = size - pending.len() as u64;
-        let number = self.next_piece(id, pieces.sizes().max_number).await?;
+        let number = piece_number(start, pieces.sizes())?;
         let receipt = pieces.put(stage, number, pending.freeze()).await?;
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
@@ -521,26 +699,6 @@ impl Registry {
         Ok((number, receipt))
     }
 
-    /// The next piece number of session `id` (numbers of chunks that were not kept are
-    /// skipped, never reused).
-    async fn next_piece(&self, id: Uuid, max: u32) -> Result<u32> {
-        let client = self.pool.get().await?;
-        let number = client
-            .query_opt(
-                "UPDATE uploads SET next_piece = next_piece + 1 \
-                 WHERE id = $1 AND next_piece < $2 RETURNING next_piece",
-                &[&id, &(max as i32)],
-            )
-            .await?
-            .ok_or_else(|| {
-                Error::LimitExceeded(format!(
-                    "upload {id} has used all {max} pieces its backend allows; send larger \
-                     chunks in a new upload"
-                ))
-            })?;
-        Ok(number.get::<_, i32>(0) as u32)
-    }
-
     /// Cancels a shared session: not while a completion holds it.
     pub(super) async fn cancel_shared(&self, tenant: &TenantId, current: Row) -> Result<()> {
         let id = current.session.id;
@@ -548,13 +706,15 @@ impl Registry {
         let gone = client
             .execute(
                 "DELETE FROM uploads WHERE id = $1 AND tenant = $2 \
-                   AND (state = 'open' OR completing_until < clock_timestamp())",
+                   AND (state = 'open' OR completing_until < clock_timestamp()) \
+                   AND (chunk_by IS NULL OR chunk_until < clock_timestamp())",
                 &[&id, &tenant.as_str()],
             )
             .await?;
         if gone == 0 {
             return Err(Error::Conflict(format!(
-                "upload {id} is being completed; it can no longer be cancelled"
+                "upload {id} is busy (a chunk is being received, or it is being completed); \
+                 it cannot be cancelled now"
             )));
         }
         self.live_uploads.lock().expect("live uploads").remove(&id);
@@ -569,11 +729,21 @@ impl Registry {
 
     /// Removes a shared session and its staged write (a failure to discard the latter is left
     /// to the sweep of stages without a session).
-    async fn discard_shared(&self, id: Uuid, pieces: &dyn PiecedStaging) -> Result<()> {
+    /// `claim`: only while the completion that holds it is this one.
+    async fn discard_shared(
+        &self,
+        id: Uuid,
+        claim: Option<Uuid>,
+        pieces: &dyn PiecedStaging,
+    ) -> Result<()> {
         self.live_uploads.lock().expect("live uploads").remove(&id);
         let client = self.pool.get().await?;
         let stage = client
-            .query_opt("DELETE FROM uploads WHERE id = $1 RETURNING stage", &[&id])
+            .query_opt(
+                "DELETE FROM uploads WHERE id = $1 AND ($2::uuid IS NULL OR completing_by = $2) \
+                 RETURNING stage",
+                &[&id, &claim],
+            )
             .await?
             .and_then(|r| r.get::<_, Option<String>>(0));
         if let Some(stage) = stage
@@ -619,6 +789,24 @@ impl Registry {
     }
 }
 
+/// The number of the piece starting at `start` (a multiple of the piece size).
+fn piece_number(start: u64, sizes: crate::storage::PieceSizes) -> Result<u32> {
+    if !start.is_multiple_of(sizes.max) {
+        return Err(Error::Conflict(format!(
+            "the backend's piece size changed to {} bytes during this upload; start a new upload",
+            sizes.max
+        )));
+    }
+    let number = start / sizes.max + 1;
+    if number > u64::from(sizes.max_number) {
+        return Err(Error::LimitExceeded(format!(
+            "the upload exceeds what its backend takes in {} pieces of {} bytes",
+            sizes.max_number, sizes.max
+        )));
+    }
+    Ok(number as u32)
+}
+
 /// The digest of a session's joined bytes, read back from the backend.
 async fn digest_of_joined(
     id: Uuid,
@@ -631,8 +819,12 @@ async fn digest_of_joined(
     let mut pipeline = HashPipeline::new(DualHasher::new());
     let mut read = 0u64;
     while let Some(chunk) = joined.next().await {
-        let chunk = chunk
-            .map_err(|e| Error::storage(backend.id(), format!("reading upload {id} back: {e}")))?;
+        // A broken read is the backend's passing failure: the session is kept.
+        let chunk = chunk.map_err(|e| Error::Storage {
+            backend: backend.id().to_owned(),
+            message: format!("reading upload {id} back: {e}"),
+            unavailable: true,
+        })?;
         read += chunk.len() as u64;
         pipeline.update(chunk).await;
     }
@@ -661,6 +853,8 @@ struct PieceIntake<'a> {
     begun_here: Option<String>,
     /// The session's pending bytes not read yet (they come before `buffer`).
     unloaded: u64,
+    /// The rows they are kept in.
+    pending_rows: usize,
     /// Bytes not in a piece yet: from `buffer_start`, after the unread pending ones.
     buffer: BytesMut,
     buffer_start: u64,
@@ -771,11 +965,8 @@ impl PieceIntake<'_> {
                 stage
             }
         };
-        let number = self
-            .registry
-            .next_piece(self.id, self.pieces.sizes().max_number)
-            .await?;
         let start = self.buffer_start;
+        let number = piece_number(start, self.pieces.sizes())?;
         self.buffer_start += piece.len() as u64;
         let pieces = self.pieces.clone();
         self.in_flight.push_back(tokio::spawn(async move {
@@ -810,19 +1001,14 @@ impl PieceIntake<'_> {
         Ok(())
     }
 
-    /// At the chunk's end: sends what fills a piece of at least the minimum, and waits for
-    /// every piece.
+    /// At the chunk's end: waits for every piece (the bytes after the last full one stay
+    /// pending).
     async fn settle(&mut self) -> Result<()> {
-        if self.unloaded + self.buffer.len() as u64 >= self.pieces.sizes().min {
-            self.load_pending().await?;
-            let piece = self.buffer.split().freeze();
-            self.send(piece).await?;
-        }
         self.wait().await
     }
 
     /// The chunk is not kept: a staged write it began and did not record is discarded (its
-    /// pieces in a recorded one are simply never joined).
+    /// pieces in a recorded one are replaced when their range is sent again).
     async fn give_up(&mut self) {
         for task in self.in_flight.drain(..) {
             task.abort();
@@ -830,5 +1016,29 @@ impl PieceIntake<'_> {
         if let Some(stage) = self.begun_here.take() {
             let _ = self.pieces.abort(&stage).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tenant takes at most half the slots (at least one); slots come back when dropped.
+    #[test]
+    fn no_tenant_holds_every_streaming_slot() {
+        let slots = StreamingSlots::new(4);
+        let (a, b) = (TenantId::new("a").unwrap(), TenantId::new("b").unwrap());
+        let first = slots.take(&a).unwrap();
+        let _second = slots.take(&a).unwrap();
+        assert!(matches!(slots.take(&a), Err(Error::Busy(_))));
+        let _b1 = slots.take(&b).unwrap();
+        let _b2 = slots.take(&b).unwrap();
+        assert!(matches!(slots.take(&b), Err(Error::Busy(_))));
+        drop(first);
+        let _again = slots.take(&a).unwrap();
+        // One slot in all: its one tenant may take it.
+        let one = StreamingSlots::new(1);
+        let _only = one.take(&a).unwrap();
+        assert!(matches!(one.take(&b), Err(Error::Busy(_))));
     }
 }

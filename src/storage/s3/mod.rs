@@ -183,23 +183,39 @@ impl S3Store {
         // Every unfinished multipart upload under our prefix is staging (those announced to
         // an address run at its final key until completed), but those of upload sessions,
         // which live as long as their session (see `pieces`).
-        let sessions = format!("{}{}/", inner.prefix, pieces::UPLOADS);
-        let uploads = inner
-            .client
-            .list_multipart_uploads()
-            .bucket(&inner.bucket)
-            .prefix(&inner.prefix)
-            .send()
-            .await
-            .map_err(|e| inner.error("listing staged uploads", e))?;
-        for upload in uploads.uploads() {
-            let old = upload.initiated().is_some_and(|t| t.secs() < cutoff.secs());
-            let session = upload.key().is_some_and(|k| k.starts_with(&sessions));
-            if let (true, false, Some(key), Some(upload_id)) =
-                (old, session, upload.key(), upload.upload_id())
-            {
-                inner.abort_upload(key, upload_id).await?;
-                removed += 1;
+        // (Any backend's: another backend's prefix may lie under ours in a shared bucket.)
+        let is_session = |key: &str| {
+            key.starts_with(&format!("{}/", pieces::UPLOADS))
+                || key.contains(&format!("/{}/", pieces::UPLOADS))
+        };
+        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+        loop {
+            let page = inner
+                .client
+                .list_multipart_uploads()
+                .bucket(&inner.bucket)
+                .prefix(&inner.prefix)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .send()
+                .await
+                .map_err(|e| inner.error("listing staged uploads", e))?;
+            for upload in page.uploads() {
+                let old = upload.initiated().is_some_and(|t| t.secs() < cutoff.secs());
+                if let (true, Some(key), Some(upload_id)) = (old, upload.key(), upload.upload_id())
+                    && !is_session(key)
+                {
+                    inner.abort_upload(key, upload_id).await?;
+                    removed += 1;
+                }
+            }
+            if page.is_truncated() != Some(true) {
+                break;
+            }
+            key_marker = page.next_key_marker().map(str::to_owned);
+            id_marker = page.next_upload_id_marker().map(str::to_owned);
+            if key_marker.is_none() {
+                break;
             }
         }
         let mut pages = inner

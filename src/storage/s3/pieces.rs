@@ -1,7 +1,7 @@
 //! Staged writes in pieces that any server may add: one multipart upload per upload session
 //! at `<key_prefix>/.uploads/<session>/<uuid>`, a piece per part. The token is the key and the
 //! upload id; the receipts are the parts' ETags. Joining completes the multipart upload (the
-//! staged object), committing copies it server-side to its address and deletes it.
+//! staged object), committing copies it server-side to its address, aborting deletes it.
 //!
 //! These live as long as their session (a day by default), so the staging sweep, which ends
 //! writes abandoned for an hour, leaves them alone; the registry discards those whose session
@@ -159,14 +159,13 @@ impl PiecedStaging for S3Pieces {
         let inner = &self.inner;
         let (key, _) = parse(token)?;
         let final_key = format!("{}{}", inner.prefix, address.storage_key());
-        let outcome = if inner.head_key(&final_key).await? == Some(size) {
-            CommitOutcome::AlreadyPresent
-        } else {
-            inner.copy_to_final(key, &final_key, size).await?;
-            CommitOutcome::Stored
-        };
-        inner.delete_key(key).await?;
-        Ok(outcome)
+        // The staged object stays until `abort`: a completion that fails to record the file
+        // after this (and is run again) commits again from it.
+        if inner.head_key(&final_key).await? == Some(size) {
+            return Ok(CommitOutcome::AlreadyPresent);
+        }
+        inner.copy_to_final(key, &final_key, size).await?;
+        Ok(CommitOutcome::Stored)
     }
 
     async fn abort(&self, token: &str) -> Result<()> {

@@ -3,12 +3,14 @@
 
 mod db;
 mod http;
+mod nginx;
 mod process;
 mod registry;
 mod server;
 
 pub use db::*;
 pub use http::*;
+pub use nginx::*;
 pub use process::*;
 pub use registry::*;
 pub use server::*;
