@@ -58,7 +58,7 @@ problems! {
     /// `GET /uploads/{id}`.
     GetUpload = [400, 401, 403, 404];
     /// `PATCH /uploads/{id}`.
-    AppendUpload = [400, 401, 403, 404, 409, 410, 413, 415, 416, 422, 507];
+    AppendUpload = [400, 401, 403, 404, 409, 410, 413, 415, 416, 422, 429, 507];
     /// `POST /uploads/{id}/complete`.
     CompleteUpload = [400, 401, 403, 404, 409, 410, 413, 422, 507];
     /// `DELETE /uploads/{id}`.

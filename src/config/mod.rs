@@ -119,8 +119,8 @@ pub struct ServiceArgs {
     /// Upload chunks that may stream into an S3 backend at once in this process (an upload
     /// session's chunks go into its backend as they arrive, so that any server can take the
     /// next one): each holds up to (1 + `multipart_concurrency`) parts of
-    /// `multipart_chunk_bytes` in memory. Beyond it,
-    /// a chunk is refused as busy (429 with Retry-After).
+    /// `multipart_chunk_bytes` in memory. A tenant takes at most half; beyond that a chunk
+    /// waits up to 30 s for a slot, then is refused as busy (429 with Retry-After).
     #[arg(long, env = "ARTIFACTSTORE_MAX_STREAMING_CHUNKS", default_value = "16", value_parser = within::<1, 10_000>)]
     pub max_streaming_chunks: u64,
     /// Open upload sessions a tenant may have when its quota does not say (see

@@ -54,8 +54,8 @@ pub struct Limits {
     pub upload_ttl_seconds: u64,
     /// Upload chunks that may stream into a backend that stages them in pieces (S3) at once,
     /// in this process: each holds up to
-    /// [`PieceSizes::in_flight`](crate::storage::PieceSizes) + 1 pieces in memory. Beyond it a chunk is refused
-    /// as busy (429), to be retried.
+    /// [`PieceSizes::in_flight`](crate::storage::PieceSizes) + 1 pieces in memory. A tenant
+    /// takes at most half; beyond that a chunk waits up to 30 s, then is refused as busy.
     pub max_streaming_chunks: usize,
     /// Open upload sessions a tenant may have when its quota does not say.
     pub default_max_upload_sessions: u64,

@@ -219,21 +219,28 @@ async fn killed_mid_upload(storage: &[(&str, &str)]) {
         .await;
         let offset = session["offset"].as_u64().unwrap() as usize;
         assert!(offset >= data.len() / 3, "the first chunk was kept");
-        if offset < data.len() {
-            json_of(
-                http.patch(server.url(&format!("/uploads/{id}")))
-                    .bearer_auth(WRITER)
-                    .header(
-                        "Content-Range",
-                        format!("bytes {offset}-{}/{}", data.len() - 1, data.len()),
-                    )
-                    .body(data[offset..].to_vec())
-                    .send()
-                    .await
-                    .unwrap(),
-                StatusCode::ACCEPTED,
-            )
-            .await;
+        // A session whose chunk the dead server was receiving is busy until that chunk's
+        // claim lapses (S3 sessions, within 10 s): 409, or the connection closed under a body
+        // refused before it was read. A client tries again.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while offset < data.len() {
+            let sent = http
+                .patch(server.url(&format!("/uploads/{id}")))
+                .bearer_auth(WRITER)
+                .header(
+                    "Content-Range",
+                    format!("bytes {offset}-{}/{}", data.len() - 1, data.len()),
+                )
+                .body(data[offset..].to_vec())
+                .send()
+                .await;
+            match sent {
+                Ok(resp) if resp.status() == StatusCode::ACCEPTED => break,
+                Ok(resp) => assert_eq!(resp.status(), StatusCode::CONFLICT),
+                Err(_) => {}
+            }
+            assert!(Instant::now() < deadline, "upload {id} stayed busy");
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
         json_of(
             http.post(server.url(&format!("/uploads/{id}/complete")))

@@ -409,7 +409,7 @@ async fn a_wrong_digest_leaves_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chunks_streaming_at_once_are_bounded() {
+async fn chunks_streaming_at_once_are_bounded_and_wait_for_a_slot() {
     let Some(settings) = settings(false) else {
         return;
     };
@@ -443,16 +443,18 @@ async fn chunks_streaming_at_once_are_bounded() {
     };
     tx.send(Ok(bytes::Bytes::from_static(b"x"))).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let err = Env::append_via(&env.registry, other, &data, 0, data.len())
-        .await
-        .unwrap_err();
-    assert!(matches!(err, Error::Busy(_)), "{err:?}");
-    // Another server has its own slots.
-    Env::append_via(&env.other, other, &data, 0, data.len())
-        .await
-        .unwrap();
+    // The next chunk waits for the slot (up to 30 s, then 429)...
+    let waiting = {
+        let registry = env.registry.clone();
+        let data = data.clone();
+        tokio::spawn(async move { Env::append_via(&registry, other, &data, 0, data.len()).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "the one slot is held");
+    // ...and gets it once the held chunk ends.
     drop(tx);
     assert_eq!(slow.await.unwrap().unwrap().offset, 1);
+    assert_eq!(waiting.await.unwrap().unwrap(), data.len() as u64);
     env.append(held, &data, 1, data.len()).await;
 }
 
