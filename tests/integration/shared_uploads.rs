@@ -608,3 +608,33 @@ async fn a_commit_keeps_the_joined_bytes_until_they_are_discarded() {
     assert_no_staging_left(&env.store, &env.settings).await;
     env.store.delete(&address).await.unwrap();
 }
+
+/// Servers configured with different part sizes (a rolling change of `multipart_chunk_bytes`)
+/// cannot make a session's bytes out of order: completion finds its pieces not contiguous and
+/// refuses (nothing is published).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_size_changed_mid_session_is_refused_not_misordered() {
+    let Some(settings) = settings(false) else {
+        return;
+    };
+    let env = Env::new(settings.clone(), Limits::default()).await;
+    let mut larger = settings;
+    larger.multipart_chunk_bytes = 10 << 20;
+    let store = Arc::new(S3Store::open("s3", &larger).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let other = Registry::new(
+        artifactstore::db::pool(&env._db.url, 4).unwrap(),
+        Backends::single(store),
+    )
+    .with_upload_dir(dir.path().join("uploads"));
+    let data = random_bytes(30 << 20, 56);
+    let id = env.session(&data, None).await;
+    env.append(id, &data, 0, 10 << 20).await;
+    Env::append_via(&other, id, &data, 10 << 20, data.len())
+        .await
+        .unwrap();
+    let err = env.complete(id).await.unwrap_err();
+    assert!(matches!(err, Error::Conflict(_)), "{err:?}");
+    assert!(!env.stored(&data).await);
+    assert_no_staging_left(&env.store, &env.settings).await;
+}

@@ -465,6 +465,9 @@ impl Uploader {
                     attempt += 1;
                     tokio::time::sleep(backoff(attempt)).await;
                 }
+                // A completion whose answer was lost (the session is gone: 404), or one still
+                // running when the tries ran out: the file may be there.
+                Err(_) if attempt > 0 && self.holds(file).await => return Ok(()),
                 Err(e) => {
                     return Err(CliError {
                         message: format!("{}: {}", file.path, e.message),

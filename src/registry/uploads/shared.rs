@@ -158,15 +158,17 @@ impl Registry {
         let _slot = self.streaming_chunks.take(tenant).await?;
         let claim = Uuid::new_v4();
         let _claimed = self.claim_chunk(id, offset, claim).await?;
-        let room = if current.session.size.is_none() {
-            let coming = size.or(chunk.end.map(|end| end + 1)).unwrap_or(offset);
-            self.reserve_chunk(tenant, id, coming).await?
-        } else {
-            None
-        };
-        let result = self
-            .take_chunk(current, pieces, chunk, body, room, (size, limit), claim)
-            .await;
+        let result = async {
+            let room = if current.session.size.is_none() {
+                let coming = size.or(chunk.end.map(|end| end + 1)).unwrap_or(offset);
+                self.reserve_chunk(tenant, id, coming).await?
+            } else {
+                None
+            };
+            self.take_chunk(current, pieces, chunk, body, room, (size, limit), claim)
+                .await
+        }
+        .await;
         if result.is_err()
             && let Ok(client) = self.pool.get().await
         {
@@ -602,17 +604,7 @@ impl Registry {
         let size = current.session.offset;
         let request = ingest_request(current)?;
         let (_, pending) = self.pending_bytes(id, size).await?;
-        let client = self.pool.get().await?;
-        let mut kept: Vec<(u32, String)> = client
-            .query(
-                "SELECT number, receipt FROM upload_pieces WHERE upload_id = $1 ORDER BY number",
-                &[&id],
-            )
-            .await?
-            .iter()
-            .map(|r| (r.get::<_, i32>(0) as u32, r.get(1)))
-            .collect();
-        drop(client);
+        let mut kept = self.kept_pieces(id, size, pending.len() as u64).await?;
         let Some(stage) = current.stage.clone().filter(|_| !kept.is_empty()) else {
             // Too small for a piece: the pending bytes are the file.
             let body = futures::stream::iter([Ok::<_, std::io::Error>(pending.freeze())]);
@@ -666,6 +658,43 @@ impl Registry {
             pieces.commit(&stage, &address, size),
         )
         .await
+    }
+
+    /// The pieces session `id` keeps (number, receipt), checked to be its bytes in order up
+    /// to where its `pending` bytes start, `size` in all with them.
+    async fn kept_pieces(&self, id: Uuid, size: u64, pending: u64) -> Result<Vec<(u32, String)>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT number, receipt, start, size FROM upload_pieces WHERE upload_id = $1 \
+                 ORDER BY number",
+                &[&id],
+            )
+            .await?;
+        // In number order the pieces must be the bytes in order, each where the one before
+        // ended (a piece size changed mid-session would break that: refused, not joined).
+        let mut end = 0u64;
+        for row in &rows {
+            let (start, len) = (row.get::<_, i64>(2) as u64, row.get::<_, i64>(3) as u64);
+            if start != end {
+                return Err(Error::Conflict(format!(
+                    "upload {id}: its pieces are not contiguous (the backend's piece size \
+                     changed during it?); start a new upload"
+                )));
+            }
+            end = start + len;
+        }
+        if end + pending != size {
+            return Err(Error::Integrity(format!(
+                "upload {id}: its pieces and pending bytes hold {} bytes, not {size}",
+                end + pending
+            )));
+        }
+        let kept: Vec<(u32, String)> = rows
+            .iter()
+            .map(|r| (r.get::<_, i32>(0) as u32, r.get(1)))
+            .collect();
+        Ok(kept)
     }
 
     /// Sends the pending bytes (ending at `size`) as the last piece and records it, before
