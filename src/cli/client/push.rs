@@ -280,10 +280,11 @@ struct Uploader {
     chunk: u64,
 }
 
-/// Whether a failure may pass: the server unreachable, unavailable (503), or a load balancer
-/// whose server went away (502, 504).
+/// Whether a failure may pass: the server unreachable, the connection broken mid-request, the
+/// server unavailable (503), or a load balancer whose server went away (502, 504).
 fn passing(e: &CliError) -> bool {
     e.code == 2
+        || e.message.starts_with("request failed:")
         || ["(502)", "(503)", "(504)"]
             .iter()
             .any(|s| e.message.contains(s))
@@ -407,7 +408,15 @@ impl Uploader {
                     self.bar.inc(len);
                     failures = 0;
                 }
-                Err(e) if failures < 8 && e.code != 3 && e.code != 5 => {
+                // What may pass, and what says the session is elsewhere than this chunk thought
+                // (416: another offset; 409/429: busy). Not what will not change (400, 413).
+                Err(e)
+                    if failures < 8
+                        && (passing(&e)
+                            || ["(409)", "(416)", "(429)"]
+                                .iter()
+                                .any(|s| e.message.contains(s))) =>
+                {
                     // Resume from what the server holds (behind a load balancer, maybe another
                     // server: one that died mid-chunk holds the session for up to 10 s).
                     failures += 1;
