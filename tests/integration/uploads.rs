@@ -70,10 +70,11 @@ fn upload_lifecycle_property() {
     lifecycle_property(&[], 24);
 }
 
-/// The same against S3, where a session of a declared size over 1 KiB writes through to the
-/// bucket as its chunks arrive (and falls back to the spool when that cannot hold).
+/// The same against S3, where sessions are shared (their state in the database; these files,
+/// under a part's size, wait in `upload_pending` until completion: the parts themselves are
+/// covered by `shared_uploads`).
 #[test]
-fn upload_lifecycle_property_writing_through_to_s3() {
+fn upload_lifecycle_property_shared_sessions_on_s3() {
     let Some(s3) = crate::s3::s3_settings() else {
         return;
     };
