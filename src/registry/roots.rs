@@ -61,6 +61,13 @@ impl Registry {
             ))
         };
         if let Some(theirs) = recorded {
+            // Looked at again if it differs: a process starting alongside may have written the
+            // marker (and then recorded it) after this one first looked.
+            let on_disk = if on_disk == Some(theirs) {
+                on_disk
+            } else {
+                read_marker(&file)?
+            };
             return if on_disk == Some(theirs) {
                 Ok(())
             } else {
