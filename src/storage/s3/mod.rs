@@ -188,34 +188,11 @@ impl S3Store {
             key.starts_with(&format!("{}/", pieces::UPLOADS))
                 || key.contains(&format!("/{}/", pieces::UPLOADS))
         };
-        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
-        loop {
-            let page = inner
-                .client
-                .list_multipart_uploads()
-                .bucket(&inner.bucket)
-                .prefix(&inner.prefix)
-                .set_key_marker(key_marker.take())
-                .set_upload_id_marker(id_marker.take())
-                .send()
-                .await
-                .map_err(|e| inner.error("listing staged uploads", e))?;
-            for upload in page.uploads() {
-                let old = upload.initiated().is_some_and(|t| t.secs() < cutoff.secs());
-                if let (true, Some(key), Some(upload_id)) = (old, upload.key(), upload.upload_id())
-                    && !is_session(key)
-                {
-                    inner.abort_upload(key, upload_id).await?;
-                    removed += 1;
-                }
-            }
-            if page.is_truncated() != Some(true) {
-                break;
-            }
-            key_marker = page.next_key_marker().map(str::to_owned);
-            id_marker = page.next_upload_id_marker().map(str::to_owned);
-            if key_marker.is_none() {
-                break;
+        for (key, upload_id, initiated) in inner.multipart_uploads(&inner.prefix).await? {
+            let old = initiated.is_some_and(|t| t.secs() < cutoff.secs());
+            if old && !is_session(&key) {
+                inner.abort_upload(&key, &upload_id).await?;
+                removed += 1;
             }
         }
         let mut pages = inner
@@ -264,6 +241,42 @@ impl Inner {
             message: format!("{what}: {}", DisplayErrorContext(&e)),
             unavailable,
         }
+    }
+
+    /// Every unfinished multipart upload under `prefix` (all pages): key, upload id, and when
+    /// it was begun.
+    async fn multipart_uploads(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, String, Option<aws_sdk_s3::primitives::DateTime>)>> {
+        let mut found = Vec::new();
+        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .send()
+                .await
+                .map_err(|e| self.error("listing staged uploads", e))?;
+            for upload in page.uploads() {
+                if let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) {
+                    found.push((key.to_owned(), id.to_owned(), upload.initiated().copied()));
+                }
+            }
+            if page.is_truncated() != Some(true) {
+                break;
+            }
+            key_marker = page.next_key_marker().map(str::to_owned);
+            id_marker = page.next_upload_id_marker().map(str::to_owned);
+            if key_marker.is_none() {
+                break;
+            }
+        }
+        Ok(found)
     }
 
     /// Starts a multipart upload at `key` (with the bucket's storage class and encryption);

@@ -181,32 +181,9 @@ impl PiecedStaging for S3Pieces {
         let inner = &self.inner;
         let prefix = self.session_prefix();
         let mut found = Vec::new();
-        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
-        loop {
-            let page = inner
-                .client
-                .list_multipart_uploads()
-                .bucket(&inner.bucket)
-                .prefix(&prefix)
-                .set_key_marker(key_marker.take())
-                .set_upload_id_marker(id_marker.take())
-                .send()
-                .await
-                .map_err(|e| inner.error("listing staged uploads", e))?;
-            for upload in page.uploads() {
-                if let (Some(key), Some(id)) = (upload.key(), upload.upload_id())
-                    && let Some(session) = self.session_of(key)
-                {
-                    found.push((session, format!("{key}\n{id}")));
-                }
-            }
-            if page.is_truncated() != Some(true) {
-                break;
-            }
-            key_marker = page.next_key_marker().map(str::to_owned);
-            id_marker = page.next_upload_id_marker().map(str::to_owned);
-            if key_marker.is_none() {
-                break;
+        for (key, id, _) in inner.multipart_uploads(&prefix).await? {
+            if let Some(session) = self.session_of(&key) {
+                found.push((session, format!("{key}\n{id}")));
             }
         }
         let mut pages = inner
