@@ -78,15 +78,28 @@ where
     }
 }
 
-/// Applies every pending migration from `sql/`; returns how many ran.
+/// Advisory lock key held while migrations run (replicas starting together take turns).
+const MIGRATION_LOCK: i64 = 0x6172_7473_6d69_6772; // "artsmigr"
+
+/// Applies every pending migration from `sql/`; returns how many ran. Processes starting
+/// together on one database take turns (a session advisory lock): the first applies what is
+/// pending, the others then find nothing to do. Without it two would both create the history
+/// table or apply the same migration, and all but one fail.
 pub async fn migrate(url: &str) -> Result<usize> {
     let mut client = connect(url).await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
     let report = embedded::migrations::runner()
         .set_abort_divergent(true)
         .run_async(&mut client)
         .await
-        .map_err(|e| Error::Database(format!("migration failed: {e}")))?;
-    Ok(report.applied_migrations().len())
+        .map_err(|e| Error::Database(format!("migration failed: {e}")));
+    // The lock ends with the session anyway; unlocking lets the next process go at once.
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await;
+    Ok(report?.applied_migrations().len())
 }
 
 /// A short fingerprint of the embedded migrations (names and checksums), used to name test

@@ -632,3 +632,35 @@ async fn three_replicas_behind_nginx_take_a_push_while_one_is_killed() {
         assert_eq!(spooled, 0, "nothing spooled on a server's disk");
     }
 }
+
+/// A new deployment's replicas all start at once on an empty database, each applying the
+/// migrations on start: every one of them must come up, on one schema applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_together_on_an_empty_database_migrate_it_once() {
+    let db = TestDb::empty().await;
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            let url = db.url.clone();
+            tokio::spawn(async move { artifactstore::db::migrate(&url).await })
+        })
+        .collect();
+    let mut applied = 0;
+    for run in runs {
+        applied += run
+            .await
+            .unwrap()
+            .expect("every replica's migration succeeds");
+    }
+    let expected = db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM refinery_schema_history", &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert!(expected > 0);
+    assert_eq!(
+        applied as i64, expected,
+        "each migration applied exactly once"
+    );
+}

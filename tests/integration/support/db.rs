@@ -109,7 +109,15 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn new() -> Self {
-        let template = template().await;
+        Self::create(template().await).await
+    }
+
+    /// A fresh database with no tables at all (what a new deployment's servers first meet).
+    pub async fn empty() -> Self {
+        Self::create("template0").await
+    }
+
+    async fn create(template: &str) -> Self {
         let server = server_url().await;
         let name = format!("t_{}", uuid::Uuid::new_v4().simple());
         let admin = artifactstore::db::connect(server).await.unwrap();
