@@ -107,18 +107,18 @@ pub async fn dump_views(client: &impl tokio_postgres::GenericClient) -> Result<V
     let mut out = Vec::new();
     for (table, order) in VIEW_TABLES {
         out.extend_from_slice(format!("-- {table}\n").as_bytes());
-        // A usage slot that sums to nothing is the same as no slot (which slots exist depends
-        // on how the statements that kept them were grouped).
-        let keep = if *table == "tenant_usage" {
-            "WHERE logical_bytes <> 0 OR packages <> 0"
+        // A tenant's usage is the sum of its slots; which slot holds what depends on the
+        // connections that wrote it (`sql/V13__usage_slot_per_connection.sql`).
+        let query = if *table == "tenant_usage" {
+            "SELECT tenant, sum(logical_bytes), sum(packages) FROM tenant_usage GROUP BY tenant \
+             HAVING sum(logical_bytes) <> 0 OR sum(packages) <> 0 ORDER BY tenant"
+                .to_owned()
         } else {
-            ""
+            format!("SELECT * FROM {table} ORDER BY {order}")
         };
         let stream = client
             .client()
-            .copy_out(&format!(
-                "COPY (SELECT * FROM {table} {keep} ORDER BY {order}) TO STDOUT"
-            ))
+            .copy_out(&format!("COPY ({query}) TO STDOUT"))
             .await?;
         pin_mut!(stream);
         while let Some(chunk) = stream.next().await {
