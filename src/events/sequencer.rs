@@ -49,6 +49,16 @@ const SESSION_LIMITS: &str = "SET statement_timeout = '20s'; \
 /// Whether any committed event waits for its number (a pass without one takes no lock).
 const ANY_UNNUMBERED: &str = "SELECT EXISTS (SELECT 1 FROM events WHERE sequence IS NULL)";
 
+/// Passes of this code take turns under this transaction advisory lock before they touch the
+/// counter: a pass that waited for another looks again (a fresh snapshot) and, when that pass
+/// numbered everything, ends without a row lock, a write or a WAL flush. Several servers' passes
+/// otherwise each locked and rewrote the counter row and waited for its commit, only to find
+/// nothing left to number.
+const TAKE_TURN: &str = "SELECT pg_advisory_xact_lock($1)";
+
+/// The key of [`TAKE_TURN`]'s lock.
+const TURN_KEY: i64 = 0x6172_7473_7365_7121; // "artsseq!"
+
 /// Takes the counter's row lock (see [`number_committed`]).
 const LOCK_COUNTER: &str = "SELECT 1 FROM event_counter FOR UPDATE";
 
@@ -241,11 +251,20 @@ async fn pass(
             "no sequencer connection".into(),
         ));
     };
-    let any = client.prepare_cached(ANY_UNNUMBERED).await?;
+    let (any, turn) = futures::try_join!(
+        client.prepare_cached(ANY_UNNUMBERED),
+        client.prepare_cached(TAKE_TURN)
+    )?;
     if !client.query_one(&any, &[]).await?.get::<_, bool>(0) {
         return Ok(0);
     }
     let tx = client.transaction().await?;
+    // Sent together, run in order: the look is a statement after the turn was had.
+    let (_, still) = futures::try_join!(tx.execute(&turn, &[&TURN_KEY]), tx.query_one(&any, &[]))?;
+    if !still.get::<_, bool>(0) {
+        tx.commit().await?;
+        return Ok(0);
+    }
     let numbered = number_committed(&tx).await?;
     tx.commit().await?;
     Ok(numbered)
