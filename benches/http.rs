@@ -5,6 +5,7 @@
 //!     BENCH_ONLY=small cargo bench --bench http    # only the 4 KiB ingests (BENCH_URL: to a
 //!                                                  # server already running)
 //!     BENCH_ONLY=download cargo bench --bench http # only the download vs nginx
+//!     BENCH_ONLY=replicas cargo bench --bench http # 4 KiB ingests: one server vs three
 //!
 //! - Upload of a large file: raw `curl -T` PUT, and an upload session (create, one PATCH,
 //!   complete), vs (c) = `openssl dgst -sha256` + `dd bs=1M conv=fsync` of the same file.
@@ -14,6 +15,9 @@
 //! - 4 KiB ingests/s with 16 concurrent clients. Target >= 1,000/s. Then, for scale, what
 //!   PostgreSQL alone commits on this machine now (`pgbench` on the server's own cluster).
 //! - `artifactstore push` of a 1,000-file tree, then the same tree again.
+//! - 4 KiB ingests, 16 clients, into one server and into three servers on the same database
+//!   and shared local root (each client keeps to one server), in interleaved rounds: that
+//!   replicas do not contend (two cores cannot show scaling).
 
 mod common;
 
@@ -82,6 +86,10 @@ fn main() {
         if server.is_some() {
             print_calibration(&calibrate_postgres(&work.join("data")));
         }
+        return;
+    }
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("replicas") {
+        replicas_only();
         return;
     }
     let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-http");
@@ -403,6 +411,11 @@ const SMALL_RUNS: usize = 3;
 /// bytes are new to the server (they carry `run`, the process id and the file's number), so no
 /// run is a dedup of an earlier one (which would write no blob and measure less).
 fn small_ingests(base: &str, run: usize) -> (usize, Duration) {
+    small_ingests_over(&[base.to_owned()], run)
+}
+
+/// [`small_ingests`] with client `c` sending to `bases[c % bases.len()]`.
+fn small_ingests_over(bases: &[String], run: usize) -> (usize, Duration) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let http = reqwest::Client::new();
@@ -410,8 +423,8 @@ fn small_ingests(base: &str, run: usize) -> (usize, Duration) {
         let start = Instant::now();
         for c in 0..SMALL_CLIENTS {
             let http = http.clone();
-            let base = base.to_owned();
-            let package = new_package(&base, &format!("small {c}"));
+            let base = bases[c % bases.len()].clone();
+            let package = new_package(&base, &format!("small {c} {run}"));
             tasks.push(tokio::spawn(async move {
                 for i in 0..SMALL_PER_CLIENT {
                     let mut data = vec![0u8; 4096];
@@ -435,4 +448,104 @@ fn small_ingests(base: &str, run: usize) -> (usize, Duration) {
         }
         (SMALL_CLIENTS * SMALL_PER_CLIENT, start.elapsed())
     })
+}
+
+const REPLICA_ROUNDS: usize = 5;
+
+/// 4 KiB ingests (16 clients) into one server at its defaults, into three servers set as
+/// OPERATOR.md says for a fleet (`ARTIFACTSTORE_GROUP_COMMITTERS=1`), and into three at the
+/// defaults, on the same database and the same local root (one machine: the root is shared by
+/// being one directory), in interleaved rounds (the order rotating); every server keeps a data
+/// directory of its own, and all seven run throughout.
+fn replicas_only() {
+    use artifactstore::db::cluster::{ClusterOptions, ManagedCluster};
+    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bench-http-replicas-{}", std::process::id()));
+    std::fs::create_dir_all(&work).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (mut cluster, url) = rt.block_on(async {
+        let cluster = ManagedCluster::start_or_reuse(ClusterOptions {
+            cluster_dir: None,
+            dir: work.join("pg"),
+            unsafe_fast: false,
+        })
+        .await
+        .expect("start a private cluster");
+        cluster.ensure_database("replicas").await.unwrap();
+        let url = cluster.url("replicas");
+        artifactstore::db::migrate(&url).await.unwrap();
+        (cluster, url)
+    });
+    let start = |i: usize, committers: &str| {
+        let mut cmd = common::serve_command();
+        cmd.env("ARTIFACTSTORE_DATABASE_URL", &url)
+            .env("ARTIFACTSTORE_DATA_DIR", work.join(format!("data-{i}")))
+            .env("ARTIFACTSTORE_STORAGE_LOCAL_ROOT", work.join("blobs"))
+            .env("ARTIFACTSTORE_GROUP_COMMITTERS", committers)
+            .env("ARTIFACTSTORE_LOG", "warn");
+        common::serve(cmd)
+    };
+    let single = [start(0, "2")];
+    let fleet: Vec<Server> = (1..4).map(|i| start(i, "1")).collect();
+    let defaults: Vec<Server> = (4..7).map(|i| start(i, "2")).collect();
+    let groups: [(&str, Vec<String>); 3] = [
+        (
+            "one server (defaults)",
+            single.iter().map(|s| s.base.clone()).collect(),
+        ),
+        (
+            "three servers, `ARTIFACTSTORE_GROUP_COMMITTERS=1` (the fleet setting)",
+            fleet.iter().map(|s| s.base.clone()).collect(),
+        ),
+        (
+            "three servers, defaults (2 committers each)",
+            defaults.iter().map(|s| s.base.clone()).collect(),
+        ),
+    ];
+    let mut rates = vec![Vec::new(); groups.len()];
+    for round in 0..REPLICA_ROUNDS {
+        for k in 0..groups.len() {
+            let g = (round + k) % groups.len();
+            let (count, took) = small_ingests_over(&groups[g].1, round * groups.len() + g);
+            rates[g].push(count as f64 / took.as_secs_f64());
+        }
+    }
+    drop((single, fleet, defaults));
+    cluster.stop();
+    let _ = std::fs::remove_dir_all(&work);
+    let list = |values: &[f64], unit: &str| {
+        values
+            .iter()
+            .map(|r| format!("{r:.2}{unit}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "| 4 KiB ingests, 16 concurrent clients (spread evenly) | rounds (/s) | median | vs one server, per round |"
+    );
+    println!("|---|---|---|---|");
+    for (g, (name, _)) in groups.iter().enumerate() {
+        let ratios: Vec<f64> = rates[0].iter().zip(&rates[g]).map(|(a, b)| b / a).collect();
+        let versus = if g == 0 {
+            String::new()
+        } else {
+            let m = median(&ratios);
+            let verdict = if g == 1 {
+                if m >= 1.0 {
+                    "; target >= 1.0x: **met**"
+                } else {
+                    "; target >= 1.0x: not yet met"
+                }
+            } else {
+                ""
+            };
+            format!("{} (median **{m:.2}x**{verdict})", list(&ratios, "x"))
+        };
+        let rounded: Vec<String> = rates[g].iter().map(|r| format!("{r:.0}")).collect();
+        println!(
+            "| {name} | {} | {:.0}/s | {versus} |",
+            rounded.join(", "),
+            median(&rates[g])
+        );
+    }
 }

@@ -127,6 +127,11 @@ pub struct ServiceArgs {
     /// `PUT /tenants/{tenant}/quota`).
     #[arg(long, env = "ARTIFACTSTORE_DEFAULT_MAX_UPLOAD_SESSIONS", default_value = "1000", value_parser = within::<0, 10_000_000>)]
     pub default_max_upload_sessions: u64,
+    /// Tasks that record small ingests (up to 1 MiB) in batches, one transaction per batch:
+    /// while one batch commits, the next forms. Fewer make larger batches: with several
+    /// servers on one database, 1 each keeps the fleet's batches as large as one server's.
+    #[arg(long, env = "ARTIFACTSTORE_GROUP_COMMITTERS", default_value = "2", value_parser = within::<1, 16>)]
+    pub group_committers: u64,
     /// Free space (bytes, or with a unit) the filesystems of the local backends and of the
     /// upload spools must keep: below it new writes get 507, reads, finalize and deletes go on.
     #[arg(long, env = "ARTIFACTSTORE_MIN_FREE_BYTES", default_value = "1GiB")]
@@ -365,6 +370,7 @@ impl ServiceArgs {
                 max_streaming_chunks: count(self.max_streaming_chunks),
                 default_max_upload_sessions: self.default_max_upload_sessions,
                 min_free_bytes: self.min_free_bytes.0,
+                group_committers: count(self.group_committers),
             },
             shutdown_grace: seconds(self.shutdown_grace_seconds),
             max_json_body: self.max_json_body.0,
@@ -419,6 +425,11 @@ mod tests {
         let err = refusal(&["x", "--db-pool-size", "0"]);
         assert!(
             err.contains("ARTIFACTSTORE_DB_POOL_SIZE") && err.contains("from 1 to 1000"),
+            "{err}"
+        );
+        let err = refusal(&["x", "--group-committers", "17"]);
+        assert!(
+            err.contains("ARTIFACTSTORE_GROUP_COMMITTERS") && err.contains("from 1 to 16"),
             "{err}"
         );
         // Whitespace around a number is not part of it (values read from files end in one).

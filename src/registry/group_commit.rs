@@ -45,10 +45,6 @@ pub const GROUP_MAX_BYTES: u64 = 1 << 20;
 /// Most files in one batch.
 const MAX_BATCH: usize = 256;
 
-/// Committer tasks: while one batch commits, the next one takes its locks and has its bytes
-/// published.
-const COMMITTERS: usize = 2;
-
 /// A file to record.
 pub(super) struct BatchFile {
     pub tenant: TenantId,
@@ -98,6 +94,7 @@ impl Committer {
     /// Queues a file for the next batch.
     pub fn submit(
         &self,
+        committers: usize,
         pool: &Pool,
         backends: &Backends,
         sequencer: &events::Sequencer,
@@ -110,7 +107,9 @@ impl Committer {
                 _ => {
                     let (sender, receiver) = mpsc::unbounded_channel();
                     let receiver = Arc::new(Mutex::new(receiver));
-                    for _ in 0..COMMITTERS {
+                    // While one batch commits, the next takes its locks and has its bytes
+                    // published (`Limits::group_committers`).
+                    for _ in 0..committers.max(1) {
                         let worker = BatchCommitter {
                             pool: pool.clone(),
                             backends: backends.clone(),

@@ -435,6 +435,7 @@ impl Registry {
             max_files: self.limits.max_files_per_package,
         };
         self.committer.submit(
+            self.limits.group_committers,
             &self.pool,
             &self.backends,
             &self.sequencer,

@@ -59,6 +59,10 @@ pub struct Limits {
     pub max_streaming_chunks: usize,
     /// Open upload sessions a tenant may have when its quota does not say.
     pub default_max_upload_sessions: u64,
+    /// Tasks recording small ingests in batches (group commit) in this process: while one
+    /// batch commits, the next takes its locks. Fewer make larger batches; several servers on
+    /// one database each run their own.
+    pub group_committers: usize,
     /// Free bytes a local backend's filesystem (and the upload spools') must keep: below it,
     /// new writes are refused (`InsufficientStorage`); reads, finalize and deletes go on.
     pub min_free_bytes: u64,
@@ -73,6 +77,7 @@ impl Default for Limits {
             max_streaming_chunks: 16,
             default_max_upload_sessions: 1000,
             min_free_bytes: 0,
+            group_committers: 2,
         }
     }
 }
