@@ -56,7 +56,7 @@ async fn main() {
                                (blake3, backend_id, key, status, stored_at) \
                                SELECT b, 'local', 'k', 'present', now() FROM d), \
                   packages_in AS (INSERT INTO packages (id, tenant, producer, subject, \
-                               retention_class, status, created_at, created_sequence, \
+                               retention_class, status, created_at, created_position, \
                                finalized_at, manifest_digest, file_count, total_size) \
                                SELECT md5(n::text)::uuid, 'default', 'bench', 'b', 'ephemeral', \
                                       'finalized', now() - interval '30 days', n, \
@@ -65,7 +65,7 @@ async fn main() {
                                SELECT md5(n::text)::uuid, 'default', now() - interval '1 day' \
                                FROM d) \
              INSERT INTO files (id, tenant, package_id, relative_path, size, media_type, blake3, \
-                                created_at, created_sequence) \
+                                created_at, created_position) \
              SELECT md5('f' || n)::uuid, 'default', md5(n::text)::uuid, 'f', 64, \
                     'application/octet-stream', b, now(), n FROM d",
             &[&b3, &sha],
