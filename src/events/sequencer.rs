@@ -18,7 +18,6 @@
 //! process that died between its COMMIT and its pass.
 
 use crate::error::Result;
-use deadpool_postgres::GenericClient;
 use deadpool_postgres::Pool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -79,15 +78,24 @@ const NUMBER: &str = "\
 /// Numbers every committed unnumbered event, inside the caller's transaction: takes the
 /// counter's row lock (held until that transaction ends; waits while another pass holds it),
 /// then numbers. Returns how many events it numbered.
-pub async fn number_committed(tx: &impl GenericClient) -> Result<u64> {
+pub async fn number_committed(tx: &deadpool_postgres::Transaction<'_>) -> Result<u64> {
     let (lock, number) =
         futures::try_join!(tx.prepare_cached(LOCK_COUNTER), tx.prepare_cached(NUMBER))?;
+    number_prepared(&**tx, &lock, &number).await
+}
+
+/// [`number_committed`] with its statements prepared, on a client in a transaction.
+async fn number_prepared(
+    tx: &impl tokio_postgres::GenericClient,
+    lock: &tokio_postgres::Statement,
+    number: &tokio_postgres::Statement,
+) -> Result<u64> {
     // Sent together, run in order: the numbering statement starts once the lock is had.
-    let (_, first) = futures::try_join!(tx.execute(&lock, &[]), tx.query_one(&number, &[&BATCH]))?;
+    let (_, first) = futures::try_join!(tx.execute(lock, &[]), tx.query_one(number, &[&BATCH]))?;
     let mut numbered: i64 = first.get(0);
     let mut total = numbered.unsigned_abs();
     while numbered >= BATCH {
-        numbered = tx.query_one(&number, &[&BATCH]).await?.get(0);
+        numbered = tx.query_one(number, &[&BATCH]).await?.get(0);
         total += numbered.unsigned_abs();
     }
     Ok(total)
@@ -230,8 +238,8 @@ async fn run(shared: Arc<Shared>, alive: Weak<()>) {
     }
 }
 
-/// One numbering pass on the sequencer's own connection (made first if there is none); none
-/// at all, and no lock, when nothing waits for a number.
+/// One numbering pass on the sequencer's own connection (made first if there is none); no
+/// row lock and no write when nothing waits for a number.
 async fn pass(
     pool: &Pool,
     connection: &mut Option<deadpool_postgres::ClientWrapper>,
@@ -251,21 +259,26 @@ async fn pass(
             "no sequencer connection".into(),
         ));
     };
-    let (any, turn) = futures::try_join!(
+    let (any, turn, lock, number) = futures::try_join!(
         client.prepare_cached(ANY_UNNUMBERED),
-        client.prepare_cached(TAKE_TURN)
+        client.prepare_cached(TAKE_TURN),
+        client.prepare_cached(LOCK_COUNTER),
+        client.prepare_cached(NUMBER)
     )?;
-    if !client.query_one(&any, &[]).await?.get::<_, bool>(0) {
-        return Ok(0);
-    }
-    let tx = client.transaction().await?;
-    // Sent together, run in order: the look is a statement after the turn was had.
-    let (_, still) = futures::try_join!(tx.execute(&turn, &[&TURN_KEY]), tx.query_one(&any, &[]))?;
-    if !still.get::<_, bool>(0) {
-        tx.commit().await?;
-        return Ok(0);
-    }
-    let numbered = number_committed(&tx).await?;
-    tx.commit().await?;
+    // One round trip: BEGIN, the turn, then the look (a statement of its own, after the turn
+    // was had). This connection is the sequencer's alone, so its transaction is spelled out;
+    // on any error the connection is dropped, and the transaction with it.
+    let (_, _, any) = futures::try_join!(
+        client.batch_execute("BEGIN"),
+        client.execute(&turn, &[&TURN_KEY]),
+        client.query_one(&any, &[])
+    )?;
+    let numbered = if any.get::<_, bool>(0) {
+        number_prepared(&**client, &lock, &number).await?
+    } else {
+        0
+    };
+    // Nothing written when nothing was numbered: no transaction id, no WAL flush.
+    client.batch_execute("COMMIT").await?;
     Ok(numbered)
 }
