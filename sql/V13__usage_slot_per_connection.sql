@@ -5,7 +5,13 @@
 -- batches that shared one of their packages' slots wait for each other until COMMIT. Which
 -- slot holds what is no longer a function of the packages (a slot may even go below zero);
 -- only a tenant's sum over its slots means anything, and only that is read and compared.
--- Same arithmetic as V10; each trigger adds one change per tenant, tenants in order.
+-- Same arithmetic as V10; each trigger adds one change per tenant, tenants in order. Two
+-- connections may share a slot (pids equal modulo 64), so a transaction that changes several
+-- tenants' packages must do so in tenant order across its statements as well (a group-commit
+-- batch is ordered by tenant; every other writer changes one tenant, or all in one
+-- statement), or two such transactions could deadlock on the rows of their shared slot.
+-- Tenant order is byte order (COLLATE "C"), the order the application sorts by whatever the
+-- database's collation (which may ignore the `-`, `_` and `.` tenant ids can hold).
 
 CREATE FUNCTION tenant_usage_add(changed text, bytes numeric, counted bigint)
 RETURNS void LANGUAGE sql AS $$
@@ -22,7 +28,7 @@ BEGIN
     FROM new_rows
     GROUP BY tenant
     HAVING sum(total_size) <> 0 OR count(*) FILTER (WHERE status <> 'expired') <> 0
-    ORDER BY tenant;
+    ORDER BY tenant COLLATE "C";
     RETURN NULL;
 END $$;
 
@@ -38,7 +44,7 @@ BEGIN
     ) AS change
     GROUP BY tenant
     HAVING sum(bytes) <> 0 OR sum(counted) <> 0
-    ORDER BY tenant;
+    ORDER BY tenant COLLATE "C";
     RETURN NULL;
 END $$;
 
@@ -49,6 +55,6 @@ BEGIN
     FROM old_rows
     GROUP BY tenant
     HAVING sum(total_size) <> 0 OR count(*) FILTER (WHERE status <> 'expired') <> 0
-    ORDER BY tenant;
+    ORDER BY tenant COLLATE "C";
     RETURN NULL;
 END $$;

@@ -45,7 +45,8 @@ const SESSION_LIMITS: &str = "SET statement_timeout = '20s'; \
     SET idle_in_transaction_session_timeout = '5s'; \
     SET application_name = 'artifactstore sequencer'";
 
-/// Whether any committed event waits for its number (a pass without one takes no lock).
+/// Whether any committed event waits for its number (asked after a pass's turn was had: a pass
+/// that finds none takes no row lock and writes nothing).
 const ANY_UNNUMBERED: &str = "SELECT EXISTS (SELECT 1 FROM events WHERE sequence IS NULL)";
 
 /// Passes of this code take turns under this transaction advisory lock before they touch the

@@ -165,6 +165,11 @@ impl BatchCommitter {
                         Err(_) => break,
                     }
                 }
+                // Tenant by tenant (each tenant's files in arrival order): the batch's
+                // statements then change the tenants' usage rows in tenant order, as every
+                // other writer does, so two batches on connections sharing a usage slot
+                // (`sql/V13__usage_slot_per_connection.sql`) cannot deadlock.
+                batch.sort_by(|a, b| a.item.tenant.cmp(&b.item.tenant));
                 batch
             };
             self.commit(batch).await;

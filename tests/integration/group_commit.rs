@@ -363,3 +363,63 @@ async fn a_failed_batch_is_retried_file_by_file() {
     events::replay(registry.pool(), false).await.unwrap();
     assert_eq!(events::dump_views(&client).await.unwrap(), before);
 }
+
+/// A batch records its tenants one after the other (byte order), each tenant's files in the
+/// order they came: its statements then change the tenants' usage rows in the order every
+/// other writer does, so two batches whose connections share a usage slot cannot deadlock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_records_its_tenants_in_order() {
+    let env = TestEnv::new().await;
+    let registry = env.registry.clone();
+    // Ids whose byte order the database's collation may not keep.
+    let tenants: Vec<TenantId> = ["b-2", "a_1", "b.1", "a-2", "c"]
+        .iter()
+        .map(|t| TenantId::new(t).unwrap())
+        .collect();
+    let mut packages = Vec::new();
+    for tenant in &tenants {
+        let package = registry
+            .create_package(tenant, new_package("order"))
+            .await
+            .unwrap()
+            .id;
+        packages.push((tenant.clone(), package));
+    }
+    let mut tasks = Vec::new();
+    for i in 0..400u64 {
+        let (tenant, package) = packages[i as usize % packages.len()].clone();
+        let registry = registry.clone();
+        tasks.push(tokio::spawn(async move {
+            let outcome = ingest(&registry, &tenant, package, &format!("f/{i}"), false, i).await;
+            assert_eq!(outcome, Outcome::Ok);
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let client = env.db.client().await;
+    let rows = client
+        .query(
+            "SELECT ticket, array_agg(tenant ORDER BY position) FROM events \
+             WHERE type = 'v1.file.ingested' GROUP BY ticket",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut mixed = 0;
+    for row in &rows {
+        let order: Vec<String> = row.get(1);
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(order, sorted, "a batch's tenants out of byte order");
+        sorted.dedup();
+        if sorted.len() > 1 {
+            mixed += 1;
+        }
+    }
+    assert!(
+        mixed > 0,
+        "no batch held two tenants' files ({} batches): the test showed nothing",
+        rows.len()
+    );
+}
