@@ -36,18 +36,48 @@ pub struct Expiry {
     pub due_at: Timestamp,
 }
 
-/// Due packages, oldest due first: finalized ones whose expiry passed, and open ones created
-/// before `$2` (the open-package grace ago). `$1` is now. Held and expired ones never are.
 /// Longest duration a retention class may have: 100 years (of 365.25 days). Any finalization
 /// time plus this stays far inside the calendar, so a class can never make finalize fail.
 pub const MAX_CLASS_DURATION_SECONDS: u64 = 3_155_760_000;
 
+/// Due packages, oldest due first (the dry run's list): finalized ones whose expiry passed,
+/// and open ones created before `$2` (the open-package grace ago). `$1` is now. Held and
+/// expired ones never are. Expiry claims them with [`claim_finalized_sql`] and
+/// [`claim_open_sql`].
 const DUE_SQL: &str = "SELECT p.id, p.tenant, p.retention_class, p.status, p.created_at, \
         r.expires_at, r.legal_hold FROM packages p JOIN retention_state r ON r.package_id = p.id \
      WHERE NOT r.legal_hold AND r.expired_at IS NULL \
        AND ((p.status = 'finalized' AND r.expires_at <= $1) \
             OR (p.status = 'open' AND p.created_at <= $2)) \
      ORDER BY coalesce(r.expires_at, p.created_at) LIMIT $3";
+
+/// The columns [`DUE_SQL`] and the claims return, in its order.
+const DUE_COLUMNS: &str = "p.id, p.tenant, p.retention_class, p.status, p.created_at, \
+    r.expires_at, r.legal_hold";
+
+/// Claims up to `$2` finalized packages expired by `$1`, the earliest expiry first: an index
+/// scan of `retention_state_pending` in order that stops at `$2` rows, skipping rows another
+/// worker holds. ([`DUE_SQL`]'s one ordering over both kinds sorted every due package for
+/// each batch: a backlog of n packages cost n²/batch rows.)
+fn claim_finalized_sql() -> String {
+    format!(
+        "SELECT {DUE_COLUMNS} FROM retention_state r JOIN packages p ON p.id = r.package_id \
+         WHERE NOT r.legal_hold AND r.expired_at IS NULL AND r.expires_at IS NOT NULL \
+           AND r.expires_at <= $1 AND p.status = 'finalized' \
+         ORDER BY r.expires_at LIMIT $2 FOR UPDATE OF p, r SKIP LOCKED"
+    )
+}
+
+/// Claims up to `$2` open packages created by `$1` (the open-package grace ago), the oldest
+/// first (`packages_open_created` in order), skipping rows another worker holds.
+fn claim_open_sql() -> String {
+    format!(
+        "SELECT {DUE_COLUMNS} FROM packages p JOIN retention_state r ON r.package_id = p.id \
+         WHERE p.status = 'open' AND p.created_at <= $1 \
+           AND NOT r.legal_hold AND r.expired_at IS NULL \
+         ORDER BY p.created_at LIMIT $2 FOR UPDATE OF p, r SKIP LOCKED"
+    )
+}
 
 fn facts(row: &tokio_postgres::Row) -> Result<RetentionFacts> {
     Ok(RetentionFacts {
@@ -285,12 +315,12 @@ impl Registry {
         let (now, open_cutoff) = self.due_bounds(open_grace_seconds)?;
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let rows = tx
-            .query(
-                &format!("{DUE_SQL} FOR UPDATE OF p, r SKIP LOCKED"),
-                &[&now, &open_cutoff, &limit],
-            )
-            .await?;
+        // Finalized packages past their expiry first, then open ones past their grace.
+        let mut rows = tx.query(&claim_finalized_sql(), &[&now, &limit]).await?;
+        let room = limit - rows.len() as i64;
+        if room > 0 {
+            rows.extend(tx.query(&claim_open_sql(), &[&open_cutoff, &room]).await?);
+        }
         let due = rows
             .iter()
             .filter_map(|row| self.expiry_of(row, open_grace_seconds).transpose())
