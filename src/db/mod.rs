@@ -87,9 +87,33 @@ const MIGRATION_LOCK: i64 = 0x6172_7473_6d69_6772; // "artsmigr"
 /// table or apply the same migration, and all but one fail.
 pub async fn migrate(url: &str) -> Result<usize> {
     let mut client = connect(url).await?;
-    client
-        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
-        .await?;
+    let free: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await?
+        .get(0);
+    if !free {
+        // Who holds it (PostgreSQL shows a bigint key as its halves, objsubid 1).
+        let holder = client
+            .query_opt(
+                "SELECT format('backend %s from %s', a.pid, coalesce(host(a.client_addr), 'a local socket')) \
+                 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+                 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+                   AND l.objid = ($1::bigint & 4294967295)::oid \
+                   AND l.classid = ($1::bigint >> 32)::oid LIMIT 1",
+                &[&MIGRATION_LOCK],
+            )
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.get::<_, String>(0));
+        tracing::info!(
+            holder = holder.as_deref().unwrap_or("unknown"),
+            "another process is applying migrations; waiting for it"
+        );
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+    }
     let report = embedded::migrations::runner()
         .set_abort_divergent(true)
         .run_async(&mut client)

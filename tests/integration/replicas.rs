@@ -664,3 +664,35 @@ async fn replicas_starting_together_on_an_empty_database_migrate_it_once() {
         "each migration applied exactly once"
     );
 }
+
+/// A server whose migrations meet another process's waits for it (logging who holds the
+/// turn), then finds nothing left to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_waits_for_the_one_in_progress() {
+    let db = TestDb::empty().await;
+    let holder = db.client().await;
+    holder
+        .execute("SELECT pg_advisory_lock($1)", &[&0x6172_7473_6d69_6772_i64])
+        .await
+        .unwrap();
+    let url = db.url.clone();
+    let waiting = tokio::spawn(async move { artifactstore::db::migrate(&url).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "migrated while another held the turn"
+    );
+    holder
+        .execute(
+            "SELECT pg_advisory_unlock($1)",
+            &[&0x6172_7473_6d69_6772_i64],
+        )
+        .await
+        .unwrap();
+    let applied = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("the turn was free again")
+        .unwrap()
+        .unwrap();
+    assert!(applied > 0, "the waiting process applied the migrations");
+}
