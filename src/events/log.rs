@@ -57,7 +57,7 @@ const POSITIONS: &str = "SELECT nextval('event_positions') FROM generate_series(
 /// Inserts the events, unnumbered, with one ticket for the statement: what the sequencer orders
 /// committed events by, so this must come after every statement of the transaction that
 /// changes a view (see `sql/V10__event_sequencer.sql`).
-const INSERT: &str = "\
+pub(super) const INSERT: &str = "\
     INSERT INTO events (position, ticket, id, type, tenant, subject_id, occurred_at, payload) \
     WITH t AS MATERIALIZED (SELECT nextval('event_tickets') AS ticket) \
     SELECT e.position, t.ticket, e.id, e.type, e.tenant, e.subject_id, e.occurred_at, e.payload \
@@ -89,28 +89,43 @@ pub(super) async fn prepare(tx: &Tx<'_>, events: &[DomainEvent]) -> Result<Vec<S
     Ok(stored)
 }
 
-/// Inserts events [`prepare`]d in this transaction, unnumbered.
-pub(super) async fn insert(tx: &Tx<'_>, stored: &[StoredEvent]) -> Result<()> {
-    if stored.is_empty() {
-        return Ok(());
+/// The parameters of [`INSERT`] for events [`prepare`]d in this transaction: the caller sends
+/// it after every statement that changes a view (`views::apply_all_then`).
+pub(super) struct Rows<'a> {
+    positions: Vec<i64>,
+    ids: Vec<Uuid>,
+    types: Vec<&'a str>,
+    tenants: Vec<&'a str>,
+    subjects: Vec<Uuid>,
+    times: Vec<time::OffsetDateTime>,
+    payloads: Vec<&'a [u8]>,
+}
+
+impl<'a> Rows<'a> {
+    pub(super) fn of(stored: &'a [StoredEvent]) -> Self {
+        Rows {
+            positions: stored.iter().map(|e| e.position).collect(),
+            ids: stored.iter().map(|e| e.id).collect(),
+            types: stored.iter().map(|e| e.event_type.as_str()).collect(),
+            tenants: stored.iter().map(|e| e.tenant.as_str()).collect(),
+            subjects: stored.iter().map(|e| e.subject_id).collect(),
+            times: stored.iter().map(|e| e.occurred_at.as_datetime()).collect(),
+            payloads: stored.iter().map(|e| e.payload.as_ref()).collect(),
+        }
     }
-    let positions: Vec<i64> = stored.iter().map(|e| e.position).collect();
-    let ids: Vec<Uuid> = stored.iter().map(|e| e.id).collect();
-    let types: Vec<&str> = stored.iter().map(|e| e.event_type.as_str()).collect();
-    let tenants: Vec<&str> = stored.iter().map(|e| e.tenant.as_str()).collect();
-    let subjects: Vec<Uuid> = stored.iter().map(|e| e.subject_id).collect();
-    let times: Vec<time::OffsetDateTime> =
-        stored.iter().map(|e| e.occurred_at.as_datetime()).collect();
-    let payloads: Vec<&[u8]> = stored.iter().map(|e| e.payload.as_ref()).collect();
-    let statement = tx.prepare_cached(INSERT).await?;
-    tx.execute(
-        &statement,
-        &[
-            &positions, &ids, &types, &tenants, &subjects, &times, &payloads,
-        ],
-    )
-    .await?;
-    Ok(())
+
+    /// [`INSERT`]'s parameters, in its order.
+    pub(super) fn params(&self) -> [super::views::Param<'_>; 7] {
+        [
+            &self.positions,
+            &self.ids,
+            &self.types,
+            &self.tenants,
+            &self.subjects,
+            &self.times,
+            &self.payloads,
+        ]
+    }
 }
 
 /// Events with sequence > `since`, in order, at most `limit`; optionally one tenant's only and

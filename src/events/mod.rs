@@ -44,8 +44,12 @@ pub async fn record(tx: &crate::db::Tx<'_>, events: Vec<DomainEvent>) -> Result<
     async {
         let stored = log::prepare(tx, &events).await?;
         views::lock_touched_blobs(tx, &stored).await?;
-        views::apply_all(tx, &stored).await?;
-        log::insert(tx, &stored).await?;
+        // The events go in after every view statement (their ticket orders them after every
+        // lock the transaction takes), sent with the last of them.
+        let rows = log::Rows::of(&stored);
+        let params = rows.params();
+        let insert = (!stored.is_empty()).then_some((log::INSERT, &params[..]));
+        views::apply_all_then(tx, &stored, insert).await?;
         Ok(stored)
     }
     .instrument(span)

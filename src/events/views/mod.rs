@@ -63,33 +63,54 @@ pub async fn apply(tx: &Tx<'_>, event: &StoredEvent) -> Result<()> {
 /// and of blob collections are applied the same way, a few statements per run, with the rows one
 /// event at a time would leave. Anything else is applied one event at a time.
 pub async fn apply_all(tx: &Tx<'_>, events: &[StoredEvent]) -> Result<()> {
+    apply_all_then(tx, events, None).await
+}
+
+/// A statement to run once the views are applied; sent with the last run's statements where
+/// that run is one set of statements (one round trip fewer), else after them.
+pub(crate) type Then<'a> = Option<(&'a str, &'a [Param<'a>])>;
+
+/// [`apply_all`], then `then`.
+pub(crate) async fn apply_all_then(
+    tx: &Tx<'_>,
+    events: &[StoredEvent],
+    mut then: Then<'_>,
+) -> Result<()> {
     let mut rest = events;
     while let Some(first) = rest.first() {
-        let applied = match Run::of(rest) {
+        let run = Run::of(rest);
+        let whole = run.len() == rest.len();
+        let tail = if whole { then.take() } else { None };
+        let applied = match run {
             Run::Ingests(run) => {
                 let run: Vec<_> = run.iter().map(|(e, f)| (*e, f)).collect();
-                packages::ingests_together(tx, &run).await?;
+                packages::ingests_together(tx, &run, tail).await?;
                 run.len()
             }
             Run::Creations(run) => {
                 let run: Vec<_> = run.iter().map(|(e, p)| (*e, p)).collect();
-                packages::created_together(tx, &run).await?;
+                packages::created_together(tx, &run, tail).await?;
                 run.len()
             }
             Run::Expiries(run) => {
                 retention::expired_together(tx, &run).await?;
+                then = then.or(tail);
                 run.len()
             }
             Run::Collections(run) => {
-                storage::collected_together(tx, &run).await?;
+                storage::collected_together(tx, &run, tail).await?;
                 run.len()
             }
             Run::One => {
                 apply(tx, first).await?;
+                then = then.or(tail);
                 1
             }
         };
         rest = &rest[applied..];
+    }
+    if let Some((sql, params)) = then {
+        exec(tx, sql, params).await?;
     }
     Ok(())
 }
@@ -112,6 +133,17 @@ enum Run<'a> {
 impl<'a> Run<'a> {
     /// Most events in one run (bounds the statements' array parameters).
     const MAX: usize = 2000;
+
+    /// How many events it applies.
+    fn len(&self) -> usize {
+        match self {
+            Run::Ingests(run) => run.len(),
+            Run::Creations(run) => run.len(),
+            Run::Expiries(run) => run.len(),
+            Run::Collections(run) => run.len(),
+            Run::One => 1,
+        }
+    }
 
     fn of(events: &'a [StoredEvent]) -> Self {
         let head = events.iter().take(Self::MAX);
@@ -172,7 +204,7 @@ fn independent_ingest(event: &StoredEvent) -> Option<FileIngested> {
 }
 
 /// One statement parameter.
-pub(super) type Param<'a> = &'a (dyn ToSql + Sync);
+pub(crate) type Param<'a> = &'a (dyn ToSql + Sync);
 
 /// Executes statements in one round trip, in the order given. Each is prepared first (once
 /// per connection): tokio-postgres sends a request when it is first polled, so an execute
@@ -180,6 +212,16 @@ pub(super) type Param<'a> = &'a (dyn ToSql + Sync);
 /// already, and PostgreSQL would run them out of order (a `retention_state` row before its
 /// package: a foreign-key violation).
 pub(super) async fn exec_in_order(tx: &Tx<'_>, statements: &[(&str, &[Param<'_>])]) -> Result<()> {
+    exec_in_order_then(tx, statements, None).await
+}
+
+/// [`exec_in_order`], `then` (if any) sent last with the others.
+pub(super) async fn exec_in_order_then(
+    tx: &Tx<'_>,
+    statements: &[(&str, &[Param<'_>])],
+    then: Then<'_>,
+) -> Result<()> {
+    let statements: Vec<(&str, &[Param<'_>])> = statements.iter().copied().chain(then).collect();
     let prepared =
         futures::future::try_join_all(statements.iter().map(|(sql, _)| tx.prepare_cached(sql)))
             .await?;

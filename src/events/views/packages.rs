@@ -2,7 +2,7 @@
 //! as ingests add to them, `manifests`.
 
 use super::retention::mark_unreferenced;
-use super::{Param, exec, exec_in_order, hex_bytes};
+use super::{Param, Then, exec, exec_in_order, exec_in_order_then, hex_bytes};
 use crate::db::Tx;
 use crate::error::{Error, Result};
 use crate::events::log::StoredEvent;
@@ -50,6 +50,7 @@ pub(super) async fn created(tx: &Tx<'_>, event: &StoredEvent, p: &PackageCreated
 pub(super) async fn created_together(
     tx: &Tx<'_>,
     run: &[(&StoredEvent, &PackageCreated)],
+    then: Then<'_>,
 ) -> Result<()> {
     let ids: Vec<uuid::Uuid> = run.iter().map(|(_, p)| p.package_id.0).collect();
     let tenants: Vec<&str> = run.iter().map(|(_, p)| p.tenant.as_str()).collect();
@@ -69,7 +70,7 @@ pub(super) async fn created_together(
         &ids, &tenants, &producers, &subjects, &classes, &metadata, &times, &positions,
     ];
     let retention: [Param; 2] = [&ids, &tenants];
-    exec_in_order(
+    exec_in_order_then(
         tx,
         &[
             (
@@ -90,6 +91,7 @@ pub(super) async fn created_together(
                 &retention,
             ),
         ],
+        then,
     )
     .await?;
     Ok(())
@@ -120,7 +122,7 @@ pub(super) async fn file_ingested(
         )
         .await?;
     }
-    ingests_together(tx, &[(event, f)]).await
+    ingests_together(tx, &[(event, f)], None).await
 }
 
 pub(super) async fn finalized(tx: &Tx<'_>, event: &StoredEvent, m: &Manifest) -> Result<()> {
@@ -228,6 +230,7 @@ impl<'a> Columns<'a> {
 pub(super) async fn ingests_together(
     tx: &Tx<'_>,
     run: &[(&StoredEvent, &FileIngested)],
+    then: Then<'_>,
 ) -> Result<()> {
     let Columns {
         blake3,
@@ -250,7 +253,7 @@ pub(super) async fn ingests_together(
     ];
     let referenced: [Param; 1] = [&blake3];
     let packages: [Param; 2] = [&package, &sizes];
-    exec_in_order(
+    exec_in_order_then(
         tx,
         &[
             (
@@ -293,6 +296,7 @@ pub(super) async fn ingests_together(
                 &packages,
             ),
         ],
+        then,
     )
     .await?;
     Ok(())

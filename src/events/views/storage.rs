@@ -1,7 +1,7 @@
 //! The views of stored copies: `storage_locations` and `blobs` as verification, moves and
 //! collection change them.
 
-use super::{exec, exec_in_order, hex_bytes};
+use super::{Then, exec, exec_in_order_then, hex_bytes};
 use crate::db::Tx;
 use crate::error::Result;
 use crate::events::payloads::{BlobCollected, LocationAdded, LocationRemoved, LocationVerified};
@@ -58,12 +58,16 @@ pub(super) async fn location_removed(tx: &Tx<'_>, r: &LocationRemoved) -> Result
 }
 
 /// The views of a run of collections: two statements whatever their number.
-pub(super) async fn collected_together(tx: &Tx<'_>, run: &[BlobCollected]) -> Result<()> {
+pub(super) async fn collected_together(
+    tx: &Tx<'_>,
+    run: &[BlobCollected],
+    then: Then<'_>,
+) -> Result<()> {
     let blobs = run
         .iter()
         .map(|c| hex_bytes(&c.blake3))
         .collect::<Result<Vec<_>>>()?;
-    exec_in_order(
+    exec_in_order_then(
         tx,
         &[
             (
@@ -72,10 +76,11 @@ pub(super) async fn collected_together(tx: &Tx<'_>, run: &[BlobCollected]) -> Re
             ),
             ("DELETE FROM blobs WHERE blake3 = ANY($1)", &[&blobs]),
         ],
+        then,
     )
     .await
 }
 
 pub(super) async fn blob_collected(tx: &Tx<'_>, c: &BlobCollected) -> Result<()> {
-    collected_together(tx, std::slice::from_ref(c)).await
+    collected_together(tx, std::slice::from_ref(c), None).await
 }
