@@ -2,7 +2,8 @@
 //! ([`BACKEND_OPERATIONS`](crate::metrics::BACKEND_OPERATIONS),
 //! [`BACKEND_DURATION`](crate::metrics::BACKEND_DURATION)), whatever the backend: [`Measured`]
 //! wraps a [`BlobStore`] and passes every call through, the conveniences a backend overrides
-//! included, so wrapping changes no behaviour.
+//! included, so wrapping changes no behaviour; an upload session's staging in pieces
+//! ([`PiecedStaging`](super::PiecedStaging)) is measured the same way.
 
 use super::{
     BackendHealth, BlobInfo, BlobStore, ByteRange, ByteStream, Capabilities, CommitOutcome,
@@ -119,7 +120,11 @@ impl BlobStore for Measured {
         self.inner.capabilities()
     }
     fn pieces(&self) -> Option<Arc<dyn super::PiecedStaging>> {
-        self.inner.pieces()
+        let inner = self.inner.pieces()?;
+        Some(Arc::new(MeasuredPieces {
+            inner,
+            id: self.id.clone(),
+        }))
     }
     async fn stage_with(&self, hint: WriteHint) -> Result<Box<dyn StagedBlob>> {
         let staged = measure(&self.id, "stage", self.inner.stage_with(hint)).await?;
@@ -191,5 +196,50 @@ impl StagedBlob for MeasuredStaged {
     async fn abort(self: Box<Self>) -> Result<()> {
         let MeasuredStaged { inner, id } = *self;
         measure(&id, "abort", inner.abort()).await
+    }
+}
+
+/// An upload session's staging in pieces, each call measured as `piece_<call>` (a piece
+/// stored is `piece_put`, one per part sent to S3).
+struct MeasuredPieces {
+    inner: Arc<dyn super::PiecedStaging>,
+    id: Arc<str>,
+}
+
+#[async_trait::async_trait]
+impl super::PiecedStaging for MeasuredPieces {
+    fn sizes(&self) -> super::PieceSizes {
+        self.inner.sizes()
+    }
+    async fn begin(&self, session: uuid::Uuid) -> Result<String> {
+        measure(&self.id, "piece_begin", self.inner.begin(session)).await
+    }
+    async fn put(&self, token: &str, number: u32, bytes: Bytes) -> Result<String> {
+        measure(&self.id, "piece_put", self.inner.put(token, number, bytes)).await
+    }
+    async fn join(&self, token: &str, pieces: Vec<(u32, String)>, size: u64) -> Result<()> {
+        measure(&self.id, "piece_join", self.inner.join(token, pieces, size)).await
+    }
+    async fn read(&self, token: &str) -> Result<ByteStream> {
+        measure(&self.id, "piece_read", self.inner.read(token)).await
+    }
+    async fn commit(
+        &self,
+        token: &str,
+        address: &ContentAddress,
+        size: u64,
+    ) -> Result<CommitOutcome> {
+        measure(
+            &self.id,
+            "piece_commit",
+            self.inner.commit(token, address, size),
+        )
+        .await
+    }
+    async fn abort(&self, token: &str) -> Result<()> {
+        measure(&self.id, "piece_abort", self.inner.abort(token)).await
+    }
+    async fn stages(&self) -> Result<Vec<(uuid::Uuid, String)>> {
+        measure(&self.id, "piece_stages", self.inner.stages()).await
     }
 }

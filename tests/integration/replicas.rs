@@ -588,6 +588,23 @@ async fn three_replicas_behind_nginx_take_a_push_while_one_is_killed() {
         }
     }
     assert!(serving >= 2, "chunks all went to one server");
+    // The servers' parts in S3 are in their backend metrics.
+    let mut parts = 0.0;
+    for (i, m) in metrics.iter().enumerate() {
+        if i != victim {
+            let text = http.get(m).send().await.unwrap().text().await.unwrap();
+            parts += text
+                .lines()
+                .filter(|l| {
+                    l.starts_with("artifactstore_backend_operations_total{")
+                        && l.contains(r#"operation="piece_put""#)
+                        && l.contains(r#"outcome="ok""#)
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>();
+        }
+    }
+    assert!(parts > 0.0, "no piece_put counted");
     // Every file is whole, read through the load balancer.
     let listed = crate::support::json_of(
         http.get(format!("{}/packages/{package}", nginx.url))
