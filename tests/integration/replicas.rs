@@ -331,24 +331,48 @@ async fn a_local_root_that_loses_its_marker_makes_the_server_unready() {
     }
 }
 
+/// What servers on Ceph share in these tests: a database, and a storage file naming the S3
+/// backend as the default; `None` when no S3 server is configured.
+struct S3Fleet {
+    db: TestDb,
+    dir: tempfile::TempDir,
+    storage: String,
+}
+
+impl S3Fleet {
+    async fn new() -> Option<S3Fleet> {
+        let s3 = crate::s3::s3_settings()?;
+        let dir = tempfile::tempdir().unwrap();
+        let storage = crate::s3::storage_file(dir.path(), &s3, "");
+        Some(S3Fleet {
+            db: TestDb::new().await,
+            storage: storage.to_str().unwrap().to_owned(),
+            dir,
+        })
+    }
+
+    /// The servers' settings: the test's tokens and the storage file.
+    fn env(&self) -> [(&str, &str); 2] {
+        [
+            ("ARTIFACTSTORE_TOKENS", TOKENS),
+            ("ARTIFACTSTORE_STORAGE_FILE", &self.storage),
+        ]
+    }
+}
+
 /// An upload session with an S3 default backend moves between two servers that share only the
 /// database and the bucket (each its own data directory): chunks through either, one server
 /// killed with SIGKILL mid-chunk, the client resuming through the other from the offset it
 /// reports, completion there, and the file whole. Nothing was spooled on either server's disk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_session_moves_between_servers_and_survives_one_killed_mid_chunk() {
-    let Some(s3) = crate::s3::s3_settings() else {
+    let Some(fleet) = S3Fleet::new().await else {
         return;
     };
     use sha2::Digest as _;
-    let db = TestDb::new().await;
-    let dir = tempfile::tempdir().unwrap();
-    let storage = crate::s3::storage_file(dir.path(), &s3, "");
-    let env = [
-        ("ARTIFACTSTORE_TOKENS", TOKENS),
-        ("ARTIFACTSTORE_STORAGE_FILE", storage.to_str().unwrap()),
-    ];
-    let (a, b) = (Server::start(&db, &env), Server::start(&db, &env));
+    let db = &fleet.db;
+    let env = fleet.env();
+    let (a, b) = (Server::start(db, &env), Server::start(db, &env));
     let http = reqwest::Client::new();
     let package = a
         .create_package(&http, "default-token", "moving upload")
@@ -485,18 +509,13 @@ async fn chunks_answered(http: &reqwest::Client, metrics: &str) -> f64 {
 /// the push carries on through the others and every file is whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_behind_nginx_take_a_push_while_one_is_killed() {
-    let Some(s3) = crate::s3::s3_settings() else {
+    let Some(fleet) = S3Fleet::new().await else {
         return;
     };
     use sha2::Digest as _;
-    let db = TestDb::new().await;
-    let dir = tempfile::tempdir().unwrap();
-    let storage = crate::s3::storage_file(dir.path(), &s3, "");
-    let env = [
-        ("ARTIFACTSTORE_TOKENS", TOKENS),
-        ("ARTIFACTSTORE_STORAGE_FILE", storage.to_str().unwrap()),
-    ];
-    let mut servers: Vec<Option<Server>> = (0..3).map(|_| Some(Server::start(&db, &env))).collect();
+    let (db, dir) = (&fleet.db, &fleet.dir);
+    let env = fleet.env();
+    let mut servers: Vec<Option<Server>> = (0..3).map(|_| Some(Server::start(db, &env))).collect();
     let upstreams: Vec<String> = servers
         .iter()
         .map(|s| {
@@ -627,19 +646,13 @@ async fn three_replicas_behind_nginx_take_a_push_while_one_is_killed() {
             hex::encode(sha2::Sha256::digest(data)).as_str(),
             "{path}"
         );
-        let got = http
-            .get(format!(
-                "{}/files/{}/download",
-                nginx.url,
-                file["id"].as_str().unwrap()
-            ))
-            .bearer_auth("default-token")
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        let got = crate::support::download_file(
+            &http,
+            &nginx.url,
+            "default-token",
+            file["id"].as_str().unwrap(),
+        )
+        .await;
         assert!(got[..] == data[..], "{path} is whole");
     }
     for server in servers.iter().flatten() {

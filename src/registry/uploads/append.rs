@@ -66,15 +66,7 @@ impl Registry {
         }
         let received = intake.received;
         self.keep_progress(intake, size).await?;
-        match failure {
-            Some(e) => Err(e),
-            None => {
-                let mut session = current.session;
-                session.offset = received;
-                session.size = size;
-                Ok(session)
-            }
-        }
+        super::chunk_answer(failure, current.session, received, size)
     }
 
     /// The session's size (declared, or said by this chunk's `Content-Range`) and the most

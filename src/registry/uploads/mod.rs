@@ -127,6 +127,24 @@ fn row(r: &tokio_postgres::Row) -> Result<Row> {
 
 /// A spool write's failure: a full disk is the server's insufficient storage (507), anything
 /// else a storage fault.
+/// A chunk's answer once its bytes are kept: its failure (a body that ended early), or the
+/// session as it now stands (`received` bytes, of `size` if known).
+fn chunk_answer(
+    failure: Option<Error>,
+    mut session: UploadSession,
+    received: u64,
+    size: Option<u64>,
+) -> Result<UploadSession> {
+    match failure {
+        Some(e) => Err(e),
+        None => {
+            session.offset = received;
+            session.size = size;
+            Ok(session)
+        }
+    }
+}
+
 fn spool_error(what: &str, e: std::io::Error) -> Error {
     if crate::storage::local::is_out_of_space(&e) {
         Error::InsufficientStorage(format!("the upload spools' disk is full ({what})"))

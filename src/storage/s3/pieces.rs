@@ -186,21 +186,9 @@ impl PiecedStaging for S3Pieces {
                 found.push((session, format!("{key}\n{id}")));
             }
         }
-        let mut pages = inner
-            .client
-            .list_objects_v2()
-            .bucket(&inner.bucket)
-            .prefix(&prefix)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| inner.error("listing staged objects", e))?;
-            for object in page.contents() {
-                if let Some(key) = object.key()
-                    && let Some(session) = self.session_of(key)
-                {
-                    found.push((session, format!("{key}\n")));
-                }
+        for (key, _) in inner.objects(&prefix).await? {
+            if let Some(session) = self.session_of(&key) {
+                found.push((session, format!("{key}\n")));
             }
         }
         Ok(found)

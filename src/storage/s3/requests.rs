@@ -74,6 +74,31 @@ impl Inner {
         Ok(found)
     }
 
+    /// Every object under `prefix` (all pages): key and when it was last modified. For the
+    /// staging areas, which hold few objects; blobs are listed as a stream (`list`).
+    pub(super) async fn objects(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, Option<aws_sdk_s3::primitives::DateTime>)>> {
+        let mut found = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.error("listing staged objects", e))?;
+            for object in page.contents() {
+                if let Some(key) = object.key() {
+                    found.push((key.to_owned(), object.last_modified().copied()));
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// Starts a multipart upload at `key` (with the bucket's storage class and encryption);
     /// its upload id.
     pub(super) async fn create_multipart(&self, key: &str, what: &str) -> Result<String> {

@@ -27,23 +27,10 @@ impl S3Store {
                 removed += 1;
             }
         }
-        let mut pages = inner
-            .client
-            .list_objects_v2()
-            .bucket(&inner.bucket)
-            .prefix(&prefix)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| inner.error("listing staged objects", e))?;
-            for object in page.contents() {
-                let old = object
-                    .last_modified()
-                    .is_some_and(|t| t.secs() < cutoff.secs());
-                if let (true, Some(key)) = (old, object.key()) {
-                    inner.delete_key(key).await?;
-                    removed += 1;
-                }
+        for (key, modified) in inner.objects(&prefix).await? {
+            if modified.is_some_and(|t| t.secs() < cutoff.secs()) {
+                inner.delete_key(&key).await?;
+                removed += 1;
             }
         }
         Ok(removed)

@@ -161,15 +161,7 @@ impl Registry {
                 .map_err(|e| Error::Integrity(format!("hashing: {e}")))?;
             self.keep_live(id, received, hasher);
         }
-        match failure {
-            Some(e) => Err(e),
-            None => {
-                let mut session = current.session;
-                session.offset = received;
-                session.size = size;
-                Ok(session)
-            }
-        }
+        super::super::chunk_answer(failure, current.session, received, size)
     }
 
     /// A chunk's intake for the session as `current` says it is: after its pending bytes,
