@@ -2,9 +2,10 @@
 
 use super::log::{StoredEvent, read_after};
 use super::views::{VIEW_TABLES, apply_all};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use futures::{StreamExt, pin_mut};
 use std::time::{Duration, Instant};
+use tokio_postgres::error::SqlState;
 
 /// What a replay did.
 #[derive(Debug, Clone)]
@@ -26,9 +27,13 @@ const LOCK_WAIT: &str = "1s";
 const LOCK_ATTEMPTS: u32 = 60;
 
 /// Truncates the views and re-applies every event, in one transaction that first locks the
-/// view tables against writes (writers wait; readers keep seeing the old views until COMMIT)
-/// and numbers every committed event (so none is left out). With `check`, the views are dumped
-/// before and after and the transaction is rolled back: a read-only consistency check.
+/// view tables (and the tables their foreign keys name) against readers and writers, who wait
+/// until COMMIT, and numbers every committed event (so none is left out). The views' foreign
+/// keys are dropped for the load and added back before COMMIT, which checks every row in one
+/// pass where keeping them checks each inserted row on its own (the way `pg_restore` loads);
+/// a role that does not own the view tables keeps them and checks row by row. With `check`,
+/// the views are dumped before and after and the transaction is rolled back: a read-only
+/// consistency check.
 pub async fn replay(pool: &deadpool_postgres::Pool, check: bool) -> Result<ReplayReport> {
     let started = Instant::now();
     let mut client = pool.get().await?;
@@ -42,6 +47,7 @@ pub async fn replay(pool: &deadpool_postgres::Pool, check: bool) -> Result<Repla
     };
     tx.batch_execute(&format!("TRUNCATE {}", view_tables()))
         .await?;
+    let keys = ForeignKey::set_aside(&tx).await?;
     let mut since = 0;
     let mut count = 0u64;
     loop {
@@ -51,6 +57,7 @@ pub async fn replay(pool: &deadpool_postgres::Pool, check: bool) -> Result<Repla
         apply_all(&tx, &batch).await?;
         count += batch.len() as u64;
     }
+    ForeignKey::restore(&tx, &keys).await?;
     let identical = match before {
         Some(before) => {
             let same = dump_views(&*tx).await? == before;
@@ -69,34 +76,139 @@ pub async fn replay(pool: &deadpool_postgres::Pool, check: bool) -> Result<Repla
     })
 }
 
-fn view_tables() -> String {
-    let tables: Vec<&str> = VIEW_TABLES.iter().map(|(t, _)| *t).collect();
-    tables.join(", ")
+fn view_table_names() -> Vec<&'static str> {
+    VIEW_TABLES.iter().map(|(t, _)| *t).collect()
 }
 
-/// Locks every view table in EXCLUSIVE mode in `tx`: no writer is changing a view or can start
-/// to, and every writer that changed one has committed or rolled back (writers insert their
-/// events after changing the views, so every event of a committed writer is there to be
+fn view_tables() -> String {
+    view_table_names().join(", ")
+}
+
+/// A view table's foreign key that only checks (no cascade, not deferrable): dropping it
+/// for the load and adding it back before COMMIT checks the same rows.
+struct ForeignKey {
+    /// The table, as `regclass` prints it.
+    table: String,
+    /// The constraint's name, quoted where it needs to be.
+    name: String,
+    /// `pg_get_constraintdef`: `FOREIGN KEY (...) REFERENCES ...`.
+    definition: String,
+}
+
+impl ForeignKey {
+    /// Drops the view tables' checking foreign keys and returns them; none where this role
+    /// may not (it does not own the tables): the load then checks each row as it goes.
+    async fn set_aside(tx: &deadpool_postgres::Transaction<'_>) -> Result<Vec<ForeignKey>> {
+        let keys: Vec<ForeignKey> = tx
+            .query(
+                "SELECT conrelid::regclass::text, quote_ident(conname), \
+                        pg_get_constraintdef(oid) \
+                 FROM pg_constraint \
+                 WHERE contype = 'f' AND conrelid = ANY($1::text[]::regclass[]) \
+                   AND confdeltype = 'a' AND confupdtype = 'a' AND NOT condeferrable \
+                 ORDER BY 1, 2",
+                &[&view_table_names()],
+            )
+            .await?
+            .iter()
+            .map(|row| ForeignKey {
+                table: row.get(0),
+                name: row.get(1),
+                definition: row.get(2),
+            })
+            .collect();
+        if keys.is_empty() {
+            return Ok(keys);
+        }
+        let drop: String = keys
+            .iter()
+            .map(|k| format!("ALTER TABLE {} DROP CONSTRAINT {}; ", k.table, k.name))
+            .collect();
+        match tx
+            .batch_execute(&format!(
+                "SAVEPOINT set_aside; {drop}RELEASE SAVEPOINT set_aside"
+            ))
+            .await
+        {
+            Ok(()) => Ok(keys),
+            Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
+                tracing::info!(
+                    "replay checks the views' foreign keys row by row: this role does not own \
+                     the view tables ({e})"
+                );
+                tx.batch_execute("ROLLBACK TO SAVEPOINT set_aside").await?;
+                Ok(Vec::new())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Adds `keys` back, each checking every row of its table.
+    async fn restore(tx: &deadpool_postgres::Transaction<'_>, keys: &[ForeignKey]) -> Result<()> {
+        for key in keys {
+            tx.batch_execute(&format!(
+                "ALTER TABLE {} ADD CONSTRAINT {} {}",
+                key.table, key.name, key.definition
+            ))
+            .await
+            .map_err(|e| {
+                if e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) {
+                    Error::Integrity(format!(
+                        "the log's views break {} on {}: {}",
+                        key.name,
+                        key.table,
+                        e.as_db_error()
+                            .map_or_else(|| e.to_string(), |d| d.to_string())
+                    ))
+                } else {
+                    e.into()
+                }
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Locks every view table, and every table the views' foreign keys name, in ACCESS EXCLUSIVE
+/// mode in `tx` (what TRUNCATE and dropping the keys take; taken here, all at once, so that
+/// replay never waits for a lock while holding others): no writer is changing a view or can
+/// start to, and every writer that changed one has committed or rolled back (writers insert
+/// their events after changing the views, so every event of a committed writer is there to be
 /// numbered). A try that times out is rolled back to its savepoint, which lets go of the
 /// tables it had, and tried again.
 async fn lock_views(tx: &deadpool_postgres::Transaction<'_>) -> Result<()> {
+    let named: Vec<String> = tx
+        .query(
+            "SELECT DISTINCT confrelid::regclass::text FROM pg_constraint \
+             WHERE contype = 'f' AND conrelid = ANY($1::text[]::regclass[]) \
+               AND NOT confrelid = ANY($1::text[]::regclass[]) ORDER BY 1",
+            &[&view_table_names()],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let mut tables = view_tables();
+    for table in named {
+        tables.push_str(", ");
+        tables.push_str(&table);
+    }
     let lock = format!(
         "SAVEPOINT lock_views; SET LOCAL lock_timeout = '{LOCK_WAIT}'; \
-         LOCK TABLE {} IN EXCLUSIVE MODE; RELEASE SAVEPOINT lock_views; \
-         SET LOCAL lock_timeout = 0",
-        view_tables()
+         LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE; RELEASE SAVEPOINT lock_views; \
+         SET LOCAL lock_timeout = 0"
     );
     for attempt in 1..=LOCK_ATTEMPTS {
         match tx.batch_execute(&lock).await {
             Ok(()) => return Ok(()),
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+            Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
                 tracing::info!(attempt, "replay waiting for writers to let go of the views");
                 tx.batch_execute("ROLLBACK TO SAVEPOINT lock_views").await?;
             }
             Err(e) => return Err(e.into()),
         }
     }
-    Err(crate::error::Error::Database(
+    Err(Error::Database(
         "replay could not lock the views: writers held them throughout".into(),
     ))
 }

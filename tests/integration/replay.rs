@@ -131,6 +131,150 @@ async fn replay_check_detects_views_that_drifted_from_the_log() {
     assert_eq!(tampered, 0);
 }
 
+/// The view tables' foreign keys, as the catalog has them.
+async fn view_foreign_keys(client: &tokio_postgres::Client) -> Vec<(String, String, String)> {
+    client
+        .query(
+            "SELECT conrelid::regclass::text, conname::text, pg_get_constraintdef(oid) \
+             FROM pg_constraint WHERE contype = 'f' ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect()
+}
+
+/// Replay drops the views' foreign keys for the load and adds them back: afterwards the
+/// catalog has every one as before, and they still refuse what they refused.
+#[tokio::test]
+async fn replay_leaves_the_foreign_keys_as_they_were() {
+    let env = TestEnv::new().await;
+    mixed_workload(&env).await;
+    let client = env.db.client().await;
+    let keys = view_foreign_keys(&client).await;
+    assert!(
+        keys.iter().any(|(t, _, _)| t == "files"),
+        "the views have foreign keys: {keys:?}"
+    );
+    events::replay(env.registry.pool(), false).await.unwrap();
+    assert_eq!(view_foreign_keys(&client).await, keys);
+    let refused = client
+        .batch_execute(
+            "INSERT INTO retention_state (package_id, tenant, legal_hold) \
+             VALUES (gen_random_uuid(), 'default', false)",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION)
+    );
+}
+
+/// A log whose views would break a foreign key (a package of a retention class nobody
+/// defined, recorded while the key was dropped by hand) fails to replay, naming the key, and
+/// leaves the views and the keys as they were.
+#[tokio::test]
+async fn a_replay_that_breaks_a_foreign_key_fails_and_changes_nothing() {
+    let env = TestEnv::new().await;
+    mixed_workload(&env).await;
+    let client = env.db.client().await;
+    client
+        .batch_execute("ALTER TABLE packages DROP CONSTRAINT packages_retention_class_fkey")
+        .await
+        .unwrap();
+    let package_id = artifactstore::domain::PackageId::generate();
+    let mut db = env.registry.pool().get().await.unwrap();
+    let tx = db.transaction().await.unwrap();
+    let event = events::DomainEvent::new(events::PackageCreated {
+        package_id,
+        tenant: TenantId::default_tenant(),
+        producer: "p".into(),
+        subject: "s".into(),
+        retention_class: "never-defined".into(),
+        metadata: Metadata::default(),
+        created_at: artifactstore::domain::Timestamp::parse("2026-12-07T00:00:00Z").unwrap(),
+    });
+    let recorded = events::record(&tx, vec![event]).await.unwrap();
+    events::commit(tx, &recorded, env.registry.sequencer())
+        .await
+        .unwrap();
+    // The views without it, the key back: consistent views, a log that breaks the key.
+    client
+        .execute(
+            "DELETE FROM retention_state WHERE package_id = $1",
+            &[&package_id.0],
+        )
+        .await
+        .unwrap();
+    client
+        .execute("DELETE FROM packages WHERE id = $1", &[&package_id.0])
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "ALTER TABLE packages ADD CONSTRAINT packages_retention_class_fkey \
+             FOREIGN KEY (retention_class) REFERENCES retention_classes (name)",
+        )
+        .await
+        .unwrap();
+    let (views, keys) = (
+        events::dump_views(&client).await.unwrap(),
+        view_foreign_keys(&client).await,
+    );
+
+    for check in [true, false] {
+        let error = events::replay(env.registry.pool(), check)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("packages_retention_class_fkey"),
+            "check {check}: {error}"
+        );
+    }
+    assert_eq!(events::dump_views(&client).await.unwrap(), views);
+    assert_eq!(view_foreign_keys(&client).await, keys);
+}
+
+/// A role that may write the views but does not own them cannot drop their foreign keys:
+/// its replay checks them row by row, with the same views.
+#[tokio::test]
+async fn a_role_that_does_not_own_the_views_replays_them_all_the_same() {
+    let env = TestEnv::new().await;
+    mixed_workload(&env).await;
+    let client = env.db.client().await;
+    let (views, keys) = (
+        events::dump_views(&client).await.unwrap(),
+        view_foreign_keys(&client).await,
+    );
+    let role = format!("r_{}", env.db.name);
+    client
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN PASSWORD 'not-the-owner'; \
+             GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}; \
+             GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}"
+        ))
+        .await
+        .unwrap();
+    let url = url::Url::parse(&env.db.url).unwrap();
+    let mut theirs = url.clone();
+    theirs.set_username(&role).unwrap();
+    theirs.set_password(Some("not-the-owner")).unwrap();
+    let pool = artifactstore::db::pool(theirs.as_str(), 2).unwrap();
+    let report = events::replay(&pool, false).await;
+    drop(pool);
+    client
+        .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
+        .await
+        .unwrap();
+    assert!(report.unwrap().events > 40);
+    assert_eq!(events::dump_views(&client).await.unwrap(), views);
+    assert_eq!(view_foreign_keys(&client).await, keys);
+}
+
 /// Replay applies runs of ingests set-based, live ingests one at a time: both must agree where
 /// it is subtle: the same bytes under several paths in one run, and a blob that became
 /// unreferenced and was ingested again.
