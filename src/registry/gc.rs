@@ -136,16 +136,24 @@ impl Registry {
                 deletions.push(async move { store.delete(&address).await });
             }
         }
-        // Deletions are independent: several at once.
-        futures::stream::iter(deletions)
-            .buffer_unordered(16)
-            .try_collect::<Vec<()>>()
-            .await?;
-        let recorded = if found.is_empty() {
-            Vec::new()
-        } else {
-            events::record(&tx, found).await?
+        // Deletions are independent: several at once. They run while the events and views
+        // are written: both before COMMIT, as if one after the other (a crash or failure
+        // before COMMIT leaves the rows, collected again next round; bytes already gone
+        // delete as done).
+        let deleting = async {
+            futures::stream::iter(deletions)
+                .buffer_unordered(16)
+                .try_for_each(|()| async { Ok(()) })
+                .await
         };
+        let recording = async {
+            if found.is_empty() {
+                Ok(Vec::new())
+            } else {
+                events::record(&tx, found).await
+            }
+        };
+        let ((), recorded) = futures::try_join!(deleting, recording)?;
         events::commit(tx, &recorded, &self.sequencer).await?;
         Ok(done)
     }

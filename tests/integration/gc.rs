@@ -336,3 +336,45 @@ async fn a_blob_collected_before_its_move_is_not_migrated() {
     assert_eq!(b.head(&doomed_address).await.unwrap(), None);
     assert_eq!(a.head(&doomed_address).await.unwrap(), None);
 }
+
+/// A byte deletion that fails fails the round: the events and views written meanwhile are
+/// rolled back (every blob row stays, nothing is recorded), and the next round collects every
+/// blob, those whose bytes already went included.
+#[tokio::test]
+async fn a_failed_byte_deletion_records_nothing_and_the_next_round_collects_all() {
+    let env = TestEnv::new().await;
+    let reg = &env.registry;
+    define_instant(reg).await;
+    let tenant = TenantId::default_tenant();
+    let data: Vec<Vec<u8>> = (0..8).map(|i| random_bytes(1000, 900 + i)).collect();
+    let files: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
+    package_with(reg, &tenant, "instant", &files).await;
+    assert_eq!(reg.expire_due(3600, 100).await.unwrap().len(), 1);
+    // The last blob's file is replaced by a directory: removing it fails, even as root.
+    let stuck = env
+        .store
+        .path_of(&DualHasher::digest(&data[7]).primary_address());
+    std::fs::remove_file(&stuck).unwrap();
+    std::fs::create_dir(&stuck).unwrap();
+    std::fs::write(stuck.join("inside"), b"x").unwrap();
+
+    assert!(reg.collect_garbage(0, 100).await.is_err());
+    let client = env.db.client().await;
+    let count = |sql: &'static str| {
+        let client = &client;
+        async move { client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(count("SELECT count(*) FROM blobs").await, 8);
+    assert_eq!(
+        count("SELECT count(*) FROM events WHERE type = 'v1.blob.collected'").await,
+        0
+    );
+
+    std::fs::remove_dir_all(&stuck).unwrap();
+    assert_eq!(reg.collect_garbage(0, 100).await.unwrap().blobs, 8);
+    assert_eq!(count("SELECT count(*) FROM blobs").await, 0);
+    for bytes in &data {
+        let address = DualHasher::digest(bytes).primary_address();
+        assert_eq!(env.store.head(&address).await.unwrap(), None);
+    }
+}

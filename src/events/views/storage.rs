@@ -57,7 +57,8 @@ pub(super) async fn location_removed(tx: &Tx<'_>, r: &LocationRemoved) -> Result
     Ok(())
 }
 
-/// The views of a run of collections: two statements whatever their number.
+/// The views of a run of collections: one statement whatever their number (the blobs'
+/// locations go with them: ON DELETE CASCADE, `sql/V14__locations_go_with_their_blob.sql`).
 pub(super) async fn collected_together(
     tx: &Tx<'_>,
     run: &[BlobCollected],
@@ -69,13 +70,7 @@ pub(super) async fn collected_together(
         .collect::<Result<Vec<_>>>()?;
     exec_in_order_then(
         tx,
-        &[
-            (
-                "DELETE FROM storage_locations WHERE blake3 = ANY($1)",
-                &[&blobs],
-            ),
-            ("DELETE FROM blobs WHERE blake3 = ANY($1)", &[&blobs]),
-        ],
+        &[("DELETE FROM blobs WHERE blake3 = ANY($1)", &[&blobs])],
         then,
     )
     .await
