@@ -25,6 +25,7 @@ from artifactstore_client.api.packages import (  # noqa: E402
     get_manifest,
     get_manifest_json,
     get_package,
+    list_packages,
     put_file,
     upload_file,
 )
@@ -104,6 +105,21 @@ for f in package.files:
     check(body == payloads[f.relative_path], f"bytes of {f.relative_path}")
     check(hashlib.sha256(body).hexdigest() == meta.digests.sha256, f"sha256 of {f.relative_path}")
     check(blake3.blake3(body).hexdigest() == meta.digests.blake3, f"blake3 of {f.relative_path}")
+# A range and a conditional request through the generated client's typed header parameters.
+three = next(f for f in package.files if f.relative_path == "session/three.bin")
+part = download_file.sync_detailed(three.id, client=raw_client, range_="bytes=1000-1999")
+check(part.status_code == 206 and part.content == data[1000:2000], f"range: {part.status_code}")
+check(part.headers["content-range"] == f"bytes 1000-1999/{len(data)}", "content-range")
+etag = part.headers["etag"]
+same = download_file.sync_detailed(three.id, client=raw_client, if_none_match=etag)
+check(same.status_code == 304 and same.content == b"", f"if-none-match: {same.status_code}")
+same = get_manifest_json.sync_detailed(pid, client=raw_client, if_none_match=json_resp.headers["etag"])
+check(same.status_code == 304, f"manifest if-none-match: {same.status_code}")
+# The metadata filter as the spec declares it (`meta=<key>=<value>`, repeated).
+found = list_packages.sync(client=client, meta=["origin=python-client"])
+check([p.id for p in found.items] == [pid], f"meta filter: {found!r}")
+none = list_packages.sync(client=client, meta=["origin=python-client", "origin=elsewhere"])
+check(none.items == [], f"meta filters combine: {none!r}")
 # The event stream in both forms, decoded with independent libraries (cbor2, json).
 with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}) as http:
     as_cbor = http.get("/events", params={"since": 0, "limit": 1000, "wait": 0})

@@ -236,9 +236,8 @@ impl PackagesApi {
 
     /// List packages
     ///
-    /// Newest first. Filters combine with AND. Metadata filters are query parameters named
-    /// `meta.<key>` (repeat for several keys), e.g. `?meta.git.sha=abc123`. Pages are stable
-    /// under concurrent inserts: pass `next_cursor` back as `cursor`.
+    /// Newest first. Filters combine with AND. Pages are stable under concurrent inserts: pass
+    /// `next_cursor` back as `cursor`.
     #[oai(path = "/packages", method = "get", operation_id = "listPackages")]
     #[allow(clippy::too_many_arguments)]
     async fn list(
@@ -259,15 +258,30 @@ impl PackagesApi {
         limit: Query<Option<u32>>,
         /// Opaque cursor from a previous page.
         cursor: Query<Option<String>>,
+        /// Metadata filters, `<key>=<value>` each (repeat the parameter for several keys):
+        /// packages whose metadata has each key with exactly that value, e.g.
+        /// `?meta=git.sha%3Dabc123`. Also spelled `?meta.<key>=<value>`.
+        #[oai(default)]
+        meta: Query<Vec<String>>,
     ) -> Answer<Json<PackageList>, operations::ListPackages> {
         let principal = state.authorize(&auth, Scope::Read)?;
-        let metadata: Vec<(String, String)> =
+        let mut metadata: Vec<(String, String)> =
             form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
                 .filter_map(|(k, v)| {
                     k.strip_prefix("meta.")
                         .map(|k| (k.to_owned(), v.into_owned()))
                 })
                 .collect();
+        for pair in &meta.0 {
+            let Some((key, value)) = pair.split_once('=') else {
+                return Err(crate::Error::InvalidInput(format!(
+                    "the `meta` filter `{}` is not `<key>=<value>`",
+                    pair.escape_debug()
+                ))
+                .into());
+            };
+            metadata.push((key.to_owned(), value.to_owned()));
+        }
         let filter = PackageFilter {
             producer: given(producer.0),
             subject: given(subject.0),

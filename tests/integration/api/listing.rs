@@ -50,6 +50,33 @@ async fn listing_filters_metadata_and_cursor() {
         ids_of(&get("?meta.k=1&meta.x.y%2Fz=1&producer=a").await),
         vec![ids[1].clone()]
     );
+    // The spelling the spec declares (`meta=<key>=<value>`, repeated), percent-encoded as
+    // generated clients send it, means the same; one without `=` is refused.
+    assert_eq!(
+        ids_of(&get("?meta=k%3D1&meta=x.y/z=1&producer=a").await),
+        vec![ids[1].clone()]
+    );
+    assert_eq!(
+        ids_of(&get("?meta=k=0").await),
+        vec![ids[4].clone(), ids[2].clone(), ids[0].clone()]
+    );
+    let refused = api
+        .http
+        .get(api.url("/packages?meta=k"))
+        .bearer_auth(READER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 422);
+    assert_eq!(
+        refused.headers()["content-type"],
+        "application/problem+json"
+    );
+    let problem: Value = refused.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("`k`"),
+        "{problem}"
+    );
     assert_eq!(
         ids_of(&get("?status=finalized").await),
         Vec::<String>::new()
