@@ -282,6 +282,13 @@ impl PackagesApi {
             };
             metadata.push((key.to_owned(), value.to_owned()));
         }
+        // A key no metadata can have is a mistake, not a filter that matches nothing.
+        for (key, value) in &metadata {
+            crate::domain::Metadata::new(std::collections::BTreeMap::from([(
+                key.clone(),
+                value.clone(),
+            )]))?;
+        }
         let filter = PackageFilter {
             producer: given(producer.0),
             subject: given(subject.0),

@@ -60,6 +60,16 @@ async fn listing_filters_metadata_and_cursor() {
         ids_of(&get("?meta=k=0").await),
         vec![ids[4].clone(), ids[2].clone(), ids[0].clone()]
     );
+    for bad in ["meta=%3Dvalue", "meta.=value", "meta.a%20b=1"] {
+        let refused = api
+            .http
+            .get(api.url(&format!("/packages?{bad}")))
+            .bearer_auth(READER)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 422, "{bad}");
+    }
     let refused = api
         .http
         .get(api.url("/packages?meta=k"))
