@@ -368,9 +368,16 @@ fn walk_algorithm(
                 let Some(digest) = name.to_str().and_then(|n| Digest::from_hex(n).ok()) else {
                     continue;
                 };
+                // A blob deleted since the directory was read (a collector at work) is gone,
+                // not an error of the listing.
+                let size = match entry.metadata() {
+                    Ok(metadata) => metadata.len(),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
                 let info = BlobInfo {
                     address: ContentAddress::new(algorithm, digest),
-                    size: entry.metadata()?.len(),
+                    size,
                 };
                 if tx.blocking_send(Ok(info)).is_err() {
                     return Ok(());
