@@ -24,6 +24,7 @@ mod retention;
 mod routed;
 mod s3;
 mod s3_strict;
+mod sdk_rust;
 mod server;
 mod shared_uploads;
 mod storage_conformance;
