@@ -118,8 +118,10 @@ check(same.status_code == 304, f"manifest if-none-match: {same.status_code}")
 # The metadata filter as the spec declares it (`meta=<key>=<value>`, repeated).
 found = list_packages.sync(client=client, meta=["origin=python-client"])
 check([p.id for p in found.items] == [pid], f"meta filter: {found!r}")
-none = list_packages.sync(client=client, meta=["origin=python-client", "origin=elsewhere"])
+none = list_packages.sync(client=client, meta=["origin=python-client", "other=x"])
 check(none.items == [], f"meta filters combine: {none!r}")
+twice = list_packages.sync(client=client, meta=["origin=python-client", "origin=elsewhere"])
+check(isinstance(twice, Problem) and twice.status == 422, f"one key, two values: {twice!r}")
 # The event stream in both forms, decoded with independent libraries (cbor2, json).
 with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}) as http:
     as_cbor = http.get("/events", params={"since": 0, "limit": 1000, "wait": 0})

@@ -60,7 +60,7 @@ problems! {
     /// `PATCH /uploads/{id}`.
     AppendUpload = [400, 401, 403, 404, 409, 410, 413, 415, 416, 422, 429, 507];
     /// `POST /uploads/{id}/complete`.
-    CompleteUpload = [400, 401, 403, 404, 409, 410, 413, 422, 507];
+    CompleteUpload = [400, 401, 403, 404, 409, 410, 413, 422, 429, 507];
     /// `DELETE /uploads/{id}`.
-    CancelUpload = [400, 401, 403, 404, 409, 413];
+    CancelUpload = [400, 401, 403, 404, 409, 413, 429];
 }

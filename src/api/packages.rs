@@ -282,13 +282,20 @@ impl PackagesApi {
             };
             metadata.push((key.to_owned(), value.to_owned()));
         }
-        // A key no metadata can have is a mistake, not a filter that matches nothing.
+        // One value per key (two would match nothing), and keys and values as metadata can
+        // have them: anything else is a mistake, not a filter that matches nothing.
+        let mut by_key = std::collections::BTreeMap::new();
         for (key, value) in &metadata {
-            crate::domain::Metadata::new(std::collections::BTreeMap::from([(
-                key.clone(),
-                value.clone(),
-            )]))?;
+            if let Some(other) = by_key.insert(key.clone(), value.clone())
+                && other != *value
+            {
+                return Err(crate::Error::InvalidInput(format!(
+                    "the metadata filter names `{key}` twice, with different values"
+                ))
+                .into());
+            }
         }
+        crate::domain::Metadata::new(by_key)?;
         let filter = PackageFilter {
             producer: given(producer.0),
             subject: given(subject.0),

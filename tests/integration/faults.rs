@@ -220,8 +220,8 @@ async fn killed_mid_upload(storage: &[(&str, &str)]) {
         let offset = session["offset"].as_u64().unwrap() as usize;
         assert!(offset >= data.len() / 3, "the first chunk was kept");
         // A session whose chunk the dead server was receiving is busy until that chunk's
-        // claim lapses (S3 sessions, within 10 s): 409, or the connection closed under a body
-        // refused before it was read. A client tries again.
+        // claim lapses (S3 sessions, within 10 s): 429 with Retry-After, or the connection
+        // closed under a body refused before it was read. A client tries again.
         let deadline = Instant::now() + Duration::from_secs(30);
         while offset < data.len() {
             let sent = http
@@ -236,7 +236,7 @@ async fn killed_mid_upload(storage: &[(&str, &str)]) {
                 .await;
             match sent {
                 Ok(resp) if resp.status() == StatusCode::ACCEPTED => break,
-                Ok(resp) => assert_eq!(resp.status(), StatusCode::CONFLICT),
+                Ok(resp) => assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS),
                 Err(_) => {}
             }
             assert!(Instant::now() < deadline, "upload {id} stayed busy");

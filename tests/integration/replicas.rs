@@ -440,8 +440,8 @@ async fn an_upload_session_moves_between_servers_and_survives_one_killed_mid_chu
         "the chunk was cut off by the kill"
     );
     // The other server says where the session is (nothing of the cut chunk kept) and takes
-    // the rest, once the dead server's claim on the session has lapsed (409 "busy" until
-    // then, within 10 s).
+    // the rest, once the dead server's claim on the session has lapsed (429 "busy", with
+    // Retry-After, until then, within 10 s).
     let offset = offset_at(&b).await;
     assert_eq!(offset, 9 << 20);
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -454,7 +454,8 @@ async fn an_upload_session_moves_between_servers_and_survives_one_killed_mid_chu
             if resp.status() == 202 {
                 break;
             }
-            assert_eq!(resp.status(), 409, "{}", resp.text().await.unwrap());
+            assert_eq!(resp.status(), 429, "{:?}", resp.headers());
+            assert!(resp.headers().contains_key("retry-after"));
         }
         assert!(
             Instant::now() < deadline,

@@ -298,7 +298,7 @@ async fn concurrent_chunks_at_one_offset_keep_exactly_one() {
         Env::append_via(&env.other, id, &b, 0, b.len()),
     );
     let refused = |e: &Error| {
-        matches!(e, Error::Conflict(_))
+        matches!(e, Error::Busy(_))
             || matches!(e, Error::OffsetMismatch { offset } if *offset == a.len() as u64)
     };
     let kept = match (&via_a, &via_b) {

@@ -20,7 +20,7 @@ import httpx
 
 from ._generated import AuthenticatedClient
 from ._generated.models import FileInfo, Package, Upload
-from .errors import ArtifactStoreError, RangeNotSatisfiable, Unavailable, raise_for_problem
+from .errors import ArtifactStoreError, RangeNotSatisfiable, TooManyRequests, Unavailable, raise_for_problem
 
 MiB = 1024 * 1024
 
@@ -28,6 +28,11 @@ MiB = 1024 * 1024
 class DigestMismatch(Exception):
     """Downloaded bytes whose digest is not the one the server (or the caller) named; nothing
     was written to the destination."""
+
+
+def _id(value: str | uuid.UUID) -> str:
+    """An id as a canonical UUID: anything else (a `../` smuggled in an id) never reaches a URL."""
+    return str(uuid.UUID(str(value)))
 
 
 def _file_path(relative_path: str) -> str:
@@ -86,7 +91,7 @@ class Client:
         return Package.from_dict(self._request("POST", "/packages", json=body).json())
 
     def get_package(self, package_id: str | uuid.UUID) -> Package:
-        return Package.from_dict(self._request("GET", f"/packages/{package_id}").json())
+        return Package.from_dict(self._request("GET", f"/packages/{_id(package_id)}").json())
 
     def list_packages(
         self,
@@ -119,34 +124,34 @@ class Client:
                 return
 
     def finalize(self, package_id: str | uuid.UUID) -> Package:
-        return Package.from_dict(self._request("POST", f"/packages/{package_id}/finalize").json())
+        return Package.from_dict(self._request("POST", f"/packages/{_id(package_id)}/finalize").json())
 
     def manifest(self, package_id: str | uuid.UUID) -> dict[str, Any]:
         """The manifest, decoded from its canonical CBOR, whose BLAKE3 is checked against the
         digest the server names (`ETag`)."""
-        response = self._request("GET", f"/packages/{package_id}/manifest")
+        response = self._request("GET", f"/packages/{_id(package_id)}/manifest")
         digest = response.headers["etag"].strip('"')
         actual = "blake3:" + blake3.blake3(response.content).hexdigest()
         if actual != digest:
-            raise DigestMismatch(f"manifest of {package_id}: {actual}, the server names {digest}")
+            raise DigestMismatch(f"manifest of {_id(package_id)}: {actual}, the server names {digest}")
         return cbor2.loads(response.content)
 
     def manifest_json(self, package_id: str | uuid.UUID) -> dict[str, Any]:
         """The manifest's canonical JSON projection (RFC 8785)."""
-        return self._request("GET", f"/packages/{package_id}/manifest.json").json()
+        return self._request("GET", f"/packages/{_id(package_id)}/manifest.json").json()
 
     # Retention
 
     def set_legal_hold(self, package_id: str | uuid.UUID, reason: str) -> Package:
-        url = f"/packages/{package_id}/legal-hold"
+        url = f"/packages/{_id(package_id)}/legal-hold"
         return Package.from_dict(self._request("PUT", url, json={"reason": reason}).json())
 
     def release_legal_hold(self, package_id: str | uuid.UUID) -> Package:
-        return Package.from_dict(self._request("DELETE", f"/packages/{package_id}/legal-hold").json())
+        return Package.from_dict(self._request("DELETE", f"/packages/{_id(package_id)}/legal-hold").json())
 
     def change_retention(self, package_id: str | uuid.UUID, retention_class: str, *, force: bool = False) -> Package:
         body = {"retention_class": retention_class, "force": force}
-        return Package.from_dict(self._request("PATCH", f"/packages/{package_id}/retention", json=body).json())
+        return Package.from_dict(self._request("PATCH", f"/packages/{_id(package_id)}/retention", json=body).json())
 
     # Files in
 
@@ -167,7 +172,7 @@ class Client:
         if replace:
             params["replace"] = "true"
         headers = {"Content-Type": media_type or "application/octet-stream"}
-        url = f"/packages/{package_id}/files/{_file_path(relative_path)}"
+        url = f"/packages/{_id(package_id)}/files/{_file_path(relative_path)}"
         response = self._request("PUT", url, params=params, headers=headers, content=data)
         return FileInfo.from_dict(response.json())
 
@@ -185,7 +190,9 @@ class Client:
             files = {"file": (Path(source).name, f, media_type or "application/octet-stream")}
             data = {"relative_path": relative_path}
             params = {"replace": "true"} if replace else {}
-            response = self._request("POST", f"/packages/{package_id}/files", params=params, data=data, files=files)
+            response = self._request(
+                "POST", f"/packages/{_id(package_id)}/files", params=params, data=data, files=files
+            )
         return FileInfo.from_dict(response.json())
 
     def start_upload(
@@ -199,14 +206,14 @@ class Client:
         replace: bool = False,
     ) -> Upload:
         """An upload session: send its bytes with `upload_file(..., session=...)`."""
-        body: dict[str, Any] = {"package_id": str(package_id), "relative_path": relative_path, "replace": replace}
+        body: dict[str, Any] = {"package_id": _id(package_id), "relative_path": relative_path, "replace": replace}
         for name, value in (("size", size), ("expected_digest", expected_digest), ("media_type", media_type)):
             if value is not None:
                 body[name] = value
         return Upload.from_dict(self._request("POST", "/uploads", json=body).json())
 
     def get_upload(self, upload_id: str | uuid.UUID) -> Upload:
-        return Upload.from_dict(self._request("GET", f"/uploads/{upload_id}").json())
+        return Upload.from_dict(self._request("GET", f"/uploads/{_id(upload_id)}").json())
 
     def upload_file(
         self,
@@ -218,7 +225,7 @@ class Client:
         chunk_size: int = 16 * MiB,
         media_type: str | None = None,
         replace: bool = False,
-        attempts: int = 5,
+        attempts: int = 8,
     ) -> FileInfo:
         """Uploads a file on disk through an upload session, in chunks, and completes it.
 
@@ -255,13 +262,18 @@ class Client:
                     if e.offset is None:
                         raise
                     offset = e.offset
-                except (httpx.TransportError, Unavailable) as e:
+                except (httpx.TransportError, TooManyRequests, Unavailable) as e:
+                    # 429: the session is busy (another chunk, or the claim of a server that
+                    # died mid-chunk, which lapses within seconds); 503, a lost connection:
+                    # the server may come back.
+                    if isinstance(e, Unavailable) and e.status != 503:
+                        raise
                     failures += 1
                     if failures >= attempts:
                         raise
-                    time.sleep(getattr(e, "retry_after", None) or min(0.1 * 2**failures, 5.0))
+                    time.sleep(max(getattr(e, "retry_after", None) or 0, min(0.1 * 2**failures, 5.0)))
                     offset = self.get_upload(upload.id).offset
-        response = self._request("POST", f"/uploads/{upload.id}/complete")
+        response = self._request("POST", f"/uploads/{_id(upload.id)}/complete")
         return FileInfo.from_dict(response.json())
 
     def upload_directory(
@@ -289,11 +301,11 @@ class Client:
     # Files out
 
     def get_file(self, file_id: str | uuid.UUID) -> FileInfo:
-        return FileInfo.from_dict(self._request("GET", f"/files/{file_id}").json())
+        return FileInfo.from_dict(self._request("GET", f"/files/{_id(file_id)}").json())
 
     def read_range(self, file_id: str | uuid.UUID, start: int, end: int) -> bytes:
         """Bytes `start` to `end` (inclusive) of a file."""
-        response = self._request("GET", f"/files/{file_id}/download", headers={"Range": f"bytes={start}-{end}"})
+        response = self._request("GET", f"/files/{_id(file_id)}/download", headers={"Range": f"bytes={start}-{end}"})
         if response.status_code != 206:
             raise ArtifactStoreError(response.status_code, {"detail": "the server answered the whole file to a range"})
         return response.content
@@ -313,9 +325,10 @@ class Client:
         destination = Path(destination)
         b3, sha = blake3.blake3(), hashlib.sha256()
         fd, partial = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".partial")
+        os.fchmod(fd, 0o666 & ~_umask())  # as open() would have made it, not mkstemp's 0600
         try:
             with os.fdopen(fd, "wb") as out:
-                with self._http.stream("GET", f"/files/{file_id}/download") as response:
+                with self._http.stream("GET", f"/files/{_id(file_id)}/download") as response:
                     raise_for_problem(response)
                     for chunk in response.iter_bytes(MiB):
                         b3.update(chunk)
@@ -330,11 +343,13 @@ class Client:
                 if algorithm not in wanted:
                     raise ValueError(f"expected_digest must be blake3:<hex> or sha256:<hex>, not {expected_digest!r}")
                 if hexdigest.lower() != wanted[algorithm]:
-                    raise DigestMismatch(f"file {file_id} is {algorithm}:{wanted[algorithm]}, not {expected_digest}")
+                    raise DigestMismatch(
+                        f"file {_id(file_id)} is {algorithm}:{wanted[algorithm]}, not {expected_digest}"
+                    )
             for algorithm, value in actual.items():
                 if value != wanted[algorithm]:
                     raise DigestMismatch(
-                        f"file {file_id}: received {algorithm}:{value}, the server records {wanted[algorithm]}"
+                        f"file {_id(file_id)}: received {algorithm}:{value}, the server records {wanted[algorithm]}"
                     )
             os.replace(partial, destination)
         except BaseException:
@@ -369,6 +384,18 @@ class Client:
             since = page["next_since"]
             if not page["events"] and not follow:
                 return
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask would, for every thread)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
 
 
 def _blake3_of(source: str | os.PathLike[str]) -> str:

@@ -122,6 +122,23 @@ def test_a_chunk_from_a_stale_offset_is_corrected_from_the_problem(store, packag
     assert done.digests.sha256 == hashlib.sha256(data).hexdigest()
 
 
+def test_ids_are_uuids_before_they_reach_a_url(store):
+    for smuggled in ["../../usage", "x?y", "01a24fa5-b469-76a7-a397-af361809f699/../.."]:
+        with pytest.raises(ValueError):
+            store.get_package(smuggled)
+        with pytest.raises(ValueError):
+            store.get_file(smuggled)
+
+
+def test_a_download_is_made_as_open_would_make_it(store, package, tmp_path):
+    info = store.put_file(package.id, "mode.bin", b"mode")
+    target = tmp_path / "mode.bin"
+    store.download(info.id, target)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_a_download_that_is_not_what_was_asked_for_writes_nothing(store, package, tmp_path):
     info = store.put_file(package.id, "x.bin", b"the bytes")
     target = tmp_path / "x.bin"

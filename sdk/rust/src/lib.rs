@@ -181,7 +181,7 @@ impl Default for UploadOptions {
             chunk_size: 16 << 20,
             media_type: None,
             replace: false,
-            attempts: 5,
+            attempts: 8,
         }
     }
 }
@@ -281,13 +281,18 @@ impl Store {
                 }) => offset = at,
                 Err(e) if e.is_retriable() && failures + 1 < options.attempts => {
                     failures += 1;
-                    let wait = match &e {
+                    // 429: the session is busy (another chunk, or the claim of a server that
+                    // died mid-chunk, which lapses within seconds); 503, a lost connection.
+                    let backoff =
+                        std::time::Duration::from_millis((100 << failures.min(6)).min(5000));
+                    let asked = match &e {
                         StoreError::Problem {
                             retry_after: Some(s),
                             ..
                         } => std::time::Duration::from_secs((*s).min(60)),
-                        _ => std::time::Duration::from_millis(100 << failures.min(6)),
+                        _ => std::time::Duration::ZERO,
                     };
+                    let wait = backoff.max(asked);
                     tokio::time::sleep(wait).await;
                     offset = self.call(self.api.get_upload(&upload.id)).await?.offset;
                 }

@@ -4,10 +4,9 @@
 // digests verified, the event log as an async iterator, problems as `ProblemError`.
 
 import { createHash } from "node:crypto";
-import { createReadStream, createWriteStream } from "node:fs";
+import { createReadStream } from "node:fs";
 import { mkdtemp, open, readdir, rename, rm, stat } from "node:fs/promises";
 import { basename, dirname, join, relative, sep } from "node:path";
-import { once } from "node:events";
 import { blake3 } from "@noble/hashes/blake3.js";
 import { bytesToHex } from "@noble/hashes/utils.js";
 import { decode as decodeCbor } from "cborg";
@@ -84,6 +83,14 @@ function filePath(relativePath: string): string {
   return segments.map(encodeURIComponent).join("/");
 }
 
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** An id as a UUID: anything else (a `../` smuggled in an id) never reaches a URL. */
+function checkedId(value: string): string {
+  if (!UUID.test(value)) throw new RangeError(`${JSON.stringify(value)} is not an id (a UUID)`);
+  return value.toLowerCase();
+}
+
 async function blake3OfFile(path: string): Promise<string> {
   const hasher = blake3.create();
   for await (const chunk of createReadStream(path, { highWaterMark: 4 * MiB })) {
@@ -128,7 +135,7 @@ export class ArtifactStore {
 
   // Packages
 
-  createPackage(p: { producer: string; subject: string; retentionClass?: string; metadata?: Record<string, string> }): Promise<Package> {
+  async createPackage(p: { producer: string; subject: string; retentionClass?: string; metadata?: Record<string, string> }): Promise<Package> {
     return this.json("POST", "/packages", {
       producer: p.producer,
       subject: p.subject,
@@ -137,8 +144,8 @@ export class ArtifactStore {
     });
   }
 
-  getPackage(id: string): Promise<Package> {
-    return this.json("GET", `/packages/${id}`);
+  async getPackage(id: string): Promise<Package> {
+    return this.json("GET", `/packages/${checkedId(id)}`);
   }
 
   /** Every package that matches, newest first, page after page. */
@@ -165,14 +172,14 @@ export class ArtifactStore {
     } while (cursor);
   }
 
-  finalize(id: string): Promise<Package> {
-    return this.json("POST", `/packages/${id}/finalize`);
+  async finalize(id: string): Promise<Package> {
+    return this.json("POST", `/packages/${checkedId(id)}/finalize`);
   }
 
   /** The manifest decoded from its canonical CBOR, whose BLAKE3 is checked against the digest
    * the server names (`ETag`). */
   async manifest(id: string): Promise<Record<string, unknown>> {
-    const response = await this.request("GET", `/packages/${id}/manifest`);
+    const response = await this.request("GET", `/packages/${checkedId(id)}/manifest`);
     const bytes = new Uint8Array(await response.arrayBuffer());
     const named = (response.headers.get("etag") ?? "").replaceAll('"', "");
     const actual = `blake3:${bytesToHex(blake3(bytes))}`;
@@ -181,22 +188,22 @@ export class ArtifactStore {
   }
 
   /** The manifest's canonical JSON projection (RFC 8785). */
-  manifestJson(id: string): Promise<components["schemas"]["ManifestJson"]> {
-    return this.json("GET", `/packages/${id}/manifest.json`);
+  async manifestJson(id: string): Promise<components["schemas"]["ManifestJson"]> {
+    return this.json("GET", `/packages/${checkedId(id)}/manifest.json`);
   }
 
   // Retention
 
-  setLegalHold(id: string, reason: string): Promise<Package> {
-    return this.json("PUT", `/packages/${id}/legal-hold`, { reason });
+  async setLegalHold(id: string, reason: string): Promise<Package> {
+    return this.json("PUT", `/packages/${checkedId(id)}/legal-hold`, { reason });
   }
 
-  releaseLegalHold(id: string): Promise<Package> {
-    return this.json("DELETE", `/packages/${id}/legal-hold`);
+  async releaseLegalHold(id: string): Promise<Package> {
+    return this.json("DELETE", `/packages/${checkedId(id)}/legal-hold`);
   }
 
-  changeRetention(id: string, retentionClass: string, force = false): Promise<Package> {
-    return this.json("PATCH", `/packages/${id}/retention`, { retention_class: retentionClass, force });
+  async changeRetention(id: string, retentionClass: string, force = false): Promise<Package> {
+    return this.json("PATCH", `/packages/${checkedId(id)}/retention`, { retention_class: retentionClass, force });
   }
 
   // Files in
@@ -211,7 +218,7 @@ export class ArtifactStore {
     const query = new URLSearchParams();
     if (o.expectedDigest) query.set("expected_digest", o.expectedDigest);
     if (o.replace) query.set("replace", "true");
-    const response = await this.request("PUT", `/packages/${packageId}/files/${filePath(relativePath)}`, {
+    const response = await this.request("PUT", `/packages/${checkedId(packageId)}/files/${filePath(relativePath)}`, {
       query,
       body: data,
       headers: { "Content-Type": o.mediaType ?? "application/octet-stream" },
@@ -220,13 +227,13 @@ export class ArtifactStore {
   }
 
   /** An upload session: send its bytes with `uploadFile(..., { session })`. */
-  startUpload(
+  async startUpload(
     packageId: string,
     relativePath: string,
     o: { size?: number; expectedDigest?: string; mediaType?: string; replace?: boolean } = {},
   ): Promise<Upload> {
     return this.json("POST", "/uploads", {
-      package_id: packageId,
+      package_id: checkedId(packageId),
       relative_path: relativePath,
       replace: o.replace ?? false,
       ...(o.size !== undefined ? { size: o.size } : {}),
@@ -235,8 +242,8 @@ export class ArtifactStore {
     });
   }
 
-  getUpload(id: string): Promise<Upload> {
-    return this.json("GET", `/uploads/${id}`);
+  async getUpload(id: string): Promise<Upload> {
+    return this.json("GET", `/uploads/${checkedId(id)}`);
   }
 
   /** Uploads a file on disk through an upload session, in chunks, and completes it. The file's
@@ -273,9 +280,13 @@ export class ArtifactStore {
             offset = e.offset;
             continue;
           }
-          const retriable = !(e instanceof ProblemError) || e.status === 503;
-          if (!retriable || ++failures >= (o.attempts ?? 5)) throw e;
-          const wait = e instanceof ProblemError && e.retryAfter ? e.retryAfter * 1000 : Math.min(100 * 2 ** failures, 5000);
+          // 429: the session is busy (another chunk, or the claim of a server that died
+          // mid-chunk, which lapses within seconds); 503 or a network failure (fetch's
+          // TypeError): the server may come back. Anything else is not retried.
+          const retriable = e instanceof ProblemError ? e.status === 429 || e.status === 503 : e instanceof TypeError;
+          if (!retriable || ++failures >= (o.attempts ?? 8)) throw e;
+          const backoff = Math.min(100 * 2 ** failures, 5000);
+          const wait = Math.max(backoff, e instanceof ProblemError && e.retryAfter ? e.retryAfter * 1000 : 0);
           await new Promise((resolve) => setTimeout(resolve, wait));
           offset = (await this.getUpload(upload.id)).offset;
         }
@@ -283,7 +294,7 @@ export class ArtifactStore {
     } finally {
       await file.close();
     }
-    return this.json("POST", `/uploads/${upload.id}/complete`);
+    return this.json("POST", `/uploads/${checkedId(upload.id)}/complete`);
   }
 
   /** Every regular file under `root` (symbolic links not followed), in path order, named
@@ -310,13 +321,13 @@ export class ArtifactStore {
 
   // Files out
 
-  getFile(id: string): Promise<FileInfo> {
-    return this.json("GET", `/files/${id}`);
+  async getFile(id: string): Promise<FileInfo> {
+    return this.json("GET", `/files/${checkedId(id)}`);
   }
 
   /** Bytes `start` to `end` (inclusive) of a file. */
   async readRange(id: string, start: number, end: number): Promise<Uint8Array> {
-    const response = await this.request("GET", `/files/${id}/download`, { headers: { Range: `bytes=${start}-${end}` } });
+    const response = await this.request("GET", `/files/${checkedId(id)}/download`, { headers: { Range: `bytes=${start}-${end}` } });
     if (response.status !== 206) throw new Error(`the server answered ${response.status} to a range`);
     return new Uint8Array(await response.arrayBuffer());
   }
@@ -337,17 +348,20 @@ export class ArtifactStore {
     const scratch = await mkdtemp(join(dirname(destination), `.${basename(destination)}.`));
     const partial = join(scratch, "partial");
     try {
-      const response = await this.request("GET", `/files/${id}/download`);
+      const response = await this.request("GET", `/files/${checkedId(id)}/download`);
       const b3 = blake3.create();
       const sha = createHash("sha256");
-      const out = createWriteStream(partial);
-      for await (const chunk of response.body!) {
-        b3.update(chunk);
-        sha.update(chunk);
-        if (!out.write(chunk)) await once(out, "drain");
+      const out = await open(partial, "wx", 0o666);
+      try {
+        for await (const chunk of response.body!) {
+          b3.update(chunk);
+          sha.update(chunk);
+          await out.write(chunk);
+        }
+        await out.sync();
+      } finally {
+        await out.close();
       }
-      out.end();
-      await once(out, "finish");
       const actual: Record<string, string> = { blake3: bytesToHex(b3.digest()), sha256: sha.digest("hex") };
       for (const algorithm of ["blake3", "sha256"]) {
         if (actual[algorithm] !== wanted[algorithm]) {

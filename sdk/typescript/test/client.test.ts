@@ -114,6 +114,13 @@ test("an interrupted session resumes where the server says", async () => {
   assert.equal(done.digests.blake3, b3(data));
 });
 
+test("ids are UUIDs before they reach a URL", async () => {
+  for (const smuggled of ["../../usage", "x?y", "01a24fa5-b469-76a7-a397-af361809f699/../.."]) {
+    await assert.rejects(store.getPackage(smuggled), RangeError);
+    await assert.rejects(store.getFile(smuggled), RangeError);
+  }
+});
+
 test("a download that is not what was asked for writes nothing", async () => {
   const dir = await mkdtemp(join(tmpdir(), "sdk-ts-"));
   const pkg = await newPackage();

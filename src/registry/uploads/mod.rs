@@ -176,7 +176,7 @@ fn lock_spool(
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
         .map(Some)
         .map_err(|_| {
-            Error::Conflict(format!(
+            Error::Busy(format!(
                 "upload {id} is busy: a chunk is being received or the upload is being \
                  completed; retry after it"
             ))
@@ -414,7 +414,7 @@ impl Registry {
         for id in expired {
             let lock = match lock_spool(&self.spool_path(id), id) {
                 Ok(lock) => lock,
-                Err(Error::Conflict(_)) => continue,
+                Err(Error::Busy(_)) => continue,
                 Err(e) => {
                     tracing::warn!(upload = %id, error = %e, "cannot expire an upload session now");
                     continue;

@@ -60,7 +60,12 @@ async fn listing_filters_metadata_and_cursor() {
         ids_of(&get("?meta=k=0").await),
         vec![ids[4].clone(), ids[2].clone(), ids[0].clone()]
     );
-    for bad in ["meta=%3Dvalue", "meta.=value", "meta.a%20b=1"] {
+    for bad in [
+        "meta=%3Dvalue",
+        "meta.=value",
+        "meta.a%20b=1",
+        "meta.k=1&meta=k=2",
+    ] {
         let refused = api
             .http
             .get(api.url(&format!("/packages?{bad}")))

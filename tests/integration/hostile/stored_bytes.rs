@@ -43,7 +43,8 @@ async fn completing_while_a_chunk_is_in_flight_is_refused_and_published_bytes_st
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
-    // Completing (or cancelling) now must not take the spool from under the chunk.
+    // Completing (or cancelling) now must not take the spool from under the chunk: busy,
+    // try again shortly (429 with Retry-After).
     let complete = server.url(&format!("/uploads/{id}/complete"));
     let refused = http
         .post(&complete)
@@ -51,9 +52,10 @@ async fn completing_while_a_chunk_is_in_flight_is_refused_and_published_bytes_st
         .send()
         .await
         .unwrap();
+    assert!(refused.headers().contains_key("retry-after"));
     assert_eq!(
         refused.status(),
-        StatusCode::CONFLICT,
+        StatusCode::TOO_MANY_REQUESTS,
         "{:?}",
         refused.text().await
     );
@@ -63,7 +65,7 @@ async fn completing_while_a_chunk_is_in_flight_is_refused_and_published_bytes_st
         .send()
         .await
         .unwrap();
-    assert_eq!(refused.status(), StatusCode::CONFLICT);
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
 
     tx.send(Ok(second[1 << 20..].to_vec())).await.unwrap();
     drop(tx);

@@ -91,7 +91,7 @@ impl Registry {
             .await?;
         if claimed == 0 {
             return Err(match self.where_now(id).await {
-                Error::OffsetMismatch { offset: now } if now == offset => Error::Conflict(format!(
+                Error::OffsetMismatch { offset: now } if now == offset => Error::Busy(format!(
                     "upload {id} is busy: another chunk is being received; retry after it"
                 )),
                 other => other,

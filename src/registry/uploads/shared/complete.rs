@@ -97,7 +97,7 @@ impl Registry {
                         "upload {id} has {} of its {size} bytes; send the rest before completing",
                         current.session.offset
                     )),
-                    _ => Error::Conflict(format!(
+                    _ => Error::Busy(format!(
                         "upload {id} is busy (a chunk is being received, or it is being \
                          completed); retry after it"
                     )),

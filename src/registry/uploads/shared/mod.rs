@@ -160,7 +160,7 @@ impl Registry {
             )
             .await?;
         if gone == 0 {
-            return Err(Error::Conflict(format!(
+            return Err(Error::Busy(format!(
                 "upload {id} is busy (a chunk is being received, or it is being completed); \
                  it cannot be cancelled now"
             )));
