@@ -186,10 +186,23 @@ async fn push_pull_ls_manifest_and_exit_codes() {
         .code(),
         Some(3)
     );
-    assert_eq!(
-        cli(&server, "bad-token-xyz", &["ls"]).status.code(),
-        Some(5)
+    let refused = cli(&server, "bad-token-xyz", &["ls"]);
+    assert_eq!(refused.status.code(), Some(5));
+    assert!(
+        refused.stdout.is_empty(),
+        "no table header before a failure"
     );
+    // Values checked here, before any request: exit 2, the allowed values listed.
+    let bad = cli(&server, "cli-reader-token", &["ls", "--status", "done"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("open, finalized, expired"));
+    let bad = cli(
+        &server,
+        "cli-reader-token",
+        &["manifest", "../usage", "--json"],
+    );
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a package id"));
     assert_eq!(
         cli(
             &server,

@@ -203,6 +203,22 @@ impl Store {
         let http = reqwest::Client::builder()
             .default_headers(headers)
             .connect_timeout(std::time::Duration::from_secs(10))
+            // Longer than any long-poll's wait: a connection that stays silent past it is dead.
+            .read_timeout(std::time::Duration::from_secs(120))
+            .build()
+            .map_err(|e| StoreError::Transport(e.to_string()))?;
+        Ok(Store {
+            api: Client::new_with_client(base_url.trim_end_matches('/'), http),
+        })
+    }
+
+    /// A client for the server at `base_url` that sends no token (a server in dev mode, or
+    /// the probes).
+    pub fn without_token(base_url: &str) -> Result<Self, StoreError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            // Longer than any long-poll's wait: a connection that stays silent past it is dead.
+            .read_timeout(std::time::Duration::from_secs(120))
             .build()
             .map_err(|e| StoreError::Transport(e.to_string()))?;
         Ok(Store {

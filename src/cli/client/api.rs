@@ -37,7 +37,46 @@ impl std::fmt::Display for CliError {
     }
 }
 
-/// The API over HTTP with a bearer token.
+/// The Rust SDK's client for `--server` / `--token`.
+pub fn store(args: &ClientArgs) -> Result<artifactstore_client::Store, CliError> {
+    let base = args.server.trim_end_matches('/');
+    if !base.starts_with("http://") && !base.starts_with("https://") {
+        return Err(CliError::usage(format!(
+            "--server `{base}` must start with http:// or https://"
+        )));
+    }
+    match &args.token {
+        Some(token) => artifactstore_client::Store::new(base, token),
+        None => artifactstore_client::Store::without_token(base),
+    }
+    .map_err(|e| CliError::usage(e.to_string()))
+}
+
+impl From<artifactstore_client::StoreError> for CliError {
+    /// Exit codes as for problems: 5 authentication or permission, 3 not found or gone, 2
+    /// unreachable, 4 a digest that did not match, 1 anything else.
+    fn from(e: artifactstore_client::StoreError) -> Self {
+        use artifactstore_client::StoreError;
+        let code = match &e {
+            StoreError::Problem { status, .. } => match status {
+                401 | 403 => 5,
+                404 | 410 => 3,
+                _ => 1,
+            },
+            StoreError::Transport(_) => 2,
+            StoreError::DigestMismatch(_) => 4,
+            StoreError::Io(_) | StoreError::Unexpected(_) => 1,
+        };
+        let message = match &e {
+            StoreError::Transport(t) => format!("cannot reach the server: {t}"),
+            other => other.to_string(),
+        };
+        CliError { code, message }
+    }
+}
+
+/// The API over HTTP with a bearer token (`push` and `pull`; the other client commands use
+/// the Rust SDK, [`store`]).
 #[derive(Clone)]
 pub struct ApiClient {
     base: String,

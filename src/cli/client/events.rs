@@ -1,8 +1,7 @@
 //! `events tail`: follow the event stream, one JSON event per line.
 
 use super::ClientArgs;
-use super::api::{ApiClient, CliError};
-use serde_json::Value;
+use super::api::CliError;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -37,36 +36,23 @@ pub struct TailArgs {
 /// Runs an `events` subcommand.
 pub async fn events(command: EventsCommand) -> Result<ExitCode, CliError> {
     let EventsCommand::Tail(args) = command;
-    let client = ApiClient::new(&args.client)?;
+    let store = super::api::store(&args.client)?;
     let mut since = args.since;
     let mut backoff = Duration::from_millis(200);
     loop {
-        let mut query = vec![
-            ("since".to_owned(), since.to_string()),
-            ("limit".into(), "500".into()),
-        ];
-        query.push(("wait".into(), if args.once { "0" } else { "30" }.into()));
-        if let Some(t) = &args.type_prefix {
-            query.push(("type".into(), t.clone()));
-        }
-        let request = client
-            .request(reqwest::Method::GET, "/events")
-            .header(reqwest::header::ACCEPT, "application/json")
-            .query(&query)
-            .timeout(Duration::from_secs(75));
-        let page: Value = match client.send(request).await {
-            Ok(resp) => match resp.json().await {
-                Ok(v) => v,
-                Err(e) => {
-                    eprintln!("warning: bad page ({e}); retrying");
-                    tokio::time::sleep(backoff).await;
-                    continue;
-                }
-            },
+        let wait = if args.once { 0 } else { 30 };
+        let page = match store
+            .call(store.api().list_events(
+                std::num::NonZeroU32::new(500),
+                Some(since),
+                args.type_prefix.as_deref(),
+                Some(wait),
+            ))
+            .await
+        {
+            Ok(page) => page,
             // Authentication and bad requests will not get better by retrying.
-            Err(e) if e.code == 5 || e.message.contains("(400)") || e.message.contains("(422)") => {
-                return Err(e);
-            }
+            Err(e) if matches!(e.status(), Some(400 | 401 | 403 | 422)) => return Err(e.into()),
             Err(e) => {
                 eprintln!("warning: {e}; retrying in {backoff:?} from sequence {since}");
                 tokio::time::sleep(backoff).await;
@@ -75,28 +61,22 @@ pub async fn events(command: EventsCommand) -> Result<ExitCode, CliError> {
             }
         };
         backoff = Duration::from_millis(200);
-        let events = page["events"].as_array().cloned().unwrap_or_default();
         let mut out = std::io::stdout().lock();
-        for event in &events {
+        for event in &page.events {
             let line = if args.json {
-                event.to_string()
+                serde_json::to_string(event).map_err(|e| CliError::other(e.to_string()))?
             } else {
-                format!(
-                    "{} {} {}",
-                    event["sequence"],
-                    event["type"].as_str().unwrap_or(""),
-                    event["subject_id"].as_str().unwrap_or("")
-                )
+                format!("{} {} {}", event.sequence, event.type_, event.subject_id)
             };
             if writeln!(out, "{line}").is_err() {
                 return Ok(ExitCode::SUCCESS); // stdout closed (e.g. piped into head)
             }
-            since = event["sequence"].as_i64().unwrap_or(since);
+            since = event.sequence;
         }
         let _ = out.flush();
         // Filtered-out events still advance the position.
-        since = since.max(page["next_since"].as_i64().unwrap_or(since));
-        if args.once && events.is_empty() {
+        since = since.max(page.next_since);
+        if args.once && page.events.is_empty() {
             return Ok(ExitCode::SUCCESS);
         }
     }

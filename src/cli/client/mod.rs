@@ -9,7 +9,7 @@ mod events;
 mod pull;
 mod push;
 
-pub use api::{ApiClient, CliError};
+pub use api::CliError;
 pub use events::{EventsCommand, events};
 pub use pull::{PullArgs, pull};
 pub use push::{PushArgs, push};
@@ -156,62 +156,70 @@ pub struct LsArgs {
 
 /// `ls`: packages, newest first.
 pub async fn ls(args: LsArgs) -> Result<ExitCode, CliError> {
-    let client = ApiClient::new(&args.client)?;
-    let mut query: Vec<(String, String)> = Vec::new();
-    for (key, value) in [
-        ("producer", &args.producer),
-        ("subject", &args.subject),
-        ("status", &args.status),
-    ] {
-        if let Some(v) = value {
-            query.push((key.into(), v.clone()));
+    use artifactstore_client::types::Status;
+    let store = api::store(&args.client)?;
+    let status = args
+        .status
+        .as_deref()
+        .map(|s| {
+            s.parse::<Status>().map_err(|_| {
+                CliError::usage(format!(
+                    "--status `{s}` is not one of: open, finalized, expired"
+                ))
+            })
+        })
+        .transpose()?;
+    for m in &args.meta {
+        if !m.contains('=') {
+            return Err(CliError::usage(format!("--meta `{m}` must be KEY=VALUE")));
         }
     }
-    for m in &args.meta {
-        let (k, v) = m
-            .split_once('=')
-            .ok_or_else(|| CliError::usage(format!("--meta `{m}` must be KEY=VALUE")))?;
-        query.push((format!("meta.{k}"), v.into()));
-    }
+    let meta = (!args.meta.is_empty()).then_some(&args.meta);
     let mut printed = 0;
     let mut cursor: Option<String> = None;
-    if !args.json {
-        println!(
-            "{:<36}  {:<9}  {:>6}  {:>12}  {:<20}  PRODUCER / SUBJECT",
-            "ID", "STATUS", "FILES", "BYTES", "CREATED"
-        );
-    }
+    let mut header = !args.json;
     while printed < args.limit {
-        let mut q = query.clone();
-        q.push(("limit".into(), (args.limit - printed).min(1000).to_string()));
-        if let Some(c) = &cursor {
-            q.push(("cursor".into(), c.clone()));
+        let limit = std::num::NonZeroU32::new((args.limit - printed).min(1000) as u32);
+        let page = store
+            .call(store.api().list_packages(
+                cursor.as_deref(),
+                limit,
+                meta,
+                args.producer.as_deref(),
+                None,
+                status,
+                args.subject.as_deref(),
+            ))
+            .await?;
+        // The header once the first page is in: none before a failure.
+        if std::mem::take(&mut header) {
+            println!(
+                "{:<36}  {:<9}  {:>6}  {:>12}  {:<20}  PRODUCER / SUBJECT",
+                "ID", "STATUS", "FILES", "BYTES", "CREATED"
+            );
         }
-        let page: serde_json::Value = client.get_json("/packages", &q).await?;
-        let items = page["items"].as_array().cloned().unwrap_or_default();
-        for p in &items {
+        for p in &page.items {
             if args.json {
-                println!("{p}");
+                println!(
+                    "{}",
+                    serde_json::to_string(p).map_err(|e| CliError::other(e.to_string()))?
+                );
             } else {
                 println!(
                     "{:<36}  {:<9}  {:>6}  {:>12}  {:<20}  {} / {}",
-                    p["id"].as_str().unwrap_or(""),
-                    p["status"].as_str().unwrap_or(""),
-                    p["file_count"].as_u64().unwrap_or(0),
-                    p["total_size"].as_u64().unwrap_or(0),
-                    p["created_at"]
-                        .as_str()
-                        .unwrap_or("")
-                        .get(..19)
-                        .unwrap_or(""),
-                    p["producer"].as_str().unwrap_or(""),
-                    p["subject"].as_str().unwrap_or(""),
+                    p.id,
+                    p.status,
+                    p.file_count,
+                    p.total_size,
+                    p.created_at.format("%Y-%m-%dT%H:%M:%S"),
+                    p.producer,
+                    p.subject,
                 );
             }
         }
-        printed += items.len();
-        match page["next_cursor"].as_str() {
-            Some(c) if !items.is_empty() => cursor = Some(c.to_owned()),
+        printed += page.items.len();
+        match page.next_cursor {
+            Some(c) if !page.items.is_empty() => cursor = Some(c),
             _ => break,
         }
     }
@@ -232,19 +240,44 @@ pub struct ManifestArgs {
 
 /// `manifest`: the canonical CBOR bytes (for piping), or with `--json` the JCS projection.
 pub async fn manifest(args: ManifestArgs) -> Result<ExitCode, CliError> {
+    use artifactstore_client::ClientInfo;
+    use futures::TryStreamExt;
     use std::io::{IsTerminal, Write};
-    let client = ApiClient::new(&args.client)?;
+    let store = api::store(&args.client)?;
+    let id: uuid::Uuid = args
+        .package
+        .parse()
+        .map_err(|_| CliError::usage(format!("`{}` is not a package id (a UUID)", args.package)))?;
     if !args.json && std::io::stdout().is_terminal() {
         return Err(CliError::usage(
             "the CBOR manifest is binary: redirect it to a file, or use --json".into(),
         ));
     }
-    let path = if args.json {
-        format!("/packages/{}/manifest.json", args.package)
+    let bytes: Vec<u8> = if args.json {
+        // The JCS bytes as the server sent them (a typed value would be re-serialized in
+        // another member order, no longer canonical).
+        let url = format!("{}/packages/{id}/manifest.json", store.api().baseurl());
+        let response = store.api().client().get(url).send().await.map_err(|e| {
+            CliError::from(artifactstore_client::StoreError::Transport(e.to_string()))
+        })?;
+        if !response.status().is_success() {
+            return Err(api::problem_error(response).await);
+        }
+        response
+            .bytes()
+            .await
+            .map_err(|e| CliError::other(format!("reading the manifest: {e}")))?
+            .to_vec()
     } else {
-        format!("/packages/{}/manifest", args.package)
+        store
+            .call(store.api().get_manifest(&id, None))
+            .await?
+            .into_inner()
+            .map_ok(|chunk| chunk.to_vec())
+            .try_concat()
+            .await
+            .map_err(|e| CliError::other(format!("reading the manifest: {e}")))?
     };
-    let bytes = client.get_bytes(&path).await?;
     let mut out = std::io::stdout().lock();
     out.write_all(&bytes)
         .map_err(|e| CliError::other(format!("writing stdout: {e}")))?;
