@@ -52,6 +52,22 @@ pub fn store(args: &ClientArgs) -> Result<artifactstore_client::Store, CliError>
     .map_err(|e| CliError::usage(e.to_string()))
 }
 
+/// A package's canonical CBOR manifest, as the server sent it.
+pub async fn manifest_bytes(
+    store: &artifactstore_client::Store,
+    id: &uuid::Uuid,
+) -> Result<Vec<u8>, CliError> {
+    use futures::TryStreamExt;
+    store
+        .call(store.api().get_manifest(id, None))
+        .await?
+        .into_inner()
+        .map_ok(|chunk| chunk.to_vec())
+        .try_concat()
+        .await
+        .map_err(|e| CliError::other(format!("reading the manifest: {e}")))
+}
+
 impl From<artifactstore_client::StoreError> for CliError {
     /// Exit codes as for problems: 5 authentication or permission, 3 not found or gone, 2
     /// unreachable, 4 a digest that did not match, 1 anything else.
@@ -147,14 +163,6 @@ impl ApiClient {
         resp.json()
             .await
             .map_err(|e| CliError::other(format!("unexpected response from {path}: {e}")))
-    }
-
-    /// GET raw bytes.
-    pub async fn get_bytes(&self, path: &str) -> Result<bytes::Bytes, CliError> {
-        let resp = self.send(self.request(reqwest::Method::GET, path)).await?;
-        resp.bytes()
-            .await
-            .map_err(|e| CliError::other(format!("reading {path}: {e}")))
     }
 
     /// POST a JSON body, read a JSON body.

@@ -241,7 +241,6 @@ pub struct ManifestArgs {
 /// `manifest`: the canonical CBOR bytes (for piping), or with `--json` the JCS projection.
 pub async fn manifest(args: ManifestArgs) -> Result<ExitCode, CliError> {
     use artifactstore_client::ClientInfo;
-    use futures::TryStreamExt;
     use std::io::{IsTerminal, Write};
     let store = api::store(&args.client)?;
     let id: uuid::Uuid = args
@@ -269,14 +268,7 @@ pub async fn manifest(args: ManifestArgs) -> Result<ExitCode, CliError> {
             .map_err(|e| CliError::other(format!("reading the manifest: {e}")))?
             .to_vec()
     } else {
-        store
-            .call(store.api().get_manifest(&id, None))
-            .await?
-            .into_inner()
-            .map_ok(|chunk| chunk.to_vec())
-            .try_concat()
-            .await
-            .map_err(|e| CliError::other(format!("reading the manifest: {e}")))?
+        api::manifest_bytes(&store, &id).await?
     };
     let mut out = std::io::stdout().lock();
     out.write_all(&bytes)

@@ -1,12 +1,12 @@
 //! `pull <package> <dir>`: download every file, verifying both digests as the bytes stream.
 
 use super::ClientArgs;
-use super::api::{ApiClient, CliError, problem_error};
+use super::api::CliError;
 use crate::domain::RelativePath;
 use crate::identity::DualHasher;
+use artifactstore_client::{Store, types};
 use futures::StreamExt;
 use indicatif::ProgressBar;
-use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tokio::io::AsyncWriteExt;
@@ -32,29 +32,29 @@ pub struct PullArgs {
 }
 
 struct Wanted {
-    id: String,
+    id: uuid::Uuid,
     path: RelativePath,
     size: u64,
     blake3: String,
     sha256: String,
 }
 
-fn parse_files(package: &Value) -> Result<Vec<Wanted>, CliError> {
-    let bad = || CliError::other("the server's package listing is malformed".into());
-    let mut out = Vec::new();
-    for f in package["files"].as_array().ok_or_else(bad)? {
-        let path = f["relative_path"].as_str().ok_or_else(bad)?;
-        out.push(Wanted {
-            id: f["id"].as_str().ok_or_else(bad)?.to_owned(),
-            // Never trust a path to stay inside the target directory: validate it here too.
-            path: RelativePath::stored(path)
-                .map_err(|e| CliError::verification(format!("server sent an unsafe path: {e}")))?,
-            size: f["size"].as_u64().ok_or_else(bad)?,
-            blake3: f["digests"]["blake3"].as_str().ok_or_else(bad)?.to_owned(),
-            sha256: f["digests"]["sha256"].as_str().ok_or_else(bad)?.to_owned(),
-        });
-    }
-    Ok(out)
+fn wanted(files: &[types::FileInfo]) -> Result<Vec<Wanted>, CliError> {
+    files
+        .iter()
+        .map(|f| {
+            Ok(Wanted {
+                id: f.id,
+                // Never trust a path to stay inside the target directory: validate it here too.
+                path: RelativePath::stored(&f.relative_path).map_err(|e| {
+                    CliError::verification(format!("server sent an unsafe path: {e}"))
+                })?,
+                size: f.size,
+                blake3: f.digests.blake3.clone(),
+                sha256: f.digests.sha256.clone(),
+            })
+        })
+        .collect()
 }
 
 async fn matches_local(path: &Path, want: &Wanted) -> bool {
@@ -74,7 +74,7 @@ async fn matches_local(path: &Path, want: &Wanted) -> bool {
 }
 
 async fn download(
-    client: &ApiClient,
+    store: &Store,
     dir: &Path,
     want: &Wanted,
     force: bool,
@@ -103,13 +103,9 @@ async fn download(
         uuid::Uuid::new_v4().simple()
     ));
     let result = async {
-        let response = client.send(client.request(reqwest::Method::GET, &format!("/files/{}/download", want.id))).await?;
-        if !response.status().is_success() {
-            return Err(problem_error(response).await);
-        }
+        let mut stream = store.call(store.api().download_file(&want.id, None, None)).await?.into_inner();
         let mut out = tokio::fs::File::create(&part).await.map_err(|e| CliError::other(format!("{}: {e}", part.display())))?;
         let mut hasher = DualHasher::new();
-        let mut stream = response.bytes_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| CliError::other(format!("{}: download broke off: {e}", want.path)))?;
             hasher.update(&chunk);
@@ -140,18 +136,18 @@ async fn download(
 /// Downloads and verifies every file of a package.
 pub async fn pull(args: PullArgs) -> Result<ExitCode, CliError> {
     let started = std::time::Instant::now();
-    let client = ApiClient::new(&args.client)?;
-    let package: Value = client
-        .get_json(&format!("/packages/{}", args.package), &[])
-        .await?;
-    let files = parse_files(&package)?;
+    let store = super::api::store(&args.client)?;
+    let id: uuid::Uuid = args
+        .package
+        .parse()
+        .map_err(|_| CliError::usage(format!("`{}` is not a package id (a UUID)", args.package)))?;
+    let package = store.call(store.api().get_package(&id)).await?;
+    let files = wanted(&package.files)?;
     // A finalized package's manifest must hash to its digest and list exactly these files.
-    if let Some(digest) = package["manifest_digest"].as_str() {
-        let cbor = client
-            .get_bytes(&format!("/packages/{}/manifest", args.package))
-            .await?;
+    if let Some(digest) = &package.manifest_digest {
+        let cbor = super::api::manifest_bytes(&store, &id).await?;
         let actual = format!("blake3:{}", blake3::hash(&cbor).to_hex());
-        if actual != digest {
+        if actual != *digest {
             return Err(CliError::verification(format!(
                 "manifest digest is {actual}, the package says {digest}"
             )));
@@ -180,7 +176,7 @@ pub async fn pull(args: PullArgs) -> Result<ExitCode, CliError> {
     let total: u64 = files.iter().map(|f| f.size).sum();
     let bar = super::progress(total, args.no_progress, "pulling");
     let results: Vec<Result<bool, CliError>> = futures::stream::iter(files.iter())
-        .map(|want| download(&client, &args.dir, want, args.force, &bar))
+        .map(|want| download(&store, &args.dir, want, args.force, &bar))
         .buffer_unordered(args.jobs.max(1))
         .collect()
         .await;
