@@ -409,13 +409,11 @@ impl Uploader {
                     failures = 0;
                 }
                 // What may pass, and what says the session is elsewhere than this chunk thought
-                // (416: another offset; 409/429: busy). Not what will not change (400, 413).
+                // (416: another offset; 429: busy). Not what will not change (400, 409, 413).
                 Err(e)
                     if failures < 8
                         && (passing(&e)
-                            || ["(409)", "(416)", "(429)"]
-                                .iter()
-                                .any(|s| e.message.contains(s))) =>
+                            || ["(416)", "(429)"].iter().any(|s| e.message.contains(s))) =>
                 {
                     // Resume from what the server holds (behind a load balancer, maybe another
                     // server: one that died mid-chunk holds the session for up to 10 s).
@@ -470,7 +468,7 @@ impl Uploader {
                 .await
             {
                 Ok(_) => return Ok(()),
-                Err(e) if attempt < 8 && (passing(&e) || e.message.contains("(409)")) => {
+                Err(e) if attempt < 8 && (passing(&e) || e.message.contains("(429)")) => {
                     attempt += 1;
                     tokio::time::sleep(backoff(attempt)).await;
                 }
