@@ -1,4 +1,5 @@
-//! A small typed client for the HTTP API, used by the CLI.
+//! The CLI's side of the Rust SDK: the client for `--server` / `--token`, and failures as exit
+//! codes.
 
 use super::ClientArgs;
 use std::process::ExitCode;
@@ -88,95 +89,6 @@ impl From<artifactstore_client::StoreError> for CliError {
             other => other.to_string(),
         };
         CliError { code, message }
-    }
-}
-
-/// The API over HTTP with a bearer token (`push` and `pull`; the other client commands use
-/// the Rust SDK, [`store`]).
-#[derive(Clone)]
-pub struct ApiClient {
-    base: String,
-    token: Option<String>,
-    http: reqwest::Client,
-}
-
-impl ApiClient {
-    /// A client for `--server` / `--token`.
-    pub fn new(args: &ClientArgs) -> Result<Self, CliError> {
-        let base = args.server.trim_end_matches('/').to_owned();
-        if !base.starts_with("http://") && !base.starts_with("https://") {
-            return Err(CliError::usage(format!(
-                "--server `{base}` must start with http:// or https://"
-            )));
-        }
-        let http = reqwest::Client::builder()
-            .connect_timeout(std::time::Duration::from_secs(10))
-            .build()
-            .map_err(|e| CliError::other(e.to_string()))?;
-        Ok(ApiClient {
-            base,
-            token: args.token.clone(),
-            http,
-        })
-    }
-
-    /// A request to a path on the server, authenticated.
-    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let builder = self.http.request(method, format!("{}{path}", self.base));
-        match &self.token {
-            Some(t) => builder.bearer_auth(t),
-            None => builder,
-        }
-    }
-
-    /// Sends, and turns transport failures and problem responses into `CliError`s.
-    pub async fn send(
-        &self,
-        builder: reqwest::RequestBuilder,
-    ) -> Result<reqwest::Response, CliError> {
-        let response = builder.send().await.map_err(|e| {
-            if e.is_connect() || e.is_timeout() {
-                CliError {
-                    code: 2,
-                    message: format!("cannot reach {}: {e}", self.base),
-                }
-            } else {
-                CliError::other(format!("request failed: {e}"))
-            }
-        })?;
-        if response.status().is_success() || response.status() == reqwest::StatusCode::NOT_MODIFIED
-        {
-            return Ok(response);
-        }
-        Err(problem_error(response).await)
-    }
-
-    /// GET a JSON body.
-    pub async fn get_json<T: serde::de::DeserializeOwned>(
-        &self,
-        path: &str,
-        query: &[(String, String)],
-    ) -> Result<T, CliError> {
-        let resp = self
-            .send(self.request(reqwest::Method::GET, path).query(query))
-            .await?;
-        resp.json()
-            .await
-            .map_err(|e| CliError::other(format!("unexpected response from {path}: {e}")))
-    }
-
-    /// POST a JSON body, read a JSON body.
-    pub async fn post_json<T: serde::de::DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &serde_json::Value,
-    ) -> Result<T, CliError> {
-        let resp = self
-            .send(self.request(reqwest::Method::POST, path).json(body))
-            .await?;
-        resp.json()
-            .await
-            .map_err(|e| CliError::other(format!("unexpected response from {path}: {e}")))
     }
 }
 

@@ -2,12 +2,12 @@
 //! already holds.
 
 use super::ClientArgs;
-use super::api::{ApiClient, CliError};
+use super::api::CliError;
 use super::{hash_file, progress};
 use crate::domain::RelativePath;
+use artifactstore_client::{Store, StoreError, types};
 use futures::StreamExt;
 use indicatif::ProgressBar;
-use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -103,20 +103,32 @@ fn walk(
 /// Uploads the tree; prints the package id on stdout.
 pub async fn push(args: PushArgs) -> Result<ExitCode, CliError> {
     let started = Instant::now();
-    let client = ApiClient::new(&args.client)?;
+    let store = super::api::store(&args.client)?;
     if !args.dir.is_dir() {
         return Err(CliError::usage(format!(
             "{} is not a directory",
             args.dir.display()
         )));
     }
-    let mut metadata = serde_json::Map::new();
+    let mut metadata = HashMap::new();
     for m in &args.meta {
         let (k, v) = m
             .split_once('=')
             .ok_or_else(|| CliError::usage(format!("--meta `{m}` must be KEY=VALUE")))?;
-        metadata.insert(k.into(), Value::String(v.into()));
+        metadata.insert(k.to_owned(), v.to_owned());
     }
+    let usage = |what: &str, e: &dyn std::fmt::Display| CliError::usage(format!("{what}: {e}"));
+    let new = types::CreatePackage {
+        producer: args.producer.parse().map_err(|e| usage("--producer", &e))?,
+        subject: args.subject.parse().map_err(|e| usage("--subject", &e))?,
+        retention_class: args
+            .retention_class
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e| usage("--retention-class", &e))?,
+        metadata,
+    };
     let mut listing = Vec::new();
     walk(&args.dir, &args.dir, &mut listing)?;
     listing.sort_by(|a, b| a.0.cmp(&b.0));
@@ -128,22 +140,16 @@ pub async fn push(args: PushArgs) -> Result<ExitCode, CliError> {
     let files = hash_all(listing, total, jobs, hidden).await?;
 
     // 2. The package, and which bytes are missing.
-    let mut body =
-        json!({"producer": args.producer, "subject": args.subject, "metadata": metadata});
-    if let Some(c) = &args.retention_class {
-        body["retention_class"] = json!(c);
-    }
-    let package: Value = client.post_json("/packages", &body).await?;
-    let id = package["id"].as_str().unwrap_or_default().to_owned();
-    let missing = missing_addresses(&client, &files).await?;
+    let id = store.call(store.api().create_package(&new)).await?.id;
+    let missing = missing_addresses(&store, &files).await?;
 
     // 3. Upload one file per missing address; then link every other file.
     let (uploads, links) = plan(&files, &missing);
     let bar = progress(total, hidden, "uploading");
     let files = Arc::new(files);
     let ctx = Arc::new(Uploader {
-        client: client.clone(),
-        package: id.clone(),
+        store: store.clone(),
+        package: id,
         bar: bar.clone(),
         threshold: args.session_threshold,
         chunk: args.chunk_size,
@@ -161,9 +167,7 @@ pub async fn push(args: PushArgs) -> Result<ExitCode, CliError> {
     bar.finish_and_clear();
 
     if args.finalize {
-        let _: Value = client
-            .post_json(&format!("/packages/{id}/finalize"), &json!({}))
-            .await?;
+        store.call(store.api().finalize_package(&id)).await?;
     }
     let sent: u64 = uploads.iter().map(|&i| files[i].size).sum();
     let elapsed = started.elapsed().as_secs_f64();
@@ -219,7 +223,7 @@ async fn hash_all(
 /// The content addresses among `files` that the server does not hold, asked a thousand at a
 /// time.
 async fn missing_addresses(
-    client: &ApiClient,
+    store: &Store,
     files: &[LocalFile],
 ) -> Result<HashSet<String>, CliError> {
     let unique: Vec<String> = {
@@ -232,12 +236,15 @@ async fn missing_addresses(
     };
     let mut missing = HashSet::new();
     for batch in unique.chunks(1000) {
-        let answer: Value = client
-            .post_json("/blobs/missing", &json!({"content_addresses": batch}))
-            .await?;
-        for a in answer["missing"].as_array().into_iter().flatten() {
-            missing.insert(a.as_str().unwrap_or_default().to_owned());
-        }
+        let request = types::MissingBlobsRequest {
+            content_addresses: batch
+                .iter()
+                .map(|a| a.parse())
+                .collect::<Result<_, _>>()
+                .map_err(|e| CliError::other(format!("{e}")))?,
+        };
+        let answer = store.call(store.api().missing_blobs(&request)).await?;
+        missing.extend(answer.missing);
     }
     Ok(missing)
 }
@@ -273,8 +280,8 @@ where
 }
 
 struct Uploader {
-    client: ApiClient,
-    package: String,
+    store: Store,
+    package: uuid::Uuid,
     bar: ProgressBar,
     threshold: u64,
     chunk: u64,
@@ -282,29 +289,22 @@ struct Uploader {
 
 /// Whether a failure may pass: the server unreachable, the connection broken mid-request, the
 /// server unavailable (503), or a load balancer whose server went away (502, 504).
-fn passing(e: &CliError) -> bool {
-    e.code == 2
-        || e.message.starts_with("request failed:")
-        || ["(502)", "(503)", "(504)"]
-            .iter()
-            .any(|s| e.message.contains(s))
+fn passing(e: &StoreError) -> bool {
+    matches!(e, StoreError::Transport(_)) || matches!(e.status(), Some(502..=504))
+}
+
+/// A failure about one file, as the CLI reports it.
+fn about(file: &LocalFile, e: StoreError) -> CliError {
+    let e = CliError::from(e);
+    CliError {
+        message: format!("{}: {}", file.path, e.message),
+        ..e
+    }
 }
 
 /// The wait before retry `n` (1, 2, ...): doubling from 400 ms, at most 5 s.
 fn backoff(n: u32) -> std::time::Duration {
     std::time::Duration::from_millis((200u64 << n.min(5)).min(5000))
-}
-
-fn encode_path(path: &RelativePath) -> String {
-    path.as_str()
-        .split('/')
-        .map(|s| {
-            form_urlencoded::byte_serialize(s.as_bytes())
-                .collect::<String>()
-                .replace('+', "%20")
-        })
-        .collect::<Vec<_>>()
-        .join("/")
 }
 
 impl Uploader {
@@ -328,21 +328,20 @@ impl Uploader {
                         counter.fetch_add(c.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     }
                 });
-            let path = format!(
-                "/packages/{}/files/{}",
-                self.package,
-                encode_path(&file.path)
+            let digest = format!("blake3:{}", file.blake3);
+            let api = self.store.api();
+            let put = api.put_file(
+                &self.package,
+                file.path.as_str(),
+                Some(&digest),
+                None,
+                None,
+                reqwest::Body::wrap_stream(stream),
             );
-            let request = self
-                .client
-                .request(reqwest::Method::PUT, &path)
-                .query(&[("expected_digest", format!("blake3:{}", file.blake3))])
-                .header(reqwest::header::CONTENT_LENGTH, file.size)
-                .body(reqwest::Body::wrap_stream(stream));
-            match self.client.send(request).await {
+            match self.store.call(put).await {
                 Ok(_) => return Ok(()),
                 // A try after one whose answer was lost: the file may be there already.
-                Err(e) if attempt > 1 && e.message.contains("(409)") && self.holds(file).await => {
+                Err(e) if attempt > 1 && e.status() == Some(409) && self.holds(file).await => {
                     return Ok(());
                 }
                 // Transport failures and server unavailability are worth another try.
@@ -351,36 +350,36 @@ impl Uploader {
                         .dec(sent.load(std::sync::atomic::Ordering::Relaxed));
                     tokio::time::sleep(backoff(attempt)).await;
                 }
-                Err(e) => {
-                    return Err(CliError {
-                        message: format!("{}: {}", file.path, e.message),
-                        ..e
-                    });
-                }
+                Err(e) => return Err(about(file, e)),
             }
         }
     }
 
     async fn upload_session(&self, file: &LocalFile) -> Result<(), CliError> {
         use tokio::io::{AsyncReadExt, AsyncSeekExt};
-        let new = json!({
-            "package_id": self.package, "relative_path": file.path.as_str(), "size": file.size,
-            "expected_digest": format!("blake3:{}", file.blake3),
-        });
+        let invalid = |e: &dyn std::fmt::Display| CliError::other(format!("{}: {e}", file.path));
+        let new = types::CreateUpload {
+            package_id: self.package,
+            relative_path: file.path.as_str().parse().map_err(|e| invalid(&e))?,
+            size: Some(file.size),
+            expected_digest: Some(
+                format!("blake3:{}", file.blake3)
+                    .parse()
+                    .map_err(|e| invalid(&e))?,
+            ),
+            media_type: None,
+            replace: None,
+        };
         let mut attempt = 0;
-        let session: Value = loop {
+        let session = loop {
             attempt += 1;
-            match self.client.post_json("/uploads", &new).await {
+            match self.store.call(self.store.api().create_upload(&new)).await {
                 Ok(session) => break session,
                 // (A session whose answer was lost expires unused.)
                 Err(e) if attempt < 6 && passing(&e) => tokio::time::sleep(backoff(attempt)).await,
-                Err(e) => return Err(e),
+                Err(e) => return Err(about(file, e)),
             }
         };
-        let url = session["upload_url"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
         let mut offset = 0u64;
         let mut failures = 0;
         while offset < file.size {
@@ -393,16 +392,12 @@ impl Uploader {
                 .await
                 .map_err(|e| CliError::other(e.to_string()))?;
             let stream = tokio_util::io::ReaderStream::with_capacity(handle.take(len), 256 * 1024);
-            let request = self
-                .client
-                .request(reqwest::Method::PATCH, &url)
-                .header(
-                    reqwest::header::CONTENT_RANGE,
-                    format!("bytes {offset}-{}/{}", offset + len - 1, file.size),
-                )
-                .header(reqwest::header::CONTENT_LENGTH, len)
-                .body(reqwest::Body::wrap_stream(stream));
-            match self.client.send(request).await {
+            let range = format!("bytes {offset}-{}/{}", offset + len - 1, file.size)
+                .parse()
+                .map_err(|e| invalid(&e))?;
+            let api = self.store.api();
+            let chunk = api.append_upload(&session.id, &range, reqwest::Body::wrap_stream(stream));
+            match self.store.call(chunk).await {
                 Ok(_) => {
                     offset += len;
                     self.bar.inc(len);
@@ -411,76 +406,70 @@ impl Uploader {
                 // What may pass, and what says the session is elsewhere than this chunk thought
                 // (416: another offset; 429: busy). Not what will not change (400, 409, 413).
                 Err(e)
-                    if failures < 8
-                        && (passing(&e)
-                            || ["(416)", "(429)"].iter().any(|s| e.message.contains(s))) =>
+                    if failures < 8 && (passing(&e) || matches!(e.status(), Some(416 | 429))) =>
                 {
                     // Resume from what the server holds (behind a load balancer, maybe another
                     // server: one that died mid-chunk holds the session for up to 10 s).
                     failures += 1;
                     tokio::time::sleep(backoff(failures)).await;
                     // (Not known now: the next chunk is refused with the offset, or asks again.)
-                    let Ok(state) = self.client.get_json::<Value>(&url, &[]).await else {
+                    let Ok(state) = self
+                        .store
+                        .call(self.store.api().get_upload(&session.id))
+                        .await
+                    else {
                         continue;
                     };
-                    let held = state["offset"].as_u64().unwrap_or(offset);
+                    let held = state.offset;
                     if held > offset {
                         self.bar.inc(held - offset);
                     }
                     offset = held;
                 }
-                Err(e) => {
-                    return Err(CliError {
-                        message: format!("{}: {}", file.path, e.message),
-                        ..e
-                    });
-                }
+                Err(e) => return Err(about(file, e)),
             }
         }
-        self.complete_session(&url, file).await
+        self.complete_session(session.id, file).await
     }
 
     /// Whether the package holds `file` already (its path, with its bytes).
     async fn holds(&self, file: &LocalFile) -> bool {
         let Ok(package) = self
-            .client
-            .get_json::<Value>(&format!("/packages/{}", self.package), &[])
+            .store
+            .call(self.store.api().get_package(&self.package))
             .await
         else {
             return false;
         };
-        package["files"].as_array().is_some_and(|files| {
-            files.iter().any(|f| {
-                f["relative_path"] == file.path.as_str()
-                    && f["digests"]["blake3"] == file.blake3.as_str()
-            })
-        })
+        package
+            .files
+            .iter()
+            .any(|f| f.relative_path == file.path.as_str() && f.digests.blake3 == file.blake3)
     }
 
     /// Completes a session, again on what may pass: the server unreachable or busy (a chunk
     /// or a completion of a server that died still holds the session), or unavailable (503).
-    async fn complete_session(&self, url: &str, file: &LocalFile) -> Result<(), CliError> {
+    async fn complete_session(
+        &self,
+        session: uuid::Uuid,
+        file: &LocalFile,
+    ) -> Result<(), CliError> {
         let mut attempt = 0;
         loop {
             match self
-                .client
-                .post_json::<Value>(&format!("{url}/complete"), &json!({}))
+                .store
+                .call(self.store.api().complete_upload(&session))
                 .await
             {
                 Ok(_) => return Ok(()),
-                Err(e) if attempt < 8 && (passing(&e) || e.message.contains("(429)")) => {
+                Err(e) if attempt < 8 && (passing(&e) || e.status() == Some(429)) => {
                     attempt += 1;
                     tokio::time::sleep(backoff(attempt)).await;
                 }
                 // A completion whose answer was lost (the session is gone: 404), or one still
                 // running when the tries ran out: the file may be there.
                 Err(_) if attempt > 0 && self.holds(file).await => return Ok(()),
-                Err(e) => {
-                    return Err(CliError {
-                        message: format!("{}: {}", file.path, e.message),
-                        ..e
-                    });
-                }
+                Err(e) => return Err(about(file, e)),
             }
         }
     }
@@ -491,18 +480,21 @@ impl Uploader {
     ) -> Result<(), CliError> {
         let (mut links, mut bytes) = (Vec::new(), 0);
         for file in files {
-            links.push(json!({
-                "relative_path": file.path.as_str(),
-                "content_address": format!("blake3:{}", file.blake3),
-            }));
+            let invalid =
+                |e: &dyn std::fmt::Display| CliError::other(format!("{}: {e}", file.path));
+            links.push(types::LinkFile {
+                relative_path: file.path.as_str().parse().map_err(|e| invalid(&e))?,
+                content_address: format!("blake3:{}", file.blake3)
+                    .parse()
+                    .map_err(|e| invalid(&e))?,
+                media_type: None,
+                replace: None,
+            });
             bytes += file.size;
         }
-        let _: Value = self
-            .client
-            .post_json(
-                &format!("/packages/{}/links/batch", self.package),
-                &json!({ "links": links }),
-            )
+        let request = types::LinkFiles { links };
+        self.store
+            .call(self.store.api().link_files(&self.package, &request))
             .await?;
         self.bar.inc(bytes);
         Ok(())
