@@ -4,7 +4,7 @@
 // digests verified, the event log as an async iterator, problems as `ProblemError`.
 
 import { createHash } from "node:crypto";
-import { createReadStream } from "node:fs";
+import { createReadStream, openAsBlob } from "node:fs";
 import { mkdtemp, open, readdir, rename, rm, stat } from "node:fs/promises";
 import { basename, dirname, join, relative, sep } from "node:path";
 import { blake3 } from "@noble/hashes/blake3.js";
@@ -223,6 +223,24 @@ export class ArtifactStore {
       body: data,
       headers: { "Content-Type": o.mediaType ?? "application/octet-stream" },
     });
+    return (await response.json()) as FileInfo;
+  }
+
+  /** A `multipart/form-data` upload of a file on disk (what an HTML form sends), streamed
+   * from the file. */
+  async postFile(
+    packageId: string,
+    relativePath: string,
+    source: string,
+    o: { mediaType?: string; replace?: boolean } = {},
+  ): Promise<FileInfo> {
+    const form = new FormData();
+    form.append("relative_path", relativePath);
+    const blob = await openAsBlob(source, { type: o.mediaType ?? "application/octet-stream" });
+    form.append("file", blob, basename(source));
+    const query = new URLSearchParams();
+    if (o.replace) query.set("replace", "true");
+    const response = await this.request("POST", `/packages/${checkedId(packageId)}/files`, { query, body: form });
     return (await response.json()) as FileInfo;
   }
 

@@ -48,6 +48,11 @@ test("the whole flow", async () => {
   const put = await store.putFile(pkg.id, "raw/one.bin", raw, { expectedDigest: `sha256:${sha256(raw)}` });
   assert.equal(put.digests.sha256, sha256(raw));
 
+  await writeFile(join(dir, "two.txt"), "sent as a form\n");
+  const form = await store.postFile(pkg.id, "form/two.txt", join(dir, "two.txt"), { mediaType: "text/plain" });
+  assert.equal(form.media_type, "text/plain");
+  assert.equal(form.size, 15);
+
   const big = dataOf(3 * 1024 * 1024 + 17, 2);
   await writeFile(join(dir, "three.bin"), big);
   const session = await store.uploadFile(pkg.id, "session/three.bin", join(dir, "three.bin"), { chunkSize: 1024 * 1024 });
@@ -61,7 +66,7 @@ test("the whole flow", async () => {
 
   const final = await store.finalize(pkg.id);
   assert.equal(final.status, "finalized");
-  assert.equal(final.file_count, 4);
+  assert.equal(final.file_count, 5);
 
   const manifest = (await store.manifest(pkg.id)) as { files: { relative_path: string }[] };
   const json = await store.manifestJson(pkg.id);
@@ -69,7 +74,7 @@ test("the whole flow", async () => {
     manifest.files.map((f) => f.relative_path),
     json.files.map((f) => f.relative_path),
   );
-  assert.equal(manifest.files.length, 4);
+  assert.equal(manifest.files.length, 5);
 
   const files = new Map((await store.getPackage(pkg.id)).files!.map((f) => [f.relative_path, f]));
   const target = join(dir, "down.bin");
