@@ -24,14 +24,14 @@ RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS build
 COPY --from=planner /src/recipe.json recipe.json
-# The Rust SDK (a workspace member the CLI uses) generates its client from the spec.
-COPY openapi/artifactstore.json ./openapi/artifactstore.json
 RUN cargo chef cook --release --locked --recipe-path recipe.json --bin artifactstore
 # Only what the binary is built from; benches and tests keep their placeholders from `cook`.
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY sql ./sql
 COPY deploy/grafana ./deploy/grafana
 COPY src ./src
+# The Rust SDK (a workspace member the CLI uses) generates its client from the spec.
+COPY openapi/artifactstore.json ./openapi/artifactstore.json
 COPY sdk/rust ./sdk/rust
 RUN cargo build --release --locked --bin artifactstore
 

@@ -265,7 +265,7 @@ impl PackagesApi {
         meta: Query<Vec<String>>,
     ) -> Answer<Json<PackageList>, operations::ListPackages> {
         let principal = state.authorize(&auth, Scope::Read)?;
-        let mut metadata: Vec<(String, String)> =
+        let mut pairs: Vec<(String, String)> =
             form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
                 .filter_map(|(k, v)| {
                     k.strip_prefix("meta.")
@@ -280,12 +280,12 @@ impl PackagesApi {
                 ))
                 .into());
             };
-            metadata.push((key.to_owned(), value.to_owned()));
+            pairs.push((key.to_owned(), value.to_owned()));
         }
         // One value per key (two would match nothing), and keys and values as metadata can
         // have them: anything else is a mistake, not a filter that matches nothing.
         let mut by_key = std::collections::BTreeMap::new();
-        for (key, value) in &metadata {
+        for (key, value) in &pairs {
             if let Some(other) = by_key.insert(key.clone(), value.clone())
                 && other != *value
             {
@@ -295,13 +295,13 @@ impl PackagesApi {
                 .into());
             }
         }
-        crate::domain::Metadata::new(by_key)?;
+        let metadata = crate::domain::Metadata::new(by_key)?;
         let filter = PackageFilter {
             producer: given(producer.0),
             subject: given(subject.0),
             retention_class: given(retention_class.0),
             status: status.0,
-            metadata,
+            metadata: metadata.entries().clone().into_iter().collect(),
             limit: limit.0.unwrap_or(100),
             cursor: given(cursor.0)
                 .as_deref()

@@ -434,6 +434,40 @@ async fn upload_errors_are_clean() {
     assert_eq!(spooled, 0, "no bytes of refused chunks are kept");
 }
 
+/// A session for `path` in `package`, of any size and digest.
+fn new_upload(package: artifactstore::domain::PackageId, path: &str) -> NewUpload {
+    NewUpload {
+        package_id: package,
+        relative_path: RelativePath::new(path).unwrap(),
+        media_type: None,
+        size: None,
+        expected_digest: None,
+        replace: false,
+    }
+}
+
+/// Sends `bytes` as a session's first chunk.
+async fn first_chunk(
+    registry: &artifactstore::registry::Registry,
+    session: uuid::Uuid,
+    bytes: &[u8],
+) {
+    let chunk = artifactstore::registry::Chunk {
+        start: 0,
+        end: None,
+        total: None,
+    };
+    registry
+        .append_upload(
+            &TenantId::default_tenant(),
+            session,
+            chunk,
+            crate::support::body(bytes, 4),
+        )
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn abandoned_sessions_expire_and_their_bytes_are_removed() {
     let env = TestEnv::new().await;
@@ -446,32 +480,12 @@ async fn abandoned_sessions_expire_and_their_bytes_are_removed() {
         .with_upload_dir(&spool);
     let tenant = TenantId::default_tenant();
     let package = crate::support::package(&registry).await;
-    let new = |path: &str| NewUpload {
-        package_id: package.id,
-        relative_path: RelativePath::new(path).unwrap(),
-        media_type: None,
-        size: None,
-        expected_digest: None,
-        replace: false,
-    };
+    let new = |path: &str| new_upload(package.id, path);
     let old = registry
         .create_upload(&tenant, new("old.bin"))
         .await
         .unwrap();
-    let chunk = artifactstore::registry::Chunk {
-        start: 0,
-        end: None,
-        total: None,
-    };
-    registry
-        .append_upload(
-            &tenant,
-            old.id,
-            chunk,
-            crate::support::body(b"abandoned bytes", 4),
-        )
-        .await
-        .unwrap();
+    first_chunk(&registry, old.id, b"abandoned bytes").await;
     clock.advance(23 * 3600);
     let young = registry
         .create_upload(&tenant, new("young.bin"))
@@ -490,6 +504,42 @@ async fn abandoned_sessions_expire_and_their_bytes_are_removed() {
         Err(artifactstore::Error::NotFound { .. })
     ));
     registry.get_upload(&tenant, young.id).await.unwrap();
+}
+
+/// A completion asked again while the first is recording the file (its answer lost, say) is
+/// busy (429, retry: the file appears); one whose bytes are not on this server (another's
+/// spool) is a conflict.
+#[tokio::test]
+async fn completing_again_while_a_completion_runs_is_busy_and_bytes_elsewhere_conflict() {
+    let env = TestEnv::new().await;
+    let spool = env.dir.path().join("uploads");
+    let registry = env.registry.clone().with_upload_dir(&spool);
+    let tenant = TenantId::default_tenant();
+    let package = crate::support::package(&registry).await;
+    let new = |path: &str| new_upload(package.id, path);
+    let client = env.db.client().await;
+    for (path, completing) in [("running.bin", true), ("elsewhere.bin", false)] {
+        let session = registry.create_upload(&tenant, new(path)).await.unwrap();
+        first_chunk(&registry, session.id, b"bytes").await;
+        // As a completion that moved the spool into place and is recording the file leaves it
+        // (or as a session whose spool is on another server's disk).
+        std::fs::remove_file(spool.join(session.id.to_string())).unwrap();
+        if completing {
+            client
+                .execute(
+                    "UPDATE uploads SET state = 'completing' WHERE id = $1",
+                    &[&session.id],
+                )
+                .await
+                .unwrap();
+        }
+        let refused = registry.complete_upload(&tenant, session.id).await;
+        match (completing, refused) {
+            (true, Err(artifactstore::Error::Busy(_))) => {}
+            (false, Err(artifactstore::Error::Conflict(_))) => {}
+            (_, other) => panic!("{path}: {other:?}"),
+        }
+    }
 }
 
 /// A server restart loses the in-memory hashing state of sessions; completion must still end

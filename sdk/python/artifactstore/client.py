@@ -4,6 +4,7 @@ their digests verified, the event log as an iterator, problems as exceptions."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -20,7 +21,7 @@ import httpx
 
 from ._generated import AuthenticatedClient
 from ._generated.models import FileInfo, Package, Upload
-from .errors import ArtifactStoreError, RangeNotSatisfiable, TooManyRequests, Unavailable, raise_for_problem
+from .errors import ArtifactStoreError, NotFound, RangeNotSatisfiable, raise_for_problem
 
 MiB = 1024 * 1024
 
@@ -225,7 +226,7 @@ class Client:
         chunk_size: int = 16 * MiB,
         media_type: str | None = None,
         replace: bool = False,
-        attempts: int = 8,
+        attempts: int = 12,
     ) -> FileInfo:
         """Uploads a file on disk through an upload session, in chunks, and completes it.
 
@@ -259,22 +260,49 @@ class Client:
                     )
                     offset, failures = int(response.headers["upload-offset"]), 0
                 except RangeNotSatisfiable as e:
-                    if e.offset is None:
+                    # The session is elsewhere than this chunk thought: go on from there (the
+                    # same offset again would be no progress).
+                    if e.offset is None or e.offset == offset:
                         raise
                     offset = e.offset
-                except (httpx.TransportError, TooManyRequests, Unavailable) as e:
-                    # 429: the session is busy (another chunk, or the claim of a server that
-                    # died mid-chunk, which lapses within seconds); 503, a lost connection:
-                    # the server may come back.
-                    if isinstance(e, Unavailable) and e.status != 503:
-                        raise
-                    failures += 1
-                    if failures >= attempts:
-                        raise
-                    time.sleep(max(getattr(e, "retry_after", None) or 0, min(0.1 * 2**failures, 5.0)))
-                    offset = self.get_upload(upload.id).offset
-        response = self._request("POST", f"/uploads/{_id(upload.id)}/complete")
-        return FileInfo.from_dict(response.json())
+                except (httpx.TransportError, ArtifactStoreError) as e:
+                    failures = self._wait_to_retry(e, failures, attempts)
+                    with contextlib.suppress(httpx.TransportError, ArtifactStoreError):
+                        offset = self.get_upload(upload.id).offset  # (else: this try's failure)
+        # Completing is retried the same way (429: a completion still running, say one whose
+        # answer was lost); a session gone after such a try may have become the file.
+        failures = 0
+        while True:
+            try:
+                response = self._request("POST", f"/uploads/{_id(upload.id)}/complete")
+                return FileInfo.from_dict(response.json())
+            except NotFound:
+                if failures == 0:
+                    raise
+                digest = _blake3_of(source)
+                package = self.get_package(upload.package_id)
+                for f in package.files or []:
+                    if f.relative_path == upload.relative_path and f.digests.blake3 == digest:
+                        return f
+                raise
+            except (httpx.TransportError, ArtifactStoreError) as e:
+                failures = self._wait_to_retry(e, failures, attempts)
+
+    @staticmethod
+    def _wait_to_retry(error: Exception, failures: int, attempts: int) -> int:
+        """Sleeps before the next try after `error` and returns the failures so far; raises
+        `error` if it will not pass (or the tries ran out). What passes: a lost connection, 429
+        (a session busy with another request, or with the claim of a server that died), 502,
+        503 and 504 (the server, or the one behind a load balancer, away for now)."""
+        passes = isinstance(error, httpx.TransportError) or (
+            isinstance(error, ArtifactStoreError) and error.status in (429, 502, 503, 504)
+        )
+        failures += 1
+        if not passes or failures >= attempts:
+            raise error
+        asked = getattr(error, "retry_after", None) or 0
+        time.sleep(max(asked, min(0.1 * 2**failures, 5.0)))
+        return failures
 
     def upload_directory(
         self,

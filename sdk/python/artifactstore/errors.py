@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -90,17 +91,31 @@ _BY_STATUS: dict[int, type[ArtifactStoreError]] = {
 }
 
 
+def _head_of(response: httpx.Response, most: int = 64 * 1024) -> bytes:
+    """The first `most` bytes of an error answer's body: a problem document is far smaller, and
+    whatever else a server (or a proxy before it) sends is not read whole."""
+    try:
+        return response.content[:most]
+    except httpx.ResponseNotRead:
+        body = b""
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) >= most:
+                break
+        return body[:most]
+
+
 def raise_for_problem(response: httpx.Response) -> None:
     """Raises the exception of `response`'s status if it is 4xx or 5xx."""
     if response.status_code < 400:
         return
+    body = _head_of(response)
     try:
-        response.read()
-        problem = response.json()
+        problem = json.loads(body)
         if not isinstance(problem, dict):
             raise ValueError
     except ValueError:
-        problem = {"title": response.reason_phrase, "detail": response.text[:1024]}
+        problem = {"title": response.reason_phrase, "detail": body[:1024].decode("utf-8", "replace")}
     kind = _BY_STATUS.get(response.status_code, Unavailable if response.status_code >= 500 else ArtifactStoreError)
     error = kind(response.status_code, problem)
     retry = response.headers.get("retry-after")

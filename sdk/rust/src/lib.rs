@@ -59,7 +59,9 @@ pub enum StoreError {
         /// `Retry-After`, in seconds, where the server said.
         retry_after: Option<u64>,
     },
-    /// The server could not be reached, or the connection broke.
+    /// The server could not be reached (connection refused, DNS, connect timeout).
+    Unreachable(String),
+    /// The connection broke, or a body could not be sent or read.
     Transport(String),
     /// A local file could not be read or written.
     Io(std::io::Error),
@@ -81,7 +83,7 @@ impl std::fmt::Display for StoreError {
                 }
                 Ok(())
             }
-            StoreError::Transport(e) => write!(f, "{e}"),
+            StoreError::Unreachable(e) | StoreError::Transport(e) => write!(f, "{e}"),
             StoreError::Io(e) => write!(f, "{e}"),
             StoreError::DigestMismatch(e) | StoreError::Unexpected(e) => f.write_str(e),
         }
@@ -105,9 +107,32 @@ impl StoreError {
         }
     }
 
-    /// Worth trying again: the connection broke, or the server said 503 or 429.
+    /// Worth trying again: the server unreachable, the connection broken, or the server (or a
+    /// load balancer before it) saying 429, 502, 503 or 504.
     pub fn is_retriable(&self) -> bool {
-        matches!(self, StoreError::Transport(_)) || matches!(self.status(), Some(503 | 429))
+        matches!(self, StoreError::Unreachable(_) | StoreError::Transport(_))
+            || matches!(self.status(), Some(429 | 502..=504))
+    }
+
+    /// How long to wait before try `n` (1, 2, ...) after this failure: doubling from 200 ms, at
+    /// most 5 s, and at least what `Retry-After` said (at most a minute).
+    pub fn retry_wait(&self, n: u32) -> std::time::Duration {
+        let backoff = std::time::Duration::from_millis((100u64 << n.min(6)).min(5000));
+        match self {
+            StoreError::Problem {
+                retry_after: Some(s),
+                ..
+            } => backoff.max(std::time::Duration::from_secs((*s).min(60))),
+            _ => backoff,
+        }
+    }
+
+    /// A refusal read from a response this client did not expect or made by hand: its status,
+    /// the problem in (the first 64 KiB of) its body, its `Retry-After`.
+    pub async fn from_response(response: reqwest::Response) -> Self {
+        let (status, retry_after) = (response.status().as_u16(), retry_after(response.headers()));
+        let body = head_of(response.bytes_stream()).await;
+        Self::problem(status, &body, retry_after)
     }
 
     async fn from_api(error: Error<ByteStream>) -> Self {
@@ -115,26 +140,29 @@ impl StoreError {
             Error::ErrorResponse(response) => {
                 let (status, retry_after) =
                     (response.status().as_u16(), retry_after(response.headers()));
-                let mut body = Vec::new();
-                let mut stream = response.into_inner();
-                while let Some(Ok(chunk)) = stream.next().await {
-                    body.extend_from_slice(&chunk);
-                    if body.len() > 64 * 1024 {
-                        break;
-                    }
-                }
+                let body = head_of(response.into_inner().into_inner()).await;
                 Self::problem(status, &body, retry_after)
             }
-            Error::UnexpectedResponse(response) => {
-                let (status, retry_after) =
-                    (response.status().as_u16(), retry_after(response.headers()));
-                let body = response.bytes().await.unwrap_or_default();
-                Self::problem(status, &body, retry_after)
-            }
-            Error::CommunicationError(e) | Error::ResponseBodyError(e) => {
-                StoreError::Transport(e.to_string())
-            }
+            Error::UnexpectedResponse(response) => Self::from_response(response).await,
+            Error::CommunicationError(e) | Error::ResponseBodyError(e) => Self::transport(&e),
             other => StoreError::Unexpected(other.to_string()),
+        }
+    }
+
+    /// A transport failure: unreachable (connect, DNS, timeout) or broken.
+    pub fn transport(e: &reqwest::Error) -> Self {
+        // The whole cause chain: "error sending request" alone says nothing.
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        if e.is_connect() || e.is_timeout() {
+            StoreError::Unreachable(text)
+        } else {
+            StoreError::Transport(text)
         }
     }
 
@@ -181,7 +209,7 @@ impl Default for UploadOptions {
             chunk_size: 16 << 20,
             media_type: None,
             replace: false,
-            attempts: 8,
+            attempts: 12,
         }
     }
 }
@@ -195,30 +223,29 @@ pub struct Store {
 impl Store {
     /// A client for the server at `base_url` (`http://host:port`) with a bearer token.
     pub fn new(base_url: &str, token: &str) -> Result<Self, StoreError> {
-        let mut headers = reqwest::header::HeaderMap::new();
         let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
             .map_err(|_| StoreError::Unexpected("the token is not valid header text".into()))?;
         auth.set_sensitive(true);
-        headers.insert(reqwest::header::AUTHORIZATION, auth);
-        let http = reqwest::Client::builder()
-            .default_headers(headers)
-            .connect_timeout(std::time::Duration::from_secs(10))
-            // Longer than any long-poll's wait: a connection that stays silent past it is dead.
-            .read_timeout(std::time::Duration::from_secs(120))
-            .build()
-            .map_err(|e| StoreError::Transport(e.to_string()))?;
-        Ok(Store {
-            api: Client::new_with_client(base_url.trim_end_matches('/'), http),
-        })
+        Self::with_auth(base_url, Some(auth))
     }
 
     /// A client for the server at `base_url` that sends no token (a server in dev mode, or
     /// the probes).
     pub fn without_token(base_url: &str) -> Result<Self, StoreError> {
+        Self::with_auth(base_url, None)
+    }
+
+    fn with_auth(
+        base_url: &str,
+        auth: Option<reqwest::header::HeaderValue>,
+    ) -> Result<Self, StoreError> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(auth) = auth {
+            headers.insert(reqwest::header::AUTHORIZATION, auth);
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .connect_timeout(std::time::Duration::from_secs(10))
-            // Longer than any long-poll's wait: a connection that stays silent past it is dead.
-            .read_timeout(std::time::Duration::from_secs(120))
             .build()
             .map_err(|e| StoreError::Transport(e.to_string()))?;
         Ok(Store {
@@ -287,6 +314,8 @@ impl Store {
                 .await
             {
                 Ok(answer) => (offset, failures) = (answer.offset, 0),
+                // The session is elsewhere than this chunk thought: go on from there (the same
+                // offset again would be no progress, and is an error).
                 Err(StoreError::Problem {
                     status: 416,
                     problem:
@@ -294,28 +323,42 @@ impl Store {
                             offset: Some(at), ..
                         },
                     ..
-                }) => offset = at,
+                }) if at != offset => offset = at,
                 Err(e) if e.is_retriable() && failures + 1 < options.attempts => {
                     failures += 1;
-                    // 429: the session is busy (another chunk, or the claim of a server that
-                    // died mid-chunk, which lapses within seconds); 503, a lost connection.
-                    let backoff =
-                        std::time::Duration::from_millis((100 << failures.min(6)).min(5000));
-                    let asked = match &e {
-                        StoreError::Problem {
-                            retry_after: Some(s),
-                            ..
-                        } => std::time::Duration::from_secs((*s).min(60)),
-                        _ => std::time::Duration::ZERO,
-                    };
-                    let wait = backoff.max(asked);
-                    tokio::time::sleep(wait).await;
-                    offset = self.call(self.api.get_upload(&upload.id)).await?.offset;
+                    tokio::time::sleep(e.retry_wait(failures)).await;
+                    // Where the session is now; a failure to ask is this try's.
+                    if let Ok(state) = self.call(self.api.get_upload(&upload.id)).await {
+                        offset = state.offset;
+                    }
                 }
                 Err(e) => return Err(e),
             }
         }
-        self.call(self.api.complete_upload(&upload.id)).await
+        // Completing is retried the same way (429: a completion still running, say one whose
+        // answer was lost); a session gone after such a try may have become the file.
+        let mut failures = 0;
+        loop {
+            match self.call(self.api.complete_upload(&upload.id)).await {
+                Ok(file) => return Ok(file),
+                Err(e) if e.is_retriable() && failures + 1 < options.attempts => {
+                    failures += 1;
+                    tokio::time::sleep(e.retry_wait(failures)).await;
+                }
+                Err(e) if failures > 0 && e.status() == Some(404) => {
+                    let digest = blake3_of(source).await?;
+                    let package = self.call(self.api.get_package(&upload.package_id)).await?;
+                    return package
+                        .files
+                        .into_iter()
+                        .find(|f| {
+                            f.relative_path == upload.relative_path && f.digests.blake3 == digest
+                        })
+                        .ok_or(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Streams a file to `destination`, hashing as it goes: the bytes must have the BLAKE3 and
@@ -400,6 +443,30 @@ impl Store {
         Ok(())
     }
 
+    /// One page of the tenant's events after `since` (of types starting with `type_prefix`),
+    /// waiting up to `wait` seconds for the first. A server that stays silent 30 s past the
+    /// wait is given up on ([`StoreError::Transport`]).
+    pub async fn events_page(
+        &self,
+        since: i64,
+        type_prefix: Option<&str>,
+        wait: u32,
+    ) -> Result<types::EventPage, StoreError> {
+        let patience = std::time::Duration::from_secs(u64::from(wait) + 30);
+        let page = self.call(
+            self.api
+                .list_events(None, Some(since), type_prefix, Some(wait)),
+        );
+        tokio::time::timeout(patience, page)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Transport(format!(
+                    "no answer to a {wait} s long-poll within {} s",
+                    patience.as_secs()
+                )))
+            })
+    }
+
     /// The tenant's events after `since`, in order. With `follow`, long-polls for new ones
     /// forever (`wait` seconds each); without, ends at the end of the log.
     pub fn events(
@@ -419,12 +486,7 @@ impl Store {
                         return Ok(None);
                     }
                     let page = self
-                        .call(self.api.list_events(
-                            None,
-                            Some(since),
-                            None,
-                            Some(if follow { wait } else { 0 }),
-                        ))
+                        .events_page(since, None, if follow { wait } else { 0 })
                         .await?;
                     since = page.next_since;
                     done = !follow && page.events.is_empty();
@@ -434,6 +496,60 @@ impl Store {
             },
         )
     }
+}
+
+/// A request body streamed from `stream` that declares its length (`Content-Length`), so the
+/// server can refuse what would not fit (quota, disk) before any byte is sent. `stream` must
+/// yield exactly `length` bytes.
+pub fn sized_body<S>(stream: S, length: u64) -> reqwest::Body
+where
+    S: Stream<Item = std::io::Result<bytes::Bytes>> + Send + Sync + Unpin + 'static,
+{
+    reqwest::Body::wrap(Sized { stream, length })
+}
+
+struct Sized<S> {
+    stream: S,
+    length: u64,
+}
+
+impl<S> http_body::Body for Sized<S>
+where
+    S: Stream<Item = std::io::Result<bytes::Bytes>> + Unpin,
+{
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>> {
+        std::pin::Pin::new(&mut self.stream)
+            .poll_next(cx)
+            .map(|chunk| chunk.map(|chunk| chunk.map(http_body::Frame::data)))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.length)
+    }
+}
+
+/// The first 64 KiB of an error answer's body: a problem document is far smaller, and
+/// whatever else a server (or a proxy before it) sends is not read whole.
+async fn head_of<S, E>(stream: S) -> Vec<u8>
+where
+    S: Stream<Item = Result<bytes::Bytes, E>>,
+{
+    const MOST: usize = 64 * 1024;
+    let mut body = Vec::new();
+    let mut stream = std::pin::pin!(stream);
+    while let Some(Ok(chunk)) = stream.next().await {
+        body.extend_from_slice(&chunk[..chunk.len().min(MOST - body.len())]);
+        if body.len() >= MOST {
+            break;
+        }
+    }
+    body
 }
 
 /// `Retry-After` in seconds, where the server said.

@@ -57,12 +57,29 @@ export class DigestMismatch extends Error {
   }
 }
 
+/** The first 64 KiB of an error answer's body: a problem document is far smaller, and
+ * whatever else a server (or a proxy before it) sends is not read whole. */
+async function headOf(response: Response, most = 64 * 1024): Promise<string> {
+  const parts: Uint8Array[] = [];
+  let length = 0;
+  const reader = response.body?.getReader();
+  while (reader && length < most) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    parts.push(value.subarray(0, most - length));
+    length += Math.min(value.length, most - length);
+  }
+  await reader?.cancel();
+  return Buffer.concat(parts).toString("utf8");
+}
+
 async function problemOf(response: Response): Promise<ProblemError> {
+  const body = await headOf(response);
   let problem: Partial<Problem>;
   try {
-    problem = (await response.json()) as Partial<Problem>;
+    problem = JSON.parse(body) as Partial<Problem>;
   } catch {
-    problem = { title: response.statusText, detail: "" };
+    problem = { title: response.statusText, detail: body.slice(0, 1024) };
   }
   const retry = response.headers.get("retry-after");
   return new ProblemError(response.status, problem, retry && /^\d+$/.test(retry) ? Number(retry) : undefined);
@@ -89,6 +106,18 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 function checkedId(value: string): string {
   if (!UUID.test(value)) throw new RangeError(`${JSON.stringify(value)} is not an id (a UUID)`);
   return value.toLowerCase();
+}
+
+/** Waits before the next try after `error` and returns the failures so far; throws `error` if
+ * it will not pass (or the tries ran out). What passes: a network failure (fetch's TypeError),
+ * 429 (a session busy with another request, or with the claim of a server that died), 502, 503
+ * and 504 (the server, or the one behind a load balancer, away for now). */
+async function waitToRetry(error: unknown, failures: number, attempts: number): Promise<number> {
+  const passes = error instanceof ProblemError ? [429, 502, 503, 504].includes(error.status) : error instanceof TypeError;
+  if (!passes || ++failures >= attempts) throw error;
+  const asked = error instanceof ProblemError && error.retryAfter ? error.retryAfter * 1000 : 0;
+  await new Promise((resolve) => setTimeout(resolve, Math.max(asked, Math.min(100 * 2 ** failures, 5000))));
+  return failures;
 }
 
 async function blake3OfFile(path: string): Promise<string> {
@@ -278,6 +307,7 @@ export class ArtifactStore {
           mediaType: o.mediaType,
           replace: o.replace,
         });
+    const attempts = o.attempts ?? 12;
     let offset = upload.offset;
     let failures = 0;
     const file = await open(source, "r");
@@ -294,25 +324,36 @@ export class ArtifactStore {
           offset = Number(response.headers.get("upload-offset"));
           failures = 0;
         } catch (e) {
-          if (e instanceof ProblemError && e.status === 416 && e.offset !== undefined) {
+          // The session is elsewhere than this chunk thought: go on from there (the same
+          // offset again would be no progress).
+          if (e instanceof ProblemError && e.status === 416 && e.offset !== undefined && e.offset !== offset) {
             offset = e.offset;
             continue;
           }
-          // 429: the session is busy (another chunk, or the claim of a server that died
-          // mid-chunk, which lapses within seconds); 503 or a network failure (fetch's
-          // TypeError): the server may come back. Anything else is not retried.
-          const retriable = e instanceof ProblemError ? e.status === 429 || e.status === 503 : e instanceof TypeError;
-          if (!retriable || ++failures >= (o.attempts ?? 8)) throw e;
-          const backoff = Math.min(100 * 2 ** failures, 5000);
-          const wait = Math.max(backoff, e instanceof ProblemError && e.retryAfter ? e.retryAfter * 1000 : 0);
-          await new Promise((resolve) => setTimeout(resolve, wait));
-          offset = (await this.getUpload(upload.id)).offset;
+          failures = await waitToRetry(e, failures, attempts);
+          // Where the session is now (else: this try's failure).
+          offset = await this.getUpload(upload.id).then((u) => u.offset, () => offset);
         }
       }
     } finally {
       await file.close();
     }
-    return this.json("POST", `/uploads/${checkedId(upload.id)}/complete`);
+    // Completing is retried the same way (429: a completion still running, say one whose
+    // answer was lost); a session gone after such a try may have become the file.
+    failures = 0;
+    for (;;) {
+      try {
+        return await this.json<FileInfo>("POST", `/uploads/${checkedId(upload.id)}/complete`);
+      } catch (e) {
+        if (e instanceof ProblemError && e.status === 404 && failures > 0) {
+          const digest = await blake3OfFile(source);
+          const files = (await this.getPackage(upload.package_id)).files ?? [];
+          const made = files.find((f) => f.relative_path === upload.relative_path && f.digests.blake3 === digest);
+          if (made) return made;
+        }
+        failures = await waitToRetry(e, failures, attempts);
+      }
+    }
   }
 
   /** Every regular file under `root` (symbolic links not followed), in path order, named

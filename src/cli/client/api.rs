@@ -80,33 +80,15 @@ impl From<artifactstore_client::StoreError> for CliError {
                 404 | 410 => 3,
                 _ => 1,
             },
-            StoreError::Transport(_) => 2,
+            StoreError::Unreachable(_) => 2,
             StoreError::DigestMismatch(_) => 4,
-            StoreError::Io(_) | StoreError::Unexpected(_) => 1,
+            StoreError::Transport(_) | StoreError::Io(_) | StoreError::Unexpected(_) => 1,
         };
         let message = match &e {
-            StoreError::Transport(t) => format!("cannot reach the server: {t}"),
+            StoreError::Unreachable(t) => format!("cannot reach the server: {t}"),
+            StoreError::Transport(t) => format!("the connection to the server failed: {t}"),
             other => other.to_string(),
         };
         CliError { code, message }
-    }
-}
-
-/// A problem response as a CLI error: its detail, and an exit code by status.
-pub async fn problem_error(response: reqwest::Response) -> CliError {
-    let status = response.status();
-    let body: serde_json::Value = response.json().await.unwrap_or_default();
-    let detail = body["detail"]
-        .as_str()
-        .map(str::to_owned)
-        .unwrap_or_else(|| status.to_string());
-    let code = match status.as_u16() {
-        401 | 403 => 5,
-        404 | 410 => 3,
-        _ => 1,
-    };
-    CliError {
-        code,
-        message: format!("{} ({})", detail, status.as_u16()),
     }
 }

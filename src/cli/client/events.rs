@@ -42,12 +42,7 @@ pub async fn events(command: EventsCommand) -> Result<ExitCode, CliError> {
     loop {
         let wait = if args.once { 0 } else { 30 };
         let page = match store
-            .call(store.api().list_events(
-                std::num::NonZeroU32::new(500),
-                Some(since),
-                args.type_prefix.as_deref(),
-                Some(wait),
-            ))
+            .events_page(since, args.type_prefix.as_deref(), wait)
             .await
         {
             Ok(page) => page,

@@ -256,11 +256,16 @@ pub async fn manifest(args: ManifestArgs) -> Result<ExitCode, CliError> {
         // The JCS bytes as the server sent them (a typed value would be re-serialized in
         // another member order, no longer canonical).
         let url = format!("{}/packages/{id}/manifest.json", store.api().baseurl());
-        let response = store.api().client().get(url).send().await.map_err(|e| {
-            CliError::from(artifactstore_client::StoreError::Transport(e.to_string()))
-        })?;
+        use artifactstore_client::StoreError;
+        let response = store
+            .api()
+            .client()
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| CliError::from(StoreError::transport(&e)))?;
         if !response.status().is_success() {
-            return Err(api::problem_error(response).await);
+            return Err(StoreError::from_response(response).await.into());
         }
         response
             .bytes()

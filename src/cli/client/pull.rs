@@ -106,8 +106,17 @@ async fn download(
         let mut stream = store.call(store.api().download_file(&want.id, None, None)).await?.into_inner();
         let mut out = tokio::fs::File::create(&part).await.map_err(|e| CliError::other(format!("{}: {e}", part.display())))?;
         let mut hasher = DualHasher::new();
+        let mut received = 0u64;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| CliError::other(format!("{}: download broke off: {e}", want.path)))?;
+            // Never more than the file's size on disk, whatever the server sends.
+            received += chunk.len() as u64;
+            if received > want.size {
+                return Err(CliError::verification(format!(
+                    "{}: the server sent more than the file's {} bytes",
+                    want.path, want.size
+                )));
+            }
             hasher.update(&chunk);
             out.write_all(&chunk).await.map_err(|e| CliError::other(format!("{}: {e}", part.display())))?;
             bar.inc(chunk.len() as u64);

@@ -287,12 +287,6 @@ struct Uploader {
     chunk: u64,
 }
 
-/// Whether a failure may pass: the server unreachable, the connection broken mid-request, the
-/// server unavailable (503), or a load balancer whose server went away (502, 504).
-fn passing(e: &StoreError) -> bool {
-    matches!(e, StoreError::Transport(_)) || matches!(e.status(), Some(502..=504))
-}
-
 /// A failure about one file, as the CLI reports it.
 fn about(file: &LocalFile, e: StoreError) -> CliError {
     let e = CliError::from(e);
@@ -302,10 +296,9 @@ fn about(file: &LocalFile, e: StoreError) -> CliError {
     }
 }
 
-/// The wait before retry `n` (1, 2, ...): doubling from 400 ms, at most 5 s.
-fn backoff(n: u32) -> std::time::Duration {
-    std::time::Duration::from_millis((200u64 << n.min(5)).min(5000))
-}
+/// Tries of one request in a row before giving up: with [`StoreError::retry_wait`], more than
+/// the 30 s a completion (or 10 s a chunk) of a server that died holds a session.
+const TRIES: u32 = 12;
 
 impl Uploader {
     async fn upload(&self, file: &LocalFile) -> Result<(), CliError> {
@@ -321,13 +314,17 @@ impl Uploader {
             let bar = self.bar.clone();
             let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
             let counter = sent.clone();
-            let stream =
-                tokio_util::io::ReaderStream::with_capacity(handle, 256 * 1024).inspect(move |c| {
-                    if let Ok(c) = c {
-                        bar.inc(c.len() as u64);
-                        counter.fetch_add(c.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                    }
-                });
+            // (The bytes hashed: a file grown since is cut there, and its digest refused.)
+            let stream = tokio_util::io::ReaderStream::with_capacity(
+                tokio::io::AsyncReadExt::take(handle, file.size),
+                256 * 1024,
+            )
+            .inspect(move |c| {
+                if let Ok(c) = c {
+                    bar.inc(c.len() as u64);
+                    counter.fetch_add(c.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
             let digest = format!("blake3:{}", file.blake3);
             let api = self.store.api();
             let put = api.put_file(
@@ -336,7 +333,7 @@ impl Uploader {
                 Some(&digest),
                 None,
                 None,
-                reqwest::Body::wrap_stream(stream),
+                artifactstore_client::sized_body(stream, file.size),
             );
             match self.store.call(put).await {
                 Ok(_) => return Ok(()),
@@ -345,10 +342,10 @@ impl Uploader {
                     return Ok(());
                 }
                 // Transport failures and server unavailability are worth another try.
-                Err(e) if attempt < 6 && passing(&e) => {
+                Err(e) if attempt < TRIES && e.is_retriable() => {
                     self.bar
                         .dec(sent.load(std::sync::atomic::Ordering::Relaxed));
-                    tokio::time::sleep(backoff(attempt)).await;
+                    tokio::time::sleep(e.retry_wait(attempt)).await;
                 }
                 Err(e) => return Err(about(file, e)),
             }
@@ -376,7 +373,9 @@ impl Uploader {
             match self.store.call(self.store.api().create_upload(&new)).await {
                 Ok(session) => break session,
                 // (A session whose answer was lost expires unused.)
-                Err(e) if attempt < 6 && passing(&e) => tokio::time::sleep(backoff(attempt)).await,
+                Err(e) if attempt < TRIES && e.is_retriable() => {
+                    tokio::time::sleep(e.retry_wait(attempt)).await;
+                }
                 Err(e) => return Err(about(file, e)),
             }
         };
@@ -396,7 +395,11 @@ impl Uploader {
                 .parse()
                 .map_err(|e| invalid(&e))?;
             let api = self.store.api();
-            let chunk = api.append_upload(&session.id, &range, reqwest::Body::wrap_stream(stream));
+            let chunk = api.append_upload(
+                &session.id,
+                &range,
+                artifactstore_client::sized_body(stream, len),
+            );
             match self.store.call(chunk).await {
                 Ok(_) => {
                     offset += len;
@@ -405,13 +408,11 @@ impl Uploader {
                 }
                 // What may pass, and what says the session is elsewhere than this chunk thought
                 // (416: another offset; 429: busy). Not what will not change (400, 409, 413).
-                Err(e)
-                    if failures < 8 && (passing(&e) || matches!(e.status(), Some(416 | 429))) =>
-                {
+                Err(e) if failures < TRIES && (e.is_retriable() || e.status() == Some(416)) => {
                     // Resume from what the server holds (behind a load balancer, maybe another
                     // server: one that died mid-chunk holds the session for up to 10 s).
                     failures += 1;
-                    tokio::time::sleep(backoff(failures)).await;
+                    tokio::time::sleep(e.retry_wait(failures)).await;
                     // (Not known now: the next chunk is refused with the offset, or asks again.)
                     let Ok(state) = self
                         .store
@@ -462,9 +463,9 @@ impl Uploader {
                 .await
             {
                 Ok(_) => return Ok(()),
-                Err(e) if attempt < 8 && (passing(&e) || e.status() == Some(429)) => {
+                Err(e) if attempt < TRIES && e.is_retriable() => {
                     attempt += 1;
-                    tokio::time::sleep(backoff(attempt)).await;
+                    tokio::time::sleep(e.retry_wait(attempt)).await;
                 }
                 // A completion whose answer was lost (the session is gone: 404), or one still
                 // running when the tries ran out: the file may be there.

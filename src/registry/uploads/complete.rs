@@ -16,18 +16,26 @@ impl Registry {
     }
 
     async fn complete_uncounted(&self, tenant: &TenantId, id: Uuid) -> Result<FileRecord> {
-        if self.load_upload(tenant, id).await?.backend_id.is_some() {
+        let loaded = self.load_upload(tenant, id).await?;
+        if loaded.backend_id.is_some() {
             return self.complete_shared(tenant, id).await;
         }
         let path = self.spool_path(id);
         let Some(lock) = lock_spool(&path, id)? else {
-            // Another completion has moved the spool into place (and may still be recording
-            // the file), or the bytes are not on this server's disk. Either way nothing here is
-            // this request's to complete or to remove; the session expires in its time.
-            return Err(Error::Conflict(format!(
-                "upload {id} is being completed, or its bytes are not on this server; if no \
-                 file appears, start a new upload"
-            )));
+            // Another completion has moved the spool into place and is recording the file (a
+            // client whose answer was lost asks again: busy, the file appears shortly), or the
+            // bytes are not on this server's disk. Either way nothing here is this request's
+            // to complete or to remove; the session expires in its time.
+            return Err(if loaded.completing {
+                Error::Busy(format!(
+                    "upload {id} is being completed; retry after it (the file appears when it is done)"
+                ))
+            } else {
+                Error::Conflict(format!(
+                    "upload {id}'s bytes are not on this server; if no file appears, start a new \
+                     upload"
+                ))
+            });
         };
         let current = self.mark_completing(tenant, id).await?;
         let result = self.complete_locked(tenant, &current).await;

@@ -118,56 +118,61 @@ impl Inner {
             .ok_or_else(|| Error::storage(&self.id, "the server returned no upload id"))
     }
 
-    pub(super) async fn head_key(&self, key: &str) -> Result<Option<u64>> {
-        match self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
-            Ok(head) => Ok(Some(head.content_length().unwrap_or(0).max(0) as u64)),
-            Err(e) => match self.error("head", e) {
+    /// A request's answer, `None` where the object (or upload) is not there.
+    fn unless_absent<T, E>(
+        &self,
+        what: &str,
+        answer: std::result::Result<T, SdkError<E, aws_sdk_s3::config::http::HttpResponse>>,
+    ) -> Result<Option<T>>
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        match answer {
+            Ok(value) => Ok(Some(value)),
+            Err(e) => match self.error(what, e) {
                 Error::NotFound { .. } => Ok(None),
                 other => Err(other),
             },
         }
     }
 
+    pub(super) async fn head_key(&self, key: &str) -> Result<Option<u64>> {
+        let answer = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await;
+        Ok(self
+            .unless_absent("head", answer)?
+            .map(|head| head.content_length().unwrap_or(0).max(0) as u64))
+    }
+
+    /// Deletes an object; one already gone is deleted.
     pub(super) async fn delete_key(&self, key: &str) -> Result<()> {
-        match self
+        let answer = self
             .client
             .delete_object()
             .bucket(&self.bucket)
             .key(key)
             .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) => match self.error("delete", e) {
-                Error::NotFound { .. } => Ok(()),
-                other => Err(other),
-            },
-        }
+            .await;
+        self.unless_absent("delete", answer).map(drop)
     }
 
+    /// Aborts a multipart upload; one already gone is aborted.
     pub(super) async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<()> {
-        match self
+        let answer = self
             .client
             .abort_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
             .upload_id(upload_id)
             .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) => match self.error("aborting staged upload", e) {
-                Error::NotFound { .. } => Ok(()),
-                other => Err(other),
-            },
-        }
+            .await;
+        self.unless_absent("aborting staged upload", answer)
+            .map(drop)
     }
 
     pub(super) async fn put_final(&self, key: &str, body: Bytes) -> Result<()> {

@@ -60,11 +60,15 @@ async fn listing_filters_metadata_and_cursor() {
         ids_of(&get("?meta=k=0").await),
         vec![ids[4].clone(), ids[2].clone(), ids[0].clone()]
     );
+    // More filters than metadata may have entries (64) is refused too.
+    let too_many: Vec<String> = (0..65).map(|i| format!("meta=k{i}%3D1")).collect();
+    let too_many = too_many.join("&");
     for bad in [
         "meta=%3Dvalue",
         "meta.=value",
         "meta.a%20b=1",
         "meta.k=1&meta=k=2",
+        too_many.as_str(),
     ] {
         let refused = api
             .http

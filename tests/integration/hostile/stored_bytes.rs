@@ -174,12 +174,24 @@ async fn a_session_being_completed_is_neither_cancelled_nor_appended_to_nor_lost
         .await
         .unwrap();
     let complete = server.url(&format!("/uploads/{id}/complete"));
-    for resp in [
-        http.delete(&upload).bearer_auth(ALPHA_WRITER).send().await,
-        http.post(&complete).bearer_auth(ALPHA_WRITER).send().await,
-        patch("bytes 2-3/4", b"cd").await,
+    // Cancelling or appending to it conflicts; completing it again is busy (a client whose
+    // answer was lost retries, and finds the file once that completion is done).
+    for (resp, status) in [
+        (
+            http.delete(&upload).bearer_auth(ALPHA_WRITER).send().await,
+            StatusCode::CONFLICT,
+        ),
+        (
+            http.post(&complete).bearer_auth(ALPHA_WRITER).send().await,
+            StatusCode::TOO_MANY_REQUESTS,
+        ),
+        (patch("bytes 2-3/4", b"cd").await, StatusCode::CONFLICT),
     ] {
-        assert_eq!(resp.unwrap().status(), StatusCode::CONFLICT);
+        let resp = resp.unwrap();
+        assert_eq!(resp.status(), status);
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            assert!(resp.headers().contains_key("retry-after"));
+        }
     }
     let still = http
         .get(&upload)
