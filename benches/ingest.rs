@@ -90,6 +90,7 @@ async fn main() {
             media_type: None,
             expected_digest: None,
             replace: false,
+            if_match: None,
         };
         let start = Instant::now();
         let record = registry

@@ -48,6 +48,9 @@ pub enum Error {
     /// The thing existed but is gone for good (expired).
     #[error("{0}")]
     Gone(String),
+    /// A precondition the client stated (`If-Match`) does not hold; nothing was changed.
+    #[error("{0}")]
+    PreconditionFailed(String),
     /// The storage backend failed.
     #[error("storage backend `{backend}`: {message}")]
     Storage {

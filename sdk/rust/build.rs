@@ -22,7 +22,11 @@ fn main() {
         !operations.is_empty()
     });
     let spec: openapiv3::OpenAPI = serde_json::from_value(spec).expect("OpenAPI 3.0");
-    let tokens = progenitor::Generator::default()
+    // The builder interface: a parameter the spec adds later is one more optional builder
+    // method, not one more positional argument that breaks every caller.
+    let mut settings = progenitor::GenerationSettings::default();
+    settings.with_interface(progenitor::InterfaceStyle::Builder);
+    let tokens = progenitor::Generator::new(&settings)
         .generate_tokens(&spec)
         .expect("progenitor generates the client");
     let file = syn::parse2(tokens).expect("Rust");

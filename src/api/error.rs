@@ -32,6 +32,12 @@ pub enum ApiError {
     /// Gone for good (expired).
     #[oai(status = 410, content_type = "application/problem+json")]
     Gone(ProblemBody),
+    /// An `If-Match` precondition does not hold: nothing was changed.
+    #[oai(status = 412, content_type = "application/problem+json")]
+    PreconditionFailed(ProblemBody),
+    /// None of the representations is acceptable (`Accept`).
+    #[oai(status = 406, content_type = "application/problem+json")]
+    NotAcceptable(ProblemBody),
     /// An upload chunk does not start at the session's offset (`Upload-Offset` says where).
     #[oai(status = 416, content_type = "application/problem+json")]
     OffsetMismatch(ProblemBody, #[oai(header = "Upload-Offset")] Option<u64>),
@@ -68,6 +74,8 @@ impl ApiError {
             StatusCode::NOT_FOUND => ApiError::NotFound(p),
             StatusCode::CONFLICT => ApiError::Conflict(p),
             StatusCode::GONE => ApiError::Gone(p),
+            StatusCode::PRECONDITION_FAILED => ApiError::PreconditionFailed(p),
+            StatusCode::NOT_ACCEPTABLE => ApiError::NotAcceptable(p),
             StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(p),
             StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(p),
             StatusCode::UNPROCESSABLE_ENTITY => ApiError::Unprocessable(p),

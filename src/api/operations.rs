@@ -22,9 +22,9 @@ problems! {
     /// `GET /packages/{id}`.
     GetPackage = [400, 401, 404, 410];
     /// `POST /packages/{id}/files` (multipart).
-    UploadFile = [400, 401, 403, 404, 409, 410, 413, 415, 422, 507];
+    UploadFile = [400, 401, 403, 404, 409, 410, 412, 413, 415, 422, 507];
     /// `PUT /packages/{id}/files/{path}`.
-    PutFile = [400, 401, 403, 404, 409, 410, 413, 422, 507];
+    PutFile = [400, 401, 403, 404, 409, 410, 412, 413, 422, 507];
     /// `POST /packages/{id}/links`.
     LinkFile = [400, 401, 403, 404, 409, 410, 413, 415, 422, 507];
     /// `POST /packages/{id}/links/batch`.
@@ -32,7 +32,7 @@ problems! {
     /// `POST /packages/{id}/finalize`.
     FinalizePackage = [400, 401, 403, 404, 409, 410, 413, 422];
     /// `GET /packages/{id}/manifest`.
-    GetManifest = [400, 401, 404, 410];
+    GetManifest = [400, 401, 404, 406, 410];
     /// `GET /packages/{id}/manifest.json`.
     GetManifestJson = [400, 401, 404, 410];
     /// `GET /retention-classes`.

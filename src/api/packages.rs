@@ -4,7 +4,10 @@ use super::AppState;
 use super::error::{Answer, ApiError, ApiResult};
 use super::form::{Part, Parts, StreamedForm};
 use super::operations;
-use super::responses::{CborManifest, JsonManifest, manifest_response};
+use super::problem::Problem;
+use super::responses::{
+    CborManifest, JsonManifest, ManifestEncoding, manifest_encoding, manifest_response,
+};
 use super::schemas::{
     CreatePackage, FileInfo, LinkFile, LinkFiles, LinkedFiles, Package, PackageList,
 };
@@ -85,6 +88,16 @@ fn declared_length(req: &Request) -> Option<u64> {
         .and_then(|v| v.parse::<u64>().ok())
 }
 
+/// The request's `If-Match` precondition, if it states one.
+fn if_match(req: &Request) -> Option<registry::IfMatch> {
+    let values = req.headers().get_all(poem::http::header::IF_MATCH);
+    values.iter().next()?;
+    // A value that is not text names no tag: it matches nothing.
+    Some(registry::IfMatch::parse(
+        values.iter().map(|v| v.to_str().unwrap_or("")),
+    ))
+}
+
 impl PackagesApi {
     async fn ingest(
         state: &AppState,
@@ -109,6 +122,7 @@ impl PackagesApi {
         package: PackageId,
         parts: &mut Parts,
         replace: Option<bool>,
+        if_match: Option<registry::IfMatch>,
     ) -> ApiResult<CreatedFile> {
         let registry = &state.registry;
         let mut texts = std::collections::HashMap::new();
@@ -132,6 +146,7 @@ impl PackagesApi {
                                 media_type: None,
                                 expected_digest: None,
                                 replace: replace.unwrap_or(false),
+                                if_match: if_match.clone(),
                             };
                             registry.check_can_add_file(tenant, package, &early).await?;
                         }
@@ -158,6 +173,7 @@ impl PackagesApi {
                     .map(|d| parse_address(d, "expected_digest"))
                     .transpose()?,
                 replace: replace.unwrap_or(false),
+                if_match: if_match.clone(),
             })
         }
         .await;
@@ -354,7 +370,7 @@ impl PackagesApi {
         auth: Auth,
         req: &Request,
         id: Path<Uuid>,
-        /// Replace an existing file at the same path.
+        /// Replace an existing file at the same path (implied by `If-Match`).
         replace: Query<Option<bool>>,
         form: StreamedForm<FileUpload>,
     ) -> Answer<CreatedFile, operations::UploadFile> {
@@ -391,6 +407,7 @@ impl PackagesApi {
             PackageId(id.0),
             &mut parts,
             replace.0,
+            if_match(req),
         )
         .await;
         if result.is_err() {
@@ -418,7 +435,7 @@ impl PackagesApi {
         id: Path<Uuid>,
         /// Path inside the package.
         relative_path: Path<String>,
-        /// Replace an existing file at the same path.
+        /// Replace an existing file at the same path (implied by `If-Match`).
         replace: Query<Option<bool>>,
         /// Media type (default: the request's Content-Type, else application/octet-stream).
         media_type: Query<Option<String>>,
@@ -442,6 +459,7 @@ impl PackagesApi {
                     .map(|d| parse_address(d, "expected_digest"))
                     .transpose()?,
                 replace: replace.0.unwrap_or(false),
+                if_match: if_match(req),
             };
             // The raw body is the file: its Content-Length is the file's size.
             let size = declared_length(req);
@@ -558,6 +576,9 @@ impl PackagesApi {
     /// Get the manifest (canonical CBOR)
     ///
     /// RFC 8949 deterministic encoding; `ETag` is the manifest digest. 404 until finalized.
+    /// `Accept` chooses (`Vary: Accept`): its JCS (RFC 8785) JSON projection when it prefers
+    /// `application/json` (as `getManifestJson` serves it, with a weak `ETag`), 406 when it
+    /// names neither.
     #[oai(
         path = "/packages/:id/manifest",
         method = "get",
@@ -571,15 +592,29 @@ impl PackagesApi {
         id: Path<Uuid>,
     ) -> Answer<CborManifest, operations::GetManifest> {
         let principal = state.authorize(&auth, Scope::Read)?;
+        let encoding = manifest_encoding(req).ok_or_else(|| {
+            ApiError::from_problem(Problem::new(
+                poem::http::StatusCode::NOT_ACCEPTABLE,
+                "the manifest is served as `application/cbor` or `application/json`; \
+                 `Accept` names neither",
+            ))
+        })?;
         let stored = state
             .registry
             .get_manifest(&principal.tenant, PackageId(id.0))
             .await?;
+        let bytes = match encoding {
+            ManifestEncoding::Cbor => stored.cbor,
+            ManifestEncoding::Json => {
+                crate::manifest::Manifest::jcs(&stored.cbor).map_err(crate::Error::from)?
+            }
+        };
         Ok(CborManifest(manifest_response(
             req,
             &stored.digest,
-            stored.cbor,
-            "application/cbor",
+            bytes,
+            encoding,
+            true,
         )))
     }
 
@@ -609,7 +644,8 @@ impl PackagesApi {
             req,
             &stored.digest,
             json,
-            "application/json",
+            ManifestEncoding::Json,
+            false,
         )))
     }
 }

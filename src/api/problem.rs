@@ -151,6 +151,7 @@ pub fn from_error(error: &Error) -> Problem {
             (StatusCode::INSUFFICIENT_STORAGE, error.to_string())
         }
         Error::Gone(_) => (StatusCode::GONE, error.to_string()),
+        Error::PreconditionFailed(_) => (StatusCode::PRECONDITION_FAILED, error.to_string()),
         Error::Busy(_) => (StatusCode::TOO_MANY_REQUESTS, error.to_string()),
         Error::Body(_) => (StatusCode::BAD_REQUEST, error.to_string()),
         Error::OffsetMismatch { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, error.to_string()),

@@ -30,12 +30,88 @@ fn etag_of(address: &ContentAddress) -> String {
 #[derive(ApiResponse)]
 #[allow(dead_code)]
 enum CborManifestDoc {
-    /// The manifest's canonical CBOR bytes (RFC 8949 deterministic encoding).
+    // The JSON alternative is left out of this response's media types: generators
+    // (openapi-python-client) parse the first type they know without asking for it in
+    // `Accept`, and would read the default CBOR as JSON. `getManifestJson` declares it.
+    /// The manifest's canonical CBOR bytes (RFC 8949 deterministic encoding); `ETag` is
+    /// their digest. An `Accept` preferring `application/json` gets the JCS projection
+    /// instead, as `getManifestJson` serves it, with the `ETag` weak.
     #[oai(status = 200, content_type = "application/cbor")]
-    Ok(Binary<Vec<u8>>, #[oai(header = "ETag")] String),
+    Ok(
+        Binary<Vec<u8>>,
+        #[oai(header = "ETag")] String,
+        #[oai(header = "Vary")] String,
+    ),
     /// `If-None-Match` matched.
     #[oai(status = 304)]
     NotModified(#[oai(header = "ETag")] String),
+}
+
+/// The manifest's encodings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManifestEncoding {
+    /// Canonical CBOR, the manifest itself.
+    Cbor,
+    /// Its JCS JSON projection.
+    Json,
+}
+
+/// The encoding an `Accept` header prefers (RFC 9110 §12.5.1: the most specific range
+/// naming a type gives its weight; CBOR wins ties and answers a request without `Accept`),
+/// or `None` when it accepts neither.
+pub fn manifest_encoding(req: &Request) -> Option<ManifestEncoding> {
+    let values: Vec<&str> = req
+        .headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if values.is_empty() {
+        return Some(ManifestEncoding::Cbor);
+    }
+    let ranges: Vec<(String, f32)> = values
+        .iter()
+        .flat_map(|v| v.split(','))
+        .filter_map(|range| {
+            let mut params = range.split(';');
+            let media = params.next()?.trim().to_ascii_lowercase();
+            let mut weight = 1.0;
+            for param in params {
+                if let Some((name, value)) = param.split_once('=')
+                    && name.trim().eq_ignore_ascii_case("q")
+                {
+                    weight = value
+                        .trim()
+                        .parse::<f32>()
+                        .ok()
+                        .filter(|q| (0.0..=1.0).contains(q))?;
+                }
+            }
+            (!media.is_empty()).then_some((media, weight))
+        })
+        .collect();
+    let weight_of = |media: &str| {
+        let family = format!("{}/*", media.split('/').next().unwrap_or(""));
+        [media, family.as_str(), "*/*"]
+            .iter()
+            .find_map(|candidate| {
+                ranges
+                    .iter()
+                    .filter(|(m, _)| m == candidate)
+                    .map(|(_, q)| *q)
+                    .reduce(f32::max)
+            })
+            .unwrap_or(0.0)
+    };
+    let cbor = weight_of("application/cbor");
+    let json = weight_of("application/json");
+    if cbor <= 0.0 && json <= 0.0 {
+        None
+    } else if json > cbor {
+        Some(ManifestEncoding::Json)
+    } else {
+        Some(ManifestEncoding::Cbor)
+    }
 }
 
 #[derive(ApiResponse)]
@@ -77,18 +153,30 @@ macro_rules! documented_response {
 documented_response!(CborManifest, CborManifestDoc);
 documented_response!(JsonManifest, JsonManifestDoc);
 
-/// 200 with the bytes, or 304; `ETag` is the manifest digest either way.
+/// 200 with the bytes, or 304; `ETag` is the manifest digest either way. When the encoding
+/// was `negotiated` (one resource, two representations, varying by `Accept`), the JSON's tag
+/// is weak: it is the same manifest, not the same bytes.
 pub fn manifest_response(
     req: &Request,
     digest: &ContentAddress,
     bytes: Vec<u8>,
-    content_type: &str,
+    encoding: ManifestEncoding,
+    negotiated: bool,
 ) -> Response {
-    let etag = etag_of(digest);
-    let builder = Response::builder()
+    let strong = etag_of(digest);
+    let (etag, content_type) = match encoding {
+        ManifestEncoding::Json if negotiated => (format!("W/{strong}"), "application/json"),
+        ManifestEncoding::Json => (strong.clone(), "application/json"),
+        ManifestEncoding::Cbor => (strong.clone(), "application/cbor"),
+    };
+    let mut builder = Response::builder()
         .header(header::ETAG, &etag)
         .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable");
-    if not_modified(req, &etag) {
+    if negotiated {
+        builder = builder.header(header::VARY, "Accept");
+    }
+    // `If-None-Match` compares weakly (RFC 9110 §13.1.2).
+    if not_modified(req, &strong) {
         return builder.status(StatusCode::NOT_MODIFIED).finish();
     }
     builder.content_type(content_type).body(bytes)
@@ -305,6 +393,44 @@ mod tests {
         for name in ["\u{202E}exe.txt", "日本語", "a;b=c", "x\u{7f}"] {
             let value = content_disposition(name);
             assert!(poem::http::HeaderValue::from_str(&value).is_ok(), "{value}");
+        }
+    }
+
+    #[test]
+    fn accept_chooses_the_manifest_encoding() {
+        use ManifestEncoding::{Cbor, Json};
+        let choose = |accept: Option<&str>| {
+            let mut req = Request::builder();
+            if let Some(accept) = accept {
+                req = req.header(header::ACCEPT, accept);
+            }
+            manifest_encoding(&req.finish())
+        };
+        for (accept, chosen) in [
+            (None, Some(Cbor)),
+            (Some("*/*"), Some(Cbor)),
+            (Some("application/json"), Some(Json)),
+            (Some("APPLICATION/JSON; charset=utf-8"), Some(Json)),
+            (Some("application/cbor"), Some(Cbor)),
+            (Some("application/json, application/cbor"), Some(Cbor)),
+            (
+                Some("application/json;q=0.9, application/cbor;q=0.8"),
+                Some(Json),
+            ),
+            (Some("application/*;q=0.2, application/json"), Some(Json)),
+            (Some("application/json;q=0.1, */*;q=0.5"), Some(Cbor)),
+            // The most specific range decides: `*/*` does not lift an explicit q=0.
+            (Some("application/cbor;q=0, */*"), Some(Json)),
+            (Some("text/html"), None),
+            (Some("application/json;q=0"), None),
+            // An unreadable weight drops its range.
+            (
+                Some("application/json;q=high, application/cbor"),
+                Some(Cbor),
+            ),
+            (Some(""), None),
+        ] {
+            assert_eq!(choose(accept), chosen, "{accept:?}");
         }
     }
 }

@@ -78,6 +78,14 @@ fn read_by_hand(operation_id: &str) -> Vec<&'static str> {
             IF_NONE_MATCH,
         ],
         "getManifest" | "getManifestJson" => vec![IF_NONE_MATCH],
+        "putFile" | "uploadFile" => vec![
+            r#"{
+                "name": "If-Match", "in": "header", "required": false,
+                "description": "Write only if the file now at the path has one of these ETags (`\"blake3:<hex>\"`, as downloads and file records give it), or with `*` if any file is there: the write replaces it (no `replace=true` needed). Otherwise 412, and nothing changes.",
+                "schema": {"type": "string"},
+                "example": "\"blake3:af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262\""
+            }"#,
+        ],
         _ => Vec::new(),
     }
 }
@@ -91,6 +99,12 @@ fn example_detail(status: StatusCode) -> &'static str {
         404 => "package 01934e8f-6a2b-7c3d-8e4f-5a6b7c8d9e0f not found",
         409 => "package 01934e8f-6a2b-7c3d-8e4f-5a6b7c8d9e0f is finalized: it takes no more files",
         410 => "package 01934e8f-6a2b-7c3d-8e4f-5a6b7c8d9e0f expired at 2026-12-01T00:00:00Z",
+        406 => {
+            "the manifest is served as `application/cbor` or `application/json`; `Accept` names neither"
+        }
+        412 => {
+            "the file at `dist/app.tar.gz` is \"blake3:af13...\", which `If-Match` does not name"
+        }
         413 => "the request body is 2097152 bytes; at most 1048576 are accepted here",
         415 => "expected `application/json`, got `text/plain`",
         416 => "the range starts past the end of the file (1024 bytes)",

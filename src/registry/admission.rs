@@ -6,6 +6,7 @@ use super::Registry;
 use super::types::{IngestRequest, PackageStatus};
 use crate::domain::{FileId, PackageId, RelativePath, TenantId};
 use crate::error::{Error, Result};
+use crate::identity::Digest;
 use crate::storage::BlobStore;
 
 /// What a write takes of a local backend's disk.
@@ -124,7 +125,7 @@ pub(super) async fn check_can_add(
     max_files: u64,
     lock: bool,
 ) -> Result<CanAdd> {
-    let row = package_row(
+    let (row, existing) = package_row(
         client,
         tenant,
         package_id,
@@ -133,10 +134,15 @@ pub(super) async fn check_can_add(
     )
     .await?;
     let open = OpenPackage::from_row(package_id, &row)?;
-    let existing = row.get::<_, Option<uuid::Uuid>>(4).map(FileId);
-    may_add_at(package_id, request, existing, open.file_count, max_files)?;
+    may_add_at(
+        package_id,
+        request,
+        existing.as_ref(),
+        open.file_count,
+        max_files,
+    )?;
     Ok(CanAdd {
-        replaced: existing,
+        replaced: existing.map(|e| e.id),
         byte_quota: open.byte_quota,
         retention_class: open.retention_class,
         producer: open.producer,
@@ -159,7 +165,7 @@ impl OpenPackage {
             file_count: row.get::<_, i32>(1) as u64,
             retention_class: row.get(2),
             producer: row.get(3),
-            byte_quota: row.get::<_, Option<bool>>(5).unwrap_or(false),
+            byte_quota: row.get::<_, Option<bool>>(4).unwrap_or(false),
         })
     }
 }
@@ -177,17 +183,39 @@ pub(super) fn must_be_open(package_id: PackageId, status: &str) -> Result<()> {
     }
 }
 
+/// The file at a path of a package.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Existing {
+    pub id: FileId,
+    pub blake3: Digest,
+}
+
 /// A file may go in at `request.relative_path` of an open package holding `file_count` files,
-/// where `existing` is the file already there: only as a replace, and a new path only while
-/// there is room.
+/// where `existing` is the file already there: only as a replace (which an `If-Match`
+/// precondition implies, and which it must hold for), and a new path only while there is
+/// room.
 pub(super) fn may_add_at(
     package_id: PackageId,
     request: &IngestRequest,
-    existing: Option<FileId>,
+    existing: Option<&Existing>,
     file_count: u64,
     max_files: u64,
 ) -> Result<()> {
-    if existing.is_some() && !request.replace {
+    if let Some(condition) = &request.if_match {
+        if !condition.holds(existing.map(|e| &e.blake3)) {
+            return Err(Error::PreconditionFailed(match existing {
+                Some(e) => format!(
+                    "the file at `{}` is \"blake3:{}\", which `If-Match` does not name",
+                    request.relative_path,
+                    e.blake3.to_hex()
+                ),
+                None => format!(
+                    "package {package_id} has no file at `{}` for `If-Match` to match",
+                    request.relative_path
+                ),
+            }));
+        }
+    } else if existing.is_some() && !request.replace {
         return Err(path_taken(package_id, &request.relative_path));
     }
     if existing.is_none() && file_count >= max_files {
@@ -206,43 +234,65 @@ pub(super) async fn check_open(
     package_id: PackageId,
     lock: bool,
 ) -> Result<OpenPackage> {
-    let row = package_row(client, tenant, package_id, None, lock).await?;
+    let (row, _) = package_row(client, tenant, package_id, None, lock).await?;
     OpenPackage::from_row(package_id, &row)
 }
 
-/// The package's status, file count, retention class and producer, and the id of its file at
-/// `path` (NULL without a path, or when there is none); a prepared statement per connection,
-/// as this is on every ingest's path.
+/// The package's status, file count, retention class and producer, and whether its tenant has
+/// a byte quota; and the file at `path`, if asked and there is one. Prepared statements per
+/// connection, as this is on every ingest's path.
+///
+/// The file is read by a second statement, sent with the first and run after it (one round
+/// trip): with `lock`, once the package row is locked, with a snapshot that sees what the
+/// transaction that held the lock before committed (a join would see the files of the first
+/// statement's snapshot, and a writer that waited for the lock would miss its predecessor's
+/// replacement).
 async fn package_row(
     client: &impl deadpool_postgres::GenericClient,
     tenant: &TenantId,
     package_id: PackageId,
     path: Option<&RelativePath>,
     lock: bool,
-) -> Result<tokio_postgres::Row> {
+) -> Result<(tokio_postgres::Row, Option<Existing>)> {
     let sql = if lock {
         "SELECT p.status, p.file_count, p.retention_class, p.producer, \
-                (SELECT f.id FROM files f WHERE f.package_id = p.id AND f.relative_path = $3), \
                 (SELECT q.max_bytes IS NOT NULL FROM tenant_quotas q WHERE q.tenant = p.tenant) \
          FROM packages p WHERE p.id = $1 AND p.tenant = $2 FOR UPDATE OF p"
     } else {
         "SELECT p.status, p.file_count, p.retention_class, p.producer, \
-                (SELECT f.id FROM files f WHERE f.package_id = p.id AND f.relative_path = $3), \
                 (SELECT q.max_bytes IS NOT NULL FROM tenant_quotas q WHERE q.tenant = p.tenant) \
          FROM packages p WHERE p.id = $1 AND p.tenant = $2"
     };
-    let statement = client.prepare_cached(sql).await?;
-    client
-        .query_opt(
-            &statement,
-            &[
-                &package_id.0,
-                &tenant.as_str(),
-                &path.map(RelativePath::as_str),
-            ],
-        )
-        .await?
-        .ok_or_else(|| Error::not_found("package", package_id))
+    let package = client.prepare_cached(sql).await?;
+    let tenant = tenant.as_str();
+    let package_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&package_id.0, &tenant];
+    let package = client.query_opt(&package, &package_params);
+    let (row, file) = match path {
+        None => (package.await?, None),
+        Some(path) => {
+            let file = client
+                .prepare_cached(
+                    "SELECT id, blake3 FROM files WHERE package_id = $1 AND relative_path = $2",
+                )
+                .await?;
+            let path = path.as_str();
+            let file_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+                [&package_id.0, &path];
+            let file = client.query_opt(&file, &file_params);
+            futures::try_join!(package, file)?
+        }
+    };
+    let row = row.ok_or_else(|| Error::not_found("package", package_id))?;
+    let existing = file
+        .map(|f| {
+            Ok::<_, Error>(Existing {
+                id: FileId(f.get(0)),
+                blake3: Digest::from_slice(f.get(1))
+                    .map_err(|e| Error::Integrity(e.to_string()))?,
+            })
+        })
+        .transpose()?;
+    Ok((row, existing))
 }
 
 /// A file already has this path and the caller did not ask to replace it.

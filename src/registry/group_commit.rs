@@ -18,7 +18,7 @@
 //! retried alone (after checking, under its lock, that its bytes are still there), so one
 //! file's trouble never fails another's request.
 
-use super::admission::{may_add_at, must_be_open};
+use super::admission::{Existing, may_add_at, must_be_open};
 use super::record::file_record;
 use super::types::FileRecord;
 use super::types::IngestRequest;
@@ -364,7 +364,7 @@ struct BatchAdmission {
     /// Package id: tenant, status, file count.
     packages: HashMap<Uuid, (String, String, u64)>,
     /// The file at each (package, path), the batch's own included once admitted.
-    at: HashMap<(Uuid, String), FileId>,
+    at: HashMap<(Uuid, String), Existing>,
     rooms: HashMap<TenantId, super::Room>,
 }
 
@@ -390,12 +390,12 @@ impl BatchAdmission {
                 // One index probe per path (a subquery per row), whatever the table's
                 // statistics say: a join let the planner hash a fresh `files` table
                 // whole, and keep that plan until autoanalyze.
-                "SELECT * FROM ( \
-                   SELECT u.package_id, u.relative_path, \
-                          (SELECT f.id FROM files f WHERE f.package_id = u.package_id \
-                             AND f.relative_path = u.relative_path) AS id \
-                   FROM unnest($1::uuid[], $2::text[]) AS u(package_id, relative_path)) t \
-                 WHERE t.id IS NOT NULL",
+                // (A lateral subquery with LIMIT is not flattened into a join.)
+                "SELECT u.package_id, u.relative_path, f.id, f.blake3 \
+                 FROM unnest($1::uuid[], $2::text[]) AS u(package_id, relative_path) \
+                 CROSS JOIN LATERAL ( \
+                   SELECT f.id, f.blake3 FROM files f WHERE f.package_id = u.package_id \
+                     AND f.relative_path = u.relative_path LIMIT 1) f",
             )
             .await?;
         // Sent together, executed in order: the paths are read once the rows are locked.
@@ -428,8 +428,16 @@ impl BatchAdmission {
                 .collect(),
             at: files
                 .iter()
-                .map(|r| ((r.get(0), r.get(1)), FileId(r.get(2))))
-                .collect(),
+                .map(|r| {
+                    let blake3 = Digest::from_slice(r.get(3))
+                        .map_err(|e| Error::Integrity(e.to_string()))?;
+                    let existing = Existing {
+                        id: FileId(r.get(2)),
+                        blake3,
+                    };
+                    Ok(((r.get(0), r.get(1)), existing))
+                })
+                .collect::<Result<_>>()?,
             rooms,
         })
     }
@@ -445,7 +453,13 @@ impl BatchAdmission {
         let key = (package_id.0, event.relative_path.as_str().to_owned());
         let existing = self.at.get(&key).copied();
         must_be_open(package_id, status)?;
-        may_add_at(package_id, &file.request, existing, *count, file.max_files)?;
+        may_add_at(
+            package_id,
+            &file.request,
+            existing.as_ref(),
+            *count,
+            file.max_files,
+        )?;
         // A new file must fit its tenant's byte quota with the batch's files before it (a
         // replacement may free room: left to the check after recording).
         if existing.is_none()
@@ -459,8 +473,14 @@ impl BatchAdmission {
         if existing.is_none() {
             *count += 1;
         }
-        event.replaced_file_id = existing;
-        self.at.insert(key, event.file_id);
+        event.replaced_file_id = existing.map(|e| e.id);
+        self.at.insert(
+            key,
+            Existing {
+                id: event.file_id,
+                blake3: file.blake3,
+            },
+        );
         Ok(())
     }
 }

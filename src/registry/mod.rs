@@ -31,7 +31,9 @@ pub use relocate::{MigrateScope, MigrationItem, Moved};
 pub use retention::{Expiry, MAX_CLASS_DURATION_SECONDS, RetentionClass};
 pub use roots::MARKER_FILE;
 pub use space::DiskSpace;
-pub use types::{FileRecord, IngestRequest, Package, PackageStatus, RetentionInfo, StoredManifest};
+pub use types::{
+    FileRecord, IfMatch, IngestRequest, Package, PackageStatus, RetentionInfo, StoredManifest,
+};
 pub use uploads::{Chunk, NewUpload, UploadSession};
 #[doc(hidden)]
 pub use usage::USAGE_SQL;

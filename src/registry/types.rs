@@ -209,4 +209,83 @@ pub struct IngestRequest {
     pub expected_digest: Option<ContentAddress>,
     /// Replace an existing file at the same path instead of failing with a conflict.
     pub replace: bool,
+    /// Write only if the file now at the path matches (an `If-Match` precondition): the
+    /// write replaces that file, and is refused (`PreconditionFailed`) otherwise.
+    pub if_match: Option<IfMatch>,
+}
+
+/// A precondition on the file at a path, as `If-Match` states it (RFC 9110, strong
+/// comparison): a file's entity tag is its BLAKE3 address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IfMatch {
+    /// Some file is there (`*`).
+    Any,
+    /// The file there has one of these BLAKE3 digests (none: nothing matches).
+    Blake3(Vec<Digest>),
+}
+
+impl IfMatch {
+    /// Reads an `If-Match` header's values: `*`, or entity tags of which only strong
+    /// `"blake3:<hex>"` ones can match (weak or other tags never do).
+    pub fn parse<'a>(values: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut digests = Vec::new();
+        for tag in values.into_iter().flat_map(|v| v.split(',')).map(str::trim) {
+            if tag == "*" {
+                return IfMatch::Any;
+            }
+            let address = tag
+                .strip_prefix('"')
+                .and_then(|t| t.strip_suffix('"'))
+                .and_then(|t| t.parse::<ContentAddress>().ok());
+            if let Some(address) = address
+                && address.algorithm() == crate::identity::Algorithm::Blake3
+            {
+                digests.push(*address.digest());
+            }
+        }
+        IfMatch::Blake3(digests)
+    }
+
+    /// Whether the file now at the path (its BLAKE3, or none) satisfies it.
+    pub fn holds(&self, existing: Option<&Digest>) -> bool {
+        match (self, existing) {
+            (_, None) => false,
+            (IfMatch::Any, Some(_)) => true,
+            (IfMatch::Blake3(digests), Some(d)) => digests.contains(d),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_match_compares_strong_blake3_tags() {
+        let a = Digest([1; 32]);
+        let b = Digest([2; 32]);
+        let tag = |d: &Digest| format!("\"blake3:{}\"", d.to_hex());
+        let parse = |v: &str| IfMatch::parse([v]);
+        assert_eq!(parse("*"), IfMatch::Any);
+        assert_eq!(parse(&format!("{}, *", tag(&a))), IfMatch::Any);
+        assert_eq!(
+            IfMatch::parse([tag(&a).as_str(), tag(&b).as_str()]),
+            IfMatch::Blake3(vec![a, b])
+        );
+        // Weak tags, other algorithms, unquoted or malformed tags never match.
+        for v in [
+            format!("W/{}", tag(&a)),
+            format!("\"sha256:{}\"", a.to_hex()),
+            format!("blake3:{}", a.to_hex()),
+            "\"blake3:zz\"".to_owned(),
+            String::new(),
+        ] {
+            assert!(!parse(&v).holds(Some(&a)), "{v}");
+        }
+        assert!(parse(&tag(&a)).holds(Some(&a)));
+        assert!(!parse(&tag(&a)).holds(Some(&b)));
+        assert!(!parse(&tag(&a)).holds(None));
+        assert!(IfMatch::Any.holds(Some(&b)));
+        assert!(!IfMatch::Any.holds(None));
+    }
 }

@@ -76,6 +76,7 @@ async fn python_cbor2_rfc8785_and_hashlib_agree() {
                         media_type: Some("application/x.test+json; charset=utf-8".into()),
                         expected_digest: None,
                         replace: false,
+                        if_match: None,
                     },
                     body(&data, 8192),
                 )

@@ -397,6 +397,7 @@ async fn statements_sent_together_run_in_order_whatever_the_connection_has_prepa
             media_type: None,
             expected_digest: None,
             replace: false,
+            if_match: None,
         };
         let data = crate::support::random_bytes(1000, 9);
         registry

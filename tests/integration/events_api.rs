@@ -120,6 +120,7 @@ async fn eight_producers_four_consumers_no_miss_no_reorder() {
                         media_type: None,
                         expected_digest: None,
                         replace: false,
+                        if_match: None,
                     };
                     registry
                         .ingest_file(

@@ -23,6 +23,7 @@ fn request(path: &str, replace: bool) -> IngestRequest {
         media_type: None,
         expected_digest: None,
         replace,
+        if_match: None,
     }
 }
 

@@ -12,6 +12,7 @@ fn request(path: &str, replace: bool) -> IngestRequest {
         media_type: Some("application/x-test".into()),
         expected_digest: None,
         replace,
+        if_match: None,
     }
 }
 

@@ -383,6 +383,7 @@ async fn three_workers_expire_a_thousand_due_packages_exactly_once() {
                         media_type: None,
                         expected_digest: None,
                         replace: false,
+                        if_match: None,
                     },
                     body(format!("file {i}").as_bytes(), 4),
                 )

@@ -4,7 +4,7 @@
 
 use crate::support::{Server, TestDb, random_bytes};
 use artifactstore_client::{Store, StoreError, UploadOptions, types};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 const TOKENS: &str = "acme:read+write+admin:sdk-token";
 
@@ -26,7 +26,13 @@ async fn the_rust_sdk_uploads_resumes_downloads_and_tails() {
     let store = Store::new(&server.base, "sdk-token").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let package = store
-        .call(store.api().create_package(&new_package("sdk-rust")))
+        .call(
+            store
+                .api()
+                .create_package()
+                .body(new_package("sdk-rust"))
+                .send(),
+        )
         .await
         .unwrap();
 
@@ -50,23 +56,33 @@ async fn the_rust_sdk_uploads_resumes_downloads_and_tails() {
     let resumed_source = dir.path().join("resumed.bin");
     std::fs::write(&resumed_source, &resumed).unwrap();
     let session = store
-        .call(store.api().create_upload(&types::CreateUpload {
-            package_id: package.id,
-            relative_path: "resumed.bin".parse().unwrap(),
-            size: Some(resumed.len() as u64),
-            expected_digest: None,
-            media_type: None,
-            replace: None,
-        }))
+        .call(
+            store
+                .api()
+                .create_upload()
+                .body(types::CreateUpload {
+                    package_id: package.id,
+                    relative_path: "resumed.bin".parse().unwrap(),
+                    size: Some(resumed.len() as u64),
+                    expected_digest: None,
+                    media_type: None,
+                    replace: None,
+                })
+                .send(),
+        )
         .await
         .unwrap();
     let first = format!("bytes 0-699999/{}", resumed.len());
     store
-        .call(store.api().append_upload(
-            &session.id,
-            &first.parse().unwrap(),
-            resumed[..700_000].to_vec(),
-        ))
+        .call(
+            store
+                .api()
+                .append_upload()
+                .id(session.id)
+                .content_range(first)
+                .body(resumed[..700_000].to_vec())
+                .send(),
+        )
         .await
         .unwrap();
     // The session object still says 0: the 416's offset corrects it.
@@ -119,17 +135,81 @@ async fn the_rust_sdk_uploads_resumes_downloads_and_tails() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 
-    // Refusals are problems with their status and request id.
-    let finalized = store
-        .call(store.api().finalize_package(&package.id))
+    // `If-Match` replaces only the file it names (412 otherwise): an optional parameter
+    // is one more builder method.
+    let put = |bytes: &'static [u8], tag: String| {
+        store
+            .api()
+            .put_file()
+            .id(package.id)
+            .relative_path("notes.txt")
+            .if_match(tag)
+            .body(bytes.to_vec())
+            .send()
+    };
+    let stale = store
+        .call(put(b"first", format!("\"blake3:{}\"", "0".repeat(64))))
+        .await
+        .unwrap_err();
+    assert_eq!(stale.status(), Some(412));
+    store
+        .call(
+            store
+                .api()
+                .put_file()
+                .id(package.id)
+                .relative_path("notes.txt")
+                .body(b"first".to_vec())
+                .send(),
+        )
         .await
         .unwrap();
-    assert_eq!(finalized.file_count, 2);
+    let notes = store
+        .call(put(
+            b"second",
+            format!("\"blake3:{}\"", blake3::hash(b"first").to_hex()),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        notes.digests.blake3,
+        blake3::hash(b"second").to_hex().to_string()
+    );
+
+    // Refusals are problems with their status and request id.
+    let finalized = store
+        .call(store.api().finalize_package().id(package.id).send())
+        .await
+        .unwrap();
+    // The manifest: CBOR bytes named by their digest, and the typed JSON projection.
+    let cbor = store
+        .call(store.api().get_manifest().id(package.id).send())
+        .await
+        .unwrap()
+        .into_inner()
+        .map_ok(|chunk| chunk.to_vec())
+        .try_concat()
+        .await
+        .unwrap();
+    assert_eq!(
+        Some(format!("blake3:{}", blake3::hash(&cbor).to_hex())),
+        finalized.manifest_digest
+    );
+    let json = store
+        .call(store.api().get_manifest_json().id(package.id).send())
+        .await
+        .unwrap();
+    assert_eq!(json.files.len(), 3);
+    assert_eq!(finalized.file_count, 3);
     let late = store
         .call(
             store
                 .api()
-                .put_file(&package.id, "late.bin", None, None, None, b"x".to_vec()),
+                .put_file()
+                .id(package.id)
+                .relative_path("late.bin")
+                .body(b"x".to_vec())
+                .send(),
         )
         .await
         .unwrap_err();
@@ -144,7 +224,7 @@ async fn the_rust_sdk_uploads_resumes_downloads_and_tails() {
     }
     let stranger = Store::new(&server.base, "not-a-token").unwrap();
     let unknown = stranger
-        .call(stranger.api().get_package(&package.id))
+        .call(stranger.api().get_package().id(package.id).send())
         .await
         .unwrap_err();
     assert_eq!(unknown.status(), Some(401));
@@ -166,13 +246,21 @@ async fn the_rust_sdk_uploads_resumes_downloads_and_tails() {
             "v1.package.created",
             "v1.file.ingested",
             "v1.file.ingested",
+            "v1.file.ingested",
+            "v1.file.ingested",
             "v1.package.finalized"
         ]
     );
     let last = events.last().unwrap().sequence;
     let mut tail = Box::pin(store.events(last, true, 10));
     let other = store
-        .call(store.api().create_package(&new_package("woken")))
+        .call(
+            store
+                .api()
+                .create_package()
+                .body(new_package("woken"))
+                .send(),
+        )
         .await
         .unwrap();
     let woken = tail.next().await.unwrap().unwrap();

@@ -165,14 +165,21 @@ class Client:
         media_type: str | None = None,
         expected_digest: str | None = None,
         replace: bool = False,
+        if_match: str | None = None,
     ) -> FileInfo:
-        """One request with the bytes (streamed from a file object): for small files."""
+        """One request with the bytes (streamed from a file object): for small files.
+
+        `if_match` (an ETag, `'"' + file.content_address + '"'`, or `*`) replaces the file at
+        the path only while it is that one; otherwise `errors.PreconditionFailed`.
+        """
         params: dict[str, str] = {}
         if expected_digest:
             params["expected_digest"] = expected_digest
         if replace:
             params["replace"] = "true"
         headers = {"Content-Type": media_type or "application/octet-stream"}
+        if if_match:
+            headers["If-Match"] = if_match
         url = f"/packages/{_id(package_id)}/files/{_file_path(relative_path)}"
         response = self._request("PUT", url, params=params, headers=headers, content=data)
         return FileInfo.from_dict(response.json())

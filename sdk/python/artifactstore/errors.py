@@ -50,6 +50,10 @@ class Gone(ArtifactStoreError):
     """410: expired (or, for an upload session, ended)."""
 
 
+class PreconditionFailed(ArtifactStoreError):
+    """412: `If-Match` names another file than the one at the path; nothing changed."""
+
+
 class PayloadTooLarge(ArtifactStoreError):
     """413: past a configured limit."""
 
@@ -82,6 +86,7 @@ _BY_STATUS: dict[int, type[ArtifactStoreError]] = {
     404: NotFound,
     409: Conflict,
     410: Gone,
+    412: PreconditionFailed,
     413: PayloadTooLarge,
     415: InvalidInput,
     416: RangeNotSatisfiable,

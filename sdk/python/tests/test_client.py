@@ -178,6 +178,11 @@ def test_refusals_are_typed_exceptions(store, package):
         store.put_file(package.id, "a/../b", b"x")
     with pytest.raises(errors.InvalidInput):
         store.put_file(package.id, "wrong.bin", b"x", expected_digest="sha256:" + "0" * 64)
+    first = store.put_file(package.id, "notes.txt", b"first")
+    second = store.put_file(package.id, "notes.txt", b"second", if_match=f'"{first.content_address}"')
+    with pytest.raises(errors.PreconditionFailed):  # the tag of a file no longer there
+        store.put_file(package.id, "notes.txt", b"third", if_match=f'"{first.content_address}"')
+    assert store.read_range(second.id, 0, 5) == b"second"
     store.finalize(package.id)
     with pytest.raises(errors.Conflict):
         store.put_file(package.id, "late.bin", b"x")

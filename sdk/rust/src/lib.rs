@@ -10,12 +10,18 @@
 //! use artifactstore_client::{Store, UploadOptions, types};
 //! let store = Store::new("http://127.0.0.1:8000", "dev-token")?;
 //! let package = store
-//!     .call(store.api().create_package(&types::CreatePackage {
-//!         producer: "ci".into(),
-//!         subject: "commit-abc123".into(),
-//!         retention_class: None,
-//!         metadata: Default::default(),
-//!     }))
+//!     .call(
+//!         store
+//!             .api()
+//!             .create_package()
+//!             .body(types::CreatePackage {
+//!                 producer: "ci".parse().expect("a valid producer"),
+//!                 subject: "commit-abc123".parse().expect("a valid subject"),
+//!                 retention_class: None,
+//!                 metadata: Default::default(),
+//!             })
+//!             .send(),
+//!     )
 //!     .await?;
 //! let file = store
 //!     .upload_file(package.id, "dist/app.tar.gz", "dist/app.tar.gz".as_ref(), UploadOptions::default())
@@ -283,7 +289,7 @@ impl Store {
     ) -> Result<types::FileInfo, StoreError> {
         let size = tokio::fs::metadata(source).await?.len();
         let upload = match options.session {
-            Some(id) => self.call(self.api.get_upload(&id)).await?,
+            Some(id) => self.call(self.api.get_upload().id(id).send()).await?,
             None => {
                 let digest = format!("blake3:{}", blake3_of(source).await?);
                 let invalid = |e: &dyn std::fmt::Display| StoreError::Unexpected(e.to_string());
@@ -295,7 +301,8 @@ impl Store {
                     media_type: options.media_type.clone(),
                     replace: Some(options.replace),
                 };
-                self.call(self.api.create_upload(&request)).await?
+                self.call(self.api.create_upload().body(request).send())
+                    .await?
             }
         };
         let mut file = tokio::fs::File::open(source).await?;
@@ -310,7 +317,14 @@ impl Store {
                 .parse()
                 .map_err(|e| StoreError::Unexpected(format!("{e}")))?;
             match self
-                .call(self.api.append_upload(&upload.id, &range, chunk))
+                .call(
+                    self.api
+                        .append_upload()
+                        .id(upload.id)
+                        .content_range(range)
+                        .body(chunk)
+                        .send(),
+                )
                 .await
             {
                 Ok(answer) => (offset, failures) = (answer.offset, 0),
@@ -328,7 +342,7 @@ impl Store {
                     failures += 1;
                     tokio::time::sleep(e.retry_wait(failures)).await;
                     // Where the session is now; a failure to ask is this try's.
-                    if let Ok(state) = self.call(self.api.get_upload(&upload.id)).await {
+                    if let Ok(state) = self.call(self.api.get_upload().id(upload.id).send()).await {
                         offset = state.offset;
                     }
                 }
@@ -339,7 +353,10 @@ impl Store {
         // answer was lost); a session gone after such a try may have become the file.
         let mut failures = 0;
         loop {
-            match self.call(self.api.complete_upload(&upload.id)).await {
+            match self
+                .call(self.api.complete_upload().id(upload.id).send())
+                .await
+            {
                 Ok(file) => return Ok(file),
                 Err(e) if e.is_retriable() && failures + 1 < options.attempts => {
                     failures += 1;
@@ -347,7 +364,9 @@ impl Store {
                 }
                 Err(e) if failures > 0 && e.status() == Some(404) => {
                     let digest = blake3_of(source).await?;
-                    let package = self.call(self.api.get_package(&upload.package_id)).await?;
+                    let package = self
+                        .call(self.api.get_package().id(upload.package_id).send())
+                        .await?;
                     return package
                         .files
                         .into_iter()
@@ -371,7 +390,7 @@ impl Store {
         destination: &Path,
         expected: Option<&str>,
     ) -> Result<types::FileInfo, StoreError> {
-        let info = self.call(self.api.get_file(&file)).await?;
+        let info = self.call(self.api.get_file().id(file).send()).await?;
         if let Some(expected) = expected {
             let named = match expected.split_once(':') {
                 Some(("blake3", hex)) => (&info.digests.blake3, hex),
@@ -416,7 +435,7 @@ impl Store {
         scratch: &Path,
         info: &types::FileInfo,
     ) -> Result<(), StoreError> {
-        let mut body = self.call(self.api.download_file(&file, None, None)).await?;
+        let mut body = self.call(self.api.download_file().id(file).send()).await?;
         let mut out = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -453,10 +472,11 @@ impl Store {
         wait: u32,
     ) -> Result<types::EventPage, StoreError> {
         let patience = std::time::Duration::from_secs(u64::from(wait) + 30);
-        let page = self.call(
-            self.api
-                .list_events(None, Some(since), type_prefix, Some(wait)),
-        );
+        let mut request = self.api.list_events().since(since).wait(wait);
+        if let Some(prefix) = type_prefix {
+            request = request.type_(prefix);
+        }
+        let page = self.call(request.send());
         tokio::time::timeout(patience, page)
             .await
             .unwrap_or_else(|_| {

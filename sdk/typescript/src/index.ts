@@ -242,15 +242,19 @@ export class ArtifactStore {
     packageId: string,
     relativePath: string,
     data: Uint8Array<ArrayBuffer> | string,
-    o: { mediaType?: string; expectedDigest?: string; replace?: boolean } = {},
+    o: { mediaType?: string; expectedDigest?: string; replace?: boolean; ifMatch?: string } = {},
   ): Promise<FileInfo> {
     const query = new URLSearchParams();
     if (o.expectedDigest) query.set("expected_digest", o.expectedDigest);
     if (o.replace) query.set("replace", "true");
+    // `ifMatch` (an ETag, `"` + file.content_address + `"`, or `*`): replace the file at the
+    // path only while it is that one, else a 412 ProblemError.
+    const headers: Record<string, string> = { "Content-Type": o.mediaType ?? "application/octet-stream" };
+    if (o.ifMatch) headers["If-Match"] = o.ifMatch;
     const response = await this.request("PUT", `/packages/${checkedId(packageId)}/files/${filePath(relativePath)}`, {
       query,
       body: data,
-      headers: { "Content-Type": o.mediaType ?? "application/octet-stream" },
+      headers,
     });
     return (await response.json()) as FileInfo;
   }

@@ -167,6 +167,10 @@ test("refusals are ProblemErrors with their problem", async () => {
   await assert.rejects(store.putFile(pkg.id, "a/../b", "x"), RangeError);
   await rejects(store.putFile(pkg.id, "a\\b\u0000", "x"), 422);
   await rejects(store.putFile(pkg.id, "wrong.bin", "x", { expectedDigest: `sha256:${"0".repeat(64)}` }), 422);
+  const first = await store.putFile(pkg.id, "notes.txt", "first");
+  await store.putFile(pkg.id, "notes.txt", "second", { ifMatch: `"${first.content_address}"` });
+  // The tag of a file no longer there: 412, nothing changes.
+  await rejects(store.putFile(pkg.id, "notes.txt", "third", { ifMatch: `"${first.content_address}"` }), 412);
   await store.finalize(pkg.id);
   await rejects(store.putFile(pkg.id, "late.bin", "x"), 409);
   await rejects(new ArtifactStore(URL, "not-a-token").getPackage(pkg.id), 401);

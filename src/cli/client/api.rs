@@ -60,7 +60,7 @@ pub async fn manifest_bytes(
 ) -> Result<Vec<u8>, CliError> {
     use futures::TryStreamExt;
     store
-        .call(store.api().get_manifest(id, None))
+        .call(store.api().get_manifest().id(*id).send())
         .await?
         .into_inner()
         .map_ok(|chunk| chunk.to_vec())

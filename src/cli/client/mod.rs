@@ -180,17 +180,26 @@ pub async fn ls(args: LsArgs) -> Result<ExitCode, CliError> {
     let mut header = !args.json;
     while printed < args.limit {
         let limit = std::num::NonZeroU32::new((args.limit - printed).min(1000) as u32);
-        let page = store
-            .call(store.api().list_packages(
-                cursor.as_deref(),
-                limit,
-                meta,
-                args.producer.as_deref(),
-                None,
-                status,
-                args.subject.as_deref(),
-            ))
-            .await?;
+        let mut request = store.api().list_packages();
+        if let Some(cursor) = &cursor {
+            request = request.cursor(cursor.as_str());
+        }
+        if let Some(limit) = limit {
+            request = request.limit(limit);
+        }
+        if let Some(meta) = meta {
+            request = request.meta(meta.clone());
+        }
+        if let Some(producer) = &args.producer {
+            request = request.producer(producer.as_str());
+        }
+        if let Some(status) = status {
+            request = request.status(status);
+        }
+        if let Some(subject) = &args.subject {
+            request = request.subject(subject.as_str());
+        }
+        let page = store.call(request.send()).await?;
         // The header once the first page is in: none before a failure.
         if std::mem::take(&mut header) {
             println!(

@@ -103,7 +103,7 @@ async fn download(
         uuid::Uuid::new_v4().simple()
     ));
     let result = async {
-        let mut stream = store.call(store.api().download_file(&want.id, None, None)).await?.into_inner();
+        let mut stream = store.call(store.api().download_file().id(want.id).send()).await?.into_inner();
         let mut out = tokio::fs::File::create(&part).await.map_err(|e| CliError::other(format!("{}: {e}", part.display())))?;
         let mut hasher = DualHasher::new();
         let mut received = 0u64;
@@ -150,7 +150,7 @@ pub async fn pull(args: PullArgs) -> Result<ExitCode, CliError> {
         .package
         .parse()
         .map_err(|_| CliError::usage(format!("`{}` is not a package id (a UUID)", args.package)))?;
-    let package = store.call(store.api().get_package(&id)).await?;
+    let package = store.call(store.api().get_package().id(id).send()).await?;
     let files = wanted(&package.files)?;
     // A finalized package's manifest must hash to its digest and list exactly these files.
     if let Some(digest) = &package.manifest_digest {

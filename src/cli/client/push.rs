@@ -140,7 +140,10 @@ pub async fn push(args: PushArgs) -> Result<ExitCode, CliError> {
     let files = hash_all(listing, total, jobs, hidden).await?;
 
     // 2. The package, and which bytes are missing.
-    let id = store.call(store.api().create_package(&new)).await?.id;
+    let id = store
+        .call(store.api().create_package().body(new).send())
+        .await?
+        .id;
     let missing = missing_addresses(&store, &files).await?;
 
     // 3. Upload one file per missing address; then link every other file.
@@ -167,7 +170,9 @@ pub async fn push(args: PushArgs) -> Result<ExitCode, CliError> {
     bar.finish_and_clear();
 
     if args.finalize {
-        store.call(store.api().finalize_package(&id)).await?;
+        store
+            .call(store.api().finalize_package().id(id).send())
+            .await?;
     }
     let sent: u64 = uploads.iter().map(|&i| files[i].size).sum();
     let elapsed = started.elapsed().as_secs_f64();
@@ -243,7 +248,9 @@ async fn missing_addresses(
                 .collect::<Result<_, _>>()
                 .map_err(|e| CliError::other(format!("{e}")))?,
         };
-        let answer = store.call(store.api().missing_blobs(&request)).await?;
+        let answer = store
+            .call(store.api().missing_blobs().body(request).send())
+            .await?;
         missing.extend(answer.missing);
     }
     Ok(missing)
@@ -326,15 +333,15 @@ impl Uploader {
                 }
             });
             let digest = format!("blake3:{}", file.blake3);
-            let api = self.store.api();
-            let put = api.put_file(
-                &self.package,
-                file.path.as_str(),
-                Some(&digest),
-                None,
-                None,
-                artifactstore_client::sized_body(stream, file.size),
-            );
+            let put = self
+                .store
+                .api()
+                .put_file()
+                .id(self.package)
+                .relative_path(file.path.as_str())
+                .expected_digest(digest)
+                .body(artifactstore_client::sized_body(stream, file.size))
+                .send();
             match self.store.call(put).await {
                 Ok(_) => return Ok(()),
                 // A try after one whose answer was lost: the file may be there already.
@@ -370,7 +377,11 @@ impl Uploader {
         let mut attempt = 0;
         let session = loop {
             attempt += 1;
-            match self.store.call(self.store.api().create_upload(&new)).await {
+            match self
+                .store
+                .call(self.store.api().create_upload().body(new.clone()).send())
+                .await
+            {
                 Ok(session) => break session,
                 // (A session whose answer was lost expires unused.)
                 Err(e) if attempt < TRIES && e.is_retriable() => {
@@ -392,14 +403,16 @@ impl Uploader {
                 .map_err(|e| CliError::other(e.to_string()))?;
             let stream = tokio_util::io::ReaderStream::with_capacity(handle.take(len), 256 * 1024);
             let range = format!("bytes {offset}-{}/{}", offset + len - 1, file.size)
-                .parse()
+                .parse::<artifactstore_client::types::AppendUploadContentRange>()
                 .map_err(|e| invalid(&e))?;
-            let api = self.store.api();
-            let chunk = api.append_upload(
-                &session.id,
-                &range,
-                artifactstore_client::sized_body(stream, len),
-            );
+            let chunk = self
+                .store
+                .api()
+                .append_upload()
+                .id(session.id)
+                .content_range(range)
+                .body(artifactstore_client::sized_body(stream, len))
+                .send();
             match self.store.call(chunk).await {
                 Ok(_) => {
                     offset += len;
@@ -416,7 +429,7 @@ impl Uploader {
                     // (Not known now: the next chunk is refused with the offset, or asks again.)
                     let Ok(state) = self
                         .store
-                        .call(self.store.api().get_upload(&session.id))
+                        .call(self.store.api().get_upload().id(session.id).send())
                         .await
                     else {
                         continue;
@@ -437,7 +450,7 @@ impl Uploader {
     async fn holds(&self, file: &LocalFile) -> bool {
         let Ok(package) = self
             .store
-            .call(self.store.api().get_package(&self.package))
+            .call(self.store.api().get_package().id(self.package).send())
             .await
         else {
             return false;
@@ -459,7 +472,7 @@ impl Uploader {
         loop {
             match self
                 .store
-                .call(self.store.api().complete_upload(&session))
+                .call(self.store.api().complete_upload().id(session).send())
                 .await
             {
                 Ok(_) => return Ok(()),
@@ -495,7 +508,14 @@ impl Uploader {
         }
         let request = types::LinkFiles { links };
         self.store
-            .call(self.store.api().link_files(&self.package, &request))
+            .call(
+                self.store
+                    .api()
+                    .link_files()
+                    .id(self.package)
+                    .body(request.clone())
+                    .send(),
+            )
             .await?;
         self.bar.inc(bytes);
         Ok(())

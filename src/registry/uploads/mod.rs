@@ -203,6 +203,7 @@ fn ingest_request(current: &Row) -> Result<super::IngestRequest> {
         ),
         expected_digest: expected,
         replace: current.replace,
+        if_match: None,
     })
 }
 
@@ -248,6 +249,7 @@ impl Registry {
             media_type: new.media_type.clone(),
             expected_digest: new.expected_digest,
             replace: new.replace,
+            if_match: None,
         };
         let client = self.pool.get().await?;
         let can_add = check_can_add(

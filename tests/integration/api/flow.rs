@@ -121,6 +121,64 @@ async fn fifty_files_ingested_finalized_downloaded_and_verified() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_MODIFIED);
 
+    // The same operation answers JSON when `Accept` prefers it (q-values weigh; CBOR wins
+    // ties and `*/*`), with a weak tag; an `Accept` naming neither is 406.
+    let manifest_with = |accept: &'static str| {
+        api.http
+            .get(api.url(&format!("/packages/{id}/manifest")))
+            .bearer_auth(READER)
+            .header("Accept", accept)
+            .send()
+    };
+    let jcs = artifactstore::Manifest::jcs(&cbor).unwrap();
+    for (accept, json) in [
+        ("application/json", true),
+        ("application/cbor;q=0.5, application/json;q=0.9", true),
+        (
+            "text/html, application/*;q=0.8, application/cbor;q=0.1",
+            true,
+        ),
+        ("application/json;q=0.5, */*", false),
+        ("application/json, application/cbor", false),
+        ("*/*", false),
+    ] {
+        let resp = manifest_with(accept).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{accept}");
+        assert_eq!(resp.headers()["vary"], "Accept", "{accept}");
+        let (content_type, etag, body) = if json {
+            (
+                "application/json",
+                format!("W/\"{digest}\""),
+                jcs.as_slice(),
+            )
+        } else {
+            ("application/cbor", format!("\"{digest}\""), cbor.as_ref())
+        };
+        assert_eq!(resp.headers()["content-type"], content_type, "{accept}");
+        assert_eq!(resp.headers()["etag"].to_str().unwrap(), etag, "{accept}");
+        assert_eq!(resp.bytes().await.unwrap().as_ref(), body, "{accept}");
+    }
+    for accept in ["text/html", "application/json;q=0, application/cbor;q=0"] {
+        let problem = assert_problem(manifest_with(accept).await.unwrap(), 406).await;
+        assert!(problem["detail"].as_str().unwrap().contains("Accept"));
+    }
+    for tag in [format!("W/\"{digest}\""), format!("\"{digest}\"")] {
+        let resp = api
+            .http
+            .get(api.url(&format!("/packages/{id}/manifest")))
+            .bearer_auth(READER)
+            .header("Accept", "application/json")
+            .header("If-None-Match", tag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(
+            resp.headers()["etag"].to_str().unwrap(),
+            format!("W/\"{digest}\"")
+        );
+    }
+
     // The package lists its files sorted.
     let detail: Value = api
         .http
@@ -270,4 +328,161 @@ async fn lost_bytes_answer_a_500_problem_that_leaks_nothing() {
         !detail.contains(blake) && !detail.contains("/"),
         "internals leaked: {detail}"
     );
+}
+
+/// `If-Match` on a file upload: the write replaces the file at the path only if that file is
+/// the one named (by its ETag, `"blake3:<hex>"`, or `*` for any); otherwise 412 and nothing
+/// changes. Small files (batched commits), large ones and forms alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn if_match_replaces_only_the_file_it_names() {
+    let db = TestDb::new().await;
+    let api = Api::start(&db, &[]);
+    let package = api
+        .create(WRITER, json!({"producer": "ci", "subject": "if-match"}))
+        .await;
+    let id = package["id"].as_str().unwrap().to_owned();
+    let put = |path: &str, data: Vec<u8>, if_match: Option<String>| {
+        let mut request = api
+            .http
+            .put(api.url(&format!("/packages/{id}/files/{path}")))
+            .bearer_auth(WRITER)
+            .body(data);
+        if let Some(tag) = if_match {
+            request = request.header("If-Match", tag);
+        }
+        request.send()
+    };
+    let tag = |file: &Value| format!("\"{}\"", file["content_address"].as_str().unwrap());
+    let at = |path: &str| {
+        let path = path.to_owned();
+        let package = api.get_json(READER, format!("/packages/{id}"));
+        async move {
+            package.await["files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|f| f["relative_path"] == path.as_str())
+                .cloned()
+        }
+    };
+
+    for (path, size) in [("small.bin", 10_000usize), ("large.bin", (1 << 20) + 4096)] {
+        // Nothing at the path: `*` and any tag fail, and nothing is added.
+        let first = random_bytes(size, 1);
+        for condition in ["*".to_owned(), format!("\"blake3:{}\"", "0".repeat(64))] {
+            let resp = put(path, first.clone(), Some(condition)).await.unwrap();
+            let problem = assert_problem(resp, 412).await;
+            assert!(problem["detail"].as_str().unwrap().contains("no file"));
+            assert!(at(path).await.is_none());
+        }
+        let resp = put(path, first.clone(), None).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        let original: Value = resp.json().await.unwrap();
+        assert_eq!(at(path).await.unwrap()["id"], original["id"]);
+
+        // Another file's tag, a weak tag of this one, or garbage: 412, the file unchanged.
+        let second = random_bytes(size, 2);
+        for condition in [
+            format!("\"blake3:{}\"", blake3::hash(&second).to_hex()),
+            format!("W/{}", tag(&original)),
+            "not-a-tag".to_owned(),
+            format!("\"sha256:{}\"", hex::encode(sha2::Sha256::digest(&first))),
+        ] {
+            let resp = put(path, second.clone(), Some(condition.clone()))
+                .await
+                .unwrap();
+            assert_problem(resp, 412).await;
+            assert_eq!(at(path).await.unwrap()["id"], original["id"], "{condition}");
+        }
+
+        // Its own tag (one of a list) replaces it without `replace=true`.
+        let resp = put(
+            path,
+            second.clone(),
+            Some(format!("\"blake3:{}\", {}", "1".repeat(64), tag(&original))),
+        )
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        let replaced: Value = resp.json().await.unwrap();
+        assert_eq!(at(path).await.unwrap()["id"], replaced["id"]);
+        assert_eq!(api.download(READER, &replaced).await, second);
+
+        // The old tag no longer matches (a lost update is refused); `*` matches any file.
+        let third = random_bytes(size, 3);
+        let resp = put(path, third.clone(), Some(tag(&original)))
+            .await
+            .unwrap();
+        assert_problem(resp, 412).await;
+        let resp = put(path, third.clone(), Some("*".into())).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        let latest: Value = resp.json().await.unwrap();
+        assert_eq!(api.download(READER, &latest).await, third);
+    }
+
+    // A form upload takes the header too; a mismatch refuses before its file is kept.
+    let current = at("small.bin").await.unwrap();
+    let form = |data: Vec<u8>| {
+        reqwest::multipart::Form::new()
+            .text("relative_path", "small.bin")
+            .part("file", reqwest::multipart::Part::bytes(data))
+    };
+    let resp = api
+        .http
+        .post(api.url(&format!("/packages/{id}/files")))
+        .bearer_auth(WRITER)
+        .header("If-Match", format!("\"blake3:{}\"", "2".repeat(64)))
+        .multipart(form(b"form bytes".to_vec()))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(resp, 412).await;
+    assert_eq!(at("small.bin").await.unwrap()["id"], current["id"]);
+    let resp = api
+        .http
+        .post(api.url(&format!("/packages/{id}/files")))
+        .bearer_auth(WRITER)
+        .header("If-Match", tag(&current))
+        .multipart(form(b"form bytes".to_vec()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let replaced: Value = resp.json().await.unwrap();
+    assert_eq!(api.download(READER, &replaced).await, b"form bytes");
+
+    // Racing writers naming the same file: exactly one replaces it, the others are 412.
+    for (path, size) in [("small.bin", 10_000usize), ("large.bin", (1 << 20) + 4096)] {
+        let current = tag(&at(path).await.unwrap());
+        let answers = futures::future::join_all(
+            (0..6u64).map(|i| put(path, random_bytes(size, 100 + i), Some(current.clone()))),
+        )
+        .await;
+        let mut statuses: Vec<u16> = answers
+            .into_iter()
+            .map(|r| r.unwrap().status().as_u16())
+            .collect();
+        statuses.sort_unstable();
+        assert_eq!(statuses, [201, 412, 412, 412, 412, 412], "{path}");
+    }
+
+    // Racing plain replacements all succeed, each replacing the one committed before it.
+    for (path, size) in [("small.bin", 10_000usize), ("large.bin", (1 << 20) + 4096)] {
+        let answers = futures::future::join_all((0..6u64).map(|i| {
+            let url = api.url(&format!("/packages/{id}/files/{path}?replace=true"));
+            api.http
+                .put(url)
+                .bearer_auth(WRITER)
+                .body(random_bytes(size, 200 + i))
+                .send()
+        }))
+        .await;
+        for answer in answers {
+            assert_eq!(answer.unwrap().status(), StatusCode::CREATED, "{path}");
+        }
+    }
+
+    // Without the header, a taken path is still a conflict.
+    let resp = put("small.bin", b"x".to_vec(), None).await.unwrap();
+    assert_problem(resp, 409).await;
 }

@@ -66,6 +66,19 @@ impl Api {
             .unwrap()
     }
 
+    /// A 200 answer's JSON body.
+    async fn get_json(&self, token: &str, path: String) -> Value {
+        let resp = self
+            .http
+            .get(self.url(&path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        resp.json().await.unwrap()
+    }
+
     /// The whole body of a file's download.
     async fn download(&self, token: &str, file: &Value) -> Vec<u8> {
         let id = file["id"].as_str().unwrap();

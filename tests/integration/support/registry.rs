@@ -69,6 +69,7 @@ pub fn ingest_request(path: &str) -> artifactstore::registry::IngestRequest {
         media_type: None,
         expected_digest: None,
         replace: false,
+        if_match: None,
     }
 }
 
