@@ -10,6 +10,7 @@ use super::schemas::FileInfo;
 use super::security::Auth;
 use crate::auth::Scope;
 use crate::domain::FileId;
+use crate::registry::FileRecord;
 use crate::storage::ByteRange;
 use poem::web::Data;
 use poem::{Body, Request};
@@ -58,25 +59,39 @@ impl FilesApi {
         id: Path<Uuid>,
     ) -> Answer<Download, operations::DownloadFile> {
         let principal = state.authorize(&auth, Scope::Read)?;
-        let registry = &state.registry;
-        let file = registry.get_file(&principal.tenant, FileId(id.0)).await?;
-        let range = match plan(req, &file) {
-            RangePlan::NotModified => return Ok(not_modified_response(&file)),
-            RangePlan::Unsatisfiable => return Ok(unsatisfiable(&file, req.uri().path())),
-            RangePlan::Full => None,
-            RangePlan::Partial(start, end) => Some((start, end)),
-        };
-        let byte_range = range.map(|(start, end)| ByteRange {
-            offset: start,
-            length: end - start + 1,
-        });
-        let download = registry
-            .read_file(&principal.tenant, file.id, byte_range)
+        let file = state
+            .registry
+            .get_file(&principal.tenant, FileId(id.0))
             .await?;
-        Ok(bytes_response(
-            &download.file,
-            range,
-            Body::from_bytes_stream(crate::metrics::count_served(download.body)),
-        ))
+        Ok(serve(&state, req, file, false).await?)
     }
+}
+
+/// Answers a download of `file` as its `Range` and `If-None-Match` ask: the bytes streamed
+/// from storage, or (`head`) the same answer's headers alone, storage untouched.
+pub(super) async fn serve(
+    state: &AppState,
+    req: &Request,
+    file: FileRecord,
+    head: bool,
+) -> Result<Download, crate::Error> {
+    let range = match plan(req, &file) {
+        RangePlan::NotModified => return Ok(not_modified_response(&file)),
+        RangePlan::Unsatisfiable => return Ok(unsatisfiable(&file, req.uri().path())),
+        RangePlan::Full => None,
+        RangePlan::Partial(start, end) => Some((start, end)),
+    };
+    if head {
+        return Ok(bytes_response(&file, range, Body::empty()));
+    }
+    let byte_range = range.map(|(start, end)| ByteRange {
+        offset: start,
+        length: end - start + 1,
+    });
+    let download = state.registry.read_record(file, byte_range).await?;
+    Ok(bytes_response(
+        &download.file,
+        range,
+        Body::from_bytes_stream(crate::metrics::count_served(download.body)),
+    ))
 }

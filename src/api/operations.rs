@@ -15,6 +15,8 @@ problems! {
     GetFile = [400, 401, 404];
     /// `GET /files/{id}/download`: its 416 is declared with its bytes.
     DownloadFile = [400, 401, 404];
+    /// `GET` and `HEAD /packages/{id}/files/{path}`: their 416 is declared with the bytes.
+    DownloadFileByPath = [400, 401, 404, 410, 422];
     /// `POST /packages`.
     CreatePackage = [400, 401, 403, 413, 415, 422, 507];
     /// `GET /packages`.

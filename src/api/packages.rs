@@ -6,7 +6,7 @@ use super::form::{Part, Parts, StreamedForm};
 use super::operations;
 use super::problem::Problem;
 use super::responses::{
-    CborManifest, JsonManifest, ManifestEncoding, manifest_encoding, manifest_response,
+    CborManifest, Download, JsonManifest, ManifestEncoding, manifest_encoding, manifest_response,
 };
 use super::schemas::{
     CreatePackage, FileInfo, LinkFile, LinkFiles, LinkedFiles, Package, PackageList,
@@ -99,6 +99,24 @@ fn if_match(req: &Request) -> Option<registry::IfMatch> {
 }
 
 impl PackagesApi {
+    /// The file at `path` of package `id`, served as `GET` (or `HEAD`) of its download.
+    async fn serve_path(
+        state: &AppState,
+        auth: &Auth,
+        req: &Request,
+        id: Uuid,
+        path: &str,
+        head: bool,
+    ) -> Answer<Download, operations::DownloadFileByPath> {
+        let principal = state.authorize(auth, Scope::Read)?;
+        let path = RelativePath::new(path)?;
+        let file = state
+            .registry
+            .file_at(&principal.tenant, PackageId(id), &path)
+            .await?;
+        Ok(super::files::serve(state, req, file, head).await?)
+    }
+
     async fn ingest(
         state: &AppState,
         tenant: &crate::domain::TenantId,
@@ -467,6 +485,49 @@ impl PackagesApi {
         }
         .await;
         Ok(super::body::finish(result, &mut stream).await?)
+    }
+
+    /// Download a file by its path in its package
+    ///
+    /// What `GET /files/{id}/download` answers for the file at this path (ranges, `ETag`,
+    /// 304, `Repr-Digest`, `Content-Disposition`), so `curl -OJ` and browsers work with the
+    /// names people know. The path may contain `/`. 410 once the package has expired.
+    #[oai(
+        path = "/packages/:id/files/:relative_path",
+        method = "get",
+        operation_id = "downloadFileByPath"
+    )]
+    async fn download_by_path(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: Auth,
+        req: &Request,
+        id: Path<Uuid>,
+        /// Path inside the package.
+        relative_path: Path<String>,
+    ) -> Answer<Download, operations::DownloadFileByPath> {
+        Self::serve_path(&state, &auth, req, id.0, &relative_path.0, false).await
+    }
+
+    /// A file's download headers, by its path
+    ///
+    /// The headers `GET` would answer (`Content-Length`, `ETag`, `Repr-Digest`,
+    /// `Content-Range` for a range, ...), without the bytes.
+    #[oai(
+        path = "/packages/:id/files/:relative_path",
+        method = "head",
+        operation_id = "headFileByPath"
+    )]
+    async fn head_by_path(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: Auth,
+        req: &Request,
+        id: Path<Uuid>,
+        /// Path inside the package.
+        relative_path: Path<String>,
+    ) -> Answer<Download, operations::DownloadFileByPath> {
+        Self::serve_path(&state, &auth, req, id.0, &relative_path.0, true).await
     }
 
     /// Add a file from bytes the tenant already holds

@@ -79,17 +79,19 @@ impl RouteTable {
     /// The operationId of a request, if it is a documented operation.
     pub fn operation(&self, method: &Method, path: &str) -> Option<&'static str> {
         let route = self.route(path)?;
-        // HEAD is served by the GET operation.
-        let method = if method == Method::HEAD {
-            &Method::GET
-        } else {
-            method
+        let find = |method: &Method| {
+            route
+                .operations
+                .iter()
+                .find(|(m, _)| m == method)
+                .map(|(_, id)| *id)
         };
-        route
-            .operations
-            .iter()
-            .find(|(m, _)| m == method)
-            .map(|(_, id)| *id)
+        // HEAD is served by the GET operation where it has none of its own.
+        find(method).or_else(|| {
+            (method == Method::HEAD)
+                .then(|| find(&Method::GET))
+                .flatten()
+        })
     }
 }
 
@@ -128,6 +130,16 @@ mod tests {
                 Method::HEAD,
                 format!("/files/{id}/download"),
                 Some("downloadFile"),
+            ),
+            (
+                Method::HEAD,
+                format!("/packages/{id}/files/a/b/c.txt"),
+                Some("headFileByPath"),
+            ),
+            (
+                Method::GET,
+                format!("/packages/{id}/files/a/b/c.txt"),
+                Some("downloadFileByPath"),
             ),
             (
                 Method::PATCH,

@@ -67,16 +67,14 @@ fn read_by_hand(operation_id: &str) -> Vec<&'static str> {
         "description": "ETags (or `*`): one that matches answers 304 without a body.",
         "schema": {"type": "string"}
     }"#;
+    const RANGE: &str = r#"{
+        "name": "Range", "in": "header", "required": false,
+        "description": "One byte range (`bytes=a-b`, `bytes=a-`, `bytes=-n`) answers 206 with those bytes; several ranges or a malformed value answer 200 with the whole file; a range outside it answers 416.",
+        "schema": {"type": "string"},
+        "example": "bytes=0-1023"
+    }"#;
     match operation_id {
-        "downloadFile" => vec![
-            r#"{
-                "name": "Range", "in": "header", "required": false,
-                "description": "One byte range (`bytes=a-b`, `bytes=a-`, `bytes=-n`) answers 206 with those bytes; several ranges or a malformed value answer 200 with the whole file; a range outside it answers 416.",
-                "schema": {"type": "string"},
-                "example": "bytes=0-1023"
-            }"#,
-            IF_NONE_MATCH,
-        ],
+        "downloadFile" | "downloadFileByPath" | "headFileByPath" => vec![RANGE, IF_NONE_MATCH],
         "getManifest" | "getManifestJson" => vec![IF_NONE_MATCH],
         "putFile" | "uploadFile" => vec![
             r#"{

@@ -2,7 +2,7 @@
 
 use super::Registry;
 use super::types::{FILE_COLUMNS, FileRecord};
-use crate::domain::{FileId, TenantId};
+use crate::domain::{FileId, PackageId, RelativePath, TenantId};
 use crate::error::{Error, Result};
 use crate::storage::{ByteRange, ByteStream};
 
@@ -33,6 +33,31 @@ impl Registry {
         FileRecord::from_row(&row)
     }
 
+    /// The file at `path` in a package of the tenant's: `NotFound` when the package or the
+    /// path is not there, `Gone` when the package has expired.
+    pub async fn file_at(
+        &self,
+        tenant: &TenantId,
+        package: PackageId,
+        path: &RelativePath,
+    ) -> Result<FileRecord> {
+        let client = self.pool.get().await?;
+        super::packages::live(super::packages::load_package(&**client, tenant, package).await?)?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "SELECT {FILE_COLUMNS} FROM files f JOIN blobs b ON b.blake3 = f.blake3 \
+                     WHERE f.package_id = $1 AND f.relative_path = $2 AND f.tenant = $3"
+                ),
+                &[&package.0, &path.as_str(), &tenant.as_str()],
+            )
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                what: format!("file `{path}` in package {package}"),
+            })?;
+        FileRecord::from_row(&row)
+    }
+
     /// Streams a file, or `range` of it (which must lie within the file).
     pub async fn read_file(
         &self,
@@ -41,6 +66,18 @@ impl Registry {
         range: Option<ByteRange>,
     ) -> Result<FileDownload> {
         let file = self.get_file(tenant, id).await?;
+        self.read_record(file, range).await
+    }
+
+    /// Streams the bytes of a file as [`get_file`](Self::get_file) or
+    /// [`file_at`](Self::file_at) found it for a tenant, or `range` of them (which must lie
+    /// within the file).
+    pub async fn read_record(
+        &self,
+        file: FileRecord,
+        range: Option<ByteRange>,
+    ) -> Result<FileDownload> {
+        let id = file.id;
         if let Some(r) = range
             && (r.length == 0
                 || r.offset

@@ -215,6 +215,13 @@ async fn short_classes_expire_on_time_held_packages_wait_for_their_release() {
         StatusCode::OK,
     )
     .await;
+    for request in [
+        http.get(format!("{base}/packages/{a}/files/a.txt")),
+        http.head(format!("{base}/packages/{a}/files/a.txt")),
+    ] {
+        let resp = request.bearer_auth(WRITER).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::GONE);
+    }
     send(
         &http,
         http.put(format!("{base}/packages/{a}/files/b.txt"))

@@ -486,3 +486,131 @@ async fn if_match_replaces_only_the_file_it_names() {
     let resp = put("small.bin", b"x".to_vec(), None).await.unwrap();
     assert_problem(resp, 409).await;
 }
+
+/// `GET` and `HEAD /packages/{id}/files/{path}` answer what the download by id does: whole,
+/// ranges, 304, the same headers; `curl -OJ` saves the file under its name; HEAD sends no
+/// bytes. Refusals: an absent path or package, another tenant's, a bad path, no token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_download_by_path_as_by_id() {
+    let db = TestDb::new().await;
+    let api = Api::start(&db, &[]);
+    let package = api
+        .create(WRITER, json!({"producer": "ci", "subject": "by-path"}))
+        .await;
+    let id = package["id"].as_str().unwrap().to_owned();
+    let data = random_bytes(300_000, 7);
+    let path = "dist/linux/résumé app.tar.gz";
+    let encoded = "dist/linux/r%C3%A9sum%C3%A9%20app.tar.gz";
+    let resp = api.put(WRITER, &id, encoded, &data).await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let file: Value = resp.json().await.unwrap();
+    assert_eq!(file["relative_path"], path);
+    let by_path = api.url(&format!("/packages/{id}/files/{encoded}"));
+    let by_id = api.url(&format!("/files/{}/download", file["id"].as_str().unwrap()));
+
+    // (A problem's length varies with its `instance`, the request's path.)
+    let headers_of = |resp: &reqwest::Response| {
+        let problem = resp.status() == StatusCode::RANGE_NOT_SATISFIABLE;
+        let mut h: Vec<(String, String)> = resp
+            .headers()
+            .iter()
+            .filter(|(name, _)| !matches!(name.as_str(), "date" | "x-request-id"))
+            .filter(|(name, _)| !(problem && name.as_str() == "content-length"))
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
+            .collect();
+        h.sort();
+        h
+    };
+    for range in [
+        None,
+        Some("bytes=1000-1999"),
+        Some("bytes=-10"),
+        Some("bytes=999999-"),
+    ] {
+        let get = |url: &str| {
+            let mut r = api.http.get(url).bearer_auth(READER);
+            if let Some(range) = range {
+                r = r.header("Range", range);
+            }
+            r.send()
+        };
+        let (a, b) = (get(&by_path).await.unwrap(), get(&by_id).await.unwrap());
+        assert_eq!(a.status(), b.status(), "{range:?}");
+        assert_eq!(headers_of(&a), headers_of(&b), "{range:?}");
+        if a.status() != StatusCode::RANGE_NOT_SATISFIABLE {
+            assert_eq!(
+                a.bytes().await.unwrap(),
+                b.bytes().await.unwrap(),
+                "{range:?}"
+            );
+        }
+
+        // HEAD: the GET's status and headers, no bytes.
+        let mut head = api.http.head(&by_path).bearer_auth(READER);
+        if let Some(range) = range {
+            head = head.header("Range", range);
+        }
+        let head = head.send().await.unwrap();
+        let get = get(&by_path).await.unwrap();
+        assert_eq!(head.status(), get.status(), "{range:?}");
+        assert_eq!(headers_of(&head), headers_of(&get), "{range:?}");
+        assert!(head.bytes().await.unwrap().is_empty());
+    }
+    let etag = format!("\"{}\"", file["content_address"].as_str().unwrap());
+    let resp = api
+        .http
+        .get(&by_path)
+        .bearer_auth(READER)
+        .header("If-None-Match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_MODIFIED);
+
+    // curl, as people use it: -OJ saves the bytes under the file's name.
+    let dir = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("curl")
+        .args(["-sS", "--fail-with-body", "-OJ", "-H"])
+        .arg(format!("Authorization: Bearer {READER}"))
+        .arg(&by_path)
+        .current_dir(dir.path())
+        .status()
+        .expect("curl runs");
+    assert!(status.success());
+    let saved: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    assert_eq!(std::fs::read(dir.path().join(&saved[0])).unwrap(), data);
+
+    // Refusals.
+    let missing = format!("/packages/{id}/files/dist/none.bin");
+    let stranger = format!("/packages/{}/files/{encoded}", uuid::Uuid::now_v7());
+    for (what, url, token, status) in [
+        ("no such path", api.url(&missing), Some(READER), 404),
+        ("no such package", api.url(&stranger), Some(READER), 404),
+        ("another tenant's", by_path.clone(), Some(OTHER), 404),
+        ("no token", by_path.clone(), None, 401),
+        (
+            "a dot segment",
+            api.url(&format!("/packages/{id}/files/dist%2F..%2Fx")),
+            Some(READER),
+            422,
+        ),
+        (
+            "a bad id",
+            api.url("/packages/nope/files/x"),
+            Some(READER),
+            400,
+        ),
+    ] {
+        let mut r = api.http.get(&url);
+        if let Some(token) = token {
+            r = r.bearer_auth(token);
+        }
+        let resp = r.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{what}");
+        assert_problem(resp, status).await;
+    }
+}
