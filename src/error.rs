@@ -18,6 +18,9 @@ pub enum Error {
     /// The request conflicts with the current state (finalized package, duplicate path...).
     #[error("{0}")]
     Conflict(String),
+    /// The caller may not do this to this thing (a scope the request's state calls for).
+    #[error("{0}")]
+    Forbidden(String),
     /// The input is malformed or violates a rule.
     #[error("{0}")]
     InvalidInput(String),

@@ -17,6 +17,10 @@ problems! {
     DownloadFile = [400, 401, 404];
     /// `GET` and `HEAD /packages/{id}/files/{path}`: their 416 is declared with the bytes.
     DownloadFileByPath = [400, 401, 404, 410, 422];
+    /// `DELETE /packages/{id}`.
+    DeletePackage = [400, 401, 403, 404, 409, 410, 413, 415, 422];
+    /// `DELETE /packages/{id}/files/{path}`.
+    DeleteFile = [400, 401, 403, 404, 409, 410, 413, 422];
     /// `POST /packages`.
     CreatePackage = [400, 401, 403, 413, 415, 422, 507];
     /// `GET /packages`.

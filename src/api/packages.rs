@@ -98,6 +98,49 @@ fn if_match(req: &Request) -> Option<registry::IfMatch> {
     ))
 }
 
+/// The `reason` of an optional `DELETE /packages/{id}` body (`{"reason": "..."}`, declared by
+/// hand in the spec as `DeletePackage`: poem-openapi has no optional bodies).
+fn removal_reason(req: &Request, body: &[u8]) -> ApiResult<Option<String>> {
+    if body.is_empty() {
+        return Ok(None);
+    }
+    let content_type = req.content_type().unwrap_or_default();
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    if !essence.eq_ignore_ascii_case("application/json") {
+        return Err(ApiError::from_problem(Problem::new(
+            poem::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "expected `application/json`, got `{}`",
+                content_type.escape_debug()
+            ),
+        )));
+    }
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
+    let serde_json::Value::Object(members) = value else {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    };
+    if let Some(unknown) = members.keys().find(|k| *k != "reason") {
+        return Err(ApiError::bad_request(format!(
+            "unknown member `{}` (the body has only `reason`)",
+            unknown.escape_debug()
+        )));
+    }
+    match members.get("reason") {
+        None => Ok(None),
+        Some(serde_json::Value::String(reason)) => Ok(Some(reason.clone())),
+        Some(_) => Err(ApiError::bad_request("`reason` must be a string")),
+    }
+}
+
+/// A removal's answer.
+#[derive(ApiResponse)]
+pub enum Removed {
+    /// Removed.
+    #[oai(status = 204)]
+    Done,
+}
+
 impl PackagesApi {
     /// The file at `path` of package `id`, served as `GET` (or `HEAD`) of its download.
     async fn serve_path(
@@ -528,6 +571,67 @@ impl PackagesApi {
         relative_path: Path<String>,
     ) -> Answer<Download, operations::DownloadFileByPath> {
         Self::serve_path(&state, &auth, req, id.0, &relative_path.0, true).await
+    }
+
+    /// Abandon or withdraw a package
+    ///
+    /// An open package (write scope) is abandoned at once; a finalized one is withdrawn (admin
+    /// scope: 403 without it). Either way its files go, their bytes collected unless another
+    /// file names them; its record stays: it answers 410 from now on, a withdrawn package's
+    /// manifest stays readable, and listings show who removed it, when and why (`removal`).
+    /// 409 under legal hold; 410 when already gone. The body (`{"reason": ...}`) is optional.
+    #[oai(
+        path = "/packages/:id",
+        method = "delete",
+        operation_id = "deletePackage"
+    )]
+    async fn delete_package(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: Auth,
+        req: &Request,
+        id: Path<Uuid>,
+        body: Vec<u8>,
+    ) -> Answer<Json<Package>, operations::DeletePackage> {
+        let principal = state.authorize(&auth, Scope::Write)?;
+        let reason = removal_reason(req, &body)?;
+        let package = state
+            .registry
+            .remove_package(
+                &principal.tenant,
+                PackageId(id.0),
+                &principal.name,
+                reason,
+                principal.scope >= Scope::Admin,
+            )
+            .await?;
+        Ok(Json(package.into()))
+    }
+
+    /// Remove a file from an open package
+    ///
+    /// The path is free again; the file's bytes are collected unless another file names them.
+    /// 409 once the package is finalized (it is immutable).
+    #[oai(
+        path = "/packages/:id/files/:relative_path",
+        method = "delete",
+        operation_id = "deleteFile"
+    )]
+    async fn delete_file(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: Auth,
+        id: Path<Uuid>,
+        /// Path inside the package.
+        relative_path: Path<String>,
+    ) -> Answer<Removed, operations::DeleteFile> {
+        let principal = state.authorize(&auth, Scope::Write)?;
+        let path = RelativePath::new(&relative_path.0)?;
+        state
+            .registry
+            .remove_file(&principal.tenant, PackageId(id.0), &path, &principal.name)
+            .await?;
+        Ok(Removed::Done)
     }
 
     /// Add a file from bytes the tenant already holds

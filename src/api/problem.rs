@@ -143,6 +143,7 @@ pub fn from_error(error: &Error) -> Problem {
     let (status, detail) = match error {
         Error::NotFound { .. } => (StatusCode::NOT_FOUND, error.to_string()),
         Error::Conflict(_) => (StatusCode::CONFLICT, error.to_string()),
+        Error::Forbidden(_) => (StatusCode::FORBIDDEN, error.to_string()),
         Error::InvalidInput(_) | Error::DigestMismatch { .. } => {
             (StatusCode::UNPROCESSABLE_ENTITY, error.to_string())
         }

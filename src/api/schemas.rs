@@ -43,6 +43,21 @@ pub struct Package {
     /// The files, sorted by relative path (only on `GET /packages/{id}`).
     #[oai(skip_serializing_if_is_none)]
     pub files: Option<Vec<FileInfo>>,
+    // See `status`: the `Removal` schema carries the documentation.
+    #[oai(skip_serializing_if_is_none)]
+    pub removal: Option<Removal>,
+}
+
+/// Who abandoned or withdrew a package (`DELETE /packages/{id}`), when and why.
+#[derive(Debug, Clone, Object)]
+pub struct Removal {
+    /// The name of the token that removed it.
+    pub by: String,
+    /// When.
+    pub at: OffsetDateTime,
+    /// Why, if the request said.
+    #[oai(skip_serializing_if_is_none)]
+    pub reason: Option<String>,
 }
 
 /// A package's retention.
@@ -83,6 +98,11 @@ impl From<RegistryPackage> for Package {
                 hold_reason: p.retention.hold_reason,
             },
             files: None,
+            removal: p.removal.map(|r| Removal {
+                by: r.by,
+                at: r.at.as_datetime(),
+                reason: r.reason,
+            }),
         }
     }
 }

@@ -115,6 +115,23 @@ fn example_detail(status: StatusCode) -> &'static str {
     }
 }
 
+/// The optional body of `DELETE /packages/{id}`, which its handler reads by hand
+/// (poem-openapi has no optional request bodies).
+const DELETE_PACKAGE: &str = r#"{
+    "type": "object",
+    "title": "DeletePackage",
+    "description": "`DELETE /packages/{id}` body.",
+    "properties": {
+        "reason": {
+            "type": "string",
+            "description": "Why (1-256 bytes, no control characters), kept with the package's record.",
+            "minLength": 1,
+            "maxLength": 256
+        }
+    },
+    "additionalProperties": false
+}"#;
+
 /// The document poem-openapi builds for `spec`, completed.
 pub(super) fn complete(spec: &str) -> String {
     let mut doc: Json = serde_json::from_str(spec).expect("poem-openapi's document is JSON");
@@ -128,6 +145,16 @@ pub(super) fn complete(spec: &str) -> String {
                 schema.insert("additionalProperties".into(), Json::Bool(false));
             }
         }
+    }
+    if let Some(schemas) = doc
+        .member("components")
+        .and_then(|c| c.member("schemas"))
+        .and_then(Json::object)
+    {
+        schemas.insert(
+            "DeletePackage".into(),
+            serde_json::from_str(DELETE_PACKAGE).expect("a schema object"),
+        );
     }
     one_schema_per_concept(&mut doc);
     if let Some(paths) = doc.member("paths").and_then(Json::object) {
@@ -191,6 +218,15 @@ fn complete_operation(operation: &mut Json) {
     let Some(members) = operation.object() else {
         return;
     };
+    if id == "deletePackage" {
+        members.insert(
+            "requestBody".into(),
+            serde_json::from_str::<Json>(
+                r##"{"required": false, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DeletePackage"}}}}"##,
+            )
+            .expect("a request body object"),
+        );
+    }
     let added = read_by_hand(&id);
     if !added.is_empty() {
         let parameters = members

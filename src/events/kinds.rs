@@ -12,8 +12,9 @@
 //! [`DomainEvent::of`], which takes the owner.
 
 use super::payloads::{
-    BlobCollected, ClassChanged, ClassDefined, FileIngested, HoldReleased, HoldSet, LocationAdded,
-    LocationRemoved, LocationVerified, PackageCreated, PackageExpired, PackageFinalized, QuotaSet,
+    BlobCollected, ClassChanged, ClassDefined, FileIngested, FileRemoved, HoldReleased, HoldSet,
+    LocationAdded, LocationRemoved, LocationVerified, PackageAbandoned, PackageCreated,
+    PackageExpired, PackageFinalized, PackageWithdrawn, QuotaSet,
 };
 use crate::domain::{TenantId, Timestamp};
 use crate::error::{Error, Result};
@@ -152,6 +153,12 @@ event_kinds! {
     PackageExpired(PackageExpired) = "v1.package.expired",
     /// `v1.tenant.quota_set`: a tenant's limits were set.
     QuotaSet(QuotaSet) = "v1.tenant.quota_set",
+    /// `v1.file.removed`: a file was taken out of an open package.
+    FileRemoved(FileRemoved) = "v1.file.removed",
+    /// `v1.package.abandoned`: an open package was given up.
+    PackageAbandoned(PackageAbandoned) = "v1.package.abandoned",
+    /// `v1.package.withdrawn`: a finalized package was withdrawn.
+    PackageWithdrawn(PackageWithdrawn) = "v1.package.withdrawn",
 }
 
 /// An event before it is appended: whose it is, and its payload.

@@ -19,9 +19,9 @@ pub use bus::{EventBus, LongPollLimits, WaitRefused, WaitingRequest};
 pub use kinds::{DomainEvent, EventKind, OwnerInPayload, Payload};
 pub use log::{NOTIFY_CHANNEL, StoredEvent, latest_sequence, read_after, read_after_until};
 pub use payloads::{
-    BlobCollected, ClassChanged, ClassDefined, FileIngested, HoldReleased, HoldSet, LocationAdded,
-    LocationRemoved, LocationStatus, LocationVerified, PackageCreated, PackageExpired,
-    PackageFinalized, QuotaSet,
+    BlobCollected, ClassChanged, ClassDefined, FileIngested, FileRemoved, HoldReleased, HoldSet,
+    LocationAdded, LocationRemoved, LocationStatus, LocationVerified, PackageAbandoned,
+    PackageCreated, PackageExpired, PackageFinalized, PackageWithdrawn, QuotaSet,
 };
 pub use replay::{ReplayReport, dump_views, replay};
 pub use sequencer::{Sequencer, number_committed};

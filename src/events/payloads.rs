@@ -243,6 +243,52 @@ pub struct PackageExpired {
     pub expired_at: Timestamp,
 }
 
+/// `v1.file.removed`: a file was taken out of an open package; its bytes stay while another
+/// file names them.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRemoved {
+    /// The file.
+    pub file_id: FileId,
+    /// Its package.
+    pub package_id: PackageId,
+    /// Its path there.
+    pub relative_path: RelativePath,
+    /// The token that removed it.
+    pub removed_by: String,
+    /// When.
+    pub removed_at: Timestamp,
+}
+
+/// `v1.package.abandoned`: its producer gave up an open package; its files leave it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackageAbandoned {
+    /// The package.
+    pub package_id: PackageId,
+    /// The token that abandoned it.
+    pub abandoned_by: String,
+    /// Why, if said.
+    pub reason: Option<String>,
+    /// When.
+    pub abandoned_at: Timestamp,
+}
+
+/// `v1.package.withdrawn`: a tenant admin withdrew a finalized package before its retention
+/// ran out; its files leave it, its manifest stays as the record.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackageWithdrawn {
+    /// The package.
+    pub package_id: PackageId,
+    /// The token that withdrew it.
+    pub withdrawn_by: String,
+    /// Why, if said.
+    pub reason: Option<String>,
+    /// When.
+    pub withdrawn_at: Timestamp,
+}
+
 /// `v1.blob.collected`: an unreferenced blob's bytes were deleted from every backend.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -330,6 +376,9 @@ about_package! {
     HoldReleased: released_at,
     ClassChanged: changed_at,
     PackageExpired: expired_at,
+    FileRemoved: removed_at,
+    PackageAbandoned: abandoned_at,
+    PackageWithdrawn: withdrawn_at,
 }
 
 /// `EventKind` and the `system` owner for payloads about a blob.

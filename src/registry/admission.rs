@@ -174,8 +174,9 @@ impl OpenPackage {
 pub(super) fn must_be_open(package_id: PackageId, status: &str) -> Result<()> {
     match PackageStatus::parse(status)? {
         PackageStatus::Open => Ok(()),
-        PackageStatus::Expired => Err(Error::Gone(format!(
-            "package {package_id} has expired; create a new package"
+        gone if gone.is_gone() => Err(Error::Gone(format!(
+            "package {package_id} is {}; create a new package",
+            gone.as_str()
         ))),
         _ => Err(Error::Conflict(format!(
             "package {package_id} is finalized and immutable; create a new package"

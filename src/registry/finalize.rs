@@ -126,9 +126,7 @@ impl Registry {
                     .map_err(|e| Error::Integrity(format!("manifest digest: {e}")))?,
                 cbor: row.get(1),
             }),
-            None if package.status == PackageStatus::Expired => {
-                Err(super::packages::gone(&package))
-            }
+            None if package.status.is_gone() => Err(super::packages::gone(&package)),
             None if package.status == PackageStatus::Open => Err(Error::NotFound {
                 what: format!(
                     "manifest of package {id} (the package is still open: finalize it first)"

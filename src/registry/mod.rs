@@ -13,6 +13,7 @@ mod quota;
 mod reads;
 mod record;
 mod relocate;
+mod removal;
 mod retention;
 mod roots;
 mod space;
@@ -32,7 +33,8 @@ pub use retention::{Expiry, MAX_CLASS_DURATION_SECONDS, RetentionClass};
 pub use roots::MARKER_FILE;
 pub use space::DiskSpace;
 pub use types::{
-    FileRecord, IfMatch, IngestRequest, Package, PackageStatus, RetentionInfo, StoredManifest,
+    FileRecord, IfMatch, IngestRequest, Package, PackageStatus, Removal, RetentionInfo,
+    StoredManifest,
 };
 pub use uploads::{Chunk, NewUpload, UploadSession};
 #[doc(hidden)]

@@ -110,6 +110,7 @@ impl Registry {
                 expired_at: None,
                 expiry_reason: None,
             },
+            removal: None,
         };
         let stored = events::record(&tx, vec![DomainEvent::new(event)]).await?;
         package.created_position = stored[0].position;
@@ -244,16 +245,37 @@ pub(crate) async fn load_package(
     Package::from_row(&row)
 }
 
-/// The package, or `Gone` when it has expired.
+/// The package, or `Gone` when it has expired, or was abandoned or withdrawn.
 pub(crate) fn live(package: Package) -> Result<Package> {
-    match package.status {
-        PackageStatus::Expired => Err(gone(&package)),
-        _ => Ok(package),
+    if package.status.is_gone() {
+        return Err(gone(&package));
     }
+    Ok(package)
 }
 
-/// The problem an expired package answers with: when and why, and where its record remains.
+/// The problem a gone package answers with: when and why (and by whom, if removed), and where
+/// its record remains.
 pub(crate) fn gone(package: &Package) -> Error {
+    let record = match &package.manifest_digest {
+        Some(digest) => format!(
+            "; its manifest ({digest}) stays readable at /packages/{}/manifest",
+            package.id
+        ),
+        None => String::new(),
+    };
+    if let Some(removal) = &package.removal {
+        let why = removal
+            .reason
+            .as_deref()
+            .map_or_else(String::new, |r| format!(": {}", r.escape_debug()));
+        return Error::Gone(format!(
+            "package {} was {} at {} by `{}`{why}{record}",
+            package.id,
+            package.status.as_str(),
+            removal.at,
+            removal.by
+        ));
+    }
     let when = package
         .retention
         .expired_at
@@ -261,13 +283,6 @@ pub(crate) fn gone(package: &Package) -> Error {
     let why = match package.retention.expiry_reason.as_deref() {
         Some("abandoned") => "it was never finalized".to_owned(),
         _ => format!("its retention class `{}` ran out", package.retention_class),
-    };
-    let record = match &package.manifest_digest {
-        Some(digest) => format!(
-            "; its manifest ({digest}) stays readable at /packages/{}/manifest",
-            package.id
-        ),
-        None => String::new(),
     };
     Error::Gone(format!(
         "package {} expired {when}: {why}{record}",

@@ -43,19 +43,7 @@ impl Registry {
     ) -> Result<FileRecord> {
         let client = self.pool.get().await?;
         super::packages::live(super::packages::load_package(&**client, tenant, package).await?)?;
-        let row = client
-            .query_opt(
-                &format!(
-                    "SELECT {FILE_COLUMNS} FROM files f JOIN blobs b ON b.blake3 = f.blake3 \
-                     WHERE f.package_id = $1 AND f.relative_path = $2 AND f.tenant = $3"
-                ),
-                &[&package.0, &path.as_str(), &tenant.as_str()],
-            )
-            .await?
-            .ok_or_else(|| Error::NotFound {
-                what: format!("file `{path}` in package {package}"),
-            })?;
-        FileRecord::from_row(&row)
+        file_at(&client, tenant, package, path).await
     }
 
     /// Streams a file, or `range` of it (which must lie within the file).
@@ -124,4 +112,26 @@ impl Registry {
         };
         Ok(FileDownload { file, range, body })
     }
+}
+
+/// The file at `path` of a package of the tenant's, or `NotFound`.
+pub(super) async fn file_at(
+    client: &impl deadpool_postgres::GenericClient,
+    tenant: &TenantId,
+    package: PackageId,
+    path: &RelativePath,
+) -> Result<FileRecord> {
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT {FILE_COLUMNS} FROM files f JOIN blobs b ON b.blake3 = f.blake3 \
+                 WHERE f.package_id = $1 AND f.relative_path = $2 AND f.tenant = $3"
+            ),
+            &[&package.0, &path.as_str(), &tenant.as_str()],
+        )
+        .await?
+        .ok_or_else(|| Error::NotFound {
+            what: format!("file `{path}` in package {package}"),
+        })?;
+    FileRecord::from_row(&row)
 }

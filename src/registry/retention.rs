@@ -248,7 +248,7 @@ impl Registry {
     }
 
     /// Locks the live package, builds one event from it, records it, returns the package after.
-    async fn retention_mutation(
+    pub(super) async fn retention_mutation(
         &self,
         tenant: &TenantId,
         id: PackageId,

@@ -5,8 +5,8 @@ use crate::error::{Error, Result};
 use crate::identity::{ContentAddress, Digest};
 use tokio_postgres::Row;
 
-/// Open packages accept files; finalized ones are immutable; expired ones are gone (their
-/// manifest stays readable as a tombstone record).
+/// Open packages accept files; finalized ones are immutable; expired, abandoned and withdrawn
+/// ones are gone (a finalized one's manifest stays readable as its tombstone record).
 // Also the API's `Status` schema: this documentation is the spec's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, poem_openapi::Enum)]
 #[oai(rename = "Status", rename_all = "lowercase")]
@@ -17,29 +17,51 @@ pub enum PackageStatus {
     Finalized,
     /// Retention ran out: files removed, manifest kept.
     Expired,
+    /// Given up while open (`DELETE`): files removed.
+    Abandoned,
+    /// Withdrawn once finalized (`DELETE` by a tenant admin): files removed, manifest kept.
+    Withdrawn,
 }
 
 impl PackageStatus {
-    /// `open` or `finalized`.
+    /// Every status, in its lifecycle's order.
+    pub const ALL: [PackageStatus; 5] = [
+        PackageStatus::Open,
+        PackageStatus::Finalized,
+        PackageStatus::Expired,
+        PackageStatus::Abandoned,
+        PackageStatus::Withdrawn,
+    ];
+
+    /// Its name (`open`, `finalized`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
             PackageStatus::Open => "open",
             PackageStatus::Finalized => "finalized",
             PackageStatus::Expired => "expired",
+            PackageStatus::Abandoned => "abandoned",
+            PackageStatus::Withdrawn => "withdrawn",
         }
     }
 
-    /// Parses `open` or `finalized`.
+    /// Parses a status's name.
     pub fn parse(text: &str) -> Result<Self> {
-        match text {
-            "open" => Ok(PackageStatus::Open),
-            "finalized" => Ok(PackageStatus::Finalized),
-            "expired" => Ok(PackageStatus::Expired),
-            other => Err(Error::InvalidInput(format!(
-                "status `{}` is unknown (expected `open`, `finalized` or `expired`)",
-                other.escape_debug()
-            ))),
-        }
+        Self::ALL
+            .into_iter()
+            .find(|s| s.as_str() == text)
+            .ok_or_else(|| {
+                let names: Vec<_> = Self::ALL.iter().map(|s| s.as_str()).collect();
+                Error::InvalidInput(format!(
+                    "status `{}` is unknown (expected one of: {})",
+                    text.escape_debug(),
+                    names.join(", ")
+                ))
+            })
+    }
+
+    /// Gone: no file can be read or added (expired, abandoned or withdrawn).
+    pub fn is_gone(self) -> bool {
+        !matches!(self, PackageStatus::Open | PackageStatus::Finalized)
     }
 }
 
@@ -74,6 +96,19 @@ pub struct Package {
     pub created_position: i64,
     /// Expiry and legal hold.
     pub retention: RetentionInfo,
+    /// Who abandoned or withdrew it, when and why.
+    pub removal: Option<Removal>,
+}
+
+/// How a package was removed before its retention ran out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removal {
+    /// The token that removed it.
+    pub by: String,
+    /// When.
+    pub at: Timestamp,
+    /// Why, if said.
+    pub reason: Option<String>,
 }
 
 /// A package's retention state.
@@ -94,7 +129,7 @@ pub struct RetentionInfo {
 pub(crate) const PACKAGE_COLUMNS: &str = "packages.id, packages.tenant, producer, subject, \
     retention_class, metadata, status, created_at, created_position, finalized_at, \
     manifest_digest, file_count, total_size, r.expires_at, r.legal_hold, r.hold_reason, \
-    r.expired_at, r.expiry_reason";
+    r.expired_at, r.expiry_reason, removed_at, removed_by, removal_reason";
 
 /// The `FROM` of queries selecting [`PACKAGE_COLUMNS`].
 pub(crate) const PACKAGE_FROM: &str =
@@ -137,6 +172,15 @@ impl Package {
                     .map(Timestamp::from_datetime),
                 expiry_reason: row.get("expiry_reason"),
             },
+            removal: row
+                .get::<_, Option<time::OffsetDateTime>>("removed_at")
+                .map(|at| Removal {
+                    by: row
+                        .get::<_, Option<String>>("removed_by")
+                        .unwrap_or_default(),
+                    at: Timestamp::from_datetime(at),
+                    reason: row.get("removal_reason"),
+                }),
         })
     }
 }

@@ -38,7 +38,7 @@ pub const USAGE_SQL: &str = "\
                count(DISTINCT package_id) AS packages \
         FROM files WHERE tenant = $1 GROUP BY blake3) \
     SELECT \
-      (SELECT count(*) FROM packages WHERE tenant = $1 AND status <> 'expired'), \
+      (SELECT count(*) FROM packages WHERE tenant = $1 AND status IN ('open', 'finalized')), \
       (SELECT coalesce(sum(files), 0)::bigint FROM mine), \
       (SELECT coalesce(sum(size * files), 0)::bigint FROM mine), \
       (SELECT coalesce(sum(size), 0)::bigint FROM mine), \

@@ -81,6 +81,27 @@ pub async fn mixed_workload(env: &TestEnv) {
                     .await
                     .unwrap();
             }
+            // Removals: a file from an open package, an open package abandoned, a finalized
+            // one withdrawn (the shared bytes stay referenced by the other packages).
+            let path = RelativePath::new("dir/file-0.bin").unwrap();
+            match p {
+                1 => drop(
+                    reg.remove_file(&tenant, package.id, &path, "tester")
+                        .await
+                        .unwrap(),
+                ),
+                2 if t == 1 => drop(
+                    reg.remove_package(&tenant, package.id, "admin", Some("recalled".into()), true)
+                        .await
+                        .unwrap(),
+                ),
+                3 if t == 0 => drop(
+                    reg.remove_package(&tenant, package.id, "tester", None, false)
+                        .await
+                        .unwrap(),
+                ),
+                _ => {}
+            }
         }
     }
 }

@@ -127,6 +127,16 @@ class Client:
     def finalize(self, package_id: str | uuid.UUID) -> Package:
         return Package.from_dict(self._request("POST", f"/packages/{_id(package_id)}/finalize").json())
 
+    def delete_package(self, package_id: str | uuid.UUID, reason: str | None = None) -> Package:
+        """Abandons an open package, or withdraws a finalized one (an admin token's): its
+        files go, its record stays (`status`, `removal`)."""
+        body = {"reason": reason} if reason is not None else None
+        return Package.from_dict(self._request("DELETE", f"/packages/{_id(package_id)}", json=body).json())
+
+    def delete_file(self, package_id: str | uuid.UUID, relative_path: str) -> None:
+        """Removes the file at a path of an open package."""
+        self._request("DELETE", f"/packages/{_id(package_id)}/files/{_file_path(relative_path)}")
+
     def manifest(self, package_id: str | uuid.UUID) -> dict[str, Any]:
         """The manifest, decoded from its canonical CBOR, whose BLAKE3 is checked against the
         digest the server names (`ETag`)."""

@@ -170,6 +170,19 @@ def test_retention_holds_and_classes(store, package):
     assert changed.retention_class == "long"
 
 
+def test_files_and_packages_are_removed(store):
+    package = store.create_package("sdk-python", "removal")
+    store.put_file(package.id, "a/gone.txt", b"gone")
+    store.delete_file(package.id, "a/gone.txt")
+    with pytest.raises(errors.NotFound):
+        store.delete_file(package.id, "a/gone.txt")
+    assert store.get_package(package.id).file_count == 0
+    abandoned = store.delete_package(package.id, reason="not needed")
+    assert abandoned.status.value == "abandoned" and abandoned.removal.reason == "not needed"
+    with pytest.raises(errors.Gone):
+        store.get_package(package.id)
+
+
 def test_refusals_are_typed_exceptions(store, package):
     with pytest.raises(errors.NotFound) as missing:
         store.get_package(uuid.uuid4())

@@ -205,6 +205,17 @@ export class ArtifactStore {
     return this.json("POST", `/packages/${checkedId(id)}/finalize`);
   }
 
+  /** Abandons an open package, or withdraws a finalized one (an admin token's): its files go,
+   * its record stays (`status`, `removal`). */
+  async deletePackage(id: string, reason?: string): Promise<Package> {
+    return this.json("DELETE", `/packages/${checkedId(id)}`, reason === undefined ? undefined : { reason });
+  }
+
+  /** Removes the file at a path of an open package. */
+  async deleteFile(packageId: string, relativePath: string): Promise<void> {
+    await this.request("DELETE", `/packages/${checkedId(packageId)}/files/${filePath(relativePath)}`);
+  }
+
   /** The manifest decoded from its canonical CBOR, whose BLAKE3 is checked against the digest
    * the server names (`ETag`). */
   async manifest(id: string): Promise<Record<string, unknown>> {

@@ -159,6 +159,17 @@ test("retention: holds and classes", async () => {
   assert.equal((await store.changeRetention(pkg.id, "long")).retention_class, "long");
 });
 
+test("files and packages are removed", async () => {
+  const pkg = await newPackage();
+  await store.putFile(pkg.id, "a/gone.txt", "gone");
+  await store.deleteFile(pkg.id, "a/gone.txt");
+  await rejects(store.deleteFile(pkg.id, "a/gone.txt"), 404);
+  const abandoned = await store.deletePackage(pkg.id, "not needed");
+  assert.equal(abandoned.status, "abandoned");
+  assert.equal(abandoned.removal?.reason, "not needed");
+  await rejects(store.getPackage(pkg.id), 410);
+});
+
 test("refusals are ProblemErrors with their problem", async () => {
   const pkg = await newPackage();
   const missing = await rejects(store.getPackage(randomUUID()), 404);

@@ -33,6 +33,9 @@ pub(crate) async fn lock_touched_blobs(tx: &Tx<'_>, events: &[StoredEvent]) -> R
             Ok(Some(Payload::LocationAdded(a))) => adding.push(hex_bytes(&a.blake3)?),
             Ok(Some(Payload::BlobCollected(c))) => releasing.push(hex_bytes(&c.blake3)?),
             Ok(Some(Payload::PackageExpired(e))) => releasing_packages.push(e.package_id.0),
+            Ok(Some(Payload::PackageAbandoned(a))) => releasing_packages.push(a.package_id.0),
+            Ok(Some(Payload::PackageWithdrawn(w))) => releasing_packages.push(w.package_id.0),
+            Ok(Some(Payload::FileRemoved(r))) => releasing_files.push(r.file_id.0),
             // Others take no blob row; an event that does not decode is refused when applied.
             _ => {}
         }

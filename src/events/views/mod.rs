@@ -52,6 +52,27 @@ pub async fn apply(tx: &Tx<'_>, event: &StoredEvent) -> Result<()> {
         Payload::ClassChanged(c) => retention::class_changed(tx, c).await,
         Payload::PackageExpired(e) => retention::package_expired(tx, e).await,
         Payload::QuotaSet(q) => tenants::quota_set(tx, q).await,
+        Payload::FileRemoved(r) => packages::file_removed(tx, event, r).await,
+        Payload::PackageAbandoned(a) => {
+            let removal = retention::Removal {
+                package_id: a.package_id,
+                status: "abandoned",
+                by: &a.abandoned_by,
+                reason: a.reason.as_deref(),
+                at: a.abandoned_at,
+            };
+            retention::package_removed(tx, event, &removal).await
+        }
+        Payload::PackageWithdrawn(w) => {
+            let removal = retention::Removal {
+                package_id: w.package_id,
+                status: "withdrawn",
+                by: &w.withdrawn_by,
+                reason: w.reason.as_deref(),
+                at: w.withdrawn_at,
+            };
+            retention::package_removed(tx, event, &removal).await
+        }
     }
 }
 

@@ -125,6 +125,39 @@ pub(super) async fn file_ingested(
     ingests_together(tx, &[(event, f)], None).await
 }
 
+/// A file leaves its open package: its counts come off the package, and its blob is
+/// unreferenced if no other file names it.
+pub(super) async fn file_removed(
+    tx: &Tx<'_>,
+    event: &StoredEvent,
+    r: &crate::events::payloads::FileRemoved,
+) -> Result<()> {
+    let statement = tx
+        .prepare_cached(
+            "DELETE FROM files WHERE id = $1 AND package_id = $2 RETURNING size, blake3",
+        )
+        .await?;
+    let row = tx
+        .query_opt(&statement, &[&r.file_id.0, &r.package_id.0])
+        .await?
+        .ok_or_else(|| {
+            Error::Integrity(format!(
+                "event {} removes file {} which package {} does not hold",
+                event.id, r.file_id, r.package_id
+            ))
+        })?;
+    let (size, blob): (i64, Vec<u8>) = (row.get(0), row.get(1));
+    mark_unreferenced(tx, &[blob], r.removed_at.as_datetime()).await?;
+    exec(
+        tx,
+        "UPDATE packages SET file_count = file_count - 1, total_size = total_size - $2 \
+         WHERE id = $1",
+        &[&r.package_id.0, &size],
+    )
+    .await?;
+    Ok(())
+}
+
 pub(super) async fn finalized(tx: &Tx<'_>, event: &StoredEvent, m: &Manifest) -> Result<()> {
     let digest = Manifest::digest_of(&event.payload).to_string();
     let updated = tx

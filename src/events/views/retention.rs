@@ -3,6 +3,7 @@
 use super::{Param, exec, exec_in_order};
 use crate::db::Tx;
 use crate::error::{Error, Result};
+use crate::events::StoredEvent;
 use crate::events::payloads::{ClassChanged, ClassDefined, HoldReleased, HoldSet, PackageExpired};
 
 pub(super) async fn class_defined(tx: &Tx<'_>, c: &ClassDefined) -> Result<()> {
@@ -59,22 +60,23 @@ pub(super) async fn class_changed(tx: &Tx<'_>, c: &ClassChanged) -> Result<()> {
     Ok(())
 }
 
-pub(super) async fn package_expired(tx: &Tx<'_>, e: &PackageExpired) -> Result<()> {
-    // Blobs only this package's files referenced become unreferenced (collected after a grace).
+/// A package's files leave the views; blobs only they referenced become unreferenced at `at`
+/// (collected after a grace).
+async fn drop_files(tx: &Tx<'_>, package: uuid::Uuid, at: time::OffsetDateTime) -> Result<()> {
     exec(
         tx,
         "UPDATE blobs b SET unreferenced_since = $2 \
          WHERE b.blake3 IN (SELECT blake3 FROM files WHERE package_id = $1) \
            AND NOT EXISTS (SELECT 1 FROM files f WHERE f.blake3 = b.blake3 AND f.package_id <> $1)",
-        &[&e.package_id.0, &e.expired_at.as_datetime()],
+        &[&package, &at],
     )
     .await?;
-    exec(
-        tx,
-        "DELETE FROM files WHERE package_id = $1",
-        &[&e.package_id.0],
-    )
-    .await?;
+    exec(tx, "DELETE FROM files WHERE package_id = $1", &[&package]).await?;
+    Ok(())
+}
+
+pub(super) async fn package_expired(tx: &Tx<'_>, e: &PackageExpired) -> Result<()> {
+    drop_files(tx, e.package_id.0, e.expired_at.as_datetime()).await?;
     exec(
         tx,
         "UPDATE packages SET status = 'expired', file_count = 0, total_size = 0 WHERE id = $1",
@@ -87,6 +89,53 @@ pub(super) async fn package_expired(tx: &Tx<'_>, e: &PackageExpired) -> Result<(
         &[&e.package_id.0, &e.expired_at.as_datetime(), &e.reason],
     )
     .await?;
+    Ok(())
+}
+
+/// A package removed before its retention ran out (abandoned while open, or withdrawn once
+/// finalized): as an expiry, its files leave the views and its row and manifest stay, with
+/// who removed it, when and why.
+pub(crate) struct Removal<'a> {
+    pub package_id: crate::domain::PackageId,
+    /// `abandoned` or `withdrawn`.
+    pub status: &'static str,
+    pub by: &'a str,
+    pub reason: Option<&'a str>,
+    pub at: crate::domain::Timestamp,
+}
+
+pub(super) async fn package_removed(
+    tx: &Tx<'_>,
+    event: &StoredEvent,
+    r: &Removal<'_>,
+) -> Result<()> {
+    let from = if r.status == "abandoned" {
+        "open"
+    } else {
+        "finalized"
+    };
+    drop_files(tx, r.package_id.0, r.at.as_datetime()).await?;
+    let updated = tx
+        .execute(
+            "UPDATE packages SET status = $2, file_count = 0, total_size = 0, \
+                    removed_at = $3, removed_by = $4, removal_reason = $5 \
+             WHERE id = $1 AND status = $6",
+            &[
+                &r.package_id.0,
+                &r.status,
+                &r.at.as_datetime(),
+                &r.by,
+                &r.reason,
+                &from,
+            ],
+        )
+        .await?;
+    if updated != 1 {
+        return Err(Error::Integrity(format!(
+            "event {} marks package {} {} but it is not {from}",
+            event.id, r.package_id, r.status
+        )));
+    }
     Ok(())
 }
 

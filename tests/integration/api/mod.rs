@@ -5,6 +5,7 @@ mod flow;
 mod links;
 mod listing;
 mod refusals;
+mod removal;
 mod tokens;
 
 use crate::support::Server;
@@ -66,12 +67,26 @@ impl Api {
             .unwrap()
     }
 
+    /// Finalizes a package, which must succeed.
+    async fn finalize(&self, token: &str, package: &str) -> Value {
+        let resp = self
+            .http
+            .post(self.url(&format!("/packages/{package}/finalize")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{:?}", resp.text().await);
+        resp.json().await.unwrap()
+    }
+
     /// A 200 answer's JSON body.
     async fn get_json(&self, token: &str, path: String) -> Value {
         let resp = self
             .http
             .get(self.url(&path))
             .bearer_auth(token)
+            .header("accept", "application/json")
             .send()
             .await
             .unwrap();

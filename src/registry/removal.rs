@@ -1,0 +1,99 @@
+//! Taking things out before their retention runs out: a file out of an open package, an open
+//! package abandoned, a finalized package withdrawn. Each is one event; the views drop the
+//! files (their bytes are collected once nothing else names them) and keep a package's row and
+//! manifest as its record, with who removed it, when and why.
+
+use super::Registry;
+use super::admission::check_open;
+use super::types::{FileRecord, Package, PackageStatus};
+use crate::domain::{PackageId, RelativePath, TenantId, validate_label};
+use crate::error::{Error, Result};
+use crate::events::{self, DomainEvent, FileRemoved, PackageAbandoned, PackageWithdrawn};
+
+impl Registry {
+    /// Removes a package before its retention runs out: an open one is abandoned; a finalized
+    /// one is withdrawn, only if `may_withdraw` (a tenant admin), else `Forbidden`. Refused
+    /// while under legal hold (`Conflict`); a package already gone is `Gone`. `by` is the
+    /// token's name; `reason` is a label.
+    pub async fn remove_package(
+        &self,
+        tenant: &TenantId,
+        id: PackageId,
+        by: &str,
+        reason: Option<String>,
+        may_withdraw: bool,
+    ) -> Result<Package> {
+        if let Some(reason) = &reason {
+            validate_label("reason", reason)?;
+        }
+        self.retention_mutation(tenant, id, |package, now| {
+            if package.retention.legal_hold {
+                return Err(Error::Conflict(format!(
+                    "package {id} is under legal hold{}: release the hold first",
+                    package
+                        .retention
+                        .hold_reason
+                        .as_deref()
+                        .map_or_else(String::new, |r| format!(" ({})", r.escape_debug()))
+                )));
+            }
+            match package.status {
+                PackageStatus::Open => Ok(DomainEvent::of(
+                    tenant,
+                    PackageAbandoned {
+                        package_id: id,
+                        abandoned_by: by.to_owned(),
+                        reason: reason.clone(),
+                        abandoned_at: now,
+                    },
+                )),
+                PackageStatus::Finalized if may_withdraw => Ok(DomainEvent::of(
+                    tenant,
+                    PackageWithdrawn {
+                        package_id: id,
+                        withdrawn_by: by.to_owned(),
+                        reason: reason.clone(),
+                        withdrawn_at: now,
+                    },
+                )),
+                PackageStatus::Finalized => Err(Error::Forbidden(format!(
+                    "package {id} is finalized: withdrawing it takes a token with the admin scope"
+                ))),
+                // `retention_mutation` answers `Gone` for the rest.
+                other => Err(Error::Integrity(format!(
+                    "package {id} is {} yet was found live",
+                    other.as_str()
+                ))),
+            }
+        })
+        .await
+    }
+
+    /// Removes the file at `path` from an open package and returns it. Its bytes stay while
+    /// another file names them.
+    pub async fn remove_file(
+        &self,
+        tenant: &TenantId,
+        package: PackageId,
+        path: &RelativePath,
+        by: &str,
+    ) -> Result<FileRecord> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        check_open(&tx, tenant, package, true).await?;
+        let file = super::reads::file_at(&tx, tenant, package, path).await?;
+        let event = DomainEvent::of(
+            tenant,
+            FileRemoved {
+                file_id: file.id,
+                package_id: package,
+                relative_path: file.relative_path.clone(),
+                removed_by: by.to_owned(),
+                removed_at: self.clock.now(),
+            },
+        );
+        let recorded = events::record(&tx, vec![event]).await?;
+        events::commit(tx, &recorded, &self.sequencer).await?;
+        Ok(file)
+    }
+}
