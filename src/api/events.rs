@@ -115,8 +115,9 @@ impl EventsApi {
         state: Data<&Arc<AppState>>,
         auth: Auth,
         req: &Request,
-        /// Return events after this sequence (default 0: from the start).
-        #[oai(validator(minimum(value = "0"), maximum(value = "9007199254740991")))]
+        /// Return events after this sequence (default 0: from the start; -1: from the head
+        /// of the log, only events committed from now on, as `tail -f` does).
+        #[oai(validator(minimum(value = "-1"), maximum(value = "9007199254740991")))]
         since: Query<Option<i64>>,
         /// At most this many events (1-1000, default 100).
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
@@ -142,7 +143,18 @@ impl EventsApi {
                 return Ok(EventsBody(poem::IntoResponse::into_response(problem)));
             }
         };
-        let since = since.0.unwrap_or(0);
+        let since = match since.0 {
+            Some(-1) => {
+                let client = state
+                    .registry
+                    .pool()
+                    .get()
+                    .await
+                    .map_err(crate::Error::from)?;
+                crate::events::latest_sequence(&**client).await?
+            }
+            since => since.unwrap_or(0),
+        };
         let limit = i64::from(limit.0.unwrap_or(100));
         let wait = Duration::from_secs(u64::from(wait.0.unwrap_or(30)));
         let tenant = &principal.tenant;

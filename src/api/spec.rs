@@ -48,6 +48,7 @@ impl Json {
 /// adds `additionalProperties: false` to these, so clients and fuzzers know.
 pub(super) const CLOSED_BODIES: &[&str] = &[
     "CreatePackage",
+    "DeletePackage",
     "MissingBlobsRequest",
     "LinkFile",
     "LinkFiles",

@@ -71,6 +71,27 @@ pub enum Command {
     /// Follow the event stream.
     #[command(subcommand)]
     Events(client::EventsCommand),
+    /// Show a package (open ones too) and its files.
+    Show(client::PackageArgs),
+    /// Finalize a package: immutable from now on, with its manifest.
+    Finalize(client::PackageArgs),
+    /// Download one file of a package by its path, verifying its digests.
+    Get(client::GetArgs),
+    /// Remove a file from an open package, or the package (open: abandoned; finalized:
+    /// withdrawn, with an admin token).
+    Rm(client::RmArgs),
+    /// Put a legal hold on a package (admin token).
+    Hold(client::HoldArgs),
+    /// Lift a package's legal hold (admin token).
+    Unhold(client::PackageArgs),
+    /// A package's retention.
+    #[command(subcommand)]
+    Retention(client::RetentionCommand),
+    /// Print a shell completion script (`artifactstore completions bash > ...`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Print the version.
     Version,
 }
@@ -115,6 +136,7 @@ pub fn main() -> ExitCode {
                 println!("{}", crate::api::spec_json());
                 Ok(ExitCode::SUCCESS)
             }
+            Command::Completions { shell } => Ok(completions(shell)),
             Command::Health(args) => client::health(args).await,
             Command::Probe(args) => client::probe(args).await,
             Command::Push(args) => client_result(client::push(args).await),
@@ -122,6 +144,13 @@ pub fn main() -> ExitCode {
             Command::Manifest(args) => client_result(client::manifest(args).await),
             Command::Ls(args) => client_result(client::ls(args).await),
             Command::Events(cmd) => client_result(client::events(cmd).await),
+            Command::Show(args) => client_result(client::show(args).await),
+            Command::Finalize(args) => client_result(client::finalize(args).await),
+            Command::Get(args) => client_result(client::get(args).await),
+            Command::Rm(args) => client_result(client::rm(args).await),
+            Command::Hold(args) => client_result(client::hold(args).await),
+            Command::Unhold(args) => client_result(client::unhold(args).await),
+            Command::Retention(cmd) => client_result(client::retention(cmd).await),
             Command::Version => {
                 println!("artifactstore {}", env!("CARGO_PKG_VERSION"));
                 Ok(ExitCode::SUCCESS)
@@ -214,4 +243,11 @@ pub(crate) fn announce(lines: &str) {
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(lines.as_bytes());
     let _ = stdout.flush();
+}
+
+/// Prints the shell's completion script for every command and option.
+fn completions(shell: clap_complete::Shell) -> ExitCode {
+    let mut command = Cli::command();
+    clap_complete::generate(shell, &mut command, "artifactstore", &mut std::io::stdout());
+    ExitCode::SUCCESS
 }

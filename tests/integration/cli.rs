@@ -1,4 +1,5 @@
-//! The client CLI against the real server: push, pull, ls, manifest, exit codes.
+//! The client CLI against the real server: push, pull, ls, manifest, a package's lifecycle,
+//! events, exit codes.
 
 use crate::support::Server;
 use crate::support::{TestDb, random_bytes};
@@ -231,7 +232,15 @@ async fn push_pull_ls_manifest_and_exit_codes() {
     let out = cli(
         &server,
         "cli-reader-token",
-        &["events", "tail", "--once", "--type", "v1.package."],
+        &[
+            "events",
+            "tail",
+            "--once",
+            "--since",
+            "0",
+            "--type",
+            "v1.package.",
+        ],
     );
     assert!(
         out.status.success(),
@@ -284,4 +293,140 @@ async fn push_pull_ls_manifest_and_exit_codes() {
         !fresh.join("large.bin").exists(),
         "corrupt bytes are never written in place"
     );
+}
+
+/// A package's life from the terminal: push into it, show it (open and finalized), get one
+/// file, remove one, finalize, hold, withdraw; tail from the head; completions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_package_lifecycle_from_the_terminal() {
+    let db = TestDb::new().await;
+    let tokens = "acme:read+write:cli-writer-token,acme:read:cli-reader-token,\
+                  acme:admin:cli-admin-token";
+    let server = Server::start(&db, &[("ARTIFACTSTORE_TOKENS", tokens)]);
+    let (w, r, a) = ("cli-writer-token", "cli-reader-token", "cli-admin-token");
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    std::fs::create_dir_all(tree.join("dir")).unwrap();
+    let kept = random_bytes(70_000, 5);
+    std::fs::write(tree.join("dir/kept.bin"), &kept).unwrap();
+    std::fs::write(tree.join("gone.txt"), b"gone").unwrap();
+    let stdout = |out: &Output| String::from_utf8_lossy(&out.stdout).into_owned();
+    let ok = |out: Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+
+    // A tailer from the head sees only what comes after it starts.
+    let mut tail = crate::support::Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_artifactstore"))
+            .args(["events", "tail", "--type", "v1.package."])
+            .env("ARTIFACTSTORE_URL", &server.base)
+            .env("ARTIFACTSTORE_TOKEN", r)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    let out = ok(cli(
+        &server,
+        w,
+        &[
+            "push",
+            tree.to_str().unwrap(),
+            "--producer",
+            "ci",
+            "--subject",
+            "life",
+        ],
+    ));
+    let id = stdout(&out).trim().to_owned();
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+
+    let shown = stdout(&ok(cli(&server, r, &["show", &id])));
+    for expected in [
+        "status      open",
+        "68.36 KiB  application/octet-stream",
+        "4 B  text/plain",
+        "gone.txt",
+    ] {
+        assert!(shown.contains(expected), "{expected}: {shown}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout(&ok(cli(&server, r, &["show", &id, "--json"])))).unwrap();
+    assert_eq!(json["file_count"], 2);
+
+    // get: by path, verified, under its name by default.
+    let out = Command::new(env!("CARGO_BIN_EXE_artifactstore"))
+        .args(["get", &id, "dir/kept.bin"])
+        .env("ARTIFACTSTORE_URL", &server.base)
+        .env("ARTIFACTSTORE_TOKEN", r)
+        .current_dir(work.path())
+        .output()
+        .unwrap();
+    let out = ok(out);
+    drop(out);
+    assert_eq!(std::fs::read(work.path().join("kept.bin")).unwrap(), kept);
+    let missing = cli(&server, r, &["get", &id, "nope.bin"]);
+    assert_eq!(missing.status.code(), Some(3));
+
+    // rm one file, then finalize; the reader may do neither.
+    assert_eq!(
+        cli(&server, r, &["rm", &id, "gone.txt"]).status.code(),
+        Some(5)
+    );
+    ok(cli(&server, w, &["rm", &id, "gone.txt"]));
+    let finalized = stdout(&ok(cli(&server, w, &["finalize", &id])));
+    assert!(finalized.contains("status      finalized"), "{finalized}");
+    assert!(finalized.contains("files       1"), "{finalized}");
+
+    // hold (admin) blocks withdrawal; unhold, then withdraw with a reason.
+    ok(cli(&server, a, &["hold", &id, "--reason", "audit"]));
+    let held = cli(&server, a, &["rm", &id, "--reason", "recalled"]);
+    assert_eq!(held.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&held.stderr).contains("legal hold"));
+    ok(cli(&server, a, &["unhold", &id]));
+    assert_eq!(
+        cli(&server, w, &["rm", &id]).status.code(),
+        Some(5),
+        "withdrawing takes an admin"
+    );
+    let withdrawn = stdout(&ok(cli(&server, a, &["rm", &id, "--reason", "recalled"])));
+    assert!(withdrawn.contains("status      withdrawn"), "{withdrawn}");
+    assert!(withdrawn.contains("recalled"), "{withdrawn}");
+    let gone = cli(&server, r, &["show", &id]);
+    assert_eq!(gone.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("withdrawn"));
+
+    // Ids are checked before anything is sent; completions print a script.
+    let bad = cli(&server, r, &["show", "not-an-id"]);
+    assert_eq!(bad.status.code(), Some(2));
+    let script = stdout(&ok(cli(&server, r, &["completions", "bash"])));
+    assert!(script.contains("artifactstore") && script.contains("complete"));
+
+    // The tailer saw the package's life, and nothing from before it started.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    tail.0.kill().unwrap();
+    let mut printed = String::new();
+    std::io::Read::read_to_string(&mut tail.0.stdout.take().unwrap(), &mut printed).unwrap();
+    let lines: Vec<String> = printed.lines().map(str::to_owned).collect();
+    let types: Vec<&str> = lines
+        .iter()
+        .map(|l| l.split_whitespace().nth(3).unwrap_or(""))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "v1.package.created",
+            "v1.package.finalized",
+            "v1.package.withdrawn"
+        ],
+        "{lines:?}"
+    );
+    assert!(lines[0].ends_with(&id), "{lines:?}");
 }

@@ -1,7 +1,7 @@
 //! Operating the service: request ids, probes, JSON logs, the metrics listener, and a real
 //! Prometheus server scraping the API server and a worker.
 
-use crate::support::{Server, TestDb, json_of};
+use crate::support::{Killed, Server, TestDb, json_of};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
@@ -606,16 +606,6 @@ async fn a_real_prometheus_scrapes_the_server_and_the_worker() {
         }
     }
     assert!(answered >= 15, "most panels have data ({answered})");
-}
-
-/// A child process killed when the test ends, however it ends.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 //! three workers share 1,000 due packages exactly once (one killed mid-run), replay agrees.
 
 use crate::support::Server;
-use crate::support::{TestDb, TestEnv, body};
+use crate::support::{Killed, TestDb, TestEnv, body};
 use artifactstore::domain::{RelativePath, TenantId};
 use artifactstore::registry::{IngestRequest, NewPackage};
 use reqwest::{Client, StatusCode};
@@ -32,14 +32,6 @@ fn worker(db: &TestDb, blobs: &std::path::Path, extra: &[&str]) -> Child {
         .stdout(Stdio::null())
         .spawn()
         .unwrap()
-}
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 async fn send(http: &Client, req: reqwest::RequestBuilder, expect: StatusCode) -> Value {

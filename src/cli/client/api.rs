@@ -85,10 +85,19 @@ impl From<artifactstore_client::StoreError> for CliError {
             StoreError::Transport(_) | StoreError::Io(_) | StoreError::Unexpected(_) => 1,
         };
         let message = match &e {
+            StoreError::Problem { status: 401, .. } => format!(
+                "{e} (give a token with --token or the ARTIFACTSTORE_TOKEN environment variable)"
+            ),
             StoreError::Unreachable(t) => format!("cannot reach the server: {t}"),
             StoreError::Transport(t) => format!("the connection to the server failed: {t}"),
             other => other.to_string(),
         };
         CliError { code, message }
     }
+}
+
+/// A package id given on the command line (exit 2 when it is not a UUID).
+pub fn package_id(text: &str) -> Result<uuid::Uuid, CliError> {
+    text.parse()
+        .map_err(|_| CliError::usage(format!("`{text}` is not a package id (a UUID)")))
 }

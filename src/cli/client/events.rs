@@ -1,4 +1,4 @@
-//! `events tail`: follow the event stream, one JSON event per line.
+//! `events tail`: follow the event stream, one event per line.
 
 use super::ClientArgs;
 use super::api::CliError;
@@ -19,13 +19,15 @@ pub enum EventsCommand {
 pub struct TailArgs {
     #[command(flatten)]
     client: ClientArgs,
-    /// Start after this sequence (0: from the beginning).
-    #[arg(long, default_value = "0")]
-    since: i64,
+    /// Start after this sequence (0: the whole log). Default: from the head, only events
+    /// committed from now on (as `tail -f`).
+    #[arg(long, value_parser = clap::value_parser!(i64).range(0..))]
+    since: Option<i64>,
     /// Only event types starting with this prefix (e.g. `v1.package.`).
     #[arg(long = "type")]
     type_prefix: Option<String>,
-    /// Print the whole event as JSON (default: `sequence type subject_id` lines).
+    /// Print each event as JSON, as the server sent it (default: `sequence time type
+    /// subject` lines).
     #[arg(long)]
     json: bool,
     /// Stop once caught up instead of following (for scripts).
@@ -37,7 +39,8 @@ pub struct TailArgs {
 pub async fn events(command: EventsCommand) -> Result<ExitCode, CliError> {
     let EventsCommand::Tail(args) = command;
     let store = super::api::store(&args.client)?;
-    let mut since = args.since;
+    // -1 asks the server for its head.
+    let mut since = args.since.unwrap_or(-1);
     let mut backoff = Duration::from_millis(200);
     loop {
         let wait = if args.once { 0 } else { 30 };
@@ -61,7 +64,20 @@ pub async fn events(command: EventsCommand) -> Result<ExitCode, CliError> {
             let line = if args.json {
                 serde_json::to_string(event).map_err(|e| CliError::other(e.to_string()))?
             } else {
-                format!("{} {} {}", event.sequence, event.type_, event.subject_id)
+                format!(
+                    "{:>8}  {}  {:<28}  {}",
+                    event.sequence,
+                    chrono::DateTime::parse_from_rfc3339(&event.occurred_at).map_or_else(
+                        |_| event.occurred_at.clone(),
+                        |t| {
+                            t.with_timezone(&chrono::Local)
+                                .format("%Y-%m-%d %H:%M:%S")
+                                .to_string()
+                        }
+                    ),
+                    event.type_,
+                    event.subject_id
+                )
             };
             if writeln!(out, "{line}").is_err() {
                 return Ok(ExitCode::SUCCESS); // stdout closed (e.g. piped into head)

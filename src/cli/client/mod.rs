@@ -1,4 +1,5 @@
-//! Client commands over the HTTP API: health, ls, manifest, push, pull.
+//! Client commands over the HTTP API: health, ls, show, manifest, push, pull, get, finalize,
+//! rm, hold, unhold, retention, events.
 //!
 //! Exit codes: 0 success; 1 the server refused (a 4xx problem) or something failed; 2 the
 //! server cannot be reached; 3 not found; 4 verification failed (a digest did not match);
@@ -6,11 +7,16 @@
 
 mod api;
 mod events;
+mod lifecycle;
 mod pull;
 mod push;
 
 pub use api::CliError;
 pub use events::{EventsCommand, events};
+pub use lifecycle::{
+    GetArgs, HoldArgs, PackageArgs, RetentionCommand, RmArgs, finalize, get, hold, retention, rm,
+    show, unhold,
+};
 pub use pull::{PullArgs, pull};
 pub use push::{PushArgs, push};
 

@@ -50,6 +50,15 @@ pub struct PushArgs {
     no_progress: bool,
 }
 
+/// A file's media type, guessed from its name's extension (`application/octet-stream` when
+/// the name says nothing).
+fn media_type_of(path: &RelativePath) -> String {
+    mime_guess::from_path(path.as_str())
+        .first_raw()
+        .unwrap_or(crate::registry::DEFAULT_MEDIA_TYPE)
+        .to_owned()
+}
+
 fn parse_size_arg(text: &str) -> Result<u64, String> {
     crate::config::parse_size(text)
         .filter(|n| *n > 0)
@@ -340,6 +349,7 @@ impl Uploader {
                 .id(self.package)
                 .relative_path(file.path.as_str())
                 .expected_digest(digest)
+                .media_type(media_type_of(&file.path))
                 .body(artifactstore_client::sized_body(stream, file.size))
                 .send();
             match self.store.call(put).await {
@@ -371,7 +381,7 @@ impl Uploader {
                     .parse()
                     .map_err(|e| invalid(&e))?,
             ),
-            media_type: None,
+            media_type: Some(media_type_of(&file.path).parse().map_err(|e| invalid(&e))?),
             replace: None,
         };
         let mut attempt = 0;
@@ -501,7 +511,7 @@ impl Uploader {
                 content_address: format!("blake3:{}", file.blake3)
                     .parse()
                     .map_err(|e| invalid(&e))?,
-                media_type: None,
+                media_type: Some(media_type_of(&file.path).parse().map_err(|e| invalid(&e))?),
                 replace: None,
             });
             bytes += file.size;

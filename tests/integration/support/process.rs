@@ -26,3 +26,13 @@ pub fn run(
     );
     (out.status.code().unwrap_or(-1), text)
 }
+
+/// A child process killed when the test ends, however it ends.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

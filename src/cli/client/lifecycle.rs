@@ -1,0 +1,330 @@
+//! A package's life from the terminal: `finalize`, `show`, `get`, `rm`, `hold`, `unhold`,
+//! `retention set`.
+
+use super::ClientArgs;
+use super::api::{self, CliError, package_id};
+use artifactstore_client::types;
+use indicatif::HumanBytes;
+use std::process::ExitCode;
+
+/// A time as the terminal's local time, to the second.
+fn local(t: &chrono::DateTime<chrono::Utc>) -> String {
+    t.with_timezone(&chrono::Local)
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string()
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| CliError::other(e.to_string()))?;
+    println!("{text}");
+    Ok(())
+}
+
+/// A package as a few labelled lines, then (if it has them here) its files as a table.
+fn print_package(p: &types::Package) {
+    println!("package     {}", p.id);
+    println!("status      {}", p.status);
+    println!("producer    {}", p.producer.as_str());
+    println!("subject     {}", p.subject.as_str());
+    println!("created     {}", local(&p.created_at));
+    if let Some(at) = &p.finalized_at {
+        println!("finalized   {}", local(at));
+    }
+    if let Some(digest) = &p.manifest_digest {
+        println!("manifest    {digest}");
+    }
+    let retention = &p.retention;
+    let expires = retention.expires_at.as_ref().map_or_else(
+        || "no expiry".to_owned(),
+        |t| format!("expires {}", local(t)),
+    );
+    println!("retention   {} ({expires})", retention.class);
+    if retention.legal_hold {
+        let why = retention
+            .hold_reason
+            .as_deref()
+            .unwrap_or("no reason given");
+        println!("legal hold  {why}");
+    }
+    if let Some(removal) = &p.removal {
+        let why = removal.reason.as_deref().unwrap_or("no reason given");
+        println!(
+            "removed     {} by {}: {why}",
+            local(&removal.at),
+            removal.by
+        );
+    }
+    println!(
+        "files       {} ({})",
+        p.file_count,
+        HumanBytes(p.total_size)
+    );
+    if !p.files.is_empty() {
+        println!();
+        println!(
+            "{:>10}  {:<24}  {:<16}  PATH",
+            "SIZE", "MEDIA TYPE", "BLAKE3"
+        );
+        for f in &p.files {
+            println!(
+                "{:>10}  {:<24}  {:<16}  {}",
+                HumanBytes(f.size).to_string(),
+                f.media_type,
+                &f.digests.blake3[..16.min(f.digests.blake3.len())],
+                f.relative_path.as_str()
+            );
+        }
+    }
+}
+
+/// `show`, `finalize`, `unhold`: a package id and the output form.
+#[derive(Debug, clap::Args)]
+pub struct PackageArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Package id.
+    package: String,
+    /// Print the package as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `show`: a package (open ones too) and its files.
+pub async fn show(args: PackageArgs) -> Result<ExitCode, CliError> {
+    let store = api::store(&args.client)?;
+    let id = package_id(&args.package)?;
+    let package = store.call(store.api().get_package().id(id).send()).await?;
+    if args.json {
+        print_json(&package)?;
+    } else {
+        print_package(&package);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `finalize`: makes a package immutable, with its manifest.
+pub async fn finalize(args: PackageArgs) -> Result<ExitCode, CliError> {
+    let store = api::store(&args.client)?;
+    let id = package_id(&args.package)?;
+    let package = store
+        .call(store.api().finalize_package().id(id).send())
+        .await?;
+    if args.json {
+        print_json(&package)?;
+    } else {
+        print_package(&package);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `unhold`: lifts a package's legal hold (admin token).
+pub async fn unhold(args: PackageArgs) -> Result<ExitCode, CliError> {
+    let store = api::store(&args.client)?;
+    let id = package_id(&args.package)?;
+    let package = store
+        .call(store.api().release_legal_hold().id(id).send())
+        .await?;
+    if args.json {
+        print_json(&package)?;
+    } else {
+        print_package(&package);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hold` options.
+#[derive(Debug, clap::Args)]
+pub struct HoldArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Package id.
+    package: String,
+    /// Why it is held (1-256 bytes).
+    #[arg(long)]
+    reason: String,
+    /// Print the package as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `hold`: puts a legal hold on a package (admin token).
+pub async fn hold(args: HoldArgs) -> Result<ExitCode, CliError> {
+    let store = api::store(&args.client)?;
+    let id = package_id(&args.package)?;
+    let reason = args
+        .reason
+        .parse::<types::LegalHoldRequestReason>()
+        .map_err(|e| CliError::usage(format!("--reason: {e}")))?;
+    let package = store
+        .call(
+            store
+                .api()
+                .set_legal_hold()
+                .id(id)
+                .body(types::LegalHoldRequest { reason })
+                .send(),
+        )
+        .await?;
+    if args.json {
+        print_json(&package)?;
+    } else {
+        print_package(&package);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rm` options.
+#[derive(Debug, clap::Args)]
+pub struct RmArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Package id.
+    package: String,
+    /// A file's path in the open package: only that file is removed.
+    path: Option<String>,
+    /// Why (kept with the package's record; not for a single file).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Print the package as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `rm`: removes a file from an open package, or the package itself (an open one is
+/// abandoned; a finalized one withdrawn, with an admin token).
+pub async fn rm(args: RmArgs) -> Result<ExitCode, CliError> {
+    let store = api::store(&args.client)?;
+    let id = package_id(&args.package)?;
+    if let Some(path) = &args.path {
+        if args.reason.is_some() {
+            return Err(CliError::usage(
+                "--reason goes with removing a package, not one file".into(),
+            ));
+        }
+        store
+            .call(
+                store
+                    .api()
+                    .delete_file()
+                    .id(id)
+                    .relative_path(path.as_str())
+                    .send(),
+            )
+            .await?;
+        eprintln!("removed {path} from {id}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut request = store.api().delete_package().id(id);
+    if let Some(reason) = &args.reason {
+        let reason = reason
+            .parse::<types::DeletePackageReason>()
+            .map_err(|e| CliError::usage(format!("--reason: {e}")))?;
+        request = request.body(types::DeletePackage {
+            reason: Some(reason),
+        });
+    }
+    let package = store.call(request.send()).await?;
+    if args.json {
+        print_json(&package)?;
+    } else {
+        print_package(&package);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `get` options.
+#[derive(Debug, clap::Args)]
+pub struct GetArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Package id.
+    package: String,
+    /// The file's path in the package.
+    path: String,
+    /// Where to write it (default: its name, in the current directory).
+    #[arg(short, long)]
+    output: Option<std::path::PathBuf>,
+}
+
+/// `get`: one file of a package, by its path, streamed to disk with both digests checked
+/// (the destination is whole or absent).
+pub async fn get(args: GetArgs) -> Result<ExitCode, CliError> {
+    let store = api::store(&args.client)?;
+    let id = package_id(&args.package)?;
+    let package = store.call(store.api().get_package().id(id).send()).await?;
+    let Some(file) = package.files.iter().find(|f| *f.relative_path == args.path) else {
+        return Err(CliError {
+            code: 3,
+            message: format!("package {id} has no file at `{}`", args.path),
+        });
+    };
+    let output = match args.output {
+        Some(path) => path,
+        None => {
+            let name = args.path.rsplit('/').next().unwrap_or(&args.path);
+            std::path::PathBuf::from(name)
+        }
+    };
+    store.download(file.id, &output, None).await?;
+    eprintln!(
+        "{} ({}) -> {}",
+        args.path,
+        HumanBytes(file.size),
+        output.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `retention` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum RetentionCommand {
+    /// Move a package to another retention class.
+    Set(RetentionSetArgs),
+}
+
+/// `retention set` options.
+#[derive(Debug, clap::Args)]
+pub struct RetentionSetArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Package id.
+    package: String,
+    /// The retention class.
+    class: String,
+    /// Allow shortening a finalized package's retention (admin token).
+    #[arg(long)]
+    force: bool,
+    /// Print the package as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `retention set`: moves a package to another class.
+pub async fn retention(command: RetentionCommand) -> Result<ExitCode, CliError> {
+    let RetentionCommand::Set(args) = command;
+    let store = api::store(&args.client)?;
+    let id = package_id(&args.package)?;
+    let class = args
+        .class
+        .parse::<types::ChangeRetentionRetentionClass>()
+        .map_err(|e| CliError::usage(format!("class: {e}")))?;
+    let package = store
+        .call(
+            store
+                .api()
+                .change_retention()
+                .id(id)
+                .body(types::ChangeRetention {
+                    retention_class: class,
+                    force: Some(args.force),
+                })
+                .send(),
+        )
+        .await?;
+    if args.json {
+        print_json(&package)?;
+    } else {
+        print_package(&package);
+    }
+    Ok(ExitCode::SUCCESS)
+}
