@@ -77,6 +77,16 @@ fn print_package(p: &types::Package) {
     }
 }
 
+/// Prints a package as JSON or for people.
+fn output(package: &types::Package, json: bool) -> Result<ExitCode, CliError> {
+    if json {
+        print_json(package)?;
+    } else {
+        print_package(package);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `show`, `finalize`, `unhold`: a package id and the output form.
 #[derive(Debug, clap::Args)]
 pub struct PackageArgs {
@@ -94,12 +104,7 @@ pub async fn show(args: PackageArgs) -> Result<ExitCode, CliError> {
     let store = api::store(&args.client)?;
     let id = package_id(&args.package)?;
     let package = store.call(store.api().get_package().id(id).send()).await?;
-    if args.json {
-        print_json(&package)?;
-    } else {
-        print_package(&package);
-    }
-    Ok(ExitCode::SUCCESS)
+    output(&package, args.json)
 }
 
 /// `finalize`: makes a package immutable, with its manifest.
@@ -109,12 +114,7 @@ pub async fn finalize(args: PackageArgs) -> Result<ExitCode, CliError> {
     let package = store
         .call(store.api().finalize_package().id(id).send())
         .await?;
-    if args.json {
-        print_json(&package)?;
-    } else {
-        print_package(&package);
-    }
-    Ok(ExitCode::SUCCESS)
+    output(&package, args.json)
 }
 
 /// `unhold`: lifts a package's legal hold (admin token).
@@ -124,12 +124,7 @@ pub async fn unhold(args: PackageArgs) -> Result<ExitCode, CliError> {
     let package = store
         .call(store.api().release_legal_hold().id(id).send())
         .await?;
-    if args.json {
-        print_json(&package)?;
-    } else {
-        print_package(&package);
-    }
-    Ok(ExitCode::SUCCESS)
+    output(&package, args.json)
 }
 
 /// `hold` options.
@@ -165,12 +160,7 @@ pub async fn hold(args: HoldArgs) -> Result<ExitCode, CliError> {
                 .send(),
         )
         .await?;
-    if args.json {
-        print_json(&package)?;
-    } else {
-        print_package(&package);
-    }
-    Ok(ExitCode::SUCCESS)
+    output(&package, args.json)
 }
 
 /// `rm` options.
@@ -224,12 +214,7 @@ pub async fn rm(args: RmArgs) -> Result<ExitCode, CliError> {
         });
     }
     let package = store.call(request.send()).await?;
-    if args.json {
-        print_json(&package)?;
-    } else {
-        print_package(&package);
-    }
-    Ok(ExitCode::SUCCESS)
+    output(&package, args.json)
 }
 
 /// `get` options.
@@ -321,10 +306,5 @@ pub async fn retention(command: RetentionCommand) -> Result<ExitCode, CliError> 
                 .send(),
         )
         .await?;
-    if args.json {
-        print_json(&package)?;
-    } else {
-        print_package(&package);
-    }
-    Ok(ExitCode::SUCCESS)
+    output(&package, args.json)
 }
