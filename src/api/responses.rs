@@ -171,7 +171,11 @@ pub fn manifest_response(
     };
     let mut builder = Response::builder()
         .header(header::ETAG, &etag)
-        .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable");
+        // `private`: answers to authenticated requests are the tenant's, never a shared cache's.
+        .header(
+            header::CACHE_CONTROL,
+            "private, max-age=31536000, immutable",
+        );
     if negotiated {
         builder = builder.header(header::VARY, "Accept");
     }

@@ -248,6 +248,13 @@ pub(crate) fn announce(lines: &str) {
 /// Prints the shell's completion script for every command and option.
 fn completions(shell: clap_complete::Shell) -> ExitCode {
     let mut command = Cli::command();
-    clap_complete::generate(shell, &mut command, "artifactstore", &mut std::io::stdout());
-    ExitCode::SUCCESS
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command, "artifactstore", &mut script);
+    match client::emit(&String::from_utf8_lossy(&script)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -81,6 +81,20 @@ impl Registry {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         check_open(&tx, tenant, package, true).await?;
+        let held: Option<String> = tx
+            .query_one(
+                "SELECT CASE WHEN legal_hold THEN coalesce(hold_reason, '') END \
+                 FROM retention_state WHERE package_id = $1",
+                &[&package.0],
+            )
+            .await?
+            .get(0);
+        if let Some(reason) = held {
+            return Err(Error::Conflict(format!(
+                "package {package} is under legal hold ({}): its files stay until it is released",
+                reason.escape_debug()
+            )));
+        }
         let file = super::reads::file_at(&tx, tenant, package, path).await?;
         let event = DomainEvent::of(
             tenant,

@@ -348,6 +348,49 @@ async fn a_package_lifecycle_from_the_terminal() {
     let id = stdout(&out).trim().to_owned();
     assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
 
+    // push --package: resume or add to the open package; what it holds is skipped, excluded
+    // files stay home, other bytes at a held path are refused.
+    std::fs::write(tree.join("dir/new.bin"), b"new").unwrap();
+    std::fs::write(tree.join("dir/debug.log"), b"noise").unwrap();
+    let t = tree.to_str().unwrap();
+    let out = ok(cli(
+        &server,
+        w,
+        &["push", t, "--package", &id, "--exclude", "**/*.log"],
+    ));
+    assert_eq!(stdout(&out).trim(), id);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("2 files already in the package"));
+    std::fs::remove_file(tree.join("dir/new.bin")).unwrap();
+    let listed: serde_json::Value =
+        serde_json::from_str(&stdout(&ok(cli(&server, r, &["show", &id, "--json"])))).unwrap();
+    let paths: Vec<&str> = listed["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["relative_path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["dir/kept.bin", "dir/new.bin", "gone.txt"]);
+    ok(cli(&server, w, &["rm", &id, "dir/new.bin"]));
+    std::fs::write(tree.join("gone.txt"), b"other bytes").unwrap();
+    let clash = cli(
+        &server,
+        w,
+        &["push", t, "--package", &id, "--exclude", "*.log"],
+    );
+    assert_eq!(clash.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&clash.stderr).contains("other bytes at `gone.txt`"));
+    std::fs::write(tree.join("gone.txt"), b"gone").unwrap();
+    let both = cli(
+        &server,
+        w,
+        &["push", t, "--package", &id, "--producer", "x"],
+    );
+    assert_eq!(
+        both.status.code(),
+        Some(2),
+        "--package goes without --producer"
+    );
+
     let shown = stdout(&ok(cli(&server, r, &["show", &id])));
     for expected in [
         "status      open",
@@ -387,16 +430,26 @@ async fn a_package_lifecycle_from_the_terminal() {
 
     // hold (admin) blocks withdrawal; unhold, then withdraw with a reason.
     ok(cli(&server, a, &["hold", &id, "--reason", "audit"]));
-    let held = cli(&server, a, &["rm", &id, "--reason", "recalled"]);
+    let unconfirmed = cli(&server, a, &["rm", &id]);
+    assert_eq!(
+        unconfirmed.status.code(),
+        Some(2),
+        "a whole package takes --yes"
+    );
+    let held = cli(&server, a, &["rm", &id, "--yes", "--reason", "recalled"]);
     assert_eq!(held.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&held.stderr).contains("legal hold"));
     ok(cli(&server, a, &["unhold", &id]));
     assert_eq!(
-        cli(&server, w, &["rm", &id]).status.code(),
+        cli(&server, w, &["rm", &id, "--yes"]).status.code(),
         Some(5),
         "withdrawing takes an admin"
     );
-    let withdrawn = stdout(&ok(cli(&server, a, &["rm", &id, "--reason", "recalled"])));
+    let withdrawn = stdout(&ok(cli(
+        &server,
+        a,
+        &["rm", &id, "-y", "--reason", "recalled"],
+    )));
     assert!(withdrawn.contains("status      withdrawn"), "{withdrawn}");
     assert!(withdrawn.contains("recalled"), "{withdrawn}");
     let gone = cli(&server, r, &["show", &id]);
@@ -408,6 +461,20 @@ async fn a_package_lifecycle_from_the_terminal() {
     assert_eq!(bad.status.code(), Some(2));
     let script = stdout(&ok(cli(&server, r, &["completions", "bash"])));
     assert!(script.contains("artifactstore") && script.contains("complete"));
+    // A reader that goes away (`| head -1`, long before the ~90 KB script ends) ends the
+    // output quietly: no panic, nothing on stderr.
+    let piped = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "'{}' completions zsh | head -1 >/dev/null",
+            env!("CARGO_BIN_EXE_artifactstore")
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&piped.stderr).is_empty(),
+        "{piped:?}"
+    );
 
     // The tailer saw the package's life, and nothing from before it started.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;

@@ -47,7 +47,7 @@ class Conflict(ArtifactStoreError):
 
 
 class Gone(ArtifactStoreError):
-    """410: expired (or, for an upload session, ended)."""
+    """410: expired, abandoned or withdrawn (or, for an upload session, ended)."""
 
 
 class PreconditionFailed(ArtifactStoreError):

@@ -14,14 +14,36 @@ fn local(t: &chrono::DateTime<chrono::Utc>) -> String {
         .to_string()
 }
 
+/// Writes to stdout; a reader that went away (`| head`) ends the output quietly.
+pub fn emit(text: &str) -> Result<(), CliError> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(CliError::other(format!("writing stdout: {e}")))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn print_json(value: &impl serde::Serialize) -> Result<(), CliError> {
     let text = serde_json::to_string_pretty(value).map_err(|e| CliError::other(e.to_string()))?;
-    println!("{text}");
-    Ok(())
+    emit(&format!("{text}\n"))
 }
 
 /// A package as a few labelled lines, then (if it has them here) its files as a table.
-fn print_package(p: &types::Package) {
+fn print_package(p: &types::Package) -> Result<(), CliError> {
+    emit(&package_text(p))
+}
+
+fn package_text(p: &types::Package) -> String {
+    use std::fmt::Write;
+    let mut text = String::new();
+    // (Writing to a String cannot fail.)
+    macro_rules! println {
+        () => { let _ = writeln!(text); };
+        ($($arg:tt)*) => { let _ = writeln!(text, $($arg)*); };
+    }
     println!("package     {}", p.id);
     println!("status      {}", p.status);
     println!("producer    {}", p.producer.as_str());
@@ -75,6 +97,7 @@ fn print_package(p: &types::Package) {
             );
         }
     }
+    text
 }
 
 /// Prints a package as JSON or for people.
@@ -82,7 +105,7 @@ fn output(package: &types::Package, json: bool) -> Result<ExitCode, CliError> {
     if json {
         print_json(package)?;
     } else {
-        print_package(package);
+        print_package(package)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -175,6 +198,9 @@ pub struct RmArgs {
     /// Why (kept with the package's record; not for a single file).
     #[arg(long)]
     reason: Option<String>,
+    /// Remove the whole package without asking (needed when stdin is not a terminal).
+    #[arg(long, short)]
+    yes: bool,
     /// Print the package as JSON.
     #[arg(long)]
     json: bool,
@@ -204,6 +230,12 @@ pub async fn rm(args: RmArgs) -> Result<ExitCode, CliError> {
         eprintln!("removed {path} from {id}");
         return Ok(ExitCode::SUCCESS);
     }
+    if !args.yes && !confirmed(&format!("remove package {id} and all its files?"))? {
+        return Err(CliError::usage(
+            "not removed: confirm on a terminal, or pass --yes (a file is `rm <package> <path>`)"
+                .into(),
+        ));
+    }
     let mut request = store.api().delete_package().id(id);
     if let Some(reason) = &args.reason {
         let reason = reason
@@ -215,6 +247,22 @@ pub async fn rm(args: RmArgs) -> Result<ExitCode, CliError> {
     }
     let package = store.call(request.send()).await?;
     output(&package, args.json)
+}
+
+/// Asks on the terminal; `false` when stdin is not one (a script must say `--yes`).
+fn confirmed(question: &str) -> Result<bool, CliError> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return Ok(false);
+    }
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| CliError::other(format!("reading the answer: {e}")))?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
 /// `get` options.

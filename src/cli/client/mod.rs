@@ -14,8 +14,8 @@ mod push;
 pub use api::CliError;
 pub use events::{EventsCommand, events};
 pub use lifecycle::{
-    GetArgs, HoldArgs, PackageArgs, RetentionCommand, RmArgs, finalize, get, hold, retention, rm,
-    show, unhold,
+    GetArgs, HoldArgs, PackageArgs, RetentionCommand, RmArgs, emit, finalize, get, hold, retention,
+    rm, show, unhold,
 };
 pub use pull::{PullArgs, pull};
 pub use push::{PushArgs, push};
@@ -146,7 +146,7 @@ pub struct LsArgs {
     /// Only this subject.
     #[arg(long)]
     subject: Option<String>,
-    /// `open` or `finalized`.
+    /// `open`, `finalized`, `expired`, `abandoned` or `withdrawn`.
     #[arg(long)]
     status: Option<String>,
     /// Metadata filter `key=value` (repeatable).
@@ -170,7 +170,7 @@ pub async fn ls(args: LsArgs) -> Result<ExitCode, CliError> {
         .map(|s| {
             s.parse::<Status>().map_err(|_| {
                 CliError::usage(format!(
-                    "--status `{s}` is not one of: open, finalized, expired"
+                    "--status `{s}` is not one of: open, finalized, expired, abandoned, withdrawn"
                 ))
             })
         })

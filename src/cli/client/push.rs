@@ -21,12 +21,20 @@ pub struct PushArgs {
     client: ClientArgs,
     /// Directory to upload.
     dir: PathBuf,
-    /// What produced the files.
-    #[arg(long)]
-    producer: String,
-    /// What the files are about.
-    #[arg(long)]
-    subject: String,
+    /// What produced the files (for a new package).
+    #[arg(long, required_unless_present = "package")]
+    producer: Option<String>,
+    /// What the files are about (for a new package).
+    #[arg(long, required_unless_present = "package")]
+    subject: Option<String>,
+    /// Add to (or resume into) this open package instead of creating one: files it already
+    /// holds with the same bytes are skipped; a path it holds with other bytes is an error.
+    #[arg(long, conflicts_with_all = ["producer", "subject", "retention_class", "meta"])]
+    package: Option<String>,
+    /// Leave out files whose path in the tree matches this glob (`*.log`, `target/**`;
+    /// repeatable).
+    #[arg(long, value_name = "GLOB")]
+    exclude: Vec<String>,
     /// Retention class (default: the server's, `standard`).
     #[arg(long)]
     retention_class: Option<String>,
@@ -75,6 +83,7 @@ struct LocalFile {
 fn walk(
     root: &Path,
     dir: &Path,
+    exclude: &globset::GlobSet,
     out: &mut Vec<(RelativePath, PathBuf, u64)>,
 ) -> Result<(), CliError> {
     let entries = std::fs::read_dir(dir)
@@ -87,7 +96,7 @@ fn walk(
             .file_type()
             .map_err(|e| CliError::other(e.to_string()))?;
         if kind.is_dir() {
-            walk(root, &full, out)?;
+            walk(root, &full, exclude, out)?;
             continue;
         }
         // Regular files, and symlinks to regular files; never descend through symlinks.
@@ -103,6 +112,9 @@ fn walk(
         // Names are stored in NFC (one spelling per name); file systems that decompose them
         // (macOS) hand out NFD.
         let text: String = unicode_normalization::UnicodeNormalization::nfc(text).collect();
+        if exclude.is_match(&text) {
+            continue;
+        }
         let path = RelativePath::new(&text).map_err(|e| CliError::other(e.to_string()))?;
         out.push((path, full, meta.len()));
     }
@@ -119,27 +131,10 @@ pub async fn push(args: PushArgs) -> Result<ExitCode, CliError> {
             args.dir.display()
         )));
     }
-    let mut metadata = HashMap::new();
-    for m in &args.meta {
-        let (k, v) = m
-            .split_once('=')
-            .ok_or_else(|| CliError::usage(format!("--meta `{m}` must be KEY=VALUE")))?;
-        metadata.insert(k.to_owned(), v.to_owned());
-    }
-    let usage = |what: &str, e: &dyn std::fmt::Display| CliError::usage(format!("{what}: {e}"));
-    let new = types::CreatePackage {
-        producer: args.producer.parse().map_err(|e| usage("--producer", &e))?,
-        subject: args.subject.parse().map_err(|e| usage("--subject", &e))?,
-        retention_class: args
-            .retention_class
-            .as_deref()
-            .map(str::parse)
-            .transpose()
-            .map_err(|e| usage("--retention-class", &e))?,
-        metadata,
-    };
+    let target = Target::of(&store, &args).await?;
+    let exclude = globs(&args.exclude)?;
     let mut listing = Vec::new();
-    walk(&args.dir, &args.dir, &mut listing)?;
+    walk(&args.dir, &args.dir, &exclude, &mut listing)?;
     listing.sort_by(|a, b| a.0.cmp(&b.0));
     let total: u64 = listing.iter().map(|f| f.2).sum();
     let hidden = args.no_progress;
@@ -149,10 +144,8 @@ pub async fn push(args: PushArgs) -> Result<ExitCode, CliError> {
     let files = hash_all(listing, total, jobs, hidden).await?;
 
     // 2. The package, and which bytes are missing.
-    let id = store
-        .call(store.api().create_package().body(new).send())
-        .await?
-        .id;
+    let (id, files, already) = target.settle(&store, files).await?;
+    let total: u64 = files.iter().map(|f| f.size).sum();
     let missing = missing_addresses(&store, &files).await?;
 
     // 3. Upload one file per missing address; then link every other file.
@@ -185,6 +178,9 @@ pub async fn push(args: PushArgs) -> Result<ExitCode, CliError> {
     }
     let sent: u64 = uploads.iter().map(|&i| files[i].size).sum();
     let elapsed = started.elapsed().as_secs_f64();
+    if already > 0 {
+        eprintln!("{already} files already in the package, skipped");
+    }
     eprintln!(
         "{} files, {} bytes: {} uploaded ({} bytes), {} already held by the server; {:.2} s{}",
         files.len(),
@@ -267,6 +263,134 @@ async fn missing_addresses(
 
 /// Which files to upload (the first with each missing address) and which to link (the rest),
 /// as indexes into `files`.
+/// The package `push` fills.
+enum Target {
+    /// One to create.
+    New(types::CreatePackage),
+    /// An open one (`--package`), with its files: path to BLAKE3.
+    Existing(uuid::Uuid, HashMap<String, String>),
+}
+
+impl Target {
+    /// From the options; an existing package's files are read before anything is hashed, so
+    /// a package that is not there (or not open) fails at once.
+    async fn of(store: &Store, args: &PushArgs) -> Result<Self, CliError> {
+        Ok(match &args.package {
+            Some(id) => {
+                let id = super::api::package_id(id)?;
+                Target::Existing(id, held_files(store, id).await?)
+            }
+            None => Target::New(new_package(args)?),
+        })
+    }
+
+    /// The package's id, the files it still needs, and how many it already held.
+    async fn settle(
+        self,
+        store: &Store,
+        files: Vec<LocalFile>,
+    ) -> Result<(uuid::Uuid, Vec<LocalFile>, usize), CliError> {
+        match self {
+            Target::New(new) => {
+                let id = store
+                    .call(store.api().create_package().body(new).send())
+                    .await?
+                    .id;
+                Ok((id, files, 0))
+            }
+            Target::Existing(id, held) => {
+                let before = files.len();
+                let files = not_yet_in(files, &held, id)?;
+                let already = before - files.len();
+                Ok((id, files, already))
+            }
+        }
+    }
+}
+
+/// The package `push` creates, from its options.
+fn new_package(args: &PushArgs) -> Result<types::CreatePackage, CliError> {
+    let usage = |what: &str, e: &dyn std::fmt::Display| CliError::usage(format!("{what}: {e}"));
+    let mut metadata = HashMap::new();
+    for m in &args.meta {
+        let (k, v) = m
+            .split_once('=')
+            .ok_or_else(|| CliError::usage(format!("--meta `{m}` must be KEY=VALUE")))?;
+        metadata.insert(k.to_owned(), v.to_owned());
+    }
+    Ok(types::CreatePackage {
+        producer: args
+            .producer
+            .as_deref()
+            .unwrap_or_default()
+            .parse()
+            .map_err(|e| usage("--producer", &e))?,
+        subject: args
+            .subject
+            .as_deref()
+            .unwrap_or_default()
+            .parse()
+            .map_err(|e| usage("--subject", &e))?,
+        retention_class: args
+            .retention_class
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e| usage("--retention-class", &e))?,
+        metadata,
+    })
+}
+
+/// The `--exclude` globs as one matcher.
+fn globs(patterns: &[String]) -> Result<globset::GlobSet, CliError> {
+    let usage = |e: &dyn std::fmt::Display| CliError::usage(format!("--exclude: {e}"));
+    let mut set = globset::GlobSetBuilder::new();
+    for glob in patterns {
+        set.add(globset::Glob::new(glob).map_err(|e| usage(&e))?);
+    }
+    set.build().map_err(|e| usage(&e))
+}
+
+/// An open package's files: path to BLAKE3.
+async fn held_files(store: &Store, id: uuid::Uuid) -> Result<HashMap<String, String>, CliError> {
+    let package = store.call(store.api().get_package().id(id).send()).await?;
+    if package.status != types::Status::Open {
+        return Err(CliError::other(format!(
+            "package {id} is {}: only an open package takes files",
+            package.status
+        )));
+    }
+    Ok(package
+        .files
+        .into_iter()
+        .map(|f| (f.relative_path.to_string(), f.digests.blake3))
+        .collect())
+}
+
+/// The local files the package does not hold yet; one it holds at the same path with other
+/// bytes is an error (nothing is replaced behind the user's back).
+fn not_yet_in(
+    files: Vec<LocalFile>,
+    held: &HashMap<String, String>,
+    id: uuid::Uuid,
+) -> Result<Vec<LocalFile>, CliError> {
+    let mut left = Vec::with_capacity(files.len());
+    for file in files {
+        match held.get(file.path.as_str()) {
+            None => left.push(file),
+            Some(digest) if *digest == file.blake3 => {}
+            Some(_) => {
+                return Err(CliError::other(format!(
+                    "package {id} already has other bytes at `{}`; remove them first \
+                     (`artifactstore rm {id} {}`)",
+                    file.path, file.path
+                )));
+            }
+        }
+    }
+    Ok(left)
+}
+
 fn plan(files: &[LocalFile], missing: &HashSet<String>) -> (Vec<usize>, Vec<usize>) {
     let mut first_of: HashMap<String, usize> = HashMap::new();
     let (mut uploads, mut links) = (Vec::new(), Vec::new());

@@ -136,6 +136,13 @@ pub(super) async fn package_removed(
             event.id, r.package_id, r.status
         )));
     }
+    // Gone, it no longer falls due: the expiry workers must not wait for it.
+    exec(
+        tx,
+        "UPDATE retention_state SET expires_at = NULL WHERE package_id = $1",
+        &[&r.package_id.0],
+    )
+    .await?;
     Ok(())
 }
 

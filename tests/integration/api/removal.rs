@@ -89,6 +89,32 @@ async fn a_file_leaves_an_open_package() {
         assert_problem(resp, status).await;
     }
 
+    // A legal hold keeps the files of an open package too.
+    let hold = |method: reqwest::Method| {
+        api.http
+            .request(method, api.url(&format!("/packages/{id}/legal-hold")))
+            .bearer_auth(ADMIN)
+            .json(&json!({"reason": "audit"}))
+            .send()
+    };
+    assert_eq!(
+        hold(reqwest::Method::PUT).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let resp = delete(
+        &api,
+        WRITER,
+        &format!("/packages/{id}/files/dir/own.bin"),
+        None,
+    )
+    .await;
+    let problem = assert_problem(resp, 409).await;
+    assert!(problem["detail"].as_str().unwrap().contains("legal hold"));
+    assert_eq!(
+        hold(reqwest::Method::DELETE).await.unwrap().status(),
+        StatusCode::OK
+    );
+
     // Removed: gone from the package (its count and size), its own bytes unreferenced, the
     // shared ones still named by the other package; the path takes a new file.
     for path in ["dir/own.bin", "dir/shared.bin"] {
@@ -276,6 +302,19 @@ async fn packages_are_abandoned_or_withdrawn_and_keep_their_record() {
     assert_eq!(items.len(), 1);
     assert_eq!(items[0]["id"], finalized.as_str());
     assert_eq!(items[0]["removal"]["reason"], "recalled");
+
+    // Gone, it no longer falls due: the expiry workers do not wait for it.
+    let due: Option<time::OffsetDateTime> = db
+        .client()
+        .await
+        .query_one(
+            "SELECT expires_at FROM retention_state WHERE package_id = $1",
+            &[&uuid::Uuid::parse_str(&finalized).unwrap()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(due, None);
 
     // Bytes: the withdrawn package's own are unreferenced (collected after the grace); the
     // shared ones are still named by the held package. Usage drops at once.
