@@ -20,7 +20,7 @@ problems! {
     /// `DELETE /packages/{id}`.
     DeletePackage = [400, 401, 403, 404, 409, 410, 413, 415, 422];
     /// `DELETE /packages/{id}/files/{path}`.
-    DeleteFile = [400, 401, 403, 404, 409, 410, 413, 422];
+    DeleteFile = [400, 401, 403, 404, 409, 410, 412, 413, 422];
     /// `POST /packages`.
     CreatePackage = [400, 401, 403, 413, 415, 422, 507];
     /// `GET /packages`.

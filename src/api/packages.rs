@@ -611,7 +611,8 @@ impl PackagesApi {
     /// Remove a file from an open package
     ///
     /// The path is free again; the file's bytes are collected unless another file names them.
-    /// 409 once the package is finalized (it is immutable).
+    /// 409 once the package is finalized (it is immutable) or while it is under legal hold;
+    /// with `If-Match`, 412 unless the file there is the one named.
     #[oai(
         path = "/packages/:id/files/:relative_path",
         method = "delete",
@@ -621,6 +622,7 @@ impl PackagesApi {
         &self,
         state: Data<&Arc<AppState>>,
         auth: Auth,
+        req: &Request,
         id: Path<Uuid>,
         /// Path inside the package.
         relative_path: Path<String>,
@@ -629,7 +631,13 @@ impl PackagesApi {
         let path = RelativePath::new(&relative_path.0)?;
         state
             .registry
-            .remove_file(&principal.tenant, PackageId(id.0), &path, &principal.name)
+            .remove_file(
+                &principal.tenant,
+                PackageId(id.0),
+                &path,
+                &principal.name,
+                if_match(req).as_ref(),
+            )
             .await?;
         Ok(Removed::Done)
     }

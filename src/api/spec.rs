@@ -77,6 +77,14 @@ fn read_by_hand(operation_id: &str) -> Vec<&'static str> {
     match operation_id {
         "downloadFile" | "downloadFileByPath" | "headFileByPath" => vec![RANGE, IF_NONE_MATCH],
         "getManifest" | "getManifestJson" => vec![IF_NONE_MATCH],
+        "deleteFile" => vec![
+            r#"{
+                "name": "If-Match", "in": "header", "required": false,
+                "description": "Remove the file only if it has one of these ETags (`\"blake3:<hex>\"`), so a file someone replaced meanwhile stays; otherwise 412.",
+                "schema": {"type": "string"},
+                "example": "\"blake3:af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262\""
+            }"#,
+        ],
         "putFile" | "uploadFile" => vec![
             r#"{
                 "name": "If-Match", "in": "header", "required": false,

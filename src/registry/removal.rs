@@ -5,7 +5,7 @@
 
 use super::Registry;
 use super::admission::check_open;
-use super::types::{FileRecord, Package, PackageStatus};
+use super::types::{FileRecord, IfMatch, Package, PackageStatus};
 use crate::domain::{PackageId, RelativePath, TenantId, validate_label};
 use crate::error::{Error, Result};
 use crate::events::{self, DomainEvent, FileRemoved, PackageAbandoned, PackageWithdrawn};
@@ -26,7 +26,7 @@ impl Registry {
         if let Some(reason) = &reason {
             validate_label("reason", reason)?;
         }
-        self.retention_mutation(tenant, id, |package, now| {
+        let removed = self.retention_mutation(tenant, id, |package, now| {
             if package.retention.legal_hold {
                 return Err(Error::Conflict(format!(
                     "package {id} is under legal hold{}: release the hold first",
@@ -66,10 +66,24 @@ impl Registry {
                 ))),
             }
         })
-        .await
+        .await?;
+        // Its open upload sessions end now: they take no more chunks, reserve no more quota,
+        // and the upload sweep removes their bytes. (Should this not run, they end at their
+        // lifetime, as before; none can start once the removal has committed.)
+        let now = self.clock.now().as_datetime();
+        self.pool
+            .get()
+            .await?
+            .execute(
+                "UPDATE uploads SET expires_at = $2 WHERE package_id = $1 AND expires_at > $2",
+                &[&id.0, &now],
+            )
+            .await?;
+        Ok(removed)
     }
 
-    /// Removes the file at `path` from an open package and returns it. Its bytes stay while
+    /// Removes the file at `path` from an open package and returns it; with `if_match`, only
+    /// if that file is the one named (`PreconditionFailed` otherwise). Its bytes stay while
     /// another file names them.
     pub async fn remove_file(
         &self,
@@ -77,6 +91,7 @@ impl Registry {
         package: PackageId,
         path: &RelativePath,
         by: &str,
+        if_match: Option<&IfMatch>,
     ) -> Result<FileRecord> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
@@ -96,6 +111,14 @@ impl Registry {
             )));
         }
         let file = super::reads::file_at(&tx, tenant, package, path).await?;
+        if let Some(condition) = if_match
+            && !condition.holds(Some(&file.blake3))
+        {
+            return Err(Error::PreconditionFailed(format!(
+                "the file at `{path}` is \"blake3:{}\", which `If-Match` does not name",
+                file.blake3.to_hex()
+            )));
+        }
         let event = DomainEvent::of(
             tenant,
             FileRemoved {

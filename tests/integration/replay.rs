@@ -86,7 +86,7 @@ pub async fn mixed_workload(env: &TestEnv) {
             let path = RelativePath::new("dir/file-0.bin").unwrap();
             match p {
                 1 => drop(
-                    reg.remove_file(&tenant, package.id, &path, "tester")
+                    reg.remove_file(&tenant, package.id, &path, "tester", None)
                         .await
                         .unwrap(),
                 ),

@@ -115,10 +115,34 @@ async fn a_file_leaves_an_open_package() {
         StatusCode::OK
     );
 
+    // If-Match: only the file named goes.
+    let resp = api
+        .http
+        .delete(api.url(&format!("/packages/{id}/files/dir/own.bin")))
+        .bearer_auth(WRITER)
+        .header(
+            "If-Match",
+            format!("\"blake3:{}\"", blake3::hash(&shared).to_hex()),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_problem(resp, 412).await;
+
     // Removed: gone from the package (its count and size), its own bytes unreferenced, the
     // shared ones still named by the other package; the path takes a new file.
-    for path in ["dir/own.bin", "dir/shared.bin"] {
-        let resp = delete(&api, WRITER, &format!("/packages/{id}/files/{path}"), None).await;
+    for (path, data) in [("dir/own.bin", &own), ("dir/shared.bin", &shared)] {
+        let resp = api
+            .http
+            .delete(api.url(&format!("/packages/{id}/files/{path}")))
+            .bearer_auth(WRITER)
+            .header(
+                "If-Match",
+                format!("\"blake3:{}\"", blake3::hash(data).to_hex()),
+            )
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), StatusCode::NO_CONTENT, "{path}");
         let again = delete(&api, WRITER, &format!("/packages/{id}/files/{path}"), None).await;
         assert_problem(again, 404).await;
@@ -213,6 +237,29 @@ async fn packages_are_abandoned_or_withdrawn_and_keep_their_record() {
         .unwrap();
     assert_problem(resp, 415).await;
 
+    // An upload session into the open package, one chunk in.
+    let session: Value = api
+        .http
+        .post(api.url("/uploads"))
+        .bearer_auth(WRITER)
+        .json(&json!({"package_id": open, "relative_path": "big.bin", "size": 10}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let upload = format!("/uploads/{}", session["id"].as_str().unwrap());
+    let chunk = |range: &'static str| {
+        api.http
+            .patch(api.url(&upload))
+            .bearer_auth(WRITER)
+            .header("content-range", range)
+            .body(vec![7u8; 5])
+            .send()
+    };
+    assert!(chunk("bytes 0-4/10").await.unwrap().status().is_success());
+
     // An open package: abandoned by its writer, at once, with the reason kept.
     let resp = delete(
         &api,
@@ -227,6 +274,9 @@ async fn packages_are_abandoned_or_withdrawn_and_keep_their_record() {
     assert_eq!(abandoned["file_count"], 0);
     assert_eq!(abandoned["removal"]["by"], "acme-token-1");
     assert_eq!(abandoned["removal"]["reason"], "broken build");
+
+    // Its upload session ended with it: no more chunks.
+    assert_problem(chunk("bytes 5-9/10").await.unwrap(), 404).await;
 
     // A finalized one: withdrawing takes an admin; a held one is refused until released.
     let resp = delete(&api, WRITER, &url(&finalized), None).await;
