@@ -87,6 +87,29 @@ impl Service {
         Ok(Service { registry, database })
     }
 
+    /// [`start`](Self::start) for commands that read an existing store (`verify`, `storage
+    /// migrate`): without a database URL, a data directory that holds no private cluster is
+    /// refused rather than given a new, empty one (a mistyped `--data-dir` would otherwise
+    /// "verify" nothing and succeed).
+    pub async fn start_existing(settings: &Settings) -> Result<Self> {
+        if settings.database_url.is_none() {
+            let cluster = settings
+                .postgres_dir
+                .clone()
+                .unwrap_or_else(|| settings.data_dir.join("postgres"));
+            if !cluster.join("pgdata").join("PG_VERSION").exists() {
+                return Err(crate::Error::InvalidInput(format!(
+                    "{} holds no artifact store (no database under {}): give the data directory \
+                     `serve` uses (--data-dir / ARTIFACTSTORE_DATA_DIR), or \
+                     ARTIFACTSTORE_DATABASE_URL",
+                    settings.data_dir.display(),
+                    cluster.display()
+                )));
+            }
+        }
+        Self::start(settings, false).await
+    }
+
     /// Releases the database (stopping the private cluster if we started it), once the events
     /// this process committed are numbered (a short-lived command's would otherwise wait for
     /// another process's pass).

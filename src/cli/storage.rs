@@ -32,7 +32,7 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--sample must be a fraction in (0, 1], got {}", args.sample);
     }
     let settings = args.service.resolve()?;
-    let service = Service::start(&settings, false).await?;
+    let service = Service::start_existing(&settings).await?;
     let registry = &service.registry;
     if let Some(id) = &args.backend
         && registry.backends().get(id).is_none()
@@ -141,7 +141,7 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     use crate::registry::{MigrateScope, Moved};
     use futures::StreamExt;
     let settings = args.service.resolve()?;
-    let service = Service::start(&settings, false).await?;
+    let service = Service::start_existing(&settings).await?;
     let registry = &service.registry;
     let scope = MigrateScope {
         from: args.from.clone(),

@@ -497,3 +497,54 @@ async fn a_package_lifecycle_from_the_terminal() {
     );
     assert!(lines[0].ends_with(&id), "{lines:?}");
 }
+
+/// `verify` and `storage migrate` read an existing store: a data directory without one (a
+/// typo) is refused, and no empty cluster is made there.
+#[test]
+fn store_commands_refuse_a_data_directory_without_a_store() {
+    let empty = tempfile::tempdir().unwrap();
+    let data = empty.path().join("typo");
+    for args in [
+        vec!["verify"],
+        vec!["storage", "migrate", "--from", "local", "--to", "s3"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_artifactstore"))
+            .args(&args)
+            .arg("--data-dir")
+            .arg(&data)
+            .env_remove("ARTIFACTSTORE_DATABASE_URL")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("holds no artifact store"), "{stderr}");
+        assert!(!data.join("postgres").exists(), "{args:?} made a cluster");
+    }
+}
+
+/// A `--server` that is some other HTTP server: the error says so, instead of quoting a page.
+#[test]
+fn a_server_that_is_not_an_artifactstore_is_named_as_such() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let answer = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut request = [0u8; 4096];
+        let _ = stream.read(&mut request);
+        let body = "<html><body>Not Found</body></html>";
+        let _ = write!(
+            stream,
+            "HTTP/1.1 404 Not Found\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    });
+    let out = Command::new(env!("CARGO_BIN_EXE_artifactstore"))
+        .args(["ls", "--server", &format!("http://{address}")])
+        .output()
+        .unwrap();
+    answer.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("an artifactstore server?"), "{stderr}");
+    assert!(out.stdout.is_empty(), "no table header before a failure");
+}

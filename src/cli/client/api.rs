@@ -88,6 +88,14 @@ impl From<artifactstore_client::StoreError> for CliError {
             StoreError::Problem { status: 401, .. } => format!(
                 "{e} (give a token with --token or the ARTIFACTSTORE_TOKEN environment variable)"
             ),
+            // Every artifact-store refusal is a problem document with a title.
+            StoreError::Problem {
+                status, problem, ..
+            } if problem.title.is_empty() => format!(
+                "the server answered {status} without a problem document (is --server / \
+                 ARTIFACTSTORE_URL an artifactstore server?): {}",
+                problem.detail.chars().take(200).collect::<String>()
+            ),
             StoreError::Unreachable(t) => format!("cannot reach the server: {t}"),
             StoreError::Transport(t) => format!("the connection to the server failed: {t}"),
             other => other.to_string(),
