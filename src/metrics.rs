@@ -162,13 +162,29 @@ pub fn count_served<S>(stream: S) -> impl futures::Stream<Item = S::Item> + Send
 where
     S: futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + Unpin,
 {
+    count_served_then(stream, |_, _| {})
+}
+
+/// [`count_served`], then `then(bytes sent, whether the stream ended)` once, when it ends or
+/// is dropped (`false`: the client went away, or the bytes failed, before the end).
+pub fn count_served_then<S, F>(stream: S, then: F) -> impl futures::Stream<Item = S::Item> + Send
+where
+    S: futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + Unpin,
+    F: FnOnce(u64, bool) + Send + 'static,
+{
+    type Then = Box<dyn FnOnce(u64, bool) + Send>;
     struct Served<S> {
         inner: S,
         sent: u64,
+        ended: bool,
+        then: Option<Then>,
     }
     impl<S> Drop for Served<S> {
         fn drop(&mut self) {
             counter!(SERVED_BYTES).increment(self.sent);
+            if let Some(then) = self.then.take() {
+                then(self.sent, self.ended);
+            }
         }
     }
     impl<S> futures::Stream for Served<S>
@@ -181,8 +197,10 @@ where
             cx: &mut std::task::Context<'_>,
         ) -> std::task::Poll<Option<Self::Item>> {
             let polled = std::pin::Pin::new(&mut self.inner).poll_next(cx);
-            if let std::task::Poll::Ready(Some(Ok(chunk))) = &polled {
-                self.sent += chunk.len() as u64;
+            match &polled {
+                std::task::Poll::Ready(Some(Ok(chunk))) => self.sent += chunk.len() as u64,
+                std::task::Poll::Ready(None) => self.ended = true,
+                _ => {}
             }
             polled
         }
@@ -190,6 +208,8 @@ where
     Served {
         inner: stream,
         sent: 0,
+        ended: false,
+        then: Some(Box::new(then) as Then),
     }
 }
 

@@ -36,6 +36,8 @@ pub struct WorkerOptions {
     /// How often backends are listed for orphan bytes (no row; a crash between write and
     /// commit).
     pub orphan_sweep_every: Duration,
+    /// How long retrieval records are kept.
+    pub retrieval_records_kept: Duration,
 }
 
 /// What one pass did.
@@ -49,6 +51,8 @@ pub struct PassReport {
     pub uploads_expired: u64,
     /// Abandoned staged writes removed.
     pub staging_removed: u64,
+    /// Retrieval records deleted for their age.
+    pub retrievals_pruned: u64,
     /// Verification results, when a run happened in this pass.
     pub verified: Option<VerifyOutcome>,
 }
@@ -183,6 +187,8 @@ impl Worker {
             self.next_sweep = now + self.options.sweep_every;
             report.uploads_expired =
                 tally("upload_sweep", self.registry.expire_uploads().await, |n| *n)?;
+            report.retrievals_pruned =
+                tally("retrieval_prune", self.prune_retrievals().await, |n| *n)?;
             let cutoff = SystemTime::now() - self.options.staging_grace;
             for backend in self.registry.backends().all() {
                 report.staging_removed +=
@@ -206,6 +212,23 @@ impl Worker {
             }
         }
         Ok(report)
+    }
+
+    /// Deletes the retrieval records older than they are kept, in batches.
+    async fn prune_retrievals(&self) -> Result<u64> {
+        const BATCH: i64 = 10_000;
+        let kept = i64::try_from(self.options.retrieval_records_kept.as_secs()).unwrap_or(i64::MAX);
+        let Some(before) = self.registry.now().plus_seconds(-kept) else {
+            return Ok(0);
+        };
+        let mut pruned = 0;
+        loop {
+            let n = self.registry.prune_retrievals(before, BATCH).await?;
+            pruned += n;
+            if n < BATCH as u64 {
+                return Ok(pruned);
+            }
+        }
     }
 
     /// One sampled verification run, unless another worker is running one.

@@ -30,6 +30,19 @@ pub fn decode_package_cursor(cursor: &str) -> Result<i64> {
         .ok_or_else(refused)
 }
 
+/// A position in a tenant's retrieval records: the last record shown.
+pub fn encode_retrieval_cursor(id: i64) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("r1:{id}"))
+}
+
+/// The record a retrieval cursor names.
+pub fn decode_retrieval_cursor(cursor: &str) -> Result<i64> {
+    decode(cursor)?
+        .strip_prefix("r1:")
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(refused)
+}
+
 /// A position in the list of stored copies: the last copy shown.
 pub fn encode_location_cursor(digest: &Digest, backend: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD

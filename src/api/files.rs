@@ -8,9 +8,10 @@ use super::responses::{
 };
 use super::schemas::FileInfo;
 use super::security::Auth;
-use crate::auth::Scope;
+use crate::auth::{Principal, Scope};
 use crate::domain::FileId;
 use crate::registry::FileRecord;
+use crate::registry::RetrievalKind;
 use crate::storage::ByteRange;
 use poem::web::Data;
 use poem::{Body, Request};
@@ -63,7 +64,7 @@ impl FilesApi {
             .registry
             .get_file(&principal.tenant, FileId(id.0))
             .await?;
-        Ok(serve(&state, req, file, false).await?)
+        Ok(serve(&state, &principal, req, file, false).await?)
     }
 }
 
@@ -71,27 +72,63 @@ impl FilesApi {
 /// from storage, or (`head`) the same answer's headers alone, storage untouched.
 pub(super) async fn serve(
     state: &AppState,
+    principal: &Principal,
     req: &Request,
     file: FileRecord,
     head: bool,
 ) -> Result<Download, crate::Error> {
+    let mut record = super::audit::retrieval(
+        principal,
+        req,
+        RetrievalKind::File,
+        Some(file.package_id),
+        Some(file.id),
+    );
     let range = match plan(req, &file) {
-        RangePlan::NotModified => return Ok(not_modified_response(&file)),
-        RangePlan::Unsatisfiable => return Ok(unsatisfiable(&file, req.uri().path())),
+        RangePlan::NotModified => {
+            record.status = 304;
+            record.outcome = "not_modified";
+            state.retrievals.record(record).await;
+            return Ok(not_modified_response(&file));
+        }
+        RangePlan::Unsatisfiable => {
+            record.status = 416;
+            record.outcome = "unsatisfiable";
+            state.retrievals.record(record).await;
+            return Ok(unsatisfiable(&file, req.uri().path()));
+        }
         RangePlan::Full => None,
         RangePlan::Partial(start, end) => Some((start, end)),
     };
+    record.range = range;
+    record.status = if range.is_some() { 206 } else { 200 };
     if head {
+        record.outcome = "head";
+        state.retrievals.record(record).await;
         return Ok(bytes_response(&file, range, Body::empty()));
     }
     let byte_range = range.map(|(start, end)| ByteRange {
         offset: start,
         length: end - start + 1,
     });
+    let expected = range.map_or(file.size, |(start, end)| end - start + 1);
     let download = state.registry.read_record(file, byte_range).await?;
+    // Recorded once the bytes have gone (or the client has): how many, and whether all (a
+    // whole file's last chunk is sent only once its digest checked out; the server may stop
+    // reading the body once Content-Length bytes went, before its end).
+    let log = state.retrievals.clone();
+    let body = crate::metrics::count_served_then(download.body, move |sent, _| {
+        record.bytes_served = sent;
+        record.outcome = if sent == expected {
+            "complete"
+        } else {
+            "aborted"
+        };
+        log.record_later(record);
+    });
     Ok(bytes_response(
         &download.file,
         range,
-        Body::from_bytes_stream(crate::metrics::count_served(download.body)),
+        Body::from_bytes_stream(body),
     ))
 }

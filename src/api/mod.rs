@@ -6,6 +6,7 @@
 // but only on the error path, where a copy of ~150 bytes costs nothing that matters.
 #![allow(clippy::result_large_err)]
 
+mod audit;
 mod blobs;
 mod body;
 pub mod cursor;
@@ -57,6 +58,8 @@ pub struct AppState {
     pub body_idle_timeout: std::time::Duration,
     /// Readiness checks (`/readyz`), shared with the metrics listener.
     pub readiness: Arc<crate::health::ReadinessProbe>,
+    /// Where reads are recorded.
+    pub retrievals: crate::registry::RetrievalLog,
 }
 
 #[derive(Tags)]
@@ -79,6 +82,8 @@ enum ApiTags {
     Tenants,
     /// Service status.
     System,
+    /// Records of who read what.
+    Audit,
 }
 
 type Apis = (
@@ -91,6 +96,7 @@ type Apis = (
     storage::StorageApi,
     retention::RetentionApi,
     tenants::TenantsApi,
+    audit::AuditApi,
 );
 
 fn service() -> OpenApiService<Apis, ()> {
@@ -104,6 +110,7 @@ fn service() -> OpenApiService<Apis, ()> {
         storage::StorageApi,
         retention::RetentionApi,
         tenants::TenantsApi,
+        audit::AuditApi,
     );
     OpenApiService::new(apis, "artifact-store", env!("CARGO_PKG_VERSION")).description(
         "System of record for generated outputs: content-addressed, immutable packages with \

@@ -21,6 +21,8 @@ problems! {
     DeletePackage = [400, 401, 403, 404, 409, 410, 413, 415, 422];
     /// `DELETE /packages/{id}/files/{path}`.
     DeleteFile = [400, 401, 403, 404, 409, 410, 412, 413, 422];
+    /// `GET /audit/retrievals`.
+    ListRetrievals = [400, 401, 403, 422];
     /// `POST /packages`.
     CreatePackage = [400, 401, 403, 413, 415, 422, 507];
     /// `GET /packages`.

@@ -98,6 +98,31 @@ fn if_match(req: &Request) -> Option<registry::IfMatch> {
     ))
 }
 
+/// Records a manifest read: its `size` bytes, or a 304.
+async fn record_manifest(
+    state: &AppState,
+    principal: &crate::auth::Principal,
+    req: &Request,
+    package: PackageId,
+    response: &poem::Response,
+    size: usize,
+) {
+    let mut record = super::audit::retrieval(
+        principal,
+        req,
+        registry::RetrievalKind::Manifest,
+        Some(package),
+        None,
+    );
+    record.status = response.status().as_u16();
+    if response.status() == poem::http::StatusCode::NOT_MODIFIED {
+        record.outcome = "not_modified";
+    } else {
+        record.bytes_served = size as u64;
+    }
+    state.retrievals.record(record).await;
+}
+
 /// The `reason` of an optional `DELETE /packages/{id}` body (`{"reason": "..."}`, declared by
 /// hand in the spec as `DeletePackage`: poem-openapi has no optional bodies).
 fn removal_reason(req: &Request, body: &[u8]) -> ApiResult<Option<String>> {
@@ -157,7 +182,7 @@ impl PackagesApi {
             .registry
             .file_at(&principal.tenant, PackageId(id), &path)
             .await?;
-        Ok(super::files::serve(state, req, file, head).await?)
+        Ok(super::files::serve(state, &principal, req, file, head).await?)
     }
 
     async fn ingest(
@@ -401,6 +426,7 @@ impl PackagesApi {
         &self,
         state: Data<&Arc<AppState>>,
         auth: Auth,
+        req: &Request,
         id: Path<Uuid>,
     ) -> Answer<Json<Package>, operations::GetPackage> {
         let principal = state.authorize(&auth, Scope::Read)?;
@@ -413,6 +439,14 @@ impl PackagesApi {
             .await?;
         let mut view: Package = package.into();
         view.files = Some(files.into_iter().map(Into::into).collect());
+        let record = super::audit::retrieval(
+            &principal,
+            req,
+            registry::RetrievalKind::Package,
+            Some(PackageId(id.0)),
+            None,
+        );
+        state.retrievals.record(record).await;
         Ok(Json(view))
     }
 
@@ -782,13 +816,10 @@ impl PackagesApi {
                 crate::manifest::Manifest::jcs(&stored.cbor).map_err(crate::Error::from)?
             }
         };
-        Ok(CborManifest(manifest_response(
-            req,
-            &stored.digest,
-            bytes,
-            encoding,
-            true,
-        )))
+        let size = bytes.len();
+        let response = manifest_response(req, &stored.digest, bytes, encoding, true);
+        record_manifest(&state, &principal, req, PackageId(id.0), &response, size).await;
+        Ok(CborManifest(response))
     }
 
     /// Get the manifest (JCS JSON)
@@ -813,12 +844,9 @@ impl PackagesApi {
             .get_manifest(&principal.tenant, PackageId(id.0))
             .await?;
         let json = crate::manifest::Manifest::jcs(&stored.cbor).map_err(crate::Error::from)?;
-        Ok(JsonManifest(manifest_response(
-            req,
-            &stored.digest,
-            json,
-            ManifestEncoding::Json,
-            false,
-        )))
+        let size = json.len();
+        let response = manifest_response(req, &stored.digest, json, ManifestEncoding::Json, false);
+        record_manifest(&state, &principal, req, PackageId(id.0), &response, size).await;
+        Ok(JsonManifest(response))
     }
 }

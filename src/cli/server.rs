@@ -79,7 +79,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Some((at, _)) => format!("listening on http://{address}\nmetrics on http://{at}/metrics\n"),
         None => format!("listening on http://{address}\n"),
     });
+    let (retrievals, retrieval_writer) = crate::registry::RetrievalLog::start(
+        service.registry.pool().clone(),
+        settings.retrieval_queue,
+    );
     let state = AppState {
+        retrievals,
         events: bus.clone(),
         tail: crate::events::TailReader::new(service.registry.pool().clone()),
         max_json_body: settings.max_json_body,
@@ -88,19 +93,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         registry: service.registry.clone(),
         readiness,
     };
-    // The worker sweeps upload sessions itself; without it, a small sweeper does.
-    let sweeper = match jobs {
-        Some(options) => {
-            let mut worker = crate::worker::Worker::new(service.registry.clone(), options);
-            let bus = bus.clone();
-            tokio::spawn(async move {
-                tracing::info!("background jobs running in the server (--worker)");
-                let closed = bus.clone();
-                worker.run(&bus, async move { closed.closed().await }).await;
-            })
-        }
-        None => tokio::spawn(sweep_uploads(service.registry.clone())),
-    };
+    let sweeper = background_jobs(jobs, &service.registry, &bus);
     let result = crate::api::serve::run(
         listener,
         app(state),
@@ -110,6 +103,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     )
     .await;
     tracing::info!("server stopped");
+    written(retrieval_writer).await;
     sweeper.abort();
     if let Some((_, task)) = metrics {
         task.abort();
@@ -117,6 +111,38 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     service.shutdown().await;
     result.context("server failed")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The worker's jobs in the server (`--worker`); without them, a small sweeper of upload
+/// sessions (the worker sweeps them itself).
+fn background_jobs(
+    jobs: Option<crate::worker::WorkerOptions>,
+    registry: &crate::registry::Registry,
+    bus: &crate::events::EventBus,
+) -> tokio::task::JoinHandle<()> {
+    match jobs {
+        Some(options) => {
+            let mut worker = crate::worker::Worker::new(registry.clone(), options);
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                tracing::info!("background jobs running in the server (--worker)");
+                let closed = bus.clone();
+                worker.run(&bus, async move { closed.closed().await }).await;
+            })
+        }
+        None => tokio::spawn(sweep_uploads(registry.clone())),
+    }
+}
+
+/// Waits (a while) for the retrieval writer: once the app, and with it the last handle on the
+/// log, is gone, it writes what is queued and ends.
+async fn written(writer: tokio::task::JoinHandle<()>) {
+    if tokio::time::timeout(std::time::Duration::from_secs(10), writer)
+        .await
+        .is_err()
+    {
+        tracing::error!("retrieval records were still being written at shutdown");
+    }
 }
 
 /// Removes expired upload sessions and their spooled bytes, every few minutes.

@@ -67,6 +67,14 @@ pub struct JobArgs {
     /// Seconds a blob stays after the last file referencing it went.
     #[arg(long, env = "ARTIFACTSTORE_GC_GRACE_SECONDS", default_value = "3600", value_parser = crate::config::within::<0, TEN_YEARS>)]
     gc_grace_seconds: u64,
+    /// Days retrieval records are kept (then deleted by the worker's sweep).
+    #[arg(
+        long,
+        env = "ARTIFACTSTORE_RETRIEVAL_RECORDS_DAYS",
+        default_value = "400",
+        value_parser = crate::config::within::<1, 36_525>
+    )]
+    retrieval_records_days: u64,
     /// Seconds between listings of every backend for orphan bytes.
     #[arg(
         long,
@@ -89,6 +97,7 @@ impl JobArgs {
             expire_batch: self.expire_batch as i64,
             gc_grace: Duration::from_secs(self.gc_grace_seconds),
             orphan_sweep_every: Duration::from_secs(self.orphan_sweep_seconds.max(1)),
+            retrieval_records_kept: Duration::from_secs(self.retrieval_records_days * 86_400),
         }
     }
 }

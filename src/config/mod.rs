@@ -140,6 +140,10 @@ pub struct ServiceArgs {
     /// by `--max-file-size` instead.
     #[arg(long, env = "ARTIFACTSTORE_MAX_JSON_BODY", default_value = "8MiB", value_parser = ByteSize::positive)]
     pub max_json_body: ByteSize,
+    /// Retrieval records waiting to be written, at most; past it, reads wait for the writer
+    /// (they are never served unrecorded).
+    #[arg(long, env = "ARTIFACTSTORE_RETRIEVAL_QUEUE", default_value = "10000", value_parser = within::<1, 1_000_000>)]
+    pub retrieval_queue: u64,
     /// Seconds a connection has to send a whole request head (from when it is accepted, and
     /// between requests on a kept-alive connection); it is closed after that.
     #[arg(long, env = "ARTIFACTSTORE_HEADER_READ_TIMEOUT_SECONDS", default_value = "30", value_parser = within::<1, 3600>)]
@@ -270,6 +274,8 @@ pub struct Settings {
     pub shutdown_grace: std::time::Duration,
     /// Largest JSON request body, in bytes.
     pub max_json_body: u64,
+    /// Retrieval records waiting to be written, at most.
+    pub retrieval_queue: usize,
     /// Tokens.
     pub tokens: std::sync::Arc<crate::auth::TokenStore>,
 }
@@ -374,6 +380,7 @@ impl ServiceArgs {
             },
             shutdown_grace: seconds(self.shutdown_grace_seconds),
             max_json_body: self.max_json_body.0,
+            retrieval_queue: count(self.retrieval_queue),
         })
     }
 }

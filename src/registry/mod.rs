@@ -15,6 +15,7 @@ mod record;
 mod relocate;
 mod removal;
 mod retention;
+mod retrievals;
 mod roots;
 mod space;
 mod types;
@@ -30,6 +31,9 @@ pub use quota::{Quota, QuotaUsage, Room, TenantQuota, Writing, quota_definition_
 pub use reads::FileDownload;
 pub use relocate::{MigrateScope, MigrationItem, Moved};
 pub use retention::{Expiry, MAX_CLASS_DURATION_SECONDS, RetentionClass};
+pub use retrievals::{
+    FLUSH_EVERY, Retrieval, RetrievalFilter, RetrievalKind, RetrievalLog, StoredRetrieval,
+};
 pub use roots::MARKER_FILE;
 pub use space::DiskSpace;
 pub use types::{
@@ -127,6 +131,11 @@ impl Registry {
     pub fn with_upload_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
         self.upload_dir = dir.into();
         self
+    }
+
+    /// The registry's clock's time.
+    pub fn now(&self) -> crate::domain::Timestamp {
+        self.clock.now()
     }
 
     /// Replaces the clock.

@@ -1,6 +1,7 @@
 //! The HTTP API through the real server on a random port. The client and the checks the
 //! tests share are here; the tests, by concern, in the modules below.
 
+mod audit;
 mod flow;
 mod links;
 mod listing;
