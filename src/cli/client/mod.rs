@@ -207,31 +207,15 @@ pub async fn ls(args: LsArgs) -> Result<ExitCode, CliError> {
         }
         let page = store.call(request.send()).await?;
         // The header once the first page is in: none before a failure.
+        let mut text = String::new();
         if std::mem::take(&mut header) {
-            println!(
-                "{:<36}  {:<9}  {:>6}  {:>12}  {:<20}  PRODUCER / SUBJECT",
-                "ID", "STATUS", "FILES", "BYTES", "CREATED"
-            );
+            text.push_str(&format!(
+                "{:<36}  {:<9}  {:>6}  {:>10}  {:<19}  PRODUCER / SUBJECT\n",
+                "ID", "STATUS", "FILES", "SIZE", "CREATED"
+            ));
         }
-        for p in &page.items {
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::to_string(p).map_err(|e| CliError::other(e.to_string()))?
-                );
-            } else {
-                println!(
-                    "{:<36}  {:<9}  {:>6}  {:>12}  {:<20}  {} / {}",
-                    p.id,
-                    p.status,
-                    p.file_count,
-                    p.total_size,
-                    p.created_at.format("%Y-%m-%dT%H:%M:%S"),
-                    p.producer,
-                    p.subject,
-                );
-            }
-        }
+        text.push_str(&ls_lines(&page.items, args.json)?);
+        emit(&text)?;
         printed += page.items.len();
         match page.next_cursor {
             Some(c) if !page.items.is_empty() => cursor = Some(c),
@@ -239,6 +223,35 @@ pub async fn ls(args: LsArgs) -> Result<ExitCode, CliError> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `ls` lines: one JSON object per package, or table rows (human sizes, local times).
+fn ls_lines(
+    packages: &[artifactstore_client::types::Package],
+    json: bool,
+) -> Result<String, CliError> {
+    let mut text = String::new();
+    for p in packages {
+        if json {
+            let line = serde_json::to_string(p).map_err(|e| CliError::other(e.to_string()))?;
+            text.push_str(&line);
+            text.push('\n');
+        } else {
+            text.push_str(&format!(
+                "{:<36}  {:<9}  {:>6}  {:>10}  {:<19}  {} / {}\n",
+                p.id,
+                p.status,
+                p.file_count,
+                indicatif::HumanBytes(p.total_size).to_string(),
+                p.created_at
+                    .with_timezone(&chrono::Local)
+                    .format("%Y-%m-%d %H:%M:%S"),
+                p.producer.as_str(),
+                p.subject.as_str(),
+            ));
+        }
+    }
+    Ok(text)
 }
 
 /// `manifest` options.
