@@ -87,6 +87,8 @@ pub enum Command {
     /// A package's retention.
     #[command(subcommand)]
     Retention(client::RetentionCommand),
+    /// Show what the token's tenant holds, against its quota.
+    Quota(client::QuotaArgs),
     /// Print a shell completion script (`artifactstore completions bash > ...`).
     Completions {
         /// The shell.
@@ -151,6 +153,7 @@ pub fn main() -> ExitCode {
             Command::Hold(args) => client_result(client::hold(args).await),
             Command::Unhold(args) => client_result(client::unhold(args).await),
             Command::Retention(cmd) => client_result(client::retention(cmd).await),
+            Command::Quota(args) => client_result(client::quota(args).await),
             Command::Version => {
                 println!("artifactstore {}", env!("CARGO_PKG_VERSION"));
                 Ok(ExitCode::SUCCESS)

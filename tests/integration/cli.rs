@@ -404,6 +404,14 @@ async fn a_package_lifecycle_from_the_terminal() {
         serde_json::from_str(&stdout(&ok(cli(&server, r, &["show", &id, "--json"])))).unwrap();
     assert_eq!(json["file_count"], 2);
 
+    // quota: the tenant's holdings against its limits (none set here).
+    let quota = stdout(&ok(cli(&server, r, &["quota"])));
+    assert!(quota.contains("tenant           acme"), "{quota}");
+    assert!(quota.contains("packages         1 of no limit"), "{quota}");
+    let usage: serde_json::Value =
+        serde_json::from_str(&stdout(&ok(cli(&server, r, &["quota", "--json"])))).unwrap();
+    assert_eq!(usage["quota"]["used"]["bytes"], 70_004);
+
     // get: by path, verified, under its name by default.
     let out = Command::new(env!("CARGO_BIN_EXE_artifactstore"))
         .args(["get", &id, "dir/kept.bin"])

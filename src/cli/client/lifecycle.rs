@@ -356,3 +356,48 @@ pub async fn retention(command: RetentionCommand) -> Result<ExitCode, CliError> 
         .await?;
     output(&package, args.json)
 }
+
+/// `quota` options.
+#[derive(Debug, clap::Args)]
+pub struct QuotaArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Print the usage as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `quota`: what the token's tenant holds, against its limits.
+pub async fn quota(args: QuotaArgs) -> Result<ExitCode, CliError> {
+    let store = api::store(&args.client)?;
+    let usage = store.call(store.api().get_usage().send()).await?;
+    if args.json {
+        print_json(&usage)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let q = &usage.quota;
+    let limit = |max: Option<i64>, human: bool| match max {
+        None => "no limit".to_owned(),
+        Some(n) if human => HumanBytes(n.max(0) as u64).to_string(),
+        Some(n) => n.to_string(),
+    };
+    let text = format!(
+        "tenant           {}\n\
+         bytes            {} (+{} reserved by uploads) of {}\n\
+         packages         {} of {}\n\
+         upload sessions  {} of {}\n\
+         stored once      {} ({} shared by several packages)\n",
+        q.tenant,
+        HumanBytes(q.used.bytes),
+        HumanBytes(q.used.reserved_bytes),
+        limit(q.max_bytes, true),
+        q.used.packages,
+        limit(q.max_packages, false),
+        q.used.upload_sessions,
+        limit(q.max_upload_sessions, false),
+        HumanBytes(usage.physical_bytes),
+        HumanBytes(usage.shared_bytes),
+    );
+    emit(&text)?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -14,8 +14,8 @@ mod push;
 pub use api::CliError;
 pub use events::{EventsCommand, events};
 pub use lifecycle::{
-    GetArgs, HoldArgs, PackageArgs, RetentionCommand, RmArgs, emit, finalize, get, hold, retention,
-    rm, show, unhold,
+    GetArgs, HoldArgs, PackageArgs, QuotaArgs, RetentionCommand, RmArgs, emit, finalize, get, hold,
+    quota, retention, rm, show, unhold,
 };
 pub use pull::{PullArgs, pull};
 pub use push::{PushArgs, push};
