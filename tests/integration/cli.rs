@@ -353,10 +353,25 @@ async fn a_package_lifecycle_from_the_terminal() {
     std::fs::write(tree.join("dir/new.bin"), b"new").unwrap();
     std::fs::write(tree.join("dir/debug.log"), b"noise").unwrap();
     let t = tree.to_str().unwrap();
+    let bad = cli(
+        &server,
+        w,
+        &["push", t, "--package", &id, "--media-type", "no-equals"],
+    );
+    assert_eq!(bad.status.code(), Some(2));
     let out = ok(cli(
         &server,
         w,
-        &["push", t, "--package", &id, "--exclude", "**/*.log"],
+        &[
+            "push",
+            t,
+            "--package",
+            &id,
+            "--exclude",
+            "**/*.log",
+            "--media-type",
+            "**/new.bin=application/x-new",
+        ],
     ));
     assert_eq!(stdout(&out).trim(), id);
     assert!(String::from_utf8_lossy(&out.stderr).contains("2 files already in the package"));
@@ -370,6 +385,7 @@ async fn a_package_lifecycle_from_the_terminal() {
         .map(|f| f["relative_path"].as_str().unwrap())
         .collect();
     assert_eq!(paths, ["dir/kept.bin", "dir/new.bin", "gone.txt"]);
+    assert_eq!(listed["files"][1]["media_type"], "application/x-new");
     ok(cli(&server, w, &["rm", &id, "dir/new.bin"]));
     std::fs::write(tree.join("gone.txt"), b"other bytes").unwrap();
     let clash = cli(

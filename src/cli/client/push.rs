@@ -35,6 +35,10 @@ pub struct PushArgs {
     /// repeatable).
     #[arg(long, value_name = "GLOB")]
     exclude: Vec<String>,
+    /// The media type of files whose path matches the glob (`'*.log=text/plain'`;
+    /// repeatable, the first match wins). Others: guessed from the name's extension.
+    #[arg(long, value_name = "GLOB=TYPE")]
+    media_type: Vec<String>,
     /// Retention class (default: the server's, `standard`).
     #[arg(long)]
     retention_class: Option<String>,
@@ -58,13 +62,43 @@ pub struct PushArgs {
     no_progress: bool,
 }
 
-/// A file's media type, guessed from its name's extension (`application/octet-stream` when
-/// the name says nothing).
-fn media_type_of(path: &RelativePath) -> String {
-    mime_guess::from_path(path.as_str())
-        .first_raw()
-        .unwrap_or(crate::registry::DEFAULT_MEDIA_TYPE)
-        .to_owned()
+/// Files' media types: the first `--media-type GLOB=TYPE` whose glob matches, else guessed
+/// from the name's extension (`application/octet-stream` when the name says nothing).
+struct MediaTypes(Vec<(globset::GlobMatcher, String)>);
+
+impl MediaTypes {
+    fn parse(rules: &[String]) -> Result<Self, CliError> {
+        let usage = |rule: &str, why: &dyn std::fmt::Display| {
+            CliError::usage(format!("--media-type `{rule}`: {why}"))
+        };
+        rules
+            .iter()
+            .map(|rule| {
+                let (glob, media) = rule
+                    .rsplit_once('=')
+                    .ok_or_else(|| usage(rule, &"must be GLOB=TYPE"))?;
+                crate::domain::validate_label("media type", media).map_err(|e| usage(rule, &e))?;
+                let glob = globset::Glob::new(glob).map_err(|e| usage(rule, &e))?;
+                Ok((glob.compile_matcher(), media.to_owned()))
+            })
+            .collect::<Result<_, _>>()
+            .map(MediaTypes)
+    }
+
+    fn of(&self, path: &RelativePath) -> String {
+        self.0
+            .iter()
+            .find(|(glob, _)| glob.is_match(path.as_str()))
+            .map_or_else(
+                || {
+                    mime_guess::from_path(path.as_str())
+                        .first_raw()
+                        .unwrap_or(crate::registry::DEFAULT_MEDIA_TYPE)
+                        .to_owned()
+                },
+                |(_, media)| media.clone(),
+            )
+    }
 }
 
 fn parse_size_arg(text: &str) -> Result<u64, String> {
@@ -131,8 +165,9 @@ pub async fn push(args: PushArgs) -> Result<ExitCode, CliError> {
             args.dir.display()
         )));
     }
-    let target = Target::of(&store, &args).await?;
     let exclude = globs(&args.exclude)?;
+    let media = MediaTypes::parse(&args.media_type)?;
+    let target = Target::of(&store, &args).await?;
     let mut listing = Vec::new();
     walk(&args.dir, &args.dir, &exclude, &mut listing)?;
     listing.sort_by(|a, b| a.0.cmp(&b.0));
@@ -158,6 +193,7 @@ pub async fn push(args: PushArgs) -> Result<ExitCode, CliError> {
         bar: bar.clone(),
         threshold: args.session_threshold,
         chunk: args.chunk_size,
+        media,
     });
     run_all(&uploads, jobs, |i| {
         let ctx = ctx.clone();
@@ -425,6 +461,7 @@ struct Uploader {
     bar: ProgressBar,
     threshold: u64,
     chunk: u64,
+    media: MediaTypes,
 }
 
 /// A failure about one file, as the CLI reports it.
@@ -473,7 +510,7 @@ impl Uploader {
                 .id(self.package)
                 .relative_path(file.path.as_str())
                 .expected_digest(digest)
-                .media_type(media_type_of(&file.path))
+                .media_type(self.media.of(&file.path))
                 .body(artifactstore_client::sized_body(stream, file.size))
                 .send();
             match self.store.call(put).await {
@@ -505,7 +542,7 @@ impl Uploader {
                     .parse()
                     .map_err(|e| invalid(&e))?,
             ),
-            media_type: Some(media_type_of(&file.path).parse().map_err(|e| invalid(&e))?),
+            media_type: Some(self.media.of(&file.path).parse().map_err(|e| invalid(&e))?),
             replace: None,
         };
         let mut attempt = 0;
@@ -635,7 +672,7 @@ impl Uploader {
                 content_address: format!("blake3:{}", file.blake3)
                     .parse()
                     .map_err(|e| invalid(&e))?,
-                media_type: Some(media_type_of(&file.path).parse().map_err(|e| invalid(&e))?),
+                media_type: Some(self.media.of(&file.path).parse().map_err(|e| invalid(&e))?),
                 replace: None,
             });
             bytes += file.size;
