@@ -37,6 +37,11 @@ async fn reads_are_recorded_for_the_tenants_admin() {
         .await
         .unwrap();
     let file_id = file["id"].as_str().unwrap().to_owned();
+    // Large enough that the socket buffers cannot take it whole: a client that goes away
+    // after its first bytes leaves most of it unsent.
+    let huge = random_bytes(48 << 20, 10);
+    let resp = api.put(WRITER, &id, "huge.bin", &huge).await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
     api.finalize(WRITER, &id).await;
     let etag = format!("\"{}\"", file["content_address"].as_str().unwrap());
     let get = |path: String| api.http.get(api.url(&path)).bearer_auth(READER);
@@ -77,7 +82,7 @@ async fn reads_are_recorded_for_the_tenants_admin() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_MODIFIED);
-    let mut resp = get(format!("/packages/{id}/files/big.bin"))
+    let mut resp = get(format!("/packages/{id}/files/huge.bin"))
         .send()
         .await
         .unwrap();
@@ -124,7 +129,7 @@ async fn reads_are_recorded_for_the_tenants_admin() {
     );
     assert_eq!(find("file", 304, "not_modified")["bytes_served"], 0);
     let aborted = find("file", 200, "aborted");
-    assert!(aborted["bytes_served"].as_u64().unwrap() < data.len() as u64);
+    assert!(aborted["bytes_served"].as_u64().unwrap() < huge.len() as u64);
     for r in &all {
         assert_eq!(r["token_name"], "acme-token-2");
         assert_eq!(r["package_id"], id.as_str());
@@ -136,10 +141,10 @@ async fn reads_are_recorded_for_the_tenants_admin() {
         &api,
         ADMIN,
         &format!("/audit/retrievals?file_id={file_id}"),
-        4,
+        3,
     )
     .await;
-    assert_eq!(by_file.len(), 4);
+    assert_eq!(by_file.len(), 3);
     let first = api
         .get_json(ADMIN, "/audit/retrievals?limit=4".into())
         .await;
