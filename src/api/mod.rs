@@ -15,9 +15,11 @@ mod events;
 mod files;
 mod form;
 mod health;
+mod manifests;
 pub mod metrics_listener;
 pub mod observe;
 mod operations;
+mod package_files;
 mod packages;
 pub mod problem;
 mod responses;
@@ -89,6 +91,8 @@ enum ApiTags {
 type Apis = (
     health::HealthApi,
     packages::PackagesApi,
+    package_files::PackageFilesApi,
+    manifests::ManifestsApi,
     files::FilesApi,
     blobs::BlobsApi,
     uploads::UploadsApi,
@@ -103,6 +107,8 @@ fn service() -> OpenApiService<Apis, ()> {
     let apis = (
         health::HealthApi,
         packages::PackagesApi,
+        package_files::PackageFilesApi,
+        manifests::ManifestsApi,
         files::FilesApi,
         blobs::BlobsApi,
         uploads::UploadsApi,
