@@ -112,11 +112,13 @@ pub(super) async fn serve(
         length: end - start + 1,
     });
     let expected = range.map_or(file.size, |(start, end)| end - start + 1);
+    // The record's place is taken before a byte is read (so the queue bounds the downloads
+    // in flight, not the records behind them), and filled once the bytes have gone (or the
+    // client has): how many, and whether all. A whole file's last chunk is sent only once its
+    // digest checked out; the server may stop reading the body once Content-Length bytes went,
+    // before its end.
+    let slot = state.retrievals.reserve().await;
     let download = state.registry.read_record(file, byte_range).await?;
-    // Recorded once the bytes have gone (or the client has): how many, and whether all (a
-    // whole file's last chunk is sent only once its digest checked out; the server may stop
-    // reading the body once Content-Length bytes went, before its end).
-    let log = state.retrievals.clone();
     let body = crate::metrics::count_served_then(download.body, move |sent, _| {
         record.bytes_served = sent;
         record.outcome = if sent == expected {
@@ -124,7 +126,9 @@ pub(super) async fn serve(
         } else {
             "aborted"
         };
-        log.record_later(record);
+        if let Some(slot) = slot {
+            slot.record(record);
+        }
     });
     Ok(bytes_response(
         &download.file,

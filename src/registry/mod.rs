@@ -32,7 +32,8 @@ pub use reads::FileDownload;
 pub use relocate::{MigrateScope, MigrationItem, Moved};
 pub use retention::{Expiry, MAX_CLASS_DURATION_SECONDS, RetentionClass};
 pub use retrievals::{
-    FLUSH_EVERY, Retrieval, RetrievalFilter, RetrievalKind, RetrievalLog, StoredRetrieval,
+    FLUSH_EVERY, Retrieval, RetrievalFilter, RetrievalKind, RetrievalLog, RetrievalSlot,
+    StoredRetrieval,
 };
 pub use roots::MARKER_FILE;
 pub use space::DiskSpace;

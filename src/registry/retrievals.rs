@@ -2,7 +2,8 @@
 //! what outcome, when, from where. Reads must stay fast and take no sequence numbers, so the
 //! records are not events: a request hands its record to a [`RetrievalLog`], whose writer
 //! inserts them in batches at least every [`FLUSH_EVERY`]. The queue is bounded: when the
-//! database falls behind, reads wait for room rather than go unrecorded.
+//! database falls behind, reads wait for room rather than go unrecorded (a download takes its
+//! place before it starts, and fills it when its bytes have gone).
 
 use super::Registry;
 use crate::domain::{FileId, PackageId, TenantId, Timestamp};
@@ -90,10 +91,27 @@ impl RetrievalLog {
         }
     }
 
-    /// Queues a record from a place that cannot wait (a response body being dropped).
-    pub fn record_later(&self, retrieval: Retrieval) {
-        let log = self.clone();
-        tokio::spawn(async move { log.record(retrieval).await });
+    /// A place in the queue, taken now (waiting for room when the writer is behind), for a
+    /// record made later where nothing can wait: when a response body ends or is dropped.
+    pub async fn reserve(&self) -> Option<RetrievalSlot> {
+        match self.queue.clone().reserve_owned().await {
+            Ok(permit) => Some(RetrievalSlot(permit)),
+            Err(_) => {
+                tracing::error!("the retrieval log is closed: a record will be lost");
+                None
+            }
+        }
+    }
+}
+
+/// A reserved place in the retrieval queue ([`RetrievalLog::reserve`]).
+#[derive(Debug)]
+pub struct RetrievalSlot(mpsc::OwnedPermit<Retrieval>);
+
+impl RetrievalSlot {
+    /// Queues the record in the place reserved for it, at once.
+    pub fn record(self, retrieval: Retrieval) {
+        self.0.send(retrieval);
     }
 }
 
