@@ -162,6 +162,13 @@ async fn reads_are_recorded_for_the_tenants_admin() {
     // The tenant's admin only: a reader is refused, another tenant's admin sees nothing of it.
     let resp = get("/audit/retrievals".into()).send().await.unwrap();
     assert_problem(resp, 403).await;
+    let resp = api
+        .http
+        .get(api.url("/audit/retrievals"))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(resp, 401).await;
     let theirs = api
         .get_json("globex-admin-token", "/audit/retrievals".into())
         .await;

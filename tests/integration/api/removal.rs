@@ -203,6 +203,15 @@ async fn packages_are_abandoned_or_withdrawn_and_keep_their_record() {
     }
     let usage_before = api.get_json(READER, "/usage".into()).await;
 
+    // No token: refused before anything is read.
+    for path in [
+        format!("/packages/{open}"),
+        format!("/packages/{open}/files/{open}.bin"),
+    ] {
+        let resp = api.http.delete(api.url(&path)).send().await.unwrap();
+        assert_problem(resp, 401).await;
+    }
+
     // Malformed bodies and missing scopes refuse before anything changes.
     let url = |id: &str| format!("/packages/{id}");
     for (what, token, body, status) in [
