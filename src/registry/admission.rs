@@ -134,6 +134,11 @@ pub(super) async fn check_can_add(
     )
     .await?;
     let open = OpenPackage::from_row(package_id, &row)?;
+    if existing.is_some()
+        && let Some(reason) = holds(client, &[package_id.0]).await?.remove(&package_id.0)
+    {
+        return Err(held(package_id, &request.relative_path, &reason));
+    }
     may_add_at(
         package_id,
         request,
@@ -225,6 +230,37 @@ pub(super) fn may_add_at(
         )));
     }
     Ok(())
+}
+
+/// The packages among `packages` under legal hold, with the hold's reason. Asked only when a
+/// write would replace a file (rare), after the package rows are locked: a hold is set under
+/// the same lock, so it cannot come between this read and the write's commit.
+pub(super) async fn holds(
+    client: &impl deadpool_postgres::GenericClient,
+    packages: &[uuid::Uuid],
+) -> Result<std::collections::HashMap<uuid::Uuid, String>> {
+    let statement = client
+        .prepare_cached(
+            "SELECT package_id, coalesce(hold_reason, '') FROM retention_state \
+             WHERE package_id = ANY($1) AND legal_hold",
+        )
+        .await?;
+    Ok(client
+        .query(&statement, &[&packages])
+        .await?
+        .into_iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect())
+}
+
+/// A legal hold keeps a package's files as they are: the file at `path` may not be replaced
+/// (nor removed) until the hold is released.
+pub(super) fn held(package_id: PackageId, path: &RelativePath, reason: &str) -> Error {
+    Error::Conflict(format!(
+        "package {package_id} is under legal hold ({}): the file at `{path}` stays as it is \
+         until the hold is released",
+        reason.escape_debug()
+    ))
 }
 
 /// The package exists for this tenant and is open; with `lock`, its row is locked until the

@@ -2,7 +2,7 @@
 //! a package. Only the caller's own files count, so nothing reveals what other tenants store.
 
 use super::Registry;
-use super::admission::{check_open, path_taken};
+use super::admission::{check_open, held, holds, path_taken};
 use super::ingest::{DEFAULT_MEDIA_TYPE, validate_media_type};
 use super::types::FileRecord;
 use crate::domain::{FileId, PackageId, RelativePath, TenantId};
@@ -154,6 +154,14 @@ impl Registry {
             .into_iter()
             .map(|r| (r.get(0), FileId(r.get(1))))
             .collect();
+        if let Some(i) = links
+            .iter()
+            .position(|l| l.replace && taken.contains_key(l.relative_path.as_str()))
+            && let Some(reason) = holds(&tx, &[package_id.0]).await?.remove(&package_id.0)
+        {
+            let path = &links[i].relative_path;
+            return Err(context(i, held(package_id, path, &reason)));
+        }
         links_fit(
             package_id,
             &links,

@@ -18,7 +18,7 @@
 //! retried alone (after checking, under its lock, that its bytes are still there), so one
 //! file's trouble never fails another's request.
 
-use super::admission::{Existing, may_add_at, must_be_open};
+use super::admission::{Existing, held, may_add_at, must_be_open};
 use super::record::file_record;
 use super::types::FileRecord;
 use super::types::IngestRequest;
@@ -366,6 +366,8 @@ struct BatchAdmission {
     /// The file at each (package, path), the batch's own included once admitted.
     at: HashMap<(Uuid, String), Existing>,
     rooms: HashMap<TenantId, super::Room>,
+    /// The packages under legal hold (read only when a file of the batch may replace one).
+    holds: HashMap<Uuid, String>,
 }
 
 impl BatchAdmission {
@@ -418,7 +420,17 @@ impl BatchAdmission {
             .collect();
         let now = items[0].item.event.ingested_at;
         let rooms = super::quota::rooms(tx, &writing, now).await?;
+        // Only a file that asks to may replace one, and a held package's may not be.
+        let may_replace = items
+            .iter()
+            .any(|i| i.item.request.replace || i.item.request.if_match.is_some());
+        let holds = if may_replace {
+            super::admission::holds(tx, &packages).await?
+        } else {
+            HashMap::new()
+        };
         Ok(BatchAdmission {
+            holds,
             packages: rows
                 .iter()
                 .map(|row| {
@@ -453,6 +465,11 @@ impl BatchAdmission {
         let key = (package_id.0, event.relative_path.as_str().to_owned());
         let existing = self.at.get(&key).copied();
         must_be_open(package_id, status)?;
+        if existing.is_some()
+            && let Some(reason) = self.holds.get(&package_id.0)
+        {
+            return Err(held(package_id, &event.relative_path, reason));
+        }
         may_add_at(
             package_id,
             &file.request,
@@ -552,4 +569,80 @@ async fn record_batch(
     super::quota::enforce(&tx, &added, now).await?;
     events::commit(tx, &recorded, sequencer).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{PackageId, RelativePath, Timestamp};
+
+    fn file(tenant: &TenantId, package: PackageId, path: &str, replace: bool) -> BatchFile {
+        let relative_path = RelativePath::new(path).unwrap();
+        BatchFile {
+            tenant: tenant.clone(),
+            request: IngestRequest {
+                relative_path: relative_path.clone(),
+                media_type: None,
+                expected_digest: None,
+                replace,
+                if_match: None,
+            },
+            event: FileIngested {
+                file_id: FileId::generate(),
+                package_id: package,
+                relative_path,
+                size: 1,
+                media_type: "application/octet-stream".into(),
+                blake3: String::new(),
+                sha256: String::new(),
+                backend_id: "local".into(),
+                storage_key: String::new(),
+                replaced_file_id: None,
+                ingested_at: Timestamp::parse("2026-01-01T00:00:00Z").unwrap(),
+            },
+            blake3: Digest([1; 32]),
+            sha256: Digest([2; 32]),
+            max_files: 10,
+        }
+    }
+
+    /// A batch's file may not replace one in a package under legal hold (even one an earlier
+    /// file of the same batch added), but adds a new path.
+    #[test]
+    fn a_held_packages_files_are_not_replaced_in_a_batch() {
+        let tenant = TenantId::new("acme").unwrap();
+        let package = PackageId::generate();
+        let mut admission = BatchAdmission {
+            packages: [(package.0, ("acme".into(), "open".into(), 1))].into(),
+            at: [(
+                (package.0, "old.bin".to_owned()),
+                Existing {
+                    id: FileId::generate(),
+                    blake3: Digest([3; 32]),
+                },
+            )]
+            .into(),
+            rooms: HashMap::new(),
+            holds: [(package.0, "audit".to_owned())].into(),
+        };
+        let held = |admission: &mut BatchAdmission, path: &str| {
+            let err = admission
+                .admit(&mut file(&tenant, package, path, true))
+                .unwrap_err();
+            assert!(
+                matches!(err, Error::Conflict(ref m) if m.contains("legal hold")),
+                "{err}"
+            );
+        };
+        held(&mut admission, "old.bin");
+        admission
+            .admit(&mut file(&tenant, package, "new.bin", false))
+            .unwrap();
+        held(&mut admission, "new.bin");
+        // Without the hold, the replacement goes in.
+        admission.holds.clear();
+        let mut replacing = file(&tenant, package, "old.bin", true);
+        admission.admit(&mut replacing).unwrap();
+        assert!(replacing.event.replaced_file_id.is_some());
+    }
 }

@@ -4,7 +4,7 @@
 //! manifest as its record, with who removed it, when and why.
 
 use super::Registry;
-use super::admission::check_open;
+use super::admission::{check_open, held, holds};
 use super::types::{FileRecord, IfMatch, Package, PackageStatus};
 use crate::domain::{PackageId, RelativePath, TenantId, validate_label};
 use crate::error::{Error, Result};
@@ -96,19 +96,8 @@ impl Registry {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         check_open(&tx, tenant, package, true).await?;
-        let held: Option<String> = tx
-            .query_one(
-                "SELECT CASE WHEN legal_hold THEN coalesce(hold_reason, '') END \
-                 FROM retention_state WHERE package_id = $1",
-                &[&package.0],
-            )
-            .await?
-            .get(0);
-        if let Some(reason) = held {
-            return Err(Error::Conflict(format!(
-                "package {package} is under legal hold ({}): its files stay until it is released",
-                reason.escape_debug()
-            )));
+        if let Some(reason) = holds(&tx, &[package.0]).await?.remove(&package.0) {
+            return Err(held(package, path, &reason));
         }
         let file = super::reads::file_at(&tx, tenant, package, path).await?;
         if let Some(condition) = if_match

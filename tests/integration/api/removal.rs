@@ -20,6 +20,18 @@ async fn delete(api: &Api, token: &str, path: &str, body: Option<Value>) -> reqw
     request.send().await.unwrap()
 }
 
+/// Puts (`PUT`) or lifts (`DELETE`) a legal hold on a package, as the tenant's admin.
+async fn hold(api: &Api, id: &str, method: reqwest::Method) -> StatusCode {
+    api.http
+        .request(method, api.url(&format!("/packages/{id}/legal-hold")))
+        .bearer_auth(ADMIN)
+        .json(&json!({"reason": "audit"}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
 /// Whether the blob of these bytes is unreferenced (no file names it) in the views.
 async fn unreferenced(db: &TestDb, data: &[u8]) -> bool {
     db.client()
@@ -31,6 +43,59 @@ async fn unreferenced(db: &TestDb, data: &[u8]) -> bool {
         .await
         .unwrap()
         .get(0)
+}
+
+/// Under a legal hold, `dir/own.bin` (holding `own`) of the open package `id` is not replaced
+/// by a PUT with `?replace=true` or `If-Match`, a multipart upload, or a link.
+async fn held_files_stay(api: &Api, id: &str, own: &[u8], other: &[u8]) {
+    let url = api.url(&format!("/packages/{id}/files/dir/own.bin"));
+    let etag = format!("\"blake3:{}\"", blake3::hash(own).to_hex());
+    let by_query = api.http.put(format!("{url}?replace=true"));
+    let by_etag = api.http.put(&url).header("If-Match", &etag);
+    let form = reqwest::multipart::Form::new()
+        .text("relative_path", "dir/own.bin")
+        .part("file", reqwest::multipart::Part::bytes(other.to_vec()));
+    let by_form = api
+        .http
+        .post(api.url(&format!("/packages/{id}/files?replace=true")))
+        .multipart(form);
+    let address = format!("blake3:{}", blake3::hash(other).to_hex());
+    let by_link = api
+        .http
+        .post(api.url(&format!("/packages/{id}/links")))
+        .json(
+            &json!({"relative_path": "dir/own.bin", "content_address": address, "replace": true}),
+        );
+    for (how, request) in [
+        ("?replace=true", by_query.body(other.to_vec())),
+        ("If-Match", by_etag.body(other.to_vec())),
+        ("a form", by_form),
+        ("a link", by_link),
+    ] {
+        let resp = request.bearer_auth(WRITER).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 409, "{how}");
+        let problem = assert_problem(resp, 409).await;
+        assert!(
+            problem["detail"].as_str().unwrap().contains("legal hold"),
+            "{how}"
+        );
+    }
+    let resp = api.http.get(&url).bearer_auth(WRITER).send().await.unwrap();
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), own);
+    let added = api.put(WRITER, id, "dir/new.bin", other).await;
+    assert_eq!(added.status(), StatusCode::CREATED);
+    let resp = delete(
+        api,
+        WRITER,
+        &format!("/packages/{id}/files/dir/new.bin"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        resp.status().as_u16(),
+        409,
+        "a file added under the hold is kept too"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,17 +155,7 @@ async fn a_file_leaves_an_open_package() {
     }
 
     // A legal hold keeps the files of an open package too.
-    let hold = |method: reqwest::Method| {
-        api.http
-            .request(method, api.url(&format!("/packages/{id}/legal-hold")))
-            .bearer_auth(ADMIN)
-            .json(&json!({"reason": "audit"}))
-            .send()
-    };
-    assert_eq!(
-        hold(reqwest::Method::PUT).await.unwrap().status(),
-        StatusCode::OK
-    );
+    assert_eq!(hold(&api, &id, reqwest::Method::PUT).await, StatusCode::OK);
     let resp = delete(
         &api,
         WRITER,
@@ -110,10 +165,20 @@ async fn a_file_leaves_an_open_package() {
     .await;
     let problem = assert_problem(resp, 409).await;
     assert!(problem["detail"].as_str().unwrap().contains("legal hold"));
+    // Nor may one be replaced, whichever way is asked; a new path is still welcome.
+    held_files_stay(&api, &id, &own, &shared).await;
     assert_eq!(
-        hold(reqwest::Method::DELETE).await.unwrap().status(),
+        hold(&api, &id, reqwest::Method::DELETE).await,
         StatusCode::OK
     );
+    let resp = delete(
+        &api,
+        WRITER,
+        &format!("/packages/{id}/files/dir/new.bin"),
+        None,
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
 
     // If-Match: only the file named goes.
     let resp = api
@@ -163,9 +228,10 @@ async fn a_file_leaves_an_open_package() {
         .iter()
         .filter(|e| e["type"] == "v1.file.removed")
         .collect();
-    assert_eq!(removed.len(), 2);
-    assert_eq!(removed[0]["payload"]["relative_path"], "dir/own.bin");
-    assert_eq!(removed[0]["payload"]["removed_by"], "acme-token-1");
+    assert_eq!(removed.len(), 3);
+    assert_eq!(removed[0]["payload"]["relative_path"], "dir/new.bin");
+    assert_eq!(removed[1]["payload"]["relative_path"], "dir/own.bin");
+    assert_eq!(removed[1]["payload"]["removed_by"], "acme-token-1");
     api.finalize(WRITER, &id).await;
     let resp = delete(
         &api,
@@ -290,15 +356,10 @@ async fn packages_are_abandoned_or_withdrawn_and_keep_their_record() {
     // A finalized one: withdrawing takes an admin; a held one is refused until released.
     let resp = delete(&api, WRITER, &url(&finalized), None).await;
     assert_problem(resp, 403).await;
-    let resp = api
-        .http
-        .put(api.url(&format!("/packages/{held}/legal-hold")))
-        .bearer_auth(ADMIN)
-        .json(&json!({"reason": "litigation"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        hold(&api, &held, reqwest::Method::PUT).await,
+        StatusCode::OK
+    );
     let problem = assert_problem(delete(&api, ADMIN, &url(&held), None).await, 409).await;
     assert!(problem["detail"].as_str().unwrap().contains("legal hold"));
     let resp = delete(
@@ -400,4 +461,58 @@ async fn packages_are_abandoned_or_withdrawn_and_keep_their_record() {
         .filter(|t| t.starts_with("v1.package.a") || t.starts_with("v1.package.w"))
         .collect();
     assert_eq!(types, ["v1.package.abandoned", "v1.package.withdrawn"]);
+}
+
+/// A hold set while a replacement's body is on its way still keeps the file: the write's
+/// early check passed before the hold, its commit (in a batch for a small file, alone for a
+/// large one) sees it. `Expect: 100-continue` tells when the server began reading the body,
+/// that is when its early check was behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_set_while_a_replacement_streams_keeps_the_file() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDb::new().await;
+    let api = start(&db);
+    for (size, seed) in [(7_000, 3), (3 << 20, 4)] {
+        let id = api
+            .create(WRITER, json!({"producer": "ci", "subject": "held"}))
+            .await;
+        let id = id["id"].as_str().unwrap().to_owned();
+        let (old, new) = (random_bytes(size, seed), random_bytes(size, seed + 10));
+        assert_eq!(
+            api.put(WRITER, &id, "f.bin", &old).await.status(),
+            StatusCode::CREATED
+        );
+        let addr = api.url("").trim_start_matches("http://").to_owned();
+        let addr = addr.trim_end_matches('/').to_owned();
+        let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "PUT /packages/{id}/files/f.bin?replace=true HTTP/1.1\r\nHost: test\r\n\
+             Authorization: Bearer {WRITER}\r\nContent-Length: {}\r\n\
+             Expect: 100-continue\r\n\r\n",
+            new.len()
+        );
+        socket.write_all(head.as_bytes()).await.unwrap();
+        let mut interim = [0u8; 25];
+        socket.read_exact(&mut interim).await.unwrap();
+        assert!(
+            interim.starts_with(b"HTTP/1.1 100 Continue\r\n\r\n"),
+            "{}",
+            String::from_utf8_lossy(&interim)
+        );
+        assert_eq!(hold(&api, &id, reqwest::Method::PUT).await, StatusCode::OK);
+        socket.write_all(&new).await.unwrap();
+        let mut answer = vec![0u8; 4096];
+        let n = socket.read(&mut answer).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 409"), "{size} bytes: {answer}");
+        assert!(answer.contains("legal hold"), "{size} bytes: {answer}");
+        let resp = api
+            .http
+            .get(api.url(&format!("/packages/{id}/files/f.bin")))
+            .bearer_auth(WRITER)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.bytes().await.unwrap().as_ref(), old.as_slice());
+    }
 }
