@@ -27,6 +27,19 @@ pub fn exporting() -> bool {
     EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// How a server-side process (serve, worker, migrate, replay, verify, storage) writes its
+/// logs and traces. Client commands log as text and export nothing.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TelemetryArgs {
+    /// Log format: `text` or `json` (one object per line).
+    #[arg(long, env = "ARTIFACTSTORE_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+    /// An OTLP/HTTP collector's base URL (e.g. `http://collector:4318`): spans are sent to
+    /// `<it>/v1/traces` as JSON. Off when unset.
+    #[arg(long, env = "ARTIFACTSTORE_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+}
+
 /// What must be flushed when the process ends.
 #[must_use = "call shutdown() at exit, so that the last spans are sent"]
 pub struct Telemetry {

@@ -16,18 +16,6 @@ pub struct Cli {
     /// Log filter (tracing EnvFilter syntax, e.g. `info`, `artifactstore=debug`).
     #[arg(long, global = true, env = "ARTIFACTSTORE_LOG", default_value = "info")]
     pub log: String,
-    /// Log format.
-    #[arg(
-        long,
-        global = true,
-        env = "ARTIFACTSTORE_LOG_FORMAT",
-        default_value = "text"
-    )]
-    pub log_format: String,
-    /// An OTLP/HTTP collector's base URL (e.g. `http://collector:4318`): spans are sent to
-    /// `<it>/v1/traces` as JSON. Off when unset.
-    #[arg(long, global = true, env = "ARTIFACTSTORE_OTLP_ENDPOINT")]
-    pub otlp_endpoint: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -98,6 +86,22 @@ pub enum Command {
     Version,
 }
 
+impl Command {
+    /// How a server-side command logs and traces (client commands log as text only).
+    fn telemetry(&self) -> Option<&crate::telemetry::TelemetryArgs> {
+        let service = match self {
+            Command::Serve(args) => &args.service,
+            Command::Migrate(args) => &args.service,
+            Command::Replay(args) => &args.service,
+            Command::Worker(args) => &args.service,
+            Command::Verify(args) => &args.service,
+            Command::Storage(storage::StorageCommand::Migrate(args)) => &args.service,
+            _ => return None,
+        };
+        Some(&service.telemetry)
+    }
+}
+
 /// Parses arguments, sets up logging and runs the command.
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -110,14 +114,16 @@ pub fn main() -> ExitCode {
             None => e.exit(),
         },
     };
-    let telemetry =
-        match crate::telemetry::init(&cli.log, &cli.log_format, cli.otlp_endpoint.as_deref()) {
-            Ok(telemetry) => telemetry,
-            Err(message) => {
-                eprintln!("error: {message}");
-                return ExitCode::from(2);
-            }
-        };
+    let (format, endpoint) = cli.command.telemetry().map_or(("text", None), |t| {
+        (t.log_format.as_str(), t.otlp_endpoint.as_deref())
+    });
+    let telemetry = match crate::telemetry::init(&cli.log, format, endpoint) {
+        Ok(telemetry) => telemetry,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

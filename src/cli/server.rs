@@ -10,7 +10,7 @@ use std::process::ExitCode;
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     #[command(flatten)]
-    service: ServiceArgs,
+    pub(super) service: ServiceArgs,
     /// Also run the background jobs (expiry, collection, sweeps) in this process, as
     /// `artifactstore worker` would.
     #[arg(long, env = "ARTIFACTSTORE_SERVE_WORKER")]
@@ -23,14 +23,14 @@ pub struct ServeArgs {
 #[derive(Debug, clap::Args)]
 pub struct DbArgs {
     #[command(flatten)]
-    service: ServiceArgs,
+    pub(super) service: ServiceArgs,
 }
 
 /// `replay` options.
 #[derive(Debug, clap::Args)]
 pub struct ReplayArgs {
     #[command(flatten)]
-    service: ServiceArgs,
+    pub(super) service: ServiceArgs,
     /// Only check: rebuild in a transaction, compare with the current views, roll back.
     /// Exits 1 if they differ.
     #[arg(long)]

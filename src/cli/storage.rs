@@ -9,7 +9,7 @@ use std::process::ExitCode;
 #[derive(Debug, clap::Args)]
 pub struct VerifyArgs {
     #[command(flatten)]
-    service: ServiceArgs,
+    pub(super) service: ServiceArgs,
     /// Only copies on this backend.
     #[arg(long)]
     backend: Option<String>,
@@ -108,7 +108,7 @@ pub enum StorageCommand {
 #[derive(Debug, clap::Args)]
 pub struct MigrateArgs {
     #[command(flatten)]
-    service: ServiceArgs,
+    pub(super) service: ServiceArgs,
     /// Source backend id.
     #[arg(long)]
     from: String,

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 #[derive(Debug, clap::Args)]
 pub struct WorkerArgs {
     #[command(flatten)]
-    service: ServiceArgs,
+    pub(super) service: ServiceArgs,
     #[command(flatten)]
     jobs: JobArgs,
     /// Run every job once and exit (for cron-style scheduling).

@@ -50,6 +50,9 @@ pub struct ServiceArgs {
     /// here must be free.]
     #[arg(long, env = "ARTIFACTSTORE_METRICS_LISTEN", value_parser = metrics_listen)]
     pub metrics_listen: Option<MetricsListen>,
+    /// Logs and traces.
+    #[command(flatten)]
+    pub telemetry: crate::telemetry::TelemetryArgs,
     /// Directory for local state: the private PostgreSQL cluster and local blobs.
     #[arg(
         long,

@@ -522,6 +522,60 @@ async fn a_package_lifecycle_from_the_terminal() {
     assert!(lines[0].ends_with(&id), "{lines:?}");
 }
 
+/// A client command's `--help` lists what a client can set: none of the server's settings
+/// (listen address, database, storage, log format, traces); the server's commands list them.
+/// A client command ignores the server's log settings in its environment.
+#[test]
+fn client_help_leaves_the_server_settings_out() {
+    let run = |args: &[&str], log_format: &str| {
+        Command::new(env!("CARGO_BIN_EXE_artifactstore"))
+            .args(args)
+            .env("ARTIFACTSTORE_LOG_FORMAT", log_format)
+            .output()
+            .unwrap()
+    };
+    let help = |args: &[&str]| {
+        let out = run(&[args, &["--help"]].concat(), "text");
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let server_only = [
+        "--log-format",
+        "--otlp-endpoint",
+        "--listen",
+        "--database-url",
+        "--data-dir",
+    ];
+    for command in [
+        &["push"][..],
+        &["pull"],
+        &["ls"],
+        &["get"],
+        &["show"],
+        &["rm"],
+        &["events", "tail"],
+        &["retention", "set"],
+    ] {
+        let text = help(command);
+        for flag in server_only {
+            assert!(
+                !text.contains(flag),
+                "{command:?} --help lists {flag}:\n{text}"
+            );
+        }
+        assert!(text.contains("--server"), "{command:?}:\n{text}");
+    }
+    for command in [&["serve"][..], &["worker"], &["migrate"], &["verify"]] {
+        let text = help(command);
+        for flag in ["--log-format", "--otlp-endpoint", "--data-dir"] {
+            assert!(text.contains(flag), "{command:?} --help lacks {flag}");
+        }
+    }
+    let out = run(&["version"], "not-a-format");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(run(&["serve"], "not-a-format").status.code(), Some(2));
+}
+
 /// `verify` and `storage migrate` read an existing store: a data directory without one (a
 /// typo) is refused, and no empty cluster is made there.
 #[test]
