@@ -116,7 +116,7 @@ async fn push_pull_ls_manifest_and_exit_codes() {
     );
     assert!(out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("0 uploaded (0 bytes), 42 already held"),
+        String::from_utf8_lossy(&out.stderr).contains("0 uploaded (0 B), 42 already held"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -520,6 +520,115 @@ async fn a_package_lifecycle_from_the_terminal() {
         "{lines:?}"
     );
     assert!(lines[0].ends_with(&id), "{lines:?}");
+}
+
+/// Runs the CLI with stderr on a terminal (a pseudo-terminal of 120x40, `TERM=xterm`) and
+/// stdout piped, as a person at a terminal piping the output on would: the exit status,
+/// stdout, and everything the terminal received.
+fn on_terminal(
+    server: &Server,
+    token: &str,
+    args: &[impl AsRef<std::ffi::OsStr>],
+) -> (Output, String) {
+    use std::io::Read;
+    let size = nix::pty::Winsize {
+        ws_row: 40,
+        ws_col: 120,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size), None).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_artifactstore"))
+        .args(args)
+        .env("ARTIFACTSTORE_URL", &server.base)
+        .env("ARTIFACTSTORE_TOKEN", token)
+        .env("TERM", "xterm")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::from(pty.slave))
+        .spawn()
+        .unwrap();
+    // The child holds the terminal's only other end: reading stops (EIO) once it exits.
+    let mut master = std::fs::File::from(pty.master);
+    let screen = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while let Ok(n @ 1..) = master.read(&mut chunk) {
+            seen.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8_lossy(&seen).into_owned()
+    });
+    let out = child.wait_with_output().unwrap();
+    (out, screen.join().unwrap())
+}
+
+/// On a terminal, `push` and `pull` draw their progress (what they do, a bar, bytes of the
+/// total) and clear it when done; the package id still goes to stdout alone. `--no-progress`
+/// draws nothing, and neither does a run whose stderr is not a terminal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_is_drawn_on_a_terminal_only() {
+    let db = TestDb::new().await;
+    let server = Server::start(&db, &[("ARTIFACTSTORE_TOKENS", TOKENS)]);
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("big.bin"), random_bytes(24 << 20, 7)).unwrap();
+    let tree = tree.to_str().unwrap().to_owned();
+    let token = "cli-writer-token";
+    let push = |extra: &[&'static str]| -> Vec<String> {
+        let args = [
+            "push",
+            &tree,
+            "--producer",
+            "ci",
+            "--subject",
+            "tty",
+            "--finalize",
+        ];
+        args.iter().chain(extra).map(|a| a.to_string()).collect()
+    };
+    let (out, screen) = tokio::task::block_in_place(|| on_terminal(&server, token, &push(&[])));
+    assert!(out.status.success(), "{screen}");
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    uuid::Uuid::parse_str(&id).unwrap_or_else(|_| panic!("stdout: {id:?}"));
+    for drawn in ["hashing", "uploading", "[", "MiB", "24.00 MiB", "eta"] {
+        assert!(
+            screen.contains(drawn),
+            "no {drawn:?} on the terminal: {screen:?}"
+        );
+    }
+    // Cleared when done: the last thing drawn erases the bar's line.
+    assert!(screen.contains("\x1b[2K"), "{screen:?}");
+
+    let into = dir.path().join("pulled");
+    let into = into.to_str().unwrap();
+    let (out, screen) =
+        tokio::task::block_in_place(|| on_terminal(&server, token, &["pull", &id, into]));
+    assert!(out.status.success(), "{screen}");
+    assert!(
+        screen.contains("pulling") && screen.contains("MiB"),
+        "{screen:?}"
+    );
+
+    let (out, screen) =
+        tokio::task::block_in_place(|| on_terminal(&server, token, &push(&["--no-progress"])));
+    assert!(out.status.success(), "{screen}");
+    assert!(
+        !screen.contains("uploading") && !screen.contains('\x1b'),
+        "{screen:?}"
+    );
+    let piped = Command::new(env!("CARGO_BIN_EXE_artifactstore"))
+        .args(push(&[]))
+        .env("ARTIFACTSTORE_URL", &server.base)
+        .env("ARTIFACTSTORE_TOKEN", token)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    assert!(piped.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains("hashing") && !stderr.contains('\x1b'),
+        "{stderr:?}"
+    );
 }
 
 /// A client command's `--help` lists what a client can set: none of the server's settings

@@ -10,6 +10,7 @@ use super::api::CliError;
 use super::progress;
 use artifactstore_client::{Store, types};
 use futures::StreamExt;
+use indicatif::HumanBytes;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -134,12 +135,13 @@ pub async fn push(args: PushArgs) -> Result<ExitCode, CliError> {
     if already > 0 {
         eprintln!("{already} files already in the package, skipped");
     }
+    let count = |n: usize| format!("{n} file{}", if n == 1 { "" } else { "s" });
     eprintln!(
-        "{} files, {} bytes: {} uploaded ({} bytes), {} already held by the server; {:.2} s{}",
-        files.len(),
-        total,
+        "{} ({}): {} uploaded ({}), {} already held by the server; {:.2} s{}",
+        count(files.len()),
+        HumanBytes(total),
         uploads.len(),
-        sent,
+        HumanBytes(sent),
         links.len(),
         elapsed,
         if args.finalize { "; finalized" } else { "" }
