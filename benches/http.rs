@@ -458,24 +458,11 @@ const REPLICA_ROUNDS: usize = 5;
 /// being one directory), in interleaved rounds (the order rotating); every server keeps a data
 /// directory of its own, and all seven run throughout.
 fn replicas_only() {
-    use artifactstore::db::cluster::{ClusterOptions, ManagedCluster};
     let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("bench-http-replicas-{}", std::process::id()));
     std::fs::create_dir_all(&work).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (mut cluster, url) = rt.block_on(async {
-        let cluster = ManagedCluster::start_or_reuse(ClusterOptions {
-            cluster_dir: None,
-            dir: work.join("pg"),
-            unsafe_fast: false,
-        })
-        .await
-        .expect("start a private cluster");
-        cluster.ensure_database("replicas").await.unwrap();
-        let url = cluster.url("replicas");
-        artifactstore::db::migrate(&url).await.unwrap();
-        (cluster, url)
-    });
+    let (mut cluster, url) = common::shared_database(&rt, &work, "replicas");
     let start = |i: usize, committers: &str| {
         let mut cmd = common::serve_command();
         cmd.env("ARTIFACTSTORE_DATABASE_URL", &url)

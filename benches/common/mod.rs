@@ -427,3 +427,26 @@ impl Drop for Nginx {
         let _ = self.child.wait();
     }
 }
+
+/// A private cluster under `work/pg` with the database `name`, migrated, for several servers
+/// to share; and the database's URL.
+pub fn shared_database(
+    rt: &tokio::runtime::Runtime,
+    work: &Path,
+    name: &str,
+) -> (artifactstore::db::cluster::ManagedCluster, String) {
+    use artifactstore::db::cluster::{ClusterOptions, ManagedCluster};
+    rt.block_on(async {
+        let cluster = ManagedCluster::start_or_reuse(ClusterOptions {
+            cluster_dir: None,
+            dir: work.join("pg"),
+            unsafe_fast: false,
+        })
+        .await
+        .expect("start a private cluster");
+        cluster.ensure_database(name).await.unwrap();
+        let url = cluster.url(name);
+        artifactstore::db::migrate(&url).await.unwrap();
+        (cluster, url)
+    })
+}

@@ -40,6 +40,7 @@ pub struct ReplayArgs {
 pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let term = super::terminate_signal()?;
     let jobs = args.worker.then(|| args.jobs.options());
+    let records_kept = args.jobs.keeps_retrieval_records();
     let settings = args.service.resolve()?;
     if settings.tokens.is_development() && !settings.listen.ip().is_loopback() && !settings.dev_mode
     {
@@ -79,10 +80,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Some((at, _)) => format!("listening on http://{address}\nmetrics on http://{at}/metrics\n"),
         None => format!("listening on http://{address}\n"),
     });
-    let (retrievals, retrieval_writer) = crate::registry::RetrievalLog::start(
-        service.registry.pool().clone(),
-        settings.retrieval_queue,
-    );
+    let (retrievals, retrieval_writer) = if records_kept {
+        crate::registry::RetrievalLog::start(
+            service.registry.pool().clone(),
+            settings.retrieval_queue,
+        )
+    } else {
+        tracing::info!("retrieval records are off (ARTIFACTSTORE_RETRIEVAL_RECORDS_DAYS=0)");
+        (crate::registry::RetrievalLog::off(), tokio::spawn(async {}))
+    };
     let state = AppState {
         retrievals,
         events: bus.clone(),

@@ -67,12 +67,13 @@ pub struct JobArgs {
     /// Seconds a blob stays after the last file referencing it went.
     #[arg(long, env = "ARTIFACTSTORE_GC_GRACE_SECONDS", default_value = "3600", value_parser = crate::config::within::<0, TEN_YEARS>)]
     gc_grace_seconds: u64,
-    /// Days retrieval records are kept (then deleted by the worker's sweep).
+    /// Days retrieval records are kept (then deleted by the worker's sweep). 0: none are
+    /// written, and the sweep deletes those kept.
     #[arg(
         long,
         env = "ARTIFACTSTORE_RETRIEVAL_RECORDS_DAYS",
         default_value = "400",
-        value_parser = crate::config::within::<1, 36_525>
+        value_parser = crate::config::within::<0, 36_525>
     )]
     retrieval_records_days: u64,
     /// Seconds between listings of every backend for orphan bytes.
@@ -84,6 +85,11 @@ pub struct JobArgs {
 }
 
 impl JobArgs {
+    /// Whether reads are recorded at all (kept more than 0 days).
+    pub fn keeps_retrieval_records(&self) -> bool {
+        self.retrieval_records_days > 0
+    }
+
     /// Validated worker options.
     pub fn options(&self) -> crate::worker::WorkerOptions {
         use std::time::Duration;

@@ -69,10 +69,11 @@ pub struct Retrieval {
     pub request_id: Option<String>,
 }
 
-/// Where requests hand their records; clones share one writer.
+/// Where requests hand their records; clones share one writer. [`off`](Self::off) keeps
+/// none (an operator who keeps retrieval records 0 days).
 #[derive(Debug, Clone)]
 pub struct RetrievalLog {
-    queue: mpsc::Sender<Retrieval>,
+    queue: Option<mpsc::Sender<Retrieval>>,
 }
 
 impl RetrievalLog {
@@ -81,20 +82,29 @@ impl RetrievalLog {
     pub fn start(pool: Pool, capacity: usize) -> (Self, tokio::task::JoinHandle<()>) {
         let (queue, records) = mpsc::channel(capacity.max(1));
         let writer = tokio::spawn(write_records(pool, records));
-        (RetrievalLog { queue }, writer)
+        (RetrievalLog { queue: Some(queue) }, writer)
+    }
+
+    /// A log that records nothing.
+    pub fn off() -> Self {
+        RetrievalLog { queue: None }
     }
 
     /// Queues a record, waiting for room when the writer is behind.
     pub async fn record(&self, retrieval: Retrieval) {
-        if self.queue.send(retrieval).await.is_err() {
+        let Some(queue) = &self.queue else {
+            return;
+        };
+        if queue.send(retrieval).await.is_err() {
             tracing::error!("the retrieval log is closed: a record was lost");
         }
     }
 
     /// A place in the queue, taken now (waiting for room when the writer is behind), for a
     /// record made later where nothing can wait: when a response body ends or is dropped.
+    /// `None` when the log is off (or closed).
     pub async fn reserve(&self) -> Option<RetrievalSlot> {
-        match self.queue.clone().reserve_owned().await {
+        match self.queue.clone()?.reserve_owned().await {
             Ok(permit) => Some(RetrievalSlot(permit)),
             Err(_) => {
                 tracing::error!("the retrieval log is closed: a record will be lost");

@@ -247,3 +247,43 @@ async fn a_full_record_queue_slows_reads_and_loses_none() {
     assert_eq!(all.len(), 20);
     assert!(all.iter().all(|r| r["outcome"] == "complete"));
 }
+
+/// Kept 0 days, retrieval records are off: reads are served and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_kept_zero_days_are_not_written() {
+    let db = TestDb::new().await;
+    let api = Api::start(
+        &db,
+        &[
+            ("ARTIFACTSTORE_TOKENS", ALL_TOKENS),
+            ("ARTIFACTSTORE_RETRIEVAL_RECORDS_DAYS", "0"),
+        ],
+    );
+    let package = api
+        .create(WRITER, json!({"producer": "ci", "subject": "off"}))
+        .await;
+    let id = package["id"].as_str().unwrap().to_owned();
+    let file: Value = api
+        .put(WRITER, &id, "a.bin", &random_bytes(4096, 2))
+        .await
+        .json()
+        .await
+        .unwrap();
+    api.finalize(WRITER, &id).await;
+    assert_eq!(api.download(READER, &file).await.len(), 4096);
+    let manifest = api
+        .get_json(READER, format!("/packages/{id}/manifest.json"))
+        .await;
+    assert!(manifest["files"].is_array());
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let page = api.get_json(ADMIN, "/audit/retrievals".into()).await;
+    assert_eq!(page["items"], json!([]), "{page}");
+    let count: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM retrieval_records", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 0);
+}
