@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod registry;
 pub mod retention;
 pub mod service;
+pub mod signing;
 pub mod storage;
 pub mod telemetry;
 pub mod worker;

@@ -38,6 +38,33 @@ impl DatabaseHandle {
         }
     }
 
+    /// [`open`](Self::open) for commands that read an existing store: without a database
+    /// URL, a data directory that holds no private cluster is refused rather than given a new,
+    /// empty one (a mistyped `--data-dir` would otherwise "verify" nothing and succeed).
+    pub async fn open_existing(settings: &Settings) -> Result<Self> {
+        Self::refuse_missing(settings)?;
+        Self::open(settings).await
+    }
+
+    fn refuse_missing(settings: &Settings) -> Result<()> {
+        if settings.database_url.is_none() {
+            let cluster = settings
+                .postgres_dir
+                .clone()
+                .unwrap_or_else(|| settings.data_dir.join("postgres"));
+            if !cluster.join("pgdata").join("PG_VERSION").exists() {
+                return Err(crate::Error::InvalidInput(format!(
+                    "{} holds no artifact store (no database under {}): give the data directory \
+                     `serve` uses (--data-dir / ARTIFACTSTORE_DATA_DIR), or \
+                     ARTIFACTSTORE_DATABASE_URL",
+                    settings.data_dir.display(),
+                    cluster.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Stops the private cluster if this process started it.
     pub fn close(mut self) {
         if let Some(cluster) = self.cluster.as_mut() {
@@ -88,25 +115,9 @@ impl Service {
     }
 
     /// [`start`](Self::start) for commands that read an existing store (`verify`, `storage
-    /// migrate`): without a database URL, a data directory that holds no private cluster is
-    /// refused rather than given a new, empty one (a mistyped `--data-dir` would otherwise
-    /// "verify" nothing and succeed).
+    /// migrate`), refusing a data directory without one ([`DatabaseHandle::open_existing`]).
     pub async fn start_existing(settings: &Settings) -> Result<Self> {
-        if settings.database_url.is_none() {
-            let cluster = settings
-                .postgres_dir
-                .clone()
-                .unwrap_or_else(|| settings.data_dir.join("postgres"));
-            if !cluster.join("pgdata").join("PG_VERSION").exists() {
-                return Err(crate::Error::InvalidInput(format!(
-                    "{} holds no artifact store (no database under {}): give the data directory \
-                     `serve` uses (--data-dir / ARTIFACTSTORE_DATA_DIR), or \
-                     ARTIFACTSTORE_DATABASE_URL",
-                    settings.data_dir.display(),
-                    cluster.display()
-                )));
-            }
-        }
+        DatabaseHandle::refuse_missing(settings)?;
         Self::start(settings, false).await
     }
 

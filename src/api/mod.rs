@@ -15,6 +15,7 @@ mod events;
 mod files;
 mod form;
 mod health;
+mod log;
 mod manifests;
 pub mod metrics_listener;
 pub mod observe;
@@ -62,6 +63,8 @@ pub struct AppState {
     pub readiness: Arc<crate::health::ReadinessProbe>,
     /// Where reads are recorded.
     pub retrievals: crate::registry::RetrievalLog,
+    /// The key log checkpoints are signed with.
+    pub signer: Arc<crate::signing::SigningKey>,
 }
 
 #[derive(Tags)]
@@ -101,6 +104,7 @@ type Apis = (
     retention::RetentionApi,
     tenants::TenantsApi,
     audit::AuditApi,
+    log::LogApi,
 );
 
 fn service() -> OpenApiService<Apis, ()> {
@@ -117,6 +121,7 @@ fn service() -> OpenApiService<Apis, ()> {
         retention::RetentionApi,
         tenants::TenantsApi,
         audit::AuditApi,
+        log::LogApi,
     );
     OpenApiService::new(apis, "artifact-store", env!("CARGO_PKG_VERSION")).description(
         "System of record for generated outputs: content-addressed, immutable packages with \

@@ -11,6 +11,14 @@ problems! {
     MissingBlobs = [400, 401, 403, 413, 415, 422];
     /// `GET /events`: its 429 is declared with its page.
     ListEvents = [400, 401, 422];
+    /// `GET /log/checkpoint`.
+    GetLatestCheckpoint = [401, 404];
+    /// `GET /log/checkpoints`.
+    ListCheckpoints = [400, 401];
+    /// `POST /log/checkpoints`.
+    MakeCheckpoint = [401, 403, 404, 413];
+    /// `GET /keys`.
+    ListKeys = [];
     /// `GET /files/{id}`.
     GetFile = [400, 401, 404];
     /// `GET /files/{id}/download`: its 416 is declared with its bytes.

@@ -2,6 +2,7 @@
 //! over the HTTP API.
 
 mod client;
+mod log;
 mod server;
 mod storage;
 mod worker;
@@ -35,6 +36,9 @@ pub enum Command {
     Worker(worker::WorkerArgs),
     /// Re-read stored copies, recompute their digests, record what was found.
     Verify(storage::VerifyArgs),
+    /// The event log's proofs.
+    #[command(subcommand)]
+    Log(log::LogCommand),
     /// Storage maintenance.
     #[command(subcommand)]
     Storage(storage::StorageCommand),
@@ -96,6 +100,7 @@ impl Command {
             Command::Worker(args) => &args.service,
             Command::Verify(args) => &args.service,
             Command::Storage(storage::StorageCommand::Migrate(args)) => &args.service,
+            Command::Log(log::LogCommand::Verify(args)) => &args.service,
             _ => return None,
         };
         Some(&service.telemetry)
@@ -140,6 +145,7 @@ pub fn main() -> ExitCode {
             Command::Verify(args) => storage::verify(args).await,
             Command::Worker(args) => worker::worker(args).await,
             Command::Storage(cmd) => storage::storage(cmd).await,
+            Command::Log(cmd) => log::log(cmd).await,
             Command::Openapi => {
                 println!("{}", crate::api::spec_json());
                 Ok(ExitCode::SUCCESS)

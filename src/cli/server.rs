@@ -17,6 +17,15 @@ pub struct ServeArgs {
     worker: bool,
     #[command(flatten)]
     jobs: super::worker::JobArgs,
+    /// The Ed25519 private key (PKCS#8 PEM, e.g. from `openssl genpkey -algorithm ed25519`)
+    /// that signs the log's checkpoints. [default: `<data-dir>/signing-key.pem`, made on
+    /// first start]
+    #[arg(long, env = "ARTIFACTSTORE_SIGNING_KEY_FILE")]
+    signing_key_file: Option<std::path::PathBuf>,
+    /// Seconds between signed checkpoints of the event log (one is made only when the log
+    /// grew); 0: only on demand (`POST /log/checkpoints`).
+    #[arg(long, env = "ARTIFACTSTORE_CHECKPOINT_SECONDS", default_value = "300", value_parser = crate::config::within::<0, 86_400>)]
+    checkpoint_seconds: u64,
 }
 
 /// Options of commands that only need the database.
@@ -42,16 +51,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let jobs = args.worker.then(|| args.jobs.options());
     let records_kept = args.jobs.keeps_retrieval_records();
     let settings = args.service.resolve()?;
-    if settings.tokens.is_development() && !settings.listen.ip().is_loopback() && !settings.dev_mode
-    {
-        anyhow::bail!(
-            "refusing to serve on {} without tokens: every caller would be an admin. Configure \
-             tokens (ARTIFACTSTORE_TOKENS_FILE or ARTIFACTSTORE_TOKENS), listen on loopback, or \
-             set ARTIFACTSTORE_DEV_MODE=true (--dev-mode) to accept that",
-            settings.listen
-        );
-    }
+    refuse_open_development(&settings)?;
     let service = Service::start(&settings, settings.migrate_on_start).await?;
+    let signer = signing_key(&args, &settings, &service).await?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -86,7 +88,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             settings.retrieval_queue,
         )
     } else {
-        tracing::info!("retrieval records are off (ARTIFACTSTORE_RETRIEVAL_RECORDS_DAYS=0)");
         (crate::registry::RetrievalLog::off(), tokio::spawn(async {}))
     };
     let state = AppState {
@@ -98,8 +99,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tokens: settings.tokens.clone(),
         registry: service.registry.clone(),
         readiness,
+        signer: signer.clone(),
     };
     let sweeper = background_jobs(jobs, &service.registry, &bus);
+    let every = std::time::Duration::from_secs(args.checkpoint_seconds);
+    let checkpoints = tokio::spawn(make_checkpoints(service.registry.clone(), signer, every));
     let result = crate::api::serve::run(
         listener,
         app(state),
@@ -111,12 +115,70 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     tracing::info!("server stopped");
     written(retrieval_writer).await;
     sweeper.abort();
+    checkpoints.abort();
     if let Some((_, task)) = metrics {
         task.abort();
     }
     service.shutdown().await;
     result.context("server failed")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Without tokens every caller is an admin: only on loopback, or when the operator says so.
+fn refuse_open_development(settings: &crate::config::Settings) -> anyhow::Result<()> {
+    if settings.tokens.is_development() && !settings.listen.ip().is_loopback() && !settings.dev_mode
+    {
+        anyhow::bail!(
+            "refusing to serve on {} without tokens: every caller would be an admin. Configure \
+             tokens (ARTIFACTSTORE_TOKENS_FILE or ARTIFACTSTORE_TOKENS), listen on loopback, or \
+             set ARTIFACTSTORE_DEV_MODE=true (--dev-mode) to accept that",
+            settings.listen
+        );
+    }
+    Ok(())
+}
+
+/// The configured signing key, or the data directory's (made on first start), with its
+/// public half recorded for `GET /keys`.
+async fn signing_key(
+    args: &ServeArgs,
+    settings: &crate::config::Settings,
+    service: &Service,
+) -> anyhow::Result<std::sync::Arc<crate::signing::SigningKey>> {
+    use crate::signing::SigningKey;
+    let key = match &args.signing_key_file {
+        Some(path) => SigningKey::load(path)?,
+        None => {
+            if settings.database_url.is_some() {
+                tracing::warn!(
+                    "no ARTIFACTSTORE_SIGNING_KEY_FILE: checkpoints are signed with a key in the \
+                     data directory, which goes with it; give every server one kept key"
+                );
+            }
+            SigningKey::load_or_generate(&settings.data_dir.join("signing-key.pem"))?
+        }
+    };
+    service.registry.register_signing_key(&key).await?;
+    tracing::info!(key_id = key.id(), "signing log checkpoints");
+    Ok(std::sync::Arc::new(key))
+}
+
+/// Signs a checkpoint of the log every `every` (never when zero), when it grew since the
+/// last one.
+async fn make_checkpoints(
+    registry: crate::registry::Registry,
+    key: std::sync::Arc<crate::signing::SigningKey>,
+    every: std::time::Duration,
+) {
+    if every.is_zero() {
+        return;
+    }
+    loop {
+        tokio::time::sleep(every).await;
+        if let Err(e) = registry.make_checkpoint(&key).await {
+            tracing::warn!(error = %e, "making a log checkpoint failed; trying again later");
+        }
+    }
 }
 
 /// The worker's jobs in the server (`--worker`); without them, a small sweeper of upload

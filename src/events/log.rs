@@ -34,10 +34,12 @@ pub struct StoredEvent {
     pub occurred_at: Timestamp,
     /// Canonical CBOR.
     pub payload: Bytes,
+    /// The hash chain through this event ([`super::chain`]); `None` until it is numbered.
+    pub chain: Option<[u8; 32]>,
 }
 
 impl StoredEvent {
-    fn from_row(row: &Row) -> Result<Self> {
+    pub(super) fn from_row(row: &Row) -> Result<Self> {
         Ok(StoredEvent {
             sequence: row.get("sequence"),
             position: row.get("position"),
@@ -47,6 +49,13 @@ impl StoredEvent {
             subject_id: row.get("subject_id"),
             occurred_at: Timestamp::from_datetime(row.get("occurred_at")),
             payload: Bytes::from(row.get::<_, Vec<u8>>("payload")),
+            chain: row
+                .get::<_, Option<&[u8]>>("chain")
+                .map(|c| {
+                    <[u8; 32]>::try_from(c)
+                        .map_err(|_| Error::Integrity("an event's chain is not 32 bytes".into()))
+                })
+                .transpose()?,
         })
     }
 }
@@ -84,6 +93,7 @@ pub(super) async fn prepare(tx: &Tx<'_>, events: &[DomainEvent]) -> Result<Vec<S
             subject_id: event.payload().subject_id(),
             occurred_at: event.payload().occurred_at(),
             payload: Bytes::from(event.encode()?),
+            chain: None,
         });
     }
     Ok(stored)
@@ -152,7 +162,8 @@ pub async fn read_after_until(
     let prefix_pattern = type_prefix.map(|p| format!("{}%", escape_like(p)));
     let rows = client
         .query(
-            "SELECT sequence, position, id, type, tenant, subject_id, occurred_at, payload FROM events \
+            "SELECT sequence, position, id, type, tenant, subject_id, occurred_at, payload, chain \
+             FROM events \
              WHERE sequence > $1 AND sequence <= $5 AND ($2::text IS NULL OR tenant = $2) \
                AND ($3::text IS NULL OR type LIKE $3) \
              ORDER BY sequence LIMIT $4",

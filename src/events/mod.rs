@@ -6,8 +6,10 @@
 //! [`commit`], the process's [`Sequencer`] gives them their gapless sequence numbers.
 
 pub mod bus;
+pub mod chain;
 pub mod kinds;
 mod log;
+mod numbering;
 pub mod payloads;
 pub mod replay;
 pub mod sequencer;

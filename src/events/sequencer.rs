@@ -17,15 +17,13 @@
 //! Once started, the sequencer also runs a pass every [`TICK`], which numbers the events of a
 //! process that died between its COMMIT and its pass.
 
+use super::numbering::{ANYTHING_TO_DO, Statements};
 use crate::error::Result;
 use deadpool_postgres::Pool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
-
-/// Most events one numbering statement takes (a pass repeats it until none are left).
-const BATCH: i64 = 10_000;
 
 /// How often a started sequencer runs a pass unasked.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -45,10 +43,6 @@ const SESSION_LIMITS: &str = "SET statement_timeout = '20s'; \
     SET idle_in_transaction_session_timeout = '5s'; \
     SET application_name = 'artifactstore sequencer'";
 
-/// Whether any committed event waits for its number (asked after a pass's turn was had: a pass
-/// that finds none takes no row lock and writes nothing).
-const ANY_UNNUMBERED: &str = "SELECT EXISTS (SELECT 1 FROM events WHERE sequence IS NULL)";
-
 /// Passes of this code take turns under this transaction advisory lock before they touch the
 /// counter: a pass that waited for another looks again (a fresh snapshot) and, when that pass
 /// numbered everything, ends without a row lock, a write or a WAL flush. Several servers' passes
@@ -59,47 +53,12 @@ const TAKE_TURN: &str = "SELECT pg_advisory_xact_lock($1)";
 /// The key of [`TAKE_TURN`]'s lock.
 const TURN_KEY: i64 = 0x6172_7473_7365_7121; // "artsseq!"
 
-/// Takes the counter's row lock (see [`number_committed`]).
-const LOCK_COUNTER: &str = "SELECT 1 FROM event_counter FOR UPDATE";
-
-/// Numbers the next unnumbered committed events (at most [`BATCH`]) in ticket order, after the
-/// counter's last number; run only under the counter's row lock ([`number_committed`]). A
-/// statement of its own, so its snapshot sees every event committed before the lock was had.
-const NUMBER: &str = "\
-    WITH pending AS ( \
-        SELECT position, row_number() OVER (ORDER BY ticket, position) AS n \
-        FROM (SELECT position, ticket FROM events WHERE sequence IS NULL \
-              ORDER BY ticket, position LIMIT $1) p), \
-    numbered AS ( \
-        UPDATE events e SET sequence = (SELECT last_sequence FROM event_counter) + pending.n \
-        FROM pending WHERE e.position = pending.position RETURNING 1) \
-    UPDATE event_counter SET last_sequence = last_sequence + (SELECT count(*) FROM numbered) \
-    RETURNING (SELECT count(*) FROM numbered)";
-
 /// Numbers every committed unnumbered event, inside the caller's transaction: takes the
 /// counter's row lock (held until that transaction ends; waits while another pass holds it),
-/// then numbers. Returns how many events it numbered.
+/// then numbers and chains. Returns how many events it numbered.
 pub async fn number_committed(tx: &deadpool_postgres::Transaction<'_>) -> Result<u64> {
-    let (lock, number) =
-        futures::try_join!(tx.prepare_cached(LOCK_COUNTER), tx.prepare_cached(NUMBER))?;
-    number_prepared(&**tx, &lock, &number).await
-}
-
-/// [`number_committed`] with its statements prepared, on a client in a transaction.
-async fn number_prepared(
-    tx: &impl tokio_postgres::GenericClient,
-    lock: &tokio_postgres::Statement,
-    number: &tokio_postgres::Statement,
-) -> Result<u64> {
-    // Sent together, run in order: the numbering statement starts once the lock is had.
-    let (_, first) = futures::try_join!(tx.execute(lock, &[]), tx.query_one(number, &[&BATCH]))?;
-    let mut numbered: i64 = first.get(0);
-    let mut total = numbered.unsigned_abs();
-    while numbered >= BATCH {
-        numbered = tx.query_one(number, &[&BATCH]).await?.get(0);
-        total += numbered.unsigned_abs();
-    }
-    Ok(total)
+    let statements = Statements::prepare(&**tx).await?;
+    super::numbering::number(&**tx, &statements).await
 }
 
 /// One process's sequencer (cheap to clone; the background task ends soon after the last
@@ -201,7 +160,7 @@ impl Sequencer {
 }
 
 async fn run(shared: Arc<Shared>, alive: Weak<()>) {
-    let mut connection: Option<deadpool_postgres::ClientWrapper> = None;
+    let mut connection: Option<(deadpool_postgres::ClientWrapper, Statements)> = None;
     let mut backoff = Duration::from_millis(50);
     loop {
         tokio::select! {
@@ -243,28 +202,27 @@ async fn run(shared: Arc<Shared>, alive: Weak<()>) {
 /// row lock and no write when nothing waits for a number.
 async fn pass(
     pool: &Pool,
-    connection: &mut Option<deadpool_postgres::ClientWrapper>,
+    connection: &mut Option<(deadpool_postgres::ClientWrapper, Statements)>,
 ) -> Result<u64> {
     use deadpool::managed::Manager as _;
-    if connection.as_ref().is_none_or(|c| c.is_closed()) {
+    if connection.as_ref().is_none_or(|(c, _)| c.is_closed()) {
         let made = pool
             .manager()
             .create()
             .await
             .map_err(|e| crate::error::Error::Database(format!("sequencer connection: {e}")))?;
         made.batch_execute(SESSION_LIMITS).await?;
-        *connection = Some(made);
+        let statements = Statements::prepare(&*made).await?;
+        *connection = Some((made, statements));
     }
-    let Some(client) = connection.as_mut() else {
+    let Some((client, statements)) = connection.as_mut() else {
         return Err(crate::error::Error::Database(
             "no sequencer connection".into(),
         ));
     };
-    let (any, turn, lock, number) = futures::try_join!(
-        client.prepare_cached(ANY_UNNUMBERED),
-        client.prepare_cached(TAKE_TURN),
-        client.prepare_cached(LOCK_COUNTER),
-        client.prepare_cached(NUMBER)
+    let (any, turn) = futures::try_join!(
+        client.prepare_cached(ANYTHING_TO_DO),
+        client.prepare_cached(TAKE_TURN)
     )?;
     // One round trip: BEGIN, the turn, then the look (a statement of its own, after the turn
     // was had). This connection is the sequencer's alone, so its transaction is spelled out;
@@ -275,7 +233,7 @@ async fn pass(
         client.query_one(&any, &[])
     )?;
     let numbered = if any.get::<_, bool>(0) {
-        number_prepared(&**client, &lock, &number).await?
+        super::numbering::number(&**client, statements).await?
     } else {
         0
     };

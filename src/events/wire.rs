@@ -38,25 +38,36 @@ pub fn page_cbor(events: &[StoredEvent], next_since: i64) -> Vec<u8> {
     text(&mut out, "events");
     head(&mut out, 4, events.len() as u64);
     for e in events {
-        head(&mut out, 5, 7);
-        text(&mut out, "id");
-        text(&mut out, &e.id.hyphenated().to_string());
-        text(&mut out, "type");
-        text(&mut out, &e.event_type);
-        text(&mut out, "tenant");
-        text(&mut out, e.tenant.as_str());
-        text(&mut out, "payload");
-        out.extend_from_slice(&e.payload);
-        text(&mut out, "sequence");
-        head(&mut out, 0, e.sequence as u64);
-        text(&mut out, "subject_id");
-        text(&mut out, &e.subject_id.hyphenated().to_string());
-        text(&mut out, "occurred_at");
-        text(&mut out, &e.occurred_at.to_string());
+        event_map(&mut out, e, e.chain.as_ref());
     }
     text(&mut out, "next_since");
     head(&mut out, 0, next_since as u64);
     out
+}
+
+/// One event as a canonical CBOR map; with `chain`, that key too (lowercase hex, as in JSON).
+/// Without it, these
+/// are the bytes the event's chain link commits to ([`super::chain`]).
+pub(super) fn event_map(out: &mut Vec<u8>, e: &StoredEvent, chain: Option<&[u8; 32]>) {
+    head(out, 5, if chain.is_some() { 8 } else { 7 });
+    text(out, "id");
+    text(out, &e.id.hyphenated().to_string());
+    text(out, "type");
+    text(out, &e.event_type);
+    if let Some(chain) = chain {
+        text(out, "chain");
+        text(out, &hex::encode(chain));
+    }
+    text(out, "tenant");
+    text(out, e.tenant.as_str());
+    text(out, "payload");
+    out.extend_from_slice(&e.payload);
+    text(out, "sequence");
+    head(out, 0, e.sequence as u64);
+    text(out, "subject_id");
+    text(out, &e.subject_id.hyphenated().to_string());
+    text(out, "occurred_at");
+    text(out, &e.occurred_at.to_string());
 }
 
 /// The same page as JSON; payloads are their JCS projections.
@@ -65,7 +76,7 @@ pub fn page_json(events: &[StoredEvent], next_since: i64) -> crate::Result<serde
         .iter()
         .map(|e| {
             let payload = to_json(&decode_value(&e.payload)?)?;
-            Ok(serde_json::json!({
+            let mut event = serde_json::json!({
                 "sequence": e.sequence,
                 "id": e.id,
                 "type": e.event_type,
@@ -73,7 +84,11 @@ pub fn page_json(events: &[StoredEvent], next_since: i64) -> crate::Result<serde
                 "tenant": e.tenant.as_str(),
                 "subject_id": e.subject_id,
                 "payload": payload,
-            }))
+            });
+            if let Some(chain) = &e.chain {
+                event["chain"] = hex::encode(chain).into();
+            }
+            Ok(event)
         })
         .collect::<crate::Result<Vec<_>>>()?;
     Ok(serde_json::json!({ "events": events, "next_since": next_since }))
@@ -97,6 +112,7 @@ mod tests {
             payload: to_canonical_cbor(&serde_json::json!({"b": 1, "a": [true, "x"]}))
                 .unwrap()
                 .into(),
+            chain: None,
         }
     }
 

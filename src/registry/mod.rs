@@ -3,11 +3,13 @@
 
 mod admission;
 mod blob_lock;
+mod checkpoints;
 mod dedup;
 mod finalize;
 mod gc;
 mod group_commit;
 mod ingest;
+mod log_verify;
 mod packages;
 mod quota;
 mod reads;
@@ -23,9 +25,11 @@ mod uploads;
 mod usage;
 mod verify;
 
+pub use checkpoints::{Checkpoint, PublicKey};
 pub use dedup::{LinkRequest, MAX_LINK_BATCH, MAX_MISSING_QUERY};
 pub use gc::{Collectable, Collected};
 pub use ingest::{DEFAULT_MEDIA_TYPE, StagedFile};
+pub use log_verify::{LogProblem, LogReport, verify_log};
 pub use packages::{NewPackage, PackageFilter, PackagePage};
 pub use quota::{Quota, QuotaUsage, Room, TenantQuota, Writing, quota_definition_lock};
 pub use reads::FileDownload;

@@ -39,6 +39,7 @@ async fn sixteen_writers_with_rollbacks_leave_no_gaps_and_no_reorders() {
             let client = db.client().await;
             let mut seen = Vec::new();
             let mut since = 0i64;
+            let mut chain = events::chain::Follower::default();
             let deadline = Instant::now() + Duration::from_secs(120);
             loop {
                 let finished = done.load(Ordering::SeqCst);
@@ -49,6 +50,8 @@ async fn sixteen_writers_with_rollbacks_leave_no_gaps_and_no_reorders() {
                     // Each page continues exactly where the last one ended: a hole here would
                     // mean an event became visible after a later one.
                     assert_eq!(event.sequence, since + 1, "gap or reorder after {since}");
+                    // Every event a reader sees is chained to the one before it.
+                    chain.follow(event).unwrap_or_else(|b| panic!("{b}"));
                     since = event.sequence;
                     seen.push(event.id);
                 }
@@ -60,7 +63,7 @@ async fn sixteen_writers_with_rollbacks_leave_no_gaps_and_no_reorders() {
                     tokio::task::yield_now().await;
                 }
             }
-            seen
+            (seen, chain.chain)
         })
     };
 
@@ -100,7 +103,7 @@ async fn sixteen_writers_with_rollbacks_leave_no_gaps_and_no_reorders() {
     }
     sequencers[0].numbered().await;
     done.store(true, Ordering::SeqCst);
-    let seen = reader.await.unwrap();
+    let (seen, chain) = reader.await.unwrap();
 
     assert_eq!(
         seen.len(),
@@ -117,6 +120,15 @@ async fn sixteen_writers_with_rollbacks_leave_no_gaps_and_no_reorders() {
         (row.get(0), row.get(1))
     };
     assert_eq!(count, max, "sequence 1..=max has no holes");
+    let last_chain: Vec<u8> = client
+        .query_one("SELECT last_chain FROM event_counter", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        last_chain, chain,
+        "the counter keeps the chain through the last event"
+    );
     assert_eq!(count as usize, committed.len());
     // Rolled-back transactions left no trace in the views either.
     let packages: i64 = client

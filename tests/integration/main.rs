@@ -13,6 +13,7 @@ mod faults;
 mod gc;
 mod group_commit;
 mod hostile;
+mod log_proof;
 mod managed_postgres;
 mod operations;
 mod postgres_tls;

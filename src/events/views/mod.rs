@@ -286,6 +286,7 @@ mod tests {
             subject_id: event.payload().subject_id(),
             occurred_at: event.payload().occurred_at(),
             payload: event.encode().unwrap().into(),
+            chain: None,
         }
     }
 

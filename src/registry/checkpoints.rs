@@ -1,0 +1,190 @@
+//! Signed checkpoints of the event log and the public keys that signed them.
+//!
+//! A checkpoint says: through event `sequence`, the log's chain was `chain`
+//! ([`crate::events::chain`]). It is signed (Ed25519) over its canonical text:
+//!
+//! ```text
+//! artifactstore log checkpoint v1
+//! sequence <sequence, decimal>
+//! chain <chain, 64 lowercase hex>
+//! time <made_at, RFC 3339 UTC with microseconds, as the API writes times>
+//! ```
+//!
+//! (four lines, each ending in `\n`). Anyone holding a checkpoint and the public key can later
+//! tell whether the log up to it is the log that was signed.
+
+use super::Registry;
+use crate::domain::Timestamp;
+use crate::error::{Error, Result};
+use crate::signing::SigningKey;
+
+/// A signed checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Checkpoint {
+    /// The last event it covers.
+    pub sequence: i64,
+    /// The chain through that event, lowercase hex.
+    pub chain: String,
+    /// When it was made.
+    pub time: Timestamp,
+    /// The signing key's id ([`crate::signing::key_id`]).
+    pub key_id: String,
+    /// Ed25519 signature of [`Checkpoint::signed_text`], lowercase hex.
+    pub signature: String,
+}
+
+impl Checkpoint {
+    /// The bytes the signature covers.
+    pub fn signed_text(&self) -> String {
+        signed_text(self.sequence, &self.chain, &self.time)
+    }
+}
+
+fn signed_text(sequence: i64, chain_hex: &str, time: &Timestamp) -> String {
+    format!(
+        "artifactstore log checkpoint v1\nsequence {sequence}\nchain {chain_hex}\ntime {time}\n"
+    )
+}
+
+/// A public key the store has signed with.
+#[derive(Debug, Clone)]
+pub struct PublicKey {
+    /// Its id.
+    pub key_id: String,
+    /// Raw Ed25519 public key.
+    pub public_key: [u8; 32],
+    /// When it was first used here.
+    pub first_used: Timestamp,
+}
+
+fn checkpoint_of(row: &tokio_postgres::Row) -> Checkpoint {
+    Checkpoint {
+        sequence: row.get(0),
+        chain: hex::encode(row.get::<_, &[u8]>(1)),
+        time: Timestamp::from_datetime(row.get(2)),
+        key_id: row.get(3),
+        signature: hex::encode(row.get::<_, &[u8]>(4)),
+    }
+}
+
+const CHECKPOINT_COLUMNS: &str = "sequence, chain, made_at, key_id, signature";
+
+impl Registry {
+    /// Records `key`'s public half (kept for good: what it signed keeps verifying after the
+    /// key is rotated out).
+    pub async fn register_signing_key(&self, key: &SigningKey) -> Result<()> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO signing_keys (key_id, algorithm, public_key, first_used) \
+                 VALUES ($1, 'ed25519', $2, $3) ON CONFLICT DO NOTHING",
+                &[
+                    &key.id(),
+                    &key.public_key().as_slice(),
+                    &self.clock.now().as_datetime(),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Every public key the store has signed with, oldest first.
+    pub async fn signing_keys(&self) -> Result<Vec<PublicKey>> {
+        signing_keys(&self.pool).await
+    }
+
+    /// Signs a checkpoint through the last chained event, unless one is there already (then
+    /// that one is the answer). `None` while the log is empty.
+    pub async fn make_checkpoint(&self, key: &SigningKey) -> Result<Option<Checkpoint>> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one("SELECT chained_through, last_chain FROM event_counter", &[])
+            .await?;
+        let sequence: i64 = row.get(0);
+        if sequence == 0 {
+            return Ok(None);
+        }
+        let chain: Vec<u8> = row.get(1);
+        let time = self.clock.now();
+        let signature = key.sign(signed_text(sequence, &hex::encode(&chain), &time).as_bytes());
+        client
+            .execute(
+                "INSERT INTO log_checkpoints (sequence, chain, made_at, key_id, signature) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (sequence) DO NOTHING",
+                &[
+                    &sequence,
+                    &chain,
+                    &time.as_datetime(),
+                    &key.id(),
+                    &signature.as_slice(),
+                ],
+            )
+            .await?;
+        let row = client
+            .query_one(
+                &format!("SELECT {CHECKPOINT_COLUMNS} FROM log_checkpoints WHERE sequence = $1"),
+                &[&sequence],
+            )
+            .await?;
+        Ok(Some(checkpoint_of(&row)))
+    }
+
+    /// The latest checkpoint, if any.
+    pub async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "SELECT {CHECKPOINT_COLUMNS} FROM log_checkpoints ORDER BY sequence DESC LIMIT 1"
+                ),
+                &[],
+            )
+            .await?;
+        Ok(row.as_ref().map(checkpoint_of))
+    }
+
+    /// Checkpoints after sequence `since`, oldest first, at most `limit`.
+    pub async fn checkpoints(&self, since: i64, limit: i64) -> Result<Vec<Checkpoint>> {
+        checkpoints(&self.pool, since, limit).await
+    }
+}
+
+/// Every public key the store has signed with, oldest first.
+pub async fn signing_keys(pool: &deadpool_postgres::Pool) -> Result<Vec<PublicKey>> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT key_id, public_key, first_used FROM signing_keys ORDER BY first_used, key_id",
+            &[],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(PublicKey {
+                key_id: row.get(0),
+                public_key: <[u8; 32]>::try_from(row.get::<_, &[u8]>(1))
+                    .map_err(|_| Error::Integrity("a stored public key is not 32 bytes".into()))?,
+                first_used: Timestamp::from_datetime(row.get(2)),
+            })
+        })
+        .collect()
+}
+
+/// Checkpoints after sequence `since`, oldest first, at most `limit`.
+pub async fn checkpoints(
+    pool: &deadpool_postgres::Pool,
+    since: i64,
+    limit: i64,
+) -> Result<Vec<Checkpoint>> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {CHECKPOINT_COLUMNS} FROM log_checkpoints WHERE sequence > $1 \
+                 ORDER BY sequence LIMIT $2"
+            ),
+            &[&since, &limit],
+        )
+        .await?;
+    Ok(rows.iter().map(checkpoint_of).collect())
+}

@@ -1,0 +1,250 @@
+//! `log verify`: recomputes the event log's hash chain from its contents and checks every
+//! signed checkpoint against it.
+//!
+//! Two checks per event: its stored chain must follow from the stored chain before it and its
+//! own contents (which points at the event that was edited: an edit breaks that event's link
+//! alone), and the chain recomputed from the first event on (never trusting a stored value)
+//! must equal every checkpoint's at its sequence (a rewrite that recomputed every stored chain
+//! after an edit still differs from what was signed before it).
+
+use super::checkpoints::{Checkpoint, PublicKey};
+use crate::error::Result;
+use crate::events::chain::{GENESIS, digest, link};
+use std::collections::{BTreeMap, HashMap};
+
+/// One thing found wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogProblem {
+    /// The log skips from `after` to `found`: events were removed.
+    Gap {
+        /// The last event before the hole.
+        after: i64,
+        /// The next event there.
+        found: i64,
+    },
+    /// Event `sequence`'s chain does not follow from its contents and the chain before it:
+    /// it was edited, or moved, or follows a removed event.
+    Link {
+        /// The event.
+        sequence: i64,
+    },
+    /// A numbered event without a chain (the sequencer has not chained it yet).
+    Unchained {
+        /// The event.
+        sequence: i64,
+    },
+    /// The log holds fewer events than were numbered or signed: it was truncated.
+    Truncated {
+        /// Where the log ends.
+        ends_at: i64,
+        /// What says there were more (`event_counter` or a checkpoint).
+        expected: i64,
+        /// Which.
+        by: String,
+    },
+    /// A checkpoint's chain is not the chain recomputed through its sequence: the history
+    /// before it was rewritten since it was signed.
+    Rewritten {
+        /// The checkpoint's sequence.
+        sequence: i64,
+        /// Where it comes from.
+        by: String,
+    },
+    /// A checkpoint whose signature does not verify, or whose key is unknown.
+    BadSignature {
+        /// The checkpoint's sequence.
+        sequence: i64,
+        /// Why.
+        why: String,
+    },
+}
+
+impl std::fmt::Display for LogProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LogProblem::Gap { after, found } => {
+                write!(
+                    f,
+                    "events {}..={} are missing (removed)",
+                    after + 1,
+                    found - 1
+                )
+            }
+            LogProblem::Link { sequence } => write!(
+                f,
+                "event {sequence} does not match its chain: edited, moved, or after a removed event"
+            ),
+            LogProblem::Unchained { sequence } => write!(f, "event {sequence} has no chain yet"),
+            LogProblem::Truncated {
+                ends_at,
+                expected,
+                by,
+            } => write!(
+                f,
+                "the log ends at event {ends_at}, but {by} says it reached {expected}: truncated"
+            ),
+            LogProblem::Rewritten { sequence, by } => write!(
+                f,
+                "{by} at event {sequence} does not match the log: the history up to it was rewritten"
+            ),
+            LogProblem::BadSignature { sequence, why } => {
+                write!(f, "the checkpoint at event {sequence}: {why}")
+            }
+        }
+    }
+}
+
+/// What `log verify` found.
+#[derive(Debug, Default)]
+pub struct LogReport {
+    /// Events read.
+    pub events: u64,
+    /// Checkpoints checked (stored ones and given ones).
+    pub checkpoints: u64,
+    /// Everything found wrong, in log order.
+    pub problems: Vec<LogProblem>,
+}
+
+/// A checkpoint to hold the log against, and what to call it in a report.
+struct Anchor {
+    checkpoint: Checkpoint,
+    by: String,
+}
+
+/// Events read per query.
+const PAGE: i64 = 5_000;
+
+/// Verifies the whole log against its chain, the stored checkpoints and `extra` (e.g. one
+/// a client saved), checking each checkpoint's signature with the stored public keys and
+/// `extra_keys`. `progress` is told how many events were read so far.
+pub async fn verify_log(
+    pool: &deadpool_postgres::Pool,
+    extra: Vec<Checkpoint>,
+    extra_keys: Vec<PublicKey>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<LogReport> {
+    let mut report = LogReport::default();
+    let mut keys: HashMap<String, [u8; 32]> = HashMap::new();
+    for key in super::checkpoints::signing_keys(pool)
+        .await?
+        .into_iter()
+        .chain(extra_keys)
+    {
+        keys.insert(key.key_id, key.public_key);
+    }
+    let mut anchors: BTreeMap<i64, Vec<Anchor>> = BTreeMap::new();
+    let stored = super::checkpoints::checkpoints(pool, 0, i64::MAX).await?;
+    let given = extra.into_iter().map(|c| (c, "the given checkpoint"));
+    for (checkpoint, by) in stored
+        .into_iter()
+        .map(|c| (c, "the stored checkpoint"))
+        .chain(given)
+    {
+        report.checkpoints += 1;
+        if let Err(why) = signature_ok(&checkpoint, &keys) {
+            report.problems.push(LogProblem::BadSignature {
+                sequence: checkpoint.sequence,
+                why,
+            });
+        }
+        anchors
+            .entry(checkpoint.sequence)
+            .or_default()
+            .push(Anchor {
+                checkpoint,
+                by: by.to_owned(),
+            });
+    }
+    let ends_at = walk_log(pool, &mut report, &anchors, progress).await?;
+    let counted: i64 = pool
+        .get()
+        .await?
+        .query_one("SELECT last_sequence FROM event_counter", &[])
+        .await?
+        .get(0);
+    let mut expected = vec![(counted, "the event counter".to_owned())];
+    if let Some((&last, found)) = anchors.last_key_value() {
+        expected.push((last, found[0].by.clone()));
+    }
+    for (expected, by) in expected {
+        if expected > ends_at {
+            report.problems.push(LogProblem::Truncated {
+                ends_at,
+                expected,
+                by,
+            });
+        }
+    }
+    Ok(report)
+}
+
+/// Reads every event in order, checking links and anchors; returns the last sequence.
+async fn walk_log(
+    pool: &deadpool_postgres::Pool,
+    report: &mut LogReport,
+    anchors: &BTreeMap<i64, Vec<Anchor>>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<i64> {
+    let client = pool.get().await?;
+    let (mut last, mut stored_before, mut recomputed) = (0i64, GENESIS, GENESIS);
+    loop {
+        let page = crate::events::read_after(&**client, last, PAGE, None, None).await?;
+        for event in &page {
+            if event.sequence != last + 1 {
+                report.problems.push(LogProblem::Gap {
+                    after: last,
+                    found: event.sequence,
+                });
+            }
+            let own = digest(event);
+            recomputed = link(&recomputed, &own);
+            match &event.chain {
+                None => report.problems.push(LogProblem::Unchained {
+                    sequence: event.sequence,
+                }),
+                Some(chain) => {
+                    if *chain != link(&stored_before, &own) {
+                        report.problems.push(LogProblem::Link {
+                            sequence: event.sequence,
+                        });
+                    }
+                    stored_before = *chain;
+                }
+            }
+            for anchor in anchors.get(&event.sequence).into_iter().flatten() {
+                if anchor.checkpoint.chain != hex::encode(recomputed) {
+                    report.problems.push(LogProblem::Rewritten {
+                        sequence: event.sequence,
+                        by: anchor.by.clone(),
+                    });
+                }
+            }
+            last = event.sequence;
+            report.events += 1;
+        }
+        progress(report.events);
+        if (page.len() as i64) < PAGE {
+            return Ok(last);
+        }
+    }
+}
+
+/// Whether the checkpoint's signature verifies with a known key.
+fn signature_ok(
+    checkpoint: &Checkpoint,
+    keys: &HashMap<String, [u8; 32]>,
+) -> std::result::Result<(), String> {
+    let key = keys
+        .get(&checkpoint.key_id)
+        .ok_or_else(|| format!("signed by an unknown key {}", checkpoint.key_id))?;
+    let signature =
+        hex::decode(&checkpoint.signature).map_err(|_| "its signature is not hex".to_owned())?;
+    if crate::signing::verify(key, checkpoint.signed_text().as_bytes(), &signature) {
+        Ok(())
+    } else {
+        Err(format!(
+            "the signature does not verify with key {}",
+            checkpoint.key_id
+        ))
+    }
+}

@@ -1,0 +1,362 @@
+//! The provable log: every event chained, signed checkpoints, public keys, and `log verify`
+//! finding history that was edited, removed, reordered, truncated or rewritten.
+
+use crate::support::{Server, TestDb};
+use artifactstore::events::chain::{GENESIS, digest, link};
+use serde_json::Value;
+use std::process::{Command, Output};
+
+const TOKENS: &str = "acme:read+write+admin:acme-token,globex:read+write:globex-token";
+
+/// `artifactstore log verify` on the test database, with `args`.
+fn log_verify(db: &TestDb, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_artifactstore"))
+        .args(["log", "verify", "--quiet"])
+        .args(args)
+        .env("ARTIFACTSTORE_DATABASE_URL", &db.url)
+        .env(
+            "ARTIFACTSTORE_DATA_DIR",
+            std::env::temp_dir().join("log-verify-unused"),
+        )
+        .env("ARTIFACTSTORE_METRICS_LISTEN", "")
+        .output()
+        .unwrap()
+}
+
+fn report(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Runs `sql` with the events table's own triggers off (an attacker with the database's
+/// owner role), then on again.
+async fn tamper(db: &TestDb, sql: &str) {
+    db.client()
+        .await
+        .batch_execute(&format!(
+            "BEGIN; ALTER TABLE events DISABLE TRIGGER USER; {sql}; \
+             ALTER TABLE events ENABLE TRIGGER USER; COMMIT"
+        ))
+        .await
+        .unwrap();
+}
+
+/// `method path` on the server, with `token` if given.
+async fn call(
+    server: &Server,
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+) -> reqwest::Response {
+    let mut request = http.request(method, server.url(path));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap()
+}
+
+async fn json(resp: reqwest::Response) -> Value {
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status}: {text}"))
+}
+
+/// Ten events from two tenants, a checkpoint made on demand; what a client sees of both.
+async fn some_history(server: &Server, http: &reqwest::Client) -> Value {
+    for (token, subject) in [("acme-token", "a"), ("globex-token", "g")] {
+        for i in 0..5 {
+            server
+                .create_package(http, token, &format!("{subject}{i}"))
+                .await;
+        }
+    }
+    let resp = call(
+        server,
+        http,
+        reqwest::Method::POST,
+        "/log/checkpoints",
+        Some("acme-token"),
+    )
+    .await;
+    assert_eq!(resp.status().as_u16(), 201);
+    json(resp).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_chained_and_checkpoints_signed() {
+    let db = TestDb::new().await;
+    let server = Server::start(
+        &db,
+        &[
+            ("ARTIFACTSTORE_TOKENS", TOKENS),
+            ("ARTIFACTSTORE_CHECKPOINT_SECONDS", "1"),
+        ],
+    );
+    let http = reqwest::Client::new();
+    let checkpoint = some_history(&server, &http).await;
+    assert_eq!(checkpoint["sequence"], 10);
+
+    // The latest checkpoint is the one made; a tenant without admin may read it, not make one.
+    use reqwest::Method;
+    for (method, path, token, status) in [
+        (Method::GET, "/log/checkpoint", Some("globex-token"), 200),
+        (Method::POST, "/log/checkpoints", Some("globex-token"), 403),
+        (Method::GET, "/log/checkpoint", None, 401),
+    ] {
+        let resp = call(&server, &http, method, path, token).await;
+        assert_eq!(resp.status().as_u16(), status, "{path} {token:?}");
+        if status == 200 {
+            assert_eq!(json(resp).await, checkpoint);
+        }
+    }
+
+    // The public key needs no token, and verifies the signature over the documented text.
+    let keys = json(http.get(server.url("/keys")).send().await.unwrap()).await;
+    let key = &keys["keys"][0];
+    assert_eq!(key["key_id"], checkpoint["key_id"]);
+    assert_eq!(key["current"], true);
+    let public =
+        artifactstore::signing::public_key_from_pem(key["public_key_pem"].as_str().unwrap())
+            .unwrap();
+    let text = format!(
+        "artifactstore log checkpoint v1\nsequence {}\nchain {}\ntime {}\n",
+        checkpoint["sequence"],
+        checkpoint["chain"].as_str().unwrap(),
+        checkpoint["time"].as_str().unwrap()
+    );
+    let signature = hex::decode(checkpoint["signature"].as_str().unwrap()).unwrap();
+    assert!(artifactstore::signing::verify(
+        &public,
+        text.as_bytes(),
+        &signature
+    ));
+
+    // A tenant follows the chain through its own events with the digests of the others'
+    // (here recomputed from the whole log, which an operator may read).
+    let all = db.client().await;
+    let events = artifactstore::events::read_after(&all, 0, 100, None, None)
+        .await
+        .unwrap();
+    let mut chain = GENESIS;
+    for event in &events {
+        chain = link(&chain, &digest(event));
+        assert_eq!(event.chain, Some(chain), "event {}", event.sequence);
+    }
+    assert_eq!(hex::encode(chain), checkpoint["chain"]);
+    let page = json(
+        http.get(server.url("/events?since=0"))
+            .bearer_auth("globex-token")
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let own = page["events"].as_array().unwrap();
+    assert_eq!(own.len(), 5, "globex sees its own five");
+    for event in own {
+        let sequence = event["sequence"].as_i64().unwrap();
+        let stored = events.iter().find(|e| e.sequence == sequence).unwrap();
+        assert_eq!(event["chain"], hex::encode(stored.chain.unwrap()));
+    }
+
+    // Checkpoints also come by themselves while the log grows.
+    server.create_package(&http, "acme-token", "eleventh").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let page = call(
+            &server,
+            &http,
+            reqwest::Method::GET,
+            "/log/checkpoints?since=10",
+            Some("acme-token"),
+        )
+        .await;
+        let page = json(page).await;
+        if page["items"].as_array().unwrap().len() == 1 {
+            assert_eq!(page["items"][0]["sequence"], 11);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no periodic checkpoint"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+
+    let out = log_verify(&db, &[]);
+    assert!(out.status.success(), "{}", report(&out));
+    let text = report(&out);
+    assert!(text.contains("the log is intact: 11 events"), "{text}");
+}
+
+/// Each kind of tampering is found and named by sequence number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_verify_finds_edited_removed_reordered_truncated_and_rewritten_history() {
+    let db = TestDb::new().await;
+    let server = Server::start(&db, &[("ARTIFACTSTORE_TOKENS", TOKENS)]);
+    let http = reqwest::Client::new();
+    let checkpoint = some_history(&server, &http).await;
+    let keys = json(http.get(server.url("/keys")).send().await.unwrap()).await;
+    drop(server);
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().join("checkpoint.json");
+    std::fs::write(&saved, checkpoint.to_string()).unwrap();
+    let pem = dir.path().join("key.pem");
+    std::fs::write(&pem, keys["keys"][0]["public_key_pem"].as_str().unwrap()).unwrap();
+    let given = [
+        "--from-checkpoint",
+        saved.to_str().unwrap(),
+        "--key",
+        pem.to_str().unwrap(),
+    ];
+    assert!(log_verify(&db, &given).status.success());
+
+    // Edited: one event's payload; only its own link breaks, and the checkpoint disagrees.
+    tamper(
+        &db,
+        "UPDATE events SET occurred_at = occurred_at + interval '1 second' WHERE sequence = 4",
+    )
+    .await;
+    let out = log_verify(&db, &given);
+    assert_eq!(out.status.code(), Some(1), "{}", report(&out));
+    let text = report(&out);
+    assert!(text.contains("event 4 does not match its chain"), "{text}");
+    assert!(!text.contains("event 5 does not match"), "{text}");
+    assert!(
+        text.contains("at event 10 does not match the log"),
+        "{text}"
+    );
+    tamper(
+        &db,
+        "UPDATE events SET occurred_at = occurred_at - interval '1 second' WHERE sequence = 4",
+    )
+    .await;
+    assert!(log_verify(&db, &given).status.success(), "restored");
+
+    // Reordered: two events swap places (and back).
+    let swap = "UPDATE events SET sequence = 1000000 WHERE sequence = 6; \
+                UPDATE events SET sequence = 6 WHERE sequence = 7; \
+                UPDATE events SET sequence = 7 WHERE sequence = 1000000";
+    tamper(&db, swap).await;
+    let text = report(&log_verify(&db, &given));
+    assert!(text.contains("event 6 does not match"), "{text}");
+    assert!(text.contains("event 7 does not match"), "{text}");
+    tamper(&db, swap).await;
+    assert!(log_verify(&db, &given).status.success(), "restored");
+
+    // Rewritten: an event edited and every stored chain after it recomputed to match (and
+    // the stored checkpoint deleted): the links hold, the saved checkpoint does not.
+    let client = db.client().await;
+    tamper(&db, "UPDATE events SET type = 'v1.package.forged' WHERE sequence = 2; DELETE FROM log_checkpoints").await;
+    let events = artifactstore::events::read_after(&client, 0, 100, None, None)
+        .await
+        .unwrap();
+    let mut chain = GENESIS;
+    let mut rechain = String::new();
+    for event in &events {
+        chain = link(&chain, &digest(event));
+        rechain.push_str(&format!(
+            "UPDATE events SET chain = '\\x{}' WHERE sequence = {};",
+            hex::encode(chain),
+            event.sequence
+        ));
+    }
+    tamper(&db, &rechain).await;
+    client
+        .execute(
+            "UPDATE event_counter SET last_chain = $1",
+            &[&chain.as_slice()],
+        )
+        .await
+        .unwrap();
+    let without = log_verify(&db, &[]);
+    assert!(
+        without.status.success(),
+        "without a saved checkpoint a full rewrite is consistent: {}",
+        report(&without)
+    );
+    let text = report(&log_verify(&db, &given));
+    assert!(
+        text.contains("the given checkpoint at event 10 does not match the log"),
+        "{text}"
+    );
+
+    // Removed and truncated: a hole, then the last events gone.
+    tamper(&db, "DELETE FROM events WHERE sequence = 5").await;
+    let text = report(&log_verify(&db, &given));
+    assert!(text.contains("events 5..=5 are missing"), "{text}");
+    tamper(&db, "DELETE FROM events WHERE sequence > 8").await;
+    let text = report(&log_verify(&db, &given));
+    assert!(
+        text.contains("the log ends at event 8, but the event counter says it reached 10"),
+        "{text}"
+    );
+    assert!(
+        text.contains("the given checkpoint says it reached 10"),
+        "{text}"
+    );
+
+    // A checkpoint with a forged signature, or signed by a key nobody knows.
+    let mut forged = checkpoint.clone();
+    forged["sequence"] = 8.into();
+    std::fs::write(&saved, forged.to_string()).unwrap();
+    let text = report(&log_verify(&db, &given));
+    assert!(
+        text.contains("the checkpoint at event 8: the signature does not verify"),
+        "{text}"
+    );
+}
+
+/// Events numbered before the chain existed (or by a process that does not chain) are
+/// chained by the next numbering pass, in order, to the same values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_numbered_without_a_chain_are_chained_by_the_next_pass() {
+    let db = TestDb::new().await;
+    let server = Server::start(&db, &[("ARTIFACTSTORE_TOKENS", TOKENS)]);
+    let http = reqwest::Client::new();
+    some_history(&server, &http).await;
+    drop(server);
+    let client = db.client().await;
+    let before = artifactstore::events::read_after(&client, 0, 100, None, None)
+        .await
+        .unwrap();
+    tamper(&db, "UPDATE events SET chain = NULL").await;
+    client
+        .batch_execute(
+            "UPDATE event_counter SET chained_through = 0, \
+             last_chain = decode(repeat('00', 32), 'hex')",
+        )
+        .await
+        .unwrap();
+    let out = log_verify(&db, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        report(&out).contains("event 1 has no chain yet"),
+        "{}",
+        report(&out)
+    );
+
+    let pool = db.pool(1);
+    let mut conn = pool.get().await.unwrap();
+    let tx = conn.transaction().await.unwrap();
+    assert_eq!(
+        artifactstore::events::number_committed(&tx).await.unwrap(),
+        0
+    );
+    tx.commit().await.unwrap();
+    let after = artifactstore::events::read_after(&client, 0, 100, None, None)
+        .await
+        .unwrap();
+    assert_eq!(before, after, "the same chains, recomputed");
+    assert!(log_verify(&db, &[]).status.success());
+    // A chain once set stays: the table refuses to change it.
+    let refused = client
+        .execute("UPDATE events SET chain = NULL WHERE sequence = 1", &[])
+        .await;
+    assert!(refused.is_err());
+}
