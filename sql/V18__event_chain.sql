@@ -1,27 +1,35 @@
--- A tamper-evident log (docs/adr/0040-hash-chained-event-log.md): every numbered event carries
--- `chain` = BLAKE3(previous event's chain || BLAKE3(the event's canonical bytes)), 32 bytes,
--- the first event's previous chain being 32 zero bytes. The sequencer computes it in the
--- numbering pass, under `event_counter`'s row lock, so chains follow sequence order.
+-- A tamper-evident log (docs/adr/0040-hash-chained-event-log.md). Each event gets:
+-- - `digest`: BLAKE3 of its canonical CBOR without its number, set by the writer at INSERT
+--   (NULL for events written before this migration, or by a binary that does not set it);
+-- - `chain`: BLAKE3(previous event's chain || its sequence, 8 bytes big-endian || digest), 32
+--   bytes, the first event's previous chain being 32 zero bytes, set by the sequencer's
+--   numbering pass under `event_counter`'s row lock, so chains follow sequence order.
 --
--- Events numbered before this migration have no chain yet: `chained_through` is the last
--- sequence whose chain is set (0 here) and `last_chain` its chain; the next passes chain the
--- rest in order before numbering new events.
-ALTER TABLE events ADD COLUMN chain bytea CHECK (chain IS NULL OR length(chain) = 32);
+-- `chained_through` is the last sequence whose chain is set and `last_chain` its chain. Events
+-- numbered before this migration have none yet: numbering passes chain them in order, a
+-- bounded number per pass, numbering new events without a chain meanwhile (chained later).
+ALTER TABLE events ADD COLUMN digest bytea, ADD COLUMN chain bytea;
+-- NOT VALID: checked for every new or changed row, without a scan of the existing ones under
+-- this migration's lock (they have neither column).
+ALTER TABLE events
+    ADD CONSTRAINT events_digest_length CHECK (length(digest) = 32) NOT VALID,
+    ADD CONSTRAINT events_chain_length CHECK (length(chain) = 32) NOT VALID,
+    ADD CONSTRAINT events_chain_numbered CHECK (chain IS NULL OR sequence IS NOT NULL) NOT VALID;
 ALTER TABLE event_counter
     ADD COLUMN chained_through bigint NOT NULL DEFAULT 0,
     ADD COLUMN last_chain bytea NOT NULL DEFAULT decode(repeat('00', 32), 'hex')
         CHECK (length(last_chain) = 32);
 
--- Still append-only: an unnumbered event may get its number (and with it its chain), and a
--- numbered event without a chain may get its chain; nothing else changes, nothing goes.
+-- Still append-only: an unnumbered event may get its number (and with it, or later, its
+-- chain), once; nothing else changes, nothing goes.
 CREATE OR REPLACE FUNCTION events_numbered_only() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'UPDATE'
        AND (NEW.position, NEW.ticket, NEW.id, NEW.type, NEW.tenant, NEW.subject_id,
-            NEW.occurred_at, NEW.payload)
+            NEW.occurred_at, NEW.payload, NEW.digest)
            IS NOT DISTINCT FROM
            (OLD.position, OLD.ticket, OLD.id, OLD.type, OLD.tenant, OLD.subject_id,
-            OLD.occurred_at, OLD.payload)
+            OLD.occurred_at, OLD.payload, OLD.digest)
        AND NEW.sequence IS NOT NULL
        AND (OLD.sequence IS NULL OR OLD.sequence = NEW.sequence)
        AND (OLD.chain IS NULL OR OLD.chain = NEW.chain)
@@ -30,6 +38,17 @@ BEGIN
     END IF;
     RAISE EXCEPTION 'the events table is append-only (% refused)', TG_OP;
 END $$;
+
+-- Events arrive unnumbered and unchained: a number or chain comes only from a numbering pass.
+CREATE FUNCTION events_arrive_unnumbered() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.sequence IS NOT NULL OR NEW.chain IS NOT NULL THEN
+        RAISE EXCEPTION 'an event is inserted without a sequence or chain';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER events_arrive_unnumbered BEFORE INSERT ON events
+    FOR EACH ROW EXECUTE FUNCTION events_arrive_unnumbered();
 
 -- The public keys this store has signed with (`GET /keys`), kept after a key is rotated out so
 -- that what it signed keeps verifying. The private keys stay in their files.

@@ -7,6 +7,7 @@
 use crate::error::{Error, Result};
 use ed25519_dalek::Signer as _;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
+use rand::TryRngCore as _;
 use sha2::Digest as _;
 use std::path::Path;
 
@@ -25,8 +26,8 @@ impl std::fmt::Debug for SigningKey {
 impl SigningKey {
     /// Reads a PKCS#8 PEM Ed25519 private key.
     pub fn load(path: &Path) -> Result<Self> {
-        let pem = std::fs::read_to_string(path)
-            .map_err(|e| Error::InvalidInput(format!("signing key {}: {e}", path.display())))?;
+        let pem = crate::domain::read_secret(path)
+            .map_err(|e| Error::InvalidInput(format!("signing key: {e}")))?;
         let key = ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).map_err(|e| {
             Error::InvalidInput(format!(
                 "signing key {}: not a PKCS#8 PEM Ed25519 private key ({e})",
@@ -43,7 +44,9 @@ impl SigningKey {
             return Self::load(path);
         }
         let mut secret = [0u8; 32];
-        rand::fill(&mut secret);
+        rand::rngs::OsRng
+            .try_fill_bytes(&mut secret)
+            .map_err(|e| Error::Integrity(format!("no randomness for a signing key: {e}")))?;
         let key = ed25519_dalek::SigningKey::from_bytes(&secret);
         let pem = key
             .to_pkcs8_pem(Default::default())
@@ -75,27 +78,35 @@ impl SigningKey {
     }
 }
 
-/// Creates `path` with `bytes`, mode 0600, failing if it exists (never replaces a key).
+/// Creates `path` with `bytes`, mode 0600, whole or not at all: written to a temporary file
+/// beside it, synced, then linked to its name, which fails if a key is there already (another
+/// process made one first: that one is kept). Never replaces a key.
 fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::InvalidInput(format!("{}: {e}", dir.display())))?;
-    }
-    let file = std::fs::OpenOptions::new()
+    let fail = |p: &Path, e: std::io::Error| Error::InvalidInput(format!("{}: {e}", p.display()));
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| fail(dir, e))?;
+    let temporary = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("key"),
+        std::process::id()
+    ));
+    let written = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path);
-    let mut file = match file {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
-        Err(e) => return Err(Error::InvalidInput(format!("{}: {e}", path.display()))),
-    };
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| Error::InvalidInput(format!("{}: {e}", path.display())))
+        .open(&temporary)
+        .and_then(|mut file| file.write_all(bytes).and_then(|()| file.sync_all()));
+    let linked = written.and_then(|()| match std::fs::hard_link(&temporary, path) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        other => other,
+    });
+    let _ = std::fs::remove_file(&temporary);
+    linked.map_err(|e| fail(path, e))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| fail(dir, e))
 }
 
 /// A public key's id: lowercase hex SHA-256 of its 32 raw bytes.

@@ -39,9 +39,10 @@ pub struct EventJson {
     /// The event's payload (the JCS projection of its canonical CBOR).
     pub payload: serde_json::Value,
     /// The log's hash chain through this event (64 lowercase hex): BLAKE3 over the previous
-    /// event's chain (32 zero bytes before the first) and the BLAKE3 digest of this event's
-    /// canonical CBOR map without `chain` (as the CBOR page carries it). Checked by
-    /// `artifactstore log verify`; signed in checkpoints (`GET /log/checkpoint`).
+    /// event's chain (32 zero bytes before the first), `sequence` as 8 bytes big-endian, and
+    /// the BLAKE3 digest of this event's canonical CBOR map without `sequence` and `chain` (as
+    /// the CBOR page carries it). Checked by `artifactstore log verify`; signed in checkpoints
+    /// (`GET /log/checkpoint`). Absent while the event is not chained yet.
     #[oai(skip_serializing_if_is_none)]
     pub chain: Option<String>,
 }

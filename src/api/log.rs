@@ -18,8 +18,8 @@ use std::sync::Arc;
 pub struct Checkpoint {
     /// The last event it covers.
     pub sequence: i64,
-    /// The hash chain through that event (64 lowercase hex): BLAKE3 over the previous event's
-    /// chain and the BLAKE3 digest of this event's canonical CBOR.
+    /// The hash chain through that event (64 lowercase hex), as the event carries it in
+    /// `GET /events`.
     pub chain: String,
     /// When it was signed (RFC 3339, microseconds, UTC).
     pub time: String,

@@ -67,11 +67,14 @@ const POSITIONS: &str = "SELECT nextval('event_positions') FROM generate_series(
 /// committed events by, so this must come after every statement of the transaction that
 /// changes a view (see `sql/V10__event_sequencer.sql`).
 pub(super) const INSERT: &str = "\
-    INSERT INTO events (position, ticket, id, type, tenant, subject_id, occurred_at, payload) \
+    INSERT INTO events (position, ticket, id, type, tenant, subject_id, occurred_at, payload, \
+                        digest) \
     WITH t AS MATERIALIZED (SELECT nextval('event_tickets') AS ticket) \
-    SELECT e.position, t.ticket, e.id, e.type, e.tenant, e.subject_id, e.occurred_at, e.payload \
+    SELECT e.position, t.ticket, e.id, e.type, e.tenant, e.subject_id, e.occurred_at, e.payload, \
+           e.digest \
     FROM t, unnest($1::int8[], $2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::timestamptz[], \
-                $7::bytea[]) AS e(position, id, type, tenant, subject_id, occurred_at, payload)";
+                $7::bytea[], $8::bytea[]) \
+         AS e(position, id, type, tenant, subject_id, occurred_at, payload, digest)";
 
 /// The events as they will be stored, each with a fresh position (unnumbered).
 pub(super) async fn prepare(tx: &Tx<'_>, events: &[DomainEvent]) -> Result<Vec<StoredEvent>> {
@@ -109,6 +112,8 @@ pub(super) struct Rows<'a> {
     subjects: Vec<Uuid>,
     times: Vec<time::OffsetDateTime>,
     payloads: Vec<&'a [u8]>,
+    /// Each event's digest in the hash chain ([`super::chain::digest`]).
+    digests: Vec<Vec<u8>>,
 }
 
 impl<'a> Rows<'a> {
@@ -121,11 +126,15 @@ impl<'a> Rows<'a> {
             subjects: stored.iter().map(|e| e.subject_id).collect(),
             times: stored.iter().map(|e| e.occurred_at.as_datetime()).collect(),
             payloads: stored.iter().map(|e| e.payload.as_ref()).collect(),
+            digests: stored
+                .iter()
+                .map(|e| super::chain::digest(e).to_vec())
+                .collect(),
         }
     }
 
     /// [`INSERT`]'s parameters, in its order.
-    pub(super) fn params(&self) -> [super::views::Param<'_>; 7] {
+    pub(super) fn params(&self) -> [super::views::Param<'_>; 8] {
         [
             &self.positions,
             &self.ids,
@@ -134,6 +143,7 @@ impl<'a> Rows<'a> {
             &self.subjects,
             &self.times,
             &self.payloads,
+            &self.digests,
         ]
     }
 }

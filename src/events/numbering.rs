@@ -1,30 +1,50 @@
-//! A numbering pass's work, under `event_counter`'s row lock: chain the numbered events that
-//! have no chain yet (those numbered before the chain existed), then give every committed
-//! unnumbered event the next number and its chain ([`super::chain`]), in ticket order.
+//! A numbering pass's work, under `event_counter`'s row lock: chain (a bounded number of) the
+//! numbered events that have no chain yet (numbered before the chain existed), then give every
+//! committed unnumbered event the next number and, once the chain has caught up, its chain
+//! ([`super::chain`]), in ticket order.
 
-use super::chain::{digest, link};
+use super::chain::link;
 use super::log::StoredEvent;
 use crate::error::{Error, Result};
-use tokio_postgres::{GenericClient, Statement};
+use tokio_postgres::{GenericClient, Row, Statement};
 
-/// Most events one statement reads (a pass repeats until none are left).
+/// Most unnumbered events one statement reads (a pass repeats until none are left). Their
+/// digests were stored by their writers: a row is a few dozen bytes.
 const BATCH: i64 = 10_000;
+
+/// Most events without a chain one pass chains (their digests may have to be computed from
+/// their payloads, read back): a pass stays short however long the log it catches up on.
+const CATCH_UP_PER_PASS: i64 = 20_000;
+/// Of those, per statement.
+const CATCH_UP_BATCH: i64 = 1_000;
 
 /// Takes the counter's row lock: the last number given, the last one chained, its chain.
 const LOCK_COUNTER: &str =
     "SELECT last_sequence, chained_through, last_chain FROM event_counter FOR UPDATE";
 
-/// Numbered events after `$1` (chained through `$1`), in order: those still to chain.
-const UNCHAINED: &str = "SELECT sequence, position, id, type, tenant, subject_id, occurred_at, \
-    payload, chain FROM events WHERE sequence > $1 ORDER BY sequence LIMIT $2";
+/// The columns a link is computed from: the stored digest, or (for an event written without
+/// one) what it is computed from, the payload only then.
+const LINK_COLUMNS: &str = "position, digest, id, type, tenant, subject_id, occurred_at, \
+    CASE WHEN digest IS NULL THEN payload END AS payload";
 
 /// Committed unnumbered events in the order they are numbered. A statement of its own after
 /// the lock, so its snapshot sees every event committed before the lock was had.
-const PENDING: &str = "SELECT 0::int8 AS sequence, position, id, type, tenant, subject_id, \
-    occurred_at, payload, chain FROM events WHERE sequence IS NULL \
-    ORDER BY ticket, position LIMIT $1";
+fn pending_sql() -> String {
+    format!(
+        "SELECT {LINK_COLUMNS} FROM events WHERE sequence IS NULL \
+         ORDER BY ticket, position LIMIT $1"
+    )
+}
 
-/// Sets events' numbers and chains, by position.
+/// Numbered events after `$1` up to `$3` (chained through `$1`), in order.
+fn unchained_sql() -> String {
+    format!(
+        "SELECT sequence, {LINK_COLUMNS} FROM events WHERE sequence > $1 AND sequence <= $3 \
+         ORDER BY sequence LIMIT $2"
+    )
+}
+
+/// Sets events' numbers and chains (a chain may be NULL: set later), by position.
 const SET: &str = "UPDATE events e SET sequence = u.sequence, chain = u.chain \
     FROM unnest($1::int8[], $2::int8[], $3::bytea[]) AS u(position, sequence, chain) \
     WHERE e.position = u.position";
@@ -47,10 +67,11 @@ pub(super) struct Statements {
 
 impl Statements {
     pub(super) async fn prepare(client: &impl GenericClient) -> Result<Self> {
+        let (pending, unchained) = (pending_sql(), unchained_sql());
         let (lock, unchained, pending, set, save) = futures::try_join!(
             client.prepare(LOCK_COUNTER),
-            client.prepare(UNCHAINED),
-            client.prepare(PENDING),
+            client.prepare(&unchained),
+            client.prepare(&pending),
             client.prepare(SET),
             client.prepare(SAVE_COUNTER)
         )?;
@@ -71,21 +92,39 @@ struct Counter {
     chain: [u8; 32],
 }
 
+/// An event's digest: the stored one, or computed from its contents.
+fn digest_of(row: &Row, sequence: i64) -> Result<[u8; 32]> {
+    if let Some(stored) = row.get::<_, Option<&[u8]>>("digest") {
+        return <[u8; 32]>::try_from(stored)
+            .map_err(|_| Error::Integrity("an event's digest is not 32 bytes".into()));
+    }
+    let event = StoredEvent {
+        sequence,
+        position: row.get("position"),
+        id: row.get("id"),
+        event_type: row.get("type"),
+        tenant: crate::domain::TenantId::new(row.get("tenant"))?,
+        subject_id: row.get("subject_id"),
+        occurred_at: crate::domain::Timestamp::from_datetime(row.get("occurred_at")),
+        payload: bytes::Bytes::from(row.get::<_, Vec<u8>>("payload")),
+        chain: None,
+    };
+    Ok(super::chain::digest(&event))
+}
+
 /// What one [`SET`] writes.
 #[derive(Default)]
 struct Links {
     positions: Vec<i64>,
     sequences: Vec<i64>,
-    chains: Vec<Vec<u8>>,
+    chains: Vec<Option<Vec<u8>>>,
 }
 
 impl Links {
-    /// Links `event` (numbered) after `counter.chain`, and moves the counter's chain on.
-    fn push(&mut self, counter: &mut Counter, event: &StoredEvent) {
-        counter.chain = link(&counter.chain, &digest(event));
-        self.positions.push(event.position);
-        self.sequences.push(event.sequence);
-        self.chains.push(counter.chain.to_vec());
+    fn push(&mut self, position: i64, sequence: i64, chain: Option<[u8; 32]>) {
+        self.positions.push(position);
+        self.sequences.push(sequence);
+        self.chains.push(chain.map(|c| c.to_vec()));
     }
 
     async fn write(&self, tx: &impl GenericClient, set: &Statement) -> Result<()> {
@@ -97,8 +136,9 @@ impl Links {
     }
 }
 
-/// Numbers (and chains) every committed unnumbered event, in a transaction the caller ends;
-/// takes the counter's row lock, held until then. Returns how many events it numbered.
+/// Numbers every committed unnumbered event (chaining it too once the chain has caught up),
+/// in a transaction the caller ends; takes the counter's row lock, held until then. Returns
+/// how many events it numbered.
 pub(super) async fn number(tx: &impl GenericClient, statements: &Statements) -> Result<u64> {
     // Sent together, run in order: the first read of pending events starts once the lock is
     // had (and is the common case: every event before them is chained already).
@@ -112,17 +152,22 @@ pub(super) async fn number(tx: &impl GenericClient, statements: &Statements) -> 
         chain: <[u8; 32]>::try_from(row.get::<_, &[u8]>(2))
             .map_err(|_| Error::Integrity("event_counter.last_chain is not 32 bytes".into()))?,
     };
-    let (start_last, start_chained) = (counter.last, counter.chained);
+    let start = (counter.last, counter.chained);
     chain_numbered(tx, statements, &mut counter).await?;
     let mut total = 0u64;
     let mut rows = first;
     loop {
         let mut links = Links::default();
         for row in &rows {
-            let mut event = StoredEvent::from_row(row)?;
             counter.last += 1;
-            event.sequence = counter.last;
-            links.push(&mut counter, &event);
+            let chain = if counter.chained == counter.last - 1 {
+                counter.chain = link(&counter.chain, counter.last, &digest_of(row, counter.last)?);
+                counter.chained = counter.last;
+                Some(counter.chain)
+            } else {
+                None
+            };
+            links.push(row.get("position"), counter.last, chain);
         }
         links.write(tx, &statements.set).await?;
         total += rows.len() as u64;
@@ -131,8 +176,7 @@ pub(super) async fn number(tx: &impl GenericClient, statements: &Statements) -> 
         }
         rows = tx.query(&statements.pending, &[&BATCH]).await?;
     }
-    counter.chained = counter.last;
-    if (counter.last, counter.chained) != (start_last, start_chained) {
+    if (counter.last, counter.chained) != start {
         tx.execute(
             &statements.save,
             &[&counter.last, &counter.chained, &counter.chain.as_slice()],
@@ -142,34 +186,33 @@ pub(super) async fn number(tx: &impl GenericClient, statements: &Statements) -> 
     Ok(total)
 }
 
-/// Chains the numbered events after `counter.chained`, in order (events numbered before the
-/// chain existed, or by a process that numbers without chaining).
+/// Chains up to [`CATCH_UP_PER_PASS`] numbered events after `counter.chained`, in order
+/// (events numbered before the chain existed, or while a pass was catching up).
 async fn chain_numbered(
     tx: &impl GenericClient,
     statements: &Statements,
     counter: &mut Counter,
 ) -> Result<()> {
-    while counter.chained < counter.last {
+    let until = counter.last.min(counter.chained + CATCH_UP_PER_PASS);
+    while counter.chained < until {
         let rows = tx
-            .query(&statements.unchained, &[&counter.chained, &BATCH])
+            .query(
+                &statements.unchained,
+                &[&counter.chained, &CATCH_UP_BATCH, &until],
+            )
             .await?;
         let mut links = Links::default();
         for row in &rows {
-            let event = StoredEvent::from_row(row)?;
-            if event.sequence != counter.chained + 1 {
+            let sequence: i64 = row.get("sequence");
+            if sequence != counter.chained + 1 {
                 return Err(Error::Integrity(format!(
-                    "event {} follows event {} in the log: it cannot be chained",
-                    event.sequence, counter.chained
+                    "event {sequence} follows event {} in the log: it cannot be chained",
+                    counter.chained
                 )));
             }
-            if event.chain.is_some() {
-                return Err(Error::Integrity(format!(
-                    "event {} is chained, but the counter says the chain ends at {}",
-                    event.sequence, counter.chained
-                )));
-            }
-            links.push(counter, &event);
-            counter.chained = event.sequence;
+            counter.chain = link(&counter.chain, sequence, &digest_of(row, sequence)?);
+            counter.chained = sequence;
+            links.push(row.get("position"), sequence, Some(counter.chain));
         }
         links.write(tx, &statements.set).await?;
         if rows.is_empty() {

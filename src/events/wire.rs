@@ -38,18 +38,27 @@ pub fn page_cbor(events: &[StoredEvent], next_since: i64) -> Vec<u8> {
     text(&mut out, "events");
     head(&mut out, 4, events.len() as u64);
     for e in events {
-        event_map(&mut out, e, e.chain.as_ref());
+        event_map(&mut out, e, true, e.chain.as_ref());
     }
     text(&mut out, "next_since");
     head(&mut out, 0, next_since as u64);
     out
 }
 
-/// One event as a canonical CBOR map; with `chain`, that key too (lowercase hex, as in JSON).
-/// Without it, these
-/// are the bytes the event's chain link commits to ([`super::chain`]).
-pub(super) fn event_map(out: &mut Vec<u8>, e: &StoredEvent, chain: Option<&[u8; 32]>) {
-    head(out, 5, if chain.is_some() { 8 } else { 7 });
+/// One event as a canonical CBOR map: `sequence` only when `with_sequence`, `chain` only when
+/// given (lowercase hex, as in JSON). With neither, these are the bytes the event's digest
+/// covers in the hash chain ([`super::chain`]).
+pub(super) fn event_map(
+    out: &mut Vec<u8>,
+    e: &StoredEvent,
+    with_sequence: bool,
+    chain: Option<&[u8; 32]>,
+) {
+    head(
+        out,
+        5,
+        6 + u64::from(with_sequence) + u64::from(chain.is_some()),
+    );
     text(out, "id");
     text(out, &e.id.hyphenated().to_string());
     text(out, "type");
@@ -62,8 +71,10 @@ pub(super) fn event_map(out: &mut Vec<u8>, e: &StoredEvent, chain: Option<&[u8; 
     text(out, e.tenant.as_str());
     text(out, "payload");
     out.extend_from_slice(&e.payload);
-    text(out, "sequence");
-    head(out, 0, e.sequence as u64);
+    if with_sequence {
+        text(out, "sequence");
+        head(out, 0, e.sequence as u64);
+    }
     text(out, "subject_id");
     text(out, &e.subject_id.hyphenated().to_string());
     text(out, "occurred_at");

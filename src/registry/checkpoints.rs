@@ -90,20 +90,26 @@ impl Registry {
 
     /// Every public key the store has signed with, oldest first.
     pub async fn signing_keys(&self) -> Result<Vec<PublicKey>> {
-        signing_keys(&self.pool).await
+        signing_keys(&**self.pool.get().await?).await
     }
 
     /// Signs a checkpoint through the last chained event, unless one is there already (then
     /// that one is the answer). `None` while the log is empty.
     pub async fn make_checkpoint(&self, key: &SigningKey) -> Result<Option<Checkpoint>> {
         let client = self.pool.get().await?;
+        // The chain as the event itself carries it (which the table keeps from changing),
+        // not the counter's copy.
         let row = client
-            .query_one("SELECT chained_through, last_chain FROM event_counter", &[])
+            .query_opt(
+                "SELECT e.sequence, e.chain FROM event_counter c \
+                 JOIN events e ON e.sequence = c.chained_through WHERE e.chain IS NOT NULL",
+                &[],
+            )
             .await?;
-        let sequence: i64 = row.get(0);
-        if sequence == 0 {
+        let Some(row) = row else {
             return Ok(None);
-        }
+        };
+        let sequence: i64 = row.get(0);
         let chain: Vec<u8> = row.get(1);
         let time = self.clock.now();
         let signature = key.sign(signed_text(sequence, &hex::encode(&chain), &time).as_bytes());
@@ -145,13 +151,12 @@ impl Registry {
 
     /// Checkpoints after sequence `since`, oldest first, at most `limit`.
     pub async fn checkpoints(&self, since: i64, limit: i64) -> Result<Vec<Checkpoint>> {
-        checkpoints(&self.pool, since, limit).await
+        checkpoints(&**self.pool.get().await?, since, limit).await
     }
 }
 
 /// Every public key the store has signed with, oldest first.
-pub async fn signing_keys(pool: &deadpool_postgres::Pool) -> Result<Vec<PublicKey>> {
-    let client = pool.get().await?;
+pub async fn signing_keys(client: &impl tokio_postgres::GenericClient) -> Result<Vec<PublicKey>> {
     let rows = client
         .query(
             "SELECT key_id, public_key, first_used FROM signing_keys ORDER BY first_used, key_id",
@@ -172,11 +177,10 @@ pub async fn signing_keys(pool: &deadpool_postgres::Pool) -> Result<Vec<PublicKe
 
 /// Checkpoints after sequence `since`, oldest first, at most `limit`.
 pub async fn checkpoints(
-    pool: &deadpool_postgres::Pool,
+    client: &impl tokio_postgres::GenericClient,
     since: i64,
     limit: i64,
 ) -> Result<Vec<Checkpoint>> {
-    let client = pool.get().await?;
     let rows = client
         .query(
             &format!(

@@ -28,10 +28,20 @@ pub enum LogProblem {
         /// The event.
         sequence: i64,
     },
-    /// A numbered event without a chain (the sequencer has not chained it yet).
+    /// Numbered events without a chain (the sequencer has not chained them yet: after an
+    /// upgrade, it chains old events a bounded number per pass).
     Unchained {
-        /// The event.
+        /// The first.
+        from: i64,
+        /// The last.
+        to: i64,
+    },
+    /// A checkpoint given for an event the log does not hold (never compared).
+    Unmatched {
+        /// Its sequence.
         sequence: i64,
+        /// Where it comes from.
+        by: String,
     },
     /// The log holds fewer events than were numbered or signed: it was truncated.
     Truncated {
@@ -74,7 +84,13 @@ impl std::fmt::Display for LogProblem {
                 f,
                 "event {sequence} does not match its chain: edited, moved, or after a removed event"
             ),
-            LogProblem::Unchained { sequence } => write!(f, "event {sequence} has no chain yet"),
+            LogProblem::Unchained { from, to } => {
+                write!(f, "events {from}..={to} have no chain yet")
+            }
+            LogProblem::Unmatched { sequence, by } => write!(
+                f,
+                "{by} at event {sequence} names an event the log does not hold"
+            ),
             LogProblem::Truncated {
                 ends_at,
                 expected,
@@ -116,24 +132,36 @@ const PAGE: i64 = 5_000;
 
 /// Verifies the whole log against its chain, the stored checkpoints and `extra` (e.g. one
 /// a client saved), checking each checkpoint's signature with the stored public keys and
-/// `extra_keys`. `progress` is told how many events were read so far.
+/// `extra_keys`, all in one snapshot (a live store's later events are not looked at).
+/// `progress` is told how many events were read so far.
 pub async fn verify_log(
     pool: &deadpool_postgres::Pool,
     extra: Vec<Checkpoint>,
     extra_keys: Vec<PublicKey>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<LogReport> {
+    let mut client = pool.get().await?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
     let mut report = LogReport::default();
     let mut keys: HashMap<String, [u8; 32]> = HashMap::new();
-    for key in super::checkpoints::signing_keys(pool)
+    for key in super::checkpoints::signing_keys(&*tx)
         .await?
         .into_iter()
         .chain(extra_keys)
     {
         keys.insert(key.key_id, key.public_key);
     }
+    let counted: i64 = tx
+        .query_one("SELECT last_sequence FROM event_counter", &[])
+        .await?
+        .get(0);
     let mut anchors: BTreeMap<i64, Vec<Anchor>> = BTreeMap::new();
-    let stored = super::checkpoints::checkpoints(pool, 0, i64::MAX).await?;
+    let stored = super::checkpoints::checkpoints(&*tx, 0, i64::MAX).await?;
     let given = extra.into_iter().map(|c| (c, "the given checkpoint"));
     for (checkpoint, by) in stored
         .into_iter()
@@ -155,13 +183,10 @@ pub async fn verify_log(
                 by: by.to_owned(),
             });
     }
-    let ends_at = walk_log(pool, &mut report, &anchors, progress).await?;
-    let counted: i64 = pool
-        .get()
-        .await?
-        .query_one("SELECT last_sequence FROM event_counter", &[])
-        .await?
-        .get(0);
+    let mut walk = Walk::default();
+    walk.all(&tx, &mut report, &anchors, progress).await?;
+    tx.commit().await?;
+    let ends_at = walk.last;
     let mut expected = vec![(counted, "the event counter".to_owned())];
     if let Some((&last, found)) = anchors.last_key_value() {
         expected.push((last, found[0].by.clone()));
@@ -175,57 +200,113 @@ pub async fn verify_log(
             });
         }
     }
+    for (sequence, found) in &anchors {
+        if !walk.matched.contains(sequence) && *sequence <= ends_at {
+            for anchor in found {
+                report.problems.push(LogProblem::Unmatched {
+                    sequence: *sequence,
+                    by: anchor.by.clone(),
+                });
+            }
+        }
+    }
     Ok(report)
 }
 
-/// Reads every event in order, checking links and anchors; returns the last sequence.
-async fn walk_log(
-    pool: &deadpool_postgres::Pool,
-    report: &mut LogReport,
-    anchors: &BTreeMap<i64, Vec<Anchor>>,
-    progress: &(dyn Fn(u64) + Sync),
-) -> Result<i64> {
-    let client = pool.get().await?;
-    let (mut last, mut stored_before, mut recomputed) = (0i64, GENESIS, GENESIS);
-    loop {
-        let page = crate::events::read_after(&**client, last, PAGE, None, None).await?;
-        for event in &page {
-            if event.sequence != last + 1 {
-                report.problems.push(LogProblem::Gap {
-                    after: last,
-                    found: event.sequence,
+/// Where a walk over the log is.
+struct Walk {
+    /// The last event read.
+    last: i64,
+    /// The stored chain of the last event read.
+    stored_before: [u8; 32],
+    /// The chain recomputed from the first event, trusting no stored value.
+    recomputed: [u8; 32],
+    /// Events without a chain, as a run not yet reported.
+    unchained: Option<(i64, i64)>,
+    /// The checkpoints' sequences met.
+    matched: std::collections::HashSet<i64>,
+}
+
+impl Default for Walk {
+    fn default() -> Self {
+        Walk {
+            last: 0,
+            stored_before: GENESIS,
+            recomputed: GENESIS,
+            unchained: None,
+            matched: Default::default(),
+        }
+    }
+}
+
+impl Walk {
+    /// Reads every event in order, checking links and anchors.
+    async fn all(
+        &mut self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        report: &mut LogReport,
+        anchors: &BTreeMap<i64, Vec<Anchor>>,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<()> {
+        loop {
+            let page = crate::events::read_after(&**tx, self.last, PAGE, None, None).await?;
+            for event in &page {
+                self.event(event, report, anchors);
+            }
+            progress(report.events);
+            if (page.len() as i64) < PAGE {
+                if let Some((from, to)) = self.unchained.take() {
+                    report.problems.push(LogProblem::Unchained { from, to });
+                }
+                return Ok(());
+            }
+        }
+    }
+
+    fn event(
+        &mut self,
+        event: &crate::events::StoredEvent,
+        report: &mut LogReport,
+        anchors: &BTreeMap<i64, Vec<Anchor>>,
+    ) {
+        if event.sequence != self.last + 1 {
+            report.problems.push(LogProblem::Gap {
+                after: self.last,
+                found: event.sequence,
+            });
+        }
+        let own = digest(event);
+        self.recomputed = link(&self.recomputed, event.sequence, &own);
+        match &event.chain {
+            None => {
+                self.unchained = Some(match self.unchained {
+                    Some((from, _)) => (from, event.sequence),
+                    None => (event.sequence, event.sequence),
                 });
             }
-            let own = digest(event);
-            recomputed = link(&recomputed, &own);
-            match &event.chain {
-                None => report.problems.push(LogProblem::Unchained {
-                    sequence: event.sequence,
-                }),
-                Some(chain) => {
-                    if *chain != link(&stored_before, &own) {
-                        report.problems.push(LogProblem::Link {
-                            sequence: event.sequence,
-                        });
-                    }
-                    stored_before = *chain;
+            Some(chain) => {
+                if let Some((from, to)) = self.unchained.take() {
+                    report.problems.push(LogProblem::Unchained { from, to });
                 }
-            }
-            for anchor in anchors.get(&event.sequence).into_iter().flatten() {
-                if anchor.checkpoint.chain != hex::encode(recomputed) {
-                    report.problems.push(LogProblem::Rewritten {
+                if *chain != link(&self.stored_before, event.sequence, &own) {
+                    report.problems.push(LogProblem::Link {
                         sequence: event.sequence,
-                        by: anchor.by.clone(),
                     });
                 }
+                self.stored_before = *chain;
             }
-            last = event.sequence;
-            report.events += 1;
         }
-        progress(report.events);
-        if (page.len() as i64) < PAGE {
-            return Ok(last);
+        for anchor in anchors.get(&event.sequence).into_iter().flatten() {
+            self.matched.insert(event.sequence);
+            if anchor.checkpoint.chain != hex::encode(self.recomputed) {
+                report.problems.push(LogProblem::Rewritten {
+                    sequence: event.sequence,
+                    by: anchor.by.clone(),
+                });
+            }
         }
+        self.last = event.sequence;
+        report.events += 1;
     }
 }
 

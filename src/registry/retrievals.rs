@@ -87,6 +87,7 @@ impl RetrievalLog {
 
     /// A log that records nothing.
     pub fn off() -> Self {
+        tracing::info!("retrieval records are off (kept 0 days): none are written");
         RetrievalLog { queue: None }
     }
 

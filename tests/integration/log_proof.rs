@@ -143,7 +143,7 @@ async fn events_are_chained_and_checkpoints_signed() {
         .unwrap();
     let mut chain = GENESIS;
     for event in &events {
-        chain = link(&chain, &digest(event));
+        chain = link(&chain, event.sequence, &digest(event));
         assert_eq!(event.chain, Some(chain), "event {}", event.sequence);
     }
     assert_eq!(hex::encode(chain), checkpoint["chain"]);
@@ -259,7 +259,7 @@ async fn log_verify_finds_edited_removed_reordered_truncated_and_rewritten_histo
     let mut chain = GENESIS;
     let mut rechain = String::new();
     for event in &events {
-        chain = link(&chain, &digest(event));
+        chain = link(&chain, event.sequence, &digest(event));
         rechain.push_str(&format!(
             "UPDATE events SET chain = '\\x{}' WHERE sequence = {};",
             hex::encode(chain),
@@ -325,7 +325,12 @@ async fn events_numbered_without_a_chain_are_chained_by_the_next_pass() {
     let before = artifactstore::events::read_after(&client, 0, 100, None, None)
         .await
         .unwrap();
-    tamper(&db, "UPDATE events SET chain = NULL").await;
+    // Some written by a binary that stored no digest either: computed from their contents.
+    tamper(
+        &db,
+        "UPDATE events SET chain = NULL; UPDATE events SET digest = NULL WHERE sequence > 5",
+    )
+    .await;
     client
         .batch_execute(
             "UPDATE event_counter SET chained_through = 0, \
@@ -336,7 +341,7 @@ async fn events_numbered_without_a_chain_are_chained_by_the_next_pass() {
     let out = log_verify(&db, &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        report(&out).contains("event 1 has no chain yet"),
+        report(&out).contains("events 1..=10 have no chain yet"),
         "{}",
         report(&out)
     );
@@ -359,4 +364,67 @@ async fn events_numbered_without_a_chain_are_chained_by_the_next_pass() {
         .execute("UPDATE events SET chain = NULL WHERE sequence = 1", &[])
         .await;
     assert!(refused.is_err());
+}
+
+/// A long unchained past (an upgraded store's) is chained a bounded number of events per
+/// pass; new events are numbered meanwhile, without a chain, and chained in their turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_unchained_past_is_chained_in_bounded_passes() {
+    let db = TestDb::new().await;
+    let data = tempfile::tempdir().unwrap();
+    let start = || Server::start_in(&db.url, data.path(), &[("ARTIFACTSTORE_TOKENS", TOKENS)]);
+    let server = start();
+    let http = reqwest::Client::new();
+    some_history(&server, &http).await;
+    drop(server); // its sequencer's passes would race this test's
+    // 25,000 more events, numbered 11..=25,010 with neither digest nor chain.
+    tamper(
+        &db,
+        "INSERT INTO events (sequence, position, ticket, id, type, tenant, subject_id, \
+                             occurred_at, payload) \
+         SELECT n, nextval('event_positions'), nextval('event_tickets'), gen_random_uuid(), \
+                'v1.test.old', 'acme', gen_random_uuid(), now(), '\\xa0'::bytea \
+         FROM generate_series(11, 25010) AS n; \
+         UPDATE event_counter SET last_sequence = 25010",
+    )
+    .await;
+    let client = db.client().await;
+    let counter = || async {
+        let row = client
+            .query_one(
+                "SELECT last_sequence, chained_through FROM event_counter",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get::<_, i64>(0), row.get::<_, i64>(1))
+    };
+    let pool = db.pool(1);
+    let pass = || async {
+        let mut conn = pool.get().await.unwrap();
+        let tx = conn.transaction().await.unwrap();
+        let numbered = artifactstore::events::number_committed(&tx).await.unwrap();
+        tx.commit().await.unwrap();
+        numbered
+    };
+    assert_eq!(pass().await, 0);
+    assert_eq!(
+        counter().await,
+        (25_010, 20_010),
+        "one pass chains at most 20,000"
+    );
+    // A new event meanwhile: numbered at once, chained later.
+    let server = start();
+    server.create_package(&http, "acme-token", "new").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while counter().await != (25_011, 25_011) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            counter().await
+        );
+        pass().await;
+    }
+    let out = log_verify(&db, &[]);
+    assert!(out.status.success(), "{}", report(&out));
 }
