@@ -20,6 +20,40 @@ use uuid::Uuid;
 
 pub struct ManifestsApi;
 
+/// A DSSE envelope (<https://github.com/secure-systems-lab/dsse>).
+#[derive(Debug, Clone, poem_openapi::Object, serde::Deserialize)]
+pub struct DsseEnvelope {
+    /// `application/vnd.in-toto+json`.
+    #[oai(rename = "payloadType")]
+    #[serde(rename = "payloadType")]
+    pub payload_type: String,
+    /// The in-toto Statement (v1), its JCS (RFC 8785) bytes in base64: subjects are the
+    /// package's files (name = relative path; digests `sha256`, `blake3`), the predicate
+    /// (`https://artifactstore.dev/attestation/package/v1`) names the package and carries the
+    /// manifest's digest and provenance.
+    pub payload: String,
+    /// Ed25519 signatures (base64) over DSSE's pre-authentication encoding, by key id
+    /// (`GET /keys`).
+    pub signatures: Vec<DsseSignature>,
+}
+
+/// One signature of a [`DsseEnvelope`].
+#[derive(Debug, Clone, poem_openapi::Object, serde::Deserialize)]
+pub struct DsseSignature {
+    /// The signing key's id (`GET /keys`).
+    pub keyid: String,
+    /// The signature, base64.
+    pub sig: String,
+}
+
+/// A package's attestation.
+#[derive(poem_openapi::ApiResponse)]
+pub enum Attestation {
+    /// The attestation signed when the package was finalized.
+    #[oai(status = 200, content_type = "application/vnd.dsse.envelope.v1+json")]
+    Ok(poem_openapi::payload::Json<DsseEnvelope>),
+}
+
 /// Records a manifest read: its `size` bytes, or a 304.
 async fn record_manifest(
     state: &AppState,
@@ -87,6 +121,34 @@ impl ManifestsApi {
         let response = manifest_response(req, &stored.digest, bytes, encoding, true);
         record_manifest(&state, &principal, req, PackageId(id.0), &response, size).await;
         Ok(CborManifest(response))
+    }
+
+    /// Get the package's attestation
+    ///
+    /// The in-toto Statement about the package, in a DSSE envelope signed (Ed25519) when it
+    /// was finalized: its files' names and digests, its manifest's digest and provenance.
+    /// Verify it offline with `artifactstore verify-package`, or any DSSE verifier and the
+    /// key from `GET /keys`. 404 while open, or for a package finalized by a process without
+    /// a signing key; a withdrawn package's stays readable, like its manifest.
+    #[oai(
+        path = "/packages/:id/attestation",
+        method = "get",
+        operation_id = "getAttestation"
+    )]
+    async fn attestation(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: Auth,
+        id: Path<Uuid>,
+    ) -> Answer<Attestation, operations::GetAttestation> {
+        let principal = state.authorize(&auth, Scope::Read)?;
+        let envelope = state
+            .registry
+            .get_attestation(&principal.tenant, PackageId(id.0))
+            .await?;
+        let envelope: DsseEnvelope = serde_json::from_slice(&envelope)
+            .map_err(|e| crate::Error::Integrity(format!("a stored attestation: {e}")))?;
+        Ok(Attestation::Ok(poem_openapi::payload::Json(envelope)))
     }
 
     /// Get the manifest (JCS JSON)

@@ -11,6 +11,8 @@ problems! {
     MissingBlobs = [400, 401, 403, 413, 415, 422];
     /// `GET /events`: its 429 is declared with its page.
     ListEvents = [400, 401, 422];
+    /// `GET /packages/{id}/attestation`.
+    GetAttestation = [400, 401, 404, 410];
     /// `GET /log/checkpoint`.
     GetLatestCheckpoint = [401, 404];
     /// `GET /log/checkpoints`.

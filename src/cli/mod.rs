@@ -5,6 +5,7 @@ mod client;
 mod log;
 mod server;
 mod storage;
+mod verify_package;
 mod worker;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -39,6 +40,9 @@ pub enum Command {
     /// The event log's proofs.
     #[command(subcommand)]
     Log(log::LogCommand),
+    /// Check a package offline, trusting only a public key: the attestation's signature, the
+    /// manifest it names, and every file's bytes.
+    VerifyPackage(verify_package::VerifyPackageArgs),
     /// Storage maintenance.
     #[command(subcommand)]
     Storage(storage::StorageCommand),
@@ -146,6 +150,7 @@ pub fn main() -> ExitCode {
             Command::Worker(args) => worker::worker(args).await,
             Command::Storage(cmd) => storage::storage(cmd).await,
             Command::Log(cmd) => log::log(cmd).await,
+            Command::VerifyPackage(args) => verify_package::verify_package(args),
             Command::Openapi => {
                 println!("{}", crate::api::spec_json());
                 Ok(ExitCode::SUCCESS)

@@ -18,7 +18,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     jobs: super::worker::JobArgs,
     /// The Ed25519 private key (PKCS#8 PEM, e.g. from `openssl genpkey -algorithm ed25519`)
-    /// that signs the log's checkpoints. [default: `<data-dir>/signing-key.pem`, made on
+    /// that signs the log's checkpoints and packages' attestations. [default: `<data-dir>/signing-key.pem`, made on
     /// first start]
     #[arg(long, env = "ARTIFACTSTORE_SIGNING_KEY_FILE")]
     signing_key_file: Option<std::path::PathBuf>,
@@ -52,8 +52,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let records_kept = args.jobs.keeps_retrieval_records();
     let settings = args.service.resolve()?;
     refuse_open_development(&settings)?;
-    let service = Service::start(&settings, settings.migrate_on_start).await?;
+    let mut service = Service::start(&settings, settings.migrate_on_start).await?;
     let signer = signing_key(&args, &settings, &service).await?;
+    service.registry = service.registry.clone().with_signer(signer.clone());
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;

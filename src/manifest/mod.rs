@@ -1,6 +1,7 @@
 //! Manifests: the document, canonical CBOR (RFC 8949 §4.2.1), the JCS projection (RFC 8785), and
 //! the manifest digest (`blake3:` over the CBOR bytes).
 
+pub mod attestation;
 pub mod canonical;
 mod document;
 

@@ -95,6 +95,9 @@ impl Registry {
         let facts = manifest_facts(&tx, tenant, id).await?;
         let manifest = build_manifest(facts, self.clock.now(), finalized_by)?;
         let cbor = manifest.to_cbor()?;
+        if let Some(key) = &self.signer {
+            attest(&tx, key, &manifest, &cbor).await?;
+        }
         let recorded = events::record(
             &tx,
             vec![DomainEvent::new(PackageFinalized {
@@ -106,6 +109,34 @@ impl Registry {
         let package = load_package(&*tx, tenant, id).await?;
         events::commit(tx, &recorded, &self.sequencer).await?;
         Ok(package)
+    }
+
+    /// A finalized package's signed attestation (a DSSE envelope, JSON): kept with its
+    /// manifest, a withdrawn package's too. `NotFound` for an open package, or one finalized
+    /// by a process without a signing key.
+    pub async fn get_attestation(&self, tenant: &TenantId, id: PackageId) -> Result<Vec<u8>> {
+        let client = self.pool.get().await?;
+        let package = load_package(&**client, tenant, id).await?;
+        let row = client
+            .query_opt(
+                "SELECT envelope FROM package_attestations WHERE package_id = $1",
+                &[&id.0],
+            )
+            .await?;
+        match row {
+            Some(row) => Ok(row.get(0)),
+            None if package.status == PackageStatus::Open => Err(Error::NotFound {
+                what: format!("attestation of package {id} (still open: finalize it first)"),
+            }),
+            None if package.status.is_gone() && package.manifest_digest.is_none() => {
+                Err(super::packages::gone(&package))
+            }
+            None => Err(Error::NotFound {
+                what: format!(
+                    "attestation of package {id} (finalized by a process without a signing key)"
+                ),
+            }),
+        }
     }
 
     /// The manifest of a finalized package.
@@ -220,4 +251,34 @@ async fn manifest_facts(
         duration_seconds: retention.get(0),
         legal_hold: retention.get(1),
     })
+}
+
+/// Signs the attestation of the package `manifest` describes and keeps it, in the finalizing
+/// transaction: what is attested is what was finalized.
+async fn attest(
+    tx: &crate::db::Tx<'_>,
+    key: &crate::signing::SigningKey,
+    manifest: &Manifest,
+    cbor: &[u8],
+) -> Result<()> {
+    let statement = crate::manifest::attestation::statement(manifest, cbor)?;
+    let envelope =
+        crate::manifest::attestation::envelope(&statement, key.id(), |bytes| key.sign(bytes));
+    let statement = tx
+        .prepare_cached(
+            "INSERT INTO package_attestations (package_id, key_id, envelope, made_at) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .await?;
+    tx.execute(
+        &statement,
+        &[
+            &manifest.package.id.0,
+            &key.id(),
+            &envelope,
+            &manifest.package.finalized_at.as_datetime(),
+        ],
+    )
+    .await?;
+    Ok(())
 }

@@ -112,6 +112,9 @@ pub struct Registry {
     committer: group_commit::Committer,
     /// Numbers the events this process commits (and any left unnumbered).
     sequencer: crate::events::Sequencer,
+    /// Signs packages' attestations at finalize (a server's key; none in tools and tests that
+    /// build a registry of their own).
+    signer: Option<Arc<crate::signing::SigningKey>>,
 }
 
 impl Registry {
@@ -129,7 +132,14 @@ impl Registry {
                 Limits::default().max_streaming_chunks,
             )),
             committer: group_commit::Committer::default(),
+            signer: None,
         }
+    }
+
+    /// Signs an attestation of every package finalized from now on with `key`.
+    pub fn with_signer(mut self, key: Arc<crate::signing::SigningKey>) -> Self {
+        self.signer = Some(key);
+        self
     }
 
     /// Where upload sessions spool their bytes (local disk).

@@ -428,3 +428,160 @@ async fn a_long_unchained_past_is_chained_in_bounded_passes() {
     let out = log_verify(&db, &[]);
     assert!(out.status.success(), "{}", report(&out));
 }
+
+/// `verify-package` on `dir` with these inputs: its exit code and report.
+fn verify_package(
+    dir: &std::path::Path,
+    manifest: &std::path::Path,
+    attestation: &std::path::Path,
+    key: &std::path::Path,
+) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_artifactstore"))
+        .arg("verify-package")
+        .arg(dir)
+        .arg("--manifest")
+        .arg(manifest)
+        .arg("--attestation")
+        .arg(attestation)
+        .arg("--key")
+        .arg(key)
+        .arg("--quiet")
+        .output()
+        .unwrap();
+    (out.status.code(), report(&out))
+}
+
+/// A finalized package's attestation is signed at finalize; offline, with the public key
+/// alone, `verify-package` accepts the package's bytes and refuses changed bytes, another
+/// manifest, and another key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attestations_verify_offline_with_the_public_key_alone() {
+    let db = TestDb::new().await;
+    let server = Server::start(&db, &[("ARTIFACTSTORE_TOKENS", TOKENS)]);
+    let http = reqwest::Client::new();
+    let get = |path: String, token: &'static str| {
+        let request = http.get(server.url(&path)).bearer_auth(token);
+        async move { request.send().await.unwrap() }
+    };
+    let files = [
+        ("bin/tool", b"tool bytes".to_vec()),
+        ("README.md", b"# hello\n".to_vec()),
+    ];
+    let mut ids = Vec::new();
+    for subject in ["one", "two"] {
+        let id = server.create_package(&http, "acme-token", subject).await;
+        for (path, bytes) in &files {
+            let resp = http
+                .put(server.url(&format!("/packages/{id}/files/{path}")))
+                .bearer_auth("acme-token")
+                .body(
+                    format!("{subject}: ")
+                        .into_bytes()
+                        .into_iter()
+                        .chain(bytes.clone())
+                        .collect::<Vec<u8>>(),
+                )
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status().as_u16(), 201);
+        }
+        ids.push(id);
+    }
+    let open = get(format!("/packages/{}/attestation", ids[0]), "acme-token").await;
+    assert_eq!(open.status().as_u16(), 404, "an open package has none yet");
+    let dir = tempfile::tempdir().unwrap();
+    let save = |name: &str, bytes: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
+    let mut manifests = Vec::new();
+    for id in &ids {
+        let resp = call(
+            &server,
+            &http,
+            reqwest::Method::POST,
+            &format!("/packages/{id}/finalize"),
+            Some("acme-token"),
+        )
+        .await;
+        assert_eq!(resp.status().as_u16(), 200);
+        let manifest = get(format!("/packages/{id}/manifest"), "acme-token")
+            .await
+            .bytes()
+            .await
+            .unwrap();
+        manifests.push(save(&format!("{id}.cbor"), &manifest));
+    }
+    let resp = get(format!("/packages/{}/attestation", ids[0]), "acme-token").await;
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/vnd.dsse.envelope.v1+json"
+    );
+    let attestation = save("attestation.json", &resp.bytes().await.unwrap());
+    let other_tenant = get(format!("/packages/{}/attestation", ids[0]), "globex-token").await;
+    assert_eq!(other_tenant.status().as_u16(), 404);
+    let keys = json(call(&server, &http, reqwest::Method::GET, "/keys", None).await).await;
+    let key = save(
+        "key.pem",
+        keys["keys"][0]["public_key_pem"]
+            .as_str()
+            .unwrap()
+            .as_bytes(),
+    );
+
+    // The files as `pull` would write them.
+    let tree = dir.path().join("tree");
+    for (path, bytes) in &files {
+        let path = tree.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, [b"one: ".as_slice(), bytes].concat()).unwrap();
+    }
+    let (code, text) = verify_package(&tree, &manifests[0], &attestation, &key);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("verified: 2 files"), "{text}");
+
+    let (code, text) = verify_package(&tree, &manifests[1], &attestation, &key);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("is not the one the attestation names"),
+        "{text}"
+    );
+
+    let stranger =
+        artifactstore::signing::SigningKey::load_or_generate(&dir.path().join("other.key"))
+            .unwrap();
+    let stranger = save(
+        "stranger.pem",
+        artifactstore::signing::public_key_pem(&stranger.public_key())
+            .unwrap()
+            .as_bytes(),
+    );
+    let (code, text) = verify_package(&tree, &manifests[0], &attestation, &stranger);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("no signature in the envelope verifies"),
+        "{text}"
+    );
+
+    std::fs::write(tree.join("README.md"), b"one: # changed\n").unwrap();
+    let (code, text) = verify_package(&tree, &manifests[0], &attestation, &key);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("README.md: its bytes differ"), "{text}");
+    assert!(!text.contains("bin/tool"), "{text}");
+
+    // A withdrawn package's attestation stays, as its manifest does.
+    let withdrawn = call(
+        &server,
+        &http,
+        reqwest::Method::DELETE,
+        &format!("/packages/{}", ids[0]),
+        Some("acme-token"),
+    )
+    .await;
+    assert_eq!(withdrawn.status().as_u16(), 200);
+    let after = get(format!("/packages/{}/attestation", ids[0]), "acme-token").await;
+    assert_eq!(after.status().as_u16(), 200);
+}

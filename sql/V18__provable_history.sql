@@ -1,4 +1,5 @@
--- A tamper-evident log (docs/adr/0040-hash-chained-event-log.md). Each event gets:
+-- Provable history (docs/adr/0040-hash-chained-event-log.md): a tamper-evident log, signed
+-- checkpoints, and signed package attestations. Each event gets:
 -- - `digest`: BLAKE3 of its canonical CBOR without its number, set by the writer at INSERT
 --   (NULL for events written before this migration, or by a binary that does not set it);
 -- - `chain`: BLAKE3(previous event's chain || its sequence, 8 bytes big-endian || digest), 32
@@ -68,4 +69,15 @@ CREATE TABLE log_checkpoints (
     made_at    timestamptz NOT NULL,
     key_id     text NOT NULL REFERENCES signing_keys (key_id),
     signature  bytea NOT NULL CHECK (length(signature) = 64)
+);
+
+-- Signed attestations of finalized packages: a DSSE envelope (JSON) of an in-toto Statement
+-- whose subjects are the package's files, made in the finalizing transaction by a server that
+-- holds a signing key (`GET /packages/{id}/attestation`). Kept apart from the views (replay
+-- keeps them) and, like retrieval records, without a foreign key to `packages` (a view).
+CREATE TABLE package_attestations (
+    package_id  uuid PRIMARY KEY,
+    key_id      text NOT NULL REFERENCES signing_keys (key_id),
+    envelope    bytea NOT NULL,
+    made_at     timestamptz NOT NULL
 );
