@@ -50,6 +50,25 @@ pub struct CheckpointPage {
     pub items: Vec<Checkpoint>,
 }
 
+/// One event's link in the chain: no contents, only its number, digest and chain.
+#[derive(Debug, Clone, Object)]
+pub struct ChainLink {
+    /// The event's number.
+    pub sequence: i64,
+    /// BLAKE3 (64 hex) of the event's canonical CBOR without `sequence` and `chain`.
+    pub digest: String,
+    /// The chain through the event (64 hex); absent while not chained yet.
+    #[oai(skip_serializing_if_is_none)]
+    pub chain: Option<String>,
+}
+
+/// Links of the chain, in order.
+#[derive(Debug, Clone, Object)]
+pub struct ChainLinks {
+    /// The links.
+    pub items: Vec<ChainLink>,
+}
+
 /// A public key the store signs (or signed) with.
 #[derive(Debug, Clone, Object)]
 pub struct SigningKeyInfo {
@@ -140,6 +159,42 @@ impl LogApi {
             .await?;
         Ok(Json(CheckpointPage {
             items: items.into_iter().map(Checkpoint::from).collect(),
+        }))
+    }
+
+    /// List the chain's links
+    ///
+    /// Every event's number, digest and chain after event `since` (any token, every tenant's
+    /// events: a digest reveals nothing of an event). With them a tenant follows the chain
+    /// from its own events, whose digests it recomputes from their CBOR, to a checkpoint,
+    /// without seeing another tenant's data: `chain(n) = BLAKE3(chain(n-1) || n as 8 bytes
+    /// big-endian || digest(n))`.
+    #[oai(path = "/log/links", method = "get", operation_id = "listChainLinks")]
+    async fn links(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: Auth,
+        /// Only events after this one (default 0).
+        #[oai(validator(minimum(value = "0")))]
+        since: Query<Option<i64>>,
+        /// Page size, 1-10000 (default 1000).
+        #[oai(validator(minimum(value = "1"), maximum(value = "10000")))]
+        limit: Query<Option<u32>>,
+    ) -> Answer<Json<ChainLinks>, operations::ListChainLinks> {
+        state.authorize(&auth, Scope::Read)?;
+        let links = state
+            .registry
+            .chain_links(since.0.unwrap_or(0), i64::from(limit.0.unwrap_or(1000)))
+            .await?;
+        Ok(Json(ChainLinks {
+            items: links
+                .into_iter()
+                .map(|l| ChainLink {
+                    sequence: l.sequence,
+                    digest: hex::encode(l.digest),
+                    chain: l.chain.map(hex::encode),
+                })
+                .collect(),
         }))
     }
 

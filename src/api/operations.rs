@@ -17,6 +17,8 @@ problems! {
     GetLatestCheckpoint = [401, 404];
     /// `GET /log/checkpoints`.
     ListCheckpoints = [400, 401];
+    /// `GET /log/links`.
+    ListChainLinks = [400, 401];
     /// `POST /log/checkpoints`.
     MakeCheckpoint = [401, 403, 404, 413];
     /// `GET /keys`.

@@ -39,7 +39,8 @@ pub struct StoredEvent {
 }
 
 impl StoredEvent {
-    pub(super) fn from_row(row: &Row) -> Result<Self> {
+    /// An event from a row of `events` (its columns by name, `chain` included).
+    pub fn from_row(row: &Row) -> Result<Self> {
         Ok(StoredEvent {
             sequence: row.get("sequence"),
             position: row.get("position"),

@@ -69,6 +69,18 @@ fn checkpoint_of(row: &tokio_postgres::Row) -> Checkpoint {
 
 const CHECKPOINT_COLUMNS: &str = "sequence, chain, made_at, key_id, signature";
 
+/// One link of the chain as anyone may see it: an event's number, digest and chain, nothing
+/// of its contents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainLink {
+    /// The event's number.
+    pub sequence: i64,
+    /// BLAKE3 of its canonical CBOR without its number.
+    pub digest: [u8; 32],
+    /// The chain through it (`None` while not chained yet).
+    pub chain: Option<[u8; 32]>,
+}
+
 impl Registry {
     /// Records `key`'s public half (kept for good: what it signed keeps verifying after the
     /// key is rotated out).
@@ -147,6 +159,42 @@ impl Registry {
             )
             .await?;
         Ok(row.as_ref().map(checkpoint_of))
+    }
+
+    /// The links of the chain after event `since`, in order, at most `limit`: every tenant's
+    /// events' digests (a digest reveals nothing of an event), so that a tenant can follow the
+    /// chain from its own events to a checkpoint.
+    pub async fn chain_links(&self, since: i64, limit: i64) -> Result<Vec<ChainLink>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT sequence, digest, chain, position, id, type, tenant, subject_id, \
+                        occurred_at, CASE WHEN digest IS NULL THEN payload END AS payload \
+                 FROM events WHERE sequence > $1 ORDER BY sequence LIMIT $2",
+                &[&since, &limit],
+            )
+            .await?;
+        let bytes32 =
+            |b: &[u8]| <[u8; 32]>::try_from(b).map_err(|_| Error::Integrity("not 32 bytes".into()));
+        rows.iter()
+            .map(|row| {
+                let digest = match row.get::<_, Option<&[u8]>>("digest") {
+                    Some(d) => bytes32(d)?,
+                    // Written before digests were stored: computed from the event.
+                    None => {
+                        crate::events::chain::digest(&crate::events::StoredEvent::from_row(row)?)
+                    }
+                };
+                Ok(ChainLink {
+                    sequence: row.get("sequence"),
+                    digest,
+                    chain: row
+                        .get::<_, Option<&[u8]>>("chain")
+                        .map(bytes32)
+                        .transpose()?,
+                })
+            })
+            .collect()
     }
 
     /// Checkpoints after sequence `since`, oldest first, at most `limit`.

@@ -25,7 +25,7 @@ mod uploads;
 mod usage;
 mod verify;
 
-pub use checkpoints::{Checkpoint, PublicKey};
+pub use checkpoints::{ChainLink, Checkpoint, PublicKey};
 pub use dedup::{LinkRequest, MAX_LINK_BATCH, MAX_MISSING_QUERY};
 pub use gc::{Collectable, Collected};
 pub use ingest::{DEFAULT_MEDIA_TYPE, StagedFile};

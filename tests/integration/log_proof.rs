@@ -585,3 +585,85 @@ async fn attestations_verify_offline_with_the_public_key_alone() {
     let after = get(format!("/packages/{}/attestation", ids[0]), "acme-token").await;
     assert_eq!(after.status().as_u16(), 200);
 }
+
+/// A tenant proves its events are in the signed history with what the API gives it alone:
+/// its events in CBOR (whose digests it recomputes), every event's digest and chain from
+/// `GET /log/links` (nothing of another tenant's contents), a checkpoint and the public key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_proves_its_events_are_in_a_checkpoint() {
+    use artifactstore::manifest::canonical::{decode_value, encode_value};
+    let db = TestDb::new().await;
+    let server = Server::start(&db, &[("ARTIFACTSTORE_TOKENS", TOKENS)]);
+    let http = reqwest::Client::new();
+    let checkpoint = some_history(&server, &http).await;
+    let globex = Some("globex-token");
+    let page = call(
+        &server,
+        &http,
+        reqwest::Method::GET,
+        "/events?since=0",
+        globex,
+    )
+    .await;
+    let page = decode_value(&page.bytes().await.unwrap()).unwrap();
+    let events = page
+        .as_map()
+        .unwrap()
+        .iter()
+        .find(|(k, _)| k.as_text() == Some("events"));
+    let mut own = std::collections::HashMap::new();
+    for event in events.unwrap().1.as_array().unwrap() {
+        let fields = event.as_map().unwrap();
+        let sequence = fields.iter().find(|(k, _)| k.as_text() == Some("sequence"));
+        let sequence: i64 = sequence
+            .unwrap()
+            .1
+            .as_integer()
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let content: Vec<_> = fields
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_text(), Some("sequence" | "chain")))
+            .cloned()
+            .collect();
+        let bytes = encode_value(ciborium::value::Value::Map(content)).unwrap();
+        own.insert(sequence, hex::encode(blake3::hash(&bytes).as_bytes()));
+    }
+    assert_eq!(own.len(), 5);
+
+    let links = call(
+        &server,
+        &http,
+        reqwest::Method::GET,
+        "/log/links?since=0",
+        globex,
+    )
+    .await;
+    let links = json(links).await;
+    let mut chain = GENESIS;
+    for item in links["items"].as_array().unwrap() {
+        let sequence = item["sequence"].as_i64().unwrap();
+        let digest: [u8; 32] = hex::decode(item["digest"].as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap();
+        if let Some(mine) = own.remove(&sequence) {
+            assert_eq!(
+                mine,
+                hex::encode(digest),
+                "event {sequence}: its own digest"
+            );
+        }
+        chain = link(&chain, sequence, &digest);
+        assert_eq!(item["chain"], hex::encode(chain), "event {sequence}");
+        if sequence == checkpoint["sequence"].as_i64().unwrap() {
+            assert_eq!(
+                checkpoint["chain"],
+                hex::encode(chain),
+                "the checkpoint's chain"
+            );
+        }
+    }
+    assert!(own.is_empty(), "every own event is in the links: {own:?}");
+}
