@@ -667,3 +667,66 @@ async fn a_tenant_proves_its_events_are_in_a_checkpoint() {
     }
     assert!(own.is_empty(), "every own event is in the links: {own:?}");
 }
+
+/// Keys rotate: a server given a new key file signs with it, `GET /keys` lists both, and what
+/// the old key signed (a checkpoint, an attestation) keeps verifying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_rotated_out_key_signed_keeps_verifying() {
+    let db = TestDb::new().await;
+    let data = tempfile::tempdir().unwrap();
+    let keys_dir = tempfile::tempdir().unwrap();
+    let key_files: Vec<String> = ["old.pem", "new.pem"]
+        .iter()
+        .map(|name| {
+            let path = keys_dir.path().join(name);
+            artifactstore::signing::SigningKey::load_or_generate(&path).unwrap();
+            path.to_str().unwrap().to_owned()
+        })
+        .collect();
+    let start = |key: &str| {
+        Server::start_in(
+            &db.url,
+            data.path(),
+            &[
+                ("ARTIFACTSTORE_TOKENS", TOKENS),
+                ("ARTIFACTSTORE_SIGNING_KEY_FILE", key),
+            ],
+        )
+    };
+    let http = reqwest::Client::new();
+    let server = start(&key_files[0]);
+    let old = some_history(&server, &http).await;
+    drop(server);
+    let server = start(&key_files[1]);
+    let new = some_history(&server, &http).await;
+    assert_ne!(old["key_id"], new["key_id"]);
+    let keys = json(call(&server, &http, reqwest::Method::GET, "/keys", None).await).await;
+    let listed: Vec<(&str, bool)> = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["key_id"].as_str().unwrap(),
+                k["current"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (old["key_id"].as_str().unwrap(), false),
+            (new["key_id"].as_str().unwrap(), true)
+        ]
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().join("old-checkpoint.json");
+    std::fs::write(&saved, old.to_string()).unwrap();
+    let out = log_verify(&db, &["--from-checkpoint", saved.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", report(&out));
+    assert!(
+        report(&out).contains("3 checkpoints verified"),
+        "{}",
+        report(&out)
+    );
+}
