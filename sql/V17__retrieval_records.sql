@@ -18,6 +18,12 @@ CREATE TABLE retrieval_records (
     client_addr  text,
     request_id   text
 );
--- A tenant's records in order (the audit listing pages by id), and the pruning by age.
+-- A tenant's records in order (the audit listing pages by id), the same for one package or
+-- one file (so a filtered page reads only its rows, however many the tenant has), and the
+-- pruning by age.
 CREATE INDEX retrieval_records_tenant ON retrieval_records (tenant, id);
+CREATE INDEX retrieval_records_package ON retrieval_records (tenant, package_id, id)
+    WHERE package_id IS NOT NULL;
+CREATE INDEX retrieval_records_file ON retrieval_records (tenant, file_id, id)
+    WHERE file_id IS NOT NULL;
 CREATE INDEX retrieval_records_at ON retrieval_records (at);

@@ -177,8 +177,9 @@ impl LogApi {
         /// Only events after this one (default 0).
         #[oai(validator(minimum(value = "0")))]
         since: Query<Option<i64>>,
-        /// Page size, 1-10000 (default 1000).
-        #[oai(validator(minimum(value = "1"), maximum(value = "10000")))]
+        /// Page size, 1-1000 (default 1000): a digest an event was written without is
+        /// computed from its payload, so a page reads at most this many.
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<u32>>,
     ) -> Answer<Json<ChainLinks>, operations::ListChainLinks> {
         state.authorize(&auth, Scope::Read)?;

@@ -4,7 +4,6 @@
 use crate::manifest::Manifest;
 use crate::manifest::attestation;
 use anyhow::Context as _;
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -112,15 +111,5 @@ fn hash_file(
     path: &Path,
     bar: &indicatif::ProgressBar,
 ) -> std::io::Result<crate::identity::DualDigest> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = crate::identity::DualHasher::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buffer)?;
-        if n == 0 {
-            return Ok(hasher.finalize());
-        }
-        hasher.update(&buffer[..n]);
-        bar.inc(n as u64);
-    }
+    crate::identity::DualHasher::digest_reader(std::fs::File::open(path)?, |n| bar.inc(n as u64))
 }

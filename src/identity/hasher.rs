@@ -57,6 +57,27 @@ impl DualHasher {
         self.size += data.len() as u64;
     }
 
+    /// Both digests of everything `reader` gives, read 1 MiB at a time (memory stays flat
+    /// whatever the size); `read` is told each chunk's length (progress).
+    pub fn digest_reader(
+        mut reader: impl std::io::Read,
+        mut read: impl FnMut(usize),
+    ) -> std::io::Result<DualDigest> {
+        let mut hasher = Self::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => return Ok(hasher.finalize()),
+                Ok(n) => {
+                    hasher.update(&buf[..n]);
+                    read(n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Both digests of everything added so far.
     pub fn finalize(&self) -> DualDigest {
         let sha: [u8; 32] = self.sha256.clone().finalize().into();

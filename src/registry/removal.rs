@@ -70,15 +70,24 @@ impl Registry {
         // Its open upload sessions end now: they take no more chunks, reserve no more quota,
         // and the upload sweep removes their bytes. (Should this not run, they end at their
         // lifetime, as before; none can start once the removal has committed.)
+        // The removal has committed: a failure here is logged, never answered as the
+        // removal's (a client told 500 would retry and get 410).
         let now = self.clock.now().as_datetime();
-        self.pool
-            .get()
-            .await?
-            .execute(
-                "UPDATE uploads SET expires_at = $2 WHERE package_id = $1 AND expires_at > $2",
-                &[&id.0, &now],
-            )
-            .await?;
+        let ended = async {
+            self.pool
+                .get()
+                .await?
+                .execute(
+                    "UPDATE uploads SET expires_at = $2 WHERE package_id = $1 AND expires_at > $2",
+                    &[&id.0, &now],
+                )
+                .await?;
+            Ok::<_, Error>(())
+        }
+        .await;
+        if let Err(e) = ended {
+            tracing::warn!(error = %e, package = %id, "ending a removed package's upload sessions failed; they end at their lifetime");
+        }
         Ok(removed)
     }
 

@@ -148,25 +148,8 @@ fn holds(dest: &Path, address: &ContentAddress, size: u64) -> bool {
     match address.algorithm() {
         Algorithm::Blake3 => super::read::digest_file(file)
             .is_ok_and(|(digest, read)| read == size && digest == *address.digest()),
-        Algorithm::Sha256 => {
-            use std::io::Read;
-            let mut file = file;
-            let mut hasher = crate::identity::DualHasher::new();
-            let mut buf = vec![0u8; 1 << 20];
-            let mut read = 0u64;
-            loop {
-                match file.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        hasher.update(&buf[..n]);
-                        read += n as u64;
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(_) => return false,
-                }
-            }
-            read == size && hasher.finalize().sha256 == *address.digest()
-        }
+        Algorithm::Sha256 => crate::identity::DualHasher::digest_reader(file, |_| {})
+            .is_ok_and(|found| found.size == size && found.sha256 == *address.digest()),
     }
 }
 
