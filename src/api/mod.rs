@@ -57,6 +57,8 @@ pub struct AppState {
     pub tail: crate::events::TailReader,
     /// Largest JSON request body, in bytes.
     pub max_json_body: u64,
+    /// Largest producer provenance at finalize, in bytes of canonical JSON.
+    pub max_provenance: u64,
     /// How long a request body may send nothing.
     pub body_idle_timeout: std::time::Duration,
     /// Readiness checks (`/readyz`), shared with the metrics listener.

@@ -50,7 +50,7 @@ problems! {
     /// `POST /packages/{id}/links/batch`.
     LinkFiles = [400, 401, 403, 404, 409, 410, 413, 415, 422, 507];
     /// `POST /packages/{id}/finalize`.
-    FinalizePackage = [400, 401, 403, 404, 409, 410, 413, 422];
+    FinalizePackage = [400, 401, 403, 404, 409, 410, 413, 415, 422];
     /// `GET /packages/{id}/manifest`.
     GetManifest = [400, 401, 404, 406, 410];
     /// `GET /packages/{id}/manifest.json`.

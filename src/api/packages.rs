@@ -9,6 +9,8 @@ use super::schemas::{CreatePackage, Package, PackageList};
 use super::security::Auth;
 use crate::auth::Scope;
 use crate::domain::{Metadata, PackageId};
+use crate::manifest::SuppliedProvenance;
+use crate::manifest::provenance::ProvenanceError;
 use crate::registry::{self, NewPackage, PackageFilter};
 use poem::Request;
 use poem::web::Data;
@@ -32,9 +34,14 @@ pub(super) fn given(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.is_empty())
 }
 
-/// The `reason` of an optional `DELETE /packages/{id}` body (`{"reason": "..."}`, declared by
-/// hand in the spec as `DeletePackage`: poem-openapi has no optional bodies).
-fn removal_reason(req: &Request, body: &[u8]) -> ApiResult<Option<String>> {
+/// An optional JSON object body, read by hand (poem-openapi has no optional bodies; these are
+/// declared in the spec by `spec.rs`): empty is `None`; otherwise it must be
+/// `application/json`, one object with no member twice and none but `members`.
+fn optional_object(
+    req: &Request,
+    body: &[u8],
+    members: &[&str],
+) -> ApiResult<Option<serde_json::Map<String, serde_json::Value>>> {
     if body.is_empty() {
         return Ok(None);
     }
@@ -49,22 +56,88 @@ fn removal_reason(req: &Request, body: &[u8]) -> ApiResult<Option<String>> {
             ),
         )));
     }
-    let value: serde_json::Value = serde_json::from_slice(body)
+    let value = crate::manifest::provenance::parse_strict_json(body)
         .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
-    let serde_json::Value::Object(members) = value else {
+    let serde_json::Value::Object(object) = value else {
         return Err(ApiError::bad_request("the body must be a JSON object"));
     };
-    if let Some(unknown) = members.keys().find(|k| *k != "reason") {
+    if let Some(unknown) = object.keys().find(|k| !members.contains(&k.as_str())) {
         return Err(ApiError::bad_request(format!(
-            "unknown member `{}` (the body has only `reason`)",
-            unknown.escape_debug()
+            "unknown member `{}` (the body has only {})",
+            unknown.escape_debug(),
+            members
+                .iter()
+                .map(|m| format!("`{m}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
         )));
     }
+    Ok(Some(object))
+}
+
+/// The `reason` of an optional `DELETE /packages/{id}` body (`{"reason": "..."}`, declared by
+/// hand in the spec as `DeletePackage`).
+fn removal_reason(req: &Request, body: &[u8]) -> ApiResult<Option<String>> {
+    let Some(members) = optional_object(req, body, &["reason"])? else {
+        return Ok(None);
+    };
     match members.get("reason") {
         None => Ok(None),
         Some(serde_json::Value::String(reason)) => Ok(Some(reason.clone())),
         Some(_) => Err(ApiError::bad_request("`reason` must be a string")),
     }
+}
+
+/// The provenance of an optional `POST /packages/{id}/finalize` body (`{"provenance":
+/// {"predicate_type": "...", "predicate": {...}}}`, declared by hand in the spec as
+/// `FinalizePackage`), checked: 413 over `max_bytes`, 422 for values the manifest cannot
+/// record exactly.
+fn supplied_provenance(
+    req: &Request,
+    body: &[u8],
+    max_bytes: u64,
+) -> ApiResult<Option<SuppliedProvenance>> {
+    let Some(mut members) = optional_object(req, body, &["provenance"])? else {
+        return Ok(None);
+    };
+    let Some(provenance) = members.remove("provenance") else {
+        return Ok(None);
+    };
+    let serde_json::Value::Object(mut provenance) = provenance else {
+        return Err(ApiError::bad_request("`provenance` must be an object"));
+    };
+    if let Some(unknown) = provenance
+        .keys()
+        .find(|k| !matches!(k.as_str(), "predicate_type" | "predicate"))
+    {
+        return Err(ApiError::bad_request(format!(
+            "unknown member `provenance.{}` (it has `predicate_type` and `predicate`)",
+            unknown.escape_debug()
+        )));
+    }
+    let predicate_type = match provenance.remove("predicate_type") {
+        None => None,
+        Some(serde_json::Value::String(kind)) => Some(kind),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "`provenance.predicate_type` must be a string (a URI)",
+            ));
+        }
+    };
+    let Some(predicate) = provenance.remove("predicate") else {
+        return Err(ApiError::bad_request(
+            "`provenance` needs `predicate` (an object)",
+        ));
+    };
+    SuppliedProvenance::new(predicate_type, predicate, max_bytes)
+        .map(Some)
+        .map_err(|e| {
+            let status = match e {
+                ProvenanceError::TooLarge(_) => poem::http::StatusCode::PAYLOAD_TOO_LARGE,
+                ProvenanceError::Invalid(_) => poem::http::StatusCode::UNPROCESSABLE_ENTITY,
+            };
+            ApiError::from_problem(Problem::new(status, format!("provenance: {e}")))
+        })
 }
 
 #[OpenApi(tag = "super::ApiTags::Packages")]
@@ -255,7 +328,12 @@ impl PackagesApi {
 
     /// Finalize a package
     ///
-    /// The package becomes immutable and gets its manifest. Finalizing twice answers 409.
+    /// The package becomes immutable and gets its manifest. Finalizing twice answers 409. The
+    /// optional body (`FinalizePackage`) attaches the producer's provenance: an SLSA provenance
+    /// predicate or any JSON object, recorded as given in the manifest's
+    /// `provenance.supplied` and so in the signed attestation (413 past
+    /// `ARTIFACTSTORE_MAX_PROVENANCE`; 422 for floats, integers beyond 2^53 - 1, or an SLSA v1
+    /// predicate without the members SLSA requires).
     #[oai(
         path = "/packages/:id/finalize",
         method = "post",
@@ -265,15 +343,19 @@ impl PackagesApi {
         &self,
         state: Data<&Arc<AppState>>,
         auth: Auth,
+        req: &Request,
         id: Path<Uuid>,
+        body: Vec<u8>,
     ) -> Answer<Json<Package>, operations::FinalizePackage> {
         let principal = state.authorize(&auth, Scope::Write)?;
+        let supplied = supplied_provenance(req, &body, state.max_provenance)?;
         let package = state
             .registry
-            .finalize_package(
+            .finalize_package_with(
                 &principal.tenant,
                 PackageId(id.0),
                 Some(principal.name.clone()),
+                supplied,
             )
             .await?;
         Ok(Json(package.into()))

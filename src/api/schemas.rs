@@ -322,4 +322,17 @@ pub struct ProvenanceJson {
     /// The token that finalized the package, when known.
     #[oai(nullable)]
     pub finalized_by: Option<String>,
+    /// What the producer attached at finalize; absent when nothing was.
+    pub supplied: Option<SuppliedProvenanceJson>,
+}
+
+/// The producer's provenance (the spec's `SuppliedProvenance`, whose full description
+/// `spec.rs` gives).
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "SuppliedProvenance")]
+pub struct SuppliedProvenanceJson {
+    /// A URI naming the predicate's format.
+    pub predicate_type: Option<String>,
+    /// The producer's JSON object.
+    pub predicate: serde_json::Value,
 }

@@ -141,6 +141,41 @@ const DELETE_PACKAGE: &str = r#"{
     "additionalProperties": false
 }"#;
 
+/// The optional body of `POST /packages/{id}/finalize`, which its handler reads by hand.
+const FINALIZE_PACKAGE: &str = r##"{
+    "type": "object",
+    "title": "FinalizePackage",
+    "description": "`POST /packages/{id}/finalize` body.",
+    "properties": {
+        "provenance": {
+            "$ref": "#/components/schemas/SuppliedProvenance"
+        }
+    },
+    "additionalProperties": false
+}"##;
+
+/// The producer's provenance, in the finalize body and in the manifest's `provenance.supplied`.
+const SUPPLIED_PROVENANCE: &str = r##"{
+    "type": "object",
+    "title": "SuppliedProvenance",
+    "description": "Provenance the producer attached at finalize, recorded as given (the store does not check its claims). At most `ARTIFACTSTORE_MAX_PROVENANCE` bytes (64 KiB by default) in canonical JSON; numbers must be integers from -(2^53-1) to 2^53-1; objects and arrays nest at most 32 deep.",
+    "required": ["predicate"],
+    "properties": {
+        "predicate_type": {
+            "type": "string",
+            "description": "A URI naming the predicate's format; `https://slsa.dev/provenance/v1` predicates must have `buildDefinition.buildType`, `buildDefinition.externalParameters` and `runDetails.builder.id`. Absent: free JSON.",
+            "maxLength": 256,
+            "example": "https://slsa.dev/provenance/v1"
+        },
+        "predicate": {
+            "type": "object",
+            "description": "The producer's JSON object.",
+            "additionalProperties": true
+        }
+    },
+    "additionalProperties": false
+}"##;
+
 /// The document poem-openapi builds for `spec`, completed.
 pub(super) fn complete(spec: &str) -> String {
     let mut doc: Json = serde_json::from_str(spec).expect("poem-openapi's document is JSON");
@@ -160,10 +195,16 @@ pub(super) fn complete(spec: &str) -> String {
         .and_then(|c| c.member("schemas"))
         .and_then(Json::object)
     {
-        schemas.insert(
-            "DeletePackage".into(),
-            serde_json::from_str(DELETE_PACKAGE).expect("a schema object"),
-        );
+        for (name, schema) in [
+            ("DeletePackage", DELETE_PACKAGE),
+            ("FinalizePackage", FINALIZE_PACKAGE),
+            ("SuppliedProvenance", SUPPLIED_PROVENANCE),
+        ] {
+            schemas.insert(
+                name.into(),
+                serde_json::from_str(schema).expect("a schema object"),
+            );
+        }
     }
     one_schema_per_concept(&mut doc);
     if let Some(paths) = doc.member("paths").and_then(Json::object) {
@@ -227,12 +268,17 @@ fn complete_operation(operation: &mut Json) {
     let Some(members) = operation.object() else {
         return;
     };
-    if id == "deletePackage" {
+    let optional_body = match id.as_str() {
+        "deletePackage" => Some("DeletePackage"),
+        "finalizePackage" => Some("FinalizePackage"),
+        _ => None,
+    };
+    if let Some(schema) = optional_body {
         members.insert(
             "requestBody".into(),
-            serde_json::from_str::<Json>(
-                r##"{"required": false, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DeletePackage"}}}}"##,
-            )
+            serde_json::from_str::<Json>(&format!(
+                r##"{{"required": false, "content": {{"application/json": {{"schema": {{"$ref": "#/components/schemas/{schema}"}}}}}}}}"##
+            ))
             .expect("a request body object"),
         );
     }

@@ -13,7 +13,11 @@ pub enum LogCommand {
     /// Recompute the event log's hash chain from every event and check each signed checkpoint
     /// against it: edited, removed, reordered or truncated history is reported by sequence
     /// number. Exits 0 when the log is intact, 1 otherwise.
-    Verify(LogVerifyArgs),
+    Verify(Box<LogVerifyArgs>),
+    /// Save a copy of the log's proofs into a directory, or bring one up to date (a client
+    /// command, any token): every event's digest and chain, the token's tenant's own events
+    /// in CBOR, the signed checkpoints and the public keys, for `log verify --copy`.
+    Save(crate::cli::client::LogSaveArgs),
 }
 
 /// `log verify` options.
@@ -29,13 +33,21 @@ pub struct LogVerifyArgs {
     /// the keys the database holds (which whoever rewrote the log could have replaced).
     #[arg(long, value_name = "PEM")]
     key: Vec<PathBuf>,
+    /// Verify a copy saved by `log save` instead of the database: offline, without the
+    /// server. Give `--key` to trust only a key you hold (otherwise the keys saved in the
+    /// copy are used, with a warning).
+    #[arg(long, value_name = "DIR")]
+    copy: Option<PathBuf>,
     /// No progress display.
     #[arg(long)]
     quiet: bool,
 }
 
 pub async fn log(cmd: LogCommand) -> anyhow::Result<ExitCode> {
-    let LogCommand::Verify(args) = cmd;
+    let args = match cmd {
+        LogCommand::Verify(args) => args,
+        LogCommand::Save(_) => unreachable!("`log save` is a client command, dispatched as one"),
+    };
     let mut given = Vec::new();
     for path in &args.from_checkpoint {
         let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
@@ -54,21 +66,22 @@ pub async fn log(cmd: LogCommand) -> anyhow::Result<ExitCode> {
             first_used: crate::domain::Timestamp::from_datetime(time::OffsetDateTime::now_utc()),
         });
     }
+    let bar = crate::cli::client::counter(args.quiet, "{pos} events checked ({per_sec})");
+    if let Some(dir) = &args.copy {
+        if keys.is_empty() {
+            eprintln!(
+                "warning: checking signatures with the keys saved in the copy; give --key to \
+                 trust only a key you hold"
+            );
+            keys = crate::registry::log_copy::saved_keys(dir)?;
+        }
+        let report =
+            crate::registry::log_copy::verify_copy(dir, given, keys, &|n| bar.set_position(n));
+        bar.finish_and_clear();
+        return Ok(print_report(&report?, "the copy"));
+    }
     let settings = args.service.resolve()?;
     let database = DatabaseHandle::open_existing(&settings).await?;
-    let bar = indicatif::ProgressBar::with_draw_target(
-        None,
-        if args.quiet {
-            indicatif::ProgressDrawTarget::hidden()
-        } else {
-            indicatif::ProgressDrawTarget::stderr()
-        },
-    );
-    bar.set_message("events checked");
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{pos} {msg} ({per_sec})")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-    );
     let report = async {
         let pool = crate::db::pool(&database.url, 2)?;
         crate::registry::verify_log(&pool, given, keys, &|n| bar.set_position(n)).await
@@ -76,23 +89,27 @@ pub async fn log(cmd: LogCommand) -> anyhow::Result<ExitCode> {
     .await;
     bar.finish_and_clear();
     database.close();
-    let report = report?;
+    Ok(print_report(&report?, "the log"))
+}
+
+/// Prints what was found; exit 0 when nothing is wrong, 1 otherwise.
+fn print_report(report: &crate::registry::LogReport, what: &str) -> ExitCode {
     for problem in &report.problems {
         println!("{problem}");
     }
     if report.problems.is_empty() {
         println!(
-            "the log is intact: {} events chained, {} checkpoints verified",
+            "{what} is intact: {} events chained, {} checkpoints verified",
             report.events, report.checkpoints
         );
-        Ok(ExitCode::SUCCESS)
+        ExitCode::SUCCESS
     } else {
         println!(
-            "the log is NOT intact: {} problems in {} events and {} checkpoints",
+            "{what} is NOT intact: {} problems in {} events and {} checkpoints",
             report.problems.len(),
             report.events,
             report.checkpoints
         );
-        Ok(ExitCode::from(1))
+        ExitCode::from(1)
     }
 }

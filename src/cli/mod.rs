@@ -70,7 +70,7 @@ pub enum Command {
     /// Show a package (open ones too) and its files.
     Show(client::PackageArgs),
     /// Finalize a package: immutable from now on, with its manifest.
-    Finalize(client::PackageArgs),
+    Finalize(client::FinalizeArgs),
     /// Download one file of a package by its path, verifying its digests.
     Get(client::GetArgs),
     /// Remove a file from an open package, or the package (open: abandoned; finalized:
@@ -149,6 +149,9 @@ pub fn main() -> ExitCode {
             Command::Verify(args) => storage::verify(args).await,
             Command::Worker(args) => worker::worker(args).await,
             Command::Storage(cmd) => storage::storage(cmd).await,
+            Command::Log(log::LogCommand::Save(args)) => {
+                client_result(client::log_save(args).await)
+            }
             Command::Log(cmd) => log::log(cmd).await,
             Command::VerifyPackage(args) => verify_package::verify_package(args),
             Command::Openapi => {

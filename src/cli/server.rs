@@ -96,6 +96,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         events: bus.clone(),
         tail: crate::events::TailReader::new(service.registry.pool().clone()),
         max_json_body: settings.max_json_body,
+        max_provenance: settings.max_provenance,
         body_idle_timeout: settings.http.body_idle_timeout,
         tokens: settings.tokens.clone(),
         registry: service.registry.clone(),

@@ -143,6 +143,11 @@ pub struct ServiceArgs {
     /// by `--max-file-size` instead.
     #[arg(long, env = "ARTIFACTSTORE_MAX_JSON_BODY", default_value = "8MiB", value_parser = ByteSize::positive)]
     pub max_json_body: ByteSize,
+    /// Largest provenance a producer may attach at finalize, measured in canonical JSON
+    /// (bytes, or with a unit). It is kept in the manifest, the finalize event and the
+    /// attestation, so it is read on every manifest download.
+    #[arg(long, env = "ARTIFACTSTORE_MAX_PROVENANCE", default_value = "64KiB", value_parser = ByteSize::positive)]
+    pub max_provenance: ByteSize,
     /// Retrieval records waiting to be written, at most; past it, reads wait for the writer
     /// (they are never served unrecorded).
     #[arg(long, env = "ARTIFACTSTORE_RETRIEVAL_QUEUE", default_value = "10000", value_parser = within::<1, 1_000_000>)]
@@ -277,6 +282,8 @@ pub struct Settings {
     pub shutdown_grace: std::time::Duration,
     /// Largest JSON request body, in bytes.
     pub max_json_body: u64,
+    /// Largest producer provenance, in bytes of canonical JSON.
+    pub max_provenance: u64,
     /// Retrieval records waiting to be written, at most.
     pub retrieval_queue: usize,
     /// Tokens.
@@ -383,6 +390,7 @@ impl ServiceArgs {
             },
             shutdown_grace: seconds(self.shutdown_grace_seconds),
             max_json_body: self.max_json_body.0,
+            max_provenance: self.max_provenance.0,
             retrieval_queue: count(self.retrieval_queue),
         })
     }

@@ -1,6 +1,7 @@
 //! The manifest a package gets when it is finalized.
 
 use super::canonical::{CodecError, from_canonical_cbor, jcs_from_cbor, to_canonical_cbor};
+use super::provenance::SuppliedProvenance;
 use crate::domain::{Metadata, PackageId, RelativePath, TenantId, Timestamp};
 use crate::identity::{ContentAddress, Digest};
 
@@ -117,6 +118,10 @@ pub struct Provenance {
     pub generator: String,
     /// The principal that finalized the package, when known.
     pub finalized_by: Option<String>,
+    /// What the producer attached at finalize (its claims, recorded as given). Absent when it
+    /// attached nothing: manifests without it keep their exact bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supplied: Option<SuppliedProvenance>,
 }
 
 impl Manifest {
@@ -189,6 +194,7 @@ pub(crate) mod tests {
             provenance: Provenance {
                 generator: "artifactstore/0.1.0".into(),
                 finalized_by: None,
+                supplied: None,
             },
         }
     }
@@ -237,6 +243,34 @@ pub(crate) mod tests {
         let mut other = m.clone();
         other.manifest_version = 2;
         assert!(Manifest::from_cbor(&other.to_cbor().unwrap()).is_err());
+    }
+
+    #[test]
+    fn supplied_provenance_round_trips_and_its_absence_changes_no_byte() {
+        let plain = sample().to_cbor().unwrap();
+        let json: serde_json::Value =
+            serde_json::from_slice(&Manifest::jcs(&plain).unwrap()).unwrap();
+        assert!(json["provenance"].get("supplied").is_none());
+
+        let mut m = sample();
+        let predicate = serde_json::json!({"run": {"id": 7, "steps": ["b", "a"]}, "z": null});
+        m.provenance.supplied = Some(
+            SuppliedProvenance::new(
+                Some("https://example.com/p/v1".into()),
+                predicate.clone(),
+                1024,
+            )
+            .unwrap(),
+        );
+        let cbor = m.to_cbor().unwrap();
+        assert_eq!(Manifest::from_cbor(&cbor).unwrap(), m);
+        let json: serde_json::Value =
+            serde_json::from_slice(&Manifest::jcs(&cbor).unwrap()).unwrap();
+        assert_eq!(json["provenance"]["supplied"]["predicate"], predicate);
+        assert_eq!(
+            json["provenance"]["supplied"]["predicate_type"],
+            "https://example.com/p/v1"
+        );
     }
 
     proptest! {

@@ -4,9 +4,11 @@
 pub mod attestation;
 pub mod canonical;
 mod document;
+pub mod provenance;
 
 pub use canonical::{CodecError, from_canonical_cbor, jcs_from_cbor, to_canonical_cbor};
 pub use document::{
     FileDigests, MANIFEST_VERSION, Manifest, ManifestFile, ManifestPackage, Provenance,
     RetentionSummary, StorageReceipt,
 };
+pub use provenance::SuppliedProvenance;

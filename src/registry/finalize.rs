@@ -9,7 +9,7 @@ use crate::events::{self, DomainEvent, PackageFinalized};
 use crate::identity::{ContentAddress, Digest};
 use crate::manifest::{
     FileDigests, MANIFEST_VERSION, Manifest, ManifestFile, ManifestPackage, Provenance,
-    RetentionSummary, StorageReceipt,
+    RetentionSummary, StorageReceipt, SuppliedProvenance,
 };
 
 /// `artifactstore/<version>`, recorded in every manifest's provenance.
@@ -32,6 +32,7 @@ fn build_manifest(
     facts: ManifestFacts,
     finalized_at: Timestamp,
     finalized_by: Option<String>,
+    supplied: Option<SuppliedProvenance>,
 ) -> Result<Manifest> {
     let ManifestFacts {
         package,
@@ -77,6 +78,7 @@ fn build_manifest(
         provenance: Provenance {
             generator: GENERATOR.into(),
             finalized_by,
+            supplied,
         },
     })
 }
@@ -90,10 +92,23 @@ impl Registry {
         id: PackageId,
         finalized_by: Option<String>,
     ) -> Result<Package> {
+        self.finalize_package_with(tenant, id, finalized_by, None)
+            .await
+    }
+
+    /// [`Self::finalize_package`], recording the provenance its producer `supplied` in the
+    /// manifest (and so in its attestation).
+    pub async fn finalize_package_with(
+        &self,
+        tenant: &TenantId,
+        id: PackageId,
+        finalized_by: Option<String>,
+        supplied: Option<SuppliedProvenance>,
+    ) -> Result<Package> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let facts = manifest_facts(&tx, tenant, id).await?;
-        let manifest = build_manifest(facts, self.clock.now(), finalized_by)?;
+        let manifest = build_manifest(facts, self.clock.now(), finalized_by, supplied)?;
         let cbor = manifest.to_cbor()?;
         if let Some(key) = &self.signer {
             attest(&tx, key, &manifest, &cbor).await?;

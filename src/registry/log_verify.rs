@@ -60,6 +60,17 @@ pub enum LogProblem {
         /// Where it comes from.
         by: String,
     },
+    /// A saved event whose digest is not the one the log's links give at its sequence: the
+    /// event the copy holds is not the event the log holds there.
+    Content {
+        /// The event.
+        sequence: i64,
+    },
+    /// A saved event past the end of the saved links (never compared).
+    Uncovered {
+        /// The event.
+        sequence: i64,
+    },
     /// A checkpoint whose signature does not verify, or whose key is unknown.
     BadSignature {
         /// The checkpoint's sequence.
@@ -103,6 +114,14 @@ impl std::fmt::Display for LogProblem {
                 f,
                 "{by} at event {sequence} does not match the log: the history up to it was rewritten"
             ),
+            LogProblem::Content { sequence } => write!(
+                f,
+                "the saved event {sequence} is not the event the log holds there (its digest differs)"
+            ),
+            LogProblem::Uncovered { sequence } => write!(
+                f,
+                "the saved event {sequence} is past the saved links: save the copy again"
+            ),
             LogProblem::BadSignature { sequence, why } => {
                 write!(f, "the checkpoint at event {sequence}: {why}")
             }
@@ -122,10 +141,13 @@ pub struct LogReport {
 }
 
 /// A checkpoint to hold the log against, and what to call it in a report.
-struct Anchor {
-    checkpoint: Checkpoint,
-    by: String,
+pub(super) struct Anchor {
+    pub(super) checkpoint: Checkpoint,
+    pub(super) by: String,
 }
+
+/// Checkpoints by their sequence.
+pub(super) type Anchors = BTreeMap<i64, Vec<Anchor>>;
 
 /// Events read per query.
 const PAGE: i64 = 5_000;
@@ -148,26 +170,42 @@ pub async fn verify_log(
         .start()
         .await?;
     let mut report = LogReport::default();
-    let mut keys: HashMap<String, [u8; 32]> = HashMap::new();
-    for key in super::checkpoints::signing_keys(&*tx)
-        .await?
-        .into_iter()
-        .chain(extra_keys)
-    {
-        keys.insert(key.key_id, key.public_key);
-    }
+    let stored_keys = super::checkpoints::signing_keys(&*tx).await?;
     let counted: i64 = tx
         .query_one("SELECT last_sequence FROM event_counter", &[])
         .await?
         .get(0);
-    let mut anchors: BTreeMap<i64, Vec<Anchor>> = BTreeMap::new();
     let stored = super::checkpoints::checkpoints(&*tx, 0, i64::MAX).await?;
-    let given = extra.into_iter().map(|c| (c, "the given checkpoint"));
-    for (checkpoint, by) in stored
+    let checkpoints = stored
         .into_iter()
         .map(|c| (c, "the stored checkpoint"))
-        .chain(given)
-    {
+        .chain(extra.into_iter().map(|c| (c, "the given checkpoint")));
+    let keys = stored_keys.into_iter().chain(extra_keys);
+    let anchors = anchors(checkpoints, keys, &mut report);
+    let mut walk = Walk::default();
+    walk.all(&tx, &mut report, &anchors, progress).await?;
+    tx.commit().await?;
+    walk.finish(
+        &mut report,
+        &anchors,
+        Some((counted, "the event counter".to_owned())),
+    );
+    Ok(report)
+}
+
+/// The checkpoints to hold a log against, by sequence, each one's signature checked with
+/// `keys` (a bad one is reported).
+pub(super) fn anchors<'a>(
+    checkpoints: impl IntoIterator<Item = (Checkpoint, &'a str)>,
+    keys: impl IntoIterator<Item = PublicKey>,
+    report: &mut LogReport,
+) -> Anchors {
+    let keys: HashMap<String, [u8; 32]> = keys
+        .into_iter()
+        .map(|key| (key.key_id, key.public_key))
+        .collect();
+    let mut anchors = Anchors::new();
+    for (checkpoint, by) in checkpoints {
         report.checkpoints += 1;
         if let Err(why) = signature_ok(&checkpoint, &keys) {
             report.problems.push(LogProblem::BadSignature {
@@ -183,40 +221,13 @@ pub async fn verify_log(
                 by: by.to_owned(),
             });
     }
-    let mut walk = Walk::default();
-    walk.all(&tx, &mut report, &anchors, progress).await?;
-    tx.commit().await?;
-    let ends_at = walk.last;
-    let mut expected = vec![(counted, "the event counter".to_owned())];
-    if let Some((&last, found)) = anchors.last_key_value() {
-        expected.push((last, found[0].by.clone()));
-    }
-    for (expected, by) in expected {
-        if expected > ends_at {
-            report.problems.push(LogProblem::Truncated {
-                ends_at,
-                expected,
-                by,
-            });
-        }
-    }
-    for (sequence, found) in &anchors {
-        if !walk.matched.contains(sequence) && *sequence <= ends_at {
-            for anchor in found {
-                report.problems.push(LogProblem::Unmatched {
-                    sequence: *sequence,
-                    by: anchor.by.clone(),
-                });
-            }
-        }
-    }
-    Ok(report)
+    anchors
 }
 
 /// Where a walk over the log is.
-struct Walk {
+pub(super) struct Walk {
     /// The last event read.
-    last: i64,
+    pub(super) last: i64,
     /// The stored chain of the last event read.
     stored_before: [u8; 32],
     /// The chain recomputed from the first event, trusting no stored value.
@@ -245,67 +256,101 @@ impl Walk {
         &mut self,
         tx: &deadpool_postgres::Transaction<'_>,
         report: &mut LogReport,
-        anchors: &BTreeMap<i64, Vec<Anchor>>,
+        anchors: &Anchors,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<()> {
         loop {
             let page = crate::events::read_after(&**tx, self.last, PAGE, None, None).await?;
             for event in &page {
-                self.event(event, report, anchors);
+                self.step(event.sequence, &digest(event), event.chain, report, anchors);
             }
             progress(report.events);
             if (page.len() as i64) < PAGE {
-                if let Some((from, to)) = self.unchained.take() {
-                    report.problems.push(LogProblem::Unchained { from, to });
-                }
                 return Ok(());
             }
         }
     }
 
-    fn event(
+    /// After the last event: what is still unchained, where the log should have reached
+    /// (`counted`, and the last checkpoint), and the checkpoints never met.
+    pub(super) fn finish(
         &mut self,
-        event: &crate::events::StoredEvent,
         report: &mut LogReport,
-        anchors: &BTreeMap<i64, Vec<Anchor>>,
+        anchors: &Anchors,
+        counted: Option<(i64, String)>,
     ) {
-        if event.sequence != self.last + 1 {
+        if let Some((from, to)) = self.unchained.take() {
+            report.problems.push(LogProblem::Unchained { from, to });
+        }
+        let ends_at = self.last;
+        let mut expected: Vec<_> = counted.into_iter().collect();
+        if let Some((&last, found)) = anchors.last_key_value() {
+            expected.push((last, found[0].by.clone()));
+        }
+        for (expected, by) in expected {
+            if expected > ends_at {
+                report.problems.push(LogProblem::Truncated {
+                    ends_at,
+                    expected,
+                    by,
+                });
+            }
+        }
+        for (sequence, found) in anchors {
+            if !self.matched.contains(sequence) && *sequence <= ends_at {
+                for anchor in found {
+                    report.problems.push(LogProblem::Unmatched {
+                        sequence: *sequence,
+                        by: anchor.by.clone(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Event `sequence`, of digest `own` and stored chain `chain`.
+    pub(super) fn step(
+        &mut self,
+        sequence: i64,
+        own: &[u8; 32],
+        chain: Option<[u8; 32]>,
+        report: &mut LogReport,
+        anchors: &Anchors,
+    ) {
+        if sequence != self.last + 1 {
             report.problems.push(LogProblem::Gap {
                 after: self.last,
-                found: event.sequence,
+                found: sequence,
             });
         }
-        let own = digest(event);
-        self.recomputed = link(&self.recomputed, event.sequence, &own);
-        match &event.chain {
+        self.recomputed = link(&self.recomputed, sequence, own);
+        match chain {
             None => {
                 self.unchained = Some(match self.unchained {
-                    Some((from, _)) => (from, event.sequence),
-                    None => (event.sequence, event.sequence),
+                    Some((from, _)) => (from, sequence),
+                    None => (sequence, sequence),
                 });
             }
             Some(chain) => {
                 if let Some((from, to)) = self.unchained.take() {
                     report.problems.push(LogProblem::Unchained { from, to });
                 }
-                if *chain != link(&self.stored_before, event.sequence, &own) {
-                    report.problems.push(LogProblem::Link {
-                        sequence: event.sequence,
-                    });
+                if chain != link(&self.stored_before, sequence, own) {
+                    report.problems.push(LogProblem::Link { sequence });
                 }
-                self.stored_before = *chain;
+                self.stored_before = chain;
             }
         }
-        for anchor in anchors.get(&event.sequence).into_iter().flatten() {
-            self.matched.insert(event.sequence);
+        for anchor in anchors.get(&sequence).into_iter().flatten() {
+            self.matched.insert(sequence);
             if anchor.checkpoint.chain != hex::encode(self.recomputed) {
                 report.problems.push(LogProblem::Rewritten {
-                    sequence: event.sequence,
+                    sequence,
                     by: anchor.by.clone(),
                 });
             }
         }
-        self.last = event.sequence;
+        self.last = sequence;
         report.events += 1;
     }
 }

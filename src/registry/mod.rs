@@ -9,6 +9,7 @@ mod finalize;
 mod gc;
 mod group_commit;
 mod ingest;
+pub mod log_copy;
 mod log_verify;
 mod packages;
 mod quota;

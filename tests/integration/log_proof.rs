@@ -1,7 +1,7 @@
 //! The provable log: every event chained, signed checkpoints, public keys, and `log verify`
 //! finding history that was edited, removed, reordered, truncated or rewritten.
 
-use crate::support::{Server, TestDb};
+use crate::support::{Server, TestDb, output_text};
 use artifactstore::events::chain::{GENESIS, digest, link};
 use serde_json::Value;
 use std::process::{Command, Output};
@@ -21,14 +21,6 @@ fn log_verify(db: &TestDb, args: &[&str]) -> Output {
         .env("ARTIFACTSTORE_METRICS_LISTEN", "")
         .output()
         .unwrap()
-}
-
-fn report(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// Runs `sql` with the events table's own triggers off (an attacker with the database's
@@ -189,8 +181,8 @@ async fn events_are_chained_and_checkpoints_signed() {
     }
 
     let out = log_verify(&db, &[]);
-    assert!(out.status.success(), "{}", report(&out));
-    let text = report(&out);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let text = output_text(&out);
     assert!(text.contains("the log is intact: 11 events"), "{text}");
 }
 
@@ -223,8 +215,8 @@ async fn log_verify_finds_edited_removed_reordered_truncated_and_rewritten_histo
     )
     .await;
     let out = log_verify(&db, &given);
-    assert_eq!(out.status.code(), Some(1), "{}", report(&out));
-    let text = report(&out);
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    let text = output_text(&out);
     assert!(text.contains("event 4 does not match its chain"), "{text}");
     assert!(!text.contains("event 5 does not match"), "{text}");
     assert!(
@@ -243,7 +235,7 @@ async fn log_verify_finds_edited_removed_reordered_truncated_and_rewritten_histo
                 UPDATE events SET sequence = 6 WHERE sequence = 7; \
                 UPDATE events SET sequence = 7 WHERE sequence = 1000000";
     tamper(&db, swap).await;
-    let text = report(&log_verify(&db, &given));
+    let text = output_text(&log_verify(&db, &given));
     assert!(text.contains("event 6 does not match"), "{text}");
     assert!(text.contains("event 7 does not match"), "{text}");
     tamper(&db, swap).await;
@@ -278,9 +270,9 @@ async fn log_verify_finds_edited_removed_reordered_truncated_and_rewritten_histo
     assert!(
         without.status.success(),
         "without a saved checkpoint a full rewrite is consistent: {}",
-        report(&without)
+        output_text(&without)
     );
-    let text = report(&log_verify(&db, &given));
+    let text = output_text(&log_verify(&db, &given));
     assert!(
         text.contains("the given checkpoint at event 10 does not match the log"),
         "{text}"
@@ -288,10 +280,10 @@ async fn log_verify_finds_edited_removed_reordered_truncated_and_rewritten_histo
 
     // Removed and truncated: a hole, then the last events gone.
     tamper(&db, "DELETE FROM events WHERE sequence = 5").await;
-    let text = report(&log_verify(&db, &given));
+    let text = output_text(&log_verify(&db, &given));
     assert!(text.contains("events 5..=5 are missing"), "{text}");
     tamper(&db, "DELETE FROM events WHERE sequence > 8").await;
-    let text = report(&log_verify(&db, &given));
+    let text = output_text(&log_verify(&db, &given));
     assert!(
         text.contains("the log ends at event 8, but the event counter says it reached 10"),
         "{text}"
@@ -305,7 +297,7 @@ async fn log_verify_finds_edited_removed_reordered_truncated_and_rewritten_histo
     let mut forged = checkpoint.clone();
     forged["sequence"] = 8.into();
     std::fs::write(&saved, forged.to_string()).unwrap();
-    let text = report(&log_verify(&db, &given));
+    let text = output_text(&log_verify(&db, &given));
     assert!(
         text.contains("the checkpoint at event 8: the signature does not verify"),
         "{text}"
@@ -341,9 +333,9 @@ async fn events_numbered_without_a_chain_are_chained_by_the_next_pass() {
     let out = log_verify(&db, &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        report(&out).contains("events 1..=10 have no chain yet"),
+        output_text(&out).contains("events 1..=10 have no chain yet"),
         "{}",
-        report(&out)
+        output_text(&out)
     );
 
     let pool = db.pool(1);
@@ -426,7 +418,7 @@ async fn a_long_unchained_past_is_chained_in_bounded_passes() {
         pass().await;
     }
     let out = log_verify(&db, &[]);
-    assert!(out.status.success(), "{}", report(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
 }
 
 /// `verify-package` on `dir` with these inputs: its exit code and report.
@@ -448,7 +440,7 @@ fn verify_package(
         .arg("--quiet")
         .output()
         .unwrap();
-    (out.status.code(), report(&out))
+    (out.status.code(), output_text(&out))
 }
 
 /// A finalized package's attestation is signed at finalize; offline, with the public key
@@ -723,10 +715,10 @@ async fn what_a_rotated_out_key_signed_keeps_verifying() {
     let saved = dir.path().join("old-checkpoint.json");
     std::fs::write(&saved, old.to_string()).unwrap();
     let out = log_verify(&db, &["--from-checkpoint", saved.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", report(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     assert!(
-        report(&out).contains("3 checkpoints verified"),
+        output_text(&out).contains("3 checkpoints verified"),
         "{}",
-        report(&out)
+        output_text(&out)
     );
 }

@@ -77,7 +77,16 @@ pub async fn mixed_workload(env: &TestEnv) {
                 .is_err()
             );
             if p % 2 == 0 {
-                reg.finalize_package(&tenant, package.id, Some("tester".into()))
+                // Half of them with the producer's provenance in their manifests.
+                let supplied = (p % 4 == 0).then(|| {
+                    artifactstore::manifest::SuppliedProvenance::new(
+                        Some("https://example.com/ci/v1".into()),
+                        serde_json::json!({"run": p, "steps": ["build", "test"], "ok": true}),
+                        4096,
+                    )
+                    .unwrap()
+                });
+                reg.finalize_package_with(&tenant, package.id, Some("tester".into()), supplied)
                     .await
                     .unwrap();
             }

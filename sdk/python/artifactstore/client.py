@@ -124,8 +124,25 @@ class Client:
             if not cursor:
                 return
 
-    def finalize(self, package_id: str | uuid.UUID) -> Package:
-        return Package.from_dict(self._request("POST", f"/packages/{_id(package_id)}/finalize").json())
+    def finalize(
+        self,
+        package_id: str | uuid.UUID,
+        provenance: Mapping[str, Any] | None = None,
+        provenance_type: str | None = None,
+    ) -> Package:
+        """Makes the package immutable, with its manifest. `provenance` (a JSON object: an SLSA
+        provenance predicate, or any JSON whose numbers are integers) is recorded as given in
+        the manifest's `provenance.supplied` and in the signed attestation; `provenance_type`
+        is the URI naming its format (e.g. `https://slsa.dev/provenance/v1`)."""
+        body = None
+        if provenance is not None:
+            supplied: dict[str, Any] = {"predicate": dict(provenance)}
+            if provenance_type is not None:
+                supplied["predicate_type"] = provenance_type
+            body = {"provenance": supplied}
+        elif provenance_type is not None:
+            raise ValueError("provenance_type names the format of a provenance: give provenance too")
+        return Package.from_dict(self._request("POST", f"/packages/{_id(package_id)}/finalize", json=body).json())
 
     def delete_package(self, package_id: str | uuid.UUID, reason: str | None = None) -> Package:
         """Abandons an open package, or withdraws a finalized one (an admin token's): its

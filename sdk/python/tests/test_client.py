@@ -60,8 +60,14 @@ def test_the_whole_flow(store, package, tmp_path):
     uploaded = store.upload_directory(package.id, tree, prefix="tree/")
     assert [f.relative_path for f in uploaded] == ["tree/a.txt", "tree/sub/b.txt"]
 
-    final = store.finalize(package.id)
+    slsa = {
+        "buildDefinition": {"buildType": "https://ci.example.com/v1", "externalParameters": {"ref": "main"}},
+        "runDetails": {"builder": {"id": "https://ci.example.com/runner"}},
+    }
+    final = store.finalize(package.id, provenance=slsa, provenance_type="https://slsa.dev/provenance/v1")
     assert final.status.value == "finalized" and final.file_count == 5
+    supplied = store.manifest_json(package.id)["provenance"]["supplied"]
+    assert supplied == {"predicate_type": "https://slsa.dev/provenance/v1", "predicate": slsa}
 
     manifest = store.manifest(package.id)
     assert sorted(f["relative_path"] for f in manifest["files"]) == sorted(

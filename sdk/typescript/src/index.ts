@@ -201,8 +201,11 @@ export class ArtifactStore {
     } while (cursor);
   }
 
-  async finalize(id: string): Promise<Package> {
-    return this.json("POST", `/packages/${checkedId(id)}/finalize`);
+  /** Makes the package immutable, with its manifest. `provenance` (an SLSA provenance
+   * predicate with its `predicate_type`, or any JSON object whose numbers are integers) is
+   * recorded as given in the manifest's `provenance.supplied` and the signed attestation. */
+  async finalize(id: string, provenance?: components["schemas"]["SuppliedProvenance"]): Promise<Package> {
+    return this.json("POST", `/packages/${checkedId(id)}/finalize`, provenance === undefined ? undefined : { provenance });
   }
 
   /** Abandons an open package, or withdraws a finalized one (an admin token's): its files go,

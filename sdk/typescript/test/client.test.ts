@@ -64,7 +64,8 @@ test("the whole flow", async () => {
   const tree = await store.uploadDirectory(pkg.id, join(dir, "tree"), { prefix: "tree/" });
   assert.deepEqual(tree.map((f) => f.relative_path), ["tree/a.txt", "tree/sub/b.txt"]);
 
-  const final = await store.finalize(pkg.id);
+  const provenance = { predicate_type: "https://example.com/ci/v1", predicate: { job: "nightly", run: 4512 } };
+  const final = await store.finalize(pkg.id, provenance);
   assert.equal(final.status, "finalized");
   assert.equal(final.file_count, 5);
 
@@ -75,6 +76,7 @@ test("the whole flow", async () => {
     json.files.map((f) => f.relative_path),
   );
   assert.equal(manifest.files.length, 5);
+  assert.deepEqual(json.provenance.supplied, provenance);
 
   const files = new Map((await store.getPackage(pkg.id)).files!.map((f) => [f.relative_path, f]));
   const target = join(dir, "down.bin");

@@ -130,13 +130,88 @@ pub async fn show(args: PackageArgs) -> Result<ExitCode, CliError> {
     output(&package, args.json)
 }
 
-/// `finalize`: makes a package immutable, with its manifest.
-pub async fn finalize(args: PackageArgs) -> Result<ExitCode, CliError> {
+/// Provenance to attach at finalize (`finalize`, `push --finalize`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProvenanceArgs {
+    /// A JSON file of the producer's provenance (an object: an SLSA provenance predicate, or
+    /// any JSON), recorded in the manifest and the signed attestation.
+    #[arg(long, value_name = "FILE")]
+    provenance: Option<std::path::PathBuf>,
+    /// The URI naming the provenance's format (default with `--provenance`: free JSON);
+    /// `slsa` is short for `https://slsa.dev/provenance/v1`.
+    #[arg(long, value_name = "URI", requires = "provenance")]
+    provenance_type: Option<String>,
+}
+
+/// Largest provenance file read (the server's own bound is smaller, 64 KiB by default).
+const MAX_PROVENANCE_FILE: u64 = 8 << 20;
+
+impl ProvenanceArgs {
+    /// The finalize request body, read and checked before anything is sent: a file that is not
+    /// one JSON object (or repeats a member) is refused here.
+    pub fn body(&self) -> Result<Option<types::FinalizePackage>, CliError> {
+        let Some(path) = &self.provenance else {
+            return Ok(None);
+        };
+        let usage =
+            |what: String| CliError::usage(format!("--provenance {}: {what}", path.display()));
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(
+                std::fs::File::open(path).map_err(|e| usage(e.to_string()))?,
+                MAX_PROVENANCE_FILE + 1,
+            ),
+            &mut bytes,
+        )
+        .map_err(|e| usage(e.to_string()))?;
+        if bytes.len() as u64 > MAX_PROVENANCE_FILE {
+            return Err(usage(format!(
+                "larger than {}",
+                HumanBytes(MAX_PROVENANCE_FILE)
+            )));
+        }
+        let value = crate::manifest::provenance::parse_strict_json(&bytes).map_err(usage)?;
+        let serde_json::Value::Object(predicate) = value else {
+            return Err(usage("not a JSON object".into()));
+        };
+        let predicate_type = self
+            .provenance_type
+            .as_deref()
+            .map(|t| match t {
+                "slsa" => crate::manifest::provenance::SLSA_PROVENANCE_V1.parse(),
+                other => other.parse::<types::SuppliedProvenancePredicateType>(),
+            })
+            .transpose()
+            .map_err(|e| CliError::usage(format!("--provenance-type: {e}")))?;
+        Ok(Some(types::FinalizePackage {
+            provenance: Some(types::SuppliedProvenance {
+                predicate_type,
+                predicate,
+            }),
+        }))
+    }
+}
+
+/// `finalize` options.
+#[derive(Debug, clap::Args)]
+pub struct FinalizeArgs {
+    #[command(flatten)]
+    package: PackageArgs,
+    #[command(flatten)]
+    provenance: ProvenanceArgs,
+}
+
+/// `finalize`: makes a package immutable, with its manifest (and the producer's provenance).
+pub async fn finalize(args: FinalizeArgs) -> Result<ExitCode, CliError> {
+    let body = args.provenance.body()?;
+    let args = args.package;
     let store = api::store(&args.client)?;
     let id = package_id(&args.package)?;
-    let package = store
-        .call(store.api().finalize_package().id(id).send())
-        .await?;
+    let mut request = store.api().finalize_package().id(id);
+    if let Some(body) = body {
+        request = request.body(body);
+    }
+    let package = store.call(request.send()).await?;
     output(&package, args.json)
 }
 

@@ -8,15 +8,17 @@
 mod api;
 mod events;
 mod lifecycle;
+mod log_save;
 mod pull;
 mod push;
 
 pub use api::CliError;
 pub use events::{EventsCommand, events};
 pub use lifecycle::{
-    GetArgs, HoldArgs, PackageArgs, QuotaArgs, RetentionCommand, RmArgs, emit, finalize, get, hold,
-    quota, retention, rm, show, unhold,
+    FinalizeArgs, GetArgs, HoldArgs, PackageArgs, ProvenanceArgs, QuotaArgs, RetentionCommand,
+    RmArgs, emit, finalize, get, hold, quota, retention, rm, show, unhold,
 };
+pub use log_save::{LogSaveArgs, save as log_save};
 pub use pull::{PullArgs, pull};
 pub use push::{PushArgs, push};
 
@@ -55,6 +57,21 @@ pub(crate) fn progress(total: u64, hidden: bool, message: &'static str) -> Progr
         .progress_chars("=> "),
     );
     bar.set_message(message);
+    bar
+}
+
+/// A counter on stderr (nothing when `hidden`) drawn with `template` (e.g. `{pos} events
+/// checked ({per_sec})`), for work whose total is not known.
+pub(crate) fn counter(hidden: bool, template: &str) -> ProgressBar {
+    let target = if hidden {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    };
+    let bar = ProgressBar::with_draw_target(None, target);
+    bar.set_style(
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
     bar
 }
 

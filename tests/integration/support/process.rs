@@ -19,12 +19,26 @@ pub fn run(
         cmd.env(k, v);
     }
     let out = cmd.output().unwrap();
-    let text = format!(
+    (out.status.code().unwrap_or(-1), output_text(&out))
+}
+
+/// A finished command's stdout, then its stderr, as text.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    )
+}
+
+/// Runs an `artifactstore` client command against the server at `base` with `token`.
+pub fn client_command(base: &str, token: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_artifactstore"))
+        .args(args)
+        .env("ARTIFACTSTORE_URL", base)
+        .env("ARTIFACTSTORE_TOKEN", token)
+        .output()
+        .unwrap()
 }
 
 /// A child process killed when the test ends, however it ends.

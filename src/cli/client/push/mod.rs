@@ -53,6 +53,8 @@ pub struct PushArgs {
     /// Finalize the package after uploading.
     #[arg(long)]
     finalize: bool,
+    #[command(flatten)]
+    provenance: super::ProvenanceArgs,
     /// Parallel uploads.
     #[arg(long, default_value = "8")]
     jobs: usize,
@@ -82,6 +84,13 @@ pub async fn push(args: PushArgs) -> Result<ExitCode, CliError> {
             "{} is not a directory",
             args.dir.display()
         )));
+    }
+    // Read before anything is sent: a bad provenance file fails the push at once.
+    let finalize_body = args.provenance.body()?;
+    if finalize_body.is_some() && !args.finalize {
+        return Err(CliError::usage(
+            "--provenance is attached at finalize: add --finalize".into(),
+        ));
     }
     let exclude = globs(&args.exclude)?;
     let media = MediaTypes::parse(&args.media_type)?;
@@ -126,9 +135,11 @@ pub async fn push(args: PushArgs) -> Result<ExitCode, CliError> {
     bar.finish_and_clear();
 
     if args.finalize {
-        store
-            .call(store.api().finalize_package().id(id).send())
-            .await?;
+        let mut request = store.api().finalize_package().id(id);
+        if let Some(body) = finalize_body {
+            request = request.body(body);
+        }
+        store.call(request.send()).await?;
     }
     let sent: u64 = uploads.iter().map(|&i| files[i].size).sum();
     let elapsed = started.elapsed().as_secs_f64();

@@ -1,0 +1,236 @@
+//! `log save DIR`: keeps a copy of the event log's proofs (the chain's links, the tenant's own
+//! events in CBOR, the signed checkpoints and the public keys) for `log verify --copy DIR`,
+//! which checks it offline. Run it again to append what is new (a tailer runs it
+//! periodically); the format is in [`crate::registry::log_copy`].
+
+use super::ClientArgs;
+use super::api::CliError;
+use crate::manifest::canonical::{decode_value, encode_value};
+use crate::registry::log_copy::{
+    self, CHECKPOINTS_FILE, EVENTS_FILE, KEYS_FILE, LINKS_FILE, SavedLink,
+};
+use artifactstore_client::ClientInfo as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// `log save` options.
+#[derive(Debug, clap::Args)]
+pub struct LogSaveArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The copy's directory (created if need be; an existing copy is brought up to date).
+    dir: PathBuf,
+    /// No progress display.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Links and events asked for per request.
+const PAGE: u32 = 1000;
+
+fn copy_error(e: log_copy::CopyError) -> CliError {
+    CliError::other(e.to_string())
+}
+
+/// Brings the copy in `args.dir` up to date: checkpoints first, then the tenant's events,
+/// then the links, so that the links saved reach every event and checkpoint saved.
+pub async fn save(args: LogSaveArgs) -> Result<ExitCode, CliError> {
+    let store = super::api::store(&args.client)?;
+    std::fs::create_dir_all(&args.dir)
+        .map_err(|e| CliError::other(format!("{}: {e}", args.dir.display())))?;
+    let bar = super::counter(args.quiet, "{pos} links saved ({per_sec})");
+    let keys = store.call(store.api().list_keys().send()).await?;
+    let keys = serde_json::to_vec_pretty(&keys).map_err(|e| CliError::other(e.to_string()))?;
+    write_whole(&args.dir.join(KEYS_FILE), &keys)?;
+    let checkpoints = save_checkpoints(&store, &args.dir).await?;
+    let (events, last_event) = save_events(&store, &args.dir).await?;
+    let (links, last_link) = save_links(&store, &args.dir, last_event, &bar).await?;
+    bar.finish_and_clear();
+    eprintln!(
+        "saved {links} links, {events} events and {checkpoints} checkpoints to {} (through event \
+         {last_link}); check it with `artifactstore log verify --copy {} --key <pem>`",
+        args.dir.display(),
+        args.dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes a file whole: a temporary file beside it, synced, then renamed over it.
+fn write_whole(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, bytes)
+        .and_then(|()| std::fs::File::open(&temporary)?.sync_all())
+        .and_then(|()| std::fs::rename(&temporary, path))
+        .map_err(|e| CliError::other(format!("{}: {e}", path.display())))
+}
+
+/// Appends the checkpoints made after the last one saved; how many.
+async fn save_checkpoints(
+    store: &artifactstore_client::Store,
+    dir: &Path,
+) -> Result<u64, CliError> {
+    let path = dir.join(CHECKPOINTS_FILE);
+    let lines = log_copy::complete_lines(&path).map_err(copy_error)?;
+    let mut since = match lines.last() {
+        Some(line) => {
+            serde_json::from_str::<crate::registry::Checkpoint>(line)
+                .map_err(|e| CliError::other(format!("{}: {e}", path.display())))?
+                .sequence
+        }
+        None => 0,
+    };
+    let mut saved = 0;
+    loop {
+        let page = store
+            .call(
+                store
+                    .api()
+                    .list_checkpoints()
+                    .since(since)
+                    .limit(std::num::NonZeroU32::new(PAGE).expect("not zero"))
+                    .send(),
+            )
+            .await?;
+        let Some(last) = page.items.last() else {
+            return Ok(saved);
+        };
+        since = last.sequence;
+        let mut text = String::new();
+        for checkpoint in &page.items {
+            text.push_str(&serde_json::to_string(checkpoint).expect("JSON"));
+            text.push('\n');
+        }
+        log_copy::append(&path, text.as_bytes()).map_err(copy_error)?;
+        saved += page.items.len() as u64;
+    }
+}
+
+/// Appends the tenant's events after the last one saved, as served in CBOR; how many, and
+/// the last event's sequence.
+async fn save_events(
+    store: &artifactstore_client::Store,
+    dir: &Path,
+) -> Result<(u64, i64), CliError> {
+    let path = dir.join(EVENTS_FILE);
+    let items = log_copy::complete_items(&path).map_err(copy_error)?;
+    let mut since = match items.last() {
+        Some(item) => {
+            log_copy::served_event_digest(item)
+                .map_err(|e| CliError::other(format!("{}: {e}", path.display())))?
+                .0
+        }
+        None => 0,
+    };
+    let mut saved = 0;
+    let api = store.api();
+    loop {
+        let url = format!("{}/events?since={since}&limit={PAGE}&wait=0", api.baseurl());
+        let response = api
+            .client()
+            .get(url)
+            .header("accept", "application/cbor")
+            .send()
+            .await
+            .map_err(|e| CliError::from(artifactstore_client::StoreError::transport(&e)))?;
+        if !response.status().is_success() {
+            let refused = artifactstore_client::StoreError::from_response(response).await;
+            return Err(refused.into());
+        }
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| CliError::from(artifactstore_client::StoreError::transport(&e)))?;
+        let (events, next) = event_page(&bytes)?;
+        if events.is_empty() {
+            return Ok((saved, since));
+        }
+        let mut out = Vec::new();
+        for event in events {
+            out.extend(encode_value(event).map_err(|e| CliError::other(e.to_string()))?);
+            saved += 1;
+        }
+        log_copy::append(&path, &out).map_err(copy_error)?;
+        since = next;
+    }
+}
+
+/// A CBOR page of events: its events and `next_since`.
+fn event_page(bytes: &[u8]) -> Result<(Vec<ciborium::Value>, i64), CliError> {
+    let malformed = |what: &str| CliError::other(format!("the server's event page: {what}"));
+    let page = decode_value(bytes).map_err(|e| malformed(&e.to_string()))?;
+    let fields = page.as_map().ok_or_else(|| malformed("not a map"))?;
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k.as_text() == Some(name))
+            .map(|(_, v)| v.clone())
+    };
+    let events = field("events")
+        .and_then(|v| v.into_array().ok())
+        .ok_or_else(|| malformed("no events"))?;
+    let next = field("next_since")
+        .and_then(|v| v.as_integer())
+        .and_then(|n| i64::try_from(n).ok())
+        .ok_or_else(|| malformed("no next_since"))?;
+    Ok((events, next))
+}
+
+/// Appends the chain's links after the last one saved, through `at_least` (the last saved
+/// event: a link not chained yet is waited for, briefly); how many, and the last one's
+/// sequence.
+async fn save_links(
+    store: &artifactstore_client::Store,
+    dir: &Path,
+    at_least: i64,
+    bar: &indicatif::ProgressBar,
+) -> Result<(u64, i64), CliError> {
+    let path = dir.join(LINKS_FILE);
+    let lines = log_copy::complete_lines(&path).map_err(copy_error)?;
+    let mut since = match lines.last() {
+        Some(line) => {
+            serde_json::from_str::<SavedLink>(line)
+                .map_err(|e| CliError::other(format!("{}: {e}", path.display())))?
+                .sequence
+        }
+        None => 0,
+    };
+    let mut saved = 0;
+    let mut waits = 0;
+    loop {
+        let page = store
+            .call(
+                store
+                    .api()
+                    .list_chain_links()
+                    .since(since)
+                    .limit(std::num::NonZeroU32::new(PAGE).expect("not zero"))
+                    .send(),
+            )
+            .await?;
+        let mut text = String::new();
+        for link in page.items.iter() {
+            let Some(chain) = &link.chain else { break };
+            let saved_link = SavedLink {
+                sequence: link.sequence,
+                digest: link.digest.clone(),
+                chain: chain.clone(),
+            };
+            text.push_str(&serde_json::to_string(&saved_link).expect("JSON"));
+            text.push('\n');
+            since = link.sequence;
+            saved += 1;
+        }
+        log_copy::append(&path, text.as_bytes()).map_err(copy_error)?;
+        bar.set_position(saved);
+        let chained_all = page.items.iter().all(|l| l.chain.is_some());
+        if page.items.is_empty() || !chained_all {
+            // Numbering chains events within moments of their commit: wait for the ones the
+            // saved events need, at most ten seconds.
+            if since >= at_least || waits >= 50 {
+                return Ok((saved, since));
+            }
+            waits += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+}
