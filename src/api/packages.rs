@@ -97,6 +97,20 @@ fn supplied_provenance(
     body: &[u8],
     max_bytes: u64,
 ) -> ApiResult<Option<SuppliedProvenance>> {
+    // Parsing costs a multiple of the body's size: a body that cannot hold provenance within
+    // the bound is refused unread (its canonical JSON is never longer than the JSON it comes
+    // from, however indented).
+    let bound = max_bytes.saturating_mul(4).saturating_add(4096);
+    if body.len() as u64 > bound {
+        return Err(ApiError::from_problem(Problem::new(
+            poem::http::StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the body is {} bytes: provenance is at most {max_bytes} bytes in canonical \
+                 JSON (ARTIFACTSTORE_MAX_PROVENANCE), and no body over {bound} bytes holds it",
+                body.len()
+            ),
+        )));
+    }
     let Some(mut members) = optional_object(req, body, &["provenance"])? else {
         return Ok(None);
     };

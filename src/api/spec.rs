@@ -49,6 +49,8 @@ impl Json {
 pub(super) const CLOSED_BODIES: &[&str] = &[
     "CreatePackage",
     "DeletePackage",
+    "FinalizePackage",
+    "SuppliedProvenance",
     "MissingBlobsRequest",
     "LinkFile",
     "LinkFiles",

@@ -78,7 +78,12 @@ pub async fn log(cmd: LogCommand) -> anyhow::Result<ExitCode> {
         let report =
             crate::registry::log_copy::verify_copy(dir, given, keys, &|n| bar.set_position(n));
         bar.finish_and_clear();
-        return Ok(print_report(&report?, "the copy"));
+        let report = report?;
+        println!(
+            "{} of the tenant's own events compared with their links",
+            report.own_events
+        );
+        return Ok(print_report(&report, "the copy"));
     }
     let settings = args.service.resolve()?;
     let database = DatabaseHandle::open_existing(&settings).await?;
@@ -96,6 +101,14 @@ pub async fn log(cmd: LogCommand) -> anyhow::Result<ExitCode> {
 fn print_report(report: &crate::registry::LogReport, what: &str) -> ExitCode {
     for problem in &report.problems {
         println!("{problem}");
+    }
+    match report.signed_through {
+        Some(signed) if signed < report.last => println!(
+            "signed through event {signed}: events {}..={} are not under a checkpoint yet",
+            signed + 1,
+            report.last
+        ),
+        _ => {}
     }
     if report.problems.is_empty() {
         println!(

@@ -98,7 +98,25 @@ fn check_uri(uri: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks numbers and nesting; on failure, why and the path to the offending value (built
+/// only then: walking stays linear in the value's size).
 fn check_value(value: &Value, at: &str, depth: usize) -> Result<(), String> {
+    walk(value, depth).map_err(|(why, mut path)| {
+        path.reverse();
+        format!("{at}{} {why}", path.concat())
+    })
+}
+
+/// What is wrong, and the path to it, innermost segment first.
+type Found = (String, Vec<String>);
+
+fn walk(value: &Value, depth: usize) -> Result<(), Found> {
+    let inside = |segment: String| {
+        move |(why, mut path): Found| {
+            path.push(segment);
+            (why, path)
+        }
+    };
     match value {
         Value::Number(n) => {
             let exact = n
@@ -106,35 +124,39 @@ fn check_value(value: &Value, at: &str, depth: usize) -> Result<(), String> {
                 .or_else(|| n.as_i64().map(i64::unsigned_abs))
                 .is_some_and(|m| m <= MAX_EXACT_INTEGER);
             if !exact {
-                return Err(format!(
-                    "{at} is {n}: numbers must be integers from -(2^53-1) to 2^53-1 (floats and \
-                     larger integers have no single encoding in both CBOR and JCS; send them \
-                     as strings)"
+                return Err((
+                    format!(
+                        "is {n}: numbers must be integers from -(2^53-1) to 2^53-1 (floats and \
+                         larger integers have no single encoding in both CBOR and JCS; send \
+                         them as strings)"
+                    ),
+                    Vec::new(),
                 ));
             }
             Ok(())
         }
         Value::Array(items) => {
-            nest(at, depth)?;
+            nest(depth)?;
             items
                 .iter()
                 .enumerate()
-                .try_for_each(|(i, item)| check_value(item, &format!("{at}[{i}]"), depth + 1))
+                .try_for_each(|(i, item)| walk(item, depth + 1).map_err(inside(format!("[{i}]"))))
         }
         Value::Object(members) => {
-            nest(at, depth)?;
+            nest(depth)?;
             members.iter().try_for_each(|(key, member)| {
-                check_value(member, &format!("{at}.{}", key.escape_debug()), depth + 1)
+                walk(member, depth + 1).map_err(inside(format!(".{}", key.escape_debug())))
             })
         }
         Value::Null | Value::Bool(_) | Value::String(_) => Ok(()),
     }
 }
 
-fn nest(at: &str, depth: usize) -> Result<(), String> {
+fn nest(depth: usize) -> Result<(), Found> {
     if depth >= MAX_DEPTH {
-        return Err(format!(
-            "{at} nests deeper than {MAX_DEPTH} objects and arrays"
+        return Err((
+            format!("nests deeper than {MAX_DEPTH} objects and arrays"),
+            Vec::new(),
         ));
     }
     Ok(())
@@ -148,14 +170,15 @@ fn check_slsa_v1(predicate: &Value) -> Result<(), String> {
             "an SLSA provenance v1 predicate needs `{what}` ({kind}; https://slsa.dev/spec/v1.0/provenance)"
         )
     };
+    let uri = |value: &Value| value.as_str().is_some_and(|s| check_uri(s).is_ok());
     let definition = &predicate["buildDefinition"];
-    if !definition["buildType"].is_string() {
+    if !uri(&definition["buildType"]) {
         return Err(missing("buildDefinition.buildType", "a URI"));
     }
     if !definition["externalParameters"].is_object() {
         return Err(missing("buildDefinition.externalParameters", "an object"));
     }
-    if !predicate["runDetails"]["builder"]["id"].is_string() {
+    if !uri(&predicate["runDetails"]["builder"]["id"]) {
         return Err(missing("runDetails.builder.id", "a URI"));
     }
     Ok(())

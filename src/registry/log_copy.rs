@@ -12,7 +12,8 @@
 //! Verifying recomputes the chain from the links, every saved event's digest from its bytes
 //! (it must be the digest the links give at its sequence), and every checkpoint's chain and
 //! signature. Files only grow: saving again appends what is new, and a save cut short leaves
-//! at most a partial last line or item, which the next save drops.
+//! at most a partial last line or item, which the next save drops (verifying reports it, and
+//! never changes the copy). A save holds `.lock` exclusively, a verification shared.
 
 use super::checkpoints::{Checkpoint, PublicKey};
 use super::log_verify::{LogProblem, LogReport, Walk, anchors};
@@ -95,39 +96,111 @@ fn read_or_empty(path: &Path) -> Result<Vec<u8>> {
     }
 }
 
-/// The complete lines of a JSON-lines file (none when it does not exist), cutting off a
-/// partial last line a save left.
-pub fn complete_lines(path: &Path) -> Result<Vec<String>> {
-    let bytes = read_or_empty(path)?;
-    let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    if whole < bytes.len() {
-        truncate(path, whole as u64)?;
-    }
-    bytes[..whole]
-        .lines()
-        .map(|line| line.map_err(|e| CopyError::new(path, e)))
-        .collect()
+/// The entries of a copy's file (none when it does not exist), and where a partial last
+/// entry begins when a save was cut short in it.
+pub struct Entries<T> {
+    /// The complete entries, in file order.
+    pub complete: Vec<T>,
+    /// The length of the complete entries, when a partial one follows them.
+    pub partial_after: Option<u64>,
 }
 
-/// The complete items of a CBOR-sequence file (none when it does not exist), cutting off a
-/// partial last item a save left.
-pub fn complete_items(path: &Path) -> Result<Vec<Value>> {
+impl<T> Entries<T> {
+    /// The complete entries, after cutting a partial last one off the file (only `log save`
+    /// does this, holding the copy's lock: verifying never changes the copy).
+    pub fn repaired(self, path: &Path) -> Result<Vec<T>> {
+        if let Some(length) = self.partial_after {
+            truncate(path, length)?;
+        }
+        Ok(self.complete)
+    }
+}
+
+/// The lines of a JSON-lines file.
+pub fn lines(path: &Path) -> Result<Entries<String>> {
     let bytes = read_or_empty(path)?;
-    let mut items = Vec::new();
+    let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let complete = bytes[..whole]
+        .lines()
+        .map(|line| line.map_err(|e| CopyError::new(path, e)))
+        .collect::<Result<_>>()?;
+    Ok(Entries {
+        complete,
+        partial_after: (whole < bytes.len()).then_some(whole as u64),
+    })
+}
+
+/// The items of a CBOR-sequence file, each in canonical encoding (anything else is refused:
+/// the copy holds the bytes as served).
+pub fn items(path: &Path) -> Result<Entries<Value>> {
+    let bytes = read_or_empty(path)?;
+    let mut complete = Vec::new();
     let mut rest = bytes.as_slice();
     while !rest.is_empty() {
-        let before = rest.len();
+        let start = bytes.len() - rest.len();
         match ciborium::from_reader::<Value, _>(&mut rest) {
-            Ok(item) => items.push(item),
+            Ok(item) => {
+                let end = bytes.len() - rest.len();
+                if encode_value(item.clone()).ok().as_deref() != Some(&bytes[start..end]) {
+                    return Err(CopyError::new(
+                        path,
+                        format!("the item at byte {start} is not in canonical CBOR"),
+                    ));
+                }
+                complete.push(item);
+            }
+            // The bytes end inside an item.
             Err(ciborium::de::Error::Io(_)) => {
-                // A partial last item: the bytes end inside it.
-                truncate(path, (bytes.len() - before) as u64)?;
-                break;
+                return Ok(Entries {
+                    complete,
+                    partial_after: Some(start as u64),
+                });
             }
             Err(e) => return Err(CopyError::new(path, format!("not a CBOR sequence: {e}"))),
         }
     }
-    Ok(items)
+    Ok(Entries {
+        complete,
+        partial_after: None,
+    })
+}
+
+/// Holds the copy's lock file (`.lock`): exclusively while saving, shared while verifying.
+pub struct CopyLock(#[allow(dead_code)] Option<std::fs::File>);
+
+impl CopyLock {
+    /// The exclusive lock, to save into `dir` (refused at once while another save or a
+    /// verification holds it).
+    pub fn exclusive(dir: &Path) -> Result<Self> {
+        let path = dir.join(".lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| CopyError::new(&path, e))?;
+        file.try_lock().map_err(|_| {
+            CopyError::new(
+                &path,
+                "another `log save` or `log verify` is using this copy",
+            )
+        })?;
+        Ok(CopyLock(Some(file)))
+    }
+
+    /// A shared lock, to read `dir` (waits for a save to finish; none when the copy has no
+    /// lock file, e.g. on read-only media it was copied to).
+    pub fn shared(dir: &Path) -> Result<Self> {
+        let path = dir.join(".lock");
+        match std::fs::File::open(&path) {
+            Ok(file) => {
+                file.lock_shared().map_err(|e| CopyError::new(&path, e))?;
+                Ok(CopyLock(Some(file)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(CopyLock(None)),
+            Err(e) => Err(CopyError::new(&path, e)),
+        }
+    }
 }
 
 fn truncate(path: &Path, length: u64) -> Result<()> {
@@ -175,17 +248,26 @@ pub fn saved_keys(dir: &Path) -> Result<Vec<PublicKey>> {
 
 /// Verifies the copy in `dir`: its links against each other, its events against its links,
 /// its checkpoints and `extra` against the chain and `keys`. `progress` is told how many
-/// links were checked so far.
+/// links were checked so far. Reads only: the copy is never changed.
 pub fn verify_copy(
     dir: &Path,
     extra: Vec<Checkpoint>,
     keys: Vec<PublicKey>,
     progress: &dyn Fn(u64),
 ) -> Result<LogReport> {
+    let _lock = CopyLock::shared(dir)?;
     let mut report = LogReport::default();
-    let mut saved = Vec::new();
+    let links_path = dir.join(LINKS_FILE);
+    if !links_path.exists() {
+        return Err(CopyError::new(
+            &links_path,
+            "no such file (is this a saved copy?)",
+        ));
+    }
     let checkpoints_path = dir.join(CHECKPOINTS_FILE);
-    for (n, line) in complete_lines(&checkpoints_path)?.iter().enumerate() {
+    let saved_checkpoints = lines(&checkpoints_path)?;
+    let mut saved = Vec::new();
+    for (n, line) in saved_checkpoints.complete.iter().enumerate() {
         let checkpoint = serde_json::from_str::<Checkpoint>(line)
             .map_err(|e| CopyError::new(&checkpoints_path, format!("line {}: {e}", n + 1)))?;
         saved.push(checkpoint);
@@ -195,33 +277,23 @@ pub fn verify_copy(
         .map(|c| (c, "the saved checkpoint"))
         .chain(extra.into_iter().map(|c| (c, "the given checkpoint")));
     let anchors = anchors(checkpoints, keys, &mut report);
-
-    let mut own: BTreeMap<i64, [u8; 32]> = BTreeMap::new();
     let events_path = dir.join(EVENTS_FILE);
-    for item in complete_items(&events_path)? {
-        let (sequence, digest) =
-            served_event_digest(&item).map_err(|e| CopyError::new(&events_path, e))?;
-        own.insert(sequence, digest);
-    }
-    let links_path = dir.join(LINKS_FILE);
-    if !links_path.exists() {
-        return Err(CopyError::new(
-            &links_path,
-            "no such file (is this a saved copy?)",
-        ));
-    }
+    let saved_events = items(&events_path)?;
+    let mut own = own_events(&events_path, &saved_events.complete, &mut report)?;
+    let saved_links = lines(&links_path)?;
     let mut walk = Walk::default();
-    for (n, line) in complete_lines(&links_path)?.iter().enumerate() {
+    for (n, line) in saved_links.complete.iter().enumerate() {
         let bad = |e: String| CopyError::new(&links_path, format!("line {}: {e}", n + 1));
         let saved: SavedLink = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
         let digest = hex32(&saved.digest).map_err(bad)?;
         let chain = hex32(&saved.chain).map_err(bad)?;
-        if let Some(mine) = own.remove(&saved.sequence)
-            && mine != digest
-        {
-            report.problems.push(LogProblem::Content {
-                sequence: saved.sequence,
-            });
+        if let Some(mine) = own.remove(&saved.sequence) {
+            report.own_events += 1;
+            if mine != digest {
+                report.problems.push(LogProblem::Content {
+                    sequence: saved.sequence,
+                });
+            }
         }
         walk.step(saved.sequence, &digest, Some(chain), &mut report, &anchors);
         if report.events % 10_000 == 0 {
@@ -235,7 +307,46 @@ pub fn verify_copy(
     for sequence in own.into_keys().filter(|s| *s > walk.last) {
         report.problems.push(LogProblem::Uncovered { sequence });
     }
+    for (path, entries) in [
+        (&checkpoints_path, saved_checkpoints.partial_after),
+        (&links_path, saved_links.partial_after),
+        (&events_path, saved_events.partial_after),
+    ] {
+        if let Some(after) = entries {
+            report.problems.push(LogProblem::PartialEntry {
+                file: path.display().to_string(),
+                after,
+            });
+        }
+    }
+    if report.signed_through.is_none() {
+        report.problems.push(LogProblem::Unsigned);
+    }
     Ok(report)
+}
+
+/// The saved events' digests by sequence; sequences must rise from 1 (a repeated or
+/// reordered event is reported, and not compared).
+fn own_events(
+    path: &Path,
+    events: &[Value],
+    report: &mut LogReport,
+) -> Result<BTreeMap<i64, [u8; 32]>> {
+    let mut own = BTreeMap::new();
+    let mut last = 0;
+    for item in events {
+        let (sequence, digest) = served_event_digest(item).map_err(|e| CopyError::new(path, e))?;
+        if sequence <= last {
+            report.problems.push(LogProblem::OutOfOrder {
+                sequence,
+                after: last,
+            });
+            continue;
+        }
+        last = sequence;
+        own.insert(sequence, digest);
+    }
+    Ok(own)
 }
 
 fn hex32(text: &str) -> std::result::Result<[u8; 32], String> {

@@ -71,6 +71,24 @@ pub enum LogProblem {
         /// The event.
         sequence: i64,
     },
+    /// Event `sequence` comes after event `after` (or is `after` again): the copy's order was
+    /// changed or an entry repeated.
+    OutOfOrder {
+        /// The event.
+        sequence: i64,
+        /// The event before it.
+        after: i64,
+    },
+    /// A file of a saved copy ends inside an entry: a save was cut short (the next one
+    /// completes it), or the file was cut.
+    PartialEntry {
+        /// The file.
+        file: String,
+        /// Where the complete entries end, in bytes.
+        after: u64,
+    },
+    /// No checkpoint covers any of the log checked: nothing in it is signed.
+    Unsigned,
     /// A checkpoint whose signature does not verify, or whose key is unknown.
     BadSignature {
         /// The checkpoint's sequence.
@@ -122,6 +140,20 @@ impl std::fmt::Display for LogProblem {
                 f,
                 "the saved event {sequence} is past the saved links: save the copy again"
             ),
+            LogProblem::OutOfOrder { sequence, after } => write!(
+                f,
+                "event {sequence} comes after event {after}: entries reordered or repeated"
+            ),
+            LogProblem::PartialEntry { file, after } => write!(
+                f,
+                "{file} ends inside an entry after byte {after}: a save was cut short (`log save` \
+                 completes it) or the file was cut"
+            ),
+            LogProblem::Unsigned => write!(
+                f,
+                "no checkpoint covers the copy: nothing in it is signed (save it again after the \
+                 next checkpoint)"
+            ),
             LogProblem::BadSignature { sequence, why } => {
                 write!(f, "the checkpoint at event {sequence}: {why}")
             }
@@ -138,12 +170,20 @@ pub struct LogReport {
     pub checkpoints: u64,
     /// Everything found wrong, in log order.
     pub problems: Vec<LogProblem>,
+    /// The last event read.
+    pub last: i64,
+    /// The last event a checkpoint signs and the log matches there (`None`: none does).
+    pub signed_through: Option<i64>,
+    /// Of a saved copy: the tenant's own events compared with their links.
+    pub own_events: u64,
 }
 
 /// A checkpoint to hold the log against, and what to call it in a report.
 pub(super) struct Anchor {
     pub(super) checkpoint: Checkpoint,
     pub(super) by: String,
+    /// Its signature verifies with a known key.
+    pub(super) verified: bool,
 }
 
 /// Checkpoints by their sequence.
@@ -207,18 +247,23 @@ pub(super) fn anchors<'a>(
     let mut anchors = Anchors::new();
     for (checkpoint, by) in checkpoints {
         report.checkpoints += 1;
-        if let Err(why) = signature_ok(&checkpoint, &keys) {
-            report.problems.push(LogProblem::BadSignature {
-                sequence: checkpoint.sequence,
-                why,
-            });
-        }
+        let verified = match signature_ok(&checkpoint, &keys) {
+            Ok(()) => true,
+            Err(why) => {
+                report.problems.push(LogProblem::BadSignature {
+                    sequence: checkpoint.sequence,
+                    why,
+                });
+                false
+            }
+        };
         anchors
             .entry(checkpoint.sequence)
             .or_default()
             .push(Anchor {
                 checkpoint,
                 by: by.to_owned(),
+                verified,
             });
     }
     anchors
@@ -283,6 +328,7 @@ impl Walk {
             report.problems.push(LogProblem::Unchained { from, to });
         }
         let ends_at = self.last;
+        report.last = ends_at;
         let mut expected: Vec<_> = counted.into_iter().collect();
         if let Some((&last, found)) = anchors.last_key_value() {
             expected.push((last, found[0].by.clone()));
@@ -317,7 +363,12 @@ impl Walk {
         report: &mut LogReport,
         anchors: &Anchors,
     ) {
-        if sequence != self.last + 1 {
+        if sequence <= self.last {
+            report.problems.push(LogProblem::OutOfOrder {
+                sequence,
+                after: self.last,
+            });
+        } else if sequence != self.last + 1 {
             report.problems.push(LogProblem::Gap {
                 after: self.last,
                 found: sequence,
@@ -343,7 +394,11 @@ impl Walk {
         }
         for anchor in anchors.get(&sequence).into_iter().flatten() {
             self.matched.insert(sequence);
-            if anchor.checkpoint.chain != hex::encode(self.recomputed) {
+            if anchor.checkpoint.chain == hex::encode(self.recomputed) {
+                if anchor.verified {
+                    report.signed_through = Some(sequence);
+                }
+            } else {
                 report.problems.push(LogProblem::Rewritten {
                     sequence,
                     by: anchor.by.clone(),

@@ -133,11 +133,22 @@ async fn a_saved_copy_of_the_log_verifies_offline_and_shows_tampering() {
         .open(copy.join(EVENTS_FILE))
         .unwrap();
     std::io::Write::write_all(&mut partial, &events[..7]).unwrap();
+    // Verifying reports the partial entries and changes nothing; the next save completes them.
+    let before = std::fs::read(copy.join(LINKS_FILE)).unwrap();
+    let (code, text) = verify_copy(&copy, Some(&key));
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("links.jsonl ends inside an entry"), "{text}");
+    assert!(text.contains("events.cbor ends inside an entry"), "{text}");
+    assert_eq!(std::fs::read(copy.join(LINKS_FILE)).unwrap(), before);
     save(&server, &copy, "saved 3 links, 3 events and 1 checkpoints");
     let (code, text) = verify_copy(&copy, Some(&key));
     assert_eq!(code, Some(0), "{text}");
     assert!(
         text.contains("15 events chained, 2 checkpoints verified"),
+        "{text}"
+    );
+    assert!(
+        text.contains("7 of the tenant's own events compared"),
         "{text}"
     );
     // Without a key of one's own: the copy's keys, with a warning.
@@ -189,6 +200,38 @@ async fn a_saved_copy_of_the_log_verifies_offline_and_shows_tampering() {
         text.contains("the saved event 5 is not the event the log holds there"),
         "{text}"
     );
+
+    // A forged version of an event saved before the real one; the checkpoints dropped.
+    let forged = tampered(&copy, work.path(), "forged-event", |dir| {
+        let bytes = std::fs::read(dir.join(EVENTS_FILE)).unwrap();
+        let first: ciborium::Value = ciborium::from_reader(bytes.as_slice()).unwrap();
+        let ciborium::Value::Map(fields) = first else {
+            panic!()
+        };
+        let forged = ciborium::Value::Map(
+            fields
+                .into_iter()
+                .map(|(k, v)| match k.as_text() {
+                    Some("type") => (k, ciborium::Value::Text("v1.package.forged".into())),
+                    _ => (k, v),
+                })
+                .collect(),
+        );
+        std::fs::write(
+            dir.join(EVENTS_FILE),
+            [encode_value(forged).unwrap(), bytes].concat(),
+        )
+        .unwrap();
+    });
+    let (code, text) = verify_copy(&forged, Some(&key));
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("event 5 comes after event 5"), "{text}");
+    let unsigned = tampered(&copy, work.path(), "unsigned", |dir| {
+        std::fs::write(dir.join("checkpoints.jsonl"), b"").unwrap();
+    });
+    let (code, text) = verify_copy(&unsigned, Some(&key));
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("nothing in it is signed"), "{text}");
 
     // A link removed, and a link's digest changed.
     let removed = tampered(&copy, work.path(), "removed-link", |dir| {

@@ -281,6 +281,16 @@ async fn bad_provenance_is_refused_whole_and_the_package_stays_open() {
             413,
             "at most 1024",
         ),
+        (
+            "acme-token",
+            json,
+            format!(
+                "{{\"provenance\": {{\"predicate\": {{\"n\": [{}0]}}}}}}",
+                "0,".repeat(5000)
+            ),
+            413,
+            "no body over 8192 bytes",
+        ),
     ];
     for (token, content_type, body, status, says) in &refusals {
         let (got, problem) = finalize(&server, &http, token, &id, content_type, body).await;
@@ -326,6 +336,8 @@ async fn the_cli_attaches_a_provenance_file_and_checks_it_before_uploading() {
     std::fs::write(&good, serde_json::to_vec_pretty(&slsa()).unwrap()).unwrap();
     let twice = work.path().join("twice.json");
     std::fs::write(&twice, br#"{"a": 1, "a": 2}"#).unwrap();
+    let float = work.path().join("float.json");
+    std::fs::write(&float, br#"{"coverage": 0.93}"#).unwrap();
     let tree_arg = tree.to_str().unwrap();
     let push = |extra: &[&str]| {
         let mut args = vec!["push", tree_arg, "--producer", "ci", "--subject", "s"];
@@ -343,6 +355,10 @@ async fn the_cli_attaches_a_provenance_file_and_checks_it_before_uploading() {
         (
             vec!["--provenance", good.to_str().unwrap()],
             "add --finalize",
+        ),
+        (
+            vec!["--finalize", "--provenance", float.to_str().unwrap()],
+            "integers",
         ),
         (
             vec!["--finalize", "--provenance", "/nonexistent/prov.json"],

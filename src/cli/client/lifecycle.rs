@@ -174,13 +174,20 @@ impl ProvenanceArgs {
         let serde_json::Value::Object(predicate) = value else {
             return Err(usage("not a JSON object".into()));
         };
-        let predicate_type = self
-            .provenance_type
-            .as_deref()
-            .map(|t| match t {
-                "slsa" => crate::manifest::provenance::SLSA_PROVENANCE_V1.parse(),
-                other => other.parse::<types::SuppliedProvenancePredicateType>(),
-            })
+        let kind = self.provenance_type.as_deref().map(|t| match t {
+            "slsa" => crate::manifest::provenance::SLSA_PROVENANCE_V1,
+            other => other,
+        });
+        // Every check the server makes but its size bound (a server setting): a push finds
+        // out before it uploads anything.
+        crate::manifest::SuppliedProvenance::new(
+            kind.map(str::to_owned),
+            serde_json::Value::Object(predicate.clone()),
+            u64::MAX,
+        )
+        .map_err(|e| usage(e.to_string()))?;
+        let predicate_type = kind
+            .map(str::parse::<types::SuppliedProvenancePredicateType>)
             .transpose()
             .map_err(|e| CliError::usage(format!("--provenance-type: {e}")))?;
         Ok(Some(types::FinalizePackage {

@@ -38,6 +38,7 @@ pub async fn save(args: LogSaveArgs) -> Result<ExitCode, CliError> {
     let store = super::api::store(&args.client)?;
     std::fs::create_dir_all(&args.dir)
         .map_err(|e| CliError::other(format!("{}: {e}", args.dir.display())))?;
+    let _lock = log_copy::CopyLock::exclusive(&args.dir).map_err(copy_error)?;
     let bar = super::counter(args.quiet, "{pos} links saved ({per_sec})");
     let keys = store.call(store.api().list_keys().send()).await?;
     let keys = serde_json::to_vec_pretty(&keys).map_err(|e| CliError::other(e.to_string()))?;
@@ -70,7 +71,9 @@ async fn save_checkpoints(
     dir: &Path,
 ) -> Result<u64, CliError> {
     let path = dir.join(CHECKPOINTS_FILE);
-    let lines = log_copy::complete_lines(&path).map_err(copy_error)?;
+    let lines = log_copy::lines(&path)
+        .and_then(|entries| entries.repaired(&path))
+        .map_err(copy_error)?;
     let mut since = match lines.last() {
         Some(line) => {
             serde_json::from_str::<crate::registry::Checkpoint>(line)
@@ -91,12 +94,12 @@ async fn save_checkpoints(
                     .send(),
             )
             .await?;
-        let Some(last) = page.items.last() else {
+        if page.items.is_empty() {
             return Ok(saved);
-        };
-        since = last.sequence;
+        }
         let mut text = String::new();
         for checkpoint in &page.items {
+            since = forward(since, checkpoint.sequence, "checkpoint")?;
             text.push_str(&serde_json::to_string(checkpoint).expect("JSON"));
             text.push('\n');
         }
@@ -112,7 +115,9 @@ async fn save_events(
     dir: &Path,
 ) -> Result<(u64, i64), CliError> {
     let path = dir.join(EVENTS_FILE);
-    let items = log_copy::complete_items(&path).map_err(copy_error)?;
+    let items = log_copy::items(&path)
+        .and_then(|entries| entries.repaired(&path))
+        .map_err(copy_error)?;
     let mut since = match items.last() {
         Some(item) => {
             log_copy::served_event_digest(item)
@@ -145,13 +150,29 @@ async fn save_events(
             return Ok((saved, since));
         }
         let mut out = Vec::new();
+        let mut last = since;
         for event in events {
+            let (sequence, _) = log_copy::served_event_digest(&event)
+                .map_err(|e| CliError::other(format!("the server's event page: {e}")))?;
+            last = forward(last, sequence, "event")?;
             out.extend(encode_value(event).map_err(|e| CliError::other(e.to_string()))?);
             saved += 1;
         }
         log_copy::append(&path, &out).map_err(copy_error)?;
-        since = next;
+        since = forward(since, next, "page's next_since")?.max(last);
     }
+}
+
+/// `sequence`, which must come after `since`: a server whose pages go back or stand still
+/// could plant a second version of an entry in the copy, or make the save run forever.
+fn forward(since: i64, sequence: i64, what: &str) -> Result<i64, CliError> {
+    if sequence <= since {
+        return Err(CliError::other(format!(
+            "the server sent {what} {sequence} after {since}: its pages must move forward; \
+             nothing after {since} was saved from that page"
+        )));
+    }
+    Ok(sequence)
 }
 
 /// A CBOR page of events: its events and `next_since`.
@@ -185,7 +206,9 @@ async fn save_links(
     bar: &indicatif::ProgressBar,
 ) -> Result<(u64, i64), CliError> {
     let path = dir.join(LINKS_FILE);
-    let lines = log_copy::complete_lines(&path).map_err(copy_error)?;
+    let lines = log_copy::lines(&path)
+        .and_then(|entries| entries.repaired(&path))
+        .map_err(copy_error)?;
     let mut since = match lines.last() {
         Some(line) => {
             serde_json::from_str::<SavedLink>(line)
@@ -210,6 +233,7 @@ async fn save_links(
         let mut text = String::new();
         for link in page.items.iter() {
             let Some(chain) = &link.chain else { break };
+            since = forward(since, link.sequence, "link")?;
             let saved_link = SavedLink {
                 sequence: link.sequence,
                 digest: link.digest.clone(),
@@ -217,7 +241,6 @@ async fn save_links(
             };
             text.push_str(&serde_json::to_string(&saved_link).expect("JSON"));
             text.push('\n');
-            since = link.sequence;
             saved += 1;
         }
         log_copy::append(&path, text.as_bytes()).map_err(copy_error)?;
@@ -226,7 +249,15 @@ async fn save_links(
         if page.items.is_empty() || !chained_all {
             // Numbering chains events within moments of their commit: wait for the ones the
             // saved events need, at most ten seconds.
-            if since >= at_least || waits >= 50 {
+            if since >= at_least {
+                return Ok((saved, since));
+            }
+            if waits >= 50 {
+                eprintln!(
+                    "warning: events {}..={at_least} are not chained yet: the links stop at \
+                     event {since}; save again later",
+                    since + 1
+                );
                 return Ok((saved, since));
             }
             waits += 1;
