@@ -4,7 +4,8 @@
   key from GET /keys (cryptography loads the PEM), the statement's bytes canonical per
   rfc8785, its manifest digest recomputed with blake3 over the manifest's CBOR, its subjects
   equal to the manifest's files as cbor2 decodes them, and every file's bytes hashed
-  (hashlib's SHA-256 and blake3) against its subject;
+  (hashlib's SHA-256 and blake3) against its subject; the producer's SLSA provenance, attached
+  at finalize, in both the manifest (cbor2) and the signed statement, as sent;
 - a log checkpoint: the Ed25519 signature over its documented four lines, by cryptography.
 
 Usage: verify_attestation.py BASE_URL TOKEN
@@ -42,7 +43,15 @@ files = {"dist/app.bin": b"\x00\x01app" * 1000, "notes/README.md": "# notes \u00
 pid = ok(http.post("/packages", json={"producer": "e2e", "subject": "attested"}), 201).json()["id"]
 for path, data in files.items():
     ok(http.put(f"/packages/{pid}/files/{path}", content=data), 201)
-ok(http.post(f"/packages/{pid}/finalize"))
+slsa = {
+    "buildDefinition": {
+        "buildType": "https://ci.example.com/build/v1",
+        "externalParameters": {"ref": "refs/tags/v1.0", "attempt": 2},
+    },
+    "runDetails": {"builder": {"id": "https://ci.example.com/runner"}},
+}
+supplied = {"predicate_type": "https://slsa.dev/provenance/v1", "predicate": slsa}
+ok(http.post(f"/packages/{pid}/finalize", json={"provenance": supplied}))
 
 envelope_resp = ok(http.get(f"/packages/{pid}/attestation"))
 check(envelope_resp.headers["content-type"] == "application/vnd.dsse.envelope.v1+json", "media type")
@@ -65,6 +74,8 @@ predicate = statement["predicate"]
 check(predicate["manifest"]["digest"] == "blake3:" + blake3.blake3(manifest_bytes).hexdigest(), "manifest digest")
 check(predicate["package"]["id"] == pid, "package id")
 manifest = cbor2.loads(manifest_bytes)
+check(manifest["provenance"]["supplied"] == supplied, "the manifest carries the producer's provenance")
+check(predicate["provenance"]["supplied"] == supplied, "the signed statement carries it")
 subjects = {s["name"]: s["digest"] for s in statement["subject"]}
 check(
     subjects == {f["relative_path"]: dict(f["digests"]) for f in manifest["files"]},
