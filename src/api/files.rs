@@ -88,13 +88,13 @@ pub(super) async fn serve(
         RangePlan::NotModified => {
             record.status = 304;
             record.outcome = "not_modified";
-            state.retrievals.record(record).await;
+            state.retrievals.record(record).await?;
             return Ok(not_modified_response(&file));
         }
         RangePlan::Unsatisfiable => {
             record.status = 416;
             record.outcome = "unsatisfiable";
-            state.retrievals.record(record).await;
+            state.retrievals.record(record).await?;
             return Ok(unsatisfiable(&file, req.uri().path()));
         }
         RangePlan::Full => None,
@@ -104,7 +104,7 @@ pub(super) async fn serve(
     record.status = if range.is_some() { 206 } else { 200 };
     if head {
         record.outcome = "head";
-        state.retrievals.record(record).await;
+        state.retrievals.record(record).await?;
         return Ok(bytes_response(&file, range, Body::empty()));
     }
     let byte_range = range.map(|(start, end)| ByteRange {
@@ -117,7 +117,7 @@ pub(super) async fn serve(
     // client has): how many, and whether all. A whole file's last chunk is sent only once its
     // digest checked out; the server may stop reading the body once Content-Length bytes went,
     // before its end.
-    let slot = state.retrievals.reserve().await;
+    let slot = state.retrievals.reserve(&principal.tenant).await?;
     let download = state.registry.read_record(file, byte_range).await?;
     let body = crate::metrics::count_served_then(download.body, move |sent, _| {
         record.bytes_served = sent;

@@ -62,7 +62,7 @@ async fn record_manifest(
     package: PackageId,
     response: &poem::Response,
     size: usize,
-) {
+) -> crate::error::Result<()> {
     let mut record = super::audit::retrieval(
         principal,
         req,
@@ -76,7 +76,7 @@ async fn record_manifest(
     } else {
         record.bytes_served = size as u64;
     }
-    state.retrievals.record(record).await;
+    state.retrievals.record(record).await
 }
 
 #[OpenApi(tag = "super::ApiTags::Packages")]
@@ -119,7 +119,7 @@ impl ManifestsApi {
         };
         let size = bytes.len();
         let response = manifest_response(req, &stored.digest, bytes, encoding, true);
-        record_manifest(&state, &principal, req, PackageId(id.0), &response, size).await;
+        record_manifest(&state, &principal, req, PackageId(id.0), &response, size).await?;
         Ok(CborManifest(response))
     }
 
@@ -175,7 +175,7 @@ impl ManifestsApi {
         let json = crate::manifest::Manifest::jcs(&stored.cbor).map_err(crate::Error::from)?;
         let size = json.len();
         let response = manifest_response(req, &stored.digest, json, ManifestEncoding::Json, false);
-        record_manifest(&state, &principal, req, PackageId(id.0), &response, size).await;
+        record_manifest(&state, &principal, req, PackageId(id.0), &response, size).await?;
         Ok(JsonManifest(response))
     }
 }

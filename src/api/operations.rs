@@ -26,9 +26,9 @@ problems! {
     /// `GET /files/{id}`.
     GetFile = [400, 401, 404];
     /// `GET /files/{id}/download`: its 416 is declared with its bytes.
-    DownloadFile = [400, 401, 404];
+    DownloadFile = [400, 401, 404, 429];
     /// `GET` and `HEAD /packages/{id}/files/{path}`: their 416 is declared with the bytes.
-    DownloadFileByPath = [400, 401, 404, 410, 422];
+    DownloadFileByPath = [400, 401, 404, 410, 422, 429];
     /// `DELETE /packages/{id}`.
     DeletePackage = [400, 401, 403, 404, 409, 410, 413, 415, 422];
     /// `DELETE /packages/{id}/files/{path}`.
@@ -40,7 +40,7 @@ problems! {
     /// `GET /packages`.
     ListPackages = [400, 401, 422];
     /// `GET /packages/{id}`.
-    GetPackage = [400, 401, 404, 410];
+    GetPackage = [400, 401, 404, 410, 429];
     /// `POST /packages/{id}/files` (multipart).
     UploadFile = [400, 401, 403, 404, 409, 410, 412, 413, 415, 422, 507];
     /// `PUT /packages/{id}/files/{path}`.
@@ -52,9 +52,9 @@ problems! {
     /// `POST /packages/{id}/finalize`.
     FinalizePackage = [400, 401, 403, 404, 409, 410, 413, 415, 422];
     /// `GET /packages/{id}/manifest`.
-    GetManifest = [400, 401, 404, 406, 410];
+    GetManifest = [400, 401, 404, 406, 410, 429];
     /// `GET /packages/{id}/manifest.json`.
-    GetManifestJson = [400, 401, 404, 410];
+    GetManifestJson = [400, 401, 404, 410, 429];
     /// `GET /retention-classes`.
     ListRetentionClasses = [401];
     /// `PUT /retention-classes/{name}`.

@@ -301,7 +301,7 @@ impl PackagesApi {
             Some(PackageId(id.0)),
             None,
         );
-        state.retrievals.record(record).await;
+        state.retrievals.record(record).await?;
         Ok(Json(view))
     }
 

@@ -84,9 +84,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         None => format!("listening on http://{address}\n"),
     });
     let (retrievals, retrieval_writer) = if records_kept {
-        crate::registry::RetrievalLog::start(
+        crate::registry::RetrievalLog::start_with(
             service.registry.pool().clone(),
             settings.retrieval_queue,
+            settings.retrieval_wait,
         )
     } else {
         (crate::registry::RetrievalLog::off(), tokio::spawn(async {}))

@@ -148,10 +148,16 @@ pub struct ServiceArgs {
     /// attestation, so it is read on every manifest download.
     #[arg(long, env = "ARTIFACTSTORE_MAX_PROVENANCE", default_value = "64KiB", value_parser = ByteSize::positive)]
     pub max_provenance: ByteSize,
-    /// Retrieval records waiting to be written, at most; past it, reads wait for the writer
-    /// (they are never served unrecorded).
+    /// Places for retrieval records: one per read in flight (a download holds its place until
+    /// its body ends) or waiting to be written. A tenant takes at most half; past that, or
+    /// past the queue's end, a read waits for a place (`--retrieval-wait-seconds`), then is
+    /// refused (429): reads are never served unrecorded.
     #[arg(long, env = "ARTIFACTSTORE_RETRIEVAL_QUEUE", default_value = "10000", value_parser = within::<1, 1_000_000>)]
     pub retrieval_queue: u64,
+    /// Seconds a read waits for a place in the retrieval queue before it is refused (429 with
+    /// `Retry-After`).
+    #[arg(long, env = "ARTIFACTSTORE_RETRIEVAL_WAIT_SECONDS", default_value = "10", value_parser = within::<1, 300>)]
+    pub retrieval_wait_seconds: u64,
     /// Seconds a connection has to send a whole request head (from when it is accepted, and
     /// between requests on a kept-alive connection); it is closed after that.
     #[arg(long, env = "ARTIFACTSTORE_HEADER_READ_TIMEOUT_SECONDS", default_value = "30", value_parser = within::<1, 3600>)]
@@ -286,6 +292,8 @@ pub struct Settings {
     pub max_provenance: u64,
     /// Retrieval records waiting to be written, at most.
     pub retrieval_queue: usize,
+    /// How long a read waits for a place in the retrieval queue.
+    pub retrieval_wait: std::time::Duration,
     /// Tokens.
     pub tokens: std::sync::Arc<crate::auth::TokenStore>,
 }
@@ -392,6 +400,7 @@ impl ServiceArgs {
             max_json_body: self.max_json_body.0,
             max_provenance: self.max_provenance.0,
             retrieval_queue: count(self.retrieval_queue),
+            retrieval_wait: seconds(self.retrieval_wait_seconds),
         })
     }
 }

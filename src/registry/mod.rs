@@ -20,6 +20,7 @@ mod removal;
 mod retention;
 mod retrievals;
 mod roots;
+pub(crate) mod shares;
 mod space;
 mod types;
 mod uploads;

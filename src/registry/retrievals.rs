@@ -6,9 +6,11 @@
 //! place before it starts, and fills it when its bytes have gone).
 
 use super::Registry;
+use super::shares::TenantShares;
 use crate::domain::{FileId, PackageId, TenantId, Timestamp};
 use crate::error::{Error, Result};
 use deadpool_postgres::Pool;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -74,55 +76,104 @@ pub struct Retrieval {
 #[derive(Debug, Clone)]
 pub struct RetrievalLog {
     queue: Option<mpsc::Sender<Retrieval>>,
+    /// Each tenant's share of the queue's places (half), so that one tenant's slow
+    /// downloads, each holding its place until its body ends, cannot stall every other's.
+    shares: Arc<TenantShares>,
+    /// How long a read waits for a place before it is refused as busy.
+    patience: Duration,
 }
+
+/// How long a read waits for a place in the queue.
+const PATIENCE: Duration = Duration::from_secs(10);
 
 impl RetrievalLog {
     /// Starts the writer (a task on the current runtime) with a queue of `capacity` records.
     /// It ends once every clone of the log is dropped and the queue is written.
     pub fn start(pool: Pool, capacity: usize) -> (Self, tokio::task::JoinHandle<()>) {
-        let (queue, records) = mpsc::channel(capacity.max(1));
+        Self::start_with(pool, capacity, PATIENCE)
+    }
+
+    /// [`Self::start`], a read waiting up to `patience` for a place.
+    pub fn start_with(
+        pool: Pool,
+        capacity: usize,
+        patience: Duration,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let capacity = capacity.max(1);
+        let (queue, records) = mpsc::channel(capacity);
         let writer = tokio::spawn(write_records(pool, records));
-        (RetrievalLog { queue: Some(queue) }, writer)
+        let log = RetrievalLog {
+            queue: Some(queue),
+            shares: Arc::new(TenantShares::of(capacity)),
+            patience,
+        };
+        (log, writer)
     }
 
     /// A log that records nothing.
     pub fn off() -> Self {
         tracing::info!("retrieval records are off (kept 0 days): none are written");
-        RetrievalLog { queue: None }
-    }
-
-    /// Queues a record, waiting for room when the writer is behind.
-    pub async fn record(&self, retrieval: Retrieval) {
-        let Some(queue) = &self.queue else {
-            return;
-        };
-        if queue.send(retrieval).await.is_err() {
-            tracing::error!("the retrieval log is closed: a record was lost");
+        RetrievalLog {
+            queue: None,
+            shares: Arc::new(TenantShares::of(1)),
+            patience: PATIENCE,
         }
     }
 
-    /// A place in the queue, taken now (waiting for room when the writer is behind), for a
-    /// record made later where nothing can wait: when a response body ends or is dropped.
-    /// `None` when the log is off (or closed).
-    pub async fn reserve(&self) -> Option<RetrievalSlot> {
-        match self.queue.clone()?.reserve_owned().await {
-            Ok(permit) => Some(RetrievalSlot(permit)),
-            Err(_) => {
+    /// Queues a record; see [`Self::reserve`] for when it cannot.
+    pub async fn record(&self, retrieval: Retrieval) -> Result<()> {
+        if let Some(slot) = self.reserve(&retrieval.tenant).await? {
+            slot.record(retrieval);
+        }
+        Ok(())
+    }
+
+    /// A place in the queue for one of `tenant`'s reads, taken now, for a record made later
+    /// where nothing can wait: when a response body ends or is dropped. A tenant holds at
+    /// most half the places; a read waits for one up to a bound (the writer behind, or the
+    /// tenant's share in use), then is refused as busy (429): reads are never served
+    /// unrecorded. `None` when the log is off (or closed).
+    pub async fn reserve(&self, tenant: &TenantId) -> Result<Option<RetrievalSlot>> {
+        let Some(queue) = &self.queue else {
+            return Ok(None);
+        };
+        let share = self.shares.of_tenant(tenant.as_str());
+        let taken = tokio::time::timeout(self.patience, async {
+            let share = share.acquire_owned().await.ok()?;
+            let place = queue.clone().reserve_owned().await.ok()?;
+            Some(RetrievalSlot {
+                place,
+                _share: share,
+            })
+        })
+        .await;
+        match taken {
+            Ok(Some(slot)) => Ok(Some(slot)),
+            Ok(None) => {
                 tracing::error!("the retrieval log is closed: a record will be lost");
-                None
+                Ok(None)
             }
+            Err(_) => Err(Error::Busy(
+                "too many reads are waiting to be recorded (this tenant's share of the \
+                 retrieval queue is in use, or the writer is behind); retry shortly"
+                    .into(),
+            )),
         }
     }
 }
 
-/// A reserved place in the retrieval queue ([`RetrievalLog::reserve`]).
+/// A reserved place in the retrieval queue ([`RetrievalLog::reserve`]), and the place it
+/// takes in its tenant's share until its record is queued.
 #[derive(Debug)]
-pub struct RetrievalSlot(mpsc::OwnedPermit<Retrieval>);
+pub struct RetrievalSlot {
+    place: mpsc::OwnedPermit<Retrieval>,
+    _share: tokio::sync::OwnedSemaphorePermit,
+}
 
 impl RetrievalSlot {
     /// Queues the record in the place reserved for it, at once.
     pub fn record(self, retrieval: Retrieval) {
-        self.0.send(retrieval);
+        self.place.send(retrieval);
     }
 }
 

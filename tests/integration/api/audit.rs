@@ -248,6 +248,78 @@ async fn a_full_record_queue_slows_reads_and_loses_none() {
     assert!(all.iter().all(|r| r["outcome"] == "complete"));
 }
 
+/// A tenant holds at most half the retrieval queue's places: its downloads that never end
+/// (a client that stops reading) cannot stall another tenant's reads; its own read past its
+/// share waits the configured time, then is refused with 429, and is not served unrecorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenants_stalled_downloads_cannot_stall_anothers_reads() {
+    let db = TestDb::new().await;
+    let api = Api::start(
+        &db,
+        &[
+            ("ARTIFACTSTORE_TOKENS", ALL_TOKENS),
+            ("ARTIFACTSTORE_RETRIEVAL_QUEUE", "4"),
+            ("ARTIFACTSTORE_RETRIEVAL_WAIT_SECONDS", "1"),
+        ],
+    );
+    let mut files = Vec::new();
+    for (writer, size) in [(WRITER, 32 << 20), ("globex-writer-token", 4096)] {
+        let package = api
+            .create(writer, json!({"producer": "ci", "subject": "share"}))
+            .await;
+        let id = package["id"].as_str().unwrap().to_owned();
+        let file: Value = api
+            .put(writer, &id, "f.bin", &random_bytes(size, 3))
+            .await
+            .json()
+            .await
+            .unwrap();
+        files.push(file);
+    }
+    let download = |token: &'static str, file: &Value| {
+        let url = api.url(&format!("/files/{}/download", file["id"].as_str().unwrap()));
+        api.http.get(url).bearer_auth(token).send()
+    };
+    // Acme's two downloads of 32 MiB, never read: they hold acme's whole share.
+    let stalled = [
+        download(READER, &files[0]).await.unwrap(),
+        download(READER, &files[0]).await.unwrap(),
+    ];
+    assert!(stalled.iter().all(|r| r.status() == StatusCode::OK));
+    let started = std::time::Instant::now();
+    let third = download(READER, &files[0]).await.unwrap();
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(third.headers().contains_key("retry-after"));
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+    let problem: Value = third.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("retry shortly"),
+        "{problem}"
+    );
+    // Globex's reads go on meanwhile, at once.
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        let resp = download("globex-admin-token", &files[1]).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.bytes().await.unwrap().len(), 4096);
+        assert!(started.elapsed() < std::time::Duration::from_millis(900));
+    }
+    // Once acme's stalled downloads go, its reads are served again.
+    drop(stalled);
+    let resp = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        download(READER, &files[0]),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.bytes().await.unwrap().len(), 32 << 20);
+}
+
 /// Kept 0 days, retrieval records are off: reads are served and nothing is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_kept_zero_days_are_not_written() {

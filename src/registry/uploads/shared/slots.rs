@@ -7,8 +7,7 @@ use super::*;
 /// slot up to [`SLOT_WAIT`], then is refused as busy (429).
 pub(crate) struct StreamingSlots {
     slots: Arc<tokio::sync::Semaphore>,
-    per_tenant: usize,
-    tenants: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    shares: crate::registry::shares::TenantShares,
 }
 
 /// How long a chunk waits for a streaming slot.
@@ -24,8 +23,7 @@ impl StreamingSlots {
     pub(crate) fn new(max: usize) -> Self {
         StreamingSlots {
             slots: Arc::new(tokio::sync::Semaphore::new(max)),
-            per_tenant: (max / 2).max(1),
-            tenants: std::sync::Mutex::default(),
+            shares: crate::registry::shares::TenantShares::of(max),
         }
     }
 
@@ -36,13 +34,7 @@ impl StreamingSlots {
         tenant: &TenantId,
         wait: std::time::Duration,
     ) -> Result<StreamingSlot> {
-        let share = self
-            .tenants
-            .lock()
-            .expect("streaming slots")
-            .entry(tenant.as_str().to_owned())
-            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.per_tenant)))
-            .clone();
+        let share = self.shares.of_tenant(tenant.as_str());
         let taken = tokio::time::timeout(wait, async {
             let share = share.acquire_owned().await.ok()?;
             let slot = self.slots.clone().acquire_owned().await.ok()?;
