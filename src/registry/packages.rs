@@ -63,23 +63,24 @@ impl Registry {
             .unwrap_or_else(|| DEFAULT_RETENTION_CLASS.into());
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let known = tx
-            .query_opt(
-                "SELECT 1 FROM retention_classes WHERE name = $1",
-                &[&retention_class],
-            )
-            .await?;
+        // One round trip for both (prepared once per connection, sent together): a package
+        // creation is a handful of round trips, and the fleet's event rate is bound by them.
+        let (class, known_tenant) = futures::try_join!(
+            tx.prepare_cached("SELECT 1 FROM retention_classes WHERE name = $1"),
+            tx.prepare_cached("INSERT INTO tenants (id) VALUES ($1) ON CONFLICT DO NOTHING"),
+        )?;
+        let class_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&retention_class];
+        let tenant_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&tenant.as_str()];
+        let (known, _) = futures::try_join!(
+            tx.query_opt(&class, &class_params),
+            tx.execute(&known_tenant, &tenant_params),
+        )?;
         if known.is_none() {
             return Err(Error::InvalidInput(format!(
                 "retention class `{}` does not exist",
                 retention_class.escape_debug()
             )));
         }
-        tx.execute(
-            "INSERT INTO tenants (id) VALUES ($1) ON CONFLICT DO NOTHING",
-            &[&tenant.as_str()],
-        )
-        .await?;
         let event = PackageCreated {
             package_id: PackageId::generate(),
             tenant: tenant.clone(),
