@@ -76,8 +76,9 @@ pub struct Retrieval {
 #[derive(Debug, Clone)]
 pub struct RetrievalLog {
     queue: Option<mpsc::Sender<Retrieval>>,
-    /// Each tenant's share of the queue's places (half), so that one tenant's slow
-    /// downloads, each holding its place until its body ends, cannot stall every other's.
+    /// Each tenant's share of the queue's places (half), so that no one tenant's slow
+    /// downloads, each holding its place until its body ends, can stall every other's (two
+    /// such tenants together can).
     shares: Arc<TenantShares>,
     /// How long a read waits for a place before it is refused as busy.
     patience: Duration,

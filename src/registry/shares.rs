@@ -1,5 +1,6 @@
-//! Each tenant's share of a bounded resource: half of it (at least one unit), so that no
-//! tenant's slow or many requests can hold all of it and starve the others.
+//! Each tenant's share of a bounded resource: half of it (at least one unit), so that no one
+//! tenant's slow or many requests can hold all of it and starve the others. It bounds each
+//! tenant, not their sum: two tenants at their share together hold everything.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
