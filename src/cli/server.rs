@@ -46,6 +46,23 @@ pub struct ReplayArgs {
     check: bool,
 }
 
+/// The retrieval log and its writer task (a finished one when records are not kept).
+fn retrieval_log(
+    settings: &crate::config::Settings,
+    pool: &deadpool_postgres::Pool,
+    kept: bool,
+) -> (crate::registry::RetrievalLog, tokio::task::JoinHandle<()>) {
+    if kept {
+        crate::registry::RetrievalLog::start_with(
+            pool.clone(),
+            settings.retrieval_queue,
+            settings.retrieval_wait,
+        )
+    } else {
+        (crate::registry::RetrievalLog::off(), tokio::spawn(async {}))
+    }
+}
+
 pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let term = super::terminate_signal()?;
     let jobs = args.worker.then(|| args.jobs.options());
@@ -83,19 +100,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Some((at, _)) => format!("listening on http://{address}\nmetrics on http://{at}/metrics\n"),
         None => format!("listening on http://{address}\n"),
     });
-    let (retrievals, retrieval_writer) = if records_kept {
-        crate::registry::RetrievalLog::start_with(
-            service.registry.pool().clone(),
-            settings.retrieval_queue,
-            settings.retrieval_wait,
-        )
-    } else {
-        (crate::registry::RetrievalLog::off(), tokio::spawn(async {}))
-    };
+    let (retrievals, retrieval_writer) =
+        retrieval_log(&settings, service.registry.pool(), records_kept);
     let state = AppState {
         retrievals,
         events: bus.clone(),
-        tail: crate::events::TailReader::new(service.registry.pool().clone()),
+        tail: crate::events::TailReader::with_page_bytes(
+            service.registry.pool().clone(),
+            settings.max_event_page_bytes,
+        ),
         max_json_body: settings.max_json_body,
         max_provenance: settings.max_provenance,
         body_idle_timeout: settings.http.body_idle_timeout,

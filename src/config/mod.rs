@@ -154,6 +154,11 @@ pub struct ServiceArgs {
     /// refused (429): reads are never served unrecorded.
     #[arg(long, env = "ARTIFACTSTORE_RETRIEVAL_QUEUE", default_value = "10000", value_parser = within::<1, 1_000_000>)]
     pub retrieval_queue: u64,
+    /// Payload bytes a page of `GET /events` holds, at most: a page ends after the event that
+    /// takes it past this (one event always comes, however large; a finalize event carries
+    /// its manifest). Bytes, or with a unit.
+    #[arg(long, env = "ARTIFACTSTORE_MAX_EVENT_PAGE_BYTES", default_value = "16MiB", value_parser = ByteSize::positive)]
+    pub max_event_page_bytes: ByteSize,
     /// Seconds a read waits for a place in the retrieval queue before it is refused (429 with
     /// `Retry-After`).
     #[arg(long, env = "ARTIFACTSTORE_RETRIEVAL_WAIT_SECONDS", default_value = "10", value_parser = within::<1, 300>)]
@@ -294,6 +299,8 @@ pub struct Settings {
     pub retrieval_queue: usize,
     /// How long a read waits for a place in the retrieval queue.
     pub retrieval_wait: std::time::Duration,
+    /// Payload bytes an event page holds, at most.
+    pub max_event_page_bytes: u64,
     /// Tokens.
     pub tokens: std::sync::Arc<crate::auth::TokenStore>,
 }
@@ -401,6 +408,7 @@ impl ServiceArgs {
             max_provenance: self.max_provenance.0,
             retrieval_queue: count(self.retrieval_queue),
             retrieval_wait: seconds(self.retrieval_wait_seconds),
+            max_event_page_bytes: self.max_event_page_bytes.0,
         })
     }
 }

@@ -170,24 +170,60 @@ pub async fn read_after_until(
     tenant: Option<&TenantId>,
     type_prefix: Option<&str>,
 ) -> Result<Vec<StoredEvent>> {
+    Ok(
+        read_page(client, since, upto, limit, i64::MAX, tenant, type_prefix)
+            .await?
+            .0,
+    )
+}
+
+/// Like [`read_after_until`], the page also cut after the event that takes its payloads past
+/// `max_bytes` (the first event always comes, however large); whether it was cut so.
+pub async fn read_page(
+    client: &impl GenericClient,
+    since: i64,
+    upto: i64,
+    limit: i64,
+    max_bytes: i64,
+    tenant: Option<&TenantId>,
+    type_prefix: Option<&str>,
+) -> Result<(Vec<StoredEvent>, bool)> {
     let prefix_pattern = type_prefix.map(|p| format!("{}%", escape_like(p)));
+    // The byte bound is applied to the page the limit chose (the window runs over at most
+    // `limit` rows), so that only what fits comes back to this process.
     let rows = client
         .query(
-            "SELECT sequence, position, id, type, tenant, subject_id, occurred_at, payload, chain \
-             FROM events \
-             WHERE sequence > $1 AND sequence <= $5 AND ($2::text IS NULL OR tenant = $2) \
-               AND ($3::text IS NULL OR type LIKE $3) \
-             ORDER BY sequence LIMIT $4",
+            "SELECT sequence, position, id, type, tenant, subject_id, occurred_at, payload, \
+                    chain, fetched \
+             FROM (SELECT p.*, count(*) OVER () AS fetched, \
+                          sum(octet_length(payload)) OVER (ORDER BY sequence) \
+                            - octet_length(payload) AS before \
+                   FROM (SELECT sequence, position, id, type, tenant, subject_id, occurred_at, \
+                                payload, chain \
+                         FROM events \
+                         WHERE sequence > $1 AND sequence <= $5 \
+                           AND ($2::text IS NULL OR tenant = $2) \
+                           AND ($3::text IS NULL OR type LIKE $3) \
+                         ORDER BY sequence LIMIT $4) p) w \
+             WHERE before < $6 \
+             ORDER BY sequence",
             &[
                 &since,
                 &tenant.map(TenantId::as_str),
                 &prefix_pattern,
                 &limit,
                 &upto,
+                &max_bytes,
             ],
         )
         .await?;
-    rows.iter().map(StoredEvent::from_row).collect()
+    let fetched: i64 = rows.first().map_or(0, |r| r.get("fetched"));
+    let cut = (rows.len() as i64) < fetched;
+    let events = rows
+        .iter()
+        .map(StoredEvent::from_row)
+        .collect::<Result<_>>()?;
+    Ok((events, cut))
 }
 
 /// The highest committed sequence (0 for an empty log).

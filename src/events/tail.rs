@@ -7,7 +7,7 @@
 //! event that woke it sees, through the bus, that more is committed than the page covers, and
 //! reads again.
 
-use super::log::{StoredEvent, latest_sequence, read_after_until};
+use super::log::{StoredEvent, latest_sequence, read_page};
 use crate::domain::TenantId;
 use crate::error::{Error, Result};
 use deadpool_postgres::Pool;
@@ -23,7 +23,9 @@ use std::sync::{Arc, Mutex};
 pub struct TailPage {
     /// Matching events after `since`, in order, at most `limit`.
     pub events: Vec<StoredEvent>,
-    /// The latest committed sequence when the page was read (at least `since`).
+    /// Every matching event up to here is in the page: the latest committed sequence when
+    /// the page was read (at least `since`), or the page's last event when its byte bound
+    /// ended it early.
     pub scanned_to: i64,
 }
 
@@ -46,15 +48,28 @@ pub struct TailReader {
     pool: Pool,
     in_flight: Arc<Mutex<HashMap<Question, Answer>>>,
     reads: Arc<AtomicU64>,
+    max_bytes: i64,
 }
+
+/// The payload bytes a page holds by default (past them it ends early; see
+/// [`TailReader::with_page_bytes`]).
+pub const PAGE_BYTES: u64 = 16 << 20;
 
 impl TailReader {
     /// A reader over `pool`.
     pub fn new(pool: Pool) -> Self {
+        Self::with_page_bytes(pool, PAGE_BYTES)
+    }
+
+    /// A reader whose pages end after the event that takes their payloads past `max_bytes`
+    /// (a finalize event carries its manifest: a page of large packages' would otherwise be
+    /// held whole in memory, per page and per waiter).
+    pub fn with_page_bytes(pool: Pool, max_bytes: u64) -> Self {
         TailReader {
             pool,
             in_flight: Arc::default(),
             reads: Arc::default(),
+            max_bytes: i64::try_from(max_bytes).unwrap_or(i64::MAX),
         }
     }
 
@@ -109,6 +124,7 @@ impl TailReader {
     fn ask(&self, question: Question, hold: impl Send + Sync + 'static) -> Answer {
         let pool = self.pool.clone();
         let in_flight = self.in_flight.clone();
+        let max_bytes = self.max_bytes;
         self.reads.fetch_add(1, Ordering::Relaxed);
         // The read is a task of its own, so it always runs to its end, gives its connection
         // back and leaves the table, whichever of its askers hang up. (A shared future that
@@ -116,7 +132,7 @@ impl TailReader {
         // place in the pool's queue, for good.)
         let task = tokio::spawn(async move {
             let _hold = hold;
-            let result = read(&pool, &question).await;
+            let result = read(&pool, &question, max_bytes).await;
             // Later askers start a fresh read: they may be waiting for newer events.
             in_flight
                 .lock()
@@ -133,22 +149,24 @@ impl TailReader {
     }
 }
 
-async fn read(pool: &Pool, q: &Question) -> Result<TailPage> {
+async fn read(pool: &Pool, q: &Question, max_bytes: i64) -> Result<TailPage> {
     let client = pool.get().await?;
     // Everything up to the latest committed sequence is visible (commit order), so a page that
     // is not full has seen every matching event up to it.
     let upto = latest_sequence(&**client).await?.max(q.since);
-    let events = read_after_until(
+    let (events, cut) = read_page(
         &**client,
         q.since,
         upto,
         q.limit,
+        max_bytes,
         Some(&q.tenant),
         q.type_prefix.as_deref(),
     )
     .await?;
-    Ok(TailPage {
-        events,
-        scanned_to: upto,
-    })
+    let scanned_to = match events.last() {
+        Some(last) if cut => last.sequence,
+        _ => upto,
+    };
+    Ok(TailPage { events, scanned_to })
 }
