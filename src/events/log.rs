@@ -177,6 +177,10 @@ pub async fn read_after_until(
     )
 }
 
+/// The payload bytes the maintenance reads (replay, `log verify`) take per page, at most:
+/// their pages end early past it, as [`read_page`] does.
+pub const MAINTENANCE_PAGE_BYTES: i64 = 64 << 20;
+
 /// Like [`read_after_until`], the page also cut after the event that takes its payloads past
 /// `max_bytes` (the first event always comes, however large); whether it was cut so.
 pub async fn read_page(

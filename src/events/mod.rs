@@ -19,7 +19,10 @@ pub mod wire;
 
 pub use bus::{EventBus, LongPollLimits, WaitRefused, WaitingRequest};
 pub use kinds::{DomainEvent, EventKind, OwnerInPayload, Payload};
-pub use log::{NOTIFY_CHANNEL, StoredEvent, latest_sequence, read_after, read_after_until};
+pub use log::{
+    MAINTENANCE_PAGE_BYTES, NOTIFY_CHANNEL, StoredEvent, latest_sequence, read_after,
+    read_after_until, read_page,
+};
 pub use payloads::{
     BlobCollected, ClassChanged, ClassDefined, FileIngested, FileRemoved, HoldReleased, HoldSet,
     LocationAdded, LocationRemoved, LocationStatus, LocationVerified, PackageAbandoned,

@@ -1,6 +1,6 @@
 //! Rebuilding the views from the log.
 
-use super::log::{StoredEvent, read_after};
+use super::log::{MAINTENANCE_PAGE_BYTES, read_page};
 use super::views::{VIEW_TABLES, apply_all};
 use crate::error::{Error, Result};
 use futures::{StreamExt, pin_mut};
@@ -60,7 +60,17 @@ pub async fn replay(pool: &deadpool_postgres::Pool, check: bool) -> Result<Repla
     let mut since = 0;
     let mut count = 0u64;
     loop {
-        let batch: Vec<StoredEvent> = read_after(&*tx, since, 2000, None, None).await?;
+        // By count, and by bytes: a finalize event carries its package's manifest.
+        let (batch, _) = read_page(
+            &*tx,
+            since,
+            i64::MAX,
+            2000,
+            MAINTENANCE_PAGE_BYTES,
+            None,
+            None,
+        )
+        .await?;
         let Some(last) = batch.last() else { break };
         since = last.sequence;
         apply_all(&tx, &batch).await?;

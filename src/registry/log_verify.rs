@@ -305,12 +305,22 @@ impl Walk {
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<()> {
         loop {
-            let page = crate::events::read_after(&**tx, self.last, PAGE, None, None).await?;
+            // By count, and by bytes: a finalize event carries its package's manifest.
+            let (page, cut) = crate::events::read_page(
+                &**tx,
+                self.last,
+                i64::MAX,
+                PAGE,
+                crate::events::MAINTENANCE_PAGE_BYTES,
+                None,
+                None,
+            )
+            .await?;
             for event in &page {
                 self.step(event.sequence, &digest(event), event.chain, report, anchors);
             }
             progress(report.events);
-            if (page.len() as i64) < PAGE {
+            if !cut && (page.len() as i64) < PAGE {
                 return Ok(());
             }
         }
