@@ -19,7 +19,6 @@ use super::checkpoints::{Checkpoint, PublicKey};
 use super::log_verify::{LogProblem, LogReport, Walk, anchors};
 use crate::manifest::canonical::encode_value;
 use ciborium::Value;
-use std::collections::BTreeMap;
 use std::io::{BufRead as _, Write as _};
 use std::path::Path;
 
@@ -87,82 +86,195 @@ pub fn served_event_digest(event: &Value) -> std::result::Result<(i64, [u8; 32])
     Ok((sequence, *blake3::hash(&bytes).as_bytes()))
 }
 
-/// A file's bytes; none when it does not exist.
-fn read_or_empty(path: &Path) -> Result<Vec<u8>> {
-    match std::fs::read(path) {
-        Ok(bytes) => Ok(bytes),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+/// The longest line a copy's JSON-lines file may hold (a link or a checkpoint is a few
+/// hundred bytes).
+const MAX_LINE: u64 = 64 << 10;
+
+/// The largest event a copy may hold (an event's payload is bounded by the server's JSON body
+/// and provenance limits; a finalize event carries its manifest).
+const MAX_ITEM: u64 = 256 << 20;
+
+/// A copy's file read front to back, one entry at a time (memory stays flat whatever its
+/// length): none when it does not exist.
+fn open_or_empty(path: &Path) -> Result<Option<std::io::BufReader<std::fs::File>>> {
+    match std::fs::File::open(path) {
+        Ok(file) => Ok(Some(std::io::BufReader::new(file))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(CopyError::new(path, e)),
     }
 }
 
-/// The entries of a copy's file (none when it does not exist), and where a partial last
-/// entry begins when a save was cut short in it.
-pub struct Entries<T> {
-    /// The complete entries, in file order.
-    pub complete: Vec<T>,
-    /// The length of the complete entries, when a partial one follows them.
+/// The lines of a JSON-lines file, in order. Once it is exhausted, `partial_after` says
+/// where a partial last line (a save cut short in it) begins, if one does.
+pub struct Lines {
+    path: std::path::PathBuf,
+    reader: Option<std::io::BufReader<std::fs::File>>,
+    offset: u64,
+    number: u64,
+    /// The length of the complete lines, when a partial one follows them.
     pub partial_after: Option<u64>,
 }
 
-impl<T> Entries<T> {
-    /// The complete entries, after cutting a partial last one off the file (only `log save`
+impl Lines {
+    /// The lines of `path` (none when it does not exist).
+    pub fn open(path: &Path) -> Result<Self> {
+        Ok(Lines {
+            path: path.to_owned(),
+            reader: open_or_empty(path)?,
+            offset: 0,
+            number: 0,
+            partial_after: None,
+        })
+    }
+
+    /// The next complete line and its number (from 1).
+    pub fn next_line(&mut self) -> Result<Option<(u64, String)>> {
+        let Some(reader) = &mut self.reader else {
+            return Ok(None);
+        };
+        let mut line = Vec::new();
+        let read = std::io::Read::take(&mut *reader, MAX_LINE + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| CopyError::new(&self.path, e))?;
+        if read == 0 {
+            self.reader = None;
+            return Ok(None);
+        }
+        if line.last() != Some(&b'\n') {
+            if read as u64 > MAX_LINE {
+                return Err(CopyError::new(
+                    &self.path,
+                    format!("line {} is longer than {MAX_LINE} bytes", self.number + 1),
+                ));
+            }
+            self.partial_after = Some(self.offset);
+            self.reader = None;
+            return Ok(None);
+        }
+        self.offset += read as u64;
+        self.number += 1;
+        line.pop();
+        let text = String::from_utf8(line).map_err(|_| {
+            CopyError::new(&self.path, format!("line {} is not UTF-8", self.number))
+        })?;
+        Ok(Some((self.number, text)))
+    }
+
+    /// The last complete line, after cutting a partial one off the file (only `log save`
     /// does this, holding the copy's lock: verifying never changes the copy).
-    pub fn repaired(self, path: &Path) -> Result<Vec<T>> {
-        if let Some(length) = self.partial_after {
+    pub fn last_repaired(path: &Path) -> Result<Option<String>> {
+        let mut lines = Lines::open(path)?;
+        let mut last = None;
+        while let Some((_, line)) = lines.next_line()? {
+            last = Some(line);
+        }
+        if let Some(length) = lines.partial_after {
             truncate(path, length)?;
         }
-        Ok(self.complete)
+        Ok(last)
     }
 }
 
-/// The lines of a JSON-lines file.
-pub fn lines(path: &Path) -> Result<Entries<String>> {
-    let bytes = read_or_empty(path)?;
-    let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    let complete = bytes[..whole]
-        .lines()
-        .map(|line| line.map_err(|e| CopyError::new(path, e)))
-        .collect::<Result<_>>()?;
-    Ok(Entries {
-        complete,
-        partial_after: (whole < bytes.len()).then_some(whole as u64),
-    })
+/// Reads through to the inner reader, keeping the bytes of the item being read (at most
+/// [`MAX_ITEM`]), so that each item can be checked against its canonical encoding.
+struct Kept<R> {
+    inner: R,
+    bytes: Vec<u8>,
+    over: bool,
 }
 
-/// The items of a CBOR-sequence file, each in canonical encoding (anything else is refused:
-/// the copy holds the bytes as served).
-pub fn items(path: &Path) -> Result<Entries<Value>> {
-    let bytes = read_or_empty(path)?;
-    let mut complete = Vec::new();
-    let mut rest = bytes.as_slice();
-    while !rest.is_empty() {
-        let start = bytes.len() - rest.len();
-        match ciborium::from_reader::<Value, _>(&mut rest) {
+impl<R: std::io::Read> std::io::Read for Kept<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.bytes.len() as u64 >= MAX_ITEM {
+            self.over = true;
+            return Err(std::io::Error::other("item too large"));
+        }
+        let n = self.inner.read(buf)?;
+        self.bytes.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// The items of a CBOR-sequence file, in order, each in canonical encoding (anything else is
+/// refused: the copy holds the bytes as served). Once it is exhausted, `partial_after` says
+/// where a partial last item begins, if one does.
+pub struct Items {
+    path: std::path::PathBuf,
+    reader: Option<Kept<std::io::BufReader<std::fs::File>>>,
+    offset: u64,
+    /// The length of the complete items, when a partial one follows them.
+    pub partial_after: Option<u64>,
+}
+
+impl Items {
+    /// The items of `path` (none when it does not exist).
+    pub fn open(path: &Path) -> Result<Self> {
+        Ok(Items {
+            path: path.to_owned(),
+            reader: open_or_empty(path)?.map(|inner| Kept {
+                inner,
+                bytes: Vec::new(),
+                over: false,
+            }),
+            offset: 0,
+            partial_after: None,
+        })
+    }
+
+    /// The next complete item.
+    pub fn next_item(&mut self) -> Result<Option<Value>> {
+        let Some(reader) = &mut self.reader else {
+            return Ok(None);
+        };
+        reader.bytes.clear();
+        if std::io::BufRead::fill_buf(&mut reader.inner)
+            .map_err(|e| CopyError::new(&self.path, e))?
+            .is_empty()
+        {
+            self.reader = None;
+            return Ok(None);
+        }
+        match ciborium::from_reader::<Value, _>(&mut *reader) {
             Ok(item) => {
-                let end = bytes.len() - rest.len();
-                if encode_value(item.clone()).ok().as_deref() != Some(&bytes[start..end]) {
+                // ciborium reads exactly the item: what was kept is its bytes.
+                if encode_value(item.clone()).ok().as_deref() != Some(&reader.bytes[..]) {
                     return Err(CopyError::new(
-                        path,
-                        format!("the item at byte {start} is not in canonical CBOR"),
+                        &self.path,
+                        format!("the item at byte {} is not in canonical CBOR", self.offset),
                     ));
                 }
-                complete.push(item);
+                self.offset += reader.bytes.len() as u64;
+                Ok(Some(item))
             }
+            Err(_) if reader.over => Err(CopyError::new(
+                &self.path,
+                format!("the item at byte {} is over {MAX_ITEM} bytes", self.offset),
+            )),
             // The bytes end inside an item.
             Err(ciborium::de::Error::Io(_)) => {
-                return Ok(Entries {
-                    complete,
-                    partial_after: Some(start as u64),
-                });
+                self.partial_after = Some(self.offset);
+                self.reader = None;
+                Ok(None)
             }
-            Err(e) => return Err(CopyError::new(path, format!("not a CBOR sequence: {e}"))),
+            Err(e) => Err(CopyError::new(
+                &self.path,
+                format!("not a CBOR sequence: {e}"),
+            )),
         }
     }
-    Ok(Entries {
-        complete,
-        partial_after: None,
-    })
+
+    /// The last complete item, after cutting a partial one off the file (only `log save`).
+    pub fn last_repaired(path: &Path) -> Result<Option<Value>> {
+        let mut items = Items::open(path)?;
+        let mut last = None;
+        while let Some(item) = items.next_item()? {
+            last = Some(item);
+        }
+        if let Some(length) = items.partial_after {
+            truncate(path, length)?;
+        }
+        Ok(last)
+    }
 }
 
 /// Holds the copy's lock file (`.lock`): exclusively while saving, shared while verifying.
@@ -248,7 +360,9 @@ pub fn saved_keys(dir: &Path) -> Result<Vec<PublicKey>> {
 
 /// Verifies the copy in `dir`: its links against each other, its events against its links,
 /// its checkpoints and `extra` against the chain and `keys`. `progress` is told how many
-/// links were checked so far. Reads only: the copy is never changed.
+/// links were checked so far. Reads only: the copy is never changed. Links and events are
+/// read side by side, one entry at a time (both are in sequence order), so memory stays flat
+/// whatever the copy's length; checkpoints are held, one per few minutes of the log.
 pub fn verify_copy(
     dir: &Path,
     extra: Vec<Checkpoint>,
@@ -265,11 +379,11 @@ pub fn verify_copy(
         ));
     }
     let checkpoints_path = dir.join(CHECKPOINTS_FILE);
-    let saved_checkpoints = lines(&checkpoints_path)?;
+    let mut saved_checkpoints = Lines::open(&checkpoints_path)?;
     let mut saved = Vec::new();
-    for (n, line) in saved_checkpoints.complete.iter().enumerate() {
-        let checkpoint = serde_json::from_str::<Checkpoint>(line)
-            .map_err(|e| CopyError::new(&checkpoints_path, format!("line {}: {e}", n + 1)))?;
+    while let Some((n, line)) = saved_checkpoints.next_line()? {
+        let checkpoint = serde_json::from_str::<Checkpoint>(&line)
+            .map_err(|e| CopyError::new(&checkpoints_path, format!("line {n}: {e}")))?;
         saved.push(checkpoint);
     }
     let checkpoints = saved
@@ -277,17 +391,23 @@ pub fn verify_copy(
         .map(|c| (c, "the saved checkpoint"))
         .chain(extra.into_iter().map(|c| (c, "the given checkpoint")));
     let anchors = anchors(checkpoints, keys, &mut report);
-    let events_path = dir.join(EVENTS_FILE);
-    let saved_events = items(&events_path)?;
-    let mut own = own_events(&events_path, &saved_events.complete, &mut report)?;
-    let saved_links = lines(&links_path)?;
+    let mut own = OwnEvents::open(&dir.join(EVENTS_FILE))?;
+    let mut links = Lines::open(&links_path)?;
     let mut walk = Walk::default();
-    for (n, line) in saved_links.complete.iter().enumerate() {
-        let bad = |e: String| CopyError::new(&links_path, format!("line {}: {e}", n + 1));
-        let saved: SavedLink = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+    while let Some((n, line)) = links.next_line()? {
+        let bad = |e: String| CopyError::new(&links_path, format!("line {n}: {e}"));
+        let saved: SavedLink = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
         let digest = hex32(&saved.digest).map_err(bad)?;
         let chain = hex32(&saved.chain).map_err(bad)?;
-        if let Some(mine) = own.remove(&saved.sequence) {
+        // Saved events before this link fall in a hole the walk reports as a gap.
+        while own
+            .peek(&mut report)?
+            .is_some_and(|(s, _)| s < saved.sequence)
+        {
+            own.take();
+        }
+        if let Some((_, mine)) = own.peek(&mut report)?.filter(|(s, _)| *s == saved.sequence) {
+            own.take();
             report.own_events += 1;
             if mine != digest {
                 report.problems.push(LogProblem::Content {
@@ -302,17 +422,19 @@ pub fn verify_copy(
     }
     progress(report.events);
     walk.finish(&mut report, &anchors, None);
-    // Saved events inside the links' range were compared, or fall in a hole already
-    // reported as a gap; those past their end were never compared.
-    for sequence in own.into_keys().filter(|s| *s > walk.last) {
-        report.problems.push(LogProblem::Uncovered { sequence });
+    // Saved events past the links' end were never compared.
+    while let Some((sequence, _)) = own.peek(&mut report)? {
+        own.take();
+        if sequence > walk.last {
+            report.problems.push(LogProblem::Uncovered { sequence });
+        }
     }
-    for (path, entries) in [
+    for (path, partial) in [
         (&checkpoints_path, saved_checkpoints.partial_after),
-        (&links_path, saved_links.partial_after),
-        (&events_path, saved_events.partial_after),
+        (&links_path, links.partial_after),
+        (&own.path, own.items.partial_after),
     ] {
-        if let Some(after) = entries {
+        if let Some(after) = partial {
             report.problems.push(LogProblem::PartialEntry {
                 file: path.display().to_string(),
                 after,
@@ -325,28 +447,50 @@ pub fn verify_copy(
     Ok(report)
 }
 
-/// The saved events' digests by sequence; sequences must rise from 1 (a repeated or
+/// The saved events' sequences and digests, in order; sequences must rise (a repeated or
 /// reordered event is reported, and not compared).
-fn own_events(
-    path: &Path,
-    events: &[Value],
-    report: &mut LogReport,
-) -> Result<BTreeMap<i64, [u8; 32]>> {
-    let mut own = BTreeMap::new();
-    let mut last = 0;
-    for item in events {
-        let (sequence, digest) = served_event_digest(item).map_err(|e| CopyError::new(path, e))?;
-        if sequence <= last {
-            report.problems.push(LogProblem::OutOfOrder {
-                sequence,
-                after: last,
-            });
-            continue;
-        }
-        last = sequence;
-        own.insert(sequence, digest);
+struct OwnEvents {
+    path: std::path::PathBuf,
+    items: Items,
+    last: i64,
+    next: Option<(i64, [u8; 32])>,
+}
+
+impl OwnEvents {
+    fn open(path: &Path) -> Result<Self> {
+        Ok(OwnEvents {
+            path: path.to_owned(),
+            items: Items::open(path)?,
+            last: 0,
+            next: None,
+        })
     }
-    Ok(own)
+
+    /// The next event in order, read if need be.
+    fn peek(&mut self, report: &mut LogReport) -> Result<Option<(i64, [u8; 32])>> {
+        while self.next.is_none() {
+            let Some(item) = self.items.next_item()? else {
+                return Ok(None);
+            };
+            let (sequence, digest) =
+                served_event_digest(&item).map_err(|e| CopyError::new(&self.path, e))?;
+            if sequence <= self.last {
+                report.problems.push(LogProblem::OutOfOrder {
+                    sequence,
+                    after: self.last,
+                });
+                continue;
+            }
+            self.last = sequence;
+            self.next = Some((sequence, digest));
+        }
+        Ok(self.next)
+    }
+
+    /// Moves past the event [`Self::peek`] gave.
+    fn take(&mut self) {
+        self.next = None;
+    }
 }
 
 fn hex32(text: &str) -> std::result::Result<[u8; 32], String> {
@@ -354,4 +498,53 @@ fn hex32(text: &str) -> std::result::Result<[u8; 32], String> {
         .ok()
         .and_then(|bytes| bytes.try_into().ok())
         .ok_or_else(|| format!("`{}` is not 32 bytes of hex", text.escape_debug()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_stream_and_find_a_partial_tail_without_changing_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.jsonl");
+        std::fs::write(&path, b"{\"a\":1}\n{\"b\":2}\n{\"c\"").unwrap();
+        let mut lines = Lines::open(&path).unwrap();
+        assert_eq!(lines.next_line().unwrap(), Some((1, "{\"a\":1}".into())));
+        assert_eq!(lines.next_line().unwrap(), Some((2, "{\"b\":2}".into())));
+        assert_eq!(lines.next_line().unwrap(), None);
+        assert_eq!(lines.partial_after, Some(16));
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 20);
+        assert_eq!(Lines::last_repaired(&path).unwrap().unwrap(), "{\"b\":2}");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 16);
+        // A line past the bound is refused, not read whole.
+        std::fs::write(&path, vec![b'x'; MAX_LINE as usize + 10]).unwrap();
+        let err = Lines::open(&path).unwrap().next_line().unwrap_err();
+        assert!(err.message.contains("longer than"), "{err}");
+        // No file: no lines.
+        let mut none = Lines::open(&dir.path().join("absent")).unwrap();
+        assert_eq!(none.next_line().unwrap(), None);
+    }
+
+    #[test]
+    fn items_stream_canonical_cbor_and_find_a_partial_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.cbor");
+        let one = encode_value(Value::Map(vec![(
+            Value::Text("sequence".into()),
+            Value::Integer(1.into()),
+        )]))
+        .unwrap();
+        let two = encode_value(Value::Text("two".into())).unwrap();
+        std::fs::write(&path, [&one[..], &two[..], &two[..2]].concat()).unwrap();
+        let mut items = Items::open(&path).unwrap();
+        assert!(items.next_item().unwrap().is_some());
+        assert_eq!(items.next_item().unwrap(), Some(Value::Text("two".into())));
+        assert_eq!(items.next_item().unwrap(), None);
+        assert_eq!(items.partial_after, Some((one.len() + two.len()) as u64));
+        // The integer 1 in two bytes instead of one: the same value, not canonical.
+        std::fs::write(&path, [0x18, 0x01]).unwrap();
+        let err = Items::open(&path).unwrap().next_item().unwrap_err();
+        assert!(err.message.contains("not in canonical CBOR"), "{err}");
+    }
 }

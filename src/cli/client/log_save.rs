@@ -71,12 +71,10 @@ async fn save_checkpoints(
     dir: &Path,
 ) -> Result<u64, CliError> {
     let path = dir.join(CHECKPOINTS_FILE);
-    let lines = log_copy::lines(&path)
-        .and_then(|entries| entries.repaired(&path))
-        .map_err(copy_error)?;
-    let mut since = match lines.last() {
+    let last = log_copy::Lines::last_repaired(&path).map_err(copy_error)?;
+    let mut since = match last {
         Some(line) => {
-            serde_json::from_str::<crate::registry::Checkpoint>(line)
+            serde_json::from_str::<crate::registry::Checkpoint>(&line)
                 .map_err(|e| CliError::other(format!("{}: {e}", path.display())))?
                 .sequence
         }
@@ -115,12 +113,10 @@ async fn save_events(
     dir: &Path,
 ) -> Result<(u64, i64), CliError> {
     let path = dir.join(EVENTS_FILE);
-    let items = log_copy::items(&path)
-        .and_then(|entries| entries.repaired(&path))
-        .map_err(copy_error)?;
-    let mut since = match items.last() {
+    let last = log_copy::Items::last_repaired(&path).map_err(copy_error)?;
+    let mut since = match last {
         Some(item) => {
-            log_copy::served_event_digest(item)
+            log_copy::served_event_digest(&item)
                 .map_err(|e| CliError::other(format!("{}: {e}", path.display())))?
                 .0
         }
@@ -206,12 +202,10 @@ async fn save_links(
     bar: &indicatif::ProgressBar,
 ) -> Result<(u64, i64), CliError> {
     let path = dir.join(LINKS_FILE);
-    let lines = log_copy::lines(&path)
-        .and_then(|entries| entries.repaired(&path))
-        .map_err(copy_error)?;
-    let mut since = match lines.last() {
+    let last = log_copy::Lines::last_repaired(&path).map_err(copy_error)?;
+    let mut since = match last {
         Some(line) => {
-            serde_json::from_str::<SavedLink>(line)
+            serde_json::from_str::<SavedLink>(&line)
                 .map_err(|e| CliError::other(format!("{}: {e}", path.display())))?
                 .sequence
         }
