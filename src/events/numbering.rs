@@ -169,21 +169,23 @@ pub(super) async fn number(tx: &impl GenericClient, statements: &Statements) -> 
             };
             links.push(row.get("position"), counter.last, chain);
         }
-        links.write(tx, &statements.set).await?;
         total += rows.len() as u64;
         if (rows.len() as i64) < BATCH {
-            break;
+            // Nothing numbered nor chained: nothing to write. Else the last numbers and the
+            // counter, sent together (run in order).
+            if (counter.last, counter.chained) != start {
+                let chain = counter.chain.as_slice();
+                let save: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+                    [&counter.last, &counter.chained, &chain];
+                futures::try_join!(links.write(tx, &statements.set), async {
+                    Ok(tx.execute(&statements.save, &save).await?)
+                })?;
+            }
+            return Ok(total);
         }
+        links.write(tx, &statements.set).await?;
         rows = tx.query(&statements.pending, &[&BATCH]).await?;
     }
-    if (counter.last, counter.chained) != start {
-        tx.execute(
-            &statements.save,
-            &[&counter.last, &counter.chained, &counter.chain.as_slice()],
-        )
-        .await?;
-    }
-    Ok(total)
 }
 
 /// Chains up to [`CATCH_UP_PER_PASS`] numbered events after `counter.chained`, in order

@@ -274,6 +274,60 @@ async fn a_file_row_must_have_its_packages_tenant() {
     assert_eq!(inserted, 1);
 }
 
+/// A package's retention state and manifest have its tenant too (one composite key each,
+/// sql/V19): a row naming the package with another tenant is refused, even a tenant that
+/// exists.
+#[tokio::test]
+async fn retention_state_and_manifest_rows_must_have_their_packages_tenant() {
+    let env = TestEnv::new().await;
+    let tenant = TenantId::new("default").unwrap();
+    let other = TenantId::new("other").unwrap();
+    let package = env
+        .registry
+        .create_package(&tenant, new_package("p"))
+        .await
+        .unwrap()
+        .id;
+    env.registry
+        .create_package(&other, new_package("q"))
+        .await
+        .unwrap();
+    let client = env.db.client().await;
+    client
+        .execute(
+            "DELETE FROM retention_state WHERE package_id = $1",
+            &[&package.0],
+        )
+        .await
+        .unwrap();
+    let rows = [
+        (
+            "INSERT INTO retention_state (package_id, tenant, legal_hold) VALUES ($1, $2, false)",
+            "retention_state_package_tenant_fkey",
+        ),
+        (
+            "INSERT INTO manifests (package_id, tenant, digest, cbor) VALUES ($1, $2, 'd', '')",
+            "manifests_package_tenant_fkey",
+        ),
+    ];
+    for (insert, key) in rows {
+        let refused = client
+            .execute(insert, &[&package.0, &other.as_str()])
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.code(),
+            Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION)
+        );
+        assert!(format!("{refused:?}").contains(key), "{refused:?}");
+        let inserted = client
+            .execute(insert, &[&package.0, &tenant.as_str()])
+            .await
+            .unwrap();
+        assert_eq!(inserted, 1, "{insert}");
+    }
+}
+
 /// A batch whose transaction fails loses nothing: each of its files is retried alone, so only
 /// the file that really fails is refused, and the views and the log still agree.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
