@@ -92,7 +92,7 @@ const MAX_LINE: u64 = 64 << 10;
 
 /// The largest event a copy may hold (an event's payload is bounded by the server's JSON body
 /// and provenance limits; a finalize event carries its manifest).
-const MAX_ITEM: u64 = 256 << 20;
+pub const MAX_ITEM: u64 = 256 << 20;
 
 /// A copy's file read front to back, one entry at a time (memory stays flat whatever its
 /// length): none when it does not exist.

@@ -231,10 +231,8 @@ async fn concurrent_small_ingests_are_checked_one_by_one_and_replay_identically(
     assert_eq!(events::dump_views(&client).await.unwrap(), before);
 }
 
-/// The schema itself refuses a file row whose tenant is not its package's (V5).
-#[tokio::test]
-async fn a_file_row_must_have_its_packages_tenant() {
-    let env = TestEnv::new().await;
+/// Tenants `default` and `other`, a package of each; the first one's id.
+async fn packages_of_two_tenants(env: &TestEnv) -> (TenantId, TenantId, PackageId) {
     let tenant = TenantId::new("default").unwrap();
     let other = TenantId::new("other").unwrap();
     let package = env
@@ -247,6 +245,14 @@ async fn a_file_row_must_have_its_packages_tenant() {
         .create_package(&other, new_package("q"))
         .await
         .unwrap();
+    (tenant, other, package)
+}
+
+/// The schema itself refuses a file row whose tenant is not its package's (V5).
+#[tokio::test]
+async fn a_file_row_must_have_its_packages_tenant() {
+    let env = TestEnv::new().await;
+    let (tenant, other, package) = packages_of_two_tenants(&env).await;
     let file = env
         .registry
         .ingest_file(&tenant, package, request("a.txt", false), body(b"abc", 3))
@@ -280,18 +286,7 @@ async fn a_file_row_must_have_its_packages_tenant() {
 #[tokio::test]
 async fn retention_state_and_manifest_rows_must_have_their_packages_tenant() {
     let env = TestEnv::new().await;
-    let tenant = TenantId::new("default").unwrap();
-    let other = TenantId::new("other").unwrap();
-    let package = env
-        .registry
-        .create_package(&tenant, new_package("p"))
-        .await
-        .unwrap()
-        .id;
-    env.registry
-        .create_package(&other, new_package("q"))
-        .await
-        .unwrap();
+    let (tenant, other, package) = packages_of_two_tenants(&env).await;
     let client = env.db.client().await;
     client
         .execute(

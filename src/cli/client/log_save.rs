@@ -28,6 +28,43 @@ pub struct LogSaveArgs {
 /// Links and events asked for per request.
 const PAGE: u32 = 1000;
 
+/// Most bytes of one event page held in memory: the largest event a copy holds, and room for
+/// the page around it. A longer page (a server whose pages are bounded more loosely, or not at
+/// all) is asked for again with half the events, down to one.
+const MAX_PAGE_BYTES: u64 = log_copy::MAX_ITEM + (1 << 20);
+
+/// The body of `response`, unless it is longer than `bound` (then `None`, read no further).
+async fn read_bounded(
+    mut response: reqwest::Response,
+    bound: u64,
+) -> Result<Option<Vec<u8>>, CliError> {
+    let transport =
+        |e: reqwest::Error| CliError::from(artifactstore_client::StoreError::transport(&e));
+    if response.content_length().is_some_and(|n| n > bound) {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(transport)? {
+        if (body.len() + chunk.len()) as u64 > bound {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
+/// The events to ask for after a page of `limit` events after `since` was too long: half as
+/// many, or an error when that page held one event.
+fn fewer(limit: u32, since: i64) -> Result<u32, CliError> {
+    if limit <= 1 {
+        return Err(CliError::other(format!(
+            "the server's page of the one event after {since} is over {MAX_PAGE_BYTES} bytes, \
+             more than a copy holds; nothing after {since} was saved"
+        )));
+    }
+    Ok(limit / 2)
+}
+
 fn copy_error(e: log_copy::CopyError) -> CliError {
     CliError::other(e.to_string())
 }
@@ -124,8 +161,12 @@ async fn save_events(
     };
     let mut saved = 0;
     let api = store.api();
+    let mut limit = PAGE;
     loop {
-        let url = format!("{}/events?since={since}&limit={PAGE}&wait=0", api.baseurl());
+        let url = format!(
+            "{}/events?since={since}&limit={limit}&wait=0",
+            api.baseurl()
+        );
         let response = api
             .client()
             .get(url)
@@ -137,10 +178,11 @@ async fn save_events(
             let refused = artifactstore_client::StoreError::from_response(response).await;
             return Err(refused.into());
         }
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| CliError::from(artifactstore_client::StoreError::transport(&e)))?;
+        let Some(bytes) = read_bounded(response, MAX_PAGE_BYTES).await? else {
+            limit = fewer(limit, since)?;
+            continue;
+        };
+        limit = PAGE;
         let (events, next) = event_page(&bytes)?;
         if events.is_empty() {
             return Ok((saved, since));
@@ -257,5 +299,50 @@ async fn save_links(
             waits += 1;
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A response of `body`, its length announced or not (streamed in 1 KiB chunks).
+    fn response(body: Vec<u8>, announced: bool) -> reqwest::Response {
+        let body = if announced {
+            reqwest::Body::from(body)
+        } else {
+            let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+                body.chunks(1024).map(|c| Ok(c.to_vec())).collect();
+            reqwest::Body::wrap_stream(futures::stream::iter(chunks))
+        };
+        reqwest::Response::from(http::Response::new(body))
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_bound_is_not_read_whole() {
+        for announced in [true, false] {
+            let fits = read_bounded(response(vec![7; 4096], announced), 4096).await;
+            assert_eq!(fits.unwrap(), Some(vec![7; 4096]), "announced {announced}");
+            let over = read_bounded(response(vec![7; 4097], announced), 4096).await;
+            assert_eq!(over.unwrap(), None, "announced {announced}");
+        }
+        // Unannounced, the read stops at the first chunk past the bound.
+        let endless = futures::stream::repeat_with(|| Ok::<_, std::io::Error>(vec![0u8; 1024]));
+        let endless =
+            reqwest::Response::from(http::Response::new(reqwest::Body::wrap_stream(endless)));
+        assert_eq!(read_bounded(endless, 1 << 20).await.unwrap(), None);
+    }
+
+    #[test]
+    fn a_page_too_long_is_asked_for_with_half_the_events_down_to_one() {
+        let mut limit = PAGE;
+        let mut asked = vec![limit];
+        while let Ok(next) = fewer(limit, 41) {
+            limit = next;
+            asked.push(limit);
+        }
+        assert_eq!(asked, [1000, 500, 250, 125, 62, 31, 15, 7, 3, 1]);
+        let refused = fewer(1, 41).unwrap_err().to_string();
+        assert!(refused.contains("after 41"), "{refused}");
     }
 }
