@@ -61,12 +61,13 @@ DROP FUNCTION tenant_usage_add(text, numeric, bigint);
 -- composite key says so (as for files since V5), where two separate ones allowed a row whose
 -- tenant differs from its package's. It is one check per row instead of two, on the new
 -- package's row rather than on the tenant's row, which every concurrent package creation of
--- the tenant otherwise locked once more.
+-- the tenant otherwise locked once more. The keys are added NOT VALID here (no scan while
+-- this holds the tables) and validated by V20, which lets reads and writes go on meanwhile.
 ALTER TABLE retention_state ADD CONSTRAINT retention_state_package_tenant_fkey
-    FOREIGN KEY (package_id, tenant) REFERENCES packages (id, tenant);
+    FOREIGN KEY (package_id, tenant) REFERENCES packages (id, tenant) NOT VALID;
 ALTER TABLE retention_state DROP CONSTRAINT retention_state_package_id_fkey;
 ALTER TABLE retention_state DROP CONSTRAINT retention_state_tenant_fkey;
 ALTER TABLE manifests ADD CONSTRAINT manifests_package_tenant_fkey
-    FOREIGN KEY (package_id, tenant) REFERENCES packages (id, tenant);
+    FOREIGN KEY (package_id, tenant) REFERENCES packages (id, tenant) NOT VALID;
 ALTER TABLE manifests DROP CONSTRAINT manifests_package_id_fkey;
 ALTER TABLE manifests DROP CONSTRAINT manifests_tenant_fkey;
