@@ -76,9 +76,9 @@ pub struct Retrieval {
 #[derive(Debug, Clone)]
 pub struct RetrievalLog {
     queue: Option<mpsc::Sender<Retrieval>>,
-    /// Each tenant's share of the queue's places (half), so that no one tenant's slow
-    /// downloads, each holding its place until its body ends, can stall every other's (two
-    /// such tenants together can).
+    /// Each tenant's share of the queue's places (half, and a reserve for tenants holding
+    /// none), so that no tenant's slow downloads, each holding its place until its body
+    /// ends, can stall another's.
     shares: Arc<TenantShares>,
     /// How long a read waits for a place before it is refused as busy.
     patience: Duration,
@@ -131,16 +131,16 @@ impl RetrievalLog {
 
     /// A place in the queue for one of `tenant`'s reads, taken now, for a record made later
     /// where nothing can wait: when a response body ends or is dropped. A tenant holds at
-    /// most half the places; a read waits for one up to a bound (the writer behind, or the
+    /// most half the places, and a quarter are kept for tenants holding none
+    /// ([`TenantShares`]); a read waits for one up to a bound (the writer behind, or the
     /// tenant's share in use), then is refused as busy (429): reads are never served
     /// unrecorded. `None` when the log is off (or closed).
     pub async fn reserve(&self, tenant: &TenantId) -> Result<Option<RetrievalSlot>> {
         let Some(queue) = &self.queue else {
             return Ok(None);
         };
-        let share = self.shares.of_tenant(tenant.as_str());
         let taken = tokio::time::timeout(self.patience, async {
-            let share = share.acquire_owned().await.ok()?;
+            let share = self.shares.take(tenant.as_str()).await;
             let place = queue.clone().reserve_owned().await.ok()?;
             Some(RetrievalSlot {
                 place,
@@ -168,7 +168,7 @@ impl RetrievalLog {
 #[derive(Debug)]
 pub struct RetrievalSlot {
     place: mpsc::OwnedPermit<Retrieval>,
-    _share: tokio::sync::OwnedSemaphorePermit,
+    _share: super::shares::Share,
 }
 
 impl RetrievalSlot {

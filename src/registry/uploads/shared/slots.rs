@@ -3,10 +3,10 @@
 use super::*;
 
 /// Bounds the chunks this process streams into backends at once, and each tenant's share of
-/// them (half, at least one), so no tenant's slow chunks hold them all. A chunk waits for a
-/// slot up to [`SLOT_WAIT`], then is refused as busy (429).
+/// them (half, at least one, and a quarter kept for tenants streaming none:
+/// [`TenantShares`](crate::registry::shares::TenantShares)), so no tenant's slow chunks hold
+/// them all. A chunk waits for a slot up to [`SLOT_WAIT`], then is refused as busy (429).
 pub(crate) struct StreamingSlots {
-    slots: Arc<tokio::sync::Semaphore>,
     shares: crate::registry::shares::TenantShares,
 }
 
@@ -15,14 +15,12 @@ const SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A slot (and its tenant's share), given back when dropped.
 pub(crate) struct StreamingSlot {
-    _slot: tokio::sync::OwnedSemaphorePermit,
-    _share: tokio::sync::OwnedSemaphorePermit,
+    _share: crate::registry::shares::Share,
 }
 
 impl StreamingSlots {
     pub(crate) fn new(max: usize) -> Self {
         StreamingSlots {
-            slots: Arc::new(tokio::sync::Semaphore::new(max)),
             shares: crate::registry::shares::TenantShares::of(max),
         }
     }
@@ -34,17 +32,13 @@ impl StreamingSlots {
         tenant: &TenantId,
         wait: std::time::Duration,
     ) -> Result<StreamingSlot> {
-        let share = self.shares.of_tenant(tenant.as_str());
         let taken = tokio::time::timeout(wait, async {
-            let share = share.acquire_owned().await.ok()?;
-            let slot = self.slots.clone().acquire_owned().await.ok()?;
-            Some(StreamingSlot {
-                _slot: slot,
-                _share: share,
-            })
+            StreamingSlot {
+                _share: self.shares.take(tenant.as_str()).await,
+            }
         })
         .await;
-        taken.ok().flatten().ok_or_else(|| {
+        taken.map_err(|_| {
             Error::Busy(
                 "this server is streaming as many upload chunks as it may; retry shortly".into(),
             )
@@ -60,13 +54,13 @@ impl StreamingSlots {
 mod tests {
     use super::*;
 
-    /// A tenant takes at most half the slots (at least one); slots come back when dropped;
-    /// a chunk waits for one, within its bound.
+    /// A tenant takes at most half the slots (at least one), a quarter are kept for tenants
+    /// streaming none; slots come back when dropped; a chunk waits for one, within its bound.
     #[tokio::test]
     async fn no_tenant_holds_every_streaming_slot() {
         let slots = StreamingSlots::new(4);
         let none = std::time::Duration::ZERO;
-        let (a, b) = (TenantId::new("a").unwrap(), TenantId::new("b").unwrap());
+        let [a, b, c] = ["a", "b", "c"].map(|t| TenantId::new(t).unwrap());
         let first = slots.take_within(&a, none).await.unwrap();
         let _second = slots.take_within(&a, none).await.unwrap();
         assert!(matches!(
@@ -74,11 +68,12 @@ mod tests {
             Err(Error::Busy(_))
         ));
         let _b1 = slots.take_within(&b, none).await.unwrap();
-        let _b2 = slots.take_within(&b, none).await.unwrap();
+        // The last slot is kept for a tenant streaming none: not b's second, c's first.
         assert!(matches!(
             slots.take_within(&b, none).await,
             Err(Error::Busy(_))
         ));
+        let _c1 = slots.take_within(&c, none).await.unwrap();
         // A waiting chunk gets the slot given back.
         let waiting = slots.take_within(&a, std::time::Duration::from_secs(5));
         let giving = async {
