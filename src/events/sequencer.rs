@@ -38,13 +38,14 @@ const WAIT: Duration = Duration::from_secs(10);
 const PASS_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Set on the sequencer's connection: no pass holds the counter's lock for long, whatever
-/// happens to this process or its network. Its statements find their rows by index whatever
-/// the log's size (`enable_seqscan = off`): they are prepared once, and a plan made while the
-/// log was small (a new store, statistics not yet gathered) scanned the whole log in every
-/// pass until the next ANALYZE.
+/// happens to this process or its network. Its statements find each row by index whatever
+/// the log's size (no sequential scans, no hash or merge joins: every statement here touches
+/// a few rows of the log, by index): they are prepared once, and a plan made while the log
+/// was small (a new store, statistics not yet gathered) scanned the whole log in every pass
+/// until the next ANALYZE.
 const SESSION_LIMITS: &str = "SET statement_timeout = '20s'; \
     SET idle_in_transaction_session_timeout = '5s'; \
-    SET enable_seqscan = off; \
+    SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off; \
     SET application_name = 'artifactstore sequencer'";
 
 /// Passes of this code take turns under this transaction advisory lock before they touch the

@@ -33,18 +33,34 @@ const PAGE: u32 = 1000;
 /// all) is asked for again with half the events, down to one.
 const MAX_PAGE_BYTES: u64 = log_copy::MAX_ITEM + (1 << 20);
 
-/// The body of `response`, unless it is longer than `bound` (then `None`, read no further).
+/// Longest a page's body may go without a byte before the save gives up (it holds the copy's
+/// lock meanwhile).
+const STALL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The body of `response`, unless it is longer than `bound` (then `None`, read no further);
+/// an error if it stalls for [`STALL`].
 async fn read_bounded(
     mut response: reqwest::Response,
     bound: u64,
 ) -> Result<Option<Vec<u8>>, CliError> {
     let transport =
         |e: reqwest::Error| CliError::from(artifactstore_client::StoreError::transport(&e));
-    if response.content_length().is_some_and(|n| n > bound) {
+    let announced = response.content_length();
+    if announced.is_some_and(|n| n > bound) {
         return Ok(None);
     }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(transport)? {
+    let mut body = Vec::with_capacity(announced.unwrap_or(0) as usize);
+    loop {
+        let chunk = tokio::time::timeout(STALL, response.chunk())
+            .await
+            .map_err(|_| {
+                CliError::other(format!(
+                    "the server sent nothing for {} s in the middle of an event page",
+                    STALL.as_secs()
+                ))
+            })?
+            .map_err(transport)?;
+        let Some(chunk) = chunk else { break };
         if (body.len() + chunk.len()) as u64 > bound {
             return Ok(None);
         }
@@ -182,7 +198,8 @@ async fn save_events(
             limit = fewer(limit, since)?;
             continue;
         };
-        limit = PAGE;
+        // After a page too long, the events per page grow back by doubling.
+        limit = limit.saturating_mul(2).min(PAGE);
         let (events, next) = event_page(&bytes)?;
         if events.is_empty() {
             return Ok((saved, since));
@@ -193,7 +210,17 @@ async fn save_events(
             let (sequence, _) = log_copy::served_event_digest(&event)
                 .map_err(|e| CliError::other(format!("the server's event page: {e}")))?;
             last = forward(last, sequence, "event")?;
-            out.extend(encode_value(event).map_err(|e| CliError::other(e.to_string()))?);
+            let item = encode_value(event).map_err(|e| CliError::other(e.to_string()))?;
+            // One the copy could not read back would end every later save and verify.
+            if item.len() as u64 > log_copy::MAX_ITEM {
+                return Err(CliError::other(format!(
+                    "event {sequence} is {} bytes, over the {} a copy holds; the page holding \
+                     it was not saved",
+                    item.len(),
+                    log_copy::MAX_ITEM
+                )));
+            }
+            out.extend(item);
             saved += 1;
         }
         log_copy::append(&path, &out).map_err(copy_error)?;
@@ -331,6 +358,20 @@ mod tests {
         let endless =
             reqwest::Response::from(http::Response::new(reqwest::Body::wrap_stream(endless)));
         assert_eq!(read_bounded(endless, 1 << 20).await.unwrap(), None);
+    }
+
+    /// A body that stops coming ends the read (the save holds the copy's lock meanwhile).
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_ends_the_read() {
+        let first = futures::stream::iter([Ok::<_, std::io::Error>(vec![1u8; 10])]);
+        let stalled = futures::StreamExt::chain(first, futures::stream::pending());
+        let response =
+            reqwest::Response::from(http::Response::new(reqwest::Body::wrap_stream(stalled)));
+        let refused = read_bounded(response, 1 << 20)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("sent nothing for 60 s"), "{refused}");
     }
 
     #[test]
