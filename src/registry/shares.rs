@@ -3,13 +3,15 @@
 //!
 //! - a tenant holds at most half the places (at least one);
 //! - a quarter of them (at least one when there are two or more) is a reserve for tenants
-//!   holding none: a tenant's first place comes from the common places while there are any,
-//!   else from the reserve; its later places only ever come from the common places.
+//!   holding none: a request of a tenant holding no place (one such request of a tenant at a
+//!   time) takes a common place while there are any, else a reserved one; every other
+//!   request takes a common place.
 //!
 //! So however many tenants stall while holding places, a tenant holding none finds one
 //! unless every reserved place is held, each by a different tenant's only request.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -17,19 +19,50 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 #[derive(Debug)]
 pub(crate) struct TenantShares {
     per_tenant: usize,
-    /// One semaphore of `per_tenant` permits per tenant, made when the tenant first asks.
-    tenants: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Each tenant's state, made when the tenant first asks (tenants are the configured
+    /// tokens' tenants: a bounded set).
+    tenants: Mutex<HashMap<String, Arc<Tenant>>>,
     /// The places any request may take.
     common: Arc<Semaphore>,
     /// The places only a tenant's first request may take.
     reserve: Arc<Semaphore>,
 }
 
+/// One tenant's share.
+#[derive(Debug)]
+struct Tenant {
+    /// `per_tenant` permits: the tenant's requests holding or waiting for a place.
+    permits: Arc<Semaphore>,
+    /// Places the tenant holds.
+    held: AtomicUsize,
+    /// Set while one of its requests, made when it held none, may wait for the reserve: one
+    /// at a time, so that two requests of a tenant holding none neither both take reserved
+    /// places nor both count as later ones.
+    first_waiting: AtomicBool,
+}
+
 /// A place taken (and its tenant's share of it), given back when dropped.
 #[derive(Debug)]
 pub(crate) struct Share {
-    _tenant: OwnedSemaphorePermit,
+    tenant: Arc<Tenant>,
+    _permit: OwnedSemaphorePermit,
     _place: OwnedSemaphorePermit,
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        self.tenant.held.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Gives the first-request claim back however its request ends (granted, or dropped while
+/// waiting).
+struct FirstClaim<'a>(&'a AtomicBool);
+
+impl Drop for FirstClaim<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 impl TenantShares {
@@ -48,18 +81,29 @@ impl TenantShares {
     /// A place for one of `tenant`'s requests, waiting for one as long as it takes (callers
     /// bound the wait).
     pub(crate) async fn take(&self, tenant: &str) -> Share {
-        let share = self
+        let state = self
             .tenants
             .lock()
             .expect("tenant shares")
             .entry(tenant.to_owned())
-            .or_insert_with(|| Arc::new(Semaphore::new(self.per_tenant)))
+            .or_insert_with(|| {
+                Arc::new(Tenant {
+                    permits: Arc::new(Semaphore::new(self.per_tenant)),
+                    held: AtomicUsize::new(0),
+                    first_waiting: AtomicBool::new(false),
+                })
+            })
             .clone();
-        let tenant_permit = share.clone().acquire_owned().await.expect("never closed");
-        // Whether this is the only place the tenant holds now. Two of its requests taking
-        // places at once may both count as later ones: the reserve is only ever spared.
-        let first = share.available_permits() + 1 == self.per_tenant;
-        let place = if first {
+        let permit = state.permits.clone().acquire_owned().await;
+        // A request of a tenant holding no place may take a reserved one, if no other request
+        // of the tenant already may.
+        let claim = (state.held.load(Ordering::SeqCst) == 0
+            && state
+                .first_waiting
+                .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok())
+        .then(|| FirstClaim(&state.first_waiting));
+        let place = if claim.is_some() {
             tokio::select! {
                 biased;
                 common = self.common.clone().acquire_owned() => common,
@@ -68,8 +112,11 @@ impl TenantShares {
         } else {
             self.common.clone().acquire_owned().await
         };
+        state.held.fetch_add(1, Ordering::SeqCst);
+        drop(claim);
         Share {
-            _tenant: tenant_permit,
+            tenant: state,
+            _permit: permit.expect("never closed"),
             _place: place.expect("never closed"),
         }
     }
@@ -127,6 +174,27 @@ mod tests {
                 again.push(now(&shares, tenant).await.expect("all given back"));
             }
         }
+    }
+
+    /// Two requests at once of a tenant holding none, the common places all held: one takes
+    /// a reserved place, not both (the other reserved place stays for another tenant).
+    #[tokio::test]
+    async fn a_tenants_requests_at_once_take_one_reserved_place() {
+        let shares = TenantShares::of(8);
+        let mut held = Vec::new();
+        for tenant in ["a", "a", "a", "a", "b", "b"] {
+            held.push(now(&shares, tenant).await.expect("common places"));
+        }
+        let (one, other) = tokio::join!(now(&shares, "c"), now(&shares, "c"));
+        assert_eq!(
+            [one.is_some(), other.is_some()]
+                .iter()
+                .filter(|x| **x)
+                .count(),
+            1
+        );
+        let d = now(&shares, "d").await.expect("the other reserved place");
+        drop((one, other, d));
     }
 
     /// Small resources: one place is one tenant's at a time; two places are one common, one
