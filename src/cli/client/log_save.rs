@@ -204,28 +204,40 @@ async fn save_events(
         if events.is_empty() {
             return Ok((saved, since));
         }
-        let mut out = Vec::new();
-        let mut last = since;
-        for event in events {
-            let (sequence, _) = log_copy::served_event_digest(&event)
-                .map_err(|e| CliError::other(format!("the server's event page: {e}")))?;
-            last = forward(last, sequence, "event")?;
-            let item = encode_value(event).map_err(|e| CliError::other(e.to_string()))?;
-            // One the copy could not read back would end every later save and verify.
-            if item.len() as u64 > log_copy::MAX_ITEM {
-                return Err(CliError::other(format!(
-                    "event {sequence} is {} bytes, over the {} a copy holds; the page holding \
-                     it was not saved",
-                    item.len(),
-                    log_copy::MAX_ITEM
-                )));
-            }
-            out.extend(item);
-            saved += 1;
-        }
+        let (out, last, count) = page_items(events, since, log_copy::MAX_ITEM)?;
+        saved += count;
         log_copy::append(&path, &out).map_err(copy_error)?;
         since = forward(since, next, "page's next_since")?.max(last);
     }
+}
+
+/// A page's events after `since`, encoded for the copy, each at most `max_item` bytes (one
+/// the copy could not read back would end every later save and verify), in order; the last
+/// one's sequence and how many.
+fn page_items(
+    events: Vec<ciborium::Value>,
+    since: i64,
+    max_item: u64,
+) -> Result<(Vec<u8>, i64, u64), CliError> {
+    let mut out = Vec::new();
+    let mut last = since;
+    let mut count = 0;
+    for event in events {
+        let (sequence, _) = log_copy::served_event_digest(&event)
+            .map_err(|e| CliError::other(format!("the server's event page: {e}")))?;
+        last = forward(last, sequence, "event")?;
+        let item = encode_value(event).map_err(|e| CliError::other(e.to_string()))?;
+        if item.len() as u64 > max_item {
+            return Err(CliError::other(format!(
+                "event {sequence} is {} bytes, over the {max_item} a copy holds; the page \
+                 holding it was not saved",
+                item.len()
+            )));
+        }
+        out.extend(item);
+        count += 1;
+    }
+    Ok((out, last, count))
 }
 
 /// `sequence`, which must come after `since`: a server whose pages go back or stand still
@@ -372,6 +384,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(refused.contains("sent nothing for 60 s"), "{refused}");
+    }
+
+    /// An event over what a copy reads back is refused, with its page; events must move
+    /// forward.
+    #[test]
+    fn a_pages_events_are_bounded_and_in_order() {
+        use ciborium::Value;
+        let event = |sequence: i64, payload: usize| {
+            Value::Map(vec![
+                (
+                    Value::Text("sequence".into()),
+                    Value::Integer(sequence.into()),
+                ),
+                (
+                    Value::Text("payload".into()),
+                    Value::Bytes(vec![0; payload]),
+                ),
+            ])
+        };
+        let (bytes, last, count) = page_items(vec![event(5, 10), event(6, 100)], 4, 200).unwrap();
+        assert_eq!((last, count), (6, 2));
+        assert!(bytes.len() < 200);
+        let refused = page_items(vec![event(5, 10), event(6, 300)], 4, 200)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("event 6 is") && refused.contains("over the 200"),
+            "{refused}"
+        );
+        assert!(page_items(vec![event(6, 1), event(5, 1)], 4, 200).is_err());
     }
 
     #[test]
