@@ -75,7 +75,7 @@ pub struct Retrieval {
 /// none (an operator who keeps retrieval records 0 days).
 #[derive(Debug, Clone)]
 pub struct RetrievalLog {
-    queue: Option<mpsc::Sender<Retrieval>>,
+    queue: Option<mpsc::Sender<Queued>>,
     /// Each tenant's share of the queue's places (half, and a reserve for tenants holding
     /// none), so that no tenant's slow downloads, each holding its place until its body
     /// ends, can stall another's.
@@ -142,10 +142,7 @@ impl RetrievalLog {
         let taken = tokio::time::timeout(self.patience, async {
             let share = self.shares.take(tenant.as_str()).await;
             let place = queue.clone().reserve_owned().await.ok()?;
-            Some(RetrievalSlot {
-                place,
-                _share: share,
-            })
+            Some(RetrievalSlot { place, share })
         })
         .await;
         match taken {
@@ -164,34 +161,47 @@ impl RetrievalLog {
 }
 
 /// A reserved place in the retrieval queue ([`RetrievalLog::reserve`]), and the place it
-/// takes in its tenant's share until its record is queued.
+/// takes in its tenant's share until the writer takes its record from the queue: every place
+/// of the queue, reserved or holding a record, is then some tenant's share, so that a
+/// tenant's records waiting for a writer that is behind count against its share, not
+/// against other tenants'.
 #[derive(Debug)]
 pub struct RetrievalSlot {
-    place: mpsc::OwnedPermit<Retrieval>,
+    place: mpsc::OwnedPermit<Queued>,
+    share: super::shares::Share,
+}
+
+/// A record in the queue, holding its tenant's share until the writer takes it.
+#[derive(Debug)]
+pub(crate) struct Queued {
+    retrieval: Retrieval,
     _share: super::shares::Share,
 }
 
 impl RetrievalSlot {
     /// Queues the record in the place reserved for it, at once.
     pub fn record(self, retrieval: Retrieval) {
-        self.place.send(retrieval);
+        self.place.send(Queued {
+            retrieval,
+            _share: self.share,
+        });
     }
 }
 
 /// Writes queued records in batches until the queue closes; a failed insert is retried
 /// (doubling waits up to 5 s) with the batch kept, so nothing is lost while the database is
 /// away; after the queue closed, a batch that still fails after a few tries is logged as lost.
-async fn write_records(pool: Pool, mut records: mpsc::Receiver<Retrieval>) {
+async fn write_records(pool: Pool, mut records: mpsc::Receiver<Queued>) {
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         let Some(first) = records.recv().await else {
             return;
         };
-        batch.push(first);
+        batch.push(first.retrieval);
         let deadline = tokio::time::Instant::now() + FLUSH_EVERY;
         while batch.len() < BATCH {
             match tokio::time::timeout_at(deadline, records.recv()).await {
-                Ok(Some(record)) => batch.push(record),
+                Ok(Some(record)) => batch.push(record.retrieval),
                 Ok(None) | Err(_) => break,
             }
         }
@@ -359,4 +369,54 @@ fn stored(row: &tokio_postgres::Row) -> Result<StoredRetrieval> {
             request_id: row.get(13),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_by(tenant: &TenantId) -> Retrieval {
+        Retrieval {
+            tenant: tenant.clone(),
+            token_name: "t".into(),
+            what: RetrievalKind::Package,
+            package_id: None,
+            file_id: None,
+            range: None,
+            bytes_served: 0,
+            status: 200,
+            outcome: "complete",
+            at: Timestamp::parse("2026-12-07T00:00:00Z").unwrap(),
+            client_addr: None,
+            request_id: None,
+        }
+    }
+
+    /// With the writer behind (its database unreachable), the records waiting in the queue
+    /// hold their tenants' shares: two tenants reading until refused leave a tenant with no
+    /// read in flight a place, where their waiting records used to fill the queue.
+    #[tokio::test]
+    async fn records_waiting_for_a_writer_behind_count_against_their_tenants_share() {
+        let pool = crate::db::pool("postgres://nobody@127.0.0.1:9/nothing", 1).unwrap();
+        let (log, writer) = RetrievalLog::start_with(pool, 8, Duration::from_millis(50));
+        for tenant in ["a", "b"] {
+            let tenant = TenantId::new(tenant).unwrap();
+            let mut read = 0;
+            loop {
+                match log.reserve(&tenant).await {
+                    Ok(Some(slot)) => slot.record(read_by(&tenant)),
+                    Err(Error::Busy(_)) => break,
+                    other => panic!("{other:?}"),
+                }
+                read += 1;
+                assert!(read < 10 * BATCH, "the writer never fell behind");
+            }
+        }
+        let c = TenantId::new("c").unwrap();
+        assert!(
+            matches!(log.reserve(&c).await, Ok(Some(_))),
+            "c gets a place"
+        );
+        writer.abort();
+    }
 }
