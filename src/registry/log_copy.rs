@@ -250,12 +250,14 @@ impl Items {
                 &self.path,
                 format!("the item at byte {} is over {MAX_ITEM} bytes", self.offset),
             )),
-            // The bytes end inside an item.
-            Err(ciborium::de::Error::Io(_)) => {
+            // The bytes end inside an item. (Any other read error is an error: taken for a
+            // partial item, `last_repaired` would cut the copy there.)
+            Err(ciborium::de::Error::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                 self.partial_after = Some(self.offset);
                 self.reader = None;
                 Ok(None)
             }
+            Err(ciborium::de::Error::Io(e)) => Err(CopyError::new(&self.path, e)),
             Err(e) => Err(CopyError::new(
                 &self.path,
                 format!("not a CBOR sequence: {e}"),

@@ -452,6 +452,7 @@ async fn pages_end_at_their_byte_bound_and_lose_nothing() {
             .send()
             .await
             .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
         let page: Value = resp.json().await.unwrap();
         let events = page["events"].as_array().unwrap();
         if events.is_empty() {
