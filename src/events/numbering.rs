@@ -56,6 +56,18 @@ const SAVE_COUNTER: &str =
 pub(super) const ANYTHING_TO_DO: &str = "SELECT EXISTS (SELECT 1 FROM events WHERE sequence IS NULL) \
     OR (SELECT chained_through < last_sequence FROM event_counter)";
 
+/// The text of every statement a pass runs (see [`super::sequencer::pass_plans`]).
+pub(super) fn pass_statements() -> Vec<String> {
+    vec![
+        ANYTHING_TO_DO.to_owned(),
+        LOCK_COUNTER.to_owned(),
+        unchained_sql(),
+        pending_sql(),
+        SET.to_owned(),
+        SAVE_COUNTER.to_owned(),
+    ]
+}
+
 /// The statements of a pass, prepared on its connection.
 pub(super) struct Statements {
     lock: Statement,

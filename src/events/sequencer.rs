@@ -42,11 +42,14 @@ const PASS_TIMEOUT: Duration = Duration::from_secs(30);
 /// the log's size (no sequential scans, no hash or merge joins: every statement here touches
 /// a few rows of the log, by index): they are prepared once, and a plan made while the log
 /// was small (a new store, statistics not yet gathered) scanned the whole log in every pass
-/// until the next ANALYZE.
+/// until the next ANALYZE. No JIT compilation either: refusing sequential scans prices the
+/// counter's one-row table (no index to read it by) at `disable_cost`, far above
+/// `jit_above_cost`, and each statement on it was compiled with inlining and optimisation
+/// (~60 ms of CPU per statement, three per pass) to read one row.
 const SESSION_LIMITS: &str = "SET statement_timeout = '20s'; \
     SET idle_in_transaction_session_timeout = '5s'; \
     SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off; \
-    SET application_name = 'artifactstore sequencer'";
+    SET jit = off; SET application_name = 'artifactstore sequencer'";
 
 /// Passes of this code take turns under this transaction advisory lock before they touch the
 /// counter: a pass that waited for another looks again (a fresh snapshot) and, when that pass
@@ -203,20 +206,62 @@ async fn run(shared: Arc<Shared>, alive: Weak<()>) {
     }
 }
 
+/// A connection of the sequencer's own, made like `pool`'s, with [`SESSION_LIMITS`].
+async fn connect(pool: &Pool) -> Result<deadpool_postgres::ClientWrapper> {
+    use deadpool::managed::Manager as _;
+    let made = pool
+        .manager()
+        .create()
+        .await
+        .map_err(|e| crate::error::Error::Database(format!("sequencer connection: {e}")))?;
+    made.batch_execute(SESSION_LIMITS).await?;
+    Ok(made)
+}
+
+/// What PostgreSQL plans for each statement of a numbering pass on a connection set up as the
+/// sequencer's (generic plans, as its prepared statements keep): one `EXPLAIN` text per
+/// statement, for checking that a pass reads a few rows by index and compiles nothing,
+/// whatever the log's size and statistics.
+pub async fn pass_plans(pool: &Pool) -> Result<Vec<String>> {
+    let client = connect(pool).await?;
+    client
+        .batch_execute("SET plan_cache_mode = force_generic_plan")
+        .await?;
+    let mut texts = super::numbering::pass_statements();
+    texts.push(TAKE_TURN.to_owned());
+    let mut plans = Vec::with_capacity(texts.len());
+    for (i, sql) in texts.iter().enumerate() {
+        let params = client.prepare(sql).await?.params().len();
+        client
+            .batch_execute(&format!("PREPARE pass_plan_{i} AS {sql}"))
+            .await?;
+        let args = match params {
+            0 => String::new(),
+            n => format!("({})", vec!["NULL"; n].join(", ")),
+        };
+        let mut plan = String::new();
+        for message in client
+            .simple_query(&format!("EXPLAIN EXECUTE pass_plan_{i}{args}"))
+            .await?
+        {
+            if let tokio_postgres::SimpleQueryMessage::Row(row) = message {
+                plan.push_str(row.get(0).unwrap_or_default());
+                plan.push('\n');
+            }
+        }
+        plans.push(format!("{sql}\n{plan}"));
+    }
+    Ok(plans)
+}
+
 /// One numbering pass on the sequencer's own connection (made first if there is none); no
 /// row lock and no write when nothing waits for a number.
 async fn pass(
     pool: &Pool,
     connection: &mut Option<(deadpool_postgres::ClientWrapper, Statements)>,
 ) -> Result<u64> {
-    use deadpool::managed::Manager as _;
     if connection.as_ref().is_none_or(|(c, _)| c.is_closed()) {
-        let made = pool
-            .manager()
-            .create()
-            .await
-            .map_err(|e| crate::error::Error::Database(format!("sequencer connection: {e}")))?;
-        made.batch_execute(SESSION_LIMITS).await?;
+        let made = connect(pool).await?;
         let statements = Statements::prepare(&*made).await?;
         *connection = Some((made, statements));
     }

@@ -141,6 +141,28 @@ async fn sixteen_writers_with_rollbacks_leave_no_gaps_and_no_reorders() {
     assert_eq!(packages as usize, committed.len());
 }
 
+/// A numbering pass reads a few rows by index and compiles nothing, on a new store (an empty
+/// log, no statistics yet: the plans its prepared statements keep are made then). Refusing
+/// sequential scans priced the counter's one-row table far above `jit_above_cost`, and every
+/// statement on it was JIT-compiled (~60 ms of CPU each, three per pass).
+#[tokio::test]
+async fn numbering_pass_plans_read_by_index_and_compile_nothing() {
+    let db = TestDb::new().await;
+    let plans = events::sequencer::pass_plans(&db.pool(1)).await.unwrap();
+    assert_eq!(plans.len(), 7, "every statement of a pass: {plans:#?}");
+    for plan in &plans {
+        assert!(!plan.contains("JIT"), "compiled: {plan}");
+        assert!(
+            !plan.contains("Seq Scan on events"),
+            "a scan of the log: {plan}"
+        );
+        assert!(
+            !plan.contains("Hash Join") && !plan.contains("Merge Join"),
+            "a join over the log: {plan}"
+        );
+    }
+}
+
 /// A writer that dies between its COMMIT and its numbering pass leaves its events committed
 /// but unnumbered: readers do not see them yet, and a numbering pass that dies before its
 /// COMMIT numbers nothing. The next pass of any process's sequencer numbers them, before the
