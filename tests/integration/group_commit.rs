@@ -473,3 +473,76 @@ async fn a_batch_records_its_tenants_in_order() {
         rows.len()
     );
 }
+
+/// A small file checked before its body and refused after it: the package is finalized while
+/// the body is still arriving. The group committer's own check, under the package's lock,
+/// refuses it (a small ingest is not checked a second time before its bytes are published),
+/// and nothing of it is recorded: no file, no event, the package as it was finalized.
+#[tokio::test]
+async fn a_small_file_whose_package_is_finalized_while_its_body_arrives_is_refused() {
+    use futures::StreamExt as _;
+    let env = TestEnv::new().await;
+    let tenant = TenantId::default_tenant();
+    let package = env
+        .registry
+        .create_package(&tenant, new_package("finalized mid-body"))
+        .await
+        .unwrap()
+        .id;
+    let data = random_bytes(4096, 7);
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let first = bytes::Bytes::copy_from_slice(&data[..1024]);
+    let rest = bytes::Bytes::copy_from_slice(&data[1024..]);
+    let slow_body = futures::stream::once(async move { Ok::<_, std::io::Error>(first) }).chain(
+        futures::stream::once(async move {
+            let _ = released.await;
+            Ok(rest)
+        }),
+    );
+    let registry = env.registry.clone();
+    let tenant_for_ingest = tenant.clone();
+    let ingest = tokio::spawn(async move {
+        registry
+            .ingest_file(
+                &tenant_for_ingest,
+                package,
+                request("late.bin", false),
+                slow_body,
+            )
+            .await
+    });
+    // The ingest was admitted and is waiting for the rest of its body.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!ingest.is_finished());
+    let finalized = env
+        .registry
+        .finalize_package(&tenant, package, None)
+        .await
+        .unwrap();
+    assert_eq!(finalized.file_count, 0);
+    let events_before = events::latest_sequence(&env.db.client().await)
+        .await
+        .unwrap();
+    release.send(()).unwrap();
+    match ingest.await.unwrap() {
+        Err(Error::Conflict(message)) => assert!(message.contains("finalized"), "{message}"),
+        other => panic!("a file added to a finalized package: {other:?}"),
+    }
+    env.registry.sequencer().numbered().await;
+    let after = env.registry.get_package(&tenant, package).await.unwrap();
+    assert_eq!((after.file_count, after.total_size), (0, 0));
+    assert!(
+        env.registry
+            .list_files(&tenant, package)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        events::latest_sequence(&env.db.client().await)
+            .await
+            .unwrap(),
+        events_before,
+        "nothing recorded"
+    );
+}
