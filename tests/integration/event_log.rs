@@ -148,6 +148,10 @@ async fn sixteen_writers_with_rollbacks_leave_no_gaps_and_no_reorders() {
 #[tokio::test]
 async fn numbering_pass_plans_read_by_index_and_compile_nothing() {
     let db = TestDb::new().await;
+    // Every connection the library makes starts without JIT (the cluster's default is on).
+    let pooled = db.pool(1).get().await.unwrap();
+    let jit: String = pooled.query_one("SHOW jit", &[]).await.unwrap().get(0);
+    assert_eq!(jit, "off");
     let plans = events::sequencer::pass_plans(&db.pool(1)).await.unwrap();
     assert_eq!(plans.len(), 7, "every statement of a pass: {plans:#?}");
     for plan in &plans {
