@@ -5,7 +5,7 @@ use crate::db::Tx;
 use crate::domain::{TenantId, Timestamp};
 use crate::error::{Error, Result};
 use bytes::Bytes;
-use tokio_postgres::{GenericClient, Row};
+use tokio_postgres::{GenericClient, Row, Statement};
 use uuid::Uuid;
 
 /// The NOTIFY channel (see the `events_notify` trigger); the payload is the highest sequence
@@ -77,30 +77,40 @@ pub(super) const INSERT: &str = "\
                 $7::bytea[], $8::bytea[]) \
          AS e(position, id, type, tenant, subject_id, occurred_at, payload, digest)";
 
-/// The events as they will be stored, each with a fresh position (unnumbered).
-pub(super) async fn prepare(tx: &Tx<'_>, events: &[DomainEvent]) -> Result<Vec<StoredEvent>> {
-    if events.is_empty() {
-        return Ok(Vec::new());
-    }
-    let count = i32::try_from(events.len())
+/// The events as they will be stored, unnumbered, their positions not yet taken (0):
+/// [`take_positions`] gives them.
+pub(super) fn unpositioned(events: &[DomainEvent]) -> Result<Vec<StoredEvent>> {
+    events
+        .iter()
+        .map(|event| {
+            Ok(StoredEvent {
+                sequence: 0,
+                position: 0,
+                id: Uuid::now_v7(),
+                event_type: event.type_name().to_owned(),
+                tenant: event.tenant().clone(),
+                subject_id: event.payload().subject_id(),
+                occurred_at: event.payload().occurred_at(),
+                payload: Bytes::from(event.encode()?),
+                chain: None,
+            })
+        })
+        .collect()
+}
+
+/// The statement that takes `count` fresh positions ([`POSITIONS`]), prepared (once per
+/// connection), so that sending it is one message, in the order it is polled.
+pub(super) async fn positions_statement(tx: &Tx<'_>, count: usize) -> Result<(Statement, i32)> {
+    let count = i32::try_from(count)
         .map_err(|_| Error::InvalidInput("too many events in one transaction".into()))?;
-    let statement = tx.prepare_cached(POSITIONS).await?;
-    let positions = tx.query(&statement, &[&count]).await?;
-    let mut stored = Vec::with_capacity(events.len());
-    for (event, row) in events.iter().zip(positions) {
-        stored.push(StoredEvent {
-            sequence: 0,
-            position: row.get(0),
-            id: Uuid::now_v7(),
-            event_type: event.type_name().to_owned(),
-            tenant: event.tenant().clone(),
-            subject_id: event.payload().subject_id(),
-            occurred_at: event.payload().occurred_at(),
-            payload: Bytes::from(event.encode()?),
-            chain: None,
-        });
+    Ok((tx.prepare_cached(POSITIONS).await?, count))
+}
+
+/// Gives `stored` the positions `rows` (the answer to [`positions_statement`]) hold.
+pub(super) fn take_positions(stored: &mut [StoredEvent], rows: Vec<tokio_postgres::Row>) {
+    for (event, row) in stored.iter_mut().zip(rows) {
+        event.position = row.get(0);
     }
-    Ok(stored)
 }
 
 /// The parameters of [`INSERT`] for events [`prepare`]d in this transaction: the caller sends

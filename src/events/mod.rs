@@ -38,6 +38,18 @@ use crate::error::Result;
 /// Call it as the last step that changes anything before COMMIT: the order in which the
 /// sequencer numbers committed transactions is the order in which they inserted their events.
 pub async fn record(tx: &crate::db::Tx<'_>, events: Vec<DomainEvent>) -> Result<Vec<StoredEvent>> {
+    let (stored, ()) = record_alongside(tx, events, async { Ok(()) }).await?;
+    Ok(stored)
+}
+
+/// [`record`], with `alongside` (the caller's own statements, that must run before the views
+/// change and need no answer of this one) sent in the same round trip as the events' first
+/// statements; its answer is returned with the events.
+pub async fn record_alongside<T>(
+    tx: &crate::db::Tx<'_>,
+    events: Vec<DomainEvent>,
+    alongside: impl std::future::Future<Output = Result<T>>,
+) -> Result<(Vec<StoredEvent>, T)> {
     use tracing::Instrument as _;
     let span = tracing::info_span!(
         target: crate::telemetry::SPANS,
@@ -47,15 +59,28 @@ pub async fn record(tx: &crate::db::Tx<'_>, events: Vec<DomainEvent>) -> Result<
         events = events.len(),
     );
     async {
-        let stored = log::prepare(tx, &events).await?;
-        views::lock_touched_blobs(tx, &stored).await?;
+        let mut stored = log::unpositioned(&events)?;
+        if stored.is_empty() {
+            return Ok((stored, alongside.await?));
+        }
+        // One round trip: the events' positions and the locks on the blob rows they will
+        // take (before any view changes), and the caller's statements. Prepared first, so
+        // each is sent as it is polled, in this order.
+        let touched = views::TouchedBlobs::of(&stored)?;
+        let (positions, count) = log::positions_statement(tx, stored.len()).await?;
+        let lock = touched.prepare(tx).await?;
+        let (rows, (), value) = futures::try_join!(
+            async { Ok(tx.query(&positions, &[&count]).await?) },
+            touched.lock(tx, lock.as_ref()),
+            alongside,
+        )?;
+        log::take_positions(&mut stored, rows);
         // The events go in after every view statement (their ticket orders them after every
         // lock the transaction takes), sent with the last of them.
         let rows = log::Rows::of(&stored);
         let params = rows.params();
-        let insert = (!stored.is_empty()).then_some((log::INSERT, &params[..]));
-        views::apply_all_then(tx, &stored, insert).await?;
-        Ok(stored)
+        views::apply_all_then(tx, &stored, Some((log::INSERT, &params[..]))).await?;
+        Ok((stored, value))
     }
     .instrument(span)
     .await

@@ -69,18 +69,6 @@ impl Registry {
             tx.prepare_cached("SELECT 1 FROM retention_classes WHERE name = $1"),
             tx.prepare_cached("INSERT INTO tenants (id) VALUES ($1) ON CONFLICT DO NOTHING"),
         )?;
-        let class_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&retention_class];
-        let tenant_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&tenant.as_str()];
-        let (known, _) = futures::try_join!(
-            tx.query_opt(&class, &class_params),
-            tx.execute(&known_tenant, &tenant_params),
-        )?;
-        if known.is_none() {
-            return Err(Error::InvalidInput(format!(
-                "retention class `{}` does not exist",
-                retention_class.escape_debug()
-            )));
-        }
         let event = PackageCreated {
             package_id: PackageId::generate(),
             tenant: tenant.clone(),
@@ -113,7 +101,25 @@ impl Registry {
             },
             removal: None,
         };
-        let stored = events::record(&tx, vec![DomainEvent::new(event)]).await?;
+        // The class's check and the tenant's row go with the event's position (one round trip),
+        // and an unknown class stops the creation before the views change.
+        let class_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] =
+            [&package.retention_class];
+        let tenant_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&tenant.as_str()];
+        let (stored, ()) = events::record_alongside(&tx, vec![DomainEvent::new(event)], async {
+            let (known, _) = futures::try_join!(
+                tx.query_opt(&class, &class_params),
+                tx.execute(&known_tenant, &tenant_params),
+            )?;
+            match known {
+                Some(_) => Ok(()),
+                None => Err(Error::InvalidInput(format!(
+                    "retention class `{}` does not exist",
+                    package.retention_class.escape_debug()
+                ))),
+            }
+        })
+        .await?;
         package.created_position = stored[0].position;
         let added = super::quota::Added {
             tenant: tenant.clone(),

@@ -13,7 +13,7 @@ use super::payloads::FileIngested;
 use crate::db::Tx;
 use crate::error::{Error, Result};
 use crate::identity::Digest;
-pub(crate) use locks::lock_touched_blobs;
+pub(crate) use locks::TouchedBlobs;
 use tokio_postgres::types::ToSql;
 
 /// The view tables, in dump and truncate order.
