@@ -26,6 +26,14 @@ pub fn pool(url: &str, max_size: usize) -> Result<Pool> {
     pool_with_timeout(url, max_size, DEFAULT_POOL_TIMEOUT)
 }
 
+/// Run on every pooled connection once made. No JIT compilation: every statement here reads
+/// or writes a few rows by index, and PostgreSQL compiles a statement whose estimated cost
+/// passes `jit_above_cost` with inlining and optimisation, tens of milliseconds of CPU on
+/// every execution of a statement that runs in microseconds (an estimate inflated by a
+/// planner setting, or made on stale statistics, is enough). A statement rather than a
+/// startup option, which connection poolers such as PgBouncer refuse.
+pub const SESSION_SETTINGS: &str = "SET jit = off";
+
 /// Builds a connection pool whose callers wait at most `timeout` for a connection, and for a
 /// new connection to be made or an idle one checked: a pool that is exhausted (every
 /// connection held) or a database that does not answer is then an error the caller can report
@@ -40,6 +48,14 @@ pub fn pool_with_timeout(url: &str, max_size: usize, timeout: Duration) -> Resul
         None => Manager::from_config(config, tokio_postgres::NoTls, manager_config),
     };
     Pool::builder(manager)
+        .post_create(deadpool_postgres::Hook::async_fn(|client, _| {
+            Box::pin(async move {
+                client
+                    .batch_execute(SESSION_SETTINGS)
+                    .await
+                    .map_err(deadpool_postgres::HookError::Backend)
+            })
+        }))
         .max_size(max_size)
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .wait_timeout(Some(timeout))

@@ -30,9 +30,8 @@ pub struct Target {
 /// Parses `url` (a `postgres://` URL or libpq `key=value` pairs) and builds its TLS set-up.
 pub fn target(url: &str) -> Result<Target> {
     let (rest, root_cert) = take_tls_options(url)?;
-    let mut config = tokio_postgres::Config::from_str(&rest)
+    let config = tokio_postgres::Config::from_str(&rest)
         .map_err(|e| Error::InvalidInput(format!("database URL is invalid: {e}")))?;
-    without_jit(&mut config);
     let tls = match config.get_ssl_mode() {
         SslMode::Require => Some(connector(root_cert)?),
         _ if root_cert.is_some() => {
@@ -43,20 +42,6 @@ pub fn target(url: &str) -> Result<Target> {
         _ => None,
     };
     Ok(Target { config, tls })
-}
-
-/// Sessions start with JIT compilation off, unless the URL's `options` turn it on (they come
-/// after, and the last setting wins). Every statement here reads or writes a few rows by
-/// index, and PostgreSQL compiles a statement whose estimated cost passes `jit_above_cost`
-/// with inlining and optimisation: tens of milliseconds of CPU, on every execution, for a
-/// statement that runs in microseconds (an estimate inflated by a planner setting, or made
-/// on stale statistics, is enough).
-fn without_jit(config: &mut tokio_postgres::Config) {
-    let options = match config.get_options() {
-        Some(given) => format!("-c jit=off {given}"),
-        None => "-c jit=off".to_owned(),
-    };
-    config.options(&options);
 }
 
 /// The URL without its `sslrootcert` option (and with `sslmode=verify-full` as `require`),
@@ -222,20 +207,6 @@ fn connector(root_cert: Option<PathBuf>) -> Result<MakeRustlsConnect> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sessions_start_without_jit_unless_the_url_turns_it_on() {
-        let options = |url: &str| target(url).unwrap().config.get_options().map(str::to_owned);
-        assert_eq!(options("postgres://db/x").as_deref(), Some("-c jit=off"));
-        assert_eq!(
-            options("postgres://db/x?options=-c%20jit%3Don").as_deref(),
-            Some("-c jit=off -c jit=on")
-        );
-        assert_eq!(
-            options("host=db options='-c work_mem=64MB'").as_deref(),
-            Some("-c jit=off -c work_mem=64MB")
-        );
-    }
 
     #[test]
     fn tls_options_are_taken_out_of_both_url_forms() {

@@ -113,7 +113,7 @@ pub(super) fn take_positions(stored: &mut [StoredEvent], rows: Vec<tokio_postgre
     }
 }
 
-/// The parameters of [`INSERT`] for events [`prepare`]d in this transaction: the caller sends
+/// The parameters of [`INSERT`] for events given their positions in this transaction: the caller sends
 /// it after every statement that changes a view (`views::apply_all_then`).
 pub(super) struct Rows<'a> {
     positions: Vec<i64>,

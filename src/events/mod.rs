@@ -44,7 +44,10 @@ pub async fn record(tx: &crate::db::Tx<'_>, events: Vec<DomainEvent>) -> Result<
 
 /// [`record`], with `alongside` (the caller's own statements, that must run before the views
 /// change and need no answer of this one) sent in the same round trip as the events' first
-/// statements; its answer is returned with the events.
+/// statements, after them; its answer is returned with the events, and its error stops the
+/// recording before any view changes. They run after the locks on the blob rows the events
+/// take (see `views/locks.rs`): they must change nothing those locks read (`files`) and lock
+/// no row a writer takes before blob rows (a package's).
 pub async fn record_alongside<T>(
     tx: &crate::db::Tx<'_>,
     events: Vec<DomainEvent>,

@@ -219,9 +219,9 @@ async fn connect(pool: &Pool) -> Result<deadpool_postgres::ClientWrapper> {
 }
 
 /// What PostgreSQL plans for each statement of a numbering pass on a connection set up as the
-/// sequencer's (generic plans, as its prepared statements keep): one `EXPLAIN` text per
-/// statement, for checking that a pass reads a few rows by index and compiles nothing,
-/// whatever the log's size and statistics.
+/// sequencer's (generic plans, which its prepared statements use after their first runs): one
+/// `EXPLAIN` text per statement, for checking that a pass reads a few rows by index and
+/// compiles nothing, whatever the log's size and statistics.
 pub async fn pass_plans(pool: &Pool) -> Result<Vec<String>> {
     let client = connect(pool).await?;
     client

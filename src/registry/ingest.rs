@@ -2,7 +2,6 @@
 
 use super::Registry;
 use super::admission::{Disk, check_can_add, check_open};
-use super::group_commit::GROUP_MAX_BYTES;
 use super::record::commit_file_event;
 use super::types::{FileRecord, IngestRequest};
 use crate::domain::{FileId, PackageId, TenantId, validate_label};
@@ -57,14 +56,6 @@ pub fn validate_media_type(media_type: &str) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// Whether an ingest's path was checked (package open, path free, room) before its body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Admitted {
-    BeforeBody,
-    /// The path was not known then (a form may name it after its file part).
-    Not,
 }
 
 impl Registry {
@@ -143,7 +134,6 @@ impl Registry {
                 digest,
                 backend,
             },
-            Admitted::BeforeBody,
         )
         .await
     }
@@ -208,7 +198,7 @@ impl Registry {
         file: StagedFile,
     ) -> Result<FileRecord> {
         counted(
-            self.record_staged_uncounted(tenant, package_id, request, file, Admitted::Not)
+            self.record_staged_uncounted(tenant, package_id, request, file)
                 .await,
         )
     }
@@ -219,7 +209,6 @@ impl Registry {
         package_id: PackageId,
         request: IngestRequest,
         file: StagedFile,
-        admitted: Admitted,
     ) -> Result<FileRecord> {
         let StagedFile {
             mut staged,
@@ -234,15 +223,9 @@ impl Registry {
             .and_then(|()| check_expected(&request, &digest))
         {
             // Before any byte is published: the package may have been finalized or filled,
-            // or the path taken, while the bytes arrived. Asked again only where publishing
-            // costs something (a file checked before its body that is small enough for the
-            // group committer is checked again by it, under the package's lock, before it is
-            // recorded; refused then, it leaves at most GROUP_MAX_BYTES unreferenced, which
-            // collection removes): one round trip less on every small ingest.
-            Ok(()) if admitted == Admitted::Not || digest.size > GROUP_MAX_BYTES => {
-                self.check_can_add_file(tenant, package_id, &request).await
-            }
-            result => result,
+            // or the path taken, while the bytes arrived.
+            Ok(()) => self.check_can_add_file(tenant, package_id, &request).await,
+            Err(e) => Err(e),
         };
         if let Err(e) = checked {
             staged.abort().await?;

@@ -475,9 +475,8 @@ async fn a_batch_records_its_tenants_in_order() {
 }
 
 /// A small file checked before its body and refused after it: the package is finalized while
-/// the body is still arriving. The group committer's own check, under the package's lock,
-/// refuses it (a small ingest is not checked a second time before its bytes are published),
-/// and nothing of it is recorded: no file, no event, the package as it was finalized.
+/// the body is still arriving. It is refused, and nothing of it is recorded: no file, no
+/// event, the package as it was finalized.
 #[tokio::test]
 async fn a_small_file_whose_package_is_finalized_while_its_body_arrives_is_refused() {
     use futures::StreamExt as _;
@@ -491,14 +490,18 @@ async fn a_small_file_whose_package_is_finalized_while_its_body_arrives_is_refus
         .id;
     let data = random_bytes(4096, 7);
     let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let (started, body_started) = tokio::sync::oneshot::channel::<()>();
     let first = bytes::Bytes::copy_from_slice(&data[..1024]);
     let rest = bytes::Bytes::copy_from_slice(&data[1024..]);
-    let slow_body = futures::stream::once(async move { Ok::<_, std::io::Error>(first) }).chain(
-        futures::stream::once(async move {
-            let _ = released.await;
-            Ok(rest)
-        }),
-    );
+    // The body is read only once the ingest was admitted: its first chunk says so.
+    let slow_body = futures::stream::once(async move {
+        let _ = started.send(());
+        Ok::<_, std::io::Error>(first)
+    })
+    .chain(futures::stream::once(async move {
+        let _ = released.await;
+        Ok(rest)
+    }));
     let registry = env.registry.clone();
     let tenant_for_ingest = tenant.clone();
     let ingest = tokio::spawn(async move {
@@ -512,7 +515,7 @@ async fn a_small_file_whose_package_is_finalized_while_its_body_arrives_is_refus
             .await
     });
     // The ingest was admitted and is waiting for the rest of its body.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    body_started.await.unwrap();
     assert!(!ingest.is_finished());
     let finalized = env
         .registry
@@ -520,6 +523,7 @@ async fn a_small_file_whose_package_is_finalized_while_its_body_arrives_is_refus
         .await
         .unwrap();
     assert_eq!(finalized.file_count, 0);
+    env.registry.sequencer().numbered().await;
     let events_before = events::latest_sequence(&env.db.client().await)
         .await
         .unwrap();

@@ -179,8 +179,8 @@ impl<'a> Run<'a> {
             .clone()
             .map_while(|e| creation(e).map(|p| (e, p)))
             .collect();
-        // Alone, the one-event path is as quick.
-        if creations.len() > 1 {
+        // Even alone: the set-based statements take the events' INSERT in their round trip.
+        if !creations.is_empty() {
             return Run::Creations(creations);
         }
         let mut seen = std::collections::HashSet::new();
