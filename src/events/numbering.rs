@@ -148,10 +148,24 @@ impl Links {
     }
 }
 
+/// Who ends a numbering pass's transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum End {
+    /// The caller, after [`number`] returns.
+    Caller,
+    /// [`number`] sends COMMIT with its last writes (one round trip), when it wrote anything:
+    /// for a transaction begun with a plain BEGIN on a connection of the caller's own.
+    CommitWithLastWrite,
+}
+
 /// Numbers every committed unnumbered event (chaining it too once the chain has caught up),
-/// in a transaction the caller ends; takes the counter's row lock, held until then. Returns
-/// how many events it numbered.
-pub(super) async fn number(tx: &impl GenericClient, statements: &Statements) -> Result<u64> {
+/// in a transaction that `end` says who ends; takes the counter's row lock, held until then.
+/// Returns how many events it numbered, and whether it sent COMMIT (and it succeeded).
+pub(super) async fn number(
+    tx: &impl GenericClient,
+    statements: &Statements,
+    end: End,
+) -> Result<(u64, bool)> {
     // Sent together, run in order: the first read of pending events starts once the lock is
     // had (and is the common case: every event before them is chained already).
     let (row, first) = futures::try_join!(
@@ -184,16 +198,26 @@ pub(super) async fn number(tx: &impl GenericClient, statements: &Statements) -> 
         total += rows.len() as u64;
         if (rows.len() as i64) < BATCH {
             // Nothing numbered nor chained: nothing to write. Else the last numbers and the
-            // counter, sent together (run in order).
-            if (counter.last, counter.chained) != start {
-                let chain = counter.chain.as_slice();
-                let save: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
-                    [&counter.last, &counter.chained, &chain];
-                futures::try_join!(links.write(tx, &statements.set), async {
-                    Ok(tx.execute(&statements.save, &save).await?)
-                })?;
+            // counter (and COMMIT, if asked), sent together, run in order: after an error the
+            // statements behind it fail too, and COMMIT in a failed transaction rolls it back.
+            if (counter.last, counter.chained) == start {
+                return Ok((total, false));
             }
-            return Ok(total);
+            let chain = counter.chain.as_slice();
+            let save: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+                [&counter.last, &counter.chained, &chain];
+            let commit = end == End::CommitWithLastWrite;
+            futures::try_join!(
+                links.write(tx, &statements.set),
+                async { Ok(tx.execute(&statements.save, &save).await?) },
+                async {
+                    if commit {
+                        tx.batch_execute("COMMIT").await?;
+                    }
+                    Ok::<_, Error>(())
+                }
+            )?;
+            return Ok((total, commit));
         }
         links.write(tx, &statements.set).await?;
         rows = tx.query(&statements.pending, &[&BATCH]).await?;

@@ -17,7 +17,7 @@
 //! Once started, the sequencer also runs a pass every [`TICK`], which numbers the events of a
 //! process that died between its COMMIT and its pass.
 
-use super::numbering::{ANYTHING_TO_DO, Statements};
+use super::numbering::{ANYTHING_TO_DO, End, Statements};
 use crate::error::Result;
 use deadpool_postgres::Pool;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,7 +66,8 @@ const TURN_KEY: i64 = 0x6172_7473_7365_7121; // "artsseq!"
 /// then numbers and chains. Returns how many events it numbered.
 pub async fn number_committed(tx: &deadpool_postgres::Transaction<'_>) -> Result<u64> {
     let statements = Statements::prepare(&**tx).await?;
-    super::numbering::number(&**tx, &statements).await
+    let (numbered, _) = super::numbering::number(&**tx, &statements, End::Caller).await?;
+    Ok(numbered)
 }
 
 /// One process's sequencer (cheap to clone; the background task ends soon after the last
@@ -282,12 +283,14 @@ async fn pass(
         client.execute(&turn, &[&TURN_KEY]),
         client.query_one(&any, &[])
     )?;
-    let numbered = if any.get::<_, bool>(0) {
-        super::numbering::number(&**client, statements).await?
+    let (numbered, committed) = if any.get::<_, bool>(0) {
+        super::numbering::number(&**client, statements, End::CommitWithLastWrite).await?
     } else {
-        0
+        (0, false)
     };
     // Nothing written when nothing was numbered: no transaction id, no WAL flush.
-    client.batch_execute("COMMIT").await?;
+    if !committed {
+        client.batch_execute("COMMIT").await?;
+    }
     Ok(numbered)
 }
