@@ -32,7 +32,7 @@ pub fn pool(url: &str, max_size: usize) -> Result<Pool> {
 /// every execution of a statement that runs in microseconds (an estimate inflated by a
 /// planner setting, or made on stale statistics, is enough). A statement rather than a
 /// startup option, which connection poolers such as PgBouncer refuse.
-pub const SESSION_SETTINGS: &str = "SET jit = off";
+const SESSION_SETTINGS: &str = "SET jit = off";
 
 /// Builds a connection pool whose callers wait at most `timeout` for a connection, and for a
 /// new connection to be made or an idle one checked: a pool that is exhausted (every
@@ -48,12 +48,16 @@ pub fn pool_with_timeout(url: &str, max_size: usize, timeout: Duration) -> Resul
         None => Manager::from_config(config, tokio_postgres::NoTls, manager_config),
     };
     Pool::builder(manager)
-        .post_create(deadpool_postgres::Hook::async_fn(|client, _| {
+        // Bounded like the connecting before it (the pool runs hooks without a timeout of
+        // its own): a database that connects and then does not answer is an error.
+        .post_create(deadpool_postgres::Hook::async_fn(move |client, _| {
             Box::pin(async move {
-                client
-                    .batch_execute(SESSION_SETTINGS)
-                    .await
-                    .map_err(deadpool_postgres::HookError::Backend)
+                match tokio::time::timeout(timeout, client.batch_execute(SESSION_SETTINGS)).await {
+                    Ok(set) => set.map_err(deadpool_postgres::HookError::Backend),
+                    Err(_) => Err(deadpool_postgres::HookError::message(
+                        "the database did not answer a new connection's settings in time",
+                    )),
+                }
             })
         }))
         .max_size(max_size)
@@ -151,4 +155,42 @@ pub fn migrations_fingerprint() -> String {
         hasher.update(&m.checksum().to_le_bytes());
     }
     hasher.finalize().to_hex()[..12].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// A database that completes the start-up and then answers nothing: taking a connection
+    /// from the pool is an error after the pool's timeout, not a wait without end (the
+    /// connection's settings are sent after the start-up, outside the pool's own timeouts).
+    #[tokio::test]
+    async fn a_database_silent_after_start_up_is_an_error_in_time() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut length = [0u8; 4];
+            socket.read_exact(&mut length).await.unwrap();
+            let mut startup = vec![0u8; u32::from_be_bytes(length) as usize - 4];
+            socket.read_exact(&mut startup).await.unwrap();
+            // AuthenticationOk, then ReadyForQuery (idle); then silence.
+            socket
+                .write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 0])
+                .await
+                .unwrap();
+            socket.write_all(&[b'Z', 0, 0, 0, 5, b'I']).await.unwrap();
+            let mut rest = Vec::new();
+            let _ = socket.read_to_end(&mut rest).await;
+        });
+        let url = format!("postgres://nobody@127.0.0.1:{port}/x?sslmode=disable");
+        let pool = pool_with_timeout(&url, 1, Duration::from_millis(300)).unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), pool.get())
+            .await
+            .expect("the pool gave up on its own");
+        let error = Error::from(got.expect_err("no connection from a silent database"));
+        assert!(error.to_string().contains("did not answer"), "{error}");
+        server.abort();
+    }
 }

@@ -49,7 +49,8 @@ async fn read_bounded(
     if announced.is_some_and(|n| n > bound) {
         return Ok(None);
     }
-    let mut body = Vec::with_capacity(announced.unwrap_or(0) as usize);
+    // What the server announces is only a claim: room for at most 1 MiB of it up front.
+    let mut body = Vec::with_capacity(announced.unwrap_or(0).min(1 << 20) as usize);
     loop {
         let chunk = tokio::time::timeout(STALL, response.chunk())
             .await
